@@ -1,0 +1,291 @@
+//! Token-aware chunking: about `target_tokens` tokens per chunk, cut on sentence boundaries where
+//! possible, consecutive chunks sharing up to `overlap_tokens` tokens of whole sentences.
+
+use tokenizers::Tokenizer;
+
+use crate::InferenceError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkerParams {
+    pub target_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            target_tokens: 200,
+            overlap_tokens: 40,
+        }
+    }
+}
+
+/// A piece of a document: its text and byte range in the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+    pub tokens: usize,
+}
+
+#[derive(Clone)]
+pub struct Chunker {
+    tokenizer: Tokenizer,
+    params: ChunkerParams,
+}
+
+/// A run of tokens that is never split further: a sentence, or a window of an over-long sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    start: usize,
+    end: usize,
+    tokens: usize,
+}
+
+impl Chunker {
+    /// `tokenizer` must not truncate (see [`crate::Embedder::counting_tokenizer`]).
+    pub fn new(tokenizer: Tokenizer, params: ChunkerParams) -> Chunker {
+        let target = params.target_tokens.max(1);
+        Chunker {
+            tokenizer,
+            params: ChunkerParams {
+                target_tokens: target,
+                overlap_tokens: params.overlap_tokens.min(target / 2),
+            },
+        }
+    }
+
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Number of tokens in `text`, without special tokens.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, InferenceError> {
+        Ok(self.encode_offsets(text)?.len())
+    }
+
+    fn encode_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>, InferenceError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_offsets().to_vec())
+    }
+
+    pub fn chunk(&self, text: &str) -> Result<Vec<Chunk>, InferenceError> {
+        let offsets = self.encode_offsets(text)?;
+        let pieces = pieces(text, &offsets, self.params);
+        Ok(pack(&pieces, self.params)
+            .into_iter()
+            .filter_map(|(start, end, tokens)| {
+                let (start, end) = trim(text, start, end);
+                (start < end).then(|| Chunk {
+                    text: text[start..end].to_string(),
+                    start,
+                    end,
+                    tokens,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Byte ranges of sentences; together they cover `text`. A sentence ends after `.`, `!` or `?`
+/// (and closing quotes or brackets) followed by white space, after CJK full stops, and at line breaks.
+fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let mut end = None;
+        match c {
+            '\n' => end = Some(i + 1),
+            '。' | '！' | '？' => end = Some(i + c.len_utf8()),
+            '.' | '!' | '?' => {
+                let mut j = i + 1;
+                while let Some(&(k, n)) = chars.peek() {
+                    if matches!(n, '"' | '\'' | ')' | ']' | '”' | '’' | '.' | '!' | '?') {
+                        chars.next();
+                        j = k + n.len_utf8();
+                    } else {
+                        break;
+                    }
+                }
+                match chars.peek() {
+                    Some(&(_, n)) if n.is_whitespace() => end = Some(j),
+                    None => end = Some(j),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if let Some(e) = end {
+            // Let the sentence keep its trailing spaces so spans stay contiguous.
+            let mut e = e;
+            while let Some(&(k, n)) = chars.peek() {
+                if n.is_whitespace() && n != '\n' {
+                    chars.next();
+                    e = k + n.len_utf8();
+                } else {
+                    break;
+                }
+            }
+            spans.push((start, e));
+            start = e;
+        }
+    }
+    if start < text.len() {
+        spans.push((start, text.len()));
+    }
+    spans
+}
+
+/// Turn sentences into pieces of at most `target_tokens` tokens each.
+fn pieces(text: &str, offsets: &[(usize, usize)], params: ChunkerParams) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut t = 0; // first token not yet assigned
+    for (s, e) in sentence_spans(text) {
+        let first = t;
+        while t < offsets.len() && offsets[t].0 < e {
+            t += 1;
+        }
+        let toks = &offsets[first..t];
+        if toks.is_empty() {
+            continue;
+        }
+        if toks.len() <= params.target_tokens {
+            out.push(Piece {
+                start: s,
+                end: e,
+                tokens: toks.len(),
+            });
+            continue;
+        }
+        // An over-long sentence: overlapping windows of tokens.
+        let step = (params.target_tokens - params.overlap_tokens).max(1);
+        let mut w = 0;
+        loop {
+            let last = (w + params.target_tokens).min(toks.len());
+            let start = if w == 0 { s } else { toks[w].0 };
+            let end = if last == toks.len() { e } else { toks[last].0 };
+            out.push(Piece {
+                start,
+                end,
+                tokens: last - w,
+            });
+            if last == toks.len() {
+                break;
+            }
+            w += step;
+        }
+    }
+    out
+}
+
+/// Greedily pack pieces into chunks of at most `target_tokens`, carrying whole trailing pieces
+/// worth at most `overlap_tokens` into the next chunk. Returns (start, end, tokens).
+fn pack(pieces: &[Piece], params: ChunkerParams) -> Vec<(usize, usize, usize)> {
+    let mut chunks = Vec::new();
+    let mut cur: Vec<Piece> = Vec::new();
+    let mut cur_tokens = 0;
+    let mut fresh = 0; // pieces in `cur` that no earlier chunk holds
+    for &p in pieces {
+        if !cur.is_empty() && cur_tokens + p.tokens > params.target_tokens {
+            chunks.push((cur[0].start, cur[cur.len() - 1].end, cur_tokens));
+            // overlap: trailing whole pieces, within budget and leaving room for `p`
+            let mut keep = Vec::new();
+            let mut kept = 0;
+            for q in cur.iter().rev() {
+                if kept + q.tokens > params.overlap_tokens
+                    || kept + q.tokens + p.tokens > params.target_tokens
+                {
+                    break;
+                }
+                kept += q.tokens;
+                keep.push(*q);
+            }
+            keep.reverse();
+            cur = keep;
+            cur_tokens = kept;
+            fresh = 0;
+        }
+        cur.push(p);
+        cur_tokens += p.tokens;
+        fresh += 1;
+    }
+    if !cur.is_empty() && fresh > 0 {
+        chunks.push((cur[0].start, cur[cur.len() - 1].end, cur_tokens));
+    }
+    chunks
+}
+
+fn trim(text: &str, mut start: usize, mut end: usize) -> (usize, usize) {
+    let s = &text[start..end];
+    start += s.len() - s.trim_start().len();
+    end -= s.len() - s.trim_end().len();
+    (start, end.max(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_split_on_punctuation_and_lines() {
+        let t = "One. Two? \"Three!\" Four\nFive 3.14 six. 東京。終";
+        let spans: Vec<&str> = sentence_spans(t).iter().map(|&(s, e)| &t[s..e]).collect();
+        assert_eq!(
+            spans,
+            vec![
+                "One. ",
+                "Two? ",
+                "\"Three!\" ",
+                "Four\n",
+                "Five 3.14 six. ",
+                "東京。",
+                "終"
+            ]
+        );
+        assert_eq!(spans.concat(), t);
+    }
+
+    fn piece(start: usize, tokens: usize) -> Piece {
+        Piece {
+            start,
+            end: start + 1,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn packing_respects_target_and_overlaps_whole_pieces() {
+        let params = ChunkerParams {
+            target_tokens: 10,
+            overlap_tokens: 4,
+        };
+        let ps: Vec<Piece> = (0..6).map(|i| piece(i, 3)).collect();
+        let chunks = pack(&ps, params);
+        // [0,1,2] (9) -> overlap [2] -> [2,3,4] (9) -> overlap [4] -> [4,5] (6)
+        assert_eq!(chunks, vec![(0, 3, 9), (2, 5, 9), (4, 6, 6)]);
+        assert!(chunks.iter().all(|c| c.2 <= 10));
+        // a final overlap-only chunk is not emitted twice
+        let chunks = pack(&[piece(0, 8), piece(1, 3)], params);
+        assert_eq!(chunks, vec![(0, 1, 8), (1, 2, 3)]);
+    }
+
+    #[test]
+    fn long_sentences_become_overlapping_windows() {
+        // 25 one-byte "tokens" and no sentence break
+        let text = "a".repeat(25);
+        let offsets: Vec<(usize, usize)> = (0..25).map(|i| (i, i + 1)).collect();
+        let params = ChunkerParams {
+            target_tokens: 10,
+            overlap_tokens: 2,
+        };
+        let ps = pieces(&text, &offsets, params);
+        let ranges: Vec<(usize, usize, usize)> =
+            ps.iter().map(|p| (p.start, p.end, p.tokens)).collect();
+        assert_eq!(ranges, vec![(0, 10, 10), (8, 18, 10), (16, 25, 9)]);
+    }
+}

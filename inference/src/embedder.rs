@@ -1,0 +1,170 @@
+//! Sentence embeddings: BERT forward, attention-masked mean pooling, L2 normalisation.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::{InferenceError, ModelFiles};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedderOptions {
+    /// Token limit per text, special tokens included (sentence-transformers' `max_seq_length`).
+    /// Capped by the model's `max_position_embeddings`.
+    pub max_tokens: usize,
+    /// Texts per forward pass. Texts are sorted by length first, so each pass pads only to the
+    /// longest text of its own group.
+    pub batch_size: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            max_tokens: 256,
+            batch_size: 32,
+        }
+    }
+}
+
+/// A loaded sentence-embedding model. Cheap to clone (weights are shared); `embed` may run on
+/// several threads at once.
+#[derive(Clone)]
+pub struct Embedder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for counting and chunking.
+    counting_tokenizer: Tokenizer,
+    dimension: usize,
+    max_tokens: usize,
+    batch_size: usize,
+    model_name: String,
+}
+
+impl Embedder {
+    /// Load a BERT sentence-embedding model from a Hugging Face-style folder.
+    pub fn load(files: &ModelFiles, options: EmbedderOptions) -> Result<Embedder, InferenceError> {
+        let config: BertConfig = files.read_config()?;
+        let max_tokens = options
+            .max_tokens
+            .min(config.max_position_embeddings)
+            .max(2);
+        let mut tokenizer = files.read_tokenizer()?;
+        let mut counting_tokenizer = tokenizer.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        counting_tokenizer
+            .with_truncation(None)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        counting_tokenizer.with_padding(None);
+
+        let weights = files.read_weights()?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu).map_err(
+            |e| InferenceError::BadFile {
+                path: files.weights.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+        let model = BertModel::load(vb, &config).map_err(|e| InferenceError::BadFile {
+            path: files.weights.clone(),
+            reason: format!("does not fit config.json: {e}"),
+        })?;
+        let model_name = files
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Ok(Embedder {
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                counting_tokenizer,
+                dimension: config.hidden_size,
+                max_tokens,
+                batch_size: options.batch_size.max(1),
+                model_name,
+            }),
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.inner.max_tokens
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.inner.model_name
+    }
+
+    /// The tokenizer without truncation (for chunking).
+    pub fn counting_tokenizer(&self) -> &Tokenizer {
+        &self.inner.counting_tokenizer
+    }
+
+    /// Embed texts; returns one L2-normalised vector per text, in input order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .inner
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        // Sort by length so each forward pass pads only to its own longest text.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for group in order.chunks(self.inner.batch_size) {
+            let ids: Vec<&[u32]> = group.iter().map(|&i| encodings[i].get_ids()).collect();
+            let vectors = self.forward(&ids)?;
+            for (&i, v) in group.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over token id sequences (padded here to the longest one).
+    fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let batch = ids.len();
+        let seq = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut input = vec![0u32; batch * seq];
+        let mut mask = vec![0u32; batch * seq];
+        for (row, s) in ids.iter().enumerate() {
+            input[row * seq..row * seq + s.len()].copy_from_slice(s);
+            mask[row * seq..row * seq + s.len()].fill(1);
+        }
+        let device = Device::Cpu;
+        let input = Tensor::from_vec(input, (batch, seq), &device)?;
+        let mask = Tensor::from_vec(mask, (batch, seq), &device)?;
+        let token_types = input.zeros_like()?;
+        let hidden = self
+            .inner
+            .model
+            .forward(&input, &token_types, Some(&mask))?;
+        // Mean over real tokens only.
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
+        let counts = mask_f.sum(1)?.clamp(1e-9, f32::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+        let normalized = mean.broadcast_div(&norms)?;
+        Ok(normalized.to_vec2::<f32>()?)
+    }
+}

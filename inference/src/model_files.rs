@@ -1,0 +1,55 @@
+use std::path::{Path, PathBuf};
+
+use crate::InferenceError;
+
+/// The files of a Hugging Face-style model folder.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    pub weights: PathBuf,
+}
+
+impl ModelFiles {
+    /// Check that `dir` holds the files a model needs, naming the first one that is missing.
+    pub fn locate(dir: &Path) -> Result<ModelFiles, InferenceError> {
+        let need = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(InferenceError::MissingFile { path })
+            }
+        };
+        Ok(ModelFiles {
+            dir: dir.to_path_buf(),
+            config: need("config.json")?,
+            tokenizer: need("tokenizer.json")?,
+            weights: need("model.safetensors")?,
+        })
+    }
+
+    pub(crate) fn read_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, InferenceError> {
+        let bad = |reason: String| InferenceError::BadFile {
+            path: self.config.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&self.config).map_err(|e| bad(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+    }
+
+    pub(crate) fn read_tokenizer(&self) -> Result<tokenizers::Tokenizer, InferenceError> {
+        tokenizers::Tokenizer::from_file(&self.tokenizer).map_err(|e| InferenceError::BadFile {
+            path: self.tokenizer.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) fn read_weights(&self) -> Result<Vec<u8>, InferenceError> {
+        std::fs::read(&self.weights).map_err(|e| InferenceError::BadFile {
+            path: self.weights.clone(),
+            reason: e.to_string(),
+        })
+    }
+}

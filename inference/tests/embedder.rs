@@ -1,0 +1,170 @@
+//! The candle embedder against sentence-transformers reference vectors (fixture made by
+//! scripts/make-embedding-reference.sh), on the real all-MiniLM-L6-v2 weights.
+
+use std::path::PathBuf;
+
+use shoal_inference::{
+    Chunker, ChunkerParams, Embedder, EmbedderOptions, InferenceError, ModelFiles,
+};
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "model not found at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn embedder(batch_size: usize) -> Embedder {
+    let files = ModelFiles::locate(&model_dir()).unwrap();
+    Embedder::load(
+        &files,
+        EmbedderOptions {
+            max_tokens: 256,
+            batch_size,
+        },
+    )
+    .unwrap()
+}
+
+struct Reference {
+    text: String,
+    tokens: usize,
+    vector: Vec<f32>,
+}
+
+fn reference() -> Vec<Reference> {
+    let raw = include_str!("fixtures/minilm_reference.json");
+    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Reference {
+            text: i["text"].as_str().unwrap().to_string(),
+            tokens: i["tokens_untruncated"].as_u64().unwrap() as usize,
+            vector: i["vector"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn matches_sentence_transformers() {
+    let refs = reference();
+    assert!(
+        refs.iter().any(|r| r.tokens > 128),
+        "fixture needs a text over 128 tokens"
+    );
+    assert!(
+        refs.iter().any(|r| r.tokens > 256),
+        "fixture needs a text over 256 tokens"
+    );
+    let e = embedder(4);
+    assert_eq!(e.dimension(), 384);
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let got = e.embed(&texts).unwrap();
+    for (r, v) in refs.iter().zip(&got) {
+        let c = cosine(&r.vector, v);
+        assert!(
+            c >= 0.9999,
+            "cosine {c} for {:?}",
+            &r.text[..r.text.len().min(40)]
+        );
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn batching_does_not_change_vectors() {
+    let refs = reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let batched = embedder(32).embed(&texts).unwrap();
+    let single = embedder(1);
+    for (t, b) in texts.iter().zip(&batched) {
+        let s = &single.embed(&[t]).unwrap()[0];
+        assert!(
+            cosine(s, b) > 0.99999,
+            "padding changed the vector of {t:?}"
+        );
+    }
+}
+
+#[test]
+fn chunks_fit_the_model_and_cover_the_text() {
+    let e = embedder(8);
+    let chunker = Chunker::new(e.counting_tokenizer().clone(), ChunkerParams::default());
+    let long = reference()
+        .into_iter()
+        .map(|r| r.text)
+        .max_by_key(|t| t.len())
+        .unwrap();
+    let text = [long.as_str(); 4].join("\n\n");
+    let chunks = chunker.chunk(&text).unwrap();
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    for c in &chunks {
+        assert!(c.tokens <= 200, "{} tokens", c.tokens);
+        assert_eq!(&text[c.start..c.end], c.text);
+        assert_eq!(chunker.count_tokens(&c.text).unwrap(), c.tokens);
+        // cut on sentence boundaries: every chunk ends a sentence
+        assert!(
+            c.text.ends_with('.'),
+            "chunk ends mid-sentence: {:?}",
+            &c.text[c.text.len() - 20..]
+        );
+    }
+    // consecutive chunks overlap and leave no gap
+    for w in chunks.windows(2) {
+        assert!(w[1].start < w[0].end, "no overlap between chunks");
+    }
+    assert_eq!(chunks[0].start, 0);
+    assert_eq!(chunks.last().unwrap().end, text.len());
+    assert!(chunker.chunk("   \n ").unwrap().is_empty());
+}
+
+#[test]
+fn broken_model_folders_fail_with_the_file_named() {
+    let src = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let err = ModelFiles::locate(dir.path()).unwrap_err();
+    assert!(matches!(err, InferenceError::MissingFile { .. }));
+    assert!(err.to_string().contains("config.json"), "{err}");
+
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    // wrong shapes: a config that does not fit the weights
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = 512.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let files = ModelFiles::locate(dir.path()).unwrap();
+    let err = Embedder::load(&files, EmbedderOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    std::fs::write(dir.path().join("tokenizer.json"), "{not json").unwrap();
+    let err = Embedder::load(&files, EmbedderOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}

@@ -1,0 +1,34 @@
+use thiserror::Error;
+
+/// Everything that can go wrong in the storage layer.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("collection `{0}` not found")]
+    CollectionNotFound(String),
+    #[error("collection `{0}` already exists")]
+    CollectionExists(String),
+    #[error("document `{doc}` not found in collection `{collection}`")]
+    DocumentNotFound { collection: String, doc: String },
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    #[error("stored data has format version {found}, this build reads version {expected}")]
+    FormatVersion { found: u8, expected: u8 },
+    #[error("corrupt record under key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("storage i/o: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+impl StoreError {
+    /// True for errors that say the command was refused (nothing was written), as opposed to
+    /// failures of the storage itself.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CollectionNotFound(_)
+                | StoreError::CollectionExists(_)
+                | StoreError::DocumentNotFound { .. }
+                | StoreError::InvalidCommand(_)
+        )
+    }
+}

@@ -1,0 +1,53 @@
+//! Key layout of the single sled tree that holds all state.
+//!
+//! Keeping everything in one tree lets [`crate::Store::apply`] commit each command as one atomic batch.
+//!
+//! | key | value |
+//! |---|---|
+//! | `m/format` | format version (1 byte) |
+//! | `m/applied` | index of the last applied command (u64 big-endian) |
+//! | `m/uid` | last collection uid handed out (u64 big-endian) |
+//! | `c/{name}` | [`crate::CollectionRecord`] |
+//! | `d/{uid}/{doc id}` | [`crate::DocumentRecord`] |
+//! | `p/{uid}/{point id}` | [`crate::ChunkRecord`] (chunk text and vector) |
+//! | `j/{job id}` | [`crate::JobRecord`] |
+//!
+//! Collection uids (not names) prefix documents and points, so a dropped collection's leftovers can
+//! never leak into a new collection of the same name.
+
+use crate::PointId;
+
+pub(crate) const FORMAT: &[u8] = b"m/format";
+pub(crate) const APPLIED: &[u8] = b"m/applied";
+pub(crate) const LAST_UID: &[u8] = b"m/uid";
+
+pub(crate) fn collection(name: &str) -> Vec<u8> {
+    [b"c/".as_slice(), name.as_bytes()].concat()
+}
+
+pub(crate) const COLLECTION_PREFIX: &[u8] = b"c/";
+
+pub(crate) fn documents_prefix(uid: u64) -> Vec<u8> {
+    [b"d/".as_slice(), &uid.to_be_bytes(), b"/"].concat()
+}
+
+pub(crate) fn document(uid: u64, doc_id: &str) -> Vec<u8> {
+    [documents_prefix(uid).as_slice(), doc_id.as_bytes()].concat()
+}
+
+pub(crate) fn points_prefix(uid: u64) -> Vec<u8> {
+    [b"p/".as_slice(), &uid.to_be_bytes(), b"/"].concat()
+}
+
+pub(crate) fn point(uid: u64, id: PointId) -> Vec<u8> {
+    [points_prefix(uid).as_slice(), &id.to_be_bytes()].concat()
+}
+
+pub(crate) fn point_id_from_key(key: &[u8]) -> Option<PointId> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+pub(crate) fn job(id: &str) -> Vec<u8> {
+    [b"j/".as_slice(), id.as_bytes()].concat()
+}

@@ -1,0 +1,25 @@
+//! sled-backed storage for shoal.
+//!
+//! Every change of state is a [`Command`]. [`Store::apply`] is the one deterministic function that
+//! turns a command into an atomic sled batch and reports the [`Effect`]s the index layer must mirror.
+//! Identical command sequences produce identical stores on every replica: timestamps and ids travel
+//! inside the command, point ids are assigned from per-collection counters kept in the store itself.
+
+mod codec;
+mod command;
+mod error;
+mod keys;
+mod records;
+mod store;
+
+pub use codec::FORMAT_VERSION;
+pub use command::{ChunkInput, Command, DocumentInput};
+pub use error::StoreError;
+pub use records::{
+    ChunkRecord, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus, HnswParams,
+    JobError, JobRecord, JobState, LiveVersion,
+};
+pub use store::{Applied, Effect, Outcome, PendingDocument, Store, StoredPoint};
+
+/// Point ids are unique within a collection and never reused.
+pub type PointId = u64;

@@ -1,0 +1,140 @@
+//! The records kept in sled. All are serialised with [`crate::codec`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::PointId;
+
+/// HNSW construction parameters of a collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Links per node (hnsw_rs `max_nb_connection`).
+    pub m: u32,
+    /// Candidate list width while building.
+    pub ef_construction: u32,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            m: 16,
+            ef_construction: 100,
+        }
+    }
+}
+
+/// What a collection is: its vector dimension and index parameters. Similarity is always cosine
+/// on L2-normalised vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionSpec {
+    pub dimension: u32,
+    pub hnsw: HnswParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionRecord {
+    pub name: String,
+    /// Unique for the life of the store; prefixes the collection's documents and points.
+    pub uid: u64,
+    pub spec: CollectionSpec,
+    pub created_at_ms: u64,
+    /// Next point id to hand out.
+    pub next_point_id: PointId,
+    /// Documents currently stored (any status).
+    pub documents: u64,
+    /// Chunks currently searchable.
+    pub chunks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DocumentStatus {
+    /// Accepted, waiting to be chunked, embedded and indexed.
+    Pending,
+    /// The current version is searchable.
+    Indexed,
+    /// The current version could not be indexed.
+    Failed { reason: String },
+}
+
+/// The version of a document whose chunks are in the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveVersion {
+    pub version: u64,
+    /// Metadata as canonical JSON, as it was when these chunks were stored.
+    pub metadata_json: String,
+    pub points: Vec<PointId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    pub id: String,
+    /// Increases each time the document is (re-)accepted; chunks must name the version they belong to.
+    pub version: u64,
+    pub job_id: String,
+    pub accepted_at_ms: u64,
+    pub text: String,
+    /// Metadata of the latest accepted version, as canonical JSON.
+    pub metadata_json: String,
+    pub status: DocumentStatus,
+    /// What search serves for this document (the previous version stays live while a replacement is pending).
+    pub live: Option<LiveVersion>,
+}
+
+/// One searchable chunk of a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub doc_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    /// Byte range of the chunk in the document text.
+    pub start: u32,
+    pub end: u32,
+    pub vector: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    Completed,
+    /// Finished, but at least one document failed.
+    CompletedWithErrors,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub doc_id: String,
+    pub reason: String,
+}
+
+/// An ingest job: the documents of one request and how far they have got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub collection: String,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub total: u64,
+    pub indexed: u64,
+    pub failed: u64,
+    /// Documents replaced by a later request or deleted before they were indexed.
+    pub superseded: u64,
+    /// The first errors (at most [`JobRecord::MAX_ERRORS`]).
+    pub errors: Vec<JobError>,
+}
+
+impl JobRecord {
+    pub const MAX_ERRORS: usize = 100;
+
+    pub fn done(&self) -> u64 {
+        self.indexed + self.failed + self.superseded
+    }
+
+    pub fn state(&self) -> JobState {
+        if self.done() < self.total {
+            JobState::Running
+        } else if self.failed > 0 {
+            JobState::CompletedWithErrors
+        } else {
+            JobState::Completed
+        }
+    }
+}

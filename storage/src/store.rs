@@ -1,0 +1,649 @@
+//! The store: reads, and the one deterministic [`Store::apply`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sled::{Batch, Db, Tree};
+
+use crate::codec::{decode, encode, FORMAT_VERSION};
+use crate::records::*;
+use crate::{keys, ChunkInput, Command, DocumentInput, PointId, StoreError};
+
+/// A change the index layer must mirror after a command was applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    CollectionCreated(CollectionRecord),
+    CollectionDropped {
+        name: String,
+        uid: u64,
+    },
+    /// New searchable points of one document.
+    PointsAdded {
+        collection: String,
+        points: Vec<StoredPoint>,
+    },
+    PointsRemoved {
+        collection: String,
+        ids: Vec<PointId>,
+    },
+}
+
+/// A point as the index needs it: id, vector and the payload used by filters and hits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPoint {
+    pub id: PointId,
+    pub vector: Vec<f32>,
+    pub doc_id: String,
+    pub metadata_json: String,
+}
+
+/// A document version that still has to be chunked, embedded and stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDocument {
+    pub collection: String,
+    pub doc_id: String,
+    pub version: u64,
+    pub text: String,
+}
+
+/// What a command did, for the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    CollectionCreated(CollectionRecord),
+    CollectionDropped,
+    DocumentsAccepted {
+        job: JobRecord,
+        pending: Vec<PendingDocument>,
+    },
+    /// `stored` is false when the version was stale (replaced or deleted meanwhile).
+    ChunksStored {
+        stored: bool,
+        job: Option<JobRecord>,
+    },
+    DocumentFailed {
+        recorded: bool,
+        job: Option<JobRecord>,
+    },
+    DocumentDeleted,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub effects: Vec<Effect>,
+}
+
+/// sled-backed store of collections, documents, chunks with vectors, and ingest jobs.
+///
+/// Reads may run from any thread. Writes go through [`Store::apply`] only, and callers must apply
+/// one command at a time (the node's state machine does), which is what makes a read-then-batch
+/// apply atomic and deterministic.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    tree: Tree,
+    sync_writes: bool,
+}
+
+impl Store {
+    /// Open (or create) a store in `dir`. With `sync_writes`, every applied command is flushed to
+    /// disk before `apply` returns, so an acknowledged write survives `kill -9`.
+    pub fn open(dir: &Path, sync_writes: bool) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Self::from_db(db, sync_writes)
+    }
+
+    /// A store that lives in memory only (tests).
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db, false)
+    }
+
+    fn from_db(db: Db, sync_writes: bool) -> Result<Store, StoreError> {
+        let tree = db.open_tree("state")?;
+        match tree.get(keys::FORMAT)? {
+            None => {
+                tree.insert(keys::FORMAT, &[FORMAT_VERSION])?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::FormatVersion {
+                    found: v.first().copied().unwrap_or(0),
+                    expected: FORMAT_VERSION,
+                })
+            }
+        }
+        Ok(Store {
+            db,
+            tree,
+            sync_writes,
+        })
+    }
+
+    /// Index of the last applied command (0 when none).
+    pub fn applied_index(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get(keys::APPLIED)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Bytes used on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    pub fn collection(&self, name: &str) -> Result<Option<CollectionRecord>, StoreError> {
+        self.get(&keys::collection(name))
+    }
+
+    pub fn collections(&self) -> Result<Vec<CollectionRecord>, StoreError> {
+        self.tree
+            .scan_prefix(keys::COLLECTION_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn document(&self, collection: &str, doc_id: &str) -> Result<DocumentRecord, StoreError> {
+        let coll = self.require_collection(collection)?;
+        self.get(&keys::document(coll.uid, doc_id))?
+            .ok_or_else(|| StoreError::DocumentNotFound {
+                collection: collection.to_string(),
+                doc: doc_id.to_string(),
+            })
+    }
+
+    /// The chunk behind a point, if it still exists.
+    pub fn chunk(&self, uid: u64, id: PointId) -> Result<Option<ChunkRecord>, StoreError> {
+        self.get(&keys::point(uid, id))
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.get(&keys::job(id))
+    }
+
+    /// Every searchable point of a collection, for building its index shard.
+    pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
+        let coll = self.require_collection(collection)?;
+        let mut metadata: HashMap<String, String> = HashMap::new();
+        for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
+            let (k, v) = kv?;
+            let doc: DocumentRecord = decode(&k, &v)?;
+            if let Some(live) = doc.live {
+                metadata.insert(doc.id, live.metadata_json);
+            }
+        }
+        let mut out = Vec::with_capacity(coll.chunks as usize);
+        for kv in self.tree.scan_prefix(keys::points_prefix(coll.uid)) {
+            let (k, v) = kv?;
+            let chunk: ChunkRecord = decode(&k, &v)?;
+            let id = keys::point_id_from_key(&k).ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "bad point key".into(),
+            })?;
+            let metadata_json = metadata
+                .get(&chunk.doc_id)
+                .cloned()
+                .unwrap_or_else(|| "{}".to_string());
+            out.push(StoredPoint {
+                id,
+                vector: chunk.vector,
+                doc_id: chunk.doc_id,
+                metadata_json,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Documents accepted but not yet indexed, in every collection (to resume ingest after a restart).
+    pub fn pending_documents(&self) -> Result<Vec<PendingDocument>, StoreError> {
+        let mut out = Vec::new();
+        for coll in self.collections()? {
+            for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
+                let (k, v) = kv?;
+                let doc: DocumentRecord = decode(&k, &v)?;
+                if doc.status == DocumentStatus::Pending {
+                    out.push(PendingDocument {
+                        collection: coll.name.clone(),
+                        doc_id: doc.id,
+                        version: doc.version,
+                        text: doc.text,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn require_collection(&self, name: &str) -> Result<CollectionRecord, StoreError> {
+        self.collection(name)?
+            .ok_or_else(|| StoreError::CollectionNotFound(name.to_string()))
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Apply one command as log entry `index`. Either the whole command is written (one atomic
+    /// sled batch) or, when it is refused, nothing but the applied index is. Callers must not run
+    /// two applies at once.
+    pub fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
+        let mut batch = Batch::default();
+        let result = match command {
+            Command::CreateCollection { name, spec, at_ms } => {
+                self.apply_create(&mut batch, name, spec, *at_ms)
+            }
+            Command::DropCollection { name } => self.apply_drop(&mut batch, name),
+            Command::AcceptDocuments {
+                collection,
+                job_id,
+                documents,
+                at_ms,
+            } => self.apply_accept(&mut batch, collection, job_id, documents, *at_ms),
+            Command::StoreChunks {
+                collection,
+                doc_id,
+                version,
+                chunks,
+                at_ms,
+            } => self.apply_store_chunks(&mut batch, collection, doc_id, *version, chunks, *at_ms),
+            Command::FailDocument {
+                collection,
+                doc_id,
+                version,
+                reason,
+                at_ms,
+            } => self.apply_fail(&mut batch, collection, doc_id, *version, reason, *at_ms),
+            Command::DeleteDocument {
+                collection,
+                doc_id,
+                at_ms,
+            } => self.apply_delete(&mut batch, collection, doc_id, *at_ms),
+        };
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(e) if e.is_rejection() => {
+                // A refused command still consumes its log index; nothing else changes.
+                let mut only_index = Batch::default();
+                only_index.insert(keys::APPLIED, &index.to_be_bytes());
+                self.tree.apply_batch(only_index)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        batch.insert(keys::APPLIED, &index.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        if self.sync_writes {
+            self.db.flush()?;
+        }
+        Ok(applied)
+    }
+
+    fn apply_create(
+        &self,
+        batch: &mut Batch,
+        name: &str,
+        spec: &CollectionSpec,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        if self.collection(name)?.is_some() {
+            return Err(StoreError::CollectionExists(name.to_string()));
+        }
+        if spec.dimension == 0 {
+            return Err(StoreError::InvalidCommand(
+                "dimension must be positive".into(),
+            ));
+        }
+        let uid = self
+            .tree
+            .get(keys::LAST_UID)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0)
+            + 1;
+        let record = CollectionRecord {
+            name: name.to_string(),
+            uid,
+            spec: spec.clone(),
+            created_at_ms: at_ms,
+            next_point_id: 0,
+            documents: 0,
+            chunks: 0,
+        };
+        batch.insert(keys::LAST_UID, &uid.to_be_bytes());
+        batch.insert(keys::collection(name), encode(&record));
+        Ok(Applied {
+            outcome: Outcome::CollectionCreated(record.clone()),
+            effects: vec![Effect::CollectionCreated(record)],
+        })
+    }
+
+    fn apply_drop(&self, batch: &mut Batch, name: &str) -> Result<Applied, StoreError> {
+        let coll = self.require_collection(name)?;
+        batch.remove(keys::collection(name));
+        for prefix in [
+            keys::documents_prefix(coll.uid),
+            keys::points_prefix(coll.uid),
+        ] {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(key?);
+            }
+        }
+        Ok(Applied {
+            outcome: Outcome::CollectionDropped,
+            effects: vec![Effect::CollectionDropped {
+                name: name.to_string(),
+                uid: coll.uid,
+            }],
+        })
+    }
+
+    fn apply_accept(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        job_id: &str,
+        documents: &[DocumentInput],
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let mut coll = self.require_collection(collection)?;
+        if self.job(job_id)?.is_some() {
+            return Err(StoreError::InvalidCommand(format!(
+                "job `{job_id}` already exists"
+            )));
+        }
+        let mut job = JobRecord {
+            id: job_id.to_string(),
+            collection: collection.to_string(),
+            created_at_ms: at_ms,
+            updated_at_ms: at_ms,
+            total: documents.len() as u64,
+            indexed: 0,
+            failed: 0,
+            superseded: 0,
+            errors: Vec::new(),
+        };
+        // Earlier jobs whose pending documents this request replaces.
+        let mut other_jobs: HashMap<String, JobRecord> = HashMap::new();
+        // Later duplicates of an id in the same request win; earlier ones count as superseded.
+        let mut last_index: HashMap<&str, usize> = HashMap::new();
+        for (i, d) in documents.iter().enumerate() {
+            last_index.insert(d.id.as_str(), i);
+        }
+        let mut pending = Vec::new();
+        for (i, input) in documents.iter().enumerate() {
+            if last_index.get(input.id.as_str()) != Some(&i) {
+                job.superseded += 1;
+                continue;
+            }
+            let key = keys::document(coll.uid, &input.id);
+            let previous: Option<DocumentRecord> = self.get(&key)?;
+            let (version, live) = match previous {
+                Some(prev) => {
+                    if prev.status == DocumentStatus::Pending {
+                        self.count_superseded(&mut other_jobs, &prev.job_id, at_ms)?;
+                    }
+                    (prev.version + 1, prev.live)
+                }
+                None => {
+                    coll.documents += 1;
+                    (1, None)
+                }
+            };
+            let record = DocumentRecord {
+                id: input.id.clone(),
+                version,
+                job_id: job_id.to_string(),
+                accepted_at_ms: at_ms,
+                text: input.text.clone(),
+                metadata_json: input.metadata_json.clone(),
+                status: DocumentStatus::Pending,
+                live,
+            };
+            batch.insert(key, encode(&record));
+            pending.push(PendingDocument {
+                collection: collection.to_string(),
+                doc_id: input.id.clone(),
+                version,
+                text: input.text.clone(),
+            });
+        }
+        for other in other_jobs.values() {
+            batch.insert(keys::job(&other.id), encode(other));
+        }
+        batch.insert(keys::job(job_id), encode(&job));
+        batch.insert(keys::collection(collection), encode(&coll));
+        Ok(Applied {
+            outcome: Outcome::DocumentsAccepted { job, pending },
+            effects: Vec::new(),
+        })
+    }
+
+    fn count_superseded(
+        &self,
+        jobs: &mut HashMap<String, JobRecord>,
+        job_id: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        if !jobs.contains_key(job_id) {
+            match self.job(job_id)? {
+                Some(j) => {
+                    jobs.insert(job_id.to_string(), j);
+                }
+                None => return Ok(()),
+            }
+        }
+        if let Some(j) = jobs.get_mut(job_id) {
+            j.superseded += 1;
+            j.updated_at_ms = at_ms;
+        }
+        Ok(())
+    }
+
+    fn apply_store_chunks(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        doc_id: &str,
+        version: u64,
+        chunks: &[ChunkInput],
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let mut coll = self.require_collection(collection)?;
+        let dim = coll.spec.dimension as usize;
+        if let Some(bad) = chunks.iter().find(|c| c.vector.len() != dim) {
+            return Err(StoreError::InvalidCommand(format!(
+                "chunk vector has dimension {}, collection `{collection}` has {dim}",
+                bad.vector.len()
+            )));
+        }
+        let key = keys::document(coll.uid, doc_id);
+        let doc: Option<DocumentRecord> = self.get(&key)?;
+        let Some(mut doc) =
+            doc.filter(|d| d.version == version && d.status == DocumentStatus::Pending)
+        else {
+            return Ok(Applied {
+                outcome: Outcome::ChunksStored {
+                    stored: false,
+                    job: None,
+                },
+                effects: Vec::new(),
+            });
+        };
+        let mut effects = Vec::new();
+        if let Some(old) = doc.live.take() {
+            for id in &old.points {
+                batch.remove(keys::point(coll.uid, *id));
+            }
+            coll.chunks -= old.points.len() as u64;
+            effects.push(Effect::PointsRemoved {
+                collection: collection.to_string(),
+                ids: old.points,
+            });
+        }
+        let mut points = Vec::with_capacity(chunks.len());
+        let mut stored = Vec::with_capacity(chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            let id = coll.next_point_id;
+            coll.next_point_id += 1;
+            let record = ChunkRecord {
+                doc_id: doc_id.to_string(),
+                chunk_index: i as u32,
+                text: c.text.clone(),
+                start: c.start,
+                end: c.end,
+                vector: c.vector.clone(),
+            };
+            batch.insert(keys::point(coll.uid, id), encode(&record));
+            points.push(id);
+            stored.push(StoredPoint {
+                id,
+                vector: c.vector.clone(),
+                doc_id: doc_id.to_string(),
+                metadata_json: doc.metadata_json.clone(),
+            });
+        }
+        coll.chunks += points.len() as u64;
+        doc.live = Some(LiveVersion {
+            version,
+            metadata_json: doc.metadata_json.clone(),
+            points,
+        });
+        doc.status = DocumentStatus::Indexed;
+        let job = self.job(&doc.job_id)?.map(|mut j| {
+            j.indexed += 1;
+            j.updated_at_ms = at_ms;
+            batch.insert(keys::job(&j.id), encode(&j));
+            j
+        });
+        batch.insert(key, encode(&doc));
+        batch.insert(keys::collection(collection), encode(&coll));
+        if !stored.is_empty() {
+            effects.push(Effect::PointsAdded {
+                collection: collection.to_string(),
+                points: stored,
+            });
+        }
+        Ok(Applied {
+            outcome: Outcome::ChunksStored { stored: true, job },
+            effects,
+        })
+    }
+
+    fn apply_fail(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        doc_id: &str,
+        version: u64,
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let coll = self.require_collection(collection)?;
+        let key = keys::document(coll.uid, doc_id);
+        let doc: Option<DocumentRecord> = self.get(&key)?;
+        let Some(mut doc) =
+            doc.filter(|d| d.version == version && d.status == DocumentStatus::Pending)
+        else {
+            return Ok(Applied {
+                outcome: Outcome::DocumentFailed {
+                    recorded: false,
+                    job: None,
+                },
+                effects: Vec::new(),
+            });
+        };
+        doc.status = DocumentStatus::Failed {
+            reason: reason.to_string(),
+        };
+        let job = self.job(&doc.job_id)?.map(|mut j| {
+            j.failed += 1;
+            j.updated_at_ms = at_ms;
+            if j.errors.len() < JobRecord::MAX_ERRORS {
+                j.errors.push(JobError {
+                    doc_id: doc_id.to_string(),
+                    reason: reason.to_string(),
+                });
+            }
+            batch.insert(keys::job(&j.id), encode(&j));
+            j
+        });
+        batch.insert(key, encode(&doc));
+        Ok(Applied {
+            outcome: Outcome::DocumentFailed {
+                recorded: true,
+                job,
+            },
+            effects: Vec::new(),
+        })
+    }
+
+    fn apply_delete(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        doc_id: &str,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let mut coll = self.require_collection(collection)?;
+        let key = keys::document(coll.uid, doc_id);
+        let doc: DocumentRecord = self
+            .get(&key)?
+            .ok_or_else(|| StoreError::DocumentNotFound {
+                collection: collection.to_string(),
+                doc: doc_id.to_string(),
+            })?;
+        if doc.status == DocumentStatus::Pending {
+            let mut jobs = HashMap::new();
+            self.count_superseded(&mut jobs, &doc.job_id, at_ms)?;
+            for j in jobs.values() {
+                batch.insert(keys::job(&j.id), encode(j));
+            }
+        }
+        let mut effects = Vec::new();
+        if let Some(live) = doc.live {
+            for id in &live.points {
+                batch.remove(keys::point(coll.uid, *id));
+            }
+            coll.chunks -= live.points.len() as u64;
+            effects.push(Effect::PointsRemoved {
+                collection: collection.to_string(),
+                ids: live.points,
+            });
+        }
+        coll.documents -= 1;
+        batch.remove(key);
+        batch.insert(keys::collection(collection), encode(&coll));
+        Ok(Applied {
+            outcome: Outcome::DocumentDeleted,
+            effects,
+        })
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
