@@ -1,1 +1,14 @@
-//! placeholder
+//! The HTTP contract of shoal: routes, request and response types, errors and their HTTP status
+//! codes. The node implements [`ShoalService`]; [`router`] turns any implementation into an axum
+//! router with request ids, tracing, timeouts, body limits and request metrics.
+
+pub mod dto;
+mod error;
+mod extract;
+mod routes;
+mod service;
+
+pub use error::ApiError;
+pub use extract::{validate_collection_name, validate_document_id};
+pub use routes::{router, RouterLimits};
+pub use service::ShoalService;

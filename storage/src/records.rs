@@ -67,7 +67,8 @@ pub struct LiveVersion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocumentRecord {
     pub id: String,
-    /// Increases each time the document is (re-)accepted; chunks must name the version they belong to.
+    /// The log index of the command that accepted this version (unique in the store); chunks
+    /// must name the version they belong to.
     pub version: u64,
     pub job_id: String,
     pub accepted_at_ms: u64,

@@ -256,7 +256,7 @@ impl Store {
                 job_id,
                 documents,
                 at_ms,
-            } => self.apply_accept(&mut batch, collection, job_id, documents, *at_ms),
+            } => self.apply_accept(&mut batch, index, collection, job_id, documents, *at_ms),
             Command::StoreChunks {
                 collection,
                 doc_id,
@@ -357,6 +357,7 @@ impl Store {
     fn apply_accept(
         &self,
         batch: &mut Batch,
+        index: u64,
         collection: &str,
         job_id: &str,
         documents: &[DocumentInput],
@@ -394,16 +395,19 @@ impl Store {
             }
             let key = keys::document(coll.uid, &input.id);
             let previous: Option<DocumentRecord> = self.get(&key)?;
-            let (version, live) = match previous {
+            // The log index makes versions unique across the whole store, so a version can never
+            // be mistaken for one of a dropped collection of the same name.
+            let version = index;
+            let live = match previous {
                 Some(prev) => {
                     if prev.status == DocumentStatus::Pending {
                         self.count_superseded(&mut other_jobs, &prev.job_id, at_ms)?;
                     }
-                    (prev.version + 1, prev.live)
+                    prev.live
                 }
                 None => {
                     coll.documents += 1;
-                    (1, None)
+                    None
                 }
             };
             let record = DocumentRecord {

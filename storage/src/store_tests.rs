@@ -110,7 +110,7 @@ fn ingest_flow_assigns_points_and_tracks_job() {
         .apply(store_chunks(
             "c",
             "d1",
-            1,
+            2,
             vec![chunk("he", [1.0, 0.0]), chunk("llo", [0.0, 1.0])],
         ))
         .unwrap();
@@ -132,7 +132,7 @@ fn ingest_flow_assigns_points_and_tracks_job() {
     log.apply(Command::FailDocument {
         collection: "c".into(),
         doc_id: "d2".into(),
-        version: 1,
+        version: 2,
         reason: "empty".into(),
         at_ms: 4,
     })
@@ -154,7 +154,7 @@ fn replacement_keeps_old_version_live_until_new_chunks_arrive() {
     log.apply(create("c")).unwrap();
     log.apply(accept("c", "j1", vec![doc("d", "v1", r#"{"v":1}"#)]))
         .unwrap();
-    log.apply(store_chunks("c", "d", 1, vec![chunk("v1", [1.0, 0.0])]))
+    log.apply(store_chunks("c", "d", 2, vec![chunk("v1", [1.0, 0.0])]))
         .unwrap();
     log.apply(accept("c", "j2", vec![doc("d", "v2", r#"{"v":2}"#)]))
         .unwrap();
@@ -164,14 +164,14 @@ fn replacement_keeps_old_version_live_until_new_chunks_arrive() {
     assert_eq!(pts[0].metadata_json, r#"{"v":1}"#);
     // a stale version is ignored
     let stale = log
-        .apply(store_chunks("c", "d", 1, vec![chunk("x", [0.0, 1.0])]))
+        .apply(store_chunks("c", "d", 2, vec![chunk("x", [0.0, 1.0])]))
         .unwrap();
     assert!(matches!(
         stale.outcome,
         Outcome::ChunksStored { stored: false, .. }
     ));
     let applied = log
-        .apply(store_chunks("c", "d", 2, vec![chunk("v2", [0.0, 1.0])]))
+        .apply(store_chunks("c", "d", 4, vec![chunk("v2", [0.0, 1.0])]))
         .unwrap();
     assert_eq!(
         applied.effects[0],
@@ -219,7 +219,7 @@ fn superseded_and_deleted_pending_documents_complete_their_jobs() {
         "the first `a` of the same request is superseded"
     );
     let a = log.store.document("c", "a").unwrap();
-    assert_eq!((a.version, a.text.as_str()), (2, "3"));
+    assert_eq!((a.version, a.text.as_str()), (3, "3"));
 }
 
 #[test]
@@ -228,7 +228,7 @@ fn delete_removes_points_and_drop_removes_everything() {
     log.apply(create("c")).unwrap();
     log.apply(accept("c", "j", vec![doc("d", "t", "{}")]))
         .unwrap();
-    log.apply(store_chunks("c", "d", 1, vec![chunk("t", [1.0, 0.0])]))
+    log.apply(store_chunks("c", "d", 2, vec![chunk("t", [1.0, 0.0])]))
         .unwrap();
     let applied = log
         .apply(Command::DeleteDocument {
@@ -245,7 +245,7 @@ fn delete_removes_points_and_drop_removes_everything() {
     ));
     log.apply(accept("c", "j2", vec![doc("e", "t", "{}")]))
         .unwrap();
-    log.apply(store_chunks("c", "e", 1, vec![chunk("t", [1.0, 0.0])]))
+    log.apply(store_chunks("c", "e", 5, vec![chunk("t", [1.0, 0.0])]))
         .unwrap();
     log.apply(Command::DropCollection { name: "c".into() })
         .unwrap();
@@ -267,7 +267,7 @@ fn wrong_dimension_is_refused_without_writes() {
         vector: vec![1.0; 3],
     };
     assert!(matches!(
-        log.apply(store_chunks("c", "d", 1, vec![bad])),
+        log.apply(store_chunks("c", "d", 2, vec![bad])),
         Err(StoreError::InvalidCommand(_))
     ));
     assert!(log.store.points("c").unwrap().is_empty());
@@ -293,11 +293,11 @@ fn apply_is_deterministic_and_durable() {
             "j",
             vec![doc("a", "x", "{}"), doc("b", "y", r#"{"t":"z"}"#)],
         ),
-        store_chunks("c", "a", 1, vec![chunk("x", [1.0, 0.0])]),
+        store_chunks("c", "a", 2, vec![chunk("x", [1.0, 0.0])]),
         store_chunks(
             "c",
             "b",
-            1,
+            2,
             vec![chunk("y", [0.6, 0.8]), chunk("y2", [0.0, 1.0])],
         ),
         Command::DeleteDocument {

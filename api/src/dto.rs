@@ -1,0 +1,180 @@
+//! Request and response bodies of the HTTP API (see docs/api.md).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HnswConfig {
+    pub m: Option<u32>,
+    pub ef_construction: Option<u32>,
+}
+
+/// `PUT /api/v1/collections/{name}`. The body may be empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollectionRequest {
+    /// Vector dimension; defaults to the embedding model's. Only needed for collections searched
+    /// with vectors of another model.
+    pub dimension: Option<u32>,
+    #[serde(default)]
+    pub hnsw: HnswConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexInfo {
+    pub m: u32,
+    pub ef_construction: u32,
+    pub live_points: u64,
+    pub tombstones: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub dimension: u32,
+    pub documents: u64,
+    pub chunks: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+    pub index: IndexInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentInput {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// `POST /api/v1/collections/{name}/documents`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDocumentsRequest {
+    pub documents: Vec<DocumentInput>,
+}
+
+/// Answer to an accepted ingest (`202 Accepted`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddDocumentsResponse {
+    pub job_id: String,
+    pub status_url: String,
+    pub documents: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Completed,
+    CompletedWithErrors,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDocumentError {
+    pub document_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub collection: String,
+    pub state: JobState,
+    pub total: u64,
+    pub indexed: u64,
+    pub failed: u64,
+    /// Replaced by a later request or deleted before they were indexed.
+    pub superseded: u64,
+    pub errors: Vec<JobDocumentError>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentState {
+    Pending,
+    Indexed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentInfo {
+    pub id: String,
+    pub state: DocumentState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub version: u64,
+    pub job_id: String,
+    pub metadata: Map<String, Value>,
+    /// Searchable chunks (of the indexed version).
+    pub chunks: u64,
+    pub text: String,
+}
+
+/// `POST /api/v1/collections/{name}/search`: exactly one of `query` and `vector`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub query: Option<String>,
+    pub vector: Option<Vec<f32>>,
+    pub top_k: Option<usize>,
+    /// See docs/api.md: `document_id` and `metadata` conditions.
+    pub filter: Option<Value>,
+    /// Scan every point instead of the graph (slow, exact).
+    #[serde(default)]
+    pub exact: bool,
+    /// Search beam width; larger is slower and more accurate.
+    pub ef: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub document_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub score: f32,
+    pub metadata: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub hits: Vec<SearchHit>,
+    pub took_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+    pub version: String,
+    pub uptime_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadyResponse {
+    pub ready: bool,
+    /// Component name to its state, for example `"embedder": "ready"`.
+    pub components: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorInfo {
+    pub name: String,
+    pub kind: String,
+    /// Restarts after failures since the node started.
+    pub restarts: u64,
+    pub uptime_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorList {
+    pub actors: Vec<ActorInfo>,
+}

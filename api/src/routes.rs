@@ -1,0 +1,265 @@
+//! The router: every route of the API, and the layers around them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::dto::*;
+use crate::extract::{validate_collection_name, validate_document_id, ApiJson, OptionalJson};
+use crate::{ApiError, ShoalService};
+
+/// Limits enforced by the router itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterLimits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 504.
+    pub request_timeout: Duration,
+}
+
+/// Build the HTTP API around a service.
+///
+/// | route | handler |
+/// |---|---|
+/// | `GET /api/health` | liveness |
+/// | `GET /api/ready` | readiness (503 until ready) |
+/// | `GET /metrics` | Prometheus text |
+/// | `GET /api/v1/collections` | list collections |
+/// | `PUT, GET, DELETE /api/v1/collections/{name}` | create, show, drop a collection |
+/// | `POST /api/v1/collections/{name}/documents` | accept documents for ingest (202 + job) |
+/// | `GET, DELETE /api/v1/collections/{name}/documents/{id}` | show, delete a document |
+/// | `POST /api/v1/collections/{name}/search` | search by text or vector |
+/// | `GET /api/v1/jobs/{id}` | ingest job progress |
+/// | `GET /api/v1/admin/actors` | supervised actors and their restarts |
+/// | `POST /api/v1/admin/actors/{name}/panic` | fault injection (when enabled) |
+pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router {
+    let api = Router::new()
+        .route("/api/health", get(health::<S>))
+        .route("/api/ready", get(ready::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/collections", get(list_collections::<S>))
+        .route(
+            "/api/v1/collections/{name}",
+            put(create_collection::<S>)
+                .get(get_collection::<S>)
+                .delete(delete_collection::<S>),
+        )
+        .route(
+            "/api/v1/collections/{name}/documents",
+            post(add_documents::<S>),
+        )
+        .route(
+            "/api/v1/collections/{name}/documents/{id}",
+            get(get_document::<S>).delete(delete_document::<S>),
+        )
+        .route("/api/v1/collections/{name}/search", post(search::<S>))
+        .route("/api/v1/jobs/{id}", get(get_job::<S>))
+        .route("/api/v1/admin/actors", get(list_actors::<S>))
+        .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            timeout,
+        ))
+        .layer(middleware::from_fn_with_state(service.clone(), record::<S>));
+
+    api.with_state(service)
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(format!("request took longer than {} ms", limit.as_millis()))
+            .into_response(),
+    }
+}
+
+async fn record<S: ShoalService>(
+    State(service): State<Arc<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    service.record_request(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn health<S: ShoalService>(State(s): State<Arc<S>>) -> Json<HealthResponse> {
+    Json(s.health().await)
+}
+
+async fn ready<S: ShoalService>(State(s): State<Arc<S>>) -> Response {
+    let r = s.ready().await;
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r)).into_response()
+}
+
+async fn metrics<S: ShoalService>(State(s): State<Arc<S>>) -> Result<Response, ApiError> {
+    let body = s.metrics().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+async fn list_collections<S: ShoalService>(
+    State(s): State<Arc<S>>,
+) -> Result<Json<CollectionList>, ApiError> {
+    Ok(Json(s.list_collections().await?))
+}
+
+async fn create_collection<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+    OptionalJson(req): OptionalJson<CreateCollectionRequest>,
+) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
+    validate_collection_name(&name)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.create_collection(name, req).await?),
+    ))
+}
+
+async fn get_collection<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+) -> Result<Json<CollectionInfo>, ApiError> {
+    validate_collection_name(&name)?;
+    Ok(Json(s.get_collection(name).await?))
+}
+
+async fn delete_collection<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    validate_collection_name(&name)?;
+    s.delete_collection(name.clone()).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+async fn add_documents<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AddDocumentsRequest>,
+) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
+    validate_collection_name(&name)?;
+    for (i, d) in req.documents.iter().enumerate() {
+        validate_document_id(&d.id)
+            .map_err(|e| ApiError::BadRequest(format!("documents[{i}]: {e}")))?;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.add_documents(name, req).await?),
+    ))
+}
+
+async fn get_document<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<DocumentInfo>, ApiError> {
+    validate_collection_name(&name)?;
+    Ok(Json(s.get_document(name, id).await?))
+}
+
+async fn delete_document<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    validate_collection_name(&name)?;
+    s.delete_document(name, id.clone()).await?;
+    Ok(Json(serde_json::json!({ "deleted": id })))
+}
+
+async fn search<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    validate_collection_name(&name)?;
+    Ok(Json(s.search(name, req).await?))
+}
+
+async fn get_job<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobInfo>, ApiError> {
+    Ok(Json(s.get_job(id).await?))
+}
+
+async fn list_actors<S: ShoalService>(
+    State(s): State<Arc<S>>,
+) -> Result<Json<ActorList>, ApiError> {
+    Ok(Json(s.list_actors().await?))
+}
+
+async fn inject_panic<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    s.inject_panic(name.clone()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "panicked": name })),
+    ))
+}

@@ -1,0 +1,56 @@
+use std::future::Future;
+
+use crate::dto::*;
+use crate::ApiError;
+
+/// What the HTTP API needs from a node. Every method maps to one route of [`crate::router`].
+pub trait ShoalService: Send + Sync + 'static {
+    fn health(&self) -> impl Future<Output = HealthResponse> + Send;
+    /// Ready when the model is warm and every shard is loaded.
+    fn ready(&self) -> impl Future<Output = ReadyResponse> + Send;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> impl Future<Output = Result<String, ApiError>> + Send;
+
+    fn create_collection(
+        &self,
+        name: String,
+        req: CreateCollectionRequest,
+    ) -> impl Future<Output = Result<CollectionInfo, ApiError>> + Send;
+    fn get_collection(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<CollectionInfo, ApiError>> + Send;
+    fn list_collections(&self) -> impl Future<Output = Result<CollectionList, ApiError>> + Send;
+    fn delete_collection(&self, name: String) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    fn add_documents(
+        &self,
+        collection: String,
+        req: AddDocumentsRequest,
+    ) -> impl Future<Output = Result<AddDocumentsResponse, ApiError>> + Send;
+    fn get_document(
+        &self,
+        collection: String,
+        id: String,
+    ) -> impl Future<Output = Result<DocumentInfo, ApiError>> + Send;
+    fn delete_document(
+        &self,
+        collection: String,
+        id: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn get_job(&self, id: String) -> impl Future<Output = Result<JobInfo, ApiError>> + Send;
+
+    fn search(
+        &self,
+        collection: String,
+        req: SearchRequest,
+    ) -> impl Future<Output = Result<SearchResponse, ApiError>> + Send;
+
+    /// The node's actors with their restart counts.
+    fn list_actors(&self) -> impl Future<Output = Result<ActorList, ApiError>> + Send;
+    /// Fault injection (only when the node enables it): make the named actor panic.
+    fn inject_panic(&self, actor: String) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Called once per HTTP request, after the response is made (for metrics).
+    fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64);
+}

@@ -1,0 +1,355 @@
+//! The node supervisor and its restart strategy.
+//!
+//! ractor leaves restarting to the supervisor (its default handler stops the supervisor when a
+//! child dies). Ours restarts every failed child with exponential backoff: the first restart
+//! waits `restart_base_ms`, each further failure doubles the wait up to `restart_max_ms`, and a
+//! child that stayed up for `restart_reset_ms` starts again from the base delay. Every restart is
+//! logged and counted in `shoal_actor_restarts_total{actor}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use serde::Serialize;
+use shoal_storage::CollectionRecord;
+
+use crate::actors::embedder::{EmbedQueue, EmbedderActor, EmbedderArgs, EmbedderMsg};
+use crate::actors::ingest::{IngestArgs, IngestMsg, IngestWorker};
+use crate::actors::shard::{ShardActor, ShardArgs, ShardMsg};
+use crate::context::NodeContext;
+
+pub enum SupervisorMsg {
+    StartShard(CollectionRecord, RpcReplyPort<Result<(), String>>),
+    StopShard {
+        name: String,
+        uid: u64,
+        reply: RpcReplyPort<()>,
+    },
+    /// Restart a collection's shard actor so it reloads from storage.
+    ReloadShard(String),
+    /// Backoff elapsed: start this child again.
+    Restart(ChildSpec),
+    ListChildren(RpcReplyPort<Vec<ChildInfo>>),
+    /// Fault injection: make the named child panic.
+    Panic(String, RpcReplyPort<Result<(), String>>),
+}
+
+/// What a child is, enough to start it again.
+#[derive(Clone)]
+pub enum ChildSpec {
+    Embedder(EmbedQueue),
+    IngestWorker(usize),
+    Shard(CollectionRecord),
+}
+
+impl ChildSpec {
+    pub fn name(&self) -> String {
+        match self {
+            ChildSpec::Embedder(q) => q.actor_name(),
+            ChildSpec::IngestWorker(i) => format!("ingest-worker-{i}"),
+            ChildSpec::Shard(c) => format!("shard-{}", c.name),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ChildSpec::Embedder(_) => "embedder",
+            ChildSpec::IngestWorker(_) => "ingest_worker",
+            ChildSpec::Shard(_) => "shard",
+        }
+    }
+}
+
+#[derive(Clone)]
+enum ChildRef {
+    Embedder(ActorRef<EmbedderMsg>),
+    Ingest(ActorRef<IngestMsg>),
+    Shard(ActorRef<ShardMsg>),
+}
+
+impl ChildRef {
+    fn cell(&self) -> ActorCell {
+        match self {
+            ChildRef::Embedder(a) => a.get_cell(),
+            ChildRef::Ingest(a) => a.get_cell(),
+            ChildRef::Shard(a) => a.get_cell(),
+        }
+    }
+
+    fn panic(&self) -> Result<(), String> {
+        match self {
+            ChildRef::Embedder(a) => a
+                .send_message(EmbedderMsg::Panic)
+                .map_err(|e| e.to_string()),
+            ChildRef::Ingest(a) => a.send_message(IngestMsg::Panic).map_err(|e| e.to_string()),
+            ChildRef::Shard(a) => a.send_message(ShardMsg::Panic).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+struct Child {
+    spec: ChildSpec,
+    actor: ChildRef,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub restarts: u64,
+    pub uptime_s: f64,
+}
+
+/// Consecutive failures of one child name, for its backoff.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    total_restarts: u64,
+}
+
+pub struct NodeSupervisor;
+
+pub struct SupervisorState {
+    ctx: Arc<NodeContext>,
+    children: HashMap<ActorId, Child>,
+    backoff: HashMap<String, Backoff>,
+}
+
+impl SupervisorState {
+    fn delay_for(&mut self, name: &str, uptime: Duration) -> Duration {
+        let cfg = &self.ctx.config.supervisor;
+        let b = self.backoff.entry(name.to_string()).or_default();
+        if uptime >= Duration::from_millis(cfg.restart_reset_ms) {
+            b.failures = 0;
+        }
+        let exp = b.failures.min(20);
+        b.failures += 1;
+        b.total_restarts += 1;
+        let ms = cfg
+            .restart_base_ms
+            .saturating_mul(1u64 << exp)
+            .min(cfg.restart_max_ms);
+        Duration::from_millis(ms)
+    }
+
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        spec: ChildSpec,
+    ) -> Result<(), String> {
+        let cell = myself.get_cell();
+        let ctx = self.ctx.clone();
+        let name = spec.name();
+        let actor = match &spec {
+            ChildSpec::Embedder(queue) => {
+                let args = EmbedderArgs { queue: *queue, ctx };
+                ChildRef::Embedder(
+                    Actor::spawn_linked(None, EmbedderActor, args, cell)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .0,
+                )
+            }
+            ChildSpec::IngestWorker(id) => {
+                let args = IngestArgs { id: *id, ctx };
+                ChildRef::Ingest(
+                    Actor::spawn_linked(None, IngestWorker, args, cell)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .0,
+                )
+            }
+            ChildSpec::Shard(collection) => {
+                let args = ShardArgs {
+                    collection: collection.clone(),
+                    ctx,
+                };
+                ChildRef::Shard(
+                    Actor::spawn_linked(None, ShardActor, args, cell)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .0,
+                )
+            }
+        };
+        tracing::debug!(child = %name, "child started");
+        self.children.insert(
+            actor.cell().get_id(),
+            Child {
+                spec,
+                actor,
+                started: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    fn find(&self, pred: impl Fn(&ChildSpec) -> bool) -> Option<(ActorId, &Child)> {
+        self.children
+            .iter()
+            .find(|(_, c)| pred(&c.spec))
+            .map(|(id, c)| (*id, c))
+    }
+
+    fn shard_of(&self, name: &str) -> Option<(ActorId, &Child)> {
+        self.find(|s| matches!(s, ChildSpec::Shard(c) if c.name == name))
+    }
+}
+
+pub struct SupervisorArgs {
+    pub ctx: Arc<NodeContext>,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            ctx: args.ctx.clone(),
+            children: HashMap::new(),
+            backoff: HashMap::new(),
+        };
+        let mut specs = vec![
+            ChildSpec::Embedder(EmbedQueue::Query),
+            ChildSpec::Embedder(EmbedQueue::Ingest),
+        ];
+        specs.extend((0..args.ctx.config.ingest.workers).map(ChildSpec::IngestWorker));
+        specs.extend(
+            args.ctx
+                .store
+                .collections()?
+                .into_iter()
+                .map(ChildSpec::Shard),
+        );
+        for spec in specs {
+            let name = spec.name();
+            state
+                .start(&myself, spec)
+                .await
+                .map_err(|e| format!("could not start {name}: {e}"))?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::StartShard(record, reply) => {
+                let r = state.start(&myself, ChildSpec::Shard(record)).await;
+                let _ = reply.send(r);
+            }
+            SupervisorMsg::StopShard { name, uid, reply } => {
+                let found = state
+                    .find(|s| matches!(s, ChildSpec::Shard(c) if c.name == name && c.uid == uid))
+                    .map(|(id, _)| id);
+                if let Some(id) = found {
+                    // Removed first, so its termination is not taken for a failure.
+                    if let Some(child) = state.children.remove(&id) {
+                        child.actor.cell().stop(Some("collection dropped".into()));
+                    }
+                }
+                let _ = reply.send(());
+            }
+            SupervisorMsg::ReloadShard(name) => {
+                if let Some((id, _)) = state.shard_of(&name) {
+                    if let Some(child) = state.children.remove(&id) {
+                        child.actor.cell().stop(Some("reload".into()));
+                        state.start(&myself, child.spec).await?;
+                    }
+                }
+            }
+            SupervisorMsg::Restart(spec) => {
+                // A shard of a collection dropped meanwhile stays down.
+                if let ChildSpec::Shard(c) = &spec {
+                    if !state.ctx.shards.is_current(&c.name, c.uid) {
+                        return Ok(());
+                    }
+                }
+                let name = spec.name();
+                if let Err(e) = state.start(&myself, spec.clone()).await {
+                    let delay = state.delay_for(&name, Duration::ZERO);
+                    tracing::error!(child = %name, error = %e, retry_ms = delay.as_millis() as u64, "restart failed");
+                    myself.send_after(delay, move || SupervisorMsg::Restart(spec));
+                }
+            }
+            SupervisorMsg::ListChildren(reply) => {
+                let mut list: Vec<ChildInfo> = state
+                    .children
+                    .values()
+                    .map(|c| {
+                        let name = c.spec.name();
+                        ChildInfo {
+                            restarts: state
+                                .backoff
+                                .get(&name)
+                                .map(|b| b.total_restarts)
+                                .unwrap_or(0),
+                            kind: c.spec.kind(),
+                            uptime_s: c.started.elapsed().as_secs_f64(),
+                            name,
+                        }
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(list);
+            }
+            SupervisorMsg::Panic(name, reply) => {
+                let target = state
+                    .find(|s| s.name() == name)
+                    .map(|(_, c)| c.actor.clone());
+                let r = match target {
+                    Some(actor) => actor.panic(),
+                    None => Err(format!("no actor named `{name}`")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())),
+            ),
+            _ => return Ok(()),
+        };
+        // Children we stopped on purpose were removed before; anything else is restarted.
+        let Some(child) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let name = child.spec.name();
+        let delay = state.delay_for(&name, child.started.elapsed());
+        state
+            .ctx
+            .metrics
+            .actor_restarts
+            .with_label_values(&[name.as_str()])
+            .inc();
+        tracing::error!(child = %name, reason = %why, restart_in_ms = delay.as_millis() as u64, "child actor died; restarting");
+        let spec = child.spec;
+        myself.send_after(delay, move || SupervisorMsg::Restart(spec));
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! Node configuration: defaults, then a TOML file, then `SHOAL_*` environment variables, then
+//! command-line flags. Every field and its default is listed in docs/operations.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub model: ModelConfig,
+    pub ingest: IngestConfig,
+    pub search: SearchConfig,
+    pub index: IndexConfig,
+    pub supervisor: SupervisorConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 504.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Everything the node stores lives under this folder.
+    pub data_dir: PathBuf,
+    /// fsync every applied command (an acknowledged write survives kill -9).
+    pub sync_writes: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hugging Face-style folder with config.json, tokenizer.json and model.safetensors.
+    pub path: PathBuf,
+    /// Token limit per text (special tokens included), capped by the model.
+    pub max_tokens: usize,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+    /// Longest an embedding request may wait for the model (ms).
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Ingest worker actors (each chunks and embeds one batch at a time).
+    pub workers: usize,
+    /// Chunks embedded together by one worker.
+    pub batch_chunks: usize,
+    /// Target chunk size in tokens.
+    pub chunk_tokens: usize,
+    /// Tokens of whole sentences repeated at the start of the next chunk.
+    pub chunk_overlap_tokens: usize,
+    /// Documents per request.
+    pub max_documents_per_request: usize,
+    /// Size of one document's text (bytes).
+    pub max_document_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    /// Size of a text query (bytes).
+    pub max_query_bytes: usize,
+    /// Default HNSW search beam.
+    pub ef_search: usize,
+    /// Largest `ef` a request may ask for.
+    pub max_ef: usize,
+    /// Shards with at most this many points are searched exactly.
+    pub exact_below: usize,
+    /// Filters matching at most this fraction of a shard are answered by an exact scan.
+    pub exact_filter_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Default HNSW links per node for new collections.
+    pub m: u32,
+    /// Default HNSW build beam for new collections.
+    pub ef_construction: u32,
+    /// Rebuild a shard once tombstones exceed this fraction of its graph.
+    pub compaction_ratio: f64,
+    /// ... and at least this many.
+    pub compaction_min_tombstones: usize,
+    /// Dump a changed shard's graph to disk after this long (ms), so restarts reload it.
+    pub persist_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// First restart delay of a failed actor (ms); doubles on each further failure.
+    pub restart_base_ms: u64,
+    /// Longest restart delay (ms).
+    pub restart_max_ms: u64,
+    /// A child that stays up this long (ms) has its backoff reset.
+    pub restart_reset_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Enables `POST /api/v1/admin/actors/{name}/panic` (for tests and drills; off in production).
+    pub fault_injection: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            max_body_bytes: 32 * 1024 * 1024,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            sync_writes: true,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: PathBuf::from("./models/all-MiniLM-L6-v2"),
+            max_tokens: 256,
+            batch_size: 32,
+            timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            workers: 1,
+            batch_chunks: 32,
+            chunk_tokens: 200,
+            chunk_overlap_tokens: 40,
+            max_documents_per_request: 1_000,
+            max_document_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            default_top_k: 10,
+            max_top_k: 1_000,
+            max_query_bytes: 8 * 1024,
+            ef_search: 64,
+            max_ef: 4_096,
+            exact_below: 1_000,
+            exact_filter_fraction: 0.1,
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            m: 16,
+            ef_construction: 100,
+            compaction_ratio: 0.2,
+            compaction_min_tombstones: 100,
+            persist_interval_ms: 5_000,
+        }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            restart_base_ms: 100,
+            restart_max_ms: 10_000,
+            restart_reset_ms: 60_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `SHOAL_SECTION__FIELD` environment variables
+    /// (for example `SHOAL_SERVER__LISTEN=0.0.0.0:7400`).
+    pub fn load(file: Option<&Path>) -> Result<Config, NodeError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(NodeError::Config(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let config: Config = fig
+            .merge(Env::prefixed("SHOAL_").split("__"))
+            .extract()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        config.validate().map_err(NodeError::Config)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            (
+                "server.request_timeout_ms",
+                self.server.request_timeout_ms as usize,
+            ),
+            ("model.max_tokens", self.model.max_tokens),
+            ("model.batch_size", self.model.batch_size),
+            ("ingest.workers", self.ingest.workers),
+            ("ingest.batch_chunks", self.ingest.batch_chunks),
+            ("ingest.chunk_tokens", self.ingest.chunk_tokens),
+            (
+                "ingest.max_documents_per_request",
+                self.ingest.max_documents_per_request,
+            ),
+            ("ingest.max_document_bytes", self.ingest.max_document_bytes),
+            ("search.max_top_k", self.search.max_top_k),
+            ("search.default_top_k", self.search.default_top_k),
+            ("search.ef_search", self.search.ef_search),
+            ("index.m", self.index.m as usize),
+            ("index.ef_construction", self.index.ef_construction as usize),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.index.m > 255 {
+            return Err("index.m must be at most 255".into());
+        }
+        if self.search.default_top_k > self.search.max_top_k {
+            return Err("search.default_top_k must not exceed search.max_top_k".into());
+        }
+        if self.ingest.chunk_tokens + 2 > self.model.max_tokens {
+            return Err(format!(
+                "ingest.chunk_tokens ({}) must leave room for 2 special tokens within model.max_tokens ({})",
+                self.ingest.chunk_tokens, self.model.max_tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[search]\nmax_top_k = 50\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOAL_SEARCH__MAX_TOP_K", "70");
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 9000);
+            assert_eq!(c.search.max_top_k, 70);
+            assert_eq!(c.ingest.chunk_tokens, 200);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn bad_values_are_refused() {
+        // Inside a jail: the other test sets environment variables.
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("shoal.toml");
+            std::fs::write(&file, "[search]\nmax_top_k = 0\n").unwrap();
+            let e = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(e.contains("max_top_k"), "{e}");
+            std::fs::write(&file, "[serch]\n").unwrap();
+            assert!(Config::load(Some(&file)).is_err());
+            assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

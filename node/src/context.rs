@@ -1,0 +1,230 @@
+//! What every part of a node shares, and the state machine: [`NodeContext::apply`] runs each
+//! command through the store's deterministic apply, then mirrors its effects in the index shards.
+//! The cluster issue replaces the local log index with Raft's; the command path stays the same.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use ractor::ActorRef;
+use shoal_index::{Payload, Point, ShardParams};
+use shoal_inference::{Chunker, Embedder};
+use shoal_storage::{CollectionRecord, Command, Effect, Outcome, Store, StoredPoint};
+
+use crate::actors::ask;
+use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
+use crate::actors::shard::ShardMsg;
+use crate::actors::supervisor::SupervisorMsg;
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::ingest_queue::IngestQueue;
+use crate::metrics::Metrics;
+use crate::shards::ShardRegistry;
+
+pub struct NodeContext {
+    pub config: Config,
+    pub store: Store,
+    pub embedder: Embedder,
+    pub chunker: Chunker,
+    pub metrics: Arc<Metrics>,
+    pub shards: ShardRegistry,
+    pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
+    pub ingest: IngestQueue,
+    pub supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+    /// Next log index; the lock also serialises applies.
+    apply_lock: tokio::sync::Mutex<u64>,
+    pub index_dir: PathBuf,
+    pub started: Instant,
+    pub warm: AtomicBool,
+}
+
+/// How long an apply waits for a shard actor to mirror an effect.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl NodeContext {
+    pub fn new(
+        config: Config,
+        store: Store,
+        embedder: Embedder,
+        chunker: Chunker,
+        metrics: Arc<Metrics>,
+    ) -> Result<NodeContext, NodeError> {
+        let next_index = store.applied_index()? + 1;
+        let index_dir = config.storage.data_dir.join("index");
+        Ok(NodeContext {
+            ingest: IngestQueue::new(metrics.clone()),
+            config,
+            store,
+            embedder,
+            chunker,
+            metrics,
+            shards: ShardRegistry::default(),
+            embedders: RwLock::new(HashMap::new()),
+            supervisor: OnceLock::new(),
+            apply_lock: tokio::sync::Mutex::new(next_index),
+            index_dir,
+            started: Instant::now(),
+            warm: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(Ordering::Acquire)
+    }
+
+    pub fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, NodeError> {
+        self.supervisor
+            .get()
+            .ok_or_else(|| NodeError::NotReady("the node is starting".into()))
+    }
+
+    pub fn shard_params(&self, coll: &CollectionRecord) -> ShardParams {
+        let s = &self.config.search;
+        let i = &self.config.index;
+        ShardParams {
+            dimension: coll.spec.dimension as usize,
+            m: coll.spec.hnsw.m as usize,
+            ef_construction: coll.spec.hnsw.ef_construction as usize,
+            ef_search: s.ef_search,
+            exact_below: s.exact_below,
+            exact_filter_fraction: s.exact_filter_fraction,
+            compaction_ratio: i.compaction_ratio,
+            compaction_min_tombstones: i.compaction_min_tombstones,
+        }
+    }
+
+    pub fn shard_dump_dir(&self, coll: &CollectionRecord) -> PathBuf {
+        self.index_dir.join(format!("{}-{}", coll.name, coll.uid))
+    }
+
+    /// Apply one command: store first (one atomic batch), then the index. Commands are applied one
+    /// at a time, in log order.
+    pub async fn apply(&self, command: Command) -> Result<Outcome, NodeError> {
+        let mut next = self.apply_lock.lock().await;
+        let index = *next;
+        let store = self.store.clone();
+        let kind = command.kind();
+        let result = tokio::task::spawn_blocking(move || store.apply(index, &command)).await?;
+        let applied = match result {
+            Ok(a) => a,
+            Err(e) => {
+                if e.is_rejection() {
+                    *next += 1;
+                }
+                return Err(e.into());
+            }
+        };
+        *next += 1;
+        for effect in applied.effects {
+            self.mirror(effect).await?;
+        }
+        tracing::debug!(index, kind, "applied");
+        Ok(applied.outcome)
+    }
+
+    /// Wait until no apply is in progress: what the store says then, the index agrees with.
+    pub async fn settled(&self) {
+        drop(self.apply_lock.lock().await);
+    }
+
+    async fn mirror(&self, effect: Effect) -> Result<(), NodeError> {
+        match effect {
+            Effect::CollectionCreated(record) => {
+                let sup = self.supervisor()?;
+                ask(sup, "supervisor", SHARD_TIMEOUT, |reply| {
+                    SupervisorMsg::StartShard(record, reply)
+                })
+                .await?
+                .map_err(NodeError::Internal)
+            }
+            Effect::CollectionDropped { name, uid } => {
+                self.ingest.drop_collection(&name);
+                self.shards.remove(&name, uid);
+                let sup = self.supervisor()?;
+                ask(sup, "supervisor", SHARD_TIMEOUT, |reply| {
+                    SupervisorMsg::StopShard {
+                        name: name.clone(),
+                        uid,
+                        reply,
+                    }
+                })
+                .await?;
+                let dir = self.index_dir.join(format!("{name}-{uid}"));
+                if dir.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");
+                    }
+                }
+                Ok(())
+            }
+            Effect::PointsAdded { collection, points } => {
+                let points = to_index_points(points);
+                self.tell_shard(&collection, |reply| ShardMsg::Insert(points, reply))
+                    .await
+            }
+            Effect::PointsRemoved { collection, ids } => {
+                self.tell_shard(&collection, |reply| ShardMsg::Delete(ids, reply))
+                    .await
+            }
+        }
+    }
+
+    async fn tell_shard(
+        &self,
+        collection: &str,
+        make: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> ShardMsg,
+    ) -> Result<(), NodeError> {
+        let actor = self.shards.get(collection).and_then(|s| s.actor);
+        let result = match actor {
+            Some(actor) => ask(&actor, "shard actor", SHARD_TIMEOUT, make)
+                .await
+                .and_then(|r| r.map_err(NodeError::Internal)),
+            None => Err(NodeError::Actor(format!(
+                "no shard actor for `{collection}`"
+            ))),
+        };
+        if let Err(e) = &result {
+            // The store has the change; a shard reloaded from it will too.
+            tracing::error!(collection, error = %e, "index update failed; reloading the shard from storage");
+            if let Ok(sup) = self.supervisor() {
+                let _ = sup.cast(SupervisorMsg::ReloadShard(collection.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The index's view of stored points. Points of one document share one payload.
+pub fn to_index_points(points: Vec<StoredPoint>) -> Vec<Point> {
+    let mut last: Option<(String, String, Arc<Payload>)> = None;
+    points
+        .into_iter()
+        .map(|p| {
+            let payload = match &last {
+                Some((doc, meta, payload)) if *doc == p.doc_id && *meta == p.metadata_json => {
+                    payload.clone()
+                }
+                _ => {
+                    let metadata = serde_json::from_str::<serde_json::Value>(&p.metadata_json)
+                        .ok()
+                        .and_then(|v| v.as_object().cloned())
+                        .unwrap_or_default();
+                    let payload = Arc::new(Payload {
+                        doc_id: p.doc_id.clone(),
+                        metadata,
+                    });
+                    last = Some((p.doc_id, p.metadata_json, payload.clone()));
+                    payload
+                }
+            };
+            Point {
+                id: p.id,
+                vector: p.vector,
+                payload,
+            }
+        })
+        .collect()
+}

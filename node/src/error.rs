@@ -1,0 +1,60 @@
+//! The node's error type, and how it maps onto the API's error kinds.
+
+use shoal_api::ApiError;
+use shoal_index::IndexError;
+use shoal_inference::InferenceError;
+use shoal_storage::StoreError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotReady(String),
+    /// An actor did not answer (stopped, restarting, or timed out).
+    #[error("{0}")]
+    Actor(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl From<tokio::task::JoinError> for NodeError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        NodeError::Internal(format!("background task failed: {e}"))
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            NodeError::Store(StoreError::CollectionNotFound(_))
+            | NodeError::Store(StoreError::DocumentNotFound { .. })
+            | NodeError::NotFound(_) => ApiError::NotFound(msg),
+            NodeError::Store(StoreError::CollectionExists(_)) => ApiError::Conflict(msg),
+            NodeError::Store(StoreError::InvalidCommand(_))
+            | NodeError::Index(IndexError::Dimension { .. })
+            | NodeError::Index(IndexError::ZeroVector)
+            | NodeError::Index(IndexError::Filter(_))
+            | NodeError::Inference(InferenceError::Input(_))
+            | NodeError::BadRequest(_) => ApiError::BadRequest(msg),
+            NodeError::NotReady(_) | NodeError::Actor(_) => ApiError::NotReady(msg),
+            NodeError::Store(_)
+            | NodeError::Index(_)
+            | NodeError::Inference(_)
+            | NodeError::Internal(_)
+            | NodeError::Config(_) => ApiError::Internal(msg),
+        }
+    }
+}

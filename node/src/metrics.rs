@@ -1,0 +1,151 @@
+//! Prometheus metrics of a node, served at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+    pub actor_restarts: IntCounterVec,
+    pub ingest_documents: IntCounterVec,
+    pub ingest_chunks: IntCounter,
+    pub ingest_queue: IntGauge,
+    pub embed_seconds: HistogramVec,
+    pub embed_texts: IntCounterVec,
+    pub search_seconds: HistogramVec,
+    pub index_points: GaugeVec,
+    pub index_tombstones: GaugeVec,
+    pub compactions: IntCounterVec,
+    pub ready: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static: a failure here is a programming error caught by the tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("shoal".into()), None)
+            .unwrap_or_else(|e| panic!("metric registry: {e}"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = must(GaugeVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let ingest_chunks = must(IntCounter::new(
+            "ingest_chunks_total",
+            "Chunks embedded and stored",
+        ));
+        must(registry.register(Box::new(ingest_chunks.clone())));
+        let ingest_queue = must(IntGauge::new(
+            "ingest_queue_documents",
+            "Documents waiting for ingest",
+        ));
+        must(registry.register(Box::new(ingest_queue.clone())));
+        let ready = must(Gauge::new("ready", "1 when the node is ready to serve"));
+        must(registry.register(Box::new(ready.clone())));
+        Metrics {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests by method, route and status",
+                &["method", "route", "status"],
+            ),
+            http_seconds: histogram_vec(
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                &["method", "route"],
+            ),
+            actor_restarts: counter_vec(
+                "actor_restarts_total",
+                "Actors restarted by the supervisor after a failure",
+                &["actor"],
+            ),
+            ingest_documents: counter_vec(
+                "ingest_documents_total",
+                "Documents finished by ingest, by outcome",
+                &["outcome"],
+            ),
+            ingest_chunks,
+            ingest_queue,
+            embed_seconds: histogram_vec(
+                "embed_batch_duration_seconds",
+                "Time to embed one batch, by queue (query or ingest)",
+                &["queue"],
+            ),
+            embed_texts: counter_vec("embed_texts_total", "Texts embedded, by queue", &["queue"]),
+            search_seconds: histogram_vec(
+                "search_duration_seconds",
+                "Search latency inside the node (embedding included)",
+                &["collection"],
+            ),
+            index_points: gauge_vec(
+                "index_points",
+                "Live points per collection",
+                &["collection"],
+            ),
+            index_tombstones: gauge_vec(
+                "index_tombstones",
+                "Deleted points still in the graph, per collection",
+                &["collection"],
+            ),
+            compactions: counter_vec(
+                "index_compactions_total",
+                "Shard compactions",
+                &["collection"],
+            ),
+            ready,
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_all_families() {
+        let m = super::Metrics::new();
+        m.actor_restarts
+            .with_label_values(&["embedder-query"])
+            .inc();
+        m.http_requests
+            .with_label_values(&["GET", "/api/health", "200"])
+            .inc();
+        let text = m.render().unwrap();
+        assert!(text.contains("shoal_actor_restarts_total{actor=\"embedder-query\"} 1"));
+        assert!(text.contains("shoal_http_requests_total"));
+        assert!(text.contains("shoal_ready 0"));
+    }
+}

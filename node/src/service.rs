@@ -1,0 +1,510 @@
+//! The node's implementation of the HTTP API ([`ShoalService`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use shoal_api::dto::*;
+use shoal_api::{ApiError, ShoalService};
+use shoal_index::{normalize, Filter, SearchMode, SearchRequest as IndexSearch};
+use shoal_storage::{
+    CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput, DocumentStatus,
+    HnswParams, JobRecord, Outcome,
+};
+
+use crate::actors::ask;
+use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
+use crate::actors::ingest::now_ms;
+use crate::actors::supervisor::SupervisorMsg;
+use crate::context::NodeContext;
+use crate::error::NodeError;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Node {
+    pub ctx: Arc<NodeContext>,
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+impl Node {
+    fn collection_info(&self, c: &CollectionRecord) -> CollectionInfo {
+        let stats = self
+            .ctx
+            .shards
+            .get(&c.name)
+            .and_then(|s| s.shard)
+            .map(|s| s.stats());
+        CollectionInfo {
+            name: c.name.clone(),
+            dimension: c.spec.dimension,
+            documents: c.documents,
+            chunks: c.chunks,
+            created_at: c.created_at_ms,
+            index: IndexInfo {
+                m: c.spec.hnsw.m,
+                ef_construction: c.spec.hnsw.ef_construction,
+                live_points: stats.map(|s| s.live_points as u64).unwrap_or(0),
+                tombstones: stats.map(|s| s.tombstones as u64).unwrap_or(0),
+            },
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeContext) -> std::result::Result<T, NodeError> + Send + 'static,
+    ) -> Result<T> {
+        let ctx = self.ctx.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&ctx))
+            .await
+            .map_err(NodeError::from)??)
+    }
+
+    fn require_collection(&self, name: &str) -> Result<CollectionRecord> {
+        self.ctx
+            .store
+            .collection(name)
+            .map_err(NodeError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("collection `{name}` not found")))
+    }
+
+    fn require_model_dimension(&self, c: &CollectionRecord, what: &str) -> Result<()> {
+        let model = self.ctx.embedder.dimension();
+        if c.spec.dimension as usize != model {
+            return Err(bad(format!(
+                "collection `{}` has dimension {}, but the node's model makes {model}-dimensional vectors: {what}",
+                c.name, c.spec.dimension
+            )));
+        }
+        Ok(())
+    }
+
+    async fn embed_query(&self, text: String) -> Result<Vec<f32>> {
+        if !self.ctx.is_warm() {
+            return Err(ApiError::NotReady(
+                "the embedding model is warming up".into(),
+            ));
+        }
+        let actor = self
+            .ctx
+            .embedders
+            .read()
+            .get(&EmbedQueue::Query)
+            .cloned()
+            .ok_or_else(|| ApiError::NotReady("the query embedder is restarting; retry".into()))?;
+        let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
+        let mut v = ask(&actor, "query embedder", timeout, |reply| {
+            EmbedderMsg::Embed {
+                texts: vec![text],
+                reply,
+            }
+        })
+        .await?
+        .map_err(|e| ApiError::Internal(format!("embedding failed: {e}")))?;
+        v.pop()
+            .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))
+    }
+}
+
+fn job_info(j: JobRecord) -> JobInfo {
+    let state = match j.state() {
+        shoal_storage::JobState::Running => JobState::Running,
+        shoal_storage::JobState::Completed => JobState::Completed,
+        shoal_storage::JobState::CompletedWithErrors => JobState::CompletedWithErrors,
+    };
+    JobInfo {
+        id: j.id,
+        collection: j.collection,
+        state,
+        total: j.total,
+        indexed: j.indexed,
+        failed: j.failed,
+        superseded: j.superseded,
+        errors: j
+            .errors
+            .into_iter()
+            .map(|e| JobDocumentError {
+                document_id: e.doc_id,
+                reason: e.reason,
+            })
+            .collect(),
+        created_at: j.created_at_ms,
+        updated_at: j.updated_at_ms,
+    }
+}
+
+fn parse_metadata(json: &str) -> Map<String, Value> {
+    serde_json::from_str::<Value>(json)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+impl ShoalService for Node {
+    async fn health(&self) -> HealthResponse {
+        HealthResponse {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.ctx.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn ready(&self) -> ReadyResponse {
+        let warm = self.ctx.is_warm();
+        let loading = self.ctx.shards.loading();
+        let embedders = self.ctx.embedders.read().len();
+        let mut components = Map::new();
+        components.insert(
+            "embedder".into(),
+            Value::from(if warm { "ready" } else { "warming_up" }),
+        );
+        components.insert(
+            "shards".into(),
+            if loading.is_empty() {
+                Value::from("ready")
+            } else {
+                serde_json::json!({ "loading": loading })
+            },
+        );
+        components.insert("embedder_actors".into(), Value::from(embedders));
+        components.insert("ingest_queue".into(), Value::from(self.ctx.ingest.len()));
+        let ready = warm && loading.is_empty();
+        self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+        ReadyResponse { ready, components }
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        self.ctx.metrics.ready.set(
+            if self.ctx.is_warm() && self.ctx.shards.loading().is_empty() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        self.ctx
+            .metrics
+            .render()
+            .map_err(|e| ApiError::Internal(format!("metrics: {e}")))
+    }
+
+    async fn create_collection(
+        &self,
+        name: String,
+        req: CreateCollectionRequest,
+    ) -> Result<CollectionInfo> {
+        let dimension = req
+            .dimension
+            .unwrap_or(self.ctx.embedder.dimension() as u32);
+        if dimension == 0 || dimension > 65_536 {
+            return Err(bad("dimension must be between 1 and 65536"));
+        }
+        let defaults = &self.ctx.config.index;
+        let hnsw = HnswParams {
+            m: req.hnsw.m.unwrap_or(defaults.m),
+            ef_construction: req.hnsw.ef_construction.unwrap_or(defaults.ef_construction),
+        };
+        if !(2..=255).contains(&hnsw.m) {
+            return Err(bad("hnsw.m must be between 2 and 255"));
+        }
+        if !(1..=4096).contains(&hnsw.ef_construction) {
+            return Err(bad("hnsw.ef_construction must be between 1 and 4096"));
+        }
+        let outcome = self
+            .ctx
+            .apply(Command::CreateCollection {
+                name,
+                spec: CollectionSpec { dimension, hnsw },
+                at_ms: now_ms(),
+            })
+            .await?;
+        match outcome {
+            Outcome::CollectionCreated(record) => Ok(self.collection_info(&record)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_collection(&self, name: String) -> Result<CollectionInfo> {
+        let c = self.require_collection(&name)?;
+        Ok(self.collection_info(&c))
+    }
+
+    async fn list_collections(&self) -> Result<CollectionList> {
+        let all = self.ctx.store.collections().map_err(NodeError::from)?;
+        Ok(CollectionList {
+            collections: all.iter().map(|c| self.collection_info(c)).collect(),
+        })
+    }
+
+    async fn delete_collection(&self, name: String) -> Result<()> {
+        self.ctx.apply(Command::DropCollection { name }).await?;
+        Ok(())
+    }
+
+    async fn add_documents(
+        &self,
+        collection: String,
+        req: AddDocumentsRequest,
+    ) -> Result<AddDocumentsResponse> {
+        let limits = &self.ctx.config.ingest;
+        if req.documents.is_empty() {
+            return Err(bad("`documents` is empty"));
+        }
+        if req.documents.len() > limits.max_documents_per_request {
+            return Err(bad(format!(
+                "{} documents in one request; the limit is {} (ingest.max_documents_per_request)",
+                req.documents.len(),
+                limits.max_documents_per_request
+            )));
+        }
+        let mut documents = Vec::with_capacity(req.documents.len());
+        for (i, d) in req.documents.into_iter().enumerate() {
+            if d.text.trim().is_empty() {
+                return Err(bad(format!("documents[{i}] (`{}`): text is empty", d.id)));
+            }
+            if d.text.len() > limits.max_document_bytes {
+                return Err(bad(format!(
+                    "documents[{i}] (`{}`): text is {} bytes; the limit is {} (ingest.max_document_bytes)",
+                    d.id,
+                    d.text.len(),
+                    limits.max_document_bytes
+                )));
+            }
+            let metadata = Value::Object(d.metadata.unwrap_or_default());
+            documents.push(StoredInput {
+                id: d.id,
+                text: d.text,
+                metadata_json: metadata.to_string(),
+            });
+        }
+        let coll = self.require_collection(&collection)?;
+        self.require_model_dimension(&coll, "documents cannot be embedded into it")?;
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let n = documents.len() as u64;
+        let outcome = self
+            .ctx
+            .apply(Command::AcceptDocuments {
+                collection,
+                job_id: job_id.clone(),
+                documents,
+                at_ms: now_ms(),
+            })
+            .await?;
+        if let Outcome::DocumentsAccepted { pending, .. } = outcome {
+            self.ctx.ingest.enqueue(pending);
+        }
+        Ok(AddDocumentsResponse {
+            status_url: format!("/api/v1/jobs/{job_id}"),
+            job_id,
+            documents: n,
+        })
+    }
+
+    async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
+        self.ctx.settled().await;
+        let d = self
+            .read(move |ctx| Ok(ctx.store.document(&collection, &id)?))
+            .await?;
+        let (state, error) = match d.status {
+            DocumentStatus::Pending => (DocumentState::Pending, None),
+            DocumentStatus::Indexed => (DocumentState::Indexed, None),
+            DocumentStatus::Failed { reason } => (DocumentState::Failed, Some(reason)),
+        };
+        Ok(DocumentInfo {
+            id: d.id,
+            state,
+            error,
+            version: d.version,
+            job_id: d.job_id,
+            metadata: parse_metadata(&d.metadata_json),
+            chunks: d.live.map(|l| l.points.len() as u64).unwrap_or(0),
+            text: d.text,
+        })
+    }
+
+    async fn delete_document(&self, collection: String, id: String) -> Result<()> {
+        self.ctx
+            .apply(Command::DeleteDocument {
+                collection,
+                doc_id: id,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn get_job(&self, id: String) -> Result<JobInfo> {
+        // A job reads as done only once its chunks are in the index too.
+        self.ctx.settled().await;
+        let job = self
+            .read(move |ctx| Ok(ctx.store.job(&id)?.ok_or(id)))
+            .await?;
+        match job {
+            Ok(j) => Ok(job_info(j)),
+            Err(id) => Err(ApiError::NotFound(format!("job `{id}` not found"))),
+        }
+    }
+
+    async fn search(&self, collection: String, req: SearchRequest) -> Result<SearchResponse> {
+        let start = Instant::now();
+        let cfg = &self.ctx.config.search;
+        let top_k = req.top_k.unwrap_or(cfg.default_top_k);
+        if top_k == 0 || top_k > cfg.max_top_k {
+            return Err(bad(format!(
+                "top_k must be between 1 and {} (search.max_top_k), got {top_k}",
+                cfg.max_top_k
+            )));
+        }
+        if let Some(ef) = req.ef {
+            if ef == 0 || ef > cfg.max_ef {
+                return Err(bad(format!(
+                    "ef must be between 1 and {} (search.max_ef)",
+                    cfg.max_ef
+                )));
+            }
+        }
+        let filter = match &req.filter {
+            Some(f) => Some(Filter::from_json(f).map_err(NodeError::from)?),
+            None => None,
+        };
+        let coll = self.require_collection(&collection)?;
+        let vector = match (req.query, req.vector) {
+            (Some(_), Some(_)) => return Err(bad("give either `query` or `vector`, not both")),
+            (None, None) => return Err(bad("give `query` (text) or `vector`")),
+            (Some(q), None) => {
+                if q.trim().is_empty() {
+                    return Err(bad("`query` is empty"));
+                }
+                if q.len() > cfg.max_query_bytes {
+                    return Err(bad(format!(
+                        "`query` is {} bytes; the limit is {} (search.max_query_bytes)",
+                        q.len(),
+                        cfg.max_query_bytes
+                    )));
+                }
+                self.require_model_dimension(&coll, "search it with `vector`")?;
+                self.embed_query(q).await?
+            }
+            (None, Some(mut v)) => {
+                if v.len() != coll.spec.dimension as usize {
+                    return Err(bad(format!(
+                        "`vector` has dimension {}, collection `{}` has {}",
+                        v.len(),
+                        coll.name,
+                        coll.spec.dimension
+                    )));
+                }
+                if !normalize(&mut v) {
+                    return Err(bad("`vector` must be finite and not all zeros"));
+                }
+                v
+            }
+        };
+        let slot =
+            self.ctx.shards.get(&collection).ok_or_else(|| {
+                ApiError::NotFound(format!("collection `{collection}` not found"))
+            })?;
+        let shard = slot
+            .shard
+            .ok_or_else(|| ApiError::NotReady(format!("collection `{collection}` is loading")))?;
+        let mode = if req.exact {
+            SearchMode::Exact
+        } else {
+            SearchMode::Auto
+        };
+        let ef = req.ef;
+        let ctx = self.ctx.clone();
+        let uid = coll.uid;
+        let hits = tokio::task::spawn_blocking(move || {
+            let hits = shard.search(&IndexSearch {
+                vector: &vector,
+                k: top_k,
+                filter: filter.as_ref(),
+                mode,
+                ef,
+            })?;
+            let mut out = Vec::with_capacity(hits.len());
+            let mut seen = HashSet::new();
+            for h in hits {
+                // A point deleted since the search has no chunk any more: skip it.
+                let Some(chunk) = ctx.store.chunk(uid, h.id)? else {
+                    continue;
+                };
+                if !seen.insert(h.id) {
+                    continue;
+                }
+                out.push(SearchHit {
+                    document_id: h.payload.doc_id.clone(),
+                    chunk_index: chunk.chunk_index,
+                    text: chunk.text,
+                    score: h.score,
+                    metadata: h.payload.metadata.clone(),
+                });
+            }
+            Ok::<_, NodeError>(out)
+        })
+        .await
+        .map_err(NodeError::from)??;
+        let took = start.elapsed();
+        self.ctx
+            .metrics
+            .search_seconds
+            .with_label_values(&[collection.as_str()])
+            .observe(took.as_secs_f64());
+        Ok(SearchResponse {
+            hits,
+            took_ms: took.as_secs_f64() * 1000.0,
+        })
+    }
+
+    async fn list_actors(&self) -> Result<ActorList> {
+        let sup = self.ctx.supervisor()?;
+        let children = ask(
+            sup,
+            "supervisor",
+            ADMIN_TIMEOUT,
+            SupervisorMsg::ListChildren,
+        )
+        .await?;
+        Ok(ActorList {
+            actors: children
+                .into_iter()
+                .map(|c| ActorInfo {
+                    name: c.name,
+                    kind: c.kind.to_string(),
+                    restarts: c.restarts,
+                    uptime_s: c.uptime_s,
+                })
+                .collect(),
+        })
+    }
+
+    async fn inject_panic(&self, actor: String) -> Result<()> {
+        if !self.ctx.config.debug.fault_injection {
+            return Err(ApiError::NotFound(
+                "fault injection is disabled (start the node with --fault-injection)".into(),
+            ));
+        }
+        let sup = self.ctx.supervisor()?;
+        ask(sup, "supervisor", ADMIN_TIMEOUT, |reply| {
+            SupervisorMsg::Panic(actor, reply)
+        })
+        .await?
+        .map_err(ApiError::NotFound)
+    }
+
+    fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let m = &self.ctx.metrics;
+        m.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        m.http_seconds
+            .with_label_values(&[method, route])
+            .observe(seconds);
+    }
+}

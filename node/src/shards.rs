@@ -1,0 +1,91 @@
+//! Where the node finds each collection's shard: the live [`Shard`] (searched directly from any
+//! thread) and the shard actor (the only writer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use ractor::ActorRef;
+use shoal_index::Shard;
+
+use crate::actors::shard::ShardMsg;
+
+#[derive(Clone)]
+pub struct ShardSlot {
+    pub uid: u64,
+    pub actor: Option<ActorRef<ShardMsg>>,
+    /// None until the first load finishes. After an actor restart the previous shard keeps
+    /// serving searches until the reloaded one replaces it.
+    pub shard: Option<Arc<Shard>>,
+}
+
+#[derive(Default)]
+pub struct ShardRegistry {
+    slots: RwLock<HashMap<String, ShardSlot>>,
+}
+
+impl ShardRegistry {
+    pub fn get(&self, collection: &str) -> Option<ShardSlot> {
+        self.slots.read().get(collection).cloned()
+    }
+
+    /// A (re)started shard actor announces itself.
+    pub fn attach_actor(&self, collection: &str, uid: u64, actor: ActorRef<ShardMsg>) {
+        let mut slots = self.slots.write();
+        let slot = slots.entry(collection.to_string()).or_insert(ShardSlot {
+            uid,
+            actor: None,
+            shard: None,
+        });
+        if slot.uid != uid {
+            *slot = ShardSlot {
+                uid,
+                actor: None,
+                shard: None,
+            };
+        }
+        slot.actor = Some(actor);
+    }
+
+    /// The shard actor finished loading.
+    pub fn publish(&self, collection: &str, uid: u64, shard: Arc<Shard>) {
+        if let Some(slot) = self.slots.write().get_mut(collection) {
+            if slot.uid == uid {
+                slot.shard = Some(shard);
+            }
+        }
+    }
+
+    pub fn remove(&self, collection: &str, uid: u64) -> Option<ShardSlot> {
+        let mut slots = self.slots.write();
+        if slots.get(collection).is_some_and(|s| s.uid == uid) {
+            return slots.remove(collection);
+        }
+        None
+    }
+
+    pub fn is_current(&self, collection: &str, uid: u64) -> bool {
+        self.slots
+            .read()
+            .get(collection)
+            .is_some_and(|s| s.uid == uid)
+    }
+
+    /// Collections whose shard has not finished its first load.
+    pub fn loading(&self) -> Vec<String> {
+        self.slots
+            .read()
+            .iter()
+            .filter(|(_, s)| s.shard.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<(String, ShardSlot)> {
+        self.slots
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+}
