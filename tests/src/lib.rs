@@ -1,1 +1,330 @@
-//! Helpers for the end-to-end tests live in tests/tests/common.
+//! Harness for end-to-end tests: start the real `shoal` binary on a free port with the real
+//! model and its own data folder, talk to it over HTTP, kill it with SIGKILL, start it again.
+//!
+//! The binary is `$SHOAL_BIN`, or `target/debug/shoal` of this workspace (build it first:
+//! `cargo build --bin shoal`). The model is `$SHOAL_MODEL_DIR`, or `models/all-MiniLM-L6-v2`
+//! (fetch it with `scripts/fetch-model.sh`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn shoal_bin() -> PathBuf {
+    let bin = std::env::var_os("SHOAL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/shoal"));
+    assert!(
+        bin.is_file(),
+        "shoal binary not found at {}: run `cargo build --bin shoal` (or set SHOAL_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "model not found at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A running shoal process with its own data folder.
+pub struct Node {
+    child: Option<Child>,
+    pub base: String,
+    pub data: PathBuf,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    http: Client,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// An HTTP answer: status and JSON body (Null when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Node {
+    /// Start a node in a fresh temporary data folder.
+    pub fn start(env: &[(&str, &str)], args: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        let mut node = Node {
+            child: None,
+            base: String::new(),
+            data,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            _tmp: Some(tmp),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(shoal_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--model")
+            .arg(model_dir())
+            .args(&self.args)
+            .env("RUST_LOG", "warn,shoal_node=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("shoal listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("shoal did not report its address within 60 s");
+        self.base = format!("http://{addr}");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(120));
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/api/ready", self.base)).send() {
+                if r.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < limit, "node not ready after {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, no chance to flush or dump anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same data folder (on a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let url = format!("{}{path}", self.base);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        to_resp(req.send().expect("request"))
+    }
+
+    pub fn raw(&self, method: &str, path: &str, body: &str) -> Resp {
+        let url = format!("{}{path}", self.base);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        to_resp(
+            self.http
+                .request(m, url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .expect("request"),
+        )
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Resp {
+        self.request("POST", path, Some(&body))
+    }
+
+    pub fn create_collection(&self, name: &str) {
+        let r = self.request("PUT", &format!("/api/v1/collections/{name}"), None);
+        assert_eq!(r.status, 201, "create collection: {}", r.text);
+    }
+
+    /// Add documents and wait until their job is done. Returns the final job.
+    pub fn ingest(&self, collection: &str, docs: Value) -> Value {
+        let job = self.ingest_async(collection, docs);
+        self.wait_job(&job)
+    }
+
+    /// Add documents; returns the job id without waiting.
+    pub fn ingest_async(&self, collection: &str, docs: Value) -> String {
+        let r = self.post(
+            &format!("/api/v1/collections/{collection}/documents"),
+            json!({ "documents": docs }),
+        );
+        assert_eq!(r.status, 202, "ingest: {}", r.text);
+        r.body["job_id"].as_str().expect("job id").to_string()
+    }
+
+    pub fn wait_job(&self, job: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self.get(&format!("/api/v1/jobs/{job}"));
+            assert_eq!(r.status, 200, "job: {}", r.text);
+            if r.body["state"] != "running" {
+                return r.body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "job {job} still running: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn search(&self, collection: &str, body: Value) -> Resp {
+        self.post(&format!("/api/v1/collections/{collection}/search"), body)
+    }
+
+    /// Document ids of the hits of a successful search, best first.
+    pub fn search_ids(&self, collection: &str, body: Value) -> Vec<String> {
+        let r = self.search(collection, body);
+        assert_eq!(r.status, 200, "search: {}", r.text);
+        hit_ids(&r.body)
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").text
+    }
+}
+
+pub fn hit_ids(body: &Value) -> Vec<String> {
+    body["hits"]
+        .as_array()
+        .map(|hits| {
+            hits.iter()
+                .filter_map(|h| h["document_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of a metric line (`name{labels} value`) in Prometheus text, summed over label sets
+/// that contain `label_part`.
+pub fn metric_value(text: &str, name: &str, label_part: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l.contains(label_part))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn to_resp(r: reqwest::blocking::Response) -> Resp {
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp { status, body, text }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Short encyclopedia-style passages on distinct topics, with paraphrased questions whose answer
+/// is the passage of the same id.
+pub fn corpus() -> Value {
+    json!([
+        {"id": "eiffel", "metadata": {"topic": "architecture", "year": 1889, "lang": "en"},
+         "text": "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by the engineering company of Gustave Eiffel and completed in 1889 for the World's Fair. At 330 metres it was the tallest man-made structure in the world for 41 years."},
+        {"id": "photosynthesis", "metadata": {"topic": "biology", "lang": "en"},
+         "text": "Photosynthesis is the process by which green plants, algae and some bacteria convert light energy into chemical energy. Using chlorophyll, they turn carbon dioxide and water into glucose and release oxygen as a by-product."},
+        {"id": "rust", "metadata": {"topic": "computing", "year": 2015, "lang": "en"},
+         "text": "Rust is a general-purpose programming language emphasizing performance, type safety and concurrency. It enforces memory safety without a garbage collector through its ownership and borrowing rules, checked at compile time."},
+        {"id": "everest", "metadata": {"topic": "geography", "lang": "en"},
+         "text": "Mount Everest, on the border between Nepal and China, is Earth's highest mountain above sea level, with a summit at 8,849 metres. It was first climbed by Tenzing Norgay and Edmund Hillary in 1953."},
+        {"id": "penicillin", "metadata": {"topic": "medicine", "year": 1928, "lang": "en"},
+         "text": "Penicillin was discovered in 1928 by Alexander Fleming, who noticed that a mould had killed the bacteria in one of his culture plates. It became the first widely used antibiotic and saved millions of lives from infections."},
+        {"id": "bitcoin", "metadata": {"topic": "computing", "year": 2009, "lang": "en"},
+         "text": "Bitcoin is a decentralized digital currency created in 2009 by the pseudonymous Satoshi Nakamoto. Transactions are recorded on a public ledger called the blockchain and verified by a network of nodes through proof of work."},
+        {"id": "jazz", "metadata": {"topic": "music", "lang": "en"},
+         "text": "Jazz is a music genre that originated in the African-American communities of New Orleans in the late 19th and early 20th centuries. It is characterised by swing and blue notes, complex chords, call and response vocals and improvisation."},
+        {"id": "volcano", "metadata": {"topic": "geography", "lang": "en"},
+         "text": "A volcano is a rupture in the crust of a planet through which lava, volcanic ash and gases escape from a magma chamber below the surface. Eruptions can build mountains such as Mount Fuji and bury whole cities, as happened at Pompeii."},
+        {"id": "coffee", "metadata": {"topic": "food", "lang": "en"},
+         "text": "Coffee is a beverage brewed from roasted coffee beans, the seeds of berries from Coffea plants. Native to Ethiopia, it is one of the most traded agricultural products, and its caffeine makes drinkers feel more alert."},
+        {"id": "moon-landing", "metadata": {"topic": "space", "year": 1969, "lang": "en"},
+         "text": "Apollo 11 was the spaceflight that first landed humans on the Moon. Commander Neil Armstrong and pilot Buzz Aldrin landed the lunar module Eagle on 20 July 1969, while Michael Collins orbited above in the command module."},
+        {"id": "chess", "metadata": {"topic": "games", "lang": "en"},
+         "text": "Chess is a board game for two players played on a checkered board of 64 squares. Each player begins with sixteen pieces, and the object is to checkmate the opponent's king so that it is under attack and cannot escape."},
+        {"id": "gdpr", "metadata": {"topic": "law", "year": 2018, "lang": "en"},
+         "text": "The General Data Protection Regulation is a European Union law on data protection and privacy. Since 2018 it has given individuals control over their personal data and requires companies to report breaches and obtain consent."}
+    ])
+}
+
+/// (question, id of the passage that answers it). The questions paraphrase: they mostly avoid the
+/// passage's own words.
+pub const PARAPHRASES: &[(&str, &str)] = &[
+    ("famous iron landmark in the French capital", "eiffel"),
+    ("how do plants make food from sunlight", "photosynthesis"),
+    (
+        "a language that is memory safe without garbage collection",
+        "rust",
+    ),
+    (
+        "tallest peak in the world and who first reached the top",
+        "everest",
+    ),
+    ("who found the first antibiotic", "penicillin"),
+    (
+        "peer-to-peer electronic cash with no central bank",
+        "bitcoin",
+    ),
+    ("improvised music born in New Orleans", "jazz"),
+    ("molten rock erupting from a mountain", "volcano"),
+    ("caffeinated drink made from roasted beans", "coffee"),
+    ("first people to walk on the lunar surface", "moon-landing"),
+    ("strategy game where you checkmate the king", "chess"),
+    ("European privacy rules for personal information", "gdpr"),
+];

@@ -1,0 +1,553 @@
+//! End-to-end tests: the real `shoal` binary, the real model, real storage on disk.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal_tests::{corpus, hit_ids, metric_value, Node, PARAPHRASES};
+
+fn top1(node: &Node, coll: &str, query: &str) -> Option<String> {
+    node.search_ids(coll, json!({"query": query, "top_k": 3}))
+        .into_iter()
+        .next()
+}
+
+#[test]
+fn paraphrased_queries_find_the_right_document_first() {
+    let node = Node::start(&[], &[]);
+    node.create_collection("wiki");
+    let job = node.ingest("wiki", corpus());
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["indexed"], 12);
+
+    for (q, want) in PARAPHRASES {
+        assert_eq!(
+            top1(&node, "wiki", q).as_deref(),
+            Some(*want),
+            "query {q:?}"
+        );
+    }
+
+    // hits carry chunk text, score and metadata, best first
+    let r = node.search(
+        "wiki",
+        json!({"query": "first humans on the moon", "top_k": 5}),
+    );
+    let hits = r.body["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 5);
+    assert_eq!(hits[0]["document_id"], "moon-landing");
+    assert!(hits[0]["text"].as_str().unwrap().contains("Armstrong"));
+    assert_eq!(hits[0]["metadata"]["year"], 1969);
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // filters: metadata and document id
+    let ids = node.search_ids(
+        "wiki",
+        json!({"query": "famous iron landmark in the French capital", "filter": {"metadata": {"topic": "computing"}}}),
+    );
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>(),
+        ["rust", "bitcoin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<HashSet<_>>()
+            .iter()
+            .collect()
+    );
+    let ids = node.search_ids(
+        "wiki",
+        json!({"query": "anything", "filter": {"metadata": {"year": {"gte": 1950, "lt": 2010}}}}),
+    );
+    let got: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(got, HashSet::from(["bitcoin", "moon-landing"]));
+    let ids = node.search_ids(
+        "wiki",
+        json!({"query": "anything", "filter": {"document_id": ["chess", "jazz"]}}),
+    );
+    assert_eq!(ids.len(), 2);
+
+    // vector search with a document's own embedding finds it
+    let all = node.search(
+        "wiki",
+        json!({"query": "Chess is a board game for two players", "top_k": 1}),
+    );
+    assert_eq!(hit_ids(&all.body), vec!["chess"]);
+
+    // collection info counts documents and chunks
+    let info = node.get("/api/v1/collections/wiki");
+    assert_eq!(info.body["documents"], 12);
+    assert_eq!(info.body["chunks"], 12);
+    let list = node.get("/api/v1/collections");
+    assert_eq!(list.body["collections"].as_array().unwrap().len(), 1);
+    let doc = node.get("/api/v1/collections/wiki/documents/jazz");
+    assert_eq!(doc.body["state"], "indexed");
+    assert_eq!(doc.body["metadata"]["topic"], "music");
+}
+
+#[test]
+fn long_documents_are_chunked_and_each_chunk_is_searchable() {
+    let node = Node::start(&[], &[]);
+    node.create_collection("long");
+    // ~1,400 tokens: several chunks
+    let paragraphs: Vec<String> = corpus()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap().to_string())
+        .collect();
+    let text = paragraphs.join("\n\n").repeat(2);
+    let job = node.ingest("long", json!([{"id": "big", "text": text}]));
+    assert_eq!(job["state"], "completed", "{job}");
+    let info = node.get("/api/v1/collections/long");
+    let chunks = info.body["chunks"].as_u64().unwrap();
+    assert!(chunks >= 4, "{chunks} chunks");
+    let r = node.search(
+        "long",
+        json!({"query": "improvised music born in New Orleans", "top_k": 1}),
+    );
+    let hit = &r.body["hits"][0];
+    assert_eq!(hit["document_id"], "big");
+    assert!(hit["text"].as_str().unwrap().contains("Jazz"), "{hit}");
+}
+
+#[test]
+fn acknowledged_ingest_survives_kill_9() {
+    let mut node = Node::start(&[], &[]);
+    node.create_collection("durable");
+    let job = node.ingest("durable", corpus());
+    assert_eq!(job["state"], "completed");
+    let before: Vec<Value> = PARAPHRASES
+        .iter()
+        .map(|(q, _)| node.search("durable", json!({"query": q, "top_k": 3})).body["hits"].clone())
+        .collect();
+
+    node.kill9();
+    node.restart();
+
+    for ((q, _), prev) in PARAPHRASES.iter().zip(&before) {
+        let now = node.search("durable", json!({"query": q, "top_k": 3})).body["hits"].clone();
+        assert_eq!(
+            hit_ids(&json!({"hits": now})),
+            hit_ids(&json!({"hits": prev})),
+            "{q}"
+        );
+        for (a, b) in now.as_array().unwrap().iter().zip(prev.as_array().unwrap()) {
+            let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-5, "score changed for {q}: {a} vs {b}");
+        }
+    }
+    let info = node.get("/api/v1/collections/durable");
+    assert_eq!(info.body["documents"], 12);
+    assert_eq!(info.body["index"]["live_points"], 12);
+    let job_after = node.get(&format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()));
+    assert_eq!(job_after.body["state"], "completed");
+}
+
+#[test]
+fn accepted_documents_are_indexed_after_a_crash_mid_ingest() {
+    let mut node = Node::start(&[], &[]);
+    node.create_collection("resume");
+    let docs: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"id": format!("d{i}"), "text": format!("Document number {i} talks about topic {} in some detail, with a few more words to embed.", i % 7)})
+        })
+        .collect();
+    let job = node.ingest_async("resume", Value::Array(docs));
+    // the 202 means accepted: kill right away, most documents are not indexed yet
+    node.kill9();
+    node.restart();
+    let done = node.wait_job(&job);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["indexed"], 40);
+    assert_eq!(node.get("/api/v1/collections/resume").body["chunks"], 40);
+}
+
+#[test]
+fn deleted_documents_never_come_back() {
+    // graph search even on a small shard, and compaction after a few deletes
+    let mut node = Node::start(
+        &[
+            ("SHOAL_SEARCH__EXACT_BELOW", "0"),
+            ("SHOAL_INDEX__COMPACTION_MIN_TOMBSTONES", "3"),
+            ("SHOAL_INDEX__COMPACTION_RATIO", "0.2"),
+            ("SHOAL_INDEX__PERSIST_INTERVAL_MS", "200"),
+        ],
+        &[],
+    );
+    node.create_collection("del");
+    node.ingest("del", corpus());
+    let gone = ["eiffel", "jazz", "coffee"];
+    let queries: Vec<&str> = PARAPHRASES
+        .iter()
+        .filter(|(_, id)| gone.contains(id))
+        .map(|(q, _)| *q)
+        .collect();
+
+    let r = node.request("DELETE", "/api/v1/collections/del/documents/eiffel", None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let check = |node: &Node, deleted: &[&str]| {
+        for q in &queries {
+            for exact in [false, true] {
+                let ids = node.search_ids("del", json!({"query": q, "top_k": 12, "exact": exact}));
+                for d in deleted {
+                    assert!(
+                        !ids.iter().any(|i| i == d),
+                        "{d} returned for {q:?} (exact {exact})"
+                    );
+                }
+            }
+        }
+        for d in deleted {
+            let ids = node.search_ids(
+                "del",
+                json!({"query": "anything", "filter": {"document_id": d}}),
+            );
+            assert!(ids.is_empty(), "{d} returned by id filter");
+            assert_eq!(
+                node.get(&format!("/api/v1/collections/del/documents/{d}"))
+                    .status,
+                404
+            );
+        }
+    };
+    check(&node, &["eiffel"]);
+    let info = node.get("/api/v1/collections/del");
+    assert_eq!(info.body["index"]["tombstones"], 1);
+
+    // deleting twice is a 404, the rest stays
+    assert_eq!(
+        node.request("DELETE", "/api/v1/collections/del/documents/eiffel", None)
+            .status,
+        404
+    );
+
+    // two more deletes pass the compaction threshold (3 tombstones, > 20% of 12)
+    for d in ["jazz", "coffee"] {
+        assert_eq!(
+            node.request(
+                "DELETE",
+                &format!("/api/v1/collections/del/documents/{d}"),
+                None
+            )
+            .status,
+            200
+        );
+    }
+    check(&node, &gone);
+    let m = node.metrics();
+    assert!(
+        metric_value(&m, "shoal_index_compactions_total", "collection=\"del\"") >= 1.0,
+        "{m}"
+    );
+    let info = node.get("/api/v1/collections/del");
+    assert_eq!(info.body["index"]["tombstones"], 0);
+    assert_eq!(info.body["index"]["live_points"], 9);
+
+    // after a crash (graph dump reloaded or rebuilt from storage) they stay gone
+    std::thread::sleep(Duration::from_millis(600));
+    node.restart();
+    check(&node, &gone);
+    assert_eq!(
+        node.get("/api/v1/collections/del").body["index"]["live_points"],
+        9
+    );
+    // the others are still found
+    for (q, id) in PARAPHRASES.iter().filter(|(_, id)| !gone.contains(id)) {
+        assert_eq!(top1(&node, "del", q).as_deref(), Some(*id), "{q}");
+    }
+
+    // replacing a document: the old text is never returned once the new one is indexed
+    node.ingest(
+        "del",
+        json!([{"id": "chess", "text": "Go is an abstract strategy board game in which two players place black and white stones to surround territory."}]),
+    );
+    let r = node.search(
+        "del",
+        json!({"query": "strategy game where you checkmate the king", "top_k": 12}),
+    );
+    for h in r.body["hits"].as_array().unwrap() {
+        assert!(
+            !h["text"].as_str().unwrap().contains("checkmate"),
+            "old version returned: {h}"
+        );
+    }
+
+    // dropping the collection removes everything; a new one of the same name starts empty
+    assert_eq!(
+        node.request("DELETE", "/api/v1/collections/del", None)
+            .status,
+        200
+    );
+    assert_eq!(node.search("del", json!({"query": "x"})).status, 404);
+    node.create_collection("del");
+    assert!(node.search_ids("del", json!({"query": "chess"})).is_empty());
+}
+
+#[test]
+fn panicking_actors_are_restarted_and_the_node_keeps_answering() {
+    let node = Node::start(&[], &["--fault-injection"]);
+    node.create_collection("sup");
+    node.ingest("sup", corpus());
+
+    for actor in [
+        "embedder-query",
+        "shard-sup",
+        "embedder-ingest",
+        "ingest-worker-0",
+    ] {
+        let r = node.request("POST", &format!("/api/v1/admin/actors/{actor}/panic"), None);
+        assert_eq!(r.status, 202, "{actor}: {}", r.text);
+        // the node keeps answering
+        assert_eq!(node.get("/api/health").status, 200);
+        // and the actor comes back: search (query embedder + shard) works again shortly
+        let start = Instant::now();
+        loop {
+            let r = node.search(
+                "sup",
+                json!({"query": "who found the first antibiotic", "top_k": 1}),
+            );
+            if r.status == 200 {
+                assert_eq!(hit_ids(&r.body), vec!["penicillin"]);
+                break;
+            }
+            assert_eq!(r.status, 503, "{}", r.text);
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{actor} not back: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let actors = node.get("/api/v1/admin/actors");
+    for a in actors.body["actors"].as_array().unwrap() {
+        assert_eq!(a["restarts"], 1, "{a}");
+    }
+    let m = node.metrics();
+    assert_eq!(
+        metric_value(&m, "shoal_actor_restarts_total", "embedder-query"),
+        1.0
+    );
+    assert_eq!(metric_value(&m, "shoal_actor_restarts_total", ""), 4.0);
+
+    // ingest still works through the restarted worker and embedder
+    let job = node.ingest("sup", json!([{"id": "tea", "text": "Tea is an aromatic drink made by pouring hot water over cured leaves of the Camellia sinensis shrub."}]));
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        top1(&node, "sup", "hot drink brewed from leaves").as_deref(),
+        Some("tea")
+    );
+
+    // unknown actor
+    assert_eq!(
+        node.request("POST", "/api/v1/admin/actors/nobody/panic", None)
+            .status,
+        404
+    );
+}
+
+#[test]
+fn fault_injection_is_off_by_default() {
+    let node = Node::start(&[], &[]);
+    let r = node.request("POST", "/api/v1/admin/actors/embedder-query/panic", None);
+    assert_eq!(r.status, 404);
+    assert!(r.text.contains("disabled"), "{}", r.text);
+}
+
+fn assert_error(r: &shoal_tests::Resp, status: u16, code: &str, contains: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], code, "{}", r.text);
+    let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(contains),
+        "message {msg:?} should contain {contains:?}"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let node = Node::start(
+        &[
+            ("SHOAL_SERVER__MAX_BODY_BYTES", "65536"),
+            ("SHOAL_INGEST__MAX_DOCUMENTS_PER_REQUEST", "5"),
+        ],
+        &[],
+    );
+    node.create_collection("c");
+    let s = |body: &str| node.raw("POST", "/api/v1/collections/c/search", body);
+
+    assert_error(
+        &node.search("missing", json!({"query": "x"})),
+        404,
+        "not_found",
+        "missing",
+    );
+    assert_error(
+        &node.get("/api/v1/collections/missing"),
+        404,
+        "not_found",
+        "missing",
+    );
+    assert_error(&node.get("/api/v1/jobs/nope"), 404, "not_found", "nope");
+    assert_error(&node.get("/api/v2/whatever"), 404, "not_found", "no route");
+    assert_error(
+        &node.request("PATCH", "/api/v1/collections/c", None),
+        405,
+        "method_not_allowed",
+        "PATCH",
+    );
+    assert_error(
+        &s(r#"{"query": "x", "top_k": }"#),
+        400,
+        "invalid_json",
+        "line 1 column",
+    );
+    assert_error(&s(r#"{"query": 3}"#), 400, "invalid_json", "query");
+    assert_error(
+        &s(r#"{"query": "x", "topk": 3}"#),
+        400,
+        "invalid_json",
+        "topk",
+    );
+    assert_error(
+        &s(r#"{"query": "x", "top_k": 100000}"#),
+        400,
+        "bad_request",
+        "top_k",
+    );
+    assert_error(
+        &s(r#"{"query": "x", "top_k": 0}"#),
+        400,
+        "bad_request",
+        "top_k",
+    );
+    assert_error(&s(r#"{"query": "   "}"#), 400, "bad_request", "empty");
+    assert_error(&s(r#"{}"#), 400, "bad_request", "query");
+    assert_error(
+        &s(r#"{"query": "x", "vector": [1]}"#),
+        400,
+        "bad_request",
+        "not both",
+    );
+    assert_error(
+        &s(r#"{"vector": [1, 2, 3]}"#),
+        400,
+        "bad_request",
+        "dimension 3",
+    );
+    let zeros = format!(r#"{{"vector": [{}]}}"#, vec!["0"; 384].join(","));
+    assert_error(&s(&zeros), 400, "bad_request", "zeros");
+    assert_error(
+        &s(r#"{"query": "x", "filter": {"metadata": {"k": null}}}"#),
+        400,
+        "bad_request",
+        "metadata.k",
+    );
+    assert_error(
+        &s(r#"{"query": "x", "filter": {"metadata": {"k": {"regex": "a"}}}}"#),
+        400,
+        "bad_request",
+        "regex",
+    );
+    assert_error(
+        &s(r#"{"query": "x", "filter": {"where": 1}}"#),
+        400,
+        "bad_request",
+        "where",
+    );
+    assert_error(
+        &node.request("PUT", "/api/v1/collections/c", None),
+        409,
+        "conflict",
+        "already exists",
+    );
+    assert_error(
+        &node.request("PUT", "/api/v1/collections/bad%20name", None),
+        400,
+        "bad_request",
+        "collection name",
+    );
+    assert_error(
+        &node.raw("PUT", "/api/v1/collections/d", r#"{"hnsw": {"m": 1000}}"#),
+        400,
+        "bad_request",
+        "hnsw.m",
+    );
+
+    let add = |body: &str| node.raw("POST", "/api/v1/collections/c/documents", body);
+    assert_error(&add(r#"{"documents": []}"#), 400, "bad_request", "empty");
+    // one bad document refuses the whole request: nothing half-written
+    assert_error(
+        &add(r#"{"documents": [{"id": "ok", "text": "fine"}, {"id": "bad", "text": ""}]}"#),
+        400,
+        "bad_request",
+        "documents[1]",
+    );
+    assert_error(
+        &add(r#"{"documents": [{"id": "ok", "text": "fine"}, {"id": "bad", "text": 7}]}"#),
+        400,
+        "invalid_json",
+        "documents[1].text",
+    );
+    assert_error(
+        &add(r#"{"documents": [{"id": "", "text": "x"}]}"#),
+        400,
+        "bad_request",
+        "document id",
+    );
+    assert_error(
+        &add(r#"{"documents": [{"id": "m", "text": "x", "metadata": [1]}]}"#),
+        400,
+        "invalid_json",
+        "metadata",
+    );
+    let six: Vec<Value> = (0..6)
+        .map(|i| json!({"id": format!("{i}"), "text": "x"}))
+        .collect();
+    assert_error(
+        &node.post("/api/v1/collections/c/documents", json!({"documents": six})),
+        400,
+        "bad_request",
+        "limit is 5",
+    );
+    let big = "word ".repeat(20_000);
+    assert_error(
+        &node.post(
+            "/api/v1/collections/c/documents",
+            json!({"documents": [{"id": "big", "text": big}]}),
+        ),
+        413,
+        "payload_too_large",
+        "too large",
+    );
+    let info = node.get("/api/v1/collections/c");
+    assert_eq!(
+        info.body["documents"], 0,
+        "a refused request left documents behind"
+    );
+
+    // a collection of another dimension can be searched by vector, not by text
+    let r = node.raw("PUT", "/api/v1/collections/v3", r#"{"dimension": 3}"#);
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_error(
+        &node.search("v3", json!({"query": "x"})),
+        400,
+        "bad_request",
+        "dimension",
+    );
+    assert_eq!(node.search("v3", json!({"vector": [1, 0, 0]})).status, 200);
+    assert_error(
+        &node.post(
+            "/api/v1/collections/v3/documents",
+            json!({"documents": [{"id": "a", "text": "x"}]}),
+        ),
+        400,
+        "bad_request",
+        "dimension",
+    );
+
+    // the node is still healthy, and every response carried a request id
+    let r = node.get("/api/health");
+    assert_eq!(r.status, 200);
+}
