@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::dto::*;
 use crate::extract::{validate_collection_name, validate_document_id, ApiJson, OptionalJson};
@@ -77,7 +77,10 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
 
     api.with_state(service)
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            TraceLayer::new_for_http()
+                // 5xx answers are logged where they are made; a 503 from /api/ready is normal.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                .make_span_with(|req: &Request| {
                 let id = req
                     .extensions()
                     .get::<RequestId>()

@@ -217,7 +217,12 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         let config: Config = fig
-            .merge(Env::prefixed("SHOAL_").split("__"))
+            // Only sectioned variables (SHOAL_SERVER__LISTEN): SHOAL_CONFIG and the like are not config keys.
+            .merge(
+                Env::prefixed("SHOAL_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| NodeError::Config(e.to_string()))?;
         config.validate().map_err(NodeError::Config)?;
@@ -284,6 +289,7 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("SHOAL_SEARCH__MAX_TOP_K", "70");
+            jail.set_env("SHOAL_BIN", "/somewhere/else");
             let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
             assert_eq!(c.server.listen.port(), 9000);
             assert_eq!(c.search.max_top_k, 70);

@@ -100,6 +100,29 @@ impl NodeContext {
         self.index_dir.join(format!("{}-{}", coll.name, coll.uid))
     }
 
+    /// Remove graph dumps of collections that no longer exist (left by a crash during a drop).
+    pub fn remove_orphan_dumps(&self) -> Result<(), NodeError> {
+        let keep: std::collections::HashSet<PathBuf> = self
+            .store
+            .collections()?
+            .iter()
+            .map(|c| self.shard_dump_dir(c))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.index_dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !keep.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing the graph dump of a dropped collection");
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not remove");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Apply one command: store first (one atomic batch), then the index. Commands are applied one
     /// at a time, in log order.
     pub async fn apply(&self, command: Command) -> Result<Outcome, NodeError> {
@@ -142,6 +165,9 @@ impl NodeContext {
             }
             Effect::CollectionDropped { name, uid } => {
                 self.ingest.drop_collection(&name);
+                for gauge in [&self.metrics.index_points, &self.metrics.index_tombstones] {
+                    let _ = gauge.remove_label_values(&[name.as_str()]);
+                }
                 self.shards.remove(&name, uid);
                 let sup = self.supervisor()?;
                 ask(sup, "supervisor", SHARD_TIMEOUT, |reply| {

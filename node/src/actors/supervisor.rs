@@ -111,6 +111,13 @@ struct Backoff {
     total_restarts: u64,
 }
 
+/// Wait before the restart that follows `failures` earlier consecutive failures:
+/// `base × 2^failures`, at most `max`.
+pub fn backoff_delay(base_ms: u64, max_ms: u64, failures: u32) -> Duration {
+    let ms = base_ms.saturating_mul(1u64 << failures.min(30)).min(max_ms);
+    Duration::from_millis(ms)
+}
+
 pub struct NodeSupervisor;
 
 pub struct SupervisorState {
@@ -351,5 +358,19 @@ impl Actor for NodeSupervisor {
         let spec = child.spec;
         myself.send_after(delay, move || SupervisorMsg::Restart(spec));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let d: Vec<u64> = (0..8)
+            .map(|f| backoff_delay(100, 5_000, f).as_millis() as u64)
+            .collect();
+        assert_eq!(d, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff_delay(100, 10_000, 200).as_millis(), 10_000);
     }
 }
