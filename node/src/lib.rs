@@ -25,7 +25,7 @@ use shoal_api::{router, RouterLimits};
 use shoal_inference::{Chunker, ChunkerParams, Embedder, EmbedderOptions, ModelFiles};
 use shoal_storage::Store;
 
-use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs};
+use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::config::Config;
 use crate::context::NodeContext;
 use crate::metrics::Metrics;
@@ -144,6 +144,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
 
     tracing::info!("shutting down: stopping actors and dumping shards");
+    let _ = actors::ask(
+        &supervisor,
+        "supervisor",
+        Duration::from_secs(60),
+        SupervisorMsg::Shutdown,
+    )
+    .await;
     supervisor.stop(Some("shutdown".into()));
     let _ = tokio::time::timeout(Duration::from_secs(30), supervisor_handle).await;
     ctx.store.flush()?;

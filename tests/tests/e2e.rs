@@ -145,6 +145,22 @@ fn acknowledged_ingest_survives_kill_9() {
 }
 
 #[test]
+fn sigterm_stops_cleanly_and_keeps_the_graph() {
+    // a long persist interval: only the clean stop writes the graph dump
+    let mut node = Node::start(&[("SHOAL_INDEX__PERSIST_INTERVAL_MS", "600000")], &[]);
+    node.create_collection("graceful");
+    node.ingest("graceful", corpus());
+    let dump = node.data.join("index/graceful-1/manifest.json");
+    assert!(!dump.exists());
+    assert!(node.terminate(), "shoal did not exit cleanly on SIGTERM");
+    assert!(dump.exists(), "no graph dump after a clean stop");
+    node.restart();
+    for (q, id) in PARAPHRASES {
+        assert_eq!(top1(&node, "graceful", q).as_deref(), Some(*id), "{q}");
+    }
+}
+
+#[test]
 fn accepted_documents_are_indexed_after_a_crash_mid_ingest() {
     let mut node = Node::start(&[], &[]);
     node.create_collection("resume");

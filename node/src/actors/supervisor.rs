@@ -35,6 +35,8 @@ pub enum SupervisorMsg {
     ListChildren(RpcReplyPort<Vec<ChildInfo>>),
     /// Fault injection: make the named child panic.
     Panic(String, RpcReplyPort<Result<(), String>>),
+    /// Stop every child cleanly (shards dump their graphs) and restart none of them.
+    Shutdown(RpcReplyPort<()>),
 }
 
 /// What a child is, enough to start it again.
@@ -122,6 +124,7 @@ pub struct NodeSupervisor;
 
 pub struct SupervisorState {
     ctx: Arc<NodeContext>,
+    shutting_down: bool,
     children: HashMap<ActorId, Child>,
     backoff: HashMap<String, Backoff>,
 }
@@ -223,6 +226,7 @@ impl Actor for NodeSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut state = SupervisorState {
             ctx: args.ctx.clone(),
+            shutting_down: false,
             children: HashMap::new(),
             backoff: HashMap::new(),
         };
@@ -279,6 +283,15 @@ impl Actor for NodeSupervisor {
                     }
                 }
             }
+            SupervisorMsg::Shutdown(reply) => {
+                state.shutting_down = true;
+                state.children.clear();
+                myself
+                    .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30)))
+                    .await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Restart(_) if state.shutting_down => {}
             SupervisorMsg::Restart(spec) => {
                 // A shard of a collection dropped meanwhile stays down.
                 if let ChildSpec::Shard(c) = &spec {
