@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::batch::{length_groups, pad, Padded};
 use crate::{InferenceError, ModelFiles};
 
 #[derive(Debug, Clone, Copy)]
@@ -126,13 +127,11 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        // Sort by length so each forward pass pads only to its own longest text.
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for group in order.chunks(self.inner.batch_size) {
-            let ids: Vec<&[u32]> = group.iter().map(|&i| encodings[i].get_ids()).collect();
-            let vectors = self.forward(&ids)?;
+        for group in length_groups(&lengths, self.inner.batch_size) {
+            let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
+            let vectors = self.forward(&members)?;
             for (&i, v) in group.iter().zip(vectors) {
                 out[i] = v;
             }
@@ -140,24 +139,17 @@ impl Embedder {
         Ok(out)
     }
 
-    /// One forward pass over token id sequences (padded here to the longest one).
-    fn forward(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let batch = ids.len();
-        let seq = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-        let mut input = vec![0u32; batch * seq];
-        let mut mask = vec![0u32; batch * seq];
-        for (row, s) in ids.iter().enumerate() {
-            input[row * seq..row * seq + s.len()].copy_from_slice(s);
-            mask[row * seq..row * seq + s.len()].fill(1);
-        }
-        let device = Device::Cpu;
-        let input = Tensor::from_vec(input, (batch, seq), &device)?;
-        let mask = Tensor::from_vec(mask, (batch, seq), &device)?;
-        let token_types = input.zeros_like()?;
+    /// One forward pass over a group of texts, padded to its longest member.
+    fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let Padded {
+            input_ids,
+            token_type_ids,
+            attention_mask: mask,
+        } = pad(encodings)?;
         let hidden = self
             .inner
             .model
-            .forward(&input, &token_types, Some(&mask))?;
+            .forward(&input_ids, &token_type_ids, Some(&mask))?;
         // Mean over real tokens only.
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;

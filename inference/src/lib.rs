@@ -1,15 +1,19 @@
 //! Inference for shoal: sentence embeddings with candle (BERT forward, attention-masked mean
-//! pooling, L2 normalisation) and token-aware chunking of documents.
+//! pooling, L2 normalisation), cross-encoder reranking, and token-aware chunking of documents.
 //!
 //! Models are loaded from any Hugging Face-style folder holding `config.json`, `tokenizer.json`
 //! and `model.safetensors`. Nothing here knows about actors, HTTP or storage.
 
+mod batch;
 mod chunker;
 mod embedder;
 mod error;
 mod model_files;
+mod reranker;
+pub mod test_model;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};
 pub use embedder::{Embedder, EmbedderOptions};
 pub use error::InferenceError;
 pub use model_files::ModelFiles;
+pub use reranker::{relevance, sigmoid, CrossEncoder, RerankerOptions};

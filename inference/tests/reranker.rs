@@ -1,0 +1,111 @@
+//! The candle cross-encoder against Python transformers' BertForSequenceClassification, on the
+//! seeded test model (fixture made by scripts/make-reranker-reference.sh).
+
+use std::path::PathBuf;
+
+use shoal_inference::test_model::{build_test_cross_encoder, seeded_value};
+use shoal_inference::{CrossEncoder, InferenceError, ModelFiles, RerankerOptions};
+
+fn minilm() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "model not found at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/reranker_reference.json")).unwrap()
+}
+
+fn test_model(batch_size: usize) -> (tempfile::TempDir, CrossEncoder) {
+    let dir = tempfile::tempdir().unwrap();
+    build_test_cross_encoder(&minilm(), dir.path()).unwrap();
+    let files = ModelFiles::locate(dir.path()).unwrap();
+    let model = CrossEncoder::load(
+        &files,
+        RerankerOptions {
+            max_tokens: 512,
+            batch_size,
+        },
+    )
+    .unwrap();
+    (dir, model)
+}
+
+#[test]
+fn seeded_head_matches_the_python_formula() {
+    let sum: f64 = (0..384).map(|i| seeded_value(3, i, 0.5) as f64).sum();
+    let want = fixture()["classifier_weight_sum"].as_f64().unwrap();
+    assert!((sum - want).abs() < 1e-4, "{sum} vs {want}");
+}
+
+#[test]
+fn logits_match_transformers_within_1e_4() {
+    let fx = fixture();
+    let items = fx["items"].as_array().unwrap();
+    assert!(items
+        .iter()
+        .any(|i| i["tokens_untruncated"].as_u64().unwrap() > 512));
+    for batch_size in [1, 16] {
+        let (_dir, model) = test_model(batch_size);
+        assert_eq!(model.max_tokens(), 512);
+        assert_eq!(model.num_labels(), 1);
+        // one query at a time, all its passages in one call
+        for item in items {
+            let q = item["query"].as_str().unwrap();
+            let p = item["passage"].as_str().unwrap();
+            let want = item["logit"].as_f64().unwrap() as f32;
+            let got = model.logits(q, &[p]).unwrap()[0][0];
+            assert!(
+                (got - want).abs() < 1e-4,
+                "batch {batch_size}: {got} vs {want} for {q:?}"
+            );
+        }
+    }
+    // several passages of one query in one batch (mixed lengths, padding)
+    let (_dir, model) = test_model(8);
+    let q = items[0]["query"].as_str().unwrap();
+    let passages: Vec<&str> = items
+        .iter()
+        .map(|i| i["passage"].as_str().unwrap())
+        .collect();
+    let scores = model.score(q, &passages).unwrap();
+    let single: Vec<f32> = passages
+        .iter()
+        .map(|p| model.score(q, &[p]).unwrap()[0])
+        .collect();
+    for (a, b) in scores.iter().zip(&single) {
+        assert!((a - b).abs() < 1e-4, "batched {a} vs single {b}");
+    }
+}
+
+#[test]
+fn broken_cross_encoder_folders_fail_with_the_file_named() {
+    let (dir, _) = test_model(4);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
+    config["model_type"] = "gpt2".into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let files = ModelFiles::locate(dir.path()).unwrap();
+    let err = CrossEncoder::load(&files, RerankerOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("config.json"), "{err}");
+
+    config["model_type"] = "bert".into();
+    config["hidden_size"] = 256.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = CrossEncoder::load(&files, RerankerOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, InferenceError::BadFile { .. }));
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+}

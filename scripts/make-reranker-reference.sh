@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Recompute inference/tests/fixtures/reranker_reference.json: logits of Python transformers'
+# BertForSequenceClassification on the seeded test cross-encoder (see inference/src/test_model.rs).
+# The fixture is committed; this only needs to run again when the pairs or the formula change.
+# Installs transformers and torch (large) into .venv-ref with pip.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/scripts/fetch-model.sh"
+venv="$root/.venv-ref"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "sentence-transformers==5.*"
+fi
+"$venv/bin/python" "$root/scripts/reranker_reference.py" \
+  "$root/models/all-MiniLM-L6-v2" "$root/inference/tests/fixtures/reranker_reference.json"
