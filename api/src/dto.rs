@@ -134,6 +134,11 @@ pub struct SearchRequest {
     pub exact: bool,
     /// Search beam width; larger is slower and more accurate.
     pub ef: Option<usize>,
+    /// Rescore the best `rerank_candidates` hits with the node's cross-encoder (needs `query`).
+    #[serde(default)]
+    pub rerank: bool,
+    /// How many vector hits the reranker rescores (default 50).
+    pub rerank_candidates: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,7 +146,11 @@ pub struct SearchHit {
     pub document_id: String,
     pub chunk_index: u32,
     pub text: String,
+    /// Cosine similarity of the vectors.
     pub score: f32,
+    /// The cross-encoder's score, when the search asked for reranking (hits are then ordered by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f32>,
     pub metadata: Map<String, Value>,
 }
 
@@ -156,6 +165,17 @@ pub struct HealthResponse {
     pub status: String,
     pub version: String,
     pub uptime_s: f64,
+    pub embedder: ModelState,
+    pub reranker: ModelState,
+}
+
+/// A model of the node and its state: `disabled` (none configured), `warming_up`, `ready`,
+/// `restarting` (its actor failed and is being restarted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelState {
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,4 +197,82 @@ pub struct ActorInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActorList {
     pub actors: Vec<ActorInfo>,
+}
+
+/// `POST /v1/embeddings`, the OpenAI request shape.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingsRequest {
+    /// A string or a list of strings.
+    pub input: Value,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32, as the OpenAI clients ask for).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Accepted for compatibility; only the model's own dimension is served.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingData {
+    pub object: String,
+    pub index: usize,
+    /// A list of floats, or a base64 string.
+    pub embedding: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingsUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingsResponse {
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingsUsage,
+}
+
+/// `POST /v1/rerank`: Cohere (`documents`, `top_n`, `return_documents`) or Text Embeddings
+/// Inference (`texts`, `return_text`, `raw_scores`) request shape; the answer has the shape of
+/// the request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankRequest {
+    pub query: String,
+    /// Cohere: strings or `{"text": ...}` objects.
+    #[serde(default)]
+    pub documents: Option<Vec<Value>>,
+    /// TEI: strings.
+    #[serde(default)]
+    pub texts: Option<Vec<Value>>,
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub return_documents: Option<bool>,
+    #[serde(default)]
+    pub return_text: Option<bool>,
+    /// TEI: logits instead of sigmoid scores.
+    #[serde(default)]
+    pub raw_scores: Option<bool>,
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub max_chunks_per_doc: Option<usize>,
+}
+
+/// One scored document, best first, with its index in the request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RerankScore {
+    pub index: usize,
+    /// The model's raw score (logit for single-label models).
+    pub logit: f32,
+    /// 0..1 relevance (sigmoid of the logit).
+    pub relevance: f32,
 }

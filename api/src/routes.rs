@@ -40,6 +40,8 @@ pub struct RouterLimits {
 /// | `GET, DELETE /api/v1/collections/{name}/documents/{id}` | show, delete a document |
 /// | `POST /api/v1/collections/{name}/search` | search by text or vector |
 /// | `GET /api/v1/jobs/{id}` | ingest job progress |
+/// | `POST /v1/embeddings` | OpenAI-style embeddings |
+/// | `POST /v1/rerank` | Cohere- or TEI-style reranking |
 /// | `GET /api/v1/admin/actors` | supervised actors and their restarts |
 /// | `POST /api/v1/admin/actors/{name}/panic` | fault injection (when enabled) |
 pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router {
@@ -64,6 +66,8 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         )
         .route("/api/v1/collections/{name}/search", post(search::<S>))
         .route("/api/v1/jobs/{id}", get(get_job::<S>))
+        .route("/v1/embeddings", post(embeddings::<S>))
+        .route("/v1/rerank", post(rerank::<S>))
         .route("/api/v1/admin/actors", get(list_actors::<S>))
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
         .fallback(not_found)
@@ -265,4 +269,93 @@ async fn inject_panic<S: ShoalService>(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "panicked": name })),
     ))
+}
+
+async fn embeddings<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<EmbeddingsRequest>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    Ok(Json(s.embeddings(req).await?))
+}
+
+fn document_text(v: &serde_json::Value, field: &str, i: usize) -> Result<String, ApiError> {
+    match v {
+        serde_json::Value::String(t) => Ok(t.clone()),
+        serde_json::Value::Object(o) => match o.get("text") {
+            Some(serde_json::Value::String(t)) => Ok(t.clone()),
+            _ => Err(ApiError::BadRequest(format!(
+                "`{field}[{i}]`: an object needs a string `text`"
+            ))),
+        },
+        _ => Err(ApiError::BadRequest(format!(
+            "`{field}[{i}]` must be a string"
+        ))),
+    }
+}
+
+async fn rerank<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<RerankRequest>,
+) -> Result<Response, ApiError> {
+    let (field, items, tei) = match (&req.documents, &req.texts) {
+        (Some(d), None) => ("documents", d, false),
+        (None, Some(t)) => ("texts", t, true),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give `documents` or `texts`, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "give `documents` (or `texts`) to rerank".into(),
+            ))
+        }
+    };
+    let docs = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| document_text(v, field, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(0) = req.top_n {
+        return Err(ApiError::BadRequest("`top_n` must be at least 1".into()));
+    }
+    let (model, mut scores) = s.rerank(req.query, docs.clone()).await?;
+    if let Some(n) = req.top_n {
+        scores.truncate(n);
+    }
+    if tei {
+        let with_text = req.return_text.unwrap_or(false);
+        let raw = req.raw_scores.unwrap_or(false);
+        let body: Vec<serde_json::Value> = scores
+            .iter()
+            .map(|r| {
+                let mut o = serde_json::json!({
+                    "index": r.index,
+                    "score": if raw { r.logit } else { r.relevance },
+                });
+                if with_text {
+                    o["text"] = docs[r.index].clone().into();
+                }
+                o
+            })
+            .collect();
+        return Ok(Json(body).into_response());
+    }
+    let with_docs = req.return_documents.unwrap_or(false);
+    let results: Vec<serde_json::Value> = scores
+        .iter()
+        .map(|r| {
+            let mut o = serde_json::json!({"index": r.index, "relevance_score": r.relevance});
+            if with_docs {
+                o["document"] = serde_json::json!({"text": docs[r.index]});
+            }
+            o
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "results": results,
+        "meta": {"api_version": {"version": "1"}, "model": model},
+    }))
+    .into_response())
 }

@@ -46,6 +46,18 @@ pub trait ShoalService: Send + Sync + 'static {
         req: SearchRequest,
     ) -> impl Future<Output = Result<SearchResponse, ApiError>> + Send;
 
+    /// Embed texts with the node's model (OpenAI-style endpoint).
+    fn embeddings(
+        &self,
+        req: EmbeddingsRequest,
+    ) -> impl Future<Output = Result<EmbeddingsResponse, ApiError>> + Send;
+    /// Score documents against a query with the node's reranker, best first.
+    fn rerank(
+        &self,
+        query: String,
+        documents: Vec<String>,
+    ) -> impl Future<Output = Result<(String, Vec<RerankScore>), ApiError>> + Send;
+
     /// The node's actors with their restart counts.
     fn list_actors(&self) -> impl Future<Output = Result<ActorList, ApiError>> + Send;
     /// Fault injection (only when the node enables it): make the named actor panic.

@@ -16,6 +16,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub model: ModelConfig,
+    pub reranker: RerankerConfig,
     pub ingest: IngestConfig,
     pub search: SearchConfig,
     pub index: IndexConfig,
@@ -54,6 +55,37 @@ pub struct ModelConfig {
     pub batch_size: usize,
     /// Longest an embedding request may wait for the model (ms).
     pub timeout_ms: u64,
+    /// Query embeddings kept in memory (LRU); 0 disables the cache.
+    pub query_cache_size: usize,
+    /// Texts per `POST /v1/embeddings` request.
+    pub max_inputs_per_request: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankerConfig {
+    /// Hugging Face cross-encoder folder; none means the node has no reranker.
+    pub path: Option<PathBuf>,
+    /// Token limit per (query, passage) pair, capped by the model.
+    pub max_tokens: usize,
+    /// Pairs per forward pass.
+    pub batch_size: usize,
+    /// Hits rescored when a search asks for `rerank` without `rerank_candidates`.
+    pub default_candidates: usize,
+    /// Largest `rerank_candidates`, and most documents per `POST /v1/rerank`.
+    pub max_candidates: usize,
+}
+
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        RerankerConfig {
+            path: None,
+            max_tokens: 512,
+            batch_size: 16,
+            default_candidates: 50,
+            max_candidates: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +181,8 @@ impl Default for ModelConfig {
             max_tokens: 256,
             batch_size: 32,
             timeout_ms: 60_000,
+            query_cache_size: 10_000,
+            max_inputs_per_request: 256,
         }
     }
 }
@@ -238,6 +272,17 @@ impl Config {
             ),
             ("model.max_tokens", self.model.max_tokens),
             ("model.batch_size", self.model.batch_size),
+            (
+                "model.max_inputs_per_request",
+                self.model.max_inputs_per_request,
+            ),
+            ("reranker.max_tokens", self.reranker.max_tokens),
+            ("reranker.batch_size", self.reranker.batch_size),
+            (
+                "reranker.default_candidates",
+                self.reranker.default_candidates,
+            ),
+            ("reranker.max_candidates", self.reranker.max_candidates),
             ("ingest.workers", self.ingest.workers),
             ("ingest.batch_chunks", self.ingest.batch_chunks),
             ("ingest.chunk_tokens", self.ingest.chunk_tokens),

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use ractor::ActorRef;
 use shoal_index::{Payload, Point, ShardParams};
-use shoal_inference::{Chunker, Embedder};
+use shoal_inference::{Chunker, CrossEncoder, Embedder};
 use shoal_storage::{CollectionRecord, Command, Effect, Outcome, Store, StoredPoint};
 
 use crate::actors::ask;
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
+use crate::actors::reranker::RerankerMsg;
 use crate::actors::shard::ShardMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::config::Config;
@@ -28,6 +29,12 @@ pub struct NodeContext {
     pub config: Config,
     pub store: Store,
     pub embedder: Embedder,
+    /// The cross-encoder, when the node has one.
+    pub reranker: Option<CrossEncoder>,
+    pub reranker_actor: RwLock<Option<ActorRef<RerankerMsg>>>,
+    pub reranker_warm: AtomicBool,
+    /// Recent query embeddings (None when `model.query_cache_size` is 0).
+    pub query_cache: Option<parking_lot::Mutex<lru::LruCache<String, Arc<Vec<f32>>>>>,
     pub chunker: Chunker,
     pub metrics: Arc<Metrics>,
     pub shards: ShardRegistry,
@@ -49,12 +56,19 @@ impl NodeContext {
         config: Config,
         store: Store,
         embedder: Embedder,
+        reranker: Option<CrossEncoder>,
         chunker: Chunker,
         metrics: Arc<Metrics>,
     ) -> Result<NodeContext, NodeError> {
         let next_index = store.applied_index()? + 1;
         let index_dir = config.storage.data_dir.join("index");
+        let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
+            .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
         Ok(NodeContext {
+            reranker,
+            reranker_actor: RwLock::new(None),
+            reranker_warm: AtomicBool::new(false),
+            query_cache,
             ingest: IngestQueue::new(metrics.clone()),
             config,
             store,

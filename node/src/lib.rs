@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ractor::Actor;
 use shoal_api::{router, RouterLimits};
-use shoal_inference::{Chunker, ChunkerParams, Embedder, EmbedderOptions, ModelFiles};
+use shoal_inference::{
+    Chunker, ChunkerParams, CrossEncoder, Embedder, EmbedderOptions, ModelFiles, RerankerOptions,
+};
 use shoal_storage::Store;
 
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
@@ -73,6 +75,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
+    let reranker = match &config.reranker.path {
+        None => None,
+        Some(path) => {
+            let t = Instant::now();
+            let files = ModelFiles::locate(path).context("cannot load the reranker model")?;
+            let options = RerankerOptions {
+                max_tokens: config.reranker.max_tokens,
+                batch_size: config.reranker.batch_size,
+            };
+            let model = tokio::task::spawn_blocking(move || CrossEncoder::load(&files, options))
+                .await?
+                .context("cannot load the reranker model")?;
+            tracing::info!(
+                model = %path.display(),
+                max_tokens = model.max_tokens(),
+                ms = t.elapsed().as_millis() as u64,
+                "reranker loaded"
+            );
+            Some(model)
+        }
+    };
     let chunker = Chunker::new(
         embedder.counting_tokenizer().clone(),
         ChunkerParams {
@@ -86,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.clone(),
         store,
         embedder,
+        reranker,
         chunker,
         metrics,
     )?);
@@ -124,6 +148,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Ok(Err(e)) => tracing::error!(error = %e, "model warm-up failed"),
             Err(e) => tracing::error!(error = %e, "model warm-up task failed"),
+        }
+        if let Some(reranker) = warm_ctx.reranker.clone() {
+            let t = Instant::now();
+            match tokio::task::spawn_blocking(move || reranker.score(WARM_UP[0], WARM_UP)).await {
+                Ok(Ok(_)) => {
+                    warm_ctx.reranker_warm.store(true, Ordering::Release);
+                    tracing::info!(ms = t.elapsed().as_millis() as u64, "reranker warm");
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "reranker warm-up failed"),
+                Err(e) => tracing::error!(error = %e, "reranker warm-up task failed"),
+            }
         }
         // Documents accepted before the last stop but not yet indexed.
         let store = warm_ctx.store.clone();

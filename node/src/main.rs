@@ -34,6 +34,9 @@ struct Common {
     /// Embedding model folder (Hugging Face layout) [default: ./models/all-MiniLM-L6-v2].
     #[arg(long, env = "MODEL_PATH", value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Cross-encoder folder (Hugging Face layout) for reranking [default: none].
+    #[arg(long, env = "RERANKER_MODEL_PATH", value_name = "DIR")]
+    reranker_model: Option<PathBuf>,
     /// Enable POST /api/v1/admin/actors/{name}/panic (tests and drills only).
     #[arg(long)]
     fault_injection: bool,
@@ -45,6 +48,16 @@ enum Cmd {
     Serve(Common),
     /// Print the effective configuration as TOML and exit.
     Config(Common),
+    /// Build the seeded test cross-encoder from a BERT model folder (for tests; it ranks nothing well).
+    #[command(hide = true)]
+    MakeTestReranker {
+        /// BERT model folder to start from.
+        #[arg(long)]
+        from: PathBuf,
+        /// Folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn load(common: &Common) -> Result<Config, String> {
@@ -57,6 +70,9 @@ fn load(common: &Common) -> Result<Config, String> {
     }
     if let Some(m) = &common.model {
         config.model.path = m.clone();
+    }
+    if let Some(r) = &common.reranker_model {
+        config.reranker.path = Some(r.clone());
     }
     if common.fault_injection {
         config.debug.fault_injection = true;
@@ -72,6 +88,15 @@ fn main() -> ExitCode {
     let (common, serve) = match &cli.command {
         Cmd::Serve(c) => (c, true),
         Cmd::Config(c) => (c, false),
+        Cmd::MakeTestReranker { from, out } => {
+            return match shoal_inference::test_model::build_test_cross_encoder(from, out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shoal: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let config = match load(common) {
         Ok(c) => c,

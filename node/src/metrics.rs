@@ -20,6 +20,9 @@ pub struct Metrics {
     pub index_tombstones: GaugeVec,
     pub compactions: IntCounterVec,
     pub ready: Gauge,
+    pub query_cache_hits: IntCounter,
+    pub query_cache_misses: IntCounter,
+    pub rerank_seconds: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,6 +67,16 @@ impl Metrics {
         ));
         must(registry.register(Box::new(ingest_queue.clone())));
         let ready = must(Gauge::new("ready", "1 when the node is ready to serve"));
+        let query_cache_hits = must(IntCounter::new(
+            "query_cache_hits_total",
+            "Query embeddings served from the cache",
+        ));
+        must(registry.register(Box::new(query_cache_hits.clone())));
+        let query_cache_misses = must(IntCounter::new(
+            "query_cache_misses_total",
+            "Query embeddings computed (not in the cache)",
+        ));
+        must(registry.register(Box::new(query_cache_misses.clone())));
         must(registry.register(Box::new(ready.clone())));
         Metrics {
             http_requests: counter_vec(
@@ -115,6 +128,13 @@ impl Metrics {
                 &["collection"],
             ),
             ready,
+            query_cache_hits,
+            query_cache_misses,
+            rerank_seconds: histogram_vec(
+                "rerank_batch_duration_seconds",
+                "Time to score one rerank request",
+                &["model"],
+            ),
             registry,
         }
     }

@@ -1,6 +1,5 @@
 //! The node's implementation of the HTTP API ([`ShoalService`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,6 +7,7 @@ use serde_json::{Map, Value};
 use shoal_api::dto::*;
 use shoal_api::{ApiError, ShoalService};
 use shoal_index::{normalize, Filter, SearchMode, SearchRequest as IndexSearch};
+use shoal_inference::sigmoid;
 use shoal_storage::{
     CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput, DocumentStatus,
     HnswParams, JobRecord, Outcome,
@@ -16,6 +16,7 @@ use shoal_storage::{
 use crate::actors::ask;
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::actors::ingest::now_ms;
+use crate::actors::reranker::RerankerMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::context::NodeContext;
 use crate::error::NodeError;
@@ -85,7 +86,29 @@ impl Node {
         Ok(())
     }
 
-    async fn embed_query(&self, text: String) -> Result<Vec<f32>> {
+    /// Embed a search query, through the query cache.
+    async fn embed_query(&self, text: String) -> Result<Arc<Vec<f32>>> {
+        if let Some(cache) = &self.ctx.query_cache {
+            if let Some(v) = cache.lock().get(&text).cloned() {
+                self.ctx.metrics.query_cache_hits.inc();
+                return Ok(v);
+            }
+            self.ctx.metrics.query_cache_misses.inc();
+        }
+        let v = Arc::new(
+            self.embed_texts(vec![text.clone()])
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?,
+        );
+        if let Some(cache) = &self.ctx.query_cache {
+            cache.lock().put(text, v.clone());
+        }
+        Ok(v)
+    }
+
+    /// Embed texts on the query embedder (the one ingest never occupies).
+    async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
         if !self.ctx.is_warm() {
             return Err(ApiError::NotReady(
                 "the embedding model is warming up".into(),
@@ -99,16 +122,87 @@ impl Node {
             .cloned()
             .ok_or_else(|| ApiError::NotReady("the query embedder is restarting; retry".into()))?;
         let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
-        let mut v = ask(&actor, "query embedder", timeout, |reply| {
-            EmbedderMsg::Embed {
-                texts: vec![text],
-                reply,
-            }
+        let n = texts.len();
+        let v = ask(&actor, "query embedder", timeout, |reply| {
+            EmbedderMsg::Embed { texts, reply }
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("embedding failed: {e}")))?;
-        v.pop()
-            .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))
+        if v.len() != n {
+            return Err(ApiError::Internal(
+                "the embedder returned the wrong number of vectors".into(),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Raw reranker scores of `passages` for `query`, in input order.
+    async fn rerank_scores(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>> {
+        if self.ctx.reranker.is_none() {
+            return Err(bad(
+                "this node has no reranker; start it with --reranker-model DIR (or RERANKER_MODEL_PATH)",
+            ));
+        }
+        if !self
+            .ctx
+            .reranker_warm
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(ApiError::NotReady("the reranker is warming up".into()));
+        }
+        let actor = self
+            .ctx
+            .reranker_actor
+            .read()
+            .clone()
+            .ok_or_else(|| ApiError::NotReady("the reranker is restarting; retry".into()))?;
+        let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
+        let n = passages.len();
+        let scores = ask(&actor, "reranker", timeout, |reply| RerankerMsg::Score {
+            query,
+            passages,
+            reply,
+        })
+        .await?
+        .map_err(|e| ApiError::Internal(format!("reranking failed: {e}")))?;
+        if scores.len() != n {
+            return Err(ApiError::Internal(
+                "the reranker returned the wrong number of scores".into(),
+            ));
+        }
+        Ok(scores)
+    }
+
+    fn model_states(&self) -> (ModelState, ModelState) {
+        let embedder = ModelState {
+            state: if self.ctx.is_warm() {
+                "ready"
+            } else {
+                "warming_up"
+            }
+            .into(),
+            model: Some(self.ctx.embedder.model_name().to_string()),
+        };
+        let reranker = match &self.ctx.reranker {
+            None => ModelState {
+                state: "disabled".into(),
+                model: None,
+            },
+            Some(r) => ModelState {
+                state: if self
+                    .ctx
+                    .reranker_warm
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    "ready"
+                } else {
+                    "warming_up"
+                }
+                .into(),
+                model: Some(r.model_name().to_string()),
+            },
+        };
+        (embedder, reranker)
     }
 }
 
@@ -148,10 +242,13 @@ fn parse_metadata(json: &str) -> Map<String, Value> {
 
 impl ShoalService for Node {
     async fn health(&self) -> HealthResponse {
+        let (embedder, reranker) = self.model_states();
         HealthResponse {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.ctx.started.elapsed().as_secs_f64(),
+            embedder,
+            reranker,
         }
     }
 
@@ -174,7 +271,10 @@ impl ShoalService for Node {
         );
         components.insert("embedder_actors".into(), Value::from(embedders));
         components.insert("ingest_queue".into(), Value::from(self.ctx.ingest.len()));
-        let ready = warm && loading.is_empty();
+        let (_, reranker) = self.model_states();
+        let reranker_ok = reranker.state != "warming_up";
+        components.insert("reranker".into(), Value::from(reranker.state));
+        let ready = warm && loading.is_empty() && reranker_ok;
         self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
         ReadyResponse { ready, components }
     }
@@ -368,12 +468,38 @@ impl ShoalService for Node {
                 )));
             }
         }
+        // With reranking, the vector search fetches the candidates the reranker rescores.
+        let fetch = if req.rerank {
+            let rc = &self.ctx.config.reranker;
+            let candidates = req.rerank_candidates.unwrap_or(rc.default_candidates);
+            if candidates == 0 || candidates > rc.max_candidates {
+                return Err(bad(format!(
+                    "rerank_candidates must be between 1 and {} (reranker.max_candidates)",
+                    rc.max_candidates
+                )));
+            }
+            if req.query.is_none() {
+                return Err(bad("`rerank` needs a text `query`"));
+            }
+            if self.ctx.reranker.is_none() {
+                return Err(bad(
+                    "this node has no reranker; start it with --reranker-model DIR (or RERANKER_MODEL_PATH)",
+                ));
+            }
+            candidates.max(top_k)
+        } else {
+            if req.rerank_candidates.is_some() {
+                return Err(bad("`rerank_candidates` needs `rerank: true`"));
+            }
+            top_k
+        };
         let filter = match &req.filter {
             Some(f) => Some(Filter::from_json(f).map_err(NodeError::from)?),
             None => None,
         };
         let coll = self.require_collection(&collection)?;
-        let vector = match (req.query, req.vector) {
+        let query_text = req.query.clone();
+        let vector: Arc<Vec<f32>> = match (req.query, req.vector) {
             (Some(_), Some(_)) => return Err(bad("give either `query` or `vector`, not both")),
             (None, None) => return Err(bad("give `query` (text) or `vector`")),
             (Some(q), None) => {
@@ -402,7 +528,7 @@ impl ShoalService for Node {
                 if !normalize(&mut v) {
                     return Err(bad("`vector` must be finite and not all zeros"));
                 }
-                v
+                Arc::new(v)
             }
         };
         let slot =
@@ -420,29 +546,26 @@ impl ShoalService for Node {
         let ef = req.ef;
         let ctx = self.ctx.clone();
         let uid = coll.uid;
-        let hits = tokio::task::spawn_blocking(move || {
+        let mut hits = tokio::task::spawn_blocking(move || {
             let hits = shard.search(&IndexSearch {
                 vector: &vector,
-                k: top_k,
+                k: fetch,
                 filter: filter.as_ref(),
                 mode,
                 ef,
             })?;
             let mut out = Vec::with_capacity(hits.len());
-            let mut seen = HashSet::new();
             for h in hits {
                 // A point deleted since the search has no chunk any more: skip it.
                 let Some(chunk) = ctx.store.chunk(uid, h.id)? else {
                     continue;
                 };
-                if !seen.insert(h.id) {
-                    continue;
-                }
                 out.push(SearchHit {
                     document_id: h.payload.doc_id.clone(),
                     chunk_index: chunk.chunk_index,
                     text: chunk.text,
                     score: h.score,
+                    rerank_score: None,
                     metadata: h.payload.metadata.clone(),
                 });
             }
@@ -450,6 +573,20 @@ impl ShoalService for Node {
         })
         .await
         .map_err(NodeError::from)??;
+        if req.rerank && !hits.is_empty() {
+            let query = query_text.unwrap_or_default();
+            let passages = hits.iter().map(|h| h.text.clone()).collect();
+            let scores = self.rerank_scores(query, passages).await?;
+            for (h, s) in hits.iter_mut().zip(scores) {
+                h.rerank_score = Some(s);
+            }
+            hits.sort_by(|a, b| {
+                b.rerank_score
+                    .unwrap_or(f32::NEG_INFINITY)
+                    .total_cmp(&a.rerank_score.unwrap_or(f32::NEG_INFINITY))
+            });
+        }
+        hits.truncate(top_k);
         let took = start.elapsed();
         self.ctx
             .metrics
@@ -460,6 +597,148 @@ impl ShoalService for Node {
             hits,
             took_ms: took.as_secs_f64() * 1000.0,
         })
+    }
+
+    async fn embeddings(&self, req: EmbeddingsRequest) -> Result<EmbeddingsResponse> {
+        let texts: Vec<String> = match req.input {
+            Value::String(s) => vec![s],
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    Value::Array(_) => Err(bad(format!(
+                        "`input[{i}]`: token arrays are not supported; send text"
+                    ))),
+                    other => Err(bad(format!("`input[{i}]` must be a string, got {other}"))),
+                })
+                .collect::<Result<_>>()?,
+            other => {
+                return Err(bad(format!(
+                    "`input` must be a string or a list of strings, got {other}"
+                )))
+            }
+        };
+        let limit = self.ctx.config.model.max_inputs_per_request;
+        if texts.is_empty() {
+            return Err(bad("`input` is empty"));
+        }
+        if texts.len() > limit {
+            return Err(bad(format!(
+                "{} inputs in one request; the limit is {limit} (model.max_inputs_per_request)",
+                texts.len()
+            )));
+        }
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(bad(format!("`input[{i}]` is empty")));
+        }
+        if let Some(i) = texts
+            .iter()
+            .position(|t| t.len() > self.ctx.config.ingest.max_document_bytes)
+        {
+            return Err(bad(format!(
+                "`input[{i}]` is longer than ingest.max_document_bytes"
+            )));
+        }
+        let base64 = match req.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "encoding_format `{other}` is not supported (float, base64)"
+                )))
+            }
+        };
+        let dim = self.ctx.embedder.dimension();
+        if let Some(d) = req.dimensions {
+            if d != dim {
+                return Err(bad(format!(
+                    "this model makes {dim}-dimensional vectors; `dimensions` {d} is not available"
+                )));
+            }
+        }
+        let tokens: u64 = {
+            let chunker = self.ctx.chunker.clone();
+            let t = texts.clone();
+            let max = self.ctx.embedder.max_tokens();
+            tokio::task::spawn_blocking(move || {
+                t.iter()
+                    .map(|x| {
+                        chunker
+                            .count_tokens(x)
+                            .map(|n| (n + 2).min(max) as u64)
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+            .await
+            .map_err(NodeError::from)?
+        };
+        let vectors = self.embed_texts(texts).await?;
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| EmbeddingData {
+                object: "embedding".into(),
+                index,
+                embedding: if base64 {
+                    use base64::Engine as _;
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    Value::from(v)
+                },
+            })
+            .collect();
+        Ok(EmbeddingsResponse {
+            object: "list".into(),
+            data,
+            model: req
+                .model
+                .unwrap_or_else(|| self.ctx.embedder.model_name().to_string()),
+            usage: EmbeddingsUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        })
+    }
+
+    async fn rerank(
+        &self,
+        query: String,
+        documents: Vec<String>,
+    ) -> Result<(String, Vec<RerankScore>)> {
+        if query.trim().is_empty() {
+            return Err(bad("`query` is empty"));
+        }
+        if documents.is_empty() {
+            return Err(bad("no documents to rerank"));
+        }
+        let limit = self.ctx.config.reranker.max_candidates;
+        if documents.len() > limit {
+            return Err(bad(format!(
+                "{} documents in one request; the limit is {limit} (reranker.max_candidates)",
+                documents.len()
+            )));
+        }
+        let logits = self.rerank_scores(query, documents).await?;
+        let mut scores: Vec<RerankScore> = logits
+            .into_iter()
+            .enumerate()
+            .map(|(index, logit)| RerankScore {
+                index,
+                logit,
+                relevance: sigmoid(logit),
+            })
+            .collect();
+        scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
+        let model = self
+            .ctx
+            .reranker
+            .as_ref()
+            .map(|r| r.model_name().to_string())
+            .unwrap_or_default();
+        Ok((model, scores))
     }
 
     async fn list_actors(&self) -> Result<ActorList> {

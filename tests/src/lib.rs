@@ -56,6 +56,19 @@ pub struct Node {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Build the seeded test cross-encoder (MiniLM + a fixed head) in `out` with the shoal binary.
+pub fn make_test_reranker(out: &Path) {
+    let status = Command::new(shoal_bin())
+        .arg("make-test-reranker")
+        .arg("--from")
+        .arg(model_dir())
+        .arg("--out")
+        .arg(out)
+        .status()
+        .expect("run shoal make-test-reranker");
+    assert!(status.success(), "shoal make-test-reranker failed");
+}
+
 /// An HTTP answer: status and JSON body (Null when the body is not JSON).
 #[derive(Debug, Clone)]
 pub struct Resp {

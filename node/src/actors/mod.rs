@@ -1,8 +1,9 @@
-//! The supervision tree: one [`supervisor::NodeSupervisor`] over the embedder actors, one actor per
-//! index shard and the ingest workers.
+//! The supervision tree: one [`supervisor::NodeSupervisor`] over the embedder actors, the
+//! reranker actor (when configured), one actor per index shard and the ingest workers.
 
 pub mod embedder;
 pub mod ingest;
+pub mod reranker;
 pub mod shard;
 pub mod supervisor;
 

@@ -18,6 +18,7 @@ use shoal_storage::CollectionRecord;
 
 use crate::actors::embedder::{EmbedQueue, EmbedderActor, EmbedderArgs, EmbedderMsg};
 use crate::actors::ingest::{IngestArgs, IngestMsg, IngestWorker};
+use crate::actors::reranker::{RerankerActor, RerankerMsg};
 use crate::actors::shard::{ShardActor, ShardArgs, ShardMsg};
 use crate::context::NodeContext;
 
@@ -43,6 +44,7 @@ pub enum SupervisorMsg {
 #[derive(Clone)]
 pub enum ChildSpec {
     Embedder(EmbedQueue),
+    Reranker,
     IngestWorker(usize),
     Shard(CollectionRecord),
 }
@@ -51,6 +53,7 @@ impl ChildSpec {
     pub fn name(&self) -> String {
         match self {
             ChildSpec::Embedder(q) => q.actor_name(),
+            ChildSpec::Reranker => "reranker".into(),
             ChildSpec::IngestWorker(i) => format!("ingest-worker-{i}"),
             ChildSpec::Shard(c) => format!("shard-{}", c.name),
         }
@@ -59,6 +62,7 @@ impl ChildSpec {
     fn kind(&self) -> &'static str {
         match self {
             ChildSpec::Embedder(_) => "embedder",
+            ChildSpec::Reranker => "reranker",
             ChildSpec::IngestWorker(_) => "ingest_worker",
             ChildSpec::Shard(_) => "shard",
         }
@@ -68,6 +72,7 @@ impl ChildSpec {
 #[derive(Clone)]
 enum ChildRef {
     Embedder(ActorRef<EmbedderMsg>),
+    Reranker(ActorRef<RerankerMsg>),
     Ingest(ActorRef<IngestMsg>),
     Shard(ActorRef<ShardMsg>),
 }
@@ -76,6 +81,7 @@ impl ChildRef {
     fn cell(&self) -> ActorCell {
         match self {
             ChildRef::Embedder(a) => a.get_cell(),
+            ChildRef::Reranker(a) => a.get_cell(),
             ChildRef::Ingest(a) => a.get_cell(),
             ChildRef::Shard(a) => a.get_cell(),
         }
@@ -88,6 +94,9 @@ impl ChildRef {
                 .map_err(|e| e.to_string()),
             ChildRef::Ingest(a) => a.send_message(IngestMsg::Panic).map_err(|e| e.to_string()),
             ChildRef::Shard(a) => a.send_message(ShardMsg::Panic).map_err(|e| e.to_string()),
+            ChildRef::Reranker(a) => a
+                .send_message(RerankerMsg::Panic)
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -164,6 +173,12 @@ impl SupervisorState {
                         .0,
                 )
             }
+            ChildSpec::Reranker => ChildRef::Reranker(
+                Actor::spawn_linked(None, RerankerActor, ctx, cell)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .0,
+            ),
             ChildSpec::IngestWorker(id) => {
                 let args = IngestArgs { id: *id, ctx };
                 ChildRef::Ingest(
@@ -234,6 +249,9 @@ impl Actor for NodeSupervisor {
             ChildSpec::Embedder(EmbedQueue::Query),
             ChildSpec::Embedder(EmbedQueue::Ingest),
         ];
+        if args.ctx.reranker.is_some() {
+            specs.push(ChildSpec::Reranker);
+        }
         specs.extend((0..args.ctx.config.ingest.workers).map(ChildSpec::IngestWorker));
         specs.extend(
             args.ctx

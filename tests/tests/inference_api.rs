@@ -1,0 +1,215 @@
+//! Reranking, the OpenAI-style embeddings endpoint and the query cache, on the real binary.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use shoal_tests::{corpus, make_test_reranker, metric_value, Node};
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn search_with_reranking_and_the_rerank_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("test-cross-encoder");
+    make_test_reranker(&model);
+    let node = Node::start(
+        &[],
+        &[
+            "--reranker-model",
+            model.to_str().unwrap(),
+            "--fault-injection",
+        ],
+    );
+    let health = node.get("/api/health");
+    assert_eq!(health.body["reranker"]["state"], "ready", "{}", health.text);
+    node.create_collection("rr");
+    node.ingest("rr", corpus());
+
+    let q = "how do plants make food from sunlight";
+    let r = node.search(
+        "rr",
+        json!({"query": q, "top_k": 4, "rerank": true, "rerank_candidates": 8}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let hits = r.body["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 4);
+    let rr: Vec<f64> = hits
+        .iter()
+        .map(|h| h["rerank_score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        rr.windows(2).all(|w| w[0] >= w[1]),
+        "hits not ordered by rerank score: {rr:?}"
+    );
+    assert!(hits.iter().all(|h| h["score"].as_f64().is_some()));
+
+    // the same passages through /v1/rerank (TEI shape, raw scores) give the same logits
+    let texts: Vec<Value> = hits.iter().map(|h| h["text"].clone()).collect();
+    let tei = node.post(
+        "/v1/rerank",
+        json!({"query": q, "texts": texts, "raw_scores": true, "return_text": true}),
+    );
+    assert_eq!(tei.status, 200, "{}", tei.text);
+    let tei = tei.body.as_array().unwrap().clone();
+    assert_eq!(tei.len(), 4);
+    for (i, item) in tei.iter().enumerate() {
+        let idx = item["index"].as_u64().unwrap() as usize;
+        assert_eq!(idx, i, "already sorted input keeps its order");
+        assert!((item["score"].as_f64().unwrap() - rr[idx]).abs() < 1e-4);
+        assert_eq!(item["text"], texts[idx]);
+    }
+
+    // Cohere shape: documents as strings or {text}, top_n, relevance in 0..1
+    let cohere = node.post(
+        "/v1/rerank",
+        json!({"query": q, "documents": ["The stock market fell.", {"text": "Plants turn light into sugar."}, "Chess."], "top_n": 2, "return_documents": true}),
+    );
+    assert_eq!(cohere.status, 200, "{}", cohere.text);
+    let results = cohere.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    let rel: Vec<f64> = results
+        .iter()
+        .map(|r| r["relevance_score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        rel[0] >= rel[1] && rel.iter().all(|x| (0.0..=1.0).contains(x)),
+        "{rel:?}"
+    );
+    assert!(results[0]["document"]["text"].is_string());
+
+    // bad input
+    for (body, needle) in [
+        (json!({"query": q, "documents": []}), "no documents"),
+        (json!({"query": "", "documents": ["a"]}), "empty"),
+        (json!({"query": q}), "documents"),
+        (json!({"query": q, "documents": [3]}), "documents[0]"),
+        (json!({"query": q, "documents": ["a"], "top_n": 0}), "top_n"),
+    ] {
+        let r = node.post("/v1/rerank", body);
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.text.contains(needle), "{needle}: {}", r.text);
+    }
+    let r = node.search("rr", json!({"vector": vec![0.1; 384], "rerank": true}));
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("text `query`"), "{}", r.text);
+    let r = node.search(
+        "rr",
+        json!({"query": q, "rerank": true, "rerank_candidates": 0}),
+    );
+    assert_eq!(r.status, 400);
+
+    // the reranker actor is supervised like the others
+    let r = node.request("POST", "/api/v1/admin/actors/reranker/panic", None);
+    assert_eq!(r.status, 202, "{}", r.text);
+    let start = std::time::Instant::now();
+    loop {
+        let r = node.post("/v1/rerank", json!({"query": q, "documents": ["a", "b"]}));
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "reranker not back: {}",
+            r.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let m = node.metrics();
+    assert_eq!(
+        metric_value(&m, "shoal_actor_restarts_total", "reranker"),
+        1.0
+    );
+}
+
+#[test]
+fn a_node_without_reranker_refuses_reranking_clearly() {
+    let node = Node::start(&[], &[]);
+    assert_eq!(
+        node.get("/api/health").body["reranker"]["state"],
+        "disabled"
+    );
+    node.create_collection("c");
+    let r = node.search("c", json!({"query": "x", "rerank": true}));
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("no reranker"), "{}", r.text);
+    let r = node.post("/v1/rerank", json!({"query": "x", "documents": ["a"]}));
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("no reranker"), "{}", r.text);
+    // plain search still works
+    assert_eq!(node.search("c", json!({"query": "x"})).status, 200);
+}
+
+#[test]
+fn openai_embeddings_endpoint_and_query_cache() {
+    let node = Node::start(&[("SHOAL_MODEL__MAX_INPUTS_PER_REQUEST", "4")], &[]);
+    let r = node.post("/v1/embeddings", json!({"input": ["The cat sat on the mat.", "A dog barked."], "model": "text-embedding-3-small"}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["object"], "list");
+    assert_eq!(r.body["model"], "text-embedding-3-small");
+    let data = r.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    let v0 = floats(&data[0]["embedding"]);
+    assert_eq!(v0.len(), 384);
+    let norm: f64 = v0.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+    assert!(r.body["usage"]["prompt_tokens"].as_u64().unwrap() >= 10);
+
+    // a single string, base64 as the OpenAI clients ask for: the same floats
+    let b = node.post(
+        "/v1/embeddings",
+        json!({"input": "The cat sat on the mat.", "encoding_format": "base64"}),
+    );
+    assert_eq!(b.status, 200, "{}", b.text);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b.body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    assert_eq!(decoded.len(), 384);
+    for (a, b) in decoded.iter().zip(&v0) {
+        assert!((a - b).abs() < 1e-6);
+    }
+
+    for (body, needle) in [
+        (json!({"input": []}), "empty"),
+        (json!({"input": ["a", 3]}), "input[1]"),
+        (json!({"input": [[1, 2, 3]]}), "token arrays"),
+        (json!({"input": ["a", "b", "c", "d", "e"]}), "limit is 4"),
+        (json!({"input": ["  "]}), "empty"),
+        (
+            json!({"input": "a", "encoding_format": "int8"}),
+            "encoding_format",
+        ),
+        (json!({"input": 7}), "input"),
+    ] {
+        let r = node.post("/v1/embeddings", body);
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.text.contains(needle), "{needle}: {}", r.text);
+    }
+
+    // the query cache: the second identical search is a hit
+    node.create_collection("qc");
+    let before = node.metrics();
+    for _ in 0..2 {
+        assert_eq!(
+            node.search("qc", json!({"query": "a repeated question"}))
+                .status,
+            200
+        );
+    }
+    let after = node.metrics();
+    let hits = metric_value(&after, "shoal_query_cache_hits_total", "")
+        - metric_value(&before, "shoal_query_cache_hits_total", "");
+    let misses = metric_value(&after, "shoal_query_cache_misses_total", "")
+        - metric_value(&before, "shoal_query_cache_misses_total", "");
+    assert_eq!((hits, misses), (1.0, 1.0));
+}
