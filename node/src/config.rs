@@ -21,7 +21,35 @@ pub struct Config {
     pub search: SearchConfig,
     pub index: IndexConfig,
     pub supervisor: SupervisorConfig,
+    pub threads: ThreadsConfig,
     pub debug: DebugConfig,
+}
+
+/// Thread counts; 0 means one per core. The query and ingest embedders have pools of their own,
+/// so ingest never takes the query pool's threads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThreadsConfig {
+    /// Threads of the query embedder's pool (candle matmuls).
+    pub query_inference: usize,
+    /// Threads of the ingest embedder's pool.
+    pub ingest_inference: usize,
+    /// Global rayon pool: HNSW graph builds at load.
+    pub index: usize,
+    /// Tokio worker threads (HTTP and actors; CPU work never runs on them).
+    pub http: usize,
+}
+
+impl ThreadsConfig {
+    pub fn resolve(n: usize) -> usize {
+        if n > 0 {
+            n
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +83,10 @@ pub struct ModelConfig {
     pub batch_size: usize,
     /// Longest an embedding request may wait for the model (ms).
     pub timeout_ms: u64,
+    /// How long the query embedder gathers requests into one forward pass (ms).
+    pub batch_window_ms: f64,
+    /// Texts per forward pass of the ingest embedder; between two, it yields to queries.
+    pub ingest_micro_batch: usize,
     /// Query embeddings kept in memory (LRU); 0 disables the cache.
     pub query_cache_size: usize,
     /// Texts per `POST /v1/embeddings` request.
@@ -181,6 +213,8 @@ impl Default for ModelConfig {
             max_tokens: 256,
             batch_size: 32,
             timeout_ms: 60_000,
+            batch_window_ms: 2.0,
+            ingest_micro_batch: 4,
             query_cache_size: 10_000,
             max_inputs_per_request: 256,
         }
@@ -284,6 +318,7 @@ impl Config {
             ),
             ("reranker.max_candidates", self.reranker.max_candidates),
             ("ingest.workers", self.ingest.workers),
+            ("model.ingest_micro_batch", self.model.ingest_micro_batch),
             ("ingest.batch_chunks", self.ingest.batch_chunks),
             ("ingest.chunk_tokens", self.ingest.chunk_tokens),
             (

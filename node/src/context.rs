@@ -37,6 +37,9 @@ pub struct NodeContext {
     pub query_cache: Option<parking_lot::Mutex<lru::LruCache<String, Arc<Vec<f32>>>>>,
     pub chunker: Chunker,
     pub metrics: Arc<Metrics>,
+    pub query_pool: Arc<rayon::ThreadPool>,
+    pub ingest_pool: Arc<rayon::ThreadPool>,
+    pub query_gate: Arc<crate::embed_exec::QueryGate>,
     pub shards: ShardRegistry,
     pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
     pub ingest: IngestQueue,
@@ -64,7 +67,22 @@ impl NodeContext {
         let index_dir = config.storage.data_dir.join("index");
         let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
             .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
+        let pool = |name: &'static str, n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(crate::config::ThreadsConfig::resolve(n))
+                .thread_name(move |i| format!("{name}-{i}"))
+                .build()
+                .map(Arc::new)
+                .map_err(|e| {
+                    NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
+                })
+        };
+        let query_pool = pool("infer-query", config.threads.query_inference)?;
+        let ingest_pool = pool("infer-ingest", config.threads.ingest_inference)?;
         Ok(NodeContext {
+            query_pool,
+            ingest_pool,
+            query_gate: Arc::default(),
             reranker,
             reranker_actor: RwLock::new(None),
             reranker_warm: AtomicBool::new(false),

@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod config;
 pub mod context;
+pub mod embed_exec;
 pub mod error;
 pub mod ingest_queue;
 pub mod metrics;

@@ -135,7 +135,17 @@ fn main() -> ExitCode {
             default_hook(info);
         }
     }));
+    let index_threads = shoal_node::config::ThreadsConfig::resolve(config.threads.index);
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(index_threads)
+        .thread_name(|i| format!("index-{i}"))
+        .build_global()
+    {
+        eprintln!("shoal: cannot size the index thread pool: {e}");
+    }
+    let http_threads = shoal_node::config::ThreadsConfig::resolve(config.threads.http);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_threads)
         .enable_all()
         .build()
     {

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub ingest_queue: IntGauge,
     pub embed_seconds: HistogramVec,
     pub embed_texts: IntCounterVec,
+    pub embed_queue_wait_seconds: HistogramVec,
     pub search_seconds: HistogramVec,
     pub index_points: GaugeVec,
     pub index_tombstones: GaugeVec,
@@ -107,6 +108,11 @@ impl Metrics {
                 &["queue"],
             ),
             embed_texts: counter_vec("embed_texts_total", "Texts embedded, by queue", &["queue"]),
+            embed_queue_wait_seconds: histogram_vec(
+                "embed_queue_wait_seconds",
+                "Time a request waited before its forward pass started, by queue",
+                &["queue"],
+            ),
             search_seconds: histogram_vec(
                 "search_duration_seconds",
                 "Search latency inside the node (embedding included)",

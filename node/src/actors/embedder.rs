@@ -1,12 +1,14 @@
-//! Embedder actors: one per queue ("query" and "ingest"), sharing the model weights, so a query
-//! never waits behind an ingest batch. The forward pass runs on a blocking thread.
+//! Embedder actors: one per queue ("query" and "ingest"), sharing the model weights. Each owns an
+//! [`EmbedExecutor`] thread that runs the model (see `embed_exec` for batching and priority); a
+//! restarted actor starts a fresh executor.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::context::NodeContext;
+use crate::embed_exec::{EmbedExecutor, EmbedJob, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EmbedQueue {
@@ -45,7 +47,8 @@ pub struct EmbedderArgs {
 
 pub struct EmbedderState {
     queue: EmbedQueue,
-    ctx: Arc<NodeContext>,
+    /// The thread that runs the model for this queue (dynamic batching or micro-batches).
+    exec: EmbedExecutor,
 }
 
 impl Actor for EmbedderActor {
@@ -58,10 +61,34 @@ impl Actor for EmbedderActor {
         myself: ActorRef<Self::Msg>,
         args: EmbedderArgs,
     ) -> Result<EmbedderState, ActorProcessingErr> {
-        args.ctx.embedders.write().insert(args.queue, myself);
+        let ctx = &args.ctx;
+        let cfg = &ctx.config.model;
+        let (role, pool) = match args.queue {
+            EmbedQueue::Query => (
+                Role::Query {
+                    window: Duration::from_micros((cfg.batch_window_ms * 1000.0) as u64),
+                    max_texts: cfg.batch_size,
+                },
+                ctx.query_pool.clone(),
+            ),
+            EmbedQueue::Ingest => (
+                Role::Ingest {
+                    micro: cfg.ingest_micro_batch,
+                },
+                ctx.ingest_pool.clone(),
+            ),
+        };
+        let exec = EmbedExecutor::start(
+            role,
+            ctx.embedder.clone(),
+            pool,
+            ctx.query_gate.clone(),
+            ctx.metrics.clone(),
+        )?;
+        ctx.embedders.write().insert(args.queue, myself);
         Ok(EmbedderState {
             queue: args.queue,
-            ctx: args.ctx,
+            exec,
         })
     }
 
@@ -73,27 +100,12 @@ impl Actor for EmbedderActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EmbedderMsg::Embed { texts, reply } => {
-                let embedder = state.ctx.embedder.clone();
-                let start = Instant::now();
-                let n = texts.len();
-                let result = tokio::task::spawn_blocking(move || {
-                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    embedder.embed(&refs)
-                })
-                .await;
-                let queue = state.queue.name();
-                let m = &state.ctx.metrics;
-                m.embed_seconds
-                    .with_label_values(&[queue])
-                    .observe(start.elapsed().as_secs_f64());
-                m.embed_texts.with_label_values(&[queue]).inc_by(n as u64);
-                let answer = match result {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("embedding task failed: {e}")),
-                };
-                // The caller may have given up (timeout); that is not our failure.
-                let _ = reply.send(answer);
+                // Queued for the executor; the actor is free for the next request at once.
+                state.exec.submit(EmbedJob {
+                    texts,
+                    reply,
+                    queued: Instant::now(),
+                })?;
             }
             EmbedderMsg::Panic => panic!("fault injection: embedder-{} panics", state.queue.name()),
         }
