@@ -27,7 +27,7 @@ pub struct Config {
 
 /// Thread counts; 0 means one per core. The query and ingest embedders have pools of their own,
 /// so ingest never takes the query pool's threads.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThreadsConfig {
     /// Threads of the query embedder's pool (candle matmuls).
@@ -38,6 +38,21 @@ pub struct ThreadsConfig {
     pub index: usize,
     /// Tokio worker threads (HTTP and actors; CPU work never runs on them).
     pub http: usize,
+    /// Scheduling priority (nice, 0..19) of the ingest embedder's threads: while a query is
+    /// embedded, the kernel gives the cores to the query (Linux).
+    pub ingest_nice: i32,
+}
+
+impl Default for ThreadsConfig {
+    fn default() -> Self {
+        ThreadsConfig {
+            query_inference: 0,
+            ingest_inference: 0,
+            index: 0,
+            http: 0,
+            ingest_nice: 19,
+        }
+    }
 }
 
 impl ThreadsConfig {
@@ -336,6 +351,9 @@ impl Config {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        if !(0..=19).contains(&self.threads.ingest_nice) {
+            return Err("threads.ingest_nice must be between 0 and 19".into());
         }
         if self.index.m > 255 {
             return Err("index.m must be at most 255".into());

@@ -67,18 +67,27 @@ impl NodeContext {
         let index_dir = config.storage.data_dir.join("index");
         let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
             .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
-        let pool = |name: &'static str, n: usize| {
+        let pool = |name: &'static str, n: usize, nice: i32| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(crate::config::ThreadsConfig::resolve(n))
                 .thread_name(move |i| format!("{name}-{i}"))
+                .start_handler(move |_| {
+                    if nice != 0 {
+                        crate::embed_exec::lower_thread_priority(nice);
+                    }
+                })
                 .build()
                 .map(Arc::new)
                 .map_err(|e| {
                     NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
                 })
         };
-        let query_pool = pool("infer-query", config.threads.query_inference)?;
-        let ingest_pool = pool("infer-ingest", config.threads.ingest_inference)?;
+        let query_pool = pool("infer-query", config.threads.query_inference, 0)?;
+        let ingest_pool = pool(
+            "infer-ingest",
+            config.threads.ingest_inference,
+            config.threads.ingest_nice,
+        )?;
         Ok(NodeContext {
             query_pool,
             ingest_pool,

@@ -26,6 +26,28 @@ pub struct EmbedJob {
     pub queued: Instant,
 }
 
+/// Lower the scheduling priority of the calling thread to `nice` (Linux: per thread; at 19 the
+/// thread also moves to SCHED_IDLE). Ingest threads run at a low priority so that, when a query
+/// is being embedded at the same time, the kernel gives the query's threads the cores.
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read their arguments; a failure leaves the thread's
+        // priority unchanged, which is harmless.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let _ = libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+            if nice >= 19 {
+                // The lowest class: runs only on cores nothing else wants.
+                let param = libc::sched_param { sched_priority: 0 };
+                let _ = libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 /// Counts queries being embedded; ingest waits for it to reach zero between micro-batches.
 #[derive(Default)]
 pub struct QueryGate {
@@ -58,8 +80,8 @@ impl QueryGate {
 pub enum Role {
     /// Dynamic batching: wait up to `window` for more requests, at most `max_texts` per pass.
     Query { window: Duration, max_texts: usize },
-    /// Micro-batches of `micro` texts, yielding to queries in between.
-    Ingest { micro: usize },
+    /// Micro-batches of `micro` texts, yielding to queries in between, at priority `nice`.
+    Ingest { micro: usize, nice: i32 },
 }
 
 impl Role {
@@ -89,6 +111,9 @@ impl EmbedExecutor {
         let thread = std::thread::Builder::new()
             .name(format!("embed-{}", role.name()))
             .spawn(move || {
+                if let Role::Ingest { nice, .. } = role {
+                    lower_thread_priority(nice);
+                }
                 let exec = Exec {
                     embedder,
                     pool,
@@ -98,7 +123,7 @@ impl EmbedExecutor {
                 };
                 match role {
                     Role::Query { window, max_texts } => exec.run_queries(rx, window, max_texts),
-                    Role::Ingest { micro } => exec.run_ingest(rx, micro),
+                    Role::Ingest { micro, .. } => exec.run_ingest(rx, micro),
                 }
             })?;
         Ok(EmbedExecutor {

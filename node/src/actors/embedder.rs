@@ -74,6 +74,7 @@ impl Actor for EmbedderActor {
             EmbedQueue::Ingest => (
                 Role::Ingest {
                     micro: cfg.ingest_micro_batch,
+                    nice: ctx.config.threads.ingest_nice,
                 },
                 ctx.ingest_pool.clone(),
             ),

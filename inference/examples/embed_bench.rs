@@ -1,0 +1,83 @@
+//! Side-by-side embedding benchmark, shoal half (see scripts/bench-embed.sh).
+//!
+//! Usage: embed_bench MODEL_DIR INPUTS_JSON THREADS OUT_JSON
+//! Embeds the passages, short queries and mixed texts of INPUTS_JSON in batches of 32 on a rayon
+//! pool of THREADS threads, then times 200 queries one at a time; writes texts/s and latency.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use shoal_inference::{Embedder, EmbedderOptions, ModelFiles};
+
+fn texts(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 5 {
+        eprintln!("usage: embed_bench MODEL_DIR INPUTS_JSON THREADS OUT_JSON");
+        std::process::exit(2);
+    }
+    let threads: usize = args[3].parse().expect("THREADS");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    let files = ModelFiles::locate(std::path::Path::new(&args[1])).expect("model folder");
+    let embedder = Embedder::load(
+        &files,
+        EmbedderOptions {
+            max_tokens: 256,
+            batch_size: 32,
+        },
+    )
+    .expect("load model");
+    let inputs: Value =
+        serde_json::from_str(&std::fs::read_to_string(&args[2]).expect("inputs")).expect("json");
+    let embed = |t: &[String]| {
+        let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+        pool.install(|| embedder.embed(&refs)).expect("embed")
+    };
+    let mut result = json!({"threads": threads});
+    for key in ["passages", "queries", "mixed"] {
+        let t = texts(&inputs, key);
+        embed(&t[..64.min(t.len())]);
+        let start = Instant::now();
+        let v = embed(&t);
+        assert_eq!(v.len(), t.len());
+        let rate = t.len() as f64 / start.elapsed().as_secs_f64();
+        println!("shoal {key}: {rate:.1} texts/s");
+        result[key] = json!(rate);
+    }
+    let q = texts(&inputs, "queries");
+    let mut ms: Vec<f64> = q
+        .iter()
+        .take(200)
+        .map(|t| {
+            let start = Instant::now();
+            embed(std::slice::from_ref(t));
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    result["query_latency"] =
+        json!({"p50_ms": ms[ms.len() / 2], "p95_ms": ms[ms.len() * 95 / 100]});
+    println!(
+        "shoal query latency: p50 {:.2} ms, p95 {:.2} ms",
+        ms[ms.len() / 2],
+        ms[ms.len() * 95 / 100]
+    );
+    std::fs::write(
+        &args[4],
+        serde_json::to_string_pretty(&result).expect("json"),
+    )
+    .expect("write");
+}
