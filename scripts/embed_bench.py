@@ -87,9 +87,19 @@ def main():
     onnx_path = os.path.join(out_dir, "minilm-fp32.onnx")
     if not os.path.exists(onnx_path):
         hf = AutoModel.from_pretrained(model_dir).eval()
+
+        class Encoder(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
         enc = tok(["export me"], return_tensors="pt")
         torch.onnx.export(
-            hf, (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
+            Encoder(hf).eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), onnx_path,
             input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
             dynamic_axes={k: {0: "batch", 1: "seq"} for k in ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
             opset_version=17, dynamo=False)

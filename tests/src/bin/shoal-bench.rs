@@ -300,7 +300,7 @@ fn main() {
          | known-item recall@1 / recall@10 | {r1:.3} / {r10:.3} |\n\
          | text search while 1,500 documents are ingested into another collection, vs idle (100 new queries each) | p50 {busy_p50:.1} ms, p95 **{busy_p95:.1} ms** vs idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms: **{ratio:.2}x** at p95 |\n\
          | RSS, empty node after warm-up | {rss_empty:.0} MiB |\n\
-         | RSS at rest with all chunks | **{rss_rest:.0} MiB** |\n\
+         | RSS at rest with all chunks (and the 1,500 documents of the load phase) | **{rss_rest:.0} MiB** |\n\
          | `kill -9` to ready (graph reloaded from its dump) | {restart:.1} s |\n",
         q = queries.len(),
         ingest = ingest.as_secs_f64(),
