@@ -6,10 +6,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/fetch-model.sh"
-venv="$root/.venv-ref"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "sentence-transformers==5.*" 
-fi
-"$venv/bin/python" "$root/scripts/embedding_reference.py" \
+py="$("$root/scripts/reference-venv.sh")"
+"$py" "$root/scripts/embedding_reference.py" \
   "$root/models/all-MiniLM-L6-v2" "$root/inference/tests/fixtures/minilm_reference.json"

@@ -78,15 +78,8 @@ impl Embedder {
                 reason: e.to_string(),
             },
         )?;
-        let model = BertModel::load(vb, &config).map_err(|e| InferenceError::BadFile {
-            path: files.weights.clone(),
-            reason: format!("does not fit config.json: {e}"),
-        })?;
-        let model_name = files
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
+        let model = BertModel::load(vb, &config).map_err(|e| files.shape_error(e))?;
+        let model_name = files.name("model");
         Ok(Embedder {
             inner: Arc::new(Inner {
                 model,

@@ -30,6 +30,22 @@ impl ModelFiles {
         })
     }
 
+    /// The folder's name, used as the model's name in responses and metrics.
+    pub fn name(&self, fallback: &str) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| fallback.to_string())
+    }
+
+    /// The error for weights that do not fit the configuration.
+    pub(crate) fn shape_error(&self, e: candle_core::Error) -> InferenceError {
+        InferenceError::BadFile {
+            path: self.weights.clone(),
+            reason: format!("does not fit config.json: {e}"),
+        }
+    }
+
     pub(crate) fn read_config<T: serde::de::DeserializeOwned>(&self) -> Result<T, InferenceError> {
         let bad = |reason: String| InferenceError::BadFile {
             path: self.config.clone(),

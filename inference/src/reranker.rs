@@ -105,9 +105,7 @@ impl CrossEncoder {
         let weights = files.read_weights()?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
             .map_err(|e| bad_file(&files.weights, e))?;
-        let shape_error = |e: candle_core::Error| {
-            bad_file(&files.weights, format!("does not fit config.json: {e}"))
-        };
+        let shape_error = |e: candle_core::Error| files.shape_error(e);
         let arch = match model_type.as_str() {
             "bert" => {
                 let config: BertConfig = files.read_config()?;
@@ -142,11 +140,7 @@ impl CrossEncoder {
                 ))
             }
         };
-        let model_name = files
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "reranker".into());
+        let model_name = files.name("reranker");
         Ok(CrossEncoder {
             inner: Arc::new(Inner {
                 arch,

@@ -1,28 +1,14 @@
 //! The candle embedder against sentence-transformers reference vectors (fixture made by
 //! scripts/make-embedding-reference.sh), on the real all-MiniLM-L6-v2 weights.
 
-use std::path::PathBuf;
+mod common;
 
 use shoal_inference::{
     Chunker, ChunkerParams, Embedder, EmbedderOptions, InferenceError, ModelFiles,
 };
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SHOAL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "model not found at {}: run scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
-
 fn embedder(batch_size: usize) -> Embedder {
-    let files = ModelFiles::locate(&model_dir()).unwrap();
+    let files = ModelFiles::locate(&common::minilm_dir()).unwrap();
     Embedder::load(
         &files,
         EmbedderOptions {
@@ -142,7 +128,7 @@ fn chunks_fit_the_model_and_cover_the_text() {
 
 #[test]
 fn broken_model_folders_fail_with_the_file_named() {
-    let src = model_dir();
+    let src = common::minilm_dir();
     let dir = tempfile::tempdir().unwrap();
     let err = ModelFiles::locate(dir.path()).unwrap_err();
     assert!(matches!(err, InferenceError::MissingFile { .. }));

@@ -1,24 +1,10 @@
 //! The candle cross-encoder against Python transformers' BertForSequenceClassification, on the
 //! seeded test model (fixture made by scripts/make-reranker-reference.sh).
 
-use std::path::PathBuf;
+mod common;
 
 use shoal_inference::test_model::{build_test_cross_encoder, seeded_value};
 use shoal_inference::{CrossEncoder, InferenceError, ModelFiles, RerankerOptions};
-
-fn minilm() -> PathBuf {
-    let dir = std::env::var_os("SHOAL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "model not found at {}: run scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
 
 fn fixture() -> serde_json::Value {
     serde_json::from_str(include_str!("fixtures/reranker_reference.json")).unwrap()
@@ -26,7 +12,7 @@ fn fixture() -> serde_json::Value {
 
 fn test_model(batch_size: usize) -> (tempfile::TempDir, CrossEncoder) {
     let dir = tempfile::tempdir().unwrap();
-    build_test_cross_encoder(&minilm(), dir.path()).unwrap();
+    build_test_cross_encoder(&common::minilm_dir(), dir.path()).unwrap();
     let files = ModelFiles::locate(dir.path()).unwrap();
     let model = CrossEncoder::load(
         &files,
