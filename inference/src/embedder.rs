@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::DType;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer};
 
 use crate::batch::{length_groups, pad, Padded};
 use crate::{InferenceError, ModelFiles};
@@ -55,29 +54,9 @@ impl Embedder {
             .max_tokens
             .min(config.max_position_embeddings)
             .max(2);
-        let mut tokenizer = files.read_tokenizer()?;
-        let mut counting_tokenizer = tokenizer.clone();
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            }))
-            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        tokenizer.with_padding(None);
-        counting_tokenizer
-            .with_truncation(None)
-            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        counting_tokenizer.with_padding(None);
-
-        let weights = files.read_weights()?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu).map_err(
-            |e| InferenceError::BadFile {
-                path: files.weights.clone(),
-                reason: e.to_string(),
-            },
-        )?;
+        let tokenizer = files.read_tokenizer(Some(max_tokens))?;
+        let counting_tokenizer = files.read_tokenizer(None)?;
+        let vb = files.var_builder()?;
         let model = BertModel::load(vb, &config).map_err(|e| files.shape_error(e))?;
         let model_name = files.name("model");
         Ok(Embedder {

@@ -1,5 +1,9 @@
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
 use crate::InferenceError;
 
 /// The files of a Hugging Face-style model folder.
@@ -55,17 +59,38 @@ impl ModelFiles {
         serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
     }
 
-    pub(crate) fn read_tokenizer(&self) -> Result<tokenizers::Tokenizer, InferenceError> {
-        tokenizers::Tokenizer::from_file(&self.tokenizer).map_err(|e| InferenceError::BadFile {
-            path: self.tokenizer.clone(),
-            reason: e.to_string(),
-        })
+    /// The tokenizer, truncating (longest first) at `max_tokens` or not at all, never padding:
+    /// the folder's own truncation and padding settings are replaced (MiniLM's say 128).
+    pub(crate) fn read_tokenizer(
+        &self,
+        max_tokens: Option<usize>,
+    ) -> Result<Tokenizer, InferenceError> {
+        let mut tokenizer =
+            Tokenizer::from_file(&self.tokenizer).map_err(|e| InferenceError::BadFile {
+                path: self.tokenizer.clone(),
+                reason: e.to_string(),
+            })?;
+        let truncation = max_tokens.map(|max_length| TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        });
+        tokenizer
+            .with_truncation(truncation)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        Ok(tokenizer)
     }
 
-    pub(crate) fn read_weights(&self) -> Result<Vec<u8>, InferenceError> {
-        std::fs::read(&self.weights).map_err(|e| InferenceError::BadFile {
+    /// The f32 weights on the CPU.
+    pub(crate) fn var_builder(&self) -> Result<VarBuilder<'static>, InferenceError> {
+        let bad = |reason: String| InferenceError::BadFile {
             path: self.weights.clone(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let bytes = std::fs::read(&self.weights).map_err(|e| bad(e.to_string()))?;
+        VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
+            .map_err(|e| bad(e.to_string()))
     }
 }

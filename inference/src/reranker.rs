@@ -7,16 +7,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Module};
+use candle_nn::{linear, Linear};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use candle_transformers::models::xlm_roberta::{
     Config as XlmRobertaConfig, XLMRobertaForSequenceClassification,
 };
 use serde_json::Value;
-use tokenizers::{
-    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
 use crate::batch::{length_groups, pad};
 use crate::{InferenceError, ModelFiles};
@@ -91,20 +89,8 @@ impl CrossEncoder {
         };
         let max_tokens = options.max_tokens.min(usable).max(4);
 
-        let mut tokenizer = files.read_tokenizer()?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            }))
-            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        tokenizer.with_padding(None);
-
-        let weights = files.read_weights()?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .map_err(|e| bad_file(&files.weights, e))?;
+        let tokenizer = files.read_tokenizer(Some(max_tokens))?;
+        let vb = files.var_builder()?;
         let shape_error = |e: candle_core::Error| files.shape_error(e);
         let arch = match model_type.as_str() {
             "bert" => {
