@@ -32,11 +32,21 @@ fn main() {
         .build()
         .expect("pool");
     let files = ModelFiles::locate(std::path::Path::new(&args[1])).expect("model folder");
+    // EMBED_BENCH_BATCH (default 32) and EMBED_BENCH_LIMIT (texts per set, default all) for probes.
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let batch_size = env("EMBED_BENCH_BATCH", 32);
+    let limit = env("EMBED_BENCH_LIMIT", usize::MAX);
     let embedder = Embedder::load(
         &files,
         EmbedderOptions {
             max_tokens: 256,
-            batch_size: 32,
+            batch_size,
+            max_batch_tokens: env("EMBED_BENCH_TOKENS", 1024),
         },
     )
     .expect("load model");
@@ -46,9 +56,10 @@ fn main() {
         let refs: Vec<&str> = t.iter().map(String::as_str).collect();
         pool.install(|| embedder.embed(&refs)).expect("embed")
     };
-    let mut result = json!({"threads": threads});
+    let mut result = json!({"threads": threads, "batch_size": batch_size});
     for key in ["passages", "queries", "mixed"] {
-        let t = texts(&inputs, key);
+        let mut t = texts(&inputs, key);
+        t.truncate(limit);
         embed(&t[..64.min(t.len())]);
         let start = Instant::now();
         let v = embed(&t);

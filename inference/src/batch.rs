@@ -38,22 +38,42 @@ pub(crate) fn pad(encodings: &[&Encoding]) -> Result<Padded, InferenceError> {
     })
 }
 
-/// Indices of `lengths` grouped for batching: sorted by length, `batch_size` at a time, so
-/// each group pads only to its own longest member.
-pub(crate) fn length_groups(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// Indices of `lengths` grouped for batching: sorted by length, so each group pads only to its
+/// own longest member; a group holds at most `batch_size` texts and at most `max_tokens` padded
+/// tokens (count × longest), so long texts go in small groups and short ones in large groups.
+/// On CPU, candle slows down on large padded batches (attention buffers), so this beats a fixed
+/// batch size both ways.
+pub(crate) fn length_groups(
+    lengths: &[usize],
+    batch_size: usize,
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
-    order
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect()
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        // sorted ascending: the newcomer is the group's longest
+        let padded = (cur.len() + 1) * lengths[i];
+        if !cur.is_empty() && (cur.len() >= batch_size.max(1) || padded > max_tokens) {
+            groups.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+    groups
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn groups_sort_by_length() {
-        let g = super::length_groups(&[5, 1, 9, 3, 7], 2);
+        let g = super::length_groups(&[5, 1, 9, 3, 7], 2, 1000);
         assert_eq!(g, vec![vec![1, 3], vec![0, 4], vec![2]]);
+        // token budget: 3 texts of 10 fit in 30, a 40-token text goes alone
+        let g = super::length_groups(&[10, 10, 10, 40, 10], 8, 30);
+        assert_eq!(g, vec![vec![0, 1, 2], vec![4], vec![3]]);
     }
 }

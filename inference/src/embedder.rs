@@ -17,6 +17,8 @@ pub struct EmbedderOptions {
     /// Texts per forward pass. Texts are sorted by length first, so each pass pads only to the
     /// longest text of its own group.
     pub batch_size: usize,
+    /// Padded tokens (texts × longest) per forward pass.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for EmbedderOptions {
@@ -24,6 +26,7 @@ impl Default for EmbedderOptions {
         EmbedderOptions {
             max_tokens: 256,
             batch_size: 32,
+            max_batch_tokens: 1024,
         }
     }
 }
@@ -43,6 +46,7 @@ struct Inner {
     dimension: usize,
     max_tokens: usize,
     batch_size: usize,
+    max_batch_tokens: usize,
     model_name: String,
 }
 
@@ -67,6 +71,7 @@ impl Embedder {
                 dimension: config.hidden_size,
                 max_tokens,
                 batch_size: options.batch_size.max(1),
+                max_batch_tokens: options.max_batch_tokens.max(1),
                 model_name,
             }),
         })
@@ -101,7 +106,7 @@ impl Embedder {
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for group in length_groups(&lengths, self.inner.batch_size) {
+        for group in length_groups(&lengths, self.inner.batch_size, self.inner.max_batch_tokens) {
             let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
             let vectors = self.forward(&members)?;
             for (&i, v) in group.iter().zip(vectors) {

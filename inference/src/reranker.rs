@@ -25,6 +25,8 @@ pub struct RerankerOptions {
     pub max_tokens: usize,
     /// Pairs per forward pass.
     pub batch_size: usize,
+    /// Padded tokens (pairs × longest) per forward pass.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for RerankerOptions {
@@ -32,6 +34,7 @@ impl Default for RerankerOptions {
         RerankerOptions {
             max_tokens: 512,
             batch_size: 16,
+            max_batch_tokens: 2048,
         }
     }
 }
@@ -57,6 +60,7 @@ struct Inner {
     num_labels: usize,
     max_tokens: usize,
     batch_size: usize,
+    max_batch_tokens: usize,
     model_name: String,
 }
 
@@ -134,6 +138,7 @@ impl CrossEncoder {
                 num_labels,
                 max_tokens,
                 batch_size: options.batch_size.max(1),
+                max_batch_tokens: options.max_batch_tokens.max(1),
                 model_name,
             }),
         })
@@ -167,7 +172,7 @@ impl CrossEncoder {
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out = vec![Vec::new(); passages.len()];
-        for group in length_groups(&lengths, self.inner.batch_size) {
+        for group in length_groups(&lengths, self.inner.batch_size, self.inner.max_batch_tokens) {
             let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
             let rows = self.forward(&members)?;
             for (&i, row) in group.iter().zip(rows) {

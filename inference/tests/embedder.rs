@@ -14,6 +14,7 @@ fn embedder(batch_size: usize) -> Embedder {
         EmbedderOptions {
             max_tokens: 256,
             batch_size,
+            ..EmbedderOptions::default()
         },
     )
     .unwrap()

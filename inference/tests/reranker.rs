@@ -19,6 +19,7 @@ fn test_model(batch_size: usize) -> (tempfile::TempDir, CrossEncoder) {
         RerankerOptions {
             max_tokens: 512,
             batch_size,
+            ..RerankerOptions::default()
         },
     )
     .unwrap();

@@ -96,6 +96,8 @@ pub struct ModelConfig {
     pub max_tokens: usize,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// Padded tokens (texts × longest) per forward pass: long texts go in small batches.
+    pub max_batch_tokens: usize,
     /// Longest an embedding request may wait for the model (ms).
     pub timeout_ms: u64,
     /// How long the query embedder gathers requests into one forward pass (ms).
@@ -117,6 +119,8 @@ pub struct RerankerConfig {
     pub max_tokens: usize,
     /// Pairs per forward pass.
     pub batch_size: usize,
+    /// Padded tokens (pairs × longest) per forward pass.
+    pub max_batch_tokens: usize,
     /// Hits rescored when a search asks for `rerank` without `rerank_candidates`.
     pub default_candidates: usize,
     /// Largest `rerank_candidates`, and most documents per `POST /v1/rerank`.
@@ -129,6 +133,7 @@ impl Default for RerankerConfig {
             path: None,
             max_tokens: 512,
             batch_size: 16,
+            max_batch_tokens: 2048,
             default_candidates: 50,
             max_candidates: 1_000,
         }
@@ -227,6 +232,7 @@ impl Default for ModelConfig {
             path: PathBuf::from("./models/all-MiniLM-L6-v2"),
             max_tokens: 256,
             batch_size: 32,
+            max_batch_tokens: 1024,
             timeout_ms: 60_000,
             batch_window_ms: 2.0,
             ingest_micro_batch: 4,
@@ -321,6 +327,8 @@ impl Config {
             ),
             ("model.max_tokens", self.model.max_tokens),
             ("model.batch_size", self.model.batch_size),
+            ("model.max_batch_tokens", self.model.max_batch_tokens),
+            ("reranker.max_batch_tokens", self.reranker.max_batch_tokens),
             (
                 "model.max_inputs_per_request",
                 self.model.max_inputs_per_request,

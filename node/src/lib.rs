@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let options = EmbedderOptions {
         max_tokens: config.model.max_tokens,
         batch_size: config.model.batch_size,
+        max_batch_tokens: config.model.max_batch_tokens,
     };
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&files, options))
         .await?
@@ -84,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let options = RerankerOptions {
                 max_tokens: config.reranker.max_tokens,
                 batch_size: config.reranker.batch_size,
+                max_batch_tokens: config.reranker.max_batch_tokens,
             };
             let model = tokio::task::spawn_blocking(move || CrossEncoder::load(&files, options))
                 .await?
