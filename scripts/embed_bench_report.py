@@ -20,7 +20,8 @@ lines = [
     "",
     f"Written by `scripts/bench-embed.sh`. Machine: {cpu}; {py['threads']} threads for every engine "
     "(torch.set_num_threads, ORT intra_op_num_threads, a rayon pool for shoal). Batches of 32, "
-    "sorted by length for every engine, max 256 tokens, mean pooling + L2. ONNX export of the same "
+    "sorted by length for every engine (shoal: at most 32 texts and 1,024 padded tokens per batch, "
+    "`model.max_batch_tokens`), max 256 tokens, mean pooling + L2. ONNX export of the same "
     f"weights (min cosine to sentence-transformers on 16 queries: {py['onnx_min_cosine_to_st']:.6f}).",
     "",
     f"Inputs (Wikipedia lead summaries): {len(inp['passages'])} passages of {inp['passage_tokens']:.0f} tokens on average, "
