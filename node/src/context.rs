@@ -116,6 +116,13 @@ impl NodeContext {
         self.warm.load(Ordering::Acquire)
     }
 
+    /// Ready to serve: the embedder is warm, every shard is loaded, and the reranker (if any) is warm.
+    pub fn is_ready(&self) -> bool {
+        self.is_warm()
+            && self.shards.loading().is_empty()
+            && (self.reranker.is_none() || self.reranker_warm.load(Ordering::Acquire))
+    }
+
     pub fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, NodeError> {
         self.supervisor
             .get()
@@ -138,7 +145,11 @@ impl NodeContext {
     }
 
     pub fn shard_dump_dir(&self, coll: &CollectionRecord) -> PathBuf {
-        self.index_dir.join(format!("{}-{}", coll.name, coll.uid))
+        self.dump_dir(&coll.name, coll.uid)
+    }
+
+    fn dump_dir(&self, collection: &str, uid: u64) -> PathBuf {
+        self.index_dir.join(format!("{collection}-{uid}"))
     }
 
     /// Remove graph dumps of collections that no longer exist (left by a crash during a drop).
@@ -219,7 +230,7 @@ impl NodeContext {
                     }
                 })
                 .await?;
-                let dir = self.index_dir.join(format!("{name}-{uid}"));
+                let dir = self.dump_dir(&name, uid);
                 if dir.exists() {
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");

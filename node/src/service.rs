@@ -272,21 +272,15 @@ impl ShoalService for Node {
         components.insert("embedder_actors".into(), Value::from(embedders));
         components.insert("ingest_queue".into(), Value::from(self.ctx.ingest.len()));
         let (_, reranker) = self.model_states();
-        let reranker_ok = reranker.state != "warming_up";
         components.insert("reranker".into(), Value::from(reranker.state));
-        let ready = warm && loading.is_empty() && reranker_ok;
+        let ready = self.ctx.is_ready();
         self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
         ReadyResponse { ready, components }
     }
 
     async fn metrics(&self) -> Result<String> {
-        self.ctx.metrics.ready.set(
-            if self.ctx.is_warm() && self.ctx.shards.loading().is_empty() {
-                1.0
-            } else {
-                0.0
-            },
-        );
+        let ready = self.ctx.is_ready();
+        self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
         self.ctx
             .metrics
             .render()
