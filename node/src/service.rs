@@ -22,6 +22,8 @@ use crate::context::NodeContext;
 use crate::error::NodeError;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a search (or a collection create) waits for a shard's first load before 503.
+const SHARD_LOAD_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Node {
@@ -318,7 +320,14 @@ impl ShoalService for Node {
             })
             .await?;
         match outcome {
-            Outcome::CollectionCreated(record) => Ok(self.collection_info(&record)),
+            Outcome::CollectionCreated(record) => {
+                // 201 means searchable: the new (empty) shard loads in a moment.
+                self.ctx
+                    .shards
+                    .get_loaded(&record.name, SHARD_LOAD_WAIT)
+                    .await;
+                Ok(self.collection_info(&record))
+            }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -525,13 +534,17 @@ impl ShoalService for Node {
                 Arc::new(v)
             }
         };
-        let slot =
-            self.ctx.shards.get(&collection).ok_or_else(|| {
-                ApiError::NotFound(format!("collection `{collection}` not found"))
-            })?;
-        let shard = slot
-            .shard
-            .ok_or_else(|| ApiError::NotReady(format!("collection `{collection}` is loading")))?;
+        // A collection created a moment ago (or reloading after a restart) is searchable as soon
+        // as its shard is loaded: wait for that rather than answer 503 at once.
+        let slot = self
+            .ctx
+            .shards
+            .get_loaded(&collection, SHARD_LOAD_WAIT)
+            .await
+            .ok_or_else(|| ApiError::NotFound(format!("collection `{collection}` not found")))?;
+        let shard = slot.shard.ok_or_else(|| {
+            ApiError::NotReady(format!("collection `{collection}` is still loading; retry"))
+        })?;
         let mode = if req.exact {
             SearchMode::Exact
         } else {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use ractor::ActorRef;
@@ -22,11 +23,33 @@ pub struct ShardSlot {
 #[derive(Default)]
 pub struct ShardRegistry {
     slots: RwLock<HashMap<String, ShardSlot>>,
+    /// Woken whenever a shard is published or removed.
+    changed: tokio::sync::Notify,
 }
 
 impl ShardRegistry {
     pub fn get(&self, collection: &str) -> Option<ShardSlot> {
         self.slots.read().get(collection).cloned()
+    }
+
+    /// The collection's slot once its shard has finished loading, waiting at most `wait`.
+    /// `None` when the collection is gone; a slot without shard when it is still loading
+    /// after `wait`.
+    pub async fn get_loaded(&self, collection: &str, wait: Duration) -> Option<ShardSlot> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a publish between the check and the wait wakes us.
+            notified.as_mut().enable();
+            let slot = self.get(collection)?;
+            if slot.shard.is_some() {
+                return Some(slot);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get(collection);
+            }
+        }
     }
 
     /// A (re)started shard actor announces itself.
@@ -54,12 +77,16 @@ impl ShardRegistry {
                 slot.shard = Some(shard);
             }
         }
+        self.changed.notify_waiters();
     }
 
     pub fn remove(&self, collection: &str, uid: u64) -> Option<ShardSlot> {
         let mut slots = self.slots.write();
         if slots.get(collection).is_some_and(|s| s.uid == uid) {
-            return slots.remove(collection);
+            let removed = slots.remove(collection);
+            drop(slots);
+            self.changed.notify_waiters();
+            return removed;
         }
         None
     }
