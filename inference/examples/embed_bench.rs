@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use shoal_inference::{Embedder, EmbedderOptions, ModelFiles};
+use shoal_inference::{Embedder, EmbedderOptions, Engine, Isa, ModelFiles, Precision};
 
 fn texts(v: &Value, key: &str) -> Vec<String> {
     v[key]
@@ -41,22 +41,46 @@ fn main() {
     };
     let batch_size = env("EMBED_BENCH_BATCH", 32);
     let limit = env("EMBED_BENCH_LIMIT", usize::MAX);
+    // EMBED_BENCH_ENGINE (native | candle) and EMBED_BENCH_PRECISION (f32 | bf16).
+    let defaults = EmbedderOptions::default();
+    let engine: Engine = std::env::var("EMBED_BENCH_ENGINE")
+        .map(|v| v.parse().expect("EMBED_BENCH_ENGINE"))
+        .unwrap_or(defaults.engine);
+    let precision: Precision = std::env::var("EMBED_BENCH_PRECISION")
+        .map(|v| v.parse().expect("EMBED_BENCH_PRECISION"))
+        .unwrap_or(defaults.precision);
+    let max_batch_tokens = env("EMBED_BENCH_TOKENS", defaults.max_batch_tokens);
     let embedder = Embedder::load(
         &files,
         EmbedderOptions {
             max_tokens: 256,
             batch_size,
-            max_batch_tokens: env("EMBED_BENCH_TOKENS", 1024),
+            max_batch_tokens,
+            engine,
+            precision,
         },
     )
     .expect("load model");
+    println!(
+        "shoal engine {} precision {:?} kernels {} batch {batch_size} tokens {max_batch_tokens}",
+        engine.name(),
+        precision,
+        Isa::detect().name()
+    );
     let inputs: Value =
         serde_json::from_str(&std::fs::read_to_string(&args[2]).expect("inputs")).expect("json");
     let embed = |t: &[String]| {
         let refs: Vec<&str> = t.iter().map(String::as_str).collect();
         pool.install(|| embedder.embed(&refs)).expect("embed")
     };
-    let mut result = json!({"threads": threads, "batch_size": batch_size});
+    let mut result = json!({
+        "threads": threads,
+        "batch_size": batch_size,
+        "max_batch_tokens": max_batch_tokens,
+        "engine": engine.name(),
+        "precision": format!("{precision:?}").to_lowercase(),
+        "kernels": Isa::detect().name(),
+    });
     for key in ["passages", "queries", "mixed"] {
         let mut t = texts(&inputs, key);
         t.truncate(limit);

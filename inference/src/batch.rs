@@ -43,22 +43,31 @@ pub(crate) fn pad(encodings: &[&Encoding]) -> Result<Padded, InferenceError> {
 /// tokens (count × longest), so long texts go in small groups and short ones in large groups.
 /// On CPU, candle slows down on large padded batches (attention buffers), so this beats a fixed
 /// batch size both ways.
+/// With `packed` (the native engine, which never pads), the budget counts real tokens.
 pub(crate) fn length_groups(
     lengths: &[usize],
     batch_size: usize,
     max_tokens: usize,
+    packed: bool,
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
+    let mut real = 0;
     for i in order {
         // sorted ascending: the newcomer is the group's longest
-        let padded = (cur.len() + 1) * lengths[i];
-        if !cur.is_empty() && (cur.len() >= batch_size.max(1) || padded > max_tokens) {
+        let tokens = if packed {
+            real + lengths[i]
+        } else {
+            (cur.len() + 1) * lengths[i]
+        };
+        if !cur.is_empty() && (cur.len() >= batch_size.max(1) || tokens > max_tokens) {
             groups.push(std::mem::take(&mut cur));
+            real = 0;
         }
         cur.push(i);
+        real += lengths[i];
     }
     if !cur.is_empty() {
         groups.push(cur);
@@ -70,10 +79,15 @@ pub(crate) fn length_groups(
 mod tests {
     #[test]
     fn groups_sort_by_length() {
-        let g = super::length_groups(&[5, 1, 9, 3, 7], 2, 1000);
+        let g = super::length_groups(&[5, 1, 9, 3, 7], 2, 1000, false);
         assert_eq!(g, vec![vec![1, 3], vec![0, 4], vec![2]]);
         // token budget: 3 texts of 10 fit in 30, a 40-token text goes alone
-        let g = super::length_groups(&[10, 10, 10, 40, 10], 8, 30);
+        let g = super::length_groups(&[10, 10, 10, 40, 10], 8, 30, false);
         assert_eq!(g, vec![vec![0, 1, 2], vec![4], vec![3]]);
+        // padded, 2 + 20 cost 40 tokens; packed, 22
+        let g = super::length_groups(&[2, 20], 8, 30, false);
+        assert_eq!(g, vec![vec![0], vec![1]]);
+        let g = super::length_groups(&[2, 20], 8, 30, true);
+        assert_eq!(g, vec![vec![0, 1]]);
     }
 }

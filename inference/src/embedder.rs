@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use candle_core::DType;
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{Encoding, Tokenizer};
 
 use crate::batch::{length_groups, pad, Padded};
+use crate::native::{BertEncoder, BertShape, Precision, Sequence};
 use crate::{InferenceError, ModelFiles};
 
 #[derive(Debug, Clone, Copy)]
@@ -17,8 +19,11 @@ pub struct EmbedderOptions {
     /// Texts per forward pass. Texts are sorted by length first, so each pass pads only to the
     /// longest text of its own group.
     pub batch_size: usize,
-    /// Padded tokens (texts × longest) per forward pass.
+    /// Tokens per forward pass: real tokens with the native engine (texts are packed), padded
+    /// tokens (texts × longest) with candle.
     pub max_batch_tokens: usize,
+    pub engine: Engine,
+    pub precision: Precision,
 }
 
 impl Default for EmbedderOptions {
@@ -26,7 +31,107 @@ impl Default for EmbedderOptions {
         EmbedderOptions {
             max_tokens: 256,
             batch_size: 32,
-            max_batch_tokens: 1024,
+            max_batch_tokens: 2048,
+            engine: Engine::Native,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// Which code runs a BERT forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// shoal's kernels (`crate::native`): packed batches, AVX-512 where present. The default.
+    Native,
+    /// candle's `BertModel`, padded batches: the reference, and the fallback for models the
+    /// native encoder does not cover.
+    Candle,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Native => "native",
+            Engine::Candle => "candle",
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Engine::Native),
+            "candle" => Ok(Engine::Candle),
+            other => Err(format!("unknown engine `{other}` (native, candle)")),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision `{other}` (f32, bf16)")),
+        }
+    }
+}
+
+pub(crate) enum Model {
+    Native(BertEncoder),
+    Candle(BertModel),
+}
+
+impl Model {
+    /// Load a BERT encoder with the chosen engine and precision.
+    pub(crate) fn load(
+        files: &ModelFiles,
+        vb: &VarBuilder,
+        engine: Engine,
+        precision: Precision,
+    ) -> Result<Model, InferenceError> {
+        match engine {
+            Engine::Native => {
+                let shape: BertShape = files.read_config()?;
+                BertEncoder::supports(&shape).map_err(|reason| InferenceError::BadFile {
+                    path: files.config.clone(),
+                    reason: format!("{reason}; use the candle engine for this model"),
+                })?;
+                let encoder =
+                    BertEncoder::load(vb, &shape, precision).map_err(|e| files.shape_error(e))?;
+                Ok(Model::Native(encoder))
+            }
+            Engine::Candle => {
+                if precision != Precision::F32 {
+                    return Err(InferenceError::Input(
+                        "reduced precision needs the native engine".into(),
+                    ));
+                }
+                let config: BertConfig = files.read_config()?;
+                let base = if vb.contains_tensor("embeddings.word_embeddings.weight") {
+                    vb.clone()
+                } else {
+                    vb.pp(config.model_type.as_deref().unwrap_or("bert"))
+                };
+                let model = BertModel::load(base, &config).map_err(|e| files.shape_error(e))?;
+                Ok(Model::Candle(model))
+            }
+        }
+    }
+
+    pub(crate) fn engine(&self) -> Engine {
+        match self {
+            Model::Native(_) => Engine::Native,
+            Model::Candle(_) => Engine::Candle,
+        }
+    }
+
+    pub(crate) fn precision(&self) -> Precision {
+        match self {
+            Model::Native(e) => e.precision(),
+            Model::Candle(_) => Precision::F32,
         }
     }
 }
@@ -39,7 +144,7 @@ pub struct Embedder {
 }
 
 struct Inner {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     /// The same tokenizer without truncation, for counting and chunking.
     counting_tokenizer: Tokenizer,
@@ -61,7 +166,7 @@ impl Embedder {
         let tokenizer = files.read_tokenizer(Some(max_tokens))?;
         let counting_tokenizer = files.read_tokenizer(None)?;
         let vb = files.var_builder()?;
-        let model = BertModel::load(vb, &config).map_err(|e| files.shape_error(e))?;
+        let model = Model::load(files, &vb, options.engine, options.precision)?;
         let model_name = files.name("model");
         Ok(Embedder {
             inner: Arc::new(Inner {
@@ -89,6 +194,14 @@ impl Embedder {
         &self.inner.model_name
     }
 
+    pub fn engine(&self) -> Engine {
+        self.inner.model.engine()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.inner.model.precision()
+    }
+
     /// The tokenizer without truncation (for chunking).
     pub fn counting_tokenizer(&self) -> &Tokenizer {
         &self.inner.counting_tokenizer
@@ -106,7 +219,13 @@ impl Embedder {
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for group in length_groups(&lengths, self.inner.batch_size, self.inner.max_batch_tokens) {
+        let packed = self.inner.model.engine() == Engine::Native;
+        for group in length_groups(
+            &lengths,
+            self.inner.batch_size,
+            self.inner.max_batch_tokens,
+            packed,
+        ) {
             let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
             let vectors = self.forward(&members)?;
             for (&i, v) in group.iter().zip(vectors) {
@@ -116,17 +235,38 @@ impl Embedder {
         Ok(out)
     }
 
-    /// One forward pass over a group of texts, padded to its longest member.
+    /// One forward pass over a group of texts.
     fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        match &self.inner.model {
+            Model::Native(encoder) => {
+                let seqs: Vec<Sequence> = encodings
+                    .iter()
+                    .map(|e| Sequence {
+                        ids: e.get_ids(),
+                        type_ids: e.get_type_ids(),
+                    })
+                    .collect();
+                let hidden = encoder.forward(&seqs)?;
+                Ok((0..seqs.len())
+                    .map(|i| mean_pool_normalized(hidden.rows(i), hidden.width))
+                    .collect())
+            }
+            Model::Candle(model) => self.forward_candle(model, encodings),
+        }
+    }
+
+    /// candle's forward pass over a group of texts, padded to its longest member.
+    fn forward_candle(
+        &self,
+        model: &BertModel,
+        encodings: &[&Encoding],
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let Padded {
             input_ids,
             token_type_ids,
             attention_mask: mask,
         } = pad(encodings)?;
-        let hidden = self
-            .inner
-            .model
-            .forward(&input_ids, &token_type_ids, Some(&mask))?;
+        let hidden = model.forward(&input_ids, &token_type_ids, Some(&mask))?;
         // Mean over real tokens only.
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
@@ -136,4 +276,18 @@ impl Embedder {
         let normalized = mean.broadcast_div(&norms)?;
         Ok(normalized.to_vec2::<f32>()?)
     }
+}
+
+/// The mean of a text's token rows, L2-normalised.
+fn mean_pool_normalized(rows: &[f32], width: usize) -> Vec<f32> {
+    let mut mean = vec![0f64; width];
+    let n = rows.len() / width;
+    for row in rows.chunks_exact(width) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    let n = n.max(1) as f64;
+    let norm = mean.iter().map(|m| (m / n) * (m / n)).sum::<f64>().sqrt().max(1e-12);
+    mean.iter().map(|m| (m / n / norm) as f32).collect()
 }

@@ -9,11 +9,13 @@ mod chunker;
 mod embedder;
 mod error;
 mod model_files;
+pub mod native;
 mod reranker;
 pub mod test_model;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};
-pub use embedder::{Embedder, EmbedderOptions};
+pub use embedder::{Embedder, EmbedderOptions, Engine};
 pub use error::InferenceError;
 pub use model_files::ModelFiles;
+pub use native::{Isa, Precision};
 pub use reranker::{relevance, sigmoid, CrossEncoder, RerankerOptions};

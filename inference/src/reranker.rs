@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Module};
-use candle_nn::{linear, Linear};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_core::DType;
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::Config as BertConfig;
 use candle_transformers::models::xlm_roberta::{
     Config as XlmRobertaConfig, XLMRobertaForSequenceClassification,
 };
@@ -17,6 +17,8 @@ use serde_json::Value;
 use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
 use crate::batch::{length_groups, pad};
+use crate::embedder::{Engine, Model};
+use crate::native::{Precision, Sequence};
 use crate::{InferenceError, ModelFiles};
 
 #[derive(Debug, Clone, Copy)]
@@ -25,8 +27,11 @@ pub struct RerankerOptions {
     pub max_tokens: usize,
     /// Pairs per forward pass.
     pub batch_size: usize,
-    /// Padded tokens (pairs × longest) per forward pass.
+    /// Tokens per forward pass (real tokens with the native engine, padded with candle).
     pub max_batch_tokens: usize,
+    /// The engine for BERT cross-encoders (XLM-RoBERTa ones always run on candle).
+    pub engine: Engine,
+    pub precision: Precision,
 }
 
 impl Default for RerankerOptions {
@@ -35,15 +40,17 @@ impl Default for RerankerOptions {
             max_tokens: 512,
             batch_size: 16,
             max_batch_tokens: 2048,
+            engine: Engine::Native,
+            precision: Precision::F32,
         }
     }
 }
 
 enum Architecture {
     Bert {
-        model: BertModel,
-        pooler: Linear,
-        classifier: Linear,
+        model: Model,
+        pooler: Dense,
+        classifier: Dense,
     },
     XlmRoberta(XLMRobertaForSequenceClassification),
 }
@@ -104,10 +111,11 @@ impl CrossEncoder {
                 } else {
                     vb.clone()
                 };
-                let model = BertModel::load(base.clone(), &config).map_err(shape_error)?;
+                let model = Model::load(files, &vb, options.engine, options.precision)?;
                 let h = config.hidden_size;
-                let pooler = linear(h, h, base.pp("pooler").pp("dense")).map_err(shape_error)?;
-                let classifier = linear(h, num_labels, vb.pp("classifier")).map_err(shape_error)?;
+                let pooler = Dense::load(&base.pp("pooler").pp("dense"), h, h).map_err(shape_error)?;
+                let classifier =
+                    Dense::load(&vb.pp("classifier"), num_labels, h).map_err(shape_error)?;
                 Architecture::Bert {
                     model,
                     pooler,
@@ -115,6 +123,11 @@ impl CrossEncoder {
                 }
             }
             "xlm-roberta" => {
+                if options.precision != Precision::F32 {
+                    return Err(InferenceError::Input(
+                        "reduced precision is not available for XLM-RoBERTa rerankers".into(),
+                    ));
+                }
                 let config: XlmRobertaConfig = files.read_config()?;
                 Architecture::XlmRoberta(
                     XLMRobertaForSequenceClassification::new(num_labels, &config, vb)
@@ -172,7 +185,19 @@ impl CrossEncoder {
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut out = vec![Vec::new(); passages.len()];
-        for group in length_groups(&lengths, self.inner.batch_size, self.inner.max_batch_tokens) {
+        let packed = matches!(
+            self.inner.arch,
+            Architecture::Bert {
+                model: Model::Native(_),
+                ..
+            }
+        );
+        for group in length_groups(
+            &lengths,
+            self.inner.batch_size,
+            self.inner.max_batch_tokens,
+            packed,
+        ) {
             let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
             let rows = self.forward(&members)?;
             for (&i, row) in group.iter().zip(rows) {
@@ -193,24 +218,82 @@ impl CrossEncoder {
     }
 
     fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let p = pad(encodings)?;
-        let logits = match &self.inner.arch {
+        let (pooler, classifier, first_tokens) = match &self.inner.arch {
             Architecture::Bert {
-                model,
+                model: Model::Native(encoder),
                 pooler,
                 classifier,
             } => {
+                let seqs: Vec<Sequence> = encodings
+                    .iter()
+                    .map(|e| Sequence {
+                        ids: e.get_ids(),
+                        type_ids: e.get_type_ids(),
+                    })
+                    .collect();
+                let hidden = encoder.forward(&seqs)?;
+                let first: Vec<Vec<f32>> = (0..seqs.len())
+                    .map(|i| hidden.rows(i)[..hidden.width].to_vec())
+                    .collect();
+                (pooler, classifier, first)
+            }
+            Architecture::Bert {
+                model: Model::Candle(model),
+                pooler,
+                classifier,
+            } => {
+                let p = pad(encodings)?;
                 let hidden =
                     model.forward(&p.input_ids, &p.token_type_ids, Some(&p.attention_mask))?;
                 let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-                let pooled = pooler.forward(&first)?.tanh()?;
-                classifier.forward(&pooled)?
+                (pooler, classifier, first.to_vec2::<f32>()?)
             }
             Architecture::XlmRoberta(m) => {
-                m.forward(&p.input_ids, &p.attention_mask, &p.token_type_ids)?
+                let p = pad(encodings)?;
+                let logits = m.forward(&p.input_ids, &p.attention_mask, &p.token_type_ids)?;
+                return Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?);
             }
         };
-        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        Ok(first_tokens
+            .iter()
+            .map(|cls| {
+                let mut pooled = pooler.apply(cls);
+                for v in pooled.iter_mut() {
+                    *v = v.tanh();
+                }
+                classifier.apply(&pooled)
+            })
+            .collect())
+    }
+}
+
+/// A small dense layer (the pooler and the classifier head), `out = W · x + b`.
+struct Dense {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    n_in: usize,
+}
+
+impl Dense {
+    fn load(vb: &VarBuilder, n_out: usize, n_in: usize) -> Result<Dense, candle_core::Error> {
+        let weight = vb
+            .get((n_out, n_in), "weight")?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = vb.get(n_out, "bias")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(Dense { weight, bias, n_in })
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.n_in)
+            .zip(&self.bias)
+            .map(|(row, b)| {
+                let dot: f64 = row.iter().zip(x).map(|(w, v)| *w as f64 * *v as f64).sum();
+                dot as f32 + b
+            })
+            .collect()
     }
 }
 

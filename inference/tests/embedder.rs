@@ -141,7 +141,7 @@ fn broken_model_folders_fail_with_the_file_named() {
     // wrong shapes: a config that does not fit the weights
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    config["hidden_size"] = 512.into();
+    config["hidden_size"] = 768.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let files = ModelFiles::locate(dir.path()).unwrap();
     let err = Embedder::load(&files, EmbedderOptions::default())

@@ -24,7 +24,8 @@ use anyhow::Context as _;
 use ractor::Actor;
 use shoal_api::{router, RouterLimits};
 use shoal_inference::{
-    Chunker, ChunkerParams, CrossEncoder, Embedder, EmbedderOptions, ModelFiles, RerankerOptions,
+    Chunker, ChunkerParams, CrossEncoder, Embedder, EmbedderOptions, Isa, ModelFiles, Precision,
+    RerankerOptions,
 };
 use shoal_storage::Store;
 
@@ -66,12 +67,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_tokens: config.model.max_tokens,
         batch_size: config.model.batch_size,
         max_batch_tokens: config.model.max_batch_tokens,
+        engine: parse_setting("model.engine", &config.model.engine)?,
+        precision: parse_setting("model.precision", &config.model.precision)?,
     };
+    warn_if_bf16_is_emulated(options.precision);
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&files, options))
         .await?
         .context("cannot load the embedding model")?;
     tracing::info!(
         model = %config.model.path.display(),
+        engine = embedder.engine().name(),
+        precision = ?embedder.precision(),
+        kernels = Isa::detect().name(),
         dimension = embedder.dimension(),
         max_tokens = embedder.max_tokens(),
         ms = t.elapsed().as_millis() as u64,
@@ -86,7 +93,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_tokens: config.reranker.max_tokens,
                 batch_size: config.reranker.batch_size,
                 max_batch_tokens: config.reranker.max_batch_tokens,
+                engine: parse_setting("reranker.engine", &config.reranker.engine)?,
+                precision: parse_setting("reranker.precision", &config.reranker.precision)?,
             };
+            warn_if_bf16_is_emulated(options.precision);
             let model = tokio::task::spawn_blocking(move || CrossEncoder::load(&files, options))
                 .await?
                 .context("cannot load the reranker model")?;
@@ -214,5 +224,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// A validated string setting as its typed value.
+fn parse_setting<T: std::str::FromStr<Err = String>>(name: &str, value: &str) -> anyhow::Result<T> {
+    value
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{name}: {e}"))
+}
+
+fn warn_if_bf16_is_emulated(precision: Precision) {
+    if precision == Precision::Bf16 && !Isa::detect().has_bf16() {
+        tracing::warn!(
+            kernels = Isa::detect().name(),
+            "bf16 precision without AVX512-BF16 is emulated and slower than f32"
+        );
     }
 }

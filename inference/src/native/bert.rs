@@ -1,0 +1,398 @@
+//! A BERT encoder over packed sequences.
+//!
+//! The texts of a batch are concatenated, never padded: the linear layers see one `tokens × hidden`
+//! matrix, and attention runs per (text, head) over that text's own rows. A batch of mixed
+//! lengths therefore costs exactly its real tokens. Weights are read with candle's safetensors
+//! loader (which checks their shapes) and packed once for the matrix kernels.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::gemm::{PackedLinear, Precision};
+use super::attention::{attention_head, Scratch};
+use super::math::{add_layer_norm, layer_norm, Activation};
+use crate::InferenceError;
+
+/// The parts of a Hugging Face BERT `config.json` the encoder needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertShape {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// One tokenised text.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub type_ids: &'a [u32],
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    /// query, key and value in one product (`3 × hidden` outputs).
+    qkv: PackedLinear,
+    attn_out: PackedLinear,
+    attn_norm: Norm,
+    intermediate: PackedLinear,
+    output: PackedLinear,
+    out_norm: Norm,
+}
+
+pub struct BertEncoder {
+    shape: BertShape,
+    act: Activation,
+    eps: f32,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+    precision: Precision,
+    /// Where the weights sit in the file: "" or e.g. "bert.".
+    prefix: String,
+}
+
+/// The encoder's output: the last hidden states of every token, texts one after another.
+pub struct Hidden {
+    pub values: Vec<f32>,
+    pub width: usize,
+    /// Row where each text starts, and one past the last row.
+    pub offsets: Vec<usize>,
+}
+
+impl Hidden {
+    /// The rows of text `i`.
+    pub fn rows(&self, i: usize) -> &[f32] {
+        &self.values[self.offsets[i] * self.width..self.offsets[i + 1] * self.width]
+    }
+}
+
+fn tensor_vec(
+    vb: &VarBuilder,
+    shape: &[usize],
+    name: &str,
+) -> Result<Vec<f32>, candle_core::Error> {
+    let t: Tensor = vb.get(shape, name)?;
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl BertEncoder {
+    /// Whether `shape` describes a model this encoder runs (absolute positions, a known
+    /// activation); `Err` says why not.
+    pub fn supports(shape: &BertShape) -> Result<(), String> {
+        if Activation::from_config(&shape.hidden_act).is_none() {
+            return Err(format!("hidden_act `{}` is not supported", shape.hidden_act));
+        }
+        if let Some(p) = &shape.position_embedding_type {
+            if p != "absolute" {
+                return Err(format!("position_embedding_type `{p}` is not supported"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load the encoder's weights (with or without a `bert.` style prefix).
+    pub fn load(
+        vb: &VarBuilder,
+        shape: &BertShape,
+        precision: Precision,
+    ) -> Result<BertEncoder, candle_core::Error> {
+        let act = Activation::from_config(&shape.hidden_act).ok_or_else(|| {
+            candle_core::Error::Msg(format!("hidden_act `{}` is not supported", shape.hidden_act))
+        })?;
+        let prefix = if vb.contains_tensor("embeddings.word_embeddings.weight") {
+            String::new()
+        } else {
+            let p = shape.model_type.clone().unwrap_or_else(|| "bert".into());
+            format!("{p}.")
+        };
+        if shape.num_attention_heads == 0 || shape.hidden_size % shape.num_attention_heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                shape.hidden_size, shape.num_attention_heads
+            )));
+        }
+        let (h, i) = (shape.hidden_size, shape.intermediate_size);
+        let name = |n: &str| format!("{prefix}{n}");
+        let norm = |n: &str| -> Result<Norm, candle_core::Error> {
+            Ok(Norm {
+                gamma: tensor_vec(vb, &[h], &name(&format!("{n}.weight")))?,
+                beta: tensor_vec(vb, &[h], &name(&format!("{n}.bias")))?,
+            })
+        };
+        let linear = |ws: &[&str], n_out: usize, n_in: usize| {
+            let mut w = Vec::with_capacity(ws.len() * n_out * n_in);
+            let mut b = Vec::with_capacity(ws.len() * n_out);
+            for n in ws {
+                w.extend(tensor_vec(vb, &[n_out, n_in], &name(&format!("{n}.weight")))?);
+                b.extend(tensor_vec(vb, &[n_out], &name(&format!("{n}.bias")))?);
+            }
+            Ok::<_, candle_core::Error>(PackedLinear::new(
+                &w,
+                &b,
+                ws.len() * n_out,
+                n_in,
+                precision,
+            ))
+        };
+        let mut layers = Vec::with_capacity(shape.num_hidden_layers);
+        for l in 0..shape.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            layers.push(Layer {
+                qkv: linear(
+                    &[
+                        &format!("{p}.attention.self.query"),
+                        &format!("{p}.attention.self.key"),
+                        &format!("{p}.attention.self.value"),
+                    ],
+                    h,
+                    h,
+                )?,
+                attn_out: linear(&[&format!("{p}.attention.output.dense")], h, h)?,
+                attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: linear(&[&format!("{p}.intermediate.dense")], i, h)?,
+                output: linear(&[&format!("{p}.output.dense")], h, i)?,
+                out_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        Ok(BertEncoder {
+            act,
+            eps: shape.layer_norm_eps as f32,
+            word: tensor_vec(
+                vb,
+                &[shape.vocab_size, h],
+                &name("embeddings.word_embeddings.weight"),
+            )?,
+            position: tensor_vec(
+                vb,
+                &[shape.max_position_embeddings, h],
+                &name("embeddings.position_embeddings.weight"),
+            )?,
+            token_type: tensor_vec(
+                vb,
+                &[shape.type_vocab_size, h],
+                &name("embeddings.token_type_embeddings.weight"),
+            )?,
+            emb_norm: norm("embeddings.LayerNorm")?,
+            layers,
+            precision,
+            shape: shape.clone(),
+            prefix,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.shape.hidden_size
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The weight-name prefix the encoder was found under ("" or e.g. "bert.").
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Run the encoder over `seqs` on the current rayon pool.
+    pub fn forward(&self, seqs: &[Sequence]) -> Result<Hidden, InferenceError> {
+        let h = self.shape.hidden_size;
+        let mut offsets = Vec::with_capacity(seqs.len() + 1);
+        offsets.push(0);
+        for s in seqs {
+            if s.ids.is_empty() || s.ids.len() > self.shape.max_position_embeddings {
+                return Err(InferenceError::Input(format!(
+                    "a text has {} tokens; the model takes 1 to {}",
+                    s.ids.len(),
+                    self.shape.max_position_embeddings
+                )));
+            }
+            if s.type_ids.len() != s.ids.len() {
+                return Err(InferenceError::Input(
+                    "token type ids do not match the tokens".into(),
+                ));
+            }
+            offsets.push(offsets[offsets.len() - 1] + s.ids.len());
+        }
+        let t = offsets[offsets.len() - 1];
+        let mut x = vec![0f32; t * h];
+        for (s, seq) in seqs.iter().enumerate() {
+            for (p, (&id, &tt)) in seq.ids.iter().zip(seq.type_ids).enumerate() {
+                let (id, tt) = (id as usize, tt as usize);
+                if id >= self.shape.vocab_size || tt >= self.shape.type_vocab_size {
+                    return Err(InferenceError::Input(format!(
+                        "token id {id} (type {tt}) is outside the model's vocabulary"
+                    )));
+                }
+                let row = &mut x[(offsets[s] + p) * h..(offsets[s] + p + 1) * h];
+                let w = &self.word[id * h..(id + 1) * h];
+                let pe = &self.position[p * h..(p + 1) * h];
+                let te = &self.token_type[tt * h..(tt + 1) * h];
+                for (((r, a), b), c) in row.iter_mut().zip(w).zip(pe).zip(te) {
+                    *r = a + b + c;
+                }
+            }
+        }
+        rows_par(&mut x, h, |chunk| {
+            layer_norm(chunk, &self.emb_norm.gamma, &self.emb_norm.beta, self.eps)
+        });
+
+        let i_size = self.shape.intermediate_size;
+        let mut qkv = vec![0f32; t * 3 * h];
+        let mut ctx = vec![0f32; t * h];
+        let mut tmp = vec![0f32; t * h];
+        let mut inter = vec![0f32; t * i_size];
+        for layer in &self.layers {
+            layer.qkv.forward(&x, t, &mut qkv);
+            self.attention(&qkv, &offsets, &mut ctx);
+            layer.attn_out.forward(&ctx, t, &mut tmp);
+            rows_par2(&mut tmp, &x, h, |dst, res| {
+                add_layer_norm(
+                    dst,
+                    res,
+                    &layer.attn_norm.gamma,
+                    &layer.attn_norm.beta,
+                    self.eps,
+                )
+            });
+            std::mem::swap(&mut x, &mut tmp);
+            layer.intermediate.forward(&x, t, &mut inter);
+            rows_par(&mut inter, i_size, |chunk| self.act.apply(chunk));
+            layer.output.forward(&inter, t, &mut tmp);
+            rows_par2(&mut tmp, &x, h, |dst, res| {
+                add_layer_norm(
+                    dst,
+                    res,
+                    &layer.out_norm.gamma,
+                    &layer.out_norm.beta,
+                    self.eps,
+                )
+            });
+            std::mem::swap(&mut x, &mut tmp);
+        }
+        Ok(Hidden {
+            values: x,
+            width: h,
+            offsets,
+        })
+    }
+
+    /// Multi-head self-attention of every text over its own tokens; `qkv` rows hold query, key
+    /// and value side by side.
+    fn attention(&self, qkv: &[f32], offsets: &[usize], ctx: &mut [f32]) {
+        let h = self.shape.hidden_size;
+        let heads = self.shape.num_attention_heads;
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let stride = 3 * h;
+        let texts = offsets.len() - 1;
+        let out = SendPtr(ctx.as_mut_ptr());
+        let ctx_len = ctx.len();
+        let task = |(s, head): (usize, usize)| {
+            let (start, end) = (offsets[s], offsets[s + 1]);
+            let len = end - start;
+            let base = start * stride + head * d;
+            let mut scratch = Scratch::default();
+            // SAFETY: task (s, head) writes only rows start..end, columns head*d..(head+1)*d of
+            // ctx; no two tasks share such a block, and all of them lie inside ctx.
+            let out_slice = unsafe {
+                let first = start * h + head * d;
+                let span = (len - 1) * h + d;
+                debug_assert!(first + span <= ctx_len);
+                std::slice::from_raw_parts_mut(out.get().add(first), span)
+            };
+            attention_head(
+                &qkv[base..],
+                &qkv[base + h..],
+                &qkv[base + 2 * h..],
+                stride,
+                len,
+                d,
+                scale,
+                out_slice,
+                h,
+                &mut scratch,
+            );
+        };
+        let tasks = texts * heads;
+        if tasks == 1 || rayon::current_num_threads() == 1 {
+            (0..texts)
+                .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
+                .for_each(task);
+        } else {
+            (0..tasks)
+                .into_par_iter()
+                .map(|i| (i / heads, i % heads))
+                .for_each(task);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: hands disjoint blocks of one buffer to the tasks of one call.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows per parallel task for the cheap row-wise operations.
+const ROWS_PER_TASK: usize = 32;
+
+fn rows_par(data: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    let chunk = ROWS_PER_TASK * width;
+    if data.len() <= chunk || rayon::current_num_threads() == 1 {
+        f(data);
+    } else {
+        data.par_chunks_mut(chunk).for_each(f);
+    }
+}
+
+fn rows_par2(
+    data: &mut [f32],
+    other: &[f32],
+    width: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    let chunk = ROWS_PER_TASK * width;
+    if data.len() <= chunk || rayon::current_num_threads() == 1 {
+        f(data, other);
+    } else {
+        data.par_chunks_mut(chunk)
+            .zip(other.par_chunks(chunk))
+            .for_each(|(d, o)| f(d, o));
+    }
+}

@@ -1,0 +1,86 @@
+//! What the CPU can do, detected once.
+
+use std::sync::OnceLock;
+
+/// The instruction sets the native kernels are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F with AVX512-BF16 (`vdpbf16ps`): f32 and bf16 kernels.
+    Avx512Bf16,
+    /// AVX-512F: the f32 kernel; bf16 weights are multiplied by the portable kernel.
+    Avx512,
+    /// AVX2 with FMA: compiler-vectorised portable code.
+    Avx2,
+    /// Anything else.
+    Portable,
+}
+
+impl Isa {
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var_os("SHOAL_FORCE_PORTABLE_KERNELS").is_some() {
+                return Isa::Portable;
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") {
+                    if is_x86_feature_detected!("avx512bf16") {
+                        return Isa::Avx512Bf16;
+                    }
+                    return Isa::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Bf16 => "avx512+bf16",
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Whether bf16 products run on dedicated instructions (otherwise they are emulated, slower
+    /// than f32).
+    pub fn has_bf16(self) -> bool {
+        self == Isa::Avx512Bf16
+    }
+}
+
+/// Define `$name(args)` that runs `$body` compiled for the best instruction set the CPU has:
+/// the body is plain Rust, vectorised by the compiler for each target.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[allow(clippy::too_many_arguments)]
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+            match $crate::native::cpu::Isa::detect() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has these features (detected at run time).
+                $crate::native::cpu::Isa::Avx512Bf16 | $crate::native::cpu::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                $crate::native::cpu::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;

@@ -1,0 +1,562 @@
+//! Matrix multiplication for linear layers: `out = a · Wᵀ + bias`, with `W` packed once at load.
+//!
+//! The weights of a linear layer never change, so they are packed at load into the layout the
+//! micro-kernel reads: panels of [`NR`] output columns, each panel `k`-major. The activations are
+//! packed per call into blocks of [`MR`] rows (a copy of `m × k` values, small next to the
+//! `m × k × n` multiply-adds). The micro-kernel keeps a `MR × NR` tile of the output in registers
+//! (24 of the 32 AVX-512 registers) and streams the two packed operands from cache.
+//!
+//! Three kernels, picked once at run time by what the CPU has:
+//! - AVX-512F, f32 (the default precision);
+//! - AVX512-BF16 (`vdpbf16ps`), for the opt-in bf16 precision: weights and activations rounded to
+//!   bf16, products accumulated in f32;
+//! - a portable kernel (plain Rust, vectorised by the compiler for AVX2 where present) for CPUs
+//!   without AVX-512, and for checking the others.
+//!
+//! Work is split across the calling rayon pool by output panels, so the embedder's thread
+//! settings govern it.
+
+use rayon::prelude::*;
+
+use super::cpu::{multiversion, Isa};
+
+/// Rows of the output tile a micro-kernel computes.
+pub const MR: usize = 12;
+/// Columns of the output tile (two AVX-512 vectors).
+pub const NR: usize = 32;
+
+/// How a layer's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and arithmetic: the same results as the reference implementation.
+    F32,
+    /// bf16 weights and activations in the matrix products, f32 accumulation; about twice the
+    /// arithmetic rate where the CPU has AVX512-BF16.
+    Bf16,
+}
+
+enum Packed {
+    /// `[panel][k][NR]`
+    F32(Vec<f32>),
+    /// `[panel][k/2][NR][2]`: pairs of consecutive `k` for one column, as `vdpbf16ps` reads them.
+    Bf16(Vec<u16>),
+}
+
+/// A linear layer `y = x · Wᵀ + b` with `W` (`n × k`, row-major as stored by PyTorch) packed.
+pub struct PackedLinear {
+    n: usize,
+    k: usize,
+    panels: usize,
+    packed: Packed,
+    /// Padded to `panels × NR`.
+    bias: Vec<f32>,
+    isa: Isa,
+}
+
+impl PackedLinear {
+    /// Pack `weight` (`n × k`, row-major) and `bias` (`n`).
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, precision: Precision) -> Self {
+        assert_eq!(weight.len(), n * k, "weight shape");
+        assert_eq!(bias.len(), n, "bias shape");
+        let isa = Isa::detect();
+        let panels = n.div_ceil(NR);
+        let packed = match precision {
+            Precision::F32 => {
+                let mut p = vec![0f32; panels * k * NR];
+                for (col, row) in weight.chunks_exact(k).enumerate() {
+                    let (panel, j) = (col / NR, col % NR);
+                    let base = panel * k * NR + j;
+                    for (kk, &w) in row.iter().enumerate() {
+                        p[base + kk * NR] = w;
+                    }
+                }
+                Packed::F32(p)
+            }
+            Precision::Bf16 => {
+                let kp = k.div_ceil(2);
+                let mut p = vec![0u16; panels * kp * NR * 2];
+                for (col, row) in weight.chunks_exact(k).enumerate() {
+                    let (panel, j) = (col / NR, col % NR);
+                    let base = panel * kp * NR * 2 + j * 2;
+                    for (kk, &w) in row.iter().enumerate() {
+                        p[base + (kk / 2) * NR * 2 + (kk % 2)] = to_bf16(w);
+                    }
+                }
+                Packed::Bf16(p)
+            }
+        };
+        let mut padded_bias = vec![0f32; panels * NR];
+        padded_bias[..n].copy_from_slice(bias);
+        PackedLinear {
+            n,
+            k,
+            panels,
+            packed,
+            bias: padded_bias,
+            isa,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn precision(&self) -> Precision {
+        match self.packed {
+            Packed::F32(_) => Precision::F32,
+            Packed::Bf16(_) => Precision::Bf16,
+        }
+    }
+
+    /// Use the portable kernel whatever the CPU has (for tests comparing kernels).
+    #[cfg(test)]
+    pub fn force_portable(&mut self) {
+        self.isa = Isa::Portable;
+    }
+
+    /// `out[m × n] = a[m × k] · Wᵀ + bias`, both row-major.
+    pub fn forward(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert!(a.len() >= m * k && out.len() >= m * n, "matmul shapes");
+        if m == 0 {
+            return;
+        }
+        let row_blocks = m.div_ceil(MR);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        match &self.packed {
+            Packed::F32(w) => {
+                let ap = pack_rows_f32(a, m, k);
+                let use_avx512 = self.isa == Isa::Avx512 || self.isa == Isa::Avx512Bf16;
+                self.for_each_panel(|panel| {
+                    let wp = &w[panel * k * NR..(panel + 1) * k * NR];
+                    let bias = &self.bias[panel * NR..(panel + 1) * NR];
+                    let cols = NR.min(n - panel * NR);
+                    for rb in 0..row_blocks {
+                        let rows = MR.min(m - rb * MR);
+                        let a_blk = &ap[rb * k * MR..(rb + 1) * k * MR];
+                        // SAFETY: each (row block, panel) tile of `out` is written by exactly one
+                        // task, inside bounds checked above.
+                        let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
+                        if use_avx512 {
+                            // SAFETY: the CPU has AVX-512F (checked by Isa::detect).
+                            unsafe { kernel_f32_avx512(k, a_blk, wp, bias, c, n, rows, cols) }
+                        } else {
+                            kernel_f32_portable(k, a_blk, wp, bias, c, n, rows, cols)
+                        }
+                    }
+                });
+            }
+            Packed::Bf16(w) => {
+                let kp = k.div_ceil(2);
+                let ap = pack_rows_bf16(a, m, k);
+                let native = self.isa == Isa::Avx512Bf16;
+                self.for_each_panel(|panel| {
+                    let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
+                    let bias = &self.bias[panel * NR..(panel + 1) * NR];
+                    let cols = NR.min(n - panel * NR);
+                    for rb in 0..row_blocks {
+                        let rows = MR.min(m - rb * MR);
+                        let a_blk = &ap[rb * kp * MR..(rb + 1) * kp * MR];
+                        // SAFETY: as above.
+                        let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
+                        if native {
+                            // SAFETY: the CPU has AVX512-BF16 (checked by Isa::detect).
+                            unsafe { kernel_bf16_avx512(kp, a_blk, wp, bias, c, n, rows, cols) }
+                        } else {
+                            kernel_bf16_portable(kp, a_blk, wp, bias, c, n, rows, cols)
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Run `f` for every output panel, spread over the current rayon pool.
+    fn for_each_panel(&self, f: impl Fn(usize) + Sync + Send) {
+        if self.panels == 1 || rayon::current_num_threads() == 1 {
+            (0..self.panels).for_each(f);
+        } else {
+            (0..self.panels).into_par_iter().for_each(f);
+        }
+    }
+}
+
+/// One `MR × NR` output tile: `c = a · b` over `k`, with `a` packed as [`pack_rows_f32`] makes
+/// one block and `b` one panel (`k × NR`, `k`-major). Stores `rows × cols` values at stride `ldc`.
+///
+/// # Safety
+/// `c` must be valid for writes of `rows` rows of `cols` values at stride `ldc`; `rows <= MR`,
+/// `cols <= NR`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    isa: Isa,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const ZERO: [f32; NR] = [0.0; NR];
+    assert!(a.len() >= k * MR && b.len() >= k * NR && rows <= MR && cols <= NR);
+    if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
+        // SAFETY: the CPU has AVX-512F; the caller vouches for `c`.
+        unsafe { kernel_f32_avx512(k, a, b, &ZERO, c, ldc, rows, cols) }
+    } else {
+        kernel_f32_portable(k, a, b, &ZERO, c, ldc, rows, cols)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint tiles of one output buffer to the tasks of one call.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Round to the nearest bf16, ties to even (NaN stays NaN).
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    ((bits.wrapping_add(round)) >> 16) as u16
+}
+
+#[inline(always)]
+pub fn from_bf16(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// Rows of `a` (`m × k`) as blocks of `MR` rows, each `k`-major, zero-padded.
+fn pack_rows_f32(a: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let blocks = m.div_ceil(MR);
+    let mut p = vec![0f32; blocks * k * MR];
+    for (r, row) in a[..m * k].chunks_exact(k).enumerate() {
+        let base = (r / MR) * k * MR + r % MR;
+        for (kk, &v) in row.iter().enumerate() {
+            p[base + kk * MR] = v;
+        }
+    }
+    p
+}
+
+/// Rows of `a` as blocks of `MR` rows of bf16 pairs (`k`, `k+1`) packed in a `u32`, zero-padded.
+fn pack_rows_bf16(a: &[f32], m: usize, k: usize) -> Vec<u32> {
+    let kp = k.div_ceil(2);
+    let blocks = m.div_ceil(MR);
+    let mut p = vec![0u32; blocks * kp * MR];
+    for (r, row) in a[..m * k].chunks_exact(k).enumerate() {
+        let base = (r / MR) * kp * MR + r % MR;
+        for (kk, pair) in row.chunks(2).enumerate() {
+            let lo = to_bf16(pair[0]) as u32;
+            let hi = pair.get(1).map_or(0, |&v| to_bf16(v) as u32);
+            p[base + kk * MR] = lo | (hi << 16);
+        }
+    }
+    p
+}
+
+/// Add the bias to a finished tile and store its valid `rows × cols` part.
+#[inline(always)]
+fn store_tile(
+    acc: &[[f32; NR]; MR],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    for (i, row) in acc.iter().enumerate().take(rows) {
+        for j in 0..cols {
+            // SAFETY: the caller passes a tile pointer with `rows × cols` valid elements at
+            // stride `ldc`.
+            unsafe { *c.add(i * ldc + j) = row[j] + bias[j] };
+        }
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_f32_portable(
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[0f32; NR]; MR];
+        for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+            for i in 0..MR {
+                let x = av[i];
+                for j in 0..NR {
+                    acc[i][j] += x * bv[j];
+                }
+            }
+        }
+        store_tile(&acc, bias, c, ldc, rows, cols);
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_bf16_portable(
+        kp: usize,
+        a: &[u32],
+        b: &[u16],
+        bias: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[0f32; NR]; MR];
+        for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR * 2)).take(kp) {
+            for i in 0..MR {
+                let lo = from_bf16(av[i] as u16);
+                let hi = from_bf16((av[i] >> 16) as u16);
+                for j in 0..NR {
+                    acc[i][j] += lo * from_bf16(bv[2 * j]) + hi * from_bf16(bv[2 * j + 1]);
+                }
+            }
+        }
+        store_tile(&acc, bias, c, ldc, rows, cols);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32_avx512(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= k * MR && b.len() >= k * NR && bias.len() >= NR);
+    let mut c0 = [_mm512_setzero_ps(); MR];
+    let mut c1 = [_mm512_setzero_ps(); MR];
+    let mut ap = a.as_ptr();
+    let mut bp = b.as_ptr();
+    for _ in 0..k {
+        // SAFETY: `a` holds k × MR values and `b` k × NR (asserted by the caller's slicing).
+        unsafe {
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for i in 0..MR {
+                let x = _mm512_set1_ps(*ap.add(i));
+                c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+    }
+    // SAFETY: bias has NR values; `c` points at a tile with `rows × cols` valid elements.
+    unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_bf16_avx512(
+    kp: usize,
+    a: &[u32],
+    b: &[u16],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR * 2 && bias.len() >= NR);
+    let mut c0 = [_mm512_setzero_ps(); MR];
+    let mut c1 = [_mm512_setzero_ps(); MR];
+    let mut ap = a.as_ptr();
+    let mut bp = b.as_ptr();
+    for _ in 0..kp {
+        // SAFETY: `a` holds kp × MR pairs and `b` kp × NR pairs (the caller's slicing).
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(NR) as *const _));
+            for i in 0..MR {
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                c0[i] = _mm512_dpbf16_ps(c0[i], x, b0);
+                c1[i] = _mm512_dpbf16_ps(c1[i], x, b1);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR * 2);
+        }
+    }
+    // SAFETY: as in the f32 kernel.
+    unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_avx512(
+    c0: &[std::arch::x86_64::__m512; MR],
+    c1: &[std::arch::x86_64::__m512; MR],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: bias has NR values; stores are masked to the tile's `cols` valid columns and
+    // limited to its `rows` valid rows.
+    unsafe {
+        let bias0 = _mm512_loadu_ps(bias.as_ptr());
+        let bias1 = _mm512_loadu_ps(bias.as_ptr().add(16));
+        let m0: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let m1: __mmask16 = if cols >= NR {
+            0xffff
+        } else if cols <= 16 {
+            0
+        } else {
+            (1u16 << (cols - 16)) - 1
+        };
+        for i in 0..rows.min(MR) {
+            let row = c.add(i * ldc);
+            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(c0[i], bias0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(c1[i], bias1));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32_avx512(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    kernel_f32_portable(k, a, b, bias, c, ldc, rows, cols)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_bf16_avx512(
+    kp: usize,
+    a: &[u32],
+    b: &[u16],
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    kernel_bf16_portable(kp, a, b, bias, c, ldc, rows, cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], w: &[f32], bias: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for kk in 0..k {
+                    s += a[i * k + kk] as f64 * w[j * k + kk] as f64;
+                }
+                out[i * n + j] = s as f32 + bias[j];
+            }
+        }
+        out
+    }
+
+    fn seeded(len: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_err(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn f32_kernels_match_a_naive_product_on_ragged_shapes() {
+        for &(m, n, k) in &[(1, 32, 8), (13, 40, 37), (25, 70, 384), (12, 96, 5)] {
+            let a = seeded(m * k, 1);
+            let w = seeded(n * k, 2);
+            let bias = seeded(n, 3);
+            let want = naive(&a, &w, &bias, m, n, k);
+            let mut lin = PackedLinear::new(&w, &bias, n, k, Precision::F32);
+            let mut out = vec![f32::NAN; m * n];
+            lin.forward(&a, m, &mut out);
+            assert!(max_err(&out, &want) < 1e-4, "detected isa, {m}x{n}x{k}");
+            lin.force_portable();
+            let mut out = vec![f32::NAN; m * n];
+            lin.forward(&a, m, &mut out);
+            assert!(max_err(&out, &want) < 1e-4, "portable, {m}x{n}x{k}");
+        }
+    }
+
+    #[test]
+    fn bf16_kernels_agree_with_each_other_and_roughly_with_f32() {
+        for &(m, n, k) in &[(1, 32, 8), (13, 40, 37), (25, 70, 384)] {
+            let a = seeded(m * k, 4);
+            let w = seeded(n * k, 5);
+            let bias = seeded(n, 6);
+            let want = naive(&a, &w, &bias, m, n, k);
+            let mut lin = PackedLinear::new(&w, &bias, n, k, Precision::Bf16);
+            let mut fast = vec![f32::NAN; m * n];
+            lin.forward(&a, m, &mut fast);
+            lin.force_portable();
+            let mut portable = vec![f32::NAN; m * n];
+            lin.forward(&a, m, &mut portable);
+            assert!(max_err(&fast, &portable) < 1e-3, "{m}x{n}x{k}");
+            // bf16 keeps 8 bits of mantissa: errors grow like sqrt(k) × 2^-8
+            let tol = 0.02 * (k as f32).sqrt();
+            assert!(max_err(&fast, &want) < tol, "{m}x{n}x{k}");
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // tie → even
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+}
