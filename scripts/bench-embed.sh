@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side embedding benchmark: shoal's candle embedder, sentence-transformers (PyTorch CPU)
+# Side-by-side embedding benchmark: shoal's embedder (native engine, f32 and opt-in bf16), sentence-transformers (PyTorch CPU)
 # and ONNX Runtime fp32 (an ONNX export of the same model made here), on the same inputs, with
 # the same thread count. Installs the Python side into .venv-bench with pip (torch is large).
 # Writes docs/benchmarks/embedding.md.  Usage: scripts/bench-embed.sh [THREADS]
@@ -17,4 +17,6 @@ out=bench-data
 "$venv/bin/python" scripts/embed_bench.py models/all-MiniLM-L6-v2 bench-data/summaries_en-us.json "$out" "$threads"
 cargo build --release -p shoal-inference --example embed_bench
 RAYON_NUM_THREADS="$threads" ./target/release/examples/embed_bench models/all-MiniLM-L6-v2 "$out/embed-inputs.json" "$threads" "$out/embed-shoal.json"
-"$venv/bin/python" scripts/embed_bench_report.py "$out/embed-python.json" "$out/embed-shoal.json" "$out/embed-inputs.json" docs/benchmarks/embedding.md
+# the opt-in reduced precision, with its accuracy against f32 on the same inputs
+EMBED_BENCH_PRECISION=bf16 RAYON_NUM_THREADS="$threads" ./target/release/examples/embed_bench models/all-MiniLM-L6-v2 "$out/embed-inputs.json" "$threads" "$out/embed-shoal-bf16.json"
+"$venv/bin/python" scripts/embed_bench_report.py "$out/embed-python.json" "$out/embed-shoal.json" "$out/embed-inputs.json" docs/benchmarks/embedding.md "$out/embed-shoal-bf16.json"

@@ -4,6 +4,7 @@ import platform
 import sys
 
 py, shoal, inputs, out = sys.argv[1:5]
+bf16 = json.load(open(sys.argv[5])) if len(sys.argv) > 5 else None
 py = json.load(open(py))
 sh = json.load(open(shoal))
 inp = json.load(open(inputs))
@@ -13,15 +14,17 @@ try:
 except Exception:
     pass
 engines = dict(py["engines"])
-engines["shoal (candle, fp32)"] = sh
+engines[f"shoal ({sh['engine']}, f32, {sh['kernels']} kernels)"] = sh
+if bf16:
+    engines[f"shoal ({bf16['engine']}, bf16 opt-in, {bf16['kernels']} kernels)"] = bf16
 best = {k: max(py["engines"][e][k] for e in py["engines"]) for k in ["passages", "queries", "mixed"]}
 lines = [
     "# Embedding benchmark: shoal vs sentence-transformers vs ONNX Runtime",
     "",
     f"Written by `scripts/bench-embed.sh`. Machine: {cpu}; {py['threads']} threads for every engine "
     "(torch.set_num_threads, ORT intra_op_num_threads, a rayon pool for shoal). Batches of 32, "
-    "sorted by length for every engine (shoal: at most 32 texts and 1,024 padded tokens per batch, "
-    "`model.max_batch_tokens`), max 256 tokens, mean pooling + L2. ONNX export of the same "
+    f"sorted by length for every engine (shoal packs a batch without padding: at most 32 texts and "
+    f"{sh['max_batch_tokens']:,} tokens, `model.max_batch_tokens`), max 256 tokens, mean pooling + L2. ONNX export of the same "
     f"weights (min cosine to sentence-transformers on 16 queries: {py['onnx_min_cosine_to_st']:.6f}).",
     "",
     f"Inputs (Wikipedia lead summaries): {len(inp['passages'])} passages of {inp['passage_tokens']:.0f} tokens on average, "
@@ -33,11 +36,22 @@ lines = [
 for name, r in engines.items():
     lat = r["query_latency"]
     lines.append(f"| {name} | {r['passages']:.1f} | {r['queries']:.1f} | {r['mixed']:.1f} | {lat['p50_ms']:.2f} ms | {lat['p95_ms']:.2f} ms |")
+st = py["engines"]["sentence-transformers"]
 lines += [
     "",
-    "shoal relative to the faster of the two others: "
+    "shoal f32 relative to the faster of the two others: "
     + ", ".join(f"{k} {sh[k] / best[k]:.2f}x" for k in ["passages", "queries", "mixed"]) + ".",
-    "",
 ]
+if bf16:
+    acc = bf16["accuracy"]
+    lines += [
+        "",
+        "shoal bf16 relative to sentence-transformers: "
+        + ", ".join(f"{k} {bf16[k] / st[k]:.2f}x" for k in ["passages", "queries", "mixed"]) + ".",
+        f"bf16 accuracy against shoal f32 on the same inputs: cosine per text min {acc['min_cosine']:.5f}, "
+        f"mean {acc['mean_cosine']:.6f} ({acc['corpus'] + acc['queries']:,} texts); top-10 overlap of an exact "
+        f"search of the {acc['queries']:,} queries over the {acc['corpus']:,} passages and mixed texts: {acc['top10_overlap']:.4f}.",
+    ]
+lines.append("")
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))

@@ -110,9 +110,88 @@ fn main() {
         ms[ms.len() / 2],
         ms[ms.len() * 95 / 100]
     );
+    if precision != Precision::F32 {
+        result["accuracy"] = accuracy(&files, &embedder, &inputs, &pool, max_batch_tokens);
+    }
     std::fs::write(
         &args[4],
         serde_json::to_string_pretty(&result).expect("json"),
     )
     .expect("write");
+}
+
+/// How close reduced-precision vectors are to f32 ones on the same inputs: cosine per text, and
+/// the overlap of the top 10 of an exact search of every query over the passages and mixed texts.
+fn accuracy(
+    files: &ModelFiles,
+    reduced: &Embedder,
+    inputs: &Value,
+    pool: &rayon::ThreadPool,
+    max_batch_tokens: usize,
+) -> Value {
+    let exact = Embedder::load(
+        files,
+        EmbedderOptions {
+            max_batch_tokens,
+            ..EmbedderOptions::default()
+        },
+    )
+    .expect("load f32 model");
+    let mut corpus = texts(inputs, "passages");
+    corpus.extend(texts(inputs, "mixed"));
+    let queries = texts(inputs, "queries");
+    let embed = |e: &Embedder, t: &[String]| {
+        let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+        pool.install(|| e.embed(&refs)).expect("embed")
+    };
+    let (c32, c16) = (embed(&exact, &corpus), embed(reduced, &corpus));
+    let (q32, q16) = (embed(&exact, &queries), embed(reduced, &queries));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut cos: Vec<f32> = c32
+        .iter()
+        .zip(&c16)
+        .chain(q32.iter().zip(&q16))
+        .map(|(a, b)| dot(a, b))
+        .collect();
+    cos.sort_by(f32::total_cmp);
+    let mean_cos = cos.iter().map(|&c| c as f64).sum::<f64>() / cos.len() as f64;
+    let top10 = |q: &[f32], docs: &[Vec<f32>]| {
+        let mut scored: Vec<(f32, usize)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (dot(q, d), i))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .take(10)
+            .map(|(_, i)| i)
+            .collect::<Vec<_>>()
+    };
+    let overlap: f64 = pool.install(|| {
+        use rayon::prelude::*;
+        q32.par_iter()
+            .zip(&q16)
+            .map(|(a, b)| {
+                let (x, y) = (top10(a, &c32), top10(b, &c16));
+                x.iter().filter(|i| y.contains(i)).count() as f64 / 10.0
+            })
+            .sum()
+    });
+    let overlap = overlap / q32.len() as f64;
+    println!(
+        "accuracy vs f32: cosine min {:.5} mean {:.6}; top-10 overlap {:.4} ({} queries over {} texts)",
+        cos[0],
+        mean_cos,
+        overlap,
+        queries.len(),
+        corpus.len()
+    );
+    json!({
+        "min_cosine": cos[0],
+        "mean_cosine": mean_cos,
+        "top10_overlap": overlap,
+        "queries": queries.len(),
+        "corpus": corpus.len(),
+    })
 }

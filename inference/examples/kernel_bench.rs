@@ -27,9 +27,13 @@ fn main() {
     ];
     for precision in [Precision::F32, Precision::Bf16] {
         for &(m, n, k) in &shapes {
-            let w: Vec<f32> = (0..n * k).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+                .collect();
             let b = vec![0.1f32; n];
-            let a: Vec<f32> = (0..m * k).map(|i| ((i % 89) as f32 - 44.0) / 89.0).collect();
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
+                .collect();
             let lin = PackedLinear::new(&w, &b, n, k, precision);
             let mut out = vec![0f32; m * n];
             let flops = 2.0 * (m * n * k) as f64;

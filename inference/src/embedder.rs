@@ -288,6 +288,11 @@ fn mean_pool_normalized(rows: &[f32], width: usize) -> Vec<f32> {
         }
     }
     let n = n.max(1) as f64;
-    let norm = mean.iter().map(|m| (m / n) * (m / n)).sum::<f64>().sqrt().max(1e-12);
+    let norm = mean
+        .iter()
+        .map(|m| (m / n) * (m / n))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
     mean.iter().map(|m| (m / n / norm) as f32).collect()
 }

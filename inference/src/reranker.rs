@@ -113,7 +113,8 @@ impl CrossEncoder {
                 };
                 let model = Model::load(files, &vb, options.engine, options.precision)?;
                 let h = config.hidden_size;
-                let pooler = Dense::load(&base.pp("pooler").pp("dense"), h, h).map_err(shape_error)?;
+                let pooler =
+                    Dense::load(&base.pp("pooler").pp("dense"), h, h).map_err(shape_error)?;
                 let classifier =
                     Dense::load(&vb.pp("classifier"), num_labels, h).map_err(shape_error)?;
                 Architecture::Bert {
@@ -281,7 +282,10 @@ impl Dense {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let bias = vb.get(n_out, "bias")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bias = vb
+            .get(n_out, "bias")?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         Ok(Dense { weight, bias, n_in })
     }
 

@@ -4,13 +4,17 @@
 mod common;
 
 use shoal_inference::test_model::{build_test_cross_encoder, seeded_value};
-use shoal_inference::{CrossEncoder, InferenceError, ModelFiles, RerankerOptions};
+use shoal_inference::{CrossEncoder, Engine, InferenceError, ModelFiles, RerankerOptions};
 
 fn fixture() -> serde_json::Value {
     serde_json::from_str(include_str!("fixtures/reranker_reference.json")).unwrap()
 }
 
 fn test_model(batch_size: usize) -> (tempfile::TempDir, CrossEncoder) {
+    test_model_on(batch_size, Engine::Native)
+}
+
+fn test_model_on(batch_size: usize, engine: Engine) -> (tempfile::TempDir, CrossEncoder) {
     let dir = tempfile::tempdir().unwrap();
     build_test_cross_encoder(&common::minilm_dir(), dir.path()).unwrap();
     let files = ModelFiles::locate(dir.path()).unwrap();
@@ -19,11 +23,26 @@ fn test_model(batch_size: usize) -> (tempfile::TempDir, CrossEncoder) {
         RerankerOptions {
             max_tokens: 512,
             batch_size,
+            engine,
             ..RerankerOptions::default()
         },
     )
     .unwrap();
     (dir, model)
+}
+
+#[test]
+fn candle_engine_matches_transformers_too() {
+    let fx = fixture();
+    let (_dir, model) = test_model_on(4, Engine::Candle);
+    let items = fx["items"].as_array().unwrap();
+    let q = items[0]["query"].as_str().unwrap();
+    for item in items.iter().filter(|i| i["query"].as_str() == Some(q)) {
+        let p = item["passage"].as_str().unwrap();
+        let want = item["logit"].as_f64().unwrap() as f32;
+        let got = model.logits(q, &[p]).unwrap()[0][0];
+        assert!((got - want).abs() < 1e-4, "candle: {got} vs {want}");
+    }
 }
 
 #[test]

@@ -379,7 +379,9 @@ impl Config {
             ("model", &self.model.engine, &self.model.precision),
             ("reranker", &self.reranker.engine, &self.reranker.precision),
         ] {
-            let engine: Engine = engine.parse().map_err(|e| format!("{section}.engine: {e}"))?;
+            let engine: Engine = engine
+                .parse()
+                .map_err(|e| format!("{section}.engine: {e}"))?;
             let precision: Precision = precision
                 .parse()
                 .map_err(|e| format!("{section}.precision: {e}"))?;

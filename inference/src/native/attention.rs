@@ -165,7 +165,10 @@ mod tests {
                 for x in 0..d {
                     let want: f64 = (0..len).map(|j| e[j] / z * v[j * stride + x] as f64).sum();
                     let got = out[i * d + x] as f64;
-                    assert!((got - want).abs() < 1e-5, "len {len} d {d}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "len {len} d {d}: {got} vs {want}"
+                    );
                 }
             }
         }

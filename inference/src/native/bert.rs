@@ -10,8 +10,8 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::gemm::{PackedLinear, Precision};
 use super::attention::{attention_head, Scratch};
+use super::gemm::{PackedLinear, Precision};
 use super::math::{add_layer_norm, layer_norm, Activation};
 use crate::InferenceError;
 
@@ -111,7 +111,10 @@ impl BertEncoder {
     /// activation); `Err` says why not.
     pub fn supports(shape: &BertShape) -> Result<(), String> {
         if Activation::from_config(&shape.hidden_act).is_none() {
-            return Err(format!("hidden_act `{}` is not supported", shape.hidden_act));
+            return Err(format!(
+                "hidden_act `{}` is not supported",
+                shape.hidden_act
+            ));
         }
         if let Some(p) = &shape.position_embedding_type {
             if p != "absolute" {
@@ -128,7 +131,10 @@ impl BertEncoder {
         precision: Precision,
     ) -> Result<BertEncoder, candle_core::Error> {
         let act = Activation::from_config(&shape.hidden_act).ok_or_else(|| {
-            candle_core::Error::Msg(format!("hidden_act `{}` is not supported", shape.hidden_act))
+            candle_core::Error::Msg(format!(
+                "hidden_act `{}` is not supported",
+                shape.hidden_act
+            ))
         })?;
         let prefix = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             String::new()
@@ -136,7 +142,9 @@ impl BertEncoder {
             let p = shape.model_type.clone().unwrap_or_else(|| "bert".into());
             format!("{p}.")
         };
-        if shape.num_attention_heads == 0 || shape.hidden_size % shape.num_attention_heads != 0 {
+        if shape.num_attention_heads == 0
+            || !shape.hidden_size.is_multiple_of(shape.num_attention_heads)
+        {
             return Err(candle_core::Error::Msg(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 shape.hidden_size, shape.num_attention_heads
@@ -154,7 +162,11 @@ impl BertEncoder {
             let mut w = Vec::with_capacity(ws.len() * n_out * n_in);
             let mut b = Vec::with_capacity(ws.len() * n_out);
             for n in ws {
-                w.extend(tensor_vec(vb, &[n_out, n_in], &name(&format!("{n}.weight")))?);
+                w.extend(tensor_vec(
+                    vb,
+                    &[n_out, n_in],
+                    &name(&format!("{n}.weight")),
+                )?);
                 b.extend(tensor_vec(vb, &[n_out], &name(&format!("{n}.bias")))?);
             }
             Ok::<_, candle_core::Error>(PackedLinear::new(

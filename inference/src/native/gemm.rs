@@ -51,6 +51,8 @@ pub struct PackedLinear {
     /// Padded to `panels × NR`.
     bias: Vec<f32>,
     isa: Isa,
+    /// bf16 products on AMX tiles.
+    amx: bool,
 }
 
 impl PackedLinear {
@@ -73,7 +75,7 @@ impl PackedLinear {
                 Packed::F32(p)
             }
             Precision::Bf16 => {
-                let kp = k.div_ceil(2);
+                let kp = padded_pairs(k);
                 let mut p = vec![0u16; panels * kp * NR * 2];
                 for (col, row) in weight.chunks_exact(k).enumerate() {
                     let (panel, j) = (col / NR, col % NR);
@@ -94,6 +96,7 @@ impl PackedLinear {
             packed,
             bias: padded_bias,
             isa,
+            amx: precision == Precision::Bf16 && isa != Isa::Portable && amx::available(),
         }
     }
 
@@ -116,6 +119,18 @@ impl PackedLinear {
     #[cfg(test)]
     pub fn force_portable(&mut self) {
         self.isa = Isa::Portable;
+        self.amx = false;
+    }
+
+    /// Use the AVX512-BF16 kernel rather than AMX (for tests comparing kernels).
+    #[cfg(test)]
+    pub fn force_no_amx(&mut self) {
+        self.amx = false;
+    }
+
+    /// Whether bf16 products run on AMX tiles.
+    pub fn uses_amx(&self) -> bool {
+        self.amx
     }
 
     /// `out[m × n] = a[m × k] · Wᵀ + bias`, both row-major.
@@ -150,12 +165,41 @@ impl PackedLinear {
                     }
                 });
             }
+            Packed::Bf16(w) if self.amx => {
+                let kp = padded_pairs(k);
+                let lda = kp * 2;
+                let padded_rows = m.div_ceil(amx::ROWS) * amx::ROWS;
+                let mut ap = vec![0u16; padded_rows * lda];
+                rows_to_bf16(&a[..m * k], k, &mut ap, lda);
+                self.for_each_panel(|panel| {
+                    let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
+                    let bias = &self.bias[panel * NR..(panel + 1) * NR];
+                    let cols = NR.min(n - panel * NR);
+                    // SAFETY: AMX is enabled for this process; `ap` holds `padded_rows` rows of
+                    // `lda` values, `wp` one panel of `kp` pairs; the tiles of this panel are
+                    // written by this task only.
+                    unsafe {
+                        amx::panel(
+                            kp,
+                            &ap,
+                            lda,
+                            m,
+                            wp,
+                            bias,
+                            out_ptr.get().add(panel * NR),
+                            n,
+                            cols,
+                        )
+                    }
+                });
+            }
             Packed::Bf16(w) => {
+                let kp_packed = padded_pairs(k);
                 let kp = k.div_ceil(2);
                 let ap = pack_rows_bf16(a, m, k);
                 let native = self.isa == Isa::Avx512Bf16;
                 self.for_each_panel(|panel| {
-                    let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
+                    let wp = &w[panel * kp_packed * NR * 2..(panel + 1) * kp_packed * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
                     for rb in 0..row_blocks {
@@ -237,6 +281,25 @@ pub fn to_bf16(x: f32) -> u16 {
 #[inline(always)]
 pub fn from_bf16(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
+}
+
+/// Pairs of `k` values in a packed bf16 column: a multiple of 16, so AMX tiles (32 values of
+/// `k`) never read past a panel.
+fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(32) * 16
+}
+
+multiversion! {
+    /// `src` rows of `k` values as bf16 rows of `lda` values in `dst` (the rest stays zero).
+    fn rows_to_bf16(src: &[f32], k: usize, dst: &mut [u16], lda: usize) {
+        for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(lda)) {
+            for (x, y) in s.iter().zip(d.iter_mut()) {
+                let bits = x.to_bits();
+                let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+                *y = if x.is_nan() { 0x7fc0 } else { rounded as u16 };
+            }
+        }
+    }
 }
 
 /// Rows of `a` (`m × k`) as blocks of `MR` rows, each `k`-major, zero-padded.
@@ -499,7 +562,9 @@ mod tests {
     }
 
     fn seeded(len: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {
                 x = x
@@ -511,7 +576,10 @@ mod tests {
     }
 
     fn max_err(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -534,7 +602,7 @@ mod tests {
 
     #[test]
     fn bf16_kernels_agree_with_each_other_and_roughly_with_f32() {
-        for &(m, n, k) in &[(1, 32, 8), (13, 40, 37), (25, 70, 384)] {
+        for &(m, n, k) in &[(1, 32, 8), (13, 40, 37), (25, 70, 384), (70, 64, 100)] {
             let a = seeded(m * k, 4);
             let w = seeded(n * k, 5);
             let bias = seeded(n, 6);
@@ -542,6 +610,11 @@ mod tests {
             let mut lin = PackedLinear::new(&w, &bias, n, k, Precision::Bf16);
             let mut fast = vec![f32::NAN; m * n];
             lin.forward(&a, m, &mut fast);
+            // AMX where present, then AVX512-BF16 where present, then portable
+            let mut no_amx = vec![f32::NAN; m * n];
+            lin.force_no_amx();
+            lin.forward(&a, m, &mut no_amx);
+            assert!(max_err(&fast, &no_amx) < 1e-3, "{m}x{n}x{k}");
             lin.force_portable();
             let mut portable = vec![f32::NAN; m * n];
             lin.forward(&a, m, &mut portable);
@@ -558,5 +631,177 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // tie → even
         assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+}
+
+/// Intel AMX (tile registers and `tdpbf16ps`), for bf16 weights: each instruction multiplies a
+/// 16 × 32 bf16 tile by a 32 × 16 one into a 16 × 16 f32 tile. Linux hands out the 8 KiB of
+/// tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), made once per process.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use super::NR;
+
+    /// Output rows per block: two tiles of 16.
+    pub const ROWS: usize = 32;
+
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Every tile used here is 16 rows of 64 bytes.
+    static CONFIG: TileConfig = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Whether the CPU has AMX-BF16 and the kernel granted this process the tile state.
+    pub fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            if std::env::var_os("SHOAL_DISABLE_AMX").is_some()
+                || super::Isa::detect() == super::Isa::Portable
+            {
+                return false;
+            }
+            // CPUID.(EAX=7,ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+            const XFEATURE_XTILEDATA: u64 = 18;
+            const SYS_ARCH_PRCTL: u64 = 158;
+            let ret: i64;
+            // SAFETY: the arch_prctl system call with these arguments only changes this
+            // process's permission to use the AMX state; it reads and writes no memory.
+            unsafe {
+                asm!(
+                    "syscall",
+                    inlateout("rax") SYS_ARCH_PRCTL as i64 => ret,
+                    in("rdi") ARCH_REQ_XCOMP_PERM,
+                    in("rsi") XFEATURE_XTILEDATA,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack)
+                );
+            }
+            ret == 0
+        })
+    }
+
+    /// One output panel (`NR` columns) for all `m` rows: `out = a · panel + bias`.
+    /// `a`: bf16 rows of `lda` (= 2 × `kp`) values, at least `m` rounded up to [`ROWS`] rows;
+    /// `b`: the panel, `kp` pairs × `NR` columns × 2.
+    ///
+    /// # Safety
+    /// [`available`] returned true; `out` is valid for `m` rows of `cols` values at stride `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn panel(
+        kp: usize,
+        a: &[u16],
+        lda: usize,
+        m: usize,
+        b: &[u16],
+        bias: &[f32],
+        out: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        assert!(kp.is_multiple_of(16) && lda >= kp * 2 && b.len() >= kp * NR * 2);
+        assert!(a.len() >= m.div_ceil(ROWS) * ROWS * lda && bias.len() >= NR && cols <= NR);
+        let mut tile = [[0f32; NR]; ROWS];
+        let a_stride = lda * 2; // bytes
+        let b_stride = NR * 2 * 2; // bytes: one pair row of the panel
+        let t_stride = NR * 4;
+        // SAFETY: (for every asm block) the tile loads read 16 rows of 64 bytes inside `a` and
+        // `b` (asserted above), the stores write 16 rows of 64 bytes inside `tile`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
+            for r0 in (0..m).step_by(ROWS) {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for kb in (0..kp).step_by(16) {
+                    let a0 = a.as_ptr().add(r0 * lda + kb * 2);
+                    let a1 = a0.add(16 * lda);
+                    let b0 = b.as_ptr().add(kb * NR * 2);
+                    let b1 = b0.add(32);
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0,
+                        a1 = in(reg) a1,
+                        b0 = in(reg) b0,
+                        b1 = in(reg) b1,
+                        sa = in(reg) a_stride,
+                        sb = in(reg) b_stride,
+                        options(nostack, readonly)
+                    );
+                }
+                let t = tile.as_mut_ptr() as *mut f32;
+                asm!(
+                    "tilestored [{t0} + {st}*1], tmm0",
+                    "tilestored [{t1} + {st}*1], tmm1",
+                    "tilestored [{t2} + {st}*1], tmm2",
+                    "tilestored [{t3} + {st}*1], tmm3",
+                    t0 = in(reg) t,
+                    t1 = in(reg) t.add(16),
+                    t2 = in(reg) t.add(16 * NR),
+                    t3 = in(reg) t.add(16 * NR + 16),
+                    st = in(reg) t_stride,
+                    options(nostack)
+                );
+                for (i, row) in tile.iter().enumerate().take((m - r0).min(ROWS)) {
+                    let dst = out.add((r0 + i) * ldc);
+                    for j in 0..cols {
+                        *dst.add(j) = row[j] + bias[j];
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod amx {
+    pub const ROWS: usize = 32;
+    pub fn available() -> bool {
+        false
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn panel(
+        _kp: usize,
+        _a: &[u16],
+        _lda: usize,
+        _m: usize,
+        _b: &[u16],
+        _bias: &[f32],
+        _out: *mut f32,
+        _ldc: usize,
+        _cols: usize,
+    ) {
+        unreachable!("AMX is only used where available() is true")
     }
 }
