@@ -3,16 +3,18 @@
 //! softmax per row, then `O = P·V` (values packed as panels of [`NR`] of the head's width).
 
 use super::cpu::{multiversion, Isa};
-use super::gemm::{tile, MR, NR};
+use super::gemm::{amx, rows_to_bf16, tile, to_bf16, Lhs, Rhs, MR, NR};
 
 /// Scratch space reused across the heads one task computes.
 #[derive(Default)]
 pub struct Scratch {
     keys: Vec<f32>,
     values: Vec<f32>,
-    a: Vec<f32>,
     scores: Vec<f32>,
-    probs: Vec<f32>,
+    q16: Vec<u16>,
+    k16: Vec<u16>,
+    p16: Vec<u16>,
+    v16: Vec<u16>,
 }
 
 /// `q`, `k`, `v`: rows of `stride` values, the head's `d` values at each row's start; `len`
@@ -30,48 +32,60 @@ pub fn attention_head(
     out_stride: usize,
     s: &mut Scratch,
 ) {
+    assert!(len >= 1 && q.len() >= (len - 1) * stride + d && k.len() >= (len - 1) * stride + d);
+    assert!(v.len() >= (len - 1) * stride + d && out.len() >= (len - 1) * out_stride + d);
     let isa = Isa::detect();
     let key_panels = len.div_ceil(NR);
     let lp = key_panels * NR;
-    let value_panels = d.div_ceil(NR);
-    // Keys as panels `[panel][d][NR]`; values as panels `[panel][len][NR]`.
+    // Keys transposed into panels `[panel][d][NR]` (the right operand of Q·Kᵀ).
     s.keys.clear();
     s.keys.resize(key_panels * d * NR, 0.0);
-    for j in 0..len {
-        let (p, jj) = (j / NR, j % NR);
-        for dd in 0..d {
-            s.keys[(p * d + dd) * NR + jj] = k[j * stride + dd];
+    for p in 0..key_panels {
+        let panel = &mut s.keys[p * d * NR..(p + 1) * d * NR];
+        for jj in 0..NR.min(len - p * NR) {
+            let row = &k[(p * NR + jj) * stride..(p * NR + jj) * stride + d];
+            for (dd, &x) in row.iter().enumerate() {
+                panel[dd * NR + jj] = x;
+            }
         }
     }
-    s.values.clear();
-    s.values.resize(value_panels * len * NR, 0.0);
-    for j in 0..len {
-        for dd in 0..d {
-            let (p, x) = (dd / NR, dd % NR);
-            s.values[(p * len + j) * NR + x] = v[j * stride + dd];
+    // Values are read in place when the head's width is whole panels (MiniLM: 32); otherwise
+    // copied into zero-padded panels `[panel][len][NR]`.
+    let value_panels = d.div_ceil(NR);
+    let in_place = d.is_multiple_of(NR);
+    if !in_place {
+        s.values.clear();
+        s.values.resize(value_panels * len * NR, 0.0);
+        for j in 0..len {
+            for dd in 0..d {
+                let (p, x) = (dd / NR, dd % NR);
+                s.values[(p * len + j) * NR + x] = v[j * stride + dd];
+            }
         }
     }
     s.scores.resize(MR * lp, 0.0);
-    s.probs.resize(len.max(d) * MR, 0.0);
-    s.a.resize(d * MR, 0.0);
     for r0 in (0..len).step_by(MR) {
         let rows = MR.min(len - r0);
-        // this block's queries, scaled, packed `[d][MR]`
-        s.a.fill(0.0);
-        for i in 0..rows {
-            for dd in 0..d {
-                s.a[dd * MR + i] = q[(r0 + i) * stride + dd] * scale;
-            }
-        }
+        // S = Q·Kᵀ for this block of queries, read in place
+        let lhs = Lhs {
+            ptr: q[r0 * stride..].as_ptr(),
+            row: stride,
+            step: 1,
+        };
         for p in 0..key_panels {
             let cols = NR.min(len - p * NR);
-            // SAFETY: scores has MR rows of lp values; this tile is rows..MR × p*NR..+cols.
+            let rhs = Rhs {
+                ptr: s.keys[p * d * NR..].as_ptr(),
+                ld: NR,
+            };
+            // SAFETY: `lhs` has `rows` rows of d values (asserted above), `rhs` d rows of NR;
+            // the tile lies inside `scores` (MR rows of lp).
             unsafe {
                 tile(
                     isa,
                     d,
-                    &s.a,
-                    &s.keys[p * d * NR..(p + 1) * d * NR],
+                    lhs,
+                    rhs,
                     s.scores.as_mut_ptr().add(p * NR),
                     lp,
                     rows,
@@ -79,29 +93,39 @@ pub fn attention_head(
                 )
             };
         }
-        // softmax per row; probabilities packed `[len][MR]` for the second product
+        // softmax of each row (scaled), left unnormalised: 1/sum is applied to the output
         let mut inv = [0f32; MR];
         for (i, inv) in inv.iter_mut().enumerate().take(rows) {
-            let row = &mut s.scores[i * lp..i * lp + len];
-            *inv = 1.0 / softmax_unnormalized(row);
+            *inv = 1.0 / softmax_unnormalized(&mut s.scores[i * lp..i * lp + len], scale);
         }
-        s.probs[..len * MR].fill(0.0);
-        for i in 0..rows {
-            let row = &s.scores[i * lp..i * lp + len];
-            for (j, &p) in row.iter().enumerate() {
-                s.probs[j * MR + i] = p;
-            }
-        }
+        // O = P·V, P read in place from the scores
+        let lhs = Lhs {
+            ptr: s.scores.as_ptr(),
+            row: lp,
+            step: 1,
+        };
         for p in 0..value_panels {
             let cols = NR.min(d - p * NR);
-            // SAFETY: `out` holds `len` rows at `out_stride` with the head's `d` values; this
-            // tile writes rows r0..r0+rows, columns p*NR..p*NR+cols < d.
+            let rhs = if in_place {
+                Rhs {
+                    ptr: v[p * NR..].as_ptr(),
+                    ld: stride,
+                }
+            } else {
+                Rhs {
+                    ptr: s.values[p * len * NR..].as_ptr(),
+                    ld: NR,
+                }
+            };
+            // SAFETY: `lhs` has `rows` rows of `len` probabilities; `rhs` has `len` rows of NR
+            // values (in place: whole panels of the head's d columns, d is a multiple of NR); the tile
+            // writes rows r0..r0+rows, columns p*NR..p*NR+cols < d of `out`.
             unsafe {
                 tile(
                     isa,
                     len,
-                    &s.probs[..len * MR],
-                    &s.values[p * len * NR..(p + 1) * len * NR],
+                    lhs,
+                    rhs,
                     out.as_mut_ptr().add(r0 * out_stride + p * NR),
                     out_stride,
                     rows,
@@ -117,20 +141,123 @@ pub fn attention_head(
     }
 }
 
+/// [`attention_head`] with both products on AMX tiles in bf16 (the opt-in reduced precision):
+/// queries, keys, probabilities and values are rounded to bf16, scores and sums stay f32.
+/// Only call where [`amx::available`] is true.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head_amx(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    len: usize,
+    d: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+    s: &mut Scratch,
+) {
+    const ZERO: [f32; NR] = [0.0; NR];
+    const T: usize = amx::ROWS; // 32: rows per block, values per k step, columns per panel
+    assert!(amx::available() && len >= 1);
+    assert!(q.len() >= (len - 1) * stride + d && k.len() >= (len - 1) * stride + d);
+    assert!(v.len() >= (len - 1) * stride + d && out.len() >= (len - 1) * out_stride + d);
+    let dp = d.div_ceil(T) * T; // head width padded: the k of Q·Kᵀ
+    let lp = len.div_ceil(T) * T; // keys padded: columns of S, the k of P·V
+    let blocks = 0..lp / T;
+    s.q16.clear();
+    s.q16.resize(lp * dp, 0);
+    s.k16.clear();
+    s.k16.resize(lp * dp, 0);
+    s.v16.clear();
+    s.v16.resize(lp * dp, 0);
+    for j in 0..len {
+        let (qr, kr, vr) = (
+            &q[j * stride..j * stride + d],
+            &k[j * stride..j * stride + d],
+            &v[j * stride..j * stride + d],
+        );
+        for dd in 0..d {
+            s.q16[j * dp + dd] = to_bf16(qr[dd]);
+            // keys: panels of 32 keys, `[panel][d/2][32][2]`
+            s.k16[(j / T) * dp * T + (dd / 2) * 2 * T + (j % T) * 2 + dd % 2] = to_bf16(kr[dd]);
+            // values: panels of 32 dims, `[panel][len/2][32][2]`
+            s.v16[(dd / T) * lp * T + (j / 2) * 2 * T + (dd % T) * 2 + j % 2] = to_bf16(vr[dd]);
+        }
+    }
+    s.scores.clear();
+    s.scores.resize(len * lp, 0.0);
+    for p in 0..lp / T {
+        // SAFETY: AMX is available; q16 has lp rows of dp values, k16 one panel of dp/2 pairs
+        // per 32 keys; the output tile lies in `scores` (len rows of lp).
+        unsafe {
+            amx::panel(
+                dp / 2,
+                &s.q16,
+                dp,
+                blocks.clone(),
+                len,
+                &s.k16[p * dp * T..],
+                &ZERO,
+                s.scores.as_mut_ptr().add(p * T),
+                lp,
+                T.min(len - p * T),
+            )
+        };
+    }
+    let mut inv = vec![0f32; len];
+    for (i, inv) in inv.iter_mut().enumerate() {
+        *inv = 1.0 / softmax_unnormalized(&mut s.scores[i * lp..i * lp + len], scale);
+    }
+    s.p16.clear();
+    s.p16.resize(lp * lp, 0);
+    for i in 0..len {
+        rows_to_bf16(
+            &s.scores[i * lp..i * lp + len],
+            len,
+            &mut s.p16[i * lp..(i + 1) * lp],
+            lp,
+        );
+    }
+    for p in 0..dp / T {
+        // SAFETY: AMX is available; p16 has lp rows of lp values, v16 a panel of lp/2 pairs per
+        // 32 dims; the tile writes rows 0..len, columns p*32..p*32+cols < d of `out`.
+        unsafe {
+            amx::panel(
+                lp / 2,
+                &s.p16,
+                lp,
+                blocks.clone(),
+                len,
+                &s.v16[p * lp * T..],
+                &ZERO,
+                out.as_mut_ptr().add(p * T),
+                out_stride,
+                T.min(d - p * T),
+            )
+        };
+    }
+    for (i, f) in inv.iter().enumerate() {
+        for o in &mut out[i * out_stride..i * out_stride + d] {
+            *o *= f;
+        }
+    }
+}
+
 multiversion! {
-    /// `row = exp(row - max)` in place; returns the sum.
-    fn softmax_unnormalized_impl(row: &mut [f32], sum_out: &mut f32) {
+    /// `row = exp(scale · (row - max))` in place; writes the sum.
+    fn softmax_unnormalized_impl(row: &mut [f32], scale: f32, sum_out: &mut f32) {
         let m = super::math::max(row);
         for x in row.iter_mut() {
-            *x = super::math::exp(*x - m);
+            *x = super::math::exp((*x - m) * scale);
         }
         *sum_out = super::math::sum(row);
     }
 }
 
-fn softmax_unnormalized(row: &mut [f32]) -> f32 {
+fn softmax_unnormalized(row: &mut [f32], scale: f32) -> f32 {
     let mut s = 0.0;
-    softmax_unnormalized_impl(row, &mut s);
+    softmax_unnormalized_impl(row, scale, &mut s);
     s
 }
 
@@ -150,6 +277,16 @@ mod tests {
             let scale = 1.0 / (d as f32).sqrt();
             let mut s = Scratch::default();
             attention_head(q, k, v, stride, len, d, scale, &mut out, d, &mut s);
+            if amx::available() {
+                let mut out16 = vec![f32::NAN; len * d];
+                attention_head_amx(q, k, v, stride, len, d, scale, &mut out16, d, &mut s);
+                let err = out
+                    .iter()
+                    .zip(&out16)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(err < 0.02, "len {len} d {d}: bf16 attention off by {err}");
+            }
             for i in 0..len {
                 let sc: Vec<f64> = (0..len)
                     .map(|j| {

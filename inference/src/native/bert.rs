@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::attention::{attention_head, Scratch};
+use super::attention::{attention_head, attention_head_amx, Scratch};
 use super::gemm::{PackedLinear, Precision};
 use super::math::{add_layer_norm, layer_norm, Activation};
 use crate::InferenceError;
@@ -329,12 +329,12 @@ impl BertEncoder {
         let stride = 3 * h;
         let texts = offsets.len() - 1;
         let out = SendPtr(ctx.as_mut_ptr());
+        let use_amx = self.precision == Precision::Bf16 && super::gemm::amx::available();
         let ctx_len = ctx.len();
         let task = |(s, head): (usize, usize)| {
             let (start, end) = (offsets[s], offsets[s + 1]);
             let len = end - start;
             let base = start * stride + head * d;
-            let mut scratch = Scratch::default();
             // SAFETY: task (s, head) writes only rows start..end, columns head*d..(head+1)*d of
             // ctx; no two tasks share such a block, and all of them lie inside ctx.
             let out_slice = unsafe {
@@ -343,18 +343,25 @@ impl BertEncoder {
                 debug_assert!(first + span <= ctx_len);
                 std::slice::from_raw_parts_mut(out.get().add(first), span)
             };
-            attention_head(
-                &qkv[base..],
-                &qkv[base + h..],
-                &qkv[base + 2 * h..],
-                stride,
-                len,
-                d,
-                scale,
-                out_slice,
-                h,
-                &mut scratch,
-            );
+            let head = if use_amx {
+                attention_head_amx
+            } else {
+                attention_head
+            };
+            SCRATCH.with_borrow_mut(|scratch| {
+                head(
+                    &qkv[base..],
+                    &qkv[base + h..],
+                    &qkv[base + 2 * h..],
+                    stride,
+                    len,
+                    d,
+                    scale,
+                    out_slice,
+                    h,
+                    scratch,
+                )
+            });
         };
         let tasks = texts * heads;
         if tasks == 1 || rayon::current_num_threads() == 1 {
@@ -368,6 +375,11 @@ impl BertEncoder {
                 .for_each(task);
         }
     }
+}
+
+thread_local! {
+    /// Attention scratch buffers, kept per thread between heads and calls.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 #[derive(Clone, Copy)]

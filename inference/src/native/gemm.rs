@@ -144,23 +144,32 @@ impl PackedLinear {
         let out_ptr = SendPtr(out.as_mut_ptr());
         match &self.packed {
             Packed::F32(w) => {
-                let ap = pack_rows_f32(a, m, k);
+                // The activations are read in place, row by row: no packing.
                 let use_avx512 = self.isa == Isa::Avx512 || self.isa == Isa::Avx512Bf16;
-                self.for_each_panel(|panel| {
-                    let wp = &w[panel * k * NR..(panel + 1) * k * NR];
+                let a_ptr = SendConstPtr(a.as_ptr());
+                self.schedule(row_blocks, MR * k * 4, |blocks, panel| {
+                    let rhs = Rhs {
+                        ptr: w[panel * k * NR..(panel + 1) * k * NR].as_ptr(),
+                        ld: NR,
+                    };
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
-                    for rb in 0..row_blocks {
+                    for rb in blocks {
                         let rows = MR.min(m - rb * MR);
-                        let a_blk = &ap[rb * k * MR..(rb + 1) * k * MR];
+                        let lhs = Lhs {
+                            // SAFETY: row rb*MR is inside `a` (rb < row_blocks).
+                            ptr: unsafe { a_ptr.get().add(rb * MR * k) },
+                            row: k,
+                            step: 1,
+                        };
                         // SAFETY: each (row block, panel) tile of `out` is written by exactly one
-                        // task, inside bounds checked above.
+                        // task, inside bounds checked above; `lhs` has `rows` rows of `k` values.
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
                         if use_avx512 {
                             // SAFETY: the CPU has AVX-512F (checked by Isa::detect).
-                            unsafe { kernel_f32_avx512(k, a_blk, wp, bias, c, n, rows, cols) }
+                            unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, n, rows, cols) }
                         } else {
-                            kernel_f32_portable(k, a_blk, wp, bias, c, n, rows, cols)
+                            kernel_f32_portable(k, lhs, rhs, bias, c, n, rows, cols)
                         }
                     }
                 });
@@ -171,7 +180,8 @@ impl PackedLinear {
                 let padded_rows = m.div_ceil(amx::ROWS) * amx::ROWS;
                 let mut ap = vec![0u16; padded_rows * lda];
                 rows_to_bf16(&a[..m * k], k, &mut ap, lda);
-                self.for_each_panel(|panel| {
+                let blocks = padded_rows / amx::ROWS;
+                self.schedule(blocks, amx::ROWS * lda * 2, |blocks, panel| {
                     let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
@@ -183,6 +193,7 @@ impl PackedLinear {
                             kp,
                             &ap,
                             lda,
+                            blocks,
                             m,
                             wp,
                             bias,
@@ -198,11 +209,11 @@ impl PackedLinear {
                 let kp = k.div_ceil(2);
                 let ap = pack_rows_bf16(a, m, k);
                 let native = self.isa == Isa::Avx512Bf16;
-                self.for_each_panel(|panel| {
+                self.schedule(row_blocks, MR * kp * 4, |blocks, panel| {
                     let wp = &w[panel * kp_packed * NR * 2..(panel + 1) * kp_packed * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
-                    for rb in 0..row_blocks {
+                    for rb in blocks {
                         let rows = MR.min(m - rb * MR);
                         let a_blk = &ap[rb * kp * MR..(rb + 1) * kp * MR];
                         // SAFETY: as above.
@@ -219,40 +230,80 @@ impl PackedLinear {
         }
     }
 
-    /// Run `f` for every output panel, spread over the current rayon pool.
-    fn for_each_panel(&self, f: impl Fn(usize) + Sync + Send) {
-        if self.panels == 1 || rayon::current_num_threads() == 1 {
-            (0..self.panels).for_each(f);
+    /// Run `f(row blocks, panel)` over every (row block, output panel) pair, spread over the
+    /// current rayon pool. With enough rows, each task takes a chunk of row blocks whose packed
+    /// activations (`block_bytes` each) stay in its core's L2 cache while every weight panel
+    /// streams past them once; with few rows (a query), tasks split the panels instead.
+    fn schedule(
+        &self,
+        row_blocks: usize,
+        block_bytes: usize,
+        f: impl Fn(std::ops::Range<usize>, usize) + Sync + Send,
+    ) {
+        /// Packed activations one task keeps in L2 (a core has 1-2 MiB on current x86 servers).
+        const CHUNK_BYTES: usize = 768 * 1024;
+        let threads = rayon::current_num_threads();
+        if threads == 1 || row_blocks >= 2 * threads {
+            let per_chunk = (CHUNK_BYTES / block_bytes.max(1))
+                .max(1)
+                .min(row_blocks.div_ceil(threads));
+            let run = |start: usize| {
+                let blocks = start..(start + per_chunk).min(row_blocks);
+                for panel in 0..self.panels {
+                    f(blocks.clone(), panel);
+                }
+            };
+            if threads == 1 || per_chunk >= row_blocks {
+                (0..row_blocks).step_by(per_chunk).for_each(run);
+            } else {
+                let starts: Vec<usize> = (0..row_blocks).step_by(per_chunk).collect();
+                starts.into_par_iter().for_each(run);
+            }
+        } else if self.panels == 1 {
+            f(0..row_blocks, 0);
         } else {
-            (0..self.panels).into_par_iter().for_each(f);
+            (0..self.panels)
+                .into_par_iter()
+                .for_each(|panel| f(0..row_blocks, panel));
         }
     }
 }
 
-/// One `MR × NR` output tile: `c = a · b` over `k`, with `a` packed as [`pack_rows_f32`] makes
-/// one block and `b` one panel (`k × NR`, `k`-major). Stores `rows × cols` values at stride `ldc`.
+/// One `MR × NR` output tile: `c = lhs · rhs` over `k` steps; stores `rows × cols` values at
+/// stride `ldc`.
 ///
 /// # Safety
-/// `c` must be valid for writes of `rows` rows of `cols` values at stride `ldc`; `rows <= MR`,
-/// `cols <= NR`.
+/// `lhs` must be readable for `k` steps of `rows` rows, `rhs` for `k` rows of `NR` values, and
+/// `c` writable for `rows` rows of `cols` values at stride `ldc`; `rows <= MR`, `cols <= NR`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     isa: Isa,
     k: usize,
-    a: &[f32],
-    b: &[f32],
+    lhs: Lhs,
+    rhs: Rhs,
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
 ) {
     const ZERO: [f32; NR] = [0.0; NR];
-    assert!(a.len() >= k * MR && b.len() >= k * NR && rows <= MR && cols <= NR);
+    assert!(rows <= MR && cols <= NR);
     if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
-        // SAFETY: the CPU has AVX-512F; the caller vouches for `c`.
-        unsafe { kernel_f32_avx512(k, a, b, &ZERO, c, ldc, rows, cols) }
+        // SAFETY: the CPU has AVX-512F; the caller vouches for the operands.
+        unsafe { kernel_f32_avx512(k, lhs, rhs, &ZERO, c, ldc, rows, cols) }
     } else {
-        kernel_f32_portable(k, a, b, &ZERO, c, ldc, rows, cols)
+        kernel_f32_portable(k, lhs, rhs, &ZERO, c, ldc, rows, cols)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendConstPtr(*const f32);
+// SAFETY: used only to share one read-only input among the tasks of one call.
+unsafe impl Send for SendConstPtr {}
+unsafe impl Sync for SendConstPtr {}
+impl SendConstPtr {
+    fn get(self) -> *const f32 {
+        self.0
     }
 }
 
@@ -291,7 +342,7 @@ fn padded_pairs(k: usize) -> usize {
 
 multiversion! {
     /// `src` rows of `k` values as bf16 rows of `lda` values in `dst` (the rest stays zero).
-    fn rows_to_bf16(src: &[f32], k: usize, dst: &mut [u16], lda: usize) {
+    pub(crate) fn rows_to_bf16(src: &[f32], k: usize, dst: &mut [u16], lda: usize) {
         for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(lda)) {
             for (x, y) in s.iter().zip(d.iter_mut()) {
                 let bits = x.to_bits();
@@ -300,19 +351,6 @@ multiversion! {
             }
         }
     }
-}
-
-/// Rows of `a` (`m × k`) as blocks of `MR` rows, each `k`-major, zero-padded.
-fn pack_rows_f32(a: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let blocks = m.div_ceil(MR);
-    let mut p = vec![0f32; blocks * k * MR];
-    for (r, row) in a[..m * k].chunks_exact(k).enumerate() {
-        let base = (r / MR) * k * MR + r % MR;
-        for (kk, &v) in row.iter().enumerate() {
-            p[base + kk * MR] = v;
-        }
-    }
-    p
 }
 
 /// Rows of `a` as blocks of `MR` rows of bf16 pairs (`k`, `k+1`) packed in a `u32`, zero-padded.
@@ -354,18 +392,27 @@ multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn kernel_f32_portable(
         k: usize,
-        a: &[f32],
-        b: &[f32],
+        lhs: Lhs,
+        rhs: Rhs,
         bias: &[f32],
         c: *mut f32,
         ldc: usize,
         rows: usize,
         cols: usize,
     ) {
+        let off = row_offsets(lhs, rows);
         let mut acc = [[0f32; NR]; MR];
-        for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+        for kk in 0..k {
+            // SAFETY: as in the AVX-512 kernel.
+            let (ap, bv) = unsafe {
+                (
+                    lhs.ptr.add(kk * lhs.step),
+                    std::slice::from_raw_parts(rhs.ptr.add(kk * rhs.ld), NR),
+                )
+            };
             for i in 0..MR {
-                let x = av[i];
+                // SAFETY: as above.
+                let x = unsafe { *ap.add(off[i]) };
                 for j in 0..NR {
                     acc[i][j] += x * bv[j];
                 }
@@ -401,13 +448,38 @@ multiversion! {
     }
 }
 
+/// The left operand of a tile: element (row `i`, step `kk`) at `ptr[i * row + kk * step]`.
+/// Rows past the tile's valid ones repeat its last valid row (never stored).
+#[derive(Clone, Copy)]
+pub(crate) struct Lhs {
+    pub ptr: *const f32,
+    pub row: usize,
+    pub step: usize,
+}
+
+/// The right operand of a tile: `k` rows of [`NR`] contiguous values, `ld` apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Rhs {
+    pub ptr: *const f32,
+    pub ld: usize,
+}
+
+#[inline(always)]
+fn row_offsets(lhs: Lhs, rows: usize) -> [usize; MR] {
+    let mut off = [0usize; MR];
+    for (i, o) in off.iter_mut().enumerate() {
+        *o = i.min(rows.max(1) - 1) * lhs.row;
+    }
+    off
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_f32_avx512(
     k: usize,
-    a: &[f32],
-    b: &[f32],
+    lhs: Lhs,
+    rhs: Rhs,
     bias: &[f32],
     c: *mut f32,
     ldc: usize,
@@ -415,23 +487,25 @@ unsafe fn kernel_f32_avx512(
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= k * MR && b.len() >= k * NR && bias.len() >= NR);
+    debug_assert!(bias.len() >= NR);
+    let off = row_offsets(lhs, rows);
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
-    let mut ap = a.as_ptr();
-    let mut bp = b.as_ptr();
+    let mut ap = lhs.ptr;
+    let mut bp = rhs.ptr;
     for _ in 0..k {
-        // SAFETY: `a` holds k × MR values and `b` k × NR (asserted by the caller's slicing).
+        // SAFETY: the caller guarantees `k` steps of `rows` valid rows of `lhs` and `k` rows of
+        // NR values of `rhs`.
         unsafe {
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
             for i in 0..MR {
-                let x = _mm512_set1_ps(*ap.add(i));
+                let x = _mm512_set1_ps(*ap.add(off[i]));
                 c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
                 c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
             }
-            ap = ap.add(MR);
-            bp = bp.add(NR);
+            ap = ap.add(lhs.step);
+            bp = bp.add(rhs.ld);
         }
     }
     // SAFETY: bias has NR values; `c` points at a tile with `rows × cols` valid elements.
@@ -517,15 +591,15 @@ unsafe fn store_avx512(
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_f32_avx512(
     k: usize,
-    a: &[f32],
-    b: &[f32],
+    lhs: Lhs,
+    rhs: Rhs,
     bias: &[f32],
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
 ) {
-    kernel_f32_portable(k, a, b, bias, c, ldc, rows, cols)
+    kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -638,7 +712,7 @@ mod tests {
 /// 16 × 32 bf16 tile by a 32 × 16 one into a 16 × 16 f32 tile. Linux hands out the 8 KiB of
 /// tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), made once per process.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod amx {
+pub(crate) mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
 
@@ -700,7 +774,8 @@ mod amx {
         })
     }
 
-    /// One output panel (`NR` columns) for all `m` rows: `out = a · panel + bias`.
+    /// One output panel (`NR` columns) for the rows of `blocks` (of [`ROWS`] rows, the last
+    /// one cut at `m`): `out = a · panel + bias`.
     /// `a`: bf16 rows of `lda` (= 2 × `kp`) values, at least `m` rounded up to [`ROWS`] rows;
     /// `b`: the panel, `kp` pairs × `NR` columns × 2.
     ///
@@ -711,6 +786,7 @@ mod amx {
         kp: usize,
         a: &[u16],
         lda: usize,
+        blocks: std::ops::Range<usize>,
         m: usize,
         b: &[u16],
         bias: &[f32],
@@ -728,7 +804,7 @@ mod amx {
         // `b` (asserted above), the stores write 16 rows of 64 bytes inside `tile`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
-            for r0 in (0..m).step_by(ROWS) {
+            for r0 in blocks.map(|b| b * ROWS).filter(|&r| r < m) {
                 asm!(
                     "tilezero tmm0",
                     "tilezero tmm1",
@@ -785,7 +861,7 @@ mod amx {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-mod amx {
+pub(crate) mod amx {
     pub const ROWS: usize = 32;
     pub fn available() -> bool {
         false
@@ -795,6 +871,7 @@ mod amx {
         _kp: usize,
         _a: &[u16],
         _lda: usize,
+        _blocks: std::ops::Range<usize>,
         _m: usize,
         _b: &[u16],
         _bias: &[f32],
