@@ -110,7 +110,8 @@ fn main() {
         ms[ms.len() / 2],
         ms[ms.len() * 95 / 100]
     );
-    if precision != Precision::F32 {
+    // EMBED_BENCH_NO_ACCURACY skips the comparison with f32 (for profiling).
+    if precision != Precision::F32 && std::env::var_os("EMBED_BENCH_NO_ACCURACY").is_none() {
         result["accuracy"] = accuracy(&files, &embedder, &inputs, &pool, max_batch_tokens);
     }
     std::fs::write(

@@ -334,6 +334,27 @@ pub fn from_bf16(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
+multiversion! {
+    /// `out[i][j] = tile[i][j] + bias[j]` for the first `rows` rows and `cols` columns (`out` at
+    /// stride `ldc`).
+    fn add_bias_rows(
+        tile: &[[f32; NR]],
+        rows: usize,
+        bias: &[f32],
+        out: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        for (i, row) in tile.iter().enumerate().take(rows) {
+            // SAFETY: the caller passes `out` valid for `rows` rows of `cols` values at `ldc`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(i * ldc), cols) };
+            for ((d, t), b) in dst.iter_mut().zip(&row[..cols]).zip(&bias[..cols]) {
+                *d = t + b;
+            }
+        }
+    }
+}
+
 /// Pairs of `k` values in a packed bf16 column: a multiple of 16, so AMX tiles (32 values of
 /// `k`) never read past a panel.
 fn padded_pairs(k: usize) -> usize {
@@ -848,12 +869,7 @@ pub(crate) mod amx {
                     st = in(reg) t_stride,
                     options(nostack)
                 );
-                for (i, row) in tile.iter().enumerate().take((m - r0).min(ROWS)) {
-                    let dst = out.add((r0 + i) * ldc);
-                    for j in 0..cols {
-                        *dst.add(j) = row[j] + bias[j];
-                    }
-                }
+                super::add_bias_rows(&tile, (m - r0).min(ROWS), bias, out.add(r0 * ldc), ldc, cols);
             }
             asm!("tilerelease", options(nostack, nomem));
         }
