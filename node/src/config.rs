@@ -39,9 +39,11 @@ pub struct ThreadsConfig {
     pub index: usize,
     /// Tokio worker threads (HTTP and actors; CPU work never runs on them).
     pub http: usize,
-    /// Scheduling priority (nice, 0..19) of the ingest embedder's threads: while a query is
-    /// embedded, the kernel gives the cores to the query (Linux).
+    /// Scheduling priority (nice, 0..19) of the ingest embedder's threads and of the background
+    /// threads: while a query is embedded, the kernel gives the cores to the query (Linux).
     pub ingest_nice: i32,
+    /// Background threads, at `ingest_nice`: chunking, HNSW inserts, compactions, graph dumps.
+    pub background: usize,
 }
 
 impl Default for ThreadsConfig {
@@ -52,6 +54,7 @@ impl Default for ThreadsConfig {
             index: 0,
             http: 0,
             ingest_nice: 19,
+            background: 1,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     pub query_pool: Arc<rayon::ThreadPool>,
     pub ingest_pool: Arc<rayon::ThreadPool>,
+    /// Low-priority threads for ingest work that is not embedding (see [`NodeContext::background`]).
+    pub background_pool: Arc<rayon::ThreadPool>,
     pub query_gate: Arc<crate::embed_exec::QueryGate>,
     pub shards: ShardRegistry,
     pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
@@ -88,9 +90,15 @@ impl NodeContext {
             config.threads.ingest_inference,
             config.threads.ingest_nice,
         )?;
+        let background_pool = pool(
+            "background",
+            config.threads.background.max(1),
+            config.threads.ingest_nice,
+        )?;
         Ok(NodeContext {
             query_pool,
             ingest_pool,
+            background_pool,
             query_gate: Arc::default(),
             reranker,
             reranker_actor: RwLock::new(None),
@@ -182,7 +190,14 @@ impl NodeContext {
         let index = *next;
         let store = self.store.clone();
         let kind = command.kind();
-        let result = tokio::task::spawn_blocking(move || store.apply(index, &command)).await?;
+        // Storing chunks is ingest work: it runs on the low-priority background threads (like
+        // the embedding before it and the HNSW insert after it), everything else at once.
+        let result = if matches!(command, Command::StoreChunks { .. }) {
+            self.background(move || store.apply(index, &command))
+                .await?
+        } else {
+            tokio::task::spawn_blocking(move || store.apply(index, &command)).await?
+        };
         let applied = match result {
             Ok(a) => a,
             Err(e) => {
@@ -198,6 +213,25 @@ impl NodeContext {
         }
         tracing::debug!(index, kind, "applied");
         Ok(applied.outcome)
+    }
+
+    /// Run CPU work that belongs to ingest (chunking, HNSW inserts, compactions, dumps) on the
+    /// low-priority background threads, so that it never takes a core from a search. A panic in
+    /// `f` comes back as an error.
+    pub async fn background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.background_pool.spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(result);
+        });
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(NodeError::Internal("background task panicked".into())),
+            Err(_) => Err(NodeError::Internal("background task was dropped".into())),
+        }
     }
 
     /// Wait until no apply is in progress: what the store says then, the index agrees with.

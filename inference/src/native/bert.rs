@@ -82,9 +82,10 @@ pub struct BertEncoder {
     prefix: String,
 }
 
-/// The encoder's output: the last hidden states of every token, texts one after another.
+/// The encoder's output: the last hidden states of every token, texts one after another. Its
+/// buffers go back to the thread's workspace when it is dropped.
 pub struct Hidden {
-    pub values: Vec<f32>,
+    ws: Option<Box<Workspace>>,
     pub width: usize,
     /// Row where each text starts, and one past the last row.
     pub offsets: Vec<usize>,
@@ -93,7 +94,60 @@ pub struct Hidden {
 impl Hidden {
     /// The rows of text `i`.
     pub fn rows(&self, i: usize) -> &[f32] {
-        &self.values[self.offsets[i] * self.width..self.offsets[i + 1] * self.width]
+        let x = self.ws.as_ref().map_or(&[][..], |w| &w.x[..]);
+        &x[self.offsets[i] * self.width..self.offsets[i + 1] * self.width]
+    }
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            if ws.bytes() <= Workspace::KEEP_BYTES {
+                WORKSPACE.set(Some(ws));
+            }
+        }
+    }
+}
+
+/// The activations of one forward pass, kept per thread between passes: allocating (and
+/// page-faulting) tens of MiB per batch stalls every other thread of the process on the
+/// kernel's memory-map lock, searches included.
+#[derive(Default)]
+struct Workspace {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    inter: Vec<f32>,
+}
+
+impl Workspace {
+    /// Larger workspaces (from an unusually large batch) are freed rather than kept.
+    const KEEP_BYTES: usize = 96 << 20;
+
+    fn take() -> Box<Workspace> {
+        WORKSPACE.take().unwrap_or_default()
+    }
+
+    fn bytes(&self) -> usize {
+        4 * (self.x.capacity()
+            + self.qkv.capacity()
+            + self.ctx.capacity()
+            + self.tmp.capacity()
+            + self.inter.capacity())
+    }
+}
+
+thread_local! {
+    static WORKSPACE: std::cell::Cell<Option<Box<Workspace>>> = const { std::cell::Cell::new(None) };
+}
+
+/// `v` with exactly `n` elements; the contents are left as they are (every user overwrites all).
+fn sized(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    } else {
+        v.truncate(n);
     }
 }
 
@@ -257,7 +311,22 @@ impl BertEncoder {
             offsets.push(offsets[offsets.len() - 1] + s.ids.len());
         }
         let t = offsets[offsets.len() - 1];
-        let mut x = vec![0f32; t * h];
+        let i_size = self.shape.intermediate_size;
+        // A nested call on the same thread (rayon work stealing) finds the cell empty and gets
+        // fresh buffers.
+        let mut ws = Workspace::take();
+        let Workspace {
+            x,
+            qkv,
+            ctx,
+            tmp,
+            inter,
+        } = &mut *ws;
+        sized(x, t * h);
+        sized(qkv, t * 3 * h);
+        sized(ctx, t * h);
+        sized(tmp, t * h);
+        sized(inter, t * i_size);
         for (s, seq) in seqs.iter().enumerate() {
             for (p, (&id, &tt)) in seq.ids.iter().zip(seq.type_ids).enumerate() {
                 let (id, tt) = (id as usize, tt as usize);
@@ -275,20 +344,15 @@ impl BertEncoder {
                 }
             }
         }
-        rows_par(&mut x, h, |chunk| {
+        rows_par(x, h, |chunk| {
             layer_norm(chunk, &self.emb_norm.gamma, &self.emb_norm.beta, self.eps)
         });
 
-        let i_size = self.shape.intermediate_size;
-        let mut qkv = vec![0f32; t * 3 * h];
-        let mut ctx = vec![0f32; t * h];
-        let mut tmp = vec![0f32; t * h];
-        let mut inter = vec![0f32; t * i_size];
         for layer in &self.layers {
-            layer.qkv.forward(&x, t, &mut qkv);
-            self.attention(&qkv, &offsets, &mut ctx);
-            layer.attn_out.forward(&ctx, t, &mut tmp);
-            rows_par2(&mut tmp, &x, h, |dst, res| {
+            layer.qkv.forward(x, t, qkv);
+            self.attention(qkv, &offsets, ctx);
+            layer.attn_out.forward(ctx, t, tmp);
+            rows_par2(tmp, x, h, |dst, res| {
                 add_layer_norm(
                     dst,
                     res,
@@ -297,11 +361,11 @@ impl BertEncoder {
                     self.eps,
                 )
             });
-            std::mem::swap(&mut x, &mut tmp);
-            layer.intermediate.forward(&x, t, &mut inter);
-            rows_par(&mut inter, i_size, |chunk| self.act.apply(chunk));
-            layer.output.forward(&inter, t, &mut tmp);
-            rows_par2(&mut tmp, &x, h, |dst, res| {
+            std::mem::swap(x, tmp);
+            layer.intermediate.forward(x, t, inter);
+            rows_par(inter, i_size, |chunk| self.act.apply(chunk));
+            layer.output.forward(inter, t, tmp);
+            rows_par2(tmp, x, h, |dst, res| {
                 add_layer_norm(
                     dst,
                     res,
@@ -310,10 +374,10 @@ impl BertEncoder {
                     self.eps,
                 )
             });
-            std::mem::swap(&mut x, &mut tmp);
+            std::mem::swap(x, tmp);
         }
         Ok(Hidden {
-            values: x,
+            ws: Some(ws),
             width: h,
             offsets,
         })

@@ -5,9 +5,10 @@ use std::sync::OnceLock;
 /// The instruction sets the native kernels are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512F with AVX512-BF16 (`vdpbf16ps`): f32 and bf16 kernels.
+    /// AVX-512 with AVX512-BF16 (`vdpbf16ps`): f32 and bf16 kernels.
     Avx512Bf16,
-    /// AVX-512F: the f32 kernel; bf16 weights are multiplied by the portable kernel.
+    /// AVX-512 (F, BW, VL, DQ): the f32 kernel; bf16 weights are multiplied by the portable
+    /// kernel (or AMX where present).
     Avx512,
     /// AVX2 with FMA: compiler-vectorised portable code.
     Avx2,
@@ -24,7 +25,15 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             {
-                if is_x86_feature_detected!("avx512f") {
+                // The multiversioned code is compiled for F, BW, VL and DQ together (every
+                // AVX-512 server CPU since Skylake-SP and Zen 4 has all four), with AVX2 and FMA.
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
                     if is_x86_feature_detected!("avx512bf16") {
                         return Isa::Avx512Bf16;
                     }

@@ -869,7 +869,14 @@ pub(crate) mod amx {
                     st = in(reg) t_stride,
                     options(nostack)
                 );
-                super::add_bias_rows(&tile, (m - r0).min(ROWS), bias, out.add(r0 * ldc), ldc, cols);
+                super::add_bias_rows(
+                    &tile,
+                    (m - r0).min(ROWS),
+                    bias,
+                    out.add(r0 * ldc),
+                    ldc,
+                    cols,
+                );
             }
             asm!("tilerelease", options(nostack, nomem));
         }

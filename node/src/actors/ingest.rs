@@ -101,14 +101,15 @@ enum Processed {
 async fn process(ctx: &Arc<NodeContext>, docs: Vec<PendingDocument>) -> Processed {
     let chunker = ctx.chunker.clone();
     let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
-    let chunked = tokio::task::spawn_blocking(move || {
-        texts
-            .iter()
-            .map(|t| chunker.chunk(t).map_err(|e| e.to_string()))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_else(|e| vec![Err(format!("chunking failed: {e}")); docs.len()]);
+    let chunked = ctx
+        .background(move || {
+            texts
+                .iter()
+                .map(|t| chunker.chunk(t).map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(format!("chunking failed: {e}")); docs.len()]);
 
     // Embed every chunk of the batch together, in groups of `batch_chunks`.
     let all: Vec<String> = chunked

@@ -86,7 +86,7 @@ impl ShardState {
         }
         let dir = self.ctx.shard_dump_dir(&self.collection);
         let start = Instant::now();
-        tokio::task::spawn_blocking(move || shard.dump(&dir)).await??;
+        self.ctx.background(move || shard.dump(&dir)).await??;
         self.dirty = false;
         tracing::debug!(collection = %self.collection.name, ms = start.elapsed().as_millis() as u64, "shard dumped");
         Ok(())
@@ -156,7 +156,9 @@ impl Actor for ShardActor {
             }
             ShardMsg::Insert(points, reply) => {
                 let result = match state.shard() {
-                    Ok(shard) => tokio::task::spawn_blocking(move || shard.insert(points))
+                    Ok(shard) => state
+                        .ctx
+                        .background(move || shard.insert(points))
                         .await
                         .map_err(|e| e.to_string())
                         .and_then(|r| r.map_err(|e| e.to_string())),
@@ -174,7 +176,7 @@ impl Actor for ShardActor {
                         if shard.needs_compaction() {
                             let start = Instant::now();
                             let s = shard.clone();
-                            let removed = tokio::task::spawn_blocking(move || s.compact()).await?;
+                            let removed = state.ctx.background(move || s.compact()).await?;
                             let name = state.collection.name.as_str();
                             state
                                 .ctx
