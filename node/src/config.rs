@@ -418,6 +418,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_and_precision_are_checked() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.model.precision = "bf16".into();
+        assert!(c.validate().is_ok());
+        c.model.engine = "candle".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("needs model.engine `native`"), "{e}");
+        c.model.engine = "onnx".into();
+        assert!(c.validate().unwrap_err().contains("model.engine"));
+        let mut c = Config::default();
+        c.reranker.precision = "int4".into();
+        assert!(c.validate().unwrap_err().contains("reranker.precision"));
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)]
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
