@@ -239,13 +239,7 @@ impl Embedder {
     fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
         match &self.inner.model {
             Model::Native(encoder) => {
-                let seqs: Vec<Sequence> = encodings
-                    .iter()
-                    .map(|e| Sequence {
-                        ids: e.get_ids(),
-                        type_ids: e.get_type_ids(),
-                    })
-                    .collect();
+                let seqs = sequences(encodings);
                 let hidden = encoder.forward(&seqs)?;
                 Ok((0..seqs.len())
                     .map(|i| mean_pool_normalized(hidden.rows(i), hidden.width))
@@ -295,4 +289,15 @@ fn mean_pool_normalized(rows: &[f32], width: usize) -> Vec<f32> {
         .sqrt()
         .max(1e-12);
     mean.iter().map(|m| (m / n / norm) as f32).collect()
+}
+
+/// The native encoder's view of tokenised texts.
+pub(crate) fn sequences<'a>(encodings: &[&'a Encoding]) -> Vec<Sequence<'a>> {
+    encodings
+        .iter()
+        .map(|e| Sequence {
+            ids: e.get_ids(),
+            type_ids: e.get_type_ids(),
+        })
+        .collect()
 }

@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
 use crate::batch::{length_groups, pad};
-use crate::embedder::{Engine, Model};
-use crate::native::{Precision, Sequence};
+use crate::embedder::{sequences, Engine, Model};
+use crate::native::Precision;
 use crate::{InferenceError, ModelFiles};
 
 #[derive(Debug, Clone, Copy)]
@@ -225,13 +225,7 @@ impl CrossEncoder {
                 pooler,
                 classifier,
             } => {
-                let seqs: Vec<Sequence> = encodings
-                    .iter()
-                    .map(|e| Sequence {
-                        ids: e.get_ids(),
-                        type_ids: e.get_type_ids(),
-                    })
-                    .collect();
+                let seqs = sequences(encodings);
                 let hidden = encoder.forward(&seqs)?;
                 let first: Vec<Vec<f32>> = (0..seqs.len())
                     .map(|i| hidden.rows(i)[..hidden.width].to_vec())

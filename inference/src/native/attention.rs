@@ -32,8 +32,7 @@ pub fn attention_head(
     out_stride: usize,
     s: &mut Scratch,
 ) {
-    assert!(len >= 1 && q.len() >= (len - 1) * stride + d && k.len() >= (len - 1) * stride + d);
-    assert!(v.len() >= (len - 1) * stride + d && out.len() >= (len - 1) * out_stride + d);
+    check_head(q, k, v, stride, len, d, out, out_stride);
     let isa = Isa::detect();
     let key_panels = len.div_ceil(NR);
     let lp = key_panels * NR;
@@ -141,6 +140,24 @@ pub fn attention_head(
     }
 }
 
+/// The bounds every head computation relies on.
+#[allow(clippy::too_many_arguments)]
+fn check_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    len: usize,
+    d: usize,
+    out: &[f32],
+    out_stride: usize,
+) {
+    assert!(len >= 1, "attention over no tokens");
+    let rows = (len - 1) * stride + d;
+    assert!(q.len() >= rows && k.len() >= rows && v.len() >= rows);
+    assert!(out.len() >= (len - 1) * out_stride + d);
+}
+
 /// [`attention_head`] with both products on AMX tiles in bf16 (the opt-in reduced precision):
 /// queries, keys, probabilities and values are rounded to bf16, scores and sums stay f32.
 /// Only call where [`amx::available`] is true.
@@ -159,9 +176,8 @@ pub fn attention_head_amx(
 ) {
     const ZERO: [f32; NR] = [0.0; NR];
     const T: usize = amx::ROWS; // 32: rows per block, values per k step, columns per panel
-    assert!(amx::available() && len >= 1);
-    assert!(q.len() >= (len - 1) * stride + d && k.len() >= (len - 1) * stride + d);
-    assert!(v.len() >= (len - 1) * stride + d && out.len() >= (len - 1) * out_stride + d);
+    assert!(amx::available());
+    check_head(q, k, v, stride, len, d, out, out_stride);
     let dp = d.div_ceil(T) * T; // head width padded: the k of Q·Kᵀ
     let lp = len.div_ceil(T) * T; // keys padded: columns of S, the k of P·V
     let blocks = 0..lp / T;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::attention::{attention_head, attention_head_amx, Scratch};
-use super::gemm::{PackedLinear, Precision};
+use super::gemm::{PackedLinear, Precision, SendPtr};
 use super::math::{add_layer_norm, layer_norm, Activation};
 use crate::InferenceError;
 
@@ -444,17 +444,6 @@ impl BertEncoder {
 thread_local! {
     /// Attention scratch buffers, kept per thread between heads and calls.
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: hands disjoint blocks of one buffer to the tasks of one call.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Rows per parallel task for the cheap row-wise operations.

@@ -145,7 +145,6 @@ impl PackedLinear {
         match &self.packed {
             Packed::F32(w) => {
                 // The activations are read in place, row by row: no packing.
-                let use_avx512 = self.isa == Isa::Avx512 || self.isa == Isa::Avx512Bf16;
                 let a_ptr = SendConstPtr(a.as_ptr());
                 self.schedule(row_blocks, MR * k * 4, |blocks, panel| {
                     let rhs = Rhs {
@@ -165,12 +164,8 @@ impl PackedLinear {
                         // SAFETY: each (row block, panel) tile of `out` is written by exactly one
                         // task, inside bounds checked above; `lhs` has `rows` rows of `k` values.
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
-                        if use_avx512 {
-                            // SAFETY: the CPU has AVX-512F (checked by Isa::detect).
-                            unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, n, rows, cols) }
-                        } else {
-                            kernel_f32_portable(k, lhs, rhs, bias, c, n, rows, cols)
-                        }
+                        // SAFETY: as above.
+                        unsafe { kernel_f32(self.isa, k, lhs, rhs, bias, c, n, rows, cols) }
                     }
                 });
             }
@@ -287,12 +282,32 @@ pub(crate) unsafe fn tile(
     cols: usize,
 ) {
     const ZERO: [f32; NR] = [0.0; NR];
-    assert!(rows <= MR && cols <= NR);
+    // SAFETY: the caller vouches for the operands.
+    unsafe { kernel_f32(isa, k, lhs, rhs, &ZERO, c, ldc, rows, cols) }
+}
+
+/// The f32 micro-kernel for `isa`: `c = lhs · rhs + bias` on one tile.
+///
+/// # Safety
+/// As [`tile`]; `bias` holds `NR` values.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32(
+    isa: Isa,
+    k: usize,
+    lhs: Lhs,
+    rhs: Rhs,
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    assert!(rows <= MR && cols <= NR && bias.len() >= NR);
     if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
-        // SAFETY: the CPU has AVX-512F; the caller vouches for the operands.
-        unsafe { kernel_f32_avx512(k, lhs, rhs, &ZERO, c, ldc, rows, cols) }
+        // SAFETY: the CPU has AVX-512 (Isa::detect); the caller vouches for the operands.
+        unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, ldc, rows, cols) }
     } else {
-        kernel_f32_portable(k, lhs, rhs, &ZERO, c, ldc, rows, cols)
+        kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
     }
 }
 
@@ -307,13 +322,14 @@ impl SendConstPtr {
     }
 }
 
+/// An output buffer shared by the tasks of one call, each writing its own disjoint block.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint tiles of one output buffer to the tasks of one call.
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: used only to hand disjoint blocks of one buffer to the tasks of one call.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub fn get(self) -> *mut f32 {
         self.0
     }
 }
