@@ -173,8 +173,19 @@ impl PackedLinear {
                 let kp = padded_pairs(k);
                 let lda = kp * 2;
                 let padded_rows = m.div_ceil(amx::ROWS) * amx::ROWS;
-                let mut ap = vec![0u16; padded_rows * lda];
+                // The bf16 activations, in a buffer kept per thread (no allocation per product).
+                // Rows past `m` are computed but never stored; columns past `k` meet zero
+                // weights, so they only need to be finite: zero them.
+                let mut ap = AMX_ROWS.take();
+                if ap.len() < padded_rows * lda {
+                    ap.resize(padded_rows * lda, 0);
+                }
                 rows_to_bf16(&a[..m * k], k, &mut ap, lda);
+                if lda > k {
+                    for row in ap[..padded_rows * lda].chunks_exact_mut(lda) {
+                        row[k..].fill(0);
+                    }
+                }
                 let blocks = padded_rows / amx::ROWS;
                 self.schedule(blocks, amx::ROWS * lda * 2, |blocks, panel| {
                     let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
@@ -198,6 +209,7 @@ impl PackedLinear {
                         )
                     }
                 });
+                AMX_ROWS.set(ap);
             }
             Packed::Bf16(w) => {
                 let kp_packed = padded_pairs(k);
@@ -320,6 +332,11 @@ impl SendConstPtr {
     fn get(self) -> *const f32 {
         self.0
     }
+}
+
+thread_local! {
+    /// bf16 activations for the AMX products, kept per thread.
+    static AMX_ROWS: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// An output buffer shared by the tasks of one call, each writing its own disjoint block.
