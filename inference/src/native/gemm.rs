@@ -225,12 +225,13 @@ impl PackedLinear {
                         let a_blk = &ap[rb * kp * MR..(rb + 1) * kp * MR];
                         // SAFETY: as above.
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
+                        #[cfg(target_arch = "x86_64")]
                         if native {
                             // SAFETY: the CPU has AVX512-BF16 (checked by Isa::detect).
-                            unsafe { kernel_bf16_avx512(kp, a_blk, wp, bias, c, n, rows, cols) }
-                        } else {
-                            kernel_bf16_portable(kp, a_blk, wp, bias, c, n, rows, cols)
+                            unsafe { kernel_bf16_avx512(kp, a_blk, wp, bias, c, n, rows, cols) };
+                            continue;
                         }
+                        kernel_bf16_portable(kp, a_blk, wp, bias, c, n, rows, cols)
                     }
                 });
             }
@@ -315,12 +316,13 @@ unsafe fn kernel_f32(
     cols: usize,
 ) {
     assert!(rows <= MR && cols <= NR && bias.len() >= NR);
+    #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
         // SAFETY: the CPU has AVX-512 (Isa::detect); the caller vouches for the operands.
-        unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, ldc, rows, cols) }
-    } else {
-        kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
+        return unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, ldc, rows, cols) };
     }
+    let _ = isa; // elsewhere detection only ever says Portable
+    kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
 }
 
 #[derive(Clone, Copy)]
@@ -639,36 +641,6 @@ unsafe fn store_avx512(
             _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(c1[i], bias1));
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_f32_avx512(
-    k: usize,
-    lhs: Lhs,
-    rhs: Rhs,
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-) {
-    kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_bf16_avx512(
-    kp: usize,
-    a: &[u32],
-    b: &[u16],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-) {
-    kernel_bf16_portable(kp, a, b, bias, c, ldc, rows, cols)
 }
 
 #[cfg(test)]
