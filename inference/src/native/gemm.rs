@@ -2,19 +2,21 @@
 //!
 //! The weights of a linear layer never change, so they are packed at load into the layout the
 //! micro-kernel reads: panels of [`NR`] output columns, each panel `k`-major. The activations are
-//! packed per call into blocks of [`MR`] rows (a copy of `m × k` values, small next to the
-//! `m × k × n` multiply-adds). The micro-kernel keeps a `MR × NR` tile of the output in registers
-//! (24 of the 32 AVX-512 registers) and streams the two packed operands from cache.
+//! read in place, row by row (f32), or from one bf16 copy per call kept in a per-thread buffer
+//! (bf16: `m × k` conversions, small next to the `m × k × n` multiply-adds). The micro-kernel
+//! keeps a `MR × NR` tile of the output in registers (24 of the 32 AVX-512 registers) and streams
+//! the weight panel from cache.
 //!
-//! Three kernels, picked once at run time by what the CPU has:
+//! The kernels, picked once at run time by what the CPU has:
 //! - AVX-512F, f32 (the default precision);
-//! - AVX512-BF16 (`vdpbf16ps`), for the opt-in bf16 precision: weights and activations rounded to
-//!   bf16, products accumulated in f32;
+//! - for the opt-in bf16 precision (weights and activations rounded to bf16, products
+//!   accumulated in f32): AMX tiles (`tdpbf16ps`, [`amx`]) where present, else AVX512-BF16
+//!   (`vdpbf16ps`);
 //! - a portable kernel (plain Rust, vectorised by the compiler for AVX2 where present) for CPUs
 //!   without AVX-512, and for checking the others.
 //!
-//! Work is split across the calling rayon pool by output panels, so the embedder's thread
-//! settings govern it.
+//! Work is split across the calling rayon pool by chunks of rows (or, for a few rows, by output
+//! panels), so the embedder's thread settings govern it.
 
 use rayon::prelude::*;
 
@@ -176,7 +178,7 @@ impl PackedLinear {
                 // The bf16 activations, in a buffer kept per thread (no allocation per product).
                 // Rows past `m` are computed but never stored; columns past `k` meet zero
                 // weights, so they only need to be finite: zero them.
-                let mut ap = AMX_ROWS.take();
+                let mut ap = BF16_ROWS.take();
                 if ap.len() < padded_rows * lda {
                     ap.resize(padded_rows * lda, 0);
                 }
@@ -209,31 +211,46 @@ impl PackedLinear {
                         )
                     }
                 });
-                AMX_ROWS.set(ap);
+                BF16_ROWS.set(ap);
             }
             Packed::Bf16(w) => {
+                // The activations as bf16 rows (pairs of consecutive `k` as one u32), converted
+                // once per product into a buffer kept per thread, then read in place.
                 let kp_packed = padded_pairs(k);
                 let kp = k.div_ceil(2);
-                let ap = pack_rows_bf16(a, m, k);
+                let lda = kp * 2;
+                let mut ap = BF16_ROWS.take();
+                if ap.len() < m * lda {
+                    ap.resize(m * lda, 0);
+                }
+                rows_to_bf16(&a[..m * k], k, &mut ap, lda);
+                if lda > k {
+                    for row in ap[..m * lda].chunks_exact_mut(lda) {
+                        row[k..].fill(0);
+                    }
+                }
+                let rows_bf16 = &ap[..m * lda];
                 let native = self.isa == Isa::Avx512Bf16;
-                self.schedule(row_blocks, MR * kp * 4, |blocks, panel| {
+                self.schedule(row_blocks, MR * lda * 2, |blocks, panel| {
                     let wp = &w[panel * kp_packed * NR * 2..(panel + 1) * kp_packed * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
                     for rb in blocks {
                         let rows = MR.min(m - rb * MR);
-                        let a_blk = &ap[rb * kp * MR..(rb + 1) * kp * MR];
+                        let a_blk = &rows_bf16[rb * MR * lda..(rb * MR + rows) * lda];
                         // SAFETY: as above.
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
                         #[cfg(target_arch = "x86_64")]
                         if native {
-                            // SAFETY: the CPU has AVX512-BF16 (checked by Isa::detect).
-                            unsafe { kernel_bf16_avx512(kp, a_blk, wp, bias, c, n, rows, cols) };
+                            // SAFETY: the CPU has AVX512-BF16 (checked by Isa::detect); `c` is
+                            // this task's tile, inside bounds checked above.
+                            unsafe { kernel_bf16_avx512(kp, a_blk, rows, wp, bias, c, n, cols) };
                             continue;
                         }
-                        kernel_bf16_portable(kp, a_blk, wp, bias, c, n, rows, cols)
+                        kernel_bf16_portable(kp, a_blk, rows, wp, bias, c, n, cols)
                     }
                 });
+                BF16_ROWS.set(ap);
             }
         }
     }
@@ -337,8 +354,8 @@ impl SendConstPtr {
 }
 
 thread_local! {
-    /// bf16 activations for the AMX products, kept per thread.
-    static AMX_ROWS: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+    /// bf16 activations for the bf16 products, kept per thread.
+    static BF16_ROWS: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// An output buffer shared by the tasks of one call, each writing its own disjoint block.
@@ -409,22 +426,6 @@ multiversion! {
     }
 }
 
-/// Rows of `a` as blocks of `MR` rows of bf16 pairs (`k`, `k+1`) packed in a `u32`, zero-padded.
-fn pack_rows_bf16(a: &[f32], m: usize, k: usize) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let blocks = m.div_ceil(MR);
-    let mut p = vec![0u32; blocks * kp * MR];
-    for (r, row) in a[..m * k].chunks_exact(k).enumerate() {
-        let base = (r / MR) * kp * MR + r % MR;
-        for (kk, pair) in row.chunks(2).enumerate() {
-            let lo = to_bf16(pair[0]) as u32;
-            let hi = pair.get(1).map_or(0, |&v| to_bf16(v) as u32);
-            p[base + kk * MR] = lo | (hi << 16);
-        }
-    }
-    p
-}
-
 /// Add the bias to a finished tile and store its valid `rows × cols` part.
 #[inline(always)]
 fn store_tile(
@@ -479,24 +480,26 @@ multiversion! {
 }
 
 multiversion! {
+    /// `c = a · b + bias` on one tile: `a` holds `rows` rows of `kp` bf16 pairs, `b` `kp`
+    /// steps of `NR` pairs; `c` must be writable for `rows × cols` values at stride `ldc`.
     #[allow(clippy::too_many_arguments)]
     fn kernel_bf16_portable(
         kp: usize,
-        a: &[u32],
+        a: &[u16],
+        rows: usize,
         b: &[u16],
         bias: &[f32],
         c: *mut f32,
         ldc: usize,
-        rows: usize,
         cols: usize,
     ) {
         let mut acc = [[0f32; NR]; MR];
-        for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR * 2)).take(kp) {
-            for i in 0..MR {
-                let lo = from_bf16(av[i] as u16);
-                let hi = from_bf16((av[i] >> 16) as u16);
+        for (kk, bv) in b.chunks_exact(NR * 2).take(kp).enumerate() {
+            for (i, row) in acc.iter_mut().enumerate().take(rows) {
+                let lo = from_bf16(a[i * 2 * kp + 2 * kk]);
+                let hi = from_bf16(a[i * 2 * kp + 2 * kk + 1]);
                 for j in 0..NR {
-                    acc[i][j] += lo * from_bf16(bv[2 * j]) + hi * from_bf16(bv[2 * j + 1]);
+                    row[j] += lo * from_bf16(bv[2 * j]) + hi * from_bf16(bv[2 * j + 1]);
                 }
             }
         }
@@ -568,36 +571,44 @@ unsafe fn kernel_f32_avx512(
     unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
 }
 
+/// # Safety
+/// As [`kernel_bf16_portable`], on a CPU with AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_bf16_avx512(
     kp: usize,
-    a: &[u32],
+    a: &[u16],
+    rows: usize,
     b: &[u16],
     bias: &[f32],
     c: *mut f32,
     ldc: usize,
-    rows: usize,
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR * 2 && bias.len() >= NR);
+    assert!(a.len() >= rows * kp * 2 && b.len() >= kp * NR * 2 && bias.len() >= NR && rows >= 1);
+    // Rows past the valid ones repeat the last valid row (computed, never stored).
+    let mut off = [0usize; MR];
+    for (i, o) in off.iter_mut().enumerate() {
+        *o = i.min(rows - 1) * kp;
+    }
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
-    let mut ap = a.as_ptr();
+    let mut ap = a.as_ptr() as *const i32;
     let mut bp = b.as_ptr();
     for _ in 0..kp {
-        // SAFETY: `a` holds kp × MR pairs and `b` kp × NR pairs (the caller's slicing).
+        // SAFETY: `a` holds `rows` rows of kp pairs and `b` kp × NR pairs (the caller's slicing).
         unsafe {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(NR) as *const _));
             for i in 0..MR {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                let x: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(ap.add(off[i]).read_unaligned()));
                 c0[i] = _mm512_dpbf16_ps(c0[i], x, b0);
                 c1[i] = _mm512_dpbf16_ps(c1[i], x, b1);
             }
-            ap = ap.add(MR);
+            ap = ap.add(1);
             bp = bp.add(NR * 2);
         }
     }
