@@ -104,10 +104,10 @@ pub struct ModelConfig {
     /// padding; texts × longest with candle): long texts go in small batches.
     pub max_batch_tokens: usize,
     /// What runs the model: `native` (shoal's kernels, AVX-512 where present) or `candle`.
-    pub engine: String,
+    pub engine: Engine,
     /// `f32` (exact, the default) or `bf16` (opt-in, native engine only: 1.5x the f32 passage rate
     /// measured on a CPU with AMX, cosine to f32 ≥ 0.9999 on MiniLM).
-    pub precision: String,
+    pub precision: Precision,
     /// Longest an embedding request may wait for the model (ms).
     pub timeout_ms: u64,
     /// How long the query embedder gathers requests into one forward pass (ms).
@@ -132,9 +132,9 @@ pub struct RerankerConfig {
     /// Tokens per forward pass (real tokens with the native engine, pairs × longest with candle).
     pub max_batch_tokens: usize,
     /// `native` or `candle` for BERT cross-encoders (XLM-RoBERTa ones always run on candle).
-    pub engine: String,
+    pub engine: Engine,
     /// `f32` or `bf16` (native engine only).
-    pub precision: String,
+    pub precision: Precision,
     /// Hits rescored when a search asks for `rerank` without `rerank_candidates`.
     pub default_candidates: usize,
     /// Largest `rerank_candidates`, and most documents per `POST /v1/rerank`.
@@ -148,8 +148,8 @@ impl Default for RerankerConfig {
             max_tokens: 512,
             batch_size: 16,
             max_batch_tokens: 2048,
-            engine: "native".into(),
-            precision: "f32".into(),
+            engine: Engine::Native,
+            precision: Precision::F32,
             default_candidates: 50,
             max_candidates: 1_000,
         }
@@ -249,8 +249,8 @@ impl Default for ModelConfig {
             max_tokens: 256,
             batch_size: 32,
             max_batch_tokens: 2048,
-            engine: "native".into(),
-            precision: "f32".into(),
+            engine: Engine::Native,
+            precision: Precision::F32,
             timeout_ms: 60_000,
             batch_window_ms: 2.0,
             ingest_micro_batch: 4,
@@ -379,15 +379,9 @@ impl Config {
             }
         }
         for (section, engine, precision) in [
-            ("model", &self.model.engine, &self.model.precision),
-            ("reranker", &self.reranker.engine, &self.reranker.precision),
+            ("model", self.model.engine, self.model.precision),
+            ("reranker", self.reranker.engine, self.reranker.precision),
         ] {
-            let engine: Engine = engine
-                .parse()
-                .map_err(|e| format!("{section}.engine: {e}"))?;
-            let precision: Precision = precision
-                .parse()
-                .map_err(|e| format!("{section}.precision: {e}"))?;
             if engine == Engine::Candle && precision != Precision::F32 {
                 return Err(format!(
                     "{section}.precision `bf16` needs {section}.engine `native`"
@@ -421,16 +415,36 @@ mod tests {
     fn engine_and_precision_are_checked() {
         let mut c = Config::default();
         assert!(c.validate().is_ok());
-        c.model.precision = "bf16".into();
+        c.model.precision = Precision::Bf16;
         assert!(c.validate().is_ok());
-        c.model.engine = "candle".into();
+        c.model.engine = Engine::Candle;
         let e = c.validate().unwrap_err();
         assert!(e.contains("needs model.engine `native`"), "{e}");
-        c.model.engine = "onnx".into();
-        assert!(c.validate().unwrap_err().contains("model.engine"));
-        let mut c = Config::default();
-        c.reranker.precision = "int4".into();
-        assert!(c.validate().unwrap_err().contains("reranker.precision"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn engine_and_precision_are_read_by_name() {
+        figment::Jail::expect_with(|jail| {
+            let file = jail.directory().join("shoal.toml");
+            std::fs::write(&file, "[model]\nengine = \"candle\"\n").unwrap();
+            jail.set_env("SHOAL_RERANKER__PRECISION", "bf16");
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.model.engine, Engine::Candle);
+            assert_eq!(c.model.precision, Precision::F32);
+            assert_eq!(c.reranker.precision, Precision::Bf16);
+            std::fs::write(&file, "[model]\nengine = \"onnx\"\n").unwrap();
+            let e = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(
+                e.contains("unknown engine `onnx`") && e.contains("engine"),
+                "{e}"
+            );
+            jail.set_env("SHOAL_RERANKER__PRECISION", "int4");
+            std::fs::write(&file, "").unwrap();
+            let e = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(e.contains("unknown precision `int4`"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

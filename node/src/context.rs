@@ -92,7 +92,7 @@ impl NodeContext {
         )?;
         let background_pool = pool(
             "background",
-            config.threads.background.max(1),
+            config.threads.background,
             config.threads.ingest_nice,
         )?;
         Ok(NodeContext {

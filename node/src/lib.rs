@@ -67,8 +67,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_tokens: config.model.max_tokens,
         batch_size: config.model.batch_size,
         max_batch_tokens: config.model.max_batch_tokens,
-        engine: parse_setting("model.engine", &config.model.engine)?,
-        precision: parse_setting("model.precision", &config.model.precision)?,
+        engine: config.model.engine,
+        precision: config.model.precision,
     };
     warn_if_bf16_is_emulated(options.precision);
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&files, options))
@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         model = %config.model.path.display(),
         engine = embedder.engine().name(),
-        precision = ?embedder.precision(),
+        precision = embedder.precision().name(),
         kernels = Isa::detect().name(),
         dimension = embedder.dimension(),
         max_tokens = embedder.max_tokens(),
@@ -93,8 +93,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_tokens: config.reranker.max_tokens,
                 batch_size: config.reranker.batch_size,
                 max_batch_tokens: config.reranker.max_batch_tokens,
-                engine: parse_setting("reranker.engine", &config.reranker.engine)?,
-                precision: parse_setting("reranker.precision", &config.reranker.precision)?,
+                engine: config.reranker.engine,
+                precision: config.reranker.precision,
             };
             warn_if_bf16_is_emulated(options.precision);
             let model = tokio::task::spawn_blocking(move || CrossEncoder::load(&files, options))
@@ -225,13 +225,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-}
-
-/// A validated string setting as its typed value.
-fn parse_setting<T: std::str::FromStr<Err = String>>(name: &str, value: &str) -> anyhow::Result<T> {
-    value
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{name}: {e}"))
 }
 
 fn warn_if_bf16_is_emulated(precision: Precision) {
