@@ -105,8 +105,8 @@ pub struct ModelConfig {
     pub max_batch_tokens: usize,
     /// What runs the model: `native` (shoal's kernels, AVX-512 where present) or `candle`.
     pub engine: Engine,
-    /// `f32` (exact, the default) or `bf16` (opt-in, native engine only: 1.5x the f32 passage rate
-    /// measured on a CPU with AMX, cosine to f32 ≥ 0.9999 on MiniLM).
+    /// `f32` (exact, the default) or `bf16` (opt-in, native engine only: about 1.6x the f32
+    /// passage rate measured with AVX512-BF16 or AMX, cosine to f32 ≥ 0.9999 on MiniLM).
     pub precision: Precision,
     /// Longest an embedding request may wait for the model (ms).
     pub timeout_ms: u64,
