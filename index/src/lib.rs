@@ -16,7 +16,8 @@ pub use distance::{dot, normalize, CosineDistance};
 pub use error::IndexError;
 pub use filter::{Condition, Filter, Metadata, Range};
 pub use shard::{
-    Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams, ShardStats,
+    FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams,
+    ShardStats,
 };
 
 /// Point ids are chosen by the caller (the storage layer) and never reused within a shard.

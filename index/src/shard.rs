@@ -50,6 +50,35 @@ impl ShardParams {
     }
 }
 
+/// How a filtered search is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilteredPlan {
+    /// Exact scan over the points the filter matches.
+    Scan,
+    /// Graph search with the filter and a beam this wide.
+    Graph { beam: usize },
+}
+
+impl ShardParams {
+    /// Scan or graph for a filter matching `matches` of `live` points, at beam width `ef`.
+    ///
+    /// Selective filters (`exact_filter_fraction`, `exact_below`) are scanned. Otherwise the graph
+    /// search needs its beam widened by the selectivity (only that fraction of the visited nodes
+    /// qualify; at most 10 × `ef`), and each node it expands costs about 2·m distances on the
+    /// bottom layer: when that is more than the matches, scanning them is cheaper, and exact.
+    pub fn filtered_plan(&self, matches: usize, live: usize, ef: usize) -> FilteredPlan {
+        let selective = matches as f64 <= self.exact_filter_fraction * live as f64
+            || matches <= self.exact_below;
+        let fraction = matches as f64 / live.max(1) as f64;
+        let beam = ((ef as f64 / fraction.max(0.05)) as usize).min(ef * 10);
+        if selective || matches <= beam * 2 * self.m {
+            FilteredPlan::Scan
+        } else {
+            FilteredPlan::Graph { beam }
+        }
+    }
+}
+
 /// What a point carries besides its vector: used by filters and returned with hits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
@@ -374,21 +403,19 @@ impl Shard {
         });
         let scored: Vec<(PointId, f32)> = match candidates {
             Some(ids) => {
-                let selective = ids.len() as f64
-                    <= self.params.exact_filter_fraction * live.len() as f64
-                    || ids.len() <= self.params.exact_below;
-                if exact_mode || selective {
+                let plan = self.params.filtered_plan(ids.len(), live.len(), ef);
+                if exact_mode || plan == FilteredPlan::Scan {
                     exact_top_k(
                         req.vector,
                         req.k,
                         ids.iter().filter_map(|id| live.get_key_value(id)),
                     )
                 } else {
-                    // Wider beam: only a fraction of the visited nodes qualify.
-                    let fraction = ids.len() as f64 / live.len().max(1) as f64;
-                    let ef = ((ef as f64 / fraction.max(0.05)) as usize).min(ef * 10);
+                    let FilteredPlan::Graph { beam } = plan else {
+                        unreachable!("a scan plan is handled above")
+                    };
                     let allowed: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
-                    self.graph_search(req.vector, req.k, ef, Some(&allowed))
+                    self.graph_search(req.vector, req.k, beam, Some(&allowed))
                 }
             }
             None if exact_mode || live.len() <= self.params.exact_below => {

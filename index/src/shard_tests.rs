@@ -142,16 +142,52 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
     assert_eq!(recall(&shard, &qs, Some(&selective)), 1.0);
     let hits = search(&shard, &qs[0], 10, Some(&selective), SearchMode::Auto);
     assert_eq!(hits.len(), 10);
-    // 50% of points: graph search with the filter
+    // 50% of 3,000 points: scanning the 1,500 matches is cheaper than a filtered graph search
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
-    let r = recall(&shard, &qs, Some(&broad));
-    assert!(r >= 0.9, "recall {r}");
+    assert_eq!(recall(&shard, &qs, Some(&broad)), 1.0);
     // by document id
     let by_doc = Filter::from_json(&json!({"document_id": ["doc-5", "doc-9"]})).unwrap();
     let hits = search(&shard, &qs[0], 10, Some(&by_doc), SearchMode::Auto);
     let mut got = ids(&hits);
     got.sort();
     assert_eq!(got, vec![15, 16, 17, 27, 28, 29]);
+}
+
+#[test]
+fn broad_filters_on_large_shards_search_the_graph() {
+    // m 8: 2,500 matches are more than a beam of 128 costs (128 × 16 distances)
+    let p = ShardParams { m: 8, ..params() };
+    let (shard, _) = Shard::open(p, points(5_000, 8), None).unwrap();
+    let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
+    assert_eq!(
+        p.filtered_plan(2_500, 5_000, p.ef_search),
+        FilteredPlan::Graph { beam: 128 }
+    );
+    let r = recall(&shard, &queries(30), Some(&broad));
+    assert!(r >= 0.9, "recall {r}");
+}
+
+#[test]
+fn filtered_plan_scans_when_cheaper() {
+    let p = ShardParams::new(DIM); // m 16, ef 64, exact below 1,000, fraction 0.1
+    assert_eq!(p.filtered_plan(900, 1_000_000, 64), FilteredPlan::Scan); // few matches
+    assert_eq!(p.filtered_plan(90_000, 1_000_000, 64), FilteredPlan::Scan); // 9%
+                                                                            // 15% of 10,000: a beam of 426 would cost ~13,600 distances, the scan 1,500
+    assert_eq!(p.filtered_plan(1_500, 10_000, 64), FilteredPlan::Scan);
+    // 15% of a million: the graph, with the beam widened to 426
+    assert_eq!(
+        p.filtered_plan(150_000, 1_000_000, 64),
+        FilteredPlan::Graph { beam: 426 }
+    );
+    // 3% (under the 5% floor) and above the scan fraction when it is set low: beam capped at 10×
+    let low = ShardParams {
+        exact_filter_fraction: 0.01,
+        ..p
+    };
+    assert_eq!(
+        low.filtered_plan(30_000, 1_000_000, 64),
+        FilteredPlan::Graph { beam: 640 }
+    );
 }
 
 #[test]
