@@ -175,19 +175,8 @@ impl PackedLinear {
                 let kp = padded_pairs(k);
                 let lda = kp * 2;
                 let padded_rows = m.div_ceil(amx::ROWS) * amx::ROWS;
-                // The bf16 activations, in a buffer kept per thread (no allocation per product).
-                // Rows past `m` are computed but never stored; columns past `k` meet zero
-                // weights, so they only need to be finite: zero them.
-                let mut ap = BF16_ROWS.take();
-                if ap.len() < padded_rows * lda {
-                    ap.resize(padded_rows * lda, 0);
-                }
-                rows_to_bf16(&a[..m * k], k, &mut ap, lda);
-                if lda > k {
-                    for row in ap[..padded_rows * lda].chunks_exact_mut(lda) {
-                        row[k..].fill(0);
-                    }
-                }
+                // Rows past `m` are computed but never stored.
+                let ap = bf16_rows(a, m, k, padded_rows, lda);
                 let blocks = padded_rows / amx::ROWS;
                 self.schedule(blocks, amx::ROWS * lda * 2, |blocks, panel| {
                     let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
@@ -219,16 +208,7 @@ impl PackedLinear {
                 let kp_packed = padded_pairs(k);
                 let kp = k.div_ceil(2);
                 let lda = kp * 2;
-                let mut ap = BF16_ROWS.take();
-                if ap.len() < m * lda {
-                    ap.resize(m * lda, 0);
-                }
-                rows_to_bf16(&a[..m * k], k, &mut ap, lda);
-                if lda > k {
-                    for row in ap[..m * lda].chunks_exact_mut(lda) {
-                        row[k..].fill(0);
-                    }
-                }
+                let ap = bf16_rows(a, m, k, m, lda);
                 let rows_bf16 = &ap[..m * lda];
                 let native = self.isa == Isa::Avx512Bf16;
                 self.schedule(row_blocks, MR * lda * 2, |blocks, panel| {
@@ -405,6 +385,24 @@ multiversion! {
             }
         }
     }
+}
+
+/// The first `m` rows of `a` (`k` values each) as bf16 rows of `lda` values, in the buffer kept
+/// per thread (no allocation per product; hand it back with `BF16_ROWS.set`), which gets room for
+/// `rows >= m` rows. Columns past `k` meet zero weights, so they only need to be finite: they are
+/// zeroed.
+fn bf16_rows(a: &[f32], m: usize, k: usize, rows: usize, lda: usize) -> Vec<u16> {
+    let mut ap = BF16_ROWS.take();
+    if ap.len() < rows * lda {
+        ap.resize(rows * lda, 0);
+    }
+    rows_to_bf16(&a[..m * k], k, &mut ap, lda);
+    if lda > k {
+        for row in ap[..rows * lda].chunks_exact_mut(lda) {
+            row[k..].fill(0);
+        }
+    }
+    ap
 }
 
 /// Pairs of `k` values in a packed bf16 column: a multiple of 16, so AMX tiles (32 values of
