@@ -38,6 +38,25 @@ pub(crate) fn pad(encodings: &[&Encoding]) -> Result<Padded, InferenceError> {
     })
 }
 
+/// `forward` run over `encodings` in [`length_groups`], its outputs put back in input order.
+pub(crate) fn forward_in_groups<T: Default + Clone>(
+    encodings: &[Encoding],
+    batch_size: usize,
+    max_tokens: usize,
+    packed: bool,
+    mut forward: impl FnMut(&[&Encoding]) -> Result<Vec<T>, InferenceError>,
+) -> Result<Vec<T>, InferenceError> {
+    let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+    let mut out = vec![T::default(); encodings.len()];
+    for group in length_groups(&lengths, batch_size, max_tokens, packed) {
+        let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
+        for (&i, v) in group.iter().zip(forward(&members)?) {
+            out[i] = v;
+        }
+    }
+    Ok(out)
+}
+
 /// Indices of `lengths` grouped for batching: sorted by length, so each group pads only to its
 /// own longest member; a group holds at most `batch_size` texts and at most `max_tokens` padded
 /// tokens (count × longest), so long texts go in small groups and short ones in large groups.

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{Encoding, Tokenizer};
 
-use crate::batch::{length_groups, pad, Padded};
+use crate::batch::{forward_in_groups, pad, Padded};
 use crate::native::{BertEncoder, BertShape, Precision, Sequence};
 use crate::{InferenceError, ModelFiles};
 
@@ -245,22 +245,13 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        let packed = self.inner.model.engine() == Engine::Native;
-        for group in length_groups(
-            &lengths,
+        forward_in_groups(
+            &encodings,
             self.inner.batch_size,
             self.inner.max_batch_tokens,
-            packed,
-        ) {
-            let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
-            let vectors = self.forward(&members)?;
-            for (&i, v) in group.iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+            self.inner.model.engine() == Engine::Native,
+            |group| self.forward(group),
+        )
     }
 
     /// One forward pass over a group of texts.

@@ -16,7 +16,7 @@ use candle_transformers::models::xlm_roberta::{
 use serde_json::Value;
 use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
-use crate::batch::{length_groups, pad};
+use crate::batch::{forward_in_groups, pad};
 use crate::embedder::{sequences, Engine, Model};
 use crate::native::Precision;
 use crate::{InferenceError, ModelFiles};
@@ -184,8 +184,6 @@ impl CrossEncoder {
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
-        let mut out = vec![Vec::new(); passages.len()];
         let packed = matches!(
             self.inner.arch,
             Architecture::Bert {
@@ -193,19 +191,13 @@ impl CrossEncoder {
                 ..
             }
         );
-        for group in length_groups(
-            &lengths,
+        forward_in_groups(
+            &encodings,
             self.inner.batch_size,
             self.inner.max_batch_tokens,
             packed,
-        ) {
-            let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
-            let rows = self.forward(&members)?;
-            for (&i, row) in group.iter().zip(rows) {
-                out[i] = row;
-            }
-        }
-        Ok(out)
+            |group| self.forward(group),
+        )
     }
 
     /// One relevance score per passage: the logit for single-label models, else the softmax
