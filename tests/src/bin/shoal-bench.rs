@@ -89,13 +89,13 @@ fn sample<T: Clone>(items: &[T], n: usize, seed: u64) -> Vec<T> {
     idx.into_iter().take(n).map(|i| items[i].clone()).collect()
 }
 
-/// (p50, p95) in ms of sequential text searches, one client.
-fn timed_searches(node: &Node, queries: &[String]) -> (f64, f64) {
+/// (p50, p95) in ms of sequential text searches of `collection`, one client.
+fn timed_searches(node: &Node, collection: &str, queries: &[String]) -> (f64, f64) {
     let mut ms: Vec<f64> = queries
         .iter()
         .map(|q| {
             let t = Instant::now();
-            let r = node.search("wiki", json!({"query": q, "top_k": 10}));
+            let r = node.search(collection, json!({"query": q, "top_k": 10}));
             assert_eq!(r.status, 200, "{}", r.text);
             t.elapsed().as_secs_f64() * 1000.0
         })
@@ -106,6 +106,20 @@ fn timed_searches(node: &Node, queries: &[String]) -> (f64, f64) {
 
 /// Queries timed idle and again while an ingest runs.
 const PROBES: usize = 300;
+
+/// One new query per title, in one of two wordings; `run` 0 and 1 swap the wordings, so two runs
+/// ask about the same titles with texts of the same lengths that the query cache has not seen.
+fn probe_queries(titles: &[String], run: usize) -> Vec<String> {
+    let wordings: [fn(&str) -> String; 2] = [
+        |t| format!("what is known about {t}"),
+        |t| format!("tell me more on {t}"),
+    ];
+    titles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| wordings[(i + run) % 2](t))
+        .collect()
+}
 
 fn main() {
     let args = match parse_args() {
@@ -239,18 +253,7 @@ fn main() {
         .into_iter()
         .map(|(t, _, _)| t)
         .collect();
-    let wordings: [fn(&str) -> String; 2] = [
-        |t| format!("what is known about {t}"),
-        |t| format!("tell me more on {t}"),
-    ];
-    let probe = |run: usize| -> Vec<String> {
-        titles
-            .iter()
-            .enumerate()
-            .map(|(i, t)| wordings[(i + run) % 2](t))
-            .collect()
-    };
-    let (idle_p50, idle_p95) = timed_searches(&node, &probe(0));
+    let (idle_p50, idle_p95) = timed_searches(&node, "wiki", &probe_queries(&titles, 0));
     let load: Vec<Value> = articles
         .iter()
         .take(1500)
@@ -263,7 +266,7 @@ fn main() {
         .map(|c| node.ingest_async("load", Value::Array(c.to_vec())))
         .collect();
     std::thread::sleep(Duration::from_secs(2)); // ingest under way
-    let (busy_p50, busy_p95) = timed_searches(&node, &probe(1));
+    let (busy_p50, busy_p95) = timed_searches(&node, "wiki", &probe_queries(&titles, 1));
     let still_running = node
         .get(&format!("/api/v1/jobs/{}", load_jobs[load_jobs.len() - 1]))
         .body["state"]
@@ -273,6 +276,39 @@ fn main() {
         busy_p95 / idle_p95
     );
     for j in &load_jobs {
+        node.wait_job(j);
+    }
+
+    // The same with the ingest going into the collection being searched (its table and graph
+    // take the new points while searches read them): 1,500 more documents into `load`.
+    let load_titles: Vec<String> = sample(&articles[..1500], PROBES, 0xbeef)
+        .into_iter()
+        .map(|(t, _, _)| t)
+        .collect();
+    let (same_idle_p50, same_idle_p95) =
+        timed_searches(&node, "load", &probe_queries(&load_titles, 0));
+    let more: Vec<Value> = articles
+        .iter()
+        .skip(1500)
+        .take(1500)
+        .map(|(title, text, _)| json!({"id": title, "text": text}))
+        .collect();
+    let more_jobs: Vec<String> = more
+        .chunks(500)
+        .map(|c| node.ingest_async("load", Value::Array(c.to_vec())))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // ingest under way
+    let (same_busy_p50, same_busy_p95) =
+        timed_searches(&node, "load", &probe_queries(&load_titles, 1));
+    let same_still_running = node
+        .get(&format!("/api/v1/jobs/{}", more_jobs[more_jobs.len() - 1]))
+        .body["state"]
+        == "running";
+    println!(
+        "search during ingest into the same collection: p50 {same_busy_p50:.1} ms, p95 {same_busy_p95:.1} ms; idle p50 {same_idle_p50:.1} ms, p95 {same_idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {same_still_running})",
+        same_busy_p95 / same_idle_p95
+    );
+    for j in &more_jobs {
         node.wait_job(j);
     }
 
@@ -314,8 +350,9 @@ fn main() {
          | filtered by topic, same titles again (query embedding cached) | p50 {f50:.1} ms, p95 {f95:.1} ms |\n\
          | known-item recall@1 / recall@10 | {r1:.3} / {r10:.3} |\n\
          | text search while 1,500 documents are ingested into another collection, vs idle ({PROBES} new queries each) | p50 {busy_p50:.1} ms, p95 **{busy_p95:.1} ms** vs idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms: **{ratio:.2}x** at p95 |\n\
+         | the same while 1,500 more documents are ingested into the searched collection (`load`, 1,500 documents before) | p50 {same_busy_p50:.1} ms, p95 **{same_busy_p95:.1} ms** vs idle p50 {same_idle_p50:.1} ms, p95 {same_idle_p95:.1} ms: **{same_ratio:.2}x** at p95 |\n\
          | RSS, empty node after warm-up | {rss_empty:.0} MiB |\n\
-         | RSS at rest with all chunks (and the 1,500 documents of the load phase) | **{rss_rest:.0} MiB** |\n\
+         | RSS at rest with all chunks (and the 3,000 documents of the load phases) | **{rss_rest:.0} MiB** |\n\
          | `kill -9` to ready (graph reloaded from its dump) | {restart:.1} s |\n",
         q = queries.len(),
         ingest = ingest.as_secs_f64(),
@@ -331,6 +368,7 @@ fn main() {
         r10 = at10 as f64 / n,
         restart = restart.as_secs_f64(),
         ratio = busy_p95 / idle_p95,
+        same_ratio = same_busy_p95 / same_idle_p95,
     );
     if let Some(dir) = args.out.parent() {
         let _ = std::fs::create_dir_all(dir);
