@@ -194,3 +194,59 @@ fn broken_model_folders_fail_with_the_file_named() {
         .unwrap();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn a_forward_pass_waits_at_pause_points_while_its_hook_blocks() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    let e = embedder(8);
+    let refs = reference();
+    let texts: Vec<String> = refs.iter().map(|r| r.text.clone()).collect();
+    let refs_text: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let want = e.embed(&refs_text).unwrap();
+
+    // A hook that blocks while `held` is set, counting the calls that had to wait.
+    let held = Arc::new((Mutex::new(true), Condvar::new()));
+    let waited = Arc::new(AtomicUsize::new(0));
+    let (h, w) = (held.clone(), waited.clone());
+    let hook: shoal_inference::PauseHook = Arc::new(move || {
+        let (lock, cv) = &*h;
+        let mut g = lock.lock().unwrap();
+        if *g {
+            w.fetch_add(1, Ordering::SeqCst);
+        }
+        while *g {
+            g = cv.wait(g).unwrap();
+        }
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .start_handler(move |_| shoal_inference::set_pause_hook(hook.clone()))
+        .build()
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let worker = std::thread::spawn(move || {
+        let refs_text: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let got = pool.install(|| e.embed(&refs_text)).unwrap();
+        d.store(true, Ordering::SeqCst);
+        got
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the pass ran past a blocking pause point"
+    );
+    assert!(waited.load(Ordering::SeqCst) > 0);
+    {
+        let (lock, cv) = &*held;
+        *lock.lock().unwrap() = false;
+        cv.notify_all();
+    }
+    let got = worker.join().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(cosine(g, w) > 0.99999);
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use ractor::ActorRef;
 use shoal_index::{Payload, Point, ShardParams};
-use shoal_inference::{Chunker, CrossEncoder, Embedder};
+use shoal_inference::{Chunker, CrossEncoder, Embedder, PauseHook};
 use shoal_storage::{CollectionRecord, Command, Effect, Outcome, Store, StoredPoint};
 
 use crate::actors::ask;
@@ -69,13 +69,17 @@ impl NodeContext {
         let index_dir = config.storage.data_dir.join("index");
         let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
             .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
-        let pool = |name: &'static str, n: usize, nice: i32| {
+        let query_gate = Arc::new(crate::embed_exec::QueryGate::default());
+        let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(crate::config::ThreadsConfig::resolve(n))
                 .thread_name(move |i| format!("{name}-{i}"))
                 .start_handler(move |_| {
                     if nice != 0 {
                         crate::embed_exec::lower_thread_priority(nice);
+                    }
+                    if let Some(hook) = &pause {
+                        shoal_inference::set_pause_hook(hook.clone());
                     }
                 })
                 .build()
@@ -84,22 +88,25 @@ impl NodeContext {
                     NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
                 })
         };
-        let query_pool = pool("infer-query", config.threads.query_inference, 0)?;
+        let query_pool = pool("infer-query", config.threads.query_inference, 0, None)?;
+        // Ingest threads step aside inside their forward passes while a query is embedded.
         let ingest_pool = pool(
             "infer-ingest",
             config.threads.ingest_inference,
             config.threads.ingest_nice,
+            Some(query_gate.pause_hook()),
         )?;
         let background_pool = pool(
             "background",
             config.threads.background,
             config.threads.ingest_nice,
+            None,
         )?;
         Ok(NodeContext {
             query_pool,
             ingest_pool,
             background_pool,
-            query_gate: Arc::default(),
+            query_gate,
             reranker,
             reranker_actor: RwLock::new(None),
             reranker_warm: AtomicBool::new(false),

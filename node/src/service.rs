@@ -502,6 +502,7 @@ impl ShoalService for Node {
         };
         let coll = self.require_collection(&collection)?;
         let query_text = req.query.clone();
+        let mut embed_time = Duration::ZERO;
         let vector: Arc<Vec<f32>> = match (req.query, req.vector) {
             (Some(_), Some(_)) => return Err(bad("give either `query` or `vector`, not both")),
             (None, None) => return Err(bad("give `query` (text) or `vector`")),
@@ -517,7 +518,10 @@ impl ShoalService for Node {
                     )));
                 }
                 self.require_model_dimension(&coll, "search it with `vector`")?;
-                self.embed_query(q).await?
+                let t = Instant::now();
+                let v = self.embed_query(q).await?;
+                embed_time = t.elapsed();
+                v
             }
             (None, Some(mut v)) => {
                 if v.len() != coll.spec.dimension as usize {
@@ -553,6 +557,7 @@ impl ShoalService for Node {
         let ef = req.ef;
         let ctx = self.ctx.clone();
         let uid = coll.uid;
+        let index_start = Instant::now();
         let mut hits = tokio::task::spawn_blocking(move || {
             let hits = shard.search(&IndexSearch {
                 vector: &vector,
@@ -580,6 +585,7 @@ impl ShoalService for Node {
         })
         .await
         .map_err(NodeError::from)??;
+        let index_time = index_start.elapsed();
         if req.rerank && !hits.is_empty() {
             let query = query_text.unwrap_or_default();
             let passages = hits.iter().map(|h| h.text.clone()).collect();
@@ -595,6 +601,13 @@ impl ShoalService for Node {
         }
         hits.truncate(top_k);
         let took = start.elapsed();
+        tracing::debug!(
+            collection = %collection,
+            embed_ms = embed_time.as_secs_f64() * 1e3,
+            index_ms = index_time.as_secs_f64() * 1e3,
+            total_ms = took.as_secs_f64() * 1e3,
+            "search timings"
+        );
         self.ctx
             .metrics
             .search_seconds

@@ -111,7 +111,12 @@ impl Node {
             .arg("--model")
             .arg(model_dir())
             .args(&self.args)
-            .env("RUST_LOG", "warn,shoal_node=info")
+            // SHOAL_TEST_LOG sets the node's RUST_LOG (for example
+            // `warn,shoal_node::service=debug` logs every search's stage timings).
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_TEST_LOG").unwrap_or("warn,shoal_node=info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {

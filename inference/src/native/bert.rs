@@ -396,6 +396,7 @@ impl BertEncoder {
         let use_amx = self.precision == Precision::Bf16 && super::gemm::amx::available();
         let ctx_len = ctx.len();
         let task = |(s, head): (usize, usize)| {
+            super::pause::pause_point();
             let (start, end) = (offsets[s], offsets[s + 1]);
             let len = end - start;
             let base = start * stride + head * d;

@@ -21,6 +21,7 @@
 use rayon::prelude::*;
 
 use super::cpu::{multiversion, Isa};
+use super::pause::pause_point;
 
 /// Rows of the output tile a micro-kernel computes.
 pub const MR: usize = 12;
@@ -255,6 +256,7 @@ impl PackedLinear {
             let run = |start: usize| {
                 let blocks = start..(start + per_chunk).min(row_blocks);
                 for panel in 0..self.panels {
+                    pause_point();
                     f(blocks.clone(), panel);
                 }
             };
@@ -267,9 +269,10 @@ impl PackedLinear {
         } else if self.panels == 1 {
             f(0..row_blocks, 0);
         } else {
-            (0..self.panels)
-                .into_par_iter()
-                .for_each(|panel| f(0..row_blocks, panel));
+            (0..self.panels).into_par_iter().for_each(|panel| {
+                pause_point();
+                f(0..row_blocks, panel)
+            });
         }
     }
 }

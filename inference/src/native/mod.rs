@@ -8,7 +8,9 @@ pub(crate) mod bert;
 pub(crate) mod cpu;
 pub(crate) mod gemm;
 pub(crate) mod math;
+pub mod pause;
 
 pub use bert::{BertEncoder, BertShape, Hidden, Sequence};
 pub use cpu::Isa;
 pub use gemm::{PackedLinear, Precision};
+pub use pause::{set_pause_hook, PauseHook};

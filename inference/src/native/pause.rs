@@ -1,0 +1,54 @@
+//! Pause points: a thread can be given a hook that the encoder calls between small units of work
+//! (one weight panel of a product, one attention head). The node gives its ingest threads a hook
+//! that blocks while a query is being embedded, so that ingest steps aside within tens of
+//! microseconds instead of at the end of its batch; threads without a hook pay one
+//! thread-local read per unit.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// What a pause point runs; it may block.
+pub type PauseHook = Arc<dyn Fn() + Send + Sync>;
+
+thread_local! {
+    static HOOK: RefCell<Option<PauseHook>> = const { RefCell::new(None) };
+}
+
+/// Give the calling thread a pause hook (for example from a rayon pool's start handler).
+pub fn set_pause_hook(hook: PauseHook) {
+    HOOK.with(|h| *h.borrow_mut() = Some(hook));
+}
+
+/// Run the calling thread's pause hook, if it has one.
+#[inline]
+pub(crate) fn pause_point() {
+    HOOK.with(|h| {
+        if let Some(hook) = h.borrow().as_ref() {
+            hook()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn only_threads_with_a_hook_run_it() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        pause_point(); // no hook: nothing happens
+        let c = calls.clone();
+        std::thread::spawn(move || {
+            set_pause_hook(Arc::new(move || {
+                c.fetch_add(1, Ordering::Relaxed);
+            }));
+            pause_point();
+            pause_point();
+        })
+        .join()
+        .unwrap();
+        pause_point();
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+}
