@@ -88,6 +88,12 @@ impl QueryGate {
         }
     }
 
+    /// Count a query-path model pass (a reranking) as a query for as long as the guard lives.
+    pub fn hold(self: &Arc<Self>) -> QueryGuard {
+        self.enter();
+        QueryGuard(self.clone())
+    }
+
     /// A pause hook for the ingest pool's threads: they sleep while a query is embedded. Parked
     /// threads leave the cores to the query's threads at once; threads that merely run at a low
     /// priority would still get a core whenever a query thread yields while it waits for work
@@ -96,6 +102,15 @@ impl QueryGate {
     pub fn pause_hook(self: &Arc<Self>) -> shoal_inference::PauseHook {
         let gate = self.clone();
         Arc::new(move || gate.wait_idle())
+    }
+}
+
+/// Ingest steps aside while this lives (see [`QueryGate::hold`]).
+pub struct QueryGuard(Arc<QueryGate>);
+
+impl Drop for QueryGuard {
+    fn drop(&mut self) {
+        self.0.exit();
     }
 }
 

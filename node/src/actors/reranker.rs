@@ -1,5 +1,6 @@
-//! The reranker actor: scores (query, passage) pairs with the node's cross-encoder, on a
-//! blocking thread. Present only when the node is started with a reranker model.
+//! The reranker actor: scores (query, passage) pairs with the node's cross-encoder, on the query
+//! pool's threads (ingest steps aside meanwhile, as for a query embedding). Present only when the
+//! node is started with a reranker model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,9 +58,14 @@ impl Actor for RerankerActor {
                 };
                 let start = Instant::now();
                 let name = model.model_name().to_string();
+                // Reranking is on the query path: it runs on the query pool, and ingest steps
+                // aside for it as it does for a query embedding.
+                let pool = state.ctx.query_pool.clone();
+                let gate = state.ctx.query_gate.clone();
                 let result = tokio::task::spawn_blocking(move || {
+                    let _query = gate.hold();
                     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-                    model.score(&query, &refs)
+                    pool.install(|| model.score(&query, &refs))
                 })
                 .await;
                 state
