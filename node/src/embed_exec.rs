@@ -212,7 +212,8 @@ impl Exec {
 
     fn run_queries(&self, rx: Receiver<EmbedJob>, window: Duration, max_texts: usize) {
         while let Ok(first) = rx.recv() {
-            self.gate.enter();
+            // Released when this batch is answered, or if the pass panics.
+            let _query = self.gate.hold();
             let deadline = first.queued + window;
             let mut n = first.texts.len();
             let mut jobs = vec![first];
@@ -261,7 +262,6 @@ impl Exec {
                     }
                 }
             }
-            self.gate.exit();
         }
     }
 
@@ -311,6 +311,27 @@ mod tests {
         let waited = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(40), "{waited:?}");
         gate.wait_idle(); // idle now: returns at once
+    }
+
+    #[test]
+    fn a_query_pass_that_panics_still_lets_ingest_go_on() {
+        let gate = Arc::new(QueryGate::default());
+        let g = gate.clone();
+        let crashed = std::thread::spawn(move || {
+            let _query = g.hold();
+            panic!("a bug in a forward pass");
+        })
+        .join();
+        assert!(crashed.is_err());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            gate.wait_idle();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "ingest still held"
+        );
     }
 
     #[test]
