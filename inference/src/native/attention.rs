@@ -15,6 +15,8 @@ pub struct Scratch {
     k16: Vec<u16>,
     p16: Vec<u16>,
     v16: Vec<u16>,
+    /// 1 / softmax sum of each query row (AMX path).
+    inv: Vec<f32>,
 }
 
 /// `q`, `k`, `v`: rows of `stride` values, the head's `d` values at each row's start; `len`
@@ -221,8 +223,9 @@ pub fn attention_head_amx(
             )
         };
     }
-    let mut inv = vec![0f32; len];
-    for (i, inv) in inv.iter_mut().enumerate() {
+    s.inv.clear();
+    s.inv.resize(len, 0.0);
+    for (i, inv) in s.inv.iter_mut().enumerate() {
         *inv = 1.0 / softmax_unnormalized(&mut s.scores[i * lp..i * lp + len], scale);
     }
     s.p16.clear();
@@ -253,7 +256,7 @@ pub fn attention_head_amx(
             )
         };
     }
-    for (i, f) in inv.iter().enumerate() {
+    for (i, f) in s.inv.iter().enumerate() {
         for o in &mut out[i * out_stride..i * out_stride + d] {
             *o *= f;
         }

@@ -427,25 +427,6 @@ multiversion! {
     }
 }
 
-/// Add the bias to a finished tile and store its valid `rows × cols` part.
-#[inline(always)]
-fn store_tile(
-    acc: &[[f32; NR]; MR],
-    bias: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-) {
-    for (i, row) in acc.iter().enumerate().take(rows) {
-        for j in 0..cols {
-            // SAFETY: the caller passes a tile pointer with `rows × cols` valid elements at
-            // stride `ldc`.
-            unsafe { *c.add(i * ldc + j) = row[j] + bias[j] };
-        }
-    }
-}
-
 multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn kernel_f32_portable(
@@ -458,7 +439,7 @@ multiversion! {
         rows: usize,
         cols: usize,
     ) {
-        let off = row_offsets(lhs, rows);
+        let off = row_offsets(lhs.row, rows);
         let mut acc = [[0f32; NR]; MR];
         for kk in 0..k {
             // SAFETY: as in the AVX-512 kernel.
@@ -476,7 +457,7 @@ multiversion! {
                 }
             }
         }
-        store_tile(&acc, bias, c, ldc, rows, cols);
+        add_bias_rows(&acc, rows, bias, c, ldc, cols);
     }
 }
 
@@ -504,7 +485,7 @@ multiversion! {
                 }
             }
         }
-        store_tile(&acc, bias, c, ldc, rows, cols);
+        add_bias_rows(&acc, rows, bias, c, ldc, cols);
     }
 }
 
@@ -524,11 +505,13 @@ pub(crate) struct Rhs {
     pub ld: usize,
 }
 
+/// Where each of the [`MR`] rows of a tile starts, `stride` apart; rows past the `rows` valid
+/// ones repeat the last valid row (computed, never stored).
 #[inline(always)]
-fn row_offsets(lhs: Lhs, rows: usize) -> [usize; MR] {
+fn row_offsets(stride: usize, rows: usize) -> [usize; MR] {
     let mut off = [0usize; MR];
     for (i, o) in off.iter_mut().enumerate() {
-        *o = i.min(rows.max(1) - 1) * lhs.row;
+        *o = i.min(rows.max(1) - 1) * stride;
     }
     off
 }
@@ -548,7 +531,7 @@ unsafe fn kernel_f32_avx512(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(bias.len() >= NR);
-    let off = row_offsets(lhs, rows);
+    let off = row_offsets(lhs.row, rows);
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
     let mut ap = lhs.ptr;
@@ -589,11 +572,7 @@ unsafe fn kernel_bf16_avx512(
 ) {
     use std::arch::x86_64::*;
     assert!(a.len() >= rows * kp * 2 && b.len() >= kp * NR * 2 && bias.len() >= NR && rows >= 1);
-    // Rows past the valid ones repeat the last valid row (computed, never stored).
-    let mut off = [0usize; MR];
-    for (i, o) in off.iter_mut().enumerate() {
-        *o = i.min(rows - 1) * kp;
-    }
+    let off = row_offsets(kp, rows);
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
     let mut ap = a.as_ptr() as *const i32;
