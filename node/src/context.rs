@@ -229,15 +229,25 @@ impl NodeContext {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
+        Self::on_pool(&self.background_pool, "background", f).await
+    }
+
+    /// Run `f` on one of `pool`'s threads and await it without occupying a tokio thread. A panic
+    /// in `f` comes back as an error naming `what`.
+    pub async fn on_pool<T: Send + 'static>(
+        pool: &rayon::ThreadPool,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.background_pool.spawn(move || {
+        pool.spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = tx.send(result);
         });
         match rx.await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(NodeError::Internal("background task panicked".into())),
-            Err(_) => Err(NodeError::Internal("background task was dropped".into())),
+            Ok(Err(_)) => Err(NodeError::Internal(format!("{what} task panicked"))),
+            Err(_) => Err(NodeError::Internal(format!("{what} task was dropped"))),
         }
     }
 

@@ -9,12 +9,11 @@
 //!   head) while a query is embedded. Ingest uses all cores only while no query is waiting; a
 //!   query never queues behind an ingest batch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use ractor::RpcReplyPort;

@@ -60,12 +60,11 @@ impl Actor for RerankerActor {
                 let name = model.model_name().to_string();
                 // Reranking is on the query path: it runs on the query pool, and ingest steps
                 // aside for it as it does for a query embedding.
-                let pool = state.ctx.query_pool.clone();
                 let gate = state.ctx.query_gate.clone();
-                let result = tokio::task::spawn_blocking(move || {
+                let result = NodeContext::on_pool(&state.ctx.query_pool, "reranking", move || {
                     let _query = gate.hold();
                     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-                    pool.install(|| model.score(&query, &refs))
+                    model.score(&query, &refs)
                 })
                 .await;
                 state
@@ -77,7 +76,7 @@ impl Actor for RerankerActor {
                 let answer = match result {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(format!("reranking task failed: {e}")),
+                    Err(e) => Err(e.to_string()),
                 };
                 let _ = reply.send(answer);
             }
