@@ -104,6 +104,38 @@ fn timed_searches(node: &Node, collection: &str, queries: &[String]) -> (f64, f6
     (percentile(&ms, 50.0), percentile(&ms, 95.0))
 }
 
+/// (p50, p95) of text searches of `collection` about `titles` idle, then again (in the other
+/// wording) while `docs` are ingested into `target` in requests of 500; prints both under
+/// `label` and waits for that ingest to finish.
+fn search_under_ingest(
+    node: &Node,
+    collection: &str,
+    titles: &[String],
+    target: &str,
+    docs: &[Value],
+    label: &str,
+) -> ((f64, f64), (f64, f64)) {
+    let (idle_p50, idle_p95) = timed_searches(node, collection, &probe_queries(titles, 0));
+    let jobs: Vec<String> = docs
+        .chunks(500)
+        .map(|c| node.ingest_async(target, Value::Array(c.to_vec())))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // ingest under way
+    let (busy_p50, busy_p95) = timed_searches(node, collection, &probe_queries(titles, 1));
+    let still_running = node
+        .get(&format!("/api/v1/jobs/{}", jobs[jobs.len() - 1]))
+        .body["state"]
+        == "running";
+    println!(
+        "{label}: p50 {busy_p50:.1} ms, p95 {busy_p95:.1} ms; idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {still_running})",
+        busy_p95 / idle_p95
+    );
+    for j in &jobs {
+        node.wait_job(j);
+    }
+    ((idle_p50, idle_p95), (busy_p50, busy_p95))
+}
+
 /// Queries timed idle and again while an ingest runs.
 const PROBES: usize = 300;
 
@@ -253,7 +285,6 @@ fn main() {
         .into_iter()
         .map(|(t, _, _)| t)
         .collect();
-    let (idle_p50, idle_p95) = timed_searches(&node, "wiki", &probe_queries(&titles, 0));
     let load: Vec<Value> = articles
         .iter()
         .take(1500)
@@ -261,23 +292,14 @@ fn main() {
         .collect();
     let r = node.request("PUT", "/api/v1/collections/load", None);
     assert_eq!(r.status, 201, "{}", r.text);
-    let load_jobs: Vec<String> = load
-        .chunks(500)
-        .map(|c| node.ingest_async("load", Value::Array(c.to_vec())))
-        .collect();
-    std::thread::sleep(Duration::from_secs(2)); // ingest under way
-    let (busy_p50, busy_p95) = timed_searches(&node, "wiki", &probe_queries(&titles, 1));
-    let still_running = node
-        .get(&format!("/api/v1/jobs/{}", load_jobs[load_jobs.len() - 1]))
-        .body["state"]
-        == "running";
-    println!(
-        "search during ingest: p50 {busy_p50:.1} ms, p95 {busy_p95:.1} ms; idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {still_running})",
-        busy_p95 / idle_p95
+    let ((idle_p50, idle_p95), (busy_p50, busy_p95)) = search_under_ingest(
+        &node,
+        "wiki",
+        &titles,
+        "load",
+        &load,
+        "search during ingest",
     );
-    for j in &load_jobs {
-        node.wait_job(j);
-    }
 
     // The same with the ingest going into the collection being searched (its table and graph
     // take the new points while searches read them): 1,500 more documents into `load`.
@@ -285,32 +307,20 @@ fn main() {
         .into_iter()
         .map(|(t, _, _)| t)
         .collect();
-    let (same_idle_p50, same_idle_p95) =
-        timed_searches(&node, "load", &probe_queries(&load_titles, 0));
     let more: Vec<Value> = articles
         .iter()
         .skip(1500)
         .take(1500)
         .map(|(title, text, _)| json!({"id": title, "text": text}))
         .collect();
-    let more_jobs: Vec<String> = more
-        .chunks(500)
-        .map(|c| node.ingest_async("load", Value::Array(c.to_vec())))
-        .collect();
-    std::thread::sleep(Duration::from_secs(2)); // ingest under way
-    let (same_busy_p50, same_busy_p95) =
-        timed_searches(&node, "load", &probe_queries(&load_titles, 1));
-    let same_still_running = node
-        .get(&format!("/api/v1/jobs/{}", more_jobs[more_jobs.len() - 1]))
-        .body["state"]
-        == "running";
-    println!(
-        "search during ingest into the same collection: p50 {same_busy_p50:.1} ms, p95 {same_busy_p95:.1} ms; idle p50 {same_idle_p50:.1} ms, p95 {same_idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {same_still_running})",
-        same_busy_p95 / same_idle_p95
+    let ((same_idle_p50, same_idle_p95), (same_busy_p50, same_busy_p95)) = search_under_ingest(
+        &node,
+        "load",
+        &load_titles,
+        "load",
+        &more,
+        "search during ingest into the same collection",
     );
-    for j in &more_jobs {
-        node.wait_job(j);
-    }
 
     std::thread::sleep(Duration::from_secs(8)); // graph dumped, caches settled
     let rss_rest = rss_mib(pid);
