@@ -75,6 +75,8 @@ pub enum JobState {
     Running,
     Completed,
     CompletedWithErrors,
+    /// Its collection was dropped before it finished.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -73,6 +73,7 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(Extension(limits))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             timeout,
@@ -208,16 +209,28 @@ async fn delete_collection<S: ShoalService>(
 async fn add_documents<S: ShoalService>(
     State(s): State<Arc<S>>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<AddDocumentsRequest>,
+    Extension(limits): Extension<RouterLimits>,
+    req: Request,
 ) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
     validate_collection_name(&name)?;
+    // Room in the ingest queue first, before the body is read: a full queue answers 429 at once.
+    // A body without a declared length may be as long as the limit.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(limits.max_body_bytes as u64)
+        .min(limits.max_body_bytes as u64);
+    let admission = s.admit_documents(declared)?;
+    let ApiJson(req) = ApiJson::<AddDocumentsRequest>::from_request(req, &()).await?;
     for (i, d) in req.documents.iter().enumerate() {
         validate_document_id(&d.id)
             .map_err(|e| ApiError::BadRequest(format!("documents[{i}]: {e}")))?;
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(s.add_documents(name, req).await?),
+        Json(s.add_documents(name, req, admission).await?),
     ))
 }
 

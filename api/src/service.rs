@@ -5,6 +5,9 @@ use crate::ApiError;
 
 /// What the HTTP API needs from a node. Every method maps to one route of [`crate::router`].
 pub trait ShoalService: Send + Sync + 'static {
+    /// Room reserved for a request that adds documents, held until it is answered.
+    type Admission: Send + 'static;
+
     fn health(&self) -> impl Future<Output = HealthResponse> + Send;
     /// Ready when the model is warm and every shard is loaded.
     fn ready(&self) -> impl Future<Output = ReadyResponse> + Send;
@@ -23,10 +26,14 @@ pub trait ShoalService: Send + Sync + 'static {
     fn list_collections(&self) -> impl Future<Output = Result<CollectionList, ApiError>> + Send;
     fn delete_collection(&self, name: String) -> impl Future<Output = Result<(), ApiError>> + Send;
 
+    /// Admit a request that adds documents, whose body is `body_bytes` long, before its body is
+    /// read: refused with [`ApiError::TooManyRequests`] when the ingest queue has no room.
+    fn admit_documents(&self, body_bytes: u64) -> Result<Self::Admission, ApiError>;
     fn add_documents(
         &self,
         collection: String,
         req: AddDocumentsRequest,
+        admission: Self::Admission,
     ) -> impl Future<Output = Result<AddDocumentsResponse, ApiError>> + Send;
     fn get_document(
         &self,

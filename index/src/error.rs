@@ -8,6 +8,12 @@ pub enum IndexError {
     ZeroVector,
     #[error("invalid filter: {0}")]
     Filter(String),
+    /// An exact search would scan more points than allowed.
+    #[error("an exact search here scans {points} points; the limit is {limit} (search.max_exact_points): add a filter or drop `exact`")]
+    ScanTooLarge { points: usize, limit: usize },
+    /// The graph does not hold what the table says it does (a bug).
+    #[error("index graph: {0}")]
+    Graph(String),
     #[error("index dump: {0}")]
     Dump(String),
     #[error("index i/o: {0}")]

@@ -26,6 +26,27 @@ use crate::IndexError;
 /// Document metadata: a JSON object.
 pub type Metadata = serde_json::Map<String, Value>;
 
+/// How large a filter may be: evaluating it costs its size on every point it is tried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// Metadata conditions in one filter.
+    pub max_conditions: usize,
+    /// Values in one `in` list or `document_id` list.
+    pub max_values: usize,
+    /// Parts of a dotted metadata key (`a.b.c` has 3).
+    pub max_key_depth: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            max_conditions: 64,
+            max_values: 1_024,
+            max_key_depth: 8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     /// Only these documents (None: any document).
@@ -90,8 +111,14 @@ fn number(v: &Value, at: &str) -> Result<f64, IndexError> {
 }
 
 impl Filter {
-    /// Parse and validate the JSON form (see the module docs).
+    /// Parse and validate the JSON form (see the module docs), within the default
+    /// [`FilterLimits`].
     pub fn from_json(value: &Value) -> Result<Filter, IndexError> {
+        Self::from_json_limited(value, &FilterLimits::default())
+    }
+
+    /// Parse and validate the JSON form, refusing filters larger than `limits`.
+    pub fn from_json_limited(value: &Value, limits: &FilterLimits) -> Result<Filter, IndexError> {
         let obj = value.as_object().ok_or_else(|| {
             err(format!(
                 "filter must be an object, got {}",
@@ -119,6 +146,13 @@ impl Filter {
                             )))
                         }
                     };
+                    if ids.len() > limits.max_values {
+                        return Err(err(format!(
+                            "`{key}` lists {} ids; the limit is {}",
+                            ids.len(),
+                            limits.max_values
+                        )));
+                    }
                     filter.document_ids = Some(ids.into_iter().collect());
                 }
                 "metadata" => {
@@ -128,14 +162,28 @@ impl Filter {
                             type_name(v)
                         ))
                     })?;
+                    if fields.len() > limits.max_conditions {
+                        return Err(err(format!(
+                            "`metadata` has {} conditions; the limit is {}",
+                            fields.len(),
+                            limits.max_conditions
+                        )));
+                    }
                     for (field, cond) in fields {
                         if field.is_empty() {
                             return Err(err("`metadata`: empty field name"));
                         }
+                        let depth = field.split('.').count();
+                        if depth > limits.max_key_depth {
+                            return Err(err(format!(
+                                "`metadata.{field}`: the key has {depth} parts; the limit is {}",
+                                limits.max_key_depth
+                            )));
+                        }
                         let at = format!("metadata.{field}");
                         filter
                             .conditions
-                            .push((field.clone(), parse_condition(cond, &at)?));
+                            .push((field.clone(), parse_condition(cond, &at, limits)?));
                     }
                 }
                 other => {
@@ -164,7 +212,7 @@ impl Filter {
     }
 }
 
-fn parse_condition(v: &Value, at: &str) -> Result<Condition, IndexError> {
+fn parse_condition(v: &Value, at: &str, limits: &FilterLimits) -> Result<Condition, IndexError> {
     match v {
         Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(Condition::Equals(v.clone())),
         Value::Object(ops) => {
@@ -193,6 +241,13 @@ fn parse_condition(v: &Value, at: &str) -> Result<Condition, IndexError> {
                         let items = arg.as_array().ok_or_else(|| {
                             err(format!("`{at_op}`: expected an array, got {}", type_name(arg)))
                         })?;
+                        if items.len() > limits.max_values {
+                            return Err(err(format!(
+                                "`{at_op}` lists {} values; the limit is {}",
+                                items.len(),
+                                limits.max_values
+                            )));
+                        }
                         let values = items
                             .iter()
                             .map(|i| scalar(i, &at_op))
@@ -328,5 +383,38 @@ mod tests {
         }
         let e = Filter::from_json(&json!({"metadata": {"k": null}})).unwrap_err();
         assert!(e.to_string().contains("metadata.k"), "{e}");
+    }
+
+    #[test]
+    fn filters_larger_than_the_limits_are_refused() {
+        let limits = FilterLimits {
+            max_conditions: 2,
+            max_values: 3,
+            max_key_depth: 2,
+        };
+        let ok =
+            json!({"document_id": ["a", "b", "c"], "metadata": {"a.b": {"in": [1, 2, 3]}, "c": 1}});
+        assert!(Filter::from_json_limited(&ok, &limits).is_ok());
+        for (bad, says) in [
+            (
+                json!({"metadata": {"k": {"in": [1, 2, 3, 4]}}}),
+                "metadata.k.in` lists 4 values",
+            ),
+            (json!({"document_id": ["a", "b", "c", "d"]}), "lists 4 ids"),
+            (
+                json!({"metadata": {"a": 1, "b": 2, "c": 3}}),
+                "3 conditions",
+            ),
+            (json!({"metadata": {"a.b.c": 1}}), "3 parts"),
+        ] {
+            let e = Filter::from_json_limited(&bad, &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // the defaults allow what a person writes by hand, not a megabyte of values
+        let many: Vec<u32> = (0..100_000).collect();
+        let e = Filter::from_json(&json!({"metadata": {"k": {"in": many}}})).unwrap_err();
+        assert!(e.to_string().contains("the limit is 1024"), "{e}");
     }
 }

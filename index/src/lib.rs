@@ -14,7 +14,7 @@ mod shard;
 
 pub use distance::{dot, normalize, CosineDistance};
 pub use error::IndexError;
-pub use filter::{Condition, Filter, Metadata, Range};
+pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
 pub use shard::{
     FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams,
     ShardStats,

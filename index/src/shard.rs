@@ -1,5 +1,9 @@
-//! One HNSW shard: our point table (vectors and payloads), the hnsw_rs graph, tombstones,
-//! compaction, exact and filtered search, dump and reload.
+//! One HNSW shard: our point table (payloads, and where each point's vector sits in the graph),
+//! the hnsw_rs graph, tombstones, compaction, exact and filtered search, dump and reload.
+//!
+//! Each vector is held once, by hnsw_rs (which keeps its own copy of everything it indexes); the
+//! table records each point's place in the graph (hnsw_rs's layer and rank) and reads the vector
+//! from there for exact scans and compaction.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -7,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hnsw_rs::api::AnnT;
+use hnsw_rs::hnsw::PointId as Slot;
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::Hnsw;
 use parking_lot::{Mutex, RwLock};
@@ -112,6 +117,8 @@ pub struct SearchRequest<'a> {
     pub mode: SearchMode,
     /// Overrides [`ShardParams::ef_search`].
     pub ef: Option<usize>,
+    /// [`SearchMode::Exact`] refuses to scan more points than this ([`IndexError::ScanTooLarge`]).
+    pub max_scan: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +137,8 @@ pub struct ShardStats {
 }
 
 struct Entry {
-    vector: Box<[f32]>,
+    /// Where the point sits in the current graph (its vector is read from there).
+    slot: Slot,
     payload: Arc<Payload>,
 }
 
@@ -161,7 +169,12 @@ struct Manifest {
     dimension: usize,
     m: usize,
     points: usize,
+    /// The store's log index the dumped graph reflects: a dump ahead of the store (the store lost
+    /// its last writes in a crash) is never used.
+    applied: u64,
 }
+
+const MANIFEST_FORMAT: u32 = 2;
 
 /// How a shard came up in [`Shard::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +185,8 @@ pub struct OpenReport {
     pub inserted: usize,
     /// Points of the dump that are no longer live.
     pub tombstoned: usize,
+    /// A dump was found but not used (ahead of the store, other parameters, unreadable).
+    pub discarded_dump: bool,
 }
 
 impl Shard {
@@ -187,37 +202,39 @@ impl Shard {
         }
     }
 
-    /// Build a shard holding `points`: reload the graph dumped in `dump_dir` when there is a usable
-    /// one (then only the difference to `points` is applied), otherwise build it from scratch.
+    /// Build a shard holding `points`, the store's points as of log index `applied`: reload the
+    /// graph dumped in `dump_dir` when there is a usable one (then only the difference to `points`
+    /// is applied), otherwise build it from scratch. A dump made at a later index than `applied`
+    /// is not usable: it may hold point ids the store lost and will hand out again.
     pub fn open(
         params: ShardParams,
         points: Vec<Point>,
         dump_dir: Option<&Path>,
+        applied: u64,
     ) -> Result<(Shard, OpenReport), IndexError> {
         for p in &points {
             check_dimension(&params, &p.vector)?;
         }
-        if let Some(graph) = dump_dir.and_then(|d| load_dump(&params, d)) {
-            let in_graph: HashSet<PointId> = graph
-                .get_point_indexation()
-                .into_iter()
-                .map(|p| p.get_origin_id() as PointId)
-                .collect();
+        let dump = dump_dir.map(|d| (d, load_dump(&params, d, applied)));
+        let discarded_dump = matches!(dump, Some((d, None)) if d.join(MANIFEST).exists());
+        if let Some((_, Some(graph))) = dump {
+            let mut slots = slots_of(&graph);
             let live_ids: HashSet<PointId> = points.iter().map(|p| p.id).collect();
-            let tombstoned = in_graph.difference(&live_ids).count();
-            let missing: Vec<&Point> = points
-                .iter()
-                .filter(|p| !in_graph.contains(&p.id))
-                .collect();
-            for p in &missing {
-                graph.insert_slice((&p.vector, p.id as usize));
+            let tombstoned = slots.keys().filter(|id| !live_ids.contains(id)).count();
+            let mut inserted = 0;
+            for p in &points {
+                if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(p.id) {
+                    e.insert(insert_point(&graph, &p.vector, p.id)?);
+                    inserted += 1;
+                }
             }
             let report = OpenReport {
                 reloaded: true,
-                inserted: missing.len(),
+                inserted,
                 tombstoned,
+                discarded_dump: false,
             };
-            let shard = Shard::from_parts(params, graph, points, tombstoned);
+            let shard = Shard::from_parts(params, graph, slots, points, tombstoned)?;
             return Ok((shard, report));
         }
         let graph = build_graph(&params, &points, true);
@@ -225,34 +242,42 @@ impl Shard {
             reloaded: false,
             inserted: points.len(),
             tombstoned: 0,
+            discarded_dump,
         };
-        Ok((Shard::from_parts(params, graph, points, 0), report))
+        let slots = slots_of(&graph);
+        Ok((Shard::from_parts(params, graph, slots, points, 0)?, report))
     }
 
+    /// The shard over `graph`, whose points sit at `slots`; `points` are the live ones (their
+    /// vectors are dropped here: the graph holds them).
     fn from_parts(
         params: ShardParams,
         graph: Graph,
+        slots: HashMap<PointId, Slot>,
         points: Vec<Point>,
         tombstones: usize,
-    ) -> Shard {
+    ) -> Result<Shard, IndexError> {
         let live = points
             .into_iter()
             .map(|p| {
-                (
+                let slot = *slots.get(&p.id).ok_or_else(|| {
+                    IndexError::Graph(format!("point {} is missing from the graph", p.id))
+                })?;
+                Ok((
                     p.id,
                     Entry {
-                        vector: p.vector.into_boxed_slice(),
+                        slot,
                         payload: p.payload,
                     },
-                )
+                ))
             })
-            .collect();
-        Shard {
+            .collect::<Result<_, IndexError>>()?;
+        Ok(Shard {
             params,
             graph: RwLock::new(graph),
             table: RwLock::new(Table { live, tombstones }),
             writer: Mutex::new(()),
-        }
+        })
     }
 
     pub fn params(&self) -> &ShardParams {
@@ -285,21 +310,20 @@ impl Shard {
                 .filter(|p| !t.live.contains_key(&p.id))
                 .collect()
         };
-        {
-            let mut t = self.table.write();
-            for p in &points {
-                t.live.insert(
-                    p.id,
-                    Entry {
-                        vector: p.vector.clone().into_boxed_slice(),
-                        payload: p.payload.clone(),
-                    },
-                );
-            }
-        }
-        let graph = self.graph.read();
-        for p in &points {
-            graph.insert_slice((&p.vector, p.id as usize));
+        for p in points {
+            // The graph first (it learns the point's place), then the table: a search sees the
+            // point once both have it.
+            let slot = {
+                let graph = self.graph.read();
+                insert_point(&graph, &p.vector, p.id)?
+            };
+            self.table.write().live.insert(
+                p.id,
+                Entry {
+                    slot,
+                    payload: p.payload,
+                },
+            );
         }
         Ok(())
     }
@@ -328,28 +352,39 @@ impl Shard {
 
     /// Rebuild the graph from the live points, dropping every tombstone. Searches keep using the
     /// old graph until the new one is swapped in. Returns the number of tombstones removed.
-    pub fn compact(&self) -> usize {
+    pub fn compact(&self) -> Result<usize, IndexError> {
         let _w = self.writer.lock();
         let (points, tombstones) = {
             let t = self.table.read();
-            let pts: Vec<(PointId, Box<[f32]>)> = t
-                .live
-                .iter()
-                .map(|(id, e)| (*id, e.vector.clone()))
-                .collect();
+            let graph = self.graph.read();
+            let mut pts: Vec<(PointId, Vec<f32>)> = Vec::with_capacity(t.live.len());
+            for (id, e) in &t.live {
+                pts.push((*id, vector_at(&graph, &e.slot, *id)?));
+            }
             (pts, t.tombstones)
         };
         let fresh = new_graph(&self.params, points.len());
-        for (id, v) in &points {
-            fresh.insert_slice((v, *id as usize));
+        let mut slots = HashMap::with_capacity(points.len());
+        for (id, v) in points {
+            slots.insert(id, insert_point(&fresh, &v, id)?);
         }
-        *self.graph.write() = fresh;
-        self.table.write().tombstones = 0;
-        tombstones
+        // Both at once (table, then graph: the order searches take them), so no search sees a
+        // slot of one graph applied to the other.
+        let mut t = self.table.write();
+        let mut graph = self.graph.write();
+        *graph = fresh;
+        for (id, e) in t.live.iter_mut() {
+            if let Some(slot) = slots.get(id) {
+                e.slot = *slot;
+            }
+        }
+        t.tombstones = 0;
+        Ok(tombstones)
     }
 
-    /// Write the graph to `dir` (replaced atomically: a crash leaves the old dump or none).
-    pub fn dump(&self, dir: &Path) -> Result<(), IndexError> {
+    /// Write the graph to `dir` (replaced atomically: a crash leaves the old dump or none), marked
+    /// as reflecting the store's log index `applied`.
+    pub fn dump(&self, dir: &Path, applied: u64) -> Result<(), IndexError> {
         let _w = self.writer.lock();
         let tmp = sibling(dir, "tmp");
         let old = sibling(dir, "old");
@@ -360,10 +395,11 @@ impl Shard {
             .file_dump(&tmp, DUMP_BASENAME)
             .map_err(|e| IndexError::Dump(e.to_string()))?;
         let manifest = Manifest {
-            format: 1,
+            format: MANIFEST_FORMAT,
             dimension: self.params.dimension,
             m: self.params.m,
             points: graph.get_nb_point(),
+            applied,
         };
         drop(graph);
         let body = serde_json::to_vec(&manifest).map_err(|e| IndexError::Dump(e.to_string()))?;
@@ -380,36 +416,56 @@ impl Shard {
         Ok(())
     }
 
+    /// The live points a filter matches, sorted. The filter is evaluated outside the table's
+    /// lock (on a list of the points' payloads taken under it), so a costly filter never holds up
+    /// writers, nor the searches that would queue behind a waiting writer.
+    pub fn matching(&self, filter: &Filter) -> Vec<PointId> {
+        let payloads: Vec<(PointId, Arc<Payload>)> = {
+            let t = self.table.read();
+            t.live
+                .iter()
+                .map(|(id, e)| (*id, e.payload.clone()))
+                .collect()
+        };
+        let mut ids: Vec<PointId> = payloads
+            .iter()
+            .filter(|(_, p)| filter.matches(&p.doc_id, &p.metadata))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// k nearest live points to the query, best first.
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<Vec<Hit>, IndexError> {
         check_dimension(&self.params, req.vector)?;
         if req.k == 0 {
             return Ok(Vec::new());
         }
-        let table = self.table.read();
-        let live = &table.live;
         let filter = req.filter.filter(|f| !f.is_empty());
         let exact_mode = req.mode == SearchMode::Exact;
         let ef = req.ef.unwrap_or(self.params.ef_search).max(req.k);
+        let candidates: Option<Vec<PointId>> = filter.map(|f| self.matching(f));
 
-        let candidates: Option<Vec<PointId>> = filter.map(|f| {
-            let mut ids: Vec<PointId> = live
-                .iter()
-                .filter(|(_, e)| f.matches(&e.payload.doc_id, &e.payload.metadata))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.sort_unstable();
-            ids
-        });
+        let table = self.table.read();
+        let live = &table.live;
+        if exact_mode {
+            let points = candidates.as_ref().map_or(live.len(), Vec::len);
+            if let Some(limit) = req.max_scan.filter(|l| points > *l) {
+                return Err(IndexError::ScanTooLarge { points, limit });
+            }
+        }
         let scored: Vec<(PointId, f32)> = match candidates {
             Some(ids) => {
                 let plan = self.params.filtered_plan(ids.len(), live.len(), ef);
                 if exact_mode || plan == FilteredPlan::Scan {
+                    let graph = self.graph.read();
                     exact_top_k(
+                        &graph,
                         req.vector,
                         req.k,
                         ids.iter().filter_map(|id| live.get_key_value(id)),
-                    )
+                    )?
                 } else {
                     let FilteredPlan::Graph { beam } = plan else {
                         unreachable!("a scan plan is handled above")
@@ -419,7 +475,8 @@ impl Shard {
                 }
             }
             None if exact_mode || live.len() <= self.params.exact_below => {
-                exact_top_k(req.vector, req.k, live.iter())
+                let graph = self.graph.read();
+                exact_top_k(&graph, req.vector, req.k, live.iter())?
             }
             None if table.tombstones > 0 => {
                 let is_live = |id: &usize| live.contains_key(&(*id as PointId));
@@ -455,19 +512,57 @@ impl Shard {
     }
 }
 
+/// The vector of point `id` at `slot` of `graph` (a copy: hnsw_rs lends none).
+fn vector_at(graph: &Graph, slot: &Slot, id: PointId) -> Result<Vec<f32>, IndexError> {
+    graph
+        .get_point_indexation()
+        .get_point_data(slot)
+        .ok_or_else(|| IndexError::Graph(format!("point {id} has no vector at {slot:?}")))
+}
+
+/// Where each point of `graph` sits, by our id.
+fn slots_of(graph: &Graph) -> HashMap<PointId, Slot> {
+    let points = graph.get_point_indexation();
+    let mut out = HashMap::with_capacity(graph.get_nb_point());
+    // Layer by layer: hnsw_rs's whole-graph iterator takes its lock twice and panics on an
+    // empty graph; the layer iterators do neither.
+    for layer in 0..MAX_LAYERS {
+        for p in points.get_layer_iterator(layer) {
+            out.insert(p.get_origin_id() as PointId, p.get_point_id());
+        }
+    }
+    out
+}
+
+/// Insert one point into `graph` and return its place. hnsw_rs does not say where it put a
+/// point, but it appends each new point to the layer it drew for it: the one layer that grew.
+/// Callers hold the shard's writer lock, so no other insert runs meanwhile.
+fn insert_point(graph: &Graph, vector: &[f32], id: PointId) -> Result<Slot, IndexError> {
+    let points = graph.get_point_indexation();
+    let before: [usize; MAX_LAYERS] = std::array::from_fn(|l| points.get_layer_nb_point(l));
+    graph.insert_slice((vector, id as usize));
+    (0..MAX_LAYERS)
+        .find(|&l| points.get_layer_nb_point(l) > before[l])
+        .map(|l| Slot(l as u8, before[l] as i32))
+        .ok_or_else(|| IndexError::Graph(format!("point {id} landed in no layer")))
+}
+
 fn exact_top_k<'a>(
+    graph: &Graph,
     q: &[f32],
     k: usize,
     points: impl Iterator<Item = (&'a PointId, &'a Entry)>,
-) -> Vec<(PointId, f32)> {
-    let mut scored: Vec<(PointId, f32)> = points.map(|(id, e)| (*id, dot(q, &e.vector))).collect();
+) -> Result<Vec<(PointId, f32)>, IndexError> {
+    let mut scored: Vec<(PointId, f32)> = points
+        .map(|(id, e)| Ok((*id, dot(q, &vector_at(graph, &e.slot, *id)?))))
+        .collect::<Result<_, IndexError>>()?;
     let by_score = |a: &(PointId, f32), b: &(PointId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if scored.len() > k {
         scored.select_nth_unstable_by(k - 1, by_score);
         scored.truncate(k);
     }
     scored.sort_by(by_score);
-    scored
+    Ok(scored)
 }
 
 fn check_dimension(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
@@ -515,12 +610,28 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Reload a dumped graph if it exists and fits `params`. Any problem means "rebuild instead".
-fn load_dump(params: &ShardParams, dir: &Path) -> Option<Graph> {
-    let manifest: Manifest =
-        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).ok()?).ok()?;
-    if manifest.dimension != params.dimension || manifest.m != params.m || manifest.format != 1 {
+/// Reload a dumped graph if it exists, fits `params` and is not ahead of the store's `applied`
+/// index. Any problem means "rebuild instead".
+fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
+    let bytes = std::fs::read(dir.join(MANIFEST)).ok()?;
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
+        tracing::info!(dir = %dir.display(), "index dump of an older format; rebuilding");
+        return None;
+    };
+    if manifest.dimension != params.dimension
+        || manifest.m != params.m
+        || manifest.format != MANIFEST_FORMAT
+    {
         tracing::info!(dir = %dir.display(), "index dump does not match the shard parameters; rebuilding");
+        return None;
+    }
+    if manifest.applied > applied {
+        tracing::warn!(
+            dir = %dir.display(),
+            dump = manifest.applied,
+            store = applied,
+            "index dump is ahead of the store (writes lost in a crash); rebuilding"
+        );
         return None;
     }
     // hnsw_rs ties the reloaded graph's lifetime to its loader. Without mmap the loader holds no

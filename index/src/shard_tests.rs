@@ -53,27 +53,50 @@ fn search(
             filter,
             mode,
             ef: None,
+            max_scan: None,
         })
         .unwrap()
 }
 
-fn recall(shard: &Shard, queries: &[Vec<f32>], filter: Option<&Filter>) -> f64 {
+/// The true 10 nearest of `points` (brute force, outside the shard) that pass `filter`.
+fn truth(points: &[Point], q: &[f32], filter: Option<&Filter>) -> Vec<PointId> {
+    let mut scored: Vec<(PointId, f32)> = points
+        .iter()
+        .filter(|p| filter.is_none_or(|f| f.matches(&p.payload.doc_id, &p.payload.metadata)))
+        .map(|p| (p.id, dot(q, &p.vector)))
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.into_iter().take(10).map(|(id, _)| id).collect()
+}
+
+/// Recall@10 of the shard's search in `mode` against brute force over `points` (the shard's
+/// live points).
+fn recall_in(
+    shard: &Shard,
+    points: &[Point],
+    queries: &[Vec<f32>],
+    filter: Option<&Filter>,
+    mode: SearchMode,
+) -> f64 {
     let mut found = 0;
     let mut total = 0;
     for q in queries {
-        let exact: HashSet<_> = ids(&search(shard, q, 10, filter, SearchMode::Exact))
-            .into_iter()
-            .collect();
-        let approx = search(shard, q, 10, filter, SearchMode::Auto);
+        let want: HashSet<PointId> = truth(points, q, filter).into_iter().collect();
+        let got = search(shard, q, 10, filter, mode);
+        assert_eq!(got.len(), want.len(), "a search returned too few hits");
         if let Some(f) = filter {
-            assert!(approx
+            assert!(got
                 .iter()
                 .all(|h| f.matches(&h.payload.doc_id, &h.payload.metadata)));
         }
-        found += approx.iter().filter(|h| exact.contains(&h.id)).count();
-        total += exact.len();
+        found += got.iter().filter(|h| want.contains(&h.id)).count();
+        total += want.len();
     }
     found as f64 / total as f64
+}
+
+fn recall(shard: &Shard, points: &[Point], queries: &[Vec<f32>], filter: Option<&Filter>) -> f64 {
+    recall_in(shard, points, queries, filter, SearchMode::Auto)
 }
 
 fn queries(n: usize) -> Vec<Vec<f32>> {
@@ -83,11 +106,13 @@ fn queries(n: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn graph_search_recall_and_exact_order() {
-    let (shard, report) = Shard::open(params(), points(3000, 1), None).unwrap();
+    let pts = points(3000, 1);
+    let (shard, report) = Shard::open(params(), pts.clone(), None, 0).unwrap();
     assert!(!report.reloaded);
     let qs = queries(50);
-    let r = recall(&shard, &qs, None);
+    let r = recall(&shard, &pts, &qs, None);
     assert!(r >= 0.95, "recall {r}");
+    assert_eq!(recall_in(&shard, &pts, &qs, None, SearchMode::Exact), 1.0);
     let hits = search(&shard, &qs[0], 10, None, SearchMode::Exact);
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
     // a stored point finds itself first with score ~1
@@ -100,7 +125,7 @@ fn graph_search_recall_and_exact_order() {
 #[test]
 fn deleted_points_are_never_returned_and_compaction_drops_them() {
     let pts = points(2000, 2);
-    let (shard, _) = Shard::open(params(), pts.clone(), None).unwrap();
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
     let deleted: Vec<PointId> = (0..2000).filter(|i| i % 3 == 0).collect();
     assert_eq!(shard.delete(&deleted), deleted.len());
     assert_eq!(shard.delete(&deleted), 0, "second delete is a no-op");
@@ -114,7 +139,7 @@ fn deleted_points_are_never_returned_and_compaction_drops_them() {
         }
     }
     assert!(shard.needs_compaction());
-    let removed = shard.compact();
+    let removed = shard.compact().unwrap();
     assert_eq!(removed, deleted.len());
     let stats = shard.stats();
     assert_eq!(stats.tombstones, 0);
@@ -130,21 +155,47 @@ fn deleted_points_are_never_returned_and_compaction_drops_them() {
         );
         assert!(hits.iter().all(|h| !gone.contains(&h.id)));
     }
-    assert!(recall(&shard, &queries(30), None) >= 0.95);
+    let live: Vec<Point> = pts
+        .iter()
+        .filter(|p| !gone.contains(&p.id))
+        .cloned()
+        .collect();
+    assert!(recall(&shard, &live, &queries(30), None) >= 0.95);
+    // exact scans read each vector from the new graph: every point finds itself
+    assert_eq!(
+        recall_in(&shard, &live, &queries(20), None, SearchMode::Exact),
+        1.0
+    );
+    for p in live.iter().step_by(50) {
+        let top = search(&shard, &p.vector, 1, None, SearchMode::Exact);
+        assert_eq!(top[0].id, p.id);
+        assert!((top[0].score - 1.0).abs() < 1e-4);
+    }
+    // and points inserted after the compaction too
+    let more: Vec<Point> = points(2100, 12).split_off(2000);
+    shard.insert(more.clone()).unwrap();
+    for p in &more {
+        let top = search(&shard, &p.vector, 1, None, SearchMode::Exact);
+        assert_eq!((top[0].id, top.len()), (p.id, 1));
+    }
 }
 
 #[test]
 fn filtered_search_keeps_recall_when_selective_and_when_broad() {
-    let (shard, _) = Shard::open(params(), points(3000, 3), None).unwrap();
+    let pts = points(3000, 3);
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
     let qs = queries(30);
     // 1% of points: exact scan over the matches
     let selective = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
-    assert_eq!(recall(&shard, &qs, Some(&selective)), 1.0);
-    let hits = search(&shard, &qs[0], 10, Some(&selective), SearchMode::Auto);
-    assert_eq!(hits.len(), 10);
+    assert_eq!(recall(&shard, &pts, &qs, Some(&selective)), 1.0);
+    assert_eq!(shard.matching(&selective).len(), 30);
     // 50% of 3,000 points: scanning the 1,500 matches is cheaper than a filtered graph search
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
-    assert_eq!(recall(&shard, &qs, Some(&broad)), 1.0);
+    assert_eq!(recall(&shard, &pts, &qs, Some(&broad)), 1.0);
+    assert_eq!(shard.matching(&broad).len(), 1500);
+    // nothing matches: no hits at all
+    let none = Filter::from_json(&json!({"metadata": {"bucket": 1000}})).unwrap();
+    assert!(search(&shard, &qs[0], 10, Some(&none), SearchMode::Auto).is_empty());
     // by document id
     let by_doc = Filter::from_json(&json!({"document_id": ["doc-5", "doc-9"]})).unwrap();
     let hits = search(&shard, &qs[0], 10, Some(&by_doc), SearchMode::Auto);
@@ -157,13 +208,14 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
 fn broad_filters_on_large_shards_search_the_graph() {
     // m 8: 2,500 matches are more than a beam of 128 costs (128 × 16 distances)
     let p = ShardParams { m: 8, ..params() };
-    let (shard, _) = Shard::open(p, points(5_000, 8), None).unwrap();
+    let pts = points(5_000, 8);
+    let (shard, _) = Shard::open(p, pts.clone(), None, 0).unwrap();
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
     assert_eq!(
         p.filtered_plan(2_500, 5_000, p.ef_search),
         FilteredPlan::Graph { beam: 128 }
     );
-    let r = recall(&shard, &queries(30), Some(&broad));
+    let r = recall(&shard, &pts, &queries(30), Some(&broad));
     assert!(r >= 0.9, "recall {r}");
 }
 
@@ -216,9 +268,47 @@ fn insert_after_open_and_dimension_checks() {
             k: 1,
             filter: None,
             mode: SearchMode::Auto,
-            ef: None
+            ef: None,
+            max_scan: None,
         })
         .is_err());
+}
+
+#[test]
+fn exact_search_refuses_to_scan_more_than_allowed() {
+    let pts = points(2000, 9);
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
+    let q = &pts[3].vector;
+    let req = |filter, max_scan| SearchRequest {
+        vector: q,
+        k: 5,
+        filter,
+        mode: SearchMode::Exact,
+        ef: None,
+        max_scan,
+    };
+    let e = shard.search(&req(None, Some(1000))).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            IndexError::ScanTooLarge {
+                points: 2000,
+                limit: 1000
+            }
+        ),
+        "{e}"
+    );
+    // a filter that leaves few enough points makes it affordable
+    let f = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
+    let hits = shard.search(&req(Some(&f), Some(1000))).unwrap();
+    assert_eq!(ids(&hits), truth(&pts, q, Some(&f))[..5].to_vec());
+    assert!(shard.search(&req(None, None)).is_ok());
+    // the automatic plan is never refused
+    let auto = SearchRequest {
+        mode: SearchMode::Auto,
+        ..req(None, Some(10))
+    };
+    assert_eq!(shard.search(&auto).unwrap().len(), 5);
 }
 
 #[test]
@@ -226,36 +316,70 @@ fn dump_and_reload_applies_the_difference() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("shard");
     let pts = points(1500, 5);
-    let (shard, _) = Shard::open(params(), pts.clone(), None).unwrap();
-    shard.dump(&dump).unwrap();
-    shard.dump(&dump).unwrap(); // replacing an existing dump works
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 10).unwrap();
+    shard.dump(&dump, 10).unwrap();
+    shard.dump(&dump, 10).unwrap(); // replacing an existing dump works
     drop(shard);
 
     // after the dump: 100 points deleted, 200 new ones
     let mut now: Vec<Point> = pts[100..].to_vec();
     let extra = points(1700, 6).split_off(1500);
     now.extend(extra);
-    let (shard, report) = Shard::open(params(), now.clone(), Some(&dump)).unwrap();
+    let (shard, report) = Shard::open(params(), now.clone(), Some(&dump), 12).unwrap();
     assert_eq!(
         report,
         OpenReport {
             reloaded: true,
             inserted: 200,
-            tombstoned: 100
+            tombstoned: 100,
+            discarded_dump: false,
         }
     );
     assert_eq!(shard.stats().live_points, 1600);
     for p in now.iter().step_by(97) {
-        let top = search(&shard, &p.vector, 1, None, SearchMode::Auto);
-        assert_eq!(top[0].id, p.id);
+        for mode in [SearchMode::Auto, SearchMode::Exact] {
+            let top = search(&shard, &p.vector, 1, None, mode);
+            assert_eq!(top[0].id, p.id);
+            assert!((top[0].score - 1.0).abs() < 1e-4);
+        }
     }
+    // the points deleted since the dump never come back, even queried with their own vectors
     for p in pts[..100].iter() {
         let hits = search(&shard, &p.vector, 5, None, SearchMode::Auto);
-        assert!(hits.iter().all(|h| h.id >= 100 || h.id >= 1500));
+        assert_eq!(hits.len(), 5);
+        assert!(hits.iter().all(|h| h.id >= 100), "{:?}", ids(&hits));
     }
+    drop(shard);
+
+    // a dump ahead of the store (the store lost its last writes): rebuilt, never trusted
+    let (shard, report) = Shard::open(params(), now.clone(), Some(&dump), 9).unwrap();
+    assert!(!report.reloaded && report.discarded_dump, "{report:?}");
+    assert_eq!(shard.stats().graph_points, 1600);
+    drop(shard);
 
     // a corrupt dump is rebuilt, not trusted
     std::fs::write(dump.join("graph.hnsw.graph"), b"garbage").unwrap();
-    let (_, report) = Shard::open(params(), now, Some(&dump)).unwrap();
-    assert!(!report.reloaded);
+    let (_, report) = Shard::open(params(), now, Some(&dump), 12).unwrap();
+    assert!(!report.reloaded && report.discarded_dump, "{report:?}");
+}
+
+#[test]
+fn a_dump_ahead_of_the_store_cannot_resurrect_a_reused_point_id() {
+    // The dump holds point 7 with one vector; the store lost that write in a crash and later gave
+    // id 7 to another chunk. Reloading must serve the store's vector for id 7.
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("shard");
+    let mut pts = points(300, 11);
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 20).unwrap();
+    shard.dump(&dump, 20).unwrap();
+    drop(shard);
+    let mut rng = StdRng::seed_from_u64(1234);
+    pts[7].vector = random_unit(&mut rng); // the store's id 7 now
+    let (shard, _) = Shard::open(params(), pts.clone(), Some(&dump), 15).unwrap();
+    let top = search(&shard, &pts[7].vector, 1, None, SearchMode::Auto);
+    assert_eq!(top[0].id, 7);
+    assert!(
+        (top[0].score - 1.0).abs() < 1e-4,
+        "stale vector served for id 7"
+    );
 }

@@ -39,16 +39,22 @@ pub(crate) fn pad(encodings: &[&Encoding]) -> Result<Padded, InferenceError> {
 }
 
 /// `forward` run over `encodings` in [`length_groups`], its outputs put back in input order.
+/// `cancelled` is asked before each forward pass; once it says yes, no more passes run and the
+/// result is [`InferenceError::Cancelled`].
 pub(crate) fn forward_in_groups<T: Default + Clone>(
     encodings: &[Encoding],
     batch_size: usize,
     max_tokens: usize,
     packed: bool,
+    cancelled: &(dyn Fn() -> bool + Sync),
     mut forward: impl FnMut(&[&Encoding]) -> Result<Vec<T>, InferenceError>,
 ) -> Result<Vec<T>, InferenceError> {
     let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
     let mut out = vec![T::default(); encodings.len()];
     for group in length_groups(&lengths, batch_size, max_tokens, packed) {
+        if cancelled() {
+            return Err(InferenceError::Cancelled);
+        }
         let members: Vec<&Encoding> = group.iter().map(|&i| &encodings[i]).collect();
         for (&i, v) in group.iter().zip(forward(&members)?) {
             out[i] = v;
@@ -96,6 +102,51 @@ pub(crate) fn length_groups(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokenizers::Encoding;
+
+    use crate::InferenceError;
+
+    fn encoding(len: usize) -> Encoding {
+        let n = |v: u32| vec![v; len];
+        Encoding::new(
+            n(7),
+            n(0),
+            vec![String::new(); len],
+            vec![None; len],
+            vec![(0, 0); len],
+            n(0),
+            n(1),
+            Vec::new(),
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_before_the_next_forward_pass() {
+        let encodings: Vec<Encoding> = [3, 5, 4, 6, 2].into_iter().map(encoding).collect();
+        let passes = AtomicUsize::new(0);
+        let forward = |group: &[&Encoding]| {
+            passes.fetch_add(1, Ordering::SeqCst);
+            Ok(group.iter().map(|e| e.len()).collect::<Vec<_>>())
+        };
+        // never cancelled: one pass per group of 2, outputs in input order
+        let out = super::forward_in_groups(&encodings, 2, 100, true, &|| false, forward).unwrap();
+        assert_eq!(out, vec![3, 5, 4, 6, 2]);
+        assert_eq!(passes.load(Ordering::SeqCst), 3);
+        // cancelled before anything ran
+        passes.store(0, Ordering::SeqCst);
+        let r = super::forward_in_groups(&encodings, 2, 100, true, &|| true, forward);
+        assert!(matches!(r, Err(InferenceError::Cancelled)));
+        assert_eq!(passes.load(Ordering::SeqCst), 0);
+        // cancelled once the first pass has run: no second one
+        let cancelled = || passes.load(Ordering::SeqCst) >= 1;
+        let r = super::forward_in_groups(&encodings, 2, 100, true, &cancelled, forward);
+        assert!(matches!(r, Err(InferenceError::Cancelled)));
+        assert_eq!(passes.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn groups_sort_by_length() {
         let g = super::length_groups(&[5, 1, 9, 3, 7], 2, 1000, false);

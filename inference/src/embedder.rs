@@ -237,8 +237,22 @@ impl Embedder {
 
     /// Embed texts; returns one L2-normalised vector per text, in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.embed_cancellable(texts, &|| false)
+    }
+
+    /// [`embed`](Self::embed) that stops early once `cancelled` says yes: it is asked (on the
+    /// calling thread) before tokenizing, before each forward pass and, with the native engine,
+    /// before each layer of a pass. A cancelled call returns [`InferenceError::Cancelled`].
+    pub fn embed_cancellable(
+        &self,
+        texts: &[&str],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         if texts.is_empty() {
             return Ok(Vec::new());
+        }
+        if cancelled() {
+            return Err(InferenceError::Cancelled);
         }
         let encodings = self
             .inner
@@ -250,16 +264,21 @@ impl Embedder {
             self.inner.batch_size,
             self.inner.max_batch_tokens,
             self.inner.model.engine() == Engine::Native,
-            |group| self.forward(group),
+            cancelled,
+            |group| self.forward(group, cancelled),
         )
     }
 
     /// One forward pass over a group of texts.
-    fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn forward(
+        &self,
+        encodings: &[&Encoding],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         match &self.inner.model {
             Model::Native(encoder) => {
                 let seqs = sequences(encodings);
-                let hidden = encoder.forward(&seqs)?;
+                let hidden = encoder.forward_cancellable(&seqs, cancelled)?;
                 Ok((0..seqs.len())
                     .map(|i| mean_pool_normalized(hidden.rows(i), hidden.width))
                     .collect())

@@ -14,4 +14,8 @@ pub enum InferenceError {
     Model(#[from] candle_core::Error),
     #[error("invalid input: {0}")]
     Input(String),
+    /// The caller's `cancelled` check fired: the work stopped between two steps (forward passes,
+    /// or layers of one) and its results were dropped.
+    #[error("cancelled")]
+    Cancelled,
 }

@@ -4,6 +4,11 @@
 //! Models are loaded from any Hugging Face-style folder holding `config.json`, `tokenizer.json`
 //! and `model.safetensors`. Nothing here knows about actors, HTTP or storage.
 
+// The native kernels work through raw pointers: every unsafe operation sits in its own `unsafe`
+// block with a `SAFETY:` comment, and every `unsafe fn` states its contract.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 mod batch;
 mod chunker;
 mod embedder;

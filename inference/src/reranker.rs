@@ -63,6 +63,7 @@ pub struct CrossEncoder {
 
 struct Inner {
     arch: Architecture,
+    /// Truncates (longest first) to `max_tokens`.
     tokenizer: Tokenizer,
     num_labels: usize,
     max_tokens: usize,
@@ -172,18 +173,25 @@ impl CrossEncoder {
 
     /// Raw logits, one row of `num_labels` per passage, in input order.
     pub fn logits(&self, query: &str, passages: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.logits_cancellable(query, passages, &|| false)
+    }
+
+    /// [`logits`](Self::logits) that stops early once `cancelled` says yes: it is asked (on the
+    /// calling thread) before tokenizing, before each forward pass and, with the native engine,
+    /// before each layer of a pass. A cancelled call returns [`InferenceError::Cancelled`].
+    pub fn logits_cancellable(
+        &self,
+        query: &str,
+        passages: &[&str],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         if passages.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<EncodeInput> = passages
-            .iter()
-            .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
-            .collect();
-        let encodings = self
-            .inner
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        if cancelled() {
+            return Err(InferenceError::Cancelled);
+        }
+        let encodings = pair_encodings(&self.inner.tokenizer, query, passages)?;
         let packed = matches!(
             self.inner.arch,
             Architecture::Bert {
@@ -196,21 +204,38 @@ impl CrossEncoder {
             self.inner.batch_size,
             self.inner.max_batch_tokens,
             packed,
-            |group| self.forward(group),
+            cancelled,
+            |group| self.forward(group, cancelled),
         )
     }
 
     /// One relevance score per passage: the logit for single-label models, else the softmax
     /// probability of the last label.
     pub fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, InferenceError> {
+        self.score_cancellable(query, passages, &|| false)
+    }
+
+    /// [`score`](Self::score) that stops early once `cancelled` says yes (asked as in
+    /// [`logits_cancellable`](Self::logits_cancellable)); a cancelled call returns
+    /// [`InferenceError::Cancelled`].
+    pub fn score_cancellable(
+        &self,
+        query: &str,
+        passages: &[&str],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<f32>, InferenceError> {
         Ok(self
-            .logits(query, passages)?
+            .logits_cancellable(query, passages, cancelled)?
             .into_iter()
             .map(|row| relevance(&row))
             .collect())
     }
 
-    fn forward(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn forward(
+        &self,
+        encodings: &[&Encoding],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let (pooler, classifier, first_tokens) = match &self.inner.arch {
             Architecture::Bert {
                 model: Model::Native(encoder),
@@ -218,7 +243,7 @@ impl CrossEncoder {
                 classifier,
             } => {
                 let seqs = sequences(encodings);
-                let hidden = encoder.forward(&seqs)?;
+                let hidden = encoder.forward_cancellable(&seqs, cancelled)?;
                 let first: Vec<Vec<f32>> = (0..seqs.len())
                     .map(|i| hidden.rows(i)[..hidden.width].to_vec())
                     .collect();
@@ -252,6 +277,53 @@ impl CrossEncoder {
             })
             .collect())
     }
+}
+
+/// The (query, passage) pairs as the model reads them, in the order of `passages`: the ids of
+/// `tokenizer.encode((query, passage), true)`, without tokenizing the query again for every
+/// passage. The query is tokenized once, each passage once (both cut at the token limit, so a
+/// long passage is not tokenized past it), and each pair is put together by the tokenizer's own
+/// post-processing, which truncates it (longest first: the passage side, unless the query is the
+/// longer one) and adds the special tokens.
+///
+/// A query that reaches the limit on its own (never, in practice) takes the slow way, one pair
+/// input per passage: the tokenizer then splits the limit between the two sides by their
+/// lengths before cutting, which one tokenization of each side, cut at the limit, no longer
+/// tells apart.
+fn pair_encodings(
+    tokenizer: &Tokenizer,
+    query: &str,
+    passages: &[&str],
+) -> Result<Vec<Encoding>, InferenceError> {
+    let tok = |e: tokenizers::Error| InferenceError::Tokenizer(e.to_string());
+    let mut q = tokenizer.encode_fast(query, false).map_err(tok)?;
+    if tokenizer
+        .get_truncation()
+        .is_some_and(|t| q.len() >= t.max_length)
+    {
+        let inputs: Vec<EncodeInput> = passages
+            .iter()
+            .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
+            .collect();
+        return tokenizer.encode_batch(inputs, true).map_err(tok);
+    }
+    // The first and the second sequence of a pair input (`encode` gives them types 0 and 1
+    // before post-processing, and some post-processors keep those). What was cut off each text
+    // alone is dropped (the model never sees a pair's overflow either).
+    q.set_type_ids(vec![0; q.len()]);
+    q.take_overflowing();
+    let ps = tokenizer
+        .encode_batch_fast(passages.to_vec(), false)
+        .map_err(tok)?;
+    ps.into_iter()
+        .map(|mut p| {
+            p.set_type_ids(vec![1; p.len()]);
+            p.take_overflowing();
+            tokenizer
+                .post_process(q.clone(), Some(p), true)
+                .map_err(tok)
+        })
+        .collect()
 }
 
 /// A small dense layer (the pooler and the classifier head), `out = W · x + b`.
@@ -303,4 +375,89 @@ pub fn relevance(logits: &[f32]) -> f32 {
 /// Logistic function, for turning a single logit into a 0..1 relevance.
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tokenizers::{EncodeInput, Tokenizer, TruncationParams, TruncationStrategy};
+
+    /// The MiniLM tokenizer (scripts/fetch-model.sh), truncating at `max_tokens` or not at all.
+    fn tokenizer(max_tokens: Option<usize>) -> Tokenizer {
+        let dir = std::env::var_os("SHOAL_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+            });
+        let mut t = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-model.sh)", dir.display()));
+        t.with_truncation(max_tokens.map(|max_length| TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            ..TruncationParams::default()
+        }))
+        .unwrap();
+        t.with_padding(None);
+        t
+    }
+
+    fn words(n: usize, seed: usize) -> String {
+        const W: [&str; 8] = [
+            "tower",
+            "photosynthesis",
+            "Paris",
+            "unbelievably",
+            "river",
+            "1889",
+            "lattice",
+            "é",
+        ];
+        (0..n)
+            .map(|i| W[(i * 7 + seed) % W.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Pairs built from one tokenization of the query are the pairs the tokenizer makes of each
+    /// (query, passage) input: same ids, type ids and mask, through every truncation case
+    /// (none, passage only, both sides, query longer than the passage, query over the limit).
+    #[test]
+    fn pairs_from_one_query_tokenization_match_pair_inputs() {
+        let short_q = "where is the eiffel tower";
+        let long_q = words(700, 1);
+        let mid_q = words(300, 2);
+        let passages_owned = [
+            String::new(),
+            "It is in Paris.".to_string(),
+            words(40, 3),
+            words(250, 4),
+            words(600, 5),
+            words(900, 6),
+        ];
+        let passages: Vec<&str> = passages_owned.iter().map(String::as_str).collect();
+        for max_tokens in [512, 300, 17, 16] {
+            let truncating = tokenizer(Some(max_tokens));
+            for query in [short_q, "", mid_q.as_str(), long_q.as_str()] {
+                let got = super::pair_encodings(&truncating, query, &passages).unwrap();
+                let inputs: Vec<EncodeInput> = passages
+                    .iter()
+                    .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
+                    .collect();
+                let want = truncating.encode_batch(inputs, true).unwrap();
+                assert_eq!(got.len(), want.len());
+                for ((g, w), p) in got.iter().zip(&want).zip(&passages) {
+                    let what = format!(
+                        "max {max_tokens}, query {} chars, passage {} chars",
+                        query.len(),
+                        p.len()
+                    );
+                    assert!(g.len() <= max_tokens, "{what}");
+                    assert_eq!(g.get_ids(), w.get_ids(), "{what}");
+                    assert_eq!(g.get_type_ids(), w.get_type_ids(), "{what}");
+                    assert_eq!(g.get_attention_mask(), w.get_attention_mask(), "{what}");
+                }
+            }
+        }
+    }
 }

@@ -250,3 +250,71 @@ fn a_forward_pass_waits_at_pause_points_while_its_hook_blocks() {
         assert!(cosine(g, w) > 0.99999);
     }
 }
+
+#[test]
+fn cancelled_embedding_returns_cancelled_and_stops_working() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let refs = reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    assert!(texts.len() >= 3);
+    // one pass per text
+    let e = embedder(1);
+    // a one-thread pool whose pause hook counts the units of work done on it
+    let units = Arc::new(AtomicUsize::new(0));
+    let u = units.clone();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .start_handler(move |_| {
+            let u = u.clone();
+            shoal_inference::set_pause_hook(Arc::new(move || {
+                u.fetch_add(1, Ordering::SeqCst);
+            }))
+        })
+        .build()
+        .unwrap();
+
+    let want = pool.install(|| e.embed(&texts)).unwrap();
+    let full = units.swap(0, Ordering::SeqCst);
+    let got = pool
+        .install(|| e.embed_cancellable(&texts, &|| false))
+        .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(units.swap(0, Ordering::SeqCst), full);
+
+    let r = pool.install(|| e.embed_cancellable(&texts, &|| true));
+    assert!(matches!(r, Err(InferenceError::Cancelled)), "{r:?}");
+    assert_eq!(units.load(Ordering::SeqCst), 0);
+
+    // the work done when the check first said yes (0: not yet)
+    let fired_at = AtomicUsize::new(0);
+    let cancelled = || {
+        let done = units.load(Ordering::SeqCst);
+        if fired_at.load(Ordering::SeqCst) == 0 {
+            fired_at.store(done, Ordering::SeqCst);
+        }
+        fired_at.load(Ordering::SeqCst) > 0
+    };
+    let r = pool.install(|| e.embed_cancellable(&texts, &cancelled));
+    assert!(matches!(r, Err(InferenceError::Cancelled)), "{r:?}");
+    let fired_at = fired_at.load(Ordering::SeqCst);
+    assert!(fired_at > 0, "the check never fired");
+    assert_eq!(
+        units.load(Ordering::SeqCst),
+        fired_at,
+        "work went on after cancellation"
+    );
+    assert!(
+        fired_at * texts.len() <= full,
+        "{fired_at} of {full} units ran: more than one pass of {}",
+        texts.len()
+    );
+    // the candle engine stops between passes
+    let c = embedder_with(1, Engine::Candle, Precision::F32);
+    let calls = AtomicUsize::new(0);
+    let r = c.embed_cancellable(&texts, &|| calls.fetch_add(1, Ordering::SeqCst) >= 2);
+    assert!(matches!(r, Err(InferenceError::Cancelled)), "{r:?}");
+    // asked before tokenizing (no), before the first pass (no), before the second (yes)
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

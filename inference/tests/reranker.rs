@@ -115,3 +115,87 @@ fn broken_cross_encoder_folders_fail_with_the_file_named() {
     assert!(matches!(err, InferenceError::BadFile { .. }));
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
+
+/// A one-thread pool whose pause hook counts the units of work (weight panels, attention heads)
+/// the native encoder does on it.
+fn counting_pool() -> (
+    rayon::ThreadPool,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let units = Arc::new(AtomicUsize::new(0));
+    let u = units.clone();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .start_handler(move |_| {
+            let u = u.clone();
+            shoal_inference::set_pause_hook(Arc::new(move || {
+                u.fetch_add(1, Ordering::SeqCst);
+            }))
+        })
+        .build()
+        .unwrap();
+    (pool, units)
+}
+
+#[test]
+fn cancelled_scoring_returns_cancelled_and_stops_working() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let fx = fixture();
+    let items = fx["items"].as_array().unwrap();
+    let q = items[0]["query"].as_str().unwrap();
+    let passages: Vec<&str> = items
+        .iter()
+        .map(|i| i["passage"].as_str().unwrap())
+        .collect();
+    assert!(passages.len() >= 3);
+    // one pass per passage
+    let (_dir, model) = test_model(1);
+    let (pool, units) = counting_pool();
+
+    let want = pool.install(|| model.score(q, &passages)).unwrap();
+    let full = units.swap(0, Ordering::SeqCst);
+    let got = pool
+        .install(|| model.score_cancellable(q, &passages, &|| false))
+        .unwrap();
+    assert_eq!(got, want, "never cancelled: the same scores");
+    assert_eq!(units.swap(0, Ordering::SeqCst), full);
+
+    // cancelled before anything: no work at all
+    let r = pool.install(|| model.score_cancellable(q, &passages, &|| true));
+    assert!(matches!(r, Err(InferenceError::Cancelled)), "{r:?}");
+    assert_eq!(units.load(Ordering::SeqCst), 0);
+
+    // cancelled once some work has been done: nothing more runs after the check said yes,
+    // which was within the first of the passes
+    // the work done when the check first said yes (0: not yet)
+    let fired_at = AtomicUsize::new(0);
+    let cancelled = || {
+        let done = units.load(Ordering::SeqCst);
+        if fired_at.load(Ordering::SeqCst) == 0 {
+            fired_at.store(done, Ordering::SeqCst);
+        }
+        fired_at.load(Ordering::SeqCst) > 0
+    };
+    let r = pool.install(|| model.score_cancellable(q, &passages, &cancelled));
+    assert!(matches!(r, Err(InferenceError::Cancelled)), "{r:?}");
+    let fired_at = fired_at.load(Ordering::SeqCst);
+    assert!(fired_at > 0, "the check never fired");
+    assert_eq!(
+        units.load(Ordering::SeqCst),
+        fired_at,
+        "work went on after cancellation"
+    );
+    assert!(
+        fired_at * passages.len() <= full,
+        "{fired_at} of {full} units ran: more than one pass of {}",
+        passages.len()
+    );
+    assert_eq!(
+        InferenceError::Cancelled.to_string(),
+        "cancelled",
+        "the message callers see"
+    );
+}

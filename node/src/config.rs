@@ -40,10 +40,17 @@ pub struct ThreadsConfig {
     /// Tokio worker threads (HTTP and actors; CPU work never runs on them).
     pub http: usize,
     /// Scheduling priority (nice, 0..19) of the ingest embedder's threads and of the background
-    /// threads: while a query is embedded, the kernel gives the cores to the query (Linux).
+    /// threads: while a query is embedded, the kernel gives the cores to the query (Linux). They
+    /// stay in the normal scheduling class, so another busy process cannot stop ingest.
     pub ingest_nice: i32,
     /// Background threads, at `ingest_nice`: chunking, HNSW inserts, compactions, graph dumps.
     pub background: usize,
+    /// Fraction of each window in which ingest runs even while queries keep it waiting (0 to 1;
+    /// 0: ingest waits for as long as queries keep coming).
+    pub ingest_min_share: f64,
+    /// The window of `ingest_min_share` (ms): the longest a new query pass waits for ingest's turn
+    /// to end is `ingest_min_share` × this.
+    pub ingest_share_window_ms: u64,
 }
 
 impl Default for ThreadsConfig {
@@ -53,8 +60,10 @@ impl Default for ThreadsConfig {
             ingest_inference: 0,
             index: 0,
             http: 0,
-            ingest_nice: 19,
+            ingest_nice: 10,
             background: 1,
+            ingest_min_share: 0.1,
+            ingest_share_window_ms: 200,
         }
     }
 }
@@ -87,8 +96,13 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Everything the node stores lives under this folder.
     pub data_dir: PathBuf,
-    /// fsync every applied command (an acknowledged write survives kill -9).
+    /// fsync every applied command (an acknowledged write survives kill -9). Commands that
+    /// arrive together share one fsync.
     pub sync_writes: bool,
+    /// sled's page cache (MiB).
+    pub cache_mb: u64,
+    /// How long a start waits for the store's lock while a previous process still holds it (ms).
+    pub lock_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -108,7 +122,8 @@ pub struct ModelConfig {
     /// `f32` (exact, the default) or `bf16` (opt-in, native engine only: about 1.6x the f32
     /// passage rate measured with AVX512-BF16 or AMX, cosine to f32 ≥ 0.9999 on MiniLM).
     pub precision: Precision,
-    /// Longest an embedding request may wait for the model (ms).
+    /// Longest a request waits for the model (ms); at most `server.request_timeout_ms`. Ingest
+    /// gives up a batch (and retries it later) when it makes no progress for this long.
     pub timeout_ms: u64,
     /// How long the query embedder gathers requests into one forward pass (ms).
     pub batch_window_ms: f64,
@@ -139,6 +154,8 @@ pub struct RerankerConfig {
     pub default_candidates: usize,
     /// Largest `rerank_candidates`, and most documents per `POST /v1/rerank`.
     pub max_candidates: usize,
+    /// Size of a rerank query (bytes).
+    pub max_query_bytes: usize,
 }
 
 impl Default for RerankerConfig {
@@ -152,6 +169,7 @@ impl Default for RerankerConfig {
             precision: Precision::F32,
             default_candidates: 50,
             max_candidates: 1_000,
+            max_query_bytes: 8 * 1024,
         }
     }
 }
@@ -171,6 +189,13 @@ pub struct IngestConfig {
     pub max_documents_per_request: usize,
     /// Size of one document's text (bytes).
     pub max_document_bytes: usize,
+    /// Text bytes waiting for ingest (queued, in flight, and in requests being read); past it,
+    /// adding documents is answered 429 with Retry-After.
+    pub max_queue_bytes: u64,
+    /// Documents waiting for ingest; past it, 429.
+    pub max_queue_documents: u64,
+    /// Finished jobs are forgotten this long after their last change (s); 0 keeps them forever.
+    pub job_retention_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +213,12 @@ pub struct SearchConfig {
     pub exact_below: usize,
     /// Filters matching at most this fraction of a shard are answered by an exact scan.
     pub exact_filter_fraction: f64,
+    /// Most points an `exact: true` search may scan (after its filter); larger ones are refused.
+    pub max_exact_points: usize,
+    /// Metadata conditions in one filter.
+    pub max_filter_conditions: usize,
+    /// Values in one filter list (`in`, `document_id`).
+    pub max_filter_values: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,6 +269,8 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
             sync_writes: true,
+            cache_mb: 64,
+            lock_wait_ms: 10_000,
         }
     }
 }
@@ -251,7 +284,7 @@ impl Default for ModelConfig {
             max_batch_tokens: 2048,
             engine: Engine::Native,
             precision: Precision::F32,
-            timeout_ms: 60_000,
+            timeout_ms: 20_000,
             batch_window_ms: 2.0,
             ingest_micro_batch: 4,
             query_cache_size: 10_000,
@@ -269,6 +302,9 @@ impl Default for IngestConfig {
             chunk_overlap_tokens: 40,
             max_documents_per_request: 1_000,
             max_document_bytes: 1024 * 1024,
+            max_queue_bytes: 256 * 1024 * 1024,
+            max_queue_documents: 200_000,
+            job_retention_s: 7 * 24 * 3600,
         }
     }
 }
@@ -283,6 +319,9 @@ impl Default for SearchConfig {
             max_ef: 4_096,
             exact_below: 1_000,
             exact_filter_fraction: 0.1,
+            max_exact_points: 20_000,
+            max_filter_conditions: 64,
+            max_filter_values: 1_024,
         }
     }
 }
@@ -372,6 +411,25 @@ impl Config {
             ("search.ef_search", self.search.ef_search),
             ("index.m", self.index.m as usize),
             ("index.ef_construction", self.index.ef_construction as usize),
+            ("model.timeout_ms", self.model.timeout_ms as usize),
+            ("reranker.max_query_bytes", self.reranker.max_query_bytes),
+            (
+                "ingest.max_queue_bytes",
+                self.ingest.max_queue_bytes as usize,
+            ),
+            (
+                "ingest.max_queue_documents",
+                self.ingest.max_queue_documents as usize,
+            ),
+            (
+                "search.max_filter_conditions",
+                self.search.max_filter_conditions,
+            ),
+            ("search.max_filter_values", self.search.max_filter_values),
+            (
+                "threads.ingest_share_window_ms",
+                self.threads.ingest_share_window_ms as usize,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -390,6 +448,18 @@ impl Config {
         }
         if !(0..=19).contains(&self.threads.ingest_nice) {
             return Err("threads.ingest_nice must be between 0 and 19".into());
+        }
+        if !(0.0..=1.0).contains(&self.threads.ingest_min_share) {
+            return Err("threads.ingest_min_share must be between 0 and 1".into());
+        }
+        if self.model.timeout_ms > self.server.request_timeout_ms {
+            return Err(format!(
+                "model.timeout_ms ({}) must not exceed server.request_timeout_ms ({}): a request that timed out would still cost its inference",
+                self.model.timeout_ms, self.server.request_timeout_ms
+            ));
+        }
+        if (self.ingest.max_document_bytes as u64) > self.ingest.max_queue_bytes {
+            return Err("ingest.max_document_bytes must not exceed ingest.max_queue_bytes".into());
         }
         if self.index.m > 255 {
             return Err("index.m must be at most 255".into());
@@ -410,6 +480,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_timeout_fits_inside_the_request_timeout() {
+        let mut c = Config::default();
+        assert!(c.model.timeout_ms <= c.server.request_timeout_ms);
+        c.model.timeout_ms = 60_000;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("model.timeout_ms"), "{e}");
+        c.server.request_timeout_ms = 90_000;
+        assert!(c.validate().is_ok());
+        c.threads.ingest_min_share = 1.5;
+        assert!(c.validate().unwrap_err().contains("ingest_min_share"));
+    }
 
     #[test]
     fn engine_and_precision_are_checked() {

@@ -1,6 +1,8 @@
-//! What every part of a node shares, and the state machine: [`NodeContext::apply`] runs each
-//! command through the store's deterministic apply, then mirrors its effects in the index shards.
-//! The cluster issue replaces the local log index with Raft's; the command path stays the same.
+//! What every part of a node shares. Every change of state goes through [`NodeContext::apply`]:
+//! the apply loop ([`crate::apply_loop`]) commits the command to the store, the mirror
+//! ([`crate::mirror`]) hands its effects to the shard actors, and the
+//! [`crate::watermark::IndexWatermark`] says how far the shards have caught up. The cluster issue
+//! replaces the local apply loop with Raft's; the command path stays the same.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,18 +14,18 @@ use parking_lot::RwLock;
 use ractor::ActorRef;
 use shoal_index::{Payload, Point, ShardParams};
 use shoal_inference::{Chunker, CrossEncoder, Embedder, PauseHook};
-use shoal_storage::{CollectionRecord, Command, Effect, Outcome, Store, StoredPoint};
+use shoal_storage::{CollectionRecord, Command, Store, StoredPoint};
 
-use crate::actors::ask;
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::actors::reranker::RerankerMsg;
-use crate::actors::shard::ShardMsg;
 use crate::actors::supervisor::SupervisorMsg;
+use crate::apply_loop::{ApplyLoop, Committed};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::ingest_queue::IngestQueue;
 use crate::metrics::Metrics;
 use crate::shards::ShardRegistry;
+use crate::watermark::IndexWatermark;
 
 pub struct NodeContext {
     pub config: Config,
@@ -46,30 +48,48 @@ pub struct NodeContext {
     pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
     pub ingest: IngestQueue,
     pub supervisor: OnceLock<ActorRef<SupervisorMsg>>,
-    /// Next log index; the lock also serialises applies.
-    apply_lock: tokio::sync::Mutex<u64>,
+    /// The one writer of the store.
+    pub applier: ApplyLoop,
+    /// How far the shards have caught up with the store.
+    pub watermark: Arc<IndexWatermark>,
     pub index_dir: PathBuf,
     pub started: Instant,
     pub warm: AtomicBool,
 }
 
-/// How long an apply waits for a shard actor to mirror an effect.
-const SHARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The parts a context is made of.
+pub struct ContextParts {
+    pub config: Config,
+    pub store: Store,
+    pub embedder: Embedder,
+    pub reranker: Option<CrossEncoder>,
+    pub chunker: Chunker,
+    pub metrics: Arc<Metrics>,
+    pub applier: ApplyLoop,
+    pub watermark: Arc<IndexWatermark>,
+}
 
 impl NodeContext {
-    pub fn new(
-        config: Config,
-        store: Store,
-        embedder: Embedder,
-        reranker: Option<CrossEncoder>,
-        chunker: Chunker,
-        metrics: Arc<Metrics>,
-    ) -> Result<NodeContext, NodeError> {
-        let next_index = store.applied_index()? + 1;
+    pub fn new(parts: ContextParts) -> Result<NodeContext, NodeError> {
+        let ContextParts {
+            config,
+            store,
+            embedder,
+            reranker,
+            chunker,
+            metrics,
+            applier,
+            watermark,
+        } = parts;
         let index_dir = config.storage.data_dir.join("index");
         let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
             .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
-        let query_gate = Arc::new(crate::embed_exec::QueryGate::default());
+        let query_gate = Arc::new(crate::embed_exec::QueryGate::new(
+            crate::embed_exec::IngestShare {
+                min_share: config.threads.ingest_min_share,
+                window: Duration::from_millis(config.threads.ingest_share_window_ms),
+            },
+        ));
         let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(crate::config::ThreadsConfig::resolve(n))
@@ -111,8 +131,16 @@ impl NodeContext {
             reranker_actor: RwLock::new(None),
             reranker_warm: AtomicBool::new(false),
             query_cache,
-            ingest: IngestQueue::new(metrics.clone()),
+            ingest: IngestQueue::new(
+                crate::ingest_queue::QueueLimits {
+                    max_bytes: config.ingest.max_queue_bytes,
+                    max_documents: config.ingest.max_queue_documents,
+                },
+                metrics.clone(),
+            ),
             config,
+            applier,
+            watermark,
             store,
             embedder,
             chunker,
@@ -120,7 +148,6 @@ impl NodeContext {
             shards: ShardRegistry::default(),
             embedders: RwLock::new(HashMap::new()),
             supervisor: OnceLock::new(),
-            apply_lock: tokio::sync::Mutex::new(next_index),
             index_dir,
             started: Instant::now(),
             warm: AtomicBool::new(false),
@@ -190,36 +217,31 @@ impl NodeContext {
         Ok(())
     }
 
-    /// Apply one command: store first (one atomic batch), then the index. Commands are applied one
-    /// at a time, in log order.
-    pub async fn apply(&self, command: Command) -> Result<Outcome, NodeError> {
-        let mut next = self.apply_lock.lock().await;
-        let index = *next;
-        let store = self.store.clone();
-        let kind = command.kind();
-        // Storing chunks is ingest work: it runs on the low-priority background threads (like
-        // the embedding before it and the HNSW insert after it), everything else at once.
-        let result = if matches!(command, Command::StoreChunks { .. }) {
-            self.background(move || store.apply(index, &command))
-                .await?
-        } else {
-            tokio::task::spawn_blocking(move || store.apply(index, &command)).await?
-        };
-        let applied = match result {
-            Ok(a) => a,
-            Err(e) => {
-                if e.is_rejection() {
-                    *next += 1;
-                }
-                return Err(e.into());
+    /// Remove a dropped collection's graph dump (after any dump of it in progress).
+    pub async fn remove_dump(&self, collection: &str, uid: u64) {
+        let _files = self.shards.dump_lock(uid).lock_owned().await;
+        let dir = self.dump_dir(collection, uid);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");
             }
-        };
-        *next += 1;
-        for effect in applied.effects {
-            self.mirror(effect).await?;
         }
-        tracing::debug!(index, kind, "applied");
-        Ok(applied.outcome)
+        self.shards.forget_dump_lock(uid);
+    }
+
+    /// Apply one command: the apply loop commits it to the store, in log order, whether or not
+    /// the caller is still waiting. The index mirrors it shortly after (see
+    /// [`NodeContext::wait_searchable`]).
+    pub async fn apply(&self, command: Command) -> Result<Committed, NodeError> {
+        let kind = command.kind();
+        let committed = self.applier.apply(command).await?;
+        tracing::debug!(index = committed.index, kind, "applied");
+        Ok(committed)
+    }
+
+    /// Wait (at most `limit`) until the index has mirrored log index `index`; returns whether it has.
+    pub async fn wait_searchable(&self, index: u64, limit: Duration) -> bool {
+        self.watermark.wait_for(index, limit).await
     }
 
     /// Run CPU work that belongs to ingest (chunking, HNSW inserts, compactions, dumps) on the
@@ -249,80 +271,6 @@ impl NodeContext {
             Ok(Err(_)) => Err(NodeError::Internal(format!("{what} task panicked"))),
             Err(_) => Err(NodeError::Internal(format!("{what} task was dropped"))),
         }
-    }
-
-    /// Wait until no apply is in progress: what the store says then, the index agrees with.
-    pub async fn settled(&self) {
-        drop(self.apply_lock.lock().await);
-    }
-
-    async fn mirror(&self, effect: Effect) -> Result<(), NodeError> {
-        match effect {
-            Effect::CollectionCreated(record) => {
-                let sup = self.supervisor()?;
-                ask(sup, "supervisor", SHARD_TIMEOUT, |reply| {
-                    SupervisorMsg::StartShard(record, reply)
-                })
-                .await?
-                .map_err(NodeError::Internal)
-            }
-            Effect::CollectionDropped { name, uid } => {
-                self.ingest.drop_collection(&name);
-                for gauge in [&self.metrics.index_points, &self.metrics.index_tombstones] {
-                    let _ = gauge.remove_label_values(&[name.as_str()]);
-                }
-                self.shards.remove(&name, uid);
-                let sup = self.supervisor()?;
-                ask(sup, "supervisor", SHARD_TIMEOUT, |reply| {
-                    SupervisorMsg::StopShard {
-                        name: name.clone(),
-                        uid,
-                        reply,
-                    }
-                })
-                .await?;
-                let dir = self.dump_dir(&name, uid);
-                if dir.exists() {
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");
-                    }
-                }
-                Ok(())
-            }
-            Effect::PointsAdded { collection, points } => {
-                let points = to_index_points(points);
-                self.tell_shard(&collection, |reply| ShardMsg::Insert(points, reply))
-                    .await
-            }
-            Effect::PointsRemoved { collection, ids } => {
-                self.tell_shard(&collection, |reply| ShardMsg::Delete(ids, reply))
-                    .await
-            }
-        }
-    }
-
-    async fn tell_shard(
-        &self,
-        collection: &str,
-        make: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> ShardMsg,
-    ) -> Result<(), NodeError> {
-        let actor = self.shards.get(collection).and_then(|s| s.actor);
-        let result = match actor {
-            Some(actor) => ask(&actor, "shard actor", SHARD_TIMEOUT, make)
-                .await
-                .and_then(|r| r.map_err(NodeError::Internal)),
-            None => Err(NodeError::Actor(format!(
-                "no shard actor for `{collection}`"
-            ))),
-        };
-        if let Err(e) = &result {
-            // The store has the change; a shard reloaded from it will too.
-            tracing::error!(collection, error = %e, "index update failed; reloading the shard from storage");
-            if let Ok(sup) = self.supervisor() {
-                let _ = sup.cast(SupervisorMsg::ReloadShard(collection.to_string()));
-            }
-        }
-        Ok(())
     }
 }
 

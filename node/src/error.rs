@@ -47,9 +47,12 @@ impl From<NodeError> for ApiError {
             | NodeError::Index(IndexError::Dimension { .. })
             | NodeError::Index(IndexError::ZeroVector)
             | NodeError::Index(IndexError::Filter(_))
+            | NodeError::Index(IndexError::ScanTooLarge { .. })
             | NodeError::Inference(InferenceError::Input(_))
             | NodeError::BadRequest(_) => ApiError::BadRequest(msg),
             NodeError::NotReady(_) | NodeError::Actor(_) => ApiError::NotReady(msg),
+            // Work stopped because its request was gone: nobody reads this answer.
+            NodeError::Inference(InferenceError::Cancelled) => ApiError::Timeout(msg),
             NodeError::Store(_)
             | NodeError::Index(_)
             | NodeError::Inference(_)

@@ -1,8 +1,14 @@
-//! The queue of documents waiting to be chunked, embedded and stored. Workers take batches from
-//! it; what a worker holds is remembered, so a worker that dies has its documents put back.
+//! The queue of documents waiting to be chunked, embedded and stored.
+//!
+//! It holds keys only (collection, document, version, size): the text stays in the store until a
+//! worker takes the document. What a worker holds is remembered, so a worker that dies has its
+//! documents put back. The queue is bounded: a request to add documents first reserves its body's
+//! size ([`IngestQueue::admit`]); when the queued and reserved bytes or documents would pass the
+//! configured limits it is refused (429 with a time to retry after), before its body is read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ractor::ActorRef;
@@ -11,47 +17,137 @@ use shoal_storage::PendingDocument;
 use crate::actors::ingest::IngestMsg;
 use crate::metrics::Metrics;
 
-type Key = (String, String, u64);
+/// The queue's limits (`ingest.max_queue_bytes`, `ingest.max_queue_documents`).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_bytes: u64,
+    pub max_documents: u64,
+}
 
-fn key(d: &PendingDocument) -> Key {
-    (d.collection.clone(), d.doc_id.clone(), d.version)
+/// Why a request was not admitted, and when it may try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueFull {
+    pub message: String,
+    pub retry_after: Duration,
 }
 
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<PendingDocument>,
     /// Queued or in flight.
-    known: HashSet<Key>,
+    known: HashSet<PendingDocument>,
     in_flight: HashMap<usize, Vec<PendingDocument>>,
+    /// Text bytes and documents queued or in flight.
+    bytes: u64,
+    documents: u64,
+    /// Bytes and documents reserved by requests still being read or applied.
+    reserved_bytes: u64,
+    reserved_documents: u64,
+    /// Text bytes per second the workers have been getting through (smoothed).
+    rate: f64,
+    rate_since: Option<Instant>,
+    rate_bytes: u64,
 }
 
 pub struct IngestQueue {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     workers: Mutex<HashMap<usize, ActorRef<IngestMsg>>>,
+    limits: QueueLimits,
     metrics: Arc<Metrics>,
 }
 
+/// Room reserved in the queue for one request; given back when dropped.
+pub struct Reservation {
+    inner: Arc<Mutex<Inner>>,
+    bytes: u64,
+    documents: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock();
+        inner.reserved_bytes = inner.reserved_bytes.saturating_sub(self.bytes);
+        inner.reserved_documents = inner.reserved_documents.saturating_sub(self.documents);
+    }
+}
+
 impl IngestQueue {
-    pub fn new(metrics: Arc<Metrics>) -> IngestQueue {
+    pub fn new(limits: QueueLimits, metrics: Arc<Metrics>) -> IngestQueue {
         IngestQueue {
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::new(Mutex::new(Inner::default())),
             workers: Mutex::new(HashMap::new()),
+            limits,
             metrics,
         }
     }
 
-    /// Queue documents (already queued ones are skipped) and wake the workers.
+    /// Reserve room for a request of `bytes` (its body) and `documents`, or say when to retry.
+    pub fn admit(&self, bytes: u64, documents: u64) -> Result<Reservation, QueueFull> {
+        let mut inner = self.inner.lock();
+        let want_bytes = inner.bytes + inner.reserved_bytes + bytes;
+        let want_docs = inner.documents + inner.reserved_documents + documents;
+        let over = if want_bytes > self.limits.max_bytes {
+            Some((
+                format!(
+                    "the ingest queue is full: {} MiB waiting, this request adds {} KiB, the limit is {} MiB (ingest.max_queue_bytes)",
+                    (inner.bytes + inner.reserved_bytes) >> 20,
+                    bytes.div_ceil(1024),
+                    self.limits.max_bytes >> 20
+                ),
+                want_bytes - self.limits.max_bytes,
+            ))
+        } else if want_docs > self.limits.max_documents {
+            let per_doc = inner.bytes / inner.documents.max(1);
+            Some((
+                format!(
+                    "the ingest queue is full: {} documents waiting, this request adds {documents}, the limit is {} (ingest.max_queue_documents)",
+                    inner.documents + inner.reserved_documents,
+                    self.limits.max_documents
+                ),
+                (want_docs - self.limits.max_documents) * per_doc.max(1),
+            ))
+        } else {
+            None
+        };
+        if let Some((message, excess_bytes)) = over {
+            self.metrics.ingest_rejected.inc();
+            // Long enough for the workers to make that much room at their recent pace.
+            let rate = inner.rate.max(64.0 * 1024.0);
+            let secs = (excess_bytes as f64 / rate).ceil().clamp(1.0, 60.0);
+            return Err(QueueFull {
+                message,
+                retry_after: Duration::from_secs(secs as u64),
+            });
+        }
+        inner.reserved_bytes += bytes;
+        inner.reserved_documents += documents;
+        Ok(Reservation {
+            inner: self.inner.clone(),
+            bytes,
+            documents,
+        })
+    }
+
+    /// Queue documents (already queued ones are skipped) and wake the workers. Documents the
+    /// store has accepted are always queued, whatever the limits.
     pub fn enqueue(&self, docs: Vec<PendingDocument>) {
         {
             let mut inner = self.inner.lock();
             for d in docs {
-                if inner.known.insert(key(&d)) {
+                if inner.known.insert(d.clone()) {
+                    inner.bytes += d.bytes;
+                    inner.documents += 1;
                     inner.queue.push_back(d);
                 }
             }
-            self.metrics.ingest_queue.set(inner.queue.len() as i64);
+            self.update_gauges(&inner);
         }
         self.wake();
+    }
+
+    fn update_gauges(&self, inner: &Inner) {
+        self.metrics.ingest_queue.set(inner.queue.len() as i64);
+        self.metrics.ingest_queue_bytes.set(inner.bytes as i64);
     }
 
     fn wake(&self) {
@@ -75,11 +171,11 @@ impl IngestQueue {
                 inner.queue.push_front(d);
             }
         }
-        self.metrics.ingest_queue.set(inner.queue.len() as i64);
+        self.update_gauges(&inner);
     }
 
     /// Take documents for `worker`, at least one, until `byte_budget` of text is reached.
-    pub fn take(&self, worker: usize, byte_budget: usize) -> Vec<PendingDocument> {
+    pub fn take(&self, worker: usize, byte_budget: u64) -> Vec<PendingDocument> {
         let mut inner = self.inner.lock();
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -87,7 +183,7 @@ impl IngestQueue {
             let Some(d) = inner.queue.pop_front() else {
                 break;
             };
-            bytes += d.text.len();
+            bytes += d.bytes;
             out.push(d);
         }
         inner
@@ -95,40 +191,75 @@ impl IngestQueue {
             .entry(worker)
             .or_default()
             .extend(out.iter().cloned());
-        self.metrics.ingest_queue.set(inner.queue.len() as i64);
+        self.update_gauges(&inner);
         out
     }
 
     /// The worker finished everything it took.
     pub fn finish(&self, worker: usize) {
         let mut inner = self.inner.lock();
-        if let Some(held) = inner.in_flight.remove(&worker) {
-            for d in &held {
-                inner.known.remove(&key(d));
+        let Some(held) = inner.in_flight.remove(&worker) else {
+            return;
+        };
+        let mut done = 0;
+        for d in &held {
+            if inner.known.remove(d) {
+                inner.bytes = inner.bytes.saturating_sub(d.bytes);
+                inner.documents = inner.documents.saturating_sub(1);
+                done += d.bytes;
             }
         }
+        // Smoothed rate over windows of at least a second.
+        let now = Instant::now();
+        let since = *inner.rate_since.get_or_insert(now);
+        inner.rate_bytes += done;
+        let elapsed = now.duration_since(since).as_secs_f64();
+        if elapsed >= 1.0 {
+            let r = inner.rate_bytes as f64 / elapsed;
+            inner.rate = if inner.rate == 0.0 {
+                r
+            } else {
+                0.7 * inner.rate + 0.3 * r
+            };
+            inner.rate_since = Some(now);
+            inner.rate_bytes = 0;
+        }
+        self.update_gauges(&inner);
     }
 
     /// Forget queued documents of a dropped collection.
-    pub fn drop_collection(&self, collection: &str) {
+    pub fn drop_collection(&self, uid: u64) {
         let mut inner = self.inner.lock();
-        let Inner { queue, known, .. } = &mut *inner;
+        let Inner {
+            queue,
+            known,
+            bytes,
+            documents,
+            ..
+        } = &mut *inner;
         queue.retain(|d| {
-            let keep = d.collection != collection;
-            if !keep {
-                known.remove(&key(d));
+            let keep = d.uid != uid;
+            if !keep && known.remove(d) {
+                *bytes = bytes.saturating_sub(d.bytes);
+                *documents = documents.saturating_sub(1);
             }
             keep
         });
-        self.metrics.ingest_queue.set(queue.len() as i64);
+        self.update_gauges(&inner);
     }
 
+    /// Documents waiting (not in flight).
     pub fn len(&self) -> usize {
         self.inner.lock().queue.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Text bytes queued or in flight.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().bytes
     }
 }
 
@@ -139,26 +270,70 @@ mod tests {
     fn doc(id: &str, v: u64) -> PendingDocument {
         PendingDocument {
             collection: "c".into(),
+            uid: 1,
             doc_id: id.into(),
             version: v,
-            text: "x".repeat(10),
+            bytes: 10,
         }
+    }
+
+    fn queue(max_bytes: u64, max_documents: u64) -> IngestQueue {
+        IngestQueue::new(
+            QueueLimits {
+                max_bytes,
+                max_documents,
+            },
+            Arc::new(Metrics::new()),
+        )
     }
 
     #[test]
     fn take_finish_and_dedupe() {
-        let q = IngestQueue::new(Arc::new(Metrics::new()));
+        let q = queue(1 << 20, 1000);
         q.enqueue(vec![doc("a", 1), doc("b", 1), doc("a", 1), doc("c", 1)]);
         assert_eq!(q.len(), 3);
+        assert_eq!(q.bytes(), 30);
         let got = q.take(0, 15);
         assert_eq!(got.len(), 2);
         // in flight: not queued again
         q.enqueue(vec![doc("a", 1)]);
         assert_eq!(q.len(), 1);
         q.finish(0);
+        assert_eq!(q.bytes(), 10);
         q.enqueue(vec![doc("a", 1)]);
         assert_eq!(q.len(), 2);
-        q.drop_collection("c");
+        q.drop_collection(1);
         assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn admission_is_refused_past_the_limits_and_reservations_are_given_back() {
+        let q = queue(100, 5);
+        let a = q.admit(60, 2).unwrap();
+        // reserved bytes count: 60 + 50 > 100
+        let full = q.admit(50, 1).map(|_| ()).unwrap_err();
+        assert!(
+            full.message.contains("ingest.max_queue_bytes"),
+            "{}",
+            full.message
+        );
+        assert!(full.retry_after >= Duration::from_secs(1));
+        drop(a);
+        let b = q.admit(50, 1).unwrap();
+        // queued documents count too
+        q.enqueue(vec![doc("a", 1), doc("b", 1), doc("c", 1), doc("d", 1)]);
+        let full = q.admit(0, 1).map(|_| ()).unwrap_err();
+        assert!(
+            full.message.contains("ingest.max_queue_documents"),
+            "{}",
+            full.message
+        );
+        drop(b);
+        assert!(q.admit(10, 1).is_ok());
+        // finished work makes room
+        q.take(0, 1000);
+        q.finish(0);
+        assert!(q.admit(100, 5).is_ok());
     }
 }

@@ -7,14 +7,17 @@
 //! embedder actors; every change of state goes through [`context::NodeContext::apply`].
 
 pub mod actors;
+pub mod apply_loop;
 pub mod config;
 pub mod context;
 pub mod embed_exec;
 pub mod error;
 pub mod ingest_queue;
 pub mod metrics;
+pub mod mirror;
 pub mod service;
 pub mod shards;
+pub mod watermark;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,13 +30,15 @@ use shoal_inference::{
     Chunker, ChunkerParams, CrossEncoder, Embedder, EmbedderOptions, Isa, ModelFiles, Precision,
     RerankerOptions,
 };
-use shoal_storage::Store;
+use shoal_storage::{Command, Store, StoreOptions};
 
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::apply_loop::ApplyLoop;
 use crate::config::Config;
-use crate::context::NodeContext;
+use crate::context::{ContextParts, NodeContext};
 use crate::metrics::Metrics;
 use crate::service::Node;
+use crate::watermark::IndexWatermark;
 
 /// Texts embedded once at start so the first real request does not pay for cold caches.
 const WARM_UP: &[&str] = &[
@@ -42,22 +47,66 @@ const WARM_UP: &[&str] = &[
      of ordinary text, long enough to fill a few dozen tokens, like a paragraph from a manual.",
 ];
 
-/// Run a node until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// A started node without its HTTP listener: the context and the supervision tree.
+pub struct RunningNode {
+    pub ctx: Arc<NodeContext>,
+    pub supervisor: ractor::ActorRef<SupervisorMsg>,
+    supervisor_handle: tokio::task::JoinHandle<()>,
+    /// Set (with the reason) if the store fails: the node must stop.
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl RunningNode {
+    /// Resolves with the reason if the store fails.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.fatal.clone();
+        async move {
+            let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+            match reason {
+                Ok(reason) => reason.unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Stop every actor (shards dump their graphs) and flush the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = actors::ask(
+            &self.supervisor,
+            "supervisor",
+            Duration::from_secs(60),
+            SupervisorMsg::Shutdown,
+        )
+        .await;
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.supervisor_handle).await;
+        self.ctx.store.flush()?;
+        Ok(())
+    }
+}
+
+/// Open the store, load the models and start the supervision tree.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let data_dir = config.storage.data_dir.clone();
     std::fs::create_dir_all(data_dir.join("index"))
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
 
     let store_dir = data_dir.join("store");
-    let sync = config.storage.sync_writes;
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, sync))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the store in {}",
-                data_dir.join("store").display()
-            )
-        })?;
+    let options = StoreOptions {
+        sync_writes: config.storage.sync_writes,
+        cache_bytes: config.storage.cache_mb << 20,
+    };
+    let lock_wait = Duration::from_millis(config.storage.lock_wait_ms);
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_waiting_for_lock(&store_dir, options, lock_wait)
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot open the store in {}",
+            data_dir.join("store").display()
+        )
+    })?;
 
     let t = Instant::now();
     let files = ModelFiles::locate(&config.model.path).context(
@@ -118,14 +167,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(NodeContext::new(
-        config.clone(),
+    // The store's one writer, and the mirror that follows it into the index.
+    let watermark = Arc::new(IndexWatermark::new(store.applied_index()?));
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
+    let applier = ApplyLoop::start(
+        store.clone(),
+        watermark.clone(),
+        effects_tx,
+        Box::new(move |reason| {
+            let _ = fatal_tx.send(Some(reason));
+        }),
+    )?;
+    let ctx = Arc::new(NodeContext::new(ContextParts {
+        config: config.clone(),
         store,
         embedder,
         reranker,
         chunker,
         metrics,
-    )?);
+        applier,
+        watermark,
+    })?);
+    ctx.remove_orphan_dumps()?;
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("node-supervisor".into()),
         NodeSupervisor,
@@ -134,7 +198,84 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("cannot start the supervision tree")?;
     let _ = ctx.supervisor.set(supervisor.clone());
+    tokio::spawn(mirror::run(ctx.clone(), effects_rx));
+    tokio::spawn(warm_up_and_resume(ctx.clone()));
+    if config.ingest.job_retention_s > 0 {
+        tokio::spawn(expire_jobs(ctx.clone()));
+    }
 
+    Ok(RunningNode {
+        ctx,
+        supervisor,
+        supervisor_handle,
+        fatal,
+    })
+}
+
+/// Warm the models up (the node is ready once they are), then resume the ingest of documents
+/// accepted before the last stop.
+async fn warm_up_and_resume(ctx: Arc<NodeContext>) {
+    let t = Instant::now();
+    let embedder = ctx.embedder.clone();
+    match tokio::task::spawn_blocking(move || embedder.embed(WARM_UP)).await {
+        Ok(Ok(_)) => {
+            ctx.warm.store(true, Ordering::Release);
+            tracing::info!(ms = t.elapsed().as_millis() as u64, "model warm");
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "model warm-up failed"),
+        Err(e) => tracing::error!(error = %e, "model warm-up task failed"),
+    }
+    if let Some(reranker) = ctx.reranker.clone() {
+        let t = Instant::now();
+        match tokio::task::spawn_blocking(move || reranker.score(WARM_UP[0], WARM_UP)).await {
+            Ok(Ok(_)) => {
+                ctx.reranker_warm.store(true, Ordering::Release);
+                tracing::info!(ms = t.elapsed().as_millis() as u64, "reranker warm");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "reranker warm-up failed"),
+            Err(e) => tracing::error!(error = %e, "reranker warm-up task failed"),
+        }
+    }
+    // Documents accepted before the last stop but not yet indexed (keys only: the text stays in
+    // the store until a worker takes the document).
+    let store = ctx.store.clone();
+    match tokio::task::spawn_blocking(move || store.pending_documents()).await {
+        Ok(Ok(pending)) if !pending.is_empty() => {
+            tracing::info!(documents = pending.len(), "resuming ingest");
+            ctx.ingest.enqueue(pending);
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read pending documents"),
+        Err(e) => tracing::error!(error = %e, "pending documents task failed"),
+    }
+}
+
+/// Forget finished jobs older than `ingest.job_retention_s`, checking every tenth of it (at
+/// least every second, at most every hour). Expiry is a command like any other change.
+async fn expire_jobs(ctx: Arc<NodeContext>) {
+    let retention = Duration::from_secs(ctx.config.ingest.job_retention_s);
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before_ms = actors::ingest::now_ms().saturating_sub(retention.as_millis() as u64);
+        let store = ctx.store.clone();
+        let due = tokio::task::spawn_blocking(move || store.expirable_jobs(before_ms)).await;
+        if !matches!(due, Ok(Ok(n)) if n > 0) {
+            continue;
+        }
+        match ctx.apply(Command::ExpireJobs { before_ms }).await {
+            Ok(c) => tracing::info!(outcome = ?c.outcome, "expired old jobs"),
+            Err(e) => tracing::warn!(error = %e, "could not expire old jobs"),
+        }
+    }
+}
+
+/// Run a node until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = start(config.clone()).await?;
+    let ctx = node.ctx.clone();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -150,58 +291,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("shoal listening on {addr}");
 
-    let warm_ctx = ctx.clone();
-    tokio::spawn(async move {
-        let t = Instant::now();
-        let embedder = warm_ctx.embedder.clone();
-        match tokio::task::spawn_blocking(move || embedder.embed(WARM_UP)).await {
-            Ok(Ok(_)) => {
-                warm_ctx.warm.store(true, Ordering::Release);
-                tracing::info!(ms = t.elapsed().as_millis() as u64, "model warm");
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "model warm-up failed"),
-            Err(e) => tracing::error!(error = %e, "model warm-up task failed"),
-        }
-        if let Some(reranker) = warm_ctx.reranker.clone() {
-            let t = Instant::now();
-            match tokio::task::spawn_blocking(move || reranker.score(WARM_UP[0], WARM_UP)).await {
-                Ok(Ok(_)) => {
-                    warm_ctx.reranker_warm.store(true, Ordering::Release);
-                    tracing::info!(ms = t.elapsed().as_millis() as u64, "reranker warm");
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "reranker warm-up failed"),
-                Err(e) => tracing::error!(error = %e, "reranker warm-up task failed"),
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let failed = node.failed();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            reason = failed => {
+                let _ = failed_tx.send(reason);
             }
         }
-        // Documents accepted before the last stop but not yet indexed.
-        let store = warm_ctx.store.clone();
-        match tokio::task::spawn_blocking(move || store.pending_documents()).await {
-            Ok(Ok(pending)) if !pending.is_empty() => {
-                tracing::info!(documents = pending.len(), "resuming ingest");
-                warm_ctx.ingest.enqueue(pending);
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot read pending documents"),
-            Err(e) => tracing::error!(error = %e, "pending documents task failed"),
-        }
-    });
-
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("HTTP server failed")?;
 
     tracing::info!("shutting down: stopping actors and dumping shards");
-    let _ = actors::ask(
-        &supervisor,
-        "supervisor",
-        Duration::from_secs(60),
-        SupervisorMsg::Shutdown,
-    )
-    .await;
-    supervisor.stop(Some("shutdown".into()));
-    let _ = tokio::time::timeout(Duration::from_secs(30), supervisor_handle).await;
-    ctx.store.flush()?;
+    node.stop().await?;
+    if let Ok(reason) = failed_rx.await {
+        anyhow::bail!("stopped because the store failed: {reason}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

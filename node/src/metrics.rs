@@ -13,6 +13,11 @@ pub struct Metrics {
     pub ingest_documents: IntCounterVec,
     pub ingest_chunks: IntCounter,
     pub ingest_queue: IntGauge,
+    pub ingest_queue_bytes: IntGauge,
+    pub ingest_rejected: IntCounter,
+    pub index_loads: IntCounterVec,
+    pub index_watermark_lag: IntGauge,
+    pub cancelled_work: IntCounterVec,
     pub embed_seconds: HistogramVec,
     pub embed_texts: IntCounterVec,
     pub embed_queue_wait_seconds: HistogramVec,
@@ -67,6 +72,21 @@ impl Metrics {
             "Documents waiting for ingest",
         ));
         must(registry.register(Box::new(ingest_queue.clone())));
+        let ingest_queue_bytes = must(IntGauge::new(
+            "ingest_queue_bytes",
+            "Text bytes of the documents waiting for ingest or in flight",
+        ));
+        must(registry.register(Box::new(ingest_queue_bytes.clone())));
+        let ingest_rejected = must(IntCounter::new(
+            "ingest_rejected_total",
+            "Requests to add documents refused with 429 because the ingest queue was full",
+        ));
+        must(registry.register(Box::new(ingest_rejected.clone())));
+        let index_watermark_lag = must(IntGauge::new(
+            "index_watermark_lag",
+            "Log entries the store has committed that the index shards have not mirrored yet",
+        ));
+        must(registry.register(Box::new(index_watermark_lag.clone())));
         let ready = must(Gauge::new("ready", "1 when the node is ready to serve"));
         let query_cache_hits = must(IntCounter::new(
             "query_cache_hits_total",
@@ -102,6 +122,19 @@ impl Metrics {
             ),
             ingest_chunks,
             ingest_queue,
+            ingest_queue_bytes,
+            ingest_rejected,
+            index_watermark_lag,
+            index_loads: counter_vec(
+                "index_shard_loads_total",
+                "Shard loads, by collection and by source (`dump`: the graph was reloaded, `rebuilt`: built from the stored vectors)",
+                &["collection", "source"],
+            ),
+            cancelled_work: counter_vec(
+                "cancelled_work_total",
+                "Model work stopped because its request had gone (timed out or disconnected), by kind",
+                &["kind"],
+            ),
             embed_seconds: histogram_vec(
                 "embed_batch_duration_seconds",
                 "Time to embed one batch, by queue (query or ingest)",

@@ -1,12 +1,13 @@
 //! The node's implementation of the HTTP API ([`ShoalService`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use shoal_api::dto::*;
 use shoal_api::{ApiError, ShoalService};
-use shoal_index::{normalize, Filter, SearchMode, SearchRequest as IndexSearch};
+use shoal_index::{normalize, Filter, FilterLimits, SearchMode, SearchRequest as IndexSearch};
 use shoal_inference::sigmoid;
 use shoal_storage::{
     CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput, DocumentStatus,
@@ -20,10 +21,24 @@ use crate::actors::reranker::RerankerMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::context::NodeContext;
 use crate::error::NodeError;
+use crate::ingest_queue::Reservation;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a search (or a collection create) waits for a shard's first load before 503.
 const SHARD_LOAD_WAIT: Duration = Duration::from_secs(5);
+/// How long a write's answer waits for the index to mirror it (so that a search right after it
+/// sees it). The write is committed either way; past this the answer goes out without waiting.
+const VISIBLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Sets its flag when dropped: the request it belongs to is gone (answered, timed out or
+/// disconnected), so work still running for it can stop.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
 
 #[derive(Clone)]
 pub struct Node {
@@ -126,7 +141,11 @@ impl Node {
         let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
         let n = texts.len();
         let v = ask(&actor, "query embedder", timeout, |reply| {
-            EmbedderMsg::Embed { texts, reply }
+            EmbedderMsg::Embed {
+                texts,
+                reply,
+                progress: None,
+            }
         })
         .await?
         .map_err(|e| ApiError::Internal(format!("embedding failed: {e}")))?;
@@ -160,9 +179,12 @@ impl Node {
             .ok_or_else(|| ApiError::NotReady("the reranker is restarting; retry".into()))?;
         let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
         let n = passages.len();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_when_gone = CancelOnDrop(cancelled.clone());
         let scores = ask(&actor, "reranker", timeout, |reply| RerankerMsg::Score {
             query,
             passages,
+            cancelled,
             reply,
         })
         .await?
@@ -208,11 +230,15 @@ impl Node {
     }
 }
 
-fn job_info(j: JobRecord) -> JobInfo {
+/// A job as the API shows it. `mirrored` is the index watermark: a job the store has finished
+/// reads as running until the index has mirrored its last change (its chunks are searchable).
+fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
     let state = match j.state() {
         shoal_storage::JobState::Running => JobState::Running,
+        _ if j.last_index > mirrored => JobState::Running,
         shoal_storage::JobState::Completed => JobState::Completed,
         shoal_storage::JobState::CompletedWithErrors => JobState::CompletedWithErrors,
+        shoal_storage::JobState::Cancelled => JobState::Cancelled,
     };
     JobInfo {
         id: j.id,
@@ -243,6 +269,8 @@ fn parse_metadata(json: &str) -> Map<String, Value> {
 }
 
 impl ShoalService for Node {
+    type Admission = Reservation;
+
     async fn health(&self) -> HealthResponse {
         let (embedder, reranker) = self.model_states();
         HealthResponse {
@@ -311,7 +339,7 @@ impl ShoalService for Node {
         if !(1..=4096).contains(&hnsw.ef_construction) {
             return Err(bad("hnsw.ef_construction must be between 1 and 4096"));
         }
-        let outcome = self
+        let committed = self
             .ctx
             .apply(Command::CreateCollection {
                 name,
@@ -319,12 +347,11 @@ impl ShoalService for Node {
                 at_ms: now_ms(),
             })
             .await?;
-        match outcome {
+        match committed.outcome {
             Outcome::CollectionCreated(record) => {
                 // 201 means searchable: the new (empty) shard loads in a moment.
                 self.ctx
-                    .shards
-                    .get_loaded(&record.name, SHARD_LOAD_WAIT)
+                    .wait_searchable(committed.index, SHARD_LOAD_WAIT)
                     .await;
                 Ok(self.collection_info(&record))
             }
@@ -345,14 +372,40 @@ impl ShoalService for Node {
     }
 
     async fn delete_collection(&self, name: String) -> Result<()> {
-        self.ctx.apply(Command::DropCollection { name }).await?;
+        let committed = self
+            .ctx
+            .apply(Command::DropCollection {
+                name,
+                at_ms: now_ms(),
+            })
+            .await?;
+        self.ctx
+            .wait_searchable(committed.index, VISIBLE_WAIT)
+            .await;
         Ok(())
+    }
+
+    fn admit_documents(&self, body_bytes: u64) -> Result<Reservation> {
+        let max = self.ctx.config.ingest.max_queue_bytes;
+        if body_bytes > max {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request is {body_bytes} bytes, more than the whole ingest queue holds ({max} bytes, ingest.max_queue_bytes): send its documents in smaller requests"
+            )));
+        }
+        self.ctx
+            .ingest
+            .admit(body_bytes, 0)
+            .map_err(|full| ApiError::TooManyRequests {
+                message: full.message,
+                retry_after_s: full.retry_after.as_secs().max(1),
+            })
     }
 
     async fn add_documents(
         &self,
         collection: String,
         req: AddDocumentsRequest,
+        body: Reservation,
     ) -> Result<AddDocumentsResponse> {
         let limits = &self.ctx.config.ingest;
         if req.documents.is_empty() {
@@ -389,8 +442,18 @@ impl ShoalService for Node {
         self.require_model_dimension(&coll, "documents cannot be embedded into it")?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let n = documents.len() as u64;
-        let outcome = self
+        // Room for the documents too (the body's bytes are already reserved).
+        let docs = self
             .ctx
+            .ingest
+            .admit(0, n)
+            .map_err(|full| ApiError::TooManyRequests {
+                message: full.message,
+                retry_after_s: full.retry_after.as_secs().max(1),
+            })?;
+        // The mirror queues the accepted documents for ingest, whether or not this request is
+        // still waiting when the command is applied.
+        self.ctx
             .apply(Command::AcceptDocuments {
                 collection,
                 job_id: job_id.clone(),
@@ -398,9 +461,7 @@ impl ShoalService for Node {
                 at_ms: now_ms(),
             })
             .await?;
-        if let Outcome::DocumentsAccepted { pending, .. } = outcome {
-            self.ctx.ingest.enqueue(pending);
-        }
+        drop((body, docs));
         Ok(AddDocumentsResponse {
             status_url: format!("/api/v1/jobs/{job_id}"),
             job_id,
@@ -409,7 +470,6 @@ impl ShoalService for Node {
     }
 
     async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
-        self.ctx.settled().await;
         let d = self
             .read(move |ctx| Ok(ctx.store.document(&collection, &id)?))
             .await?;
@@ -431,24 +491,28 @@ impl ShoalService for Node {
     }
 
     async fn delete_document(&self, collection: String, id: String) -> Result<()> {
-        self.ctx
+        let committed = self
+            .ctx
             .apply(Command::DeleteDocument {
                 collection,
                 doc_id: id,
                 at_ms: now_ms(),
             })
             .await?;
+        self.ctx
+            .wait_searchable(committed.index, VISIBLE_WAIT)
+            .await;
         Ok(())
     }
 
     async fn get_job(&self, id: String) -> Result<JobInfo> {
-        // A job reads as done only once its chunks are in the index too.
-        self.ctx.settled().await;
+        // Never waits: a job reads as done once the index has mirrored its last change.
+        let mirrored = self.ctx.watermark.current();
         let job = self
             .read(move |ctx| Ok(ctx.store.job(&id)?.ok_or(id)))
             .await?;
         match job {
-            Ok(j) => Ok(job_info(j)),
+            Ok(j) => Ok(job_info(j, mirrored)),
             Err(id) => Err(ApiError::NotFound(format!("job `{id}` not found"))),
         }
     }
@@ -496,8 +560,13 @@ impl ShoalService for Node {
             }
             top_k
         };
+        let filter_limits = FilterLimits {
+            max_conditions: cfg.max_filter_conditions,
+            max_values: cfg.max_filter_values,
+            ..FilterLimits::default()
+        };
         let filter = match &req.filter {
-            Some(f) => Some(Filter::from_json(f).map_err(NodeError::from)?),
+            Some(f) => Some(Filter::from_json_limited(f, &filter_limits).map_err(NodeError::from)?),
             None => None,
         };
         let coll = self.require_collection(&collection)?;
@@ -555,6 +624,7 @@ impl ShoalService for Node {
             SearchMode::Auto
         };
         let ef = req.ef;
+        let max_scan = Some(cfg.max_exact_points);
         let ctx = self.ctx.clone();
         let uid = coll.uid;
         let index_start = Instant::now();
@@ -565,6 +635,7 @@ impl ShoalService for Node {
                 filter: filter.as_ref(),
                 mode,
                 ef,
+                max_scan,
             })?;
             let mut out = Vec::with_capacity(hits.len());
             for h in hits {
@@ -730,6 +801,13 @@ impl ShoalService for Node {
     ) -> Result<(String, Vec<RerankScore>)> {
         if query.trim().is_empty() {
             return Err(bad("`query` is empty"));
+        }
+        let max_query = self.ctx.config.reranker.max_query_bytes;
+        if query.len() > max_query {
+            return Err(bad(format!(
+                "`query` is {} bytes; the limit is {max_query} (reranker.max_query_bytes)",
+                query.len()
+            )));
         }
         if documents.is_empty() {
             return Err(bad("no documents to rerank"));

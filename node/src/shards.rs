@@ -25,9 +25,22 @@ pub struct ShardRegistry {
     slots: RwLock<HashMap<String, ShardSlot>>,
     /// Woken whenever a shard is published or removed.
     changed: tokio::sync::Notify,
+    /// Per collection uid: held while its graph dump is written, read or removed, so that an
+    /// actor restarting never reads a dump its predecessor is still writing.
+    dump_locks: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ShardRegistry {
+    /// The lock of collection `uid`'s graph dump folder.
+    pub fn dump_lock(&self, uid: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.dump_locks.lock().entry(uid).or_default().clone()
+    }
+
+    /// The collection is gone; its dump lock is no longer needed.
+    pub fn forget_dump_lock(&self, uid: u64) {
+        self.dump_locks.lock().remove(&uid);
+    }
+
     pub fn get(&self, collection: &str) -> Option<ShardSlot> {
         self.slots.read().get(collection).cloned()
     }
@@ -105,14 +118,6 @@ impl ShardRegistry {
             .iter()
             .filter(|(_, s)| s.shard.is_none())
             .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    pub fn all(&self) -> Vec<(String, ShardSlot)> {
-        self.slots
-            .read()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
             .collect()
     }
 }

@@ -29,9 +29,8 @@ pub enum Command {
         spec: CollectionSpec,
         at_ms: u64,
     },
-    DropCollection {
-        name: String,
-    },
+    /// Drop a collection with its documents and chunks; its unfinished jobs end as cancelled.
+    DropCollection { name: String, at_ms: u64 },
     /// Documents accepted for ingest under one job. Existing ids are replaced once the new version
     /// is indexed; until then the old version stays searchable.
     AcceptDocuments {
@@ -61,6 +60,8 @@ pub enum Command {
         doc_id: String,
         at_ms: u64,
     },
+    /// Forget finished jobs last updated before `before_ms` (job retention).
+    ExpireJobs { before_ms: u64 },
 }
 
 impl Command {
@@ -73,6 +74,7 @@ impl Command {
             Command::StoreChunks { .. } => "store_chunks",
             Command::FailDocument { .. } => "fail_document",
             Command::DeleteDocument { .. } => "delete_document",
+            Command::ExpireJobs { .. } => "expire_jobs",
         }
     }
 

@@ -48,6 +48,8 @@ pub(crate) fn point_id_from_key(key: &[u8]) -> Option<PointId> {
     Some(u64::from_be_bytes(tail))
 }
 
+pub(crate) const JOB_PREFIX: &[u8] = b"j/";
+
 pub(crate) fn job(id: &str) -> Vec<u8> {
     [b"j/".as_slice(), id.as_bytes()].concat()
 }

@@ -19,7 +19,7 @@ pub use records::{
     ChunkRecord, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus, HnswParams,
     JobError, JobRecord, JobState, LiveVersion,
 };
-pub use store::{Applied, Effect, Outcome, PendingDocument, Store, StoredPoint};
+pub use store::{Applied, Effect, Outcome, PendingDocument, Store, StoreOptions, StoredPoint};
 
 /// Point ids are unique within a collection and never reused.
 pub type PointId = u64;

@@ -98,6 +98,8 @@ pub enum JobState {
     Completed,
     /// Finished, but at least one document failed.
     CompletedWithErrors,
+    /// Stopped before it finished: its collection was dropped.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +113,8 @@ pub struct JobError {
 pub struct JobRecord {
     pub id: String,
     pub collection: String,
+    /// The uid of the collection (a dropped and re-created collection of the same name has another).
+    pub collection_uid: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub total: u64,
@@ -120,17 +124,29 @@ pub struct JobRecord {
     pub superseded: u64,
     /// The first errors (at most [`JobRecord::MAX_ERRORS`]).
     pub errors: Vec<JobError>,
+    /// The collection was dropped before the job finished.
+    pub cancelled: bool,
+    /// Log index of the last command that changed this job: once the index has mirrored it, every
+    /// chunk the job stored is searchable.
+    pub last_index: u64,
 }
 
 impl JobRecord {
     pub const MAX_ERRORS: usize = 100;
+
+    /// Finished one way or another (completed, with errors, or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.state() != JobState::Running
+    }
 
     pub fn done(&self) -> u64 {
         self.indexed + self.failed + self.superseded
     }
 
     pub fn state(&self) -> JobState {
-        if self.done() < self.total {
+        if self.cancelled {
+            JobState::Cancelled
+        } else if self.done() < self.total {
             JobState::Running
         } else if self.failed > 0 {
             JobState::CompletedWithErrors

@@ -20,12 +20,16 @@ pub enum Effect {
     /// New searchable points of one document.
     PointsAdded {
         collection: String,
+        uid: u64,
         points: Vec<StoredPoint>,
     },
     PointsRemoved {
         collection: String,
+        uid: u64,
         ids: Vec<PointId>,
     },
+    /// Document versions accepted for ingest: they still have to be chunked, embedded and stored.
+    DocumentsPending(Vec<PendingDocument>),
 }
 
 /// A point as the index needs it: id, vector and the payload used by filters and hits.
@@ -37,13 +41,16 @@ pub struct StoredPoint {
     pub metadata_json: String,
 }
 
-/// A document version that still has to be chunked, embedded and stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A document version that still has to be chunked, embedded and stored. Only its key: the text
+/// stays in the store ([`Store::pending_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PendingDocument {
     pub collection: String,
+    pub uid: u64,
     pub doc_id: String,
     pub version: u64,
-    pub text: String,
+    /// Bytes of text.
+    pub bytes: u64,
 }
 
 /// What a command did, for the caller.
@@ -53,7 +60,6 @@ pub enum Outcome {
     CollectionDropped,
     DocumentsAccepted {
         job: JobRecord,
-        pending: Vec<PendingDocument>,
     },
     /// `stored` is false when the version was stale (replaced or deleted meanwhile).
     ChunksStored {
@@ -65,6 +71,9 @@ pub enum Outcome {
         job: Option<JobRecord>,
     },
     DocumentDeleted,
+    JobsExpired {
+        removed: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,10 +82,28 @@ pub struct Applied {
     pub effects: Vec<Effect>,
 }
 
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreOptions {
+    /// [`Store::sync`] flushes to disk (an acknowledged write survives `kill -9`).
+    pub sync_writes: bool,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_writes: true,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
 /// sled-backed store of collections, documents, chunks with vectors, and ingest jobs.
 ///
 /// Reads may run from any thread. Writes go through [`Store::apply`] only, and callers must apply
-/// one command at a time (the node's state machine does), which is what makes a read-then-batch
+/// one command at a time (the node's apply loop does), which is what makes a read-then-batch
 /// apply atomic and deterministic.
 #[derive(Clone)]
 pub struct Store {
@@ -86,11 +113,46 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) a store in `dir`. With `sync_writes`, every applied command is flushed to
-    /// disk before `apply` returns, so an acknowledged write survives `kill -9`.
-    pub fn open(dir: &Path, sync_writes: bool) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        Self::from_db(db, sync_writes)
+    /// Open (or create) a store in `dir`.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .open()?;
+        Self::from_db(db, options.sync_writes)
+    }
+
+    /// [`Store::open`], retrying for up to `wait` while another process still holds the store's
+    /// lock (a process killed with `kill -9` a moment ago releases it only when it is reaped).
+    pub fn open_waiting_for_lock(
+        dir: &Path,
+        options: StoreOptions,
+        wait: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut warned = false;
+        loop {
+            match Self::open(dir, options) {
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            wait_ms = wait.as_millis() as u64,
+                            "the store is locked by another process; waiting for it to let go"
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) if is_lock_error(&e) => {
+                    return Err(StoreError::Locked {
+                        dir: dir.display().to_string(),
+                        waited_ms: wait.as_millis() as u64,
+                    })
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A store that lives in memory only (tests).
@@ -140,6 +202,23 @@ impl Store {
         Ok(())
     }
 
+    /// Overwrite the record under `key` with bytes that do not decode (tests of failure paths).
+    #[doc(hidden)]
+    pub fn corrupt_for_tests(&self, key: &str) {
+        let _ = self
+            .tree
+            .insert(key.as_bytes(), &[crate::FORMAT_VERSION, 0xff][..]);
+    }
+
+    /// Make every command applied so far durable, if the store was opened with `sync_writes`
+    /// (the apply loop calls this once per group of commands, before answering any of them).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.sync_writes {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- reads
 
     pub fn collection(&self, name: &str) -> Result<Option<CollectionRecord>, StoreError> {
@@ -172,6 +251,41 @@ impl Store {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.get(&keys::job(id))
+    }
+
+    /// Every job, in id order.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.tree
+            .scan_prefix(keys::JOB_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// How many finished jobs were last updated before `before_ms` ([`Command::ExpireJobs`]
+    /// would remove them).
+    pub fn expirable_jobs(&self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self
+            .jobs()?
+            .iter()
+            .filter(|j| j.is_finished() && j.updated_at_ms < before_ms)
+            .count())
+    }
+
+    /// The text of a pending document version, or None when that version is no longer pending
+    /// (replaced, deleted, or its collection dropped).
+    pub fn pending_text(
+        &self,
+        uid: u64,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let doc: Option<DocumentRecord> = self.get(&keys::document(uid, doc_id))?;
+        Ok(doc
+            .filter(|d| d.version == version && d.status == DocumentStatus::Pending)
+            .map(|d| d.text))
     }
 
     /// Every searchable point of a collection, for building its index shard.
@@ -217,9 +331,10 @@ impl Store {
                 if doc.status == DocumentStatus::Pending {
                     out.push(PendingDocument {
                         collection: coll.name.clone(),
+                        uid: coll.uid,
                         doc_id: doc.id,
                         version: doc.version,
-                        text: doc.text,
+                        bytes: doc.text.len() as u64,
                     });
                 }
             }
@@ -243,14 +358,16 @@ impl Store {
 
     /// Apply one command as log entry `index`. Either the whole command is written (one atomic
     /// sled batch) or, when it is refused, nothing but the applied index is. Callers must not run
-    /// two applies at once.
+    /// two applies at once, and call [`Store::sync`] before they tell anyone a command was applied.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
         let mut batch = Batch::default();
         let result = match command {
             Command::CreateCollection { name, spec, at_ms } => {
                 self.apply_create(&mut batch, name, spec, *at_ms)
             }
-            Command::DropCollection { name } => self.apply_drop(&mut batch, name),
+            Command::DropCollection { name, at_ms } => {
+                self.apply_drop(&mut batch, index, name, *at_ms)
+            }
             Command::AcceptDocuments {
                 collection,
                 job_id,
@@ -263,19 +380,24 @@ impl Store {
                 version,
                 chunks,
                 at_ms,
-            } => self.apply_store_chunks(&mut batch, collection, doc_id, *version, chunks, *at_ms),
+            } => self.apply_store_chunks(
+                &mut batch, index, collection, doc_id, *version, chunks, *at_ms,
+            ),
             Command::FailDocument {
                 collection,
                 doc_id,
                 version,
                 reason,
                 at_ms,
-            } => self.apply_fail(&mut batch, collection, doc_id, *version, reason, *at_ms),
+            } => self.apply_fail(
+                &mut batch, index, collection, doc_id, *version, reason, *at_ms,
+            ),
             Command::DeleteDocument {
                 collection,
                 doc_id,
                 at_ms,
-            } => self.apply_delete(&mut batch, collection, doc_id, *at_ms),
+            } => self.apply_delete(&mut batch, index, collection, doc_id, *at_ms),
+            Command::ExpireJobs { before_ms } => self.apply_expire_jobs(&mut batch, *before_ms),
         };
         let applied = match result {
             Ok(applied) => applied,
@@ -290,9 +412,6 @@ impl Store {
         };
         batch.insert(keys::APPLIED, &index.to_be_bytes());
         self.tree.apply_batch(batch)?;
-        if self.sync_writes {
-            self.db.flush()?;
-        }
         Ok(applied)
     }
 
@@ -334,9 +453,24 @@ impl Store {
         })
     }
 
-    fn apply_drop(&self, batch: &mut Batch, name: &str) -> Result<Applied, StoreError> {
+    fn apply_drop(
+        &self,
+        batch: &mut Batch,
+        index: u64,
+        name: &str,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
         let coll = self.require_collection(name)?;
         batch.remove(keys::collection(name));
+        // Its unfinished jobs can never finish now.
+        for mut job in self.jobs()? {
+            if job.collection_uid == coll.uid && !job.is_finished() {
+                job.cancelled = true;
+                job.updated_at_ms = at_ms;
+                job.last_index = index;
+                batch.insert(keys::job(&job.id), encode(&job));
+            }
+        }
         for prefix in [
             keys::documents_prefix(coll.uid),
             keys::points_prefix(coll.uid),
@@ -372,6 +506,7 @@ impl Store {
         let mut job = JobRecord {
             id: job_id.to_string(),
             collection: collection.to_string(),
+            collection_uid: coll.uid,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
             total: documents.len() as u64,
@@ -379,6 +514,8 @@ impl Store {
             failed: 0,
             superseded: 0,
             errors: Vec::new(),
+            cancelled: false,
+            last_index: index,
         };
         // Earlier jobs whose pending documents this request replaces.
         let mut other_jobs: HashMap<String, JobRecord> = HashMap::new();
@@ -401,7 +538,7 @@ impl Store {
             let live = match previous {
                 Some(prev) => {
                     if prev.status == DocumentStatus::Pending {
-                        self.count_superseded(&mut other_jobs, &prev.job_id, at_ms)?;
+                        self.count_superseded(&mut other_jobs, &prev.job_id, index, at_ms)?;
                     }
                     prev.live
                 }
@@ -423,9 +560,10 @@ impl Store {
             batch.insert(key, encode(&record));
             pending.push(PendingDocument {
                 collection: collection.to_string(),
+                uid: coll.uid,
                 doc_id: input.id.clone(),
                 version,
-                text: input.text.clone(),
+                bytes: input.text.len() as u64,
             });
         }
         for other in other_jobs.values() {
@@ -434,8 +572,8 @@ impl Store {
         batch.insert(keys::job(job_id), encode(&job));
         batch.insert(keys::collection(collection), encode(&coll));
         Ok(Applied {
-            outcome: Outcome::DocumentsAccepted { job, pending },
-            effects: Vec::new(),
+            outcome: Outcome::DocumentsAccepted { job },
+            effects: vec![Effect::DocumentsPending(pending)],
         })
     }
 
@@ -443,6 +581,7 @@ impl Store {
         &self,
         jobs: &mut HashMap<String, JobRecord>,
         job_id: &str,
+        index: u64,
         at_ms: u64,
     ) -> Result<(), StoreError> {
         if !jobs.contains_key(job_id) {
@@ -456,13 +595,16 @@ impl Store {
         if let Some(j) = jobs.get_mut(job_id) {
             j.superseded += 1;
             j.updated_at_ms = at_ms;
+            j.last_index = index;
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_store_chunks(
         &self,
         batch: &mut Batch,
+        index: u64,
         collection: &str,
         doc_id: &str,
         version: u64,
@@ -498,6 +640,7 @@ impl Store {
             coll.chunks -= old.points.len() as u64;
             effects.push(Effect::PointsRemoved {
                 collection: collection.to_string(),
+                uid: coll.uid,
                 ids: old.points,
             });
         }
@@ -533,6 +676,7 @@ impl Store {
         let job = self.job(&doc.job_id)?.map(|mut j| {
             j.indexed += 1;
             j.updated_at_ms = at_ms;
+            j.last_index = index;
             batch.insert(keys::job(&j.id), encode(&j));
             j
         });
@@ -541,6 +685,7 @@ impl Store {
         if !stored.is_empty() {
             effects.push(Effect::PointsAdded {
                 collection: collection.to_string(),
+                uid: coll.uid,
                 points: stored,
             });
         }
@@ -550,9 +695,11 @@ impl Store {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_fail(
         &self,
         batch: &mut Batch,
+        index: u64,
         collection: &str,
         doc_id: &str,
         version: u64,
@@ -579,6 +726,7 @@ impl Store {
         let job = self.job(&doc.job_id)?.map(|mut j| {
             j.failed += 1;
             j.updated_at_ms = at_ms;
+            j.last_index = index;
             if j.errors.len() < JobRecord::MAX_ERRORS {
                 j.errors.push(JobError {
                     doc_id: doc_id.to_string(),
@@ -601,6 +749,7 @@ impl Store {
     fn apply_delete(
         &self,
         batch: &mut Batch,
+        index: u64,
         collection: &str,
         doc_id: &str,
         at_ms: u64,
@@ -615,7 +764,7 @@ impl Store {
             })?;
         if doc.status == DocumentStatus::Pending {
             let mut jobs = HashMap::new();
-            self.count_superseded(&mut jobs, &doc.job_id, at_ms)?;
+            self.count_superseded(&mut jobs, &doc.job_id, index, at_ms)?;
             for j in jobs.values() {
                 batch.insert(keys::job(&j.id), encode(j));
             }
@@ -628,6 +777,7 @@ impl Store {
             coll.chunks -= live.points.len() as u64;
             effects.push(Effect::PointsRemoved {
                 collection: collection.to_string(),
+                uid: coll.uid,
                 ids: live.points,
             });
         }
@@ -639,6 +789,25 @@ impl Store {
             effects,
         })
     }
+
+    fn apply_expire_jobs(&self, batch: &mut Batch, before_ms: u64) -> Result<Applied, StoreError> {
+        let mut removed = 0;
+        for job in self.jobs()? {
+            if job.is_finished() && job.updated_at_ms < before_ms {
+                batch.remove(keys::job(&job.id));
+                removed += 1;
+            }
+        }
+        Ok(Applied {
+            outcome: Outcome::JobsExpired { removed },
+            effects: Vec::new(),
+        })
+    }
+}
+
+/// sled reports a store held by another process as an i/o error naming the lock.
+fn is_lock_error(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {

@@ -41,6 +41,13 @@ impl Log {
     }
 }
 
+fn drop_collection(name: &str) -> Command {
+    Command::DropCollection {
+        name: name.into(),
+        at_ms: 8,
+    }
+}
+
 fn create(name: &str) -> Command {
     Command::CreateCollection {
         name: name.into(),
@@ -83,8 +90,7 @@ fn collection_lifecycle_and_rejections() {
     // refused commands still advance the applied index
     assert_eq!(log.store.applied_index().unwrap(), 3);
     assert_eq!(log.store.collections().unwrap().len(), 1);
-    log.apply(Command::DropCollection { name: "a".into() })
-        .unwrap();
+    log.apply(drop_collection("a")).unwrap();
     assert!(log.store.collection("a").unwrap().is_none());
 }
 
@@ -99,12 +105,23 @@ fn ingest_flow_assigns_points_and_tracks_job() {
             vec![doc("d1", "hello", r#"{"k":1}"#), doc("d2", "x", "{}")],
         ))
         .unwrap();
-    let Outcome::DocumentsAccepted { job, pending } = applied.outcome else {
+    let Outcome::DocumentsAccepted { job } = applied.outcome else {
         panic!("wrong outcome")
     };
     assert_eq!(job.total, 2);
+    assert_eq!(job.last_index, 2);
+    let [Effect::DocumentsPending(pending)] = &applied.effects[..] else {
+        panic!("expected DocumentsPending: {:?}", applied.effects)
+    };
     assert_eq!(pending.len(), 2);
-    assert_eq!(log.store.pending_documents().unwrap().len(), 2);
+    assert_eq!((pending[0].uid, pending[0].bytes), (1, 5));
+    assert_eq!(log.store.pending_documents().unwrap(), *pending);
+    // the text stays in the store until a worker asks for it
+    assert_eq!(
+        log.store.pending_text(1, "d1", 2).unwrap().as_deref(),
+        Some("hello")
+    );
+    assert_eq!(log.store.pending_text(1, "d1", 1).unwrap(), None);
 
     let applied = log
         .apply(store_chunks(
@@ -127,7 +144,10 @@ fn ingest_flow_assigns_points_and_tracks_job() {
         panic!("expected stored")
     };
     assert_eq!(job.indexed, 1);
+    assert_eq!(job.last_index, 3);
     assert_eq!(job.state(), JobState::Running);
+    // indexed: no longer pending
+    assert_eq!(log.store.pending_text(1, "d1", 2).unwrap(), None);
 
     log.apply(Command::FailDocument {
         collection: "c".into(),
@@ -177,6 +197,7 @@ fn replacement_keeps_old_version_live_until_new_chunks_arrive() {
         applied.effects[0],
         Effect::PointsRemoved {
             collection: "c".into(),
+            uid: 1,
             ids: vec![0]
         }
     );
@@ -247,8 +268,7 @@ fn delete_removes_points_and_drop_removes_everything() {
         .unwrap();
     log.apply(store_chunks("c", "e", 5, vec![chunk("t", [1.0, 0.0])]))
         .unwrap();
-    log.apply(Command::DropCollection { name: "c".into() })
-        .unwrap();
+    log.apply(drop_collection("c")).unwrap();
     log.apply(create("c")).unwrap();
     assert!(log.store.points("c").unwrap().is_empty());
     assert_eq!(log.store.collection("c").unwrap().unwrap().uid, 2);
@@ -271,6 +291,87 @@ fn wrong_dimension_is_refused_without_writes() {
         Err(StoreError::InvalidCommand(_))
     ));
     assert!(log.store.points("c").unwrap().is_empty());
+}
+
+#[test]
+fn dropping_a_collection_cancels_its_unfinished_jobs() {
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    log.apply(create("other")).unwrap();
+    log.apply(accept("c", "done", vec![doc("a", "t", "{}")]))
+        .unwrap();
+    log.apply(store_chunks("c", "a", 3, vec![chunk("t", [1.0, 0.0])]))
+        .unwrap();
+    log.apply(accept(
+        "c",
+        "running",
+        vec![doc("b", "t", "{}"), doc("e", "t", "{}")],
+    ))
+    .unwrap();
+    log.apply(accept("other", "elsewhere", vec![doc("b", "t", "{}")]))
+        .unwrap();
+    log.apply(drop_collection("c")).unwrap();
+    let running = log.store.job("running").unwrap().unwrap();
+    assert_eq!(running.state(), JobState::Cancelled);
+    assert_eq!((running.last_index, running.updated_at_ms), (7, 8));
+    assert_eq!(
+        log.store.job("done").unwrap().unwrap().state(),
+        JobState::Completed
+    );
+    assert_eq!(
+        log.store.job("elsewhere").unwrap().unwrap().state(),
+        JobState::Running
+    );
+    // a new collection of the same name does not inherit anything
+    log.apply(create("c")).unwrap();
+    assert!(log
+        .store
+        .pending_documents()
+        .unwrap()
+        .iter()
+        .all(|p| p.collection == "other"));
+}
+
+#[test]
+fn finished_jobs_expire_and_running_ones_stay() {
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    log.apply(accept("c", "old", vec![doc("a", "t", "{}")]))
+        .unwrap(); // at_ms 2
+    log.apply(store_chunks("c", "a", 2, vec![chunk("t", [1.0, 0.0])]))
+        .unwrap(); // finished at 3
+    log.apply(accept("c", "running", vec![doc("b", "t", "{}")]))
+        .unwrap();
+    assert_eq!(log.store.expirable_jobs(3).unwrap(), 0);
+    assert_eq!(log.store.expirable_jobs(100).unwrap(), 1);
+    let applied = log.apply(Command::ExpireJobs { before_ms: 100 }).unwrap();
+    assert_eq!(applied.outcome, Outcome::JobsExpired { removed: 1 });
+    assert!(log.store.job("old").unwrap().is_none());
+    assert!(log.store.job("running").unwrap().is_some());
+    assert_eq!(log.store.expirable_jobs(u64::MAX).unwrap(), 0);
+}
+
+#[test]
+fn a_store_held_by_another_process_is_waited_for_then_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions::default();
+    let first = Store::open(dir.path(), opts).unwrap();
+    // still held: a clear error after the wait
+    let t = std::time::Instant::now();
+    let e = Store::open_waiting_for_lock(dir.path(), opts, std::time::Duration::from_millis(300))
+        .err()
+        .expect("the lock is held");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("locked by another process"), "{e}");
+    // released during the wait: opened
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = Store::open_waiting_for_lock(dir.path(), opts, std::time::Duration::from_secs(20));
+    release.join().unwrap();
+    assert!(second.is_ok(), "{:?}", second.err());
 }
 
 fn dump(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -308,7 +409,7 @@ fn apply_is_deterministic_and_durable() {
     ];
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut disk = Log::new(Store::open(dir.path(), true).unwrap());
+        let mut disk = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
         let mut mem = Log::new(Store::temporary().unwrap());
         for c in &commands {
             // commands survive their log encoding unchanged
@@ -319,9 +420,112 @@ fn apply_is_deterministic_and_durable() {
         }
         assert_eq!(dump(&disk.store), dump(&mem.store));
     }
-    let reopened = Store::open(dir.path(), true).unwrap();
+    let reopened = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(reopened.applied_index().unwrap(), commands.len() as u64);
     let pts = reopened.points("c").unwrap();
     assert_eq!(pts.len(), 2);
     assert!(pts.iter().all(|p| p.doc_id == "b"));
+}
+
+/// The writer half of [`acknowledged_commands_survive_sigkill`]: run in a child process (the
+/// test binary itself), it applies commands to the store in `SHOAL_CRASH_DIR`, makes each durable
+/// with `sync`, and only then prints `ack <index> <doc>`, until it is killed.
+#[test]
+#[ignore = "run by acknowledged_commands_survive_sigkill in a child process"]
+fn crash_writer() {
+    let Some(dir) = std::env::var_os("SHOAL_CRASH_DIR") else {
+        return;
+    };
+    use std::io::Write as _;
+    let store = Store::open(std::path::Path::new(&dir), StoreOptions::default()).unwrap();
+    let mut index = store.applied_index().unwrap();
+    let mut next = |c: Command| {
+        index += 1;
+        store.apply(index, &c).unwrap();
+        store.sync().unwrap();
+        index
+    };
+    next(create("c"));
+    let mut out = std::io::stdout().lock();
+    for i in 0.. {
+        let id = format!("d{i}");
+        let text = format!("document {i} {}", "lorem ipsum ".repeat(50));
+        let version = next(accept("c", &format!("j{i}"), vec![doc(&id, &text, "{}")]));
+        let v = [((i % 7) as f32 + 1.0).recip(), 1.0];
+        let at = next(store_chunks(
+            "c",
+            &id,
+            version,
+            vec![chunk(&text, v), chunk("x", v)],
+        ));
+        writeln!(out, "ack {at} {id}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_commands_survive_sigkill() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::tests::crash_writer",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SHOAL_CRASH_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ack ") {
+            let (at, id) = rest.split_once(' ').unwrap();
+            acked.push((at.parse().unwrap(), id.to_string()));
+            // killed in the middle of writing, some hundred commands in
+            if acked.len() >= 150 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer is too slow"
+        );
+    }
+    // SIGKILL: no chance to flush anything
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        acked.len() >= 150,
+        "the writer stopped early: {} acks",
+        acked.len()
+    );
+
+    let store = Store::open_waiting_for_lock(
+        dir.path(),
+        StoreOptions::default(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let (last, _) = acked.last().unwrap();
+    assert!(store.applied_index().unwrap() >= *last);
+    for (_, id) in &acked {
+        let d = store.document("c", id).unwrap();
+        assert_eq!(d.status, DocumentStatus::Indexed, "{id} lost its chunks");
+        assert_eq!(d.live.as_ref().map(|l| l.points.len()), Some(2));
+    }
+    // whatever was written after the last acknowledgement is whole or absent: the collection's
+    // counters agree with the points on disk, and every point belongs to an indexed document
+    let coll = store.collection("c").unwrap().unwrap();
+    let points = store.points("c").unwrap();
+    assert_eq!(coll.chunks as usize, points.len());
+    for p in &points {
+        let d = store.document("c", &p.doc_id).unwrap();
+        assert!(d.live.unwrap().points.contains(&p.id));
+    }
 }

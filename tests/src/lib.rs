@@ -75,6 +75,10 @@ pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    /// The `x-request-id` header, if the answer carried one.
+    pub request_id: Option<String>,
+    /// The `retry-after` header, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl Node {
@@ -102,26 +106,10 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(shoal_bin());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--model")
-            .arg(model_dir())
-            .args(&self.args)
-            // SHOAL_TEST_LOG sets the node's RUST_LOG (for example
-            // `warn,shoal_node::service=debug` logs every search's stage timings).
-            .env(
-                "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG").unwrap_or("warn,shoal_node=info".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        // SHOAL_TEST_LOG sets the node's RUST_LOG (for example
+        // `warn,shoal_node::service=debug` logs every search's stage timings).
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start shoal");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -193,6 +181,47 @@ impl Node {
         self.spawn();
     }
 
+    /// Start again on the same data folder with extra environment variables.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        for (k, v) in env {
+            self.env.retain(|(key, _)| key != k);
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        self.spawn();
+    }
+
+    /// The command that starts this node (for tests that watch a start fail).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(shoal_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--model")
+            .arg(model_dir())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_TEST_LOG").unwrap_or("warn,shoal_node=info".into()),
+            );
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Stop the process (SIGKILL) without starting it again.
+    pub fn stop(&mut self) {
+        self.kill9();
+    }
+
+    /// Start the process again after [`Node::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -239,14 +268,23 @@ impl Node {
         self.wait_job(&job)
     }
 
-    /// Add documents; returns the job id without waiting.
+    /// Add documents; returns the job id without waiting. A full ingest queue (429) is waited
+    /// out as its Retry-After says, as a well-behaved client would.
     pub fn ingest_async(&self, collection: &str, docs: Value) -> String {
-        let r = self.post(
-            &format!("/api/v1/collections/{collection}/documents"),
-            json!({ "documents": docs }),
-        );
-        assert_eq!(r.status, 202, "ingest: {}", r.text);
-        r.body["job_id"].as_str().expect("job id").to_string()
+        let body = json!({ "documents": docs });
+        let start = Instant::now();
+        loop {
+            let r = self.post(
+                &format!("/api/v1/collections/{collection}/documents"),
+                body.clone(),
+            );
+            if r.status == 429 && start.elapsed() < Duration::from_secs(600) {
+                std::thread::sleep(Duration::from_secs(r.retry_after.unwrap_or(1)));
+                continue;
+            }
+            assert_eq!(r.status, 202, "ingest: {}", r.text);
+            return r.body["job_id"].as_str().expect("job id").to_string();
+        }
     }
 
     pub fn wait_job(&self, job: &str) -> Value {
@@ -305,9 +343,35 @@ pub fn metric_value(text: &str, name: &str, label_part: &str) -> f64 {
 
 fn to_resp(r: reqwest::blocking::Response) -> Resp {
     let status = r.status().as_u16();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let request_id = header("x-request-id");
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
     let text = r.text().unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp { status, body, text }
+    Resp {
+        status,
+        body,
+        text,
+        request_id,
+        retry_after,
+    }
+}
+
+/// Wait until `cond` holds, polling every 50 ms; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for Node {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shoal_tests::{corpus, hit_ids, metric_value, Node, PARAPHRASES};
+use shoal_tests::{corpus, hit_ids, metric_value, wait_until, Node, PARAPHRASES};
 
 fn top1(node: &Node, coll: &str, query: &str) -> Option<String> {
     node.search_ids(coll, json!({"query": query, "top_k": 3}))
@@ -67,12 +67,49 @@ fn paraphrased_queries_find_the_right_document_first() {
     );
     assert_eq!(ids.len(), 2);
 
-    // vector search with a document's own embedding finds it
-    let all = node.search(
-        "wiki",
-        json!({"query": "Chess is a board game for two players", "top_k": 1}),
-    );
-    assert_eq!(hit_ids(&all.body), vec!["chess"]);
+    // vector search: with the documents' own embeddings (one chunk each), every document finds
+    // itself first with a score of ~1, and the order of all of them is the one brute force gives
+    let docs = corpus();
+    let docs = docs.as_array().unwrap();
+    let texts: Vec<&str> = docs.iter().map(|d| d["text"].as_str().unwrap()).collect();
+    let r = node.post("/v1/embeddings", json!({"input": texts}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let vectors: Vec<Vec<f64>> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    for (i, v) in vectors.iter().enumerate() {
+        let r = node.search("wiki", json!({"vector": v, "top_k": 12, "exact": true}));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let ids = hit_ids(&r.body);
+        assert_eq!(ids[0], docs[i]["id"].as_str().unwrap());
+        let top = r.body["hits"][0]["score"].as_f64().unwrap();
+        assert!((top - 1.0).abs() < 1e-3, "self-similarity {top}");
+        // brute force over the 12 embeddings
+        let mut want: Vec<(f64, &str)> = vectors
+            .iter()
+            .zip(docs)
+            .map(|(w, d)| {
+                let dot: f64 = v.iter().zip(w).map(|(a, b)| a * b).sum();
+                (dot, d["id"].as_str().unwrap())
+            })
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want: Vec<&str> = want.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids, want, "nearest neighbours of {}", docs[i]["id"]);
+        // the graph search (not exact) finds the same first neighbours
+        let approx = node.search_ids("wiki", json!({"vector": v, "top_k": 3}));
+        assert_eq!(approx, want[..3].to_vec());
+    }
 
     // collection info counts documents and chunks
     let info = node.get("/api/v1/collections/wiki");
@@ -155,6 +192,16 @@ fn sigterm_stops_cleanly_and_keeps_the_graph() {
     assert!(node.terminate(), "shoal did not exit cleanly on SIGTERM");
     assert!(dump.exists(), "no graph dump after a clean stop");
     node.restart();
+    // the graph was reloaded from the dump, not rebuilt from the stored vectors
+    let m = node.metrics();
+    let loads = |source: &str| {
+        metric_value(
+            &m,
+            "shoal_index_shard_loads_total",
+            &format!("collection=\"graceful\",source=\"{source}\""),
+        )
+    };
+    assert_eq!((loads("dump"), loads("rebuilt")), (1.0, 0.0), "{m}");
     for (q, id) in PARAPHRASES {
         assert_eq!(top1(&node, "graceful", q).as_deref(), Some(*id), "{q}");
     }
@@ -260,17 +307,46 @@ fn deleted_documents_never_come_back() {
     assert_eq!(info.body["index"]["tombstones"], 0);
     assert_eq!(info.body["index"]["live_points"], 9);
 
-    // after a crash (graph dump reloaded or rebuilt from storage) they stay gone
-    std::thread::sleep(Duration::from_millis(600));
-    node.restart();
-    check(&node, &gone);
-    assert_eq!(
-        node.get("/api/v1/collections/del").body["index"]["live_points"],
-        9
+    // after a crash they stay gone, whether the graph dump is reloaded or the graph rebuilt:
+    // first once the compacted graph (9 points) has been dumped, then without any dump
+    let manifest = node.data.join("index/del-1/manifest.json");
+    wait_until(
+        Duration::from_secs(10),
+        "the compacted graph's dump",
+        || {
+            std::fs::read(&manifest)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|m| m["points"] == 9)
+        },
     );
-    // the others are still found
-    for (q, id) in PARAPHRASES.iter().filter(|(_, id)| !gone.contains(id)) {
-        assert_eq!(top1(&node, "del", q).as_deref(), Some(*id), "{q}");
+    for source in ["dump", "rebuilt"] {
+        if source == "rebuilt" {
+            node.stop();
+            std::fs::remove_dir_all(node.data.join("index/del-1")).unwrap();
+            node.start_again();
+        } else {
+            node.restart();
+        }
+        let m = node.metrics();
+        assert_eq!(
+            metric_value(
+                &m,
+                "shoal_index_shard_loads_total",
+                &format!("collection=\"del\",source=\"{source}\"")
+            ),
+            1.0,
+            "{m}"
+        );
+        check(&node, &gone);
+        assert_eq!(
+            node.get("/api/v1/collections/del").body["index"]["live_points"],
+            9
+        );
+        // the others are still found
+        for (q, id) in PARAPHRASES.iter().filter(|(_, id)| !gone.contains(id)) {
+            assert_eq!(top1(&node, "del", q).as_deref(), Some(*id), "{q}");
+        }
     }
 
     // replacing a document: the old text is never returned once the new one is indexed
@@ -383,6 +459,11 @@ fn fault_injection_is_off_by_default() {
 
 fn assert_error(r: &shoal_tests::Resp, status: u16, code: &str, contains: &str) {
     assert_eq!(r.status, status, "{}", r.text);
+    assert!(
+        r.request_id.as_deref().is_some_and(|id| id.len() >= 32),
+        "no request id on {}",
+        r.text
+    );
     assert_eq!(r.body["error"]["code"], code, "{}", r.text);
     let msg = r.body["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -397,6 +478,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         &[
             ("SHOAL_SERVER__MAX_BODY_BYTES", "65536"),
             ("SHOAL_INGEST__MAX_DOCUMENTS_PER_REQUEST", "5"),
+            ("SHOAL_SEARCH__MAX_EXACT_POINTS", "3"),
+            ("SHOAL_SEARCH__MAX_FILTER_VALUES", "10"),
         ],
         &[],
     );
@@ -573,7 +656,50 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         "dimension",
     );
 
-    // the node is still healthy, and every response carried a request id
-    let r = node.get("/api/health");
-    assert_eq!(r.status, 200);
+    // filters and exact scans larger than the limits
+    node.ingest(
+        "c",
+        json!([
+            {"id": "a", "text": "alpha", "metadata": {"n": 1}},
+            {"id": "b", "text": "beta", "metadata": {"n": 2}},
+            {"id": "c", "text": "gamma", "metadata": {"n": 3}},
+            {"id": "d", "text": "delta", "metadata": {"n": 4}}
+        ]),
+    );
+    let many: Vec<u32> = (0..11).collect();
+    assert_error(
+        &node.search(
+            "c",
+            json!({"query": "x", "filter": {"metadata": {"n": {"in": many}}}}),
+        ),
+        400,
+        "bad_request",
+        "the limit is 10",
+    );
+    assert_error(
+        &node.search("c", json!({"query": "x", "exact": true})),
+        400,
+        "bad_request",
+        "search.max_exact_points",
+    );
+    // a filter that leaves few enough points makes an exact search affordable
+    let ids = node.search_ids(
+        "c",
+        json!({"query": "x", "exact": true, "filter": {"metadata": {"n": {"in": [1, 2]}}}}),
+    );
+    assert_eq!(ids.len(), 2);
+    // a rerank query over the limit (checked before anything else is done)
+    let long = "q".repeat(9 * 1024);
+    assert_error(
+        &node.post("/v1/rerank", json!({"query": long, "documents": ["a"]})),
+        400,
+        "bad_request",
+        "reranker.max_query_bytes",
+    );
+
+    // the node is still healthy, and every response carried its own request id
+    let a = node.get("/api/health");
+    let b = node.get("/api/health");
+    assert_eq!(a.status, 200);
+    assert!(a.request_id.is_some() && a.request_id != b.request_id);
 }

@@ -213,3 +213,62 @@ fn openai_embeddings_endpoint_and_query_cache() {
         - metric_value(&before, "shoal_query_cache_misses_total", "");
     assert_eq!((hits, misses), (1.0, 1.0));
 }
+
+#[test]
+fn reranking_whose_request_timed_out_stops_and_frees_the_reranker() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("test-cross-encoder");
+    make_test_reranker(&model);
+    let node = Node::start(
+        &[
+            ("SHOAL_SERVER__REQUEST_TIMEOUT_MS", "1500"),
+            ("SHOAL_MODEL__TIMEOUT_MS", "1500"),
+        ],
+        &["--reranker-model", model.to_str().unwrap()],
+    );
+    // 1,000 passages of ~300 tokens: a minute or more of both cores
+    let passage = "The committee reviewed the annual report on river water quality, noting that \
+                   nitrate levels fell in most districts while phosphate stayed flat. "
+        .repeat(12);
+    let docs: Vec<String> = (0..1000).map(|i| format!("{i}. {passage}")).collect();
+    let t = std::time::Instant::now();
+    let r = node.post(
+        "/v1/rerank",
+        json!({"query": "did nitrate levels fall", "documents": docs}),
+    );
+    assert!(
+        r.status == 504 || r.status == 503,
+        "expected a timeout: {} {}",
+        r.status,
+        r.text
+    );
+    assert!(
+        t.elapsed().as_secs() < 10,
+        "answered after {:?}",
+        t.elapsed()
+    );
+    // the work stops instead of running on for the abandoned request ...
+    shoal_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the abandoned reranking to stop",
+        || {
+            metric_value(
+                &node.metrics(),
+                "shoal_cancelled_work_total",
+                "kind=\"reranking\"",
+            ) >= 1.0
+        },
+    );
+    // ... so the next request is answered at once
+    let t = std::time::Instant::now();
+    let r = node.post(
+        "/v1/rerank",
+        json!({"query": "did nitrate levels fall", "documents": ["Nitrate fell.", "Chess."]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "the reranker was still busy: {:?}",
+        t.elapsed()
+    );
+}

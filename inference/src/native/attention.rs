@@ -20,9 +20,18 @@ pub struct Scratch {
 }
 
 /// `q`, `k`, `v`: rows of `stride` values, the head's `d` values at each row's start; `len`
-/// rows. Writes `len` rows of `d` values to `out` at stride `out_stride`.
+/// rows. Writes `len` rows of `d` values to `out` at stride `out_stride`, and nothing else.
+///
+/// `out` is a pointer, not a slice, so that the heads of one text, whose outputs interleave
+/// (columns `head × d ..` of the same rows), can be computed on different threads without
+/// anyone holding a `&mut` over another head's values.
+///
+/// # Safety
+/// For every row `i < len`, `out + i × out_stride .. out + i × out_stride + d` must be valid for
+/// reads and writes, and nothing else may access those values during the call (other values
+/// between them may be in use elsewhere: they are never touched, nor referenced).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_head(
+pub unsafe fn attention_head(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -30,11 +39,11 @@ pub fn attention_head(
     len: usize,
     d: usize,
     scale: f32,
-    out: &mut [f32],
+    out: *mut f32,
     out_stride: usize,
     s: &mut Scratch,
 ) {
-    check_head(q, k, v, stride, len, d, out, out_stride);
+    check_head(q, k, v, stride, len, d, out_stride);
     let isa = Isa::detect();
     let key_panels = len.div_ceil(NR);
     let lp = key_panels * NR;
@@ -119,15 +128,16 @@ pub fn attention_head(
                 }
             };
             // SAFETY: `lhs` has `rows` rows of `len` probabilities; `rhs` has `len` rows of NR
-            // values (in place: whole panels of the head's d columns, d is a multiple of NR); the tile
-            // writes rows r0..r0+rows, columns p*NR..p*NR+cols < d of `out`.
+            // values (in place: whole panels of the head's d columns, d is a multiple of NR); the
+            // tile writes rows r0..r0+rows, columns p*NR..p*NR+cols <= d of `out`, which the
+            // caller hands to this call alone.
             unsafe {
                 tile(
                     isa,
                     len,
                     lhs,
                     rhs,
-                    out.as_mut_ptr().add(r0 * out_stride + p * NR),
+                    out.add(r0 * out_stride + p * NR),
                     out_stride,
                     rows,
                     cols,
@@ -135,15 +145,27 @@ pub fn attention_head(
             };
         }
         for (i, f) in inv.iter().enumerate().take(rows) {
-            for o in &mut out[(r0 + i) * out_stride..(r0 + i) * out_stride + d] {
+            // SAFETY: row r0 + i < len of `out`: its d values are this call's alone.
+            let row = unsafe { out_row(out, r0 + i, out_stride, d) };
+            for o in row {
                 *o *= f;
             }
         }
     }
 }
 
-/// The bounds every head computation relies on.
-#[allow(clippy::too_many_arguments)]
+/// The `d` values of row `i` of a head's output.
+///
+/// # Safety
+/// As for [`attention_head`]'s `out`, with `i < len`; the slice must be dropped before anything
+/// else touches those values.
+#[inline(always)]
+unsafe fn out_row<'a>(out: *mut f32, i: usize, out_stride: usize, d: usize) -> &'a mut [f32] {
+    // SAFETY: the caller's contract: these d values are valid and accessed by nobody else.
+    unsafe { std::slice::from_raw_parts_mut(out.add(i * out_stride), d) }
+}
+
+/// The bounds every head computation relies on (those of the inputs; `out` is the caller's).
 fn check_head(
     q: &[f32],
     k: &[f32],
@@ -151,20 +173,25 @@ fn check_head(
     stride: usize,
     len: usize,
     d: usize,
-    out: &[f32],
     out_stride: usize,
 ) {
-    assert!(len >= 1, "attention over no tokens");
-    let rows = (len - 1) * stride + d;
+    assert!(len >= 1 && d >= 1, "attention over no tokens");
+    assert!(stride >= d && out_stride >= d, "rows overlap");
+    let rows = (len - 1)
+        .checked_mul(stride)
+        .and_then(|x| x.checked_add(d))
+        .expect("attention shapes overflow");
     assert!(q.len() >= rows && k.len() >= rows && v.len() >= rows);
-    assert!(out.len() >= (len - 1) * out_stride + d);
 }
 
 /// [`attention_head`] with both products on AMX tiles in bf16 (the opt-in reduced precision):
 /// queries, keys, probabilities and values are rounded to bf16, scores and sums stay f32.
-/// Only call where [`amx::available`] is true.
+/// Only call where [`amx::available`] is true (asserted).
+///
+/// # Safety
+/// As [`attention_head`].
 #[allow(clippy::too_many_arguments)]
-pub fn attention_head_amx(
+pub unsafe fn attention_head_amx(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -172,14 +199,14 @@ pub fn attention_head_amx(
     len: usize,
     d: usize,
     scale: f32,
-    out: &mut [f32],
+    out: *mut f32,
     out_stride: usize,
     s: &mut Scratch,
 ) {
     const ZERO: [f32; NR] = [0.0; NR];
     const T: usize = amx::ROWS; // 32: rows per block, values per k step, columns per panel
     assert!(amx::available());
-    check_head(q, k, v, stride, len, d, out, out_stride);
+    check_head(q, k, v, stride, len, d, out_stride);
     let dp = d.div_ceil(T) * T; // head width padded: the k of Q·Kᵀ
     let lp = len.div_ceil(T) * T; // keys padded: columns of S, the k of P·V
     let blocks = 0..lp / T;
@@ -240,7 +267,8 @@ pub fn attention_head_amx(
     }
     for p in 0..dp / T {
         // SAFETY: AMX is available; p16 has lp rows of lp values, v16 a panel of lp/2 pairs per
-        // 32 dims; the tile writes rows 0..len, columns p*32..p*32+cols < d of `out`.
+        // 32 dims; the panel writes rows 0..len, columns p*32..p*32+cols <= d of `out`, which
+        // the caller hands to this call alone.
         unsafe {
             amx::panel(
                 lp / 2,
@@ -250,14 +278,16 @@ pub fn attention_head_amx(
                 len,
                 &s.v16[p * lp * T..],
                 &ZERO,
-                out.as_mut_ptr().add(p * T),
+                out.add(p * T),
                 out_stride,
                 T.min(d - p * T),
             )
         };
     }
     for (i, f) in s.inv.iter().enumerate() {
-        for o in &mut out[i * out_stride..i * out_stride + d] {
+        // SAFETY: row i < len of `out`: its d values are this call's alone.
+        let row = unsafe { out_row(out, i, out_stride, d) };
+        for o in row {
             *o *= f;
         }
     }
@@ -284,21 +314,46 @@ fn softmax_unnormalized(row: &mut [f32], scale: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// `len` rows of `stride` values (q, k and v side by side from columns 0, d and 2d).
+    fn qkv(len: usize, stride: usize) -> Vec<f32> {
+        (0..len * stride)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect()
+    }
+
+    /// One head into a fresh `len × d` buffer, with the f32 kernels or the AMX ones.
+    fn head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        len: usize,
+        d: usize,
+        amx: bool,
+    ) -> Vec<f32> {
+        let mut out = vec![f32::NAN; len * d];
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut s = Scratch::default();
+        let f = if amx {
+            attention_head_amx
+        } else {
+            attention_head
+        };
+        // SAFETY: `out` holds len rows of d values, used by nothing else meanwhile.
+        unsafe { f(q, k, v, stride, len, d, scale, out.as_mut_ptr(), d, &mut s) };
+        out
+    }
+
     #[test]
     fn attention_matches_a_direct_computation() {
         for &(len, d) in &[(19usize, 8usize), (1, 32), (45, 32), (70, 40)] {
             let stride = 3 * d + 5;
-            let data: Vec<f32> = (0..len * stride)
-                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-                .collect();
+            let data = qkv(len, stride);
             let (q, k, v) = (&data[..], &data[d..], &data[2 * d..]);
-            let mut out = vec![f32::NAN; len * d];
             let scale = 1.0 / (d as f32).sqrt();
-            let mut s = Scratch::default();
-            attention_head(q, k, v, stride, len, d, scale, &mut out, d, &mut s);
+            let out = head(q, k, v, stride, len, d, false);
             if amx::available() {
-                let mut out16 = vec![f32::NAN; len * d];
-                attention_head_amx(q, k, v, stride, len, d, scale, &mut out16, d, &mut s);
+                let out16 = head(q, k, v, stride, len, d, true);
                 let err = out
                     .iter()
                     .zip(&out16)
@@ -324,6 +379,84 @@ mod tests {
                     assert!(
                         (got - want).abs() < 1e-5,
                         "len {len} d {d}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The heads of one text, each on its own thread, write their interleaved columns of one
+    /// shared output (as the encoder does) through the pointer, touching nothing else: the
+    /// values around and between the heads' blocks keep their sentinel.
+    #[test]
+    fn heads_on_threads_write_only_their_own_columns() {
+        for amx in [false, true] {
+            if amx && !amx::available() {
+                continue;
+            }
+            let (len, heads, d) = (37usize, 4usize, 8usize);
+            let h = heads * d;
+            let (stride, out_stride) = (3 * h, h + 3); // 3 unused values after each row
+            let data = qkv(len, stride);
+            let sentinel = 1234.5f32;
+            let mut ctx = vec![sentinel; len * out_stride + 5];
+            let scale = 1.0 / (d as f32).sqrt();
+            let out = super::super::gemm::SendPtr(ctx.as_mut_ptr());
+            std::thread::scope(|scope| {
+                for hd in 0..heads {
+                    let data = &data;
+                    scope.spawn(move || {
+                        let base = hd * d;
+                        let mut s = Scratch::default();
+                        let f = if amx {
+                            attention_head_amx
+                        } else {
+                            attention_head
+                        };
+                        // SAFETY: head hd's block (len rows × columns hd*d..(hd+1)*d at stride
+                        // out_stride) lies inside `ctx` and is written by this thread only;
+                        // `ctx` itself is not used until the threads are joined.
+                        unsafe {
+                            f(
+                                &data[base..],
+                                &data[base + h..],
+                                &data[base + 2 * h..],
+                                stride,
+                                len,
+                                d,
+                                scale,
+                                out.get().add(base),
+                                out_stride,
+                                &mut s,
+                            )
+                        }
+                    });
+                }
+            });
+            for hd in 0..heads {
+                let base = hd * d;
+                let want = head(
+                    &data[base..],
+                    &data[base + h..],
+                    &data[base + 2 * h..],
+                    stride,
+                    len,
+                    d,
+                    amx,
+                );
+                for i in 0..len {
+                    assert_eq!(
+                        &ctx[i * out_stride + base..i * out_stride + base + d],
+                        &want[i * d..(i + 1) * d],
+                        "head {hd} row {i}"
+                    );
+                }
+            }
+            for (i, x) in ctx.iter().enumerate() {
+                if i >= len * out_stride || i % out_stride >= h {
+                    assert_eq!(
+                        *x, sentinel,
+                        "value {i} outside every head's block was written"
                     );
                 }
             }

@@ -292,6 +292,16 @@ impl BertEncoder {
 
     /// Run the encoder over `seqs` on the current rayon pool.
     pub fn forward(&self, seqs: &[Sequence]) -> Result<Hidden, InferenceError> {
+        self.forward_cancellable(seqs, &|| false)
+    }
+
+    /// [`forward`](Self::forward), asking `cancelled` (on the calling thread) before each layer:
+    /// once it says yes, no more layers run and the result is [`InferenceError::Cancelled`].
+    pub fn forward_cancellable(
+        &self,
+        seqs: &[Sequence],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Hidden, InferenceError> {
         let h = self.shape.hidden_size;
         let mut offsets = Vec::with_capacity(seqs.len() + 1);
         offsets.push(0);
@@ -349,6 +359,15 @@ impl BertEncoder {
         });
 
         for layer in &self.layers {
+            if cancelled() {
+                // the buffers go back to the thread's workspace as usual
+                drop(Hidden {
+                    ws: Some(ws),
+                    width: h,
+                    offsets,
+                });
+                return Err(InferenceError::Cancelled);
+            }
             layer.qkv.forward(x, t, qkv);
             self.attention(qkv, &offsets, ctx);
             layer.attn_out.forward(ctx, t, tmp);
@@ -392,40 +411,47 @@ impl BertEncoder {
         let scale = 1.0 / (d as f32).sqrt();
         let stride = 3 * h;
         let texts = offsets.len() - 1;
+        assert_eq!(ctx.len(), offsets[texts] * h, "attention output shape");
+        assert!(
+            qkv.len() >= offsets[texts] * stride,
+            "attention input shape"
+        );
         let out = SendPtr(ctx.as_mut_ptr());
         let use_amx = self.precision == Precision::Bf16 && super::gemm::amx::available();
-        let ctx_len = ctx.len();
         let task = |(s, head): (usize, usize)| {
             super::pause::pause_point();
             let (start, end) = (offsets[s], offsets[s + 1]);
+            assert!(start < end && end <= offsets[texts]);
             let len = end - start;
             let base = start * stride + head * d;
-            // SAFETY: task (s, head) writes only rows start..end, columns head*d..(head+1)*d of
-            // ctx; no two tasks share such a block, and all of them lie inside ctx.
-            let out_slice = unsafe {
-                let first = start * h + head * d;
-                let span = (len - 1) * h + d;
-                debug_assert!(first + span <= ctx_len);
-                std::slice::from_raw_parts_mut(out.get().add(first), span)
-            };
-            let head = if use_amx {
+            // Task (s, head) owns the block rows start..end × columns head*d..(head+1)*d of ctx;
+            // the heads of one text interleave within the same rows, so each gets a pointer to
+            // its first value and the row stride, never a slice spanning the others' values.
+            let first = start * h + head * d;
+            let head_fn = if use_amx {
                 attention_head_amx
             } else {
                 attention_head
             };
             SCRATCH.with_borrow_mut(|scratch| {
-                head(
-                    &qkv[base..],
-                    &qkv[base + h..],
-                    &qkv[base + 2 * h..],
-                    stride,
-                    len,
-                    d,
-                    scale,
-                    out_slice,
-                    h,
-                    scratch,
-                )
+                // SAFETY: row i < len of the block is ctx[(start+i)*h + head*d..][..d], inside ctx
+                // (start + i < offsets[texts], asserted above, and head*d + d <= h); no two tasks
+                // share a block, `ctx` is not used through its reference until every task is
+                // done, and the tasks only read `qkv`.
+                unsafe {
+                    head_fn(
+                        &qkv[base..],
+                        &qkv[base + h..],
+                        &qkv[base + 2 * h..],
+                        stride,
+                        len,
+                        d,
+                        scale,
+                        out.get().add(first),
+                        h,
+                        scratch,
+                    )
+                }
             });
         };
         let tasks = texts * heads;
@@ -472,5 +498,137 @@ fn rows_par2(
         data.par_chunks_mut(chunk)
             .zip(other.par_chunks(chunk))
             .for_each(|(d, o)| f(d, o));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor};
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::bert::{BertModel, Config};
+
+    use super::*;
+
+    /// A small random BERT (`hidden` wide, `heads` heads, 2 layers), as a config and weights.
+    fn tiny_bert(hidden: usize, heads: usize) -> (String, HashMap<String, Tensor>) {
+        let config = format!(
+            r#"{{"vocab_size": 50, "hidden_size": {hidden}, "num_hidden_layers": 2,
+                "num_attention_heads": {heads}, "intermediate_size": {}, "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
+                "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+                "classifier_dropout": null, "model_type": "bert"}}"#,
+            2 * hidden
+        );
+        let mut seed = 1u64;
+        let mut t = |shape: &[usize], scale: f32, offset: f32| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    offset + ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+                })
+                .collect();
+            Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+        };
+        let (h, i) = (hidden, 2 * hidden);
+        let mut w = HashMap::new();
+        w.insert(
+            "embeddings.word_embeddings.weight".into(),
+            t(&[50, h], 1.0, 0.0),
+        );
+        w.insert(
+            "embeddings.position_embeddings.weight".into(),
+            t(&[64, h], 1.0, 0.0),
+        );
+        w.insert(
+            "embeddings.token_type_embeddings.weight".into(),
+            t(&[2, h], 1.0, 0.0),
+        );
+        w.insert("embeddings.LayerNorm.weight".into(), t(&[h], 0.2, 1.0));
+        w.insert("embeddings.LayerNorm.bias".into(), t(&[h], 0.2, 0.0));
+        for l in 0..2 {
+            let p = format!("encoder.layer.{l}");
+            for (name, n_out, n_in) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ] {
+                let scale = 2.0 / (n_in as f32).sqrt();
+                w.insert(format!("{p}.{name}.weight"), t(&[n_out, n_in], scale, 0.0));
+                w.insert(format!("{p}.{name}.bias"), t(&[n_out], 0.2, 0.0));
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                w.insert(format!("{p}.{name}.weight"), t(&[h], 0.2, 1.0));
+                w.insert(format!("{p}.{name}.bias"), t(&[h], 0.2, 0.0));
+            }
+        }
+        (config, w)
+    }
+
+    /// The packed forward pass, its attention heads spread over two threads, against candle's
+    /// BERT run on one text at a time: small shapes, for the memory checker as much as for the
+    /// numbers (scripts/check-kernels-valgrind.sh). Head widths 16 (values copied into panels)
+    /// and 32 (values read in place); bf16 loosely.
+    #[test]
+    fn packed_forward_matches_candle_on_a_tiny_bert() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (hidden, heads) in [(64, 4), (64, 2)] {
+            let (config, weights) = tiny_bert(hidden, heads);
+            let shape: BertShape = serde_json::from_str(&config).unwrap();
+            let candle_config: Config = serde_json::from_str(&config).unwrap();
+            let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+            let reference = BertModel::load(vb.clone(), &candle_config).unwrap();
+            let texts: Vec<(Vec<u32>, Vec<u32>)> = [5usize, 17, 1, 40]
+                .iter()
+                .enumerate()
+                .map(|(t, &len)| {
+                    let ids = (0..len).map(|j| ((j * 7 + t * 3) % 50) as u32).collect();
+                    let types = (0..len).map(|j| u32::from(j >= len / 2)).collect();
+                    (ids, types)
+                })
+                .collect();
+            let seqs: Vec<Sequence> = texts
+                .iter()
+                .map(|(ids, type_ids)| Sequence { ids, type_ids })
+                .collect();
+            for (precision, tol) in [(Precision::F32, 1e-4), (Precision::Bf16, 0.1)] {
+                let encoder = BertEncoder::load(&vb, &shape, precision).unwrap();
+                let hidden_states = pool.install(|| encoder.forward(&seqs)).unwrap();
+                for (i, (ids, type_ids)) in texts.iter().enumerate() {
+                    let len = ids.len();
+                    let input = Tensor::from_vec(ids.clone(), (1, len), &Device::Cpu).unwrap();
+                    let types = Tensor::from_vec(type_ids.clone(), (1, len), &Device::Cpu).unwrap();
+                    let mask = Tensor::ones((1, len), DType::U32, &Device::Cpu).unwrap();
+                    let want: Vec<f32> = reference
+                        .forward(&input, &types, Some(&mask))
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let got = hidden_states.rows(i);
+                    assert_eq!(got.len(), want.len());
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        err < tol,
+                        "{precision:?} hidden {hidden} heads {heads} text {i}: off by {err}"
+                    );
+                }
+            }
+        }
     }
 }

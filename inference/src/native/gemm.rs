@@ -60,14 +60,21 @@ pub struct PackedLinear {
 
 impl PackedLinear {
     /// Pack `weight` (`n × k`, row-major) and `bias` (`n`).
+    ///
+    /// # Panics
+    /// If the slices do not have these lengths, or the packed sizes overflow `usize`.
     pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize, precision: Precision) -> Self {
-        assert_eq!(weight.len(), n * k, "weight shape");
+        let weights = n.checked_mul(k).expect("weight shape: n × k overflows");
+        assert_eq!(weight.len(), weights, "weight shape");
         assert_eq!(bias.len(), n, "bias shape");
         let isa = Isa::detect();
         let panels = n.div_ceil(NR);
+        // `forward` computes offsets below these sizes without checking again.
+        let overflow = || panic!("weight shape: the packed size overflows");
         let packed = match precision {
             Precision::F32 => {
-                let mut p = vec![0f32; panels * k * NR];
+                let len = panels.checked_mul(k).and_then(|x| x.checked_mul(NR));
+                let mut p = vec![0f32; len.unwrap_or_else(overflow)];
                 for (col, row) in weight.chunks_exact(k).enumerate() {
                     let (panel, j) = (col / NR, col % NR);
                     let base = panel * k * NR + j;
@@ -79,7 +86,8 @@ impl PackedLinear {
             }
             Precision::Bf16 => {
                 let kp = padded_pairs(k);
-                let mut p = vec![0u16; panels * kp * NR * 2];
+                let len = panels.checked_mul(kp).and_then(|x| x.checked_mul(NR * 2));
+                let mut p = vec![0u16; len.unwrap_or_else(overflow)];
                 for (col, row) in weight.chunks_exact(k).enumerate() {
                     let (panel, j) = (col / NR, col % NR);
                     let base = panel * kp * NR * 2 + j * 2;
@@ -137,10 +145,28 @@ impl PackedLinear {
     }
 
     /// `out[m × n] = a[m × k] · Wᵀ + bias`, both row-major.
+    ///
+    /// # Panics
+    /// If `a` has fewer than `m × k` values or `out` fewer than `m × n` (or these overflow).
     pub fn forward(&self, a: &[f32], m: usize, out: &mut [f32]) {
         let (n, k) = (self.n, self.k);
-        assert!(a.len() >= m * k && out.len() >= m * n, "matmul shapes");
-        if m == 0 {
+        // The kernels read and write through raw pointers: these checks are what keeps them
+        // inside `a` and `out`, so they are real asserts, on sizes that cannot wrap.
+        let a_len = m.checked_mul(k).expect("matmul shapes: m × k overflows");
+        let out_len = m.checked_mul(n).expect("matmul shapes: m × n overflows");
+        assert!(
+            a.len() >= a_len,
+            "matmul shapes: a has {} values, not {m} × {k}",
+            a.len()
+        );
+        assert!(
+            out.len() >= out_len,
+            "matmul shapes: out has {} values, not {m} × {n}",
+            out.len()
+        );
+        // With n ≥ 1, m ≤ out.len(): every size below (rows rounded up to a block, bf16 rows
+        // of k rounded up) stays far from overflowing.
+        if m == 0 || n == 0 {
             return;
         }
         let row_blocks = m.div_ceil(MR);
@@ -159,15 +185,20 @@ impl PackedLinear {
                     for rb in blocks {
                         let rows = MR.min(m - rb * MR);
                         let lhs = Lhs {
-                            // SAFETY: row rb*MR is inside `a` (rb < row_blocks).
+                            // SAFETY: row rb*MR < m is inside `a` (rb < row_blocks, a.len() >=
+                            // m*k asserted above).
                             ptr: unsafe { a_ptr.get().add(rb * MR * k) },
                             row: k,
                             step: 1,
                         };
-                        // SAFETY: each (row block, panel) tile of `out` is written by exactly one
-                        // task, inside bounds checked above; `lhs` has `rows` rows of `k` values.
+                        // SAFETY: rb*MR*n + panel*NR < m*n <= out.len().
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
-                        // SAFETY: as above.
+                        // SAFETY: `lhs` has `rows` (1..=MR) rows of `k` values inside `a`; `rhs`
+                        // is this panel's k × NR slice of `w`; `c` is valid for `rows` rows of
+                        // `cols` values at stride n (the last one, (m-1)*n + n-1, is inside
+                        // `out`), and this (row block, panel) tile is written by this task only
+                        // (`schedule` hands each pair to one task), while nothing else reads
+                        // `out`.
                         unsafe { kernel_f32(self.isa, k, lhs, rhs, bias, c, n, rows, cols) }
                     }
                 });
@@ -183,9 +214,10 @@ impl PackedLinear {
                     let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
-                    // SAFETY: AMX is enabled for this process; `ap` holds `padded_rows` rows of
-                    // `lda` values, `wp` one panel of `kp` pairs; the tiles of this panel are
-                    // written by this task only.
+                    // SAFETY: AMX is enabled for this process (`self.amx`); `ap` holds
+                    // `padded_rows` rows of `lda` values, `wp` one panel of `kp` pairs; `out` at
+                    // column panel*NR is valid for `m` rows of `cols` values at stride n, and
+                    // the tiles of this panel in `blocks` are written by this task only.
                     unsafe {
                         amx::panel(
                             kp,
@@ -219,16 +251,18 @@ impl PackedLinear {
                     for rb in blocks {
                         let rows = MR.min(m - rb * MR);
                         let a_blk = &rows_bf16[rb * MR * lda..(rb * MR + rows) * lda];
-                        // SAFETY: as above.
+                        // SAFETY: rb*MR*n + panel*NR < m*n <= out.len().
                         let c = unsafe { out_ptr.get().add(rb * MR * n + panel * NR) };
                         #[cfg(target_arch = "x86_64")]
                         if native {
                             // SAFETY: the CPU has AVX512-BF16 (checked by Isa::detect); `c` is
-                            // this task's tile, inside bounds checked above.
+                            // valid for this task's `rows` × `cols` tile at stride n, as in the
+                            // f32 path, and written by this task only.
                             unsafe { kernel_bf16_avx512(kp, a_blk, rows, wp, bias, c, n, cols) };
                             continue;
                         }
-                        kernel_bf16_portable(kp, a_blk, rows, wp, bias, c, n, cols)
+                        // SAFETY: as above.
+                        unsafe { kernel_bf16_portable(kp, a_blk, rows, wp, bias, c, n, cols) }
                     }
                 });
                 BF16_ROWS.set(ap);
@@ -281,8 +315,10 @@ impl PackedLinear {
 /// stride `ldc`.
 ///
 /// # Safety
-/// `lhs` must be readable for `k` steps of `rows` rows, `rhs` for `k` rows of `NR` values, and
-/// `c` writable for `rows` rows of `cols` values at stride `ldc`; `rows <= MR`, `cols <= NR`.
+/// `lhs` must be readable for `k` steps of `rows` rows (`lhs.ptr + i*lhs.row + kk*lhs.step` for
+/// `i < rows`, `kk < k`), `rhs` for `k` rows of `NR` values `rhs.ld` apart, and `c` writable for
+/// `rows` rows of `cols` values at stride `ldc`, with no other access to those values during the
+/// call; `1 <= rows <= MR`, `cols <= NR`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     isa: Isa,
@@ -302,7 +338,7 @@ pub(crate) unsafe fn tile(
 /// The f32 micro-kernel for `isa`: `c = lhs · rhs + bias` on one tile.
 ///
 /// # Safety
-/// As [`tile`]; `bias` holds `NR` values.
+/// As [`tile`]. (`bias` must hold `NR` values: asserted.)
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_f32(
     isa: Isa,
@@ -321,14 +357,17 @@ unsafe fn kernel_f32(
         // SAFETY: the CPU has AVX-512 (Isa::detect); the caller vouches for the operands.
         return unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, ldc, rows, cols) };
     }
-    let _ = isa; // elsewhere detection only ever says Portable
-    kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols)
+    // (elsewhere detection only ever says Portable)
+    let _ = isa;
+    // SAFETY: the caller vouches for the operands (the same contract).
+    unsafe { kernel_f32_portable(k, lhs, rhs, bias, c, ldc, rows, cols) }
 }
 
 #[derive(Clone, Copy)]
 struct SendConstPtr(*const f32);
 // SAFETY: used only to share one read-only input among the tasks of one call.
 unsafe impl Send for SendConstPtr {}
+// SAFETY: as above.
 unsafe impl Sync for SendConstPtr {}
 impl SendConstPtr {
     fn get(self) -> *const f32 {
@@ -346,6 +385,7 @@ thread_local! {
 pub(crate) struct SendPtr(pub *mut f32);
 // SAFETY: used only to hand disjoint blocks of one buffer to the tasks of one call.
 unsafe impl Send for SendPtr {}
+// SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     pub fn get(self) -> *mut f32 {
@@ -372,7 +412,12 @@ pub fn from_bf16(x: u16) -> f32 {
 multiversion! {
     /// `out[i][j] = tile[i][j] + bias[j]` for the first `rows` rows and `cols` columns (`out` at
     /// stride `ldc`).
-    fn add_bias_rows(
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `rows.min(tile.len())` rows of `cols` values at stride
+    /// `ldc` (`out + i*ldc .. out + i*ldc + cols`), and nothing else may access those values
+    /// during the call. (`cols <= NR` and `bias.len() >= cols` are checked: a panic otherwise.)
+    unsafe fn add_bias_rows(
         tile: &[[f32; NR]],
         rows: usize,
         bias: &[f32],
@@ -380,10 +425,13 @@ multiversion! {
         ldc: usize,
         cols: usize,
     ) {
+        let bias = &bias[..cols];
         for (i, row) in tile.iter().enumerate().take(rows) {
-            // SAFETY: the caller passes `out` valid for `rows` rows of `cols` values at `ldc`.
+            let row = &row[..cols];
+            // SAFETY: the caller passes `out` valid for `rows` rows of `cols` values at `ldc`,
+            // accessed by nobody else: this one row is an exclusive slice.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.add(i * ldc), cols) };
-            for ((d, t), b) in dst.iter_mut().zip(&row[..cols]).zip(&bias[..cols]) {
+            for ((d, t), b) in dst.iter_mut().zip(row).zip(bias) {
                 *d = t + b;
             }
         }
@@ -395,13 +443,15 @@ multiversion! {
 /// `rows >= m` rows. Columns past `k` meet zero weights, so they only need to be finite: they are
 /// zeroed.
 fn bf16_rows(a: &[f32], m: usize, k: usize, rows: usize, lda: usize) -> Vec<u16> {
+    assert!(rows >= m && lda >= k);
+    let len = rows.checked_mul(lda).expect("bf16 rows: size overflows");
     let mut ap = BF16_ROWS.take();
-    if ap.len() < rows * lda {
-        ap.resize(rows * lda, 0);
+    if ap.len() < len {
+        ap.resize(len, 0);
     }
     rows_to_bf16(&a[..m * k], k, &mut ap, lda);
     if lda > k {
-        for row in ap[..rows * lda].chunks_exact_mut(lda) {
+        for row in ap[..len].chunks_exact_mut(lda) {
             row[k..].fill(0);
         }
     }
@@ -428,8 +478,12 @@ multiversion! {
 }
 
 multiversion! {
+    /// The portable f32 micro-kernel: `c = lhs · rhs + bias` on one tile.
+    ///
+    /// # Safety
+    /// As [`tile`]; `bias` holds at least `cols` values.
     #[allow(clippy::too_many_arguments)]
-    fn kernel_f32_portable(
+    unsafe fn kernel_f32_portable(
         k: usize,
         lhs: Lhs,
         rhs: Rhs,
@@ -442,7 +496,8 @@ multiversion! {
         let off = row_offsets(lhs.row, rows);
         let mut acc = [[0f32; NR]; MR];
         for kk in 0..k {
-            // SAFETY: as in the AVX-512 kernel.
+            // SAFETY: the caller guarantees `k` steps of `rows` rows of `lhs` (the offsets
+            // repeat the last valid row) and `k` rows of NR values of `rhs`.
             let (ap, bv) = unsafe {
                 (
                     lhs.ptr.add(kk * lhs.step),
@@ -457,15 +512,20 @@ multiversion! {
                 }
             }
         }
-        add_bias_rows(&acc, rows, bias, c, ldc, cols);
+        // SAFETY: the caller passes `c` valid for `rows` rows of `cols` values at `ldc`.
+        unsafe { add_bias_rows(&acc, rows, bias, c, ldc, cols) };
     }
 }
 
 multiversion! {
     /// `c = a · b + bias` on one tile: `a` holds `rows` rows of `kp` bf16 pairs, `b` `kp`
-    /// steps of `NR` pairs; `c` must be writable for `rows × cols` values at stride `ldc`.
+    /// steps of `NR` pairs (both read through bounds-checked slices).
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of `rows.min(MR)` rows of `cols` values at stride `ldc`, with
+    /// no other access to them during the call.
     #[allow(clippy::too_many_arguments)]
-    fn kernel_bf16_portable(
+    unsafe fn kernel_bf16_portable(
         kp: usize,
         a: &[u16],
         rows: usize,
@@ -485,7 +545,8 @@ multiversion! {
                 }
             }
         }
-        add_bias_rows(&acc, rows, bias, c, ldc, cols);
+        // SAFETY: the caller passes `c` valid for `rows` rows of `cols` values at `ldc`.
+        unsafe { add_bias_rows(&acc, rows, bias, c, ldc, cols) };
     }
 }
 
@@ -516,6 +577,10 @@ fn row_offsets(stride: usize, rows: usize) -> [usize; MR] {
     off
 }
 
+/// The AVX-512 f32 micro-kernel.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX-512F; `bias` holds `NR` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -530,7 +595,7 @@ unsafe fn kernel_f32_avx512(
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(bias.len() >= NR);
+    assert!(bias.len() >= NR);
     let off = row_offsets(lhs.row, rows);
     let mut c0 = [_mm512_setzero_ps(); MR];
     let mut c1 = [_mm512_setzero_ps(); MR];
@@ -556,7 +621,8 @@ unsafe fn kernel_f32_avx512(
 }
 
 /// # Safety
-/// As [`kernel_bf16_portable`], on a CPU with AVX512-BF16.
+/// As [`kernel_bf16_portable`], on a CPU with AVX512-BF16; `rows <= MR` (the slice lengths are
+/// asserted).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
@@ -596,6 +662,12 @@ unsafe fn kernel_bf16_avx512(
     unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
 }
 
+/// `c = c0|c1 + bias` for `rows` rows and `cols` columns of a tile.
+///
+/// # Safety
+/// On a CPU with AVX-512F; `c` must be valid for writes of `rows.min(MR)` rows of `cols.min(NR)`
+/// values at stride `ldc`, with no other access to them during the call. (`bias` holds `NR`
+/// values: asserted.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -609,8 +681,9 @@ unsafe fn store_avx512(
     cols: usize,
 ) {
     use std::arch::x86_64::*;
+    assert!(bias.len() >= NR);
     // SAFETY: bias has NR values; stores are masked to the tile's `cols` valid columns and
-    // limited to its `rows` valid rows.
+    // limited to its `rows` valid rows, which the caller vouches for.
     unsafe {
         let bias0 = _mm512_loadu_ps(bias.as_ptr());
         let bias1 = _mm512_loadu_ps(bias.as_ptr().add(16));
@@ -717,6 +790,41 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "overflows")]
+    fn packing_rejects_shapes_whose_size_overflows() {
+        // n × k wraps to 0 = weight.len(): unchecked, the layer was built, and `forward` read
+        // 2^63 steps of a weight panel that was never allocated.
+        PackedLinear::new(&[], &[0.0, 0.0], 2, 1 << 63, Precision::F32);
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn a_product_whose_size_overflows_is_refused() {
+        let lin = PackedLinear::new(&[0.5; 4], &[0.0; 2], 2, 2, Precision::F32);
+        // m × k and m × n wrap to 0: unchecked, the shape check passed and the kernels read `a`
+        // and wrote `out` far past their ends. (One thread: the row blocks run in order.)
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| lin.forward(&[], 1 << 63, &mut []));
+    }
+
+    #[test]
+    fn a_product_with_short_buffers_is_refused() {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let lin = PackedLinear::new(&seeded(40 * 8, 1), &[0.0; 40], 40, 8, precision);
+            let short = std::panic::catch_unwind(|| lin.forward(&[0.0; 23], 3, &mut [0.0; 120]));
+            assert!(short.is_err(), "a shorter than m × k");
+            let short = std::panic::catch_unwind(|| lin.forward(&[0.0; 24], 3, &mut [0.0; 119]));
+            assert!(short.is_err(), "out shorter than m × n");
+            let mut out = [f32::NAN; 121];
+            lin.forward(&[0.0; 25], 3, &mut out);
+            assert!(out[..120].iter().all(|x| *x == 0.0) && out[120].is_nan());
+        }
+    }
+
+    #[test]
     fn bf16_rounding_is_to_nearest_even() {
         assert_eq!(to_bf16(1.0), 0x3f80);
         assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // tie → even
@@ -737,6 +845,8 @@ pub(crate) mod amx {
 
     /// Output rows per block: two tiles of 16.
     pub const ROWS: usize = 32;
+    // `panel` covers NR columns with two tiles of 16.
+    const _: () = assert!(NR == 32);
 
     #[repr(C, align(64))]
     struct TileConfig {
@@ -797,7 +907,9 @@ pub(crate) mod amx {
     /// `b`: the panel, `kp` pairs × `NR` columns × 2.
     ///
     /// # Safety
-    /// [`available`] returned true; `out` is valid for `m` rows of `cols` values at stride `ldc`.
+    /// [`available`] returned true; `out` is valid for writes of `m` rows of `cols` values at
+    /// stride `ldc`, and nothing else accesses the rows of `blocks` among them during the call.
+    /// (The sizes of `a`, `b` and `bias` are asserted.)
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn panel(
         kp: usize,
@@ -811,60 +923,86 @@ pub(crate) mod amx {
         ldc: usize,
         cols: usize,
     ) {
-        assert!(kp.is_multiple_of(16) && lda >= kp * 2 && b.len() >= kp * NR * 2);
-        assert!(a.len() >= m.div_ceil(ROWS) * ROWS * lda && bias.len() >= NR && cols <= NR);
+        /// Bytes between two pair rows of the panel (`NR` columns of 2 bf16), and between two
+        /// rows of `tile` (`NR` f32): both 128.
+        const B_STRIDE: usize = NR * 2 * 2;
+        const T_STRIDE: usize = NR * 4;
+        assert!(kp >= 16 && kp.is_multiple_of(16) && cols <= NR && bias.len() >= NR);
+        assert!(kp.checked_mul(NR * 2).is_some_and(|n| b.len() >= n));
+        // `m` rounded up to whole blocks of ROWS rows, of `lda` values each
+        let a_len = (m.div_ceil(ROWS).checked_mul(ROWS)).and_then(|rows| rows.checked_mul(lda));
+        assert!(lda >= kp * 2 && a_len.is_some_and(|n| a.len() >= n));
         let mut tile = [[0f32; NR]; ROWS];
-        let a_stride = lda * 2; // bytes
-        let b_stride = NR * 2 * 2; // bytes: one pair row of the panel
-        let t_stride = NR * 4;
-        // SAFETY: (for every asm block) the tile loads read 16 rows of 64 bytes inside `a` and
-        // `b` (asserted above), the stores write 16 rows of 64 bytes inside `tile`.
+        // bytes between two rows of `a`
+        let a_stride = lda * 2;
+        // SAFETY: AMX is available (the caller's contract); `ldtilecfg` reads the 64-byte
+        // `CONFIG` (and zeroes the tiles, which are declared clobbered).
         unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
-            for r0 in blocks.map(|b| b * ROWS).filter(|&r| r < m) {
+            asm!(
+                "ldtilecfg [{}]",
+                in(reg) &CONFIG as *const TileConfig,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack, readonly)
+            )
+        };
+        for r0 in blocks.map_while(|b| b.checked_mul(ROWS)).filter(|&r| r < m) {
+            let t = tile.as_mut_ptr() as *mut f32;
+            // One block of ROWS × NR outputs, accumulated and stored by one asm block, so that no
+            // tile register holds anything between asm blocks: tmm0..3 are the four 16 × 16
+            // accumulators (rows 0-15 / 16-31 × columns 0-15 / 16-31); each of the kp/16 steps
+            // loads 16 rows × 32 bf16 of `a` for each half of the rows (tmm4, tmm5) and 16 pair
+            // rows × 16 columns of the panel for each half of the columns (tmm6, tmm7), then
+            // `tilestored` writes the accumulators to `tile` (row stride T_STRIDE).
+            //
+            // SAFETY: AMX is available and configured (16 rows × 64 bytes per tile, above). Reads
+            // of `a`: rows r0..r0+32 (r0 < m: inside the whole blocks asserted above), bytes
+            // 0..2*lda of each (kp/16 steps of 64 bytes = 2*kp <= 2*lda). Reads of `b`: kp pair
+            // rows of 128 bytes, i.e. kp*NR*2 values (asserted). Writes: the 32 × 32 f32 of
+            // `tile`. Every tile register used is declared clobbered.
+            unsafe {
                 asm!(
                     "tilezero tmm0",
                     "tilezero tmm1",
                     "tilezero tmm2",
                     "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-                for kb in (0..kp).step_by(16) {
-                    let a0 = a.as_ptr().add(r0 * lda + kb * 2);
-                    let a1 = a0.add(16 * lda);
-                    let b0 = b.as_ptr().add(kb * NR * 2);
-                    let b1 = b0.add(32);
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b1,
-                        sa = in(reg) a_stride,
-                        sb = in(reg) b_stride,
-                        options(nostack, readonly)
-                    );
-                }
-                let t = tile.as_mut_ptr() as *mut f32;
-                asm!(
-                    "tilestored [{t0} + {st}*1], tmm0",
-                    "tilestored [{t1} + {st}*1], tmm1",
-                    "tilestored [{t2} + {st}*1], tmm2",
-                    "tilestored [{t3} + {st}*1], tmm3",
-                    t0 = in(reg) t,
-                    t1 = in(reg) t.add(16),
-                    t2 = in(reg) t.add(16 * NR),
-                    t3 = in(reg) t.add(16 * NR + 16),
-                    st = in(reg) t_stride,
+                    "2:",
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b0} + {sb}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "add {a0}, 64",
+                    "add {a1}, 64",
+                    "add {b0}, {b_step}",
+                    "dec {steps}",
+                    "jnz 2b",
+                    "tilestored [{t} + {st}*1], tmm0",
+                    "tilestored [{t} + {st}*1 + 64], tmm1",
+                    "tilestored [{t} + {st}*1 + {t_half}], tmm2",
+                    "tilestored [{t} + {st}*1 + {t_half} + 64], tmm3",
+                    a0 = inout(reg) a.as_ptr().add(r0 * lda) => _,
+                    a1 = inout(reg) a.as_ptr().add((r0 + 16) * lda) => _,
+                    b0 = inout(reg) b.as_ptr() => _,
+                    steps = inout(reg) kp / 16 => _,
+                    sa = in(reg) a_stride,
+                    sb = in(reg) B_STRIDE,
+                    b_step = const 16 * B_STRIDE,
+                    t = in(reg) t,
+                    st = in(reg) T_STRIDE,
+                    t_half = const 16 * T_STRIDE,
+                    out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                    out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
                     options(nostack)
                 );
+            }
+            // SAFETY: rows r0..r0 + min(m - r0, ROWS) of `out` are valid for `cols` values at
+            // `ldc` and written by this call only (the caller's contract); r0 * ldc stays inside
+            // `out` since r0 < m.
+            unsafe {
                 super::add_bias_rows(
                     &tile,
                     (m - r0).min(ROWS),
@@ -872,10 +1010,18 @@ pub(crate) mod amx {
                     out.add(r0 * ldc),
                     ldc,
                     cols,
-                );
-            }
-            asm!("tilerelease", options(nostack, nomem));
+                )
+            };
         }
+        // SAFETY: AMX is available; releasing the tile state touches no memory.
+        unsafe {
+            asm!(
+                "tilerelease",
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack, nomem)
+            )
+        };
     }
 }
 
@@ -885,6 +1031,8 @@ pub(crate) mod amx {
     pub fn available() -> bool {
         false
     }
+    /// # Safety
+    /// Never to be called: [`available`] is false.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn panel(
         _kp: usize,

@@ -2,6 +2,7 @@
 //! [`EmbedExecutor`] thread that runs the model (see `embed_exec` for batching and priority); a
 //! restarted actor starts a fresh executor.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub enum EmbedderMsg {
     Embed {
         texts: Vec<String>,
         reply: RpcReplyPort<Result<Vec<Vec<f32>>, String>>,
+        /// Texts embedded so far, for callers that tell a stalled job from a slow one.
+        progress: Option<Arc<AtomicUsize>>,
     },
     /// Fault injection: panic inside the handler.
     Panic,
@@ -100,12 +103,17 @@ impl Actor for EmbedderActor {
         state: &mut EmbedderState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            EmbedderMsg::Embed { texts, reply } => {
+            EmbedderMsg::Embed {
+                texts,
+                reply,
+                progress,
+            } => {
                 // Queued for the executor; the actor is free for the next request at once.
                 state.exec.submit(EmbedJob {
                     texts,
                     reply,
                     queued: Instant::now(),
+                    progress,
                 })?;
             }
             EmbedderMsg::Panic => panic!("fault injection: embedder-{} panics", state.queue.name()),

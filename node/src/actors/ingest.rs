@@ -1,6 +1,11 @@
-//! Ingest workers: take documents from the queue, chunk them, embed the chunks on the ingest
-//! embedder, and apply one `StoreChunks` command per document.
+//! Ingest workers: take documents from the queue, read their text from the store, chunk them,
+//! embed the chunks on the ingest embedder, and apply one `StoreChunks` command per document.
+//!
+//! A batch has one owner at a time. If the embedder makes no progress on it for
+//! `model.timeout_ms`, the worker gives it up (the executor sees its answer is no longer wanted
+//! and drops the batch at its next step) and queues it again; it never runs twice at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +13,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use shoal_inference::Chunk;
 use shoal_storage::{ChunkInput, Command, PendingDocument, StoreError};
 
-use crate::actors::ask;
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::context::NodeContext;
 use crate::error::NodeError;
@@ -30,6 +34,9 @@ pub struct IngestArgs {
 pub struct IngestState {
     id: usize,
     ctx: Arc<NodeContext>,
+    /// Log index of this worker's last stored chunks: before storing more, the worker waits for
+    /// the index to mirror these (ingest never runs ahead of the shards by more than a batch).
+    last_stored: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -53,6 +60,7 @@ impl Actor for IngestWorker {
         Ok(IngestState {
             id: args.id,
             ctx: args.ctx,
+            last_stored: 0,
         })
     }
 
@@ -64,14 +72,15 @@ impl Actor for IngestWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             IngestMsg::Work => {
-                let ctx = &state.ctx;
+                let ctx = state.ctx.clone();
                 // About one embedding batch of text (a chunk is ~4 bytes per token).
-                let budget = ctx.config.ingest.batch_chunks * ctx.config.ingest.chunk_tokens * 4;
+                let budget =
+                    (ctx.config.ingest.batch_chunks * ctx.config.ingest.chunk_tokens * 4) as u64;
                 let docs = ctx.ingest.take(state.id, budget);
                 if docs.is_empty() {
                     return Ok(());
                 }
-                match process(ctx, docs).await {
+                match process(&ctx, &mut state.last_stored, docs).await {
                     Processed::Done => {
                         ctx.ingest.finish(state.id);
                         if !ctx.ingest.is_empty() {
@@ -79,7 +88,8 @@ impl Actor for IngestWorker {
                         }
                     }
                     Processed::Retry => {
-                        // The embedder is restarting: put the batch back and try again shortly.
+                        // The embedder is restarting or stalled: put the batch back and try
+                        // again shortly.
                         ctx.ingest.retry(state.id);
                         myself.send_after(RETRY_DELAY, || IngestMsg::Work);
                     }
@@ -92,15 +102,55 @@ impl Actor for IngestWorker {
 }
 
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Longest a worker waits for the shards to mirror its previous batch before storing the next.
+const MIRROR_WAIT: Duration = Duration::from_secs(60);
 
 enum Processed {
     Done,
     Retry,
 }
 
-async fn process(ctx: &Arc<NodeContext>, docs: Vec<PendingDocument>) -> Processed {
+async fn process(
+    ctx: &Arc<NodeContext>,
+    last_stored: &mut u64,
+    keys: Vec<PendingDocument>,
+) -> Processed {
+    // The texts, from the store: versions replaced, deleted or dropped meanwhile are skipped.
+    let store = ctx.store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .map(|k| {
+                let text = store.pending_text(k.uid, &k.doc_id, k.version);
+                (k, text)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut docs: Vec<(PendingDocument, String)> = Vec::new();
+    match read {
+        Ok(all) => {
+            for (key, text) in all {
+                match text {
+                    Ok(Some(t)) => docs.push((key, t)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(doc = %key.doc_id, error = %e, "cannot read a pending document");
+                        return Processed::Retry;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading pending documents failed");
+            return Processed::Retry;
+        }
+    }
+    if docs.is_empty() {
+        return Processed::Done;
+    }
+
     let chunker = ctx.chunker.clone();
-    let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
+    let texts: Vec<String> = docs.iter().map(|(_, t)| t.clone()).collect();
     let chunked = ctx
         .background(move || {
             texts
@@ -122,17 +172,24 @@ async fn process(ctx: &Arc<NodeContext>, docs: Vec<PendingDocument>) -> Processe
     let mut vectors = match vectors {
         Ok(v) => v.into_iter(),
         Err(e @ NodeError::Actor(_)) => {
-            tracing::warn!(error = %e, "embedder unavailable; ingest batch will be retried");
+            tracing::warn!(error = %e, "ingest embedding unavailable; the batch will be retried");
             return Processed::Retry;
         }
         Err(e) => {
-            for d in &docs {
+            for (d, _) in &docs {
                 fail(ctx, d, &format!("embedding failed: {e}")).await;
             }
             return Processed::Done;
         }
     };
-    for (doc, chunks) in docs.iter().zip(chunked) {
+    // Backpressure: the shards have mirrored this worker's previous batch before it stores more.
+    if *last_stored > 0 && !ctx.wait_searchable(*last_stored, MIRROR_WAIT).await {
+        tracing::warn!(
+            index = *last_stored,
+            "the index is more than a batch behind the store; storing anyway"
+        );
+    }
+    for ((doc, _), chunks) in docs.iter().zip(chunked) {
         let chunks: Vec<Chunk> = match chunks {
             Ok(c) if c.is_empty() => {
                 fail(ctx, doc, "the text has no indexable content").await;
@@ -165,7 +222,8 @@ async fn process(ctx: &Arc<NodeContext>, docs: Vec<PendingDocument>) -> Processe
             })
             .await;
         match result {
-            Ok(_) => {
+            Ok(committed) => {
+                *last_stored = committed.index;
                 ctx.metrics
                     .ingest_documents
                     .with_label_values(&["indexed"])
@@ -184,24 +242,61 @@ async fn process(ctx: &Arc<NodeContext>, docs: Vec<PendingDocument>) -> Processe
 }
 
 async fn embed_all(ctx: &Arc<NodeContext>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, NodeError> {
-    let timeout = Duration::from_millis(ctx.config.model.timeout_ms);
     let mut out = Vec::with_capacity(texts.len());
     for group in texts.chunks(ctx.config.ingest.batch_chunks) {
-        let actor = ctx
-            .embedders
-            .read()
-            .get(&EmbedQueue::Ingest)
-            .cloned()
-            .ok_or_else(|| NodeError::Actor("the ingest embedder is not running".into()))?;
-        let texts = group.to_vec();
-        let v = ask(&actor, "ingest embedder", timeout, |reply| {
-            EmbedderMsg::Embed { texts, reply }
-        })
-        .await?
-        .map_err(NodeError::Internal)?;
-        out.extend(v);
+        out.extend(embed_group(ctx, group.to_vec()).await?);
     }
     Ok(out)
+}
+
+/// Embed one group on the ingest embedder. The executor reports the texts it has done; if it
+/// does none for `model.timeout_ms` the group is given up (dropping the answer's receiver tells
+/// the executor to drop the group at its next step) and the caller retries it later.
+async fn embed_group(
+    ctx: &Arc<NodeContext>,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, NodeError> {
+    let actor = ctx
+        .embedders
+        .read()
+        .get(&EmbedQueue::Ingest)
+        .cloned()
+        .ok_or_else(|| NodeError::Actor("the ingest embedder is not running".into()))?;
+    let stall = Duration::from_millis(ctx.config.model.timeout_ms);
+    let progress = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    actor
+        .cast(EmbedderMsg::Embed {
+            texts,
+            reply: tx.into(),
+            progress: Some(progress.clone()),
+        })
+        .map_err(|e| NodeError::Actor(format!("the ingest embedder is unavailable: {e}")))?;
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(stall, &mut rx).await {
+            Ok(Ok(result)) => return result.map_err(NodeError::Internal),
+            Ok(Err(_)) => {
+                return Err(NodeError::Actor(
+                    "the ingest embedder stopped before answering".into(),
+                ))
+            }
+            Err(_) => {
+                let now = progress.load(Ordering::Acquire);
+                if now == seen {
+                    ctx.metrics
+                        .cancelled_work
+                        .with_label_values(&["ingest_embedding"])
+                        .inc();
+                    return Err(NodeError::Actor(format!(
+                        "ingest embedding made no progress for {} ms (model.timeout_ms)",
+                        stall.as_millis()
+                    )));
+                }
+                seen = now;
+            }
+        }
+    }
 }
 
 async fn fail(ctx: &Arc<NodeContext>, doc: &PendingDocument, reason: &str) {

@@ -2,10 +2,12 @@
 //! pool's threads (ingest steps aside meanwhile, as for a query embedding). Present only when the
 //! node is started with a reranker model.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use shoal_inference::InferenceError;
 
 use crate::context::NodeContext;
 
@@ -14,6 +16,8 @@ pub enum RerankerMsg {
     Score {
         query: String,
         passages: Vec<String>,
+        /// Set when the request is gone: scoring stops at its next forward pass.
+        cancelled: Arc<AtomicBool>,
         reply: RpcReplyPort<Result<Vec<f32>, String>>,
     },
     /// Fault injection: panic inside the handler.
@@ -50,23 +54,42 @@ impl Actor for RerankerActor {
             RerankerMsg::Score {
                 query,
                 passages,
+                cancelled,
                 reply,
             } => {
                 let Some(model) = state.ctx.reranker.clone() else {
                     let _ = reply.send(Err("this node has no reranker".into()));
                     return Ok(());
                 };
+                if cancelled.load(Ordering::Acquire) || reply.is_closed() {
+                    state
+                        .ctx
+                        .metrics
+                        .cancelled_work
+                        .with_label_values(&["reranking"])
+                        .inc();
+                    return Ok(());
+                }
                 let start = Instant::now();
                 let name = model.model_name().to_string();
                 // Reranking is on the query path: it runs on the query pool, and ingest steps
                 // aside for it as it does for a query embedding.
                 let gate = state.ctx.query_gate.clone();
+                let stop = cancelled.clone();
                 let result = NodeContext::on_pool(&state.ctx.query_pool, "reranking", move || {
                     let _query = gate.hold();
                     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-                    model.score(&query, &refs)
+                    model.score_cancellable(&query, &refs, &|| stop.load(Ordering::Acquire))
                 })
                 .await;
+                if matches!(result, Ok(Err(InferenceError::Cancelled))) {
+                    state
+                        .ctx
+                        .metrics
+                        .cancelled_work
+                        .with_label_values(&["reranking"])
+                        .inc();
+                }
                 state
                     .ctx
                     .metrics

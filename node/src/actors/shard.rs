@@ -1,22 +1,36 @@
 //! One actor per index shard: the shard's only writer. It loads the shard (reloading the dumped
-//! graph or rebuilding it from storage), applies inserts and deletes, compacts when tombstones
-//! pile up, and dumps the graph to disk some time after it changed. Searches do not pass through
-//! the actor: they read the published [`Shard`] directly, so they never wait behind a write.
+//! graph or rebuilding it from storage), applies the point changes of each command after the
+//! store has committed it, compacts when tombstones pile up, and dumps the graph to disk some time
+//! after it changed. Searches do not pass through the actor: they read the published [`Shard`]
+//! directly, so they never wait behind a write.
+//!
+//! The actor knows the log index its shard reflects (`applied`): it loads from the store as of an
+//! index (a consistent view taken between two commands), skips changes at or below it, reports
+//! every change it mirrors to the watermark, and writes the index into every graph dump, so that a
+//! dump newer than the store (lost writes after a crash without `sync_writes`) is never used.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use shoal_index::{Point, PointId, Shard};
-use shoal_storage::CollectionRecord;
+use shoal_storage::{CollectionRecord, StoreError};
 
 use crate::context::{to_index_points, NodeContext};
+use crate::error::NodeError;
+
+/// One change of a shard's points, as a command made it.
+#[derive(Debug)]
+pub enum ShardOp {
+    Insert(Vec<Point>),
+    Delete(Vec<PointId>),
+}
 
 pub enum ShardMsg {
     /// First message of every incarnation: build the shard from storage.
     Load,
-    Insert(Vec<Point>, RpcReplyPort<Result<(), String>>),
-    Delete(Vec<PointId>, RpcReplyPort<Result<(), String>>),
+    /// The point changes of the command at log index `index`, in order.
+    Apply { index: u64, ops: Vec<ShardOp> },
     /// Dump the graph if it changed since the last dump.
     Persist,
     /// Fault injection: panic inside the handler.
@@ -34,17 +48,15 @@ pub struct ShardState {
     collection: CollectionRecord,
     ctx: Arc<NodeContext>,
     shard: Option<Arc<Shard>>,
+    /// The log index the shard reflects.
+    applied: u64,
     dirty: bool,
     persist_scheduled: bool,
+    /// A change failed half-way: the shard no longer matches `applied`, so it is never dumped.
+    failed: bool,
 }
 
 impl ShardState {
-    fn shard(&self) -> Result<Arc<Shard>, String> {
-        self.shard
-            .clone()
-            .ok_or_else(|| format!("shard `{}` is not loaded", self.collection.name))
-    }
-
     fn changed(&mut self, myself: &ActorRef<ShardMsg>) {
         self.dirty = true;
         if !self.persist_scheduled {
@@ -71,24 +83,123 @@ impl ShardState {
 
     async fn persist(&mut self) -> Result<(), ActorProcessingErr> {
         self.persist_scheduled = false;
-        if !self.dirty {
+        if !self.dirty || self.failed {
             return Ok(());
         }
         let Some(shard) = self.shard.clone() else {
             return Ok(());
         };
-        if !self
-            .ctx
-            .shards
-            .is_current(&self.collection.name, self.collection.uid)
-        {
+        let c = &self.collection;
+        if !self.ctx.shards.is_current(&c.name, c.uid) {
             return Ok(()); // dropped meanwhile
         }
-        let dir = self.ctx.shard_dump_dir(&self.collection);
+        let dir = self.ctx.shard_dump_dir(c);
         let start = Instant::now();
-        self.ctx.background(move || shard.dump(&dir)).await??;
+        let applied = self.applied;
+        // One dump or load of this folder at a time (an actor restarting after this one).
+        let _files = self.ctx.shards.dump_lock(c.uid).lock_owned().await;
+        self.ctx
+            .background(move || shard.dump(&dir, applied))
+            .await??;
         self.dirty = false;
-        tracing::debug!(collection = %self.collection.name, ms = start.elapsed().as_millis() as u64, "shard dumped");
+        tracing::debug!(collection = %c.name, applied, ms = start.elapsed().as_millis() as u64, "shard dumped");
+        Ok(())
+    }
+
+    async fn load(&mut self, myself: &ActorRef<ShardMsg>) -> Result<bool, ActorProcessingErr> {
+        let start = Instant::now();
+        let coll = self.collection.clone();
+        // The points as of one index, read between two commands.
+        let (name, uid) = (coll.name.clone(), coll.uid);
+        let view = self
+            .ctx
+            .applier
+            .read(move |store, index| {
+                match store.collection(&name)? {
+                    Some(c) if c.uid == uid => {}
+                    _ => return Ok(None), // dropped meanwhile
+                }
+                Ok::<_, StoreError>(Some((store.points(&name)?, index)))
+            })
+            .await??;
+        let Some((points, through)) = view else {
+            tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
+            return Ok(false);
+        };
+        let ctx = self.ctx.clone();
+        let _files = self.ctx.shards.dump_lock(uid).lock_owned().await;
+        // At normal priority: a shard that is loading cannot be searched.
+        let (shard, report) = tokio::task::spawn_blocking(move || {
+            let points = to_index_points(points);
+            let dir = ctx.shard_dump_dir(&coll);
+            Shard::open(ctx.shard_params(&coll), points, Some(&dir), through)
+        })
+        .await??;
+        drop(_files);
+        let shard = Arc::new(shard);
+        let c = &self.collection;
+        self.ctx.shards.publish(&c.name, c.uid, shard.clone());
+        self.shard = Some(shard);
+        self.applied = through;
+        self.ctx.watermark.loaded(c.uid, through);
+        let source = if report.reloaded { "dump" } else { "rebuilt" };
+        self.ctx
+            .metrics
+            .index_loads
+            .with_label_values(&[c.name.as_str(), source])
+            .inc();
+        tracing::info!(
+            collection = %c.name,
+            reloaded_graph = report.reloaded,
+            inserted = report.inserted,
+            tombstoned = report.tombstoned,
+            through,
+            ms = start.elapsed().as_millis() as u64,
+            "shard loaded"
+        );
+        if report.inserted > 0 || report.tombstoned > 0 {
+            self.changed(myself);
+        } else {
+            self.update_gauges();
+        }
+        Ok(true)
+    }
+
+    /// Mirror one command's point changes. An error leaves the shard behind the store: the
+    /// caller restarts the actor, which reloads.
+    async fn apply(&mut self, index: u64, ops: Vec<ShardOp>) -> Result<(), NodeError> {
+        let shard = self.shard.clone().ok_or_else(|| {
+            NodeError::Internal(format!("shard `{}` is not loaded", self.collection.name))
+        })?;
+        for op in ops {
+            match op {
+                ShardOp::Insert(points) => {
+                    let s = shard.clone();
+                    self.ctx.background(move || s.insert(points)).await??;
+                }
+                ShardOp::Delete(ids) => {
+                    shard.delete(&ids);
+                    if shard.needs_compaction() {
+                        let start = Instant::now();
+                        let s = shard.clone();
+                        let removed = self.ctx.background(move || s.compact()).await??;
+                        let name = self.collection.name.as_str();
+                        self.ctx
+                            .metrics
+                            .compactions
+                            .with_label_values(&[name])
+                            .inc();
+                        tracing::info!(
+                            collection = name,
+                            removed,
+                            ms = start.elapsed().as_millis() as u64,
+                            "shard compacted"
+                        );
+                    }
+                }
+            }
+        }
+        self.applied = index;
         Ok(())
     }
 }
@@ -103,9 +214,8 @@ impl Actor for ShardActor {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        // Load goes first into the mailbox; every write sent after we attach queues behind it.
-        // Writes that reach the store before the load reads it arrive twice, which the shard
-        // ignores (point ids are never reused).
+        // Load goes first into the mailbox; changes sent after we attach queue behind it, and
+        // those the load already saw (index at or below its view) are skipped.
         myself.send_message(ShardMsg::Load)?;
         let c = &args.collection;
         args.ctx.shards.attach_actor(&c.name, c.uid, myself);
@@ -113,8 +223,10 @@ impl Actor for ShardActor {
             collection: args.collection,
             ctx: args.ctx,
             shard: None,
+            applied: 0,
             dirty: false,
             persist_scheduled: false,
+            failed: false,
         })
     }
 
@@ -126,79 +238,25 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Load => {
-                let start = Instant::now();
-                let ctx = state.ctx.clone();
-                let coll = state.collection.clone();
-                let (shard, report) = tokio::task::spawn_blocking(move || {
-                    let points = to_index_points(ctx.store.points(&coll.name)?);
-                    let dir = ctx.shard_dump_dir(&coll);
-                    let opened = Shard::open(ctx.shard_params(&coll), points, Some(&dir))?;
-                    Ok::<_, ActorProcessingErr>(opened)
-                })
-                .await??;
-                let shard = Arc::new(shard);
-                let c = &state.collection;
-                state.ctx.shards.publish(&c.name, c.uid, shard.clone());
-                state.shard = Some(shard);
-                tracing::info!(
-                    collection = %c.name,
-                    reloaded_graph = report.reloaded,
-                    inserted = report.inserted,
-                    tombstoned = report.tombstoned,
-                    ms = start.elapsed().as_millis() as u64,
-                    "shard loaded"
-                );
-                if report.inserted > 0 || report.tombstoned > 0 {
-                    state.changed(&myself);
-                } else {
-                    state.update_gauges();
+                if !state.load(&myself).await? {
+                    myself.stop(Some("collection dropped".into()));
                 }
             }
-            ShardMsg::Insert(points, reply) => {
-                let result = match state.shard() {
-                    Ok(shard) => state
-                        .ctx
-                        .background(move || shard.insert(points))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string())),
-                    Err(e) => Err(e),
-                };
-                if result.is_ok() {
-                    state.changed(&myself);
+            ShardMsg::Apply { index, ops } => {
+                let uid = state.collection.uid;
+                if state.shard.is_some() && index <= state.applied {
+                    // Already in the view the shard was loaded from.
+                    state.ctx.watermark.mirrored(index, uid);
+                    return Ok(());
                 }
-                let _ = reply.send(result);
-            }
-            ShardMsg::Delete(ids, reply) => {
-                let result = match state.shard() {
-                    Ok(shard) => {
-                        shard.delete(&ids);
-                        if shard.needs_compaction() {
-                            let start = Instant::now();
-                            let s = shard.clone();
-                            let removed = state.ctx.background(move || s.compact()).await?;
-                            let name = state.collection.name.as_str();
-                            state
-                                .ctx
-                                .metrics
-                                .compactions
-                                .with_label_values(&[name])
-                                .inc();
-                            tracing::info!(
-                                collection = name,
-                                removed,
-                                ms = start.elapsed().as_millis() as u64,
-                                "shard compacted"
-                            );
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                if result.is_ok() {
-                    state.changed(&myself);
+                // A failure stops the actor; its restart reloads from the store (which has
+                // this change) and releases the watermark then.
+                if let Err(e) = state.apply(index, ops).await {
+                    state.failed = true;
+                    return Err(format!("index update at {index} failed: {e}").into());
                 }
-                let _ = reply.send(result);
+                state.ctx.watermark.mirrored(index, uid);
+                state.changed(&myself);
             }
             ShardMsg::Persist => state.persist().await?,
             ShardMsg::Panic => panic!("fault injection: shard `{}` panics", state.collection.name),

@@ -20,6 +20,7 @@ use crate::actors::embedder::{EmbedQueue, EmbedderActor, EmbedderArgs, EmbedderM
 use crate::actors::ingest::{IngestArgs, IngestMsg, IngestWorker};
 use crate::actors::reranker::{RerankerActor, RerankerMsg};
 use crate::actors::shard::{ShardActor, ShardArgs, ShardMsg};
+use crate::config::SupervisorConfig;
 use crate::context::NodeContext;
 
 pub enum SupervisorMsg {
@@ -29,8 +30,6 @@ pub enum SupervisorMsg {
         uid: u64,
         reply: RpcReplyPort<()>,
     },
-    /// Restart a collection's shard actor so it reloads from storage.
-    ReloadShard(String),
     /// Backoff elapsed: start this child again.
     Restart(ChildSpec),
     ListChildren(RpcReplyPort<Vec<ChildInfo>>),
@@ -116,17 +115,29 @@ pub struct ChildInfo {
 }
 
 /// Consecutive failures of one child name, for its backoff.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Backoff {
     failures: u32,
     total_restarts: u64,
 }
 
-/// Wait before the restart that follows `failures` earlier consecutive failures:
-/// `base × 2^failures`, at most `max`.
-pub fn backoff_delay(base_ms: u64, max_ms: u64, failures: u32) -> Duration {
-    let ms = base_ms.saturating_mul(1u64 << failures.min(30)).min(max_ms);
-    Duration::from_millis(ms)
+impl Backoff {
+    /// The child failed after running for `uptime`: how long to wait before restarting it.
+    /// `restart_base_ms × 2^(earlier consecutive failures)`, at most `restart_max_ms`; a child
+    /// that had stayed up for `restart_reset_ms` starts again from the base.
+    fn next_delay(&mut self, cfg: &SupervisorConfig, uptime: Duration) -> Duration {
+        if uptime >= Duration::from_millis(cfg.restart_reset_ms) {
+            self.failures = 0;
+        }
+        let exp = self.failures.min(30);
+        self.failures = self.failures.saturating_add(1);
+        self.total_restarts += 1;
+        let ms = cfg
+            .restart_base_ms
+            .saturating_mul(1u64 << exp)
+            .min(cfg.restart_max_ms);
+        Duration::from_millis(ms)
+    }
 }
 
 pub struct NodeSupervisor;
@@ -141,18 +152,10 @@ pub struct SupervisorState {
 impl SupervisorState {
     fn delay_for(&mut self, name: &str, uptime: Duration) -> Duration {
         let cfg = &self.ctx.config.supervisor;
-        let b = self.backoff.entry(name.to_string()).or_default();
-        if uptime >= Duration::from_millis(cfg.restart_reset_ms) {
-            b.failures = 0;
-        }
-        let exp = b.failures.min(20);
-        b.failures += 1;
-        b.total_restarts += 1;
-        let ms = cfg
-            .restart_base_ms
-            .saturating_mul(1u64 << exp)
-            .min(cfg.restart_max_ms);
-        Duration::from_millis(ms)
+        self.backoff
+            .entry(name.to_string())
+            .or_default()
+            .next_delay(cfg, uptime)
     }
 
     async fn start(
@@ -218,10 +221,6 @@ impl SupervisorState {
             .iter()
             .find(|(_, c)| pred(&c.spec))
             .map(|(id, c)| (*id, c))
-    }
-
-    fn shard_of(&self, name: &str) -> Option<(ActorId, &Child)> {
-        self.find(|s| matches!(s, ChildSpec::Shard(c) if c.name == name))
     }
 }
 
@@ -292,14 +291,6 @@ impl Actor for NodeSupervisor {
                     }
                 }
                 let _ = reply.send(());
-            }
-            SupervisorMsg::ReloadShard(name) => {
-                if let Some((id, _)) = state.shard_of(&name) {
-                    if let Some(child) = state.children.remove(&id) {
-                        child.actor.cell().stop(Some("reload".into()));
-                        state.start(&myself, child.spec).await?;
-                    }
-                }
             }
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
@@ -397,11 +388,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_and_resets_after_a_good_run() {
+        let cfg = SupervisorConfig {
+            restart_base_ms: 100,
+            restart_max_ms: 5_000,
+            restart_reset_ms: 60_000,
+        };
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(10);
         let d: Vec<u64> = (0..8)
-            .map(|f| backoff_delay(100, 5_000, f).as_millis() as u64)
+            .map(|_| b.next_delay(&cfg, quick).as_millis() as u64)
             .collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff_delay(100, 10_000, 200).as_millis(), 10_000);
+        // many more failures never overflow
+        for _ in 0..100 {
+            assert_eq!(b.next_delay(&cfg, quick).as_millis(), 5_000);
+        }
+        // a child that stayed up past restart_reset_ms starts from the base again
+        assert_eq!(b.next_delay(&cfg, Duration::from_secs(61)).as_millis(), 100);
+        assert_eq!(b.next_delay(&cfg, quick).as_millis(), 200);
+        assert_eq!(b.total_restarts, 110);
     }
 }

@@ -1,0 +1,218 @@
+//! Writes whose futures are dropped or whose tasks are aborted at random points must leave the
+//! store and the index in agreement: every command applied whole or not at all, every point id
+//! used once, every stored point in the shard and nothing else.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use shoal_node::config::Config;
+use shoal_storage::{ChunkInput, CollectionSpec, Command, DocumentInput, HnswParams};
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("SHOAL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "model not found at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+const DIM: usize = 8;
+
+fn vector(rng: &mut impl Rng) -> Vec<f32> {
+    let v: Vec<f32> = (0..DIM).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_writes_leave_store_and_index_in_agreement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.storage.data_dir = tmp.path().join("data");
+    config.model.path = model_dir();
+    let node = shoal_node::start(config).await.unwrap();
+    let ctx = node.ctx.clone();
+    ctx.apply(Command::CreateCollection {
+        name: "c".into(),
+        spec: CollectionSpec {
+            dimension: DIM as u32,
+            hnsw: HnswParams::default(),
+        },
+        at_ms: 1,
+    })
+    .await
+    .unwrap();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let docs = 80;
+    let mut tasks = Vec::new();
+    let mut round_versions = Vec::new();
+    for round in 0..20u64 {
+        // Accept every document again (a new version each round), then store chunks for it.
+        let accept = Command::AcceptDocuments {
+            collection: "c".into(),
+            job_id: format!("job-{round}"),
+            documents: (0..docs)
+                .map(|d| DocumentInput {
+                    id: format!("d{d}"),
+                    text: format!("document {d} round {round}"),
+                    metadata_json: "{}".into(),
+                })
+                .collect(),
+            at_ms: 2,
+        };
+        ctx.apply(accept).await.unwrap();
+        // the version of this round's accept: the log index of its command
+        let version = (0..docs)
+            .find_map(|d| ctx.store.document("c", &format!("d{d}")).ok())
+            .expect("a document")
+            .version;
+        round_versions.push(version);
+        for d in 0..docs {
+            // a delete still in flight may have removed it since the accept
+            let Ok(doc) = ctx.store.document("c", &format!("d{d}")) else {
+                continue;
+            };
+            let version = doc.version;
+            let chunks: Vec<ChunkInput> = (0..rng.gen_range(1..4))
+                .map(|i| ChunkInput {
+                    text: format!("chunk {i}"),
+                    start: 0,
+                    end: 1,
+                    vector: vector(&mut rng),
+                })
+                .collect();
+            let command = Command::StoreChunks {
+                collection: "c".into(),
+                doc_id: format!("d{d}"),
+                version,
+                chunks,
+                at_ms: 3,
+            };
+            let c = ctx.clone();
+            let delay = Duration::from_micros(rng.gen_range(0..1_500));
+            match rng.gen_range(0..3) {
+                // the request's future is dropped after a random delay
+                0 => tasks.push(tokio::spawn(async move {
+                    let _ = tokio::time::timeout(delay, c.apply(command)).await;
+                })),
+                // the task is aborted after a random delay
+                1 => {
+                    let t = tokio::spawn(async move {
+                        let _ = c.apply(command).await;
+                    });
+                    let abort = t.abort_handle();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        abort.abort();
+                    });
+                    tasks.push(t);
+                }
+                // completes
+                _ => tasks.push(tokio::spawn(async move {
+                    let _ = c.apply(command).await;
+                })),
+            }
+        }
+        // a delete now and then, also cancellable
+        let c = ctx.clone();
+        let victim = format!("d{}", rng.gen_range(0..docs));
+        let delay = Duration::from_micros(rng.gen_range(0..2_000));
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                delay,
+                c.apply(Command::DeleteDocument {
+                    collection: "c".into(),
+                    doc_id: victim,
+                    at_ms: 4,
+                }),
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Let the index catch up with the store (bounded).
+    let applied = ctx.store.applied_index().unwrap();
+    assert!(
+        ctx.wait_searchable(applied, Duration::from_secs(30)).await,
+        "the index did not catch up within 30 s"
+    );
+
+    // Store: every point id belongs to exactly one live document version, and its chunk says so.
+    let coll = ctx.store.collection("c").unwrap().unwrap();
+    // every accept got a log index of its own
+    assert!(
+        round_versions.windows(2).all(|w| w[0] < w[1]),
+        "two accepts share a log index: {round_versions:?}"
+    );
+    let mut owner: HashMap<u64, String> = HashMap::new();
+    for d in 0..docs {
+        let id = format!("d{d}");
+        let Ok(doc) = ctx.store.document("c", &id) else {
+            continue; // deleted
+        };
+        if let Some(live) = doc.live {
+            for p in live.points {
+                if let Some(other) = owner.insert(p, id.clone()) {
+                    panic!("point {p} is listed by {other} and {id}");
+                }
+                let chunk = ctx.store.chunk(coll.uid, p).unwrap();
+                let chunk = chunk.unwrap_or_else(|| panic!("point {p} of {id} has no chunk"));
+                assert_eq!(
+                    chunk.doc_id, id,
+                    "point {p} of {id} holds another document's chunk"
+                );
+            }
+        }
+    }
+    let stored: HashSet<u64> = ctx
+        .store
+        .points("c")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let listed: HashSet<u64> = owner.keys().copied().collect();
+    assert_eq!(
+        stored, listed,
+        "stored chunks that no document lists, or the reverse"
+    );
+    assert_eq!(
+        coll.chunks as usize,
+        stored.len(),
+        "the collection's chunk count is off"
+    );
+
+    // Index: exactly the stored points.
+    let shard = ctx
+        .shards
+        .get("c")
+        .and_then(|s| s.shard)
+        .expect("shard loaded");
+    let stats = shard.stats();
+    let missing: Vec<u64> = stored
+        .iter()
+        .copied()
+        .filter(|p| !shard.contains(*p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "stored points missing from the index: {missing:?}"
+    );
+    assert_eq!(
+        stats.live_points,
+        stored.len(),
+        "the index holds points the store does not"
+    );
+    node.stop().await.unwrap();
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Run the native inference kernels (the matrix micro-kernels and attention, which read and write
+# through raw pointers) under valgrind's memcheck, on the small shapes of their unit tests: any
+# read or write outside a live allocation, or use of uninitialised memory, fails the check.
+# Stable Rust has no Miri and no sanitizers; valgrind runs the optimised code as it is.
+#
+# Valgrind has no AVX-512 and hides it from CPUID, so under it the kernels dispatch to their AVX2
+# clones (or the baseline ones): the check runs that default path, then the portable kernels
+# (SHOAL_FORCE_PORTABLE_KERNELS=1). The AVX-512 and AMX kernels are not covered.
+#
+# Usage: scripts/check-kernels-valgrind.sh [TEST FILTER]   (default filter: native::)
+# Exits non-zero on any memcheck error or test failure. Honours CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+filter="${1:-native::}"
+
+if ! command -v valgrind >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "valgrind is missing: installing it" >&2
+        apt-get update -qq
+        apt-get install -y -qq valgrind >/dev/null
+    else
+        echo "valgrind is missing (and cannot be installed here): kernel memory check SKIPPED" >&2
+        exit 0
+    fi
+fi
+
+# The inference crate's unit-test binary (the workspace builds it with opt-level 3, line tables).
+bin=$(cargo test -p shoal-inference --lib --no-run --message-format=json |
+    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4)
+if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    echo "could not find the shoal-inference unit-test binary" >&2
+    exit 1
+fi
+
+run() {
+    echo "== memcheck: $* $bin $filter" >&2
+    # --error-exitcode: any memcheck error fails the run (the tests' own failures exit 101).
+    # --nocapture shows which kernels detection picked under valgrind ("shoal kernels: isa ...");
+    # the panics printed are those of the tests that check refused shapes.
+    env "$@" RUST_BACKTRACE=0 valgrind --quiet --error-exitcode=99 --leak-check=no \
+        --track-origins=yes "$bin" "$filter" --test-threads=1 --nocapture
+}
+
+start=$SECONDS
+run SHOAL_CHECK_KERNELS=default
+run SHOAL_FORCE_PORTABLE_KERNELS=1
+echo "kernel memory check passed in $((SECONDS - start)) s" >&2
