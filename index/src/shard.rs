@@ -137,8 +137,9 @@ pub struct ShardStats {
 }
 
 struct Entry {
-    /// Where the point sits in the current graph (its vector is read from there).
-    slot: Slot,
+    /// Where the point sits in the current graph (its vector is read from there); None for the
+    /// moment between its entry in the table and its insertion in the graph.
+    slot: Option<Slot>,
     payload: Arc<Payload>,
 }
 
@@ -217,6 +218,13 @@ impl Shard {
         }
         let dump = dump_dir.map(|d| (d, load_dump(&params, d, applied)));
         let discarded_dump = matches!(dump, Some((d, None)) if d.join(MANIFEST).exists());
+        if let (true, Some(dir)) = (discarded_dump, dump_dir) {
+            // Never again: a dump ahead of the store stays ahead-looking no longer once the
+            // store passes its index, and would then be trusted with ids it reassigned.
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a discarded index dump");
+            }
+        }
         if let Some((_, Some(graph))) = dump {
             let mut slots = slots_of(&graph);
             let live_ids: HashSet<PointId> = points.iter().map(|p| p.id).collect();
@@ -266,7 +274,7 @@ impl Shard {
                 Ok((
                     p.id,
                     Entry {
-                        slot,
+                        slot: Some(slot),
                         payload: p.payload,
                     },
                 ))
@@ -310,22 +318,48 @@ impl Shard {
                 .filter(|p| !t.live.contains_key(&p.id))
                 .collect()
         };
-        for p in points {
-            // The graph first (it learns the point's place), then the table: a search sees the
-            // point once both have it.
-            let slot = {
-                let graph = self.graph.read();
-                insert_point(&graph, &p.vector, p.id)?
-            };
-            self.table.write().live.insert(
-                p.id,
-                Entry {
-                    slot,
-                    payload: p.payload,
-                },
-            );
+        if points.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // The table first (a graph search that finds a new point can map it to its payload),
+        // then the graph, then the points' places in it: two short table writes per batch, so
+        // searches, which give way to a waiting writer, queue behind a writer twice per batch.
+        {
+            let mut t = self.table.write();
+            for p in &points {
+                t.live.insert(
+                    p.id,
+                    Entry {
+                        slot: None,
+                        payload: p.payload.clone(),
+                    },
+                );
+            }
+        }
+        let mut slots = Vec::with_capacity(points.len());
+        let mut failed = None;
+        {
+            let graph = self.graph.read();
+            for p in &points {
+                match insert_point(&graph, &p.vector, p.id) {
+                    Ok(slot) => slots.push((p.id, slot)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut t = self.table.write();
+        for (id, slot) in slots {
+            if let Some(e) = t.live.get_mut(&id) {
+                e.slot = Some(slot);
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Tombstone points; they are never returned again. Returns how many were live.
@@ -359,7 +393,11 @@ impl Shard {
             let graph = self.graph.read();
             let mut pts: Vec<(PointId, Vec<f32>)> = Vec::with_capacity(t.live.len());
             for (id, e) in &t.live {
-                pts.push((*id, vector_at(&graph, &e.slot, *id)?));
+                let slot = e
+                    .slot
+                    .as_ref()
+                    .ok_or_else(|| IndexError::Graph(format!("point {id} is not in the graph")))?;
+                pts.push((*id, vector_at(&graph, slot, *id)?));
             }
             (pts, t.tombstones)
         };
@@ -374,9 +412,7 @@ impl Shard {
         let mut graph = self.graph.write();
         *graph = fresh;
         for (id, e) in t.live.iter_mut() {
-            if let Some(slot) = slots.get(id) {
-                e.slot = *slot;
-            }
+            e.slot = slots.get(id).copied();
         }
         t.tombstones = 0;
         Ok(tombstones)
@@ -448,52 +484,61 @@ impl Shard {
         let candidates: Option<Vec<PointId>> = filter.map(|f| self.matching(f));
 
         let table = self.table.read();
-        let live = &table.live;
+        let live_count = table.live.len();
         if exact_mode {
-            let points = candidates.as_ref().map_or(live.len(), Vec::len);
+            let points = candidates.as_ref().map_or(live_count, Vec::len);
             if let Some(limit) = req.max_scan.filter(|l| points > *l) {
                 return Err(IndexError::ScanTooLarge { points, limit });
             }
         }
-        let scored: Vec<(PointId, f32)> = match candidates {
-            Some(ids) => {
-                let plan = self.params.filtered_plan(ids.len(), live.len(), ef);
-                if exact_mode || plan == FilteredPlan::Scan {
-                    let graph = self.graph.read();
-                    exact_top_k(
-                        &graph,
-                        req.vector,
-                        req.k,
-                        ids.iter().filter_map(|id| live.get_key_value(id)),
-                    )?
-                } else {
-                    let FilteredPlan::Graph { beam } = plan else {
-                        unreachable!("a scan plan is handled above")
-                    };
-                    let allowed: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
-                    self.graph_search(req.vector, req.k, beam, Some(&allowed))
+        let plan = match &candidates {
+            Some(ids) if exact_mode => FilteredPlan::Scan,
+            Some(ids) => match self.params.filtered_plan(ids.len(), live_count, ef) {
+                // The automatic plan never scans more than an exact search may.
+                FilteredPlan::Scan if req.max_scan.is_some_and(|l| ids.len() > l) => {
+                    FilteredPlan::Graph { beam: ef * 10 }
                 }
-            }
-            None if exact_mode || live.len() <= self.params.exact_below => {
-                let graph = self.graph.read();
-                exact_top_k(&graph, req.vector, req.k, live.iter())?
-            }
-            None if table.tombstones > 0 => {
-                let is_live = |id: &usize| live.contains_key(&(*id as PointId));
-                self.graph_search(req.vector, req.k, ef, Some(&is_live))
-            }
-            None => self.graph_search(req.vector, req.k, ef, None),
+                plan => plan,
+            },
+            None if exact_mode || live_count <= self.params.exact_below => FilteredPlan::Scan,
+            None => FilteredPlan::Graph { beam: ef },
         };
-        Ok(scored
-            .into_iter()
-            .filter_map(|(id, score)| {
-                live.get(&id).map(|e| Hit {
-                    id,
-                    score,
-                    payload: e.payload.clone(),
-                })
-            })
-            .collect())
+        let scored: Vec<(PointId, f32)> = match (plan, candidates) {
+            (FilteredPlan::Scan, candidates) => {
+                // Read the points' places under the table lock, score them outside it (with
+                // the graph held, so that a compaction cannot swap it meanwhile): a long scan
+                // never holds up a writer, nor the searches queued behind a waiting writer.
+                let graph = self.graph.read();
+                let places: Vec<(PointId, Slot)> = match &candidates {
+                    Some(ids) => ids
+                        .iter()
+                        .filter_map(|id| Some((*id, table.live.get(id)?.slot?)))
+                        .collect(),
+                    None => table
+                        .live
+                        .iter()
+                        .filter_map(|(id, e)| Some((*id, e.slot?)))
+                        .collect(),
+                };
+                drop(table);
+                let top = exact_top_k(&graph, req.vector, req.k, &places)?;
+                drop(graph);
+                let table = self.table.read();
+                return Ok(hits(&table.live, top));
+            }
+            (FilteredPlan::Graph { beam }, Some(ids)) => {
+                let allowed: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+                self.graph_search(req.vector, req.k, beam, Some(&allowed))
+            }
+            (FilteredPlan::Graph { beam }, None) if table.tombstones > 0 => {
+                let is_live = |id: &usize| table.live.contains_key(&(*id as PointId));
+                self.graph_search(req.vector, req.k, beam, Some(&is_live))
+            }
+            (FilteredPlan::Graph { beam }, None) => {
+                self.graph_search(req.vector, req.k, beam, None)
+            }
+        };
+        Ok(hits(&table.live, scored))
     }
 
     fn graph_search(
@@ -547,14 +592,29 @@ fn insert_point(graph: &Graph, vector: &[f32], id: PointId) -> Result<Slot, Inde
         .ok_or_else(|| IndexError::Graph(format!("point {id} landed in no layer")))
 }
 
-fn exact_top_k<'a>(
+/// Scored points that are still live, with their payloads, in the order given.
+fn hits(live: &HashMap<PointId, Entry>, scored: Vec<(PointId, f32)>) -> Vec<Hit> {
+    scored
+        .into_iter()
+        .filter_map(|(id, score)| {
+            live.get(&id).map(|e| Hit {
+                id,
+                score,
+                payload: e.payload.clone(),
+            })
+        })
+        .collect()
+}
+
+fn exact_top_k(
     graph: &Graph,
     q: &[f32],
     k: usize,
-    points: impl Iterator<Item = (&'a PointId, &'a Entry)>,
+    points: &[(PointId, Slot)],
 ) -> Result<Vec<(PointId, f32)>, IndexError> {
     let mut scored: Vec<(PointId, f32)> = points
-        .map(|(id, e)| Ok((*id, dot(q, &vector_at(graph, &e.slot, *id)?))))
+        .iter()
+        .map(|(id, slot)| Ok((*id, dot(q, &vector_at(graph, slot, *id)?))))
         .collect::<Result<_, IndexError>>()?;
     let by_score = |a: &(PointId, f32), b: &(PointId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if scored.len() > k {

@@ -351,16 +351,25 @@ fn dump_and_reload_applies_the_difference() {
     }
     drop(shard);
 
-    // a dump ahead of the store (the store lost its last writes): rebuilt, never trusted
+    // a corrupt dump is rebuilt, not trusted
+    std::fs::write(dump.join("graph.hnsw.graph"), b"garbage").unwrap();
+    let (_, report) = Shard::open(params(), now.clone(), Some(&dump), 12).unwrap();
+    assert!(!report.reloaded && report.discarded_dump, "{report:?}");
+    assert!(!dump.exists(), "a discarded dump is removed");
+    // (the good dump again)
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 10).unwrap();
+    shard.dump(&dump, 10).unwrap();
+    drop(shard);
+
+    // a dump ahead of the store (the store lost its last writes): rebuilt, never trusted, and
+    // removed, so that it cannot be trusted later either, once the store has passed its index
     let (shard, report) = Shard::open(params(), now.clone(), Some(&dump), 9).unwrap();
     assert!(!report.reloaded && report.discarded_dump, "{report:?}");
     assert_eq!(shard.stats().graph_points, 1600);
+    assert!(!dump.exists(), "a dump ahead of the store is removed");
     drop(shard);
-
-    // a corrupt dump is rebuilt, not trusted
-    std::fs::write(dump.join("graph.hnsw.graph"), b"garbage").unwrap();
-    let (_, report) = Shard::open(params(), now, Some(&dump), 12).unwrap();
-    assert!(!report.reloaded && report.discarded_dump, "{report:?}");
+    let (_, report) = Shard::open(params(), now, Some(&dump), 20).unwrap();
+    assert!(!report.reloaded && !report.discarded_dump, "{report:?}");
 }
 
 #[test]

@@ -191,7 +191,7 @@ impl CrossEncoder {
         if cancelled() {
             return Err(InferenceError::Cancelled);
         }
-        let encodings = pair_encodings(&self.inner.tokenizer, query, passages)?;
+        let encodings = pair_encodings(&self.inner.tokenizer, query, passages, cancelled)?;
         let packed = matches!(
             self.inner.arch,
             Architecture::Bert {
@@ -279,12 +279,16 @@ impl CrossEncoder {
     }
 }
 
+/// Passages tokenized between two checks of `cancelled` (tokenizing a long request takes a while).
+const TOKENIZE_STEP: usize = 64;
+
 /// The (query, passage) pairs as the model reads them, in the order of `passages`: the ids of
 /// `tokenizer.encode((query, passage), true)`, without tokenizing the query again for every
-/// passage. The query is tokenized once, each passage once (both cut at the token limit, so a
-/// long passage is not tokenized past it), and each pair is put together by the tokenizer's own
-/// post-processing, which truncates it (longest first: the passage side, unless the query is the
-/// longer one) and adds the special tokens.
+/// passage. The query is tokenized once, each passage once (each cut at the token limit once
+/// tokenized: the tokenizer reads a passage whole before it truncates, so callers bound the
+/// passages' size), and each pair is put together by the tokenizer's own post-processing, which
+/// truncates it (longest first: the passage side, unless the query is the longer one) and adds
+/// the special tokens. `cancelled` is asked between steps of [`TOKENIZE_STEP`] passages.
 ///
 /// A query that reaches the limit on its own (never, in practice) takes the slow way, one pair
 /// input per passage: the tokenizer then splits the limit between the two sides by their
@@ -294,6 +298,7 @@ fn pair_encodings(
     tokenizer: &Tokenizer,
     query: &str,
     passages: &[&str],
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Encoding>, InferenceError> {
     let tok = |e: tokenizers::Error| InferenceError::Tokenizer(e.to_string());
     let mut q = tokenizer.encode_fast(query, false).map_err(tok)?;
@@ -301,29 +306,43 @@ fn pair_encodings(
         .get_truncation()
         .is_some_and(|t| q.len() >= t.max_length)
     {
-        let inputs: Vec<EncodeInput> = passages
-            .iter()
-            .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
-            .collect();
-        return tokenizer.encode_batch(inputs, true).map_err(tok);
+        let mut out = Vec::with_capacity(passages.len());
+        for step in passages.chunks(TOKENIZE_STEP) {
+            if cancelled() {
+                return Err(InferenceError::Cancelled);
+            }
+            let inputs: Vec<EncodeInput> = step
+                .iter()
+                .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
+                .collect();
+            out.extend(tokenizer.encode_batch(inputs, true).map_err(tok)?);
+        }
+        return Ok(out);
     }
     // The first and the second sequence of a pair input (`encode` gives them types 0 and 1
     // before post-processing, and some post-processors keep those). What was cut off each text
     // alone is dropped (the model never sees a pair's overflow either).
     q.set_type_ids(vec![0; q.len()]);
     q.take_overflowing();
-    let ps = tokenizer
-        .encode_batch_fast(passages.to_vec(), false)
-        .map_err(tok)?;
-    ps.into_iter()
-        .map(|mut p| {
+    let mut out = Vec::with_capacity(passages.len());
+    for step in passages.chunks(TOKENIZE_STEP) {
+        if cancelled() {
+            return Err(InferenceError::Cancelled);
+        }
+        for mut p in tokenizer
+            .encode_batch_fast(step.to_vec(), false)
+            .map_err(tok)?
+        {
             p.set_type_ids(vec![1; p.len()]);
             p.take_overflowing();
-            tokenizer
-                .post_process(q.clone(), Some(p), true)
-                .map_err(tok)
-        })
-        .collect()
+            out.push(
+                tokenizer
+                    .post_process(q.clone(), Some(p), true)
+                    .map_err(tok)?,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// A small dense layer (the pooler and the classifier head), `out = W · x + b`.
@@ -439,7 +458,7 @@ mod tests {
         for max_tokens in [512, 300, 17, 16] {
             let truncating = tokenizer(Some(max_tokens));
             for query in [short_q, "", mid_q.as_str(), long_q.as_str()] {
-                let got = super::pair_encodings(&truncating, query, &passages).unwrap();
+                let got = super::pair_encodings(&truncating, query, &passages, &|| false).unwrap();
                 let inputs: Vec<EncodeInput> = passages
                     .iter()
                     .map(|p| EncodeInput::Dual(query.into(), (*p).into()))

@@ -13,11 +13,32 @@
 
 use std::sync::Arc;
 
-use shoal_storage::{Command, Effect, Outcome, Store, StoreError};
+use shoal_storage::{Applied, Command, Effect, Outcome, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::watermark::IndexWatermark;
+
+/// What the loop applies commands to: the store (a trait so that tests can make it fail).
+pub trait ApplyTarget: Send + 'static {
+    fn applied_index(&self) -> Result<u64, StoreError>;
+    /// Apply one command as log entry `index` (see [`Store::apply`]).
+    fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError>;
+    /// Make what was applied durable.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+impl ApplyTarget for Store {
+    fn applied_index(&self) -> Result<u64, StoreError> {
+        Store::applied_index(self)
+    }
+    fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
+        Store::apply(self, index, command)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Store::sync(self)
+    }
+}
 
 /// Commands applied together before one `fsync` (group commit).
 const MAX_GROUP: usize = 64;
@@ -32,19 +53,22 @@ pub struct Committed {
     pub outcome: Outcome,
 }
 
-/// What the mirror receives for each applied command: its index and the effects the index must
-/// mirror, in log order.
-pub type EffectBatch = (u64, Vec<Effect>);
+/// Something a caller keeps alive until the effects of its command have been handled (the
+/// room a request reserved in the ingest queue, until the mirror has queued its documents).
+pub type Hold = Box<dyn std::any::Any + Send>;
 
-type Reader = Box<dyn FnOnce(&Store, u64) + Send>;
+/// What the mirror receives for each applied command: its index, the effects the index must
+/// mirror (in log order), and the caller's hold, to drop once they are handled.
+pub struct EffectBatch {
+    pub index: u64,
+    pub effects: Vec<Effect>,
+    pub hold: Option<Hold>,
+}
 
-enum Request {
-    Apply {
-        command: Command,
-        reply: oneshot::Sender<Result<Committed, NodeError>>,
-    },
-    /// Run a read between two commands: a consistent view of the store as of an index.
-    Read(Reader),
+struct Request {
+    command: Command,
+    hold: Option<Hold>,
+    reply: oneshot::Sender<Result<Committed, NodeError>>,
 }
 
 /// The handle callers use; cheap to clone.
@@ -53,14 +77,14 @@ pub struct ApplyLoop {
     tx: mpsc::Sender<Request>,
 }
 
-/// Called once if the store fails: the node cannot go on.
+/// Called once if the store fails or the loop's thread panics: the node cannot go on.
 pub type FatalHook = Box<dyn Fn(String) + Send>;
 
 impl ApplyLoop {
     /// Start the loop's thread. `effects` receives the effects of every applied command, in log
     /// order; `on_fatal` is called if the store fails (after which every caller gets an error).
     pub fn start(
-        store: Store,
+        store: impl ApplyTarget,
         watermark: Arc<IndexWatermark>,
         effects: mpsc::UnboundedSender<EffectBatch>,
         on_fatal: FatalHook,
@@ -70,16 +94,26 @@ impl ApplyLoop {
         std::thread::Builder::new()
             .name("apply".into())
             .spawn(move || {
-                run(
-                    Loop {
-                        store,
-                        watermark,
-                        effects,
-                        next,
-                    },
-                    rx,
-                    on_fatal,
-                )
+                let lp = Loop {
+                    store,
+                    watermark,
+                    effects,
+                    next,
+                };
+                // A panic (a bug, or one inside sled) must stop the node like a store failure,
+                // not leave it answering every write with an error while it reports healthy.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(lp, rx, &on_fatal)
+                }));
+                if let Err(panic) = ran {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "the apply thread panicked");
+                    on_fatal(format!("the apply thread panicked: {what}"));
+                }
             })
             .map_err(|e| NodeError::Internal(format!("cannot start the apply thread: {e}")))?;
         Ok(ApplyLoop { tx })
@@ -88,30 +122,26 @@ impl ApplyLoop {
     /// Apply `command` and wait for its outcome. Dropping the future before it finishes leaves
     /// the command applied whole or not at all.
     pub async fn apply(&self, command: Command) -> Result<Committed, NodeError> {
+        self.apply_holding(command, None).await
+    }
+
+    /// [`ApplyLoop::apply`], keeping `hold` alive until the command's effects have been handled
+    /// (or the command failed), whether or not the caller is still waiting.
+    pub async fn apply_holding(
+        &self,
+        command: Command,
+        hold: Option<Hold>,
+    ) -> Result<Committed, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Apply { command, reply })
+            .send(Request {
+                command,
+                hold,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
-    }
-
-    /// Read the store between two commands: `f` sees every command up to the index it is given
-    /// and none after. It runs on the apply thread, so it holds up writes while it runs: keep it
-    /// to what needs a consistent view (loading a shard).
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store, u64) -> T + Send + 'static,
-    ) -> Result<T, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        let reader: Reader = Box::new(move |store, index| {
-            let _ = reply.send(f(store, index));
-        });
-        self.tx
-            .send(Request::Read(reader))
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
     }
 }
 
@@ -119,8 +149,8 @@ fn stopped() -> NodeError {
     NodeError::Internal("the store has stopped accepting writes (see the node's log)".into())
 }
 
-struct Loop {
-    store: Store,
+struct Loop<T> {
+    store: T,
     watermark: Arc<IndexWatermark>,
     effects: mpsc::UnboundedSender<EffectBatch>,
     /// The index the next command gets.
@@ -128,13 +158,14 @@ struct Loop {
 }
 
 /// A caller, the index its command got, and what became of it.
-type Answer = (
-    oneshot::Sender<Result<Committed, NodeError>>,
-    u64,
-    Result<(Outcome, Vec<Effect>), NodeError>,
-);
+struct Answer {
+    reply: oneshot::Sender<Result<Committed, NodeError>>,
+    index: u64,
+    hold: Option<Hold>,
+    result: Result<(Outcome, Vec<Effect>), NodeError>,
+}
 
-fn run(mut lp: Loop, mut rx: mpsc::Receiver<Request>, on_fatal: FatalHook) {
+fn run<T: ApplyTarget>(mut lp: Loop<T>, mut rx: mpsc::Receiver<Request>, on_fatal: &FatalHook) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -146,34 +177,42 @@ fn run(mut lp: Loop, mut rx: mpsc::Receiver<Request>, on_fatal: FatalHook) {
         let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
         let mut fatal: Option<String> = None;
         let mut wrote = false;
-        for request in group {
-            match request {
-                Request::Read(f) => f(&lp.store, lp.next - 1),
-                Request::Apply { reply, .. } if fatal.is_some() => {
-                    answers.push((reply, 0, Err(stopped())));
-                }
-                Request::Apply { command, reply } => {
-                    let index = lp.next;
-                    match lp.store.apply(index, &command) {
-                        Ok(applied) => {
-                            lp.next += 1;
-                            wrote = true;
-                            answers.push((reply, index, Ok((applied.outcome, applied.effects))));
-                        }
-                        // Refused: only the applied index was written.
-                        Err(e) if e.is_rejection() => {
-                            lp.next += 1;
-                            wrote = true;
-                            answers.push((reply, index, Err(e.into())));
-                        }
-                        Err(e) => {
-                            tracing::error!(index, kind = command.kind(), error = %e, "the store failed to apply a command");
-                            fatal = Some(e.to_string());
-                            answers.push((reply, index, Err(e.into())));
-                        }
-                    }
-                }
+        for Request {
+            command,
+            hold,
+            reply,
+        } in group
+        {
+            if fatal.is_some() {
+                let _ = reply.send(Err(stopped()));
+                continue;
             }
+            let index = lp.next;
+            let result = match lp.store.apply(index, &command) {
+                Ok(applied) => Ok((applied.outcome, applied.effects)),
+                Err(e) if !e.is_storage_failure() => {
+                    // Refused, or a record it needed did not decode: only the applied index was
+                    // written; the node goes on.
+                    if !e.is_rejection() {
+                        tracing::error!(index, kind = command.kind(), error = %e, "a command failed on a record it could not read");
+                    }
+                    Err(e.into())
+                }
+                Err(e) => {
+                    tracing::error!(index, kind = command.kind(), error = %e, "the store failed to apply a command");
+                    fatal = Some(e.to_string());
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+            };
+            lp.next += 1;
+            wrote = true;
+            answers.push(Answer {
+                reply,
+                index,
+                hold,
+                result,
+            });
         }
         if wrote && fatal.is_none() {
             if let Err(e) = lp.store.sync() {
@@ -182,36 +221,44 @@ fn run(mut lp: Loop, mut rx: mpsc::Receiver<Request>, on_fatal: FatalHook) {
             }
         }
         if let Some(reason) = fatal {
-            // Nothing of this group is known to be durable: answer every caller with the error,
-            // stop taking commands, and let the node stop.
-            for (reply, _, _) in answers {
-                let _ = reply.send(Err(NodeError::Store(StoreError::Fatal(reason.clone()))));
+            // The earlier commands of this group were applied but are not known to be durable:
+            // their outcome is unknown (they may be there after a restart). Stop taking
+            // commands and let the node stop.
+            for a in answers {
+                let _ = a.reply.send(Err(NodeError::Store(StoreError::Fatal(format!(
+                    "{reason}; this write's outcome is unknown (it may be there after a restart)"
+                )))));
             }
             rx.close();
             while let Ok(r) = rx.try_recv() {
-                if let Request::Apply { reply, .. } = r {
-                    let _ = reply.send(Err(stopped()));
-                }
+                let _ = r.reply.send(Err(stopped()));
             }
             on_fatal(reason);
             return;
         }
         // Durable now: register what the shards must mirror, hand them the effects, answer.
-        for (reply, index, result) in answers {
-            let answer = match result {
+        for a in answers {
+            let answer = match a.result {
                 Ok((outcome, effects)) => {
-                    lp.watermark.applied(index, &shard_uids(&effects));
-                    if !effects.is_empty() {
-                        let _ = lp.effects.send((index, effects));
+                    lp.watermark.applied(a.index, &shard_uids(&effects));
+                    if !effects.is_empty() || a.hold.is_some() {
+                        let _ = lp.effects.send(EffectBatch {
+                            index: a.index,
+                            effects,
+                            hold: a.hold,
+                        });
                     }
-                    Ok(Committed { index, outcome })
+                    Ok(Committed {
+                        index: a.index,
+                        outcome,
+                    })
                 }
                 Err(e) => {
-                    lp.watermark.applied(index, &[]);
+                    lp.watermark.applied(a.index, &[]);
                     Err(e)
                 }
             };
-            let _ = reply.send(answer);
+            let _ = a.reply.send(answer);
         }
     }
 }
@@ -302,8 +349,8 @@ mod tests {
         assert_eq!(uids.len(), collections.len(), "two collections got one uid");
         // the effects came in log order, one batch per applied command
         let mut seen = Vec::new();
-        while let Ok((i, _)) = effects.try_recv() {
-            seen.push(i);
+        while let Ok(batch) = effects.try_recv() {
+            seen.push(batch.index);
         }
         assert_eq!(seen.len(), collections.len());
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
@@ -312,54 +359,62 @@ mod tests {
         assert_eq!(watermark.current(), seen[0] - 1);
     }
 
-    #[tokio::test]
-    async fn a_read_sees_the_store_between_two_commands() {
-        let store = Store::temporary().unwrap();
-        let (applier, _, _effects) = start(&store);
-        // creates and reads interleaved: each create adds one collection and takes one index, so
-        // a view taken between two commands has exactly as many collections as its index
-        let mut writes = Vec::new();
-        let mut reads = Vec::new();
-        for i in 0..60 {
-            let a = applier.clone();
-            writes.push(tokio::spawn(async move {
-                a.apply(create(&format!("c{i}"))).await
-            }));
-            if i % 3 == 0 {
-                let a = applier.clone();
-                reads.push(tokio::spawn(async move {
-                    a.read(|s, index| (s.collections().unwrap().len() as u64, index))
-                        .await
-                        .unwrap()
-                }));
+    /// A store whose sync fails, or whose apply panics, on demand.
+    struct Failing {
+        store: Store,
+        fail_sync: Arc<std::sync::atomic::AtomicBool>,
+        panic_apply: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl ApplyTarget for Failing {
+        fn applied_index(&self) -> Result<u64, StoreError> {
+            self.store.applied_index()
+        }
+        fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
+            if self.panic_apply.load(std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug inside apply");
             }
+            self.store.apply(index, command)
         }
-        for r in reads {
-            let (collections, index) = r.await.unwrap();
-            assert_eq!(collections, index);
-        }
-        for w in writes {
-            w.await.unwrap().unwrap();
+        fn sync(&self) -> Result<(), StoreError> {
+            if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Fatal("no space left on device".into()));
+            }
+            self.store.sync()
         }
     }
 
-    #[tokio::test]
-    async fn a_failing_store_stops_the_loop_and_says_so() {
+    fn failing() -> (
+        ApplyLoop,
+        Store,
+        [Arc<std::sync::atomic::AtomicBool>; 2],
+        std::sync::mpsc::Receiver<String>,
+    ) {
         let store = Store::temporary().unwrap();
-        let watermark = Arc::new(IndexWatermark::new(0));
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let flags = [Arc::default(), Arc::default()];
+        let target = Failing {
+            store: store.clone(),
+            fail_sync: Arc::clone(&flags[0]),
+            panic_apply: Arc::clone(&flags[1]),
+        };
+        let (tx, _) = mpsc::unbounded_channel();
         let (fatal_tx, fatal_rx) = std::sync::mpsc::channel();
         let applier = ApplyLoop::start(
-            store.clone(),
-            watermark,
+            target,
+            Arc::new(IndexWatermark::new(0)),
             tx,
             Box::new(move |reason| {
                 let _ = fatal_tx.send(reason);
             }),
         )
         .unwrap();
+        (applier, store, flags, fatal_rx)
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_fails_its_command_only() {
+        let (applier, store, _, fatal) = failing();
         applier.apply(create("a")).await.unwrap();
-        // a corrupt record makes the next apply fail inside the store, not as a refusal
         store.corrupt_for_tests("c/a");
         let e = applier
             .apply(Command::DropCollection {
@@ -368,18 +423,43 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(
-            !matches!(e, NodeError::Store(ref s) if s.is_rejection()),
-            "{e}"
-        );
-        let reason = fatal_rx
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        // it took its index, and the node goes on
+        assert_eq!(store.applied_index().unwrap(), 2);
+        assert_eq!(applier.apply(create("b")).await.unwrap().index, 3);
+        assert!(fatal.try_recv().is_err(), "not a reason to stop");
+    }
+
+    #[tokio::test]
+    async fn a_failing_sync_stops_the_loop_and_says_so() {
+        let (applier, _, [fail_sync, _], fatal) = failing();
+        applier.apply(create("a")).await.unwrap();
+        fail_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = applier.apply(create("b")).await.unwrap_err();
+        assert!(e.to_string().contains("outcome is unknown"), "{e}");
+        let reason = fatal
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("the fatal hook was called");
-        assert!(reason.contains("corrupt"), "{reason}");
-        let after = applier.apply(create("b")).await.unwrap_err();
+        assert!(reason.contains("no space left"), "{reason}");
+        let after = applier.apply(create("c")).await.unwrap_err();
         assert!(
             after.to_string().contains("stopped accepting writes"),
             "{after}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_loop_stops_the_node_instead_of_failing_every_write() {
+        let (applier, _, [_, panic_apply], fatal) = failing();
+        applier.apply(create("a")).await.unwrap();
+        panic_apply.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(applier.apply(create("b")).await.is_err());
+        let reason = fatal
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the fatal hook was called");
+        assert!(
+            reason.contains("panicked") && reason.contains("a bug inside apply"),
+            "{reason}"
         );
     }
 }

@@ -43,8 +43,10 @@ pub struct ThreadsConfig {
     /// threads: while a query is embedded, the kernel gives the cores to the query (Linux). They
     /// stay in the normal scheduling class, so another busy process cannot stop ingest.
     pub ingest_nice: i32,
-    /// Background threads, at `ingest_nice`: chunking, HNSW inserts, compactions, graph dumps.
+    /// Background threads, at `ingest_nice`: chunking and HNSW inserts.
     pub background: usize,
+    /// Maintenance threads, at `ingest_nice`: shard compactions and graph dumps.
+    pub maintenance: usize,
     /// Fraction of each window in which ingest runs even while queries keep it waiting (0 to 1;
     /// 0: ingest waits for as long as queries keep coming).
     pub ingest_min_share: f64,
@@ -62,6 +64,7 @@ impl Default for ThreadsConfig {
             http: 0,
             ingest_nice: 10,
             background: 1,
+            maintenance: 1,
             ingest_min_share: 0.1,
             ingest_share_window_ms: 200,
         }
@@ -156,6 +159,8 @@ pub struct RerankerConfig {
     pub max_candidates: usize,
     /// Size of a rerank query (bytes).
     pub max_query_bytes: usize,
+    /// Size of one document of a `POST /v1/rerank` (bytes).
+    pub max_document_bytes: usize,
 }
 
 impl Default for RerankerConfig {
@@ -170,6 +175,7 @@ impl Default for RerankerConfig {
             default_candidates: 50,
             max_candidates: 1_000,
             max_query_bytes: 8 * 1024,
+            max_document_bytes: 64 * 1024,
         }
     }
 }
@@ -413,6 +419,10 @@ impl Config {
             ("index.ef_construction", self.index.ef_construction as usize),
             ("model.timeout_ms", self.model.timeout_ms as usize),
             ("reranker.max_query_bytes", self.reranker.max_query_bytes),
+            (
+                "reranker.max_document_bytes",
+                self.reranker.max_document_bytes,
+            ),
             (
                 "ingest.max_queue_bytes",
                 self.ingest.max_queue_bytes as usize,

@@ -43,6 +43,10 @@ pub struct NodeContext {
     pub ingest_pool: Arc<rayon::ThreadPool>,
     /// Low-priority threads for ingest work that is not embedding (see [`NodeContext::background`]).
     pub background_pool: Arc<rayon::ThreadPool>,
+    /// Low-priority threads for shard upkeep: compactions and graph dumps (see
+    /// [`NodeContext::maintenance`]), apart from inserts so that one collection's compaction never
+    /// holds up another's ingest.
+    pub maintenance_pool: Arc<rayon::ThreadPool>,
     pub query_gate: Arc<crate::embed_exec::QueryGate>,
     pub shards: ShardRegistry,
     pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
@@ -122,10 +126,17 @@ impl NodeContext {
             config.threads.ingest_nice,
             None,
         )?;
+        let maintenance_pool = pool(
+            "maintenance",
+            config.threads.maintenance,
+            config.threads.ingest_nice,
+            None,
+        )?;
         Ok(NodeContext {
             query_pool,
             ingest_pool,
             background_pool,
+            maintenance_pool,
             query_gate,
             reranker,
             reranker_actor: RwLock::new(None),
@@ -221,10 +232,16 @@ impl NodeContext {
     pub async fn remove_dump(&self, collection: &str, uid: u64) {
         let _files = self.shards.dump_lock(uid).lock_owned().await;
         let dir = self.dump_dir(collection, uid);
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");
+        let removed = tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");
+                }
             }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing an index dump failed");
         }
         self.shards.forget_dump_lock(uid);
     }
@@ -239,9 +256,10 @@ impl NodeContext {
         Ok(committed)
     }
 
-    /// Wait (at most `limit`) until the index has mirrored log index `index`; returns whether it has.
-    pub async fn wait_searchable(&self, index: u64, limit: Duration) -> bool {
-        self.watermark.wait_for(index, limit).await
+    /// Wait (at most `limit`) until the shard of collection `uid` has mirrored log index
+    /// `index`; returns whether it has.
+    pub async fn wait_searchable(&self, uid: u64, index: u64, limit: Duration) -> bool {
+        self.watermark.wait_for_collection(uid, index, limit).await
     }
 
     /// Run CPU work that belongs to ingest (chunking, HNSW inserts, compactions, dumps) on the
@@ -252,6 +270,14 @@ impl NodeContext {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
         Self::on_pool(&self.background_pool, "background", f).await
+    }
+
+    /// Run shard upkeep (a compaction, a graph dump) on the low-priority maintenance threads.
+    pub async fn maintenance<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        Self::on_pool(&self.maintenance_pool, "maintenance", f).await
     }
 
     /// Run `f` on one of `pool`'s threads and await it without occupying a tokio thread. A panic

@@ -63,6 +63,17 @@ pub struct Reservation {
     documents: u64,
 }
 
+impl Reservation {
+    /// Keep only `bytes` of the room reserved (a body is read: its real size is known).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            let mut inner = self.inner.lock();
+            inner.reserved_bytes = inner.reserved_bytes.saturating_sub(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut inner = self.inner.lock();

@@ -64,7 +64,8 @@ impl RunningNode {
             let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
             match reason {
                 Ok(reason) => reason.unwrap_or_default(),
-                Err(_) => std::future::pending().await,
+                // The apply loop's thread is gone without saying why.
+                Err(_) => "the apply loop stopped".to_string(),
             }
         }
     }

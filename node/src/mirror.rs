@@ -8,45 +8,41 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use shoal_storage::Effect;
 use tokio::sync::mpsc;
 
-use crate::actors::ask;
 use crate::actors::shard::{ShardMsg, ShardOp};
 use crate::actors::supervisor::SupervisorMsg;
 use crate::apply_loop::EffectBatch;
 use crate::context::{to_index_points, NodeContext};
 
-/// How long the mirror waits for the supervisor to start or stop a shard actor.
-const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(30);
-
+/// Hand every applied command's effects on, in log order. Never waits for an actor or the
+/// file system: one slow collection cannot hold up the others' mirroring.
 pub async fn run(ctx: Arc<NodeContext>, mut effects: mpsc::UnboundedReceiver<EffectBatch>) {
-    while let Some((index, batch)) = effects.recv().await {
-        mirror(&ctx, index, batch).await;
+    while let Some(batch) = effects.recv().await {
+        mirror(&ctx, batch.index, batch.effects);
+        // The caller's hold (its room in the ingest queue) goes now that its documents are queued.
+        drop(batch.hold);
     }
 }
 
-async fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
+fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
     // Point changes of one command, per collection, in the command's order.
     let mut ops: BTreeMap<u64, (String, Vec<ShardOp>)> = BTreeMap::new();
     for effect in effects {
         match effect {
             Effect::CollectionCreated(record) => {
-                // The new actor loads from the store as of an index at or after this one, which
-                // tells the watermark.
-                let name = record.name.clone();
-                let result = match ctx.supervisor() {
-                    Ok(sup) => ask(sup, "supervisor", SUPERVISOR_TIMEOUT, |reply| {
-                        SupervisorMsg::StartShard(record, reply)
-                    })
-                    .await
-                    .and_then(|r| r.map_err(crate::error::NodeError::Internal)),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    tracing::error!(collection = %name, error = %e, "could not start the shard actor");
+                // The new actor attaches before it loads, and loads from the store as of an index
+                // at or after this one (which tells the watermark); changes sent before it has
+                // attached are in that load.
+                match ctx.supervisor() {
+                    Ok(sup) => {
+                        if let Err(e) = sup.cast(SupervisorMsg::StartShard(record)) {
+                            tracing::error!(error = %e, "could not ask for a shard actor");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "no supervisor to start a shard actor"),
                 }
             }
             Effect::CollectionDropped { name, uid } => {
@@ -55,22 +51,17 @@ async fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                     let _ = gauge.remove_label_values(&[name.as_str()]);
                 }
                 ctx.shards.remove(&name, uid);
-                if let Ok(sup) = ctx.supervisor() {
-                    let stopped = ask(sup, "supervisor", SUPERVISOR_TIMEOUT, |reply| {
-                        SupervisorMsg::StopShard {
-                            name: name.clone(),
-                            uid,
-                            reply,
-                        }
-                    })
-                    .await;
-                    if let Err(e) = stopped {
-                        tracing::warn!(collection = %name, error = %e, "could not stop the shard actor");
-                    }
-                }
-                ctx.remove_dump(&name, uid).await;
                 ctx.watermark.forget(uid);
                 ops.remove(&uid);
+                if let Ok(sup) = ctx.supervisor() {
+                    let _ = sup.cast(SupervisorMsg::StopShard {
+                        name: name.clone(),
+                        uid,
+                    });
+                }
+                // After any dump of it in progress.
+                let c = ctx.clone();
+                tokio::spawn(async move { c.remove_dump(&name, uid).await });
             }
             Effect::PointsAdded {
                 collection,
@@ -106,7 +97,7 @@ async fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
             None => Err("no shard actor".to_string()),
         };
         if let Err(e) = sent {
-            // The actor is restarting: its next load reads the store, which has this change.
+            // The actor is (re)starting: its load reads the store, which has this change.
             tracing::debug!(collection = %collection, index, error = %e, "shard actor unavailable; it reloads from the store");
         }
     }

@@ -311,6 +311,11 @@ impl ShoalService for Node {
     async fn metrics(&self) -> Result<String> {
         let ready = self.ctx.is_ready();
         self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+        let w = &self.ctx.watermark;
+        self.ctx
+            .metrics
+            .index_watermark_lag
+            .set(w.applied_index().saturating_sub(w.current()) as i64);
         self.ctx
             .metrics
             .render()
@@ -351,7 +356,7 @@ impl ShoalService for Node {
             Outcome::CollectionCreated(record) => {
                 // 201 means searchable: the new (empty) shard loads in a moment.
                 self.ctx
-                    .wait_searchable(committed.index, SHARD_LOAD_WAIT)
+                    .wait_searchable(record.uid, committed.index, SHARD_LOAD_WAIT)
                     .await;
                 Ok(self.collection_info(&record))
             }
@@ -372,16 +377,13 @@ impl ShoalService for Node {
     }
 
     async fn delete_collection(&self, name: String) -> Result<()> {
-        let committed = self
-            .ctx
+        // Gone from the store, gone for every read: searches answer 404 at once.
+        self.ctx
             .apply(Command::DropCollection {
                 name,
                 at_ms: now_ms(),
             })
             .await?;
-        self.ctx
-            .wait_searchable(committed.index, VISIBLE_WAIT)
-            .await;
         Ok(())
     }
 
@@ -442,6 +444,7 @@ impl ShoalService for Node {
         self.require_model_dimension(&coll, "documents cannot be embedded into it")?;
         let job_id = uuid::Uuid::new_v4().to_string();
         let n = documents.len() as u64;
+        let text_bytes: u64 = documents.iter().map(|d| d.text.len() as u64).sum();
         // Room for the documents too (the body's bytes are already reserved).
         let docs = self
             .ctx
@@ -452,16 +455,24 @@ impl ShoalService for Node {
                 retry_after_s: full.retry_after.as_secs().max(1),
             })?;
         // The mirror queues the accepted documents for ingest, whether or not this request is
-        // still waiting when the command is applied.
+        // still waiting when the command is applied; the room reserved for them is held until
+        // then (the apply loop keeps it with the command, and the mirror drops it once the
+        // documents are queued), so that nothing is counted nowhere in between.
+        let mut body = body;
+        body.shrink_to(text_bytes);
+        let hold: crate::apply_loop::Hold = Box::new((body, docs));
         self.ctx
-            .apply(Command::AcceptDocuments {
-                collection,
-                job_id: job_id.clone(),
-                documents,
-                at_ms: now_ms(),
-            })
+            .applier
+            .apply_holding(
+                Command::AcceptDocuments {
+                    collection,
+                    job_id: job_id.clone(),
+                    documents,
+                    at_ms: now_ms(),
+                },
+                Some(hold),
+            )
             .await?;
-        drop((body, docs));
         Ok(AddDocumentsResponse {
             status_url: format!("/api/v1/jobs/{job_id}"),
             job_id,
@@ -491,6 +502,7 @@ impl ShoalService for Node {
     }
 
     async fn delete_document(&self, collection: String, id: String) -> Result<()> {
+        let uid = self.require_collection(&collection)?.uid;
         let committed = self
             .ctx
             .apply(Command::DeleteDocument {
@@ -500,19 +512,22 @@ impl ShoalService for Node {
             })
             .await?;
         self.ctx
-            .wait_searchable(committed.index, VISIBLE_WAIT)
+            .wait_searchable(uid, committed.index, VISIBLE_WAIT)
             .await;
         Ok(())
     }
 
     async fn get_job(&self, id: String) -> Result<JobInfo> {
-        // Never waits: a job reads as done once the index has mirrored its last change.
-        let mirrored = self.ctx.watermark.current();
+        // Never waits: a job reads as done once its collection's shard has mirrored its last
+        // change (the watermark is read after the job, so it can only be further on).
         let job = self
             .read(move |ctx| Ok(ctx.store.job(&id)?.ok_or(id)))
             .await?;
         match job {
-            Ok(j) => Ok(job_info(j, mirrored)),
+            Ok(j) => {
+                let mirrored = self.ctx.watermark.current_for(j.collection_uid);
+                Ok(job_info(j, mirrored))
+            }
             Err(id) => Err(ApiError::NotFound(format!("job `{id}` not found"))),
         }
     }
@@ -807,6 +822,13 @@ impl ShoalService for Node {
             return Err(bad(format!(
                 "`query` is {} bytes; the limit is {max_query} (reranker.max_query_bytes)",
                 query.len()
+            )));
+        }
+        let max_doc = self.ctx.config.reranker.max_document_bytes;
+        if let Some(i) = documents.iter().position(|d| d.len() > max_doc) {
+            return Err(bad(format!(
+                "documents[{i}] is {} bytes; the limit is {max_doc} (reranker.max_document_bytes)",
+                documents[i].len()
             )));
         }
         if documents.is_empty() {

@@ -65,22 +65,35 @@ impl ShardRegistry {
         }
     }
 
-    /// A (re)started shard actor announces itself.
-    pub fn attach_actor(&self, collection: &str, uid: u64, actor: ActorRef<ShardMsg>) {
+    /// A shard actor announces itself. On its first start (`fresh`) it makes the collection's
+    /// slot; a restarted one only takes over the slot of its own collection uid, and is told
+    /// (false) when there is none: the collection was dropped meanwhile.
+    pub fn attach_actor(
+        &self,
+        collection: &str,
+        uid: u64,
+        actor: ActorRef<ShardMsg>,
+        fresh: bool,
+    ) -> bool {
         let mut slots = self.slots.write();
-        let slot = slots.entry(collection.to_string()).or_insert(ShardSlot {
-            uid,
-            actor: None,
-            shard: None,
-        });
-        if slot.uid != uid {
-            *slot = ShardSlot {
-                uid,
-                actor: None,
-                shard: None,
-            };
+        match slots.get_mut(collection) {
+            Some(slot) if slot.uid == uid => {
+                slot.actor = Some(actor);
+                true
+            }
+            _ if fresh => {
+                slots.insert(
+                    collection.to_string(),
+                    ShardSlot {
+                        uid,
+                        actor: Some(actor),
+                        shard: None,
+                    },
+                );
+                true
+            }
+            _ => false,
         }
-        slot.actor = Some(actor);
     }
 
     /// The shard actor finished loading.

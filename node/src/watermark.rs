@@ -1,13 +1,14 @@
 //! How far the index shards have caught up with the store.
 //!
 //! The apply loop commits each command to the store and moves on; the shard actors mirror the
-//! command's effects afterwards, in log order. The watermark is the highest log index whose
-//! effects every shard has mirrored: what the store said at that index, search agrees with.
-//! Readers that need the index to agree with a write (a job reading as done, a write answered
-//! only once it is searchable) wait for the watermark instead of holding a lock that every other
-//! write would queue behind.
+//! command's effects afterwards, in log order. A collection's watermark is the highest log index
+//! whose effects its shard has mirrored: what the store said at that index, search in that
+//! collection agrees with. Readers that need the index to agree with a write (a job reading as
+//! done, a write answered only once it is searchable) wait for the watermark of that write's
+//! collection instead of holding a lock that every other write would queue behind; a slow or
+//! broken shard holds up its own collection only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,15 +16,18 @@ use tokio::sync::watch;
 
 pub struct IndexWatermark {
     inner: Mutex<Inner>,
-    /// The watermark, for waiters.
-    mirrored: watch::Sender<u64>,
+    /// Bumped on every change, for waiters.
+    changed: watch::Sender<u64>,
 }
 
+#[derive(Default)]
 struct Inner {
     /// The last index the apply loop committed.
     applied: u64,
     /// Log index → collections (uids) whose shard has not mirrored that index yet.
     pending: BTreeMap<u64, Vec<u64>>,
+    /// The same, by collection.
+    by_uid: HashMap<u64, BTreeSet<u64>>,
 }
 
 impl Inner {
@@ -33,34 +37,46 @@ impl Inner {
             None => self.applied,
         }
     }
+
+    fn watermark_of(&self, uid: u64) -> u64 {
+        match self.by_uid.get(&uid).and_then(|s| s.first()) {
+            Some(first) => first - 1,
+            None => self.applied,
+        }
+    }
+
+    fn done(&mut self, index: u64, uid: u64) {
+        if let Some(list) = self.pending.get_mut(&index) {
+            list.retain(|u| *u != uid);
+            if list.is_empty() {
+                self.pending.remove(&index);
+            }
+        }
+        if let Some(set) = self.by_uid.get_mut(&uid) {
+            set.remove(&index);
+            if set.is_empty() {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
 }
 
 impl IndexWatermark {
-    /// A watermark for a store whose last applied index is `applied` (everything before a start
-    /// is in the shards once they have loaded, which the shards' own registrations account for).
+    /// A watermark for a store whose last applied index is `applied` (what came before a start
+    /// is in the shards once they have loaded).
     pub fn new(applied: u64) -> IndexWatermark {
         IndexWatermark {
             inner: Mutex::new(Inner {
                 applied,
-                pending: BTreeMap::new(),
+                ..Inner::default()
             }),
-            mirrored: watch::Sender::new(applied),
+            changed: watch::Sender::new(0),
         }
     }
 
     fn update(&self, f: impl FnOnce(&mut Inner)) {
-        let mut inner = self.inner.lock();
-        f(&mut inner);
-        let w = inner.watermark();
-        drop(inner);
-        self.mirrored.send_if_modified(|cur| {
-            if *cur != w {
-                *cur = w;
-                true
-            } else {
-                false
-            }
-        });
+        f(&mut self.inner.lock());
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// The apply loop committed command `index`; the shards of `uids` must mirror its effects.
@@ -72,6 +88,9 @@ impl IndexWatermark {
                 let mut list = uids.to_vec();
                 list.sort_unstable();
                 list.dedup();
+                for uid in &list {
+                    inner.by_uid.entry(*uid).or_default().insert(index);
+                }
                 inner.pending.insert(index, list);
             }
         });
@@ -79,26 +98,21 @@ impl IndexWatermark {
 
     /// The shard of collection `uid` mirrored the effects of `index`.
     pub fn mirrored(&self, index: u64, uid: u64) {
-        self.update(|inner| {
-            if let Some(list) = inner.pending.get_mut(&index) {
-                list.retain(|u| *u != uid);
-                if list.is_empty() {
-                    inner.pending.remove(&index);
-                }
-            }
-        });
+        self.update(|inner| inner.done(index, uid));
     }
 
     /// The shard of collection `uid` (re)loaded from the store as of index `through`: everything
     /// of that collection up to there is in it.
     pub fn loaded(&self, uid: u64, through: u64) {
         self.update(|inner| {
-            inner.pending.retain(|index, list| {
-                if *index <= through {
-                    list.retain(|u| *u != uid);
-                }
-                !list.is_empty()
-            });
+            let done: Vec<u64> = inner
+                .by_uid
+                .get(&uid)
+                .map(|s| s.range(..=through).copied().collect())
+                .unwrap_or_default();
+            for index in done {
+                inner.done(index, uid);
+            }
         });
     }
 
@@ -109,7 +123,12 @@ impl IndexWatermark {
 
     /// The highest index whose effects every shard has mirrored.
     pub fn current(&self) -> u64 {
-        *self.mirrored.borrow()
+        self.inner.lock().watermark()
+    }
+
+    /// The highest index whose effects the shard of collection `uid` has mirrored.
+    pub fn current_for(&self, uid: u64) -> u64 {
+        self.inner.lock().watermark_of(uid)
     }
 
     /// The last index the store committed.
@@ -117,12 +136,33 @@ impl IndexWatermark {
         self.inner.lock().applied
     }
 
-    /// Wait until the shards have mirrored `index`, at most `limit`. Returns whether they have.
+    /// Wait until every shard has mirrored `index`, at most `limit`. Returns whether it has.
     pub async fn wait_for(&self, index: u64, limit: Duration) -> bool {
-        let mut rx = self.mirrored.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|w| *w >= index))
+        self.wait_until(limit, |inner| inner.watermark() >= index)
             .await
-            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Wait until the shard of collection `uid` has mirrored `index`, at most `limit`.
+    pub async fn wait_for_collection(&self, uid: u64, index: u64, limit: Duration) -> bool {
+        self.wait_until(limit, |inner| inner.watermark_of(uid) >= index)
+            .await
+    }
+
+    async fn wait_until(&self, limit: Duration, done: impl Fn(&Inner) -> bool) -> bool {
+        let mut rx = self.changed.subscribe();
+        let wait = async {
+            loop {
+                // Marked seen before the check: a change after it wakes the wait below.
+                rx.borrow_and_update();
+                if done(&self.inner.lock()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }
 
@@ -151,16 +191,44 @@ mod tests {
         assert_eq!(w.current(), 14);
     }
 
+    #[test]
+    fn a_stuck_shard_holds_up_its_own_collection_only() {
+        let w = IndexWatermark::new(0);
+        w.applied(1, &[7]); // collection 7's shard never mirrors this
+        w.applied(2, &[8]);
+        w.applied(3, &[8]);
+        w.mirrored(2, 8);
+        w.mirrored(3, 8);
+        assert_eq!(w.current_for(8), 3);
+        assert_eq!(
+            w.current_for(9),
+            3,
+            "a collection with nothing pending is up to date"
+        );
+        assert_eq!(w.current_for(7), 0);
+        assert_eq!(w.current(), 0);
+        w.loaded(7, 1);
+        assert_eq!((w.current_for(7), w.current()), (3, 3));
+    }
+
     #[tokio::test]
     async fn waiters_wake_when_the_shards_catch_up() {
         let w = std::sync::Arc::new(IndexWatermark::new(0));
         w.applied(1, &[7]);
+        w.applied(2, &[8]);
         assert!(!w.wait_for(1, Duration::from_millis(20)).await);
         let w2 = w.clone();
-        let waiter = tokio::spawn(async move { w2.wait_for(1, Duration::from_secs(10)).await });
+        let all = tokio::spawn(async move { w2.wait_for(2, Duration::from_secs(10)).await });
+        let w3 = w.clone();
+        let eight =
+            tokio::spawn(
+                async move { w3.wait_for_collection(8, 2, Duration::from_secs(10)).await },
+            );
         tokio::task::yield_now().await;
+        w.mirrored(2, 8);
+        assert!(eight.await.unwrap());
         w.mirrored(1, 7);
-        assert!(waiter.await.unwrap());
+        assert!(all.await.unwrap());
         assert!(w.wait_for(0, Duration::ZERO).await);
     }
 }

@@ -26,6 +26,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the storage itself failed (an i/o error of sled, or a failure already declared
+    /// fatal): the node cannot vouch for its state and must stop. Refusals and records that do
+    /// not decode are failures of one command only.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(_) | StoreError::Fatal(_) | StoreError::Locked { .. }
+        )
+    }
+
     /// True for errors that say the command was refused (nothing was written), as opposed to
     /// failures of the storage itself.
     pub fn is_rejection(&self) -> bool {

@@ -11,6 +11,7 @@
 //! | `d/{uid}/{doc id}` | [`crate::DocumentRecord`] |
 //! | `p/{uid}/{point id}` | [`crate::ChunkRecord`] (chunk text and vector) |
 //! | `j/{job id}` | [`crate::JobRecord`] |
+//! | `r/{uid}/{job id}` | (empty) the job is running: found when its collection is dropped |
 //!
 //! Collection uids (not names) prefix documents and points, so a dropped collection's leftovers can
 //! never leak into a new collection of the same name.
@@ -49,6 +50,14 @@ pub(crate) fn point_id_from_key(key: &[u8]) -> Option<PointId> {
 }
 
 pub(crate) const JOB_PREFIX: &[u8] = b"j/";
+
+pub(crate) fn running_jobs_prefix(uid: u64) -> Vec<u8> {
+    [b"r/".as_slice(), &uid.to_be_bytes(), b"/"].concat()
+}
+
+pub(crate) fn running_job(uid: u64, id: &str) -> Vec<u8> {
+    [running_jobs_prefix(uid).as_slice(), id.as_bytes()].concat()
+}
 
 pub(crate) fn job(id: &str) -> Vec<u8> {
     [b"j/".as_slice(), id.as_bytes()].concat()

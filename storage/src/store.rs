@@ -289,16 +289,12 @@ impl Store {
     }
 
     /// Every searchable point of a collection, for building its index shard.
+    ///
+    /// Writes may run meanwhile. The chunks are read before the documents' metadata, so a chunk
+    /// replaced during the read may carry the new version's metadata; the replacement's removal
+    /// of that chunk, which the caller replays after this read, corrects it.
     pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
         let coll = self.require_collection(collection)?;
-        let mut metadata: HashMap<String, String> = HashMap::new();
-        for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
-            let (k, v) = kv?;
-            let doc: DocumentRecord = decode(&k, &v)?;
-            if let Some(live) = doc.live {
-                metadata.insert(doc.id, live.metadata_json);
-            }
-        }
         let mut out = Vec::with_capacity(coll.chunks as usize);
         for kv in self.tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
@@ -307,16 +303,26 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
-            let metadata_json = metadata
-                .get(&chunk.doc_id)
-                .cloned()
-                .unwrap_or_else(|| "{}".to_string());
             out.push(StoredPoint {
                 id,
                 vector: chunk.vector,
                 doc_id: chunk.doc_id,
-                metadata_json,
+                metadata_json: String::new(),
             });
+        }
+        let mut metadata: HashMap<String, String> = HashMap::new();
+        for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
+            let (k, v) = kv?;
+            let doc: DocumentRecord = decode(&k, &v)?;
+            if let Some(live) = doc.live {
+                metadata.insert(doc.id, live.metadata_json);
+            }
+        }
+        for p in &mut out {
+            p.metadata_json = metadata
+                .get(&p.doc_id)
+                .cloned()
+                .unwrap_or_else(|| "{}".to_string());
         }
         Ok(out)
     }
@@ -401,8 +407,9 @@ impl Store {
         };
         let applied = match result {
             Ok(applied) => applied,
-            Err(e) if e.is_rejection() => {
-                // A refused command still consumes its log index; nothing else changes.
+            Err(e) if !e.is_storage_failure() => {
+                // A refused command (or one that met a record it cannot read) still consumes its
+                // log index; nothing else changes.
                 let mut only_index = Batch::default();
                 only_index.insert(keys::APPLIED, &index.to_be_bytes());
                 self.tree.apply_batch(only_index)?;
@@ -462,13 +469,20 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         let coll = self.require_collection(name)?;
         batch.remove(keys::collection(name));
-        // Its unfinished jobs can never finish now.
-        for mut job in self.jobs()? {
-            if job.collection_uid == coll.uid && !job.is_finished() {
+        // Its unfinished jobs can never finish now (found through the running-jobs keys).
+        for key in self
+            .tree
+            .scan_prefix(keys::running_jobs_prefix(coll.uid))
+            .keys()
+        {
+            let key = key?;
+            let id = String::from_utf8_lossy(&key[keys::running_jobs_prefix(coll.uid).len()..])
+                .into_owned();
+            if let Some(mut job) = self.job(&id)? {
                 job.cancelled = true;
                 job.updated_at_ms = at_ms;
                 job.last_index = index;
-                batch.insert(keys::job(&job.id), encode(&job));
+                put_job(batch, &job);
             }
         }
         for prefix in [
@@ -567,9 +581,9 @@ impl Store {
             });
         }
         for other in other_jobs.values() {
-            batch.insert(keys::job(&other.id), encode(other));
+            put_job(batch, other);
         }
-        batch.insert(keys::job(job_id), encode(&job));
+        put_job(batch, &job);
         batch.insert(keys::collection(collection), encode(&coll));
         Ok(Applied {
             outcome: Outcome::DocumentsAccepted { job },
@@ -677,7 +691,7 @@ impl Store {
             j.indexed += 1;
             j.updated_at_ms = at_ms;
             j.last_index = index;
-            batch.insert(keys::job(&j.id), encode(&j));
+            put_job(batch, &j);
             j
         });
         batch.insert(key, encode(&doc));
@@ -733,7 +747,7 @@ impl Store {
                     reason: reason.to_string(),
                 });
             }
-            batch.insert(keys::job(&j.id), encode(&j));
+            put_job(batch, &j);
             j
         });
         batch.insert(key, encode(&doc));
@@ -766,7 +780,7 @@ impl Store {
             let mut jobs = HashMap::new();
             self.count_superseded(&mut jobs, &doc.job_id, index, at_ms)?;
             for j in jobs.values() {
-                batch.insert(keys::job(&j.id), encode(j));
+                put_job(batch, j);
             }
         }
         let mut effects = Vec::new();
@@ -796,12 +810,30 @@ impl Store {
             if job.is_finished() && job.updated_at_ms < before_ms {
                 batch.remove(keys::job(&job.id));
                 removed += 1;
+                // One command removes a bounded number; the next expiry takes the rest.
+                if removed >= MAX_EXPIRED_PER_COMMAND {
+                    break;
+                }
             }
         }
         Ok(Applied {
             outcome: Outcome::JobsExpired { removed },
             effects: Vec::new(),
         })
+    }
+}
+
+/// Jobs one `ExpireJobs` command removes at most (it runs on the apply thread).
+const MAX_EXPIRED_PER_COMMAND: u64 = 10_000;
+
+/// Write a job and keep the running-jobs key of its collection in step with its state.
+fn put_job(batch: &mut Batch, job: &JobRecord) {
+    batch.insert(keys::job(&job.id), encode(job));
+    let running = keys::running_job(job.collection_uid, &job.id);
+    if job.is_finished() {
+        batch.remove(running);
+    } else {
+        batch.insert(running, &[]);
     }
 }
 

@@ -24,8 +24,8 @@ fn long_text(words: usize, seed: usize) -> String {
 fn a_full_ingest_queue_answers_429_with_retry_after_and_loses_nothing() {
     let node = Node::start(
         &[
-            ("SHOAL_INGEST__MAX_QUEUE_BYTES", "200000"),
-            ("SHOAL_INGEST__MAX_DOCUMENT_BYTES", "100000"),
+            ("SHOAL_INGEST__MAX_QUEUE_BYTES", "70000"),
+            ("SHOAL_INGEST__MAX_DOCUMENT_BYTES", "30000"),
             // slow ingest down so that the queue stays full while we knock
             ("SHOAL_THREADS__INGEST_INFERENCE", "1"),
             ("SHOAL_MODEL__INGEST_MICRO_BATCH", "1"),
@@ -36,10 +36,10 @@ fn a_full_ingest_queue_answers_429_with_retry_after_and_loses_nothing() {
     let add = |id: usize| {
         node.post(
             "/api/v1/collections/q/documents",
-            json!({"documents": [{"id": format!("doc{id}"), "text": long_text(9_000, id)}]}),
+            json!({"documents": [{"id": format!("doc{id}"), "text": long_text(3_000, id)}]}),
         )
     };
-    // ~60 KB each: three fit in 200 KB, the fourth does not
+    // ~20 KB each: three fit in 70 KB, the fourth does not
     let mut accepted = Vec::new();
     let mut refused = None;
     for id in 0..6 {
@@ -78,7 +78,7 @@ fn a_full_ingest_queue_answers_429_with_retry_after_and_loses_nothing() {
     assert_eq!(info.body["documents"], accepted.len() as u64);
     let job = node.ingest_async(
         "q",
-        json!([{"id": format!("doc{refused_id}"), "text": long_text(9_000, refused_id)}]),
+        json!([{"id": format!("doc{refused_id}"), "text": long_text(3_000, refused_id)}]),
     );
     assert_eq!(node.wait_job(&job)["state"], "completed");
 }

@@ -5,6 +5,7 @@
 //! `model.timeout_ms`, the worker gives it up (the executor sees its answer is no longer wanted
 //! and drops the batch at its next step) and queues it again; it never runs twice at once.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,9 +35,10 @@ pub struct IngestArgs {
 pub struct IngestState {
     id: usize,
     ctx: Arc<NodeContext>,
-    /// Log index of this worker's last stored chunks: before storing more, the worker waits for
-    /// the index to mirror these (ingest never runs ahead of the shards by more than a batch).
-    last_stored: u64,
+    /// Per collection uid, the log index of this worker's last stored chunks: before storing more
+    /// into a collection, the worker waits (at most a minute) for its shard to mirror these, so
+    /// that ingest does not run far ahead of the index.
+    last_stored: HashMap<u64, u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -60,7 +62,7 @@ impl Actor for IngestWorker {
         Ok(IngestState {
             id: args.id,
             ctx: args.ctx,
-            last_stored: 0,
+            last_stored: HashMap::new(),
         })
     }
 
@@ -112,7 +114,7 @@ enum Processed {
 
 async fn process(
     ctx: &Arc<NodeContext>,
-    last_stored: &mut u64,
+    last_stored: &mut HashMap<u64, u64>,
     keys: Vec<PendingDocument>,
 ) -> Processed {
     // The texts, from the store: versions replaced, deleted or dropped meanwhile are skipped.
@@ -182,12 +184,18 @@ async fn process(
             return Processed::Done;
         }
     };
-    // Backpressure: the shards have mirrored this worker's previous batch before it stores more.
-    if *last_stored > 0 && !ctx.wait_searchable(*last_stored, MIRROR_WAIT).await {
-        tracing::warn!(
-            index = *last_stored,
-            "the index is more than a batch behind the store; storing anyway"
-        );
+    // Back-pressure: the shards of this batch's collections have mirrored this worker's previous
+    // chunks for them before it stores more.
+    let uids: std::collections::BTreeSet<u64> = docs.iter().map(|(d, _)| d.uid).collect();
+    for uid in uids {
+        if let Some(&index) = last_stored.get(&uid) {
+            if !ctx.wait_searchable(uid, index, MIRROR_WAIT).await {
+                tracing::warn!(
+                    index,
+                    "the index is more than a batch behind the store; storing anyway"
+                );
+            }
+        }
     }
     for ((doc, _), chunks) in docs.iter().zip(chunked) {
         let chunks: Vec<Chunk> = match chunks {
@@ -223,7 +231,7 @@ async fn process(
             .await;
         match result {
             Ok(committed) => {
-                *last_stored = committed.index;
+                last_stored.insert(doc.uid, committed.index);
                 ctx.metrics
                     .ingest_documents
                     .with_label_values(&["indexed"])

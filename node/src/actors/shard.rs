@@ -4,10 +4,14 @@
 //! after it changed. Searches do not pass through the actor: they read the published [`Shard`]
 //! directly, so they never wait behind a write.
 //!
-//! The actor knows the log index its shard reflects (`applied`): it loads from the store as of an
-//! index (a consistent view taken between two commands), skips changes at or below it, reports
-//! every change it mirrors to the watermark, and writes the index into every graph dump, so that a
-//! dump newer than the store (lost writes after a crash without `sync_writes`) is never used.
+//! The actor knows the log index its shard reflects (`applied`): it loads the store's points as of
+//! at least an index `L` (the store's applied index when the load starts; commands applied while
+//! it reads may show too), skips changes at or below `L` and replays those above it (inserting a
+//! point it already has and deleting one it lacks change nothing), reports every change it mirrors
+//! to the watermark, and writes the index into every graph dump, so that a dump newer than the
+//! store (lost writes after a crash without `sync_writes`) is never used. The load reads chunks
+//! before documents: a chunk replaced while it reads can carry its new document's metadata only
+//! until the replacement's removal of it, which comes after `L`, is replayed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +46,8 @@ pub struct ShardActor;
 pub struct ShardArgs {
     pub collection: CollectionRecord,
     pub ctx: Arc<NodeContext>,
+    /// The actor's first start (see [`crate::shards::ShardRegistry::attach_actor`]).
+    pub fresh: bool,
 }
 
 pub struct ShardState {
@@ -99,7 +105,7 @@ impl ShardState {
         // One dump or load of this folder at a time (an actor restarting after this one).
         let _files = self.ctx.shards.dump_lock(c.uid).lock_owned().await;
         self.ctx
-            .background(move || shard.dump(&dir, applied))
+            .maintenance(move || shard.dump(&dir, applied))
             .await??;
         self.dirty = false;
         tracing::debug!(collection = %c.name, applied, ms = start.elapsed().as_millis() as u64, "shard dumped");
@@ -109,19 +115,19 @@ impl ShardState {
     async fn load(&mut self, myself: &ActorRef<ShardMsg>) -> Result<bool, ActorProcessingErr> {
         let start = Instant::now();
         let coll = self.collection.clone();
-        // The points as of one index, read between two commands.
+        // The points as of at least `through` (see the module docs), read off the apply thread:
+        // writes go on meanwhile.
         let (name, uid) = (coll.name.clone(), coll.uid);
-        let view = self
-            .ctx
-            .applier
-            .read(move |store, index| {
-                match store.collection(&name)? {
-                    Some(c) if c.uid == uid => {}
-                    _ => return Ok(None), // dropped meanwhile
-                }
-                Ok::<_, StoreError>(Some((store.points(&name)?, index)))
-            })
-            .await??;
+        let store = self.ctx.store.clone();
+        let view = tokio::task::spawn_blocking(move || {
+            let through = store.applied_index()?;
+            match store.collection(&name)? {
+                Some(c) if c.uid == uid => {}
+                _ => return Ok(None), // dropped meanwhile
+            }
+            Ok::<_, StoreError>(Some((store.points(&name)?, through)))
+        })
+        .await??;
         let Some((points, through)) = view else {
             tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
             return Ok(false);
@@ -172,34 +178,42 @@ impl ShardState {
             NodeError::Internal(format!("shard `{}` is not loaded", self.collection.name))
         })?;
         for op in ops {
+            let s = shard.clone();
             match op {
-                ShardOp::Insert(points) => {
-                    let s = shard.clone();
-                    self.ctx.background(move || s.insert(points)).await??;
-                }
+                ShardOp::Insert(points) => self.ctx.background(move || s.insert(points)).await??,
                 ShardOp::Delete(ids) => {
-                    shard.delete(&ids);
-                    if shard.needs_compaction() {
-                        let start = Instant::now();
-                        let s = shard.clone();
-                        let removed = self.ctx.background(move || s.compact()).await??;
-                        let name = self.collection.name.as_str();
-                        self.ctx
-                            .metrics
-                            .compactions
-                            .with_label_values(&[name])
-                            .inc();
-                        tracing::info!(
-                            collection = name,
-                            removed,
-                            ms = start.elapsed().as_millis() as u64,
-                            "shard compacted"
-                        );
-                    }
+                    self.ctx.background(move || s.delete(&ids)).await?;
                 }
             }
         }
         self.applied = index;
+        Ok(())
+    }
+
+    /// Rebuild the graph without its tombstones once they pass the threshold. The deletes are
+    /// already in effect (and reported); this only reclaims their room, on the maintenance
+    /// threads. Later changes of this collection wait for it; other collections do not.
+    async fn compact_if_needed(&mut self) -> Result<(), NodeError> {
+        let Some(shard) = self.shard.clone() else {
+            return Ok(());
+        };
+        if !shard.needs_compaction() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let removed = self.ctx.maintenance(move || shard.compact()).await??;
+        let name = self.collection.name.as_str();
+        self.ctx
+            .metrics
+            .compactions
+            .with_label_values(&[name])
+            .inc();
+        tracing::info!(
+            collection = name,
+            removed,
+            ms = start.elapsed().as_millis() as u64,
+            "shard compacted"
+        );
         Ok(())
     }
 }
@@ -218,7 +232,13 @@ impl Actor for ShardActor {
         // those the load already saw (index at or below its view) are skipped.
         myself.send_message(ShardMsg::Load)?;
         let c = &args.collection;
-        args.ctx.shards.attach_actor(&c.name, c.uid, myself);
+        if !args
+            .ctx
+            .shards
+            .attach_actor(&c.name, c.uid, myself, args.fresh)
+        {
+            return Err(format!("collection `{}` was dropped", c.name).into());
+        }
         Ok(ShardState {
             collection: args.collection,
             ctx: args.ctx,
@@ -257,6 +277,10 @@ impl Actor for ShardActor {
                 }
                 state.ctx.watermark.mirrored(index, uid);
                 state.changed(&myself);
+                if let Err(e) = state.compact_if_needed().await {
+                    state.failed = true;
+                    return Err(format!("compaction failed: {e}").into());
+                }
             }
             ShardMsg::Persist => state.persist().await?,
             ShardMsg::Panic => panic!("fault injection: shard `{}` panics", state.collection.name),

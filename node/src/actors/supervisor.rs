@@ -24,11 +24,12 @@ use crate::config::SupervisorConfig;
 use crate::context::NodeContext;
 
 pub enum SupervisorMsg {
-    StartShard(CollectionRecord, RpcReplyPort<Result<(), String>>),
+    /// A collection was created: start its shard actor (retried with backoff if that fails).
+    StartShard(CollectionRecord),
+    /// A collection was dropped: stop its shard actor for good.
     StopShard {
         name: String,
         uid: u64,
-        reply: RpcReplyPort<()>,
     },
     /// Backoff elapsed: start this child again.
     Restart(ChildSpec),
@@ -158,10 +159,14 @@ impl SupervisorState {
             .next_delay(cfg, uptime)
     }
 
+    /// Start a child. `fresh`: its first start (a shard actor then creates its registry slot;
+    /// a restarted one only takes over an existing slot, so that a collection dropped meanwhile
+    /// cannot come back).
     async fn start(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         spec: ChildSpec,
+        fresh: bool,
     ) -> Result<(), String> {
         let cell = myself.get_cell();
         let ctx = self.ctx.clone();
@@ -195,6 +200,7 @@ impl SupervisorState {
                 let args = ShardArgs {
                     collection: collection.clone(),
                     ctx,
+                    fresh,
                 };
                 ChildRef::Shard(
                     Actor::spawn_linked(None, ShardActor, args, cell)
@@ -262,7 +268,7 @@ impl Actor for NodeSupervisor {
         for spec in specs {
             let name = spec.name();
             state
-                .start(&myself, spec)
+                .start(&myself, spec, true)
                 .await
                 .map_err(|e| format!("could not start {name}: {e}"))?;
         }
@@ -276,11 +282,16 @@ impl Actor for NodeSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::StartShard(record, reply) => {
-                let r = state.start(&myself, ChildSpec::Shard(record)).await;
-                let _ = reply.send(r);
+            SupervisorMsg::StartShard(record) => {
+                let spec = ChildSpec::Shard(record);
+                if let Err(e) = state.start(&myself, spec.clone(), true).await {
+                    let name = spec.name();
+                    let delay = state.delay_for(&name, Duration::ZERO);
+                    tracing::error!(child = %name, error = %e, retry_ms = delay.as_millis() as u64, "could not start a shard actor");
+                    myself.send_after(delay, move || SupervisorMsg::Restart(spec));
+                }
             }
-            SupervisorMsg::StopShard { name, uid, reply } => {
+            SupervisorMsg::StopShard { name, uid } => {
                 let found = state
                     .find(|s| matches!(s, ChildSpec::Shard(c) if c.name == name && c.uid == uid))
                     .map(|(id, _)| id);
@@ -290,7 +301,8 @@ impl Actor for NodeSupervisor {
                         child.actor.cell().stop(Some("collection dropped".into()));
                     }
                 }
-                let _ = reply.send(());
+                // An actor started after the drop was mirrored may have made a slot again.
+                state.ctx.shards.remove(&name, uid);
             }
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
@@ -309,7 +321,7 @@ impl Actor for NodeSupervisor {
                     }
                 }
                 let name = spec.name();
-                if let Err(e) = state.start(&myself, spec.clone()).await {
+                if let Err(e) = state.start(&myself, spec.clone(), false).await {
                     let delay = state.delay_for(&name, Duration::ZERO);
                     tracing::error!(child = %name, error = %e, retry_ms = delay.as_millis() as u64, "restart failed");
                     myself.send_after(delay, move || SupervisorMsg::Restart(spec));
