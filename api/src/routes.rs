@@ -214,16 +214,24 @@ async fn add_documents<S: ShoalService>(
 ) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
     validate_collection_name(&name)?;
     // Room in the ingest queue first, before the body is read: a full queue answers 429 at once.
-    // A body without a declared length may be as long as the limit.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(limits.max_body_bytes as u64)
-        .min(limits.max_body_bytes as u64);
-    let admission = s.admit_documents(declared)?;
+        .and_then(|v| v.parse::<u64>().ok());
+    // A body declared longer than the limit gets no room (never a 429 for a request that no
+    // amount of waiting lets through): reading it fails with 413 below.
+    let over_limit = declared.is_some_and(|n| n > limits.max_body_bytes as u64);
+    let admission = if over_limit {
+        None
+    } else {
+        Some(s.admit_documents(declared)?)
+    };
     let ApiJson(req) = ApiJson::<AddDocumentsRequest>::from_request(req, &()).await?;
+    let admission = match admission {
+        Some(a) => a,
+        None => s.admit_documents(None)?,
+    };
     for (i, d) in req.documents.iter().enumerate() {
         validate_document_id(&d.id)
             .map_err(|e| ApiError::BadRequest(format!("documents[{i}]: {e}")))?;

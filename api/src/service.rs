@@ -26,9 +26,10 @@ pub trait ShoalService: Send + Sync + 'static {
     fn list_collections(&self) -> impl Future<Output = Result<CollectionList, ApiError>> + Send;
     fn delete_collection(&self, name: String) -> impl Future<Output = Result<(), ApiError>> + Send;
 
-    /// Admit a request that adds documents, whose body is `body_bytes` long, before its body is
-    /// read: refused with [`ApiError::TooManyRequests`] when the ingest queue has no room.
-    fn admit_documents(&self, body_bytes: u64) -> Result<Self::Admission, ApiError>;
+    /// Admit a request that adds documents, whose body is `body_bytes` long (None: not declared,
+    /// a chunked body), before its body is read: refused with [`ApiError::TooManyRequests`] when
+    /// the ingest queue has no room.
+    fn admit_documents(&self, body_bytes: Option<u64>) -> Result<Self::Admission, ApiError>;
     fn add_documents(
         &self,
         collection: String,

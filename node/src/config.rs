@@ -47,11 +47,12 @@ pub struct ThreadsConfig {
     pub background: usize,
     /// Maintenance threads, at `ingest_nice`: shard compactions and graph dumps.
     pub maintenance: usize,
-    /// Fraction of each window in which ingest runs even while queries keep it waiting (0 to 1;
-    /// 0: ingest waits for as long as queries keep coming).
+    /// Ingest's minimum share of its time while queries keep coming (0, or 0.01 to 0.9): that time earns
+    /// ingest turns during which new query passes wait. 0: ingest waits for as long as queries
+    /// keep coming.
     pub ingest_min_share: f64,
-    /// The window of `ingest_min_share` (ms): the longest a new query pass waits for ingest's turn
-    /// to end is `ingest_min_share` × this.
+    /// The longest ingest turn (ms), and the longest a new query pass waits for the passes in
+    /// flight before a turn; turns are at least `ingest_min_share` × this.
     pub ingest_share_window_ms: u64,
 }
 
@@ -459,8 +460,15 @@ impl Config {
         if !(0..=19).contains(&self.threads.ingest_nice) {
             return Err("threads.ingest_nice must be between 0 and 19".into());
         }
-        if !(0.0..=1.0).contains(&self.threads.ingest_min_share) {
-            return Err("threads.ingest_min_share must be between 0 and 1".into());
+        let share = self.threads.ingest_min_share;
+        if !(share == 0.0 || (0.01..=0.9).contains(&share)) {
+            return Err(
+                "threads.ingest_min_share must be 0 (off) or between 0.01 and 0.9 (queries keep at least a tenth)"
+                    .into(),
+            );
+        }
+        if self.threads.ingest_share_window_ms > 10_000 {
+            return Err("threads.ingest_share_window_ms must be at most 10000 (10 s)".into());
         }
         if self.model.timeout_ms > self.server.request_timeout_ms {
             return Err(format!(
@@ -500,8 +508,14 @@ mod tests {
         assert!(e.contains("model.timeout_ms"), "{e}");
         c.server.request_timeout_ms = 90_000;
         assert!(c.validate().is_ok());
-        c.threads.ingest_min_share = 1.5;
+        c.threads.ingest_min_share = 0.95;
         assert!(c.validate().unwrap_err().contains("ingest_min_share"));
+        c.threads.ingest_min_share = 1e-12;
+        assert!(c.validate().unwrap_err().contains("ingest_min_share"));
+        c.threads.ingest_min_share = 0.0;
+        assert!(c.validate().is_ok());
+        c.threads.ingest_share_window_ms = u64::MAX;
+        assert!(c.validate().unwrap_err().contains("ingest_share_window_ms"));
     }
 
     #[test]

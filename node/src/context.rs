@@ -88,12 +88,16 @@ impl NodeContext {
         let index_dir = config.storage.data_dir.join("index");
         let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
             .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
-        let query_gate = Arc::new(crate::embed_exec::QueryGate::new(
-            crate::embed_exec::IngestShare {
+        let query_gate = Arc::new(
+            crate::embed_exec::QueryGate::new(crate::embed_exec::IngestShare {
                 min_share: config.threads.ingest_min_share,
                 window: Duration::from_millis(config.threads.ingest_share_window_ms),
-            },
-        ));
+            })
+            .counting_turns_in(metrics.ingest_turns.clone())
+            .with_ingest_threads(crate::config::ThreadsConfig::resolve(
+                config.threads.ingest_inference,
+            )),
+        );
         let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(crate::config::ThreadsConfig::resolve(n))

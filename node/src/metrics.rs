@@ -17,6 +17,7 @@ pub struct Metrics {
     pub ingest_rejected: IntCounter,
     pub index_loads: IntCounterVec,
     pub index_watermark_lag: IntGauge,
+    pub ingest_turns: IntCounter,
     pub cancelled_work: IntCounterVec,
     pub embed_seconds: HistogramVec,
     pub embed_texts: IntCounterVec,
@@ -87,6 +88,11 @@ impl Metrics {
             "Log entries the store has committed that the index shards have not mirrored yet",
         ));
         must(registry.register(Box::new(index_watermark_lag.clone())));
+        let ingest_turns = must(IntCounter::new(
+            "ingest_turns_total",
+            "Turns ingest has taken while queries kept it waiting (threads.ingest_min_share), since the start",
+        ));
+        must(registry.register(Box::new(ingest_turns.clone())));
         let ready = must(Gauge::new("ready", "1 when the node is ready to serve"));
         let query_cache_hits = must(IntCounter::new(
             "query_cache_hits_total",
@@ -125,6 +131,7 @@ impl Metrics {
             ingest_queue_bytes,
             ingest_rejected,
             index_watermark_lag,
+            ingest_turns,
             index_loads: counter_vec(
                 "index_shard_loads_total",
                 "Shard loads, by collection and by source (`dump`: the graph was reloaded, `rebuilt`: built from the stored vectors)",

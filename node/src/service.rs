@@ -387,13 +387,19 @@ impl ShoalService for Node {
         Ok(())
     }
 
-    fn admit_documents(&self, body_bytes: u64) -> Result<Reservation> {
+    fn admit_documents(&self, body_bytes: Option<u64>) -> Result<Reservation> {
         let max = self.ctx.config.ingest.max_queue_bytes;
-        if body_bytes > max {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "the request is {body_bytes} bytes, more than the whole ingest queue holds ({max} bytes, ingest.max_queue_bytes): send its documents in smaller requests"
-            )));
-        }
+        let body_bytes = match body_bytes {
+            Some(n) if n > max => {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "the request is {n} bytes, more than the whole ingest queue holds ({max} bytes, ingest.max_queue_bytes): send its documents in smaller requests"
+                )))
+            }
+            Some(n) => n,
+            // A chunked body may be as long as the body limit; the room is given back to its
+            // real size once it is read.
+            None => (self.ctx.config.server.max_body_bytes as u64).min(max),
+        };
         self.ctx
             .ingest
             .admit(body_bytes, 0)
@@ -445,6 +451,13 @@ impl ShoalService for Node {
         let job_id = uuid::Uuid::new_v4().to_string();
         let n = documents.len() as u64;
         let text_bytes: u64 = documents.iter().map(|d| d.text.len() as u64).sum();
+        // A chunked body was given room up to the queue's size; its text can be no more.
+        if text_bytes > limits.max_queue_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the documents hold {text_bytes} bytes of text, more than the whole ingest queue holds ({} bytes, ingest.max_queue_bytes): send them in smaller requests",
+                limits.max_queue_bytes
+            )));
+        }
         // Room for the documents too (the body's bytes are already reserved).
         let docs = self
             .ctx

@@ -249,6 +249,20 @@ impl Node {
         )
     }
 
+    /// POST `body` without a Content-Length (chunked transfer encoding).
+    pub fn post_chunked(&self, path: &str, body: &str) -> Resp {
+        let url = format!("{}{path}", self.base);
+        let reader = std::io::Cursor::new(body.as_bytes().to_vec());
+        to_resp(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(reqwest::blocking::Body::new(reader))
+                .send()
+                .expect("request"),
+        )
+    }
+
     pub fn get(&self, path: &str) -> Resp {
         self.request("GET", path, None)
     }

@@ -84,6 +84,56 @@ fn a_full_ingest_queue_answers_429_with_retry_after_and_loses_nothing() {
 }
 
 #[test]
+fn a_request_that_can_never_fit_gets_413_not_429_declared_or_chunked() {
+    let node = Node::start(
+        &[
+            ("SHOAL_INGEST__MAX_QUEUE_BYTES", "50000"),
+            ("SHOAL_INGEST__MAX_DOCUMENT_BYTES", "30000"),
+            ("SHOAL_SERVER__MAX_BODY_BYTES", "150000"),
+        ],
+        &[],
+    );
+    node.create_collection("big");
+    let path = "/api/v1/collections/big/documents";
+    // `n` documents of `words` words (3,000: ~20 KB)
+    let body = |n: usize, words: usize| {
+        let docs: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("d{i}"), "text": long_text(words, i)}))
+            .collect();
+        json!({ "documents": docs }).to_string()
+    };
+    let expect_413 = |r: &shoal_tests::Resp, limit: &str| {
+        assert_eq!(r.status, 413, "{}", r.text);
+        assert_eq!(r.body["error"]["code"], "payload_too_large", "{}", r.text);
+        let msg = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(limit), "{msg}");
+    };
+    // ~80 KB: within the body limit, more than the whole queue
+    let over_queue = body(4, 3_000);
+    assert!(over_queue.len() > 50_000 && over_queue.len() < 150_000);
+    expect_413(
+        &node.raw("POST", path, &over_queue),
+        "ingest.max_queue_bytes",
+    );
+    // the same without a declared length: read, then refused for its text
+    expect_413(
+        &node.post_chunked(path, &over_queue),
+        "ingest.max_queue_bytes",
+    );
+    // ~200 KB declared: over the body limit, refused before it is read
+    let over_body = body(10, 3_000);
+    assert!(over_body.len() > 150_000);
+    expect_413(&node.raw("POST", path, &over_body), "too large");
+    expect_413(&node.post_chunked(path, &over_body), "too large");
+    // nothing was written, nothing is held: a small request still goes in, chunked too
+    assert_eq!(node.get("/api/v1/collections/big").body["documents"], 0);
+    let r = node.post_chunked(path, &body(1, 300));
+    assert_eq!(r.status, 202, "{}", r.text);
+    let job = r.body["job_id"].as_str().unwrap().to_string();
+    assert_eq!(node.wait_job(&job)["state"], "completed");
+}
+
+#[test]
 fn dropping_a_collection_cancels_its_unfinished_jobs() {
     let node = Node::start(
         &[

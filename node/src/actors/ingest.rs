@@ -257,9 +257,11 @@ async fn embed_all(ctx: &Arc<NodeContext>, texts: Vec<String>) -> Result<Vec<Vec
     Ok(out)
 }
 
-/// Embed one group on the ingest embedder. The executor reports the texts it has done; if it
-/// does none for `model.timeout_ms` the group is given up (dropping the answer's receiver tells
-/// the executor to drop the group at its next step) and the caller retries it later.
+/// Embed one group on the ingest embedder. If the ingest executor does not move on at all for
+/// `model.timeout_ms` (neither this group's texts nor any step of the forward pass it runs,
+/// ours or another worker's queued before it), the group is given up (dropping the answer's
+/// receiver tells the executor to drop the group at its next step) and the caller retries it
+/// later. A slow executor, or one that queries keep waiting between its turns, is not stuck.
 async fn embed_group(
     ctx: &Arc<NodeContext>,
     texts: Vec<String>,
@@ -280,7 +282,8 @@ async fn embed_group(
             progress: Some(progress.clone()),
         })
         .map_err(|e| NodeError::Actor(format!("the ingest embedder is unavailable: {e}")))?;
-    let mut seen = 0;
+    let moved = || progress.load(Ordering::Acquire) + ctx.query_gate.heartbeat();
+    let mut seen = moved();
     loop {
         match tokio::time::timeout(stall, &mut rx).await {
             Ok(Ok(result)) => return result.map_err(NodeError::Internal),
@@ -290,7 +293,7 @@ async fn embed_group(
                 ))
             }
             Err(_) => {
-                let now = progress.load(Ordering::Acquire);
+                let now = moved();
                 if now == seen {
                     ctx.metrics
                         .cancelled_work

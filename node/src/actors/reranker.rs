@@ -74,10 +74,19 @@ impl Actor for RerankerActor {
                 let name = model.model_name().to_string();
                 // Reranking is on the query path: it runs on the query pool, and ingest steps
                 // aside for it as it does for a query embedding.
+                // The gate is entered before the pool is: a pool thread that waited in the
+                // gate (for an ingest turn) could be the one the query pass in flight needs.
                 let gate = state.ctx.query_gate.clone();
+                let query_guard = match tokio::task::spawn_blocking(move || gate.hold()).await {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("reranking: {e}")));
+                        return Ok(());
+                    }
+                };
                 let stop = cancelled.clone();
                 let result = NodeContext::on_pool(&state.ctx.query_pool, "reranking", move || {
-                    let _query = gate.hold();
+                    let _query = query_guard;
                     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
                     model.score_cancellable(&query, &refs, &|| stop.load(Ordering::Acquire))
                 })

@@ -121,13 +121,16 @@ fn search_under_ingest(
         .map(|c| node.ingest_async(target, Value::Array(c.to_vec())))
         .collect();
     std::thread::sleep(Duration::from_secs(2)); // ingest under way
+    let turns = || shoal_tests::metric_value(&node.metrics(), "shoal_ingest_turns_total", "");
+    let turns_before = turns();
     let (busy_p50, busy_p95) = timed_searches(node, collection, &probe_queries(titles, 1));
+    let turns = turns() - turns_before;
     let still_running = node
         .get(&format!("/api/v1/jobs/{}", jobs[jobs.len() - 1]))
         .body["state"]
         == "running";
     println!(
-        "{label}: p50 {busy_p50:.1} ms, p95 {busy_p95:.1} ms; idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {still_running})",
+        "{label}: p50 {busy_p50:.1} ms, p95 {busy_p95:.1} ms; idle p50 {idle_p50:.1} ms, p95 {idle_p95:.1} ms; ratio p95 {:.2} (ingest still running at the end: {still_running}; {turns:.0} ingest turns)",
         busy_p95 / idle_p95
     );
     for j in &jobs {

