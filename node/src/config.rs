@@ -467,8 +467,8 @@ impl Config {
                     .into(),
             );
         }
-        if self.threads.ingest_share_window_ms > 10_000 {
-            return Err("threads.ingest_share_window_ms must be at most 10000 (10 s)".into());
+        if !(10..=10_000).contains(&self.threads.ingest_share_window_ms) {
+            return Err("threads.ingest_share_window_ms must be between 10 and 10000 (ms)".into());
         }
         if self.model.timeout_ms > self.server.request_timeout_ms {
             return Err(format!(

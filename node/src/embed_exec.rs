@@ -10,8 +10,9 @@
 //!   query never queues behind an ingest batch.
 //!
 //! Search first, but never "ingest never": the time queries keep ingest waiting earns it turns
-//! (`threads.ingest_min_share` of that time, in turns of at most `threads.ingest_share_window_ms`)
-//! during which it runs and new query passes wait for the turn to end (see [`QueryGate`]).
+//! (enough for `threads.ingest_min_share` of the time, counting what it runs between queries; in
+//! turns of at most `threads.ingest_share_window_ms`) during which it runs and new query passes
+//! wait for the turn to end (see [`QueryGate`]).
 //!
 //! Work whose answer nobody waits for any more (a request that timed out or whose client left) is
 //! dropped before its forward pass, or between an ingest batch's micro-batches.
@@ -131,8 +132,9 @@ struct GateState {
 /// work. Ingest is owed `min_share / (1 − min_share)` of the time it waited, less the time it ran
 /// in the gaps between query passes and the turns it had, so that it gets at least `min_share` of
 /// the time; once it is owed a turn's worth (`min_share` × window), it takes a turn
-/// ([`IngestShare`]): new query passes wait while those in flight finish, then ingest has the
-/// cores to itself for what it is owed (at most one window). A query load that leaves ingest gaps
+/// ([`IngestShare`]): new query passes wait while those in flight finish (at most one window,
+/// then the turn starts beside them), then ingest has the cores for what it is owed (at most one
+/// window). A query load that leaves ingest gaps
 /// enough never waits for a turn. Turns are exclusive because a query pass in flight beside ingest
 /// at a lower priority would leave ingest next to nothing of its turn; and the account is of time,
 /// not of breaks in the query load, because back-to-back passes leave gaps too short for a parked
@@ -239,8 +241,9 @@ impl QueryGate {
     /// What ingest is owed at `now` (its account plus the wait in progress).
     fn owed_at(&self, st: &GateState, now: Instant) -> f64 {
         st.owed
-            + st.blocked_since
-                .map_or(0.0, |b| now.duration_since(b).as_secs_f64() * self.ratio())
+            + st.blocked_since.map_or(0.0, |b| {
+                now.saturating_duration_since(b).as_secs_f64() * self.ratio()
+            })
     }
 
     fn start_turn(&self, st: &mut GateState) {
@@ -277,11 +280,11 @@ impl QueryGate {
             return;
         }
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
-        let cpu = thread_cpu_time();
         let mut st = self.state.lock();
         if st.queries == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u) {
             return;
         }
+        let cpu = thread_cpu_time();
         // What this thread ran since it last waited (outside turns, which are paid for) counts
         // towards ingest's share: a query load that leaves ingest gaps enough owes it no turn.
         // CPU time, not wall time: in the gaps ingest competes with the rest of the search path
@@ -305,8 +308,13 @@ impl QueryGate {
                     st.turn = Turn::None;
                     self.changed.notify_all();
                 }
-                Turn::Pending(_) => {
-                    self.changed.wait(&mut st);
+                // Passes in flight that keep going hold ingest back at most one window too.
+                Turn::Pending(since) if now >= since + self.share.window => {
+                    self.start_turn(&mut st);
+                    continue;
+                }
+                Turn::Pending(since) => {
+                    self.changed.wait_until(&mut st, since + self.share.window);
                     continue;
                 }
                 Turn::None => {}
@@ -563,13 +571,19 @@ impl Exec {
         loop {
             let job = match rx.try_recv() {
                 Ok(job) => job,
-                Err(mpsc::TryRecvError::Empty) => {
-                    self.gate.ingest_idle();
-                    match rx.recv() {
-                        Ok(job) => job,
-                        Err(_) => break,
+                // Between one batch and the next of a stream there is a short break; only a
+                // break of a whole window means ingest has nothing to do.
+                Err(mpsc::TryRecvError::Empty) => match rx.recv_timeout(self.gate.share.window) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.gate.ingest_idle();
+                        match rx.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        }
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
                 Err(mpsc::TryRecvError::Disconnected) => break,
             };
             self.metrics
