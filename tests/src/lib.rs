@@ -251,16 +251,20 @@ impl Node {
 
     /// POST `body` without a Content-Length (chunked transfer encoding).
     pub fn post_chunked(&self, path: &str, body: &str) -> Resp {
+        self.try_post_chunked(path, body).expect("request")
+    }
+
+    /// [`Node::post_chunked`], where the server may stop reading and close the connection before
+    /// the client has sent the whole body (an error then, not an answer).
+    pub fn try_post_chunked(&self, path: &str, body: &str) -> Result<Resp, reqwest::Error> {
         let url = format!("{}{path}", self.base);
         let reader = std::io::Cursor::new(body.as_bytes().to_vec());
-        to_resp(
-            self.http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(reqwest::blocking::Body::new(reader))
-                .send()
-                .expect("request"),
-        )
+        self.http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(reqwest::blocking::Body::new(reader))
+            .send()
+            .map(to_resp)
     }
 
     pub fn get(&self, path: &str) -> Resp {

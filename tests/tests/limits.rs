@@ -124,7 +124,11 @@ fn a_request_that_can_never_fit_gets_413_not_429_declared_or_chunked() {
     let over_body = body(10, 3_000);
     assert!(over_body.len() > 150_000);
     expect_413(&node.raw("POST", path, &over_body), "too large");
-    expect_413(&node.post_chunked(path, &over_body), "too large");
+    // chunked, it is read up to the limit: the answer is 413, unless the server closed the
+    // connection at the limit before the client could read it (a refusal too)
+    if let Ok(r) = node.try_post_chunked(path, &over_body) {
+        expect_413(&r, "too large");
+    }
     // nothing was written, nothing is held: a small request still goes in, chunked too
     assert_eq!(node.get("/api/v1/collections/big").body["documents"], 0);
     let r = node.post_chunked(path, &body(1, 300));
