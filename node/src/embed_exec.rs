@@ -782,14 +782,7 @@ mod tests {
         // for the only thread of its pool taken by a pass waiting in the gate, or it is one of
         // several query sources that keep passes in flight): after a window the turn starts
         // beside it, and the new pass goes ahead after the turn instead of waiting for ever.
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.5,
-            window: Duration::from_millis(100),
-        }));
-        gate.enter();
-        let g = gate.clone();
-        let ingest = std::thread::spawn(move || g.wait_idle());
-        wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
+        let (gate, ingest) = a_due_turn(Duration::from_millis(100));
         let t = Instant::now();
         let (tx, rx) = mpsc::channel();
         let g = gate.clone();
@@ -807,15 +800,8 @@ mod tests {
 
     #[test]
     fn a_turn_ends_when_ingest_has_nothing_left_to_do() {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.5,
-            window: Duration::from_secs(2),
-        }));
-        gate.enter();
-        let g = gate.clone();
-        let ingest = std::thread::spawn(move || g.wait_idle());
         // ingest is owed a turn after waiting 1 s; the pass in flight ends and the turn starts
-        wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
+        let (gate, ingest) = a_due_turn(Duration::from_secs(2));
         gate.exit();
         ingest.join().unwrap();
         assert!(matches!(gate.state.lock().turn, Turn::Until(_)));
@@ -863,6 +849,20 @@ mod tests {
         // ingest ran ~3/8 of the time, above its 20%: no query ever waited for a turn (counting
         // the waits alone would have owed it ~7 turns)
         assert_eq!(gate.ingest_turns(), 0);
+    }
+
+    /// A gate (share 0.5 of `window`) with a query pass in flight and an ingest thread waiting,
+    /// once that thread's turn is due.
+    fn a_due_turn(window: Duration) -> (Arc<QueryGate>, std::thread::JoinHandle<()>) {
+        let gate = Arc::new(QueryGate::new(IngestShare {
+            min_share: 0.5,
+            window,
+        }));
+        gate.enter();
+        let g = gate.clone();
+        let ingest = std::thread::spawn(move || g.wait_idle());
+        wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
+        (gate, ingest)
     }
 
     /// Wait (at most 10 s) for `cond`.
