@@ -38,6 +38,9 @@ pub struct CollectionInfo {
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
     pub index: IndexInfo,
+    /// On the answer to a create: the log index the collection was created at.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub log_index: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +70,9 @@ pub struct AddDocumentsResponse {
     pub job_id: String,
     pub status_url: String,
     pub documents: u64,
+    /// The log index the documents were accepted at (pass it as `min_index` to read your writes
+    /// on another node).
+    pub index: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,6 +147,20 @@ pub struct SearchRequest {
     pub rerank: bool,
     /// How many vector hits the reranker rescores (default 50).
     pub rerank_candidates: Option<usize>,
+    /// `local` (default): answer from this node's replica at once. `strong`: first learn the
+    /// leader's commit index (a linearizable read) and wait until this node has applied it.
+    pub consistency: Option<Consistency>,
+    /// Wait until this node has applied (and indexed) at least this log index (read your own
+    /// writes on any node: the index a write answered with).
+    pub min_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Local,
+    Strong,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +180,31 @@ pub struct SearchHit {
 pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
     pub took_ms: f64,
+    /// The log index the collection's index reflected when the search ran.
+    pub applied_index: u64,
+    /// True when this node cannot vouch that it is current (no leader, or cut off from the
+    /// majority): the hits may miss recent writes.
+    pub stale: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stale_reason: Option<String>,
+}
+
+/// `POST /api/v1/cluster/join`: make this node join the cluster of the node at `seed`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinClusterRequest {
+    pub seed: String,
+    /// Ask to become a voter once caught up.
+    #[serde(default)]
+    pub voter: bool,
+}
+
+/// `PUT /api/v1/admin/faults/links` (fault injection): cut this node's links to these nodes
+/// (both ways); an empty list heals them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutLinksRequest {
+    pub cut: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

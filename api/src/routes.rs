@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, S
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -44,6 +44,13 @@ pub struct RouterLimits {
 /// | `POST /v1/rerank` | Cohere- or TEI-style reranking |
 /// | `GET /api/v1/admin/actors` | supervised actors and their restarts |
 /// | `POST /api/v1/admin/actors/{name}/panic` | fault injection (when enabled) |
+/// | `GET /api/v1/admin/digest` | digest of the node's store (replicas compare equal) |
+/// | `PUT /api/v1/admin/faults/links` | fault injection: cut links to other nodes |
+/// | `GET /api/v1/cluster` | members, roles, leader, term, indexes, lag |
+/// | `POST /api/v1/cluster/init` | make this node a new one-member cluster |
+/// | `POST /api/v1/cluster/join` | make this node join another's cluster |
+/// | `POST /api/v1/cluster/nodes/{id}/promote` | learner to voter |
+/// | `DELETE /api/v1/cluster/nodes/{id}` | remove a node |
 pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router {
     let api = Router::new()
         .route("/api/health", get(health::<S>))
@@ -70,6 +77,16 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/v1/rerank", post(rerank::<S>))
         .route("/api/v1/admin/actors", get(list_actors::<S>))
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
+        .route("/api/v1/admin/digest", get(store_digest::<S>))
+        .route("/api/v1/admin/faults/links", put(cut_links::<S>))
+        .route("/api/v1/cluster", get(cluster_status::<S>))
+        .route("/api/v1/cluster/init", post(cluster_init::<S>))
+        .route("/api/v1/cluster/join", post(cluster_join::<S>))
+        .route(
+            "/api/v1/cluster/nodes/{id}/promote",
+            post(cluster_promote::<S>),
+        )
+        .route("/api/v1/cluster/nodes/{id}", delete(cluster_remove::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -202,8 +219,8 @@ async fn delete_collection<S: ShoalService>(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_collection_name(&name)?;
-    s.delete_collection(name.clone()).await?;
-    Ok(Json(serde_json::json!({ "deleted": name })))
+    let index = s.delete_collection(name.clone()).await?;
+    Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
 }
 
 async fn add_documents<S: ShoalService>(
@@ -255,8 +272,8 @@ async fn delete_document<S: ShoalService>(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_collection_name(&name)?;
-    s.delete_document(name, id.clone()).await?;
-    Ok(Json(serde_json::json!({ "deleted": id })))
+    let index = s.delete_document(name, id.clone()).await?;
+    Ok(Json(serde_json::json!({ "deleted": id, "index": index })))
 }
 
 async fn search<S: ShoalService>(
@@ -290,6 +307,63 @@ async fn inject_panic<S: ShoalService>(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "panicked": name })),
     ))
+}
+
+async fn store_digest<S: ShoalService>(
+    State(s): State<Arc<S>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(s.store_digest().await?))
+}
+
+async fn cut_links<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<CutLinksRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(s.cut_links(req).await?))
+}
+
+async fn cluster_status<S: ShoalService>(
+    State(s): State<Arc<S>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(s.cluster_status().await?))
+}
+
+async fn cluster_init<S: ShoalService>(
+    State(s): State<Arc<S>>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    Ok((StatusCode::CREATED, Json(s.cluster_init().await?)))
+}
+
+async fn cluster_join<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<JoinClusterRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !(req.seed.starts_with("http://") || req.seed.starts_with("https://")) {
+        return Err(ApiError::BadRequest(format!(
+            "`seed` must be a node's URL such as http://10.0.0.2:7400, got `{}`",
+            req.seed
+        )));
+    }
+    Ok(Json(s.cluster_join(req).await?))
+}
+
+fn node_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a node id (a number)")))
+}
+
+async fn cluster_promote<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(s.cluster_promote(node_id(&id)?).await?))
+}
+
+async fn cluster_remove<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(s.cluster_remove(node_id(&id)?).await?))
 }
 
 async fn embeddings<S: ShoalService>(

@@ -24,7 +24,9 @@ pub trait ShoalService: Send + Sync + 'static {
         name: String,
     ) -> impl Future<Output = Result<CollectionInfo, ApiError>> + Send;
     fn list_collections(&self) -> impl Future<Output = Result<CollectionList, ApiError>> + Send;
-    fn delete_collection(&self, name: String) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Drop a collection; answers the log index of the drop.
+    fn delete_collection(&self, name: String)
+        -> impl Future<Output = Result<u64, ApiError>> + Send;
 
     /// Admit a request that adds documents, whose body is `body_bytes` long (None: not declared,
     /// a chunked body), before its body is read: refused with [`ApiError::TooManyRequests`] when
@@ -41,11 +43,12 @@ pub trait ShoalService: Send + Sync + 'static {
         collection: String,
         id: String,
     ) -> impl Future<Output = Result<DocumentInfo, ApiError>> + Send;
+    /// Delete a document; answers the log index of the delete.
     fn delete_document(
         &self,
         collection: String,
         id: String,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    ) -> impl Future<Output = Result<u64, ApiError>> + Send;
     fn get_job(&self, id: String) -> impl Future<Output = Result<JobInfo, ApiError>> + Send;
 
     fn search(
@@ -70,6 +73,34 @@ pub trait ShoalService: Send + Sync + 'static {
     fn list_actors(&self) -> impl Future<Output = Result<ActorList, ApiError>> + Send;
     /// Fault injection (only when the node enables it): make the named actor panic.
     fn inject_panic(&self, actor: String) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Every member of the cluster, as this node and the leader see it.
+    fn cluster_status(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Make this node (not yet in a cluster) a new one-member cluster.
+    fn cluster_init(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Make this node join the cluster of the node at `req.seed`.
+    fn cluster_join(
+        &self,
+        req: JoinClusterRequest,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Make learner `id` a voter.
+    fn cluster_promote(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Remove node `id` from the cluster.
+    fn cluster_remove(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// A digest of this node's whole store and the index it is at (replicas at the same index
+    /// have equal digests).
+    fn store_digest(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Fault injection (only when enabled): cut this node's links to other nodes.
+    fn cut_links(
+        &self,
+        req: CutLinksRequest,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
     /// Called once per HTTP request, after the response is made (for metrics).
     fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64);

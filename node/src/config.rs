@@ -23,7 +23,96 @@ pub struct Config {
     pub index: IndexConfig,
     pub supervisor: SupervisorConfig,
     pub threads: ThreadsConfig,
+    pub cluster: ClusterConfig,
     pub debug: DebugConfig,
+}
+
+/// How the node takes part in a cluster. A node alone is a one-member cluster (it makes one at
+/// its first start, unless `bootstrap` is off or it joins another).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id; 0: the one its data folder was made with, or a new random one.
+    pub node_id: u64,
+    /// The address other nodes and clients reach this node at (`http://host:port`); default:
+    /// the address the API listens on.
+    pub advertise: Option<String>,
+    /// The secret every node of the cluster shares; internal requests without it are refused.
+    /// Needed as soon as there is more than one node. Never printed.
+    pub secret: Option<Secret>,
+    /// At the first start, join the cluster of the node at this address (as a learner) instead of
+    /// making a new one.
+    pub join: Option<String>,
+    /// After joining, ask to become a voter once caught up.
+    pub join_as_voter: bool,
+    /// At the first start, with no `join`, make a new one-member cluster. Turn it off for nodes
+    /// that are added later by `shoal cluster join` or by a leader.
+    pub bootstrap: bool,
+    /// Leader heartbeat interval (ms).
+    pub heartbeat_ms: u64,
+    /// A follower that has heard nothing from its leader for a random time between these two
+    /// (ms) starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (after which the log is compacted) every this many entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind the last snapshot.
+    pub keep_entries_after_snapshot: u64,
+    /// Bytes per snapshot chunk sent to a node that catches up.
+    pub snapshot_chunk_bytes: u64,
+    /// Longest a snapshot chunk may take to arrive (ms).
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries per replication request.
+    pub max_entries_per_append: u64,
+    /// Largest command in one log entry (bytes of text and vectors); larger ingests are split.
+    pub max_entry_bytes: usize,
+    /// How long a write waits for the leader to commit it before 503 (ms).
+    pub write_timeout_ms: u64,
+    /// A node that has not heard from its leader (a leader: from a majority) for this long marks
+    /// its answers stale and refuses writes (ms).
+    pub stale_after_ms: u64,
+    /// How long a search with `min_index` or `consistency: strong` waits for this node to catch
+    /// up before 503 (ms).
+    pub read_wait_ms: u64,
+    /// How long an ingest worker's claim on a document lasts before another node may take it (ms).
+    pub claim_ttl_ms: u64,
+}
+
+/// A secret: read from configuration, never shown (its `Debug` and `shoal config` hide it).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 0,
+            advertise: None,
+            secret: None,
+            join: None,
+            join_as_voter: false,
+            bootstrap: true,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_after_entries: 2_000,
+            keep_entries_after_snapshot: 500,
+            snapshot_chunk_bytes: 4 << 20,
+            install_snapshot_timeout_ms: 10_000,
+            max_entries_per_append: 32,
+            max_entry_bytes: 4 << 20,
+            write_timeout_ms: 5_000,
+            stale_after_ms: 2_000,
+            read_wait_ms: 10_000,
+            claim_ttl_ms: 60_000,
+        }
+    }
 }
 
 /// Thread counts; 0 means one per core. The query and ingest embedders have pools of their own,
@@ -382,6 +471,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as `shoal config` prints it: secrets replaced.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if c.cluster.secret.is_some() {
+            c.cluster.secret = Some(Secret("<redacted>".into()));
+        }
+        c
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("server.max_body_bytes", self.server.max_body_bytes),
@@ -478,6 +576,52 @@ impl Config {
         }
         if (self.ingest.max_document_bytes as u64) > self.ingest.max_queue_bytes {
             return Err("ingest.max_document_bytes must not exceed ingest.max_queue_bytes".into());
+        }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms {
+            return Err(
+                "cluster.election_timeout_min_ms must be larger than cluster.heartbeat_ms (> 0)"
+                    .into(),
+            );
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return Err(
+                "cluster.election_timeout_max_ms must be larger than cluster.election_timeout_min_ms"
+                    .into(),
+            );
+        }
+        for (name, v) in [
+            ("cluster.snapshot_after_entries", c.snapshot_after_entries),
+            ("cluster.snapshot_chunk_bytes", c.snapshot_chunk_bytes),
+            ("cluster.max_entries_per_append", c.max_entries_per_append),
+            ("cluster.max_entry_bytes", c.max_entry_bytes as u64),
+            ("cluster.write_timeout_ms", c.write_timeout_ms),
+            ("cluster.stale_after_ms", c.stale_after_ms),
+            ("cluster.read_wait_ms", c.read_wait_ms),
+            ("cluster.claim_ttl_ms", c.claim_ttl_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if c.max_entry_bytes < (64 << 10) {
+            return Err("cluster.max_entry_bytes must be at least 65536".into());
+        }
+        if c.secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            return Err("cluster.secret must be at least 16 characters".into());
+        }
+        if c.join.is_some() && c.secret.is_none() {
+            return Err(
+                "cluster.join needs cluster.secret (the secret every node of the cluster shares)"
+                    .into(),
+            );
+        }
+        if let Some(a) = &c.advertise {
+            if !(a.starts_with("http://") || a.starts_with("https://")) {
+                return Err(format!(
+                    "cluster.advertise must be a URL such as http://10.0.0.2:7400, got `{a}`"
+                ));
+            }
         }
         if self.index.m > 255 {
             return Err("index.m must be at most 255".into());

@@ -1,8 +1,8 @@
 //! What every part of a node shares. Every change of state goes through [`NodeContext::apply`]:
-//! the apply loop ([`crate::apply_loop`]) commits the command to the store, the mirror
-//! ([`crate::mirror`]) hands its effects to the shard actors, and the
-//! [`crate::watermark::IndexWatermark`] says how far the shards have caught up. The cluster issue
-//! replaces the local apply loop with Raft's; the command path stays the same.
+//! the command is proposed to the Raft group ([`shoal_cluster::ClusterNode::propose`], forwarded
+//! to the leader when this node is not it), committed, applied by the state machine to the store
+//! on every replica, the mirror ([`crate::mirror`]) hands its effects to the shard actors, and the
+//! [`crate::watermark::IndexWatermark`] says how far the shards have caught up.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use ractor::ActorRef;
+use shoal_cluster::ClusterNode;
 use shoal_index::{Payload, Point, ShardParams};
 use shoal_inference::{Chunker, CrossEncoder, Embedder, PauseHook};
-use shoal_storage::{CollectionRecord, Command, Store, StoredPoint};
+use shoal_storage::{CollectionRecord, Command, Outcome, Store, StoredPoint};
 
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::actors::reranker::RerankerMsg;
 use crate::actors::supervisor::SupervisorMsg;
-use crate::apply_loop::{ApplyLoop, Committed};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::ingest_queue::IngestQueue;
@@ -52,8 +52,10 @@ pub struct NodeContext {
     pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
     pub ingest: IngestQueue,
     pub supervisor: OnceLock<ActorRef<SupervisorMsg>>,
-    /// The one writer of the store.
-    pub applier: ApplyLoop,
+    /// This node's part in the cluster: every write is proposed through it.
+    pub cluster: Arc<ClusterNode>,
+    /// The last log index whose effects the mirror has handed on.
+    pub mirrored: tokio::sync::watch::Sender<u64>,
     /// How far the shards have caught up with the store.
     pub watermark: Arc<IndexWatermark>,
     pub index_dir: PathBuf,
@@ -69,9 +71,20 @@ pub struct ContextParts {
     pub reranker: Option<CrossEncoder>,
     pub chunker: Chunker,
     pub metrics: Arc<Metrics>,
-    pub applier: ApplyLoop,
+    pub cluster: Arc<ClusterNode>,
     pub watermark: Arc<IndexWatermark>,
 }
+
+/// A command committed and applied: its log index and what it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
+/// Something a caller keeps alive until the effects of its command have been handed on (the
+/// room a request reserved in the ingest queue, until the mirror has queued its documents).
+pub type Hold = Box<dyn std::any::Any + Send>;
 
 impl NodeContext {
     pub fn new(parts: ContextParts) -> Result<NodeContext, NodeError> {
@@ -82,7 +95,7 @@ impl NodeContext {
             reranker,
             chunker,
             metrics,
-            applier,
+            cluster,
             watermark,
         } = parts;
         let index_dir = config.storage.data_dir.join("index");
@@ -154,7 +167,8 @@ impl NodeContext {
                 metrics.clone(),
             ),
             config,
-            applier,
+            cluster,
+            mirrored: tokio::sync::watch::Sender::new(0),
             watermark,
             store,
             embedder,
@@ -250,14 +264,51 @@ impl NodeContext {
         self.shards.forget_dump_lock(uid);
     }
 
-    /// Apply one command: the apply loop commits it to the store, in log order, whether or not
-    /// the caller is still waiting. The index mirrors it shortly after (see
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> u64 {
+        self.cluster.id
+    }
+
+    /// Apply one command: propose it to the cluster (through the leader) and wait until it is
+    /// committed, applied by the leader (whose outcome this is) and applied on this node too, so
+    /// that a read here right after sees it. Dropping the future leaves the command applied
+    /// whole or not at all. The index mirrors it shortly after (see
     /// [`NodeContext::wait_searchable`]).
     pub async fn apply(&self, command: Command) -> Result<Committed, NodeError> {
         let kind = command.kind();
-        let committed = self.applier.apply(command).await?;
-        tracing::debug!(index = committed.index, kind, "applied");
-        Ok(committed)
+        let proposed = self.cluster.propose(command).await?;
+        let wait = Duration::from_millis(self.config.cluster.write_timeout_ms);
+        if let Err(e) = self.cluster.wait_applied(proposed.index, wait).await {
+            // Committed, so it will be applied here; the answer goes out anyway.
+            tracing::warn!(index = proposed.index, kind, error = %e, "a committed write is not applied here yet");
+        }
+        tracing::debug!(index = proposed.index, kind, "applied");
+        Ok(Committed {
+            index: proposed.index,
+            outcome: proposed.outcome?,
+        })
+    }
+
+    /// [`NodeContext::apply`], keeping `hold` alive until the command's effects have been handed
+    /// on by the mirror (or the command failed), whether or not the caller is still waiting.
+    pub async fn apply_holding(
+        self: &Arc<Self>,
+        command: Command,
+        hold: Hold,
+    ) -> Result<Committed, NodeError> {
+        let ctx = self.clone();
+        let task = tokio::spawn(async move {
+            let result = ctx.apply(command).await;
+            if let Ok(c) = &result {
+                let mut rx = ctx.mirrored.subscribe();
+                let index = c.index;
+                let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| *m >= index))
+                    .await;
+            }
+            drop(hold);
+            result
+        });
+        task.await?
     }
 
     /// Wait (at most `limit`) until the shard of collection `uid` has mirrored log index

@@ -1,6 +1,7 @@
 //! The node's error type, and how it maps onto the API's error kinds.
 
 use shoal_api::ApiError;
+use shoal_cluster::ClusterError;
 use shoal_index::IndexError;
 use shoal_inference::InferenceError;
 use shoal_storage::StoreError;
@@ -27,6 +28,8 @@ pub enum NodeError {
     Internal(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl From<tokio::task::JoinError> for NodeError {
@@ -53,6 +56,19 @@ impl From<NodeError> for ApiError {
             NodeError::NotReady(_) | NodeError::Actor(_) => ApiError::NotReady(msg),
             // Work stopped because its request was gone: nobody reads this answer.
             NodeError::Inference(InferenceError::Cancelled) => ApiError::Timeout(msg),
+            NodeError::Cluster(c) => match c {
+                ClusterError::NoLeader(_)
+                | ClusterError::NoQuorum(_)
+                | ClusterError::NotLeader { .. }
+                | ClusterError::Unreachable(_)
+                | ClusterError::Refused(_)
+                | ClusterError::Timeout(_) => ApiError::NotReady(msg),
+                ClusterError::BadRequest(_) => ApiError::BadRequest(msg),
+                ClusterError::NotFound(_) => ApiError::NotFound(msg),
+                ClusterError::Conflict(_) => ApiError::Conflict(msg),
+                ClusterError::TooLarge(_) => ApiError::PayloadTooLarge(msg),
+                ClusterError::Fatal(_) | ClusterError::Internal(_) => ApiError::Internal(msg),
+            },
             NodeError::Store(_)
             | NodeError::Index(_)
             | NodeError::Inference(_)

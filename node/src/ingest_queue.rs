@@ -34,8 +34,11 @@ pub struct QueueFull {
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<PendingDocument>,
-    /// Queued or in flight.
+    /// Queued, in flight, or deferred.
     known: HashSet<PendingDocument>,
+    /// Claimed by another node until the given time (ms since the epoch): looked at again then,
+    /// in case that node is gone and its claim expires.
+    deferred: Vec<(PendingDocument, u64)>,
     in_flight: HashMap<usize, Vec<PendingDocument>>,
     /// Text bytes and documents queued or in flight.
     bytes: u64,
@@ -238,6 +241,51 @@ impl IngestQueue {
         self.update_gauges(&inner);
     }
 
+    /// `worker` found these of its documents claimed by other nodes until the given times: they
+    /// leave its hands and wait until then (see [`IngestQueue::release_due`]).
+    pub fn defer(&self, worker: usize, docs: Vec<(PendingDocument, u64)>) {
+        let mut inner = self.inner.lock();
+        if let Some(held) = inner.in_flight.get_mut(&worker) {
+            held.retain(|d| !docs.iter().any(|(x, _)| x == d));
+        }
+        inner.deferred.extend(docs);
+    }
+
+    /// Queue again the deferred documents whose other claim has expired by `now_ms` (if that
+    /// node finished them meanwhile, the worker that takes them finds them done).
+    pub fn release_due(&self, now_ms: u64) -> usize {
+        let released = {
+            let mut inner = self.inner.lock();
+            let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.deferred)
+                .into_iter()
+                .partition(|(_, until)| *until <= now_ms);
+            inner.deferred = wait;
+            let n = due.len();
+            for (d, _) in due {
+                inner.queue.push_back(d);
+            }
+            self.update_gauges(&inner);
+            n
+        };
+        if released > 0 {
+            self.wake();
+        }
+        released
+    }
+
+    /// Forget everything queued or deferred (the state was replaced; the caller queues the new
+    /// state's pending documents). What workers hold stays theirs until they finish.
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock();
+        inner.queue.clear();
+        inner.deferred.clear();
+        let held: HashSet<PendingDocument> = inner.in_flight.values().flatten().cloned().collect();
+        inner.bytes = held.iter().map(|d| d.bytes).sum();
+        inner.documents = held.len() as u64;
+        inner.known = held;
+        self.update_gauges(&inner);
+    }
+
     /// Forget queued documents of a dropped collection.
     pub fn drop_collection(&self, uid: u64) {
         let mut inner = self.inner.lock();
@@ -246,16 +294,19 @@ impl IngestQueue {
             known,
             bytes,
             documents,
+            deferred,
             ..
         } = &mut *inner;
-        queue.retain(|d| {
+        let mut forget = |d: &PendingDocument| {
             let keep = d.uid != uid;
             if !keep && known.remove(d) {
                 *bytes = bytes.saturating_sub(d.bytes);
                 *documents = documents.saturating_sub(1);
             }
             keep
-        });
+        };
+        queue.retain(&mut forget);
+        deferred.retain(|(d, _)| forget(d));
         self.update_gauges(&inner);
     }
 
@@ -316,6 +367,29 @@ mod tests {
         q.drop_collection(1);
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn documents_claimed_elsewhere_wait_until_that_claim_expires() {
+        let q = queue(1 << 20, 1000);
+        q.enqueue(vec![doc("a", 1), doc("b", 1)]);
+        let got = q.take(0, 1000);
+        assert_eq!(got.len(), 2);
+        q.defer(0, vec![(doc("b", 1), 500)]);
+        q.finish(0);
+        // `b` is still known (not queued twice) and counted
+        q.enqueue(vec![doc("b", 1)]);
+        assert_eq!((q.len(), q.bytes()), (0, 10));
+        assert_eq!(q.release_due(499), 0);
+        assert_eq!(q.release_due(500), 1);
+        assert_eq!(q.take(0, 1000), vec![doc("b", 1)]);
+        q.finish(0);
+        assert_eq!(q.bytes(), 0);
+        // clear keeps only what workers hold
+        q.enqueue(vec![doc("c", 1), doc("d", 1)]);
+        q.take(1, 5);
+        q.clear();
+        assert_eq!((q.len(), q.bytes()), (0, 10));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! embedder actors; every change of state goes through [`context::NodeContext::apply`].
 
 pub mod actors;
-pub mod apply_loop;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod embed_exec;
@@ -33,7 +33,6 @@ use shoal_inference::{
 use shoal_storage::{Command, Store, StoreOptions};
 
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
-use crate::apply_loop::ApplyLoop;
 use crate::config::Config;
 use crate::context::{ContextParts, NodeContext};
 use crate::metrics::Metrics;
@@ -52,22 +51,12 @@ pub struct RunningNode {
     pub ctx: Arc<NodeContext>,
     pub supervisor: ractor::ActorRef<SupervisorMsg>,
     supervisor_handle: tokio::task::JoinHandle<()>,
-    /// Set (with the reason) if the store fails: the node must stop.
-    fatal: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl RunningNode {
-    /// Resolves with the reason if the store fails.
+    /// Resolves with the reason if consensus stops (the store failed): the node must stop.
     pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
-        let mut rx = self.fatal.clone();
-        async move {
-            let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
-            match reason {
-                Ok(reason) => reason.unwrap_or_default(),
-                // The apply loop's thread is gone without saying why.
-                Err(_) => "the apply loop stopped".to_string(),
-            }
-        }
+        self.ctx.cluster.failed()
     }
 
     /// Stop every actor (shards dump their graphs) and flush the store.
@@ -81,6 +70,7 @@ impl RunningNode {
         .await;
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(30), self.supervisor_handle).await;
+        self.ctx.cluster.shutdown().await;
         self.ctx.store.flush()?;
         Ok(())
     }
@@ -168,18 +158,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    // The store's one writer, and the mirror that follows it into the index.
+    // Consensus: the state machine applies committed entries to the store and hands their
+    // effects to the mirror, which follows into the index.
     let watermark = Arc::new(IndexWatermark::new(store.applied_index()?));
-    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
-    let applier = ApplyLoop::start(
-        store.clone(),
-        watermark.clone(),
-        effects_tx,
-        Box::new(move |reason| {
-            let _ = fatal_tx.send(Some(reason));
-        }),
-    )?;
+    let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = Arc::new(mirror::NodeSink {
+        watermark: watermark.clone(),
+        tx: mirror_tx,
+    });
+    let cluster = cluster::start(&config, store.clone(), sink, metrics.clone()).await?;
     let ctx = Arc::new(NodeContext::new(ContextParts {
         config: config.clone(),
         store,
@@ -187,7 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         reranker,
         chunker,
         metrics,
-        applier,
+        cluster,
         watermark,
     })?);
     ctx.remove_orphan_dumps()?;
@@ -199,17 +186,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     .await
     .context("cannot start the supervision tree")?;
     let _ = ctx.supervisor.set(supervisor.clone());
-    tokio::spawn(mirror::run(ctx.clone(), effects_rx));
+    tokio::spawn(mirror::run(ctx.clone(), mirror_rx));
     tokio::spawn(warm_up_and_resume(ctx.clone()));
-    if config.ingest.job_retention_s > 0 {
-        tokio::spawn(expire_jobs(ctx.clone()));
-    }
+    tokio::spawn(cluster::bootstrap_or_join(ctx.clone()));
+    tokio::spawn(release_deferred_claims(ctx.clone()));
+    tokio::spawn(expire_jobs(ctx.clone()));
 
     Ok(RunningNode {
         ctx,
         supervisor,
         supervisor_handle,
-        fatal,
     })
 }
 
@@ -251,22 +237,57 @@ async fn warm_up_and_resume(ctx: Arc<NodeContext>) {
     }
 }
 
-/// Forget finished jobs older than `ingest.job_retention_s`, checking every tenth of it (at
-/// least every second, at most every hour). Expiry is a command like any other change.
+/// Documents another node claimed are looked at again once its claim expires (it may be gone).
+async fn release_deferred_claims(ctx: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ctx.ingest.release_due(actors::ingest::now_ms());
+    }
+}
+
+/// How long the staged parts of a request that never finished are kept.
+const STAGED_RETENTION: Duration = Duration::from_secs(3600);
+
+/// On the leader only (one node proposes it, every node applies it): forget finished jobs older
+/// than `ingest.job_retention_s` (0 keeps them), checking every tenth of it (at least every
+/// second, at most every minute), and the staged parts of requests that never finished. Expiry
+/// is a command like any other change.
 async fn expire_jobs(ctx: Arc<NodeContext>) {
     let retention = Duration::from_secs(ctx.config.ingest.job_retention_s);
-    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let before_ms = actors::ingest::now_ms().saturating_sub(retention.as_millis() as u64);
+        if !ctx.cluster.is_leader() {
+            continue;
+        }
+        let now = actors::ingest::now_ms();
+        let before_ms = if retention.is_zero() {
+            0
+        } else {
+            now.saturating_sub(retention.as_millis() as u64)
+        };
+        let staged_before_ms = now.saturating_sub(STAGED_RETENTION.as_millis() as u64);
         let store = ctx.store.clone();
-        let due = tokio::task::spawn_blocking(move || store.expirable_jobs(before_ms)).await;
+        let due = tokio::task::spawn_blocking(move || {
+            Ok::<_, shoal_storage::StoreError>(
+                store.expirable_jobs(before_ms)? + store.expirable_staged(staged_before_ms)?,
+            )
+        })
+        .await;
         if !matches!(due, Ok(Ok(n)) if n > 0) {
             continue;
         }
-        match ctx.apply(Command::ExpireJobs { before_ms }).await {
+        match ctx
+            .apply(Command::ExpireJobs {
+                before_ms,
+                staged_before_ms,
+            })
+            .await
+        {
             Ok(c) => tracing::info!(outcome = ?c.outcome, "expired old jobs"),
             Err(e) => tracing::warn!(error = %e, "could not expire old jobs"),
         }
@@ -274,20 +295,25 @@ async fn expire_jobs(ctx: Arc<NodeContext>) {
 }
 
 /// Run a node until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let node = start(config.clone()).await?;
-    let ctx = node.ctx.clone();
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    // Listen first: the address (port 0 picks one) is what the node tells the cluster.
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    if config.cluster.advertise.is_none() {
+        config.cluster.advertise = Some(format!("http://{addr}"));
+    }
+    let node = start(config.clone()).await?;
+    let ctx = node.ctx.clone();
     let app = router(
         Arc::new(Node { ctx: ctx.clone() }),
         RouterLimits {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
         },
-    );
+    )
+    .merge(shoal_cluster::internal_router(ctx.cluster.clone()));
     tracing::info!(%addr, "listening");
     // Tests and scripts read this line to find the port when listening on port 0.
     println!("shoal listening on {addr}");

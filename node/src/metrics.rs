@@ -30,6 +30,16 @@ pub struct Metrics {
     pub query_cache_hits: IntCounter,
     pub query_cache_misses: IntCounter,
     pub rerank_seconds: HistogramVec,
+    pub cluster_forwarded_writes: IntCounter,
+    pub cluster_snapshots: IntCounterVec,
+    pub cluster_claims: IntCounterVec,
+    pub cluster_term: IntGauge,
+    pub cluster_leader: IntGauge,
+    pub cluster_is_leader: IntGauge,
+    pub cluster_commit_index: IntGauge,
+    pub cluster_applied_index: IntGauge,
+    pub cluster_replication_lag: GaugeVec,
+    pub cluster_stale: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -105,7 +115,51 @@ impl Metrics {
         ));
         must(registry.register(Box::new(query_cache_misses.clone())));
         must(registry.register(Box::new(ready.clone())));
+        let int_gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(g.clone())));
+            g
+        };
+        let cluster_forwarded_writes = must(IntCounter::new(
+            "cluster_forwarded_writes_total",
+            "Writes received by this node while it was not the leader, forwarded to the leader",
+        ));
+        must(registry.register(Box::new(cluster_forwarded_writes.clone())));
         Metrics {
+            cluster_forwarded_writes,
+            cluster_snapshots: counter_vec(
+                "cluster_snapshots_total",
+                "Raft snapshots this node built (event=built) or installed from the leader (event=installed)",
+                &["event"],
+            ),
+            cluster_claims: counter_vec(
+                "cluster_claims_total",
+                "Document claims of this node's ingest workers: granted, taken_over (another node's had expired), held_elsewhere (refused: another node holds it), lost (chunks refused: another node took the claim over)",
+                &["event"],
+            ),
+            cluster_term: int_gauge("cluster_term", "The Raft term this node is in"),
+            cluster_leader: int_gauge(
+                "cluster_leader_id",
+                "The id of the leader this node knows (0: none)",
+            ),
+            cluster_is_leader: int_gauge("cluster_is_leader", "1 while this node is the leader"),
+            cluster_commit_index: int_gauge(
+                "cluster_commit_index",
+                "The last log index this node knows to be committed",
+            ),
+            cluster_applied_index: int_gauge(
+                "cluster_applied_index",
+                "The last log index this node has applied to its store",
+            ),
+            cluster_replication_lag: gauge_vec(
+                "cluster_replication_lag_entries",
+                "On the leader: log entries each member has not received yet",
+                &["node"],
+            ),
+            cluster_stale: int_gauge(
+                "cluster_stale",
+                "1 when this node cannot vouch that its data is current (no leader, or no quorum)",
+            ),
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests by method, route and status",

@@ -1,29 +1,110 @@
 //! The index mirror: hands the effects of applied commands to the shard actors, in log order.
 //!
-//! One task reads the apply loop's effects and, for each command, starts or stops shard actors
-//! and sends each affected shard one message with that command's point changes. It never waits
-//! for a shard to finish: the shard reports to the [`crate::watermark::IndexWatermark`] when it
-//! has. A shard that cannot take its message (it is being restarted) loses nothing: it reloads
-//! from the store, which already holds the change.
+//! The state machine ([`shoal_cluster::state_machine`]) calls the [`NodeSink`] for every entry
+//! it applies; the sink registers the entry with the [`IndexWatermark`] and passes its effects to
+//! one task that, for each command, starts or stops shard actors and sends each affected shard
+//! one message with that command's point changes. It never waits for a shard to finish: the shard
+//! reports to the watermark when it has. A shard that cannot take its message (it is being
+//! restarted) loses nothing: it reloads from the store, which already holds the change. When a
+//! snapshot replaces the whole state, every shard is rebuilt from the new store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use shoal_cluster::IndexSink;
 use shoal_storage::Effect;
 use tokio::sync::mpsc;
 
 use crate::actors::shard::{ShardMsg, ShardOp};
 use crate::actors::supervisor::SupervisorMsg;
-use crate::apply_loop::EffectBatch;
 use crate::context::{to_index_points, NodeContext};
+use crate::watermark::IndexWatermark;
+
+/// What the state machine tells the mirror.
+pub enum MirrorMsg {
+    /// The effects of the command applied at `index`.
+    Effects { index: u64, effects: Vec<Effect> },
+    /// A snapshot replaced the whole state as of `index`.
+    Replaced { index: u64 },
+}
+
+/// The state machine's view of the index: the watermark learns of every applied entry (in log
+/// order, before its effects are handled), the mirror task gets the effects.
+pub struct NodeSink {
+    pub watermark: Arc<IndexWatermark>,
+    pub tx: mpsc::UnboundedSender<MirrorMsg>,
+}
+
+impl IndexSink for NodeSink {
+    fn applied(&self, index: u64, effects: Vec<Effect>) {
+        self.watermark
+            .applied(index, &crate::watermark::shard_uids(&effects));
+        if !effects.is_empty() {
+            let _ = self.tx.send(MirrorMsg::Effects { index, effects });
+        }
+    }
+
+    fn replaced(&self, index: u64) {
+        let _ = self.tx.send(MirrorMsg::Replaced { index });
+    }
+}
 
 /// Hand every applied command's effects on, in log order. Never waits for an actor or the
 /// file system: one slow collection cannot hold up the others' mirroring.
-pub async fn run(ctx: Arc<NodeContext>, mut effects: mpsc::UnboundedReceiver<EffectBatch>) {
-    while let Some(batch) = effects.recv().await {
-        mirror(&ctx, batch.index, batch.effects);
-        // The caller's hold (its room in the ingest queue) goes now that its documents are queued.
-        drop(batch.hold);
+pub async fn run(ctx: Arc<NodeContext>, mut rx: mpsc::UnboundedReceiver<MirrorMsg>) {
+    while let Some(msg) = rx.recv().await {
+        let index = match msg {
+            MirrorMsg::Effects { index, effects } => {
+                mirror(&ctx, index, effects);
+                index
+            }
+            MirrorMsg::Replaced { index } => {
+                rebuild(&ctx, index).await;
+                index
+            }
+        };
+        // Callers holding room in the ingest queue for a command let go once this is past it.
+        ctx.mirrored.send_modify(|m| *m = (*m).max(index));
+    }
+}
+
+/// The store was replaced by a snapshot: stop every shard, rebuild each from the new store, and
+/// queue the new state's pending documents.
+async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
+    tracing::info!(
+        index,
+        "the state was replaced by a snapshot; rebuilding the index"
+    );
+    ctx.watermark.reset(index);
+    ctx.ingest.clear();
+    let sup = match ctx.supervisor() {
+        Ok(s) => s.clone(),
+        Err(e) => {
+            tracing::error!(error = %e, "no supervisor to rebuild the shards");
+            return;
+        }
+    };
+    for (name, uid) in ctx.shards.all() {
+        ctx.shards.remove(&name, uid);
+        let _ = sup.cast(SupervisorMsg::StopShard { name, uid });
+    }
+    let store = ctx.store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        Ok::<_, shoal_storage::StoreError>((store.collections()?, store.pending_documents()?))
+    })
+    .await;
+    match read {
+        Ok(Ok((collections, pending))) => {
+            for c in collections {
+                let _ = sup.cast(SupervisorMsg::StartShard(c));
+            }
+            ctx.ingest.enqueue(pending);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the new state"),
+        Err(e) => tracing::error!(error = %e, "reading the new state failed"),
+    }
+    if let Err(e) = ctx.remove_orphan_dumps() {
+        tracing::warn!(error = %e, "could not remove the dumps of dropped collections");
     }
 }
 

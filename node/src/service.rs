@@ -71,7 +71,29 @@ impl Node {
                 live_points: stats.map(|s| s.live_points as u64).unwrap_or(0),
                 tombstones: stats.map(|s| s.tombstones as u64).unwrap_or(0),
             },
+            log_index: None,
         }
+    }
+
+    /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
+    /// the store and mirrored by the index), at most `cluster.read_wait_ms`.
+    async fn wait_for_index(&self, uid: u64, index: u64, what: &str) -> Result<()> {
+        let limit = Duration::from_millis(self.ctx.config.cluster.read_wait_ms);
+        let start = Instant::now();
+        self.ctx
+            .cluster
+            .wait_applied(index, limit)
+            .await
+            .map_err(|e| ApiError::NotReady(format!("{what}: {e}")))?;
+        let left = limit.saturating_sub(start.elapsed());
+        if !self.ctx.wait_searchable(uid, index, left).await {
+            return Err(ApiError::NotReady(format!(
+                "{what}: this node's index has reached {} of {index} after {} ms (cluster.read_wait_ms)",
+                self.ctx.watermark.current_for(uid),
+                limit.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     async fn read<T: Send + 'static>(
@@ -303,7 +325,19 @@ impl ShoalService for Node {
         components.insert("ingest_queue".into(), Value::from(self.ctx.ingest.len()));
         let (_, reranker) = self.model_states();
         components.insert("reranker".into(), Value::from(reranker.state));
-        let ready = self.ctx.is_ready();
+        let cluster = &self.ctx.cluster;
+        let member = cluster.is_initialized().await;
+        components.insert(
+            "cluster".into(),
+            serde_json::json!({
+                "node_id": cluster.id,
+                "member": member,
+                "leader": cluster.leader().map(|(id, _)| id),
+                "applied_index": cluster.applied_index(),
+                "stale": cluster.stale(),
+            }),
+        );
+        let ready = self.ctx.is_ready() && member;
         self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
         ReadyResponse { ready, components }
     }
@@ -316,6 +350,25 @@ impl ShoalService for Node {
             .metrics
             .index_watermark_lag
             .set(w.applied_index().saturating_sub(w.current()) as i64);
+        let st = self.ctx.cluster.local_status().await;
+        let m = &self.ctx.metrics;
+        m.cluster_term.set(st.term as i64);
+        m.cluster_leader.set(st.leader.unwrap_or(0) as i64);
+        m.cluster_is_leader
+            .set(i64::from(st.leader == Some(st.id) && st.state == "leader"));
+        m.cluster_commit_index
+            .set(st.commit_index.unwrap_or(0) as i64);
+        m.cluster_applied_index.set(st.applied_index as i64);
+        m.cluster_stale.set(i64::from(st.stale.is_some()));
+        m.cluster_replication_lag.reset();
+        if let Some(r) = &st.replication {
+            let last = st.last_log_index.unwrap_or(0);
+            for (node, matched) in r {
+                m.cluster_replication_lag
+                    .with_label_values(&[node.to_string().as_str()])
+                    .set(last.saturating_sub(matched.unwrap_or(0)) as f64);
+            }
+        }
         self.ctx
             .metrics
             .render()
@@ -358,7 +411,9 @@ impl ShoalService for Node {
                 self.ctx
                     .wait_searchable(record.uid, committed.index, SHARD_LOAD_WAIT)
                     .await;
-                Ok(self.collection_info(&record))
+                let mut info = self.collection_info(&record);
+                info.log_index = Some(committed.index);
+                Ok(info)
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
@@ -376,15 +431,16 @@ impl ShoalService for Node {
         })
     }
 
-    async fn delete_collection(&self, name: String) -> Result<()> {
+    async fn delete_collection(&self, name: String) -> Result<u64> {
         // Gone from the store, gone for every read: searches answer 404 at once.
-        self.ctx
+        let committed = self
+            .ctx
             .apply(Command::DropCollection {
                 name,
                 at_ms: now_ms(),
             })
             .await?;
-        Ok(())
+        Ok(committed.index)
     }
 
     fn admit_documents(&self, body_bytes: Option<u64>) -> Result<Reservation> {
@@ -469,27 +525,61 @@ impl ShoalService for Node {
             })?;
         // The mirror queues the accepted documents for ingest, whether or not this request is
         // still waiting when the command is applied; the room reserved for them is held until
-        // then (the apply loop keeps it with the command, and the mirror drops it once the
-        // documents are queued), so that nothing is counted nowhere in between.
+        // then, so that nothing is counted nowhere in between.
         let mut body = body;
         body.shrink_to(text_bytes);
-        let hold: crate::apply_loop::Hold = Box::new((body, docs));
-        self.ctx
-            .applier
+        let hold: crate::context::Hold = Box::new((body, docs));
+        // A request larger than one log entry is staged in parts under its job, then accepted
+        // whole by one last command (a request dropped half-way accepts nothing; its staged parts
+        // expire).
+        let max = self.ctx.config.cluster.max_entry_bytes;
+        let at_ms = now_ms();
+        let mut parts: Vec<Vec<StoredInput>> = Vec::new();
+        let mut size = 0;
+        for d in documents {
+            let bytes = d.id.len() + d.text.len() + d.metadata_json.len() + 16;
+            match parts.last_mut() {
+                Some(last) if size + bytes <= max => {
+                    size += bytes;
+                    last.push(d);
+                }
+                _ => {
+                    size = bytes;
+                    parts.push(vec![d]);
+                }
+            }
+        }
+        let last = parts.pop().unwrap_or_default();
+        let staged = parts.len() as u32;
+        for (part, documents) in parts.into_iter().enumerate() {
+            self.ctx
+                .apply(Command::StageDocuments {
+                    collection: collection.clone(),
+                    job_id: job_id.clone(),
+                    part: part as u32,
+                    documents,
+                    at_ms,
+                })
+                .await?;
+        }
+        let committed = self
+            .ctx
             .apply_holding(
                 Command::AcceptDocuments {
                     collection,
                     job_id: job_id.clone(),
-                    documents,
-                    at_ms: now_ms(),
+                    documents: last,
+                    staged_parts: staged,
+                    at_ms,
                 },
-                Some(hold),
+                hold,
             )
             .await?;
         Ok(AddDocumentsResponse {
             status_url: format!("/api/v1/jobs/{job_id}"),
             job_id,
             documents: n,
+            index: committed.index,
         })
     }
 
@@ -514,7 +604,7 @@ impl ShoalService for Node {
         })
     }
 
-    async fn delete_document(&self, collection: String, id: String) -> Result<()> {
+    async fn delete_document(&self, collection: String, id: String) -> Result<u64> {
         let uid = self.require_collection(&collection)?.uid;
         let committed = self
             .ctx
@@ -527,7 +617,7 @@ impl ShoalService for Node {
         self.ctx
             .wait_searchable(uid, committed.index, VISIBLE_WAIT)
             .await;
-        Ok(())
+        Ok(committed.index)
     }
 
     async fn get_job(&self, id: String) -> Result<JobInfo> {
@@ -597,7 +687,32 @@ impl ShoalService for Node {
             Some(f) => Some(Filter::from_json_limited(f, &filter_limits).map_err(NodeError::from)?),
             None => None,
         };
+        // Read at an index: `strong` asks the leader for its commit index (a linearizable read),
+        // `min_index` names one (read your writes); this node applies and indexes up to it first.
+        let read_at = match req.consistency.unwrap_or_default() {
+            Consistency::Strong => Some(
+                self.ctx
+                    .cluster
+                    .read_index()
+                    .await
+                    .map_err(NodeError::from)?
+                    .max(req.min_index.unwrap_or(0)),
+            ),
+            Consistency::Local => req.min_index,
+        };
+        if let Some(index) = read_at {
+            let limit = Duration::from_millis(self.ctx.config.cluster.read_wait_ms);
+            self.ctx
+                .cluster
+                .wait_applied(index, limit)
+                .await
+                .map_err(|e| ApiError::NotReady(format!("cannot read at index {index}: {e}")))?;
+        }
         let coll = self.require_collection(&collection)?;
+        if let Some(index) = read_at {
+            self.wait_for_index(coll.uid, index, &format!("cannot read at index {index}"))
+                .await?;
+        }
         let query_text = req.query.clone();
         let mut embed_time = Duration::ZERO;
         let vector: Arc<Vec<f32>> = match (req.query, req.vector) {
@@ -655,6 +770,12 @@ impl ShoalService for Node {
         let max_scan = Some(cfg.max_exact_points);
         let ctx = self.ctx.clone();
         let uid = coll.uid;
+        let applied_index = self.ctx.watermark.current_for(uid);
+        let stale_reason = if read_at.is_some() && req.consistency == Some(Consistency::Strong) {
+            None
+        } else {
+            self.ctx.cluster.stale()
+        };
         let index_start = Instant::now();
         let mut hits = tokio::task::spawn_blocking(move || {
             let hits = shard.search(&IndexSearch {
@@ -715,6 +836,9 @@ impl ShoalService for Node {
         Ok(SearchResponse {
             hits,
             took_ms: took.as_secs_f64() * 1000.0,
+            applied_index,
+            stale: stale_reason.is_some(),
+            stale_reason,
         })
     }
 
@@ -908,6 +1032,85 @@ impl ShoalService for Node {
         })
         .await?
         .map_err(ApiError::NotFound)
+    }
+
+    async fn cluster_status(&self) -> Result<Value> {
+        let status = self.ctx.cluster.status().await;
+        serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    async fn cluster_init(&self) -> Result<Value> {
+        let id = self
+            .ctx
+            .cluster
+            .initialize()
+            .await
+            .map_err(NodeError::from)?;
+        Ok(serde_json::json!({ "cluster_id": id, "node_id": self.ctx.node_id() }))
+    }
+
+    async fn cluster_join(&self, req: JoinClusterRequest) -> Result<Value> {
+        let cluster = self.ctx.cluster.clone();
+        if cluster.is_initialized().await {
+            return Err(ApiError::Conflict(format!(
+                "node {} already belongs to cluster {}; remove it there and wipe its data folder to move it",
+                cluster.id,
+                cluster.cluster_id().unwrap_or_default()
+            )));
+        }
+        if cluster.cluster_id().is_none() && self.ctx.config.cluster.secret.is_none() {
+            return Err(bad(
+                "this node has no cluster.secret: set the cluster's secret (SHOAL_CLUSTER__SECRET) and restart it",
+            ));
+        }
+        let (cluster_id, commit) = cluster.join(&req.seed).await.map_err(NodeError::from)?;
+        if req.voter {
+            tokio::spawn(crate::cluster::promote_when_caught_up(
+                cluster.clone(),
+                commit,
+            ));
+        }
+        Ok(serde_json::json!({
+            "cluster_id": cluster_id,
+            "node_id": cluster.id,
+            "role": "learner",
+            "voter_requested": req.voter,
+        }))
+    }
+
+    async fn cluster_promote(&self, id: u64) -> Result<Value> {
+        self.ctx
+            .cluster
+            .promote(id)
+            .await
+            .map_err(NodeError::from)?;
+        Ok(serde_json::json!({ "promoted": id }))
+    }
+
+    async fn cluster_remove(&self, id: u64) -> Result<Value> {
+        self.ctx.cluster.remove(id).await.map_err(NodeError::from)?;
+        Ok(serde_json::json!({ "removed": id }))
+    }
+
+    async fn store_digest(&self) -> Result<Value> {
+        let (applied, digest) = self.read(|ctx| Ok(ctx.store.digest()?)).await?;
+        Ok(serde_json::json!({
+            "node_id": self.ctx.node_id(),
+            "applied_index": applied,
+            "digest": digest,
+        }))
+    }
+
+    async fn cut_links(&self, req: CutLinksRequest) -> Result<Value> {
+        if !self.ctx.config.debug.fault_injection {
+            return Err(ApiError::NotFound(
+                "fault injection is disabled (start the node with --fault-injection)".into(),
+            ));
+        }
+        self.ctx
+            .cluster
+            .cut_links(req.cut.iter().copied().collect());
+        Ok(serde_json::json!({ "cut": self.ctx.cluster.faults().cut() }))
     }
 
     fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {

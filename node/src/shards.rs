@@ -124,6 +124,15 @@ impl ShardRegistry {
             .is_some_and(|s| s.uid == uid)
     }
 
+    /// Every collection with a slot, and its uid.
+    pub fn all(&self) -> Vec<(String, u64)> {
+        self.slots
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.uid))
+            .collect()
+    }
+
     /// Collections whose shard has not finished its first load.
     pub fn loading(&self) -> Vec<String> {
         self.slots

@@ -1,6 +1,6 @@
 //! How far the index shards have caught up with the store.
 //!
-//! The apply loop commits each command to the store and moves on; the shard actors mirror the
+//! The state machine commits each command to the store and moves on; the shard actors mirror the
 //! command's effects afterwards, in log order. A collection's watermark is the highest log index
 //! whose effects its shard has mirrored: what the store said at that index, search in that
 //! collection agrees with. Readers that need the index to agree with a write (a job reading as
@@ -22,7 +22,7 @@ pub struct IndexWatermark {
 
 #[derive(Default)]
 struct Inner {
-    /// The last index the apply loop committed.
+    /// The last index the state machine applied.
     applied: u64,
     /// Log index → collections (uids) whose shard has not mirrored that index yet.
     pending: BTreeMap<u64, Vec<u64>>,
@@ -79,7 +79,7 @@ impl IndexWatermark {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// The apply loop committed command `index`; the shards of `uids` must mirror its effects.
+    /// The state machine applied entry `index`; the shards of `uids` must mirror its effects.
     /// Called in log order.
     pub fn applied(&self, index: u64, uids: &[u64]) {
         self.update(|inner| {
@@ -113,6 +113,16 @@ impl IndexWatermark {
             for index in done {
                 inner.done(index, uid);
             }
+        });
+    }
+
+    /// The whole state was replaced (a snapshot) as of `applied`: nothing before it is awaited;
+    /// the shards reload from the new state.
+    pub fn reset(&self, applied: u64) {
+        self.update(|inner| {
+            inner.pending.clear();
+            inner.by_uid.clear();
+            inner.applied = inner.applied.max(applied);
         });
     }
 
@@ -164,6 +174,21 @@ impl IndexWatermark {
         };
         tokio::time::timeout(limit, wait).await.is_ok()
     }
+}
+
+/// Collections whose shards must mirror these effects.
+pub fn shard_uids(effects: &[shoal_storage::Effect]) -> Vec<u64> {
+    use shoal_storage::Effect;
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CollectionCreated(c) => Some(c.uid),
+            Effect::CollectionDropped { uid, .. }
+            | Effect::PointsAdded { uid, .. }
+            | Effect::PointsRemoved { uid, .. } => Some(*uid),
+            Effect::DocumentsPending(_) => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

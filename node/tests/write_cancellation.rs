@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use shoal_node::config::Config;
-use shoal_storage::{ChunkInput, CollectionSpec, Command, DocumentInput, HnswParams};
+use shoal_storage::{
+    ChunkInput, CollectionSpec, Command, DocumentChunks, DocumentInput, HnswParams,
+};
 
 fn model_dir() -> PathBuf {
     let dir = std::env::var_os("SHOAL_MODEL_DIR")
@@ -66,6 +68,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                     metadata_json: "{}".into(),
                 })
                 .collect(),
+            staged_parts: 0,
             at_ms: 2,
         };
         ctx.apply(accept).await.unwrap();
@@ -85,9 +88,12 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                 .collect();
             let command = Command::StoreChunks {
                 collection: "c".into(),
-                doc_id: format!("d{d}"),
-                version,
-                chunks,
+                node: ctx.node_id(),
+                documents: vec![DocumentChunks {
+                    doc_id: format!("d{d}"),
+                    version,
+                    chunks,
+                }],
                 at_ms: 3,
             };
             let c = ctx.clone();
@@ -150,14 +156,30 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
     for t in tasks {
         let _ = t.await;
     }
-    // Let the index catch up with the store (bounded).
-    let applied = ctx.store.applied_index().unwrap();
-    assert!(
-        ctx.watermark
-            .wait_for(applied, Duration::from_secs(30))
-            .await,
-        "the index did not catch up within 30 s"
-    );
+    // The node's own ingest workers embed the documents whose chunks were never stored (their
+    // stores were aborted first): wait until none is pending and the log stands still, then let
+    // the index catch up with the store (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let applied = loop {
+        let before = ctx.store.applied_index().unwrap();
+        let pending = ctx.store.pending_documents().unwrap().len();
+        if pending == 0 {
+            assert!(
+                ctx.watermark
+                    .wait_for(before, Duration::from_secs(30))
+                    .await,
+                "the index did not catch up within 30 s"
+            );
+            if ctx.store.applied_index().unwrap() == before {
+                break before;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} documents still pending after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     // every command that reached the store took one log index: the applied index counts them
     // (the create, 20 accepts, and the chunk stores and deletes that were not aborted first)
     assert!(applied > 21, "{applied}");

@@ -1,5 +1,6 @@
-//! The mutations of shoal. Each is applied by [`crate::Store::apply`]; the cluster layer will carry
-//! them through the Raft log unchanged, so they hold everything apply needs (no clocks, no randomness).
+//! The mutations of shoal. Each is applied by [`crate::Store::apply`]; the cluster layer carries
+//! them through the Raft log unchanged, so they hold everything apply needs (no clocks, no
+//! randomness): timestamps, job ids and the proposing node travel inside the command.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,21 @@ pub struct ChunkInput {
     pub vector: Vec<f32>,
 }
 
+/// One version of one document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DocumentVersion {
+    pub doc_id: String,
+    pub version: u64,
+}
+
+/// The chunks (with vectors) of one document version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentChunks {
+    pub doc_id: String,
+    pub version: u64,
+    pub chunks: Vec<ChunkInput>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     CreateCollection {
@@ -31,25 +47,46 @@ pub enum Command {
     },
     /// Drop a collection with its documents and chunks; its unfinished jobs end as cancelled.
     DropCollection { name: String, at_ms: u64 },
-    /// Documents accepted for ingest under one job. Existing ids are replaced once the new version
+    /// Part `part` of the documents of a request too large for one log entry: kept aside under
+    /// the job until [`Command::AcceptDocuments`] accepts them all at once (or expiry removes them).
+    StageDocuments {
+        collection: String,
+        job_id: String,
+        part: u32,
+        documents: Vec<DocumentInput>,
+        at_ms: u64,
+    },
+    /// Documents accepted for ingest under one job: the `staged_parts` staged parts of the job
+    /// first, then `documents`, all in one step. Existing ids are replaced once the new version
     /// is indexed; until then the old version stays searchable.
     AcceptDocuments {
         collection: String,
         job_id: String,
         documents: Vec<DocumentInput>,
+        staged_parts: u32,
         at_ms: u64,
     },
-    /// The chunks (with vectors) of one document version. Ignored if that version is no longer current.
+    /// Node `node` claims pending document versions for embedding until `until_ms`. A version
+    /// already claimed by another node is granted only once that claim has expired at `at_ms`.
+    ClaimDocuments {
+        collection: String,
+        node: u64,
+        documents: Vec<DocumentVersion>,
+        until_ms: u64,
+        at_ms: u64,
+    },
+    /// The chunks (with vectors) of document versions that node `node` claimed. A version no
+    /// longer current is ignored; one whose claim another node holds now is refused (lost claim).
     StoreChunks {
         collection: String,
-        doc_id: String,
-        version: u64,
-        chunks: Vec<ChunkInput>,
+        node: u64,
+        documents: Vec<DocumentChunks>,
         at_ms: u64,
     },
-    /// A document version that could not be indexed.
+    /// A document version that node `node` (its claimant) could not index.
     FailDocument {
         collection: String,
+        node: u64,
         doc_id: String,
         version: u64,
         reason: String,
@@ -60,8 +97,12 @@ pub enum Command {
         doc_id: String,
         at_ms: u64,
     },
-    /// Forget finished jobs last updated before `before_ms` (job retention).
-    ExpireJobs { before_ms: u64 },
+    /// Forget finished jobs last updated before `before_ms` (job retention), and staged parts
+    /// older than `staged_before_ms` (requests that never finished).
+    ExpireJobs {
+        before_ms: u64,
+        staged_before_ms: u64,
+    },
 }
 
 impl Command {
@@ -70,7 +111,9 @@ impl Command {
         match self {
             Command::CreateCollection { .. } => "create_collection",
             Command::DropCollection { .. } => "drop_collection",
+            Command::StageDocuments { .. } => "stage_documents",
             Command::AcceptDocuments { .. } => "accept_documents",
+            Command::ClaimDocuments { .. } => "claim_documents",
             Command::StoreChunks { .. } => "store_chunks",
             Command::FailDocument { .. } => "fail_document",
             Command::DeleteDocument { .. } => "delete_document",
@@ -85,5 +128,28 @@ impl Command {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Command, crate::StoreError> {
         crate::codec::decode(b"command", bytes)
+    }
+
+    /// Bytes of text and vectors the command carries (about its size in the log).
+    pub fn payload_bytes(&self) -> usize {
+        let docs = |d: &[DocumentInput]| {
+            d.iter()
+                .map(|d| d.id.len() + d.text.len() + d.metadata_json.len() + 16)
+                .sum::<usize>()
+        };
+        match self {
+            Command::StageDocuments { documents, .. }
+            | Command::AcceptDocuments { documents, .. } => docs(documents),
+            Command::StoreChunks { documents, .. } => documents
+                .iter()
+                .flat_map(|d| &d.chunks)
+                .map(|c| c.text.len() + c.vector.len() * 4 + 16)
+                .sum(),
+            Command::ClaimDocuments { documents, .. } => {
+                documents.iter().map(|d| d.doc_id.len() + 16).sum()
+            }
+            Command::FailDocument { reason, .. } => reason.len() + 64,
+            _ => 64,
+        }
     }
 }

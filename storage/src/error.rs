@@ -15,6 +15,9 @@ pub enum StoreError {
     FormatVersion { found: u8, expected: u8 },
     #[error("corrupt record under key {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A snapshot could not be read or written (damaged, cut short, not a snapshot).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     #[error("the store in {dir} is locked by another process (waited {waited_ms} ms); is another shoal running on this data folder?")]
     Locked { dir: String, waited_ms: u64 },
     /// The store failed while applying or syncing: the node stops rather than go on with a state

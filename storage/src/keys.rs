@@ -6,12 +6,18 @@
 //! |---|---|
 //! | `m/format` | format version (1 byte) |
 //! | `m/applied` | index of the last applied command (u64 big-endian) |
+//! | `m/raft` | the consensus layer's record of the last applied entry (opaque bytes, written in the same batch) |
 //! | `m/uid` | last collection uid handed out (u64 big-endian) |
 //! | `c/{name}` | [`crate::CollectionRecord`] |
 //! | `d/{uid}/{doc id}` | [`crate::DocumentRecord`] |
 //! | `p/{uid}/{point id}` | [`crate::ChunkRecord`] (chunk text and vector) |
 //! | `j/{job id}` | [`crate::JobRecord`] |
 //! | `r/{uid}/{job id}` | (empty) the job is running: found when its collection is dropped |
+//! | `s/{job id}/{part}` | [`crate::StagedPart`]: documents of a request too large for one log entry |
+//!
+//! The state lives in one of two trees (`state`, `state-b`); the `meta` tree's `active` key names
+//! the current one. A snapshot is installed into the other tree, made durable, and then the
+//! `active` key is flipped: a crash at any point leaves one whole state.
 //!
 //! Collection uids (not names) prefix documents and points, so a dropped collection's leftovers can
 //! never leak into a new collection of the same name.
@@ -21,6 +27,9 @@ use crate::PointId;
 pub(crate) const FORMAT: &[u8] = b"m/format";
 pub(crate) const APPLIED: &[u8] = b"m/applied";
 pub(crate) const LAST_UID: &[u8] = b"m/uid";
+pub(crate) const RAFT_META: &[u8] = b"m/raft";
+/// In the `meta` tree: the name of the active state tree.
+pub(crate) const ACTIVE_STATE: &[u8] = b"active";
 
 pub(crate) fn collection(name: &str) -> Vec<u8> {
     [b"c/".as_slice(), name.as_bytes()].concat()
@@ -62,3 +71,13 @@ pub(crate) fn running_job(uid: u64, id: &str) -> Vec<u8> {
 pub(crate) fn job(id: &str) -> Vec<u8> {
     [b"j/".as_slice(), id.as_bytes()].concat()
 }
+
+pub(crate) fn staged_prefix(job_id: &str) -> Vec<u8> {
+    [b"s/".as_slice(), job_id.as_bytes(), b"/"].concat()
+}
+
+pub(crate) fn staged(job_id: &str, part: u32) -> Vec<u8> {
+    [staged_prefix(job_id).as_slice(), &part.to_be_bytes()].concat()
+}
+
+pub(crate) const STAGED_PREFIX: &[u8] = b"s/";

@@ -9,17 +9,23 @@ mod codec;
 mod command;
 mod error;
 mod keys;
+mod log;
 mod records;
+mod snapshot;
 mod store;
 
 pub use codec::FORMAT_VERSION;
-pub use command::{ChunkInput, Command, DocumentInput};
+pub use command::{ChunkInput, Command, DocumentChunks, DocumentInput, DocumentVersion};
 pub use error::StoreError;
+pub use log::LogTree;
 pub use records::{
-    ChunkRecord, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus, HnswParams,
-    JobError, JobRecord, JobState, LiveVersion,
+    ChunkRecord, Claim, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus,
+    HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
 };
-pub use store::{Applied, Effect, Outcome, PendingDocument, Store, StoreOptions, StoredPoint};
+pub use snapshot::SnapshotInfo;
+pub use store::{
+    Applied, Effect, HeldClaim, Outcome, PendingDocument, Store, StoreOptions, StoredPoint,
+};
 
 /// Point ids are unique within a collection and never reused.
 pub type PointId = u64;

@@ -78,6 +78,26 @@ pub struct DocumentRecord {
     pub status: DocumentStatus,
     /// What search serves for this document (the previous version stays live while a replacement is pending).
     pub live: Option<LiveVersion>,
+    /// The node embedding this (pending) version, and until when its claim holds.
+    pub claim: Option<Claim>,
+}
+
+/// A node's claim on a pending document version: it alone may store the version's chunks (or
+/// fail it) until another node takes the claim over after `until_ms` (judged against the time
+/// inside the command that takes it, so every replica judges the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub node: u64,
+    pub until_ms: u64,
+}
+
+/// Documents of an ingest request too large for one log entry, staged under their job until the
+/// command that accepts them all at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedPart {
+    pub collection: String,
+    pub at_ms: u64,
+    pub documents: Vec<crate::DocumentInput>,
 }
 
 /// One searchable chunk of a document.

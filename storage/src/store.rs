@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 use sled::{Batch, Db, Tree};
 
 use crate::codec::{decode, encode, FORMAT_VERSION};
 use crate::records::*;
-use crate::{keys, ChunkInput, Command, DocumentInput, PointId, StoreError};
+use crate::{keys, Command, DocumentChunks, DocumentInput, DocumentVersion, PointId, StoreError};
 
 /// A change the index layer must mirror after a command was applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,18 +56,33 @@ pub struct PendingDocument {
     pub bytes: u64,
 }
 
-/// What a command did, for the caller.
-#[derive(Debug, Clone, PartialEq)]
+/// What a command did, for the caller (sent back to the node that proposed it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     CollectionCreated(CollectionRecord),
     CollectionDropped,
+    /// One part of a large request was staged.
+    Staged {
+        part: u32,
+    },
     DocumentsAccepted {
         job: JobRecord,
     },
-    /// `stored` is false when the version was stale (replaced or deleted meanwhile).
+    Claimed {
+        /// Versions the node now holds.
+        granted: Vec<DocumentVersion>,
+        /// Versions another node holds, and until when.
+        held: Vec<HeldClaim>,
+        /// Of the granted, how many were taken over from another node whose claim had expired.
+        taken_over: u32,
+    },
     ChunksStored {
-        stored: bool,
-        job: Option<JobRecord>,
+        /// Documents whose chunks were stored.
+        stored: Vec<String>,
+        /// Versions no longer current (replaced or deleted meanwhile): ignored.
+        stale: Vec<String>,
+        /// Versions whose claim another node holds now: refused.
+        lost: Vec<String>,
     },
     DocumentFailed {
         recorded: bool,
@@ -73,7 +91,16 @@ pub enum Outcome {
     DocumentDeleted,
     JobsExpired {
         removed: u64,
+        staged: u64,
     },
+}
+
+/// A pending version claimed by another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldClaim {
+    pub document: DocumentVersion,
+    pub node: u64,
+    pub until_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,10 +134,16 @@ impl Default for StoreOptions {
 /// apply atomic and deterministic.
 #[derive(Clone)]
 pub struct Store {
-    db: Db,
-    tree: Tree,
+    pub(crate) db: Db,
+    /// The active state tree (replaced whole when a snapshot is installed).
+    pub(crate) tree: Arc<RwLock<Tree>>,
+    /// Which state tree is active.
+    pub(crate) meta: Tree,
     sync_writes: bool,
 }
+
+/// The two state trees; a snapshot is installed into the inactive one.
+pub(crate) const STATE_TREES: [&str; 2] = ["state", "state-b"];
 
 impl Store {
     /// Open (or create) a store in `dir`.
@@ -162,7 +195,17 @@ impl Store {
     }
 
     fn from_db(db: Db, sync_writes: bool) -> Result<Store, StoreError> {
-        let tree = db.open_tree("state")?;
+        let meta = db.open_tree("meta")?;
+        let active = match meta.get(keys::ACTIVE_STATE)? {
+            Some(name) if name.as_ref() == STATE_TREES[1].as_bytes() => STATE_TREES[1],
+            _ => STATE_TREES[0],
+        };
+        let tree = db.open_tree(active)?;
+        // What a snapshot install left behind (the state it replaced, or one it never finished).
+        let inactive = db.open_tree(other_state_tree(active))?;
+        if !inactive.is_empty() {
+            inactive.clear()?;
+        }
         match tree.get(keys::FORMAT)? {
             None => {
                 tree.insert(keys::FORMAT, &[FORMAT_VERSION])?;
@@ -178,18 +221,36 @@ impl Store {
         }
         Ok(Store {
             db,
-            tree,
+            tree: Arc::new(RwLock::new(tree)),
+            meta,
             sync_writes,
         })
+    }
+
+    /// The active state tree. Every read takes it once, so a read never mixes two states.
+    pub(crate) fn tree(&self) -> Tree {
+        self.tree.read().clone()
+    }
+
+    pub(crate) fn active_name(&self) -> &'static str {
+        match self.meta.get(keys::ACTIVE_STATE) {
+            Ok(Some(name)) if name.as_ref() == STATE_TREES[1].as_bytes() => STATE_TREES[1],
+            _ => STATE_TREES[0],
+        }
     }
 
     /// Index of the last applied command (0 when none).
     pub fn applied_index(&self) -> Result<u64, StoreError> {
         Ok(self
-            .tree
+            .tree()
             .get(keys::APPLIED)?
             .map(|v| be_u64(&v))
             .unwrap_or(0))
+    }
+
+    /// Whether [`Store::sync`] flushes (the store was opened with `sync_writes`).
+    pub fn syncs_writes(&self) -> bool {
+        self.sync_writes
     }
 
     /// Bytes used on disk.
@@ -206,7 +267,7 @@ impl Store {
     #[doc(hidden)]
     pub fn corrupt_for_tests(&self, key: &str) {
         let _ = self
-            .tree
+            .tree()
             .insert(key.as_bytes(), &[crate::FORMAT_VERSION, 0xff][..]);
     }
 
@@ -226,7 +287,7 @@ impl Store {
     }
 
     pub fn collections(&self) -> Result<Vec<CollectionRecord>, StoreError> {
-        self.tree
+        self.tree()
             .scan_prefix(keys::COLLECTION_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
@@ -255,7 +316,7 @@ impl Store {
 
     /// Every job, in id order.
     pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.tree
+        self.tree()
             .scan_prefix(keys::JOB_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
@@ -296,7 +357,7 @@ impl Store {
     pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
         let coll = self.require_collection(collection)?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
-        for kv in self.tree.scan_prefix(keys::points_prefix(coll.uid)) {
+        for kv in self.tree().scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
             let chunk: ChunkRecord = decode(&k, &v)?;
             let id = keys::point_id_from_key(&k).ok_or_else(|| StoreError::Corrupt {
@@ -311,7 +372,7 @@ impl Store {
             });
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
-        for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
+        for kv in self.tree().scan_prefix(keys::documents_prefix(coll.uid)) {
             let (k, v) = kv?;
             let doc: DocumentRecord = decode(&k, &v)?;
             if let Some(live) = doc.live {
@@ -331,7 +392,7 @@ impl Store {
     pub fn pending_documents(&self) -> Result<Vec<PendingDocument>, StoreError> {
         let mut out = Vec::new();
         for coll in self.collections()? {
-            for kv in self.tree.scan_prefix(keys::documents_prefix(coll.uid)) {
+            for kv in self.tree().scan_prefix(keys::documents_prefix(coll.uid)) {
                 let (k, v) = kv?;
                 let doc: DocumentRecord = decode(&k, &v)?;
                 if doc.status == DocumentStatus::Pending {
@@ -354,7 +415,7 @@ impl Store {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key)? {
+        match self.tree().get(key)? {
             Some(v) => Ok(Some(decode(key, &v)?)),
             None => Ok(None),
         }
@@ -366,6 +427,18 @@ impl Store {
     /// sled batch) or, when it is refused, nothing but the applied index is. Callers must not run
     /// two applies at once, and call [`Store::sync`] before they tell anyone a command was applied.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
+        self.apply_logged(index, command, None)
+    }
+
+    /// [`Store::apply`], writing `log_meta` (the consensus layer's record of this entry: its log
+    /// id and the membership) in the same atomic batch, so the two can never disagree after a
+    /// crash. Read it back with [`Store::log_meta`].
+    pub fn apply_logged(
+        &self,
+        index: u64,
+        command: &Command,
+        log_meta: Option<&[u8]>,
+    ) -> Result<Applied, StoreError> {
         let mut batch = Batch::default();
         let result = match command {
             Command::CreateCollection { name, spec, at_ms } => {
@@ -374,52 +447,94 @@ impl Store {
             Command::DropCollection { name, at_ms } => {
                 self.apply_drop(&mut batch, index, name, *at_ms)
             }
+            Command::StageDocuments {
+                collection,
+                job_id,
+                part,
+                documents,
+                at_ms,
+            } => self.apply_stage(&mut batch, collection, job_id, *part, documents, *at_ms),
             Command::AcceptDocuments {
                 collection,
                 job_id,
                 documents,
+                staged_parts,
                 at_ms,
-            } => self.apply_accept(&mut batch, index, collection, job_id, documents, *at_ms),
+            } => self.apply_accept(
+                &mut batch,
+                index,
+                collection,
+                job_id,
+                documents,
+                *staged_parts,
+                *at_ms,
+            ),
+            Command::ClaimDocuments {
+                collection,
+                node,
+                documents,
+                until_ms,
+                at_ms,
+            } => self.apply_claim(&mut batch, collection, *node, documents, *until_ms, *at_ms),
             Command::StoreChunks {
                 collection,
-                doc_id,
-                version,
-                chunks,
+                node,
+                documents,
                 at_ms,
-            } => self.apply_store_chunks(
-                &mut batch, index, collection, doc_id, *version, chunks, *at_ms,
-            ),
+            } => self.apply_store_chunks(&mut batch, index, collection, *node, documents, *at_ms),
             Command::FailDocument {
                 collection,
+                node,
                 doc_id,
                 version,
                 reason,
                 at_ms,
             } => self.apply_fail(
-                &mut batch, index, collection, doc_id, *version, reason, *at_ms,
+                &mut batch, index, collection, *node, doc_id, *version, reason, *at_ms,
             ),
             Command::DeleteDocument {
                 collection,
                 doc_id,
                 at_ms,
             } => self.apply_delete(&mut batch, index, collection, doc_id, *at_ms),
-            Command::ExpireJobs { before_ms } => self.apply_expire_jobs(&mut batch, *before_ms),
+            Command::ExpireJobs {
+                before_ms,
+                staged_before_ms,
+            } => self.apply_expire_jobs(&mut batch, *before_ms, *staged_before_ms),
         };
         let applied = match result {
             Ok(applied) => applied,
             Err(e) if !e.is_storage_failure() => {
                 // A refused command (or one that met a record it cannot read) still consumes its
                 // log index; nothing else changes.
-                let mut only_index = Batch::default();
-                only_index.insert(keys::APPLIED, &index.to_be_bytes());
-                self.tree.apply_batch(only_index)?;
+                self.advance(index, log_meta)?;
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         batch.insert(keys::APPLIED, &index.to_be_bytes());
-        self.tree.apply_batch(batch)?;
+        if let Some(meta) = log_meta {
+            batch.insert(keys::RAFT_META, meta);
+        }
+        self.tree().apply_batch(batch)?;
         Ok(applied)
+    }
+
+    /// Log entry `index` carries no command (a consensus entry: blank, membership): advance the
+    /// applied index and the log record, nothing else.
+    pub fn advance(&self, index: u64, log_meta: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        batch.insert(keys::APPLIED, &index.to_be_bytes());
+        if let Some(meta) = log_meta {
+            batch.insert(keys::RAFT_META, meta);
+        }
+        self.tree().apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// What [`Store::apply_logged`] or [`Store::advance`] last wrote as `log_meta`.
+    pub fn log_meta(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree().get(keys::RAFT_META)?.map(|v| v.to_vec()))
     }
 
     fn apply_create(
@@ -438,7 +553,7 @@ impl Store {
             ));
         }
         let uid = self
-            .tree
+            .tree()
             .get(keys::LAST_UID)?
             .map(|v| be_u64(&v))
             .unwrap_or(0)
@@ -469,12 +584,9 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         let coll = self.require_collection(name)?;
         batch.remove(keys::collection(name));
+        let tree = self.tree();
         // Its unfinished jobs can never finish now (found through the running-jobs keys).
-        for key in self
-            .tree
-            .scan_prefix(keys::running_jobs_prefix(coll.uid))
-            .keys()
-        {
+        for key in tree.scan_prefix(keys::running_jobs_prefix(coll.uid)).keys() {
             let key = key?;
             let id = String::from_utf8_lossy(&key[keys::running_jobs_prefix(coll.uid).len()..])
                 .into_owned();
@@ -489,7 +601,7 @@ impl Store {
             keys::documents_prefix(coll.uid),
             keys::points_prefix(coll.uid),
         ] {
-            for key in self.tree.scan_prefix(prefix).keys() {
+            for key in tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
             }
         }
@@ -502,6 +614,40 @@ impl Store {
         })
     }
 
+    fn apply_stage(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        job_id: &str,
+        part: u32,
+        documents: &[DocumentInput],
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        self.require_collection(collection)?;
+        if self.job(job_id)?.is_some() {
+            return Err(StoreError::InvalidCommand(format!(
+                "job `{job_id}` already exists"
+            )));
+        }
+        let key = keys::staged(job_id, part);
+        if self.tree().contains_key(&key)? {
+            return Err(StoreError::InvalidCommand(format!(
+                "part {part} of job `{job_id}` is already staged"
+            )));
+        }
+        let staged = StagedPart {
+            collection: collection.to_string(),
+            at_ms,
+            documents: documents.to_vec(),
+        };
+        batch.insert(key, encode(&staged));
+        Ok(Applied {
+            outcome: Outcome::Staged { part },
+            effects: Vec::new(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn apply_accept(
         &self,
         batch: &mut Batch,
@@ -509,6 +655,7 @@ impl Store {
         collection: &str,
         job_id: &str,
         documents: &[DocumentInput],
+        staged_parts: u32,
         at_ms: u64,
     ) -> Result<Applied, StoreError> {
         let mut coll = self.require_collection(collection)?;
@@ -517,13 +664,32 @@ impl Store {
                 "job `{job_id}` already exists"
             )));
         }
+        // The staged parts of the request first, in order; they go in the same batch.
+        let mut staged: Vec<DocumentInput> = Vec::new();
+        for part in 0..staged_parts {
+            let key = keys::staged(job_id, part);
+            let Some(p) = self.get::<StagedPart>(&key)? else {
+                return Err(StoreError::InvalidCommand(format!(
+                    "part {part} of job `{job_id}` was never staged (or has expired)"
+                )));
+            };
+            if p.collection != collection {
+                return Err(StoreError::InvalidCommand(format!(
+                    "part {part} of job `{job_id}` was staged for collection `{}`",
+                    p.collection
+                )));
+            }
+            staged.extend(p.documents);
+            batch.remove(key);
+        }
+        let all: Vec<&DocumentInput> = staged.iter().chain(documents.iter()).collect();
         let mut job = JobRecord {
             id: job_id.to_string(),
             collection: collection.to_string(),
             collection_uid: coll.uid,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
-            total: documents.len() as u64,
+            total: all.len() as u64,
             indexed: 0,
             failed: 0,
             superseded: 0,
@@ -535,11 +701,11 @@ impl Store {
         let mut other_jobs: HashMap<String, JobRecord> = HashMap::new();
         // Later duplicates of an id in the same request win; earlier ones count as superseded.
         let mut last_index: HashMap<&str, usize> = HashMap::new();
-        for (i, d) in documents.iter().enumerate() {
+        for (i, d) in all.iter().enumerate() {
             last_index.insert(d.id.as_str(), i);
         }
         let mut pending = Vec::new();
-        for (i, input) in documents.iter().enumerate() {
+        for (i, input) in all.iter().enumerate() {
             if last_index.get(input.id.as_str()) != Some(&i) {
                 job.superseded += 1;
                 continue;
@@ -570,6 +736,7 @@ impl Store {
                 metadata_json: input.metadata_json.clone(),
                 status: DocumentStatus::Pending,
                 live,
+                claim: None,
             };
             batch.insert(key, encode(&record));
             pending.push(PendingDocument {
@@ -598,113 +765,196 @@ impl Store {
         index: u64,
         at_ms: u64,
     ) -> Result<(), StoreError> {
+        let Some(j) = self.cached_job(jobs, job_id)? else {
+            return Ok(());
+        };
+        j.superseded += 1;
+        j.updated_at_ms = at_ms;
+        j.last_index = index;
+        Ok(())
+    }
+
+    /// A job as this command has changed it so far (read from the store on first use).
+    fn cached_job<'a>(
+        &self,
+        jobs: &'a mut HashMap<String, JobRecord>,
+        job_id: &str,
+    ) -> Result<Option<&'a mut JobRecord>, StoreError> {
         if !jobs.contains_key(job_id) {
             match self.job(job_id)? {
                 Some(j) => {
                     jobs.insert(job_id.to_string(), j);
                 }
-                None => return Ok(()),
+                None => return Ok(None),
             }
         }
-        if let Some(j) = jobs.get_mut(job_id) {
-            j.superseded += 1;
-            j.updated_at_ms = at_ms;
-            j.last_index = index;
-        }
-        Ok(())
+        Ok(jobs.get_mut(job_id))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn apply_claim(
+        &self,
+        batch: &mut Batch,
+        collection: &str,
+        node: u64,
+        documents: &[DocumentVersion],
+        until_ms: u64,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let coll = self.require_collection(collection)?;
+        let mut granted = Vec::new();
+        let mut held = Vec::new();
+        let mut taken_over = 0;
+        let mut seen = std::collections::HashSet::new();
+        for dv in documents {
+            if !seen.insert(dv) {
+                continue;
+            }
+            let key = keys::document(coll.uid, &dv.doc_id);
+            let Some(mut doc) = self
+                .get::<DocumentRecord>(&key)?
+                .filter(|d| d.version == dv.version && d.status == DocumentStatus::Pending)
+            else {
+                continue; // replaced, deleted or done meanwhile
+            };
+            match doc.claim {
+                Some(c) if c.node != node && c.until_ms > at_ms => {
+                    held.push(HeldClaim {
+                        document: dv.clone(),
+                        node: c.node,
+                        until_ms: c.until_ms,
+                    });
+                    continue;
+                }
+                Some(c) if c.node != node => taken_over += 1,
+                _ => {}
+            }
+            doc.claim = Some(Claim { node, until_ms });
+            batch.insert(key, encode(&doc));
+            granted.push(dv.clone());
+        }
+        Ok(Applied {
+            outcome: Outcome::Claimed {
+                granted,
+                held,
+                taken_over,
+            },
+            effects: Vec::new(),
+        })
+    }
+
     fn apply_store_chunks(
         &self,
         batch: &mut Batch,
         index: u64,
         collection: &str,
-        doc_id: &str,
-        version: u64,
-        chunks: &[ChunkInput],
+        node: u64,
+        documents: &[DocumentChunks],
         at_ms: u64,
     ) -> Result<Applied, StoreError> {
         let mut coll = self.require_collection(collection)?;
         let dim = coll.spec.dimension as usize;
-        if let Some(bad) = chunks.iter().find(|c| c.vector.len() != dim) {
+        if let Some(bad) = documents
+            .iter()
+            .flat_map(|d| &d.chunks)
+            .find(|c| c.vector.len() != dim)
+        {
             return Err(StoreError::InvalidCommand(format!(
                 "chunk vector has dimension {}, collection `{collection}` has {dim}",
                 bad.vector.len()
             )));
         }
-        let key = keys::document(coll.uid, doc_id);
-        let doc: Option<DocumentRecord> = self.get(&key)?;
-        let Some(mut doc) =
-            doc.filter(|d| d.version == version && d.status == DocumentStatus::Pending)
-        else {
-            return Ok(Applied {
-                outcome: Outcome::ChunksStored {
-                    stored: false,
-                    job: None,
-                },
-                effects: Vec::new(),
-            });
-        };
         let mut effects = Vec::new();
-        if let Some(old) = doc.live.take() {
-            for id in &old.points {
-                batch.remove(keys::point(coll.uid, *id));
-            }
-            coll.chunks -= old.points.len() as u64;
-            effects.push(Effect::PointsRemoved {
-                collection: collection.to_string(),
-                uid: coll.uid,
-                ids: old.points,
-            });
-        }
-        let mut points = Vec::with_capacity(chunks.len());
-        let mut stored = Vec::with_capacity(chunks.len());
-        for (i, c) in chunks.iter().enumerate() {
-            let id = coll.next_point_id;
-            coll.next_point_id += 1;
-            let record = ChunkRecord {
-                doc_id: doc_id.to_string(),
-                chunk_index: i as u32,
-                text: c.text.clone(),
-                start: c.start,
-                end: c.end,
-                vector: c.vector.clone(),
+        let mut jobs: HashMap<String, JobRecord> = HashMap::new();
+        let (mut stored, mut stale, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        // A document named twice: its first chunks count, the second are stale.
+        let mut done = std::collections::HashSet::new();
+        for d in documents {
+            let key = keys::document(coll.uid, &d.doc_id);
+            let doc: Option<DocumentRecord> = self.get(&key)?;
+            let Some(mut doc) = doc.filter(|r| {
+                r.version == d.version
+                    && r.status == DocumentStatus::Pending
+                    && !done.contains(&d.doc_id)
+            }) else {
+                stale.push(d.doc_id.clone());
+                continue;
             };
-            batch.insert(keys::point(coll.uid, id), encode(&record));
-            points.push(id);
-            stored.push(StoredPoint {
-                id,
-                vector: c.vector.clone(),
-                doc_id: doc_id.to_string(),
+            // Chunks of a version claimed by another node are refused (that node's are stored);
+            // unclaimed ones are taken: the version and status check alone keeps a document
+            // from being indexed twice, claims only keep the work from being done twice.
+            if doc.claim.is_some_and(|c| c.node != node) {
+                lost.push(d.doc_id.clone());
+                continue;
+            }
+            done.insert(d.doc_id.clone());
+            if let Some(old) = doc.live.take() {
+                for id in &old.points {
+                    batch.remove(keys::point(coll.uid, *id));
+                }
+                coll.chunks -= old.points.len() as u64;
+                effects.push(Effect::PointsRemoved {
+                    collection: collection.to_string(),
+                    uid: coll.uid,
+                    ids: old.points,
+                });
+            }
+            let mut points = Vec::with_capacity(d.chunks.len());
+            let mut new_points = Vec::with_capacity(d.chunks.len());
+            for (i, c) in d.chunks.iter().enumerate() {
+                let id = coll.next_point_id;
+                coll.next_point_id += 1;
+                let record = ChunkRecord {
+                    doc_id: d.doc_id.clone(),
+                    chunk_index: i as u32,
+                    text: c.text.clone(),
+                    start: c.start,
+                    end: c.end,
+                    vector: c.vector.clone(),
+                };
+                batch.insert(keys::point(coll.uid, id), encode(&record));
+                points.push(id);
+                new_points.push(StoredPoint {
+                    id,
+                    vector: c.vector.clone(),
+                    doc_id: d.doc_id.clone(),
+                    metadata_json: doc.metadata_json.clone(),
+                });
+            }
+            coll.chunks += points.len() as u64;
+            doc.live = Some(LiveVersion {
+                version: d.version,
                 metadata_json: doc.metadata_json.clone(),
+                points,
             });
+            doc.status = DocumentStatus::Indexed;
+            doc.claim = None;
+            if let Some(j) = self.cached_job(&mut jobs, &doc.job_id)? {
+                j.indexed += 1;
+                j.updated_at_ms = at_ms;
+                j.last_index = index;
+            }
+            batch.insert(key, encode(&doc));
+            if !new_points.is_empty() {
+                effects.push(Effect::PointsAdded {
+                    collection: collection.to_string(),
+                    uid: coll.uid,
+                    points: new_points,
+                });
+            }
+            stored.push(d.doc_id.clone());
         }
-        coll.chunks += points.len() as u64;
-        doc.live = Some(LiveVersion {
-            version,
-            metadata_json: doc.metadata_json.clone(),
-            points,
-        });
-        doc.status = DocumentStatus::Indexed;
-        let job = self.job(&doc.job_id)?.map(|mut j| {
-            j.indexed += 1;
-            j.updated_at_ms = at_ms;
-            j.last_index = index;
-            put_job(batch, &j);
-            j
-        });
-        batch.insert(key, encode(&doc));
-        batch.insert(keys::collection(collection), encode(&coll));
+        for j in jobs.values() {
+            put_job(batch, j);
+        }
         if !stored.is_empty() {
-            effects.push(Effect::PointsAdded {
-                collection: collection.to_string(),
-                uid: coll.uid,
-                points: stored,
-            });
+            batch.insert(keys::collection(collection), encode(&coll));
         }
         Ok(Applied {
-            outcome: Outcome::ChunksStored { stored: true, job },
+            outcome: Outcome::ChunksStored {
+                stored,
+                stale,
+                lost,
+            },
             effects,
         })
     }
@@ -715,6 +965,7 @@ impl Store {
         batch: &mut Batch,
         index: u64,
         collection: &str,
+        node: u64,
         doc_id: &str,
         version: u64,
         reason: &str,
@@ -723,9 +974,11 @@ impl Store {
         let coll = self.require_collection(collection)?;
         let key = keys::document(coll.uid, doc_id);
         let doc: Option<DocumentRecord> = self.get(&key)?;
-        let Some(mut doc) =
-            doc.filter(|d| d.version == version && d.status == DocumentStatus::Pending)
-        else {
+        let Some(mut doc) = doc.filter(|d| {
+            d.version == version
+                && d.status == DocumentStatus::Pending
+                && d.claim.is_none_or(|c| c.node == node)
+        }) else {
             return Ok(Applied {
                 outcome: Outcome::DocumentFailed {
                     recorded: false,
@@ -737,6 +990,7 @@ impl Store {
         doc.status = DocumentStatus::Failed {
             reason: reason.to_string(),
         };
+        doc.claim = None;
         let job = self.job(&doc.job_id)?.map(|mut j| {
             j.failed += 1;
             j.updated_at_ms = at_ms;
@@ -804,7 +1058,12 @@ impl Store {
         })
     }
 
-    fn apply_expire_jobs(&self, batch: &mut Batch, before_ms: u64) -> Result<Applied, StoreError> {
+    fn apply_expire_jobs(
+        &self,
+        batch: &mut Batch,
+        before_ms: u64,
+        staged_before_ms: u64,
+    ) -> Result<Applied, StoreError> {
         let mut removed = 0;
         for job in self.jobs()? {
             if job.is_finished() && job.updated_at_ms < before_ms {
@@ -816,10 +1075,32 @@ impl Store {
                 }
             }
         }
+        let mut staged = 0;
+        for kv in self.tree().scan_prefix(keys::STAGED_PREFIX) {
+            let (k, v) = kv?;
+            let part: StagedPart = decode(&k, &v)?;
+            if part.at_ms < staged_before_ms {
+                batch.remove(k);
+                staged += 1;
+            }
+        }
         Ok(Applied {
-            outcome: Outcome::JobsExpired { removed },
+            outcome: Outcome::JobsExpired { removed, staged },
             effects: Vec::new(),
         })
+    }
+
+    /// Staged parts older than `before_ms` ([`Command::ExpireJobs`] would remove them).
+    pub fn expirable_staged(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.tree().scan_prefix(keys::STAGED_PREFIX) {
+            let (k, v) = kv?;
+            let part: StagedPart = decode(&k, &v)?;
+            if part.at_ms < before_ms {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -840,6 +1121,15 @@ fn put_job(batch: &mut Batch, job: &JobRecord) {
 /// sled reports a store held by another process as an i/o error naming the lock.
 fn is_lock_error(e: &StoreError) -> bool {
     matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
+}
+
+/// The state tree a snapshot is installed into while `active` serves.
+pub(crate) fn other_state_tree(active: &str) -> &'static str {
+    if active == STATE_TREES[0] {
+        STATE_TREES[1]
+    } else {
+        STATE_TREES[0]
+    }
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{ChunkInput, CollectionSpec, DocumentInput, HnswParams};
+use crate::{ChunkInput, CollectionSpec, DocumentChunks, DocumentInput, HnswParams};
 
 fn spec(dim: u32) -> CollectionSpec {
     CollectionSpec {
@@ -61,6 +61,7 @@ fn accept(coll: &str, job: &str, docs: Vec<DocumentInput>) -> Command {
         collection: coll.into(),
         job_id: job.into(),
         documents: docs,
+        staged_parts: 0,
         at_ms: 2,
     }
 }
@@ -68,9 +69,12 @@ fn accept(coll: &str, job: &str, docs: Vec<DocumentInput>) -> Command {
 fn store_chunks(coll: &str, doc: &str, version: u64, chunks: Vec<ChunkInput>) -> Command {
     Command::StoreChunks {
         collection: coll.into(),
-        doc_id: doc.into(),
-        version,
-        chunks,
+        node: 1,
+        documents: vec![DocumentChunks {
+            doc_id: doc.into(),
+            version,
+            chunks,
+        }],
         at_ms: 3,
     }
 }
@@ -136,13 +140,11 @@ fn ingest_flow_assigns_points_and_tracks_job() {
     };
     assert_eq!(points.iter().map(|p| p.id).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(points[0].metadata_json, r#"{"k":1}"#);
-    let Outcome::ChunksStored {
-        stored: true,
-        job: Some(job),
-    } = applied.outcome
-    else {
+    let Outcome::ChunksStored { stored, .. } = applied.outcome else {
         panic!("expected stored")
     };
+    assert_eq!(stored, ["d1"]);
+    let job = log.store.job("j1").unwrap().unwrap();
     assert_eq!(job.indexed, 1);
     assert_eq!(job.last_index, 3);
     assert_eq!(job.state(), JobState::Running);
@@ -151,6 +153,7 @@ fn ingest_flow_assigns_points_and_tracks_job() {
 
     log.apply(Command::FailDocument {
         collection: "c".into(),
+        node: 1,
         doc_id: "d2".into(),
         version: 2,
         reason: "empty".into(),
@@ -188,7 +191,7 @@ fn replacement_keeps_old_version_live_until_new_chunks_arrive() {
         .unwrap();
     assert!(matches!(
         stale.outcome,
-        Outcome::ChunksStored { stored: false, .. }
+        Outcome::ChunksStored { ref stored, ref stale, .. } if stored.is_empty() && stale == &["d"]
     ));
     let applied = log
         .apply(store_chunks("c", "d", 4, vec![chunk("v2", [0.0, 1.0])]))
@@ -344,8 +347,19 @@ fn finished_jobs_expire_and_running_ones_stay() {
         .unwrap();
     assert_eq!(log.store.expirable_jobs(3).unwrap(), 0);
     assert_eq!(log.store.expirable_jobs(100).unwrap(), 1);
-    let applied = log.apply(Command::ExpireJobs { before_ms: 100 }).unwrap();
-    assert_eq!(applied.outcome, Outcome::JobsExpired { removed: 1 });
+    let applied = log
+        .apply(Command::ExpireJobs {
+            before_ms: 100,
+            staged_before_ms: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        applied.outcome,
+        Outcome::JobsExpired {
+            removed: 1,
+            staged: 0
+        }
+    );
     assert!(log.store.job("old").unwrap().is_none());
     assert!(log.store.job("running").unwrap().is_some());
     assert_eq!(log.store.expirable_jobs(u64::MAX).unwrap(), 0);
@@ -376,7 +390,7 @@ fn a_store_held_by_another_process_is_waited_for_then_refused_clearly() {
 
 fn dump(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
     store
-        .tree
+        .tree()
         .iter()
         .map(|kv| {
             let (k, v) = kv.unwrap();
@@ -528,4 +542,231 @@ fn acknowledged_commands_survive_sigkill() {
         let d = store.document("c", &p.doc_id).unwrap();
         assert!(d.live.unwrap().points.contains(&p.id));
     }
+}
+
+fn claim(coll: &str, node: u64, docs: &[(&str, u64)], until_ms: u64, at_ms: u64) -> Command {
+    Command::ClaimDocuments {
+        collection: coll.into(),
+        node,
+        documents: docs
+            .iter()
+            .map(|(d, v)| DocumentVersion {
+                doc_id: d.to_string(),
+                version: *v,
+            })
+            .collect(),
+        until_ms,
+        at_ms,
+    }
+}
+
+#[test]
+fn claims_are_granted_once_taken_over_after_expiry_and_a_lost_claim_stores_nothing() {
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    log.apply(accept(
+        "c",
+        "j",
+        vec![doc("a", "t", "{}"), doc("b", "t", "{}")],
+    ))
+    .unwrap();
+    // node 1 claims both until 100
+    let out = log
+        .apply(claim("c", 1, &[("a", 2), ("b", 2), ("gone", 2)], 100, 10))
+        .unwrap()
+        .outcome;
+    let Outcome::Claimed { granted, held, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(granted.len(), 2, "an unknown document is not granted");
+    assert!(held.is_empty());
+    // node 2 is refused while the claim holds, and told until when
+    let out = log
+        .apply(claim("c", 2, &[("a", 2)], 200, 50))
+        .unwrap()
+        .outcome;
+    let Outcome::Claimed { granted, held, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert!(granted.is_empty());
+    assert_eq!((held[0].node, held[0].until_ms), (1, 100));
+    // node 1 renews its own claim at any time
+    let out = log
+        .apply(claim("c", 1, &[("b", 2)], 300, 60))
+        .unwrap()
+        .outcome;
+    assert!(matches!(out, Outcome::Claimed { ref granted, .. } if granted.len() == 1));
+    // after 100, node 2 takes `a` over (judged by the command's own time)
+    let out = log
+        .apply(claim("c", 2, &[("a", 2)], 400, 150))
+        .unwrap()
+        .outcome;
+    let Outcome::Claimed {
+        granted,
+        taken_over,
+        ..
+    } = out
+    else {
+        panic!()
+    };
+    assert_eq!((granted.len(), taken_over), (1, 1));
+    // node 1 stores both in one command: `a` is refused (lost claim), `b` stored
+    let both = Command::StoreChunks {
+        collection: "c".into(),
+        node: 1,
+        documents: ["a", "b"]
+            .iter()
+            .map(|d| DocumentChunks {
+                doc_id: d.to_string(),
+                version: 2,
+                chunks: vec![chunk(d, [1.0, 0.0])],
+            })
+            .collect(),
+        at_ms: 160,
+    };
+    let applied = log.apply(both).unwrap();
+    assert_eq!(
+        applied.outcome,
+        Outcome::ChunksStored {
+            stored: vec!["b".into()],
+            stale: vec![],
+            lost: vec!["a".into()],
+        }
+    );
+    assert_eq!(log.store.points("c").unwrap().len(), 1);
+    // node 1's failure of `a` is not recorded either; node 2's chunks are
+    let fail = log
+        .apply(Command::FailDocument {
+            collection: "c".into(),
+            node: 1,
+            doc_id: "a".into(),
+            version: 2,
+            reason: "x".into(),
+            at_ms: 170,
+        })
+        .unwrap();
+    assert!(matches!(
+        fail.outcome,
+        Outcome::DocumentFailed {
+            recorded: false,
+            ..
+        }
+    ));
+    let applied = log
+        .apply(Command::StoreChunks {
+            collection: "c".into(),
+            node: 2,
+            documents: vec![DocumentChunks {
+                doc_id: "a".into(),
+                version: 2,
+                chunks: vec![chunk("a", [0.0, 1.0])],
+            }],
+            at_ms: 180,
+        })
+        .unwrap();
+    assert!(
+        matches!(applied.outcome, Outcome::ChunksStored { ref stored, .. } if stored == &["a"])
+    );
+    let job = log.store.job("j").unwrap().unwrap();
+    assert_eq!((job.indexed, job.state()), (2, JobState::Completed));
+    // chunks sent again for a stored version are stale: nothing is indexed twice
+    let again = log
+        .apply(store_chunks("c", "a", 2, vec![chunk("a", [0.0, 1.0])]))
+        .unwrap();
+    assert!(matches!(again.outcome, Outcome::ChunksStored { ref stale, .. } if stale == &["a"]));
+    assert_eq!(log.store.points("c").unwrap().len(), 2);
+}
+
+#[test]
+fn a_staged_request_is_accepted_whole_or_not_at_all() {
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    let stage = |part: u32, ids: &[&str], at_ms: u64| Command::StageDocuments {
+        collection: "c".into(),
+        job_id: "big".into(),
+        part,
+        documents: ids.iter().map(|i| doc(i, "text", "{}")).collect(),
+        at_ms,
+    };
+    log.apply(stage(0, &["a", "b"], 5)).unwrap();
+    log.apply(stage(1, &["c"], 5)).unwrap();
+    // staged documents are not documents yet
+    assert!(log.store.document("c", "a").is_err());
+    assert!(log.store.pending_documents().unwrap().is_empty());
+    // a part twice is refused
+    assert!(log.apply(stage(1, &["x"], 5)).is_err());
+    // accepting with a part that was never staged changes nothing
+    let missing = Command::AcceptDocuments {
+        collection: "c".into(),
+        job_id: "big".into(),
+        documents: vec![],
+        staged_parts: 3,
+        at_ms: 6,
+    };
+    assert!(matches!(
+        log.apply(missing),
+        Err(StoreError::InvalidCommand(_))
+    ));
+    assert!(log.store.job("big").unwrap().is_none());
+    let accept_all = Command::AcceptDocuments {
+        collection: "c".into(),
+        job_id: "big".into(),
+        documents: vec![doc("d", "text", "{}")],
+        staged_parts: 2,
+        at_ms: 7,
+    };
+    let applied = log.apply(accept_all).unwrap();
+    let Outcome::DocumentsAccepted { job } = applied.outcome else {
+        panic!()
+    };
+    assert_eq!(job.total, 4);
+    assert_eq!(log.store.pending_documents().unwrap().len(), 4);
+    assert_eq!(
+        log.store.expirable_staged(u64::MAX).unwrap(),
+        0,
+        "parts removed"
+    );
+    // staged parts of a request that never finished expire
+    log.apply(Command::StageDocuments {
+        collection: "c".into(),
+        job_id: "abandoned".into(),
+        part: 0,
+        documents: vec![doc("z", "t", "{}")],
+        at_ms: 10,
+    })
+    .unwrap();
+    assert_eq!(log.store.expirable_staged(11).unwrap(), 1);
+    let expired = log
+        .apply(Command::ExpireJobs {
+            before_ms: 0,
+            staged_before_ms: 11,
+        })
+        .unwrap();
+    assert_eq!(
+        expired.outcome,
+        Outcome::JobsExpired {
+            removed: 0,
+            staged: 1
+        }
+    );
+    assert_eq!(log.store.expirable_staged(u64::MAX).unwrap(), 0);
+}
+
+#[test]
+fn the_log_record_is_written_with_the_state_it_describes() {
+    let store = Store::temporary().unwrap();
+    store
+        .apply_logged(1, &create("a"), Some(b"entry-1"))
+        .unwrap();
+    assert_eq!(store.log_meta().unwrap().as_deref(), Some(&b"entry-1"[..]));
+    // a refused command advances both
+    assert!(store
+        .apply_logged(2, &create("a"), Some(b"entry-2"))
+        .is_err());
+    assert_eq!(store.applied_index().unwrap(), 2);
+    assert_eq!(store.log_meta().unwrap().as_deref(), Some(&b"entry-2"[..]));
+    // an entry without a command (blank, membership) too
+    store.advance(3, Some(b"entry-3")).unwrap();
+    assert_eq!(store.applied_index().unwrap(), 3);
+    assert_eq!(store.log_meta().unwrap().as_deref(), Some(&b"entry-3"[..]));
 }

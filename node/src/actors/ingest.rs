@@ -1,5 +1,9 @@
-//! Ingest workers: take documents from the queue, read their text from the store, chunk them,
-//! embed the chunks on the ingest embedder, and apply one `StoreChunks` command per document.
+//! Ingest workers: take documents from the queue, claim them for this node through the log (so
+//! that a document is embedded by one node of the cluster), read their text from the store, chunk
+//! them, embed the chunks on the ingest embedder, and store the chunks of the whole batch in one
+//! `StoreChunks` command per collection (split only where one log entry would be too large).
+//! Documents another node holds wait until its claim expires; chunks made under a claim that
+//! another node took over meanwhile are refused by apply, so no document is indexed twice.
 //!
 //! A batch has one owner at a time. If the embedder makes no progress on it for
 //! `model.timeout_ms`, the worker gives it up (the executor sees its answer is no longer wanted
@@ -12,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use shoal_inference::Chunk;
-use shoal_storage::{ChunkInput, Command, PendingDocument, StoreError};
+use shoal_storage::{
+    ChunkInput, Command, DocumentChunks, DocumentVersion, Outcome, PendingDocument, StoreError,
+};
 
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::context::NodeContext;
@@ -82,7 +88,7 @@ impl Actor for IngestWorker {
                 if docs.is_empty() {
                     return Ok(());
                 }
-                match process(&ctx, &mut state.last_stored, docs).await {
+                match process(&ctx, state.id, &mut state.last_stored, docs).await {
                     Processed::Done => {
                         ctx.ingest.finish(state.id);
                         if !ctx.ingest.is_empty() {
@@ -112,11 +118,99 @@ enum Processed {
     Retry,
 }
 
+/// Claim `docs` (pending versions) for this node; returns those granted. Those another node
+/// holds are deferred in the queue until that claim expires.
+async fn claim(
+    ctx: &Arc<NodeContext>,
+    worker: usize,
+    docs: Vec<PendingDocument>,
+) -> Result<Vec<PendingDocument>, NodeError> {
+    let mut by_collection: std::collections::BTreeMap<String, Vec<PendingDocument>> =
+        Default::default();
+    for d in docs {
+        by_collection
+            .entry(d.collection.clone())
+            .or_default()
+            .push(d);
+    }
+    let mut granted = Vec::new();
+    for (collection, docs) in by_collection {
+        let now = now_ms();
+        let result = ctx
+            .apply(Command::ClaimDocuments {
+                collection,
+                node: ctx.node_id(),
+                documents: docs
+                    .iter()
+                    .map(|d| DocumentVersion {
+                        doc_id: d.doc_id.clone(),
+                        version: d.version,
+                    })
+                    .collect(),
+                until_ms: now + ctx.config.cluster.claim_ttl_ms,
+                at_ms: now,
+            })
+            .await;
+        let outcome = match result {
+            Ok(c) => c.outcome,
+            // Dropped collection: nothing to do.
+            Err(NodeError::Store(StoreError::CollectionNotFound(_))) => continue,
+            Err(e) => return Err(e),
+        };
+        let Outcome::Claimed {
+            granted: ok,
+            held,
+            taken_over,
+        } = outcome
+        else {
+            return Err(NodeError::Internal(format!("a claim answered {outcome:?}")));
+        };
+        let claims = &ctx.metrics.cluster_claims;
+        claims
+            .with_label_values(&["granted"])
+            .inc_by(ok.len() as u64);
+        claims
+            .with_label_values(&["taken_over"])
+            .inc_by(u64::from(taken_over));
+        claims
+            .with_label_values(&["held_elsewhere"])
+            .inc_by(held.len() as u64);
+        let held: Vec<(PendingDocument, u64)> = held
+            .into_iter()
+            .filter_map(|h| {
+                docs.iter()
+                    .find(|d| d.doc_id == h.document.doc_id && d.version == h.document.version)
+                    .map(|d| (d.clone(), h.until_ms))
+            })
+            .collect();
+        if !held.is_empty() {
+            ctx.ingest.defer(worker, held);
+        }
+        granted.extend(docs.into_iter().filter(|d| {
+            ok.iter()
+                .any(|g| g.doc_id == d.doc_id && g.version == d.version)
+        }));
+    }
+    Ok(granted)
+}
+
 async fn process(
     ctx: &Arc<NodeContext>,
+    worker: usize,
     last_stored: &mut HashMap<u64, u64>,
     keys: Vec<PendingDocument>,
 ) -> Processed {
+    // This node's claim first: a document is embedded by one node of the cluster.
+    let keys = match claim(ctx, worker, keys).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim documents for ingest; the batch will be retried");
+            return Processed::Retry;
+        }
+    };
+    if keys.is_empty() {
+        return Processed::Done;
+    }
     // The texts, from the store: versions replaced, deleted or dropped meanwhile are skipped.
     let store = ctx.store.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -197,6 +291,9 @@ async fn process(
             }
         }
     }
+    // The chunks of the whole batch, per collection, as few commands as the entry size allows.
+    let mut ready: std::collections::BTreeMap<(String, u64), Vec<DocumentChunks>> =
+        Default::default();
     for ((doc, _), chunks) in docs.iter().zip(chunked) {
         let chunks: Vec<Chunk> = match chunks {
             Ok(c) if c.is_empty() => {
@@ -219,34 +316,109 @@ async fn process(
                 vector,
             })
             .collect();
-        let n = inputs.len();
-        let result = ctx
-            .apply(Command::StoreChunks {
-                collection: doc.collection.clone(),
+        ready
+            .entry((doc.collection.clone(), doc.uid))
+            .or_default()
+            .push(DocumentChunks {
                 doc_id: doc.doc_id.clone(),
                 version: doc.version,
                 chunks: inputs,
-                at_ms: now_ms(),
-            })
-            .await;
-        match result {
-            Ok(committed) => {
-                last_stored.insert(doc.uid, committed.index);
-                ctx.metrics
-                    .ingest_documents
-                    .with_label_values(&["indexed"])
-                    .inc();
-                ctx.metrics.ingest_chunks.inc_by(n as u64);
-            }
-            // Dropped collection: nothing to do.
-            Err(NodeError::Store(StoreError::CollectionNotFound(_))) => {}
-            Err(e) => {
-                tracing::error!(collection = %doc.collection, doc = %doc.doc_id, error = %e, "storing chunks failed");
-                fail(ctx, doc, &format!("storing chunks failed: {e}")).await;
+            });
+    }
+    let max_bytes = ctx.config.cluster.max_entry_bytes;
+    for ((collection, uid), documents) in ready {
+        for part in split_by_size(documents, max_bytes) {
+            let n: usize = part.iter().map(|d| d.chunks.len()).sum();
+            let versions: Vec<(String, u64)> =
+                part.iter().map(|d| (d.doc_id.clone(), d.version)).collect();
+            let result = ctx
+                .apply(Command::StoreChunks {
+                    collection: collection.clone(),
+                    node: ctx.node_id(),
+                    documents: part,
+                    at_ms: now_ms(),
+                })
+                .await;
+            match result {
+                Ok(committed) => {
+                    last_stored.insert(uid, committed.index);
+                    if let Outcome::ChunksStored { stored, lost, .. } = committed.outcome {
+                        let m = &ctx.metrics;
+                        m.ingest_documents
+                            .with_label_values(&["indexed"])
+                            .inc_by(stored.len() as u64);
+                        m.cluster_claims
+                            .with_label_values(&["lost"])
+                            .inc_by(lost.len() as u64);
+                        if !stored.is_empty() {
+                            m.ingest_chunks.inc_by(n as u64);
+                        }
+                    }
+                }
+                // Dropped collection: nothing to do.
+                Err(NodeError::Store(StoreError::CollectionNotFound(_))) => {}
+                Err(NodeError::Cluster(shoal_cluster::ClusterError::TooLarge(why))) => {
+                    // One document's chunks alone are larger than a log entry may be.
+                    for (doc_id, version) in versions {
+                        if let Some((d, _)) = docs
+                            .iter()
+                            .find(|(d, _)| d.doc_id == doc_id && d.version == version)
+                        {
+                            fail(ctx, d, &format!("its chunks are too large to store: {why}"))
+                                .await;
+                        }
+                    }
+                }
+                Err(e @ NodeError::Cluster(_)) => {
+                    // Not stored (no leader, no quorum): the documents stay pending and are
+                    // taken again later.
+                    tracing::warn!(collection = %collection, error = %e, "storing chunks failed; the batch will be retried");
+                    return Processed::Retry;
+                }
+                Err(e) => {
+                    // Refused by apply (it would be refused again): the documents fail.
+                    tracing::error!(collection = %collection, error = %e, "storing chunks failed");
+                    for (doc_id, version) in versions {
+                        if let Some((d, _)) = docs
+                            .iter()
+                            .find(|(d, _)| d.doc_id == doc_id && d.version == version)
+                        {
+                            fail(ctx, d, &format!("storing chunks failed: {e}")).await;
+                        }
+                    }
+                }
             }
         }
     }
     Processed::Done
+}
+
+/// Parts of at most `max_bytes` (a document larger than that alone in its part: the text of one
+/// document is bounded by `ingest.max_document_bytes`, well below an entry).
+fn split_by_size(documents: Vec<DocumentChunks>, max_bytes: usize) -> Vec<Vec<DocumentChunks>> {
+    let size = |d: &DocumentChunks| {
+        d.chunks
+            .iter()
+            .map(|c| c.text.len() + c.vector.len() * 4 + 16)
+            .sum::<usize>()
+            + d.doc_id.len()
+    };
+    let mut parts: Vec<Vec<DocumentChunks>> = Vec::new();
+    let mut bytes = 0;
+    for d in documents {
+        let s = size(&d);
+        match parts.last_mut() {
+            Some(last) if bytes + s <= max_bytes => {
+                bytes += s;
+                last.push(d);
+            }
+            _ => {
+                bytes = s;
+                parts.push(vec![d]);
+            }
+        }
+    }
+    parts
 }
 
 async fn embed_all(ctx: &Arc<NodeContext>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, NodeError> {
@@ -318,6 +490,7 @@ async fn fail(ctx: &Arc<NodeContext>, doc: &PendingDocument, reason: &str) {
     let result = ctx
         .apply(Command::FailDocument {
             collection: doc.collection.clone(),
+            node: ctx.node_id(),
             doc_id: doc.doc_id.clone(),
             version: doc.version,
             reason: reason.to_string(),

@@ -1,0 +1,926 @@
+//! A node's membership in the cluster: its Raft instance, and what the rest of shoal asks of it
+//! (propose a command and learn its outcome, a linearizable read index, waiting for local apply,
+//! joining, membership changes, status).
+//!
+//! Writes go to the leader: on the leader `propose` is `raft.client_write`; on any other node it
+//! is forwarded over the internal network and answered with the leader's outcome. A request that
+//! provably never reached a leader (no leader, not the leader, connection refused) is retried
+//! until a leader answers or `write_timeout_ms` passes; one that may have reached it is not
+//! retried (it could apply twice) and fails as "outcome unknown".
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError as CWE, RaftError as RE};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_storage::{Command, Outcome, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::error::ClusterError;
+use crate::log_store::LogStore;
+use crate::network::{Client, Credentials, Network, NetworkFaults};
+use crate::state_machine::{members, IndexSink, RaftStateMachineStore, StateMachine};
+use crate::types::{
+    ApplyResponse, CheckIsLeaderError, ClientWriteError, GroupId, NodeId, NodeInfo, Raft, RaftError,
+};
+use crate::ClusterEvents;
+
+const NODE_ID: &str = "node_id";
+const CLUSTER_ID: &str = "cluster_id";
+
+/// How a node takes part in consensus (the node's `[cluster]` configuration).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub group: GroupId,
+    /// This node's id; None: the one in the data folder, or a new random one.
+    pub node_id: Option<NodeId>,
+    /// The address other nodes reach this one at (`http://host:port`).
+    pub advertise: String,
+    /// The shared secret of internal requests; None: this node runs alone.
+    pub secret: Option<String>,
+    /// Where snapshots are kept.
+    pub snapshot_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and let the log be compacted) after this many entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (for followers that are only a little behind).
+    pub keep_entries_after_snapshot: u64,
+    pub snapshot_chunk_bytes: u64,
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries per append request.
+    pub max_entries_per_append: u64,
+    /// Largest command (text and vectors) in one entry.
+    pub max_entry_bytes: usize,
+    /// How long a write waits for a leader to commit it.
+    pub write_timeout_ms: u64,
+    /// A node that has not heard from its leader (a leader: from a majority) for this long
+    /// answers reads marked stale and refuses writes.
+    pub stale_after_ms: u64,
+}
+
+impl ClusterSettings {
+    fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
+        let config = openraft::Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            max_payload_entries: self.max_entries_per_append,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ClusterError::BadRequest(format!("cluster configuration: {e}")))
+    }
+}
+
+/// A member as a status lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub addr: String,
+    /// leader, follower, candidate, learner, shutdown
+    pub state: String,
+    pub cluster_id: Option<String>,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, String>,
+    /// On the leader: each member's last replicated index.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+    /// Why this node cannot vouch that its data is current (None when it can).
+    pub stale: Option<String>,
+}
+
+/// One member in a cluster-wide status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    /// voter or learner
+    pub role: String,
+    /// Entries the leader has that this member has not got (leader's view).
+    pub lag: Option<u64>,
+    /// The member's own report (None when it could not be reached).
+    pub status: Option<NodeStatus>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub group: GroupId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JoinRequest {
+    pub node_id: NodeId,
+    pub addr: String,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JoinReply {
+    pub cluster_id: String,
+    pub leader: NodeId,
+    pub commit_index: u64,
+}
+
+/// Membership changes, run on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    Promote(NodeId),
+    Remove(NodeId),
+}
+
+/// The outcome of a proposed command, with the log index it was applied at.
+#[derive(Debug)]
+pub struct Proposed {
+    pub index: u64,
+    pub outcome: Result<Outcome, StoreError>,
+}
+
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub group: GroupId,
+    pub(crate) raft: Raft,
+    pub(crate) settings: ClusterSettings,
+    pub(crate) client: Arc<Client>,
+    pub(crate) log: LogStore,
+    /// When an append (heartbeat) from the leader last arrived.
+    pub(crate) leader_contact: Mutex<Option<Instant>>,
+    leadership: watch::Sender<bool>,
+    fatal: watch::Sender<Option<String>>,
+    pub(crate) events: Arc<dyn ClusterEvents>,
+}
+
+impl ClusterNode {
+    /// Start this node's Raft over `store` (the log in its own tree of the same database).
+    /// The node is not yet part of any cluster unless it was before; see
+    /// [`ClusterNode::initialize`] and [`ClusterNode::join`].
+    pub async fn start(
+        settings: ClusterSettings,
+        store: Store,
+        sink: Arc<dyn IndexSink>,
+        events: Arc<dyn ClusterEvents>,
+    ) -> Result<Arc<ClusterNode>, ClusterError> {
+        let internal = |e: StoreError| ClusterError::Internal(e.to_string());
+        let log = LogStore::open(&store, settings.group).map_err(internal)?;
+        let id = node_identity(&log, settings.node_id)?;
+        let cluster_id = log
+            .tree()
+            .get_meta(CLUSTER_ID)
+            .map_err(internal)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let credentials = Arc::new(Credentials {
+            node_id: id,
+            secret: settings.secret.clone(),
+            cluster_id: parking_lot::RwLock::new(cluster_id),
+        });
+        let client = Arc::new(Client::new(
+            credentials,
+            Arc::new(NetworkFaults::default()),
+            settings.group,
+        ));
+        let sm = Arc::new(StateMachine::new(store, sink).map_err(internal)?);
+        let sm_store =
+            RaftStateMachineStore::new(sm, settings.snapshot_dir.clone(), events.clone())
+                .map_err(|e| ClusterError::Internal(format!("snapshot folder: {e}")))?;
+        let config = Arc::new(settings.raft_config()?);
+        let raft = Raft::new(
+            id,
+            config,
+            Network {
+                client: client.clone(),
+            },
+            log.clone(),
+            sm_store,
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let node = Arc::new(ClusterNode {
+            id,
+            group: settings.group,
+            raft,
+            settings,
+            client,
+            log,
+            leader_contact: Mutex::new(None),
+            leadership: watch::Sender::new(false),
+            fatal: watch::Sender::new(None),
+            events,
+        });
+        tokio::spawn(watch_metrics(node.clone()));
+        Ok(node)
+    }
+
+    /// The Raft instance (for the internal routes).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn faults(&self) -> &NetworkFaults {
+        &self.client.faults
+    }
+
+    /// Resolves with the reason once consensus stops on this node (its storage failed).
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.fatal.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(r) => r.clone().unwrap_or_default(),
+                Err(_) => "consensus stopped".into(),
+            }
+        }
+    }
+
+    /// True while this node is the leader; changes when leadership does.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.leadership.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.leadership.borrow()
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.client.credentials.cluster_id.read().clone()
+    }
+
+    fn set_cluster_id(&self, id: &str) -> Result<(), ClusterError> {
+        self.log
+            .tree()
+            .put_meta(CLUSTER_ID, id.as_bytes())
+            .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        *self.client.credentials.cluster_id.write() = Some(id.to_string());
+        Ok(())
+    }
+
+    /// An internal request from a node of cluster `theirs` arrived: a node that belongs to no
+    /// cluster yet (added by a leader, or wiped) takes the cluster's id. Returns whether the
+    /// request may go on.
+    pub(crate) fn accept_cluster(&self, theirs: &str) -> Result<(), String> {
+        let ours = self.cluster_id();
+        match ours {
+            Some(o) if o == theirs => Ok(()),
+            Some(o) => Err(format!(
+                "this node belongs to cluster {o}, the request comes from cluster {}",
+                if theirs.is_empty() { "(none)" } else { theirs }
+            )),
+            None if theirs.is_empty() => Ok(()),
+            None => self.set_cluster_id(theirs).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// The current leader and its address.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Make this node a one-member cluster (a new cluster id). Refused if it belongs to one.
+    pub async fn initialize(&self) -> Result<String, ClusterError> {
+        if self.is_initialized().await {
+            return Err(ClusterError::Conflict(format!(
+                "node {} already belongs to cluster {}",
+                self.id,
+                self.cluster_id().unwrap_or_else(|| "(unknown)".into())
+            )));
+        }
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        self.set_cluster_id(&cluster_id)?;
+        let members = BTreeMap::from([(
+            self.id,
+            NodeInfo {
+                addr: self.settings.advertise.clone(),
+            },
+        )]);
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RE::APIError(e) => ClusterError::Conflict(e.to_string()),
+            RE::Fatal(f) => ClusterError::Fatal(f.to_string()),
+        })?;
+        tracing::info!(node = self.id, cluster = %cluster_id, "initialized a new cluster");
+        Ok(cluster_id)
+    }
+
+    /// Ask the cluster that `seed` (any member's address) belongs to for this node to join as a
+    /// learner. Returns the cluster id and the commit index at the time of joining.
+    pub async fn join(&self, seed: &str) -> Result<(String, u64), ClusterError> {
+        let req = JoinRequest {
+            node_id: self.id,
+            addr: self.settings.advertise.clone(),
+            cluster_id: self.cluster_id(),
+        };
+        let reply: Result<JoinReply, ClusterError> = self
+            .client
+            .call(None, seed, "join", &req, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.into_cluster_error(&format!("joining through {seed}")))?;
+        let reply = reply?;
+        self.accept_cluster(&reply.cluster_id)
+            .map_err(ClusterError::Conflict)?;
+        tracing::info!(node = self.id, cluster = %reply.cluster_id, leader = reply.leader, "joined as a learner");
+        Ok((reply.cluster_id, reply.commit_index))
+    }
+
+    /// Run a join on the leader (forwarded there if this node is not it).
+    pub(crate) async fn handle_join(&self, req: JoinRequest) -> Result<JoinReply, ClusterError> {
+        if !self.is_leader() {
+            let (leader, info) = self.wait_for_leader().await?;
+            if leader != self.id {
+                let r: Result<JoinReply, ClusterError> = self
+                    .client
+                    .call(
+                        Some(leader),
+                        &info.addr,
+                        "join",
+                        &req,
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|e| e.into_cluster_error("forwarding a join to the leader"))?;
+                return r;
+            }
+        }
+        let ours = self
+            .cluster_id()
+            .ok_or_else(|| ClusterError::Internal("the leader has no cluster id".into()))?;
+        if let Some(theirs) = &req.cluster_id {
+            if *theirs != ours {
+                return Err(ClusterError::Conflict(format!(
+                    "node {} belongs to cluster {theirs}; this is cluster {ours}: a node joins one cluster only (wipe its data folder to move it)",
+                    req.node_id
+                )));
+            }
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let info = NodeInfo {
+            addr: req.addr.clone(),
+        };
+        let change = match m.membership_config.membership().get_node(&req.node_id) {
+            Some(existing) if *existing == info => None,
+            Some(_) => Some(ChangeMembers::SetNodes(BTreeMap::from([(
+                req.node_id,
+                info.clone(),
+            )]))),
+            None => Some(ChangeMembers::AddNodes(BTreeMap::from([(
+                req.node_id,
+                info.clone(),
+            )]))),
+        };
+        if let Some(change) = change {
+            self.change_membership(change).await?;
+        }
+        let commit_index = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|c| c.index).unwrap_or(0))
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        tracing::info!(node = req.node_id, addr = %req.addr, "a node joined as a learner");
+        Ok(JoinReply {
+            cluster_id: ours,
+            leader: self.id,
+            commit_index,
+        })
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, NodeInfo>,
+    ) -> Result<(), ClusterError> {
+        let timeout = Duration::from_millis(self.settings.write_timeout_ms.max(10_000));
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(client_write_error(self.id, e)),
+            Err(_) => Err(ClusterError::Timeout(format!(
+                "the membership change was not committed within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Make learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.on_leader(MembershipChange::Promote(id)).await
+    }
+
+    /// Remove node `id` from the cluster (a voter first stops voting).
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.on_leader(MembershipChange::Remove(id)).await
+    }
+
+    async fn on_leader(&self, change: MembershipChange) -> Result<(), ClusterError> {
+        let (leader, info) = self.wait_for_leader().await?;
+        if leader == self.id {
+            return self.handle_membership(change).await;
+        }
+        let r: Result<(), ClusterError> = self
+            .client
+            .call(
+                Some(leader),
+                &info.addr,
+                "membership",
+                &change,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| e.into_cluster_error("forwarding a membership change to the leader"))?;
+        r
+    }
+
+    pub(crate) async fn handle_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            return Err(ClusterError::NotLeader {
+                node: self.id,
+                leader: self.leader().map(|(id, _)| id),
+            });
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        match change {
+            MembershipChange::Promote(id) => {
+                if membership.get_node(&id).is_none() {
+                    return Err(ClusterError::NotFound(format!(
+                        "no node with id {id} in the cluster (members: {})",
+                        list(membership.nodes().map(|(id, _)| *id))
+                    )));
+                }
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                    .await?;
+                tracing::info!(node = id, "promoted to voter");
+            }
+            MembershipChange::Remove(id) => {
+                if membership.get_node(&id).is_none() {
+                    return Err(ClusterError::NotFound(format!(
+                        "no node with id {id} in the cluster"
+                    )));
+                }
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(ClusterError::BadRequest(format!(
+                            "node {id} is the last voter: a cluster needs one (promote another node first)"
+                        )));
+                    }
+                    self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                        .await?;
+                } else {
+                    self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                        .await?;
+                }
+                tracing::info!(node = id, "removed from the cluster");
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader, waiting (at most `write_timeout_ms`) while an election runs.
+    async fn wait_for_leader(&self) -> Result<(NodeId, NodeInfo), ClusterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+                return Err(ClusterError::NoLeader(format!(
+                    "no leader is known after {} ms (is a majority of the voters up and reachable?)",
+                    self.settings.write_timeout_ms
+                )));
+            }
+        }
+    }
+
+    /// Why this node cannot vouch that its data is current, if it cannot.
+    pub fn stale(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let limit = Duration::from_millis(self.settings.stale_after_ms);
+        match m.state {
+            ServerState::Leader => {
+                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                let fresh = voters
+                    .iter()
+                    .filter(|v| {
+                        **v == self.id
+                            || self
+                                .client
+                                .last_ack(**v)
+                                .is_some_and(|t| t.elapsed() < limit)
+                    })
+                    .count();
+                (fresh * 2 <= voters.len()).then(|| {
+                    format!(
+                        "the leader has heard from {fresh} of {} voters in the last {} ms (no quorum)",
+                        voters.len(),
+                        limit.as_millis()
+                    )
+                })
+            }
+            ServerState::Shutdown => Some("consensus has stopped on this node".into()),
+            _ if m.current_leader.is_none() => Some("no leader is known".into()),
+            _ => match *self.leader_contact.lock() {
+                Some(t) if t.elapsed() < limit => None,
+                Some(t) => Some(format!(
+                    "no word from the leader for {} ms",
+                    t.elapsed().as_millis()
+                )),
+                None => Some("no word from the leader since this node started".into()),
+            },
+        }
+    }
+
+    /// Propose `command` through the leader; the answer is its log index and outcome. Only a
+    /// command that is committed and applied (on the leader) answers Ok.
+    pub async fn propose(&self, command: Command) -> Result<Proposed, ClusterError> {
+        let size = command.payload_bytes();
+        if size > self.settings.max_entry_bytes {
+            return Err(ClusterError::TooLarge(format!(
+                "a {} command of {size} bytes is larger than one log entry may be ({} bytes, cluster.max_entry_bytes)",
+                command.kind(),
+                self.settings.max_entry_bytes
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
+        loop {
+            let attempt = self.propose_once(&command, deadline).await;
+            match attempt {
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    // An election is running, or the leader moved: ask again shortly.
+                    let mut rx = self.raft.metrics();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ =
+                        tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed())
+                            .await;
+                }
+                Err(ClusterError::Unreachable(e)) if Instant::now() < deadline => {
+                    // Refused before it was sent: nothing happened there; the leader may be gone.
+                    tracing::debug!(error = %e, "the leader is unreachable; waiting for another");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => {
+                    let (index, response) = other?;
+                    let outcome = match response {
+                        ApplyResponse::Applied(o) => Ok(o),
+                        ApplyResponse::Rejected(r) => Err(r.into_store_error()),
+                        ApplyResponse::Nothing => Err(StoreError::InvalidCommand(
+                            "the entry carried no command".into(),
+                        )),
+                    };
+                    return Ok(Proposed { index, outcome });
+                }
+            }
+        }
+    }
+
+    async fn propose_once(
+        &self,
+        command: &Command,
+        deadline: Instant,
+    ) -> Result<(u64, ApplyResponse), ClusterError> {
+        let Some((leader, info)) = self.leader() else {
+            return Err(ClusterError::NoLeader(
+                "no leader is known (an election may be running, or this node is cut off)".into(),
+            ));
+        };
+        if leader == self.id {
+            return self.write_here(command.clone(), deadline).await;
+        }
+        self.events.forwarded_write();
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let r: Result<(u64, ApplyResponse), ClusterError> = self
+            .client
+            .call(Some(leader), &info.addr, "propose", command, left)
+            .await
+            .map_err(|e| e.into_cluster_error(&format!("the leader (node {leader})")))?;
+        r
+    }
+
+    /// Write on this node, the leader.
+    pub(crate) async fn write_here(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(u64, ApplyResponse), ClusterError> {
+        if let Some(why) = self.stale() {
+            return Err(ClusterError::NoQuorum(why));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.raft.client_write(command)).await {
+            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
+            Ok(Err(e)) => Err(client_write_error(self.id, e)),
+            Err(_) => Err(ClusterError::NoQuorum(format!(
+                "the write was not committed within {} ms (cluster.write_timeout_ms); it may still be applied once a majority answers",
+                self.settings.write_timeout_ms
+            ))),
+        }
+    }
+
+    /// A read index: once this node has applied it, a read here sees every write committed
+    /// before the call (the leader confirms its leadership with a quorum first).
+    pub async fn read_index(&self) -> Result<u64, ClusterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
+        loop {
+            let attempt = match self.leader() {
+                None => Err(ClusterError::NoLeader("no leader is known".into())),
+                Some((leader, _)) if leader == self.id => self.read_index_here(deadline).await,
+                Some((leader, info)) => {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100));
+                    let r: Result<u64, ClusterError> = self
+                        .client
+                        .call(Some(leader), &info.addr, "read-index", &(), left)
+                        .await
+                        .map_err(|e| {
+                            e.into_cluster_error(&format!("the leader (node {leader})"))
+                        })?;
+                    r
+                }
+            };
+            match attempt {
+                Err(e)
+                    if (e.is_retryable() || matches!(e, ClusterError::Unreachable(_)))
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn read_index_here(&self, deadline: Instant) -> Result<u64, ClusterError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RE::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader {
+                    node: self.id,
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(RE::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(ClusterError::NoQuorum(q.to_string()))
+            }
+            Ok(Err(RE::Fatal(f))) => Err(ClusterError::Fatal(f.to_string())),
+            Err(_) => Err(ClusterError::NoQuorum(format!(
+                "the leader could not confirm its leadership within {} ms",
+                self.settings.write_timeout_ms
+            ))),
+        }
+    }
+
+    /// Wait (at most `limit`) until this node has applied `index`.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> Result<(), ClusterError> {
+        if self.applied_index() >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(limit))
+            .applied_index_at_least(Some(index), "wait for local apply")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                ClusterError::Timeout(format!(
+                    "this node has applied {} of {index} after {} ms",
+                    self.applied_index(),
+                    limit.as_millis()
+                ))
+            })
+    }
+
+    /// This node's own view.
+    pub async fn local_status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let commit_index = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|c| c.index))
+            .await
+            .ok()
+            .flatten();
+        let (voters, learners) = members(&m.membership_config);
+        NodeStatus {
+            id: self.id,
+            addr: self.settings.advertise.clone(),
+            state: state_name(m.state).into(),
+            cluster_id: self.cluster_id(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters,
+            learners,
+            nodes: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            replication: m.replication.map(|r| {
+                r.into_iter()
+                    .map(|(id, l)| (id, l.map(|l| l.index)))
+                    .collect()
+            }),
+            stale: self.stale(),
+        }
+    }
+
+    /// Every member's view (each asked over the internal network, a second at most).
+    pub async fn status(&self) -> ClusterStatus {
+        let local = self.local_status().await;
+        // The leader knows the replication of everyone; ask it when this node is not it.
+        let leader_view = match local.leader {
+            Some(l) if l != self.id => {
+                let addr = local.nodes.get(&l).cloned().unwrap_or_default();
+                self.client
+                    .call::<_, NodeStatus>(Some(l), &addr, "status", &(), Duration::from_secs(1))
+                    .await
+                    .ok()
+            }
+            _ => Some(local.clone()),
+        };
+        let last = leader_view
+            .as_ref()
+            .and_then(|l| l.last_log_index)
+            .unwrap_or(0);
+        let replication = leader_view.as_ref().and_then(|l| l.replication.clone());
+        let mut members = Vec::new();
+        for (id, addr) in &local.nodes {
+            let role = if local.voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            };
+            let (status, error) = if *id == self.id {
+                (Some(local.clone()), None)
+            } else {
+                match self
+                    .client
+                    .call::<_, NodeStatus>(Some(*id), addr, "status", &(), Duration::from_secs(1))
+                    .await
+                {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e.into_cluster_error("status").to_string())),
+                }
+            };
+            let lag = replication
+                .as_ref()
+                .and_then(|r| r.get(id).map(|m| last.saturating_sub(m.unwrap_or(0))));
+            members.push(MemberStatus {
+                id: *id,
+                addr: addr.clone(),
+                role: role.into(),
+                lag,
+                status,
+                error,
+            });
+        }
+        ClusterStatus {
+            cluster_id: local.cluster_id.clone(),
+            group: self.group,
+            leader: local.leader,
+            term: local.term,
+            members,
+        }
+    }
+
+    /// Cut (or heal, with an empty set) the links to `nodes` (fault injection).
+    pub fn cut_links(&self, nodes: HashSet<NodeId>) {
+        tracing::warn!(nodes = ?nodes, "fault injection: links cut");
+        self.client.faults.set_cut(nodes);
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn list(ids: impl Iterator<Item = NodeId>) -> String {
+    ids.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn client_write_error(id: NodeId, e: RaftError<ClientWriteError>) -> ClusterError {
+    match e {
+        RE::APIError(CWE::ForwardToLeader(f)) => ClusterError::NotLeader {
+            node: id,
+            leader: f.leader_id,
+        },
+        RE::APIError(CWE::ChangeMembershipError(e)) => ClusterError::BadRequest(e.to_string()),
+        RE::Fatal(f) => ClusterError::Fatal(f.to_string()),
+    }
+}
+
+/// This node's id: the one its data folder was made with, else the configured one, else a new
+/// random one (kept in the folder).
+fn node_identity(log: &LogStore, configured: Option<NodeId>) -> Result<NodeId, ClusterError> {
+    let internal = |e: StoreError| ClusterError::Internal(e.to_string());
+    let stored = log
+        .tree()
+        .get_meta(NODE_ID)
+        .map_err(internal)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes);
+    match (stored, configured) {
+        (Some(s), Some(c)) if s != c => Err(ClusterError::Conflict(format!(
+            "this data folder belongs to node {s}, but cluster.node_id is {c}"
+        ))),
+        (Some(s), _) => Ok(s),
+        (None, c) => {
+            let id = c.unwrap_or_else(|| loop {
+                // Small enough to type; never 0.
+                let id = rand::random::<u64>() % 1_000_000_000;
+                if id != 0 {
+                    break id;
+                }
+            });
+            log.tree()
+                .put_meta(NODE_ID, &id.to_be_bytes())
+                .map_err(internal)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Follow openraft's metrics: leadership changes, and a stop (a storage failure) is fatal.
+async fn watch_metrics(node: Arc<ClusterNode>) {
+    let mut rx = node.raft.metrics();
+    loop {
+        let (leader, fatal) = {
+            let m = rx.borrow_and_update();
+            (
+                m.state == ServerState::Leader,
+                m.running_state.as_ref().err().map(|e| e.to_string()),
+            )
+        };
+        node.leadership.send_if_modified(|l| {
+            let changed = *l != leader;
+            *l = leader;
+            changed
+        });
+        if let Some(reason) = fatal {
+            tracing::error!(reason = %reason, "consensus stopped");
+            let _ = node.fatal.send(Some(reason));
+            return;
+        }
+        if rx.changed().await.is_err() {
+            let _ = node.fatal.send(Some("consensus stopped".into()));
+            return;
+        }
+    }
+}

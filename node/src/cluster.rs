@@ -1,0 +1,143 @@
+//! The node's side of the cluster: its settings from `[cluster]`, the counters the cluster layer
+//! reports, and how a node becomes a member at its first start (a new one-member cluster, or a
+//! join through another node).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shoal_cluster::{ClusterEvents, ClusterNode, ClusterSettings, IndexSink, DEFAULT_GROUP};
+use shoal_storage::Store;
+
+use crate::config::Config;
+use crate::context::NodeContext;
+use crate::metrics::Metrics;
+
+impl ClusterEvents for Metrics {
+    fn forwarded_write(&self) {
+        self.cluster_forwarded_writes.inc();
+    }
+    fn snapshot_built(&self) {
+        self.cluster_snapshots.with_label_values(&["built"]).inc();
+    }
+    fn snapshot_installed(&self) {
+        self.cluster_snapshots
+            .with_label_values(&["installed"])
+            .inc();
+    }
+}
+
+/// The cluster layer's settings for this node.
+pub fn settings(config: &Config) -> ClusterSettings {
+    let c = &config.cluster;
+    ClusterSettings {
+        group: DEFAULT_GROUP,
+        node_id: (c.node_id != 0).then_some(c.node_id),
+        advertise: c
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen)),
+        secret: c.secret.as_ref().map(|s| s.0.clone()),
+        snapshot_dir: config.storage.data_dir.join("snapshots"),
+        heartbeat_ms: c.heartbeat_ms,
+        election_timeout_min_ms: c.election_timeout_min_ms,
+        election_timeout_max_ms: c.election_timeout_max_ms,
+        snapshot_after_entries: c.snapshot_after_entries,
+        keep_entries_after_snapshot: c.keep_entries_after_snapshot,
+        snapshot_chunk_bytes: c.snapshot_chunk_bytes,
+        install_snapshot_timeout_ms: c.install_snapshot_timeout_ms,
+        max_entries_per_append: c.max_entries_per_append,
+        max_entry_bytes: c.max_entry_bytes,
+        write_timeout_ms: c.write_timeout_ms,
+        stale_after_ms: c.stale_after_ms,
+    }
+}
+
+/// Start this node's Raft over the store.
+pub async fn start(
+    config: &Config,
+    store: Store,
+    sink: Arc<dyn IndexSink>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<ClusterNode>> {
+    let node = ClusterNode::start(settings(config), store, sink, metrics)
+        .await
+        .context("cannot start consensus")?;
+    tracing::info!(node = node.id, cluster = ?node.cluster_id(), "consensus started");
+    Ok(node)
+}
+
+/// At the first start: join the cluster of `cluster.join`, or make a new one-member cluster
+/// (`cluster.bootstrap`), or wait to be added. A node that already belongs to a cluster just runs.
+/// With `cluster.join_as_voter`, a joined learner asks to become a voter once it has caught up.
+pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
+    let cluster = ctx.cluster.clone();
+    let c = &ctx.config.cluster;
+    if cluster.is_initialized().await {
+        return;
+    }
+    let Some(seed) = c.join.clone() else {
+        if c.bootstrap {
+            match cluster.initialize().await {
+                Ok(id) => tracing::info!(cluster = %id, "made a new one-member cluster"),
+                Err(e) => tracing::error!(error = %e, "could not make a new cluster"),
+            }
+        } else {
+            tracing::info!(
+                node = cluster.id,
+                "not part of a cluster yet: waiting to be added (shoal cluster join)"
+            );
+        }
+        return;
+    };
+    let mut delay = Duration::from_millis(200);
+    let commit_index = loop {
+        match cluster.join(&seed).await {
+            Ok((_, commit)) => break commit,
+            Err(e @ shoal_cluster::ClusterError::Conflict(_)) => {
+                tracing::error!(error = %e, seed = %seed, "cannot join this cluster");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, seed = %seed, retry_ms = delay.as_millis() as u64, "could not join yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if c.join_as_voter {
+        promote_when_caught_up(cluster, commit_index).await;
+    }
+}
+
+/// Wait until this node has applied what was committed when it joined, then ask to vote.
+pub async fn promote_when_caught_up(cluster: Arc<ClusterNode>, commit_index: u64) {
+    loop {
+        if cluster
+            .wait_applied(commit_index, Duration::from_secs(60))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tracing::info!(
+            applied = cluster.applied_index(),
+            target = commit_index,
+            "catching up before asking to vote"
+        );
+    }
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match cluster.promote(cluster.id).await {
+            Ok(()) => {
+                tracing::info!(node = cluster.id, "now a voter");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not become a voter yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
