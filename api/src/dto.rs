@@ -104,6 +104,9 @@ pub struct JobInfo {
     pub errors: Vec<JobDocumentError>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The log index of the job's last change: once it reads as done, a search with this as
+    /// `min_index` on any node sees every document it indexed.
+    pub index: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -126,6 +129,11 @@ pub struct DocumentInfo {
     /// Searchable chunks (of the indexed version).
     pub chunks: u64,
     pub text: String,
+    /// While pending: the node embedding it, and until when its claim holds (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub claimed_by: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub claimed_until: Option<u64>,
 }
 
 /// `POST /api/v1/collections/{name}/search`: exactly one of `query` and `vector`.

@@ -7,6 +7,7 @@
 //! embedder actors; every change of state goes through [`context::NodeContext::apply`].
 
 pub mod actors;
+pub mod admin_cli;
 pub mod cluster;
 pub mod config;
 pub mod context;

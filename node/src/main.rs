@@ -7,12 +7,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shoal_node::config::Config;
 
-/// shoal: a semantic-search node. It ingests documents, embeds them with a BERT model running
-/// in process, indexes them with HNSW and serves search over HTTP.
+/// shoal: a semantic-search cluster in one binary. A node ingests documents, embeds them with a
+/// BERT model running in process, indexes them with HNSW and serves search over HTTP; nodes
+/// replicate everything through Raft, and any node serves the whole API.
 ///
 /// Configuration comes from defaults, then the file given with --config, then environment
 /// variables SHOAL_<SECTION>__<FIELD> (for example SHOAL_SERVER__LISTEN=0.0.0.0:7400), then the
 /// flags below. `shoal config` prints the result.
+///
+/// A node started alone makes a one-member cluster. To grow it, give every node the same
+/// secret (SHOAL_CLUSTER__SECRET) and start the others with `--join http://FIRST:7400`; then
+/// `shoal cluster promote ID` makes a learner a voter (3 or 5 voters survive 1 or 2 failures).
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about, long_about)]
 struct Cli {
@@ -37,17 +42,85 @@ struct Common {
     /// Cross-encoder folder (Hugging Face layout) for reranking [default: none].
     #[arg(long, env = "RERANKER_MODEL_PATH", value_name = "DIR")]
     reranker_model: Option<PathBuf>,
-    /// Enable POST /api/v1/admin/actors/{name}/panic (tests and drills only).
+    /// Enable fault injection: actor panics and cut links (tests and drills only).
     #[arg(long)]
     fault_injection: bool,
+    /// At the first start, join the cluster of the node at this URL (as a learner) instead of
+    /// making a new one-member cluster. Needs the cluster's secret (SHOAL_CLUSTER__SECRET).
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
+    /// With --join: become a voter once caught up.
+    #[arg(long, requires = "join")]
+    voter: bool,
+    /// This node's id in the cluster [default: the data folder's, or a new random one].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<u64>,
+    /// The URL other nodes reach this one at [default: http://LISTEN-ADDRESS].
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+}
+
+/// Which node an admin command talks to.
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// Any node of the cluster.
+    #[arg(
+        long,
+        env = "SHOAL_NODE",
+        default_value = "http://127.0.0.1:7400",
+        value_name = "URL"
+    )]
+    node: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Make the node (not yet in a cluster) a new one-member cluster.
+    Init {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make the node join the cluster of the node at SEED, as a learner.
+    Join {
+        /// Any member of the cluster to join.
+        seed: String,
+        /// Become a voter once caught up.
+        #[arg(long)]
+        voter: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Members, roles, leader, term, commit and applied index per node, lag, snapshots.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make learner ID a voter.
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove node ID from the cluster (a voter first stops voting).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node.
     Serve(Common),
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML and exit (secrets hidden).
     Config(Common),
+    /// Run the cluster: init, join, status, promote, remove (talks to a node's admin API).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Build the seeded test cross-encoder from a BERT model folder (for tests; it ranks nothing well).
     #[command(hide = true)]
     MakeTestReranker {
@@ -77,6 +150,18 @@ fn load(common: &Common) -> Result<Config, String> {
     if common.fault_injection {
         config.debug.fault_injection = true;
     }
+    if let Some(j) = &common.join {
+        config.cluster.join = Some(j.clone());
+    }
+    if common.voter {
+        config.cluster.join_as_voter = true;
+    }
+    if let Some(id) = common.node_id {
+        config.cluster.node_id = id;
+    }
+    if let Some(a) = &common.advertise {
+        config.cluster.advertise = Some(a.clone());
+    }
     config
         .validate()
         .map_err(|e| format!("configuration: {e}"))?;
@@ -88,6 +173,7 @@ fn main() -> ExitCode {
     let (common, serve) = match &cli.command {
         Cmd::Serve(c) => (c, true),
         Cmd::Config(c) => (c, false),
+        Cmd::Cluster(cmd) => return cluster_command(cmd),
         Cmd::MakeTestReranker { from, out } => {
             return match shoal_inference::test_model::build_test_cross_encoder(from, out) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +192,7 @@ fn main() -> ExitCode {
         }
     };
     if !serve {
-        match toml_string(&config) {
+        match toml_string(&config.redacted()) {
             Ok(s) => {
                 print!("{s}");
                 return ExitCode::SUCCESS;
@@ -160,6 +246,75 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("shoal: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn cluster_command(cmd: &ClusterCmd) -> ExitCode {
+    use serde_json::json;
+    use shoal_node::admin_cli::{call, status_table};
+    let result = match cmd {
+        ClusterCmd::Init { target } => call(&target.node, "POST", "/api/v1/cluster/init", None)
+            .map(|v| {
+                format!(
+                    "node {} is now the one member of cluster {}",
+                    v["node_id"],
+                    v["cluster_id"].as_str().unwrap_or("?")
+                )
+            }),
+        ClusterCmd::Join {
+            seed,
+            voter,
+            target,
+        } => call(
+            &target.node,
+            "POST",
+            "/api/v1/cluster/join",
+            Some(json!({ "seed": seed, "voter": voter })),
+        )
+        .map(|v| {
+            format!(
+                "node {} joined cluster {} as a learner{}",
+                v["node_id"],
+                v["cluster_id"].as_str().unwrap_or("?"),
+                if *voter {
+                    "; it becomes a voter once caught up"
+                } else {
+                    ""
+                }
+            )
+        }),
+        ClusterCmd::Status { json, target } => call(&target.node, "GET", "/api/v1/cluster", None)
+            .map(|v| {
+                if *json {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                } else {
+                    status_table(&v)
+                }
+            }),
+        ClusterCmd::Promote { id, target } => call(
+            &target.node,
+            "POST",
+            &format!("/api/v1/cluster/nodes/{id}/promote"),
+            None,
+        )
+        .map(|_| format!("node {id} is a voter")),
+        ClusterCmd::Remove { id, target } => call(
+            &target.node,
+            "DELETE",
+            &format!("/api/v1/cluster/nodes/{id}"),
+            None,
+        )
+        .map(|_| format!("node {id} was removed from the cluster")),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal: {}", e.message);
+            ExitCode::from(e.code)
         }
     }
 }

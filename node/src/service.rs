@@ -280,6 +280,7 @@ fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
             .collect(),
         created_at: j.created_at_ms,
         updated_at: j.updated_at_ms,
+        index: j.last_index,
     }
 }
 
@@ -601,6 +602,8 @@ impl ShoalService for Node {
             metadata: parse_metadata(&d.metadata_json),
             chunks: d.live.map(|l| l.points.len() as u64).unwrap_or(0),
             text: d.text,
+            claimed_by: d.claim.map(|c| c.node),
+            claimed_until: d.claim.map(|c| c.until_ms),
         })
     }
 

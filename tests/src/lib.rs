@@ -5,6 +5,8 @@
 //! `cargo build --bin shoal`). The model is `$SHOAL_MODEL_DIR`, or `models/all-MiniLM-L6-v2`
 //! (fetch it with `scripts/fetch-model.sh`).
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +51,9 @@ pub fn model_dir() -> PathBuf {
 pub struct Node {
     child: Option<Child>,
     pub base: String,
+    /// The address it listens on: port 0 at the first start, then the port it got, so that a
+    /// restarted node keeps its address (other nodes of a cluster know it by it).
+    listen: String,
     pub data: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -89,6 +94,7 @@ impl Node {
         let mut node = Node {
             child: None,
             base: String::new(),
+            listen: "127.0.0.1:0".into(),
             data,
             env: env
                 .iter()
@@ -124,8 +130,82 @@ impl Node {
             .recv_timeout(Duration::from_secs(60))
             .expect("shoal did not report its address within 60 s");
         self.base = format!("http://{addr}");
+        self.listen = addr;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(120));
+    }
+
+    /// Start the process without waiting for it to be ready (a cluster member that waits to
+    /// be added, for example); returns once it listens.
+    pub fn spawn_unready(&mut self) {
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("shoal listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("shoal did not report its address within 60 s");
+        self.base = format!("http://{addr}");
+        self.listen = addr;
+        self.child = Some(child);
+    }
+
+    /// A node that is not started yet (see [`Node::start_again`] and [`Node::spawn_unready`]).
+    pub fn prepare(env: &[(&str, &str)], args: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        Node {
+            child: None,
+            base: String::new(),
+            listen: "127.0.0.1:0".into(),
+            data,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            _tmp: Some(tmp),
+        }
+    }
+
+    /// Whether the process is running (not stopped or killed by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Add command-line arguments for the next start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+    }
+
+    /// Remove every argument `name` (and the value after it, when `with_value`) for the next start.
+    pub fn remove_arg(&mut self, name: &str, with_value: bool) {
+        let mut out = Vec::new();
+        let mut skip = false;
+        for a in std::mem::take(&mut self.args) {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a == name {
+                skip = with_value;
+                continue;
+            }
+            out.push(a);
+        }
+        self.args = out;
     }
 
     pub fn wait_ready(&self, limit: Duration) {
@@ -175,7 +255,7 @@ impl Node {
         }
     }
 
-    /// Start again on the same data folder (on a new port).
+    /// Start again on the same data folder and port.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -196,7 +276,7 @@ impl Node {
         let mut cmd = Command::new(shoal_bin());
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--model")

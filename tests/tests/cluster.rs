@@ -1,0 +1,667 @@
+//! Multi-node tests: real `shoal` processes on loopback replicating through Raft.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal_tests::cluster::{cluster_env, Cluster, SECRET};
+use shoal_tests::{corpus, hit_ids, metric_value, shoal_bin, wait_until, Node, PARAPHRASES};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `n` short documents, one sentence each, about distinct numbered things.
+fn numbered_docs(prefix: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| {
+                json!({
+                    "id": format!("{prefix}-{i}"),
+                    "text": format!("Report number {i} about {prefix}: the {i}th sample of this series was recorded today."),
+                    "metadata": {"n": i}
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Run `shoal cluster ARGS...`; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(shoal_bin())
+        .arg("cluster")
+        .args(args)
+        .output()
+        .expect("run shoal cluster");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn three_voters_and_a_learner_serve_the_same_hits() {
+    let c = Cluster::start(3, 1, &[]);
+    let status = c.status(3);
+    let roles: BTreeMap<u64, String> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeMap::from([
+            (1, "voter".into()),
+            (2, "voter".into()),
+            (3, "voter".into()),
+            (4, "learner".into())
+        ])
+    );
+    // writes through a follower are forwarded to the leader
+    let f = c.follower();
+    c.nodes[f].create_collection("wiki");
+    let job = c.nodes[f].ingest("wiki", corpus());
+    assert_eq!(job["state"], "completed", "{job}");
+    let at = job["index"].as_u64().unwrap();
+    assert!(
+        metric_value(
+            &c.nodes[f].metrics(),
+            "shoal_cluster_forwarded_writes_total",
+            ""
+        ) >= 2.0
+    );
+    // every node, the learner too, answers the same hits (reading at the job's index)
+    for (q, want) in PARAPHRASES {
+        let mut answers = Vec::new();
+        for n in &c.nodes {
+            let r = n.search("wiki", json!({"query": q, "top_k": 5, "min_index": at}));
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(r.body["stale"], false, "{}", r.text);
+            assert!(r.body["applied_index"].as_u64().unwrap() >= at);
+            answers.push(hit_ids(&r.body));
+        }
+        assert_eq!(answers[0][0], *want, "query {q:?}");
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "{q:?}: {answers:?}"
+        );
+    }
+    c.wait_converged(Duration::from_secs(30));
+}
+
+#[test]
+fn killing_the_leader_during_ingest_loses_no_acknowledged_document() {
+    let mut c = Cluster::start(3, 0, &[("SHOAL_CLUSTER__CLAIM_TTL_MS", "3000")]);
+    let leader = c.leader(Duration::from_secs(30));
+    let f = c.follower();
+    c.nodes[f].create_collection("docs");
+    // A client writes one document per request through the follower, and notes what was
+    // acknowledged (202) and what failed while there was no leader.
+    let base = c.nodes[f].base.clone();
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (acked, failed) = (acked.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let http = client();
+            for i in 0..60 {
+                let id = format!("doc-{i}");
+                let body = json!({"documents": [{"id": id, "text": format!("Entry {i} of the failover log: a short sentence that is easy to embed.")}]});
+                let r = http
+                    .post(format!("{base}/api/v1/collections/docs/documents"))
+                    .json(&body)
+                    .send();
+                match r {
+                    Ok(r) if r.status().as_u16() == 202 => acked.lock().push(id),
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    wait_until(Duration::from_secs(60), "10 acknowledged writes", || {
+        acked.lock().len() >= 10
+    });
+    c.nodes[leader].kill9();
+    writer.join().unwrap();
+    let new_leader = c.leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader);
+    let acked = acked.lock().clone();
+    assert!(
+        acked.len() >= 30,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    // writes resumed after the election: the last ones went through
+    assert!(acked.contains(&"doc-59".to_string()), "{acked:?}");
+    // every acknowledged document is indexed and found on every surviving node
+    for i in c.running() {
+        for id in &acked {
+            wait_until(
+                Duration::from_secs(60),
+                "an acknowledged document indexed",
+                || {
+                    let r = c.nodes[i].get(&format!("/api/v1/collections/docs/documents/{id}"));
+                    r.status == 200 && r.body["state"] == "indexed"
+                },
+            );
+        }
+        let r = c.search(
+            i,
+            "docs",
+            json!({"query": "failover log entry", "top_k": 100, "consistency": "strong"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        let found: HashSet<String> = hit_ids(&r.body).into_iter().collect();
+        for id in &acked {
+            assert!(found.contains(id), "node {i} does not find {id}");
+        }
+    }
+    // the old leader comes back and catches up
+    c.nodes[leader].start_again();
+    c.wait_converged(Duration::from_secs(60));
+}
+
+#[test]
+fn a_wiped_node_catches_up_through_a_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        0,
+        &[
+            ("SHOAL_CLUSTER__SNAPSHOT_AFTER_ENTRIES", "20"),
+            ("SHOAL_CLUSTER__KEEP_ENTRIES_AFTER_SNAPSHOT", "2"),
+        ],
+    );
+    let leader = c.leader(Duration::from_secs(30));
+    let victim = c.follower();
+    c.nodes[leader].create_collection("wiki");
+    c.nodes[leader].ingest("wiki", corpus());
+    c.nodes[victim].stop();
+    std::fs::remove_dir_all(&c.nodes[victim].data).unwrap();
+    // more than a snapshot's worth of entries while it is away: the log it would need is gone
+    for i in 0..30 {
+        c.nodes[leader].create_collection(&format!("extra-{i}"));
+    }
+    let job = c.nodes[leader].ingest("wiki", numbered_docs("late", 5));
+    assert_eq!(job["state"], "completed");
+    let m = c.nodes[leader].metrics();
+    assert!(
+        metric_value(&m, "shoal_cluster_snapshots_total", "built") >= 1.0,
+        "{m}"
+    );
+    // it rejoins with the same id and an empty folder
+    c.nodes[victim].start_again();
+    c.wait_converged(Duration::from_secs(60));
+    let m = c.nodes[victim].metrics();
+    assert!(
+        metric_value(&m, "shoal_cluster_snapshots_total", "installed") >= 1.0,
+        "caught up without a snapshot: {m}"
+    );
+    // and serves the same hits, graph rebuilt from the snapshot's store
+    for (q, want) in PARAPHRASES {
+        let r = c.search(victim, "wiki", json!({"query": q, "top_k": 3}));
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(hit_ids(&r.body)[0], *want);
+    }
+    let r = c.search(
+        victim,
+        "wiki",
+        json!({"query": "sample report", "top_k": 20}),
+    );
+    assert!(hit_ids(&r.body).iter().any(|id| id.starts_with("late-")));
+}
+
+#[test]
+fn join_promote_and_remove_while_searches_go_on() {
+    let mut c = Cluster::start(3, 0, &[]);
+    c.nodes[0].create_collection("wiki");
+    c.nodes[0].ingest("wiki", corpus());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let searcher = {
+        let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
+        let base = c.nodes[0].base.clone();
+        std::thread::spawn(move || {
+            let http = client();
+            while !stop.load(Ordering::Relaxed) {
+                let r = http
+                    .post(format!("{base}/api/v1/collections/wiki/search"))
+                    .json(&json!({"query": "how do plants make food from sunlight", "top_k": 1}))
+                    .send();
+                match r {
+                    Ok(r) if r.status().as_u16() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    // a fourth node joins as a learner
+    let env = cluster_env(&[]);
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let seed = c.nodes[0].base.clone();
+    c.nodes.push(Node::start(
+        &env_ref,
+        &["--node-id", "4", "--fault-injection", "--join", &seed],
+    ));
+    c.wait_members(3, 1, Duration::from_secs(60));
+    // promoted with the CLI, through any node
+    let (code, out, err) = cli(&["promote", "4", "--node", &c.nodes[1].base]);
+    assert_eq!(code, 0, "{out} {err}");
+    c.wait_members(4, 0, Duration::from_secs(30));
+    // a voter that is not the searched node is removed
+    let leader = c.leader(Duration::from_secs(30));
+    let victim = (1..3).find(|i| *i != leader).unwrap();
+    let (code, out, err) = cli(&[
+        "remove",
+        &Cluster::id(victim).to_string(),
+        "--node",
+        &c.nodes[3].base,
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    c.wait_members(3, 0, Duration::from_secs(30));
+    c.nodes[victim].stop();
+    let status = c.status(0);
+    let ids: HashSet<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&Cluster::id(victim)) && ids.contains(&4),
+        "{status}"
+    );
+    // the status table names every member
+    let (code, table, _) = cli(&["status", "--node", &c.nodes[3].base]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("leader") && table.contains(&c.nodes[3].base),
+        "{table}"
+    );
+    // the new voter serves the same hits
+    let r = c.search(3, "wiki", json!({"query": "first people to walk on the lunar surface", "top_k": 1, "consistency": "strong"}));
+    assert_eq!(hit_ids(&r.body), ["moon-landing"], "{}", r.text);
+    stop.store(true, Ordering::Relaxed);
+    searcher.join().unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 10);
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "searches failed during membership changes"
+    );
+    // bad requests get clear errors
+    let (code, _, err) = cli(&["promote", "99", "--node", &c.nodes[0].base]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no node with id 99"), "{err}");
+    let (code, _, err) = cli(&["status", "--node", "http://127.0.0.1:9"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    c.wait_converged(Duration::from_secs(30));
+}
+
+#[test]
+fn a_minority_cut_off_serves_stale_reads_refuses_writes_and_converges_after_healing() {
+    let c = Cluster::start(
+        3,
+        0,
+        &[
+            ("SHOAL_CLUSTER__STALE_AFTER_MS", "1000"),
+            ("SHOAL_CLUSTER__WRITE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    c.nodes[0].create_collection("wiki");
+    c.nodes[0].ingest("wiki", corpus());
+    let minority = c.follower();
+    let majority: Vec<usize> = (0..3).filter(|i| *i != minority).collect();
+    c.isolate(minority);
+    // the minority answers local searches, marked stale
+    wait_until(
+        Duration::from_secs(10),
+        "the minority to call itself stale",
+        || {
+            let r = c.search(minority, "wiki", json!({"query": "chess", "top_k": 1}));
+            r.status == 200 && r.body["stale"] == true
+        },
+    );
+    let r = c.search(
+        minority,
+        "wiki",
+        json!({"query": "who found the first antibiotic", "top_k": 1}),
+    );
+    assert_eq!(hit_ids(&r.body), ["penicillin"]);
+    assert!(r.body["stale_reason"].is_string(), "{}", r.text);
+    // and refuses writes with a 503 that says why
+    let r = c.nodes[minority].request("PUT", "/api/v1/collections/cut-off", None);
+    assert_eq!(r.status, 503, "{}", r.text);
+    let msg = r.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("no leader") || msg.contains("no quorum") || msg.contains("cannot reach"),
+        "{msg}"
+    );
+    // a strong read cannot be served there either
+    let r = c.search(
+        minority,
+        "wiki",
+        json!({"query": "chess", "consistency": "strong"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text);
+    // the majority goes on
+    let job = c.nodes[majority[0]].ingest("wiki", numbered_docs("during-cut", 3));
+    assert_eq!(job["state"], "completed");
+    let at = job["index"].as_u64().unwrap();
+    let r = c.search(
+        majority[1],
+        "wiki",
+        json!({"query": "sample report", "top_k": 3, "min_index": at}),
+    );
+    assert_eq!(r.body["stale"], false, "{}", r.text);
+    // healed: the minority catches up, and is current again
+    c.heal();
+    c.wait_converged(Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(10),
+        "the minority to be current",
+        || {
+            c.search(minority, "wiki", json!({"query": "chess", "top_k": 1}))
+                .body["stale"]
+                == false
+        },
+    );
+    let r = c.search(
+        minority,
+        "wiki",
+        json!({"query": "sample report", "top_k": 5, "min_index": at}),
+    );
+    assert!(
+        hit_ids(&r.body)
+            .iter()
+            .any(|id| id.starts_with("during-cut-")),
+        "{}",
+        r.text
+    );
+    let r = c.nodes[minority].request("PUT", "/api/v1/collections/after-heal", None);
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+#[test]
+fn reads_see_writes_made_on_other_nodes_by_index_and_after_a_leader_change() {
+    let mut c = Cluster::start(3, 0, &[]);
+    let leader = c.leader(Duration::from_secs(30));
+    let a = c.follower();
+    let b = (0..3).find(|i| *i != a && *i != leader).unwrap();
+    // a collection made on A is there on B at once when B reads at its index
+    let r = c.nodes[a].request("PUT", "/api/v1/collections/ryw", None);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let at = r.body["log_index"].as_u64().unwrap();
+    let r = c.search(b, "ryw", json!({"query": "anything", "min_index": at}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // documents indexed through A, read on B at the job's index
+    let job = c.nodes[a].ingest("ryw", corpus());
+    let at = job["index"].as_u64().unwrap();
+    let r = c.search(
+        b,
+        "ryw",
+        json!({"query": "who found the first antibiotic", "top_k": 1, "min_index": at}),
+    );
+    assert_eq!(hit_ids(&r.body), ["penicillin"], "{}", r.text);
+    assert!(r.body["applied_index"].as_u64().unwrap() >= at);
+    // a delete on A is gone on B at its index
+    let r = c.nodes[a].request(
+        "DELETE",
+        "/api/v1/collections/ryw/documents/penicillin",
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let at = r.body["index"].as_u64().unwrap();
+    let r = c.search(
+        b,
+        "ryw",
+        json!({"query": "who found the first antibiotic", "top_k": 12, "min_index": at}),
+    );
+    assert!(
+        !hit_ids(&r.body).contains(&"penicillin".to_string()),
+        "{}",
+        r.text
+    );
+    // an index far ahead is waited for, then refused with a clear error
+    let r = c.search(
+        b,
+        "ryw",
+        json!({"query": "x", "min_index": 1_000_000_000u64}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text);
+    // strong reads after a leader change see everything acknowledged before it
+    c.nodes[leader].kill9();
+    let new_leader = c.leader(Duration::from_secs(30));
+    let r = c.nodes[new_leader].post(
+        "/api/v1/collections/ryw/documents",
+        json!({"documents": [{"id": "after", "text": "Written after the old leader died, to the new one."}]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let job = c.nodes[new_leader].wait_job(r.body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed");
+    let other = (0..3).find(|i| *i != leader && *i != new_leader).unwrap();
+    let r = c.search(
+        other,
+        "ryw",
+        json!({"query": "written after the old leader died", "top_k": 1, "consistency": "strong"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(hit_ids(&r.body), ["after"], "{}", r.text);
+}
+
+#[test]
+fn ingest_is_claimed_by_several_nodes_and_a_node_killed_holding_claims_loses_nothing() {
+    let mut c = Cluster::start(
+        3,
+        0,
+        &[
+            ("SHOAL_CLUSTER__CLAIM_TTL_MS", "2000"),
+            ("SHOAL_INGEST__BATCH_CHUNKS", "4"),
+        ],
+    );
+    let leader = c.leader(Duration::from_secs(30));
+    c.nodes[leader].create_collection("spread");
+    // long documents (several chunks each): each batch takes a while to embed
+    let docs: Vec<Value> = (0..40)
+        .map(|i| {
+            let text = (0..25)
+                .map(|j| {
+                    format!(
+                        "Paragraph {j} of report {i} describes measurement {} in some detail.",
+                        i * 100 + j
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            json!({"id": format!("r{i}"), "text": text})
+        })
+        .collect();
+    let ids: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    let job = c.nodes[leader].ingest_async("spread", Value::Array(docs));
+    // Freeze a follower while it holds claims, then kill it: its documents are taken over once
+    // its claims expire.
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let victim_id = Cluster::id(victim);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let held: Vec<String> = loop {
+        let pid = c.nodes[victim].pid().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(Duration::from_millis(300));
+        let held: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                let d = c.nodes[leader]
+                    .get(&format!("/api/v1/collections/spread/documents/{id}"))
+                    .body;
+                d["state"] == "pending" && d["claimed_by"].as_u64() == Some(victim_id)
+            })
+            .cloned()
+            .collect();
+        if !held.is_empty() {
+            break held;
+        }
+        assert!(std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(Instant::now() < deadline, "the victim never held a claim");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    c.nodes[victim].kill9();
+    let job = c.nodes[leader].wait_job(&job);
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["indexed"], 40, "{job}");
+    // what it held was taken over by the others
+    let survivors: Vec<usize> = c.running();
+    let taken: f64 = survivors
+        .iter()
+        .map(|i| {
+            metric_value(
+                &c.nodes[*i].metrics(),
+                "shoal_cluster_claims_total",
+                "taken_over",
+            )
+        })
+        .sum();
+    assert!(
+        taken >= held.len() as f64,
+        "{taken} taken over, {} held: {held:?}",
+        held.len()
+    );
+    // the work was spread: more than one node embedded documents
+    let granted: Vec<f64> = (0..3)
+        .filter(|i| c.nodes[*i].is_running())
+        .map(|i| {
+            metric_value(
+                &c.nodes[i].metrics(),
+                "shoal_cluster_claims_total",
+                "granted",
+            )
+        })
+        .collect();
+    assert!(
+        granted.iter().all(|g| *g > 0.0),
+        "claims granted per survivor: {granted:?}"
+    );
+    // nothing indexed twice: every document's chunks are stored once, and the index holds
+    // exactly the stored chunks
+    for i in survivors {
+        let info = c.nodes[i].get("/api/v1/collections/spread").body;
+        let mut chunks = 0;
+        for id in &ids {
+            let d = c.nodes[i]
+                .get(&format!("/api/v1/collections/spread/documents/{id}"))
+                .body;
+            assert_eq!(d["state"], "indexed", "{d}");
+            chunks += d["chunks"].as_u64().unwrap();
+        }
+        assert_eq!(info["chunks"].as_u64().unwrap(), chunks, "{info}");
+        wait_until(
+            Duration::from_secs(30),
+            "the index to hold every chunk once",
+            || {
+                c.nodes[i].get("/api/v1/collections/spread").body["index"]["live_points"].as_u64()
+                    == Some(chunks)
+            },
+        );
+    }
+    c.wait_converged(Duration::from_secs(30));
+}
+
+#[test]
+fn internal_routes_refuse_outsiders_and_a_node_of_another_cluster_cannot_join() {
+    let c = Cluster::start(1, 0, &[]);
+    let http = client();
+    let url = format!("{}/internal/v1/groups/0/append", c.nodes[0].base);
+    let post = |headers: &[(&str, &str)]| {
+        let mut r = http.post(&url).body(vec![0u8; 4]);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    // no secret, a wrong one: 401, nothing appended
+    assert_eq!(post(&[]), 401);
+    assert_eq!(
+        post(&[("x-shoal-cluster-secret", "not-the-secret-at-all")]),
+        401
+    );
+    // the right secret from another cluster: 403
+    assert_eq!(
+        post(&[
+            ("x-shoal-cluster-secret", SECRET),
+            ("x-shoal-cluster-id", "some-other-cluster")
+        ]),
+        403
+    );
+    // a snapshot cannot be read or pushed either
+    let snap = format!("{}/internal/v1/groups/0/snapshot", c.nodes[0].base);
+    assert_eq!(
+        http.post(&snap)
+            .body(vec![1u8])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    // a node without a secret talks to nobody
+    let lone = Node::start(&[], &[]);
+    let r = http
+        .post(format!("{}/internal/v1/groups/0/vote", lone.base))
+        .header("x-shoal-cluster-secret", SECRET)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // a node that made its own cluster cannot join this one
+    let env = cluster_env(&[]);
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let other = Node::start(&env_ref, &["--node-id", "7"]);
+    let (code, _, err) = cli(&["join", &c.nodes[0].base, "--node", &other.base]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already belongs to cluster"), "{err}");
+    // nor can it reach into this cluster's internal routes with its own cluster id
+    let other_id = other.get("/api/v1/cluster").body["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        post(&[
+            ("x-shoal-cluster-secret", SECRET),
+            ("x-shoal-cluster-id", &other_id)
+        ]),
+        403
+    );
+    // the last voter cannot be removed; an unknown id cannot be promoted
+    let r = c.nodes[0].request("DELETE", "/api/v1/cluster/nodes/1", None);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("last voter"), "{}", r.text);
+    let r = c.nodes[0].request("POST", "/api/v1/cluster/nodes/42/promote", None);
+    assert_eq!(r.status, 404, "{}", r.text);
+    // init twice: refused
+    let r = c.nodes[0].request("POST", "/api/v1/cluster/init", None);
+    assert_eq!(r.status, 409, "{}", r.text);
+}
