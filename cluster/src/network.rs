@@ -99,6 +99,9 @@ pub struct Client {
     /// When each peer last answered an append (heartbeats included): the leader's view of its
     /// quorum, for telling a leader cut off in a minority.
     acks: Mutex<HashMap<NodeId, Instant>>,
+    /// Whether each peer answered the last request (logged when it changes: openraft's own
+    /// logs repeat every failed heartbeat).
+    reachable: Mutex<HashMap<NodeId, bool>>,
 }
 
 impl Client {
@@ -119,6 +122,18 @@ impl Client {
             faults,
             group,
             acks: Mutex::new(HashMap::new()),
+            reachable: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn note_reachable(&self, node: NodeId, ok: bool, why: &str) {
+        let before = self.reachable.lock().insert(node, ok);
+        match (before, ok) {
+            (Some(false), true) => tracing::info!(node, "peer reachable again"),
+            (Some(true) | None, false) => {
+                tracing::warn!(node, reason = why, "peer unreachable")
+            }
+            _ => {}
         }
     }
 
@@ -241,6 +256,13 @@ impl Peer {
             .client
             .call(Some(self.target), &self.addr, route, req, option.hard_ttl())
             .await;
+        match &answer {
+            Ok(_) => self.client.note_reachable(self.target, true, ""),
+            Err(Transport::Unreachable(e) | Transport::Lost(e)) => {
+                self.client.note_reachable(self.target, false, e)
+            }
+            Err(Transport::Refused(_, m)) => self.client.note_reachable(self.target, false, m),
+        }
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RpcError::RemoteError(RemoteError::new(self.target, remote))),

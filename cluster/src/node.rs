@@ -136,6 +136,9 @@ pub(crate) struct JoinRequest {
     pub node_id: NodeId,
     pub addr: String,
     pub cluster_id: Option<String>,
+    /// The node's data folder is new (its log and vote are empty): if its id is already a voter,
+    /// the node lost its data, and it votes again only once caught up (it is made a learner).
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +174,8 @@ pub struct ClusterNode {
     leadership: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
     pub(crate) events: Arc<dyn ClusterEvents>,
+    /// This node had never taken part in a cluster at this start (no log, no vote).
+    fresh: bool,
 }
 
 impl ClusterNode {
@@ -185,7 +190,11 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, ClusterError> {
         let internal = |e: StoreError| ClusterError::Internal(e.to_string());
         let log = LogStore::open(&store, settings.group).map_err(internal)?;
-        let id = node_identity(&log, settings.node_id)?;
+        let (id, _) = node_identity(&log, settings.node_id)?;
+        // Never took part: no entry, no vote, nothing purged (a new or wiped data folder).
+        let fresh = log.is_empty()
+            && log.tree().get_meta("vote").map_err(internal)?.is_none()
+            && log.tree().get_meta("purged").map_err(internal)?.is_none();
         let cluster_id = log
             .tree()
             .get_meta(CLUSTER_ID)
@@ -228,6 +237,7 @@ impl ClusterNode {
             leadership: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
             events,
+            fresh,
         });
         tokio::spawn(watch_metrics(node.clone()));
         Ok(node)
@@ -344,6 +354,7 @@ impl ClusterNode {
             node_id: self.id,
             addr: self.settings.advertise.clone(),
             cluster_id: self.cluster_id(),
+            fresh: self.fresh,
         };
         let reply: Result<JoinReply, ClusterError> = self
             .client
@@ -391,6 +402,25 @@ impl ClusterNode {
         let info = NodeInfo {
             addr: req.addr.clone(),
         };
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == req.node_id);
+        if voter && req.fresh {
+            // A voter that lost its data folder has lost its vote too: it could vote twice in a
+            // term. It becomes a learner and votes again once promoted after catching up.
+            tracing::warn!(
+                node = req.node_id,
+                "a voter rejoined with a new data folder: it is a learner until promoted again"
+            );
+            self.change_membership(
+                ChangeMembers::RemoveVoters(BTreeSet::from([req.node_id])),
+                true,
+            )
+            .await?;
+        }
+        let m = self.raft.metrics().borrow().clone();
         let change = match m.membership_config.membership().get_node(&req.node_id) {
             Some(existing) if *existing == info => None,
             Some(_) => Some(ChangeMembers::SetNodes(BTreeMap::from([(
@@ -403,7 +433,7 @@ impl ClusterNode {
             )]))),
         };
         if let Some(change) = change {
-            self.change_membership(change).await?;
+            self.change_membership(change, false).await?;
         }
         let commit_index = self
             .raft
@@ -418,12 +448,14 @@ impl ClusterNode {
         })
     }
 
+    /// Commit a membership change; `retain`: voters it removes stay as learners.
     async fn change_membership(
         &self,
         change: ChangeMembers<NodeId, NodeInfo>,
+        retain: bool,
     ) -> Result<(), ClusterError> {
         let timeout = Duration::from_millis(self.settings.write_timeout_ms.max(10_000));
-        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, retain)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(client_write_error(self.id, e)),
             Err(_) => Err(ClusterError::Timeout(format!(
@@ -486,7 +518,7 @@ impl ClusterNode {
                 if voters.contains(&id) {
                     return Ok(());
                 }
-                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await?;
                 tracing::info!(node = id, "promoted to voter");
             }
@@ -502,10 +534,13 @@ impl ClusterNode {
                             "node {id} is the last voter: a cluster needs one (promote another node first)"
                         )));
                     }
-                    self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
-                        .await?;
+                    self.change_membership(
+                        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                        false,
+                    )
+                    .await?;
                 } else {
-                    self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                    self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await?;
                 }
                 tracing::info!(node = id, "removed from the cluster");
@@ -867,8 +902,11 @@ fn client_write_error(id: NodeId, e: RaftError<ClientWriteError>) -> ClusterErro
 }
 
 /// This node's id: the one its data folder was made with, else the configured one, else a new
-/// random one (kept in the folder).
-fn node_identity(log: &LogStore, configured: Option<NodeId>) -> Result<NodeId, ClusterError> {
+/// random one (kept in the folder); and whether the folder is new.
+fn node_identity(
+    log: &LogStore,
+    configured: Option<NodeId>,
+) -> Result<(NodeId, bool), ClusterError> {
     let internal = |e: StoreError| ClusterError::Internal(e.to_string());
     let stored = log
         .tree()
@@ -880,7 +918,7 @@ fn node_identity(log: &LogStore, configured: Option<NodeId>) -> Result<NodeId, C
         (Some(s), Some(c)) if s != c => Err(ClusterError::Conflict(format!(
             "this data folder belongs to node {s}, but cluster.node_id is {c}"
         ))),
-        (Some(s), _) => Ok(s),
+        (Some(s), _) => Ok((s, false)),
         (None, c) => {
             let id = c.unwrap_or_else(|| loop {
                 // Small enough to type; never 0.
@@ -892,7 +930,7 @@ fn node_identity(log: &LogStore, configured: Option<NodeId>) -> Result<NodeId, C
             log.tree()
                 .put_meta(NODE_ID, &id.to_be_bytes())
                 .map_err(internal)?;
-            Ok(id)
+            Ok((id, true))
         }
     }
 }

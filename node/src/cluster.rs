@@ -77,15 +77,15 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
         return;
     }
     let Some(seed) = c.join.clone() else {
-        if c.bootstrap {
+        if c.bootstrap.unwrap_or(c.secret.is_none()) {
             match cluster.initialize().await {
                 Ok(id) => tracing::info!(cluster = %id, "made a new one-member cluster"),
                 Err(e) => tracing::error!(error = %e, "could not make a new cluster"),
             }
         } else {
-            tracing::info!(
+            tracing::warn!(
                 node = cluster.id,
-                "not part of a cluster yet: waiting to be added (shoal cluster join)"
+                "not part of a cluster yet: run `shoal cluster init` on the first node, or start the others with --join"
             );
         }
         return;

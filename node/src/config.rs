@@ -45,9 +45,11 @@ pub struct ClusterConfig {
     pub join: Option<String>,
     /// After joining, ask to become a voter once caught up.
     pub join_as_voter: bool,
-    /// At the first start, with no `join`, make a new one-member cluster. Turn it off for nodes
-    /// that are added later by `shoal cluster join` or by a leader.
-    pub bootstrap: bool,
+    /// At the first start, with no `join`, make a new one-member cluster. Unset: only when no
+    /// `secret` is set (a node alone). A node given the cluster's secret is meant to be part of a
+    /// cluster, and one whose data folder was lost must not make a cluster of its own: it waits
+    /// for `shoal cluster init` (the first node) or joins with `join`.
+    pub bootstrap: Option<bool>,
     /// Leader heartbeat interval (ms).
     pub heartbeat_ms: u64,
     /// A follower that has heard nothing from its leader for a random time between these two
@@ -97,7 +99,7 @@ impl Default for ClusterConfig {
             secret: None,
             join: None,
             join_as_voter: false,
-            bootstrap: true,
+            bootstrap: None,
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,

@@ -206,7 +206,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,anndists=warn")
+                // openraft logs every failed heartbeat to an unreachable peer; shoal logs the
+                // change (peer unreachable / reachable again) instead.
+                tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,anndists=warn,openraft=off")
             }),
         )
         .with_writer(std::io::stderr)

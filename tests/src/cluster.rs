@@ -33,7 +33,9 @@ impl Cluster {
         let env = cluster_env(env);
         let env_ref: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let first = Node::start(&env_ref, &["--node-id", "1", "--fault-injection"]);
+        let mut first_env = env_ref.clone();
+        first_env.push(("SHOAL_CLUSTER__BOOTSTRAP", "true"));
+        let first = Node::start(&first_env, &["--node-id", "1", "--fault-injection"]);
         let seed = first.base.clone();
         let mut nodes = vec![first];
         for i in 1..voters + learners {

@@ -284,7 +284,8 @@ impl Node {
             .args(&self.args)
             .env(
                 "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG").unwrap_or("warn,shoal_node=info".into()),
+                std::env::var("SHOAL_TEST_LOG")
+                    .unwrap_or("warn,shoal_node=info,shoal_cluster=info,openraft=off".into()),
             );
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -192,6 +192,11 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     c.nodes[leader].ingest("wiki", corpus());
     c.nodes[victim].stop();
     std::fs::remove_dir_all(&c.nodes[victim].data).unwrap();
+    // it comes back the way a node that lost its folder must: joining, asking to vote again
+    let seed = c.nodes[leader].base.clone();
+    c.nodes[victim].remove_arg("--join", true);
+    c.nodes[victim].remove_arg("--voter", false);
+    c.nodes[victim].add_args(&["--join", &seed, "--voter"]);
     // more than a snapshot's worth of entries while it is away: the log it would need is gone
     for i in 0..30 {
         c.nodes[leader].create_collection(&format!("extra-{i}"));
@@ -203,7 +208,6 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
         metric_value(&m, "shoal_cluster_snapshots_total", "built") >= 1.0,
         "{m}"
     );
-    // it rejoins with the same id and an empty folder
     c.nodes[victim].start_again();
     c.wait_converged(Duration::from_secs(60));
     let m = c.nodes[victim].metrics();
@@ -211,6 +215,8 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
         metric_value(&m, "shoal_cluster_snapshots_total", "installed") >= 1.0,
         "caught up without a snapshot: {m}"
     );
+    // it lost its vote with its folder: it was a learner until caught up, and is a voter again
+    c.wait_members(3, 0, Duration::from_secs(30));
     // and serves the same hits, graph rebuilt from the snapshot's store
     for (q, want) in PARAPHRASES {
         let r = c.search(victim, "wiki", json!({"query": q, "top_k": 3}));
@@ -639,7 +645,9 @@ fn internal_routes_refuse_outsiders_and_a_node_of_another_cluster_cannot_join() 
     // a node that made its own cluster cannot join this one
     let env = cluster_env(&[]);
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let other = Node::start(&env_ref, &["--node-id", "7"]);
+    let mut other_env = env_ref.clone();
+    other_env.push(("SHOAL_CLUSTER__BOOTSTRAP", "true"));
+    let other = Node::start(&other_env, &["--node-id", "7"]);
     let (code, _, err) = cli(&["join", &c.nodes[0].base, "--node", &other.base]);
     assert_eq!(code, 1);
     assert!(err.contains("already belongs to cluster"), "{err}");
