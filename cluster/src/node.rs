@@ -62,6 +62,9 @@ pub struct ClusterSettings {
     /// A node that has not heard from its leader (a leader: from a majority) for this long
     /// answers reads marked stale and refuses writes.
     pub stale_after_ms: u64,
+    /// What this node offers the others (for example `reranker`): shown in its status, so that
+    /// a node without it can send that work to one that has it.
+    pub capabilities: Vec<String>,
 }
 
 impl ClusterSettings {
@@ -106,6 +109,9 @@ pub struct NodeStatus {
     pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
     /// Why this node cannot vouch that its data is current (None when it can).
     pub stale: Option<String>,
+    /// What this node offers the others (`reranker`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// One member in a cluster-wide status.
@@ -176,6 +182,8 @@ pub struct ClusterNode {
     pub(crate) events: Arc<dyn ClusterEvents>,
     /// This node had never taken part in a cluster at this start (no log, no vote).
     fresh: bool,
+    /// Members that offer a capability, as last asked (and when).
+    offers: Mutex<std::collections::HashMap<String, (Instant, Vec<(NodeId, String)>)>>,
 }
 
 impl ClusterNode {
@@ -238,6 +246,7 @@ impl ClusterNode {
             fatal: watch::Sender::new(None),
             events,
             fresh,
+            offers: Mutex::new(Default::default()),
         });
         tokio::spawn(watch_metrics(node.clone()));
         Ok(node)
@@ -803,7 +812,43 @@ impl ClusterNode {
                     .collect()
             }),
             stale: self.stale(),
+            capabilities: self.settings.capabilities.clone(),
         }
+    }
+
+    /// Other members that offer `capability` and answered just now (their addresses), asked
+    /// at most every few seconds.
+    pub async fn members_offering(&self, capability: &str) -> Vec<(NodeId, String)> {
+        const FRESH: Duration = Duration::from_secs(5);
+        if let Some((at, list)) = self.offers.lock().get(capability) {
+            if at.elapsed() < FRESH {
+                return list.clone();
+            }
+        }
+        let nodes: Vec<(NodeId, String)> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let mut found = Vec::new();
+        for (id, addr) in nodes {
+            let status: Result<NodeStatus, _> = self
+                .client
+                .call(Some(id), &addr, "status", &(), Duration::from_millis(500))
+                .await;
+            if status.is_ok_and(|s| s.capabilities.iter().any(|c| c == capability)) {
+                found.push((id, addr));
+            }
+        }
+        self.offers
+            .lock()
+            .insert(capability.to_string(), (Instant::now(), found.clone()));
+        found
     }
 
     /// Every member's view (each asked over the internal network, a second at most).

@@ -50,6 +50,11 @@ pub fn settings(config: &Config) -> ClusterSettings {
         max_entry_bytes: c.max_entry_bytes,
         write_timeout_ms: c.write_timeout_ms,
         stale_after_ms: c.stale_after_ms,
+        capabilities: if config.reranker.path.is_some() {
+            vec!["reranker".into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -56,6 +56,8 @@ pub struct NodeContext {
     pub cluster: Arc<ClusterNode>,
     /// The last log index whose effects the mirror has handed on.
     pub mirrored: tokio::sync::watch::Sender<u64>,
+    /// For requests to other nodes' public API (reranking on a node that has a reranker).
+    pub http: reqwest::Client,
     /// How far the shards have caught up with the store.
     pub watermark: Arc<IndexWatermark>,
     pub index_dir: PathBuf,
@@ -169,6 +171,10 @@ impl NodeContext {
             config,
             cluster,
             mirrored: tokio::sync::watch::Sender::new(0),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .build()
+                .map_err(|e| NodeError::Internal(format!("cannot make an HTTP client: {e}")))?,
             watermark,
             store,
             embedder,

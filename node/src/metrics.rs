@@ -31,6 +31,7 @@ pub struct Metrics {
     pub query_cache_misses: IntCounter,
     pub rerank_seconds: HistogramVec,
     pub cluster_forwarded_writes: IntCounter,
+    pub reranks_forwarded: IntCounter,
     pub cluster_snapshots: IntCounterVec,
     pub cluster_claims: IntCounterVec,
     pub cluster_term: IntGauge,
@@ -125,8 +126,14 @@ impl Metrics {
             "Writes received by this node while it was not the leader, forwarded to the leader",
         ));
         must(registry.register(Box::new(cluster_forwarded_writes.clone())));
+        let reranks_forwarded = must(IntCounter::new(
+            "cluster_forwarded_reranks_total",
+            "Rerank steps this node (which has no reranker) sent to a node of the cluster that has one",
+        ));
+        must(registry.register(Box::new(reranks_forwarded.clone())));
         Metrics {
             cluster_forwarded_writes,
+            reranks_forwarded,
             cluster_snapshots: counter_vec(
                 "cluster_snapshots_total",
                 "Raft snapshots this node built (event=built) or installed from the leader (event=installed)",

@@ -24,6 +24,7 @@ use crate::error::NodeError;
 use crate::ingest_queue::Reservation;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+const NO_RERANKER: &str = "this node has no reranker, and no other node of the cluster offers one; start a node with --reranker-model DIR (or RERANKER_MODEL_PATH)";
 /// How long a search (or a collection create) waits for a shard's first load before 503.
 const SHARD_LOAD_WAIT: Duration = Duration::from_secs(5);
 /// How long a write's answer waits for the index to mirror it (so that a search right after it
@@ -182,9 +183,7 @@ impl Node {
     /// Raw reranker scores of `passages` for `query`, in input order.
     async fn rerank_scores(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>> {
         if self.ctx.reranker.is_none() {
-            return Err(bad(
-                "this node has no reranker; start it with --reranker-model DIR (or RERANKER_MODEL_PATH)",
-            ));
+            return self.remote_rerank(query, passages).await.map(|(_, s)| s);
         }
         if !self
             .ctx
@@ -217,6 +216,79 @@ impl Node {
             ));
         }
         Ok(scores)
+    }
+
+    /// Rerank on another node of the cluster that has a reranker (this one has none): its raw
+    /// scores, in input order, and its model's name.
+    async fn remote_rerank(
+        &self,
+        query: String,
+        passages: Vec<String>,
+    ) -> Result<(String, Vec<f32>)> {
+        let offers = self.ctx.cluster.members_offering("reranker").await;
+        if offers.is_empty() {
+            return Err(bad(NO_RERANKER));
+        }
+        let timeout = Duration::from_millis(self.ctx.config.model.timeout_ms);
+        let n = passages.len();
+        let body = serde_json::json!({ "query": query, "texts": passages, "raw_scores": true });
+        let mut last_error = String::new();
+        for (id, addr) in offers {
+            let sent = self
+                .ctx
+                .http
+                .post(format!("{addr}/v1/rerank"))
+                .timeout(timeout)
+                .json(&body)
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(r) if r.status().is_success() => r.json::<Vec<Value>>().await,
+                Ok(r) => {
+                    last_error = format!("node {id} answered {}", r.status());
+                    continue;
+                }
+                Err(e) => {
+                    last_error = format!("node {id}: {e}");
+                    continue;
+                }
+            };
+            let Ok(items) = answer else {
+                last_error = format!("node {id} answered something else than scores");
+                continue;
+            };
+            let mut scores = vec![f32::NAN; n];
+            for item in &items {
+                if let (Some(i), Some(s)) = (item["index"].as_u64(), item["score"].as_f64()) {
+                    if let Some(slot) = scores.get_mut(i as usize) {
+                        *slot = s as f32;
+                    }
+                }
+            }
+            if scores.iter().any(|s| s.is_nan()) {
+                last_error = format!("node {id} did not score every passage");
+                continue;
+            }
+            self.ctx.metrics.reranks_forwarded.inc();
+            let model = self
+                .ctx
+                .http
+                .get(format!("{addr}/api/health"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok();
+            let model = match model {
+                Some(r) => r.json::<Value>().await.ok(),
+                None => None,
+            }
+            .and_then(|h| h["reranker"]["model"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("node {id}'s reranker"));
+            return Ok((model, scores));
+        }
+        Err(ApiError::NotReady(format!(
+            "no node with a reranker answered: {last_error}"
+        )))
     }
 
     fn model_states(&self) -> (ModelState, ModelState) {
@@ -669,10 +741,15 @@ impl ShoalService for Node {
             if req.query.is_none() {
                 return Err(bad("`rerank` needs a text `query`"));
             }
-            if self.ctx.reranker.is_none() {
-                return Err(bad(
-                    "this node has no reranker; start it with --reranker-model DIR (or RERANKER_MODEL_PATH)",
-                ));
+            if self.ctx.reranker.is_none()
+                && self
+                    .ctx
+                    .cluster
+                    .members_offering("reranker")
+                    .await
+                    .is_empty()
+            {
+                return Err(bad(NO_RERANKER));
             }
             candidates.max(top_k)
         } else {
@@ -981,7 +1058,13 @@ impl ShoalService for Node {
                 documents.len()
             )));
         }
-        let logits = self.rerank_scores(query, documents).await?;
+        let (model, logits) = match &self.ctx.reranker {
+            Some(r) => (
+                r.model_name().to_string(),
+                self.rerank_scores(query, documents).await?,
+            ),
+            None => self.remote_rerank(query, documents).await?,
+        };
         let mut scores: Vec<RerankScore> = logits
             .into_iter()
             .enumerate()
@@ -992,12 +1075,6 @@ impl ShoalService for Node {
             })
             .collect();
         scores.sort_by(|a, b| b.logit.total_cmp(&a.logit));
-        let model = self
-            .ctx
-            .reranker
-            .as_ref()
-            .map(|r| r.model_name().to_string())
-            .unwrap_or_default();
         Ok((model, scores))
     }
 

@@ -673,3 +673,69 @@ fn internal_routes_refuse_outsiders_and_a_node_of_another_cluster_cannot_join() 
     let r = c.nodes[0].request("POST", "/api/v1/cluster/init", None);
     assert_eq!(r.status, 409, "{}", r.text);
 }
+
+#[test]
+fn a_node_without_a_reranker_sends_the_rerank_step_to_one_that_has_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("reranker");
+    shoal_tests::make_test_reranker(&model);
+    let env = cluster_env(&[]);
+    let mut env_ref: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let joiner_env = env_ref.clone();
+    env_ref.push(("SHOAL_CLUSTER__BOOTSTRAP", "true"));
+    let with = Node::start(
+        &env_ref,
+        &[
+            "--node-id",
+            "1",
+            "--reranker-model",
+            model.to_str().unwrap(),
+        ],
+    );
+    let without = Node::start(&joiner_env, &["--node-id", "2", "--join", &with.base]);
+    with.create_collection("wiki");
+    let job = with.ingest("wiki", corpus());
+    let at = job["index"].as_u64().unwrap();
+    let body = json!({"query": "who found the first antibiotic", "top_k": 5, "rerank": true, "rerank_candidates": 12, "min_index": at});
+    let here = with.search("wiki", body.clone());
+    let there = without.search("wiki", body);
+    assert_eq!(there.status, 200, "{}", there.text);
+    let scores = |r: &shoal_tests::Resp| -> Vec<(String, f64)> {
+        r.body["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["document_id"].as_str().unwrap().to_string(),
+                    h["rerank_score"].as_f64().expect("a rerank score"),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (scores(&here), scores(&there));
+    assert_eq!(a.len(), 5);
+    for ((da, sa), (db, sb)) in a.iter().zip(&b) {
+        assert_eq!(da, db);
+        assert!((sa - sb).abs() < 1e-4, "{a:?} vs {b:?}");
+    }
+    // the rerank endpoint too, with the model's name
+    let r = without.post(
+        "/v1/rerank",
+        json!({"query": "chess", "documents": ["a board game with a king", "coffee beans"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["results"][0]["index"], 0, "{}", r.text);
+    assert_eq!(
+        r.body["meta"]["model"],
+        with.get("/api/health").body["reranker"]["model"]
+    );
+    assert!(
+        metric_value(
+            &without.metrics(),
+            "shoal_cluster_forwarded_reranks_total",
+            ""
+        ) >= 2.0
+    );
+}
