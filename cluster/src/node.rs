@@ -168,6 +168,9 @@ pub struct Proposed {
     pub outcome: Result<Outcome, StoreError>,
 }
 
+/// When members offering a capability were last asked, and which did (id, address).
+type Offers = (Instant, Vec<(NodeId, String)>);
+
 pub struct ClusterNode {
     pub id: NodeId,
     pub group: GroupId,
@@ -183,7 +186,7 @@ pub struct ClusterNode {
     /// This node had never taken part in a cluster at this start (no log, no vote).
     fresh: bool,
     /// Members that offer a capability, as last asked (and when).
-    offers: Mutex<std::collections::HashMap<String, (Instant, Vec<(NodeId, String)>)>>,
+    offers: Mutex<std::collections::HashMap<String, Offers>>,
 }
 
 impl ClusterNode {
