@@ -180,11 +180,15 @@ pub struct ClusterNode {
     pub(crate) log: LogStore,
     /// When an append (heartbeat) from the leader last arrived.
     pub(crate) leader_contact: Mutex<Option<Instant>>,
+    /// When this node last became the leader (its peers have not answered it yet at first).
+    leader_since: Mutex<Option<Instant>>,
     leadership: watch::Sender<bool>,
     fatal: watch::Sender<Option<String>>,
     pub(crate) events: Arc<dyn ClusterEvents>,
     /// This node had never taken part in a cluster at this start (no log, no vote).
     fresh: bool,
+    /// The state machine (for tests of its failure path).
+    sm: Arc<StateMachine>,
     /// Members that offer a capability, as last asked (and when).
     offers: Mutex<std::collections::HashMap<String, Offers>>,
 }
@@ -223,7 +227,7 @@ impl ClusterNode {
         ));
         let sm = Arc::new(StateMachine::new(store, sink).map_err(internal)?);
         let sm_store =
-            RaftStateMachineStore::new(sm, settings.snapshot_dir.clone(), events.clone())
+            RaftStateMachineStore::new(sm.clone(), settings.snapshot_dir.clone(), events.clone())
                 .map_err(|e| ClusterError::Internal(format!("snapshot folder: {e}")))?;
         let config = Arc::new(settings.raft_config()?);
         let raft = Raft::new(
@@ -245,14 +249,23 @@ impl ClusterNode {
             client,
             log,
             leader_contact: Mutex::new(None),
+            leader_since: Mutex::new(None),
             leadership: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
             events,
             fresh,
+            sm,
             offers: Mutex::new(Default::default()),
         });
         tokio::spawn(watch_metrics(node.clone()));
         Ok(node)
+    }
+
+    /// Make the state machine's next apply fail as a broken disk would (tests: the node must
+    /// stop, not go on with a state it cannot vouch for).
+    #[doc(hidden)]
+    pub fn inject_storage_failure(&self) {
+        self.sm.fail_next_apply();
     }
 
     /// The Raft instance (for the internal routes).
@@ -585,6 +598,14 @@ impl ClusterNode {
         let limit = Duration::from_millis(self.settings.stale_after_ms);
         match m.state {
             ServerState::Leader => {
+                // A new leader's peers have not answered it yet: give them the time they have.
+                if self
+                    .leader_since
+                    .lock()
+                    .is_some_and(|t| t.elapsed() < limit)
+                {
+                    return None;
+                }
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 let fresh = voters
                     .iter()
@@ -630,6 +651,9 @@ impl ClusterNode {
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
         loop {
+            if let Some(reason) = self.fatal.borrow().clone() {
+                return Err(ClusterError::Fatal(reason));
+            }
             let attempt = self.propose_once(&command, deadline).await;
             match attempt {
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
@@ -691,8 +715,19 @@ impl ClusterNode {
         command: Command,
         deadline: Instant,
     ) -> Result<(u64, ApplyResponse), ClusterError> {
-        if let Some(why) = self.stale() {
-            return Err(ClusterError::NoQuorum(why));
+        // A leader that cannot hear from a majority would only queue the write: wait (nothing
+        // is proposed yet) for the quorum to answer, or refuse.
+        while let Some(why) = self.stale() {
+            if Instant::now() >= deadline {
+                return Err(ClusterError::NoQuorum(why));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !self.is_leader() {
+                return Err(ClusterError::NotLeader {
+                    node: self.id,
+                    leader: self.leader().map(|(id, _)| id),
+                });
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.raft.client_write(command)).await {
@@ -994,11 +1029,14 @@ async fn watch_metrics(node: Arc<ClusterNode>) {
                 m.running_state.as_ref().err().map(|e| e.to_string()),
             )
         };
-        node.leadership.send_if_modified(|l| {
+        let became = node.leadership.send_if_modified(|l| {
             let changed = *l != leader;
             *l = leader;
             changed
         });
+        if became && leader {
+            *node.leader_since.lock() = Some(Instant::now());
+        }
         if let Some(reason) = fatal {
             tracing::error!(reason = %reason, "consensus stopped");
             let _ = node.fatal.send(Some(reason));

@@ -47,6 +47,8 @@ pub struct StateMachine {
     store: Store,
     sink: Arc<dyn IndexSink>,
     meta: Mutex<AppliedMeta>,
+    /// Tests of the failure path: the next apply fails as a broken disk would.
+    fail_next: std::sync::atomic::AtomicBool,
 }
 
 impl StateMachine {
@@ -56,11 +58,19 @@ impl StateMachine {
             store,
             sink,
             meta: Mutex::new(meta),
+            fail_next: Default::default(),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Make the next apply fail as a broken disk would (tests of the failure path).
+    #[doc(hidden)]
+    pub fn fail_next_apply(&self) {
+        self.fail_next
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The last applied entry and the membership it knew.
@@ -78,6 +88,12 @@ impl StateMachine {
     /// Apply one committed entry. A refused command is an answer ([`ApplyResponse::Rejected`]);
     /// an error means the store itself failed, and the node must stop.
     pub fn apply(&self, entry: &Entry) -> Result<ApplyResponse, StoreError> {
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(StoreError::Fatal("injected storage failure".into()));
+        }
         let index = entry.log_id.index;
         let mut meta = self.meta.lock().clone();
         meta.last_applied = Some(entry.log_id);
@@ -500,5 +516,38 @@ mod tests {
         assert_eq!(meta.last_applied.map(|l| l.index), Some(4));
         assert_eq!(meta.membership.log_id().map(|l| l.index), Some(1));
         assert_eq!(meta.membership.membership(), &membership);
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_fails_its_command_and_a_storage_failure_is_an_error() {
+        let store = Store::temporary().unwrap();
+        let sm = StateMachine::new(store.clone(), Arc::new(Recorder::default())).unwrap();
+        sm.apply(&entry(1, EntryPayload::Normal(create("a"))))
+            .unwrap();
+        store.corrupt_for_tests("c/a");
+        let drop = Command::DropCollection {
+            name: "a".into(),
+            at_ms: 2,
+        };
+        let r = sm.apply(&entry(2, EntryPayload::Normal(drop))).unwrap();
+        assert!(
+            matches!(r, ApplyResponse::Rejected(Rejection::Unreadable(_))),
+            "{r:?}"
+        );
+        // it took its index, and the next command applies
+        assert_eq!(store.applied_index().unwrap(), 2);
+        assert!(matches!(
+            sm.apply(&entry(3, EntryPayload::Normal(create("b"))))
+                .unwrap(),
+            ApplyResponse::Applied(_)
+        ));
+        // a failing store is an error (the node stops), not an answer, and changes nothing
+        sm.fail_next_apply();
+        let e = sm
+            .apply(&entry(4, EntryPayload::Normal(create("c"))))
+            .unwrap_err();
+        assert!(e.is_storage_failure(), "{e}");
+        assert_eq!(store.applied_index().unwrap(), 3);
+        assert_eq!(sm.applied_state().last_applied.map(|l| l.index), Some(3));
     }
 }

@@ -275,7 +275,8 @@ impl Default for RerankerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Ingest worker actors (each chunks and embeds one batch at a time).
+    /// Ingest worker actors (each claims, chunks and embeds one batch at a time); 0: this node
+    /// embeds nothing (the other nodes of the cluster do), for example a learner kept for search.
     pub workers: usize,
     /// Chunks embedded together by one worker.
     pub batch_chunks: usize,
@@ -504,7 +505,6 @@ impl Config {
                 self.reranker.default_candidates,
             ),
             ("reranker.max_candidates", self.reranker.max_candidates),
-            ("ingest.workers", self.ingest.workers),
             ("model.ingest_micro_batch", self.model.ingest_micro_batch),
             ("ingest.batch_chunks", self.ingest.batch_chunks),
             ("ingest.chunk_tokens", self.ingest.chunk_tokens),

@@ -84,25 +84,55 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
             return;
         }
     };
-    for (name, uid) in ctx.shards.all() {
-        ctx.shards.remove(&name, uid);
-        let _ = sup.cast(SupervisorMsg::StopShard { name, uid });
-    }
     let store = ctx.store.clone();
     let read = tokio::task::spawn_blocking(move || {
         Ok::<_, shoal_storage::StoreError>((store.collections()?, store.pending_documents()?))
     })
     .await;
-    match read {
-        Ok(Ok((collections, pending))) => {
-            for c in collections {
+    let (collections, pending) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the new state");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the new state failed");
+            return;
+        }
+    };
+    // Shards of collections the new state still has reload from it (the old shard serves
+    // searches until the new one is published); the others stop; new ones start.
+    let keep: std::collections::HashSet<(String, u64)> = collections
+        .iter()
+        .map(|c| (c.name.clone(), c.uid))
+        .collect();
+    let had: std::collections::HashSet<(String, u64)> = ctx.shards.all().into_iter().collect();
+    for (name, uid) in had.difference(&keep) {
+        ctx.shards.remove(name, *uid);
+        let _ = sup.cast(SupervisorMsg::StopShard {
+            name: name.clone(),
+            uid: *uid,
+        });
+    }
+    for c in collections {
+        let actor = ctx
+            .shards
+            .get(&c.name)
+            .filter(|s| s.uid == c.uid)
+            .and_then(|s| s.actor);
+        match actor {
+            Some(a) if had.contains(&(c.name.clone(), c.uid)) => {
+                if a.cast(ShardMsg::Load).is_err() {
+                    // It is restarting: its restart loads from the new store anyway.
+                    tracing::debug!(collection = %c.name, "shard actor restarting during a rebuild");
+                }
+            }
+            _ => {
                 let _ = sup.cast(SupervisorMsg::StartShard(c));
             }
-            ctx.ingest.enqueue(pending);
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the new state"),
-        Err(e) => tracing::error!(error = %e, "reading the new state failed"),
     }
+    ctx.ingest.enqueue(pending);
     if let Err(e) = ctx.remove_orphan_dumps() {
         tracing::warn!(error = %e, "could not remove the dumps of dropped collections");
     }

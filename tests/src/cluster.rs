@@ -29,28 +29,43 @@ impl Cluster {
     /// `voters` voters (node 1 first, alone, then the others join and are promoted) and
     /// `learners` learners. `env` goes to every node.
     pub fn start(voters: usize, learners: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_each(voters, learners, |_| {
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    }
+
+    /// [`Cluster::start`] with each node's own settings (`env(i)` for node `i`).
+    pub fn start_each(
+        voters: usize,
+        learners: usize,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         assert!(voters >= 1);
-        let env = cluster_env(env);
-        let env_ref: Vec<(&str, &str)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut first_env = env_ref.clone();
-        first_env.push(("SHOAL_CLUSTER__BOOTSTRAP", "true"));
-        let first = Node::start(&first_env, &["--node-id", "1", "--fault-injection"]);
-        let seed = first.base.clone();
-        let mut nodes = vec![first];
-        for i in 1..voters + learners {
+        let mut nodes: Vec<Node> = Vec::new();
+        for i in 0..voters + learners {
+            let own = env(i);
+            let own_ref: Vec<(&str, &str)> =
+                own.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut node_env = cluster_env(&own_ref);
             let id = (i + 1).to_string();
-            let mut args = vec![
-                "--node-id",
-                id.as_str(),
-                "--fault-injection",
-                "--join",
-                &seed,
-            ];
-            if i < voters {
-                args.push("--voter");
+            let mut args = vec!["--node-id".to_string(), id, "--fault-injection".to_string()];
+            if i == 0 {
+                node_env.push(("SHOAL_CLUSTER__BOOTSTRAP".into(), "true".into()));
+            } else {
+                args.push("--join".into());
+                args.push(nodes[0].base.clone());
+                if i < voters {
+                    args.push("--voter".into());
+                }
             }
-            nodes.push(Node::start(&env_ref, &args));
+            let env_ref: Vec<(&str, &str)> = node_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Node::start(&env_ref, &args_ref));
         }
         let c = Cluster { nodes };
         c.wait_members(voters, learners, Duration::from_secs(60));

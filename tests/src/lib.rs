@@ -5,6 +5,7 @@
 //! `cargo build --bin shoal`). The model is `$SHOAL_MODEL_DIR`, or `models/all-MiniLM-L6-v2`
 //! (fetch it with `scripts/fetch-model.sh`).
 
+pub mod bench;
 pub mod cluster;
 
 use std::io::{BufRead, BufReader};

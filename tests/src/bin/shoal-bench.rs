@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use shoal_tests::bench::{percentile, rss_mib, sample};
 use shoal_tests::{hit_ids, Node};
 
 struct Args {
@@ -53,40 +54,6 @@ fn parse_args() -> Result<Args, String> {
         queries,
         out,
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// Deterministic shuffle (xorshift) so every run asks the same queries.
-fn sample<T: Clone>(items: &[T], n: usize, seed: u64) -> Vec<T> {
-    let mut idx: Vec<usize> = (0..items.len()).collect();
-    let mut s = seed;
-    for i in (1..idx.len()).rev() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        idx.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    idx.into_iter().take(n).map(|i| items[i].clone()).collect()
 }
 
 /// (p50, p95) in ms of sequential text searches of `collection`, one client.
