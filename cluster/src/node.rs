@@ -1021,14 +1021,26 @@ fn node_identity(
 /// Follow openraft's metrics: leadership changes, and a stop (a storage failure) is fatal.
 async fn watch_metrics(node: Arc<ClusterNode>) {
     let mut rx = node.raft.metrics();
+    let mut known: (Option<NodeId>, u64) = (None, 0);
     loop {
-        let (leader, fatal) = {
+        let (leader, fatal, current) = {
             let m = rx.borrow_and_update();
             (
                 m.state == ServerState::Leader,
                 m.running_state.as_ref().err().map(|e| e.to_string()),
+                (m.current_leader, m.current_term),
             )
         };
+        if current.0 != known.0 {
+            match current.0 {
+                Some(l) if l == node.id => {
+                    tracing::info!(term = current.1, "this node is the leader")
+                }
+                Some(l) => tracing::info!(leader = l, term = current.1, "following a new leader"),
+                None => tracing::info!(term = current.1, "no leader known"),
+            }
+        }
+        known = current;
         let became = node.leadership.send_if_modified(|l| {
             let changed = *l != leader;
             *l = leader;
