@@ -159,6 +159,8 @@ pub(crate) struct JoinReply {
 pub(crate) enum MembershipChange {
     Promote(NodeId),
     Remove(NodeId),
+    /// A member now listens at another address (it restarted elsewhere).
+    Readdress(NodeId, String),
 }
 
 /// The outcome of a proposed command, with the log index it was applied at.
@@ -500,8 +502,42 @@ impl ClusterNode {
         self.on_leader(MembershipChange::Remove(id)).await
     }
 
+    /// A member restarted at another address: tell the cluster (through the leader), so that
+    /// the others reach it there. Nothing happens when the membership already has this address.
+    pub async fn update_address(&self) -> Result<(), ClusterError> {
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .map(|n| n.addr.clone());
+        match known {
+            Some(addr) if addr != self.settings.advertise => {
+                tracing::info!(old = %addr, new = %self.settings.advertise, "this node's address changed; telling the cluster");
+                let change = MembershipChange::Readdress(self.id, self.settings.advertise.clone());
+                // The leader cannot reach this node yet, so it may know of no leader: ask the
+                // members straight away then.
+                if self.leader().is_some_and(|(l, _)| l != self.id) || self.is_leader() {
+                    self.on_leader(change).await
+                } else {
+                    self.ask_members(change, ClusterError::NoLeader("no member answered".into()))
+                        .await
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn on_leader(&self, change: MembershipChange) -> Result<(), ClusterError> {
-        let (leader, info) = self.wait_for_leader().await?;
+        let (leader, info) = match self.wait_for_leader().await {
+            Ok(l) => l,
+            // This node hears from no leader (it may be the one the others cannot reach): ask
+            // the members it knows, and the leader they name.
+            Err(e @ ClusterError::NoLeader(_)) => return self.ask_members(change, e).await,
+            Err(e) => return Err(e),
+        };
         if leader == self.id {
             return self.handle_membership(change).await;
         }
@@ -517,6 +553,52 @@ impl ClusterNode {
             .await
             .map_err(|e| e.into_cluster_error("forwarding a membership change to the leader"))?;
         r
+    }
+
+    async fn ask_members(
+        &self,
+        change: MembershipChange,
+        no_leader: ClusterError,
+    ) -> Result<(), ClusterError> {
+        let nodes: BTreeMap<NodeId, String> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let mut tried = BTreeSet::new();
+        let mut queue: Vec<NodeId> = nodes.keys().copied().collect();
+        while let Some(id) = queue.pop() {
+            if !tried.insert(id) {
+                continue;
+            }
+            let Some(addr) = nodes.get(&id) else {
+                continue;
+            };
+            let r: Result<Result<(), ClusterError>, _> = self
+                .client
+                .call(
+                    Some(id),
+                    addr,
+                    "membership",
+                    &change,
+                    Duration::from_secs(30),
+                )
+                .await;
+            match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(ClusterError::NotLeader {
+                    leader: Some(l), ..
+                })) => queue.push(l),
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                _ => {}
+            }
+        }
+        Err(no_leader)
     }
 
     pub(crate) async fn handle_membership(
@@ -546,6 +628,18 @@ impl ClusterNode {
                 self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await?;
                 tracing::info!(node = id, "promoted to voter");
+            }
+            MembershipChange::Readdress(id, addr) => {
+                if membership.get_node(&id).is_none() {
+                    return Err(ClusterError::NotFound(format!(
+                        "no node with id {id} in the cluster"
+                    )));
+                }
+                self.change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, NodeInfo { addr })])),
+                    false,
+                )
+                .await?;
             }
             MembershipChange::Remove(id) => {
                 if membership.get_node(&id).is_none() {

@@ -79,6 +79,13 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
     let cluster = ctx.cluster.clone();
     let c = &ctx.config.cluster;
     if cluster.is_initialized().await {
+        // A member that restarted at another address tells the others where it is now.
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = cluster.update_address().await {
+            tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "could not tell the cluster this node's new address yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
         return;
     }
     let Some(seed) = c.join.clone() else {

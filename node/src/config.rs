@@ -100,9 +100,9 @@ impl Default for ClusterConfig {
             join: None,
             join_as_voter: false,
             bootstrap: None,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_after_entries: 2_000,
             keep_entries_after_snapshot: 500,
             snapshot_chunk_bytes: 4 << 20,
@@ -662,6 +662,28 @@ mod tests {
         assert!(c.validate().is_ok());
         c.threads.ingest_share_window_ms = u64::MAX;
         assert!(c.validate().unwrap_err().contains("ingest_share_window_ms"));
+    }
+
+    #[test]
+    fn the_cluster_secret_is_never_shown() {
+        let mut c = Config::default();
+        c.cluster.secret = Some(Secret("a-very-secret-value-123".into()));
+        assert!(!format!("{c:?}").contains("a-very-secret"));
+        let printed = toml::to_string(&c.redacted()).unwrap();
+        assert!(!printed.contains("a-very-secret"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+        // and it is checked: too short, or a join without one
+        c.cluster.secret = Some(Secret("short".into()));
+        assert!(c.validate().unwrap_err().contains("cluster.secret"));
+        c.cluster.secret = None;
+        c.cluster.join = Some("http://a:7400".into());
+        assert!(c.validate().unwrap_err().contains("needs cluster.secret"));
+        c.cluster.join = None;
+        c.cluster.election_timeout_max_ms = c.cluster.election_timeout_min_ms;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("election_timeout_max_ms"));
     }
 
     #[test]

@@ -4,77 +4,41 @@
 //! on every replica, the mirror ([`crate::mirror`]) hands its effects to the shard actors, and the
 //! [`crate::watermark::IndexWatermark`] says how far the shards have caught up.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
-use ractor::ActorRef;
 use shoal_cluster::ClusterNode;
 use shoal_index::{Payload, Point, ShardParams};
-use shoal_inference::{Chunker, CrossEncoder, Embedder, PauseHook};
 use shoal_storage::{CollectionRecord, Command, Outcome, Store, StoredPoint};
 
-use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
-use crate::actors::reranker::RerankerMsg;
-use crate::actors::supervisor::SupervisorMsg;
+use crate::actors::registry::Actors;
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::ingest_queue::IngestQueue;
-use crate::metrics::Metrics;
-use crate::shards::ShardRegistry;
+use crate::ingest_queue::{IngestQueue, QueueLimits};
+use crate::runtime::Runtime;
 use crate::watermark::IndexWatermark;
 
+/// A node's parts: its configuration and store, what it computes with ([`Runtime`]), where its
+/// actors are ([`Actors`]), its membership in the cluster (every write is proposed through it),
+/// and how far its index has caught up.
 pub struct NodeContext {
     pub config: Config,
     pub store: Store,
-    pub embedder: Embedder,
-    /// The cross-encoder, when the node has one.
-    pub reranker: Option<CrossEncoder>,
-    pub reranker_actor: RwLock<Option<ActorRef<RerankerMsg>>>,
-    pub reranker_warm: AtomicBool,
-    /// Recent query embeddings (None when `model.query_cache_size` is 0).
-    pub query_cache: Option<parking_lot::Mutex<lru::LruCache<String, Arc<Vec<f32>>>>>,
-    pub chunker: Chunker,
-    pub metrics: Arc<Metrics>,
-    pub query_pool: Arc<rayon::ThreadPool>,
-    pub ingest_pool: Arc<rayon::ThreadPool>,
-    /// Low-priority threads for ingest work that is not embedding (see [`NodeContext::background`]).
-    pub background_pool: Arc<rayon::ThreadPool>,
-    /// Low-priority threads for shard upkeep: compactions and graph dumps (see
-    /// [`NodeContext::maintenance`]), apart from inserts so that one collection's compaction never
-    /// holds up another's ingest.
-    pub maintenance_pool: Arc<rayon::ThreadPool>,
-    pub query_gate: Arc<crate::embed_exec::QueryGate>,
-    pub shards: ShardRegistry,
-    pub embedders: RwLock<HashMap<EmbedQueue, ActorRef<EmbedderMsg>>>,
-    pub ingest: IngestQueue,
-    pub supervisor: OnceLock<ActorRef<SupervisorMsg>>,
-    /// This node's part in the cluster: every write is proposed through it.
+    pub runtime: Runtime,
+    pub actors: Actors,
+    /// This node's part in the cluster: every write is proposed through it (a single node is a
+    /// one-member cluster).
     pub cluster: Arc<ClusterNode>,
-    /// The last log index whose effects the mirror has handed on.
-    pub mirrored: tokio::sync::watch::Sender<u64>,
-    /// For requests to other nodes' public API (reranking on a node that has a reranker).
-    pub http: reqwest::Client,
     /// How far the shards have caught up with the store.
     pub watermark: Arc<IndexWatermark>,
+    /// The last log index whose effects the mirror has handed on.
+    pub mirrored: tokio::sync::watch::Sender<u64>,
     pub index_dir: PathBuf,
     pub started: Instant,
     pub warm: AtomicBool,
-}
-
-/// The parts a context is made of.
-pub struct ContextParts {
-    pub config: Config,
-    pub store: Store,
-    pub embedder: Embedder,
-    pub reranker: Option<CrossEncoder>,
-    pub chunker: Chunker,
-    pub metrics: Arc<Metrics>,
-    pub cluster: Arc<ClusterNode>,
-    pub watermark: Arc<IndexWatermark>,
+    pub reranker_warm: AtomicBool,
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -89,104 +53,33 @@ pub struct Committed {
 pub type Hold = Box<dyn std::any::Any + Send>;
 
 impl NodeContext {
-    pub fn new(parts: ContextParts) -> Result<NodeContext, NodeError> {
-        let ContextParts {
-            config,
-            store,
-            embedder,
-            reranker,
-            chunker,
-            metrics,
-            cluster,
-            watermark,
-        } = parts;
-        let index_dir = config.storage.data_dir.join("index");
-        let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
-            .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
-        let query_gate = Arc::new(
-            crate::embed_exec::QueryGate::new(crate::embed_exec::IngestShare {
-                min_share: config.threads.ingest_min_share,
-                window: Duration::from_millis(config.threads.ingest_share_window_ms),
-            })
-            .counting_turns_in(metrics.ingest_turns.clone())
-            .with_ingest_threads(crate::config::ThreadsConfig::resolve(
-                config.threads.ingest_inference,
-            )),
+    pub fn new(
+        config: Config,
+        store: Store,
+        runtime: Runtime,
+        cluster: Arc<ClusterNode>,
+        watermark: Arc<IndexWatermark>,
+    ) -> NodeContext {
+        let ingest = IngestQueue::new(
+            QueueLimits {
+                max_bytes: config.ingest.max_queue_bytes,
+                max_documents: config.ingest.max_queue_documents,
+            },
+            runtime.metrics.clone(),
         );
-        let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(crate::config::ThreadsConfig::resolve(n))
-                .thread_name(move |i| format!("{name}-{i}"))
-                .start_handler(move |_| {
-                    if nice != 0 {
-                        crate::embed_exec::lower_thread_priority(nice);
-                    }
-                    if let Some(hook) = &pause {
-                        shoal_inference::set_pause_hook(hook.clone());
-                    }
-                })
-                .build()
-                .map(Arc::new)
-                .map_err(|e| {
-                    NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
-                })
-        };
-        let query_pool = pool("infer-query", config.threads.query_inference, 0, None)?;
-        // Ingest threads step aside inside their forward passes while a query is embedded.
-        let ingest_pool = pool(
-            "infer-ingest",
-            config.threads.ingest_inference,
-            config.threads.ingest_nice,
-            Some(query_gate.pause_hook()),
-        )?;
-        let background_pool = pool(
-            "background",
-            config.threads.background,
-            config.threads.ingest_nice,
-            None,
-        )?;
-        let maintenance_pool = pool(
-            "maintenance",
-            config.threads.maintenance,
-            config.threads.ingest_nice,
-            None,
-        )?;
-        Ok(NodeContext {
-            query_pool,
-            ingest_pool,
-            background_pool,
-            maintenance_pool,
-            query_gate,
-            reranker,
-            reranker_actor: RwLock::new(None),
-            reranker_warm: AtomicBool::new(false),
-            query_cache,
-            ingest: IngestQueue::new(
-                crate::ingest_queue::QueueLimits {
-                    max_bytes: config.ingest.max_queue_bytes,
-                    max_documents: config.ingest.max_queue_documents,
-                },
-                metrics.clone(),
-            ),
+        NodeContext {
+            index_dir: config.storage.data_dir.join("index"),
             config,
-            cluster,
-            mirrored: tokio::sync::watch::Sender::new(0),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .build()
-                .map_err(|e| NodeError::Internal(format!("cannot make an HTTP client: {e}")))?,
-            watermark,
             store,
-            embedder,
-            chunker,
-            metrics,
-            shards: ShardRegistry::default(),
-            embedders: RwLock::new(HashMap::new()),
-            supervisor: OnceLock::new(),
-            index_dir,
+            runtime,
+            actors: Actors::new(ingest),
+            cluster,
+            watermark,
+            mirrored: tokio::sync::watch::Sender::new(0),
             started: Instant::now(),
             warm: AtomicBool::new(false),
-        })
+            reranker_warm: AtomicBool::new(false),
+        }
     }
 
     pub fn is_warm(&self) -> bool {
@@ -196,14 +89,8 @@ impl NodeContext {
     /// Ready to serve: the embedder is warm, every shard is loaded, and the reranker (if any) is warm.
     pub fn is_ready(&self) -> bool {
         self.is_warm()
-            && self.shards.loading().is_empty()
-            && (self.reranker.is_none() || self.reranker_warm.load(Ordering::Acquire))
-    }
-
-    pub fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, NodeError> {
-        self.supervisor
-            .get()
-            .ok_or_else(|| NodeError::NotReady("the node is starting".into()))
+            && self.actors.shards.loading().is_empty()
+            && (self.runtime.reranker.is_none() || self.reranker_warm.load(Ordering::Acquire))
     }
 
     pub fn shard_params(&self, coll: &CollectionRecord) -> ShardParams {
@@ -254,7 +141,7 @@ impl NodeContext {
 
     /// Remove a dropped collection's graph dump (after any dump of it in progress).
     pub async fn remove_dump(&self, collection: &str, uid: u64) {
-        let _files = self.shards.dump_lock(uid).lock_owned().await;
+        let _files = self.actors.shards.dump_lock(uid).lock_owned().await;
         let dir = self.dump_dir(collection, uid);
         let removed = tokio::task::spawn_blocking(move || {
             if dir.exists() {
@@ -267,7 +154,7 @@ impl NodeContext {
         if let Err(e) = removed {
             tracing::warn!(error = %e, "removing an index dump failed");
         }
-        self.shards.forget_dump_lock(uid);
+        self.actors.shards.forget_dump_lock(uid);
     }
 
     /// This node's id in the cluster.
@@ -323,41 +210,20 @@ impl NodeContext {
         self.watermark.wait_for_collection(uid, index, limit).await
     }
 
-    /// Run CPU work that belongs to ingest (chunking, HNSW inserts, compactions, dumps) on the
-    /// low-priority background threads, so that it never takes a core from a search. A panic in
-    /// `f` comes back as an error.
+    /// See [`Runtime::background`].
     pub async fn background<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        Self::on_pool(&self.background_pool, "background", f).await
+        self.runtime.background(f).await
     }
 
-    /// Run shard upkeep (a compaction, a graph dump) on the low-priority maintenance threads.
+    /// See [`Runtime::maintenance`].
     pub async fn maintenance<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        Self::on_pool(&self.maintenance_pool, "maintenance", f).await
-    }
-
-    /// Run `f` on one of `pool`'s threads and await it without occupying a tokio thread. A panic
-    /// in `f` comes back as an error naming `what`.
-    pub async fn on_pool<T: Send + 'static>(
-        pool: &rayon::ThreadPool,
-        what: &'static str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NodeError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        pool.spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = tx.send(result);
-        });
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(NodeError::Internal(format!("{what} task panicked"))),
-            Err(_) => Err(NodeError::Internal(format!("{what} task was dropped"))),
-        }
+        self.runtime.maintenance(f).await
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod ingest_queue;
 pub mod metrics;
 pub mod mirror;
+pub mod runtime;
 pub mod service;
 pub mod shards;
 pub mod watermark;
@@ -35,8 +36,9 @@ use shoal_storage::{Command, Store, StoreOptions};
 
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::config::Config;
-use crate::context::{ContextParts, NodeContext};
+use crate::context::NodeContext;
 use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 use crate::service::Node;
 use crate::watermark::IndexWatermark;
 
@@ -168,16 +170,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         tx: mirror_tx,
     });
     let cluster = cluster::start(&config, store.clone(), sink, metrics.clone()).await?;
-    let ctx = Arc::new(NodeContext::new(ContextParts {
-        config: config.clone(),
+    let runtime = Runtime::new(&config, embedder, reranker, chunker, metrics)?;
+    let ctx = Arc::new(NodeContext::new(
+        config.clone(),
         store,
-        embedder,
-        reranker,
-        chunker,
-        metrics,
+        runtime,
         cluster,
         watermark,
-    })?);
+    ));
     ctx.remove_orphan_dumps()?;
     let (supervisor, supervisor_handle) = Actor::spawn(
         Some("node-supervisor".into()),
@@ -186,7 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     )
     .await
     .context("cannot start the supervision tree")?;
-    let _ = ctx.supervisor.set(supervisor.clone());
+    let _ = ctx.actors.supervisor.set(supervisor.clone());
     tokio::spawn(mirror::run(ctx.clone(), mirror_rx));
     tokio::spawn(warm_up_and_resume(ctx.clone()));
     tokio::spawn(cluster::bootstrap_or_join(ctx.clone()));
@@ -204,7 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
 /// accepted before the last stop.
 async fn warm_up_and_resume(ctx: Arc<NodeContext>) {
     let t = Instant::now();
-    let embedder = ctx.embedder.clone();
+    let embedder = ctx.runtime.embedder.clone();
     match tokio::task::spawn_blocking(move || embedder.embed(WARM_UP)).await {
         Ok(Ok(_)) => {
             ctx.warm.store(true, Ordering::Release);
@@ -213,7 +213,7 @@ async fn warm_up_and_resume(ctx: Arc<NodeContext>) {
         Ok(Err(e)) => tracing::error!(error = %e, "model warm-up failed"),
         Err(e) => tracing::error!(error = %e, "model warm-up task failed"),
     }
-    if let Some(reranker) = ctx.reranker.clone() {
+    if let Some(reranker) = ctx.runtime.reranker.clone() {
         let t = Instant::now();
         match tokio::task::spawn_blocking(move || reranker.score(WARM_UP[0], WARM_UP)).await {
             Ok(Ok(_)) => {
@@ -230,7 +230,7 @@ async fn warm_up_and_resume(ctx: Arc<NodeContext>) {
     match tokio::task::spawn_blocking(move || store.pending_documents()).await {
         Ok(Ok(pending)) if !pending.is_empty() => {
             tracing::info!(documents = pending.len(), "resuming ingest");
-            ctx.ingest.enqueue(pending);
+            ctx.actors.ingest.enqueue(pending);
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read pending documents"),
@@ -244,7 +244,7 @@ async fn release_deferred_claims(ctx: Arc<NodeContext>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        ctx.ingest.release_due(actors::ingest::now_ms());
+        ctx.actors.ingest.release_due(actors::ingest::now_ms());
     }
 }
 

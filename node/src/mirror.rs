@@ -76,8 +76,8 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         "the state was replaced by a snapshot; rebuilding the index"
     );
     ctx.watermark.reset(index);
-    ctx.ingest.clear();
-    let sup = match ctx.supervisor() {
+    ctx.actors.ingest.clear();
+    let sup = match ctx.actors.supervisor() {
         Ok(s) => s.clone(),
         Err(e) => {
             tracing::error!(error = %e, "no supervisor to rebuild the shards");
@@ -106,9 +106,10 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         .iter()
         .map(|c| (c.name.clone(), c.uid))
         .collect();
-    let had: std::collections::HashSet<(String, u64)> = ctx.shards.all().into_iter().collect();
+    let had: std::collections::HashSet<(String, u64)> =
+        ctx.actors.shards.all().into_iter().collect();
     for (name, uid) in had.difference(&keep) {
-        ctx.shards.remove(name, *uid);
+        ctx.actors.shards.remove(name, *uid);
         let _ = sup.cast(SupervisorMsg::StopShard {
             name: name.clone(),
             uid: *uid,
@@ -116,6 +117,7 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
     }
     for c in collections {
         let actor = ctx
+            .actors
             .shards
             .get(&c.name)
             .filter(|s| s.uid == c.uid)
@@ -132,7 +134,7 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
             }
         }
     }
-    ctx.ingest.enqueue(pending);
+    ctx.actors.ingest.enqueue(pending);
     if let Err(e) = ctx.remove_orphan_dumps() {
         tracing::warn!(error = %e, "could not remove the dumps of dropped collections");
     }
@@ -147,7 +149,7 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 // The new actor attaches before it loads, and loads from the store as of an index
                 // at or after this one (which tells the watermark); changes sent before it has
                 // attached are in that load.
-                match ctx.supervisor() {
+                match ctx.actors.supervisor() {
                     Ok(sup) => {
                         if let Err(e) = sup.cast(SupervisorMsg::StartShard(record)) {
                             tracing::error!(error = %e, "could not ask for a shard actor");
@@ -157,14 +159,17 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 }
             }
             Effect::CollectionDropped { name, uid } => {
-                ctx.ingest.drop_collection(uid);
-                for gauge in [&ctx.metrics.index_points, &ctx.metrics.index_tombstones] {
+                ctx.actors.ingest.drop_collection(uid);
+                for gauge in [
+                    &ctx.runtime.metrics.index_points,
+                    &ctx.runtime.metrics.index_tombstones,
+                ] {
                     let _ = gauge.remove_label_values(&[name.as_str()]);
                 }
-                ctx.shards.remove(&name, uid);
+                ctx.actors.shards.remove(&name, uid);
                 ctx.watermark.forget(uid);
                 ops.remove(&uid);
-                if let Ok(sup) = ctx.supervisor() {
+                if let Ok(sup) = ctx.actors.supervisor() {
                     let _ = sup.cast(SupervisorMsg::StopShard {
                         name: name.clone(),
                         uid,
@@ -192,11 +197,12 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 .or_insert_with(|| (collection, Vec::new()))
                 .1
                 .push(ShardOp::Delete(ids)),
-            Effect::DocumentsPending(docs) => ctx.ingest.enqueue(docs),
+            Effect::DocumentsPending(docs) => ctx.actors.ingest.enqueue(docs),
         }
     }
     for (uid, (collection, ops)) in ops {
         let actor = ctx
+            .actors
             .shards
             .get(&collection)
             .filter(|s| s.uid == uid)

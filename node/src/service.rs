@@ -56,6 +56,7 @@ impl Node {
     fn collection_info(&self, c: &CollectionRecord) -> CollectionInfo {
         let stats = self
             .ctx
+            .actors
             .shards
             .get(&c.name)
             .and_then(|s| s.shard)
@@ -116,7 +117,7 @@ impl Node {
     }
 
     fn require_model_dimension(&self, c: &CollectionRecord, what: &str) -> Result<()> {
-        let model = self.ctx.embedder.dimension();
+        let model = self.ctx.runtime.embedder.dimension();
         if c.spec.dimension as usize != model {
             return Err(bad(format!(
                 "collection `{}` has dimension {}, but the node's model makes {model}-dimensional vectors: {what}",
@@ -128,12 +129,12 @@ impl Node {
 
     /// Embed a search query, through the query cache.
     async fn embed_query(&self, text: String) -> Result<Arc<Vec<f32>>> {
-        if let Some(cache) = &self.ctx.query_cache {
+        if let Some(cache) = &self.ctx.runtime.query_cache {
             if let Some(v) = cache.lock().get(&text).cloned() {
-                self.ctx.metrics.query_cache_hits.inc();
+                self.ctx.runtime.metrics.query_cache_hits.inc();
                 return Ok(v);
             }
-            self.ctx.metrics.query_cache_misses.inc();
+            self.ctx.runtime.metrics.query_cache_misses.inc();
         }
         let v = Arc::new(
             self.embed_texts(vec![text.clone()])
@@ -141,7 +142,7 @@ impl Node {
                 .pop()
                 .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?,
         );
-        if let Some(cache) = &self.ctx.query_cache {
+        if let Some(cache) = &self.ctx.runtime.query_cache {
             cache.lock().put(text, v.clone());
         }
         Ok(v)
@@ -156,6 +157,7 @@ impl Node {
         }
         let actor = self
             .ctx
+            .actors
             .embedders
             .read()
             .get(&EmbedQueue::Query)
@@ -182,7 +184,7 @@ impl Node {
 
     /// Raw reranker scores of `passages` for `query`, in input order.
     async fn rerank_scores(&self, query: String, passages: Vec<String>) -> Result<Vec<f32>> {
-        if self.ctx.reranker.is_none() {
+        if self.ctx.runtime.reranker.is_none() {
             return self.remote_rerank(query, passages).await.map(|(_, s)| s);
         }
         if !self
@@ -194,6 +196,7 @@ impl Node {
         }
         let actor = self
             .ctx
+            .actors
             .reranker_actor
             .read()
             .clone()
@@ -236,6 +239,7 @@ impl Node {
         for (id, addr) in offers {
             let sent = self
                 .ctx
+                .runtime
                 .http
                 .post(format!("{addr}/v1/rerank"))
                 .timeout(timeout)
@@ -269,9 +273,10 @@ impl Node {
                 last_error = format!("node {id} did not score every passage");
                 continue;
             }
-            self.ctx.metrics.reranks_forwarded.inc();
+            self.ctx.runtime.metrics.reranks_forwarded.inc();
             let model = self
                 .ctx
+                .runtime
                 .http
                 .get(format!("{addr}/api/health"))
                 .timeout(Duration::from_secs(2))
@@ -299,9 +304,9 @@ impl Node {
                 "warming_up"
             }
             .into(),
-            model: Some(self.ctx.embedder.model_name().to_string()),
+            model: Some(self.ctx.runtime.embedder.model_name().to_string()),
         };
-        let reranker = match &self.ctx.reranker {
+        let reranker = match &self.ctx.runtime.reranker {
             None => ModelState {
                 state: "disabled".into(),
                 model: None,
@@ -379,8 +384,8 @@ impl ShoalService for Node {
 
     async fn ready(&self) -> ReadyResponse {
         let warm = self.ctx.is_warm();
-        let loading = self.ctx.shards.loading();
-        let embedders = self.ctx.embedders.read().len();
+        let loading = self.ctx.actors.shards.loading();
+        let embedders = self.ctx.actors.embedders.read().len();
         let mut components = Map::new();
         components.insert(
             "embedder".into(),
@@ -395,7 +400,10 @@ impl ShoalService for Node {
             },
         );
         components.insert("embedder_actors".into(), Value::from(embedders));
-        components.insert("ingest_queue".into(), Value::from(self.ctx.ingest.len()));
+        components.insert(
+            "ingest_queue".into(),
+            Value::from(self.ctx.actors.ingest.len()),
+        );
         let (_, reranker) = self.model_states();
         components.insert("reranker".into(), Value::from(reranker.state));
         let cluster = &self.ctx.cluster;
@@ -411,20 +419,29 @@ impl ShoalService for Node {
             }),
         );
         let ready = self.ctx.is_ready() && member;
-        self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+        self.ctx
+            .runtime
+            .metrics
+            .ready
+            .set(if ready { 1.0 } else { 0.0 });
         ReadyResponse { ready, components }
     }
 
     async fn metrics(&self) -> Result<String> {
         let ready = self.ctx.is_ready();
-        self.ctx.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+        self.ctx
+            .runtime
+            .metrics
+            .ready
+            .set(if ready { 1.0 } else { 0.0 });
         let w = &self.ctx.watermark;
         self.ctx
+            .runtime
             .metrics
             .index_watermark_lag
             .set(w.applied_index().saturating_sub(w.current()) as i64);
         let st = self.ctx.cluster.local_status().await;
-        let m = &self.ctx.metrics;
+        let m = &self.ctx.runtime.metrics;
         m.cluster_term.set(st.term as i64);
         m.cluster_leader.set(st.leader.unwrap_or(0) as i64);
         m.cluster_is_leader
@@ -443,6 +460,7 @@ impl ShoalService for Node {
             }
         }
         self.ctx
+            .runtime
             .metrics
             .render()
             .map_err(|e| ApiError::Internal(format!("metrics: {e}")))
@@ -455,7 +473,7 @@ impl ShoalService for Node {
     ) -> Result<CollectionInfo> {
         let dimension = req
             .dimension
-            .unwrap_or(self.ctx.embedder.dimension() as u32);
+            .unwrap_or(self.ctx.runtime.embedder.dimension() as u32);
         if dimension == 0 || dimension > 65_536 {
             return Err(bad("dimension must be between 1 and 65536"));
         }
@@ -530,6 +548,7 @@ impl ShoalService for Node {
             None => (self.ctx.config.server.max_body_bytes as u64).min(max),
         };
         self.ctx
+            .actors
             .ingest
             .admit(body_bytes, 0)
             .map_err(|full| ApiError::TooManyRequests {
@@ -588,14 +607,15 @@ impl ShoalService for Node {
             )));
         }
         // Room for the documents too (the body's bytes are already reserved).
-        let docs = self
-            .ctx
-            .ingest
-            .admit(0, n)
-            .map_err(|full| ApiError::TooManyRequests {
-                message: full.message,
-                retry_after_s: full.retry_after.as_secs().max(1),
-            })?;
+        let docs =
+            self.ctx
+                .actors
+                .ingest
+                .admit(0, n)
+                .map_err(|full| ApiError::TooManyRequests {
+                    message: full.message,
+                    retry_after_s: full.retry_after.as_secs().max(1),
+                })?;
         // The mirror queues the accepted documents for ingest, whether or not this request is
         // still waiting when the command is applied; the room reserved for them is held until
         // then, so that nothing is counted nowhere in between.
@@ -741,7 +761,7 @@ impl ShoalService for Node {
             if req.query.is_none() {
                 return Err(bad("`rerank` needs a text `query`"));
             }
-            if self.ctx.reranker.is_none()
+            if self.ctx.runtime.reranker.is_none()
                 && self
                     .ctx
                     .cluster
@@ -834,6 +854,7 @@ impl ShoalService for Node {
         // as its shard is loaded: wait for that rather than answer 503 at once.
         let slot = self
             .ctx
+            .actors
             .shards
             .get_loaded(&collection, SHARD_LOAD_WAIT)
             .await
@@ -909,6 +930,7 @@ impl ShoalService for Node {
             "search timings"
         );
         self.ctx
+            .runtime
             .metrics
             .search_seconds
             .with_label_values(&[collection.as_str()])
@@ -972,7 +994,7 @@ impl ShoalService for Node {
                 )))
             }
         };
-        let dim = self.ctx.embedder.dimension();
+        let dim = self.ctx.runtime.embedder.dimension();
         if let Some(d) = req.dimensions {
             if d != dim {
                 return Err(bad(format!(
@@ -981,9 +1003,9 @@ impl ShoalService for Node {
             }
         }
         let tokens: u64 = {
-            let chunker = self.ctx.chunker.clone();
+            let chunker = self.ctx.runtime.chunker.clone();
             let t = texts.clone();
-            let max = self.ctx.embedder.max_tokens();
+            let max = self.ctx.runtime.embedder.max_tokens();
             tokio::task::spawn_blocking(move || {
                 t.iter()
                     .map(|x| {
@@ -1018,7 +1040,7 @@ impl ShoalService for Node {
             data,
             model: req
                 .model
-                .unwrap_or_else(|| self.ctx.embedder.model_name().to_string()),
+                .unwrap_or_else(|| self.ctx.runtime.embedder.model_name().to_string()),
             usage: EmbeddingsUsage {
                 prompt_tokens: tokens,
                 total_tokens: tokens,
@@ -1058,7 +1080,7 @@ impl ShoalService for Node {
                 documents.len()
             )));
         }
-        let (model, logits) = match &self.ctx.reranker {
+        let (model, logits) = match &self.ctx.runtime.reranker {
             Some(r) => (
                 r.model_name().to_string(),
                 self.rerank_scores(query, documents).await?,
@@ -1079,7 +1101,7 @@ impl ShoalService for Node {
     }
 
     async fn list_actors(&self) -> Result<ActorList> {
-        let sup = self.ctx.supervisor()?;
+        let sup = self.ctx.actors.supervisor()?;
         let children = ask(
             sup,
             "supervisor",
@@ -1106,7 +1128,7 @@ impl ShoalService for Node {
                 "fault injection is disabled (start the node with --fault-injection)".into(),
             ));
         }
-        let sup = self.ctx.supervisor()?;
+        let sup = self.ctx.actors.supervisor()?;
         ask(sup, "supervisor", ADMIN_TIMEOUT, |reply| {
             SupervisorMsg::Panic(actor, reply)
         })
@@ -1194,7 +1216,7 @@ impl ShoalService for Node {
     }
 
     fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let m = &self.ctx.metrics;
+        let m = &self.ctx.runtime.metrics;
         m.http_requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();

@@ -226,6 +226,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
 
     // Index: exactly the stored points.
     let shard = ctx
+        .actors
         .shards
         .get("c")
         .and_then(|s| s.shard)

@@ -1,4 +1,4 @@
-//! Key layout of the single sled tree that holds all state.
+//! Key layout of the sled tree that holds the state (of consensus group 0).
 //!
 //! Keeping everything in one tree lets [`crate::Store::apply`] commit each command as one atomic batch.
 //!
@@ -15,8 +15,8 @@
 //! | `r/{uid}/{job id}` | (empty) the job is running: found when its collection is dropped |
 //! | `s/{job id}/{part}` | [`crate::StagedPart`]: documents of a request too large for one log entry |
 //!
-//! The state lives in one of two trees (`state`, `state-b`); the `meta` tree's `active` key names
-//! the current one. A snapshot is installed into the other tree, made durable, and then the
+//! The state lives in one of two trees (`g0/state-a`, `g0/state-b`); the `g0/meta` tree's
+//! `active` key names the current one. The group's Raft log is in `g0/log` and `g0/log-meta`. A snapshot is installed into the other tree, made durable, and then the
 //! `active` key is flipped: a crash at any point leaves one whole state.
 //!
 //! Collection uids (not names) prefix documents and points, so a dropped collection's leftovers can

@@ -8,7 +8,7 @@ use sled::{Batch, Tree};
 
 use crate::{Store, StoreError};
 
-/// One log of a consensus group: `log-{group}` holds entries, `log-{group}-meta` named values.
+/// One log of a consensus group: `g{group}/log` holds entries, `g{group}/log-meta` named values.
 #[derive(Clone)]
 pub struct LogTree {
     db: sled::Db,
@@ -22,8 +22,8 @@ impl Store {
     pub fn log(&self, group: u32) -> Result<LogTree, StoreError> {
         Ok(LogTree {
             db: self.db.clone(),
-            entries: self.db.open_tree(format!("log-{group}"))?,
-            meta: self.db.open_tree(format!("log-{group}-meta"))?,
+            entries: self.db.open_tree(format!("g{group}/log"))?,
+            meta: self.db.open_tree(format!("g{group}/log-meta"))?,
             sync_writes: self.syncs_writes(),
         })
     }

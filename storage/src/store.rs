@@ -142,8 +142,12 @@ pub struct Store {
     sync_writes: bool,
 }
 
-/// The two state trees; a snapshot is installed into the inactive one.
-pub(crate) const STATE_TREES: [&str; 2] = ["state", "state-b"];
+/// The two state trees; a snapshot is installed into the inactive one. Every tree of consensus
+/// group 0 (the one group today) is named `g0/...`, so that a later version can keep several
+/// groups in one database without a format change.
+pub(crate) const STATE_TREES: [&str; 2] = ["g0/state-a", "g0/state-b"];
+/// Which state tree is active.
+const META_TREE: &str = "g0/meta";
 
 impl Store {
     /// Open (or create) a store in `dir`.
@@ -195,7 +199,7 @@ impl Store {
     }
 
     fn from_db(db: Db, sync_writes: bool) -> Result<Store, StoreError> {
-        let meta = db.open_tree("meta")?;
+        let meta = db.open_tree(META_TREE)?;
         let active = match meta.get(keys::ACTIVE_STATE)? {
             Some(name) if name.as_ref() == STATE_TREES[1].as_bytes() => STATE_TREES[1],
             _ => STATE_TREES[0],

@@ -186,6 +186,12 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Listen (and be reached) at another address from the next start on (`127.0.0.1:0`: a new
+    /// free port).
+    pub fn set_listen(&mut self, addr: &str) {
+        self.listen = addr.to_string();
+    }
+
     /// Add command-line arguments for the next start.
     pub fn add_args(&mut self, args: &[&str]) {
         self.args.extend(args.iter().map(|s| s.to_string()));

@@ -739,3 +739,40 @@ fn a_node_without_a_reranker_sends_the_rerank_step_to_one_that_has_it() {
         ) >= 2.0
     );
 }
+
+#[test]
+fn a_member_restarted_at_another_address_is_reached_there() {
+    let mut c = Cluster::start(3, 0, &[]);
+    c.nodes[0].create_collection("moved");
+    let f = c.follower();
+    let old = c.nodes[f].base.clone();
+    c.nodes[f].stop();
+    c.nodes[f].set_listen("127.0.0.1:0");
+    c.nodes[f].start_again();
+    let new = c.nodes[f].base.clone();
+    assert_ne!(old, new);
+    let id = Cluster::id(f);
+    let leader = c.leader(Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(30),
+        "the cluster to know the new address",
+        || {
+            c.status(leader)["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == id && m["addr"] == new.as_str())
+        },
+    );
+    // it is replicated to at its new address, and its writes are forwarded from there
+    let job = c.nodes[leader].ingest("moved", corpus());
+    let r = c.search(
+        f,
+        "moved",
+        json!({"query": "chess", "top_k": 1, "min_index": job["index"]}),
+    );
+    assert_eq!(hit_ids(&r.body), ["chess"], "{}", r.text);
+    let r = c.nodes[f].request("PUT", "/api/v1/collections/from-new-address", None);
+    assert_eq!(r.status, 201, "{}", r.text);
+    c.wait_converged(Duration::from_secs(30));
+}

@@ -72,24 +72,24 @@ impl Actor for EmbedderActor {
                     window: Duration::from_micros((cfg.batch_window_ms * 1000.0) as u64),
                     max_texts: cfg.batch_size,
                 },
-                ctx.query_pool.clone(),
+                ctx.runtime.query_pool.clone(),
             ),
             EmbedQueue::Ingest => (
                 Role::Ingest {
                     micro: cfg.ingest_micro_batch,
                     nice: ctx.config.threads.ingest_nice,
                 },
-                ctx.ingest_pool.clone(),
+                ctx.runtime.ingest_pool.clone(),
             ),
         };
         let exec = EmbedExecutor::start(
             role,
-            ctx.embedder.clone(),
+            ctx.runtime.embedder.clone(),
             pool,
-            ctx.query_gate.clone(),
-            ctx.metrics.clone(),
+            ctx.runtime.query_gate.clone(),
+            ctx.runtime.metrics.clone(),
         )?;
-        ctx.embedders.write().insert(args.queue, myself);
+        ctx.actors.embedders.write().insert(args.queue, myself);
         Ok(EmbedderState {
             queue: args.queue,
             exec,

@@ -64,7 +64,7 @@ impl Actor for IngestWorker {
         myself: ActorRef<IngestMsg>,
         args: IngestArgs,
     ) -> Result<IngestState, ActorProcessingErr> {
-        args.ctx.ingest.attach_worker(args.id, myself);
+        args.ctx.actors.ingest.attach_worker(args.id, myself);
         Ok(IngestState {
             id: args.id,
             ctx: args.ctx,
@@ -84,21 +84,21 @@ impl Actor for IngestWorker {
                 // About one embedding batch of text (a chunk is ~4 bytes per token).
                 let budget =
                     (ctx.config.ingest.batch_chunks * ctx.config.ingest.chunk_tokens * 4) as u64;
-                let docs = ctx.ingest.take(state.id, budget);
+                let docs = ctx.actors.ingest.take(state.id, budget);
                 if docs.is_empty() {
                     return Ok(());
                 }
                 match process(&ctx, state.id, &mut state.last_stored, docs).await {
                     Processed::Done => {
-                        ctx.ingest.finish(state.id);
-                        if !ctx.ingest.is_empty() {
+                        ctx.actors.ingest.finish(state.id);
+                        if !ctx.actors.ingest.is_empty() {
                             myself.send_message(IngestMsg::Work)?;
                         }
                     }
                     Processed::Retry => {
                         // The embedder is restarting or stalled: put the batch back and try
                         // again shortly.
-                        ctx.ingest.retry(state.id);
+                        ctx.actors.ingest.retry(state.id);
                         myself.send_after(RETRY_DELAY, || IngestMsg::Work);
                     }
                 }
@@ -165,7 +165,7 @@ async fn claim(
         else {
             return Err(NodeError::Internal(format!("a claim answered {outcome:?}")));
         };
-        let claims = &ctx.metrics.cluster_claims;
+        let claims = &ctx.runtime.metrics.cluster_claims;
         claims
             .with_label_values(&["granted"])
             .inc_by(ok.len() as u64);
@@ -184,7 +184,7 @@ async fn claim(
             })
             .collect();
         if !held.is_empty() {
-            ctx.ingest.defer(worker, held);
+            ctx.actors.ingest.defer(worker, held);
         }
         granted.extend(docs.into_iter().filter(|d| {
             ok.iter()
@@ -245,7 +245,7 @@ async fn process(
         return Processed::Done;
     }
 
-    let chunker = ctx.chunker.clone();
+    let chunker = ctx.runtime.chunker.clone();
     let texts: Vec<String> = docs.iter().map(|(_, t)| t.clone()).collect();
     let chunked = ctx
         .background(move || {
@@ -343,7 +343,7 @@ async fn process(
                 Ok(committed) => {
                     last_stored.insert(uid, committed.index);
                     if let Outcome::ChunksStored { stored, lost, .. } = committed.outcome {
-                        let m = &ctx.metrics;
+                        let m = &ctx.runtime.metrics;
                         m.ingest_documents
                             .with_label_values(&["indexed"])
                             .inc_by(stored.len() as u64);
@@ -439,6 +439,7 @@ async fn embed_group(
     texts: Vec<String>,
 ) -> Result<Vec<Vec<f32>>, NodeError> {
     let actor = ctx
+        .actors
         .embedders
         .read()
         .get(&EmbedQueue::Ingest)
@@ -454,7 +455,7 @@ async fn embed_group(
             progress: Some(progress.clone()),
         })
         .map_err(|e| NodeError::Actor(format!("the ingest embedder is unavailable: {e}")))?;
-    let moved = || progress.load(Ordering::Acquire) + ctx.query_gate.heartbeat();
+    let moved = || progress.load(Ordering::Acquire) + ctx.runtime.query_gate.heartbeat();
     let mut seen = moved();
     loop {
         match tokio::time::timeout(stall, &mut rx).await {
@@ -467,7 +468,8 @@ async fn embed_group(
             Err(_) => {
                 let now = moved();
                 if now == seen {
-                    ctx.metrics
+                    ctx.runtime
+                        .metrics
                         .cancelled_work
                         .with_label_values(&["ingest_embedding"])
                         .inc();
@@ -483,7 +485,8 @@ async fn embed_group(
 }
 
 async fn fail(ctx: &Arc<NodeContext>, doc: &PendingDocument, reason: &str) {
-    ctx.metrics
+    ctx.runtime
+        .metrics
         .ingest_documents
         .with_label_values(&["failed"])
         .inc();

@@ -3,6 +3,7 @@
 
 pub mod embedder;
 pub mod ingest;
+pub mod registry;
 pub mod reranker;
 pub mod shard;
 pub mod supervisor;

