@@ -222,8 +222,11 @@ pub struct ModelConfig {
     pub timeout_ms: u64,
     /// How long the query embedder gathers requests into one forward pass (ms).
     pub batch_window_ms: f64,
-    /// Texts per forward pass of the ingest embedder; between two, it yields to queries.
+    /// Most texts per forward pass of the ingest embedder; between two, it yields to queries.
     pub ingest_micro_batch: usize,
+    /// Most tokens (estimated at 4 bytes each) per forward pass of the ingest embedder, so that
+    /// passages go a few at a time and short texts many at a time.
+    pub ingest_micro_batch_tokens: usize,
     /// Query embeddings kept in memory (LRU); 0 disables the cache.
     pub query_cache_size: usize,
     /// Texts per `POST /v1/embeddings` request.
@@ -385,7 +388,8 @@ impl Default for ModelConfig {
             precision: Precision::F32,
             timeout_ms: 20_000,
             batch_window_ms: 2.0,
-            ingest_micro_batch: 4,
+            ingest_micro_batch: 32,
+            ingest_micro_batch_tokens: 900,
             query_cache_size: 10_000,
             max_inputs_per_request: 256,
         }
@@ -506,6 +510,10 @@ impl Config {
             ),
             ("reranker.max_candidates", self.reranker.max_candidates),
             ("model.ingest_micro_batch", self.model.ingest_micro_batch),
+            (
+                "model.ingest_micro_batch_tokens",
+                self.model.ingest_micro_batch_tokens,
+            ),
             ("ingest.batch_chunks", self.ingest.batch_chunks),
             ("ingest.chunk_tokens", self.ingest.chunk_tokens),
             (

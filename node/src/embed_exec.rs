@@ -3,8 +3,9 @@
 //! There are two, each on its own OS thread with its own rayon pool:
 //! - the **query** executor gathers requests for up to `model.batch_window_ms` (or until
 //!   `model.batch_size` texts) and embeds them in one forward pass;
-//! - the **ingest** executor embeds its batches in micro-batches of `model.ingest_micro_batch`
-//!   texts, and before each one waits while any query is being embedded; inside a micro-batch its
+//! - the **ingest** executor embeds its batches in micro-batches of at most
+//!   `model.ingest_micro_batch` texts and `model.ingest_micro_batch_tokens` tokens, and before
+//!   each one waits while any query is being embedded; inside a micro-batch its
 //!   pool's threads also stop at the encoder's pause points (every weight panel, every attention
 //!   head) while a query is embedded. Ingest uses all cores only while no query is waiting; a
 //!   query never queues behind an ingest batch.
@@ -400,8 +401,13 @@ impl Drop for QueryGuard {
 pub enum Role {
     /// Dynamic batching: wait up to `window` for more requests, at most `max_texts` per pass.
     Query { window: Duration, max_texts: usize },
-    /// Micro-batches of `micro` texts, yielding to queries in between, at priority `nice`.
-    Ingest { micro: usize, nice: i32 },
+    /// Micro-batches of at most `micro` texts and `micro_tokens` tokens, yielding to queries in
+    /// between, at priority `nice`.
+    Ingest {
+        micro: usize,
+        micro_tokens: usize,
+        nice: i32,
+    },
 }
 
 impl Role {
@@ -443,7 +449,11 @@ impl EmbedExecutor {
                 };
                 match role {
                     Role::Query { window, max_texts } => exec.run_queries(rx, window, max_texts),
-                    Role::Ingest { micro, .. } => exec.run_ingest(rx, micro),
+                    Role::Ingest {
+                        micro,
+                        micro_tokens,
+                        ..
+                    } => exec.run_ingest(rx, micro, micro_tokens),
                 }
             })?;
         Ok(EmbedExecutor {
@@ -567,7 +577,7 @@ impl Exec {
         }
     }
 
-    fn run_ingest(&self, rx: Receiver<EmbedJob>, micro: usize) {
+    fn run_ingest(&self, rx: Receiver<EmbedJob>, micro: usize, micro_tokens: usize) {
         loop {
             let job = match rx.try_recv() {
                 Ok(job) => job,
@@ -592,7 +602,8 @@ impl Exec {
                 .observe(job.queued.elapsed().as_secs_f64());
             let mut out = Vec::with_capacity(job.texts.len());
             let mut failed = None;
-            for part in job.texts.chunks(micro.max(1)) {
+            for range in micro_batches(&job.texts, micro, micro_tokens) {
+                let part = &job.texts[range];
                 self.gate.wait_idle();
                 // Its owner gave it up (no progress for too long): drop it, never run it twice.
                 if !self.wanted(&job) {
@@ -621,9 +632,53 @@ impl Exec {
     }
 }
 
+/// Split `texts` into consecutive micro-batches of at most `max_texts` texts and, where it can
+/// (a text is never split), at most `max_tokens` tokens, estimated at 4 bytes a token: passages go
+/// a few at a time, short texts many at a time (a pass of a few short texts wastes the kernels).
+fn micro_batches(
+    texts: &[String],
+    max_texts: usize,
+    max_tokens: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut tokens = 0;
+    for (i, t) in texts.iter().enumerate() {
+        let est = t.len().div_ceil(4) + 2;
+        if i > start && (i - start >= max_texts.max(1) || tokens + est > max_tokens) {
+            out.push(start..i);
+            start = i;
+            tokens = 0;
+        }
+        tokens += est;
+    }
+    if start < texts.len() {
+        out.push(start..texts.len());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_batches_take_many_short_texts_and_few_long_ones() {
+        let short: Vec<String> = (0..100).map(|i| format!("short text {i}")).collect();
+        let b = micro_batches(&short, 32, 800);
+        assert_eq!(
+            b.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [32, 32, 32, 4]
+        );
+        let long: Vec<String> = (0..10).map(|_| "x".repeat(800)).collect(); // ~200 tokens each
+        let b = micro_batches(&long, 32, 800);
+        assert!(b.iter().all(|r| r.len() == 3 || r.len() == 1), "{b:?}");
+        assert_eq!(b.iter().map(|r| r.len()).sum::<usize>(), 10);
+        // a text over the token budget still goes, alone
+        let huge = vec!["y".repeat(10_000), "z".into()];
+        assert_eq!(micro_batches(&huge, 32, 800), vec![0..1, 1..2]);
+        assert!(micro_batches(&[], 32, 800).is_empty());
+    }
 
     #[test]
     fn gate_blocks_until_queries_leave() {
@@ -926,7 +981,11 @@ mod tests {
         );
         gate.enter(); // queries keep ingest parked
         let exec = EmbedExecutor::start(
-            Role::Ingest { micro: 2, nice: 0 },
+            Role::Ingest {
+                micro: 2,
+                micro_tokens: 100_000,
+                nice: 0,
+            },
             embedder,
             pool,
             gate.clone(),

@@ -77,6 +77,7 @@ impl Actor for EmbedderActor {
             EmbedQueue::Ingest => (
                 Role::Ingest {
                     micro: cfg.ingest_micro_batch,
+                    micro_tokens: cfg.ingest_micro_batch_tokens,
                     nice: ctx.config.threads.ingest_nice,
                 },
                 ctx.runtime.ingest_pool.clone(),
