@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -311,14 +311,18 @@ async fn inject_panic<S: ShoalService>(
 
 async fn store_digest<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     Ok(Json(s.store_digest().await?))
 }
 
 async fn cut_links<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CutLinksRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     Ok(Json(s.cut_links(req).await?))
 }
 
@@ -330,14 +334,18 @@ async fn cluster_status<S: ShoalService>(
 
 async fn cluster_init<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     Ok((StatusCode::CREATED, Json(s.cluster_init().await?)))
 }
 
 async fn cluster_join<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<JoinClusterRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     if !(req.seed.starts_with("http://") || req.seed.starts_with("https://")) {
         return Err(ApiError::BadRequest(format!(
             "`seed` must be a node's URL such as http://10.0.0.2:7400, got `{}`",
@@ -347,6 +355,15 @@ async fn cluster_join<S: ShoalService>(
     Ok(Json(s.cluster_join(req).await?))
 }
 
+/// The header an admin request proves itself with (the cluster secret).
+pub const ADMIN_SECRET_HEADER: &str = "x-shoal-cluster-secret";
+
+fn admin_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(ADMIN_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
+
 fn node_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a node id (a number)")))
@@ -354,15 +371,19 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
 
 async fn cluster_promote<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     Ok(Json(s.cluster_promote(node_id(&id)?).await?))
 }
 
 async fn cluster_remove<S: ShoalService>(
     State(s): State<Arc<S>>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
     Ok(Json(s.cluster_remove(node_id(&id)?).await?))
 }
 

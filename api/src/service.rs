@@ -74,6 +74,10 @@ pub trait ShoalService: Send + Sync + 'static {
     /// Fault injection (only when the node enables it): make the named actor panic.
     fn inject_panic(&self, actor: String) -> impl Future<Output = Result<(), ApiError>> + Send;
 
+    /// Admin requests that change the cluster (or read the whole store) carry the cluster secret
+    /// in `x-shoal-cluster-secret` when the node has one (until the auth issue brings roles).
+    fn authorize_admin(&self, secret: Option<&str>) -> Result<(), ApiError>;
+
     /// Every member of the cluster, as this node and the leader see it.
     fn cluster_status(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Make this node (not yet in a cluster) a new one-member cluster.

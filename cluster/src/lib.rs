@@ -1,7 +1,7 @@
 //! Consensus for shoal: one Raft group (openraft) carries every command of the store.
 //!
 //! - [`types`]: openraft's type configuration (commands as entries, snapshots as files).
-//! - [`log_store`]: the Raft log in its own tree of the store's sled database (group commit).
+//! - [`log_store`]: the Raft log in its own tree of the store's sled database.
 //! - [`state_machine`]: committed entries into the store's deterministic `apply`, effects into
 //!   the node's index; snapshots built from a consistent view and installed in place.
 //! - [`network`] and [`server`]: the internal network (HTTP, bincode bodies, a cluster secret).

@@ -1,9 +1,10 @@
 //! The Raft log on sled: entries in the group's own tree of the store's database (so one `fsync`
 //! covers the log and the state), the vote and the purge point beside them.
 //!
-//! Appends are written at once and made durable by one flusher thread: every append that arrives
-//! while a flush runs shares the next one (group commit), and openraft hears that an append is on
-//! disk only after its flush, in order.
+//! Appends are written at once and made durable by a flusher thread, which tells openraft, in
+//! order, once they are on disk. (openraft 0.9 waits for each append before the next, so on the
+//! leader every client write costs one fsync; ingest keeps that cheap by putting a whole batch's
+//! chunks in one entry. A replicated append carries many entries and costs one.)
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -15,8 +16,8 @@ use shoal_storage::{LogTree, Store, StoreError};
 
 use crate::types::{decode, encode, Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
-const VOTE: &str = "vote";
-const PURGED: &str = "purged";
+pub(crate) const VOTE: &str = "vote";
+pub(crate) const PURGED: &str = "purged";
 const COMMITTED: &str = "committed";
 
 fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -94,7 +95,24 @@ impl LogStore {
     }
 }
 
+/// Bytes of entries one replication request carries at most (a larger entry goes alone): openraft
+/// 0.9 gives an append one heartbeat interval to arrive and be made durable.
+const APPEND_BYTES: usize = 1 << 20;
+
 impl RaftLogReader<TypeConfig> for LogStore {
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.log
+            .range_limited(start, end, APPEND_BYTES)
+            .map_err(read_logs)?
+            .into_iter()
+            .map(|(_, bytes)| decode::<Entry>(&bytes).map_err(read_logs))
+            .collect()
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,

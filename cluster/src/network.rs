@@ -137,6 +137,12 @@ impl Client {
         }
     }
 
+    /// Record an answer from `node` now (tests).
+    #[cfg(test)]
+    pub(crate) fn acks_for_tests(&self, node: NodeId) {
+        self.acks.lock().insert(node, Instant::now());
+    }
+
     /// When `node` last answered an append.
     pub fn last_ack(&self, node: NodeId) -> Option<Instant> {
         self.acks.lock().get(&node).copied()

@@ -31,6 +31,11 @@ use crate::ClusterEvents;
 
 const NODE_ID: &str = "node_id";
 const CLUSTER_ID: &str = "cluster_id";
+/// Set while a node whose data folder was new has not yet joined (or made) a cluster: it does not
+/// vote meanwhile (a voter that lost its folder lost its vote, and could vote twice in a term).
+const REJOINING: &str = "rejoining";
+/// Set while a node that joined asking to vote waits to be promoted (kept across restarts).
+const PROMOTE_PENDING: &str = "promote_pending";
 
 /// How a node takes part in consensus (the node's `[cluster]` configuration).
 #[derive(Debug, Clone)]
@@ -189,6 +194,8 @@ pub struct ClusterNode {
     pub(crate) events: Arc<dyn ClusterEvents>,
     /// This node had never taken part in a cluster at this start (no log, no vote).
     fresh: bool,
+    /// It has not joined or made a cluster since its data folder was new: it does not vote.
+    rejoining: std::sync::atomic::AtomicBool,
     /// The state machine (for tests of its failure path).
     sm: Arc<StateMachine>,
     /// Members that offer a capability, as last asked (and when).
@@ -210,8 +217,20 @@ impl ClusterNode {
         let (id, _) = node_identity(&log, settings.node_id)?;
         // Never took part: no entry, no vote, nothing purged (a new or wiped data folder).
         let fresh = log.is_empty()
-            && log.tree().get_meta("vote").map_err(internal)?.is_none()
-            && log.tree().get_meta("purged").map_err(internal)?.is_none();
+            && log
+                .tree()
+                .get_meta(crate::log_store::VOTE)
+                .map_err(internal)?
+                .is_none()
+            && log
+                .tree()
+                .get_meta(crate::log_store::PURGED)
+                .map_err(internal)?
+                .is_none();
+        if fresh {
+            log.tree().put_meta(REJOINING, b"1").map_err(internal)?;
+        }
+        let rejoining = log.tree().get_meta(REJOINING).map_err(internal)?.is_some();
         let cluster_id = log
             .tree()
             .get_meta(CLUSTER_ID)
@@ -256,6 +275,7 @@ impl ClusterNode {
             fatal: watch::Sender::new(None),
             events,
             fresh,
+            rejoining: std::sync::atomic::AtomicBool::new(rejoining),
             sm,
             offers: Mutex::new(Default::default()),
         });
@@ -349,6 +369,32 @@ impl ClusterNode {
         self.raft.is_initialized().await.unwrap_or(false)
     }
 
+    /// True until a node whose data folder was new has joined or made a cluster; it does not
+    /// vote meanwhile.
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn joined(&self) -> Result<(), ClusterError> {
+        self.log
+            .tree()
+            .remove_meta(REJOINING)
+            .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        self.rejoining
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether this node joined asking to vote and has not been promoted yet.
+    pub fn promotion_pending(&self) -> bool {
+        self.log
+            .tree()
+            .get_meta(PROMOTE_PENDING)
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     /// Make this node a one-member cluster (a new cluster id). Refused if it belongs to one.
     pub async fn initialize(&self) -> Result<String, ClusterError> {
         if self.is_initialized().await {
@@ -359,7 +405,6 @@ impl ClusterNode {
             )));
         }
         let cluster_id = uuid::Uuid::new_v4().to_string();
-        self.set_cluster_id(&cluster_id)?;
         let members = BTreeMap::from([(
             self.id,
             NodeInfo {
@@ -370,13 +415,22 @@ impl ClusterNode {
             RE::APIError(e) => ClusterError::Conflict(e.to_string()),
             RE::Fatal(f) => ClusterError::Fatal(f.to_string()),
         })?;
+        // Named only once it is made: a refused initialize leaves the node free to join another.
+        self.set_cluster_id(&cluster_id)?;
+        self.joined()?;
         tracing::info!(node = self.id, cluster = %cluster_id, "initialized a new cluster");
         Ok(cluster_id)
     }
 
     /// Ask the cluster that `seed` (any member's address) belongs to for this node to join as a
     /// learner. Returns the cluster id and the commit index at the time of joining.
-    pub async fn join(&self, seed: &str) -> Result<(String, u64), ClusterError> {
+    pub async fn join(&self, seed: &str, voter: bool) -> Result<(String, u64), ClusterError> {
+        if voter {
+            self.log
+                .tree()
+                .put_meta(PROMOTE_PENDING, b"1")
+                .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        }
         let req = JoinRequest {
             node_id: self.id,
             addr: self.settings.advertise.clone(),
@@ -391,6 +445,9 @@ impl ClusterNode {
         let reply = reply?;
         self.accept_cluster(&reply.cluster_id)
             .map_err(ClusterError::Conflict)?;
+        // The leader has made it a learner (a voter that lost its folder included): it may vote
+        // again once promoted.
+        self.joined()?;
         tracing::info!(node = self.id, cluster = %reply.cluster_id, leader = reply.leader, "joined as a learner");
         Ok((reply.cluster_id, reply.commit_index))
     }
@@ -429,6 +486,18 @@ impl ClusterNode {
         let info = NodeInfo {
             addr: req.addr.clone(),
         };
+        if let Some(existing) = m.membership_config.membership().get_node(&req.node_id) {
+            let live = req.node_id != self.id
+                && self.client.last_ack(req.node_id).is_some_and(|t| {
+                    t.elapsed() < Duration::from_millis(self.settings.stale_after_ms)
+                });
+            if req.fresh && existing.addr != req.addr && live {
+                return Err(ClusterError::Conflict(format!(
+                    "node id {} is in use by a live member at {}: give the new node another id",
+                    req.node_id, existing.addr
+                )));
+            }
+        }
         let voter = m
             .membership_config
             .membership()
@@ -489,6 +558,38 @@ impl ClusterNode {
                 "the membership change was not committed within {} ms",
                 timeout.as_millis()
             ))),
+        }
+    }
+
+    /// Wait until this node has caught up with the leader's commit index, then ask to vote
+    /// (retrying until it is a voter). Clears the pending promotion when done.
+    pub async fn promote_self_when_caught_up(&self) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let caught_up = match self.read_index().await {
+                Ok(index) => self
+                    .wait_applied(index, Duration::from_secs(60))
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if caught_up {
+                match self.promote(self.id).await {
+                    Ok(()) => {
+                        let _ = self.log.tree().remove_meta(PROMOTE_PENDING);
+                        tracing::info!(node = self.id, "now a voter");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not become a voter yet; retrying"),
+                }
+            } else {
+                tracing::info!(
+                    applied = self.applied_index(),
+                    "catching up before asking to vote"
+                );
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -806,9 +907,15 @@ impl ClusterNode {
     /// Write on this node, the leader.
     pub(crate) async fn write_here(
         &self,
-        command: Command,
+        mut command: Command,
         deadline: Instant,
     ) -> Result<(u64, ApplyResponse), ClusterError> {
+        command.stamp_time(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
         // A leader that cannot hear from a majority would only queue the write: wait (nothing
         // is proposed yet) for the quorum to answer, or refuse.
         while let Some(why) = self.stale() {
@@ -827,8 +934,8 @@ impl ClusterNode {
         match tokio::time::timeout(left, self.raft.client_write(command)).await {
             Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
             Ok(Err(e)) => Err(client_write_error(self.id, e)),
-            Err(_) => Err(ClusterError::NoQuorum(format!(
-                "the write was not committed within {} ms (cluster.write_timeout_ms); it may still be applied once a majority answers",
+            Err(_) => Err(ClusterError::Timeout(format!(
+                "the write was not committed within {} ms (cluster.write_timeout_ms): its outcome is unknown, it may still be applied once a majority answers",
                 self.settings.write_timeout_ms
             ))),
         }
@@ -1152,5 +1259,105 @@ async fn watch_metrics(node: Arc<ClusterNode>) {
             let _ = node.fatal.send(Some("consensus stopped".into()));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoEvents;
+    use shoal_storage::Effect;
+
+    struct NoIndex;
+
+    impl IndexSink for NoIndex {
+        fn applied(&self, _: u64, _: Vec<Effect>) {}
+        fn replaced(&self, _: u64) {}
+    }
+
+    async fn leader(dir: &std::path::Path) -> Arc<ClusterNode> {
+        let settings = ClusterSettings {
+            group: 0,
+            node_id: Some(1),
+            advertise: "http://127.0.0.1:1".into(),
+            secret: Some("a-secret-for-the-tests".into()),
+            snapshot_dir: dir.join("snapshots"),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_after_entries: 1000,
+            keep_entries_after_snapshot: 10,
+            snapshot_chunk_bytes: 1 << 20,
+            install_snapshot_timeout_ms: 5000,
+            max_entries_per_append: 8,
+            max_entry_bytes: 1 << 20,
+            write_timeout_ms: 5000,
+            stale_after_ms: 2000,
+            capabilities: vec![],
+        };
+        let store = Store::open(&dir.join("store"), Default::default()).unwrap();
+        let node = ClusterNode::start(settings, store, Arc::new(NoIndex), Arc::new(NoEvents))
+            .await
+            .unwrap();
+        assert!(
+            node.is_rejoining(),
+            "a new folder does not vote before it joins or inits"
+        );
+        node.initialize().await.unwrap();
+        assert!(!node.is_rejoining());
+        node.wait_for_leader().await.unwrap();
+        node
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leader_refuses_a_node_of_another_cluster_and_a_new_node_under_a_live_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = leader(dir.path()).await;
+        let foreign = node
+            .handle_join(JoinRequest {
+                node_id: 2,
+                addr: "http://127.0.0.1:2".into(),
+                cluster_id: Some("another-cluster".into()),
+                fresh: false,
+            })
+            .await;
+        assert!(
+            matches!(&foreign, Err(ClusterError::Conflict(m)) if m.contains("belongs to cluster another-cluster")),
+            "{foreign:?}"
+        );
+        // a learner joins (nothing answers at its address, which is fine for a learner)
+        let ours = node.cluster_id().unwrap();
+        node.handle_join(JoinRequest {
+            node_id: 2,
+            addr: "http://127.0.0.1:2".into(),
+            cluster_id: Some(ours.clone()),
+            fresh: true,
+        })
+        .await
+        .unwrap();
+        // another new process that claims id 2 from elsewhere while 2 answers is refused
+        node.client.acks_for_tests(2);
+        let clash = node
+            .handle_join(JoinRequest {
+                node_id: 2,
+                addr: "http://127.0.0.1:3".into(),
+                cluster_id: None,
+                fresh: true,
+            })
+            .await;
+        assert!(
+            matches!(&clash, Err(ClusterError::Conflict(m)) if m.contains("in use by a live member")),
+            "{clash:?}"
+        );
+        // promoting an unknown id, removing the last voter: refused
+        assert!(matches!(
+            node.promote(9).await,
+            Err(ClusterError::NotFound(_))
+        ));
+        assert!(matches!(
+            node.remove(1).await,
+            Err(ClusterError::BadRequest(_))
+        ));
+        node.shutdown().await;
     }
 }

@@ -60,12 +60,14 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
     decode(bytes).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("undecodable body: {e}")))
 }
 
-/// Equal in constant time (for the secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `given` is the secret, comparing every byte whatever the first difference (the time
+/// taken tells nothing of where the two differ; only of the secret's length).
+pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut diff = given.len() ^ secret.len();
+    for (i, s) in secret.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ s);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 fn check(node: &ClusterNode, headers: &HeaderMap, op: &str) -> Result<Option<NodeId>, Response> {
@@ -79,7 +81,7 @@ fn check(node: &ClusterNode, headers: &HeaderMap, op: &str) -> Result<Option<Nod
         .get(HEADER_SECRET)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !same(given, secret.as_bytes()) {
+    if !same_secret(given, secret.as_bytes()) {
         tracing::warn!(
             op,
             "an internal request with a wrong or missing cluster secret was refused"
@@ -142,7 +144,16 @@ async fn dispatch(node: &Arc<ClusterNode>, op: &str, bytes: &[u8]) -> Result<Res
             }
             reply(&r)
         }
-        "vote" => reply(&raft.vote(body(bytes)?).await),
+        "vote" => {
+            if node.is_rejoining() {
+                // Its vote was lost with its data folder: it must not vote twice in a term.
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node's data folder is new: it does not vote until it has joined the cluster again",
+                ));
+            }
+            reply(&raft.vote(body(bytes)?).await)
+        }
         "snapshot" => {
             let r = raft.install_snapshot(body(bytes)?).await;
             if r.is_ok() {

@@ -118,13 +118,16 @@ impl StateMachine {
                         self.sink.applied(index, applied.effects);
                         ApplyResponse::Applied(applied.outcome)
                     }
-                    Err(e) if e.is_storage_failure() => return Err(e),
-                    Err(e) => {
-                        if !e.is_rejection() {
-                            tracing::error!(index, kind = command.kind(), error = %e, "a command failed on a record it could not read");
-                        }
+                    Err(e) if e.is_rejection() => {
                         self.sink.applied(index, Vec::new());
                         ApplyResponse::Rejected(Rejection::from_store(&e))
+                    }
+                    // A storage failure, or a record this replica cannot read (corrupt here,
+                    // maybe fine elsewhere): going on would let it differ from the others.
+                    // The node stops; wiped, it catches up from a snapshot.
+                    Err(e) => {
+                        tracing::error!(index, kind = command.kind(), error = %e, "applying a command failed");
+                        return Err(e);
                     }
                 }
             }
@@ -288,12 +291,18 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         if clear_replaced {
             self.replaced_at = None;
         }
+        if clear_replaced {
+            // Beside the applies (it may take a while); an install waits for it.
+            let store = sm.store().clone();
+            let _ = std::thread::Builder::new()
+                .name("clear-replaced".into())
+                .spawn(move || {
+                    if let Err(e) = store.clear_replaced_state() {
+                        tracing::warn!(error = %e, "could not clear the state a snapshot replaced");
+                    }
+                });
+        }
         tokio::task::spawn_blocking(move || {
-            if clear_replaced {
-                if let Err(e) = sm.store().clear_replaced_state() {
-                    tracing::warn!(error = %e, "could not clear the state a snapshot replaced");
-                }
-            }
             entries
                 .iter()
                 .map(|e| sm.apply(e))
@@ -519,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_that_does_not_decode_fails_its_command_and_a_storage_failure_is_an_error() {
+    fn a_record_that_does_not_decode_or_a_storage_failure_stops_apply() {
         let store = Store::temporary().unwrap();
         let sm = StateMachine::new(store.clone(), Arc::new(Recorder::default())).unwrap();
         sm.apply(&entry(1, EntryPayload::Normal(create("a"))))
@@ -529,25 +538,24 @@ mod tests {
             name: "a".into(),
             at_ms: 2,
         };
-        let r = sm.apply(&entry(2, EntryPayload::Normal(drop))).unwrap();
-        assert!(
-            matches!(r, ApplyResponse::Rejected(Rejection::Unreadable(_))),
-            "{r:?}"
-        );
-        // it took its index, and the next command applies
-        assert_eq!(store.applied_index().unwrap(), 2);
-        assert!(matches!(
-            sm.apply(&entry(3, EntryPayload::Normal(create("b"))))
-                .unwrap(),
-            ApplyResponse::Applied(_)
-        ));
-        // a failing store is an error (the node stops), not an answer, and changes nothing
+        // a replica that cannot read its own record must not answer otherwise than the others
+        // would: apply fails (the node stops), and nothing of the entry is applied
+        let e = sm.apply(&entry(2, EntryPayload::Normal(drop))).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert_eq!(store.applied_index().unwrap(), 1);
+        assert_eq!(sm.applied_state().last_applied.map(|l| l.index), Some(1));
+        // a business refusal is still an answer
+        let dup = sm
+            .apply(&entry(2, EntryPayload::Normal(create("b"))))
+            .unwrap();
+        assert!(matches!(dup, ApplyResponse::Applied(_)));
+        // a failing store is an error too, and changes nothing
         sm.fail_next_apply();
         let e = sm
-            .apply(&entry(4, EntryPayload::Normal(create("c"))))
+            .apply(&entry(3, EntryPayload::Normal(create("c"))))
             .unwrap_err();
         assert!(e.is_storage_failure(), "{e}");
-        assert_eq!(store.applied_index().unwrap(), 3);
-        assert_eq!(sm.applied_state().last_applied.map(|l| l.index), Some(3));
+        assert_eq!(store.applied_index().unwrap(), 2);
+        assert_eq!(sm.applied_state().last_applied.map(|l| l.index), Some(2));
     }
 }

@@ -32,6 +32,10 @@ pub fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Result
         code: 1,
     })?;
     let mut req = client()?.request(m, &url);
+    // Admin changes carry the cluster secret when the operator's environment has it.
+    if let Ok(secret) = std::env::var("SHOAL_CLUSTER__SECRET") {
+        req = req.header("x-shoal-cluster-secret", secret);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }

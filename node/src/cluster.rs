@@ -73,12 +73,14 @@ pub async fn start(
 }
 
 /// At the first start: join the cluster of `cluster.join`, or make a new one-member cluster
-/// (`cluster.bootstrap`), or wait to be added. A node that already belongs to a cluster just runs.
-/// With `cluster.join_as_voter`, a joined learner asks to become a voter once it has caught up.
+/// (`cluster.bootstrap`), or wait to be added. A node that already belongs to a cluster just runs
+/// (telling the cluster if its address changed). A node whose data folder is new joins even if
+/// a leader reached it first (it must not vote before the leader has made it a learner). A node
+/// that joined asking to vote is promoted once caught up, across restarts.
 pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
     let cluster = ctx.cluster.clone();
     let c = &ctx.config.cluster;
-    if cluster.is_initialized().await {
+    if cluster.is_initialized().await && !cluster.is_rejoining() {
         // A member that restarted at another address tells the others where it is now.
         let mut delay = Duration::from_millis(200);
         while let Err(e) = cluster.update_address().await {
@@ -86,10 +88,18 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+        if cluster.promotion_pending() {
+            cluster.promote_self_when_caught_up().await;
+        }
         return;
     }
     let Some(seed) = c.join.clone() else {
-        if c.bootstrap.unwrap_or(c.secret.is_none()) {
+        if cluster.is_initialized().await {
+            tracing::warn!(
+                node = cluster.id,
+                "this node's data folder is new but it is a member of a cluster: it does not vote until it joins again (shoal cluster join, or --join)"
+            );
+        } else if c.bootstrap.unwrap_or(c.secret.is_none()) {
             match cluster.initialize().await {
                 Ok(id) => tracing::info!(cluster = %id, "made a new one-member cluster"),
                 Err(e) => tracing::error!(error = %e, "could not make a new cluster"),
@@ -103,9 +113,9 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
         return;
     };
     let mut delay = Duration::from_millis(200);
-    let commit_index = loop {
-        match cluster.join(&seed).await {
-            Ok((_, commit)) => break commit,
+    loop {
+        match cluster.join(&seed, c.join_as_voter).await {
+            Ok(_) => break,
             Err(e @ shoal_cluster::ClusterError::Conflict(_)) => {
                 tracing::error!(error = %e, seed = %seed, "cannot join this cluster");
                 return;
@@ -116,40 +126,8 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-    };
+    }
     if c.join_as_voter {
-        promote_when_caught_up(cluster, commit_index).await;
-    }
-}
-
-/// Wait until this node has applied what was committed when it joined, then ask to vote.
-pub async fn promote_when_caught_up(cluster: Arc<ClusterNode>, commit_index: u64) {
-    loop {
-        if cluster
-            .wait_applied(commit_index, Duration::from_secs(60))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tracing::info!(
-            applied = cluster.applied_index(),
-            target = commit_index,
-            "catching up before asking to vote"
-        );
-    }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match cluster.promote(cluster.id).await {
-            Ok(()) => {
-                tracing::info!(node = cluster.id, "now a voter");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not become a voter yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+        cluster.promote_self_when_caught_up().await;
     }
 }

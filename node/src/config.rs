@@ -50,7 +50,9 @@ pub struct ClusterConfig {
     /// cluster, and one whose data folder was lost must not make a cluster of its own: it waits
     /// for `shoal cluster init` (the first node) or joins with `join`.
     pub bootstrap: Option<bool>,
-    /// Leader heartbeat interval (ms).
+    /// Leader heartbeat interval (ms). openraft gives each replication request this long to
+    /// arrive and be made durable on the follower (a request carries at most 1 MiB of entries,
+    /// or one larger entry): raise it on slow links or disks.
     pub heartbeat_ms: u64,
     /// A follower that has heard nothing from its leader for a random time between these two
     /// (ms) starts an election.
@@ -100,13 +102,13 @@ impl Default for ClusterConfig {
             join: None,
             join_as_voter: false,
             bootstrap: None,
-            heartbeat_ms: 50,
+            heartbeat_ms: 100,
             election_timeout_min_ms: 200,
             election_timeout_max_ms: 400,
             snapshot_after_entries: 2_000,
             keep_entries_after_snapshot: 500,
             snapshot_chunk_bytes: 4 << 20,
-            install_snapshot_timeout_ms: 10_000,
+            install_snapshot_timeout_ms: 60_000,
             max_entries_per_append: 32,
             max_entry_bytes: 4 << 20,
             write_timeout_ms: 5_000,
@@ -191,8 +193,8 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Everything the node stores lives under this folder.
     pub data_dir: PathBuf,
-    /// fsync every applied command (an acknowledged write survives kill -9). Commands that
-    /// arrive together share one fsync.
+    /// fsync every append to the Raft log (an acknowledged write survives kill -9). Only a node
+    /// alone may turn it off.
     pub sync_writes: bool,
     /// sled's page cache (MiB).
     pub cache_mb: u64,
@@ -625,6 +627,26 @@ impl Config {
                 "cluster.join needs cluster.secret (the secret every node of the cluster shares)"
                     .into(),
             );
+        }
+        if c.max_entry_bytes < 4 * self.ingest.max_document_bytes {
+            return Err(format!(
+                "cluster.max_entry_bytes ({}) must be at least 4 x ingest.max_document_bytes ({}): one document's chunks with their vectors must fit in one log entry",
+                c.max_entry_bytes, self.ingest.max_document_bytes
+            ));
+        }
+        if c.secret.is_some() {
+            if !self.storage.sync_writes {
+                return Err(
+                    "storage.sync_writes = false is for a node alone: in a cluster a voter that lost entries it acknowledged could lose committed writes"
+                        .into(),
+                );
+            }
+            if c.advertise.is_none() && self.server.listen.ip().is_unspecified() {
+                return Err(format!(
+                    "server.listen is {}: set cluster.advertise (--advertise) to the address other nodes reach this one at",
+                    self.server.listen
+                ));
+            }
         }
         if let Some(a) = &c.advertise {
             if !(a.starts_with("http://") || a.starts_with("https://")) {

@@ -57,12 +57,14 @@ impl From<NodeError> for ApiError {
             // Work stopped because its request was gone: nobody reads this answer.
             NodeError::Inference(InferenceError::Cancelled) => ApiError::Timeout(msg),
             NodeError::Cluster(c) => match c {
+                // Nothing was done: retry.
                 ClusterError::NoLeader(_)
                 | ClusterError::NoQuorum(_)
                 | ClusterError::NotLeader { .. }
                 | ClusterError::Unreachable(_)
-                | ClusterError::Refused(_)
-                | ClusterError::Timeout(_) => ApiError::NotReady(msg),
+                | ClusterError::Refused(_) => ApiError::NotReady(msg),
+                // It may have been done: the outcome is unknown.
+                ClusterError::Timeout(_) => ApiError::Timeout(msg),
                 ClusterError::BadRequest(_) => ApiError::BadRequest(msg),
                 ClusterError::NotFound(_) => ApiError::NotFound(msg),
                 ClusterError::Conflict(_) => ApiError::Conflict(msg),

@@ -197,6 +197,10 @@ impl IngestQueue {
             let Some(d) = inner.queue.pop_front() else {
                 break;
             };
+            // Done meanwhile (another node stored it): nothing to take.
+            if !inner.known.contains(&d) {
+                continue;
+            }
             bytes += d.bytes;
             out.push(d);
         }
@@ -241,6 +245,19 @@ impl IngestQueue {
         self.update_gauges(&inner);
     }
 
+    /// These versions are done (on this node or another): forget them, wherever they wait; a
+    /// worker holding one finds it done when it reads it.
+    pub fn done(&self, docs: &[PendingDocument]) {
+        let mut inner = self.inner.lock();
+        for d in docs {
+            if inner.known.remove(d) {
+                inner.bytes = inner.bytes.saturating_sub(d.bytes);
+                inner.documents = inner.documents.saturating_sub(1);
+            }
+        }
+        self.update_gauges(&inner);
+    }
+
     /// `worker` found these of its documents claimed by other nodes until the given times: they
     /// leave its hands and wait until then (see [`IngestQueue::release_due`]).
     pub fn defer(&self, worker: usize, docs: Vec<(PendingDocument, u64)>) {
@@ -256,8 +273,10 @@ impl IngestQueue {
     pub fn release_due(&self, now_ms: u64) -> usize {
         let released = {
             let mut inner = self.inner.lock();
-            let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.deferred)
+            let deferred = std::mem::take(&mut inner.deferred);
+            let (due, wait): (Vec<_>, Vec<_>) = deferred
                 .into_iter()
+                .filter(|(d, _)| inner.known.contains(d))
                 .partition(|(_, until)| *until <= now_ms);
             inner.deferred = wait;
             let n = due.len();
@@ -385,6 +404,14 @@ mod tests {
         assert_eq!(q.take(0, 1000), vec![doc("b", 1)]);
         q.finish(0);
         assert_eq!(q.bytes(), 0);
+        // a version done elsewhere leaves the queue and its room is given back
+        q.enqueue(vec![doc("e", 1)]);
+        q.defer(9, vec![(doc("f", 1), u64::MAX)]);
+        q.enqueue(vec![doc("f", 1)]);
+        q.done(&[doc("e", 1), doc("f", 1)]);
+        assert_eq!(q.bytes(), 0);
+        assert!(q.take(0, 1000).is_empty());
+        assert_eq!(q.release_due(u64::MAX), 0);
         // clear keeps only what workers hold
         q.enqueue(vec![doc("c", 1), doc("d", 1)]);
         q.take(1, 5);

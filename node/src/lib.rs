@@ -168,6 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let sink = Arc::new(mirror::NodeSink {
         watermark: watermark.clone(),
         tx: mirror_tx,
+        store: store.clone(),
     });
     let cluster = cluster::start(&config, store.clone(), sink, metrics.clone()).await?;
     let runtime = Runtime::new(&config, embedder, reranker, chunker, metrics)?;

@@ -60,10 +60,10 @@ struct Common {
     advertise: Option<String>,
 }
 
-/// Which node an admin command talks to.
+/// Which node an admin command talks to, and how it answers.
 #[derive(clap::Args, Debug)]
 struct Target {
-    /// Any node of the cluster.
+    /// Any node of the cluster. Changes carry the cluster secret from SHOAL_CLUSTER__SECRET.
     #[arg(
         long,
         env = "SHOAL_NODE",
@@ -71,6 +71,9 @@ struct Target {
         value_name = "URL"
     )]
     node: String,
+    /// Print the node's JSON answer instead of a sentence or a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,9 +95,6 @@ enum ClusterCmd {
     },
     /// Members, roles, leader, term, commit and applied index per node, lag, snapshots.
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -253,64 +253,89 @@ fn main() -> ExitCode {
 }
 
 fn cluster_command(cmd: &ClusterCmd) -> ExitCode {
-    use serde_json::json;
+    use serde_json::{json, Value};
     use shoal_node::admin_cli::{call, status_table};
-    let result = match cmd {
-        ClusterCmd::Init { target } => call(&target.node, "POST", "/api/v1/cluster/init", None)
-            .map(|v| {
+    /// How a successful answer is told, as a sentence or a table.
+    type Say = Box<dyn Fn(&Value) -> String>;
+    let (target, result, say): (&Target, _, Say) = match cmd {
+        ClusterCmd::Init { target } => (
+            target,
+            call(&target.node, "POST", "/api/v1/cluster/init", None),
+            Box::new(|v: &Value| {
                 format!(
                     "node {} is now the one member of cluster {}",
                     v["node_id"],
                     v["cluster_id"].as_str().unwrap_or("?")
                 )
             }),
+        ),
         ClusterCmd::Join {
             seed,
             voter,
             target,
-        } => call(
-            &target.node,
-            "POST",
-            "/api/v1/cluster/join",
-            Some(json!({ "seed": seed, "voter": voter })),
-        )
-        .map(|v| {
-            format!(
-                "node {} joined cluster {} as a learner{}",
-                v["node_id"],
-                v["cluster_id"].as_str().unwrap_or("?"),
-                if *voter {
-                    "; it becomes a voter once caught up"
-                } else {
-                    ""
-                }
+        } => {
+            let voter = *voter;
+            (
+                target,
+                call(
+                    &target.node,
+                    "POST",
+                    "/api/v1/cluster/join",
+                    Some(json!({ "seed": seed, "voter": voter })),
+                ),
+                Box::new(move |v: &Value| {
+                    format!(
+                        "node {} joined cluster {} as a learner{}",
+                        v["node_id"],
+                        v["cluster_id"].as_str().unwrap_or("?"),
+                        if voter {
+                            "; it becomes a voter once caught up"
+                        } else {
+                            ""
+                        }
+                    )
+                }),
             )
-        }),
-        ClusterCmd::Status { json, target } => call(&target.node, "GET", "/api/v1/cluster", None)
-            .map(|v| {
-                if *json {
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                } else {
-                    status_table(&v)
-                }
-            }),
-        ClusterCmd::Promote { id, target } => call(
-            &target.node,
-            "POST",
-            &format!("/api/v1/cluster/nodes/{id}/promote"),
-            None,
-        )
-        .map(|_| format!("node {id} is a voter")),
-        ClusterCmd::Remove { id, target } => call(
-            &target.node,
-            "DELETE",
-            &format!("/api/v1/cluster/nodes/{id}"),
-            None,
-        )
-        .map(|_| format!("node {id} was removed from the cluster")),
+        }
+        ClusterCmd::Status { target } => (
+            target,
+            call(&target.node, "GET", "/api/v1/cluster", None),
+            Box::new(status_table),
+        ),
+        ClusterCmd::Promote { id, target } => {
+            let id = *id;
+            (
+                target,
+                call(
+                    &target.node,
+                    "POST",
+                    &format!("/api/v1/cluster/nodes/{id}/promote"),
+                    None,
+                ),
+                Box::new(move |_: &Value| format!("node {id} is a voter")),
+            )
+        }
+        ClusterCmd::Remove { id, target } => {
+            let id = *id;
+            (
+                target,
+                call(
+                    &target.node,
+                    "DELETE",
+                    &format!("/api/v1/cluster/nodes/{id}"),
+                    None,
+                ),
+                Box::new(move |_: &Value| format!("node {id} was removed from the cluster")),
+            )
+        }
     };
     match result {
-        Ok(text) => {
+        Ok(v) => {
+            let text = if target.json {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            } else {
+                say(&v)
+            };
             println!("{}", text.trim_end());
             ExitCode::SUCCESS
         }

@@ -33,6 +33,8 @@ pub enum MirrorMsg {
 pub struct NodeSink {
     pub watermark: Arc<IndexWatermark>,
     pub tx: mpsc::UnboundedSender<MirrorMsg>,
+    /// To read the new state's collections when a snapshot replaces it.
+    pub store: shoal_storage::Store,
 }
 
 impl IndexSink for NodeSink {
@@ -45,6 +47,15 @@ impl IndexSink for NodeSink {
     }
 
     fn replaced(&self, index: u64) {
+        // Before any later entry registers: every collection of the new state waits for its
+        // shard to reload from it.
+        match self.store.collections() {
+            Ok(c) => {
+                let uids: Vec<u64> = c.iter().map(|c| c.uid).collect();
+                self.watermark.replaced(index, &uids);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the collections of the new state"),
+        }
         let _ = self.tx.send(MirrorMsg::Replaced { index });
     }
 }
@@ -75,7 +86,6 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         index,
         "the state was replaced by a snapshot; rebuilding the index"
     );
-    ctx.watermark.reset(index);
     ctx.actors.ingest.clear();
     let sup = match ctx.actors.supervisor() {
         Ok(s) => s.clone(),
@@ -110,6 +120,7 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         ctx.actors.shards.all().into_iter().collect();
     for (name, uid) in had.difference(&keep) {
         ctx.actors.shards.remove(name, *uid);
+        ctx.watermark.forget(*uid);
         let _ = sup.cast(SupervisorMsg::StopShard {
             name: name.clone(),
             uid: *uid,
@@ -198,6 +209,7 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 .1
                 .push(ShardOp::Delete(ids)),
             Effect::DocumentsPending(docs) => ctx.actors.ingest.enqueue(docs),
+            Effect::DocumentsDone(docs) => ctx.actors.ingest.done(&docs),
         }
     }
     for (uid, (collection, ops)) in ops {

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub query_gate: Arc<QueryGate>,
     /// For requests to other nodes' public API (reranking on a node that has a reranker).
     pub http: reqwest::Client,
+    /// The reranker model of each member that reranks for this node (by address), once asked.
+    pub remote_rerankers: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Runtime {
@@ -100,6 +102,7 @@ impl Runtime {
             maintenance_pool,
             query_gate,
             http,
+            remote_rerankers: Default::default(),
         })
     }
 

@@ -79,20 +79,21 @@ impl Node {
 
     /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
     /// the store and mirrored by the index), at most `cluster.read_wait_ms`.
-    async fn wait_for_index(&self, uid: u64, index: u64, what: &str) -> Result<()> {
-        let limit = Duration::from_millis(self.ctx.config.cluster.read_wait_ms);
-        let start = Instant::now();
-        self.ctx
-            .cluster
-            .wait_applied(index, limit)
-            .await
-            .map_err(|e| ApiError::NotReady(format!("{what}: {e}")))?;
-        let left = limit.saturating_sub(start.elapsed());
+    /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
+    /// the store and mirrored by the index), until `deadline`.
+    async fn wait_for_index(
+        &self,
+        uid: u64,
+        index: u64,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
         if !self.ctx.wait_searchable(uid, index, left).await {
             return Err(ApiError::NotReady(format!(
-                "{what}: this node's index has reached {} of {index} after {} ms (cluster.read_wait_ms)",
+                "{what}: this node's index has reached {} of {index} within {} ms (cluster.read_wait_ms)",
                 self.ctx.watermark.current_for(uid),
-                limit.as_millis()
+                self.ctx.config.cluster.read_wait_ms
             )));
         }
         Ok(())
@@ -274,26 +275,42 @@ impl Node {
                 continue;
             }
             self.ctx.runtime.metrics.reranks_forwarded.inc();
-            let model = self
-                .ctx
-                .runtime
-                .http
-                .get(format!("{addr}/api/health"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .ok();
-            let model = match model {
-                Some(r) => r.json::<Value>().await.ok(),
-                None => None,
-            }
-            .and_then(|h| h["reranker"]["model"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("node {id}'s reranker"));
-            return Ok((model, scores));
+            return Ok((self.remote_reranker_model(id, &addr).await, scores));
         }
         Err(ApiError::NotReady(format!(
             "no node with a reranker answered: {last_error}"
         )))
+    }
+
+    /// The name of the reranker model of the member at `addr` (asked once, then remembered).
+    async fn remote_reranker_model(&self, id: u64, addr: &str) -> String {
+        if let Some(m) = self.ctx.runtime.remote_rerankers.lock().get(addr) {
+            return m.clone();
+        }
+        let health = self
+            .ctx
+            .runtime
+            .http
+            .get(format!("{addr}/api/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        let model = match health {
+            Ok(r) => r.json::<Value>().await.ok(),
+            Err(_) => None,
+        }
+        .and_then(|h| h["reranker"]["model"].as_str().map(str::to_owned));
+        match model {
+            Some(m) => {
+                self.ctx
+                    .runtime
+                    .remote_rerankers
+                    .lock()
+                    .insert(addr.to_string(), m.clone());
+                m
+            }
+            None => format!("node {id}'s reranker"),
+        }
     }
 
     fn model_states(&self) -> (ModelState, ModelState) {
@@ -800,8 +817,11 @@ impl ShoalService for Node {
             ),
             Consistency::Local => req.min_index,
         };
+        // One deadline for both waits: the store's apply, then the collection's index.
+        let read_deadline =
+            Instant::now() + Duration::from_millis(self.ctx.config.cluster.read_wait_ms);
         if let Some(index) = read_at {
-            let limit = Duration::from_millis(self.ctx.config.cluster.read_wait_ms);
+            let limit = read_deadline.saturating_duration_since(Instant::now());
             self.ctx
                 .cluster
                 .wait_applied(index, limit)
@@ -810,7 +830,8 @@ impl ShoalService for Node {
         }
         let coll = self.require_collection(&collection)?;
         if let Some(index) = read_at {
-            self.wait_for_index(coll.uid, index, &format!("cannot read at index {index}"))
+            let what = format!("cannot read at index {index}");
+            self.wait_for_index(coll.uid, index, read_deadline, &what)
                 .await?;
         }
         let query_text = req.query.clone();
@@ -1136,6 +1157,20 @@ impl ShoalService for Node {
         .map_err(ApiError::NotFound)
     }
 
+    fn authorize_admin(&self, secret: Option<&str>) -> Result<()> {
+        let Some(ours) = &self.ctx.config.cluster.secret else {
+            return Ok(()); // a node alone, without a secret: open, like every other route today
+        };
+        let given = secret.unwrap_or_default().as_bytes();
+        if shoal_cluster::server::same_secret(given, ours.0.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized(
+                "this admin request needs the cluster secret in the x-shoal-cluster-secret header (shoal cluster ... sends SHOAL_CLUSTER__SECRET)".into(),
+            ))
+        }
+    }
+
     async fn cluster_status(&self) -> Result<Value> {
         let status = self.ctx.cluster.status().await;
         serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))
@@ -1153,24 +1188,25 @@ impl ShoalService for Node {
 
     async fn cluster_join(&self, req: JoinClusterRequest) -> Result<Value> {
         let cluster = self.ctx.cluster.clone();
-        if cluster.is_initialized().await {
+        if cluster.is_initialized().await && !cluster.is_rejoining() {
             return Err(ApiError::Conflict(format!(
                 "node {} already belongs to cluster {}; remove it there and wipe its data folder to move it",
                 cluster.id,
                 cluster.cluster_id().unwrap_or_default()
             )));
         }
-        if cluster.cluster_id().is_none() && self.ctx.config.cluster.secret.is_none() {
+        if self.ctx.config.cluster.secret.is_none() {
             return Err(bad(
                 "this node has no cluster.secret: set the cluster's secret (SHOAL_CLUSTER__SECRET) and restart it",
             ));
         }
-        let (cluster_id, commit) = cluster.join(&req.seed).await.map_err(NodeError::from)?;
+        let (cluster_id, _) = cluster
+            .join(&req.seed, req.voter)
+            .await
+            .map_err(NodeError::from)?;
         if req.voter {
-            tokio::spawn(crate::cluster::promote_when_caught_up(
-                cluster.clone(),
-                commit,
-            ));
+            let c = cluster.clone();
+            tokio::spawn(async move { c.promote_self_when_caught_up().await });
         }
         Ok(serde_json::json!({
             "cluster_id": cluster_id,

@@ -116,13 +116,22 @@ impl IndexWatermark {
         });
     }
 
-    /// The whole state was replaced (a snapshot) as of `applied`: nothing before it is awaited;
-    /// the shards reload from the new state.
-    pub fn reset(&self, applied: u64) {
+    /// The whole state was replaced by a snapshot as of `index`, and `uids` are its collections:
+    /// each of their shards reflects `index` only once it has reloaded from the new state
+    /// ([`IndexWatermark::loaded`] at or past `index`). Called on the state machine's thread,
+    /// before any later entry is registered; what was pending before stays pending until then.
+    pub fn replaced(&self, index: u64, uids: &[u64]) {
         self.update(|inner| {
-            inner.pending.clear();
-            inner.by_uid.clear();
-            inner.applied = inner.applied.max(applied);
+            inner.applied = inner.applied.max(index);
+            let mut list = uids.to_vec();
+            list.sort_unstable();
+            list.dedup();
+            for uid in &list {
+                inner.by_uid.entry(*uid).or_default().insert(index);
+            }
+            if !list.is_empty() {
+                inner.pending.entry(index).or_default().extend(list);
+            }
         });
     }
 
@@ -186,7 +195,7 @@ pub fn shard_uids(effects: &[shoal_storage::Effect]) -> Vec<u64> {
             Effect::CollectionDropped { uid, .. }
             | Effect::PointsAdded { uid, .. }
             | Effect::PointsRemoved { uid, .. } => Some(*uid),
-            Effect::DocumentsPending(_) => None,
+            Effect::DocumentsPending(_) | Effect::DocumentsDone(_) => None,
         })
         .collect()
 }
@@ -214,6 +223,26 @@ mod tests {
         w.applied(14, &[3]);
         w.forget(3);
         assert_eq!(w.current(), 14);
+    }
+
+    #[test]
+    fn after_a_snapshot_install_a_collection_waits_for_its_shard_to_reload() {
+        let w = IndexWatermark::new(0);
+        w.applied(1, &[7]);
+        w.mirrored(1, 7);
+        assert_eq!(w.current_for(7), 1);
+        // a snapshot at 50 replaces the state: collections 7 and 9 are behind until reloaded
+        w.replaced(50, &[7, 9]);
+        w.applied(51, &[9]);
+        assert_eq!((w.current_for(7), w.current_for(9)), (49, 49));
+        assert_eq!(w.applied_index(), 51);
+        // 9's shard mirrors 51 before it has reloaded: still behind the snapshot
+        w.mirrored(51, 9);
+        assert_eq!(w.current_for(9), 49);
+        w.loaded(9, 50);
+        assert_eq!(w.current_for(9), 51);
+        w.loaded(7, 51);
+        assert_eq!((w.current_for(7), w.current()), (51, 51));
     }
 
     #[test]

@@ -130,6 +130,19 @@ impl Command {
         crate::codec::decode(b"command", bytes)
     }
 
+    /// Let the leader's clock decide a claim's time (one clock judges every claim, whatever the
+    /// clocks of the nodes that propose them): the claim keeps its length, from `now_ms`. Other
+    /// commands are left as they are.
+    pub fn stamp_time(&mut self, now_ms: u64) {
+        if let Command::ClaimDocuments {
+            until_ms, at_ms, ..
+        } = self
+        {
+            *until_ms = now_ms + until_ms.saturating_sub(*at_ms);
+            *at_ms = now_ms;
+        }
+    }
+
     /// Bytes of text and vectors the command carries (about its size in the log).
     pub fn payload_bytes(&self) -> usize {
         let docs = |d: &[DocumentInput]| {

@@ -94,6 +94,28 @@ impl LogTree {
         Ok(out)
     }
 
+    /// The entries from `start` (before `end`), in order, stopping once they hold `max_bytes`
+    /// (at least one entry is returned when there is one).
+    pub fn range_limited(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.entries.range(start.to_be_bytes()..) {
+            let (k, v) = kv?;
+            let index = index_of(&k)?;
+            if index >= end || (!out.is_empty() && bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            out.push((index, v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The last entry, if any.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         match self.entries.last()? {
@@ -143,6 +165,13 @@ impl LogTree {
         Ok(())
     }
 
+    /// Remove a named value, durably.
+    pub fn remove_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.meta.remove(name)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(name)?.map(|v| v.to_vec()))
     }
@@ -169,6 +198,10 @@ mod tests {
         assert_eq!(log.range(3..6).unwrap().len(), 3);
         assert_eq!(log.range(..).unwrap().len(), 10);
         assert_eq!(log.range(9..).unwrap()[0], (9, vec![9]));
+        // a byte budget stops early, but always gives one entry
+        assert_eq!(log.range_limited(2, 9, 3).unwrap().len(), 3);
+        assert_eq!(log.range_limited(2, 9, 0).unwrap().len(), 1);
+        assert_eq!(log.range_limited(2, 4, 100).unwrap().len(), 2);
         log.truncate_from(8).unwrap();
         assert_eq!(log.last().unwrap().map(|(i, _)| i), Some(7));
         log.purge_through(3, ("purged", b"3")).unwrap();

@@ -89,7 +89,7 @@ impl Store {
             bytes: 0,
         };
         let tree = self.tree();
-        let applied = self.applied_index()?;
+        let applied = crate::store::applied_in(&tree)?;
         w.put(MAGIC).map_err(|e| io("write", e))?;
         let mut records = 0u64;
         for kv in tree.iter() {
@@ -123,6 +123,7 @@ impl Store {
     /// Replace the whole state with the snapshot in `path` (checked whole before it replaces
     /// anything). Nothing may apply meanwhile. Returns the applied index of the new state.
     pub fn install_snapshot(&self, path: &Path) -> Result<u64, StoreError> {
+        let _inactive = self.inactive_tree.lock();
         let active = self.active_name();
         let target_name = other_state_tree(active);
         let target = self.db.open_tree(target_name)?;
@@ -143,6 +144,9 @@ impl Store {
         loop {
             read_exact_or(&mut r, &mut len, "key length")?;
             let klen = u32::from_be_bytes(len) as usize;
+            if klen > 1 << 16 {
+                return Err(StoreError::Snapshot(format!("a key of {klen} bytes")));
+            }
             let mut key = vec![0u8; klen];
             read_exact_or(&mut r, &mut key, "key")?;
             let mut vlen_b = [0u8; 4];
@@ -209,9 +213,10 @@ impl Store {
     }
 
     /// Clear the state tree that an install replaced (call it once reads that started before the
-    /// install are done, for example a minute later). Nothing happens if another install made it
-    /// active again meanwhile.
+    /// install are done, for example a minute later; it may take a while, and runs beside applies).
+    /// Nothing happens if another install made it active again meanwhile.
     pub fn clear_replaced_state(&self) -> Result<(), StoreError> {
+        let _inactive = self.inactive_tree.lock();
         let inactive = other_state_tree(self.active_name());
         let tree = self.db.open_tree(inactive)?;
         if !tree.is_empty() {
@@ -224,7 +229,7 @@ impl Store {
     /// to the same index have equal digests.
     pub fn digest(&self) -> Result<(u64, String), StoreError> {
         let tree = self.tree();
-        let applied = self.applied_index()?;
+        let applied = crate::store::applied_in(&tree)?;
         let mut a = Fnv::new();
         let mut b = Fnv(0x6c62_272e_07bb_0142);
         let mut n = 0u64;

@@ -33,6 +33,9 @@ pub enum Effect {
     },
     /// Document versions accepted for ingest: they still have to be chunked, embedded and stored.
     DocumentsPending(Vec<PendingDocument>),
+    /// Pending versions that are done (their chunks stored, or failed): no node needs to take
+    /// them any more.
+    DocumentsDone(Vec<PendingDocument>),
 }
 
 /// A point as the index needs it: id, vector and the payload used by filters and hits.
@@ -140,6 +143,8 @@ pub struct Store {
     /// Which state tree is active.
     pub(crate) meta: Tree,
     sync_writes: bool,
+    /// Held while a snapshot is installed into the inactive tree, or that tree is cleared.
+    pub(crate) inactive_tree: Arc<parking_lot::Mutex<()>>,
 }
 
 /// The two state trees; a snapshot is installed into the inactive one. Every tree of consensus
@@ -228,6 +233,7 @@ impl Store {
             tree: Arc::new(RwLock::new(tree)),
             meta,
             sync_writes,
+            inactive_tree: Arc::default(),
         })
     }
 
@@ -245,11 +251,7 @@ impl Store {
 
     /// Index of the last applied command (0 when none).
     pub fn applied_index(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .tree()
-            .get(keys::APPLIED)?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
+        applied_in(&self.tree())
     }
 
     /// Whether [`Store::sync`] flushes (the store was opened with `sync_writes`).
@@ -353,15 +355,38 @@ impl Store {
             .map(|d| d.text))
     }
 
+    /// Whether a version is still pending, and who claims it: None when it is no longer pending
+    /// (done, replaced, deleted), `Some(claim)` when it is.
+    pub fn pending_claim(
+        &self,
+        uid: u64,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<Option<Option<Claim>>, StoreError> {
+        let doc: Option<DocumentRecord> = self.get(&keys::document(uid, doc_id))?;
+        Ok(doc
+            .filter(|d| d.version == version && d.status == DocumentStatus::Pending)
+            .map(|d| d.claim))
+    }
+
     /// Every searchable point of a collection, for building its index shard.
     ///
     /// Writes may run meanwhile. The chunks are read before the documents' metadata, so a chunk
     /// replaced during the read may carry the new version's metadata; the replacement's removal
     /// of that chunk, which the caller replays after this read, corrects it.
     pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
-        let coll = self.require_collection(collection)?;
+        Ok(self.points_at(collection)?.0)
+    }
+
+    /// [`Store::points`], and the applied index of the state they were read from (at least the
+    /// index they reflect), from one state tree even while a snapshot is installed.
+    pub fn points_at(&self, collection: &str) -> Result<(Vec<StoredPoint>, u64), StoreError> {
+        let tree = self.tree();
+        let applied = applied_in(&tree)?;
+        let coll: CollectionRecord = get_in(&tree, &keys::collection(collection))?
+            .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
-        for kv in self.tree().scan_prefix(keys::points_prefix(coll.uid)) {
+        for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
             let chunk: ChunkRecord = decode(&k, &v)?;
             let id = keys::point_id_from_key(&k).ok_or_else(|| StoreError::Corrupt {
@@ -376,7 +401,7 @@ impl Store {
             });
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
-        for kv in self.tree().scan_prefix(keys::documents_prefix(coll.uid)) {
+        for kv in tree.scan_prefix(keys::documents_prefix(coll.uid)) {
             let (k, v) = kv?;
             let doc: DocumentRecord = decode(&k, &v)?;
             if let Some(live) = doc.live {
@@ -389,14 +414,20 @@ impl Store {
                 .cloned()
                 .unwrap_or_else(|| "{}".to_string());
         }
-        Ok(out)
+        Ok((out, applied))
     }
 
     /// Documents accepted but not yet indexed, in every collection (to resume ingest after a restart).
     pub fn pending_documents(&self) -> Result<Vec<PendingDocument>, StoreError> {
+        let tree = self.tree();
+        let mut collections: Vec<CollectionRecord> = Vec::new();
+        for kv in tree.scan_prefix(keys::COLLECTION_PREFIX) {
+            let (k, v) = kv?;
+            collections.push(decode(&k, &v)?);
+        }
         let mut out = Vec::new();
-        for coll in self.collections()? {
-            for kv in self.tree().scan_prefix(keys::documents_prefix(coll.uid)) {
+        for coll in collections {
+            for kv in tree.scan_prefix(keys::documents_prefix(coll.uid)) {
                 let (k, v) = kv?;
                 let doc: DocumentRecord = decode(&k, &v)?;
                 if doc.status == DocumentStatus::Pending {
@@ -419,16 +450,14 @@ impl Store {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.tree().get(key)? {
-            Some(v) => Ok(Some(decode(key, &v)?)),
-            None => Ok(None),
-        }
+        get_in(&self.tree(), key)
     }
 
     // ---------------------------------------------------------------- apply
 
     /// Apply one command as log entry `index`. Either the whole command is written (one atomic
-    /// sled batch) or, when it is refused, nothing but the applied index is. Callers must not run
+    /// sled batch) or, when it is refused, nothing but the applied index is; any other error
+    /// (a record that does not decode, the store failing) writes nothing at all. Callers must not run
     /// two applies at once, and call [`Store::sync`] before they tell anyone a command was applied.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Applied, StoreError> {
         self.apply_logged(index, command, None)
@@ -508,12 +537,13 @@ impl Store {
         };
         let applied = match result {
             Ok(applied) => applied,
-            Err(e) if !e.is_storage_failure() => {
-                // A refused command (or one that met a record it cannot read) still consumes its
-                // log index; nothing else changes.
+            Err(e) if e.is_rejection() => {
+                // A refused command still consumes its log index; nothing else changes.
                 self.advance(index, log_meta)?;
                 return Err(e);
             }
+            // A record it could not read, or the store failing: nothing is written, not even
+            // the index (the caller stops rather than skip the entry).
             Err(e) => return Err(e),
         };
         batch.insert(keys::APPLIED, &index.to_be_bytes());
@@ -870,6 +900,7 @@ impl Store {
         let mut effects = Vec::new();
         let mut jobs: HashMap<String, JobRecord> = HashMap::new();
         let (mut stored, mut stale, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        let mut finished = Vec::new();
         // A document named twice: its first chunks count, the second are stale.
         let mut done = std::collections::HashSet::new();
         for d in documents {
@@ -932,6 +963,13 @@ impl Store {
             });
             doc.status = DocumentStatus::Indexed;
             doc.claim = None;
+            finished.push(PendingDocument {
+                collection: collection.to_string(),
+                uid: coll.uid,
+                doc_id: d.doc_id.clone(),
+                version: d.version,
+                bytes: doc.text.len() as u64,
+            });
             if let Some(j) = self.cached_job(&mut jobs, &doc.job_id)? {
                 j.indexed += 1;
                 j.updated_at_ms = at_ms;
@@ -952,6 +990,7 @@ impl Store {
         }
         if !stored.is_empty() {
             batch.insert(keys::collection(collection), encode(&coll));
+            effects.push(Effect::DocumentsDone(finished));
         }
         Ok(Applied {
             outcome: Outcome::ChunksStored {
@@ -995,6 +1034,13 @@ impl Store {
             reason: reason.to_string(),
         };
         doc.claim = None;
+        let done = PendingDocument {
+            collection: collection.to_string(),
+            uid: coll.uid,
+            doc_id: doc_id.to_string(),
+            version,
+            bytes: doc.text.len() as u64,
+        };
         let job = self.job(&doc.job_id)?.map(|mut j| {
             j.failed += 1;
             j.updated_at_ms = at_ms;
@@ -1014,7 +1060,7 @@ impl Store {
                 recorded: true,
                 job,
             },
-            effects: Vec::new(),
+            effects: vec![Effect::DocumentsDone(vec![done])],
         })
     }
 
@@ -1125,6 +1171,21 @@ fn put_job(batch: &mut Batch, job: &JobRecord) {
 /// sled reports a store held by another process as an i/o error naming the lock.
 fn is_lock_error(e: &StoreError) -> bool {
     matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
+}
+
+fn get_in<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key)? {
+        Some(v) => Ok(Some(decode(key, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// The applied index recorded in `tree`.
+pub(crate) fn applied_in(tree: &Tree) -> Result<u64, StoreError> {
+    Ok(tree.get(keys::APPLIED)?.map(|v| be_u64(&v)).unwrap_or(0))
 }
 
 /// The state tree a snapshot is installed into while `active` serves.

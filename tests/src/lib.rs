@@ -318,6 +318,10 @@ impl Node {
         let url = format!("{}{path}", self.base);
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, url);
+        // A cluster member's admin routes want the secret; the harness knows it.
+        if let Some((_, secret)) = self.env.iter().find(|(k, _)| k == "SHOAL_CLUSTER__SECRET") {
+            req = req.header("x-shoal-cluster-secret", secret.as_str());
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -36,6 +36,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(shoal_bin())
         .arg("cluster")
         .args(args)
+        .env("SHOAL_CLUSTER__SECRET", SECRET)
         .output()
         .expect("run shoal cluster");
     (
@@ -192,11 +193,11 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     c.nodes[leader].ingest("wiki", corpus());
     c.nodes[victim].stop();
     std::fs::remove_dir_all(&c.nodes[victim].data).unwrap();
-    // it comes back the way a node that lost its folder must: joining, asking to vote again
+    // it comes back the way a node that lost its folder must: joining again
     let seed = c.nodes[leader].base.clone();
     c.nodes[victim].remove_arg("--join", true);
     c.nodes[victim].remove_arg("--voter", false);
-    c.nodes[victim].add_args(&["--join", &seed, "--voter"]);
+    c.nodes[victim].add_args(&["--join", &seed]);
     // more than a snapshot's worth of entries while it is away: the log it would need is gone
     for i in 0..30 {
         c.nodes[leader].create_collection(&format!("extra-{i}"));
@@ -215,7 +216,25 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
         metric_value(&m, "shoal_cluster_snapshots_total", "installed") >= 1.0,
         "caught up without a snapshot: {m}"
     );
-    // it lost its vote with its folder: it was a learner until caught up, and is a voter again
+    // it lost its vote with its folder: the leader made it a learner, and it votes again only
+    // once promoted
+    c.wait_members(2, 1, Duration::from_secs(30));
+    let roles = c.status(leader);
+    let me = roles["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == Cluster::id(victim))
+        .cloned()
+        .unwrap();
+    assert_eq!(me["role"], "learner", "{roles}");
+    let (code, out, err) = cli(&[
+        "promote",
+        &Cluster::id(victim).to_string(),
+        "--node",
+        &c.nodes[leader].base,
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
     c.wait_members(3, 0, Duration::from_secs(30));
     // and serves the same hits, graph rebuilt from the snapshot's store
     for (q, want) in PARAPHRASES {
@@ -557,21 +576,22 @@ fn ingest_is_claimed_by_several_nodes_and_a_node_killed_holding_claims_loses_not
         "{taken} taken over, {} held: {held:?}",
         held.len()
     );
-    // the work was spread: more than one node embedded documents
-    let granted: Vec<f64> = (0..3)
+    // the work was spread: every survivor embedded and stored documents of the job
+    let indexed: Vec<f64> = (0..3)
         .filter(|i| c.nodes[*i].is_running())
         .map(|i| {
             metric_value(
                 &c.nodes[i].metrics(),
-                "shoal_cluster_claims_total",
-                "granted",
+                "shoal_ingest_documents_total",
+                "indexed",
             )
         })
         .collect();
     assert!(
-        granted.iter().all(|g| *g > 0.0),
-        "claims granted per survivor: {granted:?}"
+        indexed.iter().all(|n| *n > 0.0),
+        "documents indexed per survivor: {indexed:?}"
     );
+    assert!(indexed.iter().sum::<f64>() <= 40.0, "{indexed:?}");
     // nothing indexed twice: every document's chunks are stored once, and the index holds
     // exactly the stored chunks
     for i in survivors {
@@ -623,17 +643,33 @@ fn internal_routes_refuse_outsiders_and_a_node_of_another_cluster_cannot_join() 
         ]),
         403
     );
-    // a snapshot cannot be read or pushed either
-    let snap = format!("{}/internal/v1/groups/0/snapshot", c.nodes[0].base);
-    assert_eq!(
-        http.post(&snap)
+    // votes and snapshots neither, with no secret or from another cluster
+    for op in ["vote", "snapshot"] {
+        let url = format!("{}/internal/v1/groups/0/{op}", c.nodes[0].base);
+        assert_eq!(
+            http.post(&url)
+                .body(vec![1u8])
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            401
+        );
+        let r = http
+            .post(&url)
+            .header("x-shoal-cluster-secret", SECRET)
+            .header("x-shoal-cluster-id", "some-other-cluster")
             .body(vec![1u8])
             .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        401
-    );
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{op}");
+    }
+    // and admin changes need the secret too
+    let r = http
+        .delete(format!("{}/api/v1/cluster/nodes/1", c.nodes[0].base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     // a node without a secret talks to nobody
     let lone = Node::start(&[], &[]);
     let r = http
@@ -775,4 +811,83 @@ fn a_member_restarted_at_another_address_is_reached_there() {
     let r = c.nodes[f].request("PUT", "/api/v1/collections/from-new-address", None);
     assert_eq!(r.status, 201, "{}", r.text);
     c.wait_converged(Duration::from_secs(30));
+}
+
+#[test]
+fn a_request_larger_than_an_entry_and_a_follower_caught_up_by_snapshot_serve_reads_at_their_index()
+{
+    let mut c = Cluster::start(
+        3,
+        0,
+        &[
+            ("SHOAL_CLUSTER__MAX_ENTRY_BYTES", "262144"),
+            ("SHOAL_INGEST__MAX_DOCUMENT_BYTES", "65536"),
+            ("SHOAL_CLUSTER__SNAPSHOT_AFTER_ENTRIES", "20"),
+            ("SHOAL_CLUSTER__KEEP_ENTRIES_AFTER_SNAPSHOT", "2"),
+        ],
+    );
+    let leader = c.leader(Duration::from_secs(30));
+    let writer = c.follower();
+    let lagging = (0..3).find(|i| *i != leader && *i != writer).unwrap();
+    c.nodes[leader].create_collection("big");
+    c.nodes[lagging].stop();
+    // 24 documents of ~40 KB: about 1 MB in one request, staged in several entries, accepted
+    // whole, replicated to the other voter
+    let docs: Vec<Value> = (0..24)
+        .map(|i| {
+            let text = (0..400)
+                .map(|j| {
+                    format!(
+                        "Section {j} of long record {i} lists measurement {}.",
+                        i * 1000 + j
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            json!({"id": format!("big-{i}"), "text": text})
+        })
+        .collect();
+    let r = c.nodes[writer].post(
+        "/api/v1/collections/big/documents",
+        json!({"documents": docs}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let job = c.nodes[writer].wait_job(r.body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["indexed"], 24, "{job}");
+    let at = job["index"].as_u64().unwrap();
+    let r = c.search(
+        writer,
+        "big",
+        json!({"query": "long record 7 measurement", "top_k": 50, "min_index": at}),
+    );
+    assert!(
+        hit_ids(&r.body).iter().any(|id| id.starts_with("big-")),
+        "{}",
+        r.text
+    );
+    // the lagging voter comes back while more is written: it installs a snapshot, and a read
+    // at the job's index is answered only once its shard reflects it
+    c.nodes[lagging].start_again();
+    let more = c.nodes[leader].ingest_async("big", numbered_docs("late", 20));
+    let r = c.search(
+        lagging,
+        "big",
+        json!({"query": "long record 7 measurement", "top_k": 50, "min_index": at}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["applied_index"].as_u64().unwrap() >= at,
+        "{}",
+        r.text
+    );
+    let found: HashSet<String> = hit_ids(&r.body).into_iter().collect();
+    assert!(found.contains("big-7"), "{}", r.text);
+    let m = c.nodes[lagging].metrics();
+    assert!(
+        metric_value(&m, "shoal_cluster_snapshots_total", "installed") >= 1.0,
+        "{m}"
+    );
+    c.nodes[leader].wait_job(&more);
+    c.wait_converged(Duration::from_secs(60));
 }

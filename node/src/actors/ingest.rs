@@ -125,13 +125,40 @@ async fn claim(
     worker: usize,
     docs: Vec<PendingDocument>,
 ) -> Result<Vec<PendingDocument>, NodeError> {
+    // What this replica already knows: versions no longer pending are done, versions another
+    // node holds (by this node's clock) wait until its claim ends, with no proposal.
+    let me = ctx.node_id();
+    let now = now_ms();
+    let store = ctx.store.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        docs.into_iter()
+            .map(|d| {
+                let state = store.pending_claim(d.uid, &d.doc_id, d.version);
+                (d, state)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
     let mut by_collection: std::collections::BTreeMap<String, Vec<PendingDocument>> =
         Default::default();
-    for d in docs {
-        by_collection
-            .entry(d.collection.clone())
-            .or_default()
-            .push(d);
+    let mut held_here = Vec::new();
+    for (d, state) in checked {
+        match state? {
+            None => {}
+            Some(Some(c)) if c.node != me && c.until_ms > now => held_here.push((d, c.until_ms)),
+            Some(_) => by_collection
+                .entry(d.collection.clone())
+                .or_default()
+                .push(d),
+        }
+    }
+    if !held_here.is_empty() {
+        ctx.runtime
+            .metrics
+            .cluster_claims
+            .with_label_values(&["held_elsewhere"])
+            .inc_by(held_here.len() as u64);
+        ctx.actors.ingest.defer(worker, held_here);
     }
     let mut granted = Vec::new();
     for (collection, docs) in by_collection {
@@ -200,7 +227,20 @@ async fn process(
     last_stored: &mut HashMap<u64, u64>,
     keys: Vec<PendingDocument>,
 ) -> Processed {
-    // This node's claim first: a document is embedded by one node of the cluster.
+    // Back-pressure first (before the claim, so that waiting does not eat into it): the shards
+    // of this batch's collections have mirrored this worker's previous chunks for them.
+    let uids: std::collections::BTreeSet<u64> = keys.iter().map(|d| d.uid).collect();
+    for uid in uids {
+        if let Some(&index) = last_stored.get(&uid) {
+            if !ctx.wait_searchable(uid, index, MIRROR_WAIT).await {
+                tracing::warn!(
+                    index,
+                    "the index is more than a batch behind the store; storing anyway"
+                );
+            }
+        }
+    }
+    // This node's claim: a document is embedded by one node of the cluster.
     let keys = match claim(ctx, worker, keys).await {
         Ok(k) => k,
         Err(e) => {
@@ -278,19 +318,6 @@ async fn process(
             return Processed::Done;
         }
     };
-    // Back-pressure: the shards of this batch's collections have mirrored this worker's previous
-    // chunks for them before it stores more.
-    let uids: std::collections::BTreeSet<u64> = docs.iter().map(|(d, _)| d.uid).collect();
-    for uid in uids {
-        if let Some(&index) = last_stored.get(&uid) {
-            if !ctx.wait_searchable(uid, index, MIRROR_WAIT).await {
-                tracing::warn!(
-                    index,
-                    "the index is more than a batch behind the store; storing anyway"
-                );
-            }
-        }
-    }
     // The chunks of the whole batch, per collection, as few commands as the entry size allows.
     let mut ready: std::collections::BTreeMap<(String, u64), Vec<DocumentChunks>> =
         Default::default();

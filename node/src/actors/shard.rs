@@ -120,12 +120,16 @@ impl ShardState {
         let (name, uid) = (coll.name.clone(), coll.uid);
         let store = self.ctx.store.clone();
         let view = tokio::task::spawn_blocking(move || {
-            let through = store.applied_index()?;
             match store.collection(&name)? {
                 Some(c) if c.uid == uid => {}
                 _ => return Ok(None), // dropped meanwhile
             }
-            Ok::<_, StoreError>(Some((store.points(&name)?, through)))
+            // One state tree for both, even while a snapshot is installed.
+            match store.points_at(&name) {
+                Ok(view) => Ok::<_, StoreError>(Some(view)),
+                Err(StoreError::CollectionNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
         })
         .await??;
         let Some((points, through)) = view else {

@@ -222,6 +222,11 @@ impl SupervisorState {
         Ok(())
     }
 
+    fn has_shard(&self, name: &str, uid: u64) -> bool {
+        self.find(|s| matches!(s, ChildSpec::Shard(c) if c.name == name && c.uid == uid))
+            .is_some()
+    }
+
     fn find(&self, pred: impl Fn(&ChildSpec) -> bool) -> Option<(ActorId, &Child)> {
         self.children
             .iter()
@@ -283,6 +288,11 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::StartShard(record) => {
+                // One actor per collection: a start asked for twice (entries re-applied at
+                // start-up, a rebuild after a snapshot) starts it once.
+                if state.has_shard(&record.name, record.uid) {
+                    return Ok(());
+                }
                 let spec = ChildSpec::Shard(record);
                 if let Err(e) = state.start(&myself, spec.clone(), true).await {
                     let name = spec.name();
@@ -314,9 +324,12 @@ impl Actor for NodeSupervisor {
             }
             SupervisorMsg::Restart(_) if state.shutting_down => {}
             SupervisorMsg::Restart(spec) => {
-                // A shard of a collection dropped meanwhile stays down.
+                // A shard of a collection dropped meanwhile stays down; one started meanwhile
+                // (a rebuild) is not started twice.
                 if let ChildSpec::Shard(c) = &spec {
-                    if !state.ctx.actors.shards.is_current(&c.name, c.uid) {
+                    if !state.ctx.actors.shards.is_current(&c.name, c.uid)
+                        || state.has_shard(&c.name, c.uid)
+                    {
                         return Ok(());
                     }
                 }
