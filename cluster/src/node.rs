@@ -357,6 +357,22 @@ impl ClusterNode {
             .unwrap_or(0)
     }
 
+    /// This node's place among the members (sorted by id) and how many there are: nodes that
+    /// share work start at different places of it.
+    pub fn member_position(&self) -> (usize, usize) {
+        let ids: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let pos = ids.iter().position(|id| *id == self.id).unwrap_or(0);
+        (pos, ids.len().max(1))
+    }
+
     /// The current leader and its address.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let m = self.raft.metrics().borrow().clone();
@@ -454,6 +470,12 @@ impl ClusterNode {
 
     /// Run a join on the leader (forwarded there if this node is not it).
     pub(crate) async fn handle_join(&self, req: JoinRequest) -> Result<JoinReply, ClusterError> {
+        if !(req.addr.starts_with("http://") || req.addr.starts_with("https://")) {
+            return Err(ClusterError::BadRequest(format!(
+                "a joining node's address must be a URL such as http://10.0.0.2:7400, got `{}`",
+                req.addr
+            )));
+        }
         if !self.is_leader() {
             let (leader, info) = self.wait_for_leader().await?;
             if leader != self.id {
@@ -845,9 +867,15 @@ impl ClusterNode {
             )));
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
+        let mut counted = false;
         loop {
             if let Some(reason) = self.fatal.borrow().clone() {
                 return Err(ClusterError::Fatal(reason));
+            }
+            if !counted && self.leader().is_some_and(|(l, _)| l != self.id) {
+                // Once per write, however many times it is sent.
+                self.events.forwarded_write();
+                counted = true;
             }
             let attempt = self.propose_once(&command, deadline).await;
             match attempt {
@@ -892,7 +920,6 @@ impl ClusterNode {
         if leader == self.id {
             return self.write_here(command.clone(), deadline).await;
         }
-        self.events.forwarded_write();
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));

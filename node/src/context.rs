@@ -190,18 +190,22 @@ impl NodeContext {
         hold: Hold,
     ) -> Result<Committed, NodeError> {
         let ctx = self.clone();
-        let task = tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The task owns the command and the hold: the caller may go, the room stays held until
+        // the mirror has handed the effects on (at most 10 s), and the answer goes out at once.
+        tokio::spawn(async move {
             let result = ctx.apply(command).await;
-            if let Ok(c) = &result {
+            let index = result.as_ref().ok().map(|c| c.index);
+            let _ = tx.send(result);
+            if let Some(index) = index {
                 let mut rx = ctx.mirrored.subscribe();
-                let index = c.index;
                 let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| *m >= index))
                     .await;
             }
             drop(hold);
-            result
         });
-        task.await?
+        rx.await
+            .map_err(|_| NodeError::Internal("the write's task ended without an answer".into()))?
     }
 
     /// Wait (at most `limit`) until the shard of collection `uid` has mirrored log index

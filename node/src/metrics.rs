@@ -123,7 +123,7 @@ impl Metrics {
         };
         let cluster_forwarded_writes = must(IntCounter::new(
             "cluster_forwarded_writes_total",
-            "Writes received by this node while it was not the leader, forwarded to the leader",
+            "Writes (from clients, and this node's own ingest claims and chunks) proposed while this node was not the leader, forwarded to it",
         ));
         must(registry.register(Box::new(cluster_forwarded_writes.clone())));
         let reranks_forwarded = must(IntCounter::new(

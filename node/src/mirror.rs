@@ -208,7 +208,16 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 .or_insert_with(|| (collection, Vec::new()))
                 .1
                 .push(ShardOp::Delete(ids)),
-            Effect::DocumentsPending(docs) => ctx.actors.ingest.enqueue(docs),
+            Effect::DocumentsPending(mut docs) => {
+                // Every node queues every pending document; each starts at its own place among
+                // them, so that the nodes' first claims go to different documents.
+                let (pos, members) = ctx.cluster.member_position();
+                if members > 1 && !docs.is_empty() {
+                    let len = docs.len();
+                    docs.rotate_left(pos * len / members);
+                }
+                ctx.actors.ingest.enqueue(docs)
+            }
             Effect::DocumentsDone(docs) => ctx.actors.ingest.done(&docs),
         }
     }

@@ -386,15 +386,8 @@ async fn process(
                 Err(NodeError::Store(StoreError::CollectionNotFound(_))) => {}
                 Err(NodeError::Cluster(shoal_cluster::ClusterError::TooLarge(why))) => {
                     // One document's chunks alone are larger than a log entry may be.
-                    for (doc_id, version) in versions {
-                        if let Some((d, _)) = docs
-                            .iter()
-                            .find(|(d, _)| d.doc_id == doc_id && d.version == version)
-                        {
-                            fail(ctx, d, &format!("its chunks are too large to store: {why}"))
-                                .await;
-                        }
-                    }
+                    let reason = format!("its chunks are too large to store: {why}");
+                    fail_versions(ctx, &docs, &versions, &reason).await;
                 }
                 Err(e @ NodeError::Cluster(_)) => {
                     // Not stored (no leader, no quorum): the documents stay pending and are
@@ -405,14 +398,13 @@ async fn process(
                 Err(e) => {
                     // Refused by apply (it would be refused again): the documents fail.
                     tracing::error!(collection = %collection, error = %e, "storing chunks failed");
-                    for (doc_id, version) in versions {
-                        if let Some((d, _)) = docs
-                            .iter()
-                            .find(|(d, _)| d.doc_id == doc_id && d.version == version)
-                        {
-                            fail(ctx, d, &format!("storing chunks failed: {e}")).await;
-                        }
-                    }
+                    fail_versions(
+                        ctx,
+                        &docs,
+                        &versions,
+                        &format!("storing chunks failed: {e}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -507,6 +499,23 @@ async fn embed_group(
                 }
                 seen = now;
             }
+        }
+    }
+}
+
+/// Record the failure of each of `versions` (of `docs`).
+async fn fail_versions(
+    ctx: &Arc<NodeContext>,
+    docs: &[(PendingDocument, String)],
+    versions: &[(String, u64)],
+    reason: &str,
+) {
+    for (doc_id, version) in versions {
+        if let Some((d, _)) = docs
+            .iter()
+            .find(|(d, _)| d.doc_id == *doc_id && d.version == *version)
+        {
+            fail(ctx, d, reason).await;
         }
     }
 }

