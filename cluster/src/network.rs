@@ -67,7 +67,7 @@ impl NetworkFaults {
 
 /// How a request failed before an answer came.
 #[derive(Debug)]
-pub(crate) enum Transport {
+pub enum Transport {
     /// Never reached the peer (refused, no route, the link is cut): nothing happened there.
     Unreachable(String),
     /// Sent, but no (complete) answer: it may have happened.

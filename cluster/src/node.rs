@@ -279,6 +279,10 @@ impl ClusterNode {
             sm,
             offers: Mutex::new(Default::default()),
         });
+        if node.is_rejoining() {
+            // It must neither vote nor stand for election with a vote history it lost.
+            node.raft.runtime_config().elect(false);
+        }
         tokio::spawn(watch_metrics(node.clone()));
         Ok(node)
     }
@@ -398,7 +402,30 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Internal(e.to_string()))?;
         self.rejoining
             .store(false, std::sync::atomic::Ordering::Release);
+        self.raft.runtime_config().elect(true);
         Ok(())
+    }
+
+    /// A node that died between making its cluster and naming it: finish the job (it is a
+    /// one-member cluster with no id, and nobody else knows it).
+    pub async fn finish_initialize(&self) -> Result<bool, ClusterError> {
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if !(self.is_rejoining() && self.cluster_id().is_none() && members == [self.id]) {
+            return Ok(false);
+        }
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        self.set_cluster_id(&cluster_id)?;
+        self.joined()?;
+        tracing::warn!(cluster = %cluster_id, "finished making a cluster that a crash interrupted");
+        Ok(true)
     }
 
     /// Whether this node joined asking to vote and has not been promoted yet.
@@ -441,17 +468,13 @@ impl ClusterNode {
     /// Ask the cluster that `seed` (any member's address) belongs to for this node to join as a
     /// learner. Returns the cluster id and the commit index at the time of joining.
     pub async fn join(&self, seed: &str, voter: bool) -> Result<(String, u64), ClusterError> {
-        if voter {
-            self.log
-                .tree()
-                .put_meta(PROMOTE_PENDING, b"1")
-                .map_err(|e| ClusterError::Internal(e.to_string()))?;
-        }
         let req = JoinRequest {
             node_id: self.id,
             addr: self.settings.advertise.clone(),
             cluster_id: self.cluster_id(),
-            fresh: self.fresh,
+            // A node whose folder was new is still "fresh" if it restarted before its join
+            // went through (a leader may have reached it meanwhile).
+            fresh: self.fresh || self.is_rejoining(),
         };
         let reply: Result<JoinReply, ClusterError> = self
             .client
@@ -463,6 +486,12 @@ impl ClusterNode {
             .map_err(ClusterError::Conflict)?;
         // The leader has made it a learner (a voter that lost its folder included): it may vote
         // again once promoted.
+        if voter {
+            self.log
+                .tree()
+                .put_meta(PROMOTE_PENDING, b"1")
+                .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        }
         self.joined()?;
         tracing::info!(node = self.id, cluster = %reply.cluster_id, leader = reply.leader, "joined as a learner");
         Ok((reply.cluster_id, reply.commit_index))
@@ -600,6 +629,12 @@ impl ClusterNode {
                     Ok(()) => {
                         let _ = self.log.tree().remove_meta(PROMOTE_PENDING);
                         tracing::info!(node = self.id, "now a voter");
+                        return;
+                    }
+                    Err(e @ ClusterError::NotFound(_)) => {
+                        // Removed from the cluster meanwhile: nothing to promote.
+                        let _ = self.log.tree().remove_meta(PROMOTE_PENDING);
+                        tracing::warn!(error = %e, "not promoted: this node is no longer a member");
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "could not become a voter yet; retrying"),
@@ -984,8 +1019,14 @@ impl ClusterNode {
                         .client
                         .call(Some(leader), &info.addr, "read-index", &(), left)
                         .await
-                        .map_err(|e| {
-                            e.into_cluster_error(&format!("the leader (node {leader})"))
+                        .map_err(|e| match e {
+                            // A read changes nothing: a lost answer is just no answer.
+                            crate::network::Transport::Lost(m) => ClusterError::Unreachable(
+                                format!("the leader (node {leader}) did not answer: {m}"),
+                            ),
+                            other => {
+                                other.into_cluster_error(&format!("the leader (node {leader})"))
+                            }
                         })?;
                     r
                 }

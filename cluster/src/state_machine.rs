@@ -174,8 +174,9 @@ pub struct RaftStateMachineStore {
     snapshots: PathBuf,
     /// The snapshot file being received, if any.
     receiving: Option<PathBuf>,
-    /// When a snapshot last replaced the state (its old tree is cleared a while later).
-    replaced_at: Option<Instant>,
+    /// When a snapshot last replaced the state, and which install it was (the old tree is
+    /// cleared a while later, unless another install came since).
+    replaced_at: Option<(Instant, u64)>,
     events: Arc<dyn ClusterEvents>,
 }
 
@@ -287,17 +288,16 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         let sm = self.sm.clone();
         let clear_replaced = self
             .replaced_at
-            .is_some_and(|t| t.elapsed() >= REPLACED_STATE_GRACE);
-        if clear_replaced {
+            .filter(|(t, _)| t.elapsed() >= REPLACED_STATE_GRACE)
+            .map(|(_, install)| install);
+        if let Some(install) = clear_replaced {
             self.replaced_at = None;
-        }
-        if clear_replaced {
             // Beside the applies (it may take a while); an install waits for it.
             let store = sm.store().clone();
             let _ = std::thread::Builder::new()
                 .name("clear-replaced".into())
                 .spawn(move || {
-                    if let Err(e) = store.clear_replaced_state() {
+                    if let Err(e) = store.clear_replaced_state(install) {
                         tracing::warn!(error = %e, "could not clear the state a snapshot replaced");
                     }
                 });
@@ -409,7 +409,7 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))??;
-        self.replaced_at = Some(Instant::now());
+        self.replaced_at = Some((Instant::now(), self.sm.store().installs()));
         self.sm.sink.replaced(applied);
         self.events.snapshot_installed();
         tracing::info!(
@@ -544,7 +544,7 @@ mod tests {
         assert!(e.to_string().contains("corrupt"), "{e}");
         assert_eq!(store.applied_index().unwrap(), 1);
         assert_eq!(sm.applied_state().last_applied.map(|l| l.index), Some(1));
-        // a business refusal is still an answer
+        // the entry's index is still free: the next one applies there
         let dup = sm
             .apply(&entry(2, EntryPayload::Normal(create("b"))))
             .unwrap();

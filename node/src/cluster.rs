@@ -80,6 +80,11 @@ pub async fn start(
 pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
     let cluster = ctx.cluster.clone();
     let c = &ctx.config.cluster;
+    match cluster.finish_initialize().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "could not finish making the cluster"),
+    }
     if cluster.is_initialized().await && !cluster.is_rejoining() {
         // A member that restarted at another address tells the others where it is now.
         let mut delay = Duration::from_millis(200);
@@ -113,10 +118,16 @@ pub async fn bootstrap_or_join(ctx: Arc<NodeContext>) {
         return;
     };
     let mut delay = Duration::from_millis(200);
+    // A clash with this node's own previous process (its last answers are still fresh on the
+    // leader) clears up within `stale_after_ms`: retry that long before giving up.
+    let clash_until = std::time::Instant::now() + Duration::from_millis(c.stale_after_ms * 2);
     loop {
         match cluster.join(&seed, c.join_as_voter).await {
             Ok(_) => break,
-            Err(e @ shoal_cluster::ClusterError::Conflict(_)) => {
+            Err(e @ shoal_cluster::ClusterError::Conflict(_))
+                if !e.to_string().contains("in use by a live member")
+                    || std::time::Instant::now() >= clash_until =>
+            {
                 tracing::error!(error = %e, seed = %seed, "cannot join this cluster");
                 return;
             }

@@ -219,12 +219,13 @@ impl IngestQueue {
         let Some(held) = inner.in_flight.remove(&worker) else {
             return;
         };
-        let mut done = 0;
+        // The rate counts what the worker got through, whether or not a done effect (its own
+        // stored chunks) took the documents off the books first.
+        let done: u64 = held.iter().map(|d| d.bytes).sum();
         for d in &held {
             if inner.known.remove(d) {
                 inner.bytes = inner.bytes.saturating_sub(d.bytes);
                 inner.documents = inner.documents.saturating_sub(1);
-                done += d.bytes;
             }
         }
         // Smoothed rate over windows of at least a second.
@@ -241,6 +242,19 @@ impl IngestQueue {
             };
             inner.rate_since = Some(now);
             inner.rate_bytes = 0;
+        }
+        self.update_gauges(&inner);
+    }
+
+    /// Queue documents (like [`IngestQueue::enqueue`]) to be taken only from `until_ms` on.
+    pub fn enqueue_later(&self, docs: Vec<PendingDocument>, until_ms: u64) {
+        let mut inner = self.inner.lock();
+        for d in docs {
+            if inner.known.insert(d.clone()) {
+                inner.bytes += d.bytes;
+                inner.documents += 1;
+                inner.deferred.push((d, until_ms));
+            }
         }
         self.update_gauges(&inner);
     }

@@ -20,6 +20,9 @@ use crate::actors::supervisor::SupervisorMsg;
 use crate::context::{to_index_points, NodeContext};
 use crate::watermark::IndexWatermark;
 
+/// How long a node waits before it tries to claim a document another node is preferred for.
+const OTHERS_WAIT_MS: u64 = 300;
+
 /// What the state machine tells the mirror.
 pub enum MirrorMsg {
     /// The effects of the command applied at `index`.
@@ -208,15 +211,27 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                 .or_insert_with(|| (collection, Vec::new()))
                 .1
                 .push(ShardOp::Delete(ids)),
-            Effect::DocumentsPending(mut docs) => {
-                // Every node queues every pending document; each starts at its own place among
-                // them, so that the nodes' first claims go to different documents.
+            Effect::DocumentsPending(docs) => {
+                // Every node queues every pending document. Each document has a preferred node
+                // (by the entry's index and its place in it), which takes it at once; the others
+                // wait a moment before they try, and by then usually find it claimed. One
+                // document alone is spread the same way, request after request.
                 let (pos, members) = ctx.cluster.member_position();
-                if members > 1 && !docs.is_empty() {
-                    let len = docs.len();
-                    docs.rotate_left(pos * len / members);
+                if members <= 1 {
+                    ctx.actors.ingest.enqueue(docs);
+                } else {
+                    let (mine, others): (Vec<_>, Vec<_>) = docs
+                        .into_iter()
+                        .enumerate()
+                        .partition(|(i, _)| (index as usize + i) % members == pos);
+                    ctx.actors
+                        .ingest
+                        .enqueue(mine.into_iter().map(|(_, d)| d).collect());
+                    ctx.actors.ingest.enqueue_later(
+                        others.into_iter().map(|(_, d)| d).collect(),
+                        crate::actors::ingest::now_ms() + OTHERS_WAIT_MS,
+                    );
                 }
-                ctx.actors.ingest.enqueue(docs)
             }
             Effect::DocumentsDone(docs) => ctx.actors.ingest.done(&docs),
         }

@@ -123,7 +123,7 @@ impl Store {
     /// Replace the whole state with the snapshot in `path` (checked whole before it replaces
     /// anything). Nothing may apply meanwhile. Returns the applied index of the new state.
     pub fn install_snapshot(&self, path: &Path) -> Result<u64, StoreError> {
-        let _inactive = self.inactive_tree.lock();
+        let mut installs = self.inactive_tree.lock();
         let active = self.active_name();
         let target_name = other_state_tree(active);
         let target = self.db.open_tree(target_name)?;
@@ -209,14 +209,24 @@ impl Store {
         // The replaced state stays on disk until [`Store::clear_replaced_state`] (reads that
         // began on it may still be running) or the next open.
         *self.tree.write() = target;
+        *installs += 1;
         self.applied_index()
     }
 
-    /// Clear the state tree that an install replaced (call it once reads that started before the
-    /// install are done, for example a minute later; it may take a while, and runs beside applies).
-    /// Nothing happens if another install made it active again meanwhile.
-    pub fn clear_replaced_state(&self) -> Result<(), StoreError> {
-        let _inactive = self.inactive_tree.lock();
+    /// How many snapshots this store has installed since it was opened.
+    pub fn installs(&self) -> u64 {
+        *self.inactive_tree.lock()
+    }
+
+    /// Clear the state tree that install number `install` replaced (call it once reads that
+    /// started before the install are done, for example a minute later; it may take a while, and
+    /// runs beside applies). Nothing happens if another install came after it (the inactive tree
+    /// is then one that reads may still be using).
+    pub fn clear_replaced_state(&self, install: u64) -> Result<(), StoreError> {
+        let installs = self.inactive_tree.lock();
+        if *installs != install {
+            return Ok(());
+        }
         let inactive = other_state_tree(self.active_name());
         let tree = self.db.open_tree(inactive)?;
         if !tree.is_empty() {

@@ -143,8 +143,9 @@ pub struct Store {
     /// Which state tree is active.
     pub(crate) meta: Tree,
     sync_writes: bool,
-    /// Held while a snapshot is installed into the inactive tree, or that tree is cleared.
-    pub(crate) inactive_tree: Arc<parking_lot::Mutex<()>>,
+    /// Held while a snapshot is installed into the inactive tree, or that tree is cleared; counts
+    /// the installs.
+    pub(crate) inactive_tree: Arc<parking_lot::Mutex<u64>>,
 }
 
 /// The two state trees; a snapshot is installed into the inactive one. Every tree of consensus
@@ -375,16 +376,23 @@ impl Store {
     /// replaced during the read may carry the new version's metadata; the replacement's removal
     /// of that chunk, which the caller replays after this read, corrects it.
     pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
-        Ok(self.points_at(collection)?.0)
+        Ok(self.points_at(collection, None)?.0)
     }
 
     /// [`Store::points`], and the applied index of the state they were read from (at least the
     /// index they reflect), from one state tree even while a snapshot is installed.
-    pub fn points_at(&self, collection: &str) -> Result<(Vec<StoredPoint>, u64), StoreError> {
+    /// With `uid`, a collection of that name but another uid is not found.
+    pub fn points_at(
+        &self,
+        collection: &str,
+        uid: Option<u64>,
+    ) -> Result<(Vec<StoredPoint>, u64), StoreError> {
         let tree = self.tree();
         let applied = applied_in(&tree)?;
-        let coll: CollectionRecord = get_in(&tree, &keys::collection(collection))?
-            .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
+        let coll: CollectionRecord =
+            get_in::<CollectionRecord>(&tree, &keys::collection(collection))?
+                .filter(|c| uid.is_none_or(|u| u == c.uid))
+                .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
         for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;

@@ -591,7 +591,6 @@ fn ingest_is_claimed_by_several_nodes_and_a_node_killed_holding_claims_loses_not
         indexed.iter().all(|n| *n > 0.0),
         "documents indexed per survivor: {indexed:?}"
     );
-    assert!(indexed.iter().sum::<f64>() <= 40.0, "{indexed:?}");
     // nothing indexed twice: every document's chunks are stored once, and the index holds
     // exactly the stored chunks
     for i in survivors {

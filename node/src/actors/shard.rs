@@ -120,12 +120,9 @@ impl ShardState {
         let (name, uid) = (coll.name.clone(), coll.uid);
         let store = self.ctx.store.clone();
         let view = tokio::task::spawn_blocking(move || {
-            match store.collection(&name)? {
-                Some(c) if c.uid == uid => {}
-                _ => return Ok(None), // dropped meanwhile
-            }
-            // One state tree for both, even while a snapshot is installed.
-            match store.points_at(&name) {
+            // One state tree for the collection, its points and their index, even while a
+            // snapshot is installed; a collection of another uid is a drop.
+            match store.points_at(&name, Some(uid)) {
                 Ok(view) => Ok::<_, StoreError>(Some(view)),
                 Err(StoreError::CollectionNotFound(_)) => Ok(None),
                 Err(e) => Err(e),
@@ -134,6 +131,9 @@ impl ShardState {
         .await??;
         let Some((points, through)) = view else {
             tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
+            // Nothing of it is awaited, and nobody restarts it.
+            self.ctx.watermark.forget(uid);
+            self.ctx.actors.shards.remove(&coll.name, uid);
             return Ok(false);
         };
         let ctx = self.ctx.clone();
