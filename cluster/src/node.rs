@@ -73,6 +73,30 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
+    /// Settings for a node on loopback with quick timers (tests).
+    #[doc(hidden)]
+    pub fn for_tests(dir: &std::path::Path, node_id: NodeId, secret: Option<&str>) -> Self {
+        ClusterSettings {
+            group: 0,
+            node_id: Some(node_id),
+            advertise: format!("http://127.0.0.1:{node_id}"),
+            secret: secret.map(str::to_owned),
+            snapshot_dir: dir.join("snapshots"),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_after_entries: 1000,
+            keep_entries_after_snapshot: 10,
+            snapshot_chunk_bytes: 1 << 20,
+            install_snapshot_timeout_ms: 5000,
+            max_entries_per_append: 8,
+            max_entry_bytes: 1 << 20,
+            write_timeout_ms: 5000,
+            stale_after_ms: 2000,
+            capabilities: vec![],
+        }
+    }
+
     fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
         let config = openraft::Config {
             cluster_name: "shoal".into(),
@@ -361,18 +385,35 @@ impl ClusterNode {
             .unwrap_or(0)
     }
 
-    /// This node's place among the members (sorted by id) and how many there are: nodes that
-    /// share work start at different places of it.
-    pub fn member_position(&self) -> (usize, usize) {
-        let ids: Vec<NodeId> = self
-            .raft
+    /// Every member's id, in order.
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .nodes()
             .map(|(id, _)| *id)
-            .collect();
+            .collect()
+    }
+
+    /// The other members and their addresses, by id.
+    fn other_members(&self) -> BTreeMap<NodeId, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// This node's place among the members (sorted by id) and how many there are: nodes that
+    /// share work start at different places of it.
+    pub fn member_position(&self) -> (usize, usize) {
+        let ids: Vec<NodeId> = self.member_ids();
         let pos = ids.iter().position(|id| *id == self.id).unwrap_or(0);
         (pos, ids.len().max(1))
     }
@@ -409,15 +450,7 @@ impl ClusterNode {
     /// A node that died between making its cluster and naming it: finish the job (it is a
     /// one-member cluster with no id, and nobody else knows it).
     pub async fn finish_initialize(&self) -> Result<bool, ClusterError> {
-        let members: Vec<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
+        let members: Vec<NodeId> = self.member_ids();
         if !(self.is_rejoining() && self.cluster_id().is_none() && members == [self.id]) {
             return Ok(false);
         }
@@ -718,16 +751,7 @@ impl ClusterNode {
         change: MembershipChange,
         no_leader: ClusterError,
     ) -> Result<(), ClusterError> {
-        let nodes: BTreeMap<NodeId, String> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let nodes: BTreeMap<NodeId, String> = self.other_members().into_iter().collect();
         let mut tried = BTreeSet::new();
         let mut queue: Vec<NodeId> = nodes.keys().copied().collect();
         while let Some(id) = queue.pop() {
@@ -1132,16 +1156,7 @@ impl ClusterNode {
                 return list.clone();
             }
         }
-        let nodes: Vec<(NodeId, String)> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let nodes: Vec<(NodeId, String)> = self.other_members().into_iter().collect();
         let mut found = Vec::new();
         for (id, addr) in nodes {
             let status: Result<NodeStatus, _> = self
@@ -1344,25 +1359,7 @@ mod tests {
     }
 
     async fn leader(dir: &std::path::Path) -> Arc<ClusterNode> {
-        let settings = ClusterSettings {
-            group: 0,
-            node_id: Some(1),
-            advertise: "http://127.0.0.1:1".into(),
-            secret: Some("a-secret-for-the-tests".into()),
-            snapshot_dir: dir.join("snapshots"),
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-            snapshot_after_entries: 1000,
-            keep_entries_after_snapshot: 10,
-            snapshot_chunk_bytes: 1 << 20,
-            install_snapshot_timeout_ms: 5000,
-            max_entries_per_append: 8,
-            max_entry_bytes: 1 << 20,
-            write_timeout_ms: 5000,
-            stale_after_ms: 2000,
-            capabilities: vec![],
-        };
+        let settings = ClusterSettings::for_tests(dir, 1, Some("a-secret-for-the-tests"));
         let store = Store::open(&dir.join("store"), Default::default()).unwrap();
         let node = ClusterNode::start(settings, store, Arc::new(NoIndex), Arc::new(NoEvents))
             .await

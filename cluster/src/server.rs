@@ -221,25 +221,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_whose_folder_is_new_refuses_to_vote_until_it_has_joined_or_made_a_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = ClusterSettings {
-            group: 0,
-            node_id: Some(3),
-            advertise: "http://127.0.0.1:1".into(),
-            secret: Some("a-secret-for-the-tests".into()),
-            snapshot_dir: dir.path().join("snapshots"),
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
-            snapshot_after_entries: 1000,
-            keep_entries_after_snapshot: 10,
-            snapshot_chunk_bytes: 1 << 20,
-            install_snapshot_timeout_ms: 5000,
-            max_entries_per_append: 8,
-            max_entry_bytes: 1 << 20,
-            write_timeout_ms: 5000,
-            stale_after_ms: 2000,
-            capabilities: vec![],
-        };
+        let settings = ClusterSettings::for_tests(dir.path(), 3, Some("a-secret-for-the-tests"));
         let store = Store::open(&dir.path().join("store"), Default::default()).unwrap();
         let node = ClusterNode::start(settings, store, Arc::new(NoIndex), Arc::new(NoEvents))
             .await

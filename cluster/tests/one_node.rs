@@ -20,25 +20,7 @@ impl IndexSink for Recorder {
 }
 
 fn settings(dir: &std::path::Path) -> ClusterSettings {
-    ClusterSettings {
-        group: 0,
-        node_id: Some(1),
-        advertise: "http://127.0.0.1:1".into(),
-        secret: None,
-        snapshot_dir: dir.join("snapshots"),
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 150,
-        election_timeout_max_ms: 300,
-        snapshot_after_entries: 10_000,
-        keep_entries_after_snapshot: 100,
-        snapshot_chunk_bytes: 1 << 20,
-        install_snapshot_timeout_ms: 5_000,
-        max_entries_per_append: 32,
-        max_entry_bytes: 1 << 20,
-        write_timeout_ms: 5_000,
-        stale_after_ms: 2_000,
-        capabilities: vec![],
-    }
+    ClusterSettings::for_tests(dir, 1, None)
 }
 
 fn create(name: &str) -> Command {

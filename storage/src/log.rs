@@ -35,15 +35,8 @@ impl LogTree {
         &self,
         entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        for (index, bytes) in entries {
-            batch.insert(&index.to_be_bytes(), bytes);
-        }
-        self.entries.apply_batch(batch)?;
-        if self.sync_writes {
-            self.db.flush()?;
-        }
-        Ok(())
+        self.write(entries)?;
+        self.flush()
     }
 
     /// Write entries without waiting for the disk; [`LogTree::flush`] makes them durable (the

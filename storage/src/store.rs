@@ -133,7 +133,7 @@ impl Default for StoreOptions {
 /// sled-backed store of collections, documents, chunks with vectors, and ingest jobs.
 ///
 /// Reads may run from any thread. Writes go through [`Store::apply`] only, and callers must apply
-/// one command at a time (the node's apply loop does), which is what makes a read-then-batch
+/// one command at a time (the consensus layer's state machine does), which is what makes a read-then-batch
 /// apply atomic and deterministic.
 #[derive(Clone)]
 pub struct Store {
@@ -279,7 +279,8 @@ impl Store {
     }
 
     /// Make every command applied so far durable, if the store was opened with `sync_writes`
-    /// (the apply loop calls this once per group of commands, before answering any of them).
+    /// (a store used on its own; under consensus the Raft log makes each entry durable, and the
+    /// state it produced reaches the disk with the log's next flush).
     pub fn sync(&self) -> Result<(), StoreError> {
         if self.sync_writes {
             self.db.flush()?;

@@ -90,54 +90,19 @@ pub struct Resp {
 impl Node {
     /// Start a node in a fresh temporary data folder.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Node {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let data = tmp.path().join("data");
-        let mut node = Node {
-            child: None,
-            base: String::new(),
-            listen: "127.0.0.1:0".into(),
-            data,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            http: Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
-            _tmp: Some(tmp),
-        };
+        let mut node = Node::prepare(env, args);
         node.spawn();
         node
     }
 
     fn spawn(&mut self) {
-        // SHOAL_TEST_LOG sets the node's RUST_LOG (for example
-        // `warn,shoal_node::service=debug` logs every search's stage timings).
-        let mut cmd = self.command();
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start shoal");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("shoal listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("shoal did not report its address within 60 s");
-        self.base = format!("http://{addr}");
-        self.listen = addr;
-        self.child = Some(child);
+        self.spawn_unready();
         self.wait_ready(Duration::from_secs(120));
     }
 
     /// Start the process without waiting for it to be ready (a cluster member that waits to
-    /// be added, for example); returns once it listens.
+    /// be added, for example); returns once it listens. SHOAL_TEST_LOG sets the node's RUST_LOG
+    /// (for example `warn,shoal_node::service=debug` logs every search's stage timings).
     pub fn spawn_unready(&mut self) {
         let mut cmd = self.command();
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
