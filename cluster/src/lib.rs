@@ -40,3 +40,12 @@ pub trait ClusterEvents: Send + Sync + 'static {
 pub struct NoEvents;
 
 impl ClusterEvents for NoEvents {}
+
+/// An index that mirrors nothing (a store used without shards: tests, tools).
+#[doc(hidden)]
+pub struct NoIndex;
+
+impl IndexSink for NoIndex {
+    fn applied(&self, _: u64, _: Vec<shoal_storage::Effect>) {}
+    fn replaced(&self, _: u64) {}
+}

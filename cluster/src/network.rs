@@ -224,6 +224,25 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A request to another node whose answer is the cluster's own `Result` (a forwarded write,
+    /// a join, a membership change): transport failures and the node's refusal come back as one
+    /// [`ClusterError`], saying `what` was asked.
+    pub(crate) async fn ask<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        route: &str,
+        req: &Req,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<T, ClusterError> {
+        self.call::<_, Result<T, ClusterError>>(target, addr, route, req, timeout)
+            .await
+            .map_err(|e| e.into_cluster_error(what))?
+    }
+}
+
 /// openraft's view of the network: one [`Peer`] per target node.
 #[derive(Clone)]
 pub struct Network {

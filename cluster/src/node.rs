@@ -420,7 +420,8 @@ impl ClusterNode {
 
     /// The current leader and its address.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let id = m.current_leader?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, info))
@@ -509,12 +510,17 @@ impl ClusterNode {
             // went through (a leader may have reached it meanwhile).
             fresh: self.fresh || self.is_rejoining(),
         };
-        let reply: Result<JoinReply, ClusterError> = self
+        let reply: JoinReply = self
             .client
-            .call(None, seed, "join", &req, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.into_cluster_error(&format!("joining through {seed}")))?;
-        let reply = reply?;
+            .ask(
+                None,
+                seed,
+                "join",
+                &req,
+                Duration::from_secs(30),
+                &format!("joining through {seed}"),
+            )
+            .await?;
         self.accept_cluster(&reply.cluster_id)
             .map_err(ClusterError::Conflict)?;
         // The leader has made it a learner (a voter that lost its folder included): it may vote
@@ -541,18 +547,17 @@ impl ClusterNode {
         if !self.is_leader() {
             let (leader, info) = self.wait_for_leader().await?;
             if leader != self.id {
-                let r: Result<JoinReply, ClusterError> = self
+                return self
                     .client
-                    .call(
+                    .ask(
                         Some(leader),
                         &info.addr,
                         "join",
                         &req,
                         Duration::from_secs(30),
+                        "forwarding a join to the leader",
                     )
-                    .await
-                    .map_err(|e| e.into_cluster_error("forwarding a join to the leader"))?;
-                return r;
+                    .await;
             }
         }
         let ours = self
@@ -732,18 +737,16 @@ impl ClusterNode {
         if leader == self.id {
             return self.handle_membership(change).await;
         }
-        let r: Result<(), ClusterError> = self
-            .client
-            .call(
+        self.client
+            .ask(
                 Some(leader),
                 &info.addr,
                 "membership",
                 &change,
                 Duration::from_secs(60),
+                "forwarding a membership change to the leader",
             )
             .await
-            .map_err(|e| e.into_cluster_error("forwarding a membership change to the leader"))?;
-        r
     }
 
     async fn ask_members(
@@ -870,7 +873,9 @@ impl ClusterNode {
 
     /// Why this node cannot vouch that its data is current, if it cannot.
     pub fn stale(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        // Read in place (every search asks): the metrics are not copied.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let limit = Duration::from_millis(self.settings.stale_after_ms);
         match m.state {
             ServerState::Leader => {
@@ -982,12 +987,16 @@ impl ClusterNode {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
-        let r: Result<(u64, ApplyResponse), ClusterError> = self
-            .client
-            .call(Some(leader), &info.addr, "propose", command, left)
+        self.client
+            .ask(
+                Some(leader),
+                &info.addr,
+                "propose",
+                command,
+                left,
+                &format!("the leader (node {leader})"),
+            )
             .await
-            .map_err(|e| e.into_cluster_error(&format!("the leader (node {leader})")))?;
-        r
     }
 
     /// Write on this node, the leader.
@@ -1348,15 +1357,7 @@ async fn watch_metrics(node: Arc<ClusterNode>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NoEvents;
-    use shoal_storage::Effect;
-
-    struct NoIndex;
-
-    impl IndexSink for NoIndex {
-        fn applied(&self, _: u64, _: Vec<Effect>) {}
-        fn replaced(&self, _: u64) {}
-    }
+    use crate::{NoEvents, NoIndex};
 
     async fn leader(dir: &std::path::Path) -> Arc<ClusterNode> {
         let settings = ClusterSettings::for_tests(dir, 1, Some("a-secret-for-the-tests"));

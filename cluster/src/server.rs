@@ -208,15 +208,8 @@ async fn dispatch(node: &Arc<ClusterNode>, op: &str, bytes: &[u8]) -> Result<Res
 mod tests {
     use super::*;
     use crate::node::ClusterSettings;
-    use crate::{IndexSink, NoEvents};
-    use shoal_storage::{Effect, Store};
-
-    struct NoIndex;
-
-    impl IndexSink for NoIndex {
-        fn applied(&self, _: u64, _: Vec<Effect>) {}
-        fn replaced(&self, _: u64) {}
-    }
+    use crate::{NoEvents, NoIndex};
+    use shoal_storage::Store;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_whose_folder_is_new_refuses_to_vote_until_it_has_joined_or_made_a_cluster() {

@@ -932,15 +932,7 @@ impl Store {
             }
             done.insert(d.doc_id.clone());
             if let Some(old) = doc.live.take() {
-                for id in &old.points {
-                    batch.remove(keys::point(coll.uid, *id));
-                }
-                coll.chunks -= old.points.len() as u64;
-                effects.push(Effect::PointsRemoved {
-                    collection: collection.to_string(),
-                    uid: coll.uid,
-                    ids: old.points,
-                });
+                effects.push(remove_live(batch, &mut coll, old));
             }
             let mut points = Vec::with_capacity(d.chunks.len());
             let mut new_points = Vec::with_capacity(d.chunks.len());
@@ -1098,15 +1090,7 @@ impl Store {
         }
         let mut effects = Vec::new();
         if let Some(live) = doc.live {
-            for id in &live.points {
-                batch.remove(keys::point(coll.uid, *id));
-            }
-            coll.chunks -= live.points.len() as u64;
-            effects.push(Effect::PointsRemoved {
-                collection: collection.to_string(),
-                uid: coll.uid,
-                ids: live.points,
-            });
+            effects.push(remove_live(batch, &mut coll, live));
         }
         coll.documents -= 1;
         batch.remove(key);
@@ -1165,6 +1149,20 @@ impl Store {
 
 /// Jobs one `ExpireJobs` command removes at most (it runs on the apply thread).
 const MAX_EXPIRED_PER_COMMAND: u64 = 10_000;
+
+/// Remove a document version's points from the store (and count them off the collection); the
+/// effect tells the index to drop them too.
+fn remove_live(batch: &mut Batch, coll: &mut CollectionRecord, live: LiveVersion) -> Effect {
+    for id in &live.points {
+        batch.remove(keys::point(coll.uid, *id));
+    }
+    coll.chunks -= live.points.len() as u64;
+    Effect::PointsRemoved {
+        collection: coll.name.clone(),
+        uid: coll.uid,
+        ids: live.points,
+    }
+}
 
 /// Write a job and keep the running-jobs key of its collection in step with its state.
 fn put_job(batch: &mut Batch, job: &JobRecord) {
