@@ -28,20 +28,31 @@ struct Inner {
     pending: BTreeMap<u64, Vec<u64>>,
     /// The same, by collection.
     by_uid: HashMap<u64, BTreeSet<u64>>,
+    /// Collections whose state a snapshot replaced, until their shard reloads from it: uid →
+    /// (the watermark the old shard had, the snapshot's index).
+    reloading: HashMap<u64, (u64, u64)>,
 }
 
 impl Inner {
     fn watermark(&self) -> u64 {
-        match self.pending.keys().next() {
+        let mirrored = match self.pending.keys().next() {
             Some(first) => first - 1,
             None => self.applied,
-        }
+        };
+        self.reloading
+            .values()
+            .map(|(held, _)| *held)
+            .fold(mirrored, u64::min)
     }
 
     fn watermark_of(&self, uid: u64) -> u64 {
-        match self.by_uid.get(&uid).and_then(|s| s.first()) {
+        let mirrored = match self.by_uid.get(&uid).and_then(|s| s.first()) {
             Some(first) => first - 1,
             None => self.applied,
+        };
+        match self.reloading.get(&uid) {
+            Some((held, _)) => mirrored.min(*held),
+            None => mirrored,
         }
     }
 
@@ -113,25 +124,29 @@ impl IndexWatermark {
             for index in done {
                 inner.done(index, uid);
             }
+            if inner
+                .reloading
+                .get(&uid)
+                .is_some_and(|(_, snapshot)| through >= *snapshot)
+            {
+                inner.reloading.remove(&uid);
+            }
         });
     }
 
-    /// The whole state was replaced by a snapshot as of `index`, and `uids` are its collections:
-    /// each of their shards reflects `index` only once it has reloaded from the new state
-    /// ([`IndexWatermark::loaded`] at or past `index`). Called on the state machine's thread,
-    /// before any later entry is registered; what was pending before stays pending until then.
+    /// The whole state was replaced by a snapshot as of `index`, and `uids` are its collections.
+    /// Until it has reloaded from the new state ([`IndexWatermark::loaded`] at or past `index`),
+    /// each of their shards still holds what it held before, so its watermark stays where it was
+    /// (a collection the old state did not have stays at the old applied index): a read at any
+    /// index the old shard had not mirrored, the snapshot's own included, waits for the reload.
+    /// Called on the state machine's thread, before any later entry is registered.
     pub fn replaced(&self, index: u64, uids: &[u64]) {
         self.update(|inner| {
+            for uid in uids {
+                let held = inner.watermark_of(*uid).min(index);
+                inner.reloading.insert(*uid, (held, index));
+            }
             inner.applied = inner.applied.max(index);
-            let mut list = uids.to_vec();
-            list.sort_unstable();
-            list.dedup();
-            for uid in &list {
-                inner.by_uid.entry(*uid).or_default().insert(index);
-            }
-            if !list.is_empty() {
-                inner.pending.entry(index).or_default().extend(list);
-            }
         });
     }
 
@@ -231,18 +246,28 @@ mod tests {
         w.applied(1, &[7]);
         w.mirrored(1, 7);
         assert_eq!(w.current_for(7), 1);
-        // a snapshot at 50 replaces the state: collections 7 and 9 are behind until reloaded
+        // a snapshot at 50 replaces the state: until they reload, the shards still hold what
+        // they held before (7: index 1; 9, new in the snapshot: nothing past the old applied 1)
         w.replaced(50, &[7, 9]);
         w.applied(51, &[9]);
-        assert_eq!((w.current_for(7), w.current_for(9)), (49, 49));
-        assert_eq!(w.applied_index(), 51);
+        assert_eq!((w.current_for(7), w.current_for(9)), (1, 1));
+        assert_eq!((w.current(), w.applied_index()), (1, 51));
         // 9's shard mirrors 51 before it has reloaded: still behind the snapshot
         w.mirrored(51, 9);
-        assert_eq!(w.current_for(9), 49);
+        assert_eq!(w.current_for(9), 1);
         w.loaded(9, 50);
         assert_eq!(w.current_for(9), 51);
         w.loaded(7, 51);
         assert_eq!((w.current_for(7), w.current()), (51, 51));
+        // a shard with a change still to mirror stays below it, and mirroring it does not
+        // count as the reload
+        w.applied(52, &[7]);
+        w.replaced(60, &[7]);
+        assert_eq!(w.current_for(7), 51);
+        w.mirrored(52, 7);
+        assert_eq!(w.current_for(7), 51, "still the old shard until it reloads");
+        w.loaded(7, 60);
+        assert_eq!(w.current_for(7), 60);
     }
 
     #[test]

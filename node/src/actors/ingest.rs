@@ -297,7 +297,7 @@ async fn process(
         .await
         .unwrap_or_else(|e| vec![Err(format!("chunking failed: {e}")); docs.len()]);
 
-    // Embed every chunk of the batch together, in groups of `batch_chunks`.
+    // Embed every chunk of the batch together.
     let all: Vec<String> = chunked
         .iter()
         .filter_map(|c| c.as_ref().ok())
@@ -440,12 +440,14 @@ fn split_by_size(documents: Vec<DocumentChunks>, max_bytes: usize) -> Vec<Vec<Do
     parts
 }
 
+/// Embed the chunks of a batch on the ingest embedder. They go as one job: the executor cuts it
+/// into micro-batches (`model.ingest_micro_batch*`) and runs them back to back, where groups sent
+/// one after the other would leave it idle between each answer and the next group.
 async fn embed_all(ctx: &Arc<NodeContext>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, NodeError> {
-    let mut out = Vec::with_capacity(texts.len());
-    for group in texts.chunks(ctx.config.ingest.batch_chunks) {
-        out.extend(embed_group(ctx, group.to_vec()).await?);
+    if texts.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    embed_group(ctx, texts).await
 }
 
 /// Embed one group on the ingest embedder. If the ingest executor does not move on at all for
