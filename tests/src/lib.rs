@@ -293,11 +293,24 @@ impl Node {
         to_resp(req.send().expect("request"))
     }
 
+    /// A client whose connections are used for one request each. The raw and chunked helpers
+    /// send bodies that the server may refuse before reading them (a 413 or 429 from the
+    /// declared length or the queue's room); it then closes the connection, and a pooled client
+    /// could send the next request on that connection as it closes (the request then fails with
+    /// a send error instead of getting its answer).
+    fn unpooled() -> Client {
+        Client::builder()
+            .timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("http client")
+    }
+
     pub fn raw(&self, method: &str, path: &str, body: &str) -> Resp {
         let url = format!("{}{path}", self.base);
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         to_resp(
-            self.http
+            Self::unpooled()
                 .request(m, url)
                 .header("content-type", "application/json")
                 .body(body.to_string())
@@ -316,7 +329,7 @@ impl Node {
     pub fn try_post_chunked(&self, path: &str, body: &str) -> Result<Resp, reqwest::Error> {
         let url = format!("{}{path}", self.base);
         let reader = std::io::Cursor::new(body.as_bytes().to_vec());
-        self.http
+        Self::unpooled()
             .post(url)
             .header("content-type", "application/json")
             .body(reqwest::blocking::Body::new(reader))

@@ -227,19 +227,16 @@ async fn process(
     last_stored: &mut HashMap<u64, u64>,
     keys: Vec<PendingDocument>,
 ) -> Processed {
-    // Back-pressure first (before the claim, so that waiting does not eat into it): the shards
-    // of this batch's collections have mirrored this worker's previous chunks for them.
-    let uids: std::collections::BTreeSet<u64> = keys.iter().map(|d| d.uid).collect();
-    for uid in uids {
-        if let Some(&index) = last_stored.get(&uid) {
-            if !ctx.wait_searchable(uid, index, MIRROR_WAIT).await {
-                tracing::warn!(
-                    index,
-                    "the index is more than a batch behind the store; storing anyway"
-                );
-            }
-        }
-    }
+    // Back-pressure: before this batch's chunks are stored, the shards of its collections have
+    // mirrored this worker's previous chunks for them. Awaited beside the embedding, so that the
+    // graph inserts of one batch overlap the embedding of the next.
+    let previous: Vec<(u64, u64)> = keys
+        .iter()
+        .map(|d| d.uid)
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .filter_map(|uid| last_stored.get(&uid).map(|&index| (uid, index)))
+        .collect();
     // This node's claim: a document is embedded by one node of the cluster.
     let keys = match claim(ctx, worker, keys).await {
         Ok(k) => k,
@@ -287,8 +284,9 @@ async fn process(
 
     let chunker = ctx.runtime.chunker.clone();
     let texts: Vec<String> = docs.iter().map(|(_, t)| t.clone()).collect();
-    let chunked = ctx
-        .background(move || {
+    // On the ingest threads: the background thread may still be inserting the last batch.
+    let chunked =
+        crate::runtime::Runtime::on_pool(&ctx.runtime.ingest_pool, "chunking", move || {
             texts
                 .iter()
                 .map(|t| chunker.chunk(t).map_err(|e| e.to_string()))
@@ -303,7 +301,7 @@ async fn process(
         .filter_map(|c| c.as_ref().ok())
         .flat_map(|cs| cs.iter().map(|c| c.text.clone()))
         .collect();
-    let vectors = embed_all(ctx, all).await;
+    let (vectors, ()) = tokio::join!(embed_all(ctx, all), wait_mirrored(ctx, &previous));
 
     let mut vectors = match vectors {
         Ok(v) => v.into_iter(),
@@ -410,6 +408,21 @@ async fn process(
         }
     }
     Processed::Done
+}
+
+/// Wait until the shard of each `(collection uid, log index)` has mirrored that index, at most
+/// [`MIRROR_WAIT`] in all.
+async fn wait_mirrored(ctx: &Arc<NodeContext>, stored: &[(u64, u64)]) {
+    let deadline = tokio::time::Instant::now() + MIRROR_WAIT;
+    for &(uid, index) in stored {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !ctx.wait_searchable(uid, index, left).await {
+            tracing::warn!(
+                index,
+                "the index is more than a batch behind the store; storing anyway"
+            );
+        }
+    }
 }
 
 /// Parts of at most `max_bytes` (a document larger than that alone in its part: the text of one

@@ -13,7 +13,7 @@
 //!
 //! Prints the figures and writes them to `docs/benchmarks/cluster.md`. Run it with
 //! `scripts/bench-cluster.sh` (it fetches the data and builds the release binaries).
-//! Usage: shoal-cluster-bench DATA_JSON [--docs N] [--short N] [--queries N] [--writes N] [--out FILE]
+//! Usage: shoal-cluster-bench DATA_JSON [--docs N] [--short N] [--queries N] [--writes N] [--out FILE] [--short-only]
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ struct Args {
     queries: usize,
     writes: usize,
     out: PathBuf,
+    /// Only the one-sentence ingest (single node, then three voters); prints, writes nothing.
+    short_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         queries: 300,
         writes: 200,
         out: shoal_tests::workspace_root().join("docs/benchmarks/cluster.md"),
+        short_only: false,
     };
     let mut data = None;
     while let Some(arg) = it.next() {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--queries" => a.queries = num("--queries")?,
             "--writes" => a.writes = num("--writes")?,
             "--out" => a.out = PathBuf::from(it.next().ok_or("--out needs a value")?),
+            "--short-only" => a.short_only = true,
             "-h" | "--help" => return Err(String::new()),
             other if data.is_none() => data = Some(PathBuf::from(other)),
             other => return Err(format!("unexpected argument {other}")),
@@ -341,7 +345,7 @@ fn main() {
             if !e.is_empty() {
                 eprintln!("shoal-cluster-bench: {e}");
             }
-            eprintln!("usage: shoal-cluster-bench DATA_JSON [--docs N] [--short N] [--queries N] [--writes N] [--out FILE]");
+            eprintln!("usage: shoal-cluster-bench DATA_JSON [--docs N] [--short N] [--queries N] [--writes N] [--out FILE] [--short-only]");
             std::process::exit(2);
         }
     };
@@ -361,6 +365,10 @@ fn main() {
         docs.len(),
         shorts.len()
     );
+    if args.short_only {
+        short_only(&shorts);
+        return;
+    }
     let mut report = String::new();
     let mut line = |s: String| {
         println!("{s}");
@@ -563,4 +571,29 @@ fn main() {
     }
     std::fs::write(&args.out, doc).expect("write the report");
     println!("written to {}", args.out.display());
+}
+
+/// The one-sentence ingest alone: the embedder's own rate, one node, three voters all embedding.
+fn short_only(shorts: &[Value]) {
+    let single = Node::start(&[], &[]);
+    single.create_collection("short");
+    let embed_rate = embedder_short_rate(&single, shorts);
+    let (chunks, secs) = ingest_timed(&single, "short", shorts, 1000);
+    let single_short = chunks as f64 / secs;
+    println!(
+        "embedder alone {embed_rate:.0} texts/s; single node {single_short:.0} chunks/s ({:.2}x)",
+        single_short / embed_rate
+    );
+    drop(single);
+    let c = Cluster::start(3, 0, &[]);
+    let leader = c.leader(Duration::from_secs(30));
+    c.nodes[leader].create_collection("short");
+    let before = claims_granted(&c);
+    let (chunks, secs) = ingest_timed(&c.nodes[leader], "short", shorts, 1000);
+    let cluster_short = chunks as f64 / secs;
+    println!(
+        "three voters {cluster_short:.0} chunks/s ({:.2}x; claims granted: {})",
+        cluster_short / embed_rate,
+        describe_claims(&before, &claims_granted(&c))
+    );
 }
