@@ -338,15 +338,16 @@ impl Shard {
         }
         let mut slots = Vec::with_capacity(points.len());
         let mut failed = None;
-        {
-            let graph = self.graph.read();
-            for p in &points {
-                match insert_point(&graph, &p.vector, p.id) {
-                    Ok(slot) => slots.push((p.id, slot)),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+        for p in &points {
+            // Between two points, holding no lock of the shard (a hook that waits for a search
+            // must not hold up that search, nor a compaction it would queue behind).
+            crate::pause::pause_point();
+            let inserted = insert_point(&self.graph.read(), &p.vector, p.id);
+            match inserted {
+                Ok(slot) => slots.push((p.id, slot)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
         }

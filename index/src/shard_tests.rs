@@ -392,3 +392,42 @@ fn a_dump_ahead_of_the_store_cannot_resurrect_a_reused_point_id() {
         "stale vector served for id 7"
     );
 }
+
+#[test]
+fn inserts_pause_between_points_holding_no_lock_of_the_shard() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let shard = Arc::new(Shard::new(params()));
+    let pts = points(200, 9);
+    shard.insert(pts[..100].to_vec()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let locked = Arc::new(AtomicUsize::new(0));
+    let (s, c, l) = (shard.clone(), calls.clone(), locked.clone());
+    let batch = pts[100..].to_vec();
+    std::thread::spawn(move || {
+        let seen = s.clone();
+        crate::set_insert_pause_hook(Arc::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            // A hook that waits for a search must find the graph and the table free.
+            if seen.graph.try_write().is_none() || seen.table.try_write().is_none() {
+                l.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        s.insert(batch).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        100,
+        "one pause point per point"
+    );
+    assert_eq!(
+        locked.load(Ordering::SeqCst),
+        0,
+        "a lock was held at a pause point"
+    );
+    assert_eq!(shard.stats().live_points, 200);
+    // this thread has no hook: nothing runs it
+    shard.insert(points(210, 9)[200..].to_vec()).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 100);
+}

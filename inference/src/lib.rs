@@ -22,5 +22,5 @@ pub use chunker::{Chunk, Chunker, ChunkerParams};
 pub use embedder::{Embedder, EmbedderOptions, Engine};
 pub use error::InferenceError;
 pub use model_files::ModelFiles;
-pub use native::{set_pause_hook, Isa, PauseHook, Precision};
+pub use native::{pause_point, set_pause_hook, Isa, PauseHook, Precision};
 pub use reranker::{relevance, sigmoid, CrossEncoder, RerankerOptions};

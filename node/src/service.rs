@@ -899,7 +899,10 @@ impl ShoalService for Node {
             self.ctx.cluster.stale()
         };
         let index_start = Instant::now();
+        let gate = self.ctx.runtime.query_gate.clone();
         let mut hits = tokio::task::spawn_blocking(move || {
+            // Ingest steps aside for the index step too, as it does for the query's embedding.
+            let _query = gate.hold();
             let hits = shard.search(&IndexSearch {
                 vector: &vector,
                 k: fetch,

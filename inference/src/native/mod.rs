@@ -13,4 +13,4 @@ pub mod pause;
 pub use bert::{BertEncoder, BertShape, Hidden, Sequence};
 pub use cpu::Isa;
 pub use gemm::{PackedLinear, Precision};
-pub use pause::{set_pause_hook, PauseHook};
+pub use pause::{pause_point, set_pause_hook, PauseHook};

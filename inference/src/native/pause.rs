@@ -19,9 +19,10 @@ pub fn set_pause_hook(hook: PauseHook) {
     HOOK.with(|h| *h.borrow_mut() = Some(hook));
 }
 
-/// Run the calling thread's pause hook, if it has one.
+/// Run the calling thread's pause hook, if it has one (the encoder calls it; so may other work
+/// that runs on the same threads, between its own small units).
 #[inline]
-pub(crate) fn pause_point() {
+pub fn pause_point() {
     HOOK.with(|h| {
         if let Some(hook) = h.borrow().as_ref() {
             hook()

@@ -284,12 +284,16 @@ async fn process(
 
     let chunker = ctx.runtime.chunker.clone();
     let texts: Vec<String> = docs.iter().map(|(_, t)| t.clone()).collect();
-    // On the ingest threads: the background thread may still be inserting the last batch.
+    // On the ingest threads (the background thread may still be inserting the last batch),
+    // stepping aside between documents while a search runs, as their forward passes do.
     let chunked =
         crate::runtime::Runtime::on_pool(&ctx.runtime.ingest_pool, "chunking", move || {
             texts
                 .iter()
-                .map(|t| chunker.chunk(t).map_err(|e| e.to_string()))
+                .map(|t| {
+                    shoal_inference::pause_point();
+                    chunker.chunk(t).map_err(|e| e.to_string())
+                })
                 .collect::<Vec<_>>()
         })
         .await
