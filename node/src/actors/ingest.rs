@@ -110,7 +110,8 @@ impl Actor for IngestWorker {
 }
 
 const RETRY_DELAY: Duration = Duration::from_millis(500);
-/// Longest a worker waits for the shards to mirror its previous batch before storing the next.
+/// Longest a worker waits for the shards to mirror its previous batch before storing the next
+/// (and at most half its claim's time).
 const MIRROR_WAIT: Duration = Duration::from_secs(60);
 
 enum Processed {
@@ -248,6 +249,10 @@ async fn process(
     if keys.is_empty() {
         return Processed::Done;
     }
+    // The back-pressure wait ends in time for the chunks to be stored well within the claim (a
+    // claim that lapsed could be taken over, and this batch's embedding would be wasted).
+    let mirror_deadline = tokio::time::Instant::now()
+        + MIRROR_WAIT.min(Duration::from_millis(ctx.config.cluster.claim_ttl_ms / 2));
     // The texts, from the store: versions replaced, deleted or dropped meanwhile are skipped.
     let store = ctx.store.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -305,7 +310,22 @@ async fn process(
         .filter_map(|c| c.as_ref().ok())
         .flat_map(|cs| cs.iter().map(|c| c.text.clone()))
         .collect();
-    let (vectors, ()) = tokio::join!(embed_all(ctx, all), wait_mirrored(ctx, &previous));
+    let vectors = {
+        let embed = embed_all(ctx, all);
+        let wait = wait_mirrored(ctx, &previous, mirror_deadline);
+        tokio::pin!(embed, wait);
+        tokio::select! {
+            v = &mut embed => match v {
+                // Nothing to store: no reason to wait for the index.
+                Err(e) => Err(e),
+                Ok(v) => {
+                    wait.await;
+                    Ok(v)
+                }
+            },
+            () = &mut wait => embed.await,
+        }
+    };
 
     let mut vectors = match vectors {
         Ok(v) => v.into_iter(),
@@ -415,9 +435,12 @@ async fn process(
 }
 
 /// Wait until the shard of each `(collection uid, log index)` has mirrored that index, at most
-/// [`MIRROR_WAIT`] in all.
-async fn wait_mirrored(ctx: &Arc<NodeContext>, stored: &[(u64, u64)]) {
-    let deadline = tokio::time::Instant::now() + MIRROR_WAIT;
+/// until `deadline`.
+async fn wait_mirrored(
+    ctx: &Arc<NodeContext>,
+    stored: &[(u64, u64)],
+    deadline: tokio::time::Instant,
+) {
     for &(uid, index) in stored {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !ctx.wait_searchable(uid, index, left).await {
