@@ -10,13 +10,11 @@
 mod distance;
 mod error;
 mod filter;
-mod pause;
 mod shard;
 
 pub use distance::{dot, normalize, CosineDistance};
 pub use error::IndexError;
 pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
-pub use pause::{set_insert_pause_hook, InsertPauseHook};
 pub use shard::{
     FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams,
     ShardStats,

@@ -307,6 +307,13 @@ impl Shard {
 
     /// Add points (ids must be new). Points become searchable as they are inserted.
     pub fn insert(&self, points: Vec<Point>) -> Result<(), IndexError> {
+        self.insert_pausing(points, &|| {})
+    }
+
+    /// [`Shard::insert`], calling `pause` before each point, holding no lock of the shard (it may
+    /// block: the node's waits while a search runs, so that a batch of inserts steps aside within
+    /// one insert instead of keeping a core for the whole batch).
+    pub fn insert_pausing(&self, points: Vec<Point>, pause: &dyn Fn()) -> Result<(), IndexError> {
         for p in &points {
             check_dimension(&self.params, &p.vector)?;
         }
@@ -339,9 +346,9 @@ impl Shard {
         let mut slots = Vec::with_capacity(points.len());
         let mut failed = None;
         for p in &points {
-            // Between two points, holding no lock of the shard (a hook that waits for a search
+            // Between two points, holding no lock of the shard (a pause that waits for a search
             // must not hold up that search, nor a compaction it would queue behind).
-            crate::pause::pause_point();
+            pause();
             let inserted = insert_point(&self.graph.read(), &p.vector, p.id);
             match inserted {
                 Ok(slot) => slots.push((p.id, slot)),

@@ -395,39 +395,21 @@ fn a_dump_ahead_of_the_store_cannot_resurrect_a_reused_point_id() {
 
 #[test]
 fn inserts_pause_between_points_holding_no_lock_of_the_shard() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let shard = Arc::new(Shard::new(params()));
+    let shard = Shard::new(params());
     let pts = points(200, 9);
     shard.insert(pts[..100].to_vec()).unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let locked = Arc::new(AtomicUsize::new(0));
-    let (s, c, l) = (shard.clone(), calls.clone(), locked.clone());
-    let batch = pts[100..].to_vec();
-    std::thread::spawn(move || {
-        let seen = s.clone();
-        crate::set_insert_pause_hook(Arc::new(move || {
-            c.fetch_add(1, Ordering::SeqCst);
-            // A hook that waits for a search must find the graph and the table free.
-            if seen.graph.try_write().is_none() || seen.table.try_write().is_none() {
-                l.fetch_add(1, Ordering::SeqCst);
+    let calls = std::cell::Cell::new(0);
+    let locked = std::cell::Cell::new(0);
+    shard
+        .insert_pausing(pts[100..].to_vec(), &|| {
+            calls.set(calls.get() + 1);
+            // A pause that waits for a search must find the graph and the table free.
+            if shard.graph.try_write().is_none() || shard.table.try_write().is_none() {
+                locked.set(locked.get() + 1);
             }
-        }));
-        s.insert(batch).unwrap();
-    })
-    .join()
-    .unwrap();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        100,
-        "one pause point per point"
-    );
-    assert_eq!(
-        locked.load(Ordering::SeqCst),
-        0,
-        "a lock was held at a pause point"
-    );
+        })
+        .unwrap();
+    assert_eq!(calls.get(), 100, "one pause point per point");
+    assert_eq!(locked.get(), 0, "a lock was held at a pause point");
     assert_eq!(shard.stats().live_points, 200);
-    // this thread has no hook: nothing runs it
-    shard.insert(points(210, 9)[200..].to_vec()).unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 100);
 }

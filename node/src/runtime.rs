@@ -53,12 +53,7 @@ impl Runtime {
             .counting_turns_in(metrics.ingest_turns.clone())
             .with_ingest_threads(ThreadsConfig::resolve(threads.ingest_inference)),
         );
-        // `pause`: the threads' pause hook in forward passes; `insert_pause`: in graph inserts.
-        let pool = |name: &'static str,
-                    n: usize,
-                    nice: i32,
-                    pause: Option<PauseHook>,
-                    insert_pause: Option<PauseHook>| {
+        let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(ThreadsConfig::resolve(n))
                 .thread_name(move |i| format!("{name}-{i}"))
@@ -69,9 +64,6 @@ impl Runtime {
                     if let Some(hook) = &pause {
                         shoal_inference::set_pause_hook(hook.clone());
                     }
-                    if let Some(hook) = &insert_pause {
-                        shoal_index::set_insert_pause_hook(hook.clone());
-                    }
                 })
                 .build()
                 .map(Arc::new)
@@ -79,29 +71,19 @@ impl Runtime {
                     NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
                 })
         };
-        let query_pool = pool("infer-query", threads.query_inference, 0, None, None)?;
+        let query_pool = pool("infer-query", threads.query_inference, 0, None)?;
         // Ingest threads step aside inside their forward passes while a query is embedded.
         let ingest_pool = pool(
             "infer-ingest",
             threads.ingest_inference,
             threads.ingest_nice,
             Some(query_gate.pause_hook()),
-            None,
         )?;
-        // Graph inserts step aside between points while a search runs, as ingest's forward
-        // passes do.
-        let background_pool = pool(
-            "background",
-            threads.background,
-            threads.ingest_nice,
-            None,
-            Some(query_gate.pause_hook()),
-        )?;
+        let background_pool = pool("background", threads.background, threads.ingest_nice, None)?;
         let maintenance_pool = pool(
             "maintenance",
             threads.maintenance,
             threads.ingest_nice,
-            None,
             None,
         )?;
         let http = reqwest::Client::builder()

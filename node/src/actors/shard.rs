@@ -188,7 +188,14 @@ impl ShardState {
         for op in ops {
             let s = shard.clone();
             match op {
-                ShardOp::Insert(points) => self.ctx.background(move || s.insert(points)).await??,
+                ShardOp::Insert(points) => {
+                    // Inserts step aside between points while a search runs, as ingest's forward
+                    // passes do.
+                    let pause = self.ctx.runtime.query_gate.pause_hook();
+                    self.ctx
+                        .background(move || s.insert_pausing(points, &*pause))
+                        .await??
+                }
                 ShardOp::Delete(ids) => {
                     self.ctx.background(move || s.delete(&ids)).await?;
                 }
