@@ -338,6 +338,21 @@ impl ClusterNode {
         }
     }
 
+    /// Stop this node for good: its state cannot be trusted (a store that could not be read
+    /// after a snapshot replaced it). [`ClusterNode::failed`] resolves with `reason`; the process
+    /// stops and a restart reloads everything from the store.
+    pub fn fail(&self, reason: String) {
+        tracing::error!(reason = %reason, "this node must stop");
+        self.fatal.send_if_modified(|f| {
+            if f.is_none() {
+                *f = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// True while this node is the leader; changes when leadership does.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.subscribe()
@@ -1424,6 +1439,27 @@ mod tests {
             node.remove(1).await,
             Err(ClusterError::BadRequest(_))
         ));
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_told_to_fail_reports_its_first_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = leader(dir.path()).await;
+        let failed = node.failed();
+        tokio::pin!(failed);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut failed)
+                .await
+                .is_err(),
+            "a healthy node has not failed"
+        );
+        node.fail("the snapshot's state could not be read".into());
+        node.fail("a later reason".into());
+        let reason = tokio::time::timeout(Duration::from_secs(5), failed)
+            .await
+            .expect("failed() resolves once the node is told to fail");
+        assert_eq!(reason, "the snapshot's state could not be read");
         node.shutdown().await;
     }
 }

@@ -29,6 +29,8 @@ pub enum MirrorMsg {
     Effects { index: u64, effects: Vec<Effect> },
     /// A snapshot replaced the whole state as of `index`.
     Replaced { index: u64 },
+    /// The new state's collections could not be read: the node must stop.
+    Failed { reason: String },
 }
 
 /// The state machine's view of the index: the watermark learns of every applied entry (in log
@@ -57,7 +59,12 @@ impl IndexSink for NodeSink {
                 let uids: Vec<u64> = c.iter().map(|c| c.uid).collect();
                 self.watermark.replaced(index, &uids);
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the collections of the new state"),
+            Err(e) => {
+                let _ = self.tx.send(MirrorMsg::Failed {
+                    reason: format!("cannot read the collections a snapshot installed: {e}"),
+                });
+                return;
+            }
         }
         let _ = self.tx.send(MirrorMsg::Replaced { index });
     }
@@ -76,6 +83,10 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: mpsc::UnboundedReceiver<MirrorMs
                 rebuild(&ctx, index).await;
                 index
             }
+            MirrorMsg::Failed { reason } => {
+                ctx.cluster.fail(reason);
+                continue;
+            }
         };
         // Callers holding room in the ingest queue for a command let go once this is past it.
         ctx.mirrored.send_modify(|m| *m = (*m).max(index));
@@ -90,10 +101,15 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         "the state was replaced by a snapshot; rebuilding the index"
     );
     ctx.actors.ingest.clear();
+    // The shards of the new state's collections wait for this reload (the watermark holds their
+    // reads back): a node that cannot do it cannot serve them, and stops; a restart reloads
+    // every shard from the store.
     let sup = match ctx.actors.supervisor() {
         Ok(s) => s.clone(),
         Err(e) => {
-            tracing::error!(error = %e, "no supervisor to rebuild the shards");
+            ctx.cluster.fail(format!(
+                "no supervisor to rebuild the shards after a snapshot: {e}"
+            ));
             return;
         }
     };
@@ -105,11 +121,14 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
     let (collections, pending) = match read {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read the new state");
+            ctx.cluster
+                .fail(format!("cannot read the state a snapshot installed: {e}"));
             return;
         }
         Err(e) => {
-            tracing::error!(error = %e, "reading the new state failed");
+            ctx.cluster.fail(format!(
+                "reading the state a snapshot installed failed: {e}"
+            ));
             return;
         }
     };

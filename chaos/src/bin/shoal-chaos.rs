@@ -1,0 +1,164 @@
+//! `shoal-chaos`: run seeded fault campaigns against a cluster of real shoal processes and check
+//! what the clients saw. Exits 0 when every campaign found no anomaly, 1 when one did, 2 when a
+//! campaign could not run (the cluster never settled, a node would not start).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_chaos::campaign::{self, Config, Report};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Seeded fault campaigns against a shoal cluster, with a checker of every acknowledged write and read",
+    long_about = "Starts a cluster of real shoal processes (each in a network namespace of its own where \
+the machine allows it, else on loopback), runs clients that ingest, replace, delete, search and \
+create and drop collections on every node, and injects a seeded schedule of faults: kill -9, \
+SIGSTOP, partitions (minority, leader alone, bridge, one-way), packet loss, delay, restarts, a \
+wiped data folder, actor panics. Then it heals everything, lets the cluster settle and checks the \
+history and every node's final state. A failing run is replayed with its seed."
+)]
+struct Args {
+    /// Seeds to run, one campaign each (`random` draws one and prints it).
+    #[arg(long, value_delimiter = ',', default_value = "random")]
+    seed: Vec<String>,
+    /// Nodes in the cluster (all voters).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// How long each campaign injects faults, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Shortest and longest time a fault is held, in ms.
+    #[arg(long, default_value = "1000,4000", value_delimiter = ',')]
+    hold_ms: Vec<u64>,
+    /// The shoal binary [default: $SHOAL_BIN, else target/debug/shoal].
+    #[arg(long, value_name = "FILE")]
+    bin: Option<PathBuf>,
+    /// The embedding model folder [default: $SHOAL_MODEL_DIR, else models/all-MiniLM-L6-v2].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Stay on loopback with the nodes' fault switch even where namespaces can be made.
+    #[arg(long)]
+    loopback: bool,
+    /// Write the reports (a JSON list) here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Also write the summaries, as Markdown, here (for docs/chaos.md).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Keep the nodes' logs of a failing campaign here [default: chaos-logs/seed-N].
+    #[arg(long, value_name = "DIR")]
+    logs: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let bin = args
+        .bin
+        .clone()
+        .or_else(|| std::env::var_os("SHOAL_BIN").map(PathBuf::from))
+        .unwrap_or_else(|| root.join("target/debug/shoal"));
+    let model = args
+        .model
+        .clone()
+        .or_else(|| std::env::var_os("SHOAL_MODEL_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| root.join("models/all-MiniLM-L6-v2"));
+    if !bin.is_file() {
+        eprintln!(
+            "shoal-chaos: no shoal binary at {} (cargo build --bin shoal, or --bin)",
+            bin.display()
+        );
+        return ExitCode::from(2);
+    }
+    if !model.join("model.safetensors").is_file() {
+        eprintln!(
+            "shoal-chaos: no model at {} (scripts/fetch-model.sh, or --model)",
+            model.display()
+        );
+        return ExitCode::from(2);
+    }
+    if args.hold_ms.len() != 2 || args.hold_ms[0] > args.hold_ms[1] || args.nodes < 3 {
+        eprintln!("shoal-chaos: --hold-ms takes MIN,MAX and --nodes at least 3");
+        return ExitCode::from(2);
+    }
+    let mut reports: Vec<Report> = Vec::new();
+    let mut failed = false;
+    let mut broken = false;
+    for s in &args.seed {
+        let seed = if s == "random" {
+            rand::random::<u32>() as u64
+        } else {
+            match s.parse::<u64>() {
+                Ok(v) => v,
+                Err(_) => {
+                    eprintln!("shoal-chaos: --seed takes numbers or `random`, not {s:?}");
+                    return ExitCode::from(2);
+                }
+            }
+        };
+        println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {})", args.nodes, args.clients, args.seconds);
+        let cfg = Config {
+            nodes: args.nodes,
+            clients: args.clients,
+            seed,
+            duration: Duration::from_secs(args.seconds),
+            hold_ms: (args.hold_ms[0], args.hold_ms[1]),
+            bin: bin.clone(),
+            model: model.clone(),
+            loopback: args.loopback,
+            keep_logs: Some(
+                args.logs
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("chaos-logs"))
+                    .join(format!("seed-{seed}")),
+            ),
+        };
+        match campaign::run(&cfg) {
+            Ok(r) => {
+                println!("{}", r.summary());
+                failed |= !r.passed();
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("shoal-chaos: the campaign with seed {seed} could not run: {e:#}");
+                broken = true;
+            }
+        }
+    }
+    if let Some(path) = &args.report {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(j) => {
+                if let Err(e) = std::fs::write(path, j) {
+                    eprintln!("shoal-chaos: cannot write {}: {e}", path.display());
+                }
+            }
+            Err(e) => eprintln!("shoal-chaos: cannot encode the report: {e}"),
+        }
+    }
+    if let Some(path) = &args.markdown {
+        let mut md = String::new();
+        for r in &reports {
+            md.push_str("```\n");
+            md.push_str(&r.summary());
+            md.push_str("```\n\n");
+        }
+        if let Err(e) = std::fs::write(path, md) {
+            eprintln!("shoal-chaos: cannot write {}: {e}", path.display());
+        }
+    }
+    if broken {
+        ExitCode::from(2)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,520 @@
+//! The cluster under test: real `shoal` processes, each on its own host of the [`Network`],
+//! with its own data folder, started, killed, paused and wiped by the campaign.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use crate::net::Network;
+
+/// The size of each node's disk where it has one of its own, in MiB.
+pub const DISK_MB: u64 = 512;
+
+/// The secret the campaign's cluster shares.
+pub const SECRET: &str = "chaos-campaign-cluster-secret-0123456789";
+
+/// One node's process and folders.
+pub struct NodeProc {
+    /// 0-based place; the node's id is `index + 1`.
+    pub index: usize,
+    pub base: String,
+    listen: String,
+    pub data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+    /// Arguments after the first start (`--join` after a wipe).
+    args: Vec<String>,
+    bootstrap: bool,
+}
+
+impl NodeProc {
+    pub fn id(&self) -> u64 {
+        self.index as u64 + 1
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Running and not paused: it can answer.
+    pub fn is_up(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+}
+
+pub struct ChaosCluster {
+    pub net: Network,
+    pub nodes: Vec<NodeProc>,
+    bin: PathBuf,
+    model: PathBuf,
+    env: Vec<(String, String)>,
+    http: Client,
+    _dir: tempfile::TempDir,
+    /// Pairs (from, to) whose packets are dropped (or links cut by the fault switch).
+    pub blocked: BTreeSet<(usize, usize)>,
+    /// Percent of packets each node loses.
+    pub loss: Vec<u8>,
+    /// Each node's data folder is a small tmpfs of its own (so that a disk can fill up).
+    pub small_disks: bool,
+}
+
+impl ChaosCluster {
+    /// Start `voters` nodes: node 1 makes the cluster, the others join it and become voters.
+    pub fn start(
+        net: Network,
+        voters: usize,
+        bin: &Path,
+        model: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<ChaosCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut c = ChaosCluster {
+            net,
+            nodes: Vec::new(),
+            bin: bin.to_path_buf(),
+            model: model.to_path_buf(),
+            env: env.to_vec(),
+            http: Client::builder().timeout(Duration::from_secs(10)).build()?,
+            _dir: dir,
+            blocked: BTreeSet::new(),
+            loss: vec![0; voters],
+            small_disks: false,
+        };
+        // root can give each node a disk of its own that can fill up
+        if c.net.cuts_in_network() {
+            c.small_disks = true;
+            for i in 0..voters {
+                let dir = c._dir.path().join(format!("node-{}", i + 1));
+                std::fs::create_dir_all(&dir)?;
+                let ok = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+                    .arg(&dir)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                c.small_disks &= ok;
+            }
+        }
+        let first = format!("http://{}", c.net.listen(0));
+        for i in 0..voters {
+            let listen = c.net.listen(i);
+            let args = if i == 0 {
+                Vec::new()
+            } else {
+                vec!["--join".into(), first.clone(), "--voter".into()]
+            };
+            c.nodes.push(NodeProc {
+                index: i,
+                base: format!("http://{listen}"),
+                listen,
+                data: c._dir.path().join(format!("node-{}", i + 1)),
+                log: c._dir.path().join(format!("node-{}.log", i + 1)),
+                child: None,
+                paused: false,
+                args,
+                bootstrap: i == 0,
+            });
+            c.spawn(i)?;
+        }
+        c.wait_members(voters, Duration::from_secs(120))?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[i];
+        let wrap = self.net.wrap(i);
+        let mut cmd = match wrap.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(&n.listen)
+            .arg("--advertise")
+            .arg(&n.base)
+            .arg("--data-dir")
+            .arg(&n.data)
+            .arg("--model")
+            .arg(&self.model)
+            .arg("--node-id")
+            .arg(n.id().to_string())
+            .arg("--fault-injection")
+            .args(&n.args)
+            .env("SHOAL_CLUSTER__SECRET", SECRET)
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_CHAOS_NODE_LOG")
+                    .unwrap_or("warn,shoal_node=info,shoal_cluster=info,openraft=off".into()),
+            );
+        if n.bootstrap {
+            cmd.env("SHOAL_CLUSTER__BOOTSTRAP", "true");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .context("open the node's log")?;
+        cmd.stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        let child = cmd.spawn().context("start shoal")?;
+        let n = &mut self.nodes[i];
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// The last lines of node `i`'s log (for a failure's message).
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Copy every node's log to `dir` (kept when a campaign fails).
+    pub fn keep_logs(&self, dir: &Path) {
+        let _ = std::fs::create_dir_all(dir);
+        for n in &self.nodes {
+            let _ = std::fs::copy(&n.log, dir.join(format!("node-{}.log", n.id())));
+        }
+    }
+
+    pub fn get(&self, i: usize, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.nodes[i].base))
+            .header("x-shoal-cluster-secret", SECRET)
+            .send()?;
+        let status = r.status();
+        let body: Value = r.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path} on node {}: {status} {body}", i + 1);
+        }
+        Ok(body)
+    }
+
+    pub fn send(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
+            .http
+            .request(m, format!("{}{path}", self.nodes[i].base))
+            .header("x-shoal-cluster-secret", SECRET);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send()?;
+        let status = r.status();
+        let body: Value = r.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path} on node {}: {status} {body}", i + 1);
+        }
+        Ok(body)
+    }
+
+    /// Note the nodes whose process ended by itself (a node stops when its store fails); returns
+    /// each one's exit status.
+    pub fn reap(&mut self) -> Vec<(usize, String)> {
+        let mut ended = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(c) = &mut n.child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    ended.push((n.index, status.to_string()));
+                    n.child = None;
+                    n.paused = false;
+                }
+            }
+        }
+        ended
+    }
+
+    /// Fill node `i`'s disk (a file over all its free space but `leave` bytes). Returns the
+    /// file, to remove when the fault heals.
+    pub fn fill_disk(&self, i: usize, leave: u64) -> anyhow::Result<PathBuf> {
+        let dir = &self.nodes[i].data;
+        let path = dir.join("chaos-ballast");
+        // SAFETY: statvfs fills the struct it is given; the path is a NUL-terminated copy.
+        let free = unsafe {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+                bail!("statvfs {}", dir.display());
+            }
+            st.f_bavail as u64 * st.f_frsize as u64
+        };
+        let size = free.saturating_sub(leave);
+        let f = File::create(&path)?;
+        // written, not only sized: tmpfs gives pages as they are written
+        use std::io::Write;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let block = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            if w.write_all(&block[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = w.flush();
+        Ok(path)
+    }
+
+    /// Nodes that can answer.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_up())
+            .collect()
+    }
+
+    /// Wait until a node's view has `voters` voters, no learner and a leader.
+    pub fn wait_members(&self, voters: usize, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < limit {
+            for i in self.up() {
+                if let Ok(s) = self.get(i, "/api/v1/cluster") {
+                    let members = s["members"].as_array().cloned().unwrap_or_default();
+                    let count = |role: &str| members.iter().filter(|m| m["role"] == role).count();
+                    if count("voter") == voters && count("learner") == 0 && !s["leader"].is_null() {
+                        return Ok(());
+                    }
+                    last = s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("the cluster did not have {voters} voters within {limit:?}: {last}")
+    }
+
+    /// The leader the nodes that answer agree on, if they do.
+    pub fn leader(&self) -> Option<usize> {
+        let mut views = Vec::new();
+        for i in self.up() {
+            let s = self.get(i, "/api/v1/cluster").ok()?;
+            views.push(s["leader"].as_u64());
+        }
+        let first = *views.first()?;
+        let id = first?;
+        if views.iter().all(|v| *v == Some(id)) {
+            let i = id as usize - 1;
+            self.nodes.get(i).filter(|n| n.is_up()).map(|_| i)
+        } else {
+            None
+        }
+    }
+
+    pub fn wait_leader(&self, limit: Duration) -> anyhow::Result<usize> {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if start.elapsed() > limit {
+                bail!("no leader the nodes agree on within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// SIGTERM node `i` and wait (at most 60 s) for it to exit.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            if self.nodes[i].paused {
+                signal(c.id(), libc::SIGCONT);
+            }
+            signal(c.id(), libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// SIGSTOP node `i`: it stops answering and wakes later with an old view of the cluster.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c.id(), libc::SIGSTOP);
+            self.nodes[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c.id(), libc::SIGCONT);
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// Start node `i` again on its folder (after a kill), and wait until it listens.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill9(i);
+        self.spawn(i)?;
+        self.wait_listening(i, Duration::from_secs(60))
+    }
+
+    /// Kill node `i`, remove its data folder and start it again joining through `seed`: it
+    /// comes back as a learner and catches up from a snapshot (the campaign promotes it).
+    pub fn wipe(&mut self, i: usize, seed: usize) -> anyhow::Result<()> {
+        self.kill9(i);
+        // its contents: the folder may be a mount point
+        if let Ok(entries) = std::fs::read_dir(&self.nodes[i].data) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+        let seed_url = self.nodes[seed].base.clone();
+        let n = &mut self.nodes[i];
+        n.bootstrap = false;
+        n.args = vec!["--join".into(), seed_url];
+        self.spawn(i)?;
+        self.wait_listening(i, Duration::from_secs(60))
+    }
+
+    fn wait_listening(&self, i: usize, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self
+                .http
+                .get(format!("{}/api/health", self.nodes[i].base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "node {} did not listen within {limit:?}:\n{}",
+            i + 1,
+            self.log_tail(i, 30)
+        )
+    }
+
+    /// Drop what `from` sends to `to` (and the same back when `both`).
+    pub fn block(&mut self, from: usize, to: usize, both: bool) {
+        self.blocked.insert((from, to));
+        if both {
+            self.blocked.insert((to, from));
+        }
+    }
+
+    /// Put the cuts and losses in place.
+    pub fn apply_network(&self) -> anyhow::Result<()> {
+        if self.net.cuts_in_network() {
+            return self.net.apply(&self.blocked, &self.loss);
+        }
+        // the fault switch cuts a node's requests to a peer; both directions are set, since a
+        // request sent is a request answered
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_up() {
+                continue;
+            }
+            let ids: Vec<u64> = self
+                .blocked
+                .iter()
+                .filter(|(f, t)| *f == i || *t == i)
+                .map(|(f, t)| if *f == i { *t } else { *f } as u64 + 1)
+                .collect::<BTreeSet<u64>>()
+                .into_iter()
+                .collect();
+            self.send(
+                i,
+                "PUT",
+                "/api/v1/admin/faults/links",
+                Some(json!({ "cut": ids })),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Remove every cut, loss and delay.
+    pub fn heal_network(&mut self) -> anyhow::Result<()> {
+        self.blocked.clear();
+        self.loss.iter_mut().for_each(|l| *l = 0);
+        if self.net.can_delay() {
+            for i in 0..self.nodes.len() {
+                self.net.delay(i, 0)?;
+            }
+        }
+        self.apply_network()
+    }
+
+    /// Each answering node's (applied index, store digest).
+    pub fn digests(&self) -> Vec<(usize, u64, String)> {
+        self.up()
+            .into_iter()
+            .filter_map(|i| {
+                let d = self.get(i, "/api/v1/admin/digest").ok()?;
+                Some((
+                    i,
+                    d["applied_index"].as_u64().unwrap_or(0),
+                    d["digest"].as_str().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.kill9(i);
+        }
+        if self.small_disks {
+            for n in &self.nodes {
+                let _ = Command::new("umount").arg("-l").arg(&n.data).status();
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child process id this harness started and has not reaped yet.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}

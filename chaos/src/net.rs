@@ -1,0 +1,326 @@
+//! The network the nodes talk over, and the faults made in it.
+//!
+//! With [`Network::namespaces`] every node is a host of its own: a network namespace with its own
+//! address, joined by a veth pair to a bridge in a switch namespace (the campaign reaches the
+//! nodes through a veth pair of its own to the same bridge). A cut is a packet
+//! filter (nftables) inside the sending node's namespace that drops what it sends to the other
+//! node: a real, silent cut as the nodes see it (established connections stall, new ones time
+//! out), and a one-way cut where only one direction drops. Packet loss is a random drop in the
+//! same filter; delay is `tc netem` where the kernel has it.
+//!
+//! Where namespaces cannot be made (no root, no `ip` or `nft`), [`Network::loopback`] keeps every
+//! node on 127.0.0.1 and cuts links with the nodes' own fault switch
+//! (`PUT /api/v1/admin/faults/links`, refused unless a node runs with `--fault-injection`): the
+//! cluster's requests to a cut peer fail at once, in both directions, and loss and delay are not
+//! available. The campaign's report says which network it ran on.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// How the nodes are connected.
+pub enum Network {
+    Namespaces(Namespaces),
+    Loopback { ports: Vec<u16> },
+}
+
+/// One namespace per node, a bridge in the campaign's own namespace.
+pub struct Namespaces {
+    /// Short tag in every name this campaign makes (interface names have 15 characters at most).
+    tag: String,
+    /// The first three octets of the subnet: the bridge is `.1`, node `i` is `.(i + 2)`.
+    net: [u8; 3],
+    nodes: usize,
+    /// Whether `tc netem` works here (the kernel module may be missing).
+    pub netem: bool,
+    made: bool,
+}
+
+/// The port every node listens on inside its own namespace.
+pub const NODE_PORT: u16 = 7400;
+
+impl Network {
+    /// A namespace per node, or an error saying why they cannot be made here.
+    pub fn namespaces(nodes: usize, seed: u64) -> anyhow::Result<Network> {
+        for tool in ["ip", "nft"] {
+            let ok = Command::new(tool)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                bail!("`{tool}` is not installed");
+            }
+        }
+        // Distinct per process and seed, so that campaigns running side by side do not meet.
+        let salt = (std::process::id() as u64) ^ seed.rotate_left(17);
+        let tag = format!("{:04x}", salt & 0xffff);
+        let net = [10, 100 + (salt >> 16) as u8 % 100, (salt >> 24) as u8];
+        let mut ns = Namespaces {
+            tag,
+            net,
+            nodes,
+            netem: false,
+            made: false,
+        };
+        ns.make()?;
+        ns.netem = ns.probe_netem();
+        Ok(Network::Namespaces(ns))
+    }
+
+    /// Every node on 127.0.0.1, on ports free now.
+    pub fn loopback(nodes: usize) -> anyhow::Result<Network> {
+        let mut ports = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..nodes {
+            let l = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+            ports.push(l.local_addr()?.port());
+            held.push(l);
+        }
+        Ok(Network::Loopback { ports })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Network::Namespaces(ns) => format!(
+                "a network namespace per node ({}.{}.{}.0/24), cuts and loss by nftables, delay {}",
+                ns.net[0],
+                ns.net[1],
+                ns.net[2],
+                if ns.netem {
+                    "by tc netem"
+                } else {
+                    "not available (this kernel has no netem)"
+                }
+            ),
+            Network::Loopback { .. } => {
+                "loopback (no network namespaces here): cuts by the nodes' fault switch, no loss or delay"
+                    .into()
+            }
+        }
+    }
+
+    /// The address node `i` listens on.
+    pub fn listen(&self, i: usize) -> String {
+        match self {
+            Network::Namespaces(ns) => format!("{}:{NODE_PORT}", ns.addr(i)),
+            Network::Loopback { ports } => format!("127.0.0.1:{}", ports[i]),
+        }
+    }
+
+    /// The command prefix that runs a program on node `i`'s host.
+    pub fn wrap(&self, i: usize) -> Vec<String> {
+        match self {
+            Network::Namespaces(ns) => {
+                vec!["ip".into(), "netns".into(), "exec".into(), ns.name(i)]
+            }
+            Network::Loopback { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether cuts are made in the network (else by the nodes' fault switch).
+    pub fn cuts_in_network(&self) -> bool {
+        matches!(self, Network::Namespaces(_))
+    }
+
+    pub fn can_lose_packets(&self) -> bool {
+        matches!(self, Network::Namespaces(_))
+    }
+
+    pub fn can_delay(&self) -> bool {
+        matches!(self, Network::Namespaces(ns) if ns.netem)
+    }
+
+    /// Make node `i`'s filter drop what it sends to each node `j` of `blocked` (pairs `(i, j)`),
+    /// and a random `loss` percent of everything it sends.
+    pub fn apply(&self, blocked: &BTreeSet<(usize, usize)>, loss: &[u8]) -> anyhow::Result<()> {
+        let Network::Namespaces(ns) = self else {
+            bail!("cuts on loopback go through the nodes' fault switch");
+        };
+        for i in 0..ns.nodes {
+            let mut rules = String::new();
+            for (_, j) in blocked.iter().filter(|(from, _)| *from == i) {
+                rules.push_str(&format!("    ip daddr {} drop\n", ns.addr(*j)));
+            }
+            let l = loss.get(i).copied().unwrap_or(0);
+            if l > 0 {
+                rules.push_str(&format!("    numgen random mod 100 < {l} drop\n"));
+            }
+            let script = format!(
+                "flush ruleset\ntable inet chaos {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{rules}  }}\n}}\n"
+            );
+            run_stdin(
+                &["ip", "netns", "exec", &ns.name(i), "nft", "-f", "-"],
+                &script,
+            )
+            .with_context(|| format!("set node {i}'s packet filter"))?;
+        }
+        Ok(())
+    }
+
+    /// Delay everything node `i` sends by `ms` (0: none). Needs netem.
+    pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
+        let Network::Namespaces(ns) = self else {
+            bail!("no delay on loopback");
+        };
+        let name = ns.name(i);
+        let _ = run(&[
+            "ip", "netns", "exec", &name, "tc", "qdisc", "del", "dev", "eth0", "root",
+        ]);
+        if ms > 0 {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "netem",
+                "delay",
+                &format!("{ms}ms"),
+                &format!("{}ms", ms / 4 + 1),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Namespaces {
+    fn name(&self, i: usize) -> String {
+        format!("shoal-{}-{i}", self.tag)
+    }
+
+    /// The switch: a namespace of its own holding the bridge, so that the host's firewall
+    /// (which may drop forwarded and bridged packets, as Docker's does) never sees the nodes'
+    /// traffic.
+    fn switch(&self) -> String {
+        format!("shoal-{}-sw", self.tag)
+    }
+
+    /// The campaign's end of the link to the switch.
+    fn uplink(&self) -> String {
+        format!("shh{}", self.tag)
+    }
+
+    fn addr(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], i as u8 + 2)
+    }
+
+    fn make(&mut self) -> anyhow::Result<()> {
+        let [a, b, c] = self.net;
+        let sw = self.switch();
+        run(&["ip", "netns", "add", &sw]).context("make a network namespace (root needed)")?;
+        self.made = true;
+        let in_sw = |args: &[&str]| {
+            let mut full = vec!["ip", "netns", "exec", sw.as_str()];
+            full.extend_from_slice(args);
+            run(&full)
+        };
+        in_sw(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        in_sw(&["ip", "link", "set", "br0", "up"])?;
+        in_sw(&["ip", "link", "set", "lo", "up"])?;
+        // the campaign (in its own namespace) reaches every node through the switch
+        let up = self.uplink();
+        run(&[
+            "ip", "link", "add", &up, "type", "veth", "peer", "name", "host", "netns", &sw,
+        ])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{a}.{b}.{c}.1/24"),
+            "dev",
+            &up,
+        ])?;
+        run(&["ip", "link", "set", &up, "up"])?;
+        in_sw(&["ip", "link", "set", "host", "master", "br0", "up"])?;
+        for i in 0..self.nodes {
+            let ns = self.name(i);
+            run(&["ip", "netns", "add", &ns])?;
+            let port = format!("n{i}");
+            in_sw(&[
+                "ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            in_sw(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+            let inside = |args: &[&str]| {
+                let mut full = vec!["ip", "netns", "exec", ns.as_str()];
+                full.extend_from_slice(args);
+                run(&full)
+            };
+            inside(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            inside(&["ip", "link", "set", "eth0", "up"])?;
+            inside(&["ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn probe_netem(&self) -> bool {
+        let ns = self.name(0);
+        let ok = run(&[
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
+            "delay", "1ms",
+        ])
+        .is_ok();
+        if ok {
+            let _ = run(&[
+                "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+            ]);
+        }
+        ok
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        if !self.made {
+            return;
+        }
+        for i in 0..self.nodes {
+            let _ = run(&["ip", "netns", "del", &self.name(i)]);
+        }
+        let _ = run(&["ip", "link", "del", &self.uplink()]);
+        let _ = run(&["ip", "netns", "del", &self.switch()]);
+    }
+}
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    run_stdin(args, "")
+}
+
+fn run_stdin(args: &[&str], input: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", args.join(" ")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
