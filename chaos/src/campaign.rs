@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::checker::{check_final, check_history, Anomaly, FinalDoc, FinalNode};
-use crate::cluster::ChaosCluster;
+use crate::checker::{check_final, check_history, Anomaly, FinalDoc, FinalNode, Reset};
+use crate::cluster::{ChaosCluster, HttpError};
 use crate::history::{Op, OpKind, Outcome, COLLECTION};
 use crate::net::Network;
 use crate::workload::{Targets, Workload};
@@ -114,11 +114,14 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// Faults the schedule could not make here (and why).
     pub skipped: Vec<String>,
+    /// Set when the campaign could not finish (the cluster never settled after a fault, a node
+    /// would not start): the history up to then was still checked.
+    pub harness_error: Option<String>,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.anomalies.is_empty()
+        self.anomalies.is_empty() && self.harness_error.is_none()
     }
 
     /// A summary a person reads.
@@ -175,6 +178,9 @@ impl Report {
             "documents checked on every node: {}\n",
             self.documents_checked
         ));
+        if let Some(e) = &self.harness_error {
+            s.push_str(&format!("THE CAMPAIGN COULD NOT FINISH: {e}\n"));
+        }
         if self.anomalies.is_empty() {
             s.push_str("anomalies: none\n");
         } else {
@@ -275,7 +281,7 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
                 faults.push(f);
             }
             Ok(None) => {
-                let what = format!("{kind:?} (not available on this network)");
+                let what = format!("{kind:?} (not available on this network or node)");
                 if !skipped.contains(&what) {
                     skipped.push(what);
                 }
@@ -290,13 +296,31 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
     }
     let history = workload.finish();
-    if let Some(e) = harness_error {
-        return Err(e);
-    }
     let duration_s = t0.elapsed().as_secs_f64();
-    settle(c, Duration::from_secs(120), true)?;
-    let finals = final_state(c, &history)?;
-    let mut anomalies = check_history(&history);
+    // a node's reads are compared across time only where no fault hit it
+    let resets: Vec<Reset> = faults
+        .iter()
+        .flat_map(|f| {
+            f.nodes.iter().map(move |id| Reset {
+                node: *id as usize - 1,
+                from_ms: f.start_ms,
+                to_ms: if f.settled_ms > 0.0 {
+                    f.settled_ms
+                } else {
+                    f64::MAX
+                },
+            })
+        })
+        .collect();
+    let mut anomalies = check_history(&history, &resets);
+    let finals = match harness_error {
+        Some(e) => Err(e),
+        None => settle(c, Duration::from_secs(120), true).and_then(|()| final_state(c, &history)),
+    };
+    let (finals, harness_error) = match finals {
+        Ok(f) => (f, None),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    };
     anomalies.extend(check_final(&history, &finals));
     let mut operations: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let mut failures: BTreeMap<String, (usize, String)> = BTreeMap::new();
@@ -369,6 +393,7 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
         documents_checked: finals.first().map(|n| n.docs.len()).unwrap_or(0),
         anomalies,
         skipped,
+        harness_error,
     })
 }
 
@@ -624,13 +649,13 @@ fn inject(
 /// is a voter again (promoting learners that caught up); with `converge`, also until every
 /// replica has the same store (only once the clients have stopped writing).
 fn settle(c: &mut ChaosCluster, limit: Duration, converge: bool) -> anyhow::Result<()> {
-    c.heal_network()?;
     for (i, status) in c.reap() {
         eprintln!(
             "chaos: node {} had stopped by itself ({status}); starting it again",
             i + 1
         );
     }
+    c.heal_network()?;
     for i in 0..c.nodes.len() {
         if c.nodes[i].paused {
             c.resume(i);
@@ -720,76 +745,106 @@ fn final_state(c: &mut ChaosCluster, history: &[Op]) -> anyhow::Result<Vec<Final
     ids.sort();
     ids.dedup();
     let start = Instant::now();
+    let limit = Duration::from_secs(180);
     loop {
-        let mut nodes = Vec::new();
-        let mut pending = 0;
-        for i in 0..c.nodes.len() {
-            let mut n = FinalNode {
-                node: i,
-                ..FinalNode::default()
-            };
-            for id in &ids {
-                let doc = match c.get(
-                    i,
-                    &format!("/api/v1/collections/{COLLECTION}/documents/{id}"),
-                ) {
-                    Ok(d) => Some(FinalDoc {
-                        state: d["state"].as_str().unwrap_or_default().to_string(),
-                        text: d["text"].as_str().unwrap_or_default().to_string(),
-                        chunks: d["chunks"].as_u64().unwrap_or(0),
-                    }),
-                    Err(e) if e.to_string().contains("404") => None,
-                    Err(e) => return Err(e),
-                };
-                if doc.as_ref().is_some_and(|d| d.state == "pending") {
-                    pending += 1;
-                }
-                n.docs.insert(id.clone(), doc);
-            }
-            for batch in ids.chunks(100) {
-                let r = c.send(
-                    i,
-                    "POST",
-                    &format!("/api/v1/collections/{COLLECTION}/search"),
-                    Some(json!({
-                        "query": "tells of the river",
-                        "top_k": 1000,
-                        "filter": {"document_id": batch},
-                    })),
-                )?;
-                for h in r["hits"].as_array().cloned().unwrap_or_default() {
-                    let doc = h["document_id"].as_str().unwrap_or_default().to_string();
-                    n.hits
-                        .entry(doc.clone())
-                        .or_default()
-                        .push(crate::history::Hit {
-                            doc,
-                            chunk: h["chunk_index"].as_u64().unwrap_or(0) as u32,
-                            text: h["text"].as_str().unwrap_or_default().to_string(),
-                        });
+        // a round reads every node; an error (a shard still loading after a restart) or a
+        // document still pending means another round, until the limit
+        let round = (0..c.nodes.len())
+            .map(|i| read_node(c, i, &ids))
+            .collect::<anyhow::Result<Vec<(FinalNode, usize)>>>();
+        match round {
+            Ok(nodes) => {
+                let pending: usize = nodes.iter().map(|(_, p)| p).sum();
+                let nodes: Vec<FinalNode> = nodes.into_iter().map(|(n, _)| n).collect();
+                let same = nodes.windows(2).all(|w| {
+                    (w[0].applied_index, &w[0].digest) == (w[1].applied_index, &w[1].digest)
+                });
+                if (pending == 0 && same) || start.elapsed() > limit {
+                    return Ok(nodes);
                 }
             }
-            let cols = c.get(i, "/api/v1/collections")?;
-            let list = cols
-                .as_array()
-                .cloned()
-                .or_else(|| cols["collections"].as_array().cloned())
-                .unwrap_or_default();
-            n.collections = list
-                .iter()
-                .filter_map(|c| c["name"].as_str().map(String::from))
-                .collect();
-            let d = c.get(i, "/api/v1/admin/digest")?;
-            n.applied_index = d["applied_index"].as_u64().unwrap_or(0);
-            n.digest = d["digest"].as_str().unwrap_or_default().to_string();
-            nodes.push(n);
-        }
-        let same = nodes
-            .windows(2)
-            .all(|w| (w[0].applied_index, &w[0].digest) == (w[1].applied_index, &w[1].digest));
-        if (pending == 0 && same) || start.elapsed() > Duration::from_secs(120) {
-            return Ok(nodes);
+            Err(e) if start.elapsed() > limit => {
+                return Err(e.context("reading the nodes' final state"))
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Node `i`'s final state and how many documents it still holds pending. Its searches wait until
+/// its index has caught up with its store (`min_index` at the store's applied index).
+fn read_node(c: &ChaosCluster, i: usize, ids: &[String]) -> anyhow::Result<(FinalNode, usize)> {
+    let d = c.get(i, "/api/v1/admin/digest")?;
+    let mut n = FinalNode {
+        node: i,
+        applied_index: d["applied_index"].as_u64().unwrap_or(0),
+        digest: d["digest"].as_str().unwrap_or_default().to_string(),
+        ..FinalNode::default()
+    };
+    let mut pending = 0;
+    for id in ids {
+        let doc = match c.get(
+            i,
+            &format!("/api/v1/collections/{COLLECTION}/documents/{id}"),
+        ) {
+            Ok(d) => Some(FinalDoc {
+                state: d["state"].as_str().unwrap_or_default().to_string(),
+                text: d["text"].as_str().unwrap_or_default().to_string(),
+                chunks: d["chunks"].as_u64().unwrap_or(0),
+            }),
+            // the document is not there (the collection is: never dropped)
+            Err(e)
+                if e.downcast_ref::<HttpError>()
+                    .is_some_and(|h| h.status == 404 && !h.body.contains("collection `")) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if doc.as_ref().is_some_and(|d| d.state == "pending") {
+            pending += 1;
+        }
+        n.docs.insert(id.clone(), doc);
+    }
+    for batch in ids.chunks(100) {
+        let r = c.send(
+            i,
+            "POST",
+            &format!("/api/v1/collections/{COLLECTION}/search"),
+            Some(json!({
+                "query": "tells of the river",
+                "top_k": 1000,
+                "filter": {"document_id": batch},
+                "min_index": n.applied_index,
+            })),
+        )?;
+        for h in r["hits"].as_array().cloned().unwrap_or_default() {
+            let doc = h["document_id"].as_str().unwrap_or_default().to_string();
+            n.hits
+                .entry(doc.clone())
+                .or_default()
+                .push(crate::history::Hit {
+                    doc,
+                    chunk: h["chunk_index"].as_u64().unwrap_or(0) as u32,
+                    text: h["text"].as_str().unwrap_or_default().to_string(),
+                });
+        }
+    }
+    let cols = c.get(i, "/api/v1/collections")?;
+    let list = cols
+        .as_array()
+        .cloned()
+        .or_else(|| cols["collections"].as_array().cloned())
+        .unwrap_or_default();
+    n.collections = list
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    // nothing may have changed while it was read
+    let after = c.get(i, "/api/v1/admin/digest")?;
+    if after["digest"].as_str() != Some(n.digest.as_str()) {
+        anyhow::bail!("node {} changed while it was read", i + 1);
+    }
+    Ok((n, pending))
 }

@@ -98,9 +98,66 @@ fn doc_writes(ops: &[Op]) -> BTreeMap<&str, Vec<DocWrite<'_>>> {
     by_doc
 }
 
+/// A time when a node may have lost or rebuilt its state (killed, wiped, its disk full): its
+/// reads before and after are not compared.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Reset {
+    pub node: usize,
+    pub from_ms: f64,
+    pub to_ms: f64,
+}
+
+/// Each node's successful reads, in order, must not go back in applied index (a read that began
+/// after another ended reflects at least as much), except across a [`Reset`] of that node.
+fn check_monotonic(ops: &[Op], resets: &[Reset], found: &mut Vec<Anomaly>) {
+    let mut by_node: BTreeMap<usize, Vec<(&Op, u64)>> = BTreeMap::new();
+    for o in ops {
+        if let (OpKind::Search { .. }, Outcome::Ok { index }) = (&o.kind, &o.outcome) {
+            by_node.entry(o.node).or_default().push((o, *index));
+        }
+    }
+    for (node, mut reads) in by_node {
+        reads.sort_by(|a, b| a.0.end_ms.total_cmp(&b.0.end_ms));
+        // the highest index among reads that ended, and when the last of them ended
+        let mut best: Option<(&Op, u64)> = None;
+        let mut pending = reads.iter().peekable();
+        let mut by_start: Vec<&(&Op, u64)> = reads.iter().collect();
+        by_start.sort_by(|a, b| a.0.start_ms.total_cmp(&b.0.start_ms));
+        for r in by_start {
+            while let Some(p) = pending.peek() {
+                if p.0.end_ms < r.0.start_ms {
+                    if best.is_none_or(|b| p.1 > b.1) {
+                        best = Some(**p);
+                    }
+                    pending.next();
+                } else {
+                    break;
+                }
+            }
+            let Some((earlier, a0)) = best else { continue };
+            let reset = resets
+                .iter()
+                .any(|x| x.node == node && x.from_ms < r.0.end_ms && x.to_ms > earlier.start_ms);
+            if !reset && r.1 < a0 {
+                found.push(anomaly(
+                    "read went back in time",
+                    format!(
+                        "node {} answered at {} after answering at {a0} ({:?} after {:?})",
+                        node + 1,
+                        r.1,
+                        r.0,
+                        earlier
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 /// The checks on the history itself (the reads).
-pub fn check_history(ops: &[Op]) -> Vec<Anomaly> {
+pub fn check_history(ops: &[Op], resets: &[Reset]) -> Vec<Anomaly> {
     let mut found = Vec::new();
+    check_monotonic(ops, resets, &mut found);
     let writes = doc_writes(ops);
     // acknowledged writes by end time, for the strong reads
     let mut acked: Vec<(f64, u64)> = ops
@@ -541,14 +598,14 @@ mod tests {
         let base = vec![ingest(0.0, "a", "alpha", ok(5)), done(10.0, "a", 7)];
         let mut h = base.clone();
         h.push(read(20.0, "local", None, &["a"], 8, &[]));
-        assert_eq!(kinds(&check_history(&h)), ["lost write"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["lost write"]);
         // before the index it was indexed at, missing it is right
         let mut h = base.clone();
         h.push(read(20.0, "local", None, &["a"], 6, &[]));
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
         let mut h = base;
         h.push(read(20.0, "local", None, &["a"], 8, &[("a", "alpha")]));
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
     }
 
     #[test]
@@ -559,11 +616,14 @@ mod tests {
             op(20.0, 25.0, OpKind::Delete { doc: "a".into() }, ok(9)),
             read(30.0, "local", None, &["a"], 10, &[("a", "alpha")]),
         ];
-        assert_eq!(kinds(&check_history(&h)), ["deleted document returned"]);
+        assert_eq!(
+            kinds(&check_history(&h, &[])),
+            ["deleted document returned"]
+        );
         // a read at an index before the delete may still see it
         let mut early = h.clone();
         early[3] = read(30.0, "local", None, &["a"], 8, &[("a", "alpha")]);
-        assert!(check_history(&early).is_empty());
+        assert!(check_history(&early, &[]).is_empty());
         let node = |held: bool| FinalNode {
             node: 0,
             docs: [(
@@ -603,27 +663,53 @@ mod tests {
             ingest(0.0, "a", "alpha", ok(12)),
             read(10.0, "strong", None, &["a"], 11, &[]),
         ];
-        assert_eq!(kinds(&check_history(&h)), ["stale strong read"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["stale strong read"]);
         // concurrent with the write (began before its acknowledgement): either is right
         let h = vec![
             ingest(0.0, "a", "alpha", ok(12)),
             read(3.0, "strong", None, &["a"], 11, &[]),
         ];
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
         // a local read may lag
         let h = vec![
             ingest(0.0, "a", "alpha", ok(12)),
             read(10.0, "local", None, &["a"], 11, &[]),
         ];
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_reads_go_back_is_caught_unless_it_was_reset_between() {
+        let h = vec![
+            read(0.0, "local", None, &["a"], 20, &[]),
+            read(10.0, "local", None, &["a"], 18, &[]),
+        ];
+        assert_eq!(kinds(&check_history(&h, &[])), ["read went back in time"]);
+        let reset = Reset {
+            node: 0,
+            from_ms: 6.0,
+            to_ms: 9.0,
+        };
+        assert!(check_history(&h, &[reset]).is_empty());
+        // overlapping reads are not ordered
+        let h = vec![
+            read(0.0, "local", None, &["a"], 20, &[]),
+            read(2.0, "local", None, &["a"], 18, &[]),
+        ];
+        assert!(check_history(&h, &[]).is_empty());
+        // another node may lag
+        let mut other = read(10.0, "local", None, &["a"], 18, &[]);
+        other.node = 1;
+        let h = vec![read(0.0, "local", None, &["a"], 20, &[]), other];
+        assert!(check_history(&h, &[]).is_empty());
     }
 
     #[test]
     fn a_min_index_read_that_goes_back_is_caught() {
         let h = vec![read(0.0, "local", Some(20), &["a"], 19, &[])];
-        assert_eq!(kinds(&check_history(&h)), ["min_index read went back"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["min_index read went back"]);
         let h = vec![read(0.0, "local", Some(20), &["a"], 20, &[])];
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
     }
 
     #[test]
@@ -637,18 +723,18 @@ mod tests {
             ingest(0.0, "a", "alpha", refused),
             read(10.0, "local", None, &["a"], 3, &[("a", "alpha")]),
         ];
-        assert_eq!(kinds(&check_history(&h)), ["phantom document"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["phantom document"]);
         // a write still in flight may be seen
         let h = vec![
             ingest(0.0, "a", "alpha", unknown()),
             read(1.0, "local", None, &["a"], 3, &[("a", "alpha")]),
         ];
-        assert!(check_history(&h).is_empty());
+        assert!(check_history(&h, &[]).is_empty());
         let h = vec![
             ingest(0.0, "a", "alpha", ok(2)),
             read(10.0, "local", None, &["a"], 3, &[("a", "beta")]),
         ];
-        assert_eq!(kinds(&check_history(&h)), ["text never written"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["text never written"]);
         let mut twice = read(
             10.0,
             "local",
@@ -663,7 +749,7 @@ mod tests {
             docs: vec!["a".into()],
         };
         let h = vec![ingest(0.0, "a", "alpha", ok(2)), twice];
-        assert_eq!(kinds(&check_history(&h)), ["duplicate chunk"]);
+        assert_eq!(kinds(&check_history(&h, &[])), ["duplicate chunk"]);
     }
 
     fn holding(docs: &[(&str, Option<&str>)]) -> FinalNode {

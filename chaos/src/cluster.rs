@@ -19,6 +19,23 @@ pub const DISK_MB: u64 = 512;
 /// The secret the campaign's cluster shares.
 pub const SECRET: &str = "chaos-campaign-cluster-secret-0123456789";
 
+/// An HTTP answer that was not a success, kept typed so that callers can tell a 404 from the
+/// rest.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub body: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}", self.what, self.status, self.body)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
 /// One node's process and folders.
 pub struct NodeProc {
     /// 0-based place; the node's id is `index + 1`.
@@ -63,6 +80,8 @@ pub struct ChaosCluster {
     pub loss: Vec<u8>,
     /// Each node's data folder is a small tmpfs of its own (so that a disk can fill up).
     pub small_disks: bool,
+    /// The tmpfs mounts made (unmounted on drop, whether or not all of them could be made).
+    mounts: Vec<PathBuf>,
 }
 
 impl ChaosCluster {
@@ -86,6 +105,7 @@ impl ChaosCluster {
             blocked: BTreeSet::new(),
             loss: vec![0; voters],
             small_disks: false,
+            mounts: Vec::new(),
         };
         // root can give each node a disk of its own that can fill up
         if c.net.cuts_in_network() {
@@ -99,6 +119,10 @@ impl ChaosCluster {
                     .status()
                     .map(|s| s.success())
                     .unwrap_or(false);
+                if ok {
+                    c.net.note_mount(&dir);
+                    c.mounts.push(dir);
+                }
                 c.small_disks &= ok;
             }
         }
@@ -171,6 +195,16 @@ impl ChaosCluster {
         cmd.stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null());
+        // The node dies with the campaign, however the campaign dies (`ip netns exec` execs
+        // shoal in place, so the setting reaches it).
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().context("start shoal")?;
         let n = &mut self.nodes[i];
         n.child = Some(child);
@@ -200,11 +234,16 @@ impl ChaosCluster {
             .header("x-shoal-cluster-secret", SECRET)
             .send()?;
         let status = r.status();
-        let body: Value = r.json().unwrap_or(Value::Null);
+        let text = r.text().unwrap_or_default();
         if !status.is_success() {
-            bail!("GET {path} on node {}: {status} {body}", i + 1);
+            return Err(HttpError {
+                status: status.as_u16(),
+                body: text,
+                what: format!("GET {path} on node {}", i + 1),
+            }
+            .into());
         }
-        Ok(body)
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub fn send(
@@ -224,11 +263,16 @@ impl ChaosCluster {
         }
         let r = req.send()?;
         let status = r.status();
-        let body: Value = r.json().unwrap_or(Value::Null);
+        let text = r.text().unwrap_or_default();
         if !status.is_success() {
-            bail!("{method} {path} on node {}: {status} {body}", i + 1);
+            return Err(HttpError {
+                status: status.as_u16(),
+                body: text,
+                what: format!("{method} {path} on node {}", i + 1),
+            }
+            .into());
         }
-        Ok(body)
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Note the nodes whose process ended by itself (a node stops when its store fails); returns
@@ -504,10 +548,8 @@ impl Drop for ChaosCluster {
             }
             self.kill9(i);
         }
-        if self.small_disks {
-            for n in &self.nodes {
-                let _ = Command::new("umount").arg("-l").arg(&n.data).status();
-            }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Namespaces {
     /// Whether `tc netem` works here (the kernel module may be missing).
     pub netem: bool,
     made: bool,
+    /// Held while the campaign lives: a later campaign removes what a dead one left behind.
+    lock: Lock,
 }
 
 /// The port every node listens on inside its own namespace.
@@ -57,16 +59,26 @@ impl Network {
                 bail!("`{tool}` is not installed");
             }
         }
-        // Distinct per process and seed, so that campaigns running side by side do not meet.
-        let salt = (std::process::id() as u64) ^ seed.rotate_left(17);
+        sweep_stale();
+        // Distinct per process, seed and moment, so that campaigns side by side do not meet.
+        // The addresses are in 198.18.0.0/15, set aside for network tests (RFC 2544): no real
+        // network of the host uses them.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        let salt =
+            (std::process::id() as u64).wrapping_mul(0x9E37_79B9) ^ seed.rotate_left(17) ^ nanos;
         let tag = format!("{:04x}", salt & 0xffff);
-        let net = [10, 100 + (salt >> 16) as u8 % 100, (salt >> 24) as u8];
+        let net = [198, 18 + ((salt >> 16) & 1) as u8, (salt >> 24) as u8];
+        let lock = Lock::take(&tag)?;
         let mut ns = Namespaces {
             tag,
             net,
             nodes,
             netem: false,
             made: false,
+            lock,
         };
         ns.make()?;
         ns.netem = ns.probe_netem();
@@ -105,6 +117,13 @@ impl Network {
         }
     }
 
+    /// Note a mount point to undo if this campaign dies without its destructors.
+    pub fn note_mount(&self, path: &std::path::Path) {
+        if let Network::Namespaces(ns) = self {
+            ns.lock.note_mount(path);
+        }
+    }
+
     /// The address node `i` listens on.
     pub fn listen(&self, i: usize) -> String {
         match self {
@@ -137,7 +156,9 @@ impl Network {
     }
 
     /// Make node `i`'s filter drop what it sends to each node `j` of `blocked` (pairs `(i, j)`),
-    /// and a random `loss` percent of everything it sends.
+    /// and a random `loss` percent of everything it sends. A pair blocked one way only (not
+    /// `(j, i)` too) drops only the connections `i` opens: over TCP, dropping `i`'s answers
+    /// would cut the connections `j` opens as well, and the cut would be two-way.
     pub fn apply(&self, blocked: &BTreeSet<(usize, usize)>, loss: &[u8]) -> anyhow::Result<()> {
         let Network::Namespaces(ns) = self else {
             bail!("cuts on loopback go through the nodes' fault switch");
@@ -145,7 +166,14 @@ impl Network {
         for i in 0..ns.nodes {
             let mut rules = String::new();
             for (_, j) in blocked.iter().filter(|(from, _)| *from == i) {
-                rules.push_str(&format!("    ip daddr {} drop\n", ns.addr(*j)));
+                if blocked.contains(&(*j, i)) {
+                    rules.push_str(&format!("    ip daddr {} drop\n", ns.addr(*j)));
+                } else {
+                    rules.push_str(&format!(
+                        "    ip daddr {} ct direction original drop\n",
+                        ns.addr(*j)
+                    ));
+                }
             }
             let l = loss.get(i).copied().unwrap_or(0);
             if l > 0 {
@@ -296,6 +324,7 @@ impl Drop for Namespaces {
         }
         let _ = run(&["ip", "link", "del", &self.uplink()]);
         let _ = run(&["ip", "netns", "del", &self.switch()]);
+        self.lock.release();
     }
 }
 
@@ -323,4 +352,95 @@ fn run_stdin(args: &[&str], input: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A lock file per campaign (`/tmp/shoal-chaos-TAG.lock`), held with flock while it lives. The
+/// kernel lets go of it when the process dies however it dies, so a later campaign can tell what
+/// a dead one left behind (namespaces, the uplink, tmpfs mounts it lists in the file).
+pub(crate) struct Lock {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl Lock {
+    fn path(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("shoal-chaos-{tag}.lock"))
+    }
+
+    fn take(tag: &str) -> anyhow::Result<Lock> {
+        let path = Self::path(tag);
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .context("create the campaign's lock file")?;
+        if !flock(&file, false) {
+            bail!("another campaign holds {}", path.display());
+        }
+        file.set_len(0)?;
+        Ok(Lock { file, path })
+    }
+
+    /// Note a mount point to undo if this campaign dies.
+    pub(crate) fn note_mount(&self, path: &std::path::Path) {
+        let mut f = &self.file;
+        let _ = writeln!(f, "{}", path.display());
+    }
+
+    fn release(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Take an exclusive flock on `file` (without waiting when `!wait`); whether it was taken.
+fn flock(file: &std::fs::File, wait: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a file descriptor this process owns.
+    unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
+}
+
+/// Remove what campaigns that died (SIGKILL, a CI timeout) left behind: the namespaces and
+/// uplink of every tag whose lock file no live process holds, and the mounts it listed.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let mut tags = BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if let Some(rest) = name.strip_prefix("shoal-") {
+            if let Some((tag, _)) = rest.split_once('-') {
+                tags.insert(tag.to_string());
+            }
+        }
+    }
+    for tag in tags {
+        let path = Lock::path(&tag);
+        if let Ok(f) = std::fs::File::options().read(true).write(true).open(&path) {
+            if !flock(&f, false) {
+                continue; // a live campaign
+            }
+            for mount in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+                let _ = Command::new("umount").args(["-l", mount]).status();
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        eprintln!("chaos: removing what a dead campaign left behind (tag {tag})");
+        let _ = run(&["ip", "link", "del", &format!("shh{tag}")]);
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name.starts_with(&format!("shoal-{tag}-")) {
+                    let _ = run(&["ip", "netns", "del", name]);
+                }
+            }
+        }
+    }
 }

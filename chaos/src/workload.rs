@@ -61,6 +61,7 @@ impl Workload {
                             Duration::from_secs(3)
                         })
                         .connect_timeout(Duration::from_secs(1))
+                        .no_proxy()
                         .build()
                         .expect("http client"),
                     bases: bases.clone(),
@@ -210,13 +211,24 @@ impl ClientState {
         match req.send() {
             Ok(r) => {
                 let status = r.status().as_u16();
-                let body: Value = r.json().unwrap_or(Value::Null);
+                let text = match r.text() {
+                    Ok(t) => t,
+                    Err(e) => return Answer::Unknown(format!("{status}, body lost: {e}")),
+                };
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if status < 300 {
+                    if body.is_null() {
+                        return Answer::Unknown(format!(
+                            "{status} with a body that is not JSON: {text}"
+                        ));
+                    }
                     Answer::Ok(body)
-                } else if (400..500).contains(&status) {
-                    Answer::Fail(status, body.to_string())
+                } else if (400..500).contains(&status) || status == 503 {
+                    // 4xx: refused. 503: the server says nothing was done (no leader, no
+                    // quorum, not ready): taken at its word, so a write it did anyway shows
+                    Answer::Fail(status, format!("{status} {text}"))
                 } else {
-                    Answer::Unknown(format!("{status} {body}"))
+                    Answer::Unknown(format!("{status} {text}"))
                 }
             }
             // the connection was never made: the request did not reach a node
@@ -242,7 +254,10 @@ impl ClientState {
         let end = self.now();
         let (outcome, body) = match answer {
             Answer::Ok(b) => {
-                let index = b["index"].as_u64().unwrap_or(0);
+                let index = b["index"]
+                    .as_u64()
+                    .or_else(|| b["log_index"].as_u64())
+                    .unwrap_or(0);
                 self.last_index = self.last_index.max(index);
                 (Outcome::Ok { index }, b)
             }
@@ -300,13 +315,22 @@ impl ClientState {
             if !self.written.contains(id) {
                 self.written.push(id.clone());
             }
-            // a definite refusal of a new id leaves nothing to write to
-            let known = !matches!(outcome, Outcome::Fail { .. });
-            if known && !self.live.contains(id) {
-                self.live.push(id.clone());
+            // Written again only after an acknowledged write: a refused one left nothing to
+            // write to, and one that timed out may still take effect later (the server goes on
+            // proposing it), after any write sent now, so the id is retired.
+            match outcome {
+                Outcome::Ok { .. } => {
+                    if !self.live.contains(id) {
+                        self.live.push(id.clone());
+                    }
+                }
+                Outcome::Fail { .. } => {}
+                Outcome::Unknown { .. } => self.live.retain(|l| l != id),
             }
         }
-        if let (Outcome::Ok { .. }, Some(job)) = (&outcome, answer["job_id"].as_str()) {
+        if let (Outcome::Ok { .. }, Some(job), None) =
+            (&outcome, answer["job_id"].as_str(), self.probe)
+        {
             self.follow_job(node, job.to_string(), ids);
         }
     }
@@ -315,16 +339,14 @@ impl ClientState {
     /// the index it did at.
     fn follow_job(&mut self, node: usize, job: String, docs: Vec<String>) {
         let start = self.now();
-        let deadline = Instant::now()
-            + if self.probe.is_some() {
-                PROBE_TIMEOUT
-            } else {
-                Duration::from_secs(4)
-            };
+        let deadline = Instant::now() + Duration::from_secs(4);
         while Instant::now() < deadline {
             match self.request(node, "GET", &format!("/api/v1/jobs/{job}"), None) {
                 Answer::Ok(b) if b["state"] != "running" => {
-                    if b["state"] == "completed" {
+                    // every document of it indexed (none replaced or deleted before)
+                    let whole =
+                        b["superseded"].as_u64() == Some(0) && b["failed"].as_u64() == Some(0);
+                    if b["state"] == "completed" && whole {
                         let index = b["index"].as_u64().unwrap_or(0);
                         self.last_index = self.last_index.max(index);
                         self.record(Op {
@@ -379,7 +401,9 @@ impl ClientState {
                     &format!("/api/v1/collections/{name}"),
                     Some(json!({})),
                 );
-                if !matches!(outcome, Outcome::Fail { .. }) {
+                // dropped next time only if the create was acknowledged (one that timed out
+                // may still happen after the drop)
+                if matches!(outcome, Outcome::Ok { .. }) {
                     self.scratch = Some(name);
                 }
             }

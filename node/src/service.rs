@@ -128,6 +128,57 @@ impl Node {
         Ok(())
     }
 
+    /// The index step of a search: the graph (or a scan) on a blocking thread while ingest
+    /// steps aside, then each hit's chunk from the store. Returns the hits and how many points
+    /// had no chunk in the store any more.
+    #[allow(clippy::too_many_arguments)]
+    async fn search_shard(
+        &self,
+        shard: Arc<shoal_index::Shard>,
+        uid: u64,
+        vector: Arc<Vec<f32>>,
+        filter: Option<Filter>,
+        fetch: usize,
+        mode: SearchMode,
+        ef: Option<usize>,
+        max_scan: Option<usize>,
+    ) -> Result<(Vec<SearchHit>, usize)> {
+        let ctx = self.ctx.clone();
+        let gate = self.ctx.runtime.query_gate.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            // Ingest steps aside for the index step too, as it does for the query's embedding.
+            let _query = gate.hold();
+            let hits = shard.search(&IndexSearch {
+                vector: &vector,
+                k: fetch,
+                filter: filter.as_ref(),
+                mode,
+                ef,
+                max_scan,
+            })?;
+            let mut out = Vec::with_capacity(hits.len());
+            let mut missing = 0;
+            for h in hits {
+                let Some(chunk) = ctx.store.chunk(uid, h.id)? else {
+                    missing += 1;
+                    continue;
+                };
+                out.push(SearchHit {
+                    document_id: h.payload.doc_id.clone(),
+                    chunk_index: chunk.chunk_index,
+                    text: chunk.text,
+                    score: h.score,
+                    rerank_score: None,
+                    metadata: h.payload.metadata.clone(),
+                });
+            }
+            Ok::<_, NodeError>((out, missing))
+        })
+        .await
+        .map_err(NodeError::from)??;
+        Ok(found)
+    }
+
     /// Embed a search query, through the query cache.
     async fn embed_query(&self, text: String) -> Result<Arc<Vec<f32>>> {
         if let Some(cache) = &self.ctx.runtime.query_cache {
@@ -871,6 +922,9 @@ impl ShoalService for Node {
                 Arc::new(v)
             }
         };
+        // What the shard holds at least, read before the shard is taken: a reload in between can
+        // only give a shard that holds more.
+        let mut applied_index = self.ctx.watermark.current_for(coll.uid);
         // A collection created a moment ago (or reloading after a restart) is searchable as soon
         // as its shard is loaded: wait for that rather than answer 503 at once.
         let slot = self
@@ -890,46 +944,60 @@ impl ShoalService for Node {
         };
         let ef = req.ef;
         let max_scan = Some(cfg.max_exact_points);
-        let ctx = self.ctx.clone();
         let uid = coll.uid;
-        let applied_index = self.ctx.watermark.current_for(uid);
         let stale_reason = if read_at.is_some() && req.consistency == Some(Consistency::Strong) {
             None
         } else {
             self.ctx.cluster.stale()
         };
         let index_start = Instant::now();
-        let gate = self.ctx.runtime.query_gate.clone();
-        let mut hits = tokio::task::spawn_blocking(move || {
-            // Ingest steps aside for the index step too, as it does for the query's embedding.
-            let _query = gate.hold();
-            let hits = shard.search(&IndexSearch {
-                vector: &vector,
-                k: fetch,
-                filter: filter.as_ref(),
-                mode,
-                ef,
-                max_scan,
-            })?;
-            let mut out = Vec::with_capacity(hits.len());
-            for h in hits {
-                // A point deleted since the search has no chunk any more: skip it.
-                let Some(chunk) = ctx.store.chunk(uid, h.id)? else {
-                    continue;
-                };
-                out.push(SearchHit {
-                    document_id: h.payload.doc_id.clone(),
-                    chunk_index: chunk.chunk_index,
-                    text: chunk.text,
-                    score: h.score,
-                    rerank_score: None,
-                    metadata: h.payload.metadata.clone(),
-                });
+        let mut shard = shard;
+        let mut retried = false;
+        let mut hits = loop {
+            let (hits, missing) = self
+                .search_shard(
+                    shard.clone(),
+                    uid,
+                    vector.clone(),
+                    filter.clone(),
+                    fetch,
+                    mode,
+                    ef,
+                    max_scan,
+                )
+                .await?;
+            if missing == 0 || retried {
+                break hits;
             }
-            Ok::<_, NodeError>(out)
-        })
-        .await
-        .map_err(NodeError::from)??;
+            // Some hits' chunks are gone from the store: it is ahead of this shard (a newer
+            // version of their document, or its delete, is committed and not mirrored yet), and
+            // the newer version is not in the shard either. Rather than answer with the document
+            // missing, wait for the shard to catch up with the store (until the read deadline)
+            // and search again: the answer is then the state at one index.
+            retried = true;
+            let target = self.ctx.watermark.applied_index();
+            let limit = read_deadline.saturating_duration_since(Instant::now());
+            if !self
+                .ctx
+                .watermark
+                .wait_for_collection(uid, target, limit)
+                .await
+            {
+                break hits;
+            }
+            applied_index = self.ctx.watermark.current_for(uid);
+            match self
+                .ctx
+                .actors
+                .shards
+                .get_loaded(&collection, SHARD_LOAD_WAIT)
+                .await
+                .and_then(|s| s.shard)
+            {
+                Some(s) => shard = s,
+                None => break hits,
+            }
+        };
         let index_time = index_start.elapsed();
         if req.rerank && !hits.is_empty() {
             let query = query_text.unwrap_or_default();

@@ -124,7 +124,8 @@ fn main() -> ExitCode {
         match campaign::run(&cfg) {
             Ok(r) => {
                 println!("{}", r.summary());
-                failed |= !r.passed();
+                failed |= !r.anomalies.is_empty();
+                broken |= r.harness_error.is_some();
                 reports.push(r);
             }
             Err(e) => {
