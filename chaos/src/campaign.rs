@@ -82,6 +82,9 @@ pub struct FaultRecord {
     pub kind: FaultKind,
     /// Nodes hit (1-based ids).
     pub nodes: Vec<u64>,
+    /// Nodes found stopped by themselves (a fatal store error) while this fault was made or
+    /// healed, and started again (1-based ids).
+    pub restarted: Vec<u64>,
     pub detail: String,
     pub start_ms: f64,
     pub healed_ms: f64,
@@ -146,7 +149,14 @@ impl Report {
                 f.settled_ms - f.start_ms,
                 f.writes_unavailable_ms,
                 f.searches_unavailable_ms,
-                f.detail
+                if f.restarted.is_empty() {
+                    f.detail.clone()
+                } else {
+                    format!(
+                        "{}; stopped by itself and started again: node {:?}",
+                        f.detail, f.restarted
+                    )
+                }
             ));
         }
         s.push_str(&format!(
@@ -262,13 +272,15 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
         let pick: u64 = rng.gen();
         match inject(c, kind, hold, pick, &ms) {
             Ok(Some(mut f)) => {
-                match settle(c, Duration::from_secs(90), false) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        harness_error = Some(e.context(format!("settling after {kind:?}")));
-                        faults.push(f);
-                        break;
-                    }
+                let settled = settle(c, Duration::from_secs(90), false);
+                f.restarted = std::mem::take(&mut c.stopped_by_themselves)
+                    .into_iter()
+                    .map(|i| i as u64 + 1)
+                    .collect();
+                if let Err(e) = settled {
+                    harness_error = Some(e.context(format!("settling after {kind:?}")));
+                    faults.push(f);
+                    break;
                 }
                 f.settled_ms = ms();
                 eprintln!(
@@ -301,7 +313,7 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     let resets: Vec<Reset> = faults
         .iter()
         .flat_map(|f| {
-            f.nodes.iter().map(move |id| Reset {
+            f.nodes.iter().chain(&f.restarted).map(move |id| Reset {
                 node: *id as usize - 1,
                 from_ms: f.start_ms,
                 to_ms: if f.settled_ms > 0.0 {
@@ -636,6 +648,7 @@ fn inject(
     Ok(Some(FaultRecord {
         kind,
         nodes: hit.iter().map(|i| *i as u64 + 1).collect(),
+        restarted: Vec::new(),
         detail,
         start_ms: start,
         healed_ms: ms(),
@@ -667,6 +680,15 @@ fn settle(c: &mut ChaosCluster, limit: Duration, converge: bool) -> anyhow::Resu
     let start = Instant::now();
     let voters = c.nodes.len();
     loop {
+        // a node whose store failed stops by itself, maybe only after it seemed up: start it
+        // again whenever that happens
+        for (i, status) in c.reap() {
+            eprintln!(
+                "chaos: node {} had stopped by itself ({status}); starting it again",
+                i + 1
+            );
+            c.restart(i)?;
+        }
         if start.elapsed() > limit {
             let views: Vec<String> = c
                 .up()
@@ -796,7 +818,7 @@ fn read_node(c: &ChaosCluster, i: usize, ids: &[String]) -> anyhow::Result<(Fina
             // the document is not there (the collection is: never dropped)
             Err(e)
                 if e.downcast_ref::<HttpError>()
-                    .is_some_and(|h| h.status == 404 && !h.body.contains("collection `")) =>
+                    .is_some_and(|h| h.status == 404 && h.body.contains("document `")) =>
             {
                 None
             }

@@ -108,7 +108,10 @@ pub struct Reset {
 }
 
 /// Each node's successful reads, in order, must not go back in applied index (a read that began
-/// after another ended reflects at least as much), except across a [`Reset`] of that node.
+/// after another ended reflects at least as much), except across a [`Reset`] of that node: a
+/// read that overlaps a reset is not checked, and reads are compared only with reads made since
+/// the last reset before them ended (its epoch), so that a reset does not end the checks for
+/// the rest of the run.
 fn check_monotonic(ops: &[Op], resets: &[Reset], found: &mut Vec<Anomaly>) {
     let mut by_node: BTreeMap<usize, Vec<(&Op, u64)>> = BTreeMap::new();
     for o in ops {
@@ -116,40 +119,57 @@ fn check_monotonic(ops: &[Op], resets: &[Reset], found: &mut Vec<Anomaly>) {
             by_node.entry(o.node).or_default().push((o, *index));
         }
     }
-    for (node, mut reads) in by_node {
-        reads.sort_by(|a, b| a.0.end_ms.total_cmp(&b.0.end_ms));
-        // the highest index among reads that ended, and when the last of them ended
-        let mut best: Option<(&Op, u64)> = None;
-        let mut pending = reads.iter().peekable();
-        let mut by_start: Vec<&(&Op, u64)> = reads.iter().collect();
-        by_start.sort_by(|a, b| a.0.start_ms.total_cmp(&b.0.start_ms));
-        for r in by_start {
-            while let Some(p) = pending.peek() {
-                if p.0.end_ms < r.0.start_ms {
-                    if best.is_none_or(|b| p.1 > b.1) {
-                        best = Some(**p);
-                    }
-                    pending.next();
-                } else {
-                    break;
-                }
+    for (node, reads) in by_node {
+        let mut ends: Vec<f64> = resets
+            .iter()
+            .filter(|x| x.node == node)
+            .map(|x| x.to_ms)
+            .collect();
+        ends.sort_by(f64::total_cmp);
+        // epoch: how many of the node's resets had ended when the read began
+        let mut epochs: BTreeMap<usize, Vec<(&Op, u64)>> = BTreeMap::new();
+        for r in reads {
+            epochs
+                .entry(ends.partition_point(|&to| to <= r.0.start_ms))
+                .or_default()
+                .push(r);
+        }
+        for (_, reads) in epochs {
+            check_epoch(node, &reads, resets, found);
+        }
+    }
+}
+
+/// [`check_monotonic`] within one epoch of one node.
+fn check_epoch(node: usize, reads: &[(&Op, u64)], resets: &[Reset], found: &mut Vec<Anomaly>) {
+    let mut by_end: Vec<&(&Op, u64)> = reads.iter().collect();
+    by_end.sort_by(|a, b| a.0.end_ms.total_cmp(&b.0.end_ms));
+    let mut by_start: Vec<&(&Op, u64)> = reads.iter().collect();
+    by_start.sort_by(|a, b| a.0.start_ms.total_cmp(&b.0.start_ms));
+    // the highest index among reads that ended before the current one began
+    let mut best: Option<(&Op, u64)> = None;
+    let mut ended = by_end.into_iter().peekable();
+    for r in by_start {
+        while let Some(p) = ended.next_if(|p| p.0.end_ms < r.0.start_ms) {
+            if best.is_none_or(|b| p.1 > b.1) {
+                best = Some(*p);
             }
-            let Some((earlier, a0)) = best else { continue };
-            let reset = resets
-                .iter()
-                .any(|x| x.node == node && x.from_ms < r.0.end_ms && x.to_ms > earlier.start_ms);
-            if !reset && r.1 < a0 {
-                found.push(anomaly(
-                    "read went back in time",
-                    format!(
-                        "node {} answered at {} after answering at {a0} ({:?} after {:?})",
-                        node + 1,
-                        r.1,
-                        r.0,
-                        earlier
-                    ),
-                ));
-            }
+        }
+        let Some((earlier, a0)) = best else { continue };
+        let during_reset = resets
+            .iter()
+            .any(|x| x.node == node && x.from_ms < r.0.end_ms && x.to_ms > r.0.start_ms);
+        if !during_reset && r.1 < a0 {
+            found.push(anomaly(
+                "read went back in time",
+                format!(
+                    "node {} answered at {} after answering at {a0} ({:?} after {:?})",
+                    node + 1,
+                    r.1,
+                    r.0,
+                    earlier
+                ),
+            ));
         }
     }
 }
@@ -691,6 +711,18 @@ mod tests {
             to_ms: 9.0,
         };
         assert!(check_history(&h, &[reset]).is_empty());
+        // reads after the reset are still compared with each other; one during it is not checked
+        let h = vec![
+            read(0.0, "local", None, &["a"], 20, &[]),
+            read(7.0, "local", None, &["a"], 5, &[]),
+            read(10.0, "local", None, &["a"], 15, &[]),
+            read(20.0, "local", None, &["a"], 12, &[]),
+        ];
+        let found = check_history(&h, &[reset]);
+        assert_eq!(kinds(&found), ["read went back in time"]);
+        assert!(found[0]
+            .detail
+            .contains("answered at 12 after answering at 15"));
         // overlapping reads are not ordered
         let h = vec![
             read(0.0, "local", None, &["a"], 20, &[]),

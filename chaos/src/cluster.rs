@@ -82,6 +82,9 @@ pub struct ChaosCluster {
     pub small_disks: bool,
     /// The tmpfs mounts made (unmounted on drop, whether or not all of them could be made).
     mounts: Vec<PathBuf>,
+    /// Nodes found stopped by themselves (a fatal store error) since the campaign last took
+    /// this list: their reads before and after are not compared.
+    pub stopped_by_themselves: Vec<usize>,
 }
 
 impl ChaosCluster {
@@ -106,6 +109,7 @@ impl ChaosCluster {
             loss: vec![0; voters],
             small_disks: false,
             mounts: Vec::new(),
+            stopped_by_themselves: Vec::new(),
         };
         // root can give each node a disk of its own that can fill up
         if c.net.cuts_in_network() {
@@ -283,6 +287,7 @@ impl ChaosCluster {
             if let Some(c) = &mut n.child {
                 if let Ok(Some(status)) = c.try_wait() {
                     ended.push((n.index, status.to_string()));
+                    self.stopped_by_themselves.push(n.index);
                     n.child = None;
                     n.paused = false;
                 }

@@ -15,7 +15,7 @@
 //! available. The campaign's report says which network it ran on.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 
@@ -41,6 +41,9 @@ pub struct Namespaces {
     lock: Lock,
 }
 
+/// Subnets (/24) in 198.18.0.0/15, one per campaign.
+const SUBNETS: u64 = 512;
+
 /// The port every node listens on inside its own namespace.
 pub const NODE_PORT: u16 = 7400;
 
@@ -60,18 +63,29 @@ impl Network {
             }
         }
         sweep_stale();
-        // Distinct per process, seed and moment, so that campaigns side by side do not meet.
-        // The addresses are in 198.18.0.0/15, set aside for network tests (RFC 2544): no real
-        // network of the host uses them.
+        // A subnet of 198.18.0.0/15 (set aside for network tests, RFC 2544: no real network of
+        // the host uses them) picked per process, seed and moment; the tag in every name is the
+        // subnet's number, and its lock file is held while the campaign lives, so two campaigns
+        // side by side never share names or addresses.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
         let salt =
             (std::process::id() as u64).wrapping_mul(0x9E37_79B9) ^ seed.rotate_left(17) ^ nanos;
-        let tag = format!("{:04x}", salt & 0xffff);
-        let net = [198, 18 + ((salt >> 16) & 1) as u8, (salt >> 24) as u8];
-        let lock = Lock::take(&tag)?;
+        let mut taken = None;
+        for attempt in 0..SUBNETS {
+            let n = (salt.wrapping_add(attempt) % SUBNETS) as u16;
+            let tag = format!("{n:03x}");
+            if let Some(lock) = Lock::take(&tag)? {
+                taken = Some((n, tag, lock));
+                break;
+            }
+        }
+        let Some((n, tag, lock)) = taken else {
+            bail!("every chaos subnet is held by a live campaign");
+        };
+        let net = [198, 18 + (n >> 8) as u8, (n & 0xff) as u8];
         let mut ns = Namespaces {
             tag,
             net,
@@ -324,7 +338,7 @@ impl Drop for Namespaces {
         }
         let _ = run(&["ip", "link", "del", &self.uplink()]);
         let _ = run(&["ip", "netns", "del", &self.switch()]);
-        self.lock.release();
+        self.lock.forget_mounts();
     }
 }
 
@@ -354,20 +368,33 @@ fn run_stdin(args: &[&str], input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A lock file per campaign (`/tmp/shoal-chaos-TAG.lock`), held with flock while it lives. The
-/// kernel lets go of it when the process dies however it dies, so a later campaign can tell what
-/// a dead one left behind (namespaces, the uplink, tmpfs mounts it lists in the file).
+/// A lock file per campaign tag (`/run/shoal-chaos/TAG.lock`), held with flock while the
+/// campaign lives. The kernel lets go of it when the process dies however it dies, so a later
+/// campaign can tell what a dead one left behind (namespaces, the uplink, and the tmpfs mounts it
+/// lists in the file). Lock files are never removed: one removed while another process opens it
+/// would let two processes each hold "the" lock of one tag.
 pub(crate) struct Lock {
     file: std::fs::File,
-    path: std::path::PathBuf,
 }
 
 impl Lock {
-    fn path(tag: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("shoal-chaos-{tag}.lock"))
+    fn dir() -> std::path::PathBuf {
+        let run = std::path::PathBuf::from("/run/shoal-chaos");
+        if std::fs::create_dir_all(&run).is_ok() {
+            return run;
+        }
+        let tmp = std::env::temp_dir().join("shoal-chaos");
+        let _ = std::fs::create_dir_all(&tmp);
+        tmp
     }
 
-    fn take(tag: &str) -> anyhow::Result<Lock> {
+    fn path(tag: &str) -> std::path::PathBuf {
+        Self::dir().join(format!("{tag}.lock"))
+    }
+
+    /// Take the lock of `tag`, first removing what a dead campaign of that tag left behind;
+    /// `None` when a live campaign holds it.
+    fn take(tag: &str) -> anyhow::Result<Option<Lock>> {
         let path = Self::path(tag);
         let file = std::fs::File::options()
             .create(true)
@@ -375,22 +402,45 @@ impl Lock {
             .read(true)
             .write(true)
             .open(&path)
-            .context("create the campaign's lock file")?;
+            .with_context(|| format!("create the campaign's lock file {}", path.display()))?;
         if !flock(&file, false) {
-            bail!("another campaign holds {}", path.display());
+            return Ok(None);
         }
-        file.set_len(0)?;
-        Ok(Lock { file, path })
+        let lock = Lock { file };
+        lock.clean_up(tag);
+        Ok(Some(lock))
+    }
+
+    /// Remove what a campaign of `tag` left behind (the caller holds its lock): the mounts the
+    /// file lists, the uplink, the namespaces.
+    fn clean_up(&self, tag: &str) {
+        let mut listed = String::new();
+        let _ = (&self.file).read_to_string(&mut listed);
+        let leftovers = namespaces_of(tag);
+        if listed.trim().is_empty() && leftovers.is_empty() {
+            return;
+        }
+        eprintln!("chaos: removing what a dead campaign left behind (tag {tag})");
+        for mount in listed.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = Command::new("umount").args(["-l", mount]).status();
+        }
+        let _ = run(&["ip", "link", "del", &format!("shh{tag}")]);
+        for name in leftovers {
+            let _ = run(&["ip", "netns", "del", &name]);
+        }
+        self.forget_mounts();
     }
 
     /// Note a mount point to undo if this campaign dies.
     pub(crate) fn note_mount(&self, path: &std::path::Path) {
         let mut f = &self.file;
+        let _ = f.seek(std::io::SeekFrom::End(0));
         let _ = writeln!(f, "{}", path.display());
     }
 
-    fn release(&self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// The mounts are undone: nothing is left to clean up.
+    fn forget_mounts(&self) {
+        let _ = self.file.set_len(0);
     }
 }
 
@@ -406,8 +456,23 @@ fn flock(file: &std::fs::File, wait: bool) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
 }
 
-/// Remove what campaigns that died (SIGKILL, a CI timeout) left behind: the namespaces and
-/// uplink of every tag whose lock file no live process holds, and the mounts it listed.
+/// The network namespaces named for campaign `tag`.
+fn namespaces_of(tag: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    let prefix = format!("shoal-{tag}-");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Remove what campaigns that died (SIGKILL, a CI timeout) left behind: for every tag with
+/// namespaces whose lock file no live process holds, its namespaces, uplink and listed mounts.
+/// A tag without a lock file is not ours to touch.
 fn sweep_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -423,24 +488,13 @@ fn sweep_stale() {
     }
     for tag in tags {
         let path = Lock::path(&tag);
-        if let Ok(f) = std::fs::File::options().read(true).write(true).open(&path) {
-            if !flock(&f, false) {
-                continue; // a live campaign
-            }
-            for mount in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-                let _ = Command::new("umount").args(["-l", mount]).status();
-            }
-            let _ = std::fs::remove_file(&path);
+        let Ok(file) = std::fs::File::options().read(true).write(true).open(&path) else {
+            continue;
+        };
+        if !flock(&file, false) {
+            continue; // a live campaign
         }
-        eprintln!("chaos: removing what a dead campaign left behind (tag {tag})");
-        let _ = run(&["ip", "link", "del", &format!("shh{tag}")]);
-        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let name = line.split_whitespace().next().unwrap_or_default();
-                if name.starts_with(&format!("shoal-{tag}-")) {
-                    let _ = run(&["ip", "netns", "del", name]);
-                }
-            }
-        }
+        // held until dropped here (a campaign starting meanwhile picks another tag)
+        Lock { file }.clean_up(&tag);
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub ingest_rejected: IntCounter,
     pub index_loads: IntCounterVec,
     pub index_watermark_lag: IntGauge,
+    pub pool_queued_tasks: prometheus::IntGaugeVec,
     pub ingest_turns: IntCounter,
     pub cancelled_work: IntCounterVec,
     pub embed_seconds: HistogramVec,
@@ -131,7 +132,16 @@ impl Metrics {
             "Rerank steps this node (which has no reranker) sent to a node of the cluster that has one",
         ));
         must(registry.register(Box::new(reranks_forwarded.clone())));
+        let pool_queued_tasks = must(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "pool_queued_tasks",
+                "Tasks waiting for a thread of the background pool (shard inserts and deletes) or the maintenance pool (compactions, graph dumps)",
+            ),
+            &["pool"],
+        ));
+        must(registry.register(Box::new(pool_queued_tasks.clone())));
         Metrics {
+            pool_queued_tasks,
             cluster_forwarded_writes,
             reranks_forwarded,
             cluster_snapshots: counter_vec(

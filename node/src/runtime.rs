@@ -113,7 +113,8 @@ impl Runtime {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        Self::on_pool(&self.background_pool, "background", f).await
+        self.on_counted_pool(&self.background_pool, "background", f)
+            .await
     }
 
     /// Run shard upkeep (a compaction, a graph dump) on the low-priority maintenance threads.
@@ -121,7 +122,35 @@ impl Runtime {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        Self::on_pool(&self.maintenance_pool, "maintenance", f).await
+        self.on_counted_pool(&self.maintenance_pool, "maintenance", f)
+            .await
+    }
+
+    /// [`Runtime::on_pool`], with the task counted in `shoal_pool_queued_tasks{pool=what}` until
+    /// a thread takes it.
+    async fn on_counted_pool<T: Send + 'static>(
+        &self,
+        pool: &rayon::ThreadPool,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let queued = self.metrics.pool_queued_tasks.with_label_values(&[what]);
+        queued.inc();
+        // Counted off when it starts, or when it is dropped unstarted (a pool shutting down).
+        let waiting = QueuedTask(queued);
+        Self::on_pool(pool, what, move || {
+            drop(waiting);
+            f()
+        })
+        .await
+    }
+
+    /// Tasks waiting for a thread of the pool named `what` (`background` or `maintenance`).
+    pub fn queued_tasks(&self, what: &str) -> i64 {
+        self.metrics
+            .pool_queued_tasks
+            .with_label_values(&[what])
+            .get()
     }
 
     /// Run `f` on one of `pool`'s threads and await it without occupying a tokio thread. A panic
@@ -141,5 +170,14 @@ impl Runtime {
             Ok(Err(_)) => Err(NodeError::Internal(format!("{what} task panicked"))),
             Err(_) => Err(NodeError::Internal(format!("{what} task was dropped"))),
         }
+    }
+}
+
+/// A queued task's place in its pool's gauge, given back when the task starts or is dropped.
+struct QueuedTask(prometheus::IntGauge);
+
+impl Drop for QueuedTask {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -27,6 +27,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_RERANKER: &str = "this node has no reranker, and no other node of the cluster offers one; start a node with --reranker-model DIR (or RERANKER_MODEL_PATH)";
 /// How long a search (or a collection create) waits for a shard's first load before 503.
 const SHARD_LOAD_WAIT: Duration = Duration::from_secs(5);
+/// How many times a search waits for its shard to catch up with the store (and searches again)
+/// when hits' chunks are gone from the store, within `cluster.read_wait_ms`.
+const MAX_INDEX_WAITS: u32 = 4;
 /// How long a write's answer waits for the index to mirror it (so that a search right after it
 /// sees it). The write is committed either way; past this the answer goes out without waiting.
 const VISIBLE_WAIT: Duration = Duration::from_secs(10);
@@ -945,14 +948,15 @@ impl ShoalService for Node {
         let ef = req.ef;
         let max_scan = Some(cfg.max_exact_points);
         let uid = coll.uid;
-        let stale_reason = if read_at.is_some() && req.consistency == Some(Consistency::Strong) {
+        let mut stale_reason = if read_at.is_some() && req.consistency == Some(Consistency::Strong)
+        {
             None
         } else {
             self.ctx.cluster.stale()
         };
         let index_start = Instant::now();
         let mut shard = shard;
-        let mut retried = false;
+        let mut waits = 0;
         let mut hits = loop {
             let (hits, missing) = self
                 .search_shard(
@@ -966,37 +970,56 @@ impl ShoalService for Node {
                     max_scan,
                 )
                 .await?;
-            if missing == 0 || retried {
+            if missing == 0 {
                 break hits;
             }
             // Some hits' chunks are gone from the store: it is ahead of this shard (a newer
-            // version of their document, or its delete, is committed and not mirrored yet), and
-            // the newer version is not in the shard either. Rather than answer with the document
-            // missing, wait for the shard to catch up with the store (until the read deadline)
-            // and search again: the answer is then the state at one index.
-            retried = true;
-            let target = self.ctx.watermark.applied_index();
-            let limit = read_deadline.saturating_duration_since(Instant::now());
-            if !self
+            // version of their document, or its delete, is committed and not mirrored yet).
+            // The shard takes a command's new points before it drops the old ones, but a new
+            // version may still be on its way. Rather than answer with the document missing,
+            // wait for the shard to reach the store's index and search again, until the read
+            // deadline; past it, the answer says it may lack documents that were being changed.
+            let target = self
                 .ctx
-                .watermark
-                .wait_for_collection(uid, target, limit)
-                .await
-            {
+                .store
+                .applied_index()
+                .map_err(NodeError::from)?
+                .max(self.ctx.watermark.applied_index());
+            let limit = read_deadline.saturating_duration_since(Instant::now());
+            waits += 1;
+            let caught_up = waits <= MAX_INDEX_WAITS
+                && !limit.is_zero()
+                && self
+                    .ctx
+                    .watermark
+                    .wait_for_collection(uid, target, limit)
+                    .await;
+            if !caught_up {
+                let why = format!(
+                    "the index of `{collection}` is behind its store: {missing} hit(s) of \
+                     documents being changed were left out"
+                );
+                if req.consistency == Some(Consistency::Strong) {
+                    return Err(ApiError::NotReady(format!("{why}; retry")));
+                }
+                tracing::warn!(collection = %collection, missing, waits, "{why}");
+                stale_reason.get_or_insert(why);
                 break hits;
             }
             applied_index = self.ctx.watermark.current_for(uid);
-            match self
+            shard = self
                 .ctx
                 .actors
                 .shards
                 .get_loaded(&collection, SHARD_LOAD_WAIT)
                 .await
+                .filter(|s| s.uid == uid)
                 .and_then(|s| s.shard)
-            {
-                Some(s) => shard = s,
-                None => break hits,
-            }
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "collection `{collection}` was dropped during the search"
+                    ))
+                })?;
         };
         let index_time = index_start.elapsed();
         if req.rerank && !hits.is_empty() {

@@ -74,88 +74,118 @@ async fn write_version(ctx: &Arc<shoal_node::context::NodeContext>, text: &str) 
 async fn search(
     service: &shoal_node::service::Node,
 ) -> Result<shoal_api::dto::SearchResponse, shoal_api::ApiError> {
+    search_with(service, "local").await
+}
+
+async fn search_with(
+    service: &shoal_node::service::Node,
+    consistency: &str,
+) -> Result<shoal_api::dto::SearchResponse, shoal_api::ApiError> {
     let req: SearchRequest = serde_json::from_value(serde_json::json!({
         "vector": unit(0),
         "top_k": 5,
+        "consistency": consistency,
     }))
     .unwrap();
     service.search("c".into(), req).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_document_being_replaced_is_found_at_one_version_or_the_other() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A task on the node's background thread that holds it until released (or for a minute).
+struct Hold {
+    started: Option<tokio::sync::oneshot::Receiver<()>>,
+    release: std::sync::mpsc::Sender<()>,
+    done: tokio::task::JoinHandle<Result<(), shoal_node::error::NodeError>>,
+}
+
+impl Hold {
+    /// Queue the task; returns once it runs when `wait_started`, else at once.
+    async fn start(ctx: &Arc<shoal_node::context::NodeContext>, wait_started: bool) -> Hold {
+        let mut hold = Hold::queue(ctx);
+        if wait_started {
+            hold.started().await;
+        }
+        hold
+    }
+
+    fn queue(ctx: &Arc<shoal_node::context::NodeContext>) -> Hold {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let done = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                ctx.background(move || {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv_timeout(Duration::from_secs(60));
+                })
+                .await
+            })
+        };
+        Hold {
+            started: Some(started_rx),
+            release,
+            done,
+        }
+    }
+
+    /// Wait until the task runs.
+    async fn started(&mut self) {
+        if let Some(rx) = self.started.take() {
+            tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .expect("the hold did not start")
+                .unwrap();
+        }
+    }
+
+    async fn release(self) {
+        let _ = self.release.send(());
+        self.done.await.unwrap().unwrap();
+    }
+}
+
+/// Wait until `cond` holds, for at most 30 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A node's actors have process-wide names: the tests of this file run one node at a time.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start_node(tmp: &tempfile::TempDir) -> shoal_node::RunningNode {
+    start_node_with(tmp, |_| {}).await
+}
+
+async fn start_node_with(
+    tmp: &tempfile::TempDir,
+    configure: impl FnOnce(&mut Config),
+) -> shoal_node::RunningNode {
     let mut config = Config::default();
     config.storage.data_dir = tmp.path().join("data");
     config.model.path = model_dir();
     // one background thread (the default): the shard's inserts and deletes run on it
     config.threads.background = 1;
+    configure(&mut config);
     let node = shoal_node::start(config).await.unwrap();
-    let ctx = node.ctx.clone();
-    ctx.apply(Command::CreateCollection {
-        name: "c".into(),
-        spec: CollectionSpec {
-            dimension: DIM as u32,
-            hnsw: HnswParams::default(),
-        },
-        at_ms: 1,
-    })
-    .await
-    .unwrap();
-    let first = write_version(&ctx, "version one").await;
-    assert!(
-        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
-        "the first version was not indexed"
-    );
-    let service = shoal_node::service::Node { ctx: ctx.clone() };
-    let hits = search(&service).await.unwrap().hits;
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].text, "version one");
-
-    // Hold the background thread: the shard cannot mirror the next version until released.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let held = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            ctx.background(move || {
-                let _ = started_tx.send(());
-                let _ = release_rx.recv_timeout(Duration::from_secs(60));
-            })
-            .await
+    node.ctx
+        .apply(Command::CreateCollection {
+            name: "c".into(),
+            spec: CollectionSpec {
+                dimension: DIM as u32,
+                hnsw: HnswParams::default(),
+            },
+            at_ms: 1,
         })
-    };
-    started_rx.await.unwrap();
-    let second = write_version(&ctx, "version two").await;
-    assert!(
-        ctx.watermark
-            .current_for(ctx.store.collection("c").unwrap().unwrap().uid)
-            < second,
-        "the shard mirrored the new version while its thread was held"
-    );
+        .await
+        .unwrap();
+    node
+}
 
-    // The search runs while the store is ahead of the shard.
-    let service = Arc::new(service);
-    let mut running = {
-        let service = service.clone();
-        tokio::spawn(async move { search(service.as_ref()).await })
-    };
-    let early = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
-    let answer = match early {
-        // it answered while the shard was behind: the document must be in it all the same
-        Ok(done) => done.unwrap().unwrap(),
-        // it waits for the shard to catch up: let it
-        Err(_) => {
-            release_tx.send(()).unwrap();
-            tokio::time::timeout(Duration::from_secs(30), running)
-                .await
-                .expect("the search did not finish once the shard could catch up")
-                .unwrap()
-                .unwrap()
-        }
-    };
-    let _ = release_tx.send(());
-    held.await.unwrap().unwrap();
+/// Check a search's answer, made while the document was replaced by its version at `second`.
+fn check_found(answer: &shoal_api::dto::SearchResponse, second: u64) {
     let texts: Vec<&str> = answer.hits.iter().map(|h| h.text.as_str()).collect();
     assert_eq!(
         texts.len(),
@@ -169,5 +199,139 @@ async fn a_document_being_replaced_is_found_at_one_version_or_the_other() {
         "{texts:?} at index {} (the new version is at {second})",
         answer.applied_index
     );
+    assert!(!answer.stale, "{:?}", answer.stale_reason);
+}
+
+/// Search while the shard is held; if the search waits, let the shard go on and take its answer.
+async fn search_while_held(
+    service: Arc<shoal_node::service::Node>,
+    hold: Hold,
+) -> shoal_api::dto::SearchResponse {
+    let mut running = tokio::spawn(async move { search(service.as_ref()).await });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
+    match early {
+        // it answered while the shard was behind: the document must be in it all the same
+        Ok(done) => {
+            hold.release().await;
+            done.unwrap().unwrap()
+        }
+        // it waits for the shard to catch up: let it
+        Err(_) => {
+            hold.release().await;
+            tokio::time::timeout(Duration::from_secs(30), running)
+                .await
+                .expect("the search did not finish once the shard could catch up")
+                .unwrap()
+                .unwrap()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_half_mirrored_still_finds_the_document() {
+    let _one = ONE_NODE.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start_node(&tmp).await;
+    let ctx = node.ctx.clone();
+    let first = write_version(&ctx, "version one").await;
+    assert!(
+        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
+        "the first version was not indexed"
+    );
+    let uid = ctx.store.collection("c").unwrap().unwrap().uid;
+
+    // Hold the thread, commit the new version and let its first change queue behind the hold.
+    let first_hold = Hold::start(&ctx, true).await;
+    let second = write_version(&ctx, "version two").await;
+    wait_until("the shard's first change queued", || {
+        ctx.runtime.queued_tasks("background") == 1
+    })
+    .await;
+    // A second hold queues behind that change: the shard makes it, then stops before its next.
+    let second_hold = Hold::start(&ctx, false).await;
+    wait_until("the second hold queued", || {
+        ctx.runtime.queued_tasks("background") == 2
+    })
+    .await;
+    // One thread taking tasks in order: once the second hold runs, the first change is made.
+    first_hold.release().await;
+    let mut second_hold = second_hold;
+    second_hold.started().await;
+    assert!(
+        ctx.watermark.current_for(uid) < second,
+        "the shard mirrored the whole replace while its thread was held"
+    );
+
+    let service = Arc::new(shoal_node::service::Node { ctx: ctx.clone() });
+    let answer = search_while_held(service, second_hold).await;
+    check_found(&answer, second);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_being_replaced_is_found_at_one_version_or_the_other() {
+    let _one = ONE_NODE.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start_node(&tmp).await;
+    let ctx = node.ctx.clone();
+    let first = write_version(&ctx, "version one").await;
+    assert!(
+        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
+        "the first version was not indexed"
+    );
+    let service = Arc::new(shoal_node::service::Node { ctx: ctx.clone() });
+    let hits = search(&service).await.unwrap().hits;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].text, "version one");
+
+    // Hold the background thread: the shard cannot mirror the next version until released.
+    let hold = Hold::start(&ctx, true).await;
+    let second = write_version(&ctx, "version two").await;
+    assert!(
+        ctx.watermark
+            .current_for(ctx.store.collection("c").unwrap().unwrap().uid)
+            < second,
+        "the shard mirrored the new version while its thread was held"
+    );
+    // The search runs while the store is ahead of the shard.
+    let answer = search_while_held(service, hold).await;
+    check_found(&answer, second);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_does_not_catch_up_in_time_gives_a_stale_answer_or_503_for_strong() {
+    let _one = ONE_NODE.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start_node_with(&tmp, |c| c.cluster.read_wait_ms = 300).await;
+    let ctx = node.ctx.clone();
+    let first = write_version(&ctx, "version one").await;
+    assert!(
+        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
+        "the first version was not indexed"
+    );
+    let hold = Hold::start(&ctx, true).await;
+    write_version(&ctx, "version two").await;
+    let service = shoal_node::service::Node { ctx: ctx.clone() };
+    // the shard stays behind for longer than the read wait
+    let local = search(&service).await.unwrap();
+    assert!(
+        local.hits.is_empty(),
+        "the old version's chunks are gone: {:?}",
+        local.hits
+    );
+    assert!(
+        local.stale,
+        "an answer that left hits out was not marked stale"
+    );
+    let reason = local.stale_reason.unwrap_or_default();
+    assert!(reason.contains("behind its store"), "{reason}");
+    // (a strong search waits for the shard to reach the leader's commit index first)
+    let strong = search_with(&service, "strong").await;
+    assert!(
+        matches!(strong, Err(shoal_api::ApiError::NotReady(_))),
+        "a strong search answered while its shard was behind: {strong:?}"
+    );
+    hold.release().await;
     node.stop().await.unwrap();
 }

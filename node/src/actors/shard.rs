@@ -185,7 +185,14 @@ impl ShardState {
         let shard = self.shard.clone().ok_or_else(|| {
             NodeError::Internal(format!("shard `{}` is not loaded", self.collection.name))
         })?;
-        for op in ops {
+        // A command's inserts go in before its deletes. Point ids are never reused, so the end
+        // state is the same; in between, a search sees a replaced document at both versions (the
+        // old one's chunks are gone from the store, so the search waits for this shard and
+        // searches again) instead of at neither, which nothing could tell from a true absence.
+        let (inserts, deletes): (Vec<_>, Vec<_>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, ShardOp::Insert(_)));
+        for op in inserts.into_iter().chain(deletes) {
             let s = shard.clone();
             match op {
                 ShardOp::Insert(points) => {
