@@ -59,6 +59,22 @@ pub enum FaultKind {
     RemoveAndRejoin,
 }
 
+impl FaultKind {
+    /// Whether the nodes it hits may come back with less state than they had (killed before
+    /// their last writes reached the disk, wiped, a full disk).
+    fn may_lose_state(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillLeader
+                | FaultKind::KillFollower
+                | FaultKind::GracefulRestart
+                | FaultKind::WipeFollower
+                | FaultKind::DiskFull
+                | FaultKind::RemoveAndRejoin
+        )
+    }
+}
+
 const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::KillLeader,
     FaultKind::KillFollower,
@@ -309,11 +325,18 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     }
     let history = workload.finish();
     let duration_s = t0.elapsed().as_secs_f64();
-    // a node's reads are compared across time only where no fault hit it
+    // a node's reads are compared across time except where it may have lost or rebuilt its
+    // state (a pause, a cut, lost packets or an actor's panic lose nothing: its reads must not
+    // go back across them)
     let resets: Vec<Reset> = faults
         .iter()
         .flat_map(|f| {
-            f.nodes.iter().chain(&f.restarted).map(move |id| Reset {
+            let hit: &[u64] = if f.kind.may_lose_state() {
+                &f.nodes
+            } else {
+                &[]
+            };
+            hit.iter().chain(&f.restarted).map(move |id| Reset {
                 node: *id as usize - 1,
                 from_ms: f.start_ms,
                 to_ms: if f.settled_ms > 0.0 {

@@ -73,17 +73,26 @@ impl Network {
             .unwrap_or(0);
         let salt =
             (std::process::id() as u64).wrapping_mul(0x9E37_79B9) ^ seed.rotate_left(17) ^ nanos;
+        let dir = Lock::dir()?;
         let mut taken = None;
+        let mut last_error = None;
         for attempt in 0..SUBNETS {
             let n = (salt.wrapping_add(attempt) % SUBNETS) as u16;
             let tag = format!("{n:03x}");
-            if let Some(lock) = Lock::take(&tag)? {
-                taken = Some((n, tag, lock));
-                break;
+            match Lock::take(&dir, &tag) {
+                Ok(Some(lock)) => {
+                    taken = Some((n, tag, lock));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => last_error = Some(e),
             }
         }
         let Some((n, tag, lock)) = taken else {
-            bail!("every chaos subnet is held by a live campaign");
+            match last_error {
+                Some(e) => return Err(e.context("no chaos subnet could be taken")),
+                None => bail!("every chaos subnet is held by a live campaign"),
+            }
         };
         let net = [198, 18 + (n >> 8) as u8, (n & 0xff) as u8];
         let mut ns = Namespaces {
@@ -378,24 +387,21 @@ pub(crate) struct Lock {
 }
 
 impl Lock {
-    fn dir() -> std::path::PathBuf {
-        let run = std::path::PathBuf::from("/run/shoal-chaos");
-        if std::fs::create_dir_all(&run).is_ok() {
-            return run;
-        }
-        let tmp = std::env::temp_dir().join("shoal-chaos");
-        let _ = std::fs::create_dir_all(&tmp);
-        tmp
-    }
+    /// One folder for every campaign of the machine (not under `TMPDIR`, which differs between
+    /// processes): making namespaces needs root, which can write it.
+    const DIR: &'static str = "/run/shoal-chaos";
 
-    fn path(tag: &str) -> std::path::PathBuf {
-        Self::dir().join(format!("{tag}.lock"))
+    fn dir() -> anyhow::Result<std::path::PathBuf> {
+        let dir = std::path::PathBuf::from(Self::DIR);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("make the campaigns' lock folder {}", dir.display()))?;
+        Ok(dir)
     }
 
     /// Take the lock of `tag`, first removing what a dead campaign of that tag left behind;
     /// `None` when a live campaign holds it.
-    fn take(tag: &str) -> anyhow::Result<Option<Lock>> {
-        let path = Self::path(tag);
+    fn take(dir: &std::path::Path, tag: &str) -> anyhow::Result<Option<Lock>> {
+        let path = dir.join(format!("{tag}.lock"));
         let file = std::fs::File::options()
             .create(true)
             .truncate(false)
@@ -487,7 +493,7 @@ fn sweep_stale() {
         }
     }
     for tag in tags {
-        let path = Lock::path(&tag);
+        let path = std::path::Path::new(Lock::DIR).join(format!("{tag}.lock"));
         let Ok(file) = std::fs::File::options().read(true).write(true).open(&path) else {
             continue;
         };

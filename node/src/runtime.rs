@@ -136,7 +136,8 @@ impl Runtime {
     ) -> Result<T, NodeError> {
         let queued = self.metrics.pool_queued_tasks.with_label_values(&[what]);
         queued.inc();
-        // Counted off when it starts, or when it is dropped unstarted (a pool shutting down).
+        // Counted off when it starts (the pools live as long as the runtime: none is shut down
+        // with tasks in it).
         let waiting = QueuedTask(queued);
         Self::on_pool(pool, what, move || {
             drop(waiting);

@@ -27,9 +27,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_RERANKER: &str = "this node has no reranker, and no other node of the cluster offers one; start a node with --reranker-model DIR (or RERANKER_MODEL_PATH)";
 /// How long a search (or a collection create) waits for a shard's first load before 503.
 const SHARD_LOAD_WAIT: Duration = Duration::from_secs(5);
-/// How many times a search waits for its shard to catch up with the store (and searches again)
-/// when hits' chunks are gone from the store, within `cluster.read_wait_ms`.
-const MAX_INDEX_WAITS: u32 = 4;
+/// How many times a search searches again when hits' chunks are missing from the store although
+/// its shard has reached the store's index (waiting cannot help: see `search`).
+const MAX_STUCK_ROUNDS: u32 = 3;
 /// How long a write's answer waits for the index to mirror it (so that a search right after it
 /// sees it). The write is committed either way; past this the answer goes out without waiting.
 const VISIBLE_WAIT: Duration = Duration::from_secs(10);
@@ -956,8 +956,9 @@ impl ShoalService for Node {
         };
         let index_start = Instant::now();
         let mut shard = shard;
-        let mut waits = 0;
+        let mut stuck = 0;
         let mut hits = loop {
+            let shard_at = self.ctx.watermark.current_for(uid);
             let (hits, missing) = self
                 .search_shard(
                     shard.clone(),
@@ -986,8 +987,13 @@ impl ShoalService for Node {
                 .map_err(NodeError::from)?
                 .max(self.ctx.watermark.applied_index());
             let limit = read_deadline.saturating_duration_since(Instant::now());
-            waits += 1;
-            let caught_up = waits <= MAX_INDEX_WAITS
+            // A shard that was already at the store's index when it was searched and still lacked
+            // a hit's chunk is not behind: waiting cannot help, so only a few such rounds are
+            // made (the deadline bounds the others).
+            if shard_at >= target {
+                stuck += 1;
+            }
+            let caught_up = stuck <= MAX_STUCK_ROUNDS
                 && !limit.is_zero()
                 && self
                     .ctx
@@ -1002,24 +1008,45 @@ impl ShoalService for Node {
                 if req.consistency == Some(Consistency::Strong) {
                     return Err(ApiError::NotReady(format!("{why}; retry")));
                 }
-                tracing::warn!(collection = %collection, missing, waits, "{why}");
+                tracing::warn!(collection = %collection, missing, stuck, "{why}");
                 stale_reason.get_or_insert(why);
                 break hits;
             }
             applied_index = self.ctx.watermark.current_for(uid);
-            shard = self
+            let dropped = || {
+                ApiError::NotFound(format!(
+                    "collection `{collection}` was dropped during the search"
+                ))
+            };
+            // the same collection (not one made again under its name), within the deadline
+            if self.ctx.actors.shards.get(&collection).map(|s| s.uid) != Some(uid) {
+                return Err(dropped());
+            }
+            let wait = read_deadline
+                .saturating_duration_since(Instant::now())
+                .min(SHARD_LOAD_WAIT);
+            let slot = self
                 .ctx
                 .actors
                 .shards
-                .get_loaded(&collection, SHARD_LOAD_WAIT)
+                .get_loaded(&collection, wait)
                 .await
                 .filter(|s| s.uid == uid)
-                .and_then(|s| s.shard)
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "collection `{collection}` was dropped during the search"
-                    ))
-                })?;
+                .ok_or_else(dropped)?;
+            match slot.shard {
+                Some(s) => shard = s,
+                None => {
+                    let why = format!(
+                        "collection `{collection}` is reloading: {missing} hit(s) of documents \
+                         being changed were left out"
+                    );
+                    if req.consistency == Some(Consistency::Strong) {
+                        return Err(ApiError::NotReady(format!("{why}; retry")));
+                    }
+                    stale_reason.get_or_insert(why);
+                    break hits;
+                }
+            }
         };
         let index_time = index_start.elapsed();
         if req.rerank && !hits.is_empty() {
