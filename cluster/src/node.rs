@@ -199,6 +199,31 @@ pub struct Proposed {
     pub outcome: Result<Outcome, StoreError>,
 }
 
+/// See [`ClusterNode::catching_up`].
+#[derive(Debug, Default)]
+struct CatchUp {
+    /// The leader's commit index in the first append this node accepted since it started.
+    target: Option<u64>,
+    /// It has applied that far (or has led) once.
+    done: bool,
+}
+
+impl CatchUp {
+    fn check(&self, leader: bool, applied: u64) -> Option<String> {
+        if self.done || leader {
+            return None;
+        }
+        match self.target {
+            None => Some("catching up: it has not heard from a leader since it started".into()),
+            Some(t) if applied < t => Some(format!(
+                "catching up: it has applied {applied} of the {t} entries the leader had \
+                 committed when it first heard from it"
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
 /// When members offering a capability were last asked, and which did (id, address).
 type Offers = (Instant, Vec<(NodeId, String)>);
 
@@ -211,6 +236,9 @@ pub struct ClusterNode {
     pub(crate) log: LogStore,
     /// When an append (heartbeat) from the leader last arrived.
     pub(crate) leader_contact: Mutex<Option<Instant>>,
+    /// Whether this node has caught up with the cluster since it started: applied what the
+    /// leader had committed when it first heard from it (the index, once heard).
+    catch_up: Mutex<CatchUp>,
     /// When this node last became the leader (its peers have not answered it yet at first).
     leader_since: Mutex<Option<Instant>>,
     leadership: watch::Sender<bool>,
@@ -294,6 +322,7 @@ impl ClusterNode {
             client,
             log,
             leader_contact: Mutex::new(None),
+            catch_up: Mutex::new(CatchUp::default()),
             leader_since: Mutex::new(None),
             leadership: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
@@ -547,6 +576,10 @@ impl ClusterNode {
                 .map_err(|e| ClusterError::Internal(e.to_string()))?;
         }
         self.joined()?;
+        self.catch_up
+            .lock()
+            .target
+            .get_or_insert(reply.commit_index);
         tracing::info!(node = self.id, cluster = %reply.cluster_id, leader = reply.leader, "joined as a learner");
         Ok((reply.cluster_id, reply.commit_index))
     }
@@ -884,6 +917,41 @@ impl ClusterNode {
                 )));
             }
         }
+    }
+
+    /// An append from the leader was accepted: note its commit index if it is the first since
+    /// this node started.
+    pub(crate) fn heard_from_leader(&self, leader_commit: u64) {
+        *self.leader_contact.lock() = Some(Instant::now());
+        let mut c = self.catch_up.lock();
+        if c.target.is_none() {
+            c.target = Some(leader_commit);
+        }
+    }
+
+    /// Why this node is still catching up with the cluster since it started (joined, restarted,
+    /// wiped), if it is: it has not yet applied what the leader had committed when it first
+    /// heard from it. Until then it may not know collections and documents the cluster has, so
+    /// it is not ready and does not call them missing. Once caught up it stays so (later lag is
+    /// what `stale` and the applied index in every answer are for).
+    pub fn catching_up(&self) -> Option<String> {
+        let mut c = self.catch_up.lock();
+        if c.done {
+            return None;
+        }
+        let (leader, applied) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow();
+            (
+                m.state == ServerState::Leader,
+                m.last_applied.map(|l| l.index).unwrap_or(0),
+            )
+        };
+        let why = c.check(leader, applied);
+        if why.is_none() {
+            c.done = true;
+        }
+        why
     }
 
     /// Why this node cannot vouch that its data is current, if it cannot.
@@ -1442,10 +1510,26 @@ mod tests {
         node.shutdown().await;
     }
 
+    #[test]
+    fn a_node_catches_up_once_it_applied_what_the_leader_had_committed_when_first_heard() {
+        let mut c = CatchUp::default();
+        let why = c.check(false, 0).unwrap();
+        assert!(why.contains("has not heard from a leader"), "{why}");
+        // a leader (a one-member cluster) is never behind itself
+        assert_eq!(c.check(true, 0), None);
+        c.target = Some(40);
+        let why = c.check(false, 12).unwrap();
+        assert!(why.contains("applied 12 of the 40"), "{why}");
+        assert_eq!(c.check(false, 40), None);
+        c.done = true;
+        assert_eq!(c.check(false, 0), None, "caught up once, it stays so");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_told_to_fail_reports_its_first_reason() {
         let dir = tempfile::tempdir().unwrap();
         let node = leader(dir.path()).await;
+        assert_eq!(node.catching_up(), None, "a one-member cluster's leader");
         let failed = node.failed();
         tokio::pin!(failed);
         assert!(

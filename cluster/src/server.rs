@@ -27,7 +27,8 @@ use serde::Serialize;
 use crate::error::ClusterError;
 use crate::network::{HEADER_CLUSTER, HEADER_NODE, HEADER_SECRET};
 use crate::node::{ClusterNode, JoinRequest, MembershipChange};
-use crate::types::{decode, encode, GroupId, NodeId};
+use crate::types::{decode, encode, GroupId, NodeId, TypeConfig};
+use openraft::raft::AppendEntriesResponse;
 
 /// The internal routes of `node`, to merge into the node's HTTP server.
 pub fn internal_router(node: Arc<ClusterNode>) -> Router {
@@ -138,9 +139,12 @@ async fn dispatch(node: &Arc<ClusterNode>, op: &str, bytes: &[u8]) -> Result<Res
     let raft = &node.raft;
     Ok(match op {
         "append" => {
-            let r = raft.append_entries(body(bytes)?).await;
-            if r.is_ok() {
-                *node.leader_contact.lock() = Some(Instant::now());
+            let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = body(bytes)?;
+            let leader_commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
+            let r = raft.append_entries(rpc).await;
+            // (a sender with an older vote is not this node's leader)
+            if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                node.heard_from_leader(leader_commit);
             }
             reply(&r)
         }

@@ -107,9 +107,25 @@ impl Node {
         f: impl FnOnce(&NodeContext) -> std::result::Result<T, NodeError> + Send + 'static,
     ) -> Result<T> {
         let ctx = self.ctx.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&ctx))
+        let read = tokio::task::spawn_blocking(move || f(&ctx))
             .await
-            .map_err(NodeError::from)??)
+            .map_err(NodeError::from)?;
+        read.map_err(|e| self.not_here_yet(e.into()))
+    }
+
+    /// A node still catching up with the cluster (just joined, restarted or wiped) may lack
+    /// what the cluster has: what it does not find is 503 with the reason, for the client to
+    /// retry (or ask another node), not 404.
+    fn not_here_yet(&self, e: ApiError) -> ApiError {
+        match e {
+            ApiError::NotFound(what) => match self.ctx.cluster.catching_up() {
+                Some(why) => {
+                    ApiError::NotReady(format!("{what} on this node, which is {why}; retry"))
+                }
+                None => ApiError::NotFound(what),
+            },
+            other => other,
+        }
     }
 
     fn require_collection(&self, name: &str) -> Result<CollectionRecord> {
@@ -117,7 +133,9 @@ impl Node {
             .store
             .collection(name)
             .map_err(NodeError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("collection `{name}` not found")))
+            .ok_or_else(|| {
+                self.not_here_yet(ApiError::NotFound(format!("collection `{name}` not found")))
+            })
     }
 
     fn require_model_dimension(&self, c: &CollectionRecord, what: &str) -> Result<()> {
@@ -479,6 +497,8 @@ impl ShoalService for Node {
         components.insert("reranker".into(), Value::from(reranker.state));
         let cluster = &self.ctx.cluster;
         let member = cluster.is_initialized().await;
+        // a member that has not caught up with the cluster yet may lack collections it has
+        let catching_up = cluster.catching_up();
         components.insert(
             "cluster".into(),
             serde_json::json!({
@@ -487,9 +507,10 @@ impl ShoalService for Node {
                 "leader": cluster.leader().map(|(id, _)| id),
                 "applied_index": cluster.applied_index(),
                 "stale": cluster.stale(),
+                "catching_up": catching_up,
             }),
         );
-        let ready = self.ctx.is_ready() && member;
+        let ready = self.ctx.is_ready() && member && catching_up.is_none();
         self.ctx
             .runtime
             .metrics
@@ -797,7 +818,7 @@ impl ShoalService for Node {
                 let mirrored = self.ctx.watermark.current_for(j.collection_uid);
                 Ok(job_info(j, mirrored))
             }
-            Err(id) => Err(ApiError::NotFound(format!("job `{id}` not found"))),
+            Err(id) => Err(self.not_here_yet(ApiError::NotFound(format!("job `{id}` not found")))),
         }
     }
 
@@ -936,7 +957,11 @@ impl ShoalService for Node {
             .shards
             .get_loaded(&collection, SHARD_LOAD_WAIT)
             .await
-            .ok_or_else(|| ApiError::NotFound(format!("collection `{collection}` not found")))?;
+            .ok_or_else(|| {
+                self.not_here_yet(ApiError::NotFound(format!(
+                    "collection `{collection}` not found"
+                )))
+            })?;
         let shard = slot.shard.ok_or_else(|| {
             ApiError::NotReady(format!("collection `{collection}` is still loading; retry"))
         })?;

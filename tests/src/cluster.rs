@@ -185,7 +185,9 @@ impl Cluster {
         }
     }
 
-    fn cut(&self, i: usize, ids: &[u64]) {
+    /// Make node `i` drop the cluster's requests to the nodes `ids` (through its fault switch);
+    /// an empty list heals it.
+    pub fn cut(&self, i: usize, ids: &[u64]) {
         let r = self.nodes[i].request(
             "PUT",
             "/api/v1/admin/faults/links",

@@ -251,6 +251,44 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
 }
 
 #[test]
+fn a_node_catching_up_is_not_ready_and_answers_503_not_404_for_what_it_lacks() {
+    let mut c = Cluster::start(1, 1, &[]);
+    c.nodes[0].create_collection("wiki");
+    wait_until(
+        Duration::from_secs(30),
+        "the learner to have `wiki`",
+        || c.nodes[1].get("/api/v1/collections/wiki").status == 200,
+    );
+    // while the learner is down the leader makes a collection, and cannot send to it afterwards
+    c.nodes[1].stop();
+    c.cut(0, &[2]);
+    c.nodes[0].create_collection("late");
+    c.nodes[1].spawn_unready();
+    // it has what it had; what it may lack is "not here yet", and it is not ready
+    let r = c.nodes[1].get("/api/v1/collections/wiki");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = c.nodes[1].get("/api/v1/collections/late");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.text.contains("catching up"), "{}", r.text);
+    let r = c.search(1, "late", json!({"query": "chess", "top_k": 1}));
+    assert_eq!(r.status, 503, "{}", r.text);
+    let ready = c.nodes[1].get("/api/ready");
+    assert_eq!(ready.body["ready"], false, "{}", ready.text);
+    assert!(
+        ready.body["components"]["cluster"]["catching_up"].is_string(),
+        "{}",
+        ready.text
+    );
+    // once the leader reaches it, it catches up, is ready, and what it lacks is 404 again
+    c.heal();
+    c.nodes[1].wait_ready(Duration::from_secs(60));
+    let r = c.nodes[1].get("/api/v1/collections/late");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = c.nodes[1].get("/api/v1/collections/never-made");
+    assert_eq!(r.status, 404, "{}", r.text);
+}
+
+#[test]
 fn join_promote_and_remove_while_searches_go_on() {
     let mut c = Cluster::start(3, 0, &[]);
     c.nodes[0].create_collection("wiki");
