@@ -36,6 +36,8 @@ pub struct Config {
     pub loopback: bool,
     /// Keep the nodes' logs here when the campaign finds an anomaly or fails.
     pub keep_logs: Option<PathBuf>,
+    /// Each node's disk (where it has one of its own), in MiB.
+    pub disk_mib: u64,
 }
 
 /// The kinds of fault the schedule draws from.
@@ -153,8 +155,14 @@ impl Report {
         s.push_str(&format!("faults injected: {}\n", self.faults.len()));
         s.push_str("  kind                  nodes   held ms  settled ms  writes unavailable ms  searches unavailable ms\n");
         for f in &self.faults {
+            // (a fault after which the cluster never settled has no settle time)
+            let settled = if f.settled_ms > 0.0 {
+                format!("{:.0}", f.settled_ms - f.start_ms)
+            } else {
+                "never".into()
+            };
             s.push_str(&format!(
-                "  {:<21} {:<7} {:>7.0}  {:>10.0}  {:>21.0}  {:>23.0}  {}\n",
+                "  {:<21} {:<7} {:>7.0}  {:>10}  {:>21.0}  {:>23.0}  {}\n",
                 format!("{:?}", f.kind),
                 f.nodes
                     .iter()
@@ -162,7 +170,7 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(","),
                 f.healed_ms - f.start_ms,
-                f.settled_ms - f.start_ms,
+                settled,
                 f.writes_unavailable_ms,
                 f.searches_unavailable_ms,
                 if f.restarted.is_empty() {
@@ -243,7 +251,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
             "50".into(),
         ),
     ];
-    let mut c = ChaosCluster::start(net, cfg.nodes, &cfg.bin, &cfg.model, &env)?;
+    let mut c = ChaosCluster::start(net, cfg.nodes, &cfg.bin, &cfg.model, &env, cfg.disk_mib)?;
     let result = campaign(cfg, &mut c, network);
     match &result {
         Ok(r) if r.passed() => {}

@@ -13,8 +13,16 @@ use serde_json::{json, Value};
 
 use crate::net::Network;
 
-/// The size of each node's disk where it has one of its own, in MiB.
-pub const DISK_MB: u64 = 512;
+/// The size of each node's disk where it has one of its own, in MiB, for a campaign of
+/// `seconds`: a short one fills a small disk (the `DiskFull` fault) quickly; an hour's data
+/// (its store, snapshots being built and received, graph dumps) needs more.
+pub fn default_disk_mib(seconds: u64) -> u64 {
+    if seconds <= 600 {
+        512
+    } else {
+        2048
+    }
+}
 
 /// The secret the campaign's cluster shares.
 pub const SECRET: &str = "chaos-campaign-cluster-secret-0123456789";
@@ -89,12 +97,14 @@ pub struct ChaosCluster {
 
 impl ChaosCluster {
     /// Start `voters` nodes: node 1 makes the cluster, the others join it and become voters.
+    /// Where namespaces are made, each node's data folder is a tmpfs of `disk_mib` MiB.
     pub fn start(
         net: Network,
         voters: usize,
         bin: &Path,
         model: &Path,
         env: &[(String, String)],
+        disk_mib: u64,
     ) -> anyhow::Result<ChaosCluster> {
         let dir = tempfile::tempdir()?;
         let mut c = ChaosCluster {
@@ -118,7 +128,7 @@ impl ChaosCluster {
                 let dir = c._dir.path().join(format!("node-{}", i + 1));
                 std::fs::create_dir_all(&dir)?;
                 let ok = Command::new("mount")
-                    .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
+                    .args(["-t", "tmpfs", "-o", &format!("size={disk_mib}m"), "tmpfs"])
                     .arg(&dir)
                     .status()
                     .map(|s| s.success())

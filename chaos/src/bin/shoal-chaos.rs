@@ -53,6 +53,10 @@ struct Args {
     /// Keep the nodes' logs of a failing campaign here [default: chaos-logs/seed-N].
     #[arg(long, value_name = "DIR")]
     logs: Option<PathBuf>,
+    /// Each node's disk where it has one of its own (a tmpfs), in MiB [default: 512 for up to
+    /// 10 minutes of faults, 2048 beyond].
+    #[arg(long, value_name = "MIB")]
+    disk_mib: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +118,9 @@ fn main() -> ExitCode {
             bin: bin.clone(),
             model: model.clone(),
             loopback: args.loopback,
+            disk_mib: args
+                .disk_mib
+                .unwrap_or_else(|| shoal_chaos::cluster::default_disk_mib(args.seconds)),
             keep_logs: Some(
                 args.logs
                     .clone()
