@@ -136,7 +136,15 @@ async fn record<S: ShoalService>(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    // counted off however the request ends, its future dropped included
+    service.requests_in_flight(&method, &route, 1);
+    let in_flight = InFlight {
+        service: service.clone(),
+        method: method.clone(),
+        route: route.clone(),
+    };
     let resp = next.run(req).await;
+    drop(in_flight);
     service.record_request(
         &method,
         &route,
@@ -144,6 +152,20 @@ async fn record<S: ShoalService>(
         start.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// A request's place in the gauge of requests in flight.
+struct InFlight<S: ShoalService> {
+    service: Arc<S>,
+    method: String,
+    route: String,
+}
+
+impl<S: ShoalService> Drop for InFlight<S> {
+    fn drop(&mut self) {
+        self.service
+            .requests_in_flight(&self.method, &self.route, -1);
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -108,4 +108,7 @@ pub trait ShoalService: Send + Sync + 'static {
 
     /// Called once per HTTP request, after the response is made (for metrics).
     fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64);
+    /// Called when a request starts (`+1`) and when it ends or is dropped (`-1`), for the gauge
+    /// of requests in flight.
+    fn requests_in_flight(&self, method: &str, route: &str, delta: i64);
 }

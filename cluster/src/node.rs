@@ -239,6 +239,8 @@ pub struct ClusterNode {
     /// Whether this node has caught up with the cluster since it started: applied what the
     /// leader had committed when it first heard from it (the index, once heard).
     catch_up: Mutex<CatchUp>,
+    /// Consensus is being stopped on purpose ([`ClusterNode::shutdown`]), not by a failure.
+    stopping: std::sync::atomic::AtomicBool,
     /// When this node last became the leader (its peers have not answered it yet at first).
     leader_since: Mutex<Option<Instant>>,
     leadership: watch::Sender<bool>,
@@ -323,6 +325,7 @@ impl ClusterNode {
             log,
             leader_contact: Mutex::new(None),
             catch_up: Mutex::new(CatchUp::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             leader_since: Mutex::new(None),
             leadership: watch::Sender::new(false),
             fatal: watch::Sender::new(None),
@@ -1330,7 +1333,10 @@ impl ClusterNode {
         self.client.faults.set_cut(nodes);
     }
 
+    /// Stop consensus on this node (it is shutting down); again is harmless.
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.raft.shutdown().await;
     }
 }
@@ -1426,7 +1432,11 @@ async fn watch_metrics(node: Arc<ClusterNode>) {
             *node.leader_since.lock() = Some(Instant::now());
         }
         if let Some(reason) = fatal {
-            tracing::error!(reason = %reason, "consensus stopped");
+            if node.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::info!("consensus stopped");
+            } else {
+                tracing::error!(reason = %reason, "consensus stopped");
+            }
             let _ = node.fatal.send(Some(reason));
             return;
         }

@@ -9,6 +9,7 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
+    pub http_in_flight: prometheus::IntGaugeVec,
     pub actor_restarts: IntCounterVec,
     pub ingest_documents: IntCounterVec,
     pub ingest_chunks: IntCounter,
@@ -140,7 +141,16 @@ impl Metrics {
             &["pool"],
         ));
         must(registry.register(Box::new(pool_queued_tasks.clone())));
+        let http_in_flight = must(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "http_requests_in_flight",
+                "HTTP requests being served, by method and route",
+            ),
+            &["method", "route"],
+        ));
+        must(registry.register(Box::new(http_in_flight.clone())));
         Metrics {
+            http_in_flight,
             pool_queued_tasks,
             cluster_forwarded_writes,
             reranks_forwarded,

@@ -1397,6 +1397,15 @@ impl ShoalService for Node {
         Ok(serde_json::json!({ "cut": self.ctx.cluster.faults().cut() }))
     }
 
+    fn requests_in_flight(&self, method: &str, route: &str, delta: i64) {
+        self.ctx
+            .runtime
+            .metrics
+            .http_in_flight
+            .with_label_values(&[method, route])
+            .add(delta);
+    }
+
     fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let m = &self.ctx.runtime.metrics;
         m.http_requests

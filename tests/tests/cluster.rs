@@ -289,6 +289,64 @@ fn a_node_catching_up_is_not_ready_and_answers_503_not_404_for_what_it_lacks() {
 }
 
 #[test]
+fn a_leader_told_to_stop_lets_the_others_elect_a_new_one_while_it_drains() {
+    let mut c = Cluster::start(3, 0, &[]);
+    c.nodes[0].create_collection("wiki");
+    let leader = c.leader(Duration::from_secs(30));
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    // a read at an index far ahead keeps the leader draining for cluster.read_wait_ms (10 s)
+    let base = c.nodes[leader].base.clone();
+    let held = std::thread::spawn(move || {
+        client()
+            .post(format!("{base}/api/v1/collections/wiki/search"))
+            .json(&json!({"query": "chess", "min_index": 1_000_000_000u64}))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    wait_until(Duration::from_secs(10), "the held read in flight", || {
+        metric_value(
+            &c.nodes[leader].metrics(),
+            "shoal_http_requests_in_flight",
+            "/search",
+        ) >= 1.0
+    });
+    let pid = c.nodes[leader].pid().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let told = Instant::now();
+    // the others elect a leader while the old one drains (it no longer sends heartbeats)...
+    let old = Cluster::id(leader);
+    wait_until(Duration::from_secs(8), "a new leader", || {
+        let s = c.nodes[follower].get("/api/v1/cluster").body;
+        s["leader"].as_u64().is_some_and(|l| l != old)
+    });
+    // ... and take writes
+    let mut n = 0;
+    let mut last = String::new();
+    while told.elapsed() < Duration::from_secs(8) {
+        n += 1;
+        let r = c.nodes[follower].request("PUT", &format!("/api/v1/collections/after-{n}"), None);
+        if r.status == 201 {
+            break;
+        }
+        last = r.text;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        told.elapsed() < Duration::from_secs(8),
+        "no write went through for 8 s after the leader was told to stop (last: {last})"
+    );
+    let _ = held.join();
+    assert!(
+        c.nodes[leader].terminate(),
+        "the old leader did not stop cleanly"
+    );
+}
+
+#[test]
 fn join_promote_and_remove_while_searches_go_on() {
     let mut c = Cluster::start(3, 0, &[]);
     c.nodes[0].create_collection("wiki");
