@@ -332,7 +332,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 // it lets the others elect a new leader within an election timeout. What is in
                 // flight here and needs consensus fails, as it would a moment later.
                 tracing::info!("stopping: consensus first, so that the others can elect a leader");
-                cluster.shutdown().await;
+                if tokio::time::timeout(Duration::from_secs(10), cluster.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("consensus did not stop within 10 s; stopping the rest anyway");
+                }
             }
             reason = failed => {
                 let _ = failed_tx.send(reason);

@@ -984,6 +984,7 @@ impl ShoalService for Node {
         let mut stuck = 0;
         let mut hits = loop {
             let shard_at = self.ctx.watermark.current_for(uid);
+            let store_at = self.ctx.store.applied_index().map_err(NodeError::from)?;
             let (hits, missing) = self
                 .search_shard(
                     shard.clone(),
@@ -1013,9 +1014,9 @@ impl ShoalService for Node {
                 .max(self.ctx.watermark.applied_index());
             let limit = read_deadline.saturating_duration_since(Instant::now());
             // A shard that was already at the store's index when it was searched and still lacked
-            // a hit's chunk is not behind: waiting cannot help, so only a few such rounds are
-            // made (the deadline bounds the others).
-            if shard_at >= target {
+            // a hit's chunk is not behind (unless a write landed during the search): waiting
+            // cannot help, so only a few such rounds are made (the deadline bounds the others).
+            if shard_at >= store_at {
                 stuck += 1;
             }
             let caught_up = stuck <= MAX_STUCK_ROUNDS
@@ -1037,7 +1038,7 @@ impl ShoalService for Node {
                 stale_reason.get_or_insert(why);
                 break hits;
             }
-            applied_index = self.ctx.watermark.current_for(uid);
+            let caught_up_to = self.ctx.watermark.current_for(uid);
             let dropped = || {
                 ApiError::NotFound(format!(
                     "collection `{collection}` was dropped during the search"
@@ -1059,7 +1060,11 @@ impl ShoalService for Node {
                 .filter(|s| s.uid == uid)
                 .ok_or_else(dropped)?;
             match slot.shard {
-                Some(s) => shard = s,
+                Some(s) => {
+                    // (the index of the answer only once its hits come from this shard)
+                    applied_index = caught_up_to;
+                    shard = s;
+                }
                 None => {
                     let why = format!(
                         "collection `{collection}` is reloading: {missing} hit(s) of documents \

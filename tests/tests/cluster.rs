@@ -294,7 +294,8 @@ fn a_leader_told_to_stop_lets_the_others_elect_a_new_one_while_it_drains() {
     c.nodes[0].create_collection("wiki");
     let leader = c.leader(Duration::from_secs(30));
     let follower = (0..3).find(|i| *i != leader).unwrap();
-    // a read at an index far ahead keeps the leader draining for cluster.read_wait_ms (10 s)
+    // a read at an index far ahead: a leader that drained before it left consensus waited
+    // cluster.read_wait_ms (10 s) for it, leading all the while
     let base = c.nodes[leader].base.clone();
     let held = std::thread::spawn(move || {
         client()

@@ -108,7 +108,10 @@ fn main() -> ExitCode {
                 }
             }
         };
-        println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {})", args.nodes, args.clients, args.seconds);
+        let disk_mib = args
+            .disk_mib
+            .unwrap_or_else(|| shoal_chaos::cluster::default_disk_mib(args.seconds));
+        println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {} --disk-mib {disk_mib})", args.nodes, args.clients, args.seconds);
         let cfg = Config {
             nodes: args.nodes,
             clients: args.clients,
@@ -118,9 +121,7 @@ fn main() -> ExitCode {
             bin: bin.clone(),
             model: model.clone(),
             loopback: args.loopback,
-            disk_mib: args
-                .disk_mib
-                .unwrap_or_else(|| shoal_chaos::cluster::default_disk_mib(args.seconds)),
+            disk_mib,
             keep_logs: Some(
                 args.logs
                     .clone()
