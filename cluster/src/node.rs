@@ -926,10 +926,7 @@ impl ClusterNode {
     /// this node started.
     pub(crate) fn heard_from_leader(&self, leader_commit: u64) {
         *self.leader_contact.lock() = Some(Instant::now());
-        let mut c = self.catch_up.lock();
-        if c.target.is_none() {
-            c.target = Some(leader_commit);
-        }
+        self.catch_up.lock().target.get_or_insert(leader_commit);
     }
 
     /// Why this node is still catching up with the cluster since it started (joined, restarted,
@@ -1024,9 +1021,7 @@ impl ClusterNode {
         let mut counted = false;
         loop {
             if self.is_stopping() {
-                return Err(ClusterError::NoLeader(
-                    "this node is stopping; send the request to another node".into(),
-                ));
+                return Err(stopping());
             }
             if let Some(reason) = self.fatal.borrow().clone() {
                 return Err(ClusterError::Fatal(reason));
@@ -1141,9 +1136,7 @@ impl ClusterNode {
     /// before the call (the leader confirms its leadership with a quorum first).
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
         if self.is_stopping() {
-            return Err(ClusterError::NoLeader(
-                "this node is stopping; send the request to another node".into(),
-            ));
+            return Err(stopping());
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
         loop {
@@ -1366,6 +1359,11 @@ impl ClusterNode {
     }
 }
 
+/// What a node that is stopping answers to a request it has not sent on: nothing was done.
+fn stopping() -> ClusterError {
+    ClusterError::NoLeader("this node is stopping; send the request to another node".into())
+}
+
 fn list(ids: impl Iterator<Item = NodeId>) -> String {
     ids.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -1457,7 +1455,7 @@ async fn watch_metrics(node: Arc<ClusterNode>) {
             *node.leader_since.lock() = Some(Instant::now());
         }
         if let Some(reason) = fatal {
-            if node.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            if node.is_stopping() {
                 tracing::info!("consensus stopped");
             } else {
                 tracing::error!(reason = %reason, "consensus stopped");

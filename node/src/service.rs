@@ -1026,16 +1026,20 @@ impl ShoalService for Node {
                     .watermark
                     .wait_for_collection(uid, target, limit)
                     .await;
-            if !caught_up {
-                let why = format!(
-                    "the index of `{collection}` is behind its store: {missing} hit(s) of \
-                     documents being changed were left out"
-                );
+            // An answer with hits left out: marked stale, or refused for a strong read.
+            let mut left_out = |why: String| {
                 if req.consistency == Some(Consistency::Strong) {
                     return Err(ApiError::NotReady(format!("{why}; retry")));
                 }
                 tracing::warn!(collection = %collection, missing, stuck, "{why}");
                 stale_reason.get_or_insert(why);
+                Ok(())
+            };
+            if !caught_up {
+                left_out(format!(
+                    "the index of `{collection}` is behind its store: {missing} hit(s) of \
+                     documents being changed were left out"
+                ))?;
                 break hits;
             }
             let caught_up_to = self.ctx.watermark.current_for(uid);
@@ -1066,14 +1070,10 @@ impl ShoalService for Node {
                     shard = s;
                 }
                 None => {
-                    let why = format!(
+                    left_out(format!(
                         "collection `{collection}` is reloading: {missing} hit(s) of documents \
                          being changed were left out"
-                    );
-                    if req.consistency == Some(Consistency::Strong) {
-                        return Err(ApiError::NotReady(format!("{why}; retry")));
-                    }
-                    stale_reason.get_or_insert(why);
+                    ))?;
                     break hits;
                 }
             }

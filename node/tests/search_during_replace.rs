@@ -155,11 +155,8 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 /// A node's actors have process-wide names: the tests of this file run one node at a time.
 static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn start_node(tmp: &tempfile::TempDir) -> shoal_node::RunningNode {
-    start_node_with(tmp, |_| {}).await
-}
-
-async fn start_node_with(
+/// A node with collection `c` holding document `a` at "version one", indexed.
+async fn node_with_first_version(
     tmp: &tempfile::TempDir,
     configure: impl FnOnce(&mut Config),
 ) -> shoal_node::RunningNode {
@@ -181,6 +178,14 @@ async fn start_node_with(
         })
         .await
         .unwrap();
+    let first = write_version(&node.ctx, "version one").await;
+    assert!(
+        node.ctx
+            .watermark
+            .wait_for(first, Duration::from_secs(30))
+            .await,
+        "the first version was not indexed"
+    );
     node
 }
 
@@ -231,13 +236,8 @@ async fn search_while_held(
 async fn a_replace_half_mirrored_still_finds_the_document() {
     let _one = ONE_NODE.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let node = start_node(&tmp).await;
+    let node = node_with_first_version(&tmp, |_| {}).await;
     let ctx = node.ctx.clone();
-    let first = write_version(&ctx, "version one").await;
-    assert!(
-        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
-        "the first version was not indexed"
-    );
     let uid = ctx.store.collection("c").unwrap().unwrap().uid;
 
     // Hold the thread, commit the new version and let its first change queue behind the hold.
@@ -272,13 +272,8 @@ async fn a_replace_half_mirrored_still_finds_the_document() {
 async fn a_document_being_replaced_is_found_at_one_version_or_the_other() {
     let _one = ONE_NODE.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let node = start_node(&tmp).await;
+    let node = node_with_first_version(&tmp, |_| {}).await;
     let ctx = node.ctx.clone();
-    let first = write_version(&ctx, "version one").await;
-    assert!(
-        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
-        "the first version was not indexed"
-    );
     let service = Arc::new(shoal_node::service::Node { ctx: ctx.clone() });
     let hits = search(&service).await.unwrap().hits;
     assert_eq!(hits.len(), 1);
@@ -303,13 +298,8 @@ async fn a_document_being_replaced_is_found_at_one_version_or_the_other() {
 async fn a_shard_that_does_not_catch_up_in_time_gives_a_stale_answer_or_503_for_strong() {
     let _one = ONE_NODE.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let node = start_node_with(&tmp, |c| c.cluster.read_wait_ms = 300).await;
+    let node = node_with_first_version(&tmp, |c| c.cluster.read_wait_ms = 300).await;
     let ctx = node.ctx.clone();
-    let first = write_version(&ctx, "version one").await;
-    assert!(
-        ctx.watermark.wait_for(first, Duration::from_secs(30)).await,
-        "the first version was not indexed"
-    );
     let hold = Hold::start(&ctx, true).await;
     write_version(&ctx, "version two").await;
     let service = shoal_node::service::Node { ctx: ctx.clone() };
