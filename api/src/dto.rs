@@ -236,6 +236,8 @@ pub struct ModelState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadyResponse {
     pub ready: bool,
+    /// Why the node is not ready, one sentence each (empty when ready).
+    pub reasons: Vec<String>,
     /// Component name to its state, for example `"embedder": "ready"`.
     pub components: Map<String, Value>,
 }

@@ -11,4 +11,4 @@ mod service;
 pub use error::ApiError;
 pub use extract::{validate_collection_name, validate_document_id};
 pub use routes::{router, RouterLimits};
-pub use service::ShoalService;
+pub use service::{ShoalService, SnapshotDownload};

@@ -45,6 +45,7 @@ pub struct RouterLimits {
 /// | `GET /api/v1/admin/actors` | supervised actors and their restarts |
 /// | `POST /api/v1/admin/actors/{name}/panic` | fault injection (when enabled) |
 /// | `GET /api/v1/admin/digest` | digest of the node's store (replicas compare equal) |
+/// | `GET /api/v1/admin/snapshot` | a consistent snapshot of the node's state (a backup) |
 /// | `PUT /api/v1/admin/faults/links` | fault injection: cut links to other nodes |
 /// | `GET /api/v1/cluster` | members, roles, leader, term, indexes, lag |
 /// | `POST /api/v1/cluster/init` | make this node a new one-member cluster |
@@ -54,6 +55,8 @@ pub struct RouterLimits {
 pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router {
     let api = Router::new()
         .route("/api/health", get(health::<S>))
+        // the path load balancers and the replaced stack's probes use
+        .route("/health", get(health::<S>))
         .route("/api/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/api/v1/collections", get(list_collections::<S>))
@@ -78,6 +81,7 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/api/v1/admin/actors", get(list_actors::<S>))
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
         .route("/api/v1/admin/digest", get(store_digest::<S>))
+        .route("/api/v1/admin/snapshot", get(snapshot::<S>))
         .route("/api/v1/admin/faults/links", put(cut_links::<S>))
         .route("/api/v1/cluster", get(cluster_status::<S>))
         .route("/api/v1/cluster/init", post(cluster_init::<S>))
@@ -337,6 +341,45 @@ async fn store_digest<S: ShoalService>(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.authorize_admin(admin_secret(&headers))?;
     Ok(Json(s.store_digest().await?))
+}
+
+async fn snapshot<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.authorize_admin(admin_secret(&headers))?;
+    let snap = s.snapshot().await?;
+    let stream = futures_util::stream::unfold(snap.file, |mut file| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(snap.bytes)),
+            (
+                header::HeaderName::from_static("x-shoal-applied-index"),
+                HeaderValue::from(snap.applied_index),
+            ),
+            (
+                header::HeaderName::from_static("x-shoal-node-id"),
+                HeaderValue::from(snap.node_id),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn cut_links<S: ShoalService>(

@@ -100,6 +100,8 @@ pub trait ShoalService: Send + Sync + 'static {
     /// A digest of this node's whole store and the index it is at (replicas at the same index
     /// have equal digests).
     fn store_digest(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// A consistent snapshot of this node's whole state (a backup), as a file to stream.
+    fn snapshot(&self) -> impl Future<Output = Result<SnapshotDownload, ApiError>> + Send;
     /// Fault injection (only when enabled): cut this node's links to other nodes.
     fn cut_links(
         &self,
@@ -111,4 +113,14 @@ pub trait ShoalService: Send + Sync + 'static {
     /// Called when a request starts (`+1`) and when it ends or is dropped (`-1`), for the gauge
     /// of requests in flight.
     fn requests_in_flight(&self, method: &str, route: &str, delta: i64);
+}
+
+/// A snapshot file for `GET /api/v1/admin/snapshot`: opened before it is streamed, so a newer
+/// snapshot that replaces it on disk cannot cut the download short.
+pub struct SnapshotDownload {
+    pub file: tokio::fs::File,
+    pub bytes: u64,
+    /// The last log index the snapshot holds.
+    pub applied_index: u64,
+    pub node_id: u64,
 }

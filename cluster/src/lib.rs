@@ -14,6 +14,7 @@
 // answer axum `Response`s as errors; boxing them would only fight the APIs they come from.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod error;
 pub mod log_store;
 pub mod network;

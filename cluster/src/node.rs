@@ -29,8 +29,8 @@ use crate::types::{
 };
 use crate::ClusterEvents;
 
-const NODE_ID: &str = "node_id";
-const CLUSTER_ID: &str = "cluster_id";
+pub(crate) const NODE_ID: &str = "node_id";
+pub(crate) const CLUSTER_ID: &str = "cluster_id";
 /// Set while a node whose data folder was new has not yet joined (or made) a cluster: it does not
 /// vote meanwhile (a voter that lost its folder lost its vote, and could vote twice in a term).
 const REJOINING: &str = "rejoining";
@@ -1391,6 +1391,16 @@ fn client_write_error(id: NodeId, e: RaftError<ClientWriteError>) -> ClusterErro
 
 /// This node's id: the one its data folder was made with, else the configured one, else a new
 /// random one (kept in the folder); and whether the folder is new.
+/// A new node id: small enough to type, never 0.
+pub(crate) fn random_node_id() -> NodeId {
+    loop {
+        let id = rand::random::<u64>() % 1_000_000_000;
+        if id != 0 {
+            break id;
+        }
+    }
+}
+
 fn node_identity(
     log: &LogStore,
     configured: Option<NodeId>,
@@ -1408,13 +1418,7 @@ fn node_identity(
         ))),
         (Some(s), _) => Ok((s, false)),
         (None, c) => {
-            let id = c.unwrap_or_else(|| loop {
-                // Small enough to type; never 0.
-                let id = rand::random::<u64>() % 1_000_000_000;
-                if id != 0 {
-                    break id;
-                }
-            });
+            let id = c.unwrap_or_else(random_node_id);
             log.tree()
                 .put_meta(NODE_ID, &id.to_be_bytes())
                 .map_err(internal)?;

@@ -137,7 +137,7 @@ impl StateMachine {
     }
 }
 
-fn read_meta(store: &Store) -> Result<AppliedMeta, StoreError> {
+pub(crate) fn read_meta(store: &Store) -> Result<AppliedMeta, StoreError> {
     match store.log_meta()? {
         Some(bytes) => decode(&bytes).map_err(|e| StoreError::Corrupt {
             key: "m/raft".into(),
@@ -218,7 +218,7 @@ fn current_snapshot(dir: &Path) -> Option<(SnapshotMeta, PathBuf)> {
 }
 
 /// Make `id` (with its `.snap` and `.meta` in `dir`) the current snapshot and remove older ones.
-fn set_current(dir: &Path, id: &str, meta: &SnapshotMeta) -> std::io::Result<()> {
+pub(crate) fn set_current(dir: &Path, id: &str, meta: &SnapshotMeta) -> std::io::Result<()> {
     let meta_tmp = dir.join(format!("{id}.meta.tmp"));
     std::fs::write(&meta_tmp, encode(meta))?;
     std::fs::rename(&meta_tmp, dir.join(format!("{id}.meta")))?;

@@ -59,6 +59,68 @@ pub fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Result
     Ok(json)
 }
 
+/// Save a backup of the node at `base` (a snapshot of its whole state, taken while it serves) to
+/// `out`: written to a temporary file beside it, synced, then renamed. Returns the log index the
+/// backup holds and its size.
+pub fn download_snapshot(base: &str, out: &std::path::Path) -> Result<(u64, u64), CliError> {
+    let fail = |message: String| CliError { message, code: 1 };
+    // No overall timeout: a large state takes as long as it takes to send.
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(None)
+        .build()
+        .map_err(|e| fail(format!("cannot make an HTTP client: {e}")))?;
+    let url = format!("{}/api/v1/admin/snapshot", base.trim_end_matches('/'));
+    let mut req = client.get(&url);
+    if let Ok(secret) = std::env::var("SHOAL_CLUSTER__SECRET") {
+        req = req.header("x-shoal-cluster-secret", secret);
+    }
+    let mut resp = req.send().map_err(|e| CliError {
+        message: format!("cannot reach the node at {base}: {e}"),
+        code: 2,
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let message = json["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or(text);
+        return Err(fail(format!("{} ({status})", message.trim())));
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let applied = header("x-shoal-applied-index").unwrap_or(0);
+    let expected = header("content-length");
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "backup".into());
+    let tmp = out.with_file_name(format!(".{name}.part"));
+    let mut file = std::fs::File::create(&tmp)
+        .map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
+    let copied = resp.copy_to(&mut file).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(format!("the download stopped: {e}"))
+    })?;
+    if expected.is_some_and(|n| n != copied) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(format!(
+            "the download stopped after {copied} of {} bytes",
+            expected.unwrap_or(0)
+        )));
+    }
+    file.sync_all()
+        .and_then(|_| std::fs::rename(&tmp, out))
+        .map_err(|e| fail(format!("cannot write {}: {e}", out.display())))?;
+    Ok((applied, copied))
+}
+
 fn opt(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),

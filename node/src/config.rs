@@ -457,6 +457,12 @@ impl Config {
     /// Defaults, then `file` (if given), then `SHOAL_SECTION__FIELD` environment variables
     /// (for example `SHOAL_SERVER__LISTEN=0.0.0.0:7400`).
     pub fn load(file: Option<&Path>) -> Result<Config, NodeError> {
+        let config = Self::read(file)?;
+        config.validate().map_err(NodeError::Config)?;
+        Ok(config)
+    }
+
+    fn read(file: Option<&Path>) -> Result<Config, NodeError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.is_file() {
@@ -476,7 +482,6 @@ impl Config {
             )
             .extract()
             .map_err(|e| NodeError::Config(e.to_string()))?;
-        config.validate().map_err(NodeError::Config)?;
         Ok(config)
     }
 
@@ -487,6 +492,12 @@ impl Config {
             c.cluster.secret = Some(Secret("<redacted>".into()));
         }
         c
+    }
+
+    /// [`Config::load`] without the final check, for callers that change the configuration
+    /// further (command-line flags) and check it after.
+    pub fn load_unchecked(file: Option<&Path>) -> Result<Config, NodeError> {
+        Self::read(file)
     }
 
     pub fn validate(&self) -> Result<(), String> {

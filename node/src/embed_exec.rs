@@ -499,6 +499,10 @@ impl Exec {
             .embed_texts
             .with_label_values(&[queue])
             .inc_by(texts.len() as u64);
+        self.metrics
+            .embed_batch_size
+            .with_label_values(&[queue])
+            .observe(texts.len() as f64);
         result
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod embed_exec;
 pub mod error;
+pub mod eval;
 pub mod ingest_queue;
 pub mod metrics;
 pub mod mirror;
@@ -77,6 +78,38 @@ impl RunningNode {
         self.ctx.store.flush()?;
         Ok(())
     }
+}
+
+/// Make the node of `config`'s data folder (which must be new) from a backup written by
+/// `shoal snapshot create`: the backup's state, as the only member of a new cluster.
+pub fn restore_backup(
+    config: &Config,
+    backup: &std::path::Path,
+) -> anyhow::Result<shoal_cluster::backup::Restored> {
+    let data_dir = &config.storage.data_dir;
+    std::fs::create_dir_all(data_dir.join("index"))
+        .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
+    let options = StoreOptions {
+        sync_writes: true,
+        cache_bytes: config.storage.cache_mb << 20,
+    };
+    let store = Store::open(&data_dir.join("store"), options).with_context(|| {
+        format!(
+            "cannot open the store in {}",
+            data_dir.join("store").display()
+        )
+    })?;
+    let settings = cluster::settings(config);
+    let restored = shoal_cluster::backup::restore_as_new_cluster(
+        &store,
+        backup,
+        settings.group,
+        &settings.snapshot_dir,
+        settings.node_id,
+        settings.advertise,
+    )?;
+    store.sync()?;
+    Ok(restored)
 }
 
 /// Open the store, load the models and start the supervision tree.
@@ -161,6 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     );
 
     let metrics = Arc::new(Metrics::new());
+    metrics.watch_system(data_dir.clone());
     // Consensus: the state machine applies committed entries to the store and hands their
     // effects to the mirror, which follows into the index.
     let watermark = Arc::new(IndexWatermark::new(store.applied_index()?));

@@ -113,6 +113,27 @@ enum ClusterCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Save a consistent snapshot of a running node's whole state (a backup) to FILE; the node
+    /// keeps serving meanwhile. Any caught-up node of a cluster holds the cluster's state.
+    Create {
+        /// The file to write (written beside it first, then renamed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a new node from a backup: the data folder (which must be new) gets the backup's
+    /// state, and the node starts as the only member of a new cluster, which others can join.
+    Restore {
+        /// A file written by `shoal snapshot create`.
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node.
     Serve(Common),
@@ -121,6 +142,30 @@ enum Cmd {
     /// Run the cluster: init, join, status, promote, remove (talks to a node's admin API).
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Measure search quality on a labelled set (BEIR layout) against a running node: nDCG@k and
+    /// recall@k with and without reranking, and the reranker's pairwise accuracy.
+    Eval {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels.tsv.
+        #[arg(long, value_name = "DIR")]
+        dataset: PathBuf,
+        /// The collection that holds the corpus.
+        #[arg(long, default_value = "eval")]
+        collection: String,
+        /// Create the collection and add the corpus first (it must not exist).
+        #[arg(long)]
+        ingest: bool,
+        /// Rank cut-off of nDCG and recall.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Vector candidates per query (what the reranker reorders).
+        #[arg(long, default_value_t = 50)]
+        candidates: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Back up a running node's state (create), or make a new node from a backup (restore).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Build the seeded test cross-encoder from a BERT model folder (for tests; it ranks nothing well).
     #[command(hide = true)]
     MakeTestReranker {
@@ -134,7 +179,8 @@ enum Cmd {
 }
 
 fn load(common: &Common) -> Result<Config, String> {
-    let mut config = Config::load(common.config.as_deref()).map_err(|e| e.to_string())?;
+    // checked once the flags are in: a flag may make a configuration from the environment whole
+    let mut config = Config::load_unchecked(common.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(l) = common.listen {
         config.server.listen = l;
     }
@@ -174,6 +220,45 @@ fn main() -> ExitCode {
         Cmd::Serve(c) => (c, true),
         Cmd::Config(c) => (c, false),
         Cmd::Cluster(cmd) => return cluster_command(cmd),
+        Cmd::Snapshot(cmd) => return snapshot_command(cmd),
+        Cmd::Eval {
+            dataset,
+            collection,
+            ingest,
+            k,
+            candidates,
+            target,
+        } => {
+            use shoal_node::eval;
+            let result = eval::EvalSet::load(dataset).and_then(|set| {
+                let options = eval::EvalOptions {
+                    node: target.node.clone(),
+                    collection: collection.clone(),
+                    k: *k,
+                    candidates: (*candidates).max(*k),
+                    ingest: *ingest,
+                    rerank: eval::node_has_reranker(&target.node)?,
+                };
+                eval::run(&set, &options)
+            });
+            return match result {
+                Ok(report) if target.json => {
+                    println!("{}", report.to_json());
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", report.table());
+                    if report.rerank_ndcg.is_none() {
+                        println!("(the node has no reranker: start it with --reranker-model)");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shoal: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            };
+        }
         Cmd::MakeTestReranker { from, out } => {
             return match shoal_inference::test_model::build_test_cross_encoder(from, out) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -342,6 +427,64 @@ fn cluster_command(cmd: &ClusterCmd) -> ExitCode {
         Err(e) => {
             eprintln!("shoal: {}", e.message);
             ExitCode::from(e.code)
+        }
+    }
+}
+
+fn snapshot_command(cmd: &SnapshotCmd) -> ExitCode {
+    match cmd {
+        SnapshotCmd::Create { out, target } => {
+            match shoal_node::admin_cli::download_snapshot(&target.node, out) {
+                Ok((applied, bytes)) => {
+                    if target.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"file": out, "applied_index": applied, "bytes": bytes})
+                        );
+                    } else {
+                        println!(
+                            "saved the state of {} at log index {applied} to {} ({bytes} bytes)",
+                            target.node,
+                            out.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shoal: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }
+        SnapshotCmd::Restore { file, common } => {
+            let config = match load(common) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("shoal: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !file.is_file() {
+                eprintln!("shoal: {} is not a file", file.display());
+                return ExitCode::from(2);
+            }
+            match shoal_node::restore_backup(&config, file) {
+                Ok(r) => {
+                    println!(
+                        "restored {} into {}: node {} is the only member of the new cluster {} at log index {}; start it with `shoal serve` and the same --data-dir",
+                        file.display(),
+                        config.storage.data_dir.display(),
+                        r.node_id,
+                        r.cluster_id,
+                        r.applied_index
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shoal: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

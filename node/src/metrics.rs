@@ -1,8 +1,12 @@
 //! Prometheus metrics of a node, served at `GET /metrics`.
 
+use std::path::{Path, PathBuf};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,6 +29,11 @@ pub struct Metrics {
     pub embed_texts: IntCounterVec,
     pub embed_queue_wait_seconds: HistogramVec,
     pub search_seconds: HistogramVec,
+    pub search_empty: IntCounterVec,
+    pub embed_batch_size: HistogramVec,
+    pub rerank_batch_size: HistogramVec,
+    pub collection_documents: GaugeVec,
+    pub collection_chunks: GaugeVec,
     pub index_points: GaugeVec,
     pub index_tombstones: GaugeVec,
     pub compactions: IntCounterVec,
@@ -44,6 +53,9 @@ pub struct Metrics {
     pub cluster_replication_lag: GaugeVec,
     pub cluster_stale: IntGauge,
 }
+
+/// Batch sizes (texts per forward pass, documents per rerank).
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -71,6 +83,22 @@ impl Metrics {
             must(registry.register(Box::new(h.clone())));
             h
         };
+        let size_histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = must(HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(SIZE_BUCKETS.to_vec()),
+                labels,
+            ));
+            must(registry.register(Box::new(h.clone())));
+            h
+        };
+        let build_info = must(GaugeVec::new(
+            Opts::new("build_info", "1, with the version of shoal this node runs"),
+            &["version"],
+        ));
+        must(registry.register(Box::new(build_info.clone())));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let g = must(GaugeVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(g.clone())));
@@ -149,7 +177,7 @@ impl Metrics {
             &["method", "route"],
         ));
         must(registry.register(Box::new(http_in_flight.clone())));
-        Metrics {
+        let m = Metrics {
             http_in_flight,
             pool_queued_tasks,
             cluster_forwarded_writes,
@@ -236,7 +264,32 @@ impl Metrics {
             ),
             search_seconds: histogram_vec(
                 "search_duration_seconds",
-                "Search latency inside the node (embedding included)",
+                "Search latency inside the node (embedding and reranking included), by collection and mode (baseline, rerank)",
+                &["collection", "mode"],
+            ),
+            search_empty: counter_vec(
+                "search_empty_results_total",
+                "Searches that found no hit, by collection and mode (baseline, rerank)",
+                &["collection", "mode"],
+            ),
+            embed_batch_size: size_histogram(
+                "embed_batch_size",
+                "Texts per forward pass of the embedder, by queue (query or ingest)",
+                &["queue"],
+            ),
+            rerank_batch_size: size_histogram(
+                "rerank_batch_size",
+                "Passages scored per rerank request",
+                &["model"],
+            ),
+            collection_documents: gauge_vec(
+                "collection_documents",
+                "Documents per collection in this node's store (every state)",
+                &["collection"],
+            ),
+            collection_chunks: gauge_vec(
+                "collection_chunks",
+                "Searchable chunks per collection in this node's store",
                 &["collection"],
             ),
             index_points: gauge_vec(
@@ -263,7 +316,37 @@ impl Metrics {
                 &["model"],
             ),
             registry,
+        };
+        // Series with known label values exist from the start (at 0), so that `rate()` and
+        // the alert rules see their first increase.
+        for pool in ["background", "maintenance"] {
+            m.pool_queued_tasks.with_label_values(&[pool]);
         }
+        for kind in ["query_embedding", "ingest_embedding", "reranking"] {
+            m.cancelled_work.with_label_values(&[kind]);
+        }
+        for outcome in ["indexed", "failed"] {
+            m.ingest_documents.with_label_values(&[outcome]);
+        }
+        for event in ["built", "installed"] {
+            m.cluster_snapshots.with_label_values(&[event]);
+        }
+        for event in ["granted", "taken_over", "held_elsewhere", "lost"] {
+            m.cluster_claims.with_label_values(&[event]);
+        }
+        for queue in ["query", "ingest"] {
+            m.embed_texts.with_label_values(&[queue]);
+        }
+        m
+    }
+
+    /// Also export the process's figures (resident memory, CPU time, open files) and the disk
+    /// use under `data_dir`, read when `/metrics` is scraped.
+    pub fn watch_system(&self, data_dir: PathBuf) {
+        must(
+            self.registry
+                .register(Box::new(SystemCollector::new(data_dir))),
+        );
     }
 
     pub fn render(&self) -> Result<String, prometheus::Error> {
@@ -271,6 +354,200 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
+}
+
+/// Figures of the process and of the disk under the data folder, read from `/proc` and `statvfs`
+/// at each scrape (Linux; elsewhere the families are absent).
+struct SystemCollector {
+    data_dir: PathBuf,
+    descs: Vec<Desc>,
+}
+
+/// (name, help, is a counter)
+const SYSTEM_FAMILIES: &[(&str, &str, bool)] = &[
+    (
+        "process_resident_memory_bytes",
+        "Resident memory of the process",
+        false,
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "Virtual memory of the process",
+        false,
+    ),
+    (
+        "process_cpu_seconds_total",
+        "CPU time (user and system) the process has used",
+        true,
+    ),
+    ("process_open_fds", "Open file descriptors", false),
+    (
+        "process_max_fds",
+        "The limit on open file descriptors (RLIMIT_NOFILE)",
+        false,
+    ),
+    ("process_threads", "Threads of the process", false),
+    (
+        "data_dir_bytes",
+        "Bytes of the files under the node's data folder",
+        false,
+    ),
+    (
+        "disk_free_bytes",
+        "Bytes available to the node on the filesystem that holds its data folder",
+        false,
+    ),
+    (
+        "disk_total_bytes",
+        "Size of the filesystem that holds the node's data folder",
+        false,
+    ),
+];
+
+impl SystemCollector {
+    fn new(data_dir: PathBuf) -> SystemCollector {
+        let descs = SYSTEM_FAMILIES
+            .iter()
+            .map(|(name, help, _)| {
+                must(Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    vec![],
+                    Default::default(),
+                ))
+            })
+            .collect();
+        SystemCollector { data_dir, descs }
+    }
+
+    fn read(&self) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        let page = page_size();
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            let mut f = statm.split_whitespace().map(|v| v.parse::<f64>().ok());
+            if let (Some(Some(size)), Some(Some(resident))) = (f.next(), f.next()) {
+                out.push(("process_virtual_memory_bytes", size * page));
+                out.push(("process_resident_memory_bytes", resident * page));
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces and ends with ')'):
+            // utime and stime are fields 14 and 15 of the whole line, threads is 20.
+            if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+                if let (Some(u), Some(s)) = (field(14), field(15)) {
+                    out.push(("process_cpu_seconds_total", (u + s) / clock_ticks()));
+                }
+                if let Some(t) = field(20) {
+                    out.push(("process_threads", t));
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            out.push(("process_open_fds", dir.count() as f64));
+        }
+        if let Some(max) = max_fds() {
+            out.push(("process_max_fds", max));
+        }
+        out.push(("data_dir_bytes", dir_bytes(&self.data_dir) as f64));
+        if let Some((free, total)) = disk_space(&self.data_dir) {
+            out.push(("disk_free_bytes", free));
+            out.push(("disk_total_bytes", total));
+        }
+        out
+    }
+}
+
+impl Collector for SystemCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let values = self.read();
+        let mut families = Vec::new();
+        for (name, help, counter) in SYSTEM_FAMILIES {
+            let Some((_, v)) = values.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let opts = Opts::new(*name, *help);
+            let family = if *counter {
+                let c = must(Counter::with_opts(opts));
+                c.inc_by(v.max(0.0));
+                c.collect()
+            } else {
+                let g = must(Gauge::with_opts(opts));
+                g.set(*v);
+                g.collect()
+            };
+            families.extend(family);
+        }
+        families
+    }
+}
+
+fn page_size() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as f64
+    } else {
+        4096.0
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
+fn max_fds() -> Option<f64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur as f64)
+}
+
+/// Bytes available to an unprivileged user and the size of the filesystem that holds `path`.
+fn disk_space(path: &Path) -> Option<(f64, f64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value of a plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a struct we own.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as f64;
+    Some((st.f_bavail as f64 * frsize, st.f_blocks as f64 * frsize))
+}
+
+/// Bytes of the regular files under `dir` (links are not followed).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 impl Default for Metrics {
@@ -294,5 +571,31 @@ mod tests {
         assert!(text.contains("shoal_actor_restarts_total{actor=\"embedder-query\"} 1"));
         assert!(text.contains("shoal_http_requests_total"));
         assert!(text.contains("shoal_ready 0"));
+        assert!(text.contains("shoal_build_info{version=\""));
+    }
+
+    #[test]
+    fn reads_the_process_and_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), vec![0u8; 3000]).unwrap();
+        std::fs::write(dir.path().join("g"), vec![0u8; 1000]).unwrap();
+        let m = super::Metrics::new();
+        m.watch_system(dir.path().to_path_buf());
+        let text = m.render().unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("shoal_{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(value("data_dir_bytes"), 4000.0);
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("disk_total_bytes") >= value("disk_free_bytes"));
+        assert!(value("disk_free_bytes") > 0.0);
+        assert!(text.contains("# TYPE shoal_process_cpu_seconds_total counter"));
+        assert!(value("process_threads") >= 1.0);
     }
 }

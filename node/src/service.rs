@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use shoal_api::dto::*;
-use shoal_api::{ApiError, ShoalService};
+use shoal_api::{ApiError, ShoalService, SnapshotDownload};
 use shoal_index::{normalize, Filter, FilterLimits, SearchMode, SearchRequest as IndexSearch};
 use shoal_inference::sigmoid;
 use shoal_storage::{
@@ -80,8 +80,6 @@ impl Node {
         }
     }
 
-    /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
-    /// the store and mirrored by the index), at most `cluster.read_wait_ms`.
     /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
     /// the store and mirrored by the index), until `deadline`.
     async fn wait_for_index(
@@ -499,6 +497,7 @@ impl ShoalService for Node {
         let member = cluster.is_initialized().await;
         // a member that has not caught up with the cluster yet may lack collections it has
         let catching_up = cluster.catching_up();
+        let stale = cluster.stale();
         components.insert(
             "cluster".into(),
             serde_json::json!({
@@ -506,26 +505,49 @@ impl ShoalService for Node {
                 "member": member,
                 "leader": cluster.leader().map(|(id, _)| id),
                 "applied_index": cluster.applied_index(),
-                "stale": cluster.stale(),
+                "stale": stale,
                 "catching_up": catching_up,
             }),
         );
-        let ready = self.ctx.is_ready() && member && catching_up.is_none();
+        let mut reasons = Vec::new();
+        if !warm {
+            reasons.push("the embedder is warming up".to_owned());
+        }
+        if !loading.is_empty() {
+            reasons.push(format!("loading the shards of {}", loading.join(", ")));
+        }
+        if warm && !self.ctx.is_ready() && loading.is_empty() {
+            reasons.push("the reranker is warming up".to_owned());
+        }
+        if !member {
+            reasons.push(
+                "not a member of a cluster yet (`shoal cluster init`, or start with --join)"
+                    .to_owned(),
+            );
+        } else if let Some(c) = &catching_up {
+            // says "catching up: ..." and how far
+            reasons.push(c.clone());
+        } else if let Some(s) = &stale {
+            // A node that cannot vouch for its data is taken out of a load balancer's rotation;
+            // it still answers searches (marked stale) for clients that call it directly.
+            reasons.push(format!("no leader or no quorum: {s}"));
+        }
+        let ready = reasons.is_empty();
         self.ctx
             .runtime
             .metrics
             .ready
             .set(if ready { 1.0 } else { 0.0 });
-        ReadyResponse { ready, components }
+        ReadyResponse {
+            ready,
+            reasons,
+            components,
+        }
     }
 
     async fn metrics(&self) -> Result<String> {
-        let ready = self.ctx.is_ready();
-        self.ctx
-            .runtime
-            .metrics
-            .ready
-            .set(if ready { 1.0 } else { 0.0 });
+        // sets `shoal_ready` as `/api/ready` answers
+        self.ready().await;
         let w = &self.ctx.watermark;
         self.ctx
             .runtime
@@ -542,6 +564,17 @@ impl ShoalService for Node {
             .set(st.commit_index.unwrap_or(0) as i64);
         m.cluster_applied_index.set(st.applied_index as i64);
         m.cluster_stale.set(i64::from(st.stale.is_some()));
+        // Per-collection counts from the store; a dropped collection's series go away.
+        m.collection_documents.reset();
+        m.collection_chunks.reset();
+        for c in self.ctx.store.collections().map_err(NodeError::from)? {
+            m.collection_documents
+                .with_label_values(&[c.name.as_str()])
+                .set(c.documents as f64);
+            m.collection_chunks
+                .with_label_values(&[c.name.as_str()])
+                .set(c.chunks as f64);
+        }
         m.cluster_replication_lag.reset();
         if let Some(r) = &st.replication {
             let last = st.last_log_index.unwrap_or(0);
@@ -1094,6 +1127,7 @@ impl ShoalService for Node {
         }
         hits.truncate(top_k);
         let took = start.elapsed();
+        let mode = if req.rerank { "rerank" } else { "baseline" };
         tracing::debug!(
             collection = %collection,
             embed_ms = embed_time.as_secs_f64() * 1e3,
@@ -1105,8 +1139,16 @@ impl ShoalService for Node {
             .runtime
             .metrics
             .search_seconds
-            .with_label_values(&[collection.as_str()])
+            .with_label_values(&[collection.as_str(), mode])
             .observe(took.as_secs_f64());
+        if hits.is_empty() {
+            self.ctx
+                .runtime
+                .metrics
+                .search_empty
+                .with_label_values(&[collection.as_str(), mode])
+                .inc();
+        }
         Ok(SearchResponse {
             hits,
             took_ms: took.as_secs_f64() * 1000.0,
@@ -1382,12 +1424,52 @@ impl ShoalService for Node {
     }
 
     async fn store_digest(&self) -> Result<Value> {
-        let (applied, digest) = self.read(|ctx| Ok(ctx.store.digest()?)).await?;
+        let ((applied, digest), (_, data)) = self
+            .read(|ctx| Ok((ctx.store.digest()?, ctx.store.data_digest()?)))
+            .await?;
         Ok(serde_json::json!({
             "node_id": self.ctx.node_id(),
             "applied_index": applied,
             "digest": digest,
+            "data_digest": data,
         }))
+    }
+
+    async fn snapshot(&self) -> Result<SnapshotDownload> {
+        let limit = Duration::from_millis(self.ctx.config.cluster.write_timeout_ms);
+        // A snapshot built meanwhile (by Raft, or another backup) removes the one we were given
+        // before we open it: ask again.
+        let mut tries = 0;
+        let (snap, file) = loop {
+            let snap = self
+                .ctx
+                .cluster
+                .fresh_snapshot(limit)
+                .await
+                .map_err(NodeError::from)?;
+            match tokio::fs::File::open(&snap.path).await {
+                Ok(file) => break (snap, file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(ApiError::Internal(format!("{}: {e}", snap.path.display()))),
+            }
+        };
+        let bytes = file
+            .metadata()
+            .await
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", snap.path.display())))?
+            .len();
+        tracing::info!(
+            snapshot = %snap.snapshot_id,
+            applied_index = snap.applied_index,
+            bytes,
+            "sending a snapshot for a backup"
+        );
+        Ok(SnapshotDownload {
+            file,
+            bytes,
+            applied_index: snap.applied_index,
+            node_id: self.ctx.node_id(),
+        })
     }
 
     async fn cut_links(&self, req: CutLinksRequest) -> Result<Value> {

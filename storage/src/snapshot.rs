@@ -238,6 +238,17 @@ impl Store {
     /// A digest of the whole state (every key and value): two replicas that applied the same log
     /// to the same index have equal digests.
     pub fn digest(&self) -> Result<(u64, String), StoreError> {
+        self.digest_where(|_| true)
+    }
+
+    /// A digest of the data (collections, documents, chunks, jobs) without the log position and
+    /// membership: a node restored from a backup has the data digest its source had when the
+    /// backup was taken.
+    pub fn data_digest(&self) -> Result<(u64, String), StoreError> {
+        self.digest_where(|k| k != keys::APPLIED && k != keys::RAFT_META)
+    }
+
+    fn digest_where(&self, keep: impl Fn(&[u8]) -> bool) -> Result<(u64, String), StoreError> {
         let tree = self.tree();
         let applied = crate::store::applied_in(&tree)?;
         let mut a = Fnv::new();
@@ -245,6 +256,9 @@ impl Store {
         let mut n = 0u64;
         for kv in tree.iter() {
             let (k, v) = kv?;
+            if !keep(&k) {
+                continue;
+            }
             for h in [&mut a, &mut b] {
                 h.update(&(k.len() as u32).to_be_bytes());
                 h.update(&k);

@@ -275,6 +275,13 @@ fn a_node_catching_up_is_not_ready_and_answers_503_not_404_for_what_it_lacks() {
     let ready = c.nodes[1].get("/api/ready");
     assert_eq!(ready.body["ready"], false, "{}", ready.text);
     assert!(
+        ready.body["reasons"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r.as_str().unwrap_or_default().contains("catching up"))),
+        "{}",
+        ready.text
+    );
+    assert!(
         ready.body["components"]["cluster"]["catching_up"].is_string(),
         "{}",
         ready.text
@@ -466,6 +473,21 @@ fn a_minority_cut_off_serves_stale_reads_refuses_writes_and_converges_after_heal
     );
     assert_eq!(hit_ids(&r.body), ["penicillin"]);
     assert!(r.body["stale_reason"].is_string(), "{}", r.text);
+    // it is out of a load balancer's rotation, and says why; the majority stays in it
+    let ready = c.nodes[minority].get("/api/ready");
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert!(
+        ready.body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("no leader or no quorum")),
+        "{}",
+        ready.text
+    );
+    for i in &majority {
+        let ready = c.nodes[*i].get("/api/ready");
+        assert_eq!(ready.status, 200, "{}", ready.text);
+        assert_eq!(ready.body["reasons"], json!([]), "{}", ready.text);
+    }
     // and refuses writes with a 503 that says why
     let r = c.nodes[minority].request("PUT", "/api/v1/collections/cut-off", None);
     assert_eq!(r.status, 503, "{}", r.text);
@@ -494,9 +516,10 @@ fn a_minority_cut_off_serves_stale_reads_refuses_writes_and_converges_after_heal
         json!({"query": "sample report", "top_k": 3, "min_index": at}),
     );
     assert_eq!(r.body["stale"], false, "{}", r.text);
-    // healed: the minority catches up, and is current again
+    // healed: the minority catches up, and is current (and ready) again
     c.heal();
     c.wait_converged(Duration::from_secs(30));
+    c.nodes[minority].wait_ready(Duration::from_secs(30));
     wait_until(
         Duration::from_secs(10),
         "the minority to be current",

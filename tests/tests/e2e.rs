@@ -707,4 +707,35 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     let b = node.get("/api/health");
     assert_eq!(a.status, 200);
     assert!(a.request_id.is_some() && a.request_id != b.request_id);
+    // `/health` (the path load balancers and the replaced stack's probes ask) answers the same
+    let h = node.get("/health");
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.body["status"], "ok", "{}", h.text);
+    assert_eq!(h.body["version"], a.body["version"], "{}", h.text);
+}
+
+#[test]
+fn flags_complete_a_configuration_from_the_environment_before_it_is_checked() {
+    // listening on every address with a secret needs an advertised address: a flag gives it
+    let run = |extra: &[&str]| {
+        std::process::Command::new(shoal_tests::shoal_bin())
+            .arg("config")
+            .args(extra)
+            .env("SHOAL_SERVER__LISTEN", "0.0.0.0:7400")
+            .env("SHOAL_CLUSTER__SECRET", "a-secret-of-enough-characters")
+            .output()
+            .expect("run shoal config")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--advertise"),
+        "{out:?}"
+    );
+    let out = run(&["--advertise", "http://10.0.0.7:7400"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("http://10.0.0.7:7400"),
+        "{out:?}"
+    );
 }

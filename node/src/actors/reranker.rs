@@ -73,6 +73,7 @@ impl Actor for RerankerActor {
                 }
                 let start = Instant::now();
                 let name = model.model_name().to_string();
+                let passages_len = passages.len();
                 // Reranking is on the query path: it runs on the query pool, and ingest steps
                 // aside for it as it does for a query embedding.
                 // The gate is entered before the pool is: a pool thread that waited in the
@@ -112,6 +113,13 @@ impl Actor for RerankerActor {
                     .rerank_seconds
                     .with_label_values(&[name.as_str()])
                     .observe(start.elapsed().as_secs_f64());
+                state
+                    .ctx
+                    .runtime
+                    .metrics
+                    .rerank_batch_size
+                    .with_label_values(&[name.as_str()])
+                    .observe(passages_len as f64);
                 let answer = match result {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(e.to_string()),
