@@ -2,19 +2,28 @@
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
 # every test of the workspace, run it again on the portable kernels (the path CPUs without AVX-512
 # take), run the native kernels under valgrind's memcheck, and run a short chaos campaign (a fixed
-# seed and a random one, which it prints) against a three-node cluster. CI runs exactly this
-# (.ci/run).
+# seed and a random one, which it prints) against a three-node cluster, then the deployment
+# checks: the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
+# (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
+# (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
+# (scripts/test-compose.sh; skipped where no Docker engine runs). CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
+scripts/fetch-bench-data.sh   # Wikipedia summaries: the labelled set of `shoal eval`'s test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
 cargo test --workspace
 echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace
+# (the eval test measures search quality, not the kernels: once is enough)
+SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace -- --skip eval_measures_a_labelled_set
 scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
 scripts/chaos-deps.sh
 cargo build -p shoal-chaos --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
+echo "== deployment: alert rules and dashboard, Kubernetes manifests, the Compose stack" >&2
+scripts/check-monitoring.sh
+scripts/check-k8s.sh
+scripts/test-compose.sh
