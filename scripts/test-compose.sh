@@ -350,8 +350,10 @@ NIP="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end
 [ "$NIP" = "$VIP" ] || log "note: $VSVC came back at $NIP (was $VIP): nginx still has the old address until reloaded"
 # nginx takes the node back after fail_timeout: a search answered by it through nginx.
 back_in_rotation() {
-    docker logs --since "$RESTART_TS" "${CID[nginx]}" 2>/dev/null \
-        | grep '/search HTTP' | grep -E "upstream=([^ ]*, )?$NIP:7400 status=([0-9]+, )*200 " | head -1 | grep .
+    # one grep on the captured log: a pipe into an early-exiting reader would fail on SIGPIPE
+    local lines
+    lines="$(docker logs --since "$RESTART_TS" "${CID[nginx]}" 2>&1)"
+    grep -qE "/search HTTP.*upstream=([^ ]*, )?$NIP:7400 status=([0-9]+, )*200 " <<<"$lines"
 }
 wait_until 30 "nginx sending searches to $VSVC again" back_in_rotation
 log "nginx sends searches to $VSVC again, $(secs $(( $(ms) - RESTART_AT ))) after its start"

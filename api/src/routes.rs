@@ -81,7 +81,6 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/api/v1/admin/actors", get(list_actors::<S>))
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
         .route("/api/v1/admin/digest", get(store_digest::<S>))
-        .route("/api/v1/admin/snapshot", get(snapshot::<S>))
         .route("/api/v1/admin/faults/links", put(cut_links::<S>))
         .route("/api/v1/cluster", get(cluster_status::<S>))
         .route("/api/v1/cluster/init", post(cluster_init::<S>))
@@ -100,6 +99,13 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
             timeout,
         ))
         .layer(middleware::from_fn_with_state(service.clone(), record::<S>));
+    // A backup takes as long as writing the state takes (cluster.backup_timeout_ms bounds it),
+    // not server.request_timeout_ms.
+    let api = api.merge(
+        Router::new()
+            .route("/api/v1/admin/snapshot", get(snapshot::<S>))
+            .layer(middleware::from_fn_with_state(service.clone(), record::<S>)),
+    );
 
     api.with_state(service)
         .layer(

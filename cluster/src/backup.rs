@@ -14,7 +14,7 @@ use openraft::Membership;
 use shoal_storage::Store;
 
 use crate::log_store::{LogStore, PURGED, VOTE};
-use crate::node::{CLUSTER_ID, NODE_ID};
+use crate::node::{CLUSTER_ID, NODE_ID, PROMOTE_PENDING, REJOINING, RESTORING};
 use crate::state_machine::{read_meta, set_current, AppliedMeta};
 use crate::types::{encode, NodeId, NodeInfo, SnapshotMeta, StoredMembership, Vote};
 use crate::{ClusterError, ClusterNode};
@@ -30,52 +30,90 @@ pub struct SnapshotFile {
 }
 
 impl ClusterNode {
-    /// Build a snapshot that holds at least everything this node had applied when asked, and
-    /// return its file (open it at once: a later snapshot replaces it).
-    pub async fn fresh_snapshot(&self, limit: Duration) -> Result<SnapshotFile, ClusterError> {
+    /// A snapshot that holds at least everything this node had applied when asked: the current
+    /// one when it does, else one built now (by Raft's apply task, so nothing applies while it is
+    /// written). Returns its file, opened, so that a newer snapshot replacing it on disk cannot
+    /// take it away.
+    pub async fn fresh_snapshot(
+        &self,
+        limit: Duration,
+    ) -> Result<(SnapshotFile, std::fs::File), ClusterError> {
+        if !self.is_initialized().await || self.is_rejoining() {
+            return Err(ClusterError::NoLeader(
+                "this node is not a member of a cluster yet: it has no state to back up".into(),
+            ));
+        }
         let want = self.applied_index();
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let deadline = Instant::now() + limit;
-        let mut rx = self.raft.metrics();
+        let mut triggered = false;
         loop {
-            let taken = rx
-                .borrow_and_update()
-                .snapshot
-                .map(|l| l.index)
-                .unwrap_or(0);
-            if taken >= want {
-                break;
+            if let Some(found) = self.current_snapshot()? {
+                if found.0.applied_index >= want {
+                    return Ok(found);
+                }
+            }
+            // None covers what was applied (or a newer one replaced it as it was opened): build
+            // one, once, and wait for it.
+            if !triggered {
+                self.raft
+                    .trigger()
+                    .snapshot()
+                    .await
+                    .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+                triggered = true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ClusterError::Timeout(format!(
-                    "no snapshot at log index {want} after {} ms (the last one is at {taken})",
+                    "no snapshot at log index {want} after {} ms (cluster.backup_timeout_ms)",
                     limit.as_millis()
                 )));
             }
-            if tokio::time::timeout(left, rx.changed())
-                .await
-                .is_ok_and(|r| r.is_err())
-            {
+            let mut rx = self.raft.metrics();
+            let changed = tokio::time::timeout(left.min(Duration::from_millis(500)), async {
+                rx.changed().await
+            })
+            .await;
+            if matches!(changed, Ok(Err(_))) {
                 return Err(ClusterError::Fatal("consensus has stopped".into()));
             }
         }
+    }
+
+    /// The current snapshot, opened: None when there is none, or when a newer one replaced it
+    /// between reading its name and opening it (the caller asks again).
+    fn current_snapshot(&self) -> Result<Option<(SnapshotFile, std::fs::File)>, ClusterError> {
         let dir = &self.settings.snapshot_dir;
-        let id = std::fs::read_to_string(dir.join("current"))
-            .map_err(|e| ClusterError::Internal(format!("the current snapshot: {e}")))?;
-        let meta: SnapshotMeta = std::fs::read(dir.join(format!("{id}.meta")))
-            .map_err(|e| e.to_string())
-            .and_then(|b| crate::types::decode(&b))
-            .map_err(|e| ClusterError::Internal(format!("the current snapshot's meta: {e}")))?;
-        Ok(SnapshotFile {
-            path: dir.join(format!("{id}.snap")),
-            applied_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-            snapshot_id: id,
-        })
+        let internal = |what: &str, e: std::io::Error| {
+            ClusterError::Internal(format!("{what} in {}: {e}", dir.display()))
+        };
+        let id = match std::fs::read_to_string(dir.join("current")) {
+            Ok(id) => id,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal("the current snapshot", e)),
+        };
+        // the file first: once it is open, its meta (written before it became current) is read
+        let file = match std::fs::File::open(dir.join(format!("{id}.snap"))) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal("the current snapshot", e)),
+        };
+        let meta = match std::fs::read(dir.join(format!("{id}.meta"))) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal("the current snapshot's meta", e)),
+        };
+        let meta: SnapshotMeta = crate::types::decode(&meta).map_err(|e| {
+            ClusterError::Internal(format!("the current snapshot's meta ({id}): {e}"))
+        })?;
+        Ok(Some((
+            SnapshotFile {
+                path: dir.join(format!("{id}.snap")),
+                applied_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+                snapshot_id: id,
+            },
+            file,
+        )))
     }
 }
 
@@ -102,14 +140,30 @@ pub fn restore_as_new_cluster(
     let node_id = node_id.unwrap_or_else(crate::node::random_node_id);
     let internal = |e: shoal_storage::StoreError| ClusterError::Internal(e.to_string());
     let log = LogStore::open(store, group).map_err(internal)?;
-    if store.applied_index().map_err(internal)? != 0
-        || !log.is_empty()
-        || log.tree().get_meta(VOTE).map_err(internal)?.is_some()
-        || log.tree().get_meta(PURGED).map_err(internal)?.is_some()
-    {
+    let tree = log.tree();
+    // A restore that stopped half way left its marker: it is done again from the start.
+    let interrupted = tree.get_meta(RESTORING).map_err(internal)?.is_some();
+    let mut used = store.applied_index().map_err(internal)? != 0 || !log.is_empty();
+    for key in [
+        VOTE,
+        PURGED,
+        NODE_ID,
+        CLUSTER_ID,
+        REJOINING,
+        PROMOTE_PENDING,
+    ] {
+        used |= tree.get_meta(key).map_err(internal)?.is_some();
+    }
+    if used && !interrupted {
         return Err(ClusterError::Conflict(
             "the data folder already holds a node's state: restore into a new folder".into(),
         ));
+    }
+    // Until the marker is removed at the end, the node refuses to start on this folder.
+    tree.put_meta(RESTORING, b"1").map_err(internal)?;
+    tree.flush().map_err(internal)?;
+    for key in [REJOINING, PROMOTE_PENDING] {
+        tree.remove_meta(key).map_err(internal)?;
     }
     let applied = store
         .install_snapshot(backup)
@@ -117,7 +171,12 @@ pub fn restore_as_new_cluster(
     let old = read_meta(store).map_err(internal)?;
     let last = old
         .last_applied
-        .ok_or_else(|| ClusterError::BadRequest("the backup holds no applied log entry".into()))?;
+        .filter(|l| l.index == applied)
+        .ok_or_else(|| {
+            ClusterError::BadRequest(format!(
+                "the backup's log record does not match its state (at {applied})"
+            ))
+        })?;
     // The backup's members are another cluster's: this node is the only one of the new one.
     let membership = Membership::new(
         vec![BTreeSet::from([node_id])],
@@ -133,7 +192,6 @@ pub fn restore_as_new_cluster(
     store.sync().map_err(internal)?;
     // The log starts after the backup's last entry; the vote is in its term, so the first
     // election of the new cluster is in a later one.
-    let tree = log.tree();
     tree.put_meta(NODE_ID, &node_id.to_be_bytes())
         .map_err(internal)?;
     tree.purge_through(last.index, (PURGED, &encode(&last)))
@@ -161,9 +219,105 @@ pub fn restore_as_new_cluster(
     };
     set_current(snapshot_dir, &id, &snap_meta)
         .map_err(|e| ClusterError::Internal(format!("{}: {e}", snapshot_dir.display())))?;
+    tree.remove_meta(RESTORING).map_err(internal)?;
+    tree.flush().map_err(internal)?;
     Ok(Restored {
         node_id,
         cluster_id,
         applied_index: applied,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{decode, LogId};
+    use openraft::CommittedLeaderId;
+    use shoal_storage::{CollectionSpec, Command, HnswParams};
+
+    /// A backup file of a store at log index 2 of term 4, made by members 1 and 2.
+    fn backup(dir: &Path) -> PathBuf {
+        let source = Store::temporary().unwrap();
+        source
+            .apply(
+                1,
+                &Command::CreateCollection {
+                    name: "c".into(),
+                    spec: CollectionSpec {
+                        dimension: 2,
+                        hnsw: HnswParams::default(),
+                    },
+                    at_ms: 1,
+                },
+            )
+            .unwrap();
+        let last = LogId::new(CommittedLeaderId::new(4, 2), 2);
+        let old = Membership::new(
+            vec![BTreeSet::from([1, 2])],
+            BTreeMap::from([
+                (1, NodeInfo { addr: "a".into() }),
+                (2, NodeInfo { addr: "b".into() }),
+            ]),
+        );
+        let meta = AppliedMeta {
+            last_applied: Some(last),
+            membership: StoredMembership::new(Some(last), old),
+        };
+        source.advance(2, Some(&encode(&meta))).unwrap();
+        let path = dir.join("backup");
+        source.export_snapshot(&path).unwrap();
+        path
+    }
+
+    fn restore(store: &Store, backup: &Path, snaps: &Path) -> Result<Restored, ClusterError> {
+        restore_as_new_cluster(store, backup, 0, snaps, Some(9), "http://new:1".into())
+    }
+
+    #[test]
+    fn a_restored_folder_is_the_one_voter_of_a_new_cluster_in_a_later_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = backup(dir.path());
+        let store = Store::temporary().unwrap();
+        let r = restore(&store, &file, &dir.path().join("snaps")).unwrap();
+        assert_eq!((r.node_id, r.applied_index), (9, 2));
+        let meta = read_meta(&store).unwrap();
+        let members: Vec<NodeId> = meta.membership.membership().voter_ids().collect();
+        assert_eq!(members, [9]);
+        let log = LogStore::open(&store, 0).unwrap();
+        let vote: Vote = decode(&log.tree().get_meta(VOTE).unwrap().unwrap()).unwrap();
+        assert_eq!(vote.leader_id().term, 4);
+        assert!(log.tree().get_meta(RESTORING).unwrap().is_none());
+        assert!(log.tree().get_meta(CLUSTER_ID).unwrap().is_some());
+        assert!(dir.path().join("snaps/current").is_file());
+        // a second restore into it is refused
+        let e = restore(&store, &file, &dir.path().join("snaps")).unwrap_err();
+        assert!(e.to_string().contains("new folder"), "{e}");
+    }
+
+    #[test]
+    fn a_folder_a_node_started_in_is_refused_and_an_interrupted_restore_is_done_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = backup(dir.path());
+        // `serve` ran once and never joined: an id and the rejoining mark, nothing else
+        let store = Store::temporary().unwrap();
+        let log = LogStore::open(&store, 0).unwrap();
+        log.tree().put_meta(NODE_ID, &5u64.to_be_bytes()).unwrap();
+        log.tree().put_meta(REJOINING, b"1").unwrap();
+        let e = restore(&store, &file, &dir.path().join("s1")).unwrap_err();
+        assert!(e.to_string().contains("new folder"), "{e}");
+
+        // a restore that stopped half way (a damaged file here) leaves its mark, and is redone
+        let store = Store::temporary().unwrap();
+        let damaged = dir.path().join("damaged");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&damaged, bytes).unwrap();
+        assert!(restore(&store, &damaged, &dir.path().join("s2")).is_err());
+        let log = LogStore::open(&store, 0).unwrap();
+        assert!(log.tree().get_meta(RESTORING).unwrap().is_some());
+        let r = restore(&store, &file, &dir.path().join("s2")).unwrap();
+        assert_eq!(r.applied_index, 2);
+        assert!(log.tree().get_meta(RESTORING).unwrap().is_none());
+    }
 }

@@ -33,9 +33,11 @@ pub(crate) const NODE_ID: &str = "node_id";
 pub(crate) const CLUSTER_ID: &str = "cluster_id";
 /// Set while a node whose data folder was new has not yet joined (or made) a cluster: it does not
 /// vote meanwhile (a voter that lost its folder lost its vote, and could vote twice in a term).
-const REJOINING: &str = "rejoining";
+pub(crate) const REJOINING: &str = "rejoining";
+/// Set while `shoal snapshot restore` writes a data folder: a node does not start on it.
+pub(crate) const RESTORING: &str = "restoring";
 /// Set while a node that joined asking to vote waits to be promoted (kept across restarts).
-const PROMOTE_PENDING: &str = "promote_pending";
+pub(crate) const PROMOTE_PENDING: &str = "promote_pending";
 
 /// How a node takes part in consensus (the node's `[cluster]` configuration).
 #[derive(Debug, Clone)]
@@ -268,6 +270,12 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, ClusterError> {
         let internal = |e: StoreError| ClusterError::Internal(e.to_string());
         let log = LogStore::open(&store, settings.group).map_err(internal)?;
+        if log.tree().get_meta(RESTORING).map_err(internal)?.is_some() {
+            return Err(ClusterError::Conflict(
+                "a `shoal snapshot restore` into this data folder did not finish: run it again"
+                    .into(),
+            ));
+        }
         let (id, _) = node_identity(&log, settings.node_id)?;
         // Never took part: no entry, no vote, nothing purged (a new or wiped data folder).
         let fresh = log.is_empty()

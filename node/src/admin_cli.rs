@@ -96,7 +96,10 @@ pub fn download_snapshot(base: &str, out: &std::path::Path) -> Result<(u64, u64)
             .and_then(|v| v.parse::<u64>().ok())
     };
     let applied = header("x-shoal-applied-index").unwrap_or(0);
-    let expected = header("content-length");
+    // Without its length a download cut short could not be told from a whole one.
+    let expected = header("content-length").ok_or_else(|| {
+        fail("the answer carries no content-length (a proxy between here and the node?): ask the node directly".into())
+    })?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -108,11 +111,10 @@ pub fn download_snapshot(base: &str, out: &std::path::Path) -> Result<(u64, u64)
         let _ = std::fs::remove_file(&tmp);
         fail(format!("the download stopped: {e}"))
     })?;
-    if expected.is_some_and(|n| n != copied) {
+    if expected != copied {
         let _ = std::fs::remove_file(&tmp);
         return Err(fail(format!(
-            "the download stopped after {copied} of {} bytes",
-            expected.unwrap_or(0)
+            "the download stopped after {copied} of {expected} bytes"
         )));
     }
     file.sync_all()

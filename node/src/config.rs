@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub snapshot_chunk_bytes: u64,
     /// Longest a snapshot chunk may take to arrive (ms).
     pub install_snapshot_timeout_ms: u64,
+    /// Longest a backup (`shoal snapshot create`) waits for its snapshot to be written (ms):
+    /// writes wait while the state is copied, about 1 s per GB.
+    pub backup_timeout_ms: u64,
     /// Entries per replication request.
     pub max_entries_per_append: u64,
     /// Largest command in one log entry (bytes of text and vectors); larger ingests are split.
@@ -109,6 +112,7 @@ impl Default for ClusterConfig {
             keep_entries_after_snapshot: 500,
             snapshot_chunk_bytes: 4 << 20,
             install_snapshot_timeout_ms: 60_000,
+            backup_timeout_ms: 600_000,
             max_entries_per_append: 32,
             max_entry_bytes: 4 << 20,
             write_timeout_ms: 5_000,
@@ -622,6 +626,7 @@ impl Config {
             ("cluster.stale_after_ms", c.stale_after_ms),
             ("cluster.read_wait_ms", c.read_wait_ms),
             ("cluster.claim_ttl_ms", c.claim_ttl_ms),
+            ("cluster.backup_timeout_ms", c.backup_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be positive"));

@@ -7,7 +7,7 @@
 //! recall@k of both, and the reranker's pairwise accuracy: the share of (relevant, non-relevant)
 //! candidate pairs it scores in the right order (the vector scores' share beside it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -172,16 +172,21 @@ pub fn ordered_pairs(scored: &[(String, f64)], relevant: &HashMap<String, f64>) 
     (right, pairs)
 }
 
-/// Hits to documents, best first: each document once, with its best chunk's `field` score.
+/// Hits to documents in the order they first appear: each document once, with its best chunk's
+/// `field` score.
 fn documents(hits: &Value, field: &str) -> Vec<(String, f64)> {
-    let mut seen = HashSet::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<(String, f64)> = Vec::new();
     for h in hits.as_array().into_iter().flatten() {
         let (Some(id), Some(score)) = (h["document_id"].as_str(), h[field].as_f64()) else {
             continue;
         };
-        if seen.insert(id.to_owned()) {
-            out.push((id.to_owned(), score));
+        match at.get(id) {
+            Some(&i) => out[i].1 = out[i].1.max(score),
+            None => {
+                at.insert(id.to_owned(), out.len());
+                out.push((id.to_owned(), score));
+            }
         }
     }
     out
@@ -350,9 +355,9 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
         let ranking: Vec<String> = by_vector.iter().map(|(d, _)| d.clone()).collect();
         base_ndcg.push(ndcg_at(&ranking, relevant, o.k));
         base_recall.push(recall_at(&ranking, relevant, o.k));
-        let (right, n) = ordered_pairs(&by_vector, relevant);
-        vec_right += right;
         if !o.rerank {
+            let (right, n) = ordered_pairs(&by_vector, relevant);
+            vec_right += right;
             pairs += n;
             continue;
         }
@@ -372,6 +377,9 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
         let (right, n) = ordered_pairs(&by_reranker, relevant);
         rr_right += right;
         pairs += n;
+        // the vector scores of the same candidates: both shares count the same pairs
+        let (right, _) = ordered_pairs(&documents(&rr["hits"], "score"), relevant);
+        vec_right += right;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     report.baseline_ndcg = mean(&base_ndcg);
@@ -429,6 +437,23 @@ mod tests {
         let g = rel(&[("a", 2.0), ("b", 1.0)]);
         assert_eq!(ndcg_at(&ids(&["a", "b"]), &g, 10), 1.0);
         assert!(ndcg_at(&ids(&["b", "a"]), &g, 10) < 1.0);
+    }
+
+    #[test]
+    fn hits_fold_into_documents_with_their_best_chunk() {
+        let hits = json!([
+            {"document_id": "a", "score": 0.5, "rerank_score": 3.0},
+            {"document_id": "b", "score": 0.9, "rerank_score": 2.0},
+            {"document_id": "a", "score": 0.7, "rerank_score": 1.0},
+        ]);
+        assert_eq!(
+            documents(&hits, "rerank_score"),
+            vec![("a".to_string(), 3.0), ("b".to_string(), 2.0)]
+        );
+        assert_eq!(
+            documents(&hits, "score"),
+            vec![("a".to_string(), 0.7), ("b".to_string(), 0.9)]
+        );
     }
 
     #[test]

@@ -1436,23 +1436,14 @@ impl ShoalService for Node {
     }
 
     async fn snapshot(&self) -> Result<SnapshotDownload> {
-        let limit = Duration::from_millis(self.ctx.config.cluster.write_timeout_ms);
-        // A snapshot built meanwhile (by Raft, or another backup) removes the one we were given
-        // before we open it: ask again.
-        let mut tries = 0;
-        let (snap, file) = loop {
-            let snap = self
-                .ctx
-                .cluster
-                .fresh_snapshot(limit)
-                .await
-                .map_err(NodeError::from)?;
-            match tokio::fs::File::open(&snap.path).await {
-                Ok(file) => break (snap, file),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
-                Err(e) => return Err(ApiError::Internal(format!("{}: {e}", snap.path.display()))),
-            }
-        };
+        let limit = Duration::from_millis(self.ctx.config.cluster.backup_timeout_ms);
+        let (snap, file) = self
+            .ctx
+            .cluster
+            .fresh_snapshot(limit)
+            .await
+            .map_err(NodeError::from)?;
+        let file = tokio::fs::File::from_std(file);
         let bytes = file
             .metadata()
             .await

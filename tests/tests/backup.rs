@@ -187,6 +187,27 @@ fn a_backup_taken_while_serving_restores_as_a_new_cluster_with_the_same_data_and
         String::from_utf8_lossy(&out.stderr).contains("damaged"),
         "{out:?}"
     );
+    // the half-made folder is not started on
+    let mut serve = b
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    wait_until(
+        Duration::from_secs(60),
+        "serve to refuse the folder",
+        || {
+            exited = serve.try_wait().unwrap();
+            exited.is_some()
+        },
+    );
+    assert!(!exited.unwrap().success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("did not finish"), "{err}");
+    // and the restore done again makes it whole
     let out = restore(&backup);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -247,4 +268,26 @@ fn a_backup_taken_while_serving_restores_as_a_new_cluster_with_the_same_data_and
         r.status == 200 && r.body["digest"] == digest(&b)["digest"]
     });
     assert_eq!(answers(&c, "wiki"), source_answers.0);
+
+    // a node that belongs to no cluster yet has nothing to back up: a clear refusal, no file
+    let mut lone = Node::prepare(&env_ref, &["--node-id", "8"]);
+    lone.spawn_unready();
+    let lonely = dir.path().join("lone.backup");
+    let out = shoal(
+        &[
+            "snapshot",
+            "create",
+            "--node",
+            &lone.base,
+            "--out",
+            lonely.to_str().unwrap(),
+        ],
+        &[("SHOAL_CLUSTER__SECRET", SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member"),
+        "{out:?}"
+    );
+    assert!(!lonely.exists());
 }
