@@ -216,6 +216,15 @@ fn load(common: &Common) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve(_)) {
+        // A command whose reader went away (`shoal cluster status --json | head`) ends quietly,
+        // as other command-line tools do, instead of panicking on the failed write. The server
+        // keeps Rust's default (the signal ignored: a client gone is an error it handles).
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let (common, serve) = match &cli.command {
         Cmd::Serve(c) => (c, true),
         Cmd::Config(c) => (c, false),

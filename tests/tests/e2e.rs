@@ -739,3 +739,19 @@ fn flags_complete_a_configuration_from_the_environment_before_it_is_checked() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_command_whose_reader_went_away_ends_without_a_panic() {
+    // `shoal config | head -0`: the pipe is closed before the command writes
+    let mut child = std::process::Command::new(shoal_tests::shoal_bin())
+        .arg("config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal config");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{out:?}");
+}
