@@ -15,7 +15,7 @@ use shoal_storage::Store;
 
 use crate::log_store::{LogStore, PURGED, VOTE};
 use crate::node::{CLUSTER_ID, NODE_ID, PROMOTE_PENDING, REJOINING, RESTORING};
-use crate::state_machine::{read_meta, set_current, AppliedMeta};
+use crate::state_machine::{current_snapshot, read_meta, set_current, AppliedMeta};
 use crate::types::{encode, NodeId, NodeInfo, SnapshotMeta, StoredMembership, Vote};
 use crate::{ClusterError, ClusterNode};
 
@@ -81,36 +81,27 @@ impl ClusterNode {
     }
 
     /// The current snapshot, opened: None when there is none, or when a newer one replaced it
-    /// between reading its name and opening it (the caller asks again).
+    /// between reading its name and opening it (the caller asks again). A snapshot's files never
+    /// change under its id, so the file opened is the one the meta describes.
     fn current_snapshot(&self) -> Result<Option<(SnapshotFile, std::fs::File)>, ClusterError> {
-        let dir = &self.settings.snapshot_dir;
-        let internal = |what: &str, e: std::io::Error| {
-            ClusterError::Internal(format!("{what} in {}: {e}", dir.display()))
+        let Some((meta, path)) = current_snapshot(&self.settings.snapshot_dir) else {
+            return Ok(None);
         };
-        let id = match std::fs::read_to_string(dir.join("current")) {
-            Ok(id) => id,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal("the current snapshot", e)),
-        };
-        // the file first: once it is open, its meta (written before it became current) is read
-        let file = match std::fs::File::open(dir.join(format!("{id}.snap"))) {
+        let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal("the current snapshot", e)),
+            Err(e) => {
+                return Err(ClusterError::Internal(format!(
+                    "the current snapshot {}: {e}",
+                    path.display()
+                )))
+            }
         };
-        let meta = match std::fs::read(dir.join(format!("{id}.meta"))) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal("the current snapshot's meta", e)),
-        };
-        let meta: SnapshotMeta = crate::types::decode(&meta).map_err(|e| {
-            ClusterError::Internal(format!("the current snapshot's meta ({id}): {e}"))
-        })?;
         Ok(Some((
             SnapshotFile {
-                path: dir.join(format!("{id}.snap")),
+                path,
                 applied_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
-                snapshot_id: id,
+                snapshot_id: meta.snapshot_id,
             },
             file,
         )))

@@ -209,7 +209,7 @@ impl RaftStateMachineStore {
 }
 
 /// The newest snapshot in `dir`: its meta and data file.
-fn current_snapshot(dir: &Path) -> Option<(SnapshotMeta, PathBuf)> {
+pub(crate) fn current_snapshot(dir: &Path) -> Option<(SnapshotMeta, PathBuf)> {
     let id = std::fs::read_to_string(dir.join("current")).ok()?;
     let id = id.trim();
     let meta: SnapshotMeta = decode(&std::fs::read(dir.join(format!("{id}.meta"))).ok()?).ok()?;

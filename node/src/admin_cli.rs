@@ -31,11 +31,7 @@ pub fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Result
         message: e.to_string(),
         code: 1,
     })?;
-    let mut req = client()?.request(m, &url);
-    // Admin changes carry the cluster secret when the operator's environment has it.
-    if let Ok(secret) = std::env::var("SHOAL_CLUSTER__SECRET") {
-        req = req.header("x-shoal-cluster-secret", secret);
-    }
+    let mut req = with_secret(client()?.request(m, &url));
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -45,18 +41,31 @@ pub fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Result
     })?;
     let status = resp.status();
     let text = resp.text().unwrap_or_default();
-    let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     if !status.is_success() {
-        let message = json["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or(text);
-        return Err(CliError {
-            message: format!("{} ({status})", message.trim()),
-            code: 1,
-        });
+        return Err(refusal(status, text));
     }
-    Ok(json)
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Admin requests carry the cluster secret when the operator's environment has it.
+fn with_secret(req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    match std::env::var("SHOAL_CLUSTER__SECRET") {
+        Ok(secret) => req.header("x-shoal-cluster-secret", secret),
+        Err(_) => req,
+    }
+}
+
+/// A node's refusal as the CLI tells it: its error message (or its whole answer) and the status.
+fn refusal(status: reqwest::StatusCode, text: String) -> CliError {
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or(text);
+    CliError {
+        message: format!("{} ({status})", message.trim()),
+        code: 1,
+    }
 }
 
 /// Save a backup of the node at `base` (a snapshot of its whole state, taken while it serves) to
@@ -71,23 +80,13 @@ pub fn download_snapshot(base: &str, out: &std::path::Path) -> Result<(u64, u64)
         .build()
         .map_err(|e| fail(format!("cannot make an HTTP client: {e}")))?;
     let url = format!("{}/api/v1/admin/snapshot", base.trim_end_matches('/'));
-    let mut req = client.get(&url);
-    if let Ok(secret) = std::env::var("SHOAL_CLUSTER__SECRET") {
-        req = req.header("x-shoal-cluster-secret", secret);
-    }
-    let mut resp = req.send().map_err(|e| CliError {
+    let mut resp = with_secret(client.get(&url)).send().map_err(|e| CliError {
         message: format!("cannot reach the node at {base}: {e}"),
         code: 2,
     })?;
     let status = resp.status();
     if !status.is_success() {
-        let text = resp.text().unwrap_or_default();
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let message = json["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or(text);
-        return Err(fail(format!("{} ({status})", message.trim())));
+        return Err(refusal(status, resp.text().unwrap_or_default()));
     }
     let header = |name: &str| {
         resp.headers()

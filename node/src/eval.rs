@@ -341,39 +341,43 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
     let (mut rr_ndcg, mut rr_recall) = (Vec::new(), Vec::new());
     let (mut vec_right, mut rr_right, mut pairs) = (0.0, 0.0, 0u64);
     let (mut base_ms, mut rr_ms) = (Vec::new(), Vec::new());
+    // One search, timed into `ms`.
+    let search = |body: Value, ms: &mut Vec<f64>| -> Result<Value, CliError> {
+        let t = Instant::now();
+        let answer = call(&o.node, "POST", &path, Some(body))?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        Ok(answer)
+    };
+    // nDCG@k and recall@k of documents in ranked order.
+    let quality = |docs: &[(String, f64)], relevant: &HashMap<String, f64>| {
+        let ranking: Vec<String> = docs.iter().map(|(d, _)| d.clone()).collect();
+        (
+            ndcg_at(&ranking, relevant, o.k),
+            recall_at(&ranking, relevant, o.k),
+        )
+    };
     for (qid, text) in &set.queries {
         let relevant = &set.qrels[qid];
-        let t = Instant::now();
-        let base = call(
-            &o.node,
-            "POST",
-            &path,
-            Some(json!({"query": text, "top_k": o.candidates})),
-        )?;
-        base_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let base = search(json!({"query": text, "top_k": o.candidates}), &mut base_ms)?;
         let by_vector = documents(&base["hits"], "score");
-        let ranking: Vec<String> = by_vector.iter().map(|(d, _)| d.clone()).collect();
-        base_ndcg.push(ndcg_at(&ranking, relevant, o.k));
-        base_recall.push(recall_at(&ranking, relevant, o.k));
+        let (ndcg, recall) = quality(&by_vector, relevant);
+        base_ndcg.push(ndcg);
+        base_recall.push(recall);
         if !o.rerank {
             let (right, n) = ordered_pairs(&by_vector, relevant);
             vec_right += right;
             pairs += n;
             continue;
         }
-        let t = Instant::now();
-        let rr = call(
-            &o.node,
-            "POST",
-            &path,
-            Some(json!({"query": text, "top_k": o.candidates, "rerank": true,
-                        "rerank_candidates": o.candidates})),
+        let rr = search(
+            json!({"query": text, "top_k": o.candidates, "rerank": true,
+                   "rerank_candidates": o.candidates}),
+            &mut rr_ms,
         )?;
-        rr_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let by_reranker = documents(&rr["hits"], "rerank_score");
-        let ranking: Vec<String> = by_reranker.iter().map(|(d, _)| d.clone()).collect();
-        rr_ndcg.push(ndcg_at(&ranking, relevant, o.k));
-        rr_recall.push(recall_at(&ranking, relevant, o.k));
+        let (ndcg, recall) = quality(&by_reranker, relevant);
+        rr_ndcg.push(ndcg);
+        rr_recall.push(recall);
         let (right, n) = ordered_pairs(&by_reranker, relevant);
         rr_right += right;
         pairs += n;

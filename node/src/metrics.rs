@@ -422,7 +422,7 @@ impl SystemCollector {
 
     fn read(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
-        let page = page_size();
+        let page = sysconf_or(libc::_SC_PAGESIZE, 4096.0);
         if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
             let mut f = statm.split_whitespace().map(|v| v.parse::<f64>().ok());
             if let (Some(Some(size)), Some(Some(resident))) = (f.next(), f.next()) {
@@ -437,7 +437,10 @@ impl SystemCollector {
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
                 if let (Some(u), Some(s)) = (field(14), field(15)) {
-                    out.push(("process_cpu_seconds_total", (u + s) / clock_ticks()));
+                    out.push((
+                        "process_cpu_seconds_total",
+                        (u + s) / sysconf_or(libc::_SC_CLK_TCK, 100.0),
+                    ));
                 }
                 if let Some(t) = field(20) {
                     out.push(("process_threads", t));
@@ -487,23 +490,14 @@ impl Collector for SystemCollector {
     }
 }
 
-fn page_size() -> f64 {
+/// A system constant (`sysconf`), or `default` where the system does not say.
+fn sysconf_or(name: libc::c_int, default: f64) -> f64 {
     // SAFETY: sysconf only reads a system constant.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let n = unsafe { libc::sysconf(name) };
     if n > 0 {
         n as f64
     } else {
-        4096.0
-    }
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if n > 0 {
-        n as f64
-    } else {
-        100.0
+        default
     }
 }
 

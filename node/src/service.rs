@@ -492,6 +492,7 @@ impl ShoalService for Node {
             Value::from(self.ctx.actors.ingest.len()),
         );
         let (_, reranker) = self.model_states();
+        let reranker_warming = reranker.state == "warming_up";
         components.insert("reranker".into(), Value::from(reranker.state));
         let cluster = &self.ctx.cluster;
         let member = cluster.is_initialized().await;
@@ -516,7 +517,7 @@ impl ShoalService for Node {
         if !loading.is_empty() {
             reasons.push(format!("loading the shards of {}", loading.join(", ")));
         }
-        if warm && !self.ctx.is_ready() && loading.is_empty() {
+        if reranker_warming {
             reasons.push("the reranker is warming up".to_owned());
         }
         if !member {

@@ -17,27 +17,18 @@ fn make_set(dir: &std::path::Path) -> Vec<(String, String)> {
     let raw = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}: run scripts/fetch-bench-data.sh", path.display()));
     let all: Value = serde_json::from_str(&raw).unwrap();
-    let items: Vec<(String, String)> = match &all {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|v| {
-                Some((
-                    v["title"].as_str()?.to_owned(),
-                    v["extract"].as_str()?.to_owned(),
-                ))
-            })
-            .collect(),
-        Value::Object(m) => m
-            .values()
-            .filter_map(|v| {
-                Some((
-                    v["title"].as_str()?.to_owned(),
-                    v["extract"].as_str()?.to_owned(),
-                ))
-            })
-            .collect(),
-        _ => panic!("unexpected summaries layout"),
-    };
+    // an object: article key to {title, extract}
+    let items: Vec<(String, String)> = all
+        .as_object()
+        .expect("the summaries are an object of articles")
+        .values()
+        .filter_map(|v| {
+            Some((
+                v["title"].as_str()?.to_owned(),
+                v["extract"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
     let items: Vec<(String, String)> = items
         .into_iter()
         .filter(|(t, s)| !t.is_empty() && s.len() > 80)
