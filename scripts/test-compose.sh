@@ -112,6 +112,8 @@ if [ "$MONITORING" = 1 ]; then
 fi
 SHOAL_CLUSTER__SECRET="test-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export SHOAL_CLUSTER__SECRET
+SHOAL_AUTH__ADMIN_KEY="admin-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SHOAL_AUTH__ADMIN_KEY
 API="http://127.0.0.1:$PORT"
 COLL=compose-test
 TMP="$(mktemp -d)"
@@ -158,13 +160,13 @@ wait_until() {
     done
 }
 
-api() { curl -sS --max-time 20 -H 'content-type: application/json' "$@"; }
+api() { curl -sS --max-time 20 -H 'content-type: application/json' -H "Authorization: Bearer $SHOAL_AUTH__ADMIN_KEY" "$@"; }
 cid() { dc ps -q "$1"; }
 # A node's own API, from inside its container (the nodes publish no port).
 node_api() {
     local c="$1"
     shift
-    docker exec "$c" curl -sS --max-time 10 -H 'content-type: application/json' "$@"
+    docker exec "$c" curl -sS --max-time 10 -H 'content-type: application/json' -H "Authorization: Bearer $SHOAL_AUTH__ADMIN_KEY" "$@"
 }
 
 cluster_formed() {
@@ -259,6 +261,7 @@ search_loop() {
         i=$((i + 1))
         out="$(curl -sS -o "$TMP/body" -w '%{http_code} %{time_total}' --max-time 30 \
             -H 'content-type: application/json' -H "x-request-id: compose-search-$i" \
+            -H "Authorization: Bearer $SHOAL_AUTH__ADMIN_KEY" \
             -d "{\"query\": \"$q\", \"top_k\": 3}" "$API/api/v1/collections/$COLL/search" 2>&1)" || true
         code="${out%% *}"
         if [ "$code" = 200 ] && grep -q "\"document_id\":\"$want\"" "$TMP/body"; then

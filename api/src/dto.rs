@@ -322,6 +322,29 @@ pub struct RerankRequest {
     pub truncate: Option<bool>,
     #[serde(default)]
     pub max_chunks_per_doc: Option<usize>,
+    /// Cohere v2: accepted; documents are cut at the reranker's own token limit.
+    #[serde(default)]
+    pub max_tokens_per_doc: Option<usize>,
+}
+
+/// Text Embeddings Inference's `/embed` request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TeiEmbedRequest {
+    /// A string, a list of strings, or (sentence similarity) `{"source_sentence", "sentences"}`.
+    pub inputs: Value,
+    /// Only `true` (the default) is served.
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// Accepted: inputs are cut at the model's token limit.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    #[serde(default)]
+    pub prompt_name: Option<String>,
+    /// Sentence similarity's parameters (none is used).
+    #[serde(default)]
+    pub parameters: Option<Value>,
 }
 
 /// One scored document, best first, with its index in the request.
@@ -332,4 +355,97 @@ pub struct RerankScore {
     pub logit: f32,
     /// 0..1 relevance (sigmoid of the logit).
     pub relevance: f32,
+}
+
+// ------------------------------------------------------------------ auth
+
+/// `POST /api/v1/auth/token`: sign in with a password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds the token is valid for.
+    pub expires_in: u64,
+    pub role: crate::auth::Role,
+}
+
+/// `POST /api/v1/auth/users`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    pub role: crate::auth::Role,
+    /// Granted collections (names, `prefix*` or `*`); ignored for admins.
+    #[serde(default)]
+    pub collections: Vec<String>,
+}
+
+/// `PATCH /api/v1/auth/users/{name}`: what to change. A new password ends every token the user
+/// had.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    pub password: Option<String>,
+    pub role: Option<crate::auth::Role>,
+    pub collections: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub role: crate::auth::Role,
+    pub collections: Vec<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
+/// `POST /api/v1/auth/keys`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// What the key is for.
+    pub name: String,
+    pub role: crate::auth::Role,
+    #[serde(default)]
+    pub collections: Vec<String>,
+    /// The key stops working after this many seconds (none: never).
+    pub expires_in_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub name: String,
+    pub role: crate::auth::Role,
+    pub collections: Vec<String>,
+    pub created_by: String,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+}
+
+/// A new API key: `key` is shown this once and never again.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedApiKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyInfo>,
 }

@@ -14,9 +14,12 @@ pub enum ApiError {
     /// The body is not valid JSON for this endpoint.
     #[error("{0}")]
     InvalidJson(String),
-    /// An admin request without the credential the node asks for.
+    /// No credential, or one the node does not accept (answered with `WWW-Authenticate`).
     #[error("{0}")]
     Unauthorized(String),
+    /// A valid credential that does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -42,6 +45,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -102,6 +107,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"shoal\""),
+            );
         }
         resp
     }

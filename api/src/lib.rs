@@ -2,6 +2,7 @@
 //! codes. The node implements [`ShoalService`]; [`router`] turns any implementation into an axum
 //! router with request ids, tracing, timeouts, body limits and request metrics.
 
+pub mod auth;
 pub mod dto;
 mod error;
 mod extract;

@@ -1,9 +1,12 @@
 //! The router: every route of the API, and the layers around them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +17,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::auth::{validate_grant, validate_user_name, Credentials, Principal};
 use crate::dto::*;
 use crate::extract::{validate_collection_name, validate_document_id, ApiJson, OptionalJson};
 use crate::{ApiError, ShoalService};
@@ -40,8 +44,16 @@ pub struct RouterLimits {
 /// | `GET, DELETE /api/v1/collections/{name}/documents/{id}` | show, delete a document |
 /// | `POST /api/v1/collections/{name}/search` | search by text or vector |
 /// | `GET /api/v1/jobs/{id}` | ingest job progress |
+/// | `POST /api/v1/auth/token` | sign in with a password: a short-lived token |
+/// | `GET /api/v1/auth/me` | who the caller is |
+/// | `GET, POST /api/v1/auth/users` | list, create users (admin) |
+/// | `PATCH, DELETE /api/v1/auth/users/{name}` | change, delete a user (admin; a user may change their own password) |
+/// | `GET, POST /api/v1/auth/keys` | list, make API keys (admin) |
+/// | `DELETE /api/v1/auth/keys/{id}` | revoke an API key (admin) |
 /// | `POST /v1/embeddings` | OpenAI-style embeddings |
-/// | `POST /v1/rerank` | Cohere- or TEI-style reranking |
+/// | `POST /v1/rerank`, `POST /rerank` | Cohere- (v1) or TEI-style reranking |
+/// | `POST /v2/rerank` | Cohere v2 reranking (`ClientV2`) |
+/// | `POST /embed`, `POST /`, `POST /similarity` | TEI-style embeddings and sentence similarity |
 /// | `GET /api/v1/admin/actors` | supervised actors and their restarts |
 /// | `POST /api/v1/admin/actors/{name}/panic` | fault injection (when enabled) |
 /// | `GET /api/v1/admin/digest` | digest of the node's store (replicas compare equal) |
@@ -52,13 +64,32 @@ pub struct RouterLimits {
 /// | `POST /api/v1/cluster/join` | make this node join another's cluster |
 /// | `POST /api/v1/cluster/nodes/{id}/promote` | learner to voter |
 /// | `DELETE /api/v1/cluster/nodes/{id}` | remove a node |
+///
+/// Every route but health, readiness, metrics and sign-in needs a credential
+/// ([`ShoalService::authenticate`]); unknown routes answer 404 without one.
 pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router {
-    let api = Router::new()
+    let open = Router::new()
         .route("/api/health", get(health::<S>))
         // the path load balancers and the replaced stack's probes use
         .route("/health", get(health::<S>))
         .route("/api/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/auth/token", post(issue_token::<S>));
+    let protected = Router::new()
+        .route("/api/v1/auth/me", get(who_am_i))
+        .route(
+            "/api/v1/auth/users",
+            get(list_users::<S>).post(create_user::<S>),
+        )
+        .route(
+            "/api/v1/auth/users/{name}",
+            axum::routing::patch(update_user::<S>).delete(delete_user::<S>),
+        )
+        .route(
+            "/api/v1/auth/keys",
+            get(list_api_keys::<S>).post(create_api_key::<S>),
+        )
+        .route("/api/v1/auth/keys/{id}", delete(revoke_api_key::<S>))
         .route("/api/v1/collections", get(list_collections::<S>))
         .route(
             "/api/v1/collections/{name}",
@@ -77,7 +108,14 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/api/v1/collections/{name}/search", post(search::<S>))
         .route("/api/v1/jobs/{id}", get(get_job::<S>))
         .route("/v1/embeddings", post(embeddings::<S>))
-        .route("/v1/rerank", post(rerank::<S>))
+        .route("/v1/rerank", post(rerank_v1::<S>))
+        .route("/v2/rerank", post(rerank_v2::<S>))
+        // Text Embeddings Inference's routes (its clients, huggingface_hub's InferenceClient
+        // among them, post to the root)
+        .route("/embed", post(tei_embed::<S>))
+        .route("/", post(tei_embed::<S>))
+        .route("/similarity", post(tei_embed::<S>))
+        .route("/rerank", post(rerank_v1::<S>))
         .route("/api/v1/admin/actors", get(list_actors::<S>))
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
         .route("/api/v1/admin/digest", get(store_digest::<S>))
@@ -90,6 +128,12 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
             post(cluster_promote::<S>),
         )
         .route("/api/v1/cluster/nodes/{id}", delete(cluster_remove::<S>))
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            authenticate::<S>,
+        ));
+    let api = open
+        .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -104,6 +148,10 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
     let api = api.merge(
         Router::new()
             .route("/api/v1/admin/snapshot", get(snapshot::<S>))
+            .route_layer(middleware::from_fn_with_state(
+                service.clone(),
+                authenticate::<S>,
+            ))
             .layer(middleware::from_fn_with_state(service.clone(), record::<S>)),
     );
 
@@ -222,16 +270,21 @@ async fn metrics<S: ShoalService>(State(s): State<Arc<S>>) -> Result<Response, A
 
 async fn list_collections<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
 ) -> Result<Json<CollectionList>, ApiError> {
-    Ok(Json(s.list_collections().await?))
+    let mut list = s.list_collections().await?;
+    list.collections.retain(|c| p.sees(&c.name));
+    Ok(Json(list))
 }
 
 async fn create_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     OptionalJson(req): OptionalJson<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
     validate_collection_name(&name)?;
+    p.require_admin("creating a collection")?;
     Ok((
         StatusCode::CREATED,
         Json(s.create_collection(name, req).await?),
@@ -240,28 +293,35 @@ async fn create_collection<S: ShoalService>(
 
 async fn get_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
     validate_collection_name(&name)?;
+    p.require_read(&name)?;
     Ok(Json(s.get_collection(name).await?))
 }
 
 async fn delete_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_collection_name(&name)?;
+    p.require_read(&name)?;
+    p.require_admin("dropping a collection")?;
     let index = s.delete_collection(name.clone()).await?;
     Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
 }
 
 async fn add_documents<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     Extension(limits): Extension<RouterLimits>,
     req: Request,
 ) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
     validate_collection_name(&name)?;
+    p.require_write(&name)?;
     // Room in the ingest queue first, before the body is read: a full queue answers 429 at once.
     let declared = req
         .headers()
@@ -293,47 +353,63 @@ async fn add_documents<S: ShoalService>(
 
 async fn get_document<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<DocumentInfo>, ApiError> {
     validate_collection_name(&name)?;
+    p.require_read(&name)?;
     Ok(Json(s.get_document(name, id).await?))
 }
 
 async fn delete_document<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_collection_name(&name)?;
+    p.require_write(&name)?;
     let index = s.delete_document(name, id.clone()).await?;
     Ok(Json(serde_json::json!({ "deleted": id, "index": index })))
 }
 
 async fn search<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     validate_collection_name(&name)?;
+    p.require_read(&name)?;
     Ok(Json(s.search(name, req).await?))
 }
 
 async fn get_job<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<JobInfo>, ApiError> {
-    Ok(Json(s.get_job(id).await?))
+    let job = s.get_job(id.clone()).await?;
+    // A job of a collection the caller may not see does not exist for them.
+    if !p.sees(&job.collection) {
+        return Err(ApiError::NotFound(format!("job `{id}` not found")));
+    }
+    Ok(Json(job))
 }
 
 async fn list_actors<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
 ) -> Result<Json<ActorList>, ApiError> {
+    p.require_admin("listing the node's actors")?;
     Ok(Json(s.list_actors().await?))
 }
 
 async fn inject_panic<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    p.require_admin("fault injection")?;
     s.inject_panic(name.clone()).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -343,17 +419,17 @@ async fn inject_panic<S: ShoalService>(
 
 async fn store_digest<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("reading the store's digest")?;
     Ok(Json(s.store_digest().await?))
 }
 
 async fn snapshot<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("a backup")?;
     let snap = s.snapshot().await?;
     let stream = futures_util::stream::unfold(snap.file, |mut file| async move {
         use tokio::io::AsyncReadExt as _;
@@ -390,33 +466,35 @@ async fn snapshot<S: ShoalService>(
 
 async fn cut_links<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<CutLinksRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("fault injection")?;
     Ok(Json(s.cut_links(req).await?))
 }
 
 async fn cluster_status<S: ShoalService>(
     State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin("the cluster's status")?;
     Ok(Json(s.cluster_status().await?))
 }
 
 async fn cluster_init<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("this admin request")?;
     Ok((StatusCode::CREATED, Json(s.cluster_init().await?)))
 }
 
 async fn cluster_join<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<JoinClusterRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("this admin request")?;
     if !(req.seed.starts_with("http://") || req.seed.starts_with("https://")) {
         return Err(ApiError::BadRequest(format!(
             "`seed` must be a node's URL such as http://10.0.0.2:7400, got `{}`",
@@ -429,10 +507,41 @@ async fn cluster_join<S: ShoalService>(
 /// The header an admin request proves itself with (the cluster secret).
 pub const ADMIN_SECRET_HEADER: &str = "x-shoal-cluster-secret";
 
-fn admin_secret(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(ADMIN_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
+/// What a request presents: `Authorization: Bearer ...` and the cluster secret.
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let mut creds = Credentials {
+        cluster_secret: headers
+            .get(ADMIN_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        ..Credentials::default()
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let bearer = value.to_str().ok().and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            let rest = rest.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty()).then(|| rest.to_owned())
+        });
+        creds.malformed = bearer.is_none();
+        creds.bearer = bearer;
+    }
+    creds
+}
+
+/// Find who a request comes from; it goes on with its [`Principal`] as an extension, or is
+/// answered 401.
+async fn authenticate<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match s.authenticate(credentials(req.headers())).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 fn node_id(raw: &str) -> Result<u64, ApiError> {
@@ -442,20 +551,127 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
 
 async fn cluster_promote<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("this admin request")?;
     Ok(Json(s.cluster_promote(node_id(&id)?).await?))
 }
 
 async fn cluster_remove<S: ShoalService>(
     State(s): State<Arc<S>>,
-    headers: HeaderMap,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.authorize_admin(admin_secret(&headers))?;
+    p.require_admin("this admin request")?;
     Ok(Json(s.cluster_remove(node_id(&id)?).await?))
+}
+
+async fn issue_token<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let client = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
+    Ok(Json(s.issue_token(req, client).await?))
+}
+
+async fn who_am_i(Extension(p): Extension<Principal>) -> Json<Principal> {
+    Json(p)
+}
+
+fn validate_grants(grants: &[String]) -> Result<(), ApiError> {
+    grants.iter().try_for_each(|g| validate_grant(g))
+}
+
+async fn list_users<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<UserList>, ApiError> {
+    p.require_admin("listing users")?;
+    Ok(Json(s.list_users().await?))
+}
+
+async fn create_user<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<CreateUserRequest>,
+) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
+    p.require_admin("creating a user")?;
+    validate_user_name(&req.username)?;
+    validate_grants(&req.collections)?;
+    Ok((StatusCode::CREATED, Json(s.create_user(req).await?)))
+}
+
+async fn update_user<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<UpdateUserRequest>,
+) -> Result<Json<UserInfo>, ApiError> {
+    validate_user_name(&name)?;
+    // A user signed in with a token may change their own password, and nothing else of theirs.
+    let own_password = p.credential == crate::auth::Credential::Token
+        && p.name == name
+        && req.role.is_none()
+        && req.collections.is_none();
+    if !own_password {
+        p.require_admin("changing a user")?;
+    }
+    if let Some(g) = &req.collections {
+        validate_grants(g)?;
+    }
+    Ok(Json(s.update_user(name, req).await?))
+}
+
+async fn delete_user<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin("deleting a user")?;
+    validate_user_name(&name)?;
+    let index = s.delete_user(name.clone()).await?;
+    Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
+}
+
+async fn list_api_keys<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    p.require_admin("listing API keys")?;
+    Ok(Json(s.list_api_keys().await?))
+}
+
+async fn create_api_key<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    ApiJson(req): ApiJson<CreateApiKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
+    p.require_admin("making an API key")?;
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "`name` must say what the key is for (1 to 200 bytes)".into(),
+        ));
+    }
+    validate_grants(&req.collections)?;
+    if req.expires_in_s == Some(0) {
+        return Err(ApiError::BadRequest(
+            "`expires_in_s` must be at least 1 (leave it out for a key that does not expire)"
+                .into(),
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(s.create_api_key(p, req).await?)))
+}
+
+async fn revoke_api_key<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_admin("revoking an API key")?;
+    let index = s.revoke_api_key(id.clone()).await?;
+    Ok(Json(serde_json::json!({ "revoked": id, "index": index })))
 }
 
 async fn embeddings<S: ShoalService>(
@@ -480,9 +696,99 @@ fn document_text(v: &serde_json::Value, field: &str, i: usize) -> Result<String,
     }
 }
 
-async fn rerank<S: ShoalService>(
+async fn rerank_v1<S: ShoalService>(
     State(s): State<Arc<S>>,
     ApiJson(req): ApiJson<RerankRequest>,
+) -> Result<Response, ApiError> {
+    rerank(s, req, "1").await
+}
+
+async fn rerank_v2<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<RerankRequest>,
+) -> Result<Response, ApiError> {
+    if req.texts.is_some() {
+        return Err(ApiError::BadRequest(
+            "/v2/rerank takes `documents` (Cohere v2); `texts` is the shape of /rerank".into(),
+        ));
+    }
+    rerank(s, req, "2").await
+}
+
+/// Text Embeddings Inference's `/embed` (and `/`, where its clients post): `inputs` is a string
+/// or a list of them, the answer one vector per input; `inputs` as
+/// `{"source_sentence", "sentences"}` (sentence similarity, as `/similarity`) answers the
+/// cosine similarity of each sentence to the source.
+async fn tei_embed<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    ApiJson(req): ApiJson<TeiEmbedRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.normalize == Some(false) {
+        return Err(ApiError::BadRequest(
+            "`normalize: false` is not served: shoal's embeddings are L2-normalised".into(),
+        ));
+    }
+    let similarity = match &req.inputs {
+        serde_json::Value::Object(o) => {
+            let source = o.get("source_sentence").and_then(|v| v.as_str());
+            let sentences = o.get("sentences").and_then(|v| v.as_array());
+            match (source, sentences) {
+                (Some(src), Some(list)) => {
+                    let mut all = vec![serde_json::Value::from(src)];
+                    all.extend(list.iter().cloned());
+                    Some(serde_json::Value::Array(all))
+                }
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "`inputs` as an object needs `source_sentence` (a string) and `sentences` (a list of strings)".into(),
+                    ))
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(p) = &req.prompt_name {
+        return Err(ApiError::BadRequest(format!(
+            "`prompt_name` `{p}`: this node has no prompts configured"
+        )));
+    }
+    let input = similarity.clone().unwrap_or(req.inputs);
+    let resp = s
+        .embeddings(EmbeddingsRequest {
+            input,
+            model: None,
+            encoding_format: None,
+            dimensions: None,
+            user: None,
+        })
+        .await?;
+    let vectors: Vec<Vec<f64>> = resp
+        .data
+        .iter()
+        .map(|d| {
+            d.embedding
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    if similarity.is_some() {
+        let (source, rest) = vectors
+            .split_first()
+            .ok_or_else(|| ApiError::Internal("no embedding for the source sentence".into()))?;
+        let scores: Vec<f64> = rest
+            .iter()
+            .map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum())
+            .collect();
+        return Ok(Json(serde_json::json!(scores)));
+    }
+    Ok(Json(serde_json::json!(vectors)))
+}
+
+async fn rerank<S: ShoalService>(
+    s: Arc<S>,
+    req: RerankRequest,
+    api_version: &str,
 ) -> Result<Response, ApiError> {
     let (field, items, tei) = match (&req.documents, &req.texts) {
         (Some(d), None) => ("documents", d, false),
@@ -542,7 +848,7 @@ async fn rerank<S: ShoalService>(
     Ok(Json(serde_json::json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "results": results,
-        "meta": {"api_version": {"version": "1"}, "model": model},
+        "meta": {"api_version": {"version": api_version}, "model": model},
     }))
     .into_response())
 }

@@ -1,5 +1,8 @@
 use std::future::Future;
 
+use std::net::IpAddr;
+
+use crate::auth::{Credentials, Principal};
 use crate::dto::*;
 use crate::ApiError;
 
@@ -74,9 +77,41 @@ pub trait ShoalService: Send + Sync + 'static {
     /// Fault injection (only when the node enables it): make the named actor panic.
     fn inject_panic(&self, actor: String) -> impl Future<Output = Result<(), ApiError>> + Send;
 
-    /// Admin requests that change the cluster (or read the whole store) carry the cluster secret
-    /// in `x-shoal-cluster-secret` when the node has one (until the auth issue brings roles).
-    fn authorize_admin(&self, secret: Option<&str>) -> Result<(), ApiError>;
+    /// Who presented `creds` (checked on every route but health, readiness, metrics and
+    /// sign-in): 401 when nothing valid was presented. With auth off, everyone is a writer of
+    /// every collection, and an admin when they give the cluster secret (or the node has none).
+    fn authenticate(
+        &self,
+        creds: Credentials,
+    ) -> impl Future<Output = Result<Principal, ApiError>> + Send;
+    /// Sign in with a password. `client` is the caller's address: failed attempts are limited
+    /// per user and per address (429 with `Retry-After` past the limit).
+    fn issue_token(
+        &self,
+        req: TokenRequest,
+        client: Option<IpAddr>,
+    ) -> impl Future<Output = Result<TokenResponse, ApiError>> + Send;
+    fn list_users(&self) -> impl Future<Output = Result<UserList, ApiError>> + Send;
+    fn create_user(
+        &self,
+        req: CreateUserRequest,
+    ) -> impl Future<Output = Result<UserInfo, ApiError>> + Send;
+    fn update_user(
+        &self,
+        name: String,
+        req: UpdateUserRequest,
+    ) -> impl Future<Output = Result<UserInfo, ApiError>> + Send;
+    /// Delete a user; answers the log index of the delete.
+    fn delete_user(&self, name: String) -> impl Future<Output = Result<u64, ApiError>> + Send;
+    fn list_api_keys(&self) -> impl Future<Output = Result<ApiKeyList, ApiError>> + Send;
+    /// Make an API key; `by` is who asked. The key is in the answer, and nowhere else ever.
+    fn create_api_key(
+        &self,
+        by: Principal,
+        req: CreateApiKeyRequest,
+    ) -> impl Future<Output = Result<CreatedApiKey, ApiError>> + Send;
+    /// Revoke an API key; answers the log index of the revocation.
+    fn revoke_api_key(&self, id: String) -> impl Future<Output = Result<u64, ApiError>> + Send;
 
     /// Every member of the cluster, as this node and the leader see it.
     fn cluster_status(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;

@@ -39,6 +39,9 @@ pub enum Rejection {
         doc: String,
     },
     Invalid(String),
+    UserExists(String),
+    UserNotFound(String),
+    ApiKeyNotFound(String),
     /// A record the command needed did not decode (the command failed, the node goes on).
     Unreadable(String),
 }
@@ -53,6 +56,9 @@ impl Rejection {
                 doc: doc.clone(),
             },
             StoreError::InvalidCommand(m) => Rejection::Invalid(m.clone()),
+            StoreError::UserExists(u) => Rejection::UserExists(u.clone()),
+            StoreError::UserNotFound(u) => Rejection::UserNotFound(u.clone()),
+            StoreError::ApiKeyNotFound(k) => Rejection::ApiKeyNotFound(k.clone()),
             other => Rejection::Unreadable(other.to_string()),
         }
     }
@@ -66,6 +72,9 @@ impl Rejection {
                 StoreError::DocumentNotFound { collection, doc }
             }
             Rejection::Invalid(m) => StoreError::InvalidCommand(m),
+            Rejection::UserExists(u) => StoreError::UserExists(u),
+            Rejection::UserNotFound(u) => StoreError::UserNotFound(u),
+            Rejection::ApiKeyNotFound(k) => StoreError::ApiKeyNotFound(k),
             Rejection::Unreadable(m) => StoreError::Corrupt {
                 key: "(see the node's log)".into(),
                 reason: m,

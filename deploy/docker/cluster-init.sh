@@ -20,7 +20,7 @@ log() { echo "shoal-init: $*" >&2; }
 # The node's view of its cluster (GET /api/v1/cluster), once it answers.
 cluster_of() {
     local out
-    until out="$(curl -fsS --max-time 3 "$1/api/v1/cluster" 2>/dev/null)"; do
+    until out="$(curl -fsS --max-time 3 -H "x-shoal-cluster-secret: ${SHOAL_CLUSTER__SECRET:-}" "$1/api/v1/cluster" 2>/dev/null)"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             log "$1 did not answer in ${SHOAL_INIT_TIMEOUT_S:-300} s; not deciding anything without it"
             exit 1

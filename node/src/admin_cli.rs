@@ -47,11 +47,16 @@ pub fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Result
     Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-/// Admin requests carry the cluster secret when the operator's environment has it.
-fn with_secret(req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-    match std::env::var("SHOAL_CLUSTER__SECRET") {
+/// Requests carry the credentials the operator's environment has: the cluster secret
+/// (SHOAL_CLUSTER__SECRET, an admin credential) and a token or API key (SHOAL_TOKEN).
+pub fn with_secret(req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    let req = match std::env::var("SHOAL_CLUSTER__SECRET") {
         Ok(secret) => req.header("x-shoal-cluster-secret", secret),
         Err(_) => req,
+    };
+    match std::env::var("SHOAL_TOKEN") {
+        Ok(token) if !token.is_empty() => req.bearer_auth(token),
+        _ => req,
     }
 }
 

@@ -24,7 +24,73 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub threads: ThreadsConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
     pub debug: DebugConfig,
+}
+
+/// Who may call the API. With auth on (the default), every route but health, readiness,
+/// metrics and sign-in needs `Authorization: Bearer <token or API key>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Off: anyone may read and write every collection (`--insecure-no-auth`, for local
+    /// experiments; the node warns at start).
+    pub enabled: bool,
+    /// An admin credential given in configuration and never stored (as Meilisearch's master
+    /// key): send it as a bearer credential. When set, the first start makes no admin user.
+    /// At least 16 characters. Never printed.
+    pub admin_key: Option<Secret>,
+    /// The HS256 secret of the tokens the cluster issues (at least 32 bytes). Unset: one made at
+    /// the cluster's first start and replicated to every node (a token from any node is valid on
+    /// every node). Set it on every node alike, or on none.
+    pub jwt_secret: Option<Secret>,
+    /// How long a token from `POST /api/v1/auth/token` is valid (s).
+    pub token_ttl_s: u64,
+    /// Public keys of an outside identity provider whose tokens the node accepts (RS256/384/512,
+    /// PS256/384/512, ES256/384 or EdDSA). Such a token names its role in a `role` claim and its
+    /// collections in `collections`.
+    pub jwt_public_keys: Vec<PublicKeyConfig>,
+    /// The `iss` an outside token must carry (required with `jwt_public_keys`).
+    pub jwt_issuer: Option<String>,
+    /// The `aud` an outside token must carry, if set.
+    pub jwt_audience: Option<String>,
+    /// Clock difference allowed when checking `exp` and `nbf` (s).
+    pub leeway_s: u64,
+    /// Failed sign-ins allowed per user within `failed_login_window_s`; past it, the user's
+    /// sign-in answers 429 until the window ends.
+    pub max_failed_logins: u32,
+    /// Failed sign-ins allowed per client address within the window (one address may be many
+    /// people behind a NAT, so more than per user).
+    pub max_failed_logins_per_address: u32,
+    pub failed_login_window_s: u64,
+}
+
+/// One public key of an outside identity provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithm: String,
+    /// A PEM file with the public key.
+    pub pem_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            admin_key: None,
+            jwt_secret: None,
+            token_ttl_s: 3600,
+            jwt_public_keys: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            leeway_s: 5,
+            max_failed_logins: 5,
+            max_failed_logins_per_address: 20,
+            failed_login_window_s: 300,
+        }
+    }
 }
 
 /// How the node takes part in a cluster. A node alone is a one-member cluster (it makes one at
@@ -492,8 +558,15 @@ impl Config {
     /// The configuration as `shoal config` prints it: secrets replaced.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
+        let hidden = || Some(Secret("<redacted>".into()));
         if c.cluster.secret.is_some() {
-            c.cluster.secret = Some(Secret("<redacted>".into()));
+            c.cluster.secret = hidden();
+        }
+        if c.auth.admin_key.is_some() {
+            c.auth.admin_key = hidden();
+        }
+        if c.auth.jwt_secret.is_some() {
+            c.auth.jwt_secret = hidden();
         }
         c
     }
@@ -673,6 +746,29 @@ impl Config {
         }
         if self.index.m > 255 {
             return Err("index.m must be at most 255".into());
+        }
+        let a = &self.auth;
+        if a.admin_key.as_ref().is_some_and(|k| k.0.len() < 16) {
+            return Err("auth.admin_key must be at least 16 characters".into());
+        }
+        if a.jwt_secret.as_ref().is_some_and(|k| k.0.len() < 32) {
+            return Err("auth.jwt_secret must be at least 32 bytes".into());
+        }
+        if a.token_ttl_s == 0
+            || a.failed_login_window_s == 0
+            || a.max_failed_logins == 0
+            || a.max_failed_logins_per_address == 0
+        {
+            return Err(
+                "auth.token_ttl_s, auth.max_failed_logins, auth.max_failed_logins_per_address and auth.failed_login_window_s must be positive"
+                    .into(),
+            );
+        }
+        if !a.jwt_public_keys.is_empty() && a.jwt_issuer.is_none() {
+            return Err(
+                "auth.jwt_public_keys needs auth.jwt_issuer (the `iss` the identity provider's tokens carry)"
+                    .into(),
+            );
         }
         if self.search.default_top_k > self.search.max_top_k {
             return Err("search.default_top_k must not exceed search.max_top_k".into());

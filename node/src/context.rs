@@ -39,6 +39,8 @@ pub struct NodeContext {
     pub started: Instant,
     pub warm: AtomicBool,
     pub reranker_warm: AtomicBool,
+    /// Who may call the API.
+    pub access: crate::access::Access,
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -59,6 +61,7 @@ impl NodeContext {
         runtime: Runtime,
         cluster: Arc<ClusterNode>,
         watermark: Arc<IndexWatermark>,
+        access: crate::access::Access,
     ) -> NodeContext {
         let ingest = IngestQueue::new(
             QueueLimits {
@@ -77,6 +80,7 @@ impl NodeContext {
             watermark,
             mirrored: tokio::sync::watch::Sender::new(0),
             started: Instant::now(),
+            access,
             warm: AtomicBool::new(false),
             reranker_warm: AtomicBool::new(false),
         }

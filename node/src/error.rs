@@ -44,8 +44,11 @@ impl From<NodeError> for ApiError {
         match e {
             NodeError::Store(StoreError::CollectionNotFound(_))
             | NodeError::Store(StoreError::DocumentNotFound { .. })
+            | NodeError::Store(StoreError::UserNotFound(_))
+            | NodeError::Store(StoreError::ApiKeyNotFound(_))
             | NodeError::NotFound(_) => ApiError::NotFound(msg),
-            NodeError::Store(StoreError::CollectionExists(_)) => ApiError::Conflict(msg),
+            NodeError::Store(StoreError::CollectionExists(_))
+            | NodeError::Store(StoreError::UserExists(_)) => ApiError::Conflict(msg),
             NodeError::Store(StoreError::InvalidCommand(_))
             | NodeError::Index(IndexError::Dimension { .. })
             | NodeError::Index(IndexError::ZeroVector)

@@ -6,6 +6,7 @@
 //! the last stop. A request goes: [`shoal_api::router`] → [`service::Node`] → store, shards,
 //! embedder actors; every change of state goes through [`context::NodeContext::apply`].
 
+pub mod access;
 pub mod actors;
 pub mod admin_cli;
 pub mod cluster;
@@ -114,6 +115,15 @@ pub fn restore_backup(
 
 /// Open the store, load the models and start the supervision tree.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    let access = access::Access::new(
+        &config.auth,
+        config.cluster.secret.as_ref().map(|s| s.0.clone()),
+    )?;
+    if !config.auth.enabled {
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): anyone who reaches this node may read and write every collection; use it for local experiments only"
+        );
+    }
     let data_dir = config.storage.data_dir.clone();
     std::fs::create_dir_all(data_dir.join("index"))
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
@@ -212,6 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         runtime,
         cluster,
         watermark,
+        access,
     ));
     ctx.remove_orphan_dumps()?;
     let (supervisor, supervisor_handle) = Actor::spawn(
@@ -227,6 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     tokio::spawn(cluster::bootstrap_or_join(ctx.clone()));
     tokio::spawn(release_deferred_claims(ctx.clone()));
     tokio::spawn(expire_jobs(ctx.clone()));
+    tokio::spawn(bootstrap_access(ctx.clone()));
 
     Ok(RunningNode {
         ctx,
@@ -280,6 +292,101 @@ async fn release_deferred_claims(ctx: Arc<NodeContext>) {
     loop {
         tick.tick().await;
         ctx.actors.ingest.release_due(actors::ingest::now_ms());
+    }
+}
+
+/// With auth on, the first leader of a cluster makes the secret its tokens are signed with and,
+/// when no user exists and no `auth.admin_key` is set, the first admin user, whose password it
+/// prints once on standard output (the only place it is ever shown).
+async fn bootstrap_access(ctx: Arc<NodeContext>) {
+    if !ctx.config.auth.enabled {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match ctx.store.signing_secret() {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the signing secret");
+                continue;
+            }
+        }
+        if !ctx.cluster.is_leader() {
+            continue;
+        }
+        let wants_admin = ctx.config.auth.admin_key.is_none()
+            && ctx.store.users().map(|u| u.is_empty()).unwrap_or(false);
+        let made = tokio::task::spawn_blocking(move || {
+            let mut secret = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            let admin = if wants_admin {
+                let password = access::random_alnum(20);
+                let now = actors::ingest::now_ms();
+                let user = shoal_storage::UserRecord {
+                    name: "admin".into(),
+                    password_hash: access::hash_password(&password)?,
+                    role: shoal_storage::Role::Admin,
+                    collections: vec!["*".into()],
+                    epoch: uuid::Uuid::new_v4().to_string(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                Some((user, password))
+            } else {
+                None
+            };
+            Ok::<_, error::NodeError>((secret, admin))
+        })
+        .await;
+        let (secret, admin) = match made {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot make the first admin");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the first admin");
+                continue;
+            }
+        };
+        let (user, password) = match admin {
+            Some((u, p)) => (Some(u), Some(p)),
+            None => (None, None),
+        };
+        match ctx
+            .apply(Command::BootstrapAccess {
+                signing_secret: secret,
+                admin: user,
+            })
+            .await
+        {
+            Ok(c) => {
+                let applied = matches!(
+                    c.outcome,
+                    shoal_storage::Outcome::AccessBootstrapped { applied: true }
+                );
+                if let (true, Some(password)) = (applied, password) {
+                    let addr = ctx
+                        .config
+                        .cluster
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", ctx.config.server.listen));
+                    tracing::warn!("auth is on and the cluster had no users: made the admin user `admin`; its password is printed once on standard output");
+                    println!("shoal: made the admin user `admin` with password {password} (shown this once; change it with PATCH /api/v1/auth/users/admin)");
+                    println!("shoal: get a token: curl -X POST {addr}/api/v1/auth/token -d '{{\"username\":\"admin\",\"password\":\"{password}\"}}'");
+                    println!("shoal: then send it: curl -H 'Authorization: Bearer TOKEN' {addr}/api/v1/collections");
+                } else if applied {
+                    tracing::info!("made the cluster's token-signing secret");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make the cluster's token-signing secret yet")
+            }
+        }
     }
 }
 
@@ -378,10 +485,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .context("HTTP server failed")?;
+    // The peer's address reaches the handlers (sign-in attempts are limited per address).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+    .context("HTTP server failed")?;
 
     tracing::info!("shutting down: stopping actors and dumping shards");
     node.stop().await?;

@@ -45,6 +45,10 @@ struct Common {
     /// Enable fault injection: actor panics and cut links (tests and drills only).
     #[arg(long)]
     fault_injection: bool,
+    /// Turn authentication off: anyone who reaches the node may read and write every collection.
+    /// For local experiments only; the node warns at start. [default: auth on]
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// At the first start, join the cluster of the node at this URL (as a learner) instead of
     /// making a new one-member cluster. Needs the cluster's secret (SHOAL_CLUSTER__SECRET).
     #[arg(long, value_name = "URL")]
@@ -63,7 +67,8 @@ struct Common {
 /// Which node an admin command talks to, and how it answers.
 #[derive(clap::Args, Debug)]
 struct Target {
-    /// Any node of the cluster. Changes carry the cluster secret from SHOAL_CLUSTER__SECRET.
+    /// Any node of the cluster. Requests carry the cluster secret from SHOAL_CLUSTER__SECRET and
+    /// a token or API key from SHOAL_TOKEN, when they are set.
     #[arg(
         long,
         env = "SHOAL_NODE",
@@ -195,6 +200,9 @@ fn load(common: &Common) -> Result<Config, String> {
     }
     if common.fault_injection {
         config.debug.fault_injection = true;
+    }
+    if common.insecure_no_auth {
+        config.auth.enabled = false;
     }
     if let Some(j) = &common.join {
         config.cluster.join = Some(j.clone());

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use shoal_api::auth::{Credentials, Principal};
 use shoal_api::dto::*;
 use shoal_api::{ApiError, ShoalService, SnapshotDownload};
 use shoal_index::{normalize, Filter, FilterLimits, SearchMode, SearchRequest as IndexSearch};
 use shoal_inference::sigmoid;
 use shoal_storage::{
-    CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput, DocumentStatus,
-    HnswParams, JobRecord, Outcome,
+    ApiKeyRecord, CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput,
+    DocumentStatus, HnswParams, JobRecord, Outcome, PutMode, UserRecord,
 };
 
+use crate::access;
 use crate::actors::ask;
 use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::actors::ingest::now_ms;
@@ -109,6 +111,14 @@ impl Node {
             .await
             .map_err(NodeError::from)?;
         read.map_err(|e| self.not_here_yet(e.into()))
+    }
+
+    async fn put_user(&self, user: UserRecord, mode: PutMode) -> Result<UserInfo> {
+        let committed = self.ctx.apply(Command::PutUser { user, mode }).await?;
+        match committed.outcome {
+            Outcome::UserPut(u) => Ok(user_info(u)),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     /// A node still catching up with the cluster (just joined, restarted or wiped) may lack
@@ -308,15 +318,18 @@ impl Node {
         let body = serde_json::json!({ "query": query, "texts": passages, "raw_scores": true });
         let mut last_error = String::new();
         for (id, addr) in offers {
-            let sent = self
+            let mut req = self
                 .ctx
                 .runtime
                 .http
                 .post(format!("{addr}/v1/rerank"))
                 .timeout(timeout)
-                .json(&body)
-                .send()
-                .await;
+                .json(&body);
+            // one node of the cluster asking another: the cluster secret is its credential
+            if let Some(secret) = &self.ctx.config.cluster.secret {
+                req = req.header(shoal_cluster::network::HEADER_SECRET, &secret.0);
+            }
+            let sent = req.send().await;
             let answer = match sent {
                 Ok(r) if r.status().is_success() => r.json::<Vec<Value>>().await,
                 Ok(r) => {
@@ -418,6 +431,28 @@ impl Node {
 
 /// A job as the API shows it. `mirrored` is the index watermark: a job the store has finished
 /// reads as running until the index has mirrored its last change (its chunks are searchable).
+fn user_info(u: UserRecord) -> UserInfo {
+    UserInfo {
+        username: u.name,
+        role: access::api_role(u.role),
+        collections: u.collections,
+        created_at: u.created_at_ms,
+        updated_at: u.updated_at_ms,
+    }
+}
+
+fn key_info(k: ApiKeyRecord) -> ApiKeyInfo {
+    ApiKeyInfo {
+        id: k.id,
+        name: k.name,
+        role: access::api_role(k.role),
+        collections: k.collections,
+        created_by: k.created_by,
+        created_at: k.created_at_ms,
+        expires_at: k.expires_at_ms,
+    }
+}
+
 fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
     let state = match j.state() {
         shoal_storage::JobState::Running => JobState::Running,
@@ -532,6 +567,20 @@ impl ShoalService for Node {
             // A node that cannot vouch for its data is taken out of a load balancer's rotation;
             // it still answers searches (marked stale) for clients that call it directly.
             reasons.push(format!("no leader or no quorum: {s}"));
+        }
+        let auth = if !self.ctx.access.enabled() {
+            "off"
+        } else if self.ctx.access.can_sign(&self.ctx.store) {
+            "ready"
+        } else {
+            "waiting_for_signing_secret"
+        };
+        components.insert("auth".into(), Value::from(auth));
+        if member && auth == "waiting_for_signing_secret" {
+            reasons.push(
+                "auth: the cluster has not made its token-signing secret yet (its leader makes it)"
+                    .to_owned(),
+            );
         }
         let ready = reasons.is_empty();
         self.ctx
@@ -1351,18 +1400,158 @@ impl ShoalService for Node {
         .map_err(ApiError::NotFound)
     }
 
-    fn authorize_admin(&self, secret: Option<&str>) -> Result<()> {
-        let Some(ours) = &self.ctx.config.cluster.secret else {
-            return Ok(()); // a node alone, without a secret: open, like every other route today
-        };
-        let given = secret.unwrap_or_default().as_bytes();
-        if shoal_cluster::server::same_secret(given, ours.0.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized(
-                "this admin request needs the cluster secret in the x-shoal-cluster-secret header (shoal cluster ... sends SHOAL_CLUSTER__SECRET)".into(),
-            ))
+    async fn authenticate(&self, creds: Credentials) -> Result<Principal> {
+        self.ctx
+            .access
+            .authenticate(&self.ctx.store, &creds, now_ms())
+    }
+
+    async fn issue_token(
+        &self,
+        req: TokenRequest,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<TokenResponse> {
+        if !self.ctx.access.enabled() {
+            return Err(bad(
+                "authentication is off on this node (--insecure-no-auth): no token is needed",
+            ));
         }
+        let access = &self.ctx.access;
+        access.check_attempts(&req.username, client, now_ms())?;
+        let user = self
+            .read({
+                let name = req.username.clone();
+                move |ctx| Ok(ctx.store.user(&name)?)
+            })
+            .await?;
+        // An unknown user costs as much as a known one (the answer's timing tells nothing).
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| access::decoy_hash().to_owned());
+        let password = req.password;
+        let matches = user.is_some()
+            && password.len() <= access::MAX_PASSWORD_BYTES
+            && tokio::task::spawn_blocking(move || access::verify_password(&password, &hash))
+                .await
+                .map_err(NodeError::from)?;
+        let Some(user) = user.filter(|_| matches) else {
+            access.record_failure(&req.username, client, now_ms());
+            return Err(ApiError::Unauthorized("wrong user name or password".into()));
+        };
+        access.record_success(&user.name);
+        let token = access.issue(&self.ctx.store, &user, now_ms() / 1000)?;
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "Bearer".into(),
+            expires_in: access.token_ttl_s(),
+            role: access::api_role(user.role),
+        })
+    }
+
+    async fn list_users(&self) -> Result<UserList> {
+        let users = self.read(|ctx| Ok(ctx.store.users()?)).await?;
+        Ok(UserList {
+            users: users.into_iter().map(user_info).collect(),
+        })
+    }
+
+    async fn create_user(&self, req: CreateUserRequest) -> Result<UserInfo> {
+        access::check_new_password(&req.password)?;
+        let password = req.password;
+        let hash = tokio::task::spawn_blocking(move || access::hash_password(&password))
+            .await
+            .map_err(NodeError::from)??;
+        let now = now_ms();
+        let user = UserRecord {
+            name: req.username,
+            password_hash: hash,
+            role: access::store_role(req.role),
+            collections: req.collections,
+            epoch: uuid::Uuid::new_v4().to_string(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.put_user(user, PutMode::Create).await
+    }
+
+    async fn update_user(&self, name: String, req: UpdateUserRequest) -> Result<UserInfo> {
+        let mut user = self
+            .read({
+                let name = name.clone();
+                move |ctx| Ok(ctx.store.user(&name)?)
+            })
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("user `{name}` not found")))?;
+        if let Some(password) = req.password {
+            access::check_new_password(&password)?;
+            user.password_hash =
+                tokio::task::spawn_blocking(move || access::hash_password(&password))
+                    .await
+                    .map_err(NodeError::from)??;
+            // Every token issued under the old password stops working.
+            user.epoch = uuid::Uuid::new_v4().to_string();
+        }
+        if let Some(role) = req.role {
+            user.role = access::store_role(role);
+        }
+        if let Some(c) = req.collections {
+            user.collections = c;
+        }
+        user.updated_at_ms = now_ms();
+        self.put_user(user, PutMode::Replace).await
+    }
+
+    async fn delete_user(&self, name: String) -> Result<u64> {
+        let committed = self
+            .ctx
+            .apply(Command::DeleteUser {
+                name,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(committed.index)
+    }
+
+    async fn list_api_keys(&self) -> Result<ApiKeyList> {
+        let keys = self.read(|ctx| Ok(ctx.store.api_keys()?)).await?;
+        Ok(ApiKeyList {
+            keys: keys.into_iter().map(key_info).collect(),
+        })
+    }
+
+    async fn create_api_key(
+        &self,
+        by: Principal,
+        req: CreateApiKeyRequest,
+    ) -> Result<CreatedApiKey> {
+        let (key, id, digest) = access::new_api_key();
+        let now = now_ms();
+        let record = ApiKeyRecord {
+            id,
+            name: req.name,
+            secret_sha256: digest,
+            role: access::store_role(req.role),
+            collections: req.collections,
+            created_by: by.name,
+            created_at_ms: now,
+            expires_at_ms: req
+                .expires_in_s
+                .map(|s| now.saturating_add(s.saturating_mul(1000))),
+        };
+        let committed = self.ctx.apply(Command::PutApiKey { key: record }).await?;
+        match committed.outcome {
+            Outcome::ApiKeyPut(k) => Ok(CreatedApiKey {
+                key,
+                info: key_info(k),
+            }),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn revoke_api_key(&self, id: String) -> Result<u64> {
+        let committed = self.ctx.apply(Command::RevokeApiKey { id }).await?;
+        Ok(committed.index)
     }
 
     async fn cluster_status(&self) -> Result<Value> {

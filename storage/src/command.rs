@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::CollectionSpec;
+use crate::{ApiKeyRecord, CollectionSpec, PutMode, UserRecord};
 
 /// A document as accepted from a client: metadata is canonical JSON of an object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,10 @@ pub enum Command {
         at_ms: u64,
     },
     /// Drop a collection with its documents and chunks; its unfinished jobs end as cancelled.
-    DropCollection { name: String, at_ms: u64 },
+    DropCollection {
+        name: String,
+        at_ms: u64,
+    },
     /// Part `part` of the documents of a request too large for one log entry: kept aside under
     /// the job until [`Command::AcceptDocuments`] accepts them all at once (or expiry removes them).
     StageDocuments {
@@ -103,6 +106,28 @@ pub enum Command {
         before_ms: u64,
         staged_before_ms: u64,
     },
+    /// The first start of a cluster with auth on: the secret its own tokens are signed with, and
+    /// (when no user exists) the first admin. Only the first one applies; later ones are no-ops.
+    BootstrapAccess {
+        signing_secret: Vec<u8>,
+        admin: Option<UserRecord>,
+    },
+    /// Create or replace a user (its password already hashed).
+    PutUser {
+        user: UserRecord,
+        mode: PutMode,
+    },
+    DeleteUser {
+        name: String,
+        at_ms: u64,
+    },
+    /// A new API key (its secret already hashed).
+    PutApiKey {
+        key: ApiKeyRecord,
+    },
+    RevokeApiKey {
+        id: String,
+    },
 }
 
 impl Command {
@@ -118,6 +143,11 @@ impl Command {
             Command::FailDocument { .. } => "fail_document",
             Command::DeleteDocument { .. } => "delete_document",
             Command::ExpireJobs { .. } => "expire_jobs",
+            Command::BootstrapAccess { .. } => "bootstrap_access",
+            Command::PutUser { .. } => "put_user",
+            Command::DeleteUser { .. } => "delete_user",
+            Command::PutApiKey { .. } => "put_api_key",
+            Command::RevokeApiKey { .. } => "revoke_api_key",
         }
     }
 

@@ -9,6 +9,12 @@ pub enum StoreError {
     CollectionExists(String),
     #[error("document `{doc}` not found in collection `{collection}`")]
     DocumentNotFound { collection: String, doc: String },
+    #[error("user `{0}` already exists")]
+    UserExists(String),
+    #[error("user `{0}` not found")]
+    UserNotFound(String),
+    #[error("API key `{0}` not found")]
+    ApiKeyNotFound(String),
     #[error("invalid command: {0}")]
     InvalidCommand(String),
     #[error("stored data has format version {found}, this build reads version {expected}")]
@@ -48,6 +54,9 @@ impl StoreError {
                 | StoreError::CollectionExists(_)
                 | StoreError::DocumentNotFound { .. }
                 | StoreError::InvalidCommand(_)
+                | StoreError::UserExists(_)
+                | StoreError::UserNotFound(_)
+                | StoreError::ApiKeyNotFound(_)
         )
     }
 }

@@ -14,6 +14,9 @@
 //! | `j/{job id}` | [`crate::JobRecord`] |
 //! | `r/{uid}/{job id}` | (empty) the job is running: found when its collection is dropped |
 //! | `s/{job id}/{part}` | [`crate::StagedPart`]: documents of a request too large for one log entry |
+//! | `a/secret` | the secret the cluster signs its own tokens with |
+//! | `a/u/{name}` | [`crate::UserRecord`] |
+//! | `a/k/{id}` | [`crate::ApiKeyRecord`] |
 //!
 //! The state lives in one of two trees (`g0/state-a`, `g0/state-b`); the `g0/meta` tree's
 //! `active` key names the current one. The group's Raft log is in `g0/log` and `g0/log-meta`. A snapshot is installed into the other tree, made durable, and then the
@@ -81,3 +84,15 @@ pub(crate) fn staged(job_id: &str, part: u32) -> Vec<u8> {
 }
 
 pub(crate) const STAGED_PREFIX: &[u8] = b"s/";
+
+pub(crate) const SIGNING_SECRET: &[u8] = b"a/secret";
+pub(crate) const USER_PREFIX: &[u8] = b"a/u/";
+pub(crate) const API_KEY_PREFIX: &[u8] = b"a/k/";
+
+pub(crate) fn user(name: &str) -> Vec<u8> {
+    [USER_PREFIX, name.as_bytes()].concat()
+}
+
+pub(crate) fn api_key(id: &str) -> Vec<u8> {
+    [API_KEY_PREFIX, id.as_bytes()].concat()
+}

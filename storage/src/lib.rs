@@ -5,6 +5,7 @@
 //! Identical command sequences produce identical stores on every replica: timestamps and ids travel
 //! inside the command, point ids are assigned from per-collection counters kept in the store itself.
 
+mod access;
 mod codec;
 mod command;
 mod error;
@@ -14,6 +15,7 @@ mod records;
 mod snapshot;
 mod store;
 
+pub use access::{ApiKeyRecord, PutMode, Role, UserRecord};
 pub use codec::FORMAT_VERSION;
 pub use command::{ChunkInput, Command, DocumentChunks, DocumentInput, DocumentVersion};
 pub use error::StoreError;

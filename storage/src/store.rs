@@ -96,6 +96,14 @@ pub enum Outcome {
         removed: u64,
         staged: u64,
     },
+    /// `applied`: this was the cluster's first bootstrap (false: it had one already).
+    AccessBootstrapped {
+        applied: bool,
+    },
+    UserPut(crate::UserRecord),
+    UserDeleted,
+    ApiKeyPut(crate::ApiKeyRecord),
+    ApiKeyRevoked,
 }
 
 /// A pending version claimed by another node.
@@ -462,6 +470,26 @@ impl Store {
         get_in(&self.tree(), key)
     }
 
+    pub(crate) fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.get(key)
+    }
+
+    /// Every record under `prefix`, in key order.
+    pub(crate) fn scan_records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     // ---------------------------------------------------------------- apply
 
     /// Apply one command as log entry `index`. Either the whole command is written (one atomic
@@ -543,6 +571,14 @@ impl Store {
                 before_ms,
                 staged_before_ms,
             } => self.apply_expire_jobs(&mut batch, *before_ms, *staged_before_ms),
+            Command::BootstrapAccess {
+                signing_secret,
+                admin,
+            } => self.apply_bootstrap_access(&mut batch, signing_secret, admin.as_ref()),
+            Command::PutUser { user, mode } => self.apply_put_user(&mut batch, user, *mode),
+            Command::DeleteUser { name, at_ms } => self.apply_delete_user(&mut batch, name, *at_ms),
+            Command::PutApiKey { key } => self.apply_put_api_key(&mut batch, key),
+            Command::RevokeApiKey { id } => self.apply_revoke_api_key(&mut batch, id),
         };
         let applied = match result {
             Ok(applied) => applied,

@@ -48,6 +48,24 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// The admin credential the harness starts nodes with (`auth.admin_key`), unless a test starts
+/// one with auth off or its own key. Every request of [`Node`]'s helpers carries it.
+pub const ADMIN_KEY: &str = "shoal-test-admin-key-0123456789";
+
+/// An HTTP client that sends [`ADMIN_KEY`] with every request.
+pub fn admin_client(timeout: Duration) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_KEY}").parse().expect("header value"),
+    );
+    Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
 /// A running shoal process with its own data folder.
 pub struct Node {
     child: Option<Child>,
@@ -59,6 +77,8 @@ pub struct Node {
     env: Vec<(String, String)>,
     args: Vec<String>,
     http: Client,
+    /// What the process printed on standard output (every start).
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -109,11 +129,13 @@ impl Node {
         let mut child = cmd.spawn().expect("start shoal");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let lines = self.stdout.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("shoal listening on ") {
                     let _ = tx.send(addr.trim().to_string());
                 }
+                lines.lock().expect("stdout lines").push(line);
             }
         });
         let addr = rx
@@ -128,22 +150,62 @@ impl Node {
     pub fn prepare(env: &[(&str, &str)], args: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().join("data");
-        Node {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let auth_set = env
+            .iter()
+            .any(|(k, _)| k == "SHOAL_AUTH__ADMIN_KEY" || k == "SHOAL_AUTH__ENABLED")
+            || args.contains(&"--insecure-no-auth");
+        if !auth_set {
+            env.push(("SHOAL_AUTH__ADMIN_KEY".into(), ADMIN_KEY.into()));
+        }
+        let mut node = Node {
             child: None,
             base: String::new(),
             listen: "127.0.0.1:0".into(),
             data,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             args: args.iter().map(|s| s.to_string()).collect(),
-            http: Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
+            http: Client::new(),
+            stdout: Default::default(),
             _tmp: Some(tmp),
+        };
+        node.http = node.client(true);
+        node
+    }
+
+    /// The lines the node printed on standard output so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lines").clone()
+    }
+
+    /// The bearer credential the harness sends: the node's admin key, if it has one.
+    pub fn admin_key(&self) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "SHOAL_AUTH__ADMIN_KEY")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// An HTTP client that sends the node's admin key with every request (`pooled`: keeps
+    /// connections).
+    pub fn client(&self, pooled: bool) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = self.admin_key() {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().expect("header value"),
+            );
         }
+        let mut b = Client::builder()
+            .timeout(Duration::from_secs(120))
+            .default_headers(headers);
+        if !pooled {
+            b = b.pool_max_idle_per_host(0);
+        }
+        b.build().expect("http client")
     }
 
     /// Whether the process is running (not stopped or killed by the test).
@@ -240,6 +302,7 @@ impl Node {
             self.env.retain(|(key, _)| key != k);
             self.env.push((k.to_string(), v.to_string()));
         }
+        self.http = self.client(true);
         self.spawn();
     }
 
@@ -298,19 +361,15 @@ impl Node {
     /// declared length or the queue's room); it then closes the connection, and a pooled client
     /// could send the next request on that connection as it closes (the request then fails with
     /// a send error instead of getting its answer).
-    fn unpooled() -> Client {
-        Client::builder()
-            .timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("http client")
+    fn unpooled(&self) -> Client {
+        self.client(false)
     }
 
     pub fn raw(&self, method: &str, path: &str, body: &str) -> Resp {
         let url = format!("{}{path}", self.base);
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         to_resp(
-            Self::unpooled()
+            self.unpooled()
                 .request(m, url)
                 .header("content-type", "application/json")
                 .body(body.to_string())
@@ -329,7 +388,7 @@ impl Node {
     pub fn try_post_chunked(&self, path: &str, body: &str) -> Result<Resp, reqwest::Error> {
         let url = format!("{}{path}", self.base);
         let reader = std::io::Cursor::new(body.as_bytes().to_vec());
-        Self::unpooled()
+        self.unpooled()
             .post(url)
             .header("content-type", "application/json")
             .body(reqwest::blocking::Body::new(reader))

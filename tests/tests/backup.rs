@@ -108,8 +108,8 @@ fn a_backup_taken_while_serving_restores_as_a_new_cluster_with_the_same_data_and
     let searcher = {
         let (stop, searched, failed) = (stop.clone(), searched.clone(), failed.clone());
         let base = a.base.clone();
+        let http = a.client(true);
         std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::new();
             while !stop.load(Ordering::Relaxed) {
                 let ok = http
                     .post(format!("{base}/api/v1/collections/wiki/search"))

@@ -9,7 +9,13 @@ use serde_json::{json, Value};
 use shoal_tests::cluster::{cluster_env, Cluster, SECRET};
 use shoal_tests::{corpus, hit_ids, metric_value, shoal_bin, wait_until, Node, PARAPHRASES};
 
+/// A client that signs in as the harness's nodes' admin.
 fn client() -> reqwest::blocking::Client {
+    shoal_tests::admin_client(Duration::from_secs(30))
+}
+
+/// A client with no credential.
+fn bare_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -739,7 +745,7 @@ fn ingest_is_claimed_by_several_nodes_and_a_node_killed_holding_claims_loses_not
 #[test]
 fn internal_routes_refuse_outsiders_and_a_node_of_another_cluster_cannot_join() {
     let c = Cluster::start(1, 0, &[]);
-    let http = client();
+    let http = bare_client();
     let url = format!("{}/internal/v1/groups/0/append", c.nodes[0].base);
     let post = |headers: &[(&str, &str)]| {
         let mut r = http.post(&url).body(vec![0u8; 4]);

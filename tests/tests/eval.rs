@@ -70,6 +70,7 @@ fn eval_measures_a_labelled_set_with_and_without_reranking() {
     let node = Node::start(&[], &["--reranker-model", reranker.to_str().unwrap()]);
 
     let out = Command::new(shoal_bin())
+        .env("SHOAL_TOKEN", shoal_tests::ADMIN_KEY)
         .args([
             "eval",
             "--dataset",
@@ -139,6 +140,7 @@ fn eval_measures_a_labelled_set_with_and_without_reranking() {
 
     // the table a person reads, and a clear error for a folder that is not a set
     let out = Command::new(shoal_bin())
+        .env("SHOAL_TOKEN", shoal_tests::ADMIN_KEY)
         .args(["eval", "--dataset", set.to_str().unwrap()])
         .args(["--k", "5", "--candidates", "5"])
         .args(["--node", &node.base, "--collection", "wiki"])

@@ -73,10 +73,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client")
+    shoal_tests::admin_client(Duration::from_secs(60))
 }
 
 /// p50 and p95 (ms) of a list of latencies.

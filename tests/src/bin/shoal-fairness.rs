@@ -166,7 +166,7 @@ fn search_load(
         .map(|c| {
             let (base, titles, stop) = (base.clone(), titles.clone(), stop.clone());
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::new();
+                let http = shoal_tests::admin_client(Duration::from_secs(120));
                 let mut ms = Vec::new();
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
