@@ -44,6 +44,10 @@ pub struct Principal {
     /// Granted collections: names, `prefix*` patterns, or `*` (all). Ignored for admins.
     pub collections: Vec<String>,
     pub credential: Credential,
+    /// May run the node's and the cluster's admin routes (membership, digest, backup, fault
+    /// injection). Every admin may; with auth off, only a caller that gave the cluster secret
+    /// (or anyone, on a node without one).
+    pub cluster_admin: bool,
 }
 
 impl Principal {
@@ -73,14 +77,25 @@ impl Principal {
         }
     }
 
+    /// The node's and the cluster's admin routes (membership, digest, backup, fault injection),
+    /// for `what` (says what was refused).
+    pub fn require_cluster_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.cluster_admin {
+            return Ok(());
+        }
+        if self.credential == Credential::None {
+            // Auth is off, and the node has a cluster secret this request did not give.
+            return Err(ApiError::Unauthorized(format!(
+                "{what} needs the cluster secret in the x-shoal-cluster-secret header (shoal cluster ... sends SHOAL_CLUSTER__SECRET)"
+            )));
+        }
+        self.require_admin(what)
+    }
+
     /// The admin role, for `what` (says what was refused).
     pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
-        match (self.role, self.credential) {
-            (Role::Admin, _) => Ok(()),
-            // Auth is off, and the node has a cluster secret this request did not give.
-            (_, Credential::None) => Err(ApiError::Unauthorized(format!(
-                "{what} needs the cluster secret in the x-shoal-cluster-secret header (shoal cluster ... sends SHOAL_CLUSTER__SECRET)"
-            ))),
+        match self.role {
+            Role::Admin => Ok(()),
             _ => Err(ApiError::Forbidden(format!(
                 "{what} needs the admin role; `{}` is a {}",
                 self.name,
@@ -161,6 +176,7 @@ mod tests {
             role,
             collections: grants.iter().map(|s| s.to_string()).collect(),
             credential: Credential::Token,
+            cluster_admin: role == Role::Admin,
         }
     }
 
@@ -188,11 +204,22 @@ mod tests {
             403
         );
         assert!(p(Role::Admin, &[]).require_read("x").is_ok());
+        assert!(p(Role::Admin, &[]).require_cluster_admin("x").is_ok());
+        assert_eq!(
+            p(Role::Writer, &["*"])
+                .require_cluster_admin("x")
+                .unwrap_err()
+                .status(),
+            403
+        );
+        // auth off on a node with a cluster secret: collections yes, the cluster no
         let open = Principal {
             credential: Credential::None,
-            ..p(Role::Writer, &["*"])
+            cluster_admin: false,
+            ..p(Role::Admin, &["*"])
         };
-        assert_eq!(open.require_admin("x").unwrap_err().status(), 401);
+        assert!(open.require_admin("x").is_ok());
+        assert_eq!(open.require_cluster_admin("x").unwrap_err().status(), 401);
     }
 
     #[test]

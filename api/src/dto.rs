@@ -134,6 +134,77 @@ pub struct DocumentInfo {
     pub claimed_by: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub claimed_until: Option<u64>,
+    /// The searchable chunks, in order (of the indexed version).
+    #[serde(default)]
+    pub chunk_list: Vec<ChunkInfo>,
+}
+
+/// One chunk of a document: its place in the text and the text itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub chunk_index: u32,
+    /// Byte range in the document's text.
+    pub start: u32,
+    pub end: u32,
+    pub text: String,
+}
+
+/// `GET /api/v1/collections/{name}/documents`: a page of documents in id order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsQuery {
+    /// Documents per page (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Start after this document id (the `next` of the previous page).
+    pub after: Option<String>,
+    /// Only documents in this state.
+    pub state: Option<DocumentState>,
+}
+
+/// A document in a listing (without its text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentSummary {
+    pub id: String,
+    pub state: DocumentState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub version: u64,
+    pub job_id: String,
+    pub metadata: Map<String, Value>,
+    pub chunks: u64,
+    /// Bytes of text.
+    pub bytes: u64,
+    pub accepted_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocumentList {
+    pub documents: Vec<DocumentSummary>,
+    /// Give this as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `GET /api/v1/jobs`: jobs, newest first.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// `running`, `completed`, `completed_with_errors`, `cancelled`, or `failed` (any job with a
+    /// failed document).
+    pub state: Option<String>,
+    pub collection: Option<String>,
+    /// Jobs per page (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Skip this many (the `next` of the previous page).
+    pub offset: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobInfo>,
+    /// Give this as `offset` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<usize>,
 }
 
 /// `POST /api/v1/collections/{name}/search`: exactly one of `query` and `vector`.
@@ -395,6 +466,9 @@ pub struct CreateUserRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     pub password: Option<String>,
+    /// The user's present password: required when users change their own password (an admin
+    /// may leave it out).
+    pub current_password: Option<String>,
     pub role: Option<crate::auth::Role>,
     pub collections: Option<Vec<String>>,
 }
@@ -448,4 +522,35 @@ pub struct CreatedApiKey {
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiKeyList {
     pub keys: Vec<ApiKeyInfo>,
+}
+
+// ------------------------------------------------------------------ analytics
+
+/// `GET /api/v1/analytics/searches`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsQuery {
+    /// Start of the range: ms since the epoch, or a duration back from now (`15m`, `24h`, `7d`);
+    /// default `1h`.
+    pub since: Option<String>,
+    /// End of the range (same forms, or `now`, the default).
+    pub until: Option<String>,
+    /// Only the searches of this collection.
+    pub collection: Option<String>,
+    /// Only this node's searches (what nodes ask each other); default: every node's.
+    pub local: Option<bool>,
+}
+
+/// One search as the router saw it, for the node's search events.
+#[derive(Debug, Clone)]
+pub struct SearchRecord {
+    pub user: String,
+    pub collection: String,
+    pub rerank: bool,
+    pub latency: std::time::Duration,
+    pub hits: u32,
+    /// The HTTP status answered; 499 when the request was gone before its answer.
+    pub status: u16,
+    /// The query text, when it found nothing.
+    pub empty_query: Option<String>,
 }

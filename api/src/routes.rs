@@ -43,7 +43,10 @@ pub struct RouterLimits {
 /// | `POST /api/v1/collections/{name}/documents` | accept documents for ingest (202 + job) |
 /// | `GET, DELETE /api/v1/collections/{name}/documents/{id}` | show, delete a document |
 /// | `POST /api/v1/collections/{name}/search` | search by text or vector |
+/// | `GET /api/v1/collections/{name}/documents` | a page of documents with their state |
+/// | `GET /api/v1/jobs` | jobs, newest first, by state and collection |
 /// | `GET /api/v1/jobs/{id}` | ingest job progress |
+/// | `GET /api/v1/analytics/searches` | searches per second, latency, errors, empty results (admin) |
 /// | `POST /api/v1/auth/token` | sign in with a password: a short-lived token |
 /// | `GET /api/v1/auth/me` | who the caller is |
 /// | `GET, POST /api/v1/auth/users` | list, create users (admin) |
@@ -99,13 +102,15 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         )
         .route(
             "/api/v1/collections/{name}/documents",
-            post(add_documents::<S>),
+            post(add_documents::<S>).get(list_documents::<S>),
         )
         .route(
             "/api/v1/collections/{name}/documents/{id}",
             get(get_document::<S>).delete(delete_document::<S>),
         )
         .route("/api/v1/collections/{name}/search", post(search::<S>))
+        .route("/api/v1/jobs", get(list_jobs::<S>))
+        .route("/api/v1/analytics/searches", get(search_analytics::<S>))
         .route("/api/v1/jobs/{id}", get(get_job::<S>))
         .route("/v1/embeddings", post(embeddings::<S>))
         .route("/v1/rerank", post(rerank_v1::<S>))
@@ -256,7 +261,11 @@ async fn ready<S: ShoalService>(State(s): State<Arc<S>>) -> Response {
     (status, Json(r)).into_response()
 }
 
-async fn metrics<S: ShoalService>(State(s): State<Arc<S>>) -> Result<Response, ApiError> {
+async fn metrics<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.authorize_metrics(credentials(&headers)).await?;
     let body = s.metrics().await?;
     Ok((
         [(
@@ -351,6 +360,69 @@ async fn add_documents<S: ShoalService>(
     ))
 }
 
+/// The query string as `T`, in the API's error shape (a bad one is a 400 that says what is
+/// wrong); none at all is `T::default()`.
+fn parse_query<T: serde::de::DeserializeOwned + Default>(
+    uri: &axum::http::Uri,
+) -> Result<T, ApiError> {
+    if uri.query().is_none_or(str::is_empty) {
+        return Ok(T::default());
+    }
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
+}
+
+async fn list_documents<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<DocumentList>, ApiError> {
+    validate_collection_name(&name)?;
+    p.require_read(&name)?;
+    let q: DocumentsQuery = parse_query(&uri)?;
+    if q.limit == Some(0) || q.limit.is_some_and(|l| l > 1000) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 1000".into(),
+        ));
+    }
+    Ok(Json(s.list_documents(name, q).await?))
+}
+
+async fn list_jobs<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    uri: axum::http::Uri,
+) -> Result<Json<JobList>, ApiError> {
+    let q: JobsQuery = parse_query(&uri)?;
+    if q.limit == Some(0) || q.limit.is_some_and(|l| l > 1000) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 1000".into(),
+        ));
+    }
+    if let Some(st) = &q.state {
+        if ![
+            "running",
+            "completed",
+            "completed_with_errors",
+            "cancelled",
+            "failed",
+        ]
+        .contains(&st.as_str())
+        {
+            return Err(ApiError::BadRequest(format!(
+                "`state` must be running, completed, completed_with_errors, cancelled or failed, got `{st}`"
+            )));
+        }
+    }
+    if let Some(c) = &q.collection {
+        validate_collection_name(c)?;
+        p.require_read(c)?;
+    }
+    Ok(Json(s.list_jobs(q, p).await?))
+}
+
 async fn get_document<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -376,11 +448,93 @@ async fn search<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<SearchRequest>,
+    req: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
     validate_collection_name(&name)?;
+    // A collection the caller may not see leaves no event under its name.
     p.require_read(&name)?;
-    Ok(Json(s.search(name, req).await?))
+    // Every search the node answers is an event, however it ends (its future dropped included).
+    let mut event = SearchEvent {
+        service: s.clone(),
+        record: Some(SearchRecord {
+            user: p.name.clone(),
+            collection: name.clone(),
+            rerank: false,
+            latency: Duration::ZERO,
+            hits: 0,
+            status: 499,
+            empty_query: None,
+        }),
+        start: Instant::now(),
+    };
+    let answer: Result<SearchResponse, ApiError> = async {
+        let ApiJson(req) = ApiJson::<SearchRequest>::from_request(req, &()).await?;
+        event.set(|r| r.rerank = req.rerank);
+        let query = req.query.clone();
+        let resp = s.search(name, req).await?;
+        event.set(|r| {
+            r.hits = resp.hits.len() as u32;
+            if resp.hits.is_empty() {
+                r.empty_query = query.map(|q| cut(&q, 256));
+            }
+        });
+        Ok(resp)
+    }
+    .await;
+    event.set(|r| {
+        r.status = match &answer {
+            Ok(_) => 200,
+            Err(e) => e.status().as_u16(),
+        }
+    });
+    answer.map(Json)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// A search's event, recorded when it is dropped (answered, failed or abandoned).
+struct SearchEvent<S: ShoalService> {
+    service: Arc<S>,
+    record: Option<SearchRecord>,
+    start: Instant,
+}
+
+impl<S: ShoalService> SearchEvent<S> {
+    fn set(&mut self, f: impl FnOnce(&mut SearchRecord)) {
+        if let Some(r) = &mut self.record {
+            f(r);
+        }
+    }
+}
+
+impl<S: ShoalService> Drop for SearchEvent<S> {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.latency = self.start.elapsed();
+            self.service.record_search(r);
+        }
+    }
+}
+
+async fn search_analytics<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    uri: axum::http::Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // Events name every tenant's collections and queries.
+    p.require_admin("search analytics")?;
+    let q: AnalyticsQuery = parse_query(&uri)?;
+    if let Some(c) = &q.collection {
+        validate_collection_name(c)?;
+    }
+    Ok(Json(s.search_analytics(q).await?))
 }
 
 async fn get_job<S: ShoalService>(
@@ -400,7 +554,7 @@ async fn list_actors<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<ActorList>, ApiError> {
-    p.require_admin("listing the node's actors")?;
+    p.require_cluster_admin("listing the node's actors")?;
     Ok(Json(s.list_actors().await?))
 }
 
@@ -409,7 +563,7 @@ async fn inject_panic<S: ShoalService>(
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    p.require_admin("fault injection")?;
+    p.require_cluster_admin("fault injection")?;
     s.inject_panic(name.clone()).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -421,7 +575,7 @@ async fn store_digest<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("reading the store's digest")?;
+    p.require_cluster_admin("reading the store's digest")?;
     Ok(Json(s.store_digest().await?))
 }
 
@@ -429,7 +583,7 @@ async fn snapshot<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    p.require_admin("a backup")?;
+    p.require_cluster_admin("a backup")?;
     let snap = s.snapshot().await?;
     let stream = futures_util::stream::unfold(snap.file, |mut file| async move {
         use tokio::io::AsyncReadExt as _;
@@ -469,7 +623,7 @@ async fn cut_links<S: ShoalService>(
     Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<CutLinksRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("fault injection")?;
+    p.require_cluster_admin("fault injection")?;
     Ok(Json(s.cut_links(req).await?))
 }
 
@@ -477,7 +631,7 @@ async fn cluster_status<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("the cluster's status")?;
+    p.require_cluster_admin("the cluster's status")?;
     Ok(Json(s.cluster_status().await?))
 }
 
@@ -485,7 +639,7 @@ async fn cluster_init<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    p.require_admin("this admin request")?;
+    p.require_cluster_admin("this admin request")?;
     Ok((StatusCode::CREATED, Json(s.cluster_init().await?)))
 }
 
@@ -494,7 +648,7 @@ async fn cluster_join<S: ShoalService>(
     Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<JoinClusterRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("this admin request")?;
+    p.require_cluster_admin("this admin request")?;
     if !(req.seed.starts_with("http://") || req.seed.starts_with("https://")) {
         return Err(ApiError::BadRequest(format!(
             "`seed` must be a node's URL such as http://10.0.0.2:7400, got `{}`",
@@ -554,7 +708,7 @@ async fn cluster_promote<S: ShoalService>(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("this admin request")?;
+    p.require_cluster_admin("this admin request")?;
     Ok(Json(s.cluster_promote(node_id(&id)?).await?))
 }
 
@@ -563,7 +717,7 @@ async fn cluster_remove<S: ShoalService>(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("this admin request")?;
+    p.require_cluster_admin("this admin request")?;
     Ok(Json(s.cluster_remove(node_id(&id)?).await?))
 }
 
@@ -615,8 +769,19 @@ async fn update_user<S: ShoalService>(
         && p.name == name
         && req.role.is_none()
         && req.collections.is_none();
-    if !own_password {
+    if own_password && p.role != crate::auth::Role::Admin {
+        if req.current_password.is_none() {
+            return Err(ApiError::BadRequest(
+                "changing your own password needs `current_password`".into(),
+            ));
+        }
+    } else {
         p.require_admin("changing a user")?;
+    }
+    if req.password.is_none() && req.role.is_none() && req.collections.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give `password`, `role` or `collections`".into(),
+        ));
     }
     if let Some(g) = &req.collections {
         validate_grants(g)?;

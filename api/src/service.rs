@@ -16,6 +16,12 @@ pub trait ShoalService: Send + Sync + 'static {
     fn ready(&self) -> impl Future<Output = ReadyResponse> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = Result<String, ApiError>> + Send;
+    /// Whether `creds` may read the metrics: anyone, unless the node protects them (their labels
+    /// name collections).
+    fn authorize_metrics(
+        &self,
+        creds: Credentials,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     fn create_collection(
         &self,
@@ -53,6 +59,18 @@ pub trait ShoalService: Send + Sync + 'static {
         id: String,
     ) -> impl Future<Output = Result<u64, ApiError>> + Send;
     fn get_job(&self, id: String) -> impl Future<Output = Result<JobInfo, ApiError>> + Send;
+    /// Jobs newest first, of the collections `viewer` may see.
+    fn list_jobs(
+        &self,
+        query: JobsQuery,
+        viewer: Principal,
+    ) -> impl Future<Output = Result<JobList, ApiError>> + Send;
+    /// A page of a collection's documents, in id order.
+    fn list_documents(
+        &self,
+        collection: String,
+        query: DocumentsQuery,
+    ) -> impl Future<Output = Result<DocumentList, ApiError>> + Send;
 
     fn search(
         &self,
@@ -141,6 +159,14 @@ pub trait ShoalService: Send + Sync + 'static {
     fn cut_links(
         &self,
         req: CutLinksRequest,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
+    /// Record a search (the node's search events); must not wait.
+    fn record_search(&self, record: SearchRecord);
+    /// What the searches of a time range looked like (every node's, merged, unless `local`).
+    fn search_analytics(
+        &self,
+        query: AnalyticsQuery,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
     /// Called once per HTTP request, after the response is made (for metrics).

@@ -453,7 +453,7 @@ impl ClusterNode {
     }
 
     /// The other members and their addresses, by id.
-    fn other_members(&self) -> BTreeMap<NodeId, String> {
+    pub fn other_members(&self) -> BTreeMap<NodeId, String> {
         self.raft
             .metrics()
             .borrow()

@@ -3,7 +3,7 @@
 //! keys), API keys (their SHA-256 in the store), the configured admin key, and the cluster
 //! secret. Sign-in checks argon2id password hashes off the async workers and limits failures per
 //! user and per client address. Users and keys are records of the store, changed by commands
-//! like everything else (see `shoal_storage::Command::PutUser`).
+//! like everything else (see `shoal_storage::Command::CreateUser`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,6 +33,8 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Failure records kept before old ones are dropped.
 const MAX_TRACKED_FAILURES: usize = 100_000;
+/// Password checks at once; more sign-ins at the same time are answered 429.
+const MAX_CONCURRENT_VERIFICATIONS: usize = 8;
 
 /// Claims of the cluster's own tokens.
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,12 +63,37 @@ pub struct Access {
     cluster_secret: Option<String>,
     external: Vec<(Algorithm, DecodingKey)>,
     failures: Mutex<HashMap<FailureKey, Failures>>,
+    /// Password checks running at once (argon2 takes about 19 MiB and tens of ms each).
+    verifying: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum FailureKey {
     User(String),
     Address(IpAddr),
+}
+
+/// The keys a sign-in's failures count against: the user, and the client's address (IPv6 by its
+/// /64, which one host usually holds whole).
+fn failure_keys(user: &str, client: Option<IpAddr>) -> Vec<FailureKey> {
+    let mut keys = vec![FailureKey::User(user.to_string())];
+    if let Some(ip) = client {
+        keys.push(FailureKey::Address(subnet(ip)));
+    }
+    keys
+}
+
+fn subnet(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +235,7 @@ impl Access {
             cluster_secret,
             external,
             failures: Mutex::new(HashMap::new()),
+            verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
         })
     }
 
@@ -244,6 +272,7 @@ impl Access {
             role: ApiRole::Admin,
             collections: vec!["*".into()],
             credential,
+            cluster_admin: true,
         }
     }
 
@@ -265,16 +294,11 @@ impl Access {
             };
         }
         if !self.config.enabled {
-            // Auth is off: everyone writes every collection; cluster changes still need the
-            // cluster secret when the node has one.
-            return Ok(match &self.cluster_secret {
-                None => Self::admin("anonymous", Credential::None),
-                Some(_) => Principal {
-                    name: "anonymous".into(),
-                    role: ApiRole::Writer,
-                    collections: vec!["*".into()],
-                    credential: Credential::None,
-                },
+            // Auth is off: everyone manages every collection; the cluster's admin routes still
+            // need the cluster secret when the node has one.
+            return Ok(Principal {
+                cluster_admin: self.cluster_secret.is_none(),
+                ..Self::admin("anonymous", Credential::None)
             });
         }
         if creds.malformed {
@@ -316,6 +340,7 @@ impl Access {
             role: api_role(key.role),
             collections: key.collections,
             credential: Credential::ApiKey,
+            cluster_admin: key.role == Role::Admin,
         })
     }
 
@@ -369,6 +394,7 @@ impl Access {
                 role: api_role(user.role),
                 collections: user.collections,
                 credential: Credential::Token,
+                cluster_admin: user.role == Role::Admin,
             });
         }
         let keys: Vec<&DecodingKey> = self
@@ -410,6 +436,7 @@ impl Access {
                         role: c.role,
                         collections: c.collections,
                         credential: Credential::ExternalToken,
+                        cluster_admin: c.role == ApiRole::Admin,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -420,74 +447,117 @@ impl Access {
             .unwrap_or_else(|| unauthorized("invalid token")))
     }
 
-    /// Refuse a sign-in while `user` or `client` has failed too often lately.
-    pub fn check_attempts(
+    /// Begin a sign-in of `user` from `client`: refused (429) while either has failed too
+    /// often lately, or while too many sign-ins are being checked at once. Otherwise the attempt
+    /// counts as a failure from now on (so that attempts sent in parallel cannot all pass the
+    /// check before any has failed) until [`Access::signed_in`] takes it back; keep the returned
+    /// permit until the password is checked.
+    pub fn begin_sign_in(
         &self,
         user: &str,
         client: Option<IpAddr>,
         now_ms: u64,
-    ) -> Result<(), ApiError> {
-        let window = self.config.failed_login_window_s * 1000;
-        let failures = self.failures.lock();
-        let keys = std::iter::once(FailureKey::User(user.to_string()))
-            .chain(client.map(FailureKey::Address));
-        for key in keys {
-            if let Some(f) = failures.get(&key) {
-                let ends = f.since_ms + window;
-                let max = match key {
-                    FailureKey::User(_) => self.config.max_failed_logins,
-                    FailureKey::Address(_) => self.config.max_failed_logins_per_address,
-                };
-                if f.count >= max && ends > now_ms {
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let busy = || ApiError::TooManyRequests {
+            message: "too many sign-ins are being checked at once: try again in a moment".into(),
+            retry_after_s: 1,
+        };
+        let permit = self.verifying.try_acquire().map_err(|_| busy())?;
+        let window = self.window_ms();
+        let mut failures = self.failures.lock();
+        let keys = failure_keys(user, client);
+        for key in &keys {
+            if let Some(f) = failures.get(key) {
+                let ends = f.since_ms.saturating_add(window);
+                if f.count >= self.limit(key) && ends > now_ms {
                     let what = match key {
                         FailureKey::User(_) => "this user",
                         FailureKey::Address(_) => "this address",
                     };
+                    let wait_s = (ends - now_ms).div_ceil(1000).max(1);
                     return Err(ApiError::TooManyRequests {
                         message: format!(
-                            "too many failed sign-ins for {what}: try again in {} s",
-                            (ends - now_ms).div_ceil(1000)
+                            "too many failed sign-ins for {what}: try again in {wait_s} s"
                         ),
-                        retry_after_s: (ends - now_ms).div_ceil(1000).max(1),
+                        retry_after_s: wait_s,
                     });
                 }
             }
         }
-        Ok(())
+        for key in keys {
+            self.count_failure(&mut failures, key, now_ms);
+        }
+        Ok(permit)
     }
 
-    /// Count a failed sign-in against `user` and `client`.
-    pub fn record_failure(&self, user: &str, client: Option<IpAddr>, now_ms: u64) {
-        let window = self.config.failed_login_window_s * 1000;
+    /// The sign-in of `user` from `client` succeeded: its attempt no longer counts, and the
+    /// user's earlier failures are forgotten (the address's are not).
+    pub fn signed_in(&self, user: &str, client: Option<IpAddr>) {
         let mut failures = self.failures.lock();
-        if failures.len() >= MAX_TRACKED_FAILURES {
-            failures.retain(|_, f| f.since_ms + window > now_ms);
-            if failures.len() >= MAX_TRACKED_FAILURES {
-                failures.clear();
+        failures.remove(&FailureKey::User(user.to_string()));
+        if let Some(ip) = client {
+            if let Some(f) = failures.get_mut(&FailureKey::Address(subnet(ip))) {
+                f.count = f.count.saturating_sub(1);
             }
         }
-        let keys = std::iter::once(FailureKey::User(user.to_string()))
-            .chain(client.map(FailureKey::Address));
-        for key in keys {
-            let f = failures.entry(key).or_insert(Failures {
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.config.failed_login_window_s.saturating_mul(1000)
+    }
+
+    fn limit(&self, key: &FailureKey) -> u32 {
+        match key {
+            FailureKey::User(_) => self.config.max_failed_logins,
+            FailureKey::Address(_) => self.config.max_failed_logins_per_address,
+        }
+    }
+
+    fn count_failure(
+        &self,
+        failures: &mut HashMap<FailureKey, Failures>,
+        key: FailureKey,
+        now_ms: u64,
+    ) {
+        let window = self.window_ms();
+        if !failures.contains_key(&key) && failures.len() >= MAX_TRACKED_FAILURES {
+            // Make room: first what has expired, then what is not locked (a lockout is never
+            // lifted to make room). Full of lockouts: this key goes uncounted.
+            failures.retain(|_, f| f.since_ms.saturating_add(window) > now_ms);
+            if failures.len() >= MAX_TRACKED_FAILURES {
+                let limits = (
+                    self.config.max_failed_logins,
+                    self.config.max_failed_logins_per_address,
+                );
+                let unlocked = failures
+                    .iter()
+                    .find(|(k, f)| {
+                        let max = match k {
+                            FailureKey::User(_) => limits.0,
+                            FailureKey::Address(_) => limits.1,
+                        };
+                        f.count < max
+                    })
+                    .map(|(k, _)| k.clone());
+                match unlocked {
+                    Some(k) => {
+                        failures.remove(&k);
+                    }
+                    None => return,
+                }
+            }
+        }
+        let f = failures.entry(key).or_insert(Failures {
+            count: 0,
+            since_ms: now_ms,
+        });
+        if f.since_ms.saturating_add(window) <= now_ms {
+            *f = Failures {
                 count: 0,
                 since_ms: now_ms,
-            });
-            if f.since_ms + window <= now_ms {
-                *f = Failures {
-                    count: 0,
-                    since_ms: now_ms,
-                };
-            }
-            f.count += 1;
+            };
         }
-    }
-
-    /// A successful sign-in clears the user's failures (not the address's).
-    pub fn record_success(&self, user: &str) {
-        self.failures
-            .lock()
-            .remove(&FailureKey::User(user.to_string()));
+        f.count = f.count.saturating_add(1);
     }
 
     /// A token for `user`, valid from `now_s` for the configured time.
@@ -515,7 +585,8 @@ impl Access {
 }
 
 /// A hash to check sign-ins of unknown users against, so that they take as long as known ones
-/// (the answer's timing does not tell which user names exist).
+/// (the answer's timing does not tell which user names exist). CPU-heavy the first time: call
+/// it off the async workers.
 pub fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password(&random_alnum(24)).unwrap_or_default())
@@ -551,24 +622,34 @@ mod tests {
     fn failures_lock_a_user_and_an_address_for_the_window() {
         let a = access(|_| {});
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        for _ in 0..3 {
-            assert!(a.check_attempts("ann", Some(ip), 1_000).is_ok());
-            a.record_failure("ann", Some(ip), 1_000);
-        }
-        match a.check_attempts("ann", None, 2_000).unwrap_err() {
+        // attempts count as soon as they begin: three in flight at once use the three tries
+        let permits: Vec<_> = (0..3)
+            .map(|_| a.begin_sign_in("ann", Some(ip), 1_000).unwrap())
+            .collect();
+        match a.begin_sign_in("ann", None, 2_000).unwrap_err() {
             ApiError::TooManyRequests { retry_after_s, .. } => assert_eq!(retry_after_s, 59),
             e => panic!("{e}"),
         }
-        // another user from the same address: free until the address has failed 5 times
-        assert!(a.check_attempts("bob", Some(ip), 2_000).is_ok());
-        for _ in 0..2 {
-            a.record_failure("carl", Some(ip), 2_000);
+        drop(permits);
+        // a success takes its own attempt back from the address
+        drop(a.begin_sign_in("bob", Some(ip), 2_000).unwrap());
+        a.signed_in("bob", Some(ip));
+        // the address (3 failures now) locks at 5, whatever the name
+        drop(a.begin_sign_in("carl", Some(ip), 2_000).unwrap());
+        drop(a.begin_sign_in("dan", Some(ip), 2_000).unwrap());
+        assert!(a.begin_sign_in("bob", Some(ip), 2_000).is_err());
+        // another user elsewhere: free; an IPv6 host is one /64
+        assert!(a.begin_sign_in("bob", None, 2_000).is_ok());
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        for i in 0..5 {
+            let _permit = a
+                .begin_sign_in(&format!("u{i}"), v6(&format!("2001:db8::{i}")), 2_000)
+                .unwrap();
         }
-        assert!(a.check_attempts("bob", Some(ip), 2_000).is_err());
-        // another user elsewhere: free
-        assert!(a.check_attempts("bob", None, 2_000).is_ok());
+        assert!(a.begin_sign_in("v", v6("2001:db8::ffff"), 2_000).is_err());
+        assert!(a.begin_sign_in("v", v6("2001:db9::1"), 2_000).is_ok());
         // after the window, free again
-        assert!(a.check_attempts("ann", Some(ip), 61_001).is_ok());
+        assert!(a.begin_sign_in("ann", Some(ip), 61_001).is_ok());
     }
 
     #[test]

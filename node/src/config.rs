@@ -25,7 +25,27 @@ pub struct Config {
     pub threads: ThreadsConfig,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
+    pub analytics: AnalyticsConfig,
     pub debug: DebugConfig,
+}
+
+/// The node's own record of the searches it answered (`GET /api/v1/analytics/searches`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// How long search events are kept (s).
+    pub retention_s: u64,
+    /// Most search events kept (the oldest go first).
+    pub max_events: usize,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            retention_s: 7 * 86_400,
+            max_events: 1_000_000,
+        }
+    }
 }
 
 /// Who may call the API. With auth on (the default), every route but health, readiness,
@@ -63,6 +83,9 @@ pub struct AuthConfig {
     /// people behind a NAT, so more than per user).
     pub max_failed_logins_per_address: u32,
     pub failed_login_window_s: u64,
+    /// `GET /metrics` needs an admin credential (its labels name collections: set this where
+    /// tenants must not learn each other's collection names and Prometheus can send a key).
+    pub protect_metrics: bool,
 }
 
 /// One public key of an outside identity provider.
@@ -89,6 +112,7 @@ impl Default for AuthConfig {
             max_failed_logins: 5,
             max_failed_logins_per_address: 20,
             failed_login_window_s: 300,
+            protect_metrics: false,
         }
     }
 }
@@ -761,6 +785,15 @@ impl Config {
         {
             return Err(
                 "auth.token_ttl_s, auth.max_failed_logins, auth.max_failed_logins_per_address and auth.failed_login_window_s must be positive"
+                    .into(),
+            );
+        }
+        if a.token_ttl_s > 30 * 86_400 {
+            return Err("auth.token_ttl_s must be at most 2592000 (30 days)".into());
+        }
+        if a.failed_login_window_s > 86_400 || a.leeway_s > 3_600 {
+            return Err(
+                "auth.failed_login_window_s must be at most 86400 and auth.leeway_s at most 3600"
                     .into(),
             );
         }

@@ -41,6 +41,9 @@ pub struct NodeContext {
     pub reranker_warm: AtomicBool,
     /// Who may call the API.
     pub access: crate::access::Access,
+    /// The node's own search events, and their writer.
+    pub events: Arc<shoal_storage::EventLog>,
+    pub recorder: crate::analytics::Recorder,
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -62,6 +65,7 @@ impl NodeContext {
         cluster: Arc<ClusterNode>,
         watermark: Arc<IndexWatermark>,
         access: crate::access::Access,
+        events: Arc<shoal_storage::EventLog>,
     ) -> NodeContext {
         let ingest = IngestQueue::new(
             QueueLimits {
@@ -69,6 +73,11 @@ impl NodeContext {
                 max_documents: config.ingest.max_queue_documents,
             },
             runtime.metrics.clone(),
+        );
+        let recorder = crate::analytics::Recorder::start(
+            events.clone(),
+            std::time::Duration::from_secs(config.analytics.retention_s),
+            config.analytics.max_events,
         );
         NodeContext {
             index_dir: config.storage.data_dir.join("index"),
@@ -81,6 +90,8 @@ impl NodeContext {
             mirrored: tokio::sync::watch::Sender::new(0),
             started: Instant::now(),
             access,
+            recorder,
+            events,
             warm: AtomicBool::new(false),
             reranker_warm: AtomicBool::new(false),
         }

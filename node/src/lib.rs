@@ -9,6 +9,7 @@
 pub mod access;
 pub mod actors;
 pub mod admin_cli;
+pub mod analytics;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -203,6 +204,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         },
     );
 
+    let events =
+        Arc::new(shoal_storage::EventLog::open(&store).context("cannot open the search events")?);
     let metrics = Arc::new(Metrics::new());
     metrics.watch_system(data_dir.clone());
     // Consensus: the state machine applies committed entries to the store and hands their
@@ -223,6 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         cluster,
         watermark,
         access,
+        events,
     ));
     ctx.remove_orphan_dumps()?;
     let (supervisor, supervisor_handle) = Actor::spawn(

@@ -12,7 +12,7 @@ use shoal_index::{normalize, Filter, FilterLimits, SearchMode, SearchRequest as 
 use shoal_inference::sigmoid;
 use shoal_storage::{
     ApiKeyRecord, CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput,
-    DocumentStatus, HnswParams, JobRecord, Outcome, PutMode, UserRecord,
+    DocumentStatus, HnswParams, JobRecord, Outcome, UserChange, UserRecord,
 };
 
 use crate::access;
@@ -21,6 +21,7 @@ use crate::actors::embedder::{EmbedQueue, EmbedderMsg};
 use crate::actors::ingest::now_ms;
 use crate::actors::reranker::RerankerMsg;
 use crate::actors::supervisor::SupervisorMsg;
+use crate::analytics;
 use crate::context::NodeContext;
 use crate::error::NodeError;
 use crate::ingest_queue::Reservation;
@@ -113,8 +114,9 @@ impl Node {
         read.map_err(|e| self.not_here_yet(e.into()))
     }
 
-    async fn put_user(&self, user: UserRecord, mode: PutMode) -> Result<UserInfo> {
-        let committed = self.ctx.apply(Command::PutUser { user, mode }).await?;
+    /// Create or change a user; answers the user as the command left it.
+    async fn commit_user(&self, command: Command) -> Result<UserInfo> {
+        let committed = self.ctx.apply(command).await?;
         match committed.outcome {
             Outcome::UserPut(u) => Ok(user_info(u)),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
@@ -431,6 +433,24 @@ impl Node {
 
 /// A job as the API shows it. `mirrored` is the index watermark: a job the store has finished
 /// reads as running until the index has mirrored its last change (its chunks are searchable).
+fn document_state(s: &DocumentStatus) -> (DocumentState, Option<String>) {
+    match s {
+        DocumentStatus::Pending => (DocumentState::Pending, None),
+        DocumentStatus::Indexed => (DocumentState::Indexed, None),
+        DocumentStatus::Failed { reason } => (DocumentState::Failed, Some(reason.clone())),
+    }
+}
+
+/// A job state as the API names it.
+fn job_state_name(s: &JobState) -> &'static str {
+    match s {
+        JobState::Running => "running",
+        JobState::Completed => "completed",
+        JobState::CompletedWithErrors => "completed_with_errors",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
 fn user_info(u: UserRecord) -> UserInfo {
     UserInfo {
         username: u.name,
@@ -517,6 +537,8 @@ impl ShoalService for Node {
             "shards".into(),
             if loading.is_empty() {
                 Value::from("ready")
+            } else if self.ctx.access.enabled() {
+                serde_json::json!({ "loading": loading.len() })
             } else {
                 serde_json::json!({ "loading": loading })
             },
@@ -550,7 +572,12 @@ impl ShoalService for Node {
             reasons.push("the embedder is warming up".to_owned());
         }
         if !loading.is_empty() {
-            reasons.push(format!("loading the shards of {}", loading.join(", ")));
+            // Readiness is open to anyone: with auth on it names no collection.
+            reasons.push(if self.ctx.access.enabled() {
+                format!("loading the shards of {} collections", loading.len())
+            } else {
+                format!("loading the shards of {}", loading.join(", "))
+            });
         }
         if reranker_warming {
             reasons.push("the reranker is warming up".to_owned());
@@ -851,15 +878,126 @@ impl ShoalService for Node {
         })
     }
 
-    async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
-        let d = self
-            .read(move |ctx| Ok(ctx.store.document(&collection, &id)?))
+    async fn list_jobs(&self, query: JobsQuery, viewer: Principal) -> Result<JobList> {
+        let jobs = self.read(|ctx| Ok(ctx.store.jobs()?)).await?;
+        // the state a job reads as (done once its shard has mirrored it), as GET /jobs/{id} says
+        let mut jobs: Vec<JobInfo> = jobs
+            .into_iter()
+            .filter(|j| viewer.sees(&j.collection))
+            .filter(|j| query.collection.as_ref().is_none_or(|c| *c == j.collection))
+            .map(|j| {
+                let mirrored = self.ctx.watermark.current_for(j.collection_uid);
+                job_info(j, mirrored)
+            })
+            .filter(|j| match query.state.as_deref() {
+                None => true,
+                Some("failed") => j.failed > 0,
+                Some(s) => job_state_name(&j.state) == s,
+            })
+            .collect();
+        // newest first; the id breaks ties so pages never overlap
+        jobs.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let offset = query.offset.unwrap_or(0);
+        let limit = query.limit.unwrap_or(100);
+        let total = jobs.len();
+        let page: Vec<JobInfo> = jobs.into_iter().skip(offset).take(limit).collect();
+        let next = (offset + page.len() < total).then_some(offset + page.len());
+        Ok(JobList { jobs: page, next })
+    }
+
+    async fn list_documents(
+        &self,
+        collection: String,
+        query: DocumentsQuery,
+    ) -> Result<DocumentList> {
+        let limit = query.limit.unwrap_or(100);
+        let want = query.state.clone();
+        let (documents, next) = self
+            .read(move |ctx| {
+                // Filtered pages scan on until they are full or the collection ends (at most
+                // 20 pages' worth of records per request, then the page goes out shorter).
+                let mut out = Vec::new();
+                let mut after = query.after.clone();
+                let mut scanned = 0usize;
+                let mut next = None;
+                loop {
+                    let batch = ctx
+                        .store
+                        .documents_page(&collection, after.as_deref(), limit)?;
+                    let full_batch = batch.len() == limit;
+                    scanned += batch.len();
+                    for d in batch {
+                        after = Some(d.id.clone());
+                        if want
+                            .as_ref()
+                            .is_none_or(|w| *w == document_state(&d.status).0)
+                        {
+                            out.push(d);
+                            if out.len() == limit {
+                                break;
+                            }
+                        }
+                    }
+                    if out.len() == limit || !full_batch {
+                        if full_batch || out.len() == limit {
+                            next = after.clone();
+                        }
+                        break;
+                    }
+                    if scanned >= 20 * limit {
+                        next = after.clone();
+                        break;
+                    }
+                }
+                Ok((out, next))
+            })
             .await?;
-        let (state, error) = match d.status {
-            DocumentStatus::Pending => (DocumentState::Pending, None),
-            DocumentStatus::Indexed => (DocumentState::Indexed, None),
-            DocumentStatus::Failed { reason } => (DocumentState::Failed, Some(reason)),
-        };
+        let documents = documents
+            .into_iter()
+            .map(|d| {
+                let (state, error) = document_state(&d.status);
+                DocumentSummary {
+                    state,
+                    error,
+                    version: d.version,
+                    job_id: d.job_id,
+                    metadata: parse_metadata(&d.metadata_json),
+                    chunks: d.live.map(|l| l.points.len() as u64).unwrap_or(0),
+                    bytes: d.text.len() as u64,
+                    accepted_at: d.accepted_at_ms,
+                    id: d.id,
+                }
+            })
+            .collect();
+        Ok(DocumentList { documents, next })
+    }
+
+    async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
+        let (d, chunks) = self
+            .read(move |ctx| {
+                let d = ctx.store.document(&collection, &id)?;
+                let uid = ctx.store.collection(&collection)?.map(|c| c.uid);
+                let mut chunks = Vec::new();
+                for p in d.live.iter().flat_map(|l| &l.points) {
+                    let Some(uid) = uid else { break };
+                    if let Some(c) = ctx.store.chunk(uid, *p)? {
+                        chunks.push(ChunkInfo {
+                            chunk_index: c.chunk_index,
+                            start: c.start,
+                            end: c.end,
+                            text: c.text,
+                        });
+                    }
+                }
+                chunks.sort_by_key(|c| c.chunk_index);
+                Ok((d, chunks))
+            })
+            .await?;
+        let (state, error) = document_state(&d.status);
         Ok(DocumentInfo {
             id: d.id,
             state,
@@ -871,6 +1009,7 @@ impl ShoalService for Node {
             text: d.text,
             claimed_by: d.claim.map(|c| c.node),
             claimed_until: d.claim.map(|c| c.until_ms),
+            chunk_list: chunks,
         })
     }
 
@@ -1406,6 +1545,108 @@ impl ShoalService for Node {
             .authenticate(&self.ctx.store, &creds, now_ms())
     }
 
+    fn record_search(&self, r: SearchRecord) {
+        self.ctx.recorder.record(shoal_storage::SearchEvent {
+            at_ms: now_ms(),
+            user: r.user,
+            collection: r.collection,
+            rerank: r.rerank,
+            latency_us: r.latency.as_micros().min(u64::MAX as u128) as u64,
+            hits: r.hits,
+            status: r.status,
+            empty_query: r.empty_query,
+        });
+    }
+
+    async fn search_analytics(&self, q: AnalyticsQuery) -> Result<Value> {
+        let now = now_ms();
+        let since = match &q.since {
+            None => now.saturating_sub(3_600_000),
+            Some(raw) => analytics::parse_time(raw, now).ok_or_else(|| {
+                bad(format!(
+                    "`since` must be ms since the epoch or a duration back from now (`15m`, `24h`, `7d`), got `{raw}`"
+                ))
+            })?,
+        };
+        let until = match &q.until {
+            None => now,
+            Some(raw) => analytics::parse_time(raw, now)
+                .ok_or_else(|| bad(format!("`until` must be like `since`, got `{raw}`")))?,
+        };
+        if since >= until {
+            return Err(bad("`since` must be before `until`"));
+        }
+        let local = q.local.unwrap_or(false);
+        let collection = q.collection.clone();
+        let node = self.ctx.cluster.id;
+        let own = self
+            .read(move |ctx| {
+                let events = ctx.events.between(since, until, analytics::MAX_SCANNED)?;
+                Ok(analytics::summarize(
+                    node,
+                    &events,
+                    since,
+                    until,
+                    collection.as_deref(),
+                    true,
+                ))
+            })
+            .await?;
+        let to_json = |s: &analytics::Summary| {
+            serde_json::to_value(s).map_err(|e| ApiError::Internal(e.to_string()))
+        };
+        if local {
+            return to_json(&own);
+        }
+        // every other member's own summary, asked with the cluster secret, at once
+        let others = self.ctx.cluster.other_members();
+        let asks = others.iter().map(|(id, addr)| {
+            let mut req = self
+                .ctx
+                .runtime
+                .http
+                .get(format!("{addr}/api/v1/analytics/searches"))
+                .query(&[
+                    ("since", since.to_string()),
+                    ("until", until.to_string()),
+                    ("local", "true".to_string()),
+                ])
+                .timeout(Duration::from_secs(5));
+            if let Some(c) = &q.collection {
+                req = req.query(&[("collection", c)]);
+            }
+            if let Some(secret) = &self.ctx.config.cluster.secret {
+                req = req.header(shoal_cluster::network::HEADER_SECRET, &secret.0);
+            }
+            let id = *id;
+            async move {
+                let answer = match req.send().await {
+                    Ok(r) if r.status().is_success() => r.json::<analytics::Summary>().await.ok(),
+                    _ => None,
+                };
+                (id, answer)
+            }
+        });
+        let mut parts = vec![own];
+        let mut missing = Vec::new();
+        for (id, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Some(s) => parts.push(s),
+                None => missing.push(id),
+            }
+        }
+        to_json(&analytics::merge(parts, since, until, missing))
+    }
+
+    async fn authorize_metrics(&self, creds: Credentials) -> Result<()> {
+        if !self.ctx.config.auth.protect_metrics || !self.ctx.access.enabled() {
+            return Ok(());
+        }
+        self.authenticate(creds)
+            .await?
+            .require_admin("reading the metrics (auth.protect_metrics)")
+    }
+
     async fn issue_token(
         &self,
         req: TokenRequest,
@@ -1417,29 +1658,36 @@ impl ShoalService for Node {
             ));
         }
         let access = &self.ctx.access;
-        access.check_attempts(&req.username, client, now_ms())?;
+        // A name that cannot exist is refused before it is counted or kept anywhere.
+        shoal_api::auth::validate_user_name(&req.username)?;
+        let _permit = access.begin_sign_in(&req.username, client, now_ms())?;
         let user = self
             .read({
                 let name = req.username.clone();
                 move |ctx| Ok(ctx.store.user(&name)?)
             })
             .await?;
-        // An unknown user costs as much as a known one (the answer's timing tells nothing).
-        let hash = user
-            .as_ref()
-            .map(|u| u.password_hash.clone())
-            .unwrap_or_else(|| access::decoy_hash().to_owned());
+        // An unknown user's password is checked against a decoy hash, so that it costs as much
+        // as a known one's (the answer's timing does not tell which names exist).
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;
-        let matches = user.is_some()
-            && password.len() <= access::MAX_PASSWORD_BYTES
-            && tokio::task::spawn_blocking(move || access::verify_password(&password, &hash))
-                .await
-                .map_err(NodeError::from)?;
-        let Some(user) = user.filter(|_| matches) else {
-            access.record_failure(&req.username, client, now_ms());
+        let verified = tokio::task::spawn_blocking(move || {
+            let hash = stored.unwrap_or_else(|| access::decoy_hash().to_owned());
+            // a password too long for any user is checked like a wrong one
+            let candidate = if password.len() <= access::MAX_PASSWORD_BYTES {
+                password.as_str()
+            } else {
+                ""
+            };
+            access::verify_password(candidate, &hash) && !candidate.is_empty()
+        })
+        .await
+        .map_err(NodeError::from)?;
+        let Some(user) = user.filter(|_| verified) else {
+            // the attempt already counts as a failure (begin_sign_in)
             return Err(ApiError::Unauthorized("wrong user name or password".into()));
         };
-        access.record_success(&user.name);
+        access.signed_in(&user.name, client);
         let token = access.issue(&self.ctx.store, &user, now_ms() / 1000)?;
         Ok(TokenResponse {
             access_token: token,
@@ -1472,34 +1720,55 @@ impl ShoalService for Node {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        self.put_user(user, PutMode::Create).await
+        self.commit_user(Command::CreateUser { user }).await
     }
 
     async fn update_user(&self, name: String, req: UpdateUserRequest) -> Result<UserInfo> {
-        let mut user = self
-            .read({
-                let name = name.clone();
-                move |ctx| Ok(ctx.store.user(&name)?)
+        let mut change = UserChange {
+            role: req.role.map(access::store_role),
+            collections: req.collections,
+            ..UserChange::default()
+        };
+        if let Some(current) = req.current_password {
+            // The change goes through only if the password checked here is still the user's
+            // when it is applied (the epoch it was checked under).
+            let user = self
+                .read({
+                    let name = name.clone();
+                    move |ctx| Ok(ctx.store.user(&name)?)
+                })
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("user `{name}` not found")))?;
+            let hash = user.password_hash.clone();
+            let _permit = self.ctx.access.begin_sign_in(&name, None, now_ms())?;
+            let verified = tokio::task::spawn_blocking(move || {
+                current.len() <= access::MAX_PASSWORD_BYTES
+                    && access::verify_password(&current, &hash)
             })
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("user `{name}` not found")))?;
+            .await
+            .map_err(NodeError::from)?;
+            if !verified {
+                return Err(ApiError::Forbidden(
+                    "`current_password` is not the user's password".into(),
+                ));
+            }
+            self.ctx.access.signed_in(&name, None);
+            change.expected_epoch = Some(user.epoch);
+        }
         if let Some(password) = req.password {
             access::check_new_password(&password)?;
-            user.password_hash =
-                tokio::task::spawn_blocking(move || access::hash_password(&password))
-                    .await
-                    .map_err(NodeError::from)??;
+            let hash = tokio::task::spawn_blocking(move || access::hash_password(&password))
+                .await
+                .map_err(NodeError::from)??;
             // Every token issued under the old password stops working.
-            user.epoch = uuid::Uuid::new_v4().to_string();
+            change.password = Some((hash, uuid::Uuid::new_v4().to_string()));
         }
-        if let Some(role) = req.role {
-            user.role = access::store_role(role);
-        }
-        if let Some(c) = req.collections {
-            user.collections = c;
-        }
-        user.updated_at_ms = now_ms();
-        self.put_user(user, PutMode::Replace).await
+        self.commit_user(Command::UpdateUser {
+            name,
+            change,
+            at_ms: now_ms(),
+        })
+        .await
     }
 
     async fn delete_user(&self, name: String) -> Result<u64> {

@@ -66,13 +66,17 @@ pub struct ApiKeyRecord {
     pub expires_at_ms: Option<u64>,
 }
 
-/// How [`crate::Command::PutUser`] treats an existing user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PutMode {
-    /// Refused when the name is taken.
-    Create,
-    /// Refused when the name is free.
-    Replace,
+/// What [`crate::Command::UpdateUser`] changes; what is `None` stays as it is (applied field by
+/// field, so two updates of different fields never undo each other).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserChange {
+    /// A new password hash, with the new epoch that ends the user's older tokens.
+    pub password: Option<(String, String)>,
+    pub role: Option<Role>,
+    pub collections: Option<Vec<String>>,
+    /// Refused unless the user's epoch is still this one (a change made after checking the
+    /// current password: a password changed meanwhile refuses it).
+    pub expected_epoch: Option<String>,
 }
 
 impl Store {
@@ -97,8 +101,9 @@ impl Store {
         self.scan_records(keys::API_KEY_PREFIX)
     }
 
-    /// Admin users and admin keys that have not expired at `now_ms`.
-    fn admins(&self, now_ms: u64) -> Result<(usize, usize), StoreError> {
+    /// Admin users, and admin keys that never expire (one that will expire is no lasting way
+    /// in).
+    fn admins(&self) -> Result<(usize, usize), StoreError> {
         let users = self
             .users()?
             .iter()
@@ -107,7 +112,7 @@ impl Store {
         let keys = self
             .api_keys()?
             .iter()
-            .filter(|k| k.role == Role::Admin && k.expires_at_ms.is_none_or(|t| t > now_ms))
+            .filter(|k| k.role == Role::Admin && k.expires_at_ms.is_none())
             .count();
         Ok((users, keys))
     }
@@ -143,26 +148,55 @@ impl Store {
         })
     }
 
-    pub(crate) fn apply_put_user(
+    pub(crate) fn apply_create_user(
         &self,
         batch: &mut Batch,
         user: &UserRecord,
-        mode: PutMode,
     ) -> Result<Applied, StoreError> {
-        let existing = self.user(&user.name)?;
-        match (mode, &existing) {
-            (PutMode::Create, Some(_)) => return Err(StoreError::UserExists(user.name.clone())),
-            (PutMode::Replace, None) => return Err(StoreError::UserNotFound(user.name.clone())),
-            _ => {}
-        }
-        if let Some(old) = &existing {
-            if old.role == Role::Admin && user.role != Role::Admin {
-                self.refuse_last_admin(user.updated_at_ms, &user.name)?;
-            }
+        if self.user(&user.name)?.is_some() {
+            return Err(StoreError::UserExists(user.name.clone()));
         }
         batch.insert(keys::user(&user.name), encode(user));
         Ok(Applied {
             outcome: Outcome::UserPut(user.clone()),
+            effects: Vec::new(),
+        })
+    }
+
+    pub(crate) fn apply_update_user(
+        &self,
+        batch: &mut Batch,
+        name: &str,
+        change: &UserChange,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let mut user = self
+            .user(name)?
+            .ok_or_else(|| StoreError::UserNotFound(name.to_string()))?;
+        if let Some(expected) = &change.expected_epoch {
+            if *expected != user.epoch {
+                return Err(StoreError::InvalidCommand(format!(
+                    "the password of `{name}` changed meanwhile: sign in again and retry"
+                )));
+            }
+        }
+        if let Some(role) = change.role {
+            if user.role == Role::Admin && role != Role::Admin {
+                self.refuse_last_admin(at_ms, name)?;
+            }
+            user.role = role;
+        }
+        if let Some(c) = &change.collections {
+            user.collections = c.clone();
+        }
+        if let Some((hash, epoch)) = &change.password {
+            user.password_hash = hash.clone();
+            user.epoch = epoch.clone();
+        }
+        user.updated_at_ms = at_ms;
+        batch.insert(keys::user(name), encode(&user));
+        Ok(Applied {
+            outcome: Outcome::UserPut(user),
             effects: Vec::new(),
         })
     }
@@ -186,10 +220,10 @@ impl Store {
         })
     }
 
-    /// Refuse to take away the last admin user while no admin key is left either: nobody could
-    /// manage the cluster any more.
-    fn refuse_last_admin(&self, at_ms: u64, name: &str) -> Result<(), StoreError> {
-        let (users, keys) = self.admins(at_ms)?;
+    /// Refuse to take away the last admin user while no lasting admin key is left either:
+    /// nobody could manage the cluster any more.
+    fn refuse_last_admin(&self, _at_ms: u64, name: &str) -> Result<(), StoreError> {
+        let (users, keys) = self.admins()?;
         if users <= 1 && keys == 0 {
             return Err(StoreError::InvalidCommand(format!(
                 "`{name}` is the last admin: make another admin user or an admin API key first"
@@ -221,8 +255,16 @@ impl Store {
         batch: &mut Batch,
         id: &str,
     ) -> Result<Applied, StoreError> {
-        if self.api_key(id)?.is_none() {
-            return Err(StoreError::ApiKeyNotFound(id.to_string()));
+        let key = self
+            .api_key(id)?
+            .ok_or_else(|| StoreError::ApiKeyNotFound(id.to_string()))?;
+        if key.role == Role::Admin && key.expires_at_ms.is_none() {
+            let (users, keys) = self.admins()?;
+            if users == 0 && keys <= 1 {
+                return Err(StoreError::InvalidCommand(format!(
+                    "API key `{id}` is the last admin credential: make an admin user or another admin key first"
+                )));
+            }
         }
         batch.remove(keys::api_key(id));
         Ok(Applied {
@@ -293,27 +335,55 @@ mod tests {
     }
 
     #[test]
-    fn users_are_created_replaced_and_deleted() {
+    fn users_are_created_updated_field_by_field_and_deleted() {
         let s = Store::temporary().unwrap();
-        let put = |i, u: UserRecord, mode| s.apply(i, &Command::PutUser { user: u, mode });
-        put(1, user("admin", Role::Admin, "a"), PutMode::Create).unwrap();
-        put(2, user("ann", Role::Reader, "b"), PutMode::Create).unwrap();
-        let e = put(3, user("ann", Role::Writer, "c"), PutMode::Create).unwrap_err();
+        let create = |i, u: UserRecord| s.apply(i, &Command::CreateUser { user: u });
+        let update = |i, name: &str, change: UserChange| {
+            s.apply(
+                i,
+                &Command::UpdateUser {
+                    name: name.into(),
+                    change,
+                    at_ms: 10,
+                },
+            )
+        };
+        create(1, user("admin", Role::Admin, "a")).unwrap();
+        create(2, user("ann", Role::Reader, "b")).unwrap();
+        let e = create(3, user("ann", Role::Writer, "c")).unwrap_err();
         assert!(matches!(e, StoreError::UserExists(_)), "{e}");
-        let e = put(4, user("bob", Role::Writer, "c"), PutMode::Replace).unwrap_err();
+        let role = |r| UserChange {
+            role: Some(r),
+            ..UserChange::default()
+        };
+        let e = update(4, "bob", role(Role::Writer)).unwrap_err();
         assert!(matches!(e, StoreError::UserNotFound(_)), "{e}");
-        put(5, user("ann", Role::Writer, "d"), PutMode::Replace).unwrap();
-        assert_eq!(s.user("ann").unwrap().unwrap().role, Role::Writer);
+        // field by field: a new password keeps the role an earlier change gave
+        update(5, "ann", role(Role::Writer)).unwrap();
+        let pw = UserChange {
+            password: Some(("$argon2id$new".into(), "b2".into())),
+            expected_epoch: Some("b".into()),
+            ..UserChange::default()
+        };
+        update(6, "ann", pw.clone()).unwrap();
+        let ann = s.user("ann").unwrap().unwrap();
+        assert_eq!(
+            (ann.role, ann.epoch.as_str(), ann.updated_at_ms),
+            (Role::Writer, "b2", 10)
+        );
+        // the same change again: the epoch it expects is gone
+        let e = update(7, "ann", pw).unwrap_err();
+        assert!(e.to_string().contains("changed meanwhile"), "{e}");
         assert_eq!(s.users().unwrap().len(), 2);
         // The last admin can be neither demoted nor deleted...
-        let e = put(6, user("admin", Role::Reader, "e"), PutMode::Replace).unwrap_err();
+        let e = update(8, "admin", role(Role::Reader)).unwrap_err();
         assert!(
             e.is_rejection() && e.to_string().contains("last admin"),
             "{e}"
         );
         let e = s
             .apply(
-                7,
+                9,
                 &Command::DeleteUser {
                     name: "admin".into(),
                     at_ms: 2,
@@ -321,24 +391,35 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("last admin"), "{e}");
-        // ...until an admin key exists.
+        // ...until a lasting admin key exists (one that expires does not count)...
+        let mut brief = key("k0", Role::Admin);
+        brief.expires_at_ms = Some(1_000_000);
+        s.apply(10, &Command::PutApiKey { key: brief }).unwrap();
+        let delete = |i| {
+            s.apply(
+                i,
+                &Command::DeleteUser {
+                    name: "admin".into(),
+                    at_ms: 2,
+                },
+            )
+        };
+        assert!(delete(11).is_err());
         s.apply(
-            8,
+            12,
             &Command::PutApiKey {
                 key: key("k1", Role::Admin),
             },
         )
         .unwrap();
-        s.apply(
-            9,
-            &Command::DeleteUser {
-                name: "admin".into(),
-                at_ms: 2,
-            },
-        )
-        .unwrap();
+        delete(13).unwrap();
         assert!(s.user("admin").unwrap().is_none());
-        assert_eq!(s.applied_index().unwrap(), 9);
+        // ...and that key, now the last admin credential, cannot be revoked
+        let e = s
+            .apply(14, &Command::RevokeApiKey { id: "k1".into() })
+            .unwrap_err();
+        assert!(e.to_string().contains("last admin credential"), "{e}");
+        assert_eq!(s.applied_index().unwrap(), 14);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiKeyRecord, CollectionSpec, PutMode, UserRecord};
+use crate::{ApiKeyRecord, CollectionSpec, UserChange, UserRecord};
 
 /// A document as accepted from a client: metadata is canonical JSON of an object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,10 +112,15 @@ pub enum Command {
         signing_secret: Vec<u8>,
         admin: Option<UserRecord>,
     },
-    /// Create or replace a user (its password already hashed).
-    PutUser {
+    /// A new user (its password already hashed); refused when the name is taken.
+    CreateUser {
         user: UserRecord,
-        mode: PutMode,
+    },
+    /// Change some of a user's fields (a new password already hashed).
+    UpdateUser {
+        name: String,
+        change: UserChange,
+        at_ms: u64,
     },
     DeleteUser {
         name: String,
@@ -144,7 +149,8 @@ impl Command {
             Command::DeleteDocument { .. } => "delete_document",
             Command::ExpireJobs { .. } => "expire_jobs",
             Command::BootstrapAccess { .. } => "bootstrap_access",
-            Command::PutUser { .. } => "put_user",
+            Command::CreateUser { .. } => "create_user",
+            Command::UpdateUser { .. } => "update_user",
             Command::DeleteUser { .. } => "delete_user",
             Command::PutApiKey { .. } => "put_api_key",
             Command::RevokeApiKey { .. } => "revoke_api_key",

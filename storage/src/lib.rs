@@ -9,16 +9,18 @@ mod access;
 mod codec;
 mod command;
 mod error;
+mod events;
 mod keys;
 mod log;
 mod records;
 mod snapshot;
 mod store;
 
-pub use access::{ApiKeyRecord, PutMode, Role, UserRecord};
+pub use access::{ApiKeyRecord, Role, UserChange, UserRecord};
 pub use codec::FORMAT_VERSION;
 pub use command::{ChunkInput, Command, DocumentChunks, DocumentInput, DocumentVersion};
 pub use error::StoreError;
+pub use events::{EventLog, SearchEvent};
 pub use log::LogTree;
 pub use records::{
     ChunkRecord, Claim, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus,

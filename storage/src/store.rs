@@ -321,6 +321,32 @@ impl Store {
             })
     }
 
+    /// Up to `limit` documents of a collection in id order, starting after `after` (a page of a
+    /// listing; the last id is the next page's `after`).
+    pub fn documents_page(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let coll = self.require_collection(collection)?;
+        let prefix = keys::documents_prefix(coll.uid);
+        let start = match after {
+            // the key right after `after`'s: its id with a 0 byte appended
+            Some(a) => [keys::document(coll.uid, a).as_slice(), &[0u8]].concat(),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree().range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     /// The chunk behind a point, if it still exists.
     pub fn chunk(&self, uid: u64, id: PointId) -> Result<Option<ChunkRecord>, StoreError> {
         self.get(&keys::point(uid, id))
@@ -575,7 +601,12 @@ impl Store {
                 signing_secret,
                 admin,
             } => self.apply_bootstrap_access(&mut batch, signing_secret, admin.as_ref()),
-            Command::PutUser { user, mode } => self.apply_put_user(&mut batch, user, *mode),
+            Command::CreateUser { user } => self.apply_create_user(&mut batch, user),
+            Command::UpdateUser {
+                name,
+                change,
+                at_ms,
+            } => self.apply_update_user(&mut batch, name, change, *at_ms),
             Command::DeleteUser { name, at_ms } => self.apply_delete_user(&mut batch, name, *at_ms),
             Command::PutApiKey { key } => self.apply_put_api_key(&mut batch, key),
             Command::RevokeApiKey { id } => self.apply_revoke_api_key(&mut batch, id),

@@ -592,6 +592,26 @@ fn credentials_roles_tenants_and_attacks() {
         Some(&ann),
         Some(json!({"password": "ann-password-2"})),
     );
+    assert_eq!(
+        r.status, 400,
+        "the current password is required: {}",
+        r.text
+    );
+    let r = call(
+        b,
+        "PATCH",
+        "/api/v1/auth/users/ann",
+        Some(&ann),
+        Some(json!({"password": "ann-password-2", "current_password": "not-it-at-all"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = call(
+        b,
+        "PATCH",
+        "/api/v1/auth/users/ann",
+        Some(&ann),
+        Some(json!({"password": "ann-password-2", "current_password": "ann-password-1"})),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         search(&ann, "acme-docs").status,
@@ -812,4 +832,125 @@ fn with_auth_off_anyone_reads_and_writes() {
         Some(json!({"username": "a", "password": "bbbbbbbb"})),
     );
     assert_eq!(r.status, 400, "{}", r.text);
+}
+
+/// Every route of the router (read from its source), called with no credential: 401, or 405 for
+/// a method the route does not take; never an answer. A route moved out of the authenticated
+/// part fails this test.
+#[test]
+fn no_route_answers_without_a_credential() {
+    let node = Node::start(&[], &[]);
+    let source = std::fs::read_to_string(workspace_root().join("api/src/routes.rs")).unwrap();
+    let open = [
+        "/api/health",
+        "/health",
+        "/api/ready",
+        "/metrics",
+        "/api/v1/auth/token",
+    ];
+    let mut paths = Vec::new();
+    let mut rest = source.as_str();
+    while let Some(i) = rest.find(".route(") {
+        rest = &rest[i + ".route(".len()..];
+        let start = rest.find('"').unwrap() + 1;
+        let end = start + rest[start..].find('"').unwrap();
+        paths.push(rest[start..end].to_string());
+    }
+    assert!(paths.len() > 30, "{paths:?}");
+    let mut checked = 0;
+    for path in paths.iter().filter(|p| !open.contains(&p.as_str())) {
+        let concrete = path
+            .replace("{name}", "acme-docs")
+            .replace("{id}", "1")
+            .replace("{name}/panic", "x/panic");
+        let mut unauthorized = 0;
+        for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let r = call(&node.base, m, &concrete, None, Some(json!({})));
+            assert!(
+                r.status == 401 || r.status == 405,
+                "{m} {concrete} without a credential: {} {}",
+                r.status,
+                r.text
+            );
+            unauthorized += usize::from(r.status == 401);
+        }
+        assert!(
+            unauthorized > 0,
+            "{concrete}: no method asks for a credential"
+        );
+        checked += 1;
+    }
+    // the open routes answer without one (metrics unless auth.protect_metrics)
+    for path in ["/api/health", "/health", "/api/ready", "/metrics"] {
+        assert_eq!(
+            call(&node.base, "GET", path, None, None).status,
+            200,
+            "{path}"
+        );
+    }
+    assert!(checked > 25);
+}
+
+#[test]
+fn own_tokens_expire_sign_ins_in_parallel_are_counted_and_metrics_can_be_protected() {
+    let node = Node::start(
+        &[
+            ("SHOAL_AUTH__TOKEN_TTL_S", "1"),
+            ("SHOAL_AUTH__LEEWAY_S", "0"),
+            ("SHOAL_AUTH__PROTECT_METRICS", "true"),
+        ],
+        &[],
+    );
+    let b = node.base.as_str();
+    let admin = Some(ADMIN_KEY);
+    for name in ["eve", "victim"] {
+        let r = call(
+            b,
+            "POST",
+            "/api/v1/auth/users",
+            admin,
+            Some(
+                json!({"username": name, "password": format!("{name}-password-1"), "role": "reader", "collections": ["*"]}),
+            ),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // a token of one second: works, then is refused as expired
+    let token = token_for(b, "eve", "eve-password-1");
+    assert_eq!(
+        call(b, "GET", "/api/v1/auth/me", Some(&token), None).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "the token to expire", || {
+        let r = call(b, "GET", "/api/v1/auth/me", Some(&token), None);
+        r.status == 401 && r.text.contains("expired")
+    });
+    // 16 guesses at once: only the 5 tries a user has are checked, the rest are refused
+    let guesses: Vec<_> = (0..16)
+        .map(|i| {
+            let base = node.base.clone();
+            std::thread::spawn(move || {
+                call(
+                    &base,
+                    "POST",
+                    "/api/v1/auth/token",
+                    None,
+                    Some(json!({"username": "victim", "password": format!("guess-{i}-guess")})),
+                )
+                .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 5, "{checked} guesses checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    // metrics need an admin credential here
+    assert_eq!(call(b, "GET", "/metrics", None, None).status, 401);
+    let t = token_for(b, "eve", "eve-password-1");
+    assert_eq!(call(b, "GET", "/metrics", Some(&t), None).status, 403);
+    assert_eq!(call(b, "GET", "/metrics", admin, None).status, 200);
 }

@@ -1,0 +1,393 @@
+//! Search analytics: every search the node answers becomes a [`SearchEvent`] in the node's own
+//! event log (recorded off the search path, through a bounded channel), kept for
+//! `analytics.retention_s`. [`summarize`] turns a time range of events into what the replaced
+//! stack measured (searches per second, latency percentiles for baseline and reranked searches,
+//! 4xx/5xx rates, the queries that found nothing); [`merge`] adds the summaries of several nodes
+//! (latency as histograms, so percentiles stay right across nodes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_storage::{EventLog, SearchEvent};
+use tokio::sync::mpsc;
+
+/// Events waiting to be written; past it new events are dropped (and counted).
+const QUEUE: usize = 10_000;
+/// Most events one summary reads.
+pub const MAX_SCANNED: usize = 2_000_000;
+/// Empty-result queries a summary lists.
+const TOP_EMPTY: usize = 20;
+/// Distinct empty queries a node's summary carries for merging.
+const MAX_EMPTY_CARRIED: usize = 1_000;
+
+/// Histogram buckets of latency: bucket `i` holds latencies up to `BASE_MS * GROWTH^i`.
+const BASE_MS: f64 = 0.05;
+const GROWTH: f64 = 1.1;
+pub const BUCKETS: usize = 160;
+
+fn bucket_of(ms: f64) -> usize {
+    if ms <= BASE_MS {
+        return 0;
+    }
+    (((ms / BASE_MS).ln() / GROWTH.ln()).ceil() as usize).min(BUCKETS - 1)
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    BASE_MS * GROWTH.powi(i as i32)
+}
+
+/// Writes events to the log in batches, off the search path.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<SearchEvent>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Recorder {
+    /// Start the writer (and the expiry) of `log`.
+    pub fn start(log: Arc<EventLog>, retention: Duration, max_events: usize) -> Recorder {
+        let (tx, mut rx) = mpsc::channel::<SearchEvent>(QUEUE);
+        let writer_log = log.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(e) = rx.recv().await {
+                batch.push(e);
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                let log = writer_log.clone();
+                let events = std::mem::take(&mut batch);
+                let written = tokio::task::spawn_blocking(move || log.append(&events)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::warn!("could not record search events");
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let before =
+                    crate::actors::ingest::now_ms().saturating_sub(retention.as_millis() as u64);
+                let log = log.clone();
+                let _ = tokio::task::spawn_blocking(move || log.expire(before, max_events)).await;
+            }
+        });
+        Recorder {
+            tx,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Queue an event; never waits (a full queue drops it).
+    pub fn record(&self, event: SearchEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Latency of one kind of search.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// Counts per bucket, for merging (see [`BUCKETS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histogram: Vec<u64>,
+}
+
+impl Latency {
+    fn from_histogram(histogram: Vec<u64>, keep: bool) -> Latency {
+        let count: u64 = histogram.iter().sum();
+        let quantile = |q: f64| {
+            if count == 0 {
+                return 0.0;
+            }
+            let want = (q * count as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in histogram.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return (bucket_upper_ms(i) * 1000.0).round() / 1000.0;
+                }
+            }
+            bucket_upper_ms(BUCKETS - 1)
+        };
+        Latency {
+            count,
+            p50: quantile(0.50),
+            p95: quantile(0.95),
+            p99: quantile(0.99),
+            histogram: if keep { histogram } else { Vec::new() },
+        }
+    }
+}
+
+/// A query that found nothing, and how often.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmptyQuery {
+    pub query: String,
+    pub count: u64,
+}
+
+/// What the searches of a time range looked like.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub since: u64,
+    pub until: u64,
+    /// Nodes whose events are in it.
+    pub nodes: Vec<u64>,
+    /// Members that could not be asked.
+    #[serde(default)]
+    pub missing_nodes: Vec<u64>,
+    pub searches: u64,
+    pub searches_per_second: f64,
+    /// Successful searches only, in ms (percentiles are bucket bounds, within 10%).
+    pub latency_ms: HashMap<String, Latency>,
+    pub client_errors: u64,
+    pub server_errors: u64,
+    /// Searches whose request was gone before the answer (timed out, or the client left).
+    pub cancelled: u64,
+    pub client_error_rate: f64,
+    pub server_error_rate: f64,
+    pub empty_results: u64,
+    pub empty_queries: Vec<EmptyQuery>,
+    /// The events of the range were more than one summary reads: it covers the first ones.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Summarise `events` (of `since`..`until`) of node `node`. `for_merging` keeps the
+/// histograms and more empty queries, for [`merge`].
+pub fn summarize(
+    node: u64,
+    events: &[SearchEvent],
+    since: u64,
+    until: u64,
+    collection: Option<&str>,
+    for_merging: bool,
+) -> Summary {
+    let mut hist: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut empty: HashMap<String, u64> = HashMap::new();
+    let mut s = Summary {
+        since,
+        until,
+        nodes: vec![node],
+        truncated: events.len() >= MAX_SCANNED,
+        ..Summary::default()
+    };
+    for e in events
+        .iter()
+        .filter(|e| collection.is_none_or(|c| c == e.collection))
+    {
+        s.searches += 1;
+        match e.status {
+            200..=299 => {
+                let mode = if e.rerank { "rerank" } else { "baseline" };
+                hist.entry(mode).or_insert_with(|| vec![0; BUCKETS])
+                    [bucket_of(e.latency_us as f64 / 1000.0)] += 1;
+                if e.hits == 0 {
+                    s.empty_results += 1;
+                    if let Some(q) = &e.empty_query {
+                        *empty.entry(q.clone()).or_default() += 1;
+                    }
+                }
+            }
+            499 => s.cancelled += 1,
+            400..=498 => s.client_errors += 1,
+            _ => s.server_errors += 1,
+        }
+    }
+    for mode in ["baseline", "rerank"] {
+        let h = hist.remove(mode).unwrap_or_else(|| vec![0; BUCKETS]);
+        s.latency_ms
+            .insert(mode.to_string(), Latency::from_histogram(h, for_merging));
+    }
+    s.empty_queries = top_empty(
+        empty,
+        if for_merging {
+            MAX_EMPTY_CARRIED
+        } else {
+            TOP_EMPTY
+        },
+    );
+    finish(&mut s);
+    s
+}
+
+fn top_empty(counts: HashMap<String, u64>, n: usize) -> Vec<EmptyQuery> {
+    let mut v: Vec<EmptyQuery> = counts
+        .into_iter()
+        .map(|(query, count)| EmptyQuery { query, count })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.query.cmp(&b.query)));
+    v.truncate(n);
+    v
+}
+
+fn finish(s: &mut Summary) {
+    let secs = (s.until.saturating_sub(s.since) as f64 / 1000.0).max(0.001);
+    s.searches_per_second = s.searches as f64 / secs;
+    let n = s.searches.max(1) as f64;
+    s.client_error_rate = s.client_errors as f64 / n;
+    s.server_error_rate = s.server_errors as f64 / n;
+}
+
+/// Add node summaries (made `for_merging`) into one.
+pub fn merge(parts: Vec<Summary>, since: u64, until: u64, missing: Vec<u64>) -> Summary {
+    let mut out = Summary {
+        since,
+        until,
+        missing_nodes: missing,
+        ..Summary::default()
+    };
+    let mut hist: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut empty: HashMap<String, u64> = HashMap::new();
+    for p in parts {
+        out.nodes.extend(p.nodes);
+        out.searches += p.searches;
+        out.client_errors += p.client_errors;
+        out.server_errors += p.server_errors;
+        out.cancelled += p.cancelled;
+        out.empty_results += p.empty_results;
+        out.truncated |= p.truncated;
+        for (mode, l) in p.latency_ms {
+            let h = hist.entry(mode).or_insert_with(|| vec![0; BUCKETS]);
+            for (i, n) in l.histogram.iter().enumerate().take(BUCKETS) {
+                h[i] += n;
+            }
+        }
+        for q in p.empty_queries {
+            *empty.entry(q.query).or_default() += q.count;
+        }
+    }
+    out.nodes.sort_unstable();
+    for mode in ["baseline", "rerank"] {
+        let h = hist.remove(mode).unwrap_or_else(|| vec![0; BUCKETS]);
+        out.latency_ms
+            .insert(mode.to_string(), Latency::from_histogram(h, false));
+    }
+    out.empty_queries = top_empty(empty, TOP_EMPTY);
+    finish(&mut out);
+    out
+}
+
+/// A time in a query string: ms since the epoch, an RFC 3339-free duration back from `now_ms`
+/// (`90s`, `15m`, `2h`, `7d`), or `now`.
+pub fn parse_time(raw: &str, now_ms: u64) -> Option<u64> {
+    let raw = raw.trim();
+    if raw == "now" {
+        return Some(now_ms);
+    }
+    if let Ok(ms) = raw.parse::<u64>() {
+        return Some(ms);
+    }
+    let (num, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(now_ms.saturating_sub(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(latency_ms: u64, status: u16, rerank: bool, hits: u32, q: Option<&str>) -> SearchEvent {
+        SearchEvent {
+            at_ms: 1_000,
+            user: "u".into(),
+            collection: "c".into(),
+            rerank,
+            latency_us: latency_ms * 1000,
+            hits,
+            status,
+            empty_query: q.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn summaries_count_and_merge_like_one_node() {
+        // 100 baseline searches of 1..=100 ms, 10 reranked of 50 ms, errors, empty results
+        let mut a: Vec<SearchEvent> = (1..=100).map(|ms| ev(ms, 200, false, 5, None)).collect();
+        a.extend((0..10).map(|_| ev(50, 200, true, 5, None)));
+        a.push(ev(3, 400, false, 0, None));
+        a.push(ev(3, 503, false, 0, None));
+        a.push(ev(3, 499, false, 0, None));
+        a.push(ev(2, 200, false, 0, Some("zebra stripes")));
+        a.push(ev(2, 200, false, 0, Some("zebra stripes")));
+        a.push(ev(2, 200, false, 0, Some("unicorn")));
+        let one = summarize(1, &a, 0, 10_000, None, false);
+        assert_eq!(one.searches, 116);
+        assert_eq!(
+            (one.client_errors, one.server_errors, one.cancelled),
+            (1, 1, 1)
+        );
+        assert_eq!(one.empty_results, 3);
+        assert_eq!(
+            one.empty_queries[0],
+            EmptyQuery {
+                query: "zebra stripes".into(),
+                count: 2
+            }
+        );
+        assert!((one.searches_per_second - 11.6).abs() < 1e-9);
+        let base = &one.latency_ms["baseline"];
+        assert_eq!(base.count, 103);
+        // p95 of 1..=100 ms (and three of 2 ms) is about 95 ms: within a bucket (10%)
+        assert!(base.p95 >= 92.0 && base.p95 <= 105.0, "{base:?}");
+        assert!(one.latency_ms["rerank"].p50 >= 50.0 && one.latency_ms["rerank"].p50 <= 55.0);
+        // the same events split over two nodes merge into the same answer
+        let (x, y) = a.split_at(57);
+        let merged = merge(
+            vec![
+                summarize(1, x, 0, 10_000, None, true),
+                summarize(2, y, 0, 10_000, None, true),
+            ],
+            0,
+            10_000,
+            vec![3],
+        );
+        assert_eq!(merged.nodes, [1, 2]);
+        assert_eq!(merged.missing_nodes, [3]);
+        assert_eq!(merged.latency_ms, one.latency_ms);
+        assert_eq!(merged.empty_queries, one.empty_queries);
+        assert_eq!(merged.searches, one.searches);
+        // by collection
+        assert_eq!(
+            summarize(1, &a, 0, 10_000, Some("other"), false).searches,
+            0
+        );
+    }
+
+    #[test]
+    fn times_in_query_strings() {
+        assert_eq!(parse_time("now", 5_000), Some(5_000));
+        assert_eq!(parse_time("1234", 5_000), Some(1_234));
+        assert_eq!(parse_time("2s", 5_000), Some(3_000));
+        assert_eq!(parse_time("1h", 5_000), Some(0));
+        assert_eq!(parse_time("7d", 10 * 86_400_000), Some(3 * 86_400_000));
+        assert_eq!(parse_time("soon", 5_000), None);
+        assert_eq!(parse_time("", 5_000), None);
+        assert_eq!(parse_time("99999999999999999999d", 5_000), None);
+    }
+}
