@@ -742,7 +742,7 @@ async fn list_users<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<UserList>, ApiError> {
-    p.require_admin("listing users")?;
+    p.require_cluster_admin("listing users")?;
     Ok(Json(s.list_users().await?))
 }
 
@@ -751,7 +751,7 @@ async fn create_user<S: ShoalService>(
     Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    p.require_admin("creating a user")?;
+    p.require_cluster_admin("creating a user")?;
     validate_user_name(&req.username)?;
     validate_grants(&req.collections)?;
     Ok((StatusCode::CREATED, Json(s.create_user(req).await?)))
@@ -776,7 +776,7 @@ async fn update_user<S: ShoalService>(
             ));
         }
     } else {
-        p.require_admin("changing a user")?;
+        p.require_cluster_admin("changing a user")?;
     }
     if req.password.is_none() && req.role.is_none() && req.collections.is_none() {
         return Err(ApiError::BadRequest(
@@ -794,7 +794,7 @@ async fn delete_user<S: ShoalService>(
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("deleting a user")?;
+    p.require_cluster_admin("deleting a user")?;
     validate_user_name(&name)?;
     let index = s.delete_user(name.clone()).await?;
     Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
@@ -804,7 +804,7 @@ async fn list_api_keys<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    p.require_admin("listing API keys")?;
+    p.require_cluster_admin("listing API keys")?;
     Ok(Json(s.list_api_keys().await?))
 }
 
@@ -813,7 +813,7 @@ async fn create_api_key<S: ShoalService>(
     Extension(p): Extension<Principal>,
     ApiJson(req): ApiJson<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    p.require_admin("making an API key")?;
+    p.require_cluster_admin("making an API key")?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ApiError::BadRequest(
             "`name` must say what the key is for (1 to 200 bytes)".into(),
@@ -834,7 +834,7 @@ async fn revoke_api_key<S: ShoalService>(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require_admin("revoking an API key")?;
+    p.require_cluster_admin("revoking an API key")?;
     let index = s.revoke_api_key(id.clone()).await?;
     Ok(Json(serde_json::json!({ "revoked": id, "index": index })))
 }

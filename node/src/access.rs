@@ -64,25 +64,19 @@ pub struct Access {
     external: Vec<(Algorithm, DecodingKey)>,
     failures: Mutex<HashMap<FailureKey, Failures>>,
     /// Password checks running at once (argon2 takes about 19 MiB and tens of ms each).
-    verifying: tokio::sync::Semaphore,
+    verifying: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum FailureKey {
     User(String),
+    /// A signed-in user confirming their password.
+    Recheck(String),
     Address(IpAddr),
 }
 
-/// The keys a sign-in's failures count against: the user, and the client's address (IPv6 by its
-/// /64, which one host usually holds whole).
-fn failure_keys(user: &str, client: Option<IpAddr>) -> Vec<FailureKey> {
-    let mut keys = vec![FailureKey::User(user.to_string())];
-    if let Some(ip) = client {
-        keys.push(FailureKey::Address(subnet(ip)));
-    }
-    keys
-}
-
+/// A client's address as the limits count it: an IPv6 host by its /64 (which one host
+/// usually holds whole).
 fn subnet(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
@@ -235,7 +229,9 @@ impl Access {
             cluster_secret,
             external,
             failures: Mutex::new(HashMap::new()),
-            verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
+            verifying: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                MAX_CONCURRENT_VERIFICATIONS,
+            )),
         })
     }
 
@@ -450,28 +446,56 @@ impl Access {
     /// Begin a sign-in of `user` from `client`: refused (429) while either has failed too
     /// often lately, or while too many sign-ins are being checked at once. Otherwise the attempt
     /// counts as a failure from now on (so that attempts sent in parallel cannot all pass the
-    /// check before any has failed) until [`Access::signed_in`] takes it back; keep the returned
-    /// permit until the password is checked.
+    /// check before any has failed) until [`Access::signed_in`] takes it back. The returned
+    /// permit must live as long as the password check itself (move it into the blocking task:
+    /// a request dropped meanwhile must not free a place while its check still runs).
     pub fn begin_sign_in(
         &self,
         user: &str,
         client: Option<IpAddr>,
         now_ms: u64,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.begin_check(FailureKey::User(user.to_string()), client, now_ms)
+    }
+
+    /// [`Access::begin_sign_in`] for a signed-in user who confirms their password (to change
+    /// it): counted apart from sign-ins, so that failed sign-ins by someone else cannot stop the
+    /// user from changing their password, while guesses with a stolen token are still limited.
+    pub fn begin_recheck(
+        &self,
+        user: &str,
+        now_ms: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.begin_check(FailureKey::Recheck(user.to_string()), None, now_ms)
+    }
+
+    fn begin_check(
+        &self,
+        subject: FailureKey,
+        client: Option<IpAddr>,
+        now_ms: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         let busy = || ApiError::TooManyRequests {
             message: "too many sign-ins are being checked at once: try again in a moment".into(),
             retry_after_s: 1,
         };
-        let permit = self.verifying.try_acquire().map_err(|_| busy())?;
+        let permit = self
+            .verifying
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
         let window = self.window_ms();
         let mut failures = self.failures.lock();
-        let keys = failure_keys(user, client);
+        let mut keys = vec![subject];
+        if let Some(ip) = client {
+            keys.push(FailureKey::Address(subnet(ip)));
+        }
         for key in &keys {
             if let Some(f) = failures.get(key) {
                 let ends = f.since_ms.saturating_add(window);
                 if f.count >= self.limit(key) && ends > now_ms {
                     let what = match key {
-                        FailureKey::User(_) => "this user",
+                        FailureKey::User(_) | FailureKey::Recheck(_) => "this user",
                         FailureKey::Address(_) => "this address",
                     };
                     let wait_s = (ends - now_ms).div_ceil(1000).max(1);
@@ -490,13 +514,25 @@ impl Access {
         Ok(permit)
     }
 
-    /// The sign-in of `user` from `client` succeeded: its attempt no longer counts, and the
-    /// user's earlier failures are forgotten (the address's are not).
+    /// The sign-in of `user` from `client` succeeded: its own attempt no longer counts (the
+    /// failures of others stay counted, so a user's sign-ins give an attacker no fresh tries).
     pub fn signed_in(&self, user: &str, client: Option<IpAddr>) {
+        self.take_back(FailureKey::User(user.to_string()), client);
+    }
+
+    /// The recheck of `user`'s password succeeded.
+    pub fn rechecked(&self, user: &str) {
+        self.take_back(FailureKey::Recheck(user.to_string()), None);
+    }
+
+    fn take_back(&self, subject: FailureKey, client: Option<IpAddr>) {
         let mut failures = self.failures.lock();
-        failures.remove(&FailureKey::User(user.to_string()));
+        let mut keys = vec![subject];
         if let Some(ip) = client {
-            if let Some(f) = failures.get_mut(&FailureKey::Address(subnet(ip))) {
+            keys.push(FailureKey::Address(subnet(ip)));
+        }
+        for key in keys {
+            if let Some(f) = failures.get_mut(&key) {
                 f.count = f.count.saturating_sub(1);
             }
         }
@@ -508,7 +544,7 @@ impl Access {
 
     fn limit(&self, key: &FailureKey) -> u32 {
         match key {
-            FailureKey::User(_) => self.config.max_failed_logins,
+            FailureKey::User(_) | FailureKey::Recheck(_) => self.config.max_failed_logins,
             FailureKey::Address(_) => self.config.max_failed_logins_per_address,
         }
     }
@@ -533,7 +569,7 @@ impl Access {
                     .iter()
                     .find(|(k, f)| {
                         let max = match k {
-                            FailureKey::User(_) => limits.0,
+                            FailureKey::User(_) | FailureKey::Recheck(_) => limits.0,
                             FailureKey::Address(_) => limits.1,
                         };
                         f.count < max
@@ -650,6 +686,16 @@ mod tests {
         assert!(a.begin_sign_in("v", v6("2001:db9::1"), 2_000).is_ok());
         // after the window, free again
         assert!(a.begin_sign_in("ann", Some(ip), 61_001).is_ok());
+        // failed sign-ins by others do not stop a signed-in user from confirming a password,
+        // and such confirmations are limited on their own
+        for _ in 0..3 {
+            drop(a.begin_sign_in("zoe", None, 70_000).unwrap());
+        }
+        assert!(a.begin_sign_in("zoe", None, 70_000).is_err());
+        for _ in 0..3 {
+            drop(a.begin_recheck("zoe", 70_000).unwrap());
+        }
+        assert!(a.begin_recheck("zoe", 70_000).is_err());
     }
 
     #[test]

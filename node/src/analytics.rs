@@ -171,39 +171,57 @@ pub struct Summary {
     pub truncated: bool,
 }
 
-/// Summarise `events` (of `since`..`until`) of node `node`. `for_merging` keeps the
-/// histograms and more empty queries, for [`merge`].
-pub fn summarize(
-    node: u64,
-    events: &[SearchEvent],
-    since: u64,
-    until: u64,
-    collection: Option<&str>,
+/// Adds events up one at a time into a [`Summary`] (nothing of them is kept but counts).
+pub struct Summarizer {
+    summary: Summary,
+    collection: Option<String>,
+    hist: HashMap<&'static str, Vec<u64>>,
+    empty: HashMap<String, u64>,
     for_merging: bool,
-) -> Summary {
-    let mut hist: HashMap<&str, Vec<u64>> = HashMap::new();
-    let mut empty: HashMap<String, u64> = HashMap::new();
-    let mut s = Summary {
-        since,
-        until,
-        nodes: vec![node],
-        truncated: events.len() >= MAX_SCANNED,
-        ..Summary::default()
-    };
-    for e in events
-        .iter()
-        .filter(|e| collection.is_none_or(|c| c == e.collection))
-    {
+}
+
+impl Summarizer {
+    /// The searches of `since`..`until` on node `node` (of `collection` only, if given).
+    /// `for_merging` keeps the histograms and more empty queries, for [`merge`].
+    pub fn new(
+        node: u64,
+        since: u64,
+        until: u64,
+        collection: Option<String>,
+        for_merging: bool,
+    ) -> Summarizer {
+        Summarizer {
+            summary: Summary {
+                since,
+                until,
+                nodes: vec![node],
+                ..Summary::default()
+            },
+            collection,
+            hist: HashMap::new(),
+            empty: HashMap::new(),
+            for_merging,
+        }
+    }
+
+    pub fn add(&mut self, e: &SearchEvent) {
+        if self.collection.as_ref().is_some_and(|c| *c != e.collection) {
+            return;
+        }
+        let s = &mut self.summary;
         s.searches += 1;
         match e.status {
             200..=299 => {
                 let mode = if e.rerank { "rerank" } else { "baseline" };
-                hist.entry(mode).or_insert_with(|| vec![0; BUCKETS])
+                self.hist.entry(mode).or_insert_with(|| vec![0; BUCKETS])
                     [bucket_of(e.latency_us as f64 / 1000.0)] += 1;
                 if e.hits == 0 {
                     s.empty_results += 1;
                     if let Some(q) = &e.empty_query {
-                        *empty.entry(q.clone()).or_default() += 1;
+                        // the distinct queries kept are bounded too
+                        if self.empty.len() < 10 * MAX_EMPTY_CARRIED || self.empty.contains_key(q) {
+                            *self.empty.entry(q.clone()).or_default() += 1;
+                        }
                     }
                 }
             }
@@ -212,21 +230,49 @@ pub fn summarize(
             _ => s.server_errors += 1,
         }
     }
-    for mode in ["baseline", "rerank"] {
-        let h = hist.remove(mode).unwrap_or_else(|| vec![0; BUCKETS]);
-        s.latency_ms
-            .insert(mode.to_string(), Latency::from_histogram(h, for_merging));
-    }
-    s.empty_queries = top_empty(
-        empty,
-        if for_merging {
+
+    /// `truncated`: the range held more events than were read.
+    pub fn finish(mut self, truncated: bool) -> Summary {
+        let mut s = self.summary;
+        s.truncated = truncated;
+        for mode in ["baseline", "rerank"] {
+            let h = self.hist.remove(mode).unwrap_or_else(|| vec![0; BUCKETS]);
+            s.latency_ms.insert(
+                mode.to_string(),
+                Latency::from_histogram(h, self.for_merging),
+            );
+        }
+        let n = if self.for_merging {
             MAX_EMPTY_CARRIED
         } else {
             TOP_EMPTY
-        },
+        };
+        s.empty_queries = top_empty(self.empty, n);
+        finish(&mut s);
+        s
+    }
+}
+
+/// Summarise `events` (of `since`..`until`) of node `node` (see [`Summarizer`]).
+pub fn summarize(
+    node: u64,
+    events: &[SearchEvent],
+    since: u64,
+    until: u64,
+    collection: Option<&str>,
+    for_merging: bool,
+) -> Summary {
+    let mut s = Summarizer::new(
+        node,
+        since,
+        until,
+        collection.map(str::to_owned),
+        for_merging,
     );
-    finish(&mut s);
-    s
+    for e in events {
+        s.add(e);
+    }
+    s.finish(false)
 }
 
 fn top_empty(counts: HashMap<String, u64>, n: usize) -> Vec<EmptyQuery> {
@@ -296,13 +342,13 @@ pub fn parse_time(raw: &str, now_ms: u64) -> Option<u64> {
     if let Ok(ms) = raw.parse::<u64>() {
         return Some(ms);
     }
-    let (num, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
+    let unit = raw.chars().last()?;
+    let n: u64 = raw[..raw.len() - unit.len_utf8()].parse().ok()?;
     let ms = match unit {
-        "s" => n.checked_mul(1000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
+        's' => n.checked_mul(1000)?,
+        'm' => n.checked_mul(60_000)?,
+        'h' => n.checked_mul(3_600_000)?,
+        'd' => n.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(now_ms.saturating_sub(ms))
@@ -388,6 +434,8 @@ mod tests {
         assert_eq!(parse_time("7d", 10 * 86_400_000), Some(3 * 86_400_000));
         assert_eq!(parse_time("soon", 5_000), None);
         assert_eq!(parse_time("", 5_000), None);
+        assert_eq!(parse_time("5é", 5_000), None);
+        assert_eq!(parse_time("é", 5_000), None);
         assert_eq!(parse_time("99999999999999999999d", 5_000), None);
     }
 }

@@ -473,14 +473,19 @@ fn key_info(k: ApiKeyRecord) -> ApiKeyInfo {
     }
 }
 
-fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
-    let state = match j.state() {
+/// The state a job reads as: running until its collection's shard has mirrored its last change.
+fn job_api_state(j: &JobRecord, mirrored: u64) -> JobState {
+    match j.state() {
         shoal_storage::JobState::Running => JobState::Running,
         _ if j.last_index > mirrored => JobState::Running,
         shoal_storage::JobState::Completed => JobState::Completed,
         shoal_storage::JobState::CompletedWithErrors => JobState::CompletedWithErrors,
         shoal_storage::JobState::Cancelled => JobState::Cancelled,
-    };
+    }
+}
+
+fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
+    let state = job_api_state(&j, mirrored);
     JobInfo {
         id: j.id,
         collection: j.collection,
@@ -879,33 +884,59 @@ impl ShoalService for Node {
     }
 
     async fn list_jobs(&self, query: JobsQuery, viewer: Principal) -> Result<JobList> {
-        let jobs = self.read(|ctx| Ok(ctx.store.jobs()?)).await?;
-        // the state a job reads as (done once its shard has mirrored it), as GET /jobs/{id} says
-        let mut jobs: Vec<JobInfo> = jobs
-            .into_iter()
-            .filter(|j| viewer.sees(&j.collection))
-            .filter(|j| query.collection.as_ref().is_none_or(|c| *c == j.collection))
-            .map(|j| {
-                let mirrored = self.ctx.watermark.current_for(j.collection_uid);
-                job_info(j, mirrored)
-            })
-            .filter(|j| match query.state.as_deref() {
-                None => true,
-                Some("failed") => j.failed > 0,
-                Some(s) => job_state_name(&j.state) == s,
-            })
-            .collect();
-        // newest first; the id breaks ties so pages never overlap
-        jobs.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
         let offset = query.offset.unwrap_or(0);
         let limit = query.limit.unwrap_or(100);
-        let total = jobs.len();
-        let page: Vec<JobInfo> = jobs.into_iter().skip(offset).take(limit).collect();
-        let next = (offset + page.len() < total).then_some(offset + page.len());
+        let (page, next) = self
+            .read(move |ctx| {
+                // A caller who is not an admin sees the jobs of the collections it may see as
+                // they are now: not those of an earlier collection of the same name.
+                let current: std::collections::HashMap<String, u64> = ctx
+                    .store
+                    .collections()?
+                    .into_iter()
+                    .map(|c| (c.name, c.uid))
+                    .collect();
+                let admin = viewer.role == shoal_api::auth::Role::Admin;
+                let mut jobs: Vec<(JobRecord, JobState)> = ctx
+                    .store
+                    .jobs()?
+                    .into_iter()
+                    .filter(|j| viewer.sees(&j.collection))
+                    .filter(|j| admin || current.get(&j.collection) == Some(&j.collection_uid))
+                    .filter(|j| query.collection.as_ref().is_none_or(|c| *c == j.collection))
+                    .map(|j| {
+                        // the state a job reads as (done once its shard has mirrored it), as
+                        // GET /jobs/{id} says
+                        let mirrored = ctx.watermark.current_for(j.collection_uid);
+                        let state = job_api_state(&j, mirrored);
+                        (j, state)
+                    })
+                    .filter(|(j, state)| match query.state.as_deref() {
+                        None => true,
+                        Some("failed") => j.failed > 0,
+                        Some(s) => job_state_name(state) == s,
+                    })
+                    .collect();
+                // newest first, then by id: a stable order to page through
+                jobs.sort_by(|(a, _), (b, _)| {
+                    b.created_at_ms
+                        .cmp(&a.created_at_ms)
+                        .then_with(|| a.id.cmp(&b.id))
+                });
+                let total = jobs.len();
+                let page: Vec<JobInfo> = jobs
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(j, _)| {
+                        let mirrored = ctx.watermark.current_for(j.collection_uid);
+                        job_info(j, mirrored)
+                    })
+                    .collect();
+                let next = (offset + page.len() < total).then_some(offset + page.len());
+                Ok((page, next))
+            })
+            .await?;
         Ok(JobList { jobs: page, next })
     }
 
@@ -916,63 +947,62 @@ impl ShoalService for Node {
     ) -> Result<DocumentList> {
         let limit = query.limit.unwrap_or(100);
         let want = query.state.clone();
+        let gone = Arc::new(AtomicBool::new(false));
+        let _cancel = CancelOnDrop(gone.clone());
         let (documents, next) = self
             .read(move |ctx| {
-                // Filtered pages scan on until they are full or the collection ends (at most
-                // 20 pages' worth of records per request, then the page goes out shorter).
-                let mut out = Vec::new();
+                // Pages of records are read and turned into summaries (no text kept) until the
+                // page is full or the collection ends; a filter reads at most 20 pages' worth
+                // of records per request (the page then goes out shorter, with its `next`).
+                let mut out: Vec<DocumentSummary> = Vec::new();
                 let mut after = query.after.clone();
                 let mut scanned = 0usize;
-                let mut next = None;
                 loop {
-                    let batch = ctx
-                        .store
-                        .documents_page(&collection, after.as_deref(), limit)?;
-                    let full_batch = batch.len() == limit;
-                    scanned += batch.len();
-                    for d in batch {
+                    if gone.load(Ordering::Acquire) {
+                        return Err(NodeError::Internal("the request is gone".into()));
+                    }
+                    // one more than needed: whether anything follows the page
+                    let batch =
+                        ctx.store
+                            .documents_page(&collection, after.as_deref(), limit + 1)?;
+                    let more = batch.len() > limit;
+                    for d in batch.into_iter().take(limit) {
+                        scanned += 1;
                         after = Some(d.id.clone());
-                        if want
-                            .as_ref()
-                            .is_none_or(|w| *w == document_state(&d.status).0)
-                        {
-                            out.push(d);
-                            if out.len() == limit {
-                                break;
-                            }
+                        let (state, error) = document_state(&d.status);
+                        if want.as_ref().is_some_and(|w| *w != state) {
+                            continue;
+                        }
+                        out.push(DocumentSummary {
+                            state,
+                            error,
+                            version: d.version,
+                            job_id: d.job_id,
+                            metadata: parse_metadata(&d.metadata_json),
+                            chunks: d.live.map(|l| l.points.len() as u64).unwrap_or(0),
+                            bytes: d.text.len() as u64,
+                            accepted_at: d.accepted_at_ms,
+                            id: d.id,
+                        });
+                        if out.len() == limit {
+                            break;
                         }
                     }
-                    if out.len() == limit || !full_batch {
-                        if full_batch || out.len() == limit {
-                            next = after.clone();
-                        }
-                        break;
-                    }
-                    if scanned >= 20 * limit {
-                        next = after.clone();
-                        break;
+                    let page_full = out.len() == limit;
+                    // the last id read is where the next page starts, if anything follows it
+                    let follows = more
+                        || (page_full
+                            && ctx
+                                .store
+                                .documents_page(&collection, after.as_deref(), 1)?
+                                .len()
+                                == 1);
+                    if page_full || !more || scanned >= 20 * limit {
+                        return Ok((out, if follows { after } else { None }));
                     }
                 }
-                Ok((out, next))
             })
             .await?;
-        let documents = documents
-            .into_iter()
-            .map(|d| {
-                let (state, error) = document_state(&d.status);
-                DocumentSummary {
-                    state,
-                    error,
-                    version: d.version,
-                    job_id: d.job_id,
-                    metadata: parse_metadata(&d.metadata_json),
-                    chunks: d.live.map(|l| l.points.len() as u64).unwrap_or(0),
-                    bytes: d.text.len() as u64,
-                    accepted_at: d.accepted_at_ms,
-                    id: d.id,
-                }
-            })
-            .collect();
         Ok(DocumentList { documents, next })
     }
 
@@ -1579,17 +1609,19 @@ impl ShoalService for Node {
         let local = q.local.unwrap_or(false);
         let collection = q.collection.clone();
         let node = self.ctx.cluster.id;
+        // Counted one event at a time, and stopped when the request is gone.
+        let gone = Arc::new(AtomicBool::new(false));
+        let _cancel = CancelOnDrop(gone.clone());
         let own = self
             .read(move |ctx| {
-                let events = ctx.events.between(since, until, analytics::MAX_SCANNED)?;
-                Ok(analytics::summarize(
-                    node,
-                    &events,
-                    since,
-                    until,
-                    collection.as_deref(),
-                    true,
-                ))
+                let mut s = analytics::Summarizer::new(node, since, until, collection, true);
+                let read = ctx
+                    .events
+                    .visit(since, until, analytics::MAX_SCANNED, |e| {
+                        s.add(&e);
+                        !gone.load(Ordering::Acquire)
+                    })?;
+                Ok(s.finish(read >= analytics::MAX_SCANNED))
             })
             .await?;
         let to_json = |s: &analytics::Summary| {
@@ -1660,7 +1692,7 @@ impl ShoalService for Node {
         let access = &self.ctx.access;
         // A name that cannot exist is refused before it is counted or kept anywhere.
         shoal_api::auth::validate_user_name(&req.username)?;
-        let _permit = access.begin_sign_in(&req.username, client, now_ms())?;
+        let permit = access.begin_sign_in(&req.username, client, now_ms())?;
         let user = self
             .read({
                 let name = req.username.clone();
@@ -1672,6 +1704,8 @@ impl ShoalService for Node {
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;
         let verified = tokio::task::spawn_blocking(move || {
+            // the place among the checks running at once is held by the check itself
+            let _permit = permit;
             let hash = stored.unwrap_or_else(|| access::decoy_hash().to_owned());
             // a password too long for any user is checked like a wrong one
             let candidate = if password.len() <= access::MAX_PASSWORD_BYTES {
@@ -1740,8 +1774,9 @@ impl ShoalService for Node {
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("user `{name}` not found")))?;
             let hash = user.password_hash.clone();
-            let _permit = self.ctx.access.begin_sign_in(&name, None, now_ms())?;
+            let permit = self.ctx.access.begin_recheck(&name, now_ms())?;
             let verified = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 current.len() <= access::MAX_PASSWORD_BYTES
                     && access::verify_password(&current, &hash)
             })
@@ -1752,7 +1787,7 @@ impl ShoalService for Node {
                     "`current_password` is not the user's password".into(),
                 ));
             }
-            self.ctx.access.signed_in(&name, None);
+            self.ctx.access.rechecked(&name);
             change.expected_epoch = Some(user.epoch);
         }
         if let Some(password) = req.password {

@@ -74,15 +74,35 @@ impl EventLog {
         limit: usize,
     ) -> Result<Vec<SearchEvent>, StoreError> {
         let mut out = Vec::new();
+        self.visit(since_ms, until_ms, limit, |e| {
+            out.push(e);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Hand the events of `since_ms..until_ms` to `f` one at a time, oldest first, until `f`
+    /// answers false or `limit` were read; answers how many were read.
+    pub fn visit(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+        mut f: impl FnMut(SearchEvent) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
         let range = since_ms.to_be_bytes().to_vec()..until_ms.to_be_bytes().to_vec();
         for kv in self.tree.range(range) {
+            if n >= limit {
+                break;
+            }
             let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
-            if out.len() >= limit {
+            n += 1;
+            if !f(decode(&k, &v)?) {
                 break;
             }
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// Forget events older than `before_ms`, and the oldest beyond `max_events`; answers how

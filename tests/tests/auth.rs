@@ -818,6 +818,35 @@ fn the_first_start_prints_an_admin_password_and_a_token_works_on_every_node() {
 }
 
 #[test]
+fn with_auth_off_and_a_cluster_secret_collections_are_open_but_credentials_and_the_cluster_are_not()
+{
+    let node = Node::start(
+        &[
+            ("SHOAL_CLUSTER__SECRET", shoal_tests::cluster::SECRET),
+            ("SHOAL_CLUSTER__BOOTSTRAP", "true"),
+        ],
+        &["--insecure-no-auth"],
+    );
+    let b = node.base.as_str();
+    assert_eq!(
+        call(b, "PUT", "/api/v1/collections/open", None, None).status,
+        201
+    );
+    let key = json!({"name": "k", "role": "admin"});
+    let user = json!({"username": "x", "role": "admin", "password": "xxxxxxxxxx"});
+    for (m, p, body) in [
+        ("POST", "/api/v1/auth/keys", Some(key)),
+        ("GET", "/api/v1/auth/users", None),
+        ("POST", "/api/v1/auth/users", Some(user)),
+        ("GET", "/api/v1/cluster", None),
+        ("GET", "/api/v1/admin/digest", None),
+    ] {
+        let r = call(b, m, p, None, body);
+        assert_eq!(r.status, 401, "{m} {p}: {}", r.text);
+    }
+}
+
+#[test]
 fn with_auth_off_anyone_reads_and_writes() {
     let node = Node::start(&[], &["--insecure-no-auth"]);
     let r = call(&node.base, "PUT", "/api/v1/collections/open", None, None);

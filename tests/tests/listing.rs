@@ -44,6 +44,10 @@ fn documents_page_by_page_and_jobs_by_state() {
     let want: Vec<String> = (0..25).map(|i| format!("doc-{i:02}")).collect();
     assert_eq!(seen, want);
     assert_eq!(pages, 3);
+    // 25 documents in pages of 5: five pages, the last without `next`
+    let fifth = node.get("/api/v1/collections/lib/documents?limit=5&after=doc-19");
+    assert_eq!(fifth.body["documents"].as_array().unwrap().len(), 5);
+    assert!(fifth.body.get("next").is_none(), "{}", fifth.text);
 
     // by state
     let failed = node.get("/api/v1/collections/other/documents?state=failed");
@@ -116,4 +120,23 @@ fn documents_page_by_page_and_jobs_by_state() {
         node.get("/api/v1/jobs?collection=nope").body["jobs"],
         json!([])
     );
+    // ids that extend one another, one per page
+    node.create_collection("prefixes");
+    node.ingest(
+        "prefixes",
+        json!([{"id": "d-1", "text": "one"}, {"id": "d-10", "text": "ten"}, {"id": "d-100", "text": "a hundred"}]),
+    );
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = node.get(&format!(
+            "/api/v1/collections/prefixes/documents?limit=1{after}"
+        ));
+        ids.push(r.body["documents"][0]["id"].as_str().unwrap().to_string());
+        match r.body["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["d-1", "d-10", "d-100"]);
 }
