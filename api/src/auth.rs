@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::ApiError;
 
 /// What a principal may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything: collections, users, keys, the cluster.
@@ -19,7 +19,7 @@ pub enum Role {
 }
 
 /// How a principal proved itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Credential {
     /// A token the cluster issued to a user (`POST /api/v1/auth/token`).
@@ -36,7 +36,7 @@ pub enum Credential {
 }
 
 /// The authenticated caller of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     /// The user's name, the key's id, or the token's subject.
     pub name: String,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HnswConfig {
     pub m: Option<u32>,
@@ -11,7 +11,7 @@ pub struct HnswConfig {
 }
 
 /// `PUT /api/v1/collections/{name}`. The body may be empty.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCollectionRequest {
     /// Vector dimension; defaults to the embedding model's. Only needed for collections searched
@@ -21,7 +21,7 @@ pub struct CreateCollectionRequest {
     pub hnsw: HnswConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct IndexInfo {
     pub m: u32,
     pub ef_construction: u32,
@@ -29,7 +29,7 @@ pub struct IndexInfo {
     pub tombstones: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
     pub dimension: u32,
@@ -43,12 +43,12 @@ pub struct CollectionInfo {
     pub log_index: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CollectionList {
     pub collections: Vec<CollectionInfo>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentInput {
     pub id: String,
@@ -58,14 +58,14 @@ pub struct DocumentInput {
 }
 
 /// `POST /api/v1/collections/{name}/documents`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDocumentsRequest {
     pub documents: Vec<DocumentInput>,
 }
 
 /// Answer to an accepted ingest (`202 Accepted`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddDocumentsResponse {
     pub job_id: String,
     pub status_url: String,
@@ -75,7 +75,7 @@ pub struct AddDocumentsResponse {
     pub index: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,
@@ -85,13 +85,13 @@ pub enum JobState {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDocumentError {
     pub document_id: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub id: String,
     pub collection: String,
@@ -109,7 +109,7 @@ pub struct JobInfo {
     pub index: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DocumentState {
     Pending,
@@ -117,7 +117,7 @@ pub enum DocumentState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentInfo {
     pub id: String,
     pub state: DocumentState,
@@ -140,7 +140,7 @@ pub struct DocumentInfo {
 }
 
 /// One chunk of a document: its place in the text and the text itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkInfo {
     pub chunk_index: u32,
     /// Byte range in the document's text.
@@ -150,7 +150,8 @@ pub struct ChunkInfo {
 }
 
 /// `GET /api/v1/collections/{name}/documents`: a page of documents in id order.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentsQuery {
     /// Documents per page (default 100, at most 1000).
@@ -162,7 +163,7 @@ pub struct DocumentsQuery {
 }
 
 /// A document in a listing (without its text).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentSummary {
     pub id: String,
     pub state: DocumentState,
@@ -177,7 +178,7 @@ pub struct DocumentSummary {
     pub accepted_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocumentList {
     pub documents: Vec<DocumentSummary>,
     /// Give this as `after` for the next page; absent on the last page.
@@ -186,7 +187,8 @@ pub struct DocumentList {
 }
 
 /// `GET /api/v1/jobs`: jobs, newest first.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobsQuery {
     /// `running`, `completed`, `completed_with_errors`, `cancelled`, or `failed` (any job with a
@@ -199,7 +201,7 @@ pub struct JobsQuery {
     pub offset: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobInfo>,
     /// Give this as `offset` for the next page; absent on the last page.
@@ -208,7 +210,7 @@ pub struct JobList {
 }
 
 /// `POST /api/v1/collections/{name}/search`: exactly one of `query` and `vector`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     pub query: Option<String>,
@@ -234,7 +236,7 @@ pub struct SearchRequest {
     pub min_index: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     #[default]
@@ -242,7 +244,7 @@ pub enum Consistency {
     Strong,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub document_id: String,
     pub chunk_index: u32,
@@ -255,7 +257,7 @@ pub struct SearchHit {
     pub metadata: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
     pub took_ms: f64,
@@ -269,7 +271,7 @@ pub struct SearchResponse {
 }
 
 /// `POST /api/v1/cluster/join`: make this node join the cluster of the node at `seed`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinClusterRequest {
     pub seed: String,
@@ -280,13 +282,13 @@ pub struct JoinClusterRequest {
 
 /// `PUT /api/v1/admin/faults/links` (fault injection): cut this node's links to these nodes
 /// (both ways); an empty list heals them.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CutLinksRequest {
     pub cut: Vec<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
@@ -297,14 +299,14 @@ pub struct HealthResponse {
 
 /// A model of the node and its state: `disabled` (none configured), `warming_up`, `ready`,
 /// `restarting` (its actor failed and is being restarted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelState {
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadyResponse {
     pub ready: bool,
     /// Why the node is not ready, one sentence each (empty when ready).
@@ -313,7 +315,7 @@ pub struct ReadyResponse {
     pub components: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActorInfo {
     pub name: String,
     pub kind: String,
@@ -322,13 +324,13 @@ pub struct ActorInfo {
     pub uptime_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActorList {
     pub actors: Vec<ActorInfo>,
 }
 
 /// `POST /v1/embeddings`, the OpenAI request shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
     /// A string or a list of strings.
     pub input: Value,
@@ -344,7 +346,7 @@ pub struct EmbeddingsRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingData {
     pub object: String,
     pub index: usize,
@@ -352,13 +354,13 @@ pub struct EmbeddingData {
     pub embedding: Value,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsUsage {
     pub prompt_tokens: u64,
     pub total_tokens: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsResponse {
     pub object: String,
     pub data: Vec<EmbeddingData>,
@@ -369,7 +371,7 @@ pub struct EmbeddingsResponse {
 /// `POST /v1/rerank`: Cohere (`documents`, `top_n`, `return_documents`) or Text Embeddings
 /// Inference (`texts`, `return_text`, `raw_scores`) request shape; the answer has the shape of
 /// the request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct RerankRequest {
     pub query: String,
     /// Cohere: strings or `{"text": ...}` objects.
@@ -399,7 +401,7 @@ pub struct RerankRequest {
 }
 
 /// Text Embeddings Inference's `/embed` request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct TeiEmbedRequest {
     /// A string, a list of strings, or (sentence similarity) `{"source_sentence", "sentences"}`.
     pub inputs: Value,
@@ -419,7 +421,7 @@ pub struct TeiEmbedRequest {
 }
 
 /// One scored document, best first, with its index in the request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RerankScore {
     pub index: usize,
     /// The model's raw score (logit for single-label models).
@@ -431,14 +433,14 @@ pub struct RerankScore {
 // ------------------------------------------------------------------ auth
 
 /// `POST /api/v1/auth/token`: sign in with a password.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     /// Always `Bearer`.
@@ -449,7 +451,7 @@ pub struct TokenResponse {
 }
 
 /// `POST /api/v1/auth/users`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     pub username: String,
@@ -462,7 +464,7 @@ pub struct CreateUserRequest {
 
 /// `PATCH /api/v1/auth/users/{name}`: what to change. A new password ends every token the user
 /// had.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     pub password: Option<String>,
@@ -473,7 +475,7 @@ pub struct UpdateUserRequest {
     pub collections: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub username: String,
     pub role: crate::auth::Role,
@@ -482,13 +484,13 @@ pub struct UserInfo {
     pub updated_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<UserInfo>,
 }
 
 /// `POST /api/v1/auth/keys`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
     /// What the key is for.
@@ -500,7 +502,7 @@ pub struct CreateApiKeyRequest {
     pub expires_in_s: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     pub id: String,
     pub name: String,
@@ -512,14 +514,14 @@ pub struct ApiKeyInfo {
 }
 
 /// A new API key: `key` is shown this once and never again.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CreatedApiKey {
     pub key: String,
     #[serde(flatten)]
     pub info: ApiKeyInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyList {
     pub keys: Vec<ApiKeyInfo>,
 }
@@ -527,7 +529,8 @@ pub struct ApiKeyList {
 // ------------------------------------------------------------------ analytics
 
 /// `GET /api/v1/analytics/searches`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsQuery {
     /// Start of the range: ms since the epoch, or a duration back from now (`15m`, `24h`, `7d`);

@@ -76,6 +76,19 @@ impl ApiError {
     }
 }
 
+/// Every error answer's body, as the OpenAPI description shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    pub error: ApiErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiErrorDetail {
+    /// Stable machine-readable code (`bad_request`, `unauthorized`, `not_found`, ...).
+    pub code: String,
+    pub message: String,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,

@@ -9,7 +9,7 @@ mod extract;
 mod routes;
 mod service;
 
-pub use error::ApiError;
+pub use error::{ApiError, ApiErrorBody, ApiErrorDetail};
 pub use extract::{validate_collection_name, validate_document_id};
-pub use routes::{router, RouterLimits};
+pub use routes::{openapi_json, router, ApiDoc, RouterLimits};
 pub use service::{ShoalService, SnapshotDownload};

@@ -20,7 +20,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::auth::{validate_grant, validate_user_name, Credentials, Principal};
 use crate::dto::*;
 use crate::extract::{validate_collection_name, validate_document_id, ApiJson, OptionalJson};
-use crate::{ApiError, ShoalService};
+use crate::{ApiError, ApiErrorBody, ShoalService};
 
 /// Limits enforced by the router itself.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,7 @@ pub struct RouterLimits {
 /// | `GET /api/health` | liveness |
 /// | `GET /api/ready` | readiness (503 until ready) |
 /// | `GET /metrics` | Prometheus text |
+/// | `GET /api/openapi.json`, `GET /api/docs` | the OpenAPI description, and a page that reads it |
 /// | `GET /api/v1/collections` | list collections |
 /// | `PUT, GET, DELETE /api/v1/collections/{name}` | create, show, drop a collection |
 /// | `POST /api/v1/collections/{name}/documents` | accept documents for ingest (202 + job) |
@@ -77,7 +78,9 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/health", get(health::<S>))
         .route("/api/ready", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
-        .route("/api/v1/auth/token", post(issue_token::<S>));
+        .route("/api/v1/auth/token", post(issue_token::<S>))
+        .route("/api/openapi.json", get(openapi_spec))
+        .route("/api/docs", get(api_docs));
     let protected = Router::new()
         .route("/api/v1/auth/me", get(who_am_i))
         .route(
@@ -247,10 +250,38 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ))
 }
 
+async fn openapi_spec() -> Response {
+    static SPEC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        SPEC.get_or_init(openapi_json).clone(),
+    )
+        .into_response()
+}
+
+async fn api_docs() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("docs.html"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "health",
+    responses((status = 200, description = "the process is alive", body = HealthResponse))
+)]
 async fn health<S: ShoalService>(State(s): State<Arc<S>>) -> Json<HealthResponse> {
     Json(s.health().await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/ready",
+    tag = "health",
+    responses((status = 200, description = "ready", body = ReadyResponse), (status = 503, description = "not ready; `reasons` say why", body = ReadyResponse))
+)]
 async fn ready<S: ShoalService>(State(s): State<Arc<S>>) -> Response {
     let r = s.ready().await;
     let status = if r.ready {
@@ -261,6 +292,12 @@ async fn ready<S: ShoalService>(State(s): State<Arc<S>>) -> Response {
     (status, Json(r)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String))
+)]
 async fn metrics<S: ShoalService>(
     State(s): State<Arc<S>>,
     headers: HeaderMap,
@@ -277,6 +314,12 @@ async fn metrics<S: ShoalService>(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections",
+    tag = "collections",
+    responses((status = 200, description = "the collections the caller may see", body = CollectionList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 async fn list_collections<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -286,6 +329,14 @@ async fn list_collections<S: ShoalService>(
     Ok(Json(list))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/collections/{name}",
+    tag = "collections",
+    request_body = Option<CreateCollectionRequest>,
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 201, body = CollectionInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 409, description = "the collection exists", body = ApiErrorBody))
+)]
 async fn create_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -300,6 +351,13 @@ async fn create_collection<S: ShoalService>(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections/{name}",
+    tag = "collections",
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 200, body = CollectionInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn get_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -310,6 +368,13 @@ async fn get_collection<S: ShoalService>(
     Ok(Json(s.get_collection(name).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/collections/{name}",
+    tag = "collections",
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 200, description = "`{deleted, index}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn delete_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -322,6 +387,14 @@ async fn delete_collection<S: ShoalService>(
     Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/collections/{name}/documents",
+    tag = "documents",
+    request_body = AddDocumentsRequest,
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 202, description = "accepted: ingest runs in the background", body = AddDocumentsResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 429, description = "the ingest queue is full (`Retry-After`)", body = ApiErrorBody))
+)]
 async fn add_documents<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -373,6 +446,13 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections/{name}/documents",
+    tag = "documents",
+    params(("name" = String, Path, description = "collection name"), DocumentsQuery),
+    responses((status = 200, body = DocumentList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn list_documents<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -390,6 +470,13 @@ async fn list_documents<S: ShoalService>(
     Ok(Json(s.list_documents(name, q).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    params(JobsQuery),
+    responses((status = 200, body = JobList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 async fn list_jobs<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -423,6 +510,13 @@ async fn list_jobs<S: ShoalService>(
     Ok(Json(s.list_jobs(q, p).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/collections/{name}/documents/{id}",
+    tag = "documents",
+    params(("name" = String, Path, description = "collection name"), ("id" = String, Path, description = "document id")),
+    responses((status = 200, body = DocumentInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn get_document<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -433,6 +527,13 @@ async fn get_document<S: ShoalService>(
     Ok(Json(s.get_document(name, id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/collections/{name}/documents/{id}",
+    tag = "documents",
+    params(("name" = String, Path, description = "collection name"), ("id" = String, Path, description = "document id")),
+    responses((status = 200, description = "`{deleted, index}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn delete_document<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -444,6 +545,14 @@ async fn delete_document<S: ShoalService>(
     Ok(Json(serde_json::json!({ "deleted": id, "index": index })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/collections/{name}/search",
+    tag = "search",
+    request_body = SearchRequest,
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 200, body = SearchResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 503, body = ApiErrorBody))
+)]
 async fn search<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -523,6 +632,13 @@ impl<S: ShoalService> Drop for SearchEvent<S> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/analytics/searches",
+    tag = "analytics",
+    params(AnalyticsQuery),
+    responses((status = 200, description = "searches per second, latency, errors, empty results", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn search_analytics<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -537,6 +653,13 @@ async fn search_analytics<S: ShoalService>(
     Ok(Json(s.search_analytics(q).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn get_job<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -550,6 +673,12 @@ async fn get_job<S: ShoalService>(
     Ok(Json(job))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/actors",
+    tag = "admin",
+    responses((status = 200, body = ActorList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn list_actors<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -558,6 +687,13 @@ async fn list_actors<S: ShoalService>(
     Ok(Json(s.list_actors().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/actors/{name}/panic",
+    tag = "admin",
+    params(("name" = String, Path, description = "actor name")),
+    responses((status = 202, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, description = "fault injection is off, or no such actor", body = ApiErrorBody))
+)]
 async fn inject_panic<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -571,6 +707,12 @@ async fn inject_panic<S: ShoalService>(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/digest",
+    tag = "admin",
+    responses((status = 200, description = "`{node_id, applied_index, digest, data_digest}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn store_digest<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -579,6 +721,12 @@ async fn store_digest<S: ShoalService>(
     Ok(Json(s.store_digest().await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/snapshot",
+    tag = "admin",
+    responses((status = 200, description = "the node's state as one file", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 503, body = ApiErrorBody))
+)]
 async fn snapshot<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -618,6 +766,13 @@ async fn snapshot<S: ShoalService>(
         .into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/faults/links",
+    tag = "admin",
+    request_body = CutLinksRequest,
+    responses((status = 200, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, description = "fault injection is off", body = ApiErrorBody))
+)]
 async fn cut_links<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -627,6 +782,12 @@ async fn cut_links<S: ShoalService>(
     Ok(Json(s.cut_links(req).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "members, roles, leader, term, indexes, lag", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn cluster_status<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -635,6 +796,12 @@ async fn cluster_status<S: ShoalService>(
     Ok(Json(s.cluster_status().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/init",
+    tag = "cluster",
+    responses((status = 201, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 409, body = ApiErrorBody))
+)]
 async fn cluster_init<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -643,6 +810,13 @@ async fn cluster_init<S: ShoalService>(
     Ok((StatusCode::CREATED, Json(s.cluster_init().await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/join",
+    tag = "cluster",
+    request_body = JoinClusterRequest,
+    responses((status = 200, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn cluster_join<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -703,6 +877,13 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("`{raw}` is not a node id (a number)")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/nodes/{id}/promote",
+    tag = "cluster",
+    params(("id" = u64, Path, description = "node id")),
+    responses((status = 200, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn cluster_promote<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -712,6 +893,13 @@ async fn cluster_promote<S: ShoalService>(
     Ok(Json(s.cluster_promote(node_id(&id)?).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/cluster/nodes/{id}",
+    tag = "cluster",
+    params(("id" = u64, Path, description = "node id")),
+    responses((status = 200, body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn cluster_remove<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -721,6 +909,13 @@ async fn cluster_remove<S: ShoalService>(
     Ok(Json(s.cluster_remove(node_id(&id)?).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/token",
+    tag = "auth",
+    request_body = TokenRequest,
+    responses((status = 200, description = "a token", body = TokenResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 429, description = "too many failed sign-ins", body = ApiErrorBody))
+)]
 async fn issue_token<S: ShoalService>(
     State(s): State<Arc<S>>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -730,6 +925,12 @@ async fn issue_token<S: ShoalService>(
     Ok(Json(s.issue_token(req, client).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "the caller", body = Principal))
+)]
 async fn who_am_i(Extension(p): Extension<Principal>) -> Json<Principal> {
     Json(p)
 }
@@ -738,6 +939,12 @@ fn validate_grants(grants: &[String]) -> Result<(), ApiError> {
     grants.iter().try_for_each(|g| validate_grant(g))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/users",
+    tag = "auth",
+    responses((status = 200, body = UserList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, description = "not an admin", body = ApiErrorBody))
+)]
 async fn list_users<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -746,6 +953,13 @@ async fn list_users<S: ShoalService>(
     Ok(Json(s.list_users().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/users",
+    tag = "auth",
+    request_body = CreateUserRequest,
+    responses((status = 201, body = UserInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 409, description = "the name is taken", body = ApiErrorBody))
+)]
 async fn create_user<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -757,6 +971,14 @@ async fn create_user<S: ShoalService>(
     Ok((StatusCode::CREATED, Json(s.create_user(req).await?)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/auth/users/{name}",
+    tag = "auth",
+    request_body = UpdateUserRequest,
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, body = UserInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn update_user<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -789,6 +1011,13 @@ async fn update_user<S: ShoalService>(
     Ok(Json(s.update_user(name, req).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/users/{name}",
+    tag = "auth",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, description = "`{deleted, index}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn delete_user<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -800,6 +1029,12 @@ async fn delete_user<S: ShoalService>(
     Ok(Json(serde_json::json!({ "deleted": name, "index": index })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/keys",
+    tag = "auth",
+    responses((status = 200, body = ApiKeyList), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn list_api_keys<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -808,6 +1043,13 @@ async fn list_api_keys<S: ShoalService>(
     Ok(Json(s.list_api_keys().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/keys",
+    tag = "auth",
+    request_body = CreateApiKeyRequest,
+    responses((status = 201, description = "the key, shown this once", body = CreatedApiKey), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody))
+)]
 async fn create_api_key<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -829,6 +1071,13 @@ async fn create_api_key<S: ShoalService>(
     Ok((StatusCode::CREATED, Json(s.create_api_key(p, req).await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/keys/{id}",
+    tag = "auth",
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, description = "`{revoked, index}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
 async fn revoke_api_key<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
@@ -839,6 +1088,13 @@ async fn revoke_api_key<S: ShoalService>(
     Ok(Json(serde_json::json!({ "revoked": id, "index": index })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "compatible",
+    request_body = EmbeddingsRequest,
+    responses((status = 200, body = EmbeddingsResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 async fn embeddings<S: ShoalService>(
     State(s): State<Arc<S>>,
     ApiJson(req): ApiJson<EmbeddingsRequest>,
@@ -861,6 +1117,13 @@ fn document_text(v: &serde_json::Value, field: &str, i: usize) -> Result<String,
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rerank",
+    tag = "compatible",
+    request_body = RerankRequest,
+    responses((status = 200, description = "Cohere shape (`{id, results, meta}`) or TEI shape (`[{index, score}]`), as the request", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 async fn rerank_v1<S: ShoalService>(
     State(s): State<Arc<S>>,
     ApiJson(req): ApiJson<RerankRequest>,
@@ -868,6 +1131,13 @@ async fn rerank_v1<S: ShoalService>(
     rerank(s, req, "1").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/rerank",
+    tag = "compatible",
+    request_body = RerankRequest,
+    responses((status = 200, description = "`{id, results: [{index, relevance_score}], meta}`", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 async fn rerank_v2<S: ShoalService>(
     State(s): State<Arc<S>>,
     ApiJson(req): ApiJson<RerankRequest>,
@@ -880,6 +1150,13 @@ async fn rerank_v2<S: ShoalService>(
     rerank(s, req, "2").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/embed",
+    tag = "compatible",
+    request_body = TeiEmbedRequest,
+    responses((status = 200, description = "one vector per input (`[[f32]]`), or similarities (`[f32]`)", body = Object), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody))
+)]
 /// Text Embeddings Inference's `/embed` (and `/`, where its clients post): `inputs` is a string
 /// or a list of them, the answer one vector per input; `inputs` as
 /// `{"source_sentence", "sentences"}` (sentence similarity, as `/similarity`) answers the
@@ -1016,4 +1293,172 @@ async fn rerank<S: ShoalService>(
         "meta": {"api_version": {"version": api_version}, "model": model},
     }))
     .into_response())
+}
+
+/// The OpenAPI description of the API, generated from the handlers' annotations and the DTOs.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "shoal", description = "A semantic-search cluster in one binary: collections, documents, search, the compatible embedding and reranking endpoints, auth, and the cluster's administration. Every route but health, readiness, metrics and sign-in needs `Authorization: Bearer <token or API key>`."),
+    paths(
+        health, ready, metrics, issue_token, who_am_i, list_users, create_user, update_user,
+        delete_user, list_api_keys, create_api_key, revoke_api_key, list_collections,
+        create_collection, get_collection, delete_collection, add_documents, list_documents,
+        get_document, delete_document, search, list_jobs, get_job, search_analytics, embeddings,
+        rerank_v1, rerank_v2, tei_embed, list_actors, inject_panic, store_digest, snapshot,
+        cut_links, cluster_status, cluster_init, cluster_join, cluster_promote, cluster_remove
+    ),
+    components(schemas(ApiErrorBody)),
+    modifiers(&Aliases, &BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// Routes served by a handler documented under another path: the same operation there too.
+struct Aliases;
+
+impl utoipa::Modify for Aliases {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        for (alias, of) in [
+            ("/health", "/api/health"),
+            ("/", "/embed"),
+            ("/similarity", "/embed"),
+            ("/rerank", "/v1/rerank"),
+        ] {
+            if let Some(item) = api.paths.paths.get(of).cloned() {
+                api.paths.paths.insert(alias.to_string(), item);
+            }
+        }
+    }
+}
+
+/// The bearer scheme every protected route takes; the open routes take none.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a token from POST /api/v1/auth/token, an API key, an identity provider's token, or the admin key",
+                    ))
+                    .build(),
+            ),
+        );
+        for path in [
+            "/api/health",
+            "/health",
+            "/api/ready",
+            "/metrics",
+            "/api/v1/auth/token",
+        ] {
+            if let Some(item) = api.paths.paths.get_mut(path) {
+                for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                    op.security = Some(Vec::new());
+                }
+            }
+        }
+    }
+}
+
+/// The spec as JSON (served at `GET /api/openapi.json`).
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi as _;
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use std::collections::BTreeSet;
+
+    /// Every (method, path) the router serves, read from this file's `.route(` calls.
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        let source = include_str!("routes.rs");
+        let source = &source[..source
+            .find("#[cfg(test)]\nmod spec_tests")
+            .unwrap_or(source.len())];
+        let mut out = BTreeSet::new();
+        let mut rest = source;
+        while let Some(i) = rest.find(".route(") {
+            rest = &rest[i + ".route(".len()..];
+            // the call's text, up to its closing parenthesis
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .unwrap_or(rest.len());
+            let call = &rest[..end];
+            let Some(start) = call.find('"') else {
+                continue;
+            };
+            let Some(len) = call[start + 1..].find('"') else {
+                continue;
+            };
+            let path = &call[start + 1..start + 1 + len];
+            let mut found = false;
+            for m in ["get", "post", "put", "patch", "delete"] {
+                let mut search = call;
+                while let Some(j) = search.find(&format!("{m}(")) {
+                    let before = search[..j].chars().last();
+                    if before.is_none_or(|c| !c.is_alphanumeric() && c != '_') {
+                        out.insert((m.to_string(), path.to_string()));
+                        found = true;
+                    }
+                    search = &search[j + m.len() + 1..];
+                }
+            }
+            assert!(found, "no method found in route {call}");
+        }
+        out
+    }
+
+    #[test]
+    fn the_spec_has_every_route_and_no_other() {
+        let spec: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let mut in_spec = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (m, _) in item.as_object().unwrap() {
+                in_spec.insert((m.clone(), path.clone()));
+            }
+        }
+        let mut served = routes_in_source();
+        // the description and its page describe the rest
+        served.remove(&("get".into(), "/api/openapi.json".into()));
+        served.remove(&("get".into(), "/api/docs".into()));
+        assert!(served.len() > 40, "{served:?}");
+        let missing: Vec<_> = served.difference(&in_spec).collect();
+        let extra: Vec<_> = in_spec.difference(&served).collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from the spec: {missing:?}"
+        );
+        assert!(extra.is_empty(), "spec paths no route serves: {extra:?}");
+        // open routes say so; the rest need the bearer scheme
+        assert_eq!(
+            spec["paths"]["/metrics"]["get"]["security"],
+            serde_json::json!([])
+        );
+        assert!(spec["paths"]["/api/v1/collections"]["get"]
+            .get("security")
+            .is_none());
+        assert_eq!(spec["security"], serde_json::json!([{"bearer": []}]));
+        assert_eq!(
+            spec["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
 }
