@@ -288,4 +288,74 @@ mod tests {
             ps.iter().map(|p| (p.start, p.end, p.tokens)).collect();
         assert_eq!(ranges, vec![(0, 10, 10), (8, 18, 10), (16, 25, 9)]);
     }
+
+    /// Awkward text, as users upload it: no sentence breaks, very long lines, Cyrillic, CJK,
+    /// emoji and combining marks, tables of pipes and tabs, runs of punctuation or space.
+    fn awkward_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            "[a-z]{1,12}",
+            "[а-яё]{1,10}",
+            "[\\u{4e00}-\\u{4fff}]{1,20}",
+            "[\\u{3040}-\\u{30ff}]{1,8}",
+            "[😀-🙏]{1,3}",
+            "e\\u{0301}",
+            Just(" ".to_string()),
+            Just("\n".to_string()),
+            Just("\t".to_string()),
+            Just(" | ".to_string()),
+            Just("|---|---|\n".to_string()),
+            Just(". ".to_string()),
+            Just("。".to_string()),
+            Just("?!...".to_string()),
+            "[0-9]{1,9}",
+            "x{50,400}",
+        ];
+        proptest::collection::vec(piece, 0..300).prop_map(|v| v.concat())
+    }
+
+    #[test]
+    fn any_text_chunks_into_valid_ranges_that_cover_every_token() {
+        use proptest::prelude::*;
+        let dir = std::env::var_os("SHOAL_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../models/all-MiniLM-L6-v2")
+            });
+        let tokenizer = crate::ModelFiles::locate(&dir)
+            .and_then(|f| f.read_tokenizer(None))
+            .expect("the MiniLM tokenizer (scripts/fetch-model.sh)");
+        let params = ChunkerParams {
+            target_tokens: 40,
+            overlap_tokens: 8,
+        };
+        let chunker = Chunker::new(tokenizer, params);
+        proptest!(ProptestConfig::with_cases(200), |(text in awkward_text())| {
+            let chunks = chunker.chunk(&text).unwrap();
+            let mut last_start = 0;
+            for c in &chunks {
+                // a real, trimmed, non-empty range of the text, in order
+                prop_assert!(c.start < c.end && c.end <= text.len());
+                prop_assert!(text.is_char_boundary(c.start) && text.is_char_boundary(c.end));
+                prop_assert_eq!(&text[c.start..c.end], c.text.as_str());
+                prop_assert_eq!(c.text.trim(), c.text.as_str());
+                prop_assert!(c.start >= last_start);
+                last_start = c.start;
+                // within the budget, as the tokenizer counts it
+                prop_assert!(c.tokens >= 1 && c.tokens <= params.target_tokens, "{} tokens", c.tokens);
+            }
+            // every token of the text is in some chunk
+            for (s, e) in chunker.encode_offsets(&text).unwrap() {
+                prop_assert!(
+                    chunks.iter().any(|c| c.start <= s && e <= c.end),
+                    "token {:?} at {}..{} is in no chunk", &text[s..e], s, e
+                );
+            }
+            // no tokens, no chunks
+            if text.trim().is_empty() {
+                prop_assert!(chunks.is_empty());
+            }
+        });
+    }
 }
