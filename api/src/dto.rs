@@ -62,6 +62,51 @@ pub struct DocumentInput {
 #[serde(deny_unknown_fields)]
 pub struct AddDocumentsRequest {
     pub documents: Vec<DocumentInput>,
+    /// Uploaded files whose text could not be extracted (a multipart upload only): they fail
+    /// in the job with their reasons.
+    #[serde(skip)]
+    pub unreadable: Vec<UnreadableFile>,
+}
+
+/// The form of a file upload (`multipart/form-data`), as the OpenAPI description shows it.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct UploadForm {
+    /// One part per file (plain text, Markdown, HTML, PDF, DOCX, JSON or JSONL records), each
+    /// with its file name; the type is told from the content.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub file: Vec<String>,
+    /// Document ids, one per file in order (default: the file's name).
+    pub id: Option<Vec<String>>,
+    /// A JSON object of metadata for every document of the upload.
+    pub metadata: Option<String>,
+}
+
+/// An uploaded file whose text could not be extracted, and why.
+#[derive(Debug, Clone)]
+pub struct UnreadableFile {
+    /// The id its document would have had.
+    pub id: String,
+    pub reason: String,
+}
+
+/// One file of a `multipart/form-data` upload.
+#[derive(Debug, Clone)]
+pub struct UploadedFile {
+    /// The document id (an `id` field, else the file's name).
+    pub id: String,
+    pub file_name: Option<String>,
+    pub content_type: Option<String>,
+    pub bytes: axum::body::Bytes,
+    /// The request's `metadata` field, for every document of the upload.
+    pub metadata: Map<String, Value>,
+}
+
+/// What the files of an upload became.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractedUpload {
+    pub documents: Vec<DocumentInput>,
+    pub unreadable: Vec<UnreadableFile>,
 }
 
 /// Answer to an accepted ingest (`202 Accepted`).

@@ -391,7 +391,10 @@ async fn delete_collection<S: ShoalService>(
     post,
     path = "/api/v1/collections/{name}/documents",
     tag = "documents",
-    request_body = AddDocumentsRequest,
+    request_body(content(
+        (AddDocumentsRequest = "application/json"),
+        (UploadForm = "multipart/form-data")
+    )),
     params(("name" = String, Path, description = "collection name")),
     responses((status = 202, description = "accepted: ingest runs in the background", body = AddDocumentsResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 429, description = "the ingest queue is full (`Retry-After`)", body = ApiErrorBody))
 )]
@@ -412,13 +415,32 @@ async fn add_documents<S: ShoalService>(
         .and_then(|v| v.parse::<u64>().ok());
     // A body declared longer than the limit gets no room (never a 429 for a request that no
     // amount of waiting lets through): reading it fails with 413 below.
-    let over_limit = declared.is_some_and(|n| n > limits.max_body_bytes as u64);
-    let admission = if over_limit {
-        None
+    // A body declared longer than the limit is refused before any of it is read (an upload of
+    // hundreds of MB is not received only to be thrown away).
+    if let Some(n) = declared.filter(|n| *n > limits.max_body_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is too large: {n} bytes, the limit is {} bytes (server.max_body_bytes)",
+            limits.max_body_bytes
+        )));
+    }
+    let admission = Some(s.admit_documents(declared)?);
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let req = if multipart {
+        let files = read_upload(req).await?;
+        let extracted = s.extract_uploads(files).await?;
+        AddDocumentsRequest {
+            documents: extracted.documents,
+            unreadable: extracted.unreadable,
+        }
     } else {
-        Some(s.admit_documents(declared)?)
+        ApiJson::<AddDocumentsRequest>::from_request(req, &())
+            .await?
+            .0
     };
-    let ApiJson(req) = ApiJson::<AddDocumentsRequest>::from_request(req, &()).await?;
     let admission = match admission {
         Some(a) => a,
         None => s.admit_documents(None)?,
@@ -431,6 +453,86 @@ async fn add_documents<S: ShoalService>(
         StatusCode::ACCEPTED,
         Json(s.add_documents(name, req, admission).await?),
     ))
+}
+
+/// The files of a `multipart/form-data` upload: every part with a file name (or named `file`
+/// or `files`) is a file; `id` parts name the files in order (else a file is named by its file
+/// name); a `metadata` part (a JSON object) goes to every document. The body limit holds while
+/// it is read (413 as soon as it is passed).
+async fn read_upload(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
+    let bad_part = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("the upload is too large: {}", e.body_text()))
+        } else {
+            ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text()))
+        }
+    };
+    let mut form = axum::extract::Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
+    let mut files: Vec<(Option<String>, Option<String>, axum::body::Bytes)> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut metadata = serde_json::Map::new();
+    while let Some(field) = form.next_field().await.map_err(bad_part)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(str::to_owned);
+        match name.as_str() {
+            "id" => ids.push(field.text().await.map_err(bad_part)?.trim().to_string()),
+            "metadata" => {
+                let text = field.text().await.map_err(bad_part)?;
+                metadata = match crate::extract::parse_json::<serde_json::Value>(text.as_bytes())? {
+                    serde_json::Value::Object(m) => m,
+                    _ => {
+                        return Err(ApiError::BadRequest(
+                            "the `metadata` part must be a JSON object".into(),
+                        ))
+                    }
+                };
+            }
+            _ if file_name.is_some() || name == "file" || name == "files" => {
+                let bytes = field.bytes().await.map_err(bad_part)?;
+                files.push((file_name, content_type, bytes));
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown part `{other}`: an upload has files, `id` and `metadata` parts"
+                )))
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the upload has no file (send parts with a file name, or named `file`)".into(),
+        ));
+    }
+    if ids.len() > files.len() {
+        return Err(ApiError::BadRequest(format!(
+            "{} `id` parts for {} files",
+            ids.len(),
+            files.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for (i, (file_name, content_type, bytes)) in files.into_iter().enumerate() {
+        let id = match ids.get(i) {
+            Some(id) => id.clone(),
+            None => file_name
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| format!("upload-{}", i + 1)),
+        };
+        validate_document_id(&id)
+            .map_err(|e| ApiError::BadRequest(format!("file {}: {e}", i + 1)))?;
+        out.push(UploadedFile {
+            id,
+            file_name,
+            content_type,
+            bytes,
+            metadata: metadata.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// The query string as `T`, in the API's error shape (a bad one is a 400 that says what is

@@ -47,6 +47,12 @@ pub trait ShoalService: Send + Sync + 'static {
         req: AddDocumentsRequest,
         admission: Self::Admission,
     ) -> impl Future<Output = Result<AddDocumentsResponse, ApiError>> + Send;
+    /// The text of uploaded files, off the async workers and within the node's limits; a file
+    /// that cannot be read is a reason, not an error of the request.
+    fn extract_uploads(
+        &self,
+        files: Vec<UploadedFile>,
+    ) -> impl Future<Output = Result<ExtractedUpload, ApiError>> + Send;
     fn get_document(
         &self,
         collection: String,

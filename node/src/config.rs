@@ -387,6 +387,15 @@ pub struct IngestConfig {
     pub max_documents_per_request: usize,
     /// Size of one document's text (bytes).
     pub max_document_bytes: usize,
+    /// Longest the text of one uploaded file may take to extract (ms); past it the file fails
+    /// with a timeout reason and the rest of the upload goes on.
+    pub extract_timeout_ms: u64,
+    /// Pages of one uploaded PDF.
+    pub max_pages_per_document: usize,
+    /// Records of one uploaded JSON or JSONL file.
+    pub max_records_per_file: usize,
+    /// Bytes a compressed part of an uploaded file (a PDF stream, a DOCX member) may inflate to.
+    pub max_inflated_bytes: usize,
     /// Text bytes waiting for ingest (queued, in flight, and in requests being read); past it,
     /// adding documents is answered 429 with Retry-After.
     pub max_queue_bytes: u64,
@@ -501,6 +510,10 @@ impl Default for IngestConfig {
             chunk_overlap_tokens: 40,
             max_documents_per_request: 1_000,
             max_document_bytes: 1024 * 1024,
+            extract_timeout_ms: 20_000,
+            max_pages_per_document: 2_000,
+            max_records_per_file: 10_000,
+            max_inflated_bytes: 64 << 20,
             max_queue_bytes: 256 * 1024 * 1024,
             max_queue_documents: 200_000,
             job_retention_s: 7 * 24 * 3600,

@@ -44,6 +44,8 @@ pub struct NodeContext {
     /// The node's own search events, and their writer.
     pub events: Arc<shoal_storage::EventLog>,
     pub recorder: crate::analytics::Recorder,
+    /// Uploaded files whose text is being extracted at once.
+    pub extract_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -92,6 +94,7 @@ impl NodeContext {
             access,
             recorder,
             events,
+            extract_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             warm: AtomicBool::new(false),
             reranker_warm: AtomicBool::new(false),
         }

@@ -22,6 +22,7 @@ pub mod mirror;
 pub mod runtime;
 pub mod service;
 pub mod shards;
+pub mod uploads;
 pub mod watermark;
 
 use std::sync::atomic::Ordering;

@@ -771,7 +771,7 @@ impl ShoalService for Node {
         body: Reservation,
     ) -> Result<AddDocumentsResponse> {
         let limits = &self.ctx.config.ingest;
-        if req.documents.is_empty() {
+        if req.documents.is_empty() && req.unreadable.is_empty() {
             return Err(bad("`documents` is empty"));
         }
         if req.documents.len() > limits.max_documents_per_request {
@@ -804,6 +804,14 @@ impl ShoalService for Node {
         let coll = self.require_collection(&collection)?;
         self.require_model_dimension(&coll, "documents cannot be embedded into it")?;
         let job_id = uuid::Uuid::new_v4().to_string();
+        let unreadable: Vec<shoal_storage::JobError> = req
+            .unreadable
+            .into_iter()
+            .map(|u| shoal_storage::JobError {
+                doc_id: u.id,
+                reason: u.reason,
+            })
+            .collect();
         let n = documents.len() as u64;
         let text_bytes: u64 = documents.iter().map(|d| d.text.len() as u64).sum();
         // A chunked body was given room up to the queue's size; its text can be no more.
@@ -862,19 +870,25 @@ impl ShoalService for Node {
                 })
                 .await?;
         }
-        let committed = self
-            .ctx
-            .apply_holding(
-                Command::AcceptDocuments {
-                    collection,
-                    job_id: job_id.clone(),
-                    documents: last,
-                    staged_parts: staged,
-                    at_ms,
-                },
-                hold,
-            )
-            .await?;
+        let accept = if unreadable.is_empty() {
+            Command::AcceptDocuments {
+                collection,
+                job_id: job_id.clone(),
+                documents: last,
+                staged_parts: staged,
+                at_ms,
+            }
+        } else {
+            Command::AcceptUpload {
+                collection,
+                job_id: job_id.clone(),
+                documents: last,
+                staged_parts: staged,
+                failed: unreadable,
+                at_ms,
+            }
+        };
+        let committed = self.ctx.apply_holding(accept, hold).await?;
         Ok(AddDocumentsResponse {
             status_url: format!("/api/v1/jobs/{job_id}"),
             job_id,
@@ -1004,6 +1018,15 @@ impl ShoalService for Node {
             })
             .await?;
         Ok(DocumentList { documents, next })
+    }
+
+    async fn extract_uploads(&self, files: Vec<UploadedFile>) -> Result<ExtractedUpload> {
+        Ok(crate::uploads::extract(
+            files,
+            &self.ctx.config.ingest,
+            self.ctx.extract_slots.clone(),
+        )
+        .await)
     }
 
     async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {

@@ -69,6 +69,17 @@ pub enum Command {
         staged_parts: u32,
         at_ms: u64,
     },
+    /// [`Command::AcceptDocuments`] for an upload: `failed` are the files that could not be read
+    /// (their text could not be extracted); they count in the job as failed documents, with
+    /// their reasons, and nothing else of the store changes for them.
+    AcceptUpload {
+        collection: String,
+        job_id: String,
+        documents: Vec<DocumentInput>,
+        staged_parts: u32,
+        failed: Vec<crate::JobError>,
+        at_ms: u64,
+    },
     /// Node `node` claims pending document versions for embedding until `until_ms`. A version
     /// already claimed by another node is granted only once that claim has expired at `at_ms`.
     ClaimDocuments {
@@ -143,6 +154,7 @@ impl Command {
             Command::DropCollection { .. } => "drop_collection",
             Command::StageDocuments { .. } => "stage_documents",
             Command::AcceptDocuments { .. } => "accept_documents",
+            Command::AcceptUpload { .. } => "accept_upload",
             Command::ClaimDocuments { .. } => "claim_documents",
             Command::StoreChunks { .. } => "store_chunks",
             Command::FailDocument { .. } => "fail_document",
@@ -189,6 +201,15 @@ impl Command {
         match self {
             Command::StageDocuments { documents, .. }
             | Command::AcceptDocuments { documents, .. } => docs(documents),
+            Command::AcceptUpload {
+                documents, failed, ..
+            } => {
+                docs(documents)
+                    + failed
+                        .iter()
+                        .map(|f| f.doc_id.len() + f.reason.len() + 16)
+                        .sum::<usize>()
+            }
             Command::StoreChunks { documents, .. } => documents
                 .iter()
                 .flat_map(|d| &d.chunks)

@@ -563,6 +563,24 @@ impl Store {
                 job_id,
                 documents,
                 *staged_parts,
+                &[],
+                *at_ms,
+            ),
+            Command::AcceptUpload {
+                collection,
+                job_id,
+                documents,
+                staged_parts,
+                failed,
+                at_ms,
+            } => self.apply_accept(
+                &mut batch,
+                index,
+                collection,
+                job_id,
+                documents,
+                *staged_parts,
+                failed,
                 *at_ms,
             ),
             Command::ClaimDocuments {
@@ -766,6 +784,7 @@ impl Store {
         job_id: &str,
         documents: &[DocumentInput],
         staged_parts: u32,
+        failed: &[JobError],
         at_ms: u64,
     ) -> Result<Applied, StoreError> {
         let mut coll = self.require_collection(collection)?;
@@ -799,11 +818,11 @@ impl Store {
             collection_uid: coll.uid,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
-            total: all.len() as u64,
+            total: (all.len() + failed.len()) as u64,
             indexed: 0,
-            failed: 0,
+            failed: failed.len() as u64,
             superseded: 0,
-            errors: Vec::new(),
+            errors: failed.iter().take(JobRecord::MAX_ERRORS).cloned().collect(),
             cancelled: false,
             last_index: index,
         };

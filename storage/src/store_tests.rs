@@ -770,3 +770,47 @@ fn the_log_record_is_written_with_the_state_it_describes() {
     assert_eq!(store.applied_index().unwrap(), 3);
     assert_eq!(store.log_meta().unwrap().as_deref(), Some(&b"entry-3"[..]));
 }
+
+#[test]
+fn an_upload_counts_its_unreadable_files_as_failed_documents_of_its_job() {
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    let failed = vec![JobError {
+        doc_id: "scan.pdf".into(),
+        reason: "the file is encrypted".into(),
+    }];
+    let a = log
+        .apply(Command::AcceptUpload {
+            collection: "c".into(),
+            job_id: "j1".into(),
+            documents: vec![doc("notes.txt", "Some notes.", "{}")],
+            staged_parts: 0,
+            failed: failed.clone(),
+            at_ms: 5,
+        })
+        .unwrap();
+    let Outcome::DocumentsAccepted { job } = a.outcome else {
+        panic!("{:?}", a.outcome)
+    };
+    assert_eq!((job.total, job.failed), (2, 1));
+    assert_eq!(job.errors, failed);
+    assert_eq!(job.state(), JobState::Running);
+    // the unreadable file is in no collection: only the readable one is a document
+    assert_eq!(log.store.collection("c").unwrap().unwrap().documents, 1);
+    assert!(log.store.document("c", "scan.pdf").is_err());
+    // an upload of nothing readable finishes at once, with its errors
+    let b = log
+        .apply(Command::AcceptUpload {
+            collection: "c".into(),
+            job_id: "j2".into(),
+            documents: vec![],
+            staged_parts: 0,
+            failed,
+            at_ms: 6,
+        })
+        .unwrap();
+    let Outcome::DocumentsAccepted { job } = b.outcome else {
+        panic!()
+    };
+    assert_eq!(job.state(), JobState::CompletedWithErrors);
+}

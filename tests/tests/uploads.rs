@@ -1,0 +1,204 @@
+//! File uploads: `multipart/form-data` with files of every kind shoal reads and some it cannot;
+//! the readable ones become searchable documents with their title, headings, format and page
+//! count as metadata, the others fail in the job with a reason, and an upload over the body
+//! limit is refused (413) before it is read.
+
+use lopdf::{dictionary, Object, Stream};
+use reqwest::blocking::multipart::{Form, Part};
+use serde_json::{json, Value};
+use shoal_tests::{Node, ADMIN_KEY};
+
+/// A PDF of one page per text, titled `title`.
+fn pdf(pages: &[&str], title: &str) -> Vec<u8> {
+    let mut doc = lopdf::Document::with_version("1.5");
+    let font = doc.add_object(dictionary! {
+        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
+    });
+    let pages_id = doc.new_object_id();
+    let kids: Vec<Object> = pages
+        .iter()
+        .map(|text| {
+            let ops = format!("BT /F1 11 Tf 72 720 Td ({text}) Tj ET");
+            let content = doc.add_object(Stream::new(dictionary! {}, ops.into_bytes()));
+            Object::Reference(doc.add_object(dictionary! {
+                "Type" => "Page",
+                "Parent" => pages_id,
+                "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
+                "Resources" => dictionary! { "Font" => dictionary! { "F1" => font } },
+                "Contents" => content,
+            }))
+        })
+        .collect();
+    let count = kids.len() as i64;
+    doc.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! { "Type" => "Pages", "Kids" => kids, "Count" => count }),
+    );
+    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+    doc.trailer.set("Root", catalog);
+    let info = doc.add_object(dictionary! { "Title" => Object::string_literal(title) });
+    doc.trailer.set("Info", info);
+    let mut out = Vec::new();
+    doc.save_to(&mut out).unwrap();
+    out
+}
+
+fn upload(node: &Node, form: Form) -> (u16, Value) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/collections/docs/documents", node.base))
+        .bearer_auth(ADMIN_KEY)
+        .multipart(form)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn file(bytes: impl Into<Vec<u8>>, name: &str) -> Part {
+    Part::bytes(bytes.into()).file_name(name.to_string())
+}
+
+#[test]
+fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons() {
+    let node = Node::start(&[("SHOAL_SERVER__MAX_BODY_BYTES", "2000000")], &[]);
+    node.create_collection("docs");
+    let form = Form::new()
+        .text("metadata", r#"{"team": "ops"}"#)
+        .text("id", "notes")
+        .part("file", file("Rotate the on-call roster every Monday morning.", "notes.txt"))
+        .part(
+            "file",
+            file("# Deploy guide\n\nShip with the blue-green switch.\n\n## Rollback\n\nFlip it back.", "guide.md"),
+        )
+        .part(
+            "file",
+            file("<html><head><title>Status page</title></head><body><h1>Incidents</h1><p>All quiet on the western front.</p><script>track()</script></body></html>", "status.html"),
+        )
+        .part(
+            "file",
+            file("{\"id\": \"faq-1\", \"text\": \"Passwords reset through the portal.\"}\n{\"text\": \"Badges are at the front desk.\", \"metadata\": {\"floor\": 2}}\n", "faq.jsonl"),
+        )
+        .part(
+            "file",
+            file(pdf(&["The reactor cools with heavy water.", "Turbines turn the steam into power."], "Plant manual"), "manual.pdf"),
+        )
+        .part("file", file(&b"%PDF-1.7\n this is not really a pdf"[..], "broken.pdf"))
+        .part("file", file(&b"\x89PNG\r\n\x1a\n0000"[..], "photo.png"))
+        .part("file", file("   ", "blank.txt"));
+    let (status, body) = upload(&node, form);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["documents"], 6, "{body}");
+    let job = node.wait_job(body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed_with_errors", "{job}");
+    assert_eq!(
+        (
+            job["total"].as_u64(),
+            job["failed"].as_u64(),
+            job["indexed"].as_u64()
+        ),
+        (Some(9), Some(3), Some(6)),
+        "{job}"
+    );
+    let reasons: Vec<(String, String)> = job["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["document_id"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let reason = |id: &str| {
+        reasons
+            .iter()
+            .find(|(d, _)| d == id)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("broken.pdf").contains("damaged"), "{reasons:?}");
+    assert!(reason("photo.png").contains("PNG"), "{reasons:?}");
+    assert!(reason("blank.txt").contains("empty"), "{reasons:?}");
+
+    // searchable, with what the file told about itself
+    let hit = |q: &str| {
+        let r = node.search("docs", json!({"query": q, "top_k": 1}));
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["hits"][0].clone()
+    };
+    let h = hit("how is the reactor cooled");
+    assert_eq!(h["document_id"], "manual.pdf", "{h}");
+    assert_eq!(h["metadata"]["format"], "pdf");
+    assert_eq!(h["metadata"]["title"], "Plant manual");
+    assert_eq!(h["metadata"]["pages"], 2);
+    assert_eq!(h["metadata"]["team"], "ops");
+    let h = hit("undo a deployment");
+    assert_eq!(h["document_id"], "guide.md", "{h}");
+    assert_eq!(
+        h["metadata"]["headings"],
+        json!(["Deploy guide", "Rollback"])
+    );
+    let h = hit("who is on call");
+    assert_eq!(h["document_id"], "notes", "{h}");
+    let h = hit("where do I get my badge");
+    assert_eq!(h["document_id"], "faq.jsonl#2", "{h}");
+    assert_eq!(h["metadata"]["floor"], 2);
+    assert_eq!(hit("forgot my password")["document_id"], "faq-1");
+    let h = hit("are there any incidents");
+    assert_eq!(h["document_id"], "status.html", "{h}");
+    assert_eq!(h["metadata"]["title"], "Status page");
+    assert!(!h["text"].as_str().unwrap().contains("track()"), "{h}");
+
+    // an upload declared over the body limit: 413 at once, though only its first bytes came
+    {
+        use std::io::{Read, Write};
+        let addr = node.base.trim_start_matches("http://");
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "POST /api/v1/collections/docs/documents HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {ADMIN_KEY}\r\ncontent-type: multipart/form-data; boundary=B\r\ncontent-length: 3000000\r\n\r\n--B\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n\r\naaaa"
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut answer = [0u8; 64];
+        let n = tcp.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    // an upload of nothing readable: a job that fails at once
+    let (status, body) = upload(
+        &node,
+        Form::new().part("file", file(&b"\x1f\x8b\x08"[..], "a.gz")),
+    );
+    assert_eq!(status, 202, "{body}");
+    let job = node.wait_job(body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed_with_errors", "{job}");
+    // bad forms are 400, and nothing is stored
+    for form in [
+        Form::new().text("metadata", "{}"),
+        Form::new()
+            .text("metadata", "[1]")
+            .part("file", file("x", "x.txt")),
+        Form::new()
+            .text("colour", "red")
+            .part("file", file("x", "x.txt")),
+        Form::new()
+            .text("id", "a")
+            .text("id", "b")
+            .part("file", file("x", "x.txt")),
+    ] {
+        let (status, body) = upload(&node, form);
+        assert_eq!(status, 400, "{body}");
+    }
+    let garbage = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/collections/docs/documents", node.base))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "multipart/form-data; boundary=XYZ")
+        .body("--nope\r\nnot a form")
+        .send()
+        .unwrap();
+    assert_eq!(garbage.status().as_u16(), 400);
+    let coll = node.get("/api/v1/collections/docs");
+    assert_eq!(coll.body["documents"], 6, "{}", coll.text);
+}
