@@ -459,6 +459,10 @@ async fn add_documents<S: ShoalService>(
 /// or `files`) is a file; `id` parts name the files in order (else a file is named by its file
 /// name); a `metadata` part (a JSON object) goes to every document. The body limit holds while
 /// it is read (413 as soon as it is passed).
+/// Files of one upload, and the size of its `metadata` part.
+const MAX_UPLOAD_FILES: usize = 1_000;
+const MAX_UPLOAD_METADATA_BYTES: usize = 64 * 1024;
+
 async fn read_upload(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
     let bad_part = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -481,6 +485,12 @@ async fn read_upload(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
             "id" => ids.push(field.text().await.map_err(bad_part)?.trim().to_string()),
             "metadata" => {
                 let text = field.text().await.map_err(bad_part)?;
+                if text.len() > MAX_UPLOAD_METADATA_BYTES {
+                    return Err(ApiError::BadRequest(format!(
+                        "the `metadata` part is {} bytes; at most {MAX_UPLOAD_METADATA_BYTES}",
+                        text.len()
+                    )));
+                }
                 metadata = match crate::extract::parse_json::<serde_json::Value>(text.as_bytes())? {
                     serde_json::Value::Object(m) => m,
                     _ => {
@@ -491,6 +501,11 @@ async fn read_upload(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
                 };
             }
             _ if file_name.is_some() || name == "file" || name == "files" => {
+                if files.len() == MAX_UPLOAD_FILES {
+                    return Err(ApiError::BadRequest(format!(
+                        "more than {MAX_UPLOAD_FILES} files in one upload"
+                    )));
+                }
                 let bytes = field.bytes().await.map_err(bad_part)?;
                 files.push((file_name, content_type, bytes));
             }

@@ -97,8 +97,10 @@ pub struct Document {
     pub text: String,
     pub title: Option<String>,
     pub headings: Vec<String>,
-    /// PDF only: where each page's text is.
+    /// PDF only: where each page's text is (pages without text have none).
     pub pages: Vec<PageSpan>,
+    /// PDF only: how many pages the file has.
+    pub page_count: u32,
 }
 
 /// One record of a JSON or JSONL file: `{"id"?, "text", "metadata"?}`.
@@ -135,7 +137,8 @@ pub fn detect(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ExtractError::Empty);
     }
-    let head = &bytes[..bytes.len().min(1024)];
+    // A PDF starts with its header (a few bytes of junk before it are tolerated).
+    let head = &bytes[..bytes.len().min(24)];
     if head.windows(5).any(|w| w == b"%PDF-") {
         return Ok(Format::Pdf);
     }
@@ -190,28 +193,34 @@ pub fn detect(
             return Ok(Format::Jsonl);
         }
     }
+    let named = |exts: &[&str]| {
+        name.is_some_and(|n| {
+            let n = n.to_lowercase();
+            exts.iter().any(|e| n.ends_with(e))
+        })
+    };
+    let named_md = named(&[".md", ".markdown"]);
+    let declared_md = declared.is_some_and(|d| d.to_lowercase().contains("markdown"));
+    let named_text =
+        named(&[".txt", ".text"]) || declared.is_some_and(|d| d.starts_with("text/plain"));
+    // HTML is markup from its first character; a Markdown or text file that shows some HTML is
+    // still what its name says.
     let lower: String = trimmed
         .chars()
         .take(1024)
         .collect::<String>()
         .to_lowercase();
-    if lower.starts_with("<!doctype html")
-        || lower.starts_with("<html")
-        || lower.contains("<body")
-        || (lower.starts_with('<') && lower.contains("<head"))
-    {
+    let html_document = lower.starts_with("<!doctype html") || lower.starts_with("<html");
+    let html_fragment =
+        lower.starts_with('<') && (lower.contains("<body") || lower.contains("<head"));
+    if html_document || (html_fragment && !named_md && !declared_md && !named_text) {
         return Ok(Format::Html);
     }
-    let named_md = name.is_some_and(|n| {
-        let n = n.to_lowercase();
-        n.ends_with(".md") || n.ends_with(".markdown")
-    });
-    let declared_md = declared.is_some_and(|d| d.to_lowercase().contains("markdown"));
     let looks_md = text
         .lines()
         .take(200)
         .any(|l| l.starts_with("# ") || l.starts_with("## ") || l.starts_with("```"));
-    if named_md || declared_md || looks_md {
+    if named_md || declared_md || (looks_md && !named_text) {
         return Ok(Format::Markdown);
     }
     Ok(Format::Text)
@@ -248,7 +257,27 @@ pub fn extract(bytes: &[u8], format: Format, limits: &Limits) -> Result<Extracte
     if doc.text.trim().is_empty() {
         return Err(ExtractError::NoText);
     }
+    let mut doc = doc;
+    doc.title = doc.title.map(|t| cut_chars(&t, MAX_HEADING_CHARS));
+    doc.headings.truncate(MAX_HEADINGS);
+    for h in &mut doc.headings {
+        *h = cut_chars(h, MAX_HEADING_CHARS);
+    }
     Ok(Extracted::Document(doc))
+}
+
+/// Headings kept per document, and characters kept of a title or heading (an unclosed `<h1>`
+/// can hold a whole page).
+pub const MAX_HEADINGS: usize = 50;
+pub const MAX_HEADING_CHARS: usize = 256;
+/// Deepest nesting of HTML elements read.
+pub const MAX_HTML_DEPTH: usize = 4_000;
+
+fn cut_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, ExtractError> {
@@ -393,12 +422,35 @@ fn markdown(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
 // ---------------------------------------------------------------- HTML
 
 fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
+    use ego_tree::iter::Edge;
     use scraper::{Html, Node};
-    if text.len() > limits.max_chars.saturating_mul(8) {
+    let cap = limits.max_chars.saturating_mul(4).min(8 << 20);
+    if text.len() > cap {
         return Err(ExtractError::TooLarge(format!(
-            "the HTML is {} bytes; at most {} are read",
-            text.len(),
-            limits.max_chars.saturating_mul(8)
+            "the HTML is {} bytes; at most {cap} are read",
+            text.len()
+        )));
+    }
+    // The parser's work grows with the square of the nesting: refuse deep nesting up front
+    // (an upper bound: every opening tag counts, void elements included, up to a closing one).
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'<' {
+            match bytes.get(i + 1) {
+                Some(b'/') => depth = depth.saturating_sub(1),
+                Some(c) if c.is_ascii_alphabetic() => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                _ => {}
+            }
+        }
+    }
+    if deepest > MAX_HTML_DEPTH {
+        return Err(ExtractError::TooLarge(format!(
+            "the HTML nests elements more than {MAX_HTML_DEPTH} deep"
         )));
     }
     let page = Html::parse_document(text);
@@ -428,51 +480,88 @@ fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
         "dd",
         "dt",
     ];
-    for node in page.tree.root().descendants() {
-        match node.value() {
-            Node::Element(e) => {
-                let name = e.name();
-                if name == "title" && doc.title.is_none() {
-                    let t: String = node
-                        .descendants()
-                        .filter_map(|n| n.value().as_text().map(|t| t.to_string()))
-                        .collect();
-                    let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-                    if !t.is_empty() {
-                        doc.title = Some(t);
+    // One walk over the tree, linear in its size however deep it is: how many skipped elements
+    // are open, and the text of the open title and outermost open heading.
+    let mut skipped = 0usize;
+    let mut depth = 0usize;
+    let mut title: Option<(usize, String)> = None;
+    let mut heading: Option<(usize, String)> = None;
+    let keep = |buf: &mut String, words: &str| {
+        if buf.len() < MAX_HEADING_CHARS * 4 {
+            buf.push(' ');
+            buf.push_str(words);
+        }
+    };
+    for edge in page.tree.root().traverse() {
+        match edge {
+            Edge::Open(node) => {
+                depth += 1;
+                match node.value() {
+                    Node::Element(e) => {
+                        let name = e.name();
+                        if SKIP.contains(&name) {
+                            skipped += 1;
+                        }
+                        if name == "title" && title.is_none() && doc.title.is_none() {
+                            title = Some((depth, String::new()));
+                        }
+                        if matches!(name, "h1" | "h2" | "h3" | "h4" | "h5" | "h6")
+                            && heading.is_none()
+                        {
+                            heading = Some((depth, String::new()));
+                        }
+                        if skipped == 0
+                            && BLOCK.contains(&name)
+                            && !doc.text.is_empty()
+                            && !doc.text.ends_with('\n')
+                        {
+                            doc.text.push('\n');
+                        }
                     }
-                }
-                if matches!(name, "h1" | "h2" | "h3" | "h4" | "h5" | "h6") {
-                    let h: String = node
-                        .descendants()
-                        .filter_map(|n| n.value().as_text().map(|t| t.to_string()))
-                        .collect();
-                    let h = h.split_whitespace().collect::<Vec<_>>().join(" ");
-                    if !h.is_empty() {
-                        doc.headings.push(h);
-                    }
-                }
-                if BLOCK.contains(&name) && !doc.text.ends_with('\n') && !doc.text.is_empty() {
-                    doc.text.push('\n');
-                }
-            }
-            Node::Text(t) => {
-                let hidden = node.ancestors().any(|a| {
-                    a.value()
-                        .as_element()
-                        .is_some_and(|e| SKIP.contains(&e.name()))
-                });
-                if !hidden {
-                    let words = t.split_whitespace().collect::<Vec<_>>().join(" ");
-                    if !words.is_empty() {
+                    Node::Text(t) => {
+                        let words = t.split_whitespace().collect::<Vec<_>>().join(" ");
+                        if words.is_empty() {
+                            continue;
+                        }
+                        if let Some((_, t)) = &mut title {
+                            keep(t, &words);
+                        }
+                        if skipped > 0 {
+                            continue;
+                        }
+                        if let Some((_, h)) = &mut heading {
+                            keep(h, &words);
+                        }
                         if !doc.text.is_empty() && !doc.text.ends_with(['\n', ' ']) {
                             doc.text.push(' ');
                         }
                         doc.text.push_str(&words);
                     }
+                    _ => {}
                 }
             }
-            _ => {}
+            Edge::Close(node) => {
+                if let Node::Element(e) = node.value() {
+                    if SKIP.contains(&e.name()) {
+                        skipped = skipped.saturating_sub(1);
+                    }
+                    if title.as_ref().is_some_and(|(d, _)| *d == depth) {
+                        let t = title.take().map(|(_, t)| t).unwrap_or_default();
+                        let t = t.trim();
+                        if !t.is_empty() {
+                            doc.title = Some(t.to_string());
+                        }
+                    }
+                    if heading.as_ref().is_some_and(|(d, _)| *d == depth) {
+                        let h = heading.take().map(|(_, h)| h).unwrap_or_default();
+                        let h = h.trim();
+                        if !h.is_empty() && doc.headings.len() < MAX_HEADINGS {
+                            doc.headings.push(h.to_string());
+                        }
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
         }
     }
     Ok(doc)
@@ -517,7 +606,10 @@ fn pdf_inner(bytes: &[u8], limits: &Limits) -> Result<Document, ExtractError> {
             limits.max_pages
         )));
     }
-    let mut doc = Document::default();
+    let mut doc = Document {
+        page_count: pages.len() as u32,
+        ..Document::default()
+    };
     let mut readable = 0;
     for &number in pages.keys() {
         let chunks = pdf.extract_text_chunks_with_limit(&[number], limits.max_inflated_bytes);

@@ -364,3 +364,44 @@ proptest! {
         let _ = extract_any(&file, None, None, &limits);
     }
 }
+
+#[test]
+fn deep_html_is_read_in_one_pass_and_names_win_over_sniffing() {
+    // 1,000 nested headings and divisions: read, headings capped; 20,000: refused at once
+    let nested = |depth: usize| {
+        format!(
+            "<html><body>{}deep text{}</body></html>",
+            "<div><h2><span>".repeat(depth),
+            "</span></h2></div>".repeat(depth)
+        )
+    };
+    let doc =
+        document(extract(nested(1_000).as_bytes(), Format::Html, &Limits::default()).unwrap());
+    assert!(doc.text.contains("deep text"));
+    assert!(doc.headings.len() <= MAX_HEADINGS);
+    let t = std::time::Instant::now();
+    let e = extract(nested(20_000).as_bytes(), Format::Html, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(e, ExtractError::TooLarge(ref m) if m.contains("deep")),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+    // a Markdown file showing HTML is Markdown; prose about PDFs is not a PDF
+    let md = b"<body> is where the page goes.\n\n# Tags\n";
+    assert_eq!(detect(md, Some("tags.md"), None).unwrap(), Format::Markdown);
+    let prose = b"Files that begin with %PDF- are PDFs, the spec says.";
+    assert_eq!(
+        detect(prose, Some("notes.txt"), None).unwrap(),
+        Format::Text
+    );
+    let long_title = format!(
+        "<html><head><title>{}</title></head><body>x</body></html>",
+        "t".repeat(5000)
+    );
+    let doc = document(extract(long_title.as_bytes(), Format::Html, &Limits::default()).unwrap());
+    assert!(doc.title.unwrap().chars().count() <= MAX_HEADING_CHARS);
+}

@@ -512,7 +512,7 @@ impl Default for IngestConfig {
             max_document_bytes: 1024 * 1024,
             extract_timeout_ms: 20_000,
             max_pages_per_document: 2_000,
-            max_records_per_file: 10_000,
+            max_records_per_file: 1_000,
             max_inflated_bytes: 64 << 20,
             max_queue_bytes: 256 * 1024 * 1024,
             max_queue_documents: 200_000,

@@ -42,7 +42,7 @@ pub async fn extract(
         .map(|file| {
             let slots = slots.clone();
             async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
+                let Ok(slot) = slots.acquire_owned().await else {
                     return (file, Err("the node is stopping".to_string()));
                 };
                 let (bytes, name, declared) = (
@@ -51,6 +51,8 @@ pub async fn extract(
                     file.content_type.clone(),
                 );
                 let work = tokio::task::spawn_blocking(move || {
+                    // the slot is the thread's: a file that timed out holds it until it stops
+                    let _slot = slot;
                     shoal_extract::extract_any(
                         &bytes,
                         name.as_deref(),
@@ -77,7 +79,39 @@ pub async fn extract(
             config.max_document_bytes
         )
     };
+    let mut ids = std::collections::HashSet::new();
     for (file, result) in futures_util::future::join_all(tasks).await {
+        // one id, one document: a later file or record with an id already taken fails
+        let result = match result {
+            Err(e) => Err(e),
+            Ok((format, Extracted::Document(d))) => {
+                if ids.insert(file.id.clone()) {
+                    Ok((format, Extracted::Document(d)))
+                } else {
+                    Err(format!(
+                        "another file of this upload has the id `{}`",
+                        file.id
+                    ))
+                }
+            }
+            Ok((format, Extracted::Records(r))) => {
+                let mut taken = None;
+                for (i, rec) in r.iter().enumerate() {
+                    let id = rec
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("{}#{}", file.id, i + 1));
+                    if !ids.insert(id.clone()) {
+                        taken = Some(id);
+                        break;
+                    }
+                }
+                match taken {
+                    None => Ok((format, Extracted::Records(r))),
+                    Some(id) => Err(format!("the id `{id}` is given twice in this upload")),
+                }
+            }
+        };
         let result = match result {
             Ok((_, Extracted::Document(d))) if d.text.len() > config.max_document_bytes => {
                 Err(too_long(d.text.len()))
@@ -96,13 +130,18 @@ pub async fn extract(
                 reason,
             }),
             Ok((format, Extracted::Document(doc))) => {
+                // what the uploader said wins over what the file says
                 let mut metadata = file.metadata.clone();
-                metadata.insert("format".into(), format.name().into());
+                metadata
+                    .entry("format")
+                    .or_insert_with(|| format.name().into());
                 if let Some(n) = &file.file_name {
-                    metadata.insert("file_name".into(), n.clone().into());
+                    metadata
+                        .entry("file_name")
+                        .or_insert_with(|| n.clone().into());
                 }
                 if let Some(t) = doc.title {
-                    metadata.insert("title".into(), t.into());
+                    metadata.entry("title").or_insert_with(|| t.into());
                 }
                 if !doc.headings.is_empty() {
                     let h: Vec<Value> = doc
@@ -111,10 +150,12 @@ pub async fn extract(
                         .take(MAX_HEADINGS)
                         .map(Value::from)
                         .collect();
-                    metadata.insert("headings".into(), Value::Array(h));
+                    metadata.entry("headings").or_insert(Value::Array(h));
                 }
-                if !doc.pages.is_empty() {
-                    metadata.insert("pages".into(), doc.pages.len().into());
+                if doc.page_count > 0 {
+                    metadata
+                        .entry("pages")
+                        .or_insert_with(|| doc.page_count.into());
                 }
                 out.documents.push(DocumentInput {
                     id: file.id,
@@ -126,9 +167,13 @@ pub async fn extract(
                 for (i, r) in records.into_iter().enumerate() {
                     let mut metadata: Map<String, Value> = file.metadata.clone();
                     metadata.extend(r.metadata);
-                    metadata.insert("format".into(), format.name().into());
+                    metadata
+                        .entry("format")
+                        .or_insert_with(|| format.name().into());
                     if let Some(n) = &file.file_name {
-                        metadata.insert("file_name".into(), n.clone().into());
+                        metadata
+                            .entry("file_name")
+                            .or_insert_with(|| n.clone().into());
                     }
                     out.documents.push(DocumentInput {
                         id: r.id.unwrap_or_else(|| format!("{}#{}", file.id, i + 1)),

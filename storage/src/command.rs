@@ -69,17 +69,6 @@ pub enum Command {
         staged_parts: u32,
         at_ms: u64,
     },
-    /// [`Command::AcceptDocuments`] for an upload: `failed` are the files that could not be read
-    /// (their text could not be extracted); they count in the job as failed documents, with
-    /// their reasons, and nothing else of the store changes for them.
-    AcceptUpload {
-        collection: String,
-        job_id: String,
-        documents: Vec<DocumentInput>,
-        staged_parts: u32,
-        failed: Vec<crate::JobError>,
-        at_ms: u64,
-    },
     /// Node `node` claims pending document versions for embedding until `until_ms`. A version
     /// already claimed by another node is granted only once that claim has expired at `at_ms`.
     ClaimDocuments {
@@ -143,6 +132,19 @@ pub enum Command {
     },
     RevokeApiKey {
         id: String,
+    },
+    // New variants go last: commands are stored in logs and snapshots, and bincode numbers
+    // variants in order.
+    /// [`Command::AcceptDocuments`] for an upload: `failed` are the files that could not be read
+    /// (their text could not be extracted); they count in the job as failed documents, with
+    /// their reasons, and nothing else of the store changes for them.
+    AcceptUpload {
+        collection: String,
+        job_id: String,
+        documents: Vec<DocumentInput>,
+        staged_parts: u32,
+        failed: Vec<crate::JobError>,
+        at_ms: u64,
     },
 }
 
@@ -221,5 +223,53 @@ impl Command {
             Command::FailDocument { reason, .. } => reason.len() + 64,
             _ => 64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commands are kept in logs and snapshots: a variant's number never changes (new ones go
+    /// at the end). This fails when a variant is inserted or moved.
+    #[test]
+    fn variant_numbers_are_stable() {
+        let number = |c: Command| c.to_bytes()[1];
+        assert_eq!(
+            number(Command::DropCollection {
+                name: "c".into(),
+                at_ms: 0
+            }),
+            1
+        );
+        assert_eq!(
+            number(Command::ClaimDocuments {
+                collection: "c".into(),
+                node: 1,
+                documents: vec![],
+                until_ms: 0,
+                at_ms: 0
+            }),
+            4
+        );
+        assert_eq!(
+            number(Command::ExpireJobs {
+                before_ms: 0,
+                staged_before_ms: 0
+            }),
+            8
+        );
+        assert_eq!(number(Command::RevokeApiKey { id: "k".into() }), 14);
+        assert_eq!(
+            number(Command::AcceptUpload {
+                collection: "c".into(),
+                job_id: "j".into(),
+                documents: vec![],
+                staged_parts: 0,
+                failed: vec![],
+                at_ms: 0
+            }),
+            15
+        );
     }
 }

@@ -174,6 +174,37 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
     assert_eq!(status, 202, "{body}");
     let job = node.wait_job(body["job_id"].as_str().unwrap());
     assert_eq!(job["state"], "completed_with_errors", "{job}");
+    // two files of one name: the second fails; what the uploader says beats what the file says
+    let form = Form::new()
+        .text("metadata", r#"{"title": "Given title"}"#)
+        .part(
+            "file",
+            file("First of two files with one name.", "same.txt"),
+        )
+        .part(
+            "file",
+            file("Second of two files with one name.", "same.txt"),
+        )
+        .part(
+            "file",
+            file(
+                "<html><head><title>Own title</title></head><body><p>Kept.</p></body></html>",
+                "t.html",
+            ),
+        );
+    let (status, body) = upload(&node, form);
+    assert_eq!(status, 202, "{body}");
+    let job = node.wait_job(body["job_id"].as_str().unwrap());
+    assert_eq!(job["failed"], 1, "{job}");
+    assert!(
+        job["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("same.txt"),
+        "{job}"
+    );
+    let t = node.get("/api/v1/collections/docs/documents/t.html");
+    assert_eq!(t.body["metadata"]["title"], "Given title", "{}", t.text);
     // bad forms are 400, and nothing is stored
     for form in [
         Form::new().text("metadata", "{}"),
@@ -200,5 +231,5 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
         .unwrap();
     assert_eq!(garbage.status().as_u16(), 400);
     let coll = node.get("/api/v1/collections/docs");
-    assert_eq!(coll.body["documents"], 6, "{}", coll.text);
+    assert_eq!(coll.body["documents"], 8, "{}", coll.text);
 }
