@@ -430,6 +430,8 @@ async fn add_documents<S: ShoalService>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     let req = if multipart {
+        // a missing collection is said before the files are read and their text extracted
+        s.get_collection(name.clone()).await?;
         let files = read_upload(req).await?;
         let extracted = s.extract_uploads(files).await?;
         AddDocumentsRequest {

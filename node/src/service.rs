@@ -857,6 +857,22 @@ impl ShoalService for Node {
                 }
             }
         }
+        // The unreadable files' reasons go in the last entry: room for them first.
+        let failed_bytes: usize = unreadable
+            .iter()
+            .map(|f| f.doc_id.len() + f.reason.len() + 16)
+            .sum();
+        if failed_bytes > 0
+            && parts.last().is_some_and(|last| {
+                last.iter()
+                    .map(|d| d.id.len() + d.text.len() + d.metadata_json.len() + 16)
+                    .sum::<usize>()
+                    + failed_bytes
+                    > max
+            })
+        {
+            parts.push(Vec::new());
+        }
         let last = parts.pop().unwrap_or_default();
         let staged = parts.len() as u32;
         for (part, documents) in parts.into_iter().enumerate() {

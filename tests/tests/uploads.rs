@@ -205,6 +205,17 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
     );
     let t = node.get("/api/v1/collections/docs/documents/t.html");
     assert_eq!(t.body["metadata"]["title"], "Given title", "{}", t.text);
+    // an upload to a collection that does not exist: 404, before the files are read
+    let r = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}/api/v1/collections/nowhere/documents",
+            node.base
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .multipart(Form::new().part("file", file("text", "a.txt")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     // bad forms are 400, and nothing is stored
     for form in [
         Form::new().text("metadata", "{}"),
