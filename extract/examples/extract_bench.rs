@@ -7,7 +7,6 @@
 use std::io::{Cursor, Write};
 use std::time::Instant;
 
-use lopdf::{dictionary, Object, Stream};
 use shoal_extract::{extract_any, Limits};
 
 /// Sentences of made-up prose, deterministic.
@@ -33,34 +32,8 @@ fn prose(n: usize) -> Vec<String> {
 
 fn pdf(pages: usize, lines_per_page: usize) -> Vec<u8> {
     let text = prose(pages * lines_per_page);
-    let mut doc = lopdf::Document::with_version("1.5");
-    let font = doc.add_object(dictionary! {
-        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
-    });
-    let pages_id = doc.new_object_id();
-    let mut kids = Vec::new();
-    for p in 0..pages {
-        let mut ops = String::from("BT /F1 10 Tf 50 780 Td 12 TL\n");
-        for line in &text[p * lines_per_page..(p + 1) * lines_per_page] {
-            ops.push_str(&format!("({line}) Tj T*\n"));
-        }
-        ops.push_str("ET");
-        let content = doc.add_object(Stream::new(dictionary! {}, ops.into_bytes()));
-        kids.push(Object::Reference(doc.add_object(dictionary! {
-            "Type" => "Page",
-            "Parent" => pages_id,
-            "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
-            "Resources" => dictionary! { "Font" => dictionary! { "F1" => font } },
-            "Contents" => content,
-        })));
-    }
-    let count = kids.len() as i64;
-    doc.objects.insert(
-        pages_id,
-        Object::Dictionary(dictionary! { "Type" => "Pages", "Kids" => kids, "Count" => count }),
-    );
-    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
-    doc.trailer.set("Root", catalog);
+    let pages: Vec<String> = text.chunks(lines_per_page).map(|c| c.join("\n")).collect();
+    let mut doc = shoal_extract::samples::pdf_document(&pages, "Benchmark");
     doc.compress();
     let mut out = Vec::new();
     doc.save_to(&mut out).expect("save the PDF");

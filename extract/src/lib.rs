@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+pub mod samples;
+
 /// What extraction refuses, in words for the person who uploaded the file.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum ExtractError {

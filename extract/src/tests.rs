@@ -4,47 +4,14 @@
 
 use std::io::Write;
 
-use lopdf::{dictionary, Object, Stream};
 use proptest::prelude::*;
 
 use super::*;
 
 /// A PDF with one page per text, titled `title`; encrypted with a user password when given.
 fn pdf_file(pages: &[&str], title: &str, user_password: Option<&str>) -> Vec<u8> {
-    let mut doc = lopdf::Document::with_version("1.5");
-    doc.trailer.set(
-        "ID",
-        Object::Array(vec![
-            Object::string_literal(b"shoal-test-id-01"),
-            Object::string_literal(b"shoal-test-id-02"),
-        ]),
-    );
-    let font = doc.add_object(dictionary! {
-        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
-    });
-    let pages_id = doc.new_object_id();
-    let mut kids = Vec::new();
-    for text in pages {
-        let ops = format!("BT /F1 11 Tf 72 720 Td ({text}) Tj ET");
-        let content = doc.add_object(Stream::new(dictionary! {}, ops.into_bytes()));
-        let page = doc.add_object(dictionary! {
-            "Type" => "Page",
-            "Parent" => pages_id,
-            "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
-            "Resources" => dictionary! { "Font" => dictionary! { "F1" => font } },
-            "Contents" => content,
-        });
-        kids.push(Object::Reference(page));
-    }
-    let count = kids.len() as i64;
-    doc.objects.insert(
-        pages_id,
-        Object::Dictionary(dictionary! { "Type" => "Pages", "Kids" => kids, "Count" => count }),
-    );
-    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
-    doc.trailer.set("Root", catalog);
-    let info = doc.add_object(dictionary! { "Title" => Object::string_literal(title) });
-    doc.trailer.set("Info", info);
+    let pages: Vec<String> = pages.iter().map(|p| p.to_string()).collect();
+    let mut doc = samples::pdf_document(&pages, title);
     if let Some(user) = user_password {
         let state = lopdf::EncryptionState::try_from(lopdf::EncryptionVersion::V2 {
             document: &doc,

@@ -114,6 +114,15 @@ impl Node {
         read.map_err(|e| self.not_here_yet(e.into()))
     }
 
+    /// A request to another node's public API, made as a member of the cluster: the cluster
+    /// secret is its credential.
+    fn as_member(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.ctx.config.cluster.secret {
+            Some(secret) => req.header(shoal_cluster::network::HEADER_SECRET, &secret.0),
+            None => req,
+        }
+    }
+
     /// Create or change a user; answers the user as the command left it.
     async fn commit_user(&self, command: Command) -> Result<UserInfo> {
         let committed = self.ctx.apply(command).await?;
@@ -320,18 +329,14 @@ impl Node {
         let body = serde_json::json!({ "query": query, "texts": passages, "raw_scores": true });
         let mut last_error = String::new();
         for (id, addr) in offers {
-            let mut req = self
+            let req = self
                 .ctx
                 .runtime
                 .http
                 .post(format!("{addr}/v1/rerank"))
                 .timeout(timeout)
                 .json(&body);
-            // one node of the cluster asking another: the cluster secret is its credential
-            if let Some(secret) = &self.ctx.config.cluster.secret {
-                req = req.header(shoal_cluster::network::HEADER_SECRET, &secret.0);
-            }
-            let sent = req.send().await;
+            let sent = self.as_member(req).send().await;
             let answer = match sent {
                 Ok(r) if r.status().is_success() => r.json::<Vec<Value>>().await,
                 Ok(r) => {
@@ -1686,9 +1691,7 @@ impl ShoalService for Node {
             if let Some(c) = &q.collection {
                 req = req.query(&[("collection", c)]);
             }
-            if let Some(secret) = &self.ctx.config.cluster.secret {
-                req = req.header(shoal_cluster::network::HEADER_SECRET, &secret.0);
-            }
+            let req = self.as_member(req);
             let id = *id;
             async move {
                 let answer = match req.send().await {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use shoal_api::dto::{DocumentInput, ExtractedUpload, UnreadableFile, UploadedFile};
-use shoal_extract::{Extracted, Limits};
+use shoal_extract::{Extracted, Format, Limits};
 use tokio::sync::Semaphore;
 
 use crate::config::IngestConfig;
@@ -97,10 +97,7 @@ pub async fn extract(
             Ok((format, Extracted::Records(r))) => {
                 let mut taken = None;
                 for (i, rec) in r.iter().enumerate() {
-                    let id = rec
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| format!("{}#{}", file.id, i + 1));
+                    let id = record_id(&file.id, i, &rec.id);
                     if !ids.insert(id.clone()) {
                         taken = Some(id);
                         break;
@@ -130,16 +127,7 @@ pub async fn extract(
                 reason,
             }),
             Ok((format, Extracted::Document(doc))) => {
-                // what the uploader said wins over what the file says
-                let mut metadata = file.metadata.clone();
-                metadata
-                    .entry("format")
-                    .or_insert_with(|| format.name().into());
-                if let Some(n) = &file.file_name {
-                    metadata
-                        .entry("file_name")
-                        .or_insert_with(|| n.clone().into());
-                }
+                let mut metadata = described(&file, format, Map::new());
                 if let Some(t) = doc.title {
                     metadata.entry("title").or_insert_with(|| t.into());
                 }
@@ -165,18 +153,9 @@ pub async fn extract(
             }
             Ok((format, Extracted::Records(records))) => {
                 for (i, r) in records.into_iter().enumerate() {
-                    let mut metadata: Map<String, Value> = file.metadata.clone();
-                    metadata.extend(r.metadata);
-                    metadata
-                        .entry("format")
-                        .or_insert_with(|| format.name().into());
-                    if let Some(n) = &file.file_name {
-                        metadata
-                            .entry("file_name")
-                            .or_insert_with(|| n.clone().into());
-                    }
+                    let metadata = described(&file, format, r.metadata);
                     out.documents.push(DocumentInput {
-                        id: r.id.unwrap_or_else(|| format!("{}#{}", file.id, i + 1)),
+                        id: record_id(&file.id, i, &r.id),
                         text: r.text,
                         metadata: Some(metadata),
                     });
@@ -185,4 +164,27 @@ pub async fn extract(
         }
     }
     out
+}
+
+/// The id of record `i` of a file: its own, else the file's with the record's place.
+fn record_id(file_id: &str, i: usize, own: &Option<String>) -> String {
+    own.clone()
+        .unwrap_or_else(|| format!("{file_id}#{}", i + 1))
+}
+
+/// A document's metadata from its file: the upload's `metadata` part, then what the document
+/// itself carries (a record's), then the format and the file name where neither gave them
+/// (what the uploader said wins over what the file says).
+fn described(file: &UploadedFile, format: Format, own: Map<String, Value>) -> Map<String, Value> {
+    let mut metadata = file.metadata.clone();
+    metadata.extend(own);
+    metadata
+        .entry("format")
+        .or_insert_with(|| format.name().into());
+    if let Some(n) = &file.file_name {
+        metadata
+            .entry("file_name")
+            .or_insert_with(|| n.clone().into());
+    }
+    metadata
 }

@@ -54,16 +54,24 @@ pub const ADMIN_KEY: &str = "shoal-test-admin-key-0123456789";
 
 /// An HTTP client that sends [`ADMIN_KEY`] with every request.
 pub fn admin_client(timeout: Duration) -> Client {
+    client_with_key(Some(ADMIN_KEY), timeout, true)
+}
+
+/// An HTTP client that sends `key` as its bearer credential (none: no credential); `pooled`:
+/// keeps connections.
+fn client_with_key(key: Option<&str>, timeout: Duration, pooled: bool) -> Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {ADMIN_KEY}").parse().expect("header value"),
-    );
-    Client::builder()
-        .timeout(timeout)
-        .default_headers(headers)
-        .build()
-        .expect("http client")
+    if let Some(key) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().expect("header value"),
+        );
+    }
+    let mut b = Client::builder().timeout(timeout).default_headers(headers);
+    if !pooled {
+        b = b.pool_max_idle_per_host(0);
+    }
+    b.build().expect("http client")
 }
 
 /// A running shoal process with its own data folder.
@@ -192,20 +200,11 @@ impl Node {
     /// An HTTP client that sends the node's admin key with every request (`pooled`: keeps
     /// connections).
     pub fn client(&self, pooled: bool) -> Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = self.admin_key() {
-            headers.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {key}").parse().expect("header value"),
-            );
-        }
-        let mut b = Client::builder()
-            .timeout(Duration::from_secs(120))
-            .default_headers(headers);
-        if !pooled {
-            b = b.pool_max_idle_per_host(0);
-        }
-        b.build().expect("http client")
+        client_with_key(
+            self.admin_key().as_deref(),
+            Duration::from_secs(120),
+            pooled,
+        )
     }
 
     /// Whether the process is running (not stopped or killed by the test).

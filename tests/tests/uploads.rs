@@ -3,44 +3,14 @@
 //! count as metadata, the others fail in the job with a reason, and an upload over the body
 //! limit is refused (413) before it is read.
 
-use lopdf::{dictionary, Object, Stream};
 use reqwest::blocking::multipart::{Form, Part};
 use serde_json::{json, Value};
 use shoal_tests::{Node, ADMIN_KEY};
 
 /// A PDF of one page per text, titled `title`.
 fn pdf(pages: &[&str], title: &str) -> Vec<u8> {
-    let mut doc = lopdf::Document::with_version("1.5");
-    let font = doc.add_object(dictionary! {
-        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
-    });
-    let pages_id = doc.new_object_id();
-    let kids: Vec<Object> = pages
-        .iter()
-        .map(|text| {
-            let ops = format!("BT /F1 11 Tf 72 720 Td ({text}) Tj ET");
-            let content = doc.add_object(Stream::new(dictionary! {}, ops.into_bytes()));
-            Object::Reference(doc.add_object(dictionary! {
-                "Type" => "Page",
-                "Parent" => pages_id,
-                "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
-                "Resources" => dictionary! { "Font" => dictionary! { "F1" => font } },
-                "Contents" => content,
-            }))
-        })
-        .collect();
-    let count = kids.len() as i64;
-    doc.objects.insert(
-        pages_id,
-        Object::Dictionary(dictionary! { "Type" => "Pages", "Kids" => kids, "Count" => count }),
-    );
-    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
-    doc.trailer.set("Root", catalog);
-    let info = doc.add_object(dictionary! { "Title" => Object::string_literal(title) });
-    doc.trailer.set("Info", info);
-    let mut out = Vec::new();
-    doc.save_to(&mut out).unwrap();
-    out
+    let pages: Vec<String> = pages.iter().map(|p| p.to_string()).collect();
+    shoal_extract::samples::pdf(&pages, title)
 }
 
 fn upload(node: &Node, form: Form) -> (u16, Value) {
