@@ -125,12 +125,7 @@ pub fn grant_matches(grant: &str, name: &str) -> bool {
 /// `*` to grant every name with that prefix; `*` alone grants all.
 pub fn validate_grant(grant: &str) -> Result<(), ApiError> {
     let base = grant.strip_suffix('*').unwrap_or(grant);
-    let ok = base.len() <= 64
-        && (!base.is_empty() || grant == "*")
-        && base
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if grant == "*" || crate::extract::is_name(base, b"") {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
@@ -141,12 +136,7 @@ pub fn validate_grant(grant: &str) -> Result<(), ApiError> {
 
 /// User names: 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `@`.
 pub fn validate_user_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
-    if ok {
+    if crate::extract::is_name(name, b".@") {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(

@@ -191,6 +191,11 @@ pub struct ChunkInfo {
     /// Byte range in the document's text.
     pub start: u32,
     pub end: u32,
+    /// The first and the last page the chunk is on, for a document with pages (a PDF).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub page: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_page: Option<u32>,
     pub text: String,
 }
 

@@ -20,18 +20,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Like [`ApiJson`], but an empty body gives `T::default()`.
-pub struct OptionalJson<T>(pub T);
+/// A JSON body read now and parsed later, so that a handler refuses a caller without the right
+/// (403) before it judges what they sent (400): a reader learns nothing of an admin route's
+/// request shape. A body over the limit is still a 413 at once.
+pub struct JsonBody<T> {
+    bytes: Bytes,
+    _of: std::marker::PhantomData<fn() -> T>,
+}
 
-impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+impl<T, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(T::default()));
+        Ok(JsonBody {
+            bytes,
+            _of: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// The body as `T` (as [`ApiJson`] reads it).
+    pub fn parse(&self) -> Result<T, ApiError> {
+        parse_json(&self.bytes)
+    }
+
+    /// The body as `T`, or `T::default()` when it is empty.
+    pub fn parse_or_default(&self) -> Result<T, ApiError>
+    where
+        T: Default,
+    {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
         }
-        parse_json(&bytes).map(OptionalJson)
+        parse_json(&self.bytes)
     }
 }
 
@@ -69,18 +92,22 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 /// Collection names: 1 to 64 ASCII letters, digits, `_` or `-`.
 pub fn validate_collection_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if is_name(name, b"") {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
             "invalid collection name `{name}`: use 1 to 64 ASCII letters, digits, `_` or `-`"
         )))
     }
+}
+
+/// A name of 1 to 64 ASCII letters, digits, `_`, `-` or one of `extra`.
+pub(crate) fn is_name(name: &str, extra: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || extra.contains(&b))
 }
 
 /// Document ids: 1 to 512 bytes, no control characters.

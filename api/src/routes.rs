@@ -19,7 +19,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::auth::{validate_grant, validate_user_name, Credentials, Principal};
 use crate::dto::*;
-use crate::extract::{validate_collection_name, validate_document_id, ApiJson, OptionalJson};
+use crate::extract::{validate_collection_name, validate_document_id, ApiJson, JsonBody};
 use crate::{ApiError, ApiErrorBody, ShoalService};
 
 /// Limits enforced by the router itself.
@@ -341,10 +341,11 @@ async fn create_collection<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    OptionalJson(req): OptionalJson<CreateCollectionRequest>,
+    body: JsonBody<CreateCollectionRequest>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
-    validate_collection_name(&name)?;
     p.require_admin("creating a collection")?;
+    validate_collection_name(&name)?;
+    let req = body.parse_or_default()?;
     Ok((
         StatusCode::CREATED,
         Json(s.create_collection(name, req).await?),
@@ -457,14 +458,14 @@ async fn add_documents<S: ShoalService>(
     ))
 }
 
-/// The files of a `multipart/form-data` upload: every part with a file name (or named `file`
-/// or `files`) is a file; `id` parts name the files in order (else a file is named by its file
-/// name); a `metadata` part (a JSON object) goes to every document. The body limit holds while
-/// it is read (413 as soon as it is passed).
 /// Files of one upload, and the size of its `metadata` part.
 const MAX_UPLOAD_FILES: usize = 1_000;
 const MAX_UPLOAD_METADATA_BYTES: usize = 64 * 1024;
 
+/// The files of a `multipart/form-data` upload: every part with a file name (or named `file`
+/// or `files`) is a file; `id` parts name the files in order (else a file is named by its file
+/// name); a `metadata` part (a JSON object) goes to every document. The body limit holds while
+/// it is read (413 as soon as it is passed).
 async fn read_upload(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
     let bad_part = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -895,9 +896,10 @@ async fn snapshot<S: ShoalService>(
 async fn cut_links<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
-    ApiJson(req): ApiJson<CutLinksRequest>,
+    body: JsonBody<CutLinksRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require_cluster_admin("fault injection")?;
+    let req = body.parse()?;
     Ok(Json(s.cut_links(req).await?))
 }
 
@@ -939,9 +941,10 @@ async fn cluster_init<S: ShoalService>(
 async fn cluster_join<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
-    ApiJson(req): ApiJson<JoinClusterRequest>,
+    body: JsonBody<JoinClusterRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     p.require_cluster_admin("this admin request")?;
+    let req = body.parse()?;
     if !(req.seed.starts_with("http://") || req.seed.starts_with("https://")) {
         return Err(ApiError::BadRequest(format!(
             "`seed` must be a node's URL such as http://10.0.0.2:7400, got `{}`",
@@ -1082,9 +1085,10 @@ async fn list_users<S: ShoalService>(
 async fn create_user<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
-    ApiJson(req): ApiJson<CreateUserRequest>,
+    body: JsonBody<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
     p.require_cluster_admin("creating a user")?;
+    let req = body.parse()?;
     validate_user_name(&req.username)?;
     validate_grants(&req.collections)?;
     Ok((StatusCode::CREATED, Json(s.create_user(req).await?)))
@@ -1172,9 +1176,10 @@ async fn list_api_keys<S: ShoalService>(
 async fn create_api_key<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
-    ApiJson(req): ApiJson<CreateApiKeyRequest>,
+    body: JsonBody<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     p.require_cluster_admin("making an API key")?;
+    let req = body.parse()?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(ApiError::BadRequest(
             "`name` must say what the key is for (1 to 200 bytes)".into(),
@@ -1579,5 +1584,120 @@ mod spec_tests {
             spec["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    //! The multipart reader on any body: a well-formed upload comes out byte for byte, and no
+    //! body, random or a damaged form, makes it panic (a refusal is a 400 or a 413).
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn request(boundary: &str, body: Vec<u8>) -> Request {
+        axum::http::Request::builder()
+            .method("POST")
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    }
+
+    fn read(req: Request) -> Result<Vec<UploadedFile>, ApiError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(read_upload(req))
+    }
+
+    /// A form of `(file name, bytes)` files, with `metadata` and `id` parts when given.
+    fn form(boundary: &str, files: &[(String, Vec<u8>)], metadata: Option<&str>) -> Vec<u8> {
+        let mut body = Vec::new();
+        if let Some(m) = metadata {
+            body.extend_from_slice(
+                format!("--{boundary}\r\ncontent-disposition: form-data; name=\"metadata\"\r\n\r\n{m}\r\n")
+                    .as_bytes(),
+            );
+        }
+        for (name, bytes) in files {
+            body.extend_from_slice(
+                format!("--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"{name}\"\r\ncontent-type: application/octet-stream\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    fn refused_cleanly(r: &Result<Vec<UploadedFile>, ApiError>) -> bool {
+        match r {
+            Ok(_) => true,
+            Err(e) => matches!(
+                e,
+                ApiError::BadRequest(_) | ApiError::InvalidJson(_) | ApiError::PayloadTooLarge(_)
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn well_formed_uploads_come_out_byte_for_byte(
+            files in proptest::collection::vec(
+                ("[a-z]{1,8}\\.(txt|pdf|md)", proptest::collection::vec(any::<u8>(), 0..600)),
+                1..5,
+            ),
+            team in "[a-z]{0,10}",
+        ) {
+            let boundary = "shoal-boundary-7d1f0c9a";
+            // contents that happen to hold the boundary cannot be sent this way
+            prop_assume!(files.iter().all(|(_, b)| !b.windows(boundary.len()).any(|w| w == boundary.as_bytes())));
+            let metadata = format!("{{\"team\": \"{team}\"}}");
+            let out = read(request(boundary, form(boundary, &files, Some(&metadata)))).unwrap();
+            prop_assert_eq!(out.len(), files.len());
+            for (got, (name, bytes)) in out.iter().zip(&files) {
+                prop_assert_eq!(&got.id, name);
+                prop_assert_eq!(got.file_name.as_deref(), Some(name.as_str()));
+                prop_assert_eq!(got.bytes.as_ref(), bytes.as_slice());
+                prop_assert_eq!(got.metadata.get("team").and_then(|v| v.as_str()), Some(team.as_str()));
+            }
+        }
+
+        #[test]
+        fn random_bodies_are_refused_not_a_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..2048),
+            boundary in "[A-Za-z0-9'()+_,./:=?-]{1,70}",
+        ) {
+            let r = read(request(&boundary, body));
+            prop_assert!(refused_cleanly(&r));
+        }
+
+        #[test]
+        fn damaged_forms_are_read_or_refused_not_a_panic(
+            files in proptest::collection::vec(
+                ("[a-z]{1,8}\\.txt", proptest::collection::vec(any::<u8>(), 0..200)),
+                1..4,
+            ),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            metadata in prop_oneof![Just(None), Just(Some("{\"a\": 1}")), Just(Some("[1, 2")), Just(Some("nul\u{0}l"))],
+        ) {
+            let boundary = "XyZ";
+            let mut body = form(boundary, &files, metadata);
+            for (at, byte) in flips {
+                let i = at.index(body.len());
+                body[i] = byte;
+            }
+            body.truncate(cut.index(body.len() + 1));
+            let r = read(request(boundary, body));
+            prop_assert!(refused_cleanly(&r));
+        }
     }
 }

@@ -62,7 +62,7 @@ impl Format {
 }
 
 /// Bounds on one file's extraction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Characters of text one document may have.
     pub max_chars: usize,
@@ -84,6 +84,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// What separates pages in the text of a PDF (U+000C, form feed, as pdftotext writes it): the
+/// page of a place in the text is one more than the form feeds before it.
+pub const PAGE_BREAK: char = '\u{c}';
 
 /// A page's text: its number (from 1) and its byte range in [`Document::text`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -612,20 +616,25 @@ fn pdf_inner(bytes: &[u8], limits: &Limits) -> Result<Document, ExtractError> {
         page_count: pages.len() as u32,
         ..Document::default()
     };
-    let mut readable = 0;
+    // Pages are separated by a form feed (as pdftotext does), empty ones included, so that the
+    // page of any place in the text is one more than the form feeds before it.
+    let mut chars = 0usize;
     for &number in pages.keys() {
+        if number > 1 {
+            // a line ends with the page: the break (which tokenizers drop) never glues words
+            doc.text.push('\n');
+            doc.text.push(PAGE_BREAK);
+        }
         let chunks = pdf.extract_text_chunks_with_limit(&[number], limits.max_inflated_bytes);
         let mut page = String::new();
         for t in chunks.into_iter().flatten() {
             page.push_str(&t);
-            readable += 1;
         }
+        // a page's own form feeds would shift the numbers of the pages after it
+        let page = page.replace(PAGE_BREAK, " ");
         let page = page.trim();
         if page.is_empty() {
             continue;
-        }
-        if !doc.text.is_empty() {
-            doc.text.push_str("\n\n");
         }
         let start = doc.text.len();
         doc.text.push_str(page);
@@ -634,11 +643,12 @@ fn pdf_inner(bytes: &[u8], limits: &Limits) -> Result<Document, ExtractError> {
             start,
             end: doc.text.len(),
         });
-        if doc.text.len() > limits.max_chars.saturating_mul(4) {
-            return Err(too_many_chars(doc.text.chars().count(), limits));
+        chars += page.chars().count();
+        if chars > limits.max_chars {
+            return Err(too_many_chars(chars, limits));
         }
     }
-    if readable == 0 && doc.text.is_empty() {
+    if doc.pages.is_empty() {
         return Err(ExtractError::NoText);
     }
     doc.title = pdf_title(&pdf);

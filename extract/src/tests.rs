@@ -2,8 +2,6 @@
 //! refusals (empty, encrypted, damaged, unsupported, too large, a zip bomb), and a property test
 //! that no input, random or a damaged real file, makes an extractor panic.
 
-use std::io::Write;
-
 use proptest::prelude::*;
 
 use super::*;
@@ -28,34 +26,7 @@ fn pdf_file(pages: &[&str], title: &str, user_password: Option<&str>) -> Vec<u8>
     out
 }
 
-/// A zip archive of `(name, content)` members.
-fn zip_file(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, content) in members {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(content).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-const STYLES: &str = r#"<?xml version="1.0"?><w:styles xmlns:w="x">
-<w:style w:type="paragraph" w:styleId="Titel"><w:name w:val="Title"/></w:style>
-<w:style w:type="paragraph" w:styleId="berschrift1"><w:name w:val="heading 1"/></w:style>
-<w:style w:type="paragraph" w:styleId="Normal"><w:name w:val="Normal"/></w:style>
-</w:styles>"#;
-
-fn docx_file(body: &str) -> Vec<u8> {
-    let document = format!(
-        r#"<?xml version="1.0"?><w:document xmlns:w="x"><w:body>{body}</w:body></w:document>"#
-    );
-    zip_file(&[
-        ("[Content_Types].xml", b"<Types/>"),
-        ("word/document.xml", document.as_bytes()),
-        ("word/styles.xml", STYLES.as_bytes()),
-    ])
-}
+use crate::samples::{docx_file, zip_file};
 
 fn para(style: Option<&str>, text: &str) -> String {
     let style = style
@@ -93,6 +64,25 @@ fn pdf_pages_title_and_refusals() {
         "{doc:?}"
     );
     assert_eq!(doc.pages[1].page, 2);
+    // pages are told apart by form feeds, empty pages too: a place's page is one more than the
+    // form feeds before it
+    let gap = pdf_file(&["Opening words.", "", "Closing words."], "Gap", None);
+    let doc = document(extract(&gap, Format::Pdf, &limits).unwrap());
+    assert_eq!(doc.pages.len(), 2, "{doc:?}");
+    assert_eq!(doc.pages[1].page, 3);
+    let at = doc.text.find("Closing").unwrap();
+    assert_eq!(
+        doc.text[..at].matches(PAGE_BREAK).count(),
+        2,
+        "{:?}",
+        doc.text
+    );
+    // a PDF whose pages hold no text at all
+    let blank = pdf_file(&["", ""], "Blank", None);
+    assert_eq!(
+        extract(&blank, Format::Pdf, &limits).unwrap_err(),
+        ExtractError::NoText
+    );
     // a user password: refused as encrypted
     let locked = pdf_file(&["Secret plans."], "Locked", Some("hunter22"));
     assert_eq!(

@@ -27,7 +27,13 @@ pub struct Chunk {
     pub start: usize,
     pub end: usize,
     pub tokens: usize,
+    /// The first and last page the chunk is on, when the text has pages: a form feed (U+000C)
+    /// starts a new one, as in the text of a PDF.
+    pub pages: Option<(u32, u32)>,
 }
+
+/// What starts a new page in a text (a form feed, as pdftotext and shoal's PDF reader write).
+pub const PAGE_BREAK: char = '\u{c}';
 
 #[derive(Clone)]
 pub struct Chunker {
@@ -76,6 +82,9 @@ impl Chunker {
     pub fn chunk(&self, text: &str) -> Result<Vec<Chunk>, InferenceError> {
         let offsets = self.encode_offsets(text)?;
         let pieces = pieces(text, &offsets, self.params);
+        let breaks: Vec<usize> = text.match_indices(PAGE_BREAK).map(|(i, _)| i).collect();
+        // the page of what comes before byte `at`: one more than the page breaks before it
+        let page = |at: usize| 1 + breaks.partition_point(|&b| b < at) as u32;
         Ok(pack(&pieces, self.params)
             .into_iter()
             .filter_map(|(start, end, tokens)| {
@@ -85,6 +94,9 @@ impl Chunker {
                     start,
                     end,
                     tokens,
+                    // a trimmed chunk neither starts nor ends with a break: its first byte is on
+                    // the page of the breaks before `start`, its last on that of those before `end`
+                    pages: (!breaks.is_empty()).then(|| (page(start), page(end))),
                 })
             })
             .collect())
@@ -92,7 +104,8 @@ impl Chunker {
 }
 
 /// Byte ranges of sentences; together they cover `text`. A sentence ends after `.`, `!` or `?`
-/// (and closing quotes or brackets) followed by white space, after CJK full stops, and at line breaks.
+/// (and closing quotes or brackets) followed by white space, after CJK full stops, and at line
+/// and page breaks.
 fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     let mut start = 0;
@@ -100,7 +113,7 @@ fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
     while let Some((i, c)) = chars.next() {
         let mut end = None;
         match c {
-            '\n' => end = Some(i + 1),
+            '\n' | PAGE_BREAK => end = Some(i + 1),
             '。' | '！' | '？' => end = Some(i + c.len_utf8()),
             '.' | '!' | '?' => {
                 let mut j = i + 1;
@@ -124,7 +137,7 @@ fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
             // Let the sentence keep its trailing spaces so spans stay contiguous.
             let mut e = e;
             while let Some(&(k, n)) = chars.peek() {
-                if n.is_whitespace() && n != '\n' {
+                if n.is_whitespace() && n != '\n' && n != PAGE_BREAK {
                     chars.next();
                     e = k + n.len_utf8();
                 } else {
@@ -154,6 +167,10 @@ fn pieces(text: &str, offsets: &[(usize, usize)], params: ChunkerParams) -> Vec<
         if toks.is_empty() {
             continue;
         }
+        // A token that begins in this sentence may end past it, where the tokenizer's
+        // normaliser dropped what split them (a form feed or another control character between
+        // two letters): the sentence keeps the whole token.
+        let e = e.max(toks[toks.len() - 1].1);
         if toks.len() <= params.target_tokens {
             out.push(Piece {
                 start: s,
@@ -303,6 +320,7 @@ mod tests {
             Just(" ".to_string()),
             Just("\n".to_string()),
             Just("\t".to_string()),
+            Just("\u{c}".to_string()),
             Just(" | ".to_string()),
             Just("|---|---|\n".to_string()),
             Just(". ".to_string()),
@@ -344,6 +362,14 @@ mod tests {
                 last_start = c.start;
                 // within the budget, as the tokenizer counts it
                 prop_assert!(c.tokens >= 1 && c.tokens <= params.target_tokens, "{} tokens", c.tokens);
+                // its pages: one more than the page breaks before its first and its last byte
+                let page = |at: usize| 1 + text[..at].matches(PAGE_BREAK).count() as u32;
+                if text.contains(PAGE_BREAK) {
+                    let last = text[..c.end].char_indices().last().map_or(0, |(i, _)| i);
+                    prop_assert_eq!(c.pages, Some((page(c.start), page(last))));
+                } else {
+                    prop_assert_eq!(c.pages, None);
+                }
             }
             // every token of the text is in some chunk
             for (s, e) in chunker.encode_offsets(&text).unwrap() {

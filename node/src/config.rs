@@ -387,15 +387,21 @@ pub struct IngestConfig {
     pub max_documents_per_request: usize,
     /// Size of one document's text (bytes).
     pub max_document_bytes: usize,
-    /// Longest the text of one uploaded file may take to extract (ms); past it the file fails
-    /// with a timeout reason and the rest of the upload goes on.
+    /// Longest the text of one uploaded file may take to extract (ms, and never longer than
+    /// `server.request_timeout_ms`); past it the file fails with a timeout reason and the rest of
+    /// the upload goes on.
     pub extract_timeout_ms: u64,
+    /// Address space an extraction worker (one process per uploaded file) may use, in bytes; a
+    /// file that needs more fails with a reason (a decompression bomb, a hostile PDF).
+    pub extract_memory_bytes: u64,
     /// Pages of one uploaded PDF.
     pub max_pages_per_document: usize,
     /// Records of one uploaded JSON or JSONL file.
     pub max_records_per_file: usize,
     /// Bytes a compressed part of an uploaded file (a PDF stream, a DOCX member) may inflate to.
     pub max_inflated_bytes: usize,
+    /// Chunks one document may make; a document that makes more fails with a reason.
+    pub max_chunks_per_document: usize,
     /// Text bytes waiting for ingest (queued, in flight, and in requests being read); past it,
     /// adding documents is answered 429 with Retry-After.
     pub max_queue_bytes: u64,
@@ -511,9 +517,11 @@ impl Default for IngestConfig {
             max_documents_per_request: 1_000,
             max_document_bytes: 1024 * 1024,
             extract_timeout_ms: 20_000,
+            extract_memory_bytes: 2 << 30,
             max_pages_per_document: 2_000,
             max_records_per_file: 1_000,
             max_inflated_bytes: 64 << 20,
+            max_chunks_per_document: 10_000,
             max_queue_bytes: 256 * 1024 * 1024,
             max_queue_documents: 200_000,
             job_retention_s: 7 * 24 * 3600,
@@ -648,6 +656,10 @@ impl Config {
                 self.ingest.max_documents_per_request,
             ),
             ("ingest.max_document_bytes", self.ingest.max_document_bytes),
+            (
+                "ingest.max_chunks_per_document",
+                self.ingest.max_chunks_per_document,
+            ),
             ("search.max_top_k", self.search.max_top_k),
             ("search.default_top_k", self.search.default_top_k),
             ("search.ef_search", self.search.ef_search),
@@ -710,6 +722,15 @@ impl Config {
                 "model.timeout_ms ({}) must not exceed server.request_timeout_ms ({}): a request that timed out would still cost its inference",
                 self.model.timeout_ms, self.server.request_timeout_ms
             ));
+        }
+        if self.ingest.extract_timeout_ms == 0 {
+            return Err("ingest.extract_timeout_ms must be positive".into());
+        }
+        if self.ingest.extract_memory_bytes < 64 << 20 {
+            return Err(
+                "ingest.extract_memory_bytes must be at least 67108864 (64 MiB): a worker holds its file and the text it reads"
+                    .into(),
+            );
         }
         if (self.ingest.max_document_bytes as u64) > self.ingest.max_queue_bytes {
             return Err("ingest.max_document_bytes must not exceed ingest.max_queue_bytes".into());

@@ -171,6 +171,10 @@ enum Cmd {
     /// Back up a running node's state (create), or make a new node from a backup (restore).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Extract the text of one uploaded file (a node runs this for each file it is sent; it reads
+    /// a job line and the file on standard input and answers in JSON).
+    #[command(hide = true)]
+    ExtractWorker,
     /// Build the seeded test cross-encoder from a BERT model folder (for tests; it ranks nothing well).
     #[command(hide = true)]
     MakeTestReranker {
@@ -224,6 +228,9 @@ fn load(common: &Common) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::ExtractWorker) {
+        return shoal_node::uploads::worker_main();
+    }
     if !matches!(cli.command, Cmd::Serve(_)) {
         // A command whose reader went away (`shoal cluster status --json | head`) ends quietly,
         // as other command-line tools do, instead of panicking on the failed write. The server
@@ -276,6 +283,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Cmd::ExtractWorker => unreachable!("handled above"),
         Cmd::MakeTestReranker { from, out } => {
             return match shoal_inference::test_model::build_test_cross_encoder(from, out) {
                 Ok(()) => ExitCode::SUCCESS,

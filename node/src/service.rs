@@ -203,13 +203,19 @@ impl Node {
                     missing += 1;
                     continue;
                 };
+                let mut metadata = h.payload.metadata.clone();
+                if let Some((first, last)) = chunk.pages {
+                    // the chunk's own pages; what the uploader called `page` stays theirs
+                    metadata.entry("page").or_insert(first.into());
+                    metadata.entry("last_page").or_insert(last.into());
+                }
                 out.push(SearchHit {
                     document_id: h.payload.doc_id.clone(),
                     chunk_index: chunk.chunk_index,
                     text: chunk.text,
                     score: h.score,
                     rerank_score: None,
-                    metadata: h.payload.metadata.clone(),
+                    metadata,
                 });
             }
             Ok::<_, NodeError>((out, missing))
@@ -1042,12 +1048,7 @@ impl ShoalService for Node {
     }
 
     async fn extract_uploads(&self, files: Vec<UploadedFile>) -> Result<ExtractedUpload> {
-        Ok(crate::uploads::extract(
-            files,
-            &self.ctx.config.ingest,
-            self.ctx.extract_slots.clone(),
-        )
-        .await)
+        Ok(crate::uploads::extract(files, &self.ctx.config, self.ctx.extract_slots.clone()).await)
     }
 
     async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
@@ -1063,6 +1064,8 @@ impl ShoalService for Node {
                             chunk_index: c.chunk_index,
                             start: c.start,
                             end: c.end,
+                            page: c.pages.map(|p| p.0),
+                            last_page: c.pages.map(|p| p.1),
                             text: c.text,
                         });
                     }

@@ -1,24 +1,32 @@
-//! Uploaded files into documents: each file's text is extracted (`shoal_extract`) on the
-//! blocking threads, at most two at a time, each within `ingest.extract_timeout_ms`; a file that
-//! cannot be read becomes a reason for its job, and the rest of the upload goes on. What helps
-//! search comes along as metadata: the format, the file name, the title, the headings and the
-//! page count.
+//! Uploaded files into documents. Each file's text is extracted (`shoal_extract`) in a worker
+//! process of its own (`shoal extract-worker`, this same binary), at most two at a time: the
+//! worker runs at the ingest threads' priority, within `ingest.extract_memory_bytes` of address
+//! space, and is killed when `ingest.extract_timeout_ms` has passed. So a file that never ends,
+//! needs all the memory there is or crashes its reader (a stack overflow cannot be caught) fails
+//! its document with a reason, and the node, its threads and the rest of the upload go on. What
+//! helps search comes along as metadata: the format, the file name, the title, the headings and
+//! the page count (each chunk's own pages are found from the form feeds between a PDF's pages).
 
+use std::io::{Read, Write};
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shoal_api::dto::{DocumentInput, ExtractedUpload, UnreadableFile, UploadedFile};
 use shoal_extract::{Extracted, Format, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use crate::config::IngestConfig;
+use crate::config::Config;
 
 /// Headings kept as metadata per document.
 const MAX_HEADINGS: usize = 20;
 
 /// The node's extraction limits.
-pub fn limits(c: &IngestConfig) -> Limits {
+pub fn limits(config: &Config) -> Limits {
+    let c = &config.ingest;
     Limits {
         // a character is at least a byte: the byte limit of a document's text bounds it too
         max_chars: c.max_document_bytes,
@@ -28,51 +36,199 @@ pub fn limits(c: &IngestConfig) -> Limits {
     }
 }
 
+/// What the node tells an extraction worker, as one JSON line ahead of the file's bytes.
+#[derive(Debug, Serialize, Deserialize)]
+struct WorkerJob {
+    file_name: Option<String>,
+    content_type: Option<String>,
+    limits: Limits,
+    /// The worker's address-space limit (RLIMIT_AS).
+    memory_bytes: u64,
+    nice: i32,
+}
+
+/// The worker's answer on its standard output.
+type WorkerAnswer = Result<(Format, Extracted), String>;
+
+/// `shoal extract-worker`: read one job and one file from standard input, write the answer as
+/// JSON to standard output. Run by the node, one process per file (see the module's comment).
+pub fn worker_main() -> ExitCode {
+    let mut input = Vec::new();
+    if std::io::stdin().lock().read_to_end(&mut input).is_err() {
+        return ExitCode::FAILURE;
+    }
+    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
+        eprintln!("extract-worker: the input has no job line (this command is run by a node)");
+        return ExitCode::from(2);
+    };
+    let job: WorkerJob = match serde_json::from_slice(&input[..newline]) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("extract-worker: the job line is not valid: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    limit_self(job.memory_bytes, job.nice);
+    let answer: WorkerAnswer = shoal_extract::extract_any(
+        &input[newline + 1..],
+        job.file_name.as_deref(),
+        job.content_type.as_deref(),
+        &job.limits,
+    )
+    .map_err(|e| e.to_string());
+    drop(input);
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut out, &answer).map_err(std::io::Error::from);
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Cap this process's address space and lower its priority to the ingest threads'.
+fn limit_self(memory_bytes: u64, nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        let limit = libc::rlimit {
+            rlim_cur: memory_bytes as libc::rlim_t,
+            rlim_max: memory_bytes as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct it is given; setpriority reads its arguments. A
+        // failure leaves the process as it was (the node's kill at the deadline still holds).
+        unsafe {
+            let _ = libc::setrlimit(libc::RLIMIT_AS, &limit);
+            let _ = libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (memory_bytes, nice);
+}
+
+/// The program that runs extraction workers: this very binary (on Linux through
+/// `/proc/self/exe`, which still works when the file was replaced by an upgrade).
+fn worker_program() -> std::path::PathBuf {
+    if cfg!(target_os = "linux") {
+        "/proc/self/exe".into()
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| "shoal".into())
+    }
+}
+
+/// Extract one file in a worker process; the reason in words when it cannot be read.
+async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer {
+    let c = &config.ingest;
+    let job = WorkerJob {
+        file_name: file.file_name.clone(),
+        content_type: file.content_type.clone(),
+        limits: limits(config),
+        memory_bytes: c.extract_memory_bytes,
+        nice: config.threads.ingest_nice,
+    };
+    let mut header = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+    header.push(b'\n');
+    let mut child = tokio::process::Command::new(worker_program())
+        .arg("extract-worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            tracing::error!(error = %e, "an extraction worker could not start");
+            format!("the file could not be read now (the node could not start its reader: {e}); upload it again")
+        })?;
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(
+            "the file could not be read now (the reader had no pipes); upload it again".into(),
+        );
+    };
+    // What a worker may answer: the text of a document (JSON may escape a byte into six) or of
+    // the file's records, whichever is larger, and room for the rest.
+    let cap = 6 * (4 * c.max_document_bytes).max(file.bytes.len()) + (1 << 20);
+    // the upload waits for its files' text: no file outlives the request
+    let deadline = Duration::from_millis(
+        c.extract_timeout_ms.min(
+            config
+                .server
+                .request_timeout_ms
+                .saturating_sub(500)
+                .max(100),
+        ),
+    );
+    let bytes = file.bytes.clone();
+    let work = async {
+        let write = async move {
+            // a worker that stops early closes its end: its exit status tells why
+            let _ = stdin.write_all(&header).await;
+            let _ = stdin.write_all(&bytes).await;
+        };
+        let mut out = Vec::new();
+        let mut limited = (&mut stdout).take(cap as u64 + 1);
+        let read = limited.read_to_end(&mut out);
+        let (_, read) = tokio::join!(write, read);
+        let status = child.wait().await;
+        (read, out, status)
+    };
+    let (read, out, status) = match tokio::time::timeout(deadline, work).await {
+        Ok(done) => done,
+        Err(_) => {
+            // kill_on_drop ends the worker as `child` goes with the timed-out future
+            return Err(format!(
+                "reading the file took longer than {} ms (ingest.extract_timeout_ms, within server.request_timeout_ms)",
+                deadline.as_millis()
+            ));
+        }
+    };
+    let status =
+        status.map_err(|e| format!("the file could not be read (the reader was lost: {e})"))?;
+    if !status.success() {
+        return Err(crashed(status, c.extract_memory_bytes));
+    }
+    if read.is_err() || out.len() > cap {
+        return Err("the file's text is too large to take in (split the file)".into());
+    }
+    serde_json::from_slice::<WorkerAnswer>(&out).map_err(|e| {
+        format!("the file could not be read (the reader's answer was not valid: {e})")
+    })?
+}
+
+/// Why a worker that ended badly ended, in words for the uploader.
+fn crashed(status: std::process::ExitStatus, memory_bytes: u64) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        // an allocation refused at the address-space limit aborts the worker
+        Some(libc::SIGABRT) | Some(libc::SIGSEGV) | Some(libc::SIGBUS) | Some(libc::SIGKILL) => {
+            format!(
+                "the file could not be read: its reader crashed or needed more than {} MiB \
+                 (ingest.extract_memory_bytes); the file is probably damaged or built to exhaust readers",
+                memory_bytes >> 20
+            )
+        }
+        _ => format!("the file could not be read (its reader ended with {status})"),
+    }
+}
+
 /// Extract every file of an upload.
 pub async fn extract(
     files: Vec<UploadedFile>,
-    config: &IngestConfig,
+    config: &Config,
     slots: Arc<Semaphore>,
 ) -> ExtractedUpload {
-    let limits = limits(config);
-    let timeout = Duration::from_millis(config.extract_timeout_ms);
     let mut out = ExtractedUpload::default();
     let tasks: Vec<_> = files
         .into_iter()
         .map(|file| {
             let slots = slots.clone();
             async move {
-                let Ok(slot) = slots.acquire_owned().await else {
+                let Ok(_slot) = slots.acquire_owned().await else {
                     return (file, Err("the node is stopping".to_string()));
                 };
-                let (bytes, name, declared) = (
-                    file.bytes.clone(),
-                    file.file_name.clone(),
-                    file.content_type.clone(),
-                );
-                let work = tokio::task::spawn_blocking(move || {
-                    // the slot is the thread's: a file that timed out holds it until it stops
-                    let _slot = slot;
-                    shoal_extract::extract_any(
-                        &bytes,
-                        name.as_deref(),
-                        declared.as_deref(),
-                        &limits,
-                    )
-                });
-                let result = match tokio::time::timeout(timeout, work).await {
-                    Ok(Ok(Ok(extracted))) => Ok(extracted),
-                    Ok(Ok(Err(e))) => Err(e.to_string()),
-                    Ok(Err(_)) => Err("the file could not be read (the reader failed)".to_string()),
-                    Err(_) => Err(format!(
-                        "reading the file took longer than {} ms (ingest.extract_timeout_ms)",
-                        timeout.as_millis()
-                    )),
-                };
+                let result = extract_in_worker(&file, config).await;
                 (file, result)
             }
         })
         .collect();
+    let config = &config.ingest;
     let too_long = |bytes: usize| {
         format!(
             "the extracted text is {bytes} bytes; a document may have at most {} (ingest.max_document_bytes)",

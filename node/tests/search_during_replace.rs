@@ -61,6 +61,7 @@ async fn write_version(ctx: &Arc<shoal_node::context::NodeContext>, text: &str) 
                 text: text.into(),
                 start: 0,
                 end: text.len() as u32,
+                pages: None,
                 vector: unit(0),
             }],
         }],

@@ -83,6 +83,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                     text: format!("chunk {i}"),
                     start: 0,
                     end: 1,
+                    pages: None,
                     vector: vector(&mut rng),
                 })
                 .collect();

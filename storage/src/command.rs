@@ -20,6 +20,8 @@ pub struct ChunkInput {
     pub text: String,
     pub start: u32,
     pub end: u32,
+    /// The first and last page the chunk is on, for a document with pages (a PDF).
+    pub pages: Option<(u32, u32)>,
     pub vector: Vec<f32>,
 }
 

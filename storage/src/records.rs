@@ -109,6 +109,8 @@ pub struct ChunkRecord {
     /// Byte range of the chunk in the document text.
     pub start: u32,
     pub end: u32,
+    /// The first and last page the chunk is on, for a document with pages (a PDF).
+    pub pages: Option<(u32, u32)>,
     pub vector: Vec<f32>,
 }
 

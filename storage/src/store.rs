@@ -1031,6 +1031,7 @@ impl Store {
                     text: c.text.clone(),
                     start: c.start,
                     end: c.end,
+                    pages: c.pages,
                     vector: c.vector.clone(),
                 };
                 batch.insert(keys::point(coll.uid, id), encode(&record));

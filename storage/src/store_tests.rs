@@ -21,6 +21,7 @@ fn chunk(text: &str, v: [f32; 2]) -> ChunkInput {
         text: text.into(),
         start: 0,
         end: text.len() as u32,
+        pages: None,
         vector: v.to_vec(),
     }
 }
@@ -287,6 +288,7 @@ fn wrong_dimension_is_refused_without_writes() {
         text: "t".into(),
         start: 0,
         end: 1,
+        pages: None,
         vector: vec![1.0; 3],
     };
     assert!(matches!(

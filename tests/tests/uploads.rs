@@ -214,3 +214,148 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
     let coll = node.get("/api/v1/collections/docs");
     assert_eq!(coll.body["documents"], 8, "{}", coll.text);
 }
+
+/// The worker processes (`shoal extract-worker`) the node with process id `pid` has running.
+fn extract_workers(pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": the parent is the fourth field, after the name
+            let parent = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            parent == Some(pid) && String::from_utf8_lossy(&cmdline).contains("extract-worker")
+        })
+        .count()
+}
+
+#[test]
+fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
+    let node = Node::start(
+        &[
+            ("SHOAL_SERVER__MAX_BODY_BYTES", "4000000"),
+            ("SHOAL_INGEST__EXTRACT_TIMEOUT_MS", "1500"),
+            ("SHOAL_INGEST__MAX_INFLATED_BYTES", "8000000"),
+            ("SHOAL_INGEST__MAX_CHUNKS_PER_DOCUMENT", "3"),
+            ("SHOAL_INGEST__CHUNK_TOKENS", "8"),
+            ("SHOAL_INGEST__CHUNK_OVERLAP_TOKENS", "0"),
+        ],
+        &[],
+    );
+    let pid = node.pid().unwrap();
+    node.create_collection("docs");
+    // 2,000 pages that each parse one shared 6 MB stream again: minutes of work in a few KiB
+    let endless = shoal_extract::samples::pdf_endless(2_000, 1_000_000);
+    assert!(endless.len() < 400_000, "{}", endless.len());
+    // a DOCX whose document inflates to 20 MB from a few KiB
+    let bomb = shoal_extract::samples::docx_bomb(20_000_000);
+    assert!(bomb.len() < 100_000, "{}", bomb.len());
+    let long: String = (0..10)
+        .map(|i| format!("Sentence number {i} talks about the weather in the mountains. "))
+        .collect();
+    let started = std::time::Instant::now();
+    // two of them: as many as the node reads at once, so a reader left running would hold every
+    // slot and the next upload would wait for ever
+    let form = Form::new()
+        .part("file", file(endless.clone(), "endless.pdf"))
+        .part("file", file(endless, "endless-too.pdf"))
+        .part("file", file(bomb, "bomb.docx"))
+        .part("file", file(long, "long.txt"))
+        .part(
+            "file",
+            file(
+                pdf(
+                    &[
+                        "Rivers flood in spring.",
+                        "",
+                        "Glaciers carve valleys slowly.",
+                    ],
+                    "Landforms",
+                ),
+                "landforms.pdf",
+            ),
+        );
+    let (status, body) = upload(&node, form);
+    let took = started.elapsed();
+    assert_eq!(status, 202, "{body}");
+    // the endless file was stopped at its deadline, not read to its end
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    assert_eq!(body["documents"], 2, "{body}");
+    let job = node.wait_job(body["job_id"].as_str().unwrap());
+    assert_eq!(job["failed"], 4, "{job}");
+    let reason = |id: &str| {
+        job["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["document_id"] == id)
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    for endless in ["endless.pdf", "endless-too.pdf"] {
+        assert!(reason(endless).contains("longer than 1500 ms"), "{job}");
+    }
+    assert!(reason("bomb.docx").contains("zip bomb"), "{job}");
+    assert!(
+        reason("long.txt").contains("ingest.max_chunks_per_document"),
+        "{job}"
+    );
+    // no worker outlives its file
+    shoal_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the extraction workers to end",
+        || extract_workers(pid) == 0,
+    );
+
+    // each chunk knows its pages; a page without text still counts
+    let r = node.search(
+        "docs",
+        json!({"query": "glaciers carving valleys", "top_k": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let h = &r.body["hits"][0];
+    assert_eq!(h["document_id"], "landforms.pdf", "{h}");
+    assert_eq!(
+        (
+            h["metadata"]["page"].as_u64(),
+            h["metadata"]["last_page"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{h}"
+    );
+    assert_eq!(h["metadata"]["pages"], 3, "{h}");
+    let d = node.get("/api/v1/collections/docs/documents/landforms.pdf");
+    let chunks = d.body["chunk_list"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2, "{}", d.text);
+    assert_eq!(
+        (chunks[0]["page"].as_u64(), chunks[0]["last_page"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (chunks[1]["page"].as_u64(), chunks[1]["last_page"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // the node went on: healthy, and the next upload is read at once
+    assert_eq!(node.get("/api/health").status, 200);
+    let started = std::time::Instant::now();
+    let (status, body) = upload(
+        &node,
+        Form::new().part("file", file("Lakes freeze in winter.", "lakes.txt")),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let job = node.wait_job(body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed", "{job}");
+    // a document without pages has no page numbers
+    let r = node.search("docs", json!({"query": "frozen lakes", "top_k": 1}));
+    let h = &r.body["hits"][0];
+    assert_eq!(h["document_id"], "lakes.txt", "{h}");
+    assert!(h["metadata"].get("page").is_none(), "{h}");
+}

@@ -288,6 +288,7 @@ async fn process(
     }
 
     let chunker = ctx.runtime.chunker.clone();
+    let max_chunks = ctx.config.ingest.max_chunks_per_document;
     let texts: Vec<String> = docs.iter().map(|(_, t)| t.clone()).collect();
     // On the ingest threads (the background thread may still be inserting the last batch),
     // stepping aside between documents while a search runs, as their forward passes do.
@@ -297,7 +298,13 @@ async fn process(
                 .iter()
                 .map(|t| {
                     shoal_inference::pause_point();
-                    chunker.chunk(t).map_err(|e| e.to_string())
+                    match chunker.chunk(t) {
+                        Ok(cs) if cs.len() > max_chunks => Err(format!(
+                            "the document makes {} chunks; a document may have at most {max_chunks} (ingest.max_chunks_per_document): split it",
+                            cs.len()
+                        )),
+                        other => other.map_err(|e| format!("chunking failed: {e}")),
+                    }
                 })
                 .collect::<Vec<_>>()
         })
@@ -350,8 +357,8 @@ async fn process(
                 continue;
             }
             Ok(c) => c,
-            Err(e) => {
-                fail(ctx, doc, &format!("chunking failed: {e}")).await;
+            Err(reason) => {
+                fail(ctx, doc, &reason).await;
                 continue;
             }
         };
@@ -362,6 +369,7 @@ async fn process(
                 text: c.text,
                 start: c.start as u32,
                 end: c.end as u32,
+                pages: c.pages,
                 vector,
             })
             .collect();
