@@ -11,13 +11,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
 scripts/fetch-bench-data.sh   # Wikipedia summaries: the labelled set of `shoal eval`'s test
+scripts/browser.sh            # headless Chromium and its WebDriver: the web console's tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
 cargo test --workspace
 echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
-# (the eval test measures search quality, not the kernels: once is enough)
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace -- --skip eval_measures_a_labelled_set
+# (the eval test measures search quality and the console tests a web page, not the kernels: once
+# is enough)
+SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace -- --skip eval_measures_a_labelled_set \
+    --skip the_console_ --skip the_cluster_view_
 scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
 scripts/chaos-deps.sh

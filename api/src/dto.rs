@@ -311,6 +311,8 @@ pub struct SearchHit {
 pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
     pub took_ms: f64,
+    /// Where the time went.
+    pub timings: SearchTimings,
     /// The log index the collection's index reflected when the search ran.
     pub applied_index: u64,
     /// True when this node cannot vouch that it is current (no leader, or cut off from the
@@ -318,6 +320,19 @@ pub struct SearchResponse {
     pub stale: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stale_reason: Option<String>,
+}
+
+/// A search's time per stage, in ms (the rest of `took_ms` is waiting for a consistent read,
+/// loading the collection's shard and the answer itself).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchTimings {
+    /// Embedding the query (0 for a `vector` search or a cached query).
+    pub embed_ms: f64,
+    /// The index walk, with reading the hits' chunks.
+    pub index_ms: f64,
+    /// The cross-encoder (present when the search reranked).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rerank_ms: Option<f64>,
 }
 
 /// `POST /api/v1/cluster/join`: make this node join the cluster of the node at `seed`.

@@ -39,6 +39,7 @@ pub struct RouterLimits {
 /// | `GET /api/ready` | readiness (503 until ready) |
 /// | `GET /metrics` | Prometheus text |
 /// | `GET /api/openapi.json`, `GET /api/docs` | the OpenAPI description, and a page that reads it |
+/// | `GET /ui` | the web console (static files; it works through this API) |
 /// | `GET /api/v1/collections` | list collections |
 /// | `PUT, GET, DELETE /api/v1/collections/{name}` | create, show, drop a collection |
 /// | `POST /api/v1/collections/{name}/documents` | accept documents for ingest (202 + job) |
@@ -80,7 +81,13 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/metrics", get(metrics::<S>))
         .route("/api/v1/auth/token", post(issue_token::<S>))
         .route("/api/openapi.json", get(openapi_spec))
-        .route("/api/docs", get(api_docs));
+        .route("/api/docs", get(api_docs))
+        // the web console: static files only (what it shows comes from the API, with the
+        // credential its user signs in with)
+        .route("/ui", get(console_page))
+        .route("/ui/", get(console_page))
+        .route("/ui/app.js", get(console_script))
+        .route("/ui/style.css", get(console_style));
     let protected = Router::new()
         .route("/api/v1/auth/me", get(who_am_i))
         .route(
@@ -266,6 +273,36 @@ async fn api_docs() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("docs.html"))
 }
 
+/// A file of the console, with headers that keep it from being framed or running other code.
+fn console_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn console_page() -> Response {
+    console_file("text/html; charset=utf-8", include_str!("ui/index.html"))
+}
+
+async fn console_script() -> Response {
+    console_file("text/javascript; charset=utf-8", include_str!("ui/app.js"))
+}
+
+async fn console_style() -> Response {
+    console_file("text/css; charset=utf-8", include_str!("ui/style.css"))
+}
+
 #[utoipa::path(
     get,
     path = "/api/health",
@@ -406,6 +443,8 @@ async fn add_documents<S: ShoalService>(
     Extension(limits): Extension<RouterLimits>,
     req: Request,
 ) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
+    // what is left of the request's time bounds the upload's extraction
+    let deadline = Instant::now() + limits.request_timeout;
     validate_collection_name(&name)?;
     p.require_write(&name)?;
     // Room in the ingest queue first, before the body is read: a full queue answers 429 at once.
@@ -434,7 +473,7 @@ async fn add_documents<S: ShoalService>(
         // a missing collection is said before the files are read and their text extracted
         s.get_collection(name.clone()).await?;
         let files = read_upload(req).await?;
-        let extracted = s.extract_uploads(files).await?;
+        let extracted = s.extract_uploads(files, deadline).await?;
         AddDocumentsRequest {
             documents: extracted.documents,
             unreadable: extracted.unreadable,
@@ -460,7 +499,7 @@ async fn add_documents<S: ShoalService>(
 
 /// Files of one upload, and the size of its `metadata` part.
 const MAX_UPLOAD_FILES: usize = 1_000;
-const MAX_UPLOAD_METADATA_BYTES: usize = 64 * 1024;
+const MAX_UPLOAD_METADATA_BYTES: usize = 16 * 1024;
 
 /// The files of a `multipart/form-data` upload: every part with a file name (or named `file`
 /// or `files`) is a file; `id` parts name the files in order (else a file is named by its file
@@ -1106,9 +1145,14 @@ async fn update_user<S: ShoalService>(
     State(s): State<Arc<S>>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<UpdateUserRequest>,
+    body: JsonBody<UpdateUserRequest>,
 ) -> Result<Json<UserInfo>, ApiError> {
+    // only an admin, or the user themself signed in with a token, gets as far as the body
+    if !(p.credential == crate::auth::Credential::Token && p.name == name) {
+        p.require_cluster_admin("changing a user")?;
+    }
     validate_user_name(&name)?;
+    let req = body.parse()?;
     // A user signed in with a token may change their own password, and nothing else of theirs.
     let own_password = p.credential == crate::auth::Credential::Token
         && p.name == name
@@ -1563,6 +1607,10 @@ mod spec_tests {
         // the description and its page describe the rest
         served.remove(&("get".into(), "/api/openapi.json".into()));
         served.remove(&("get".into(), "/api/docs".into()));
+        // the console's static files
+        for path in ["/ui", "/ui/", "/ui/app.js", "/ui/style.css"] {
+            served.remove(&("get".into(), path.into()));
+        }
         assert!(served.len() > 40, "{served:?}");
         let missing: Vec<_> = served.difference(&in_spec).collect();
         let extra: Vec<_> = in_spec.difference(&served).collect();

@@ -47,11 +47,13 @@ pub trait ShoalService: Send + Sync + 'static {
         req: AddDocumentsRequest,
         admission: Self::Admission,
     ) -> impl Future<Output = Result<AddDocumentsResponse, ApiError>> + Send;
-    /// The text of uploaded files, off the async workers and within the node's limits; a file
-    /// that cannot be read is a reason, not an error of the request.
+    /// The text of uploaded files, off the async workers, within the node's limits and by
+    /// `deadline` (the request's); a file that cannot be read is a reason, not an error of the
+    /// request.
     fn extract_uploads(
         &self,
         files: Vec<UploadedFile>,
+        deadline: std::time::Instant,
     ) -> impl Future<Output = Result<ExtractedUpload, ApiError>> + Send;
     fn get_document(
         &self,

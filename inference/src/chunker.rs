@@ -158,7 +158,9 @@ fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
 fn pieces(text: &str, offsets: &[(usize, usize)], params: ChunkerParams) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut t = 0; // first token not yet assigned
+    let mut taken = 0; // end of the last piece: a piece never starts before it
     for (s, e) in sentence_spans(text) {
+        let s = s.max(taken);
         let first = t;
         while t < offsets.len() && offsets[t].0 < e {
             t += 1;
@@ -171,6 +173,7 @@ fn pieces(text: &str, offsets: &[(usize, usize)], params: ChunkerParams) -> Vec<
         // normaliser dropped what split them (a form feed or another control character between
         // two letters): the sentence keeps the whole token.
         let e = e.max(toks[toks.len() - 1].1);
+        taken = e;
         if toks.len() <= params.target_tokens {
             out.push(Piece {
                 start: s,
@@ -292,6 +295,22 @@ mod tests {
     }
 
     #[test]
+    fn a_token_across_a_sentence_break_stays_in_one_piece() {
+        // "a\u{c}b c": the tokenizer drops the form feed and reads `a\u{c}b` as one token
+        let text = "a\u{c}b c";
+        let offsets = vec![(0, 3), (4, 5)];
+        let params = ChunkerParams {
+            target_tokens: 1,
+            overlap_tokens: 0,
+        };
+        let ps = pieces(text, &offsets, params);
+        let ranges: Vec<(usize, usize, usize)> =
+            ps.iter().map(|p| (p.start, p.end, p.tokens)).collect();
+        // the second piece starts after the first one's token, not inside it
+        assert_eq!(ranges, vec![(0, 3, 1), (3, 5, 1)]);
+    }
+
+    #[test]
     fn long_sentences_become_overlapping_windows() {
         // 25 one-byte "tokens" and no sentence break
         let text = "a".repeat(25);
@@ -351,6 +370,11 @@ mod tests {
         let chunker = Chunker::new(tokenizer, params);
         proptest!(ProptestConfig::with_cases(200), |(text in awkward_text())| {
             let chunks = chunker.chunk(&text).unwrap();
+            // the pieces chunks are packed from are in order
+            let offsets = chunker.encode_offsets(&text).unwrap();
+            for w in pieces(&text, &offsets, params).windows(2) {
+                prop_assert!(w[0].start <= w[1].start && w[0].end <= w[1].end, "{:?} then {:?}", w[0], w[1]);
+            }
             let mut last_start = 0;
             for c in &chunks {
                 // a real, trimmed, non-empty range of the text, in order

@@ -5,7 +5,7 @@
 //! 4xx/5xx rates, the queries that found nothing); [`merge`] adds the summaries of several nodes
 //! (latency as histograms, so percentiles stay right across nodes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,6 +169,19 @@ pub struct Summary {
     /// The events of the range were more than one summary reads: it covers the first ones.
     #[serde(default)]
     pub truncated: bool,
+    /// Each node's share, in a summary merged across the cluster's members.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_node: BTreeMap<u64, NodeLoad>,
+}
+
+/// One node's searches in a merged summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub searches: u64,
+    pub searches_per_second: f64,
+    /// Of its successful searches, baseline and rerank together.
+    pub p95_ms: f64,
+    pub errors: u64,
 }
 
 /// Adds events up one at a time into a [`Summary`] (nothing of them is kept but counts).
@@ -303,7 +316,23 @@ pub fn merge(parts: Vec<Summary>, since: u64, until: u64, missing: Vec<u64>) -> 
     };
     let mut hist: HashMap<String, Vec<u64>> = HashMap::new();
     let mut empty: HashMap<String, u64> = HashMap::new();
+    let secs = (until.saturating_sub(since) as f64 / 1000.0).max(0.001);
     for p in parts {
+        let mut all = vec![0; BUCKETS];
+        for l in p.latency_ms.values() {
+            for (i, n) in l.histogram.iter().enumerate().take(BUCKETS) {
+                all[i] += n;
+            }
+        }
+        let load = NodeLoad {
+            searches: p.searches,
+            searches_per_second: p.searches as f64 / secs,
+            p95_ms: Latency::from_histogram(all, false).p95,
+            errors: p.client_errors + p.server_errors,
+        };
+        for id in &p.nodes {
+            out.by_node.insert(*id, load.clone());
+        }
         out.nodes.extend(p.nodes);
         out.searches += p.searches;
         out.client_errors += p.client_errors;
@@ -418,6 +447,18 @@ mod tests {
         assert_eq!(merged.latency_ms, one.latency_ms);
         assert_eq!(merged.empty_queries, one.empty_queries);
         assert_eq!(merged.searches, one.searches);
+        // each node's share: its searches, their rate over the range and their p95
+        assert_eq!(merged.by_node.len(), 2);
+        assert_eq!(merged.by_node[&1].searches, 57);
+        assert_eq!(
+            merged.by_node[&1].searches + merged.by_node[&2].searches,
+            one.searches
+        );
+        assert!(
+            (merged.by_node[&2].searches_per_second - (one.searches - 57) as f64 / 10.0).abs()
+                < 1e-9
+        );
+        assert!(merged.by_node[&1].p95_ms > 0.0);
         // by collection
         assert_eq!(
             summarize(1, &a, 0, 10_000, Some("other"), false).searches,

@@ -391,9 +391,13 @@ pub struct IngestConfig {
     /// `server.request_timeout_ms`); past it the file fails with a timeout reason and the rest of
     /// the upload goes on.
     pub extract_timeout_ms: u64,
-    /// Address space an extraction worker (one process per uploaded file) may use, in bytes; a
-    /// file that needs more fails with a reason (a decompression bomb, a hostile PDF).
+    /// Address space an extraction worker (one process per uploaded file) may use beyond the
+    /// program's own, in bytes; a file that needs more fails with a reason (a decompression
+    /// bomb, a hostile PDF).
     pub extract_memory_bytes: u64,
+    /// Uploaded files read at once (one worker process each); the others wait for a turn
+    /// within their request's time.
+    pub extract_workers: usize,
     /// Pages of one uploaded PDF.
     pub max_pages_per_document: usize,
     /// Records of one uploaded JSON or JSONL file.
@@ -518,6 +522,7 @@ impl Default for IngestConfig {
             max_document_bytes: 1024 * 1024,
             extract_timeout_ms: 20_000,
             extract_memory_bytes: 2 << 30,
+            extract_workers: 2,
             max_pages_per_document: 2_000,
             max_records_per_file: 1_000,
             max_inflated_bytes: 64 << 20,
@@ -660,6 +665,7 @@ impl Config {
                 "ingest.max_chunks_per_document",
                 self.ingest.max_chunks_per_document,
             ),
+            ("ingest.extract_workers", self.ingest.extract_workers),
             ("search.max_top_k", self.search.max_top_k),
             ("search.default_top_k", self.search.default_top_k),
             ("search.ef_search", self.search.ef_search),

@@ -69,6 +69,7 @@ impl NodeContext {
         access: crate::access::Access,
         events: Arc<shoal_storage::EventLog>,
     ) -> NodeContext {
+        let extract_workers = config.ingest.extract_workers;
         let ingest = IngestQueue::new(
             QueueLimits {
                 max_bytes: config.ingest.max_queue_bytes,
@@ -94,7 +95,7 @@ impl NodeContext {
             access,
             recorder,
             events,
-            extract_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            extract_slots: Arc::new(tokio::sync::Semaphore::new(extract_workers)),
             warm: AtomicBool::new(false),
             reranker_warm: AtomicBool::new(false),
         }

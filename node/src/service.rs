@@ -204,10 +204,16 @@ impl Node {
                     continue;
                 };
                 let mut metadata = h.payload.metadata.clone();
-                if let Some((first, last)) = chunk.pages {
+                match chunk.pages {
                     // the chunk's own pages; what the uploader called `page` stays theirs
-                    metadata.entry("page").or_insert(first.into());
-                    metadata.entry("last_page").or_insert(last.into());
+                    Some((first, last))
+                        if !metadata.contains_key("page")
+                            && !metadata.contains_key("last_page") =>
+                    {
+                        metadata.insert("page".into(), first.into());
+                        metadata.insert("last_page".into(), last.into());
+                    }
+                    _ => {}
                 }
                 out.push(SearchHit {
                     document_id: h.payload.doc_id.clone(),
@@ -1047,8 +1053,23 @@ impl ShoalService for Node {
         Ok(DocumentList { documents, next })
     }
 
-    async fn extract_uploads(&self, files: Vec<UploadedFile>) -> Result<ExtractedUpload> {
-        Ok(crate::uploads::extract(files, &self.ctx.config, self.ctx.extract_slots.clone()).await)
+    async fn extract_uploads(
+        &self,
+        files: Vec<UploadedFile>,
+        deadline: Instant,
+    ) -> Result<ExtractedUpload> {
+        // what accepting the documents takes comes out of the request's time too
+        let deadline = deadline
+            .checked_sub(Duration::from_millis(500))
+            .unwrap_or(deadline);
+        crate::uploads::extract(
+            files,
+            &self.ctx.config,
+            self.ctx.extract_slots.clone(),
+            deadline,
+        )
+        .await
+        .map_err(bad)
     }
 
     async fn get_document(&self, collection: String, id: String) -> Result<DocumentInfo> {
@@ -1378,7 +1399,9 @@ impl ShoalService for Node {
             }
         };
         let index_time = index_start.elapsed();
+        let mut rerank_time = None;
         if req.rerank && !hits.is_empty() {
+            let rerank_start = Instant::now();
             let query = query_text.unwrap_or_default();
             let passages = hits.iter().map(|h| h.text.clone()).collect();
             let scores = self.rerank_scores(query, passages).await?;
@@ -1390,6 +1413,7 @@ impl ShoalService for Node {
                     .unwrap_or(f32::NEG_INFINITY)
                     .total_cmp(&a.rerank_score.unwrap_or(f32::NEG_INFINITY))
             });
+            rerank_time = Some(rerank_start.elapsed());
         }
         hits.truncate(top_k);
         let took = start.elapsed();
@@ -1418,6 +1442,11 @@ impl ShoalService for Node {
         Ok(SearchResponse {
             hits,
             took_ms: took.as_secs_f64() * 1000.0,
+            timings: SearchTimings {
+                embed_ms: embed_time.as_secs_f64() * 1000.0,
+                index_ms: index_time.as_secs_f64() * 1000.0,
+                rerank_ms: rerank_time.map(|t| t.as_secs_f64() * 1000.0),
+            },
             applied_index,
             stale: stale_reason.is_some(),
             stale_reason,
@@ -1905,7 +1934,12 @@ impl ShoalService for Node {
 
     async fn cluster_status(&self) -> Result<Value> {
         let status = self.ctx.cluster.status().await;
-        serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))
+        let mut v = serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // which member answered (the console marks "this node")
+        if let Some(o) = v.as_object_mut() {
+            o.insert("this_node".into(), self.ctx.node_id().into());
+        }
+        Ok(v)
     }
 
     async fn cluster_init(&self) -> Result<Value> {

@@ -1,7 +1,8 @@
 //! Uploaded files into documents. Each file's text is extracted (`shoal_extract`) in a worker
-//! process of its own (`shoal extract-worker`, this same binary), at most two at a time: the
-//! worker runs at the ingest threads' priority, within `ingest.extract_memory_bytes` of address
-//! space, and is killed when `ingest.extract_timeout_ms` has passed. So a file that never ends,
+//! process of its own (`shoal extract-worker`, this same binary), `ingest.extract_workers` at a
+//! time: the worker runs at the ingest threads' priority, with no more than
+//! `ingest.extract_memory_bytes` of address space beyond the program's own, and is killed when
+//! `ingest.extract_timeout_ms` (or the request's time) has passed. So a file that never ends,
 //! needs all the memory there is or crashes its reader (a stack overflow cannot be caught) fails
 //! its document with a reason, and the node, its threads and the rest of the upload go on. What
 //! helps search comes along as metadata: the format, the file name, the title, the headings and
@@ -10,7 +11,7 @@
 use std::io::{Read, Write};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -85,13 +86,21 @@ pub fn worker_main() -> ExitCode {
     }
 }
 
-/// Cap this process's address space and lower its priority to the ingest threads'.
+/// Cap this process's address space at what it uses now (the program, its input) plus
+/// `memory_bytes`, and lower its priority to the ingest threads'.
 fn limit_self(memory_bytes: u64, nice: i32) {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: sysconf only reads its argument.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let now = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * page);
+        let bytes = now.saturating_add(memory_bytes);
         let limit = libc::rlimit {
-            rlim_cur: memory_bytes as libc::rlim_t,
-            rlim_max: memory_bytes as libc::rlim_t,
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
         };
         // SAFETY: setrlimit reads the struct it is given; setpriority reads its arguments. A
         // failure leaves the process as it was (the node's kill at the deadline still holds).
@@ -114,8 +123,13 @@ fn worker_program() -> std::path::PathBuf {
     }
 }
 
-/// Extract one file in a worker process; the reason in words when it cannot be read.
-async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer {
+/// Extract one file in a worker process within `deadline`; the reason in words when it cannot
+/// be read.
+async fn extract_in_worker(
+    file: &UploadedFile,
+    config: &Config,
+    deadline: Duration,
+) -> WorkerAnswer {
     let c = &config.ingest;
     let job = WorkerJob {
         file_name: file.file_name.clone(),
@@ -128,6 +142,8 @@ async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer
     header.push(b'\n');
     let mut child = tokio::process::Command::new(worker_program())
         .arg("extract-worker")
+        // a reader of hostile files gets none of the node's settings (its secrets among them)
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -145,16 +161,6 @@ async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer
     // What a worker may answer: the text of a document (JSON may escape a byte into six) or of
     // the file's records, whichever is larger, and room for the rest.
     let cap = 6 * (4 * c.max_document_bytes).max(file.bytes.len()) + (1 << 20);
-    // the upload waits for its files' text: no file outlives the request
-    let deadline = Duration::from_millis(
-        c.extract_timeout_ms.min(
-            config
-                .server
-                .request_timeout_ms
-                .saturating_sub(500)
-                .max(100),
-        ),
-    );
     let bytes = file.bytes.clone();
     let work = async {
         let write = async move {
@@ -166,13 +172,18 @@ async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer
         let mut limited = (&mut stdout).take(cap as u64 + 1);
         let read = limited.read_to_end(&mut out);
         let (_, read) = tokio::join!(write, read);
-        let status = child.wait().await;
-        (read, out, status)
+        if read.is_err() || out.len() > cap {
+            // an answer past the cap: the worker would block on its full pipe until the deadline
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err("the file's text is too large to take in (split the file)".to_string());
+        }
+        Ok((out, child.wait().await))
     };
-    let (read, out, status) = match tokio::time::timeout(deadline, work).await {
-        Ok(done) => done,
+    // (on a timeout the future, and `child` with it, is dropped: kill_on_drop ends the worker)
+    let (out, status) = match tokio::time::timeout(deadline, work).await {
+        Ok(done) => done?,
         Err(_) => {
-            // kill_on_drop ends the worker as `child` goes with the timed-out future
             return Err(format!(
                 "reading the file took longer than {} ms (ingest.extract_timeout_ms, within server.request_timeout_ms)",
                 deadline.as_millis()
@@ -184,12 +195,14 @@ async fn extract_in_worker(file: &UploadedFile, config: &Config) -> WorkerAnswer
     if !status.success() {
         return Err(crashed(status, c.extract_memory_bytes));
     }
-    if read.is_err() || out.len() > cap {
-        return Err("the file's text is too large to take in (split the file)".into());
-    }
-    serde_json::from_slice::<WorkerAnswer>(&out).map_err(|e| {
-        format!("the file could not be read (the reader's answer was not valid: {e})")
-    })?
+    // a large answer is parsed off the async workers
+    tokio::task::spawn_blocking(move || {
+        serde_json::from_slice::<WorkerAnswer>(&out).map_err(|e| {
+            format!("the file could not be read (the reader's answer was not valid: {e})")
+        })?
+    })
+    .await
+    .map_err(|_| "the file could not be read (the reader's answer was lost)".to_string())?
 }
 
 /// Why a worker that ended badly ended, in words for the uploader.
@@ -204,30 +217,52 @@ fn crashed(status: std::process::ExitStatus, memory_bytes: u64) -> String {
                 memory_bytes >> 20
             )
         }
+        // a panic in the reader: a case it did not expect, in a damaged file
+        _ if status.code() == Some(101) => {
+            "the file could not be read: its reader failed on it (the file is probably damaged)"
+                .to_string()
+        }
         _ => format!("the file could not be read (its reader ended with {status})"),
     }
 }
 
-/// Extract every file of an upload.
+/// Extract every file of an upload, all of it by `deadline` (the request's): a file waits for a
+/// worker slot and is read only within what is left of it. More than
+/// `ingest.max_documents_per_request` documents stop the upload at once (a 400), before the rest
+/// is read or any document is made.
 pub async fn extract(
     files: Vec<UploadedFile>,
     config: &Config,
     slots: Arc<Semaphore>,
-) -> ExtractedUpload {
+    deadline: Instant,
+) -> Result<ExtractedUpload, String> {
+    use futures_util::StreamExt;
     let mut out = ExtractedUpload::default();
-    let tasks: Vec<_> = files
+    let per_file = Duration::from_millis(config.ingest.extract_timeout_ms);
+    let mut tasks: futures_util::stream::FuturesOrdered<_> = files
         .into_iter()
         .map(|file| {
             let slots = slots.clone();
             async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
-                    return (file, Err("the node is stopping".to_string()));
+                let left = deadline.saturating_duration_since(Instant::now());
+                let slot = tokio::time::timeout(left, slots.acquire_owned()).await;
+                let Ok(Ok(_slot)) = slot else {
+                    let busy = "the node was reading other files until this request's time ran \
+                                out (server.request_timeout_ms): upload the file again";
+                    return (file, Err(busy.to_string()));
                 };
-                let result = extract_in_worker(&file, config).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let result = extract_in_worker(&file, config, per_file.min(left)).await;
                 (file, result)
             }
         })
         .collect();
+    let max_documents = config.ingest.max_documents_per_request;
+    let too_many = move || {
+        format!(
+            "the upload makes more than {max_documents} documents (ingest.max_documents_per_request): send its files in several requests"
+        )
+    };
     let config = &config.ingest;
     let too_long = |bytes: usize| {
         format!(
@@ -236,7 +271,16 @@ pub async fn extract(
         )
     };
     let mut ids = std::collections::HashSet::new();
-    for (file, result) in futures_util::future::join_all(tasks).await {
+    let mut made = 0usize;
+    while let Some((file, result)) = tasks.next().await {
+        made += match &result {
+            Ok((_, Extracted::Records(r))) => r.len(),
+            _ => 1,
+        };
+        if made > max_documents {
+            // the files still being read are dropped, and their workers killed with them
+            return Err(too_many());
+        }
         // one id, one document: a later file or record with an id already taken fails
         let result = match result {
             Err(e) => Err(e),
@@ -319,7 +363,7 @@ pub async fn extract(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The id of record `i` of a file: its own, else the file's with the record's place.

@@ -6,6 +6,7 @@
 //! (fetch it with `scripts/fetch-model.sh`).
 
 pub mod bench;
+pub mod browser;
 pub mod cluster;
 
 use std::io::{BufRead, BufReader};

@@ -407,6 +407,7 @@ fn credentials_roles_tenants_and_attacks() {
         ("POST", "/api/v1/auth/keys"),
         ("POST", "/api/v1/cluster/join"),
         ("PUT", "/api/v1/collections/acme-probe"),
+        ("PATCH", "/api/v1/auth/users/rita"),
     ] {
         let r = call(b, m, p, Some(&ann), Some(json!({"unexpected": [1, 2, 3]})));
         assert_eq!(r.status, 403, "{m} {p}: {}", r.text);

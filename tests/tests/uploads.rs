@@ -229,8 +229,13 @@ fn extract_workers(pid: u32) -> usize {
                 .rsplit_once(") ")
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
+            // a worker not reaped yet is a zombie, whose command line is empty
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            parent == Some(pid) && String::from_utf8_lossy(&cmdline).contains("extract-worker")
+            parent == Some(pid)
+                && (zombie || String::from_utf8_lossy(&cmdline).contains("extract-worker"))
         })
         .count()
 }
@@ -240,7 +245,10 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     let node = Node::start(
         &[
             ("SHOAL_SERVER__MAX_BODY_BYTES", "4000000"),
-            ("SHOAL_INGEST__EXTRACT_TIMEOUT_MS", "1500"),
+            ("SHOAL_SERVER__REQUEST_TIMEOUT_MS", "5000"),
+            ("SHOAL_MODEL__TIMEOUT_MS", "5000"),
+            ("SHOAL_INGEST__EXTRACT_TIMEOUT_MS", "3000"),
+            ("SHOAL_INGEST__MAX_DOCUMENTS_PER_REQUEST", "50"),
             ("SHOAL_INGEST__MAX_INFLATED_BYTES", "8000000"),
             ("SHOAL_INGEST__MAX_CHUNKS_PER_DOCUMENT", "3"),
             ("SHOAL_INGEST__CHUNK_TOKENS", "8"),
@@ -260,11 +268,14 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
         .map(|i| format!("Sentence number {i} talks about the weather in the mountains. "))
         .collect();
     let started = std::time::Instant::now();
-    // two of them: as many as the node reads at once, so a reader left running would hold every
-    // slot and the next upload would wait for ever
+    // three of them: one more than the node reads at once, so the third gets its turn only
+    // when the first two are stopped at their deadline (3 s), and then only what is left of the
+    // request's time (5 s); a reader left running would hold its slot and the next upload would
+    // wait for ever
     let form = Form::new()
         .part("file", file(endless.clone(), "endless.pdf"))
-        .part("file", file(endless, "endless-too.pdf"))
+        .part("file", file(endless.clone(), "endless-too.pdf"))
+        .part("file", file(endless, "endless-three.pdf"))
         .part("file", file(bomb, "bomb.docx"))
         .part("file", file(long, "long.txt"))
         .part(
@@ -288,7 +299,7 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     assert!(took < std::time::Duration::from_secs(15), "{took:?}");
     assert_eq!(body["documents"], 2, "{body}");
     let job = node.wait_job(body["job_id"].as_str().unwrap());
-    assert_eq!(job["failed"], 4, "{job}");
+    assert_eq!(job["failed"], 5, "{job}");
     let reason = |id: &str| {
         job["errors"]
             .as_array()
@@ -299,7 +310,16 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
             .unwrap_or_default()
     };
     for endless in ["endless.pdf", "endless-too.pdf"] {
-        assert!(reason(endless).contains("longer than 1500 ms"), "{job}");
+        assert!(reason(endless).contains("longer than 3000 ms"), "{job}");
+    }
+    assert!(
+        reason("endless-three.pdf").contains("took longer than"),
+        "{job}"
+    );
+    // what failed was not stored
+    for id in ["endless.pdf", "bomb.docx"] {
+        let r = node.get(&format!("/api/v1/collections/docs/documents/{id}"));
+        assert_eq!(r.status, 404, "{}", r.text);
     }
     assert!(reason("bomb.docx").contains("zip bomb"), "{job}");
     assert!(
@@ -340,6 +360,24 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     assert_eq!(
         (chunks[1]["page"].as_u64(), chunks[1]["last_page"].as_u64()),
         (Some(3), Some(3))
+    );
+
+    // an upload that makes more documents than a request may hold is refused whole, at once
+    let many: String = (0..60)
+        .map(|i| format!("{{\"id\": \"r{i}\", \"text\": \"record {i}\"}}\n"))
+        .collect();
+    let (status, body) = upload(&node, Form::new().part("file", file(many, "many.jsonl")));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 50 documents"),
+        "{body}"
+    );
+    assert_eq!(
+        node.get("/api/v1/collections/docs/documents/r1").status,
+        404
     );
 
     // the node went on: healthy, and the next upload is read at once

@@ -1,0 +1,529 @@
+// The shoal console: plain ES module, no build step. Everything it shows comes from the public
+// HTTP API with the credential the user signed in with (kept in this tab's sessionStorage).
+
+const main = document.getElementById("main");
+const statusBox = document.getElementById("status");
+const whoBox = document.getElementById("who");
+const signOutButton = document.getElementById("sign-out");
+
+let token = sessionStorage.getItem("shoal.token");
+let me = null; // GET /api/v1/auth/me
+let timers = []; // refreshes of the current view, stopped when it changes
+
+const esc = (s) =>
+  String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmt = (n, digits = 0) => (n == null ? "–" : Number(n).toLocaleString("en-US", { maximumFractionDigits: digits }));
+const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "–");
+const enc = encodeURIComponent;
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Call the API; the answer's JSON, or an ApiError with the server's message. */
+async function api(method, path, body) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let payload;
+  if (body instanceof FormData) payload = body;
+  else if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, { method, headers, body: payload });
+  } catch (e) {
+    throw new ApiError(0, "unreachable", `the node could not be reached (${e.message})`);
+  }
+  const text = await r.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!r.ok) {
+    const err = data && data.error ? data.error : { code: String(r.status), message: text || r.statusText };
+    throw new ApiError(r.status, err.code, err.message);
+  }
+  return data;
+}
+
+function say(message) {
+  const div = document.createElement("div");
+  div.className = "msg";
+  div.textContent = message;
+  statusBox.append(div);
+  setTimeout(() => div.remove(), 8000);
+}
+
+/** Run a view's work; a lost credential goes back to the sign-in page, other errors are said. */
+async function guarded(work) {
+  try {
+    return await work();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      signOut("Your credential is no longer valid: sign in again.");
+      return undefined;
+    }
+    say(e.message);
+    return undefined;
+  }
+}
+
+function every(ms, f) {
+  const id = setInterval(f, ms);
+  timers.push(id);
+}
+
+// ---------------------------------------------------------------- sign-in
+
+async function whoAmI() {
+  try {
+    me = await api("GET", "/api/v1/auth/me");
+  } catch (e) {
+    me = null;
+    if (!(e instanceof ApiError) || e.status !== 401) throw e;
+  }
+  whoBox.textContent = me ? `${me.name} · ${me.role}` : "";
+  signOutButton.hidden = !me || !token;
+  return me;
+}
+
+function signOut(message) {
+  token = null;
+  me = null;
+  sessionStorage.removeItem("shoal.token");
+  whoBox.textContent = "";
+  signOutButton.hidden = true;
+  if (message) say(message);
+  go("#/signin");
+}
+
+/** Show the page of `hash` (a hash that is already the location's changes nothing by itself). */
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+signOutButton.addEventListener("click", () => signOut());
+
+function viewSignIn() {
+  main.innerHTML = `
+    <h1>Sign in</h1>
+    <div class="signin">
+      <form id="password-form">
+        <fieldset><legend>With a user</legend>
+          <label>User name <input name="username" autocomplete="username" required></label>
+          <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+          <button type="submit">Sign in</button>
+        </fieldset>
+      </form>
+      <form id="key-form">
+        <fieldset><legend>With an API key</legend>
+          <label>API key <input name="key" type="password" autocomplete="off" required></label>
+          <button type="submit">Use this key</button>
+        </fieldset>
+      </form>
+      <p class="muted">A node prints how to get a first credential when it starts with no users.</p>
+    </div>`;
+  const done = async () => {
+    sessionStorage.setItem("shoal.token", token);
+    await whoAmI();
+    go(location.hash && !location.hash.startsWith("#/signin") ? location.hash : "#/search");
+  };
+  document.getElementById("password-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    guarded(async () => {
+      token = null;
+      const t = await api("POST", "/api/v1/auth/token", { username: f.get("username"), password: f.get("password") });
+      token = t.access_token;
+      await done();
+    }).then(() => {
+      if (!token) say("Sign-in failed: check the user name and password.");
+    });
+  });
+  document.getElementById("key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = String(new FormData(ev.target).get("key")).trim();
+    guarded(async () => {
+      if (!(await whoAmI())) {
+        token = null;
+        throw new Error("That API key is not valid.");
+      }
+      await done();
+    });
+  });
+  main.querySelector("input").focus();
+}
+
+// ---------------------------------------------------------------- search
+
+/** Words too common to be worth marking in a hit. */
+const STOP_WORDS = new Set("a an and are as at be by do does for from how in is it of on or the to was what when where which who why with".split(" "));
+
+/** `text` as HTML with the words of `query` marked. */
+function marked(text, query) {
+  const words = (query.toLowerCase().match(/[\p{L}\p{N}]{2,}/gu) || [])
+    .filter((w) => !STOP_WORDS.has(w))
+    .map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  if (words.length === 0) return esc(text);
+  const re = new RegExp(`(${words.join("|")})`, "giu");
+  let out = "";
+  let last = 0;
+  for (const m of text.matchAll(re)) {
+    out += esc(text.slice(last, m.index)) + `<mark>${esc(m[0])}</mark>`;
+    last = m.index + m[0].length;
+  }
+  return out + esc(text.slice(last));
+}
+
+async function collectionNames() {
+  const list = await api("GET", "/api/v1/collections");
+  return list.collections.map((c) => c.name);
+}
+
+async function viewSearch() {
+  const names = await collectionNames();
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const chosen = params.get("collection") || names[0] || "";
+  main.innerHTML = `
+    <h1>Search</h1>
+    <form id="search-form" class="grid" role="search">
+      <label>Collection
+        <select name="collection" required>${names.map((n) => `<option${n === chosen ? " selected" : ""}>${esc(n)}</option>`).join("")}</select>
+      </label>
+      <label class="wide">Query <input name="query" type="search" required placeholder="Ask something" autocomplete="off"></label>
+      <label>Mode
+        <select name="mode"><option value="vector">vector</option></select>
+      </label>
+      <label>Top k <input name="top_k" type="number" min="1" max="1000" value="10"></label>
+      <label class="inline"><input name="rerank" type="checkbox"> Rerank with the cross-encoder</label>
+      <label class="wide">Metadata filter (JSON, optional)
+        <textarea name="filter" rows="2" placeholder='{"metadata": {"team": "ops"}}'></textarea>
+      </label>
+      <button type="submit">Search</button>
+    </form>
+    <div id="results" aria-live="polite"></div>`;
+  if (names.length === 0) {
+    document.getElementById("results").innerHTML = `<p>No collection is visible to you yet. ${me && me.role === "admin" ? 'Create one under <a href="#/collections">Collections</a>.' : ""}</p>`;
+  }
+  const form = document.getElementById("search-form");
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const body = { query: f.get("query"), top_k: Number(f.get("top_k")) || 10, rerank: f.get("rerank") === "on" };
+    const filter = String(f.get("filter") || "").trim();
+    if (filter) {
+      try {
+        body.filter = JSON.parse(filter);
+      } catch (e) {
+        say(`The filter is not valid JSON: ${e.message}`);
+        return;
+      }
+    }
+    guarded(async () => {
+      const r = await api("POST", `/api/v1/collections/${enc(f.get("collection"))}/search`, body);
+      showHits(r, body.query);
+    });
+  });
+  form.querySelector("input[name=query]").focus();
+}
+
+function showHits(r, query) {
+  const t = r.timings || {};
+  const stage = (name, v) => (v == null ? "" : `<span>${name} <strong>${fmt(v, 2)} ms</strong></span>`);
+  const hits = r.hits
+    .map(
+      (h, i) => `
+    <li class="hit">
+      <div class="head">
+        <strong>${i + 1}. ${esc(h.document_id)}</strong>
+        <span>chunk ${h.chunk_index}</span>
+        <span>vector score <strong>${fmt(h.score, 4)}</strong></span>
+        ${h.rerank_score != null ? `<span>rerank score <strong>${fmt(h.rerank_score, 4)}</strong></span>` : ""}
+        ${h.metadata && h.metadata.page != null ? `<span>page ${h.metadata.page}${h.metadata.last_page !== h.metadata.page ? `–${h.metadata.last_page}` : ""}</span>` : ""}
+      </div>
+      <p>${marked(h.text, query)}</p>
+      <details><summary>Metadata</summary><pre>${esc(JSON.stringify(h.metadata, null, 2))}</pre></details>
+    </li>`,
+    )
+    .join("");
+  document.getElementById("results").innerHTML = `
+    <div class="stages" aria-label="Time per stage">
+      <span>total <strong>${fmt(r.took_ms, 2)} ms</strong></span>
+      ${stage("embed", t.embed_ms)}${stage("index", t.index_ms)}${stage("rerank", t.rerank_ms)}
+      <span class="muted">applied index ${fmt(r.applied_index)}</span>
+      ${r.stale ? `<span class="warn">stale: ${esc(r.stale_reason || "")}</span>` : ""}
+    </div>
+    ${r.hits.length ? `<ol class="hits">${hits}</ol>` : "<p>No hits.</p>"}`;
+}
+
+// ---------------------------------------------------------------- collections
+
+async function viewCollections() {
+  const list = await api("GET", "/api/v1/collections");
+  const admin = me && me.role === "admin";
+  main.innerHTML = `
+    <h1>Collections</h1>
+    ${
+      admin
+        ? `<form id="create-form" class="grid"><label>New collection <input name="name" required pattern="[A-Za-z0-9_-]{1,64}" title="1 to 64 letters, digits, _ or -"></label><button type="submit">Create</button></form>`
+        : ""
+    }
+    <div class="table-wrap"><table>
+      <caption class="muted">Every collection your credential can see</caption>
+      <thead><tr><th>Name</th><th class="num">Documents</th><th class="num">Chunks</th><th class="num">Live points</th><th class="num">Tombstones</th><th class="num">Dimension</th><th>HNSW m / ef_construction</th><th>Created</th></tr></thead>
+      <tbody>${list.collections
+        .map(
+          (c) => `<tr><td><a href="#/collections/${enc(c.name)}">${esc(c.name)}</a></td><td class="num">${fmt(c.documents)}</td><td class="num">${fmt(c.chunks)}</td>
+          <td class="num">${fmt(c.index.live_points)}</td><td class="num">${fmt(c.index.tombstones)}</td><td class="num">${c.dimension}</td><td>${c.index.m} / ${c.index.ef_construction}</td><td>${when(c.created_at)}</td></tr>`,
+        )
+        .join("")}</tbody>
+    </table></div>`;
+  if (admin) {
+    document.getElementById("create-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const name = new FormData(ev.target).get("name");
+      guarded(async () => {
+        await api("PUT", `/api/v1/collections/${enc(name)}`);
+        location.hash = `#/collections/${enc(name)}`;
+      });
+    });
+  }
+}
+
+async function viewCollection(name, after) {
+  const [c, docs] = await Promise.all([
+    api("GET", `/api/v1/collections/${enc(name)}`),
+    api("GET", `/api/v1/collections/${enc(name)}/documents?limit=50${after ? `&after=${enc(after)}` : ""}`),
+  ]);
+  const canWrite = me && (me.role === "admin" || me.role === "writer");
+  main.innerHTML = `
+    <p><a href="#/collections">Collections</a> › ${esc(name)}</p>
+    <h1>${esc(name)}</h1>
+    <div class="cards">
+      <div class="card"><h3>Content</h3>${fmt(c.documents)} documents · ${fmt(c.chunks)} chunks</div>
+      <div class="card"><h3>Index</h3>${fmt(c.index.live_points)} live points · ${fmt(c.index.tombstones)} tombstones<br>m ${c.index.m} · ef_construction ${c.index.ef_construction} · ${c.dimension} dimensions</div>
+      <div class="card"><h3>Search it</h3><a href="#/search?collection=${enc(name)}">Open the playground</a></div>
+    </div>
+    ${
+      canWrite
+        ? `<h2>Upload</h2>
+    <div id="drop" class="drop">
+      <p>Drop files here (PDF, DOCX, HTML, Markdown, text, JSON or JSONL), or</p>
+      <label class="inline center">Choose files <input id="files" type="file" multiple></label>
+    </div>
+    <div id="upload-progress" aria-live="polite"></div>`
+        : ""
+    }
+    <h2>Documents</h2>
+    <div class="table-wrap"><table>
+      <thead><tr><th>Id</th><th>State</th><th class="num">Chunks</th><th class="num">Bytes</th><th>Accepted</th></tr></thead>
+      <tbody>${docs.documents
+        .map(
+          (d) => `<tr><td><a href="#/collections/${enc(name)}/documents/${enc(d.id)}">${esc(d.id)}</a></td>
+          <td>${stateBadge(d.state)}${d.error ? ` <span class="bad">${esc(d.error)}</span>` : ""}</td>
+          <td class="num">${fmt(d.chunks)}</td><td class="num">${fmt(d.bytes)}</td><td>${when(d.accepted_at)}</td></tr>`,
+        )
+        .join("")}</tbody>
+    </table></div>
+    ${docs.next ? `<p><a href="#/collections/${enc(name)}?after=${enc(docs.next)}">Next page</a></p>` : ""}`;
+  if (canWrite) wireUpload(name);
+}
+
+function stateBadge(state) {
+  const cls = { indexed: "ok", completed: "ok", failed: "bad", completed_with_errors: "warn", cancelled: "warn" }[state] || "muted";
+  return `<span class="badge ${cls}">${esc(state)}</span>`;
+}
+
+function wireUpload(name) {
+  const drop = document.getElementById("drop");
+  const input = document.getElementById("files");
+  const send = (files) => {
+    if (!files || files.length === 0) return;
+    const form = new FormData();
+    for (const f of files) form.append("file", f, f.name);
+    const out = document.getElementById("upload-progress");
+    out.innerHTML = `<p>Uploading ${files.length} file(s)…</p>`;
+    guarded(async () => {
+      const accepted = await api("POST", `/api/v1/collections/${enc(name)}/documents`, form);
+      await followJob(accepted.job_id, out);
+      // the collection as it is now, with the job's outcome kept in view
+      const outcome = out.innerHTML;
+      await viewCollection(name);
+      document.getElementById("upload-progress").innerHTML = outcome;
+    });
+  };
+  input.addEventListener("change", () => send(input.files));
+  drop.addEventListener("dragover", (ev) => {
+    ev.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    send(ev.dataTransfer.files);
+  });
+}
+
+/** Show a job's progress until it has finished. */
+async function followJob(id, out) {
+  for (;;) {
+    const j = await api("GET", `/api/v1/jobs/${enc(id)}`);
+    const done = j.indexed + j.failed + (j.superseded || 0);
+    out.innerHTML = `
+      <p>Job <code>${esc(j.id)}</code>: ${stateBadge(j.state)} ${fmt(done)} of ${fmt(j.total)} documents (${fmt(j.indexed)} indexed, ${fmt(j.failed)} failed)</p>
+      <progress max="${Math.max(j.total, 1)}" value="${done}" aria-label="Documents done">${done}</progress>
+      ${j.errors.length ? `<ul>${j.errors.map((e) => `<li><strong>${esc(e.document_id)}</strong>: <span class="bad">${esc(e.reason)}</span></li>`).join("")}</ul>` : ""}`;
+    if (j.state !== "running") return j;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function viewDocument(name, id) {
+  const d = await api("GET", `/api/v1/collections/${enc(name)}/documents/${enc(id)}`);
+  main.innerHTML = `
+    <p><a href="#/collections">Collections</a> › <a href="#/collections/${enc(name)}">${esc(name)}</a> › ${esc(id)}</p>
+    <h1>${esc(id)}</h1>
+    <p>${stateBadge(d.state)} version ${fmt(d.version)} · job <code>${esc(d.job_id)}</code> · ${fmt(d.chunks)} chunks
+      ${d.error ? `<br><span class="bad">${esc(d.error)}</span>` : ""}</p>
+    <h2>Metadata</h2><pre>${esc(JSON.stringify(d.metadata, null, 2))}</pre>
+    <h2>Chunks</h2>
+    <div class="table-wrap"><table>
+      <thead><tr><th class="num">#</th><th>Pages</th><th>Bytes</th><th>Text</th></tr></thead>
+      <tbody>${(d.chunk_list || [])
+        .map(
+          (c) => `<tr><td class="num">${c.chunk_index}</td><td>${c.page != null ? `${c.page}${c.last_page !== c.page ? `–${c.last_page}` : ""}` : "–"}</td>
+          <td>${c.start}–${c.end}</td><td>${esc(c.text)}</td></tr>`,
+        )
+        .join("")}</tbody>
+    </table></div>`;
+}
+
+// ---------------------------------------------------------------- jobs
+
+async function viewJobs() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const state = params.get("state") || "";
+  const q = state ? `?state=${enc(state)}` : "";
+  const list = await api("GET", `/api/v1/jobs${q}`);
+  const states = ["", "running", "completed", "completed_with_errors", "failed", "cancelled"];
+  main.innerHTML = `
+    <h1>Jobs</h1>
+    <form class="grid" id="jobs-form"><label>State
+      <select name="state">${states.map((s) => `<option value="${s}"${s === state ? " selected" : ""}>${s || "all"}</option>`).join("")}</select>
+    </label></form>
+    <div class="table-wrap"><table>
+      <thead><tr><th>Job</th><th>Collection</th><th>State</th><th class="num">Total</th><th class="num">Indexed</th><th class="num">Failed</th><th>Started</th><th>Reasons</th></tr></thead>
+      <tbody>${list.jobs
+        .map(
+          (j) => `<tr><td><code>${esc(j.id)}</code></td><td><a href="#/collections/${enc(j.collection)}">${esc(j.collection)}</a></td><td>${stateBadge(j.state)}</td>
+          <td class="num">${fmt(j.total)}</td><td class="num">${fmt(j.indexed)}</td><td class="num">${fmt(j.failed)}</td><td>${when(j.created_at)}</td>
+          <td>${j.errors.length ? `<details><summary>${j.errors.length} failed</summary><ul>${j.errors.map((e) => `<li><strong>${esc(e.document_id)}</strong>: ${esc(e.reason)}</li>`).join("")}</ul></details>` : ""}</td></tr>`,
+        )
+        .join("")}</tbody>
+    </table></div>`;
+  document.querySelector("#jobs-form select").addEventListener("change", (ev) => {
+    location.hash = ev.target.value ? `#/jobs?state=${enc(ev.target.value)}` : "#/jobs";
+  });
+}
+
+// ---------------------------------------------------------------- cluster
+
+const history = new Map(); // node id -> [{t, rps, p95}]
+
+function sparkline(points, key) {
+  if (points.length < 2) return `<svg class="chart" role="img" aria-label="not enough samples yet"></svg>`;
+  const max = Math.max(...points.map((p) => p[key]), 1e-9);
+  const xy = points.map((p, i) => `${(i / (points.length - 1)) * 300},${58 - (p[key] / max) * 54}`).join(" ");
+  return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" aria-label="${key} over the last samples, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
+}
+
+async function viewCluster() {
+  main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p>Loading…</p></div>`;
+  const draw = async () => {
+    const [c, load] = await Promise.all([
+      api("GET", "/api/v1/cluster"),
+      api("GET", "/api/v1/analytics/searches?since=1m").catch(() => null),
+    ]);
+    const now = Date.now();
+    for (const [id, l] of Object.entries((load && load.by_node) || {})) {
+      const h = history.get(id) || [];
+      h.push({ t: now, rps: l.searches_per_second, p95: l.p95_ms });
+      history.set(id, h.slice(-30));
+    }
+    const row = (m) => {
+      const s = m.status || {};
+      const here = c.this_node === m.id;
+      // what the member says it is; a member that cannot be asked is named by its membership
+      const role = m.id === c.leader ? "leader" : m.role === "learner" ? "learner" : s.state || m.role;
+      const health = m.error ? `<span class="bad">unreachable: ${esc(m.error)}</span>` : s.stale ? `<span class="warn">stale: ${esc(s.stale)}</span>` : `<span class="ok">healthy</span>`;
+      return `<tr${here ? ' aria-current="true"' : ""}><td>${m.id}${here ? " <strong>(this node)</strong>" : ""}</td><td><code>${esc(m.addr)}</code></td>
+        <td><span class="badge ${role === "leader" ? "ok" : "muted"}" data-role="${role}">${role}</span></td><td class="num">${fmt(s.term)}</td>
+        <td class="num">${fmt(s.commit_index)}</td><td class="num">${fmt(s.applied_index)}</td><td class="num">${fmt(m.lag)}</td><td>${health}</td></tr>`;
+    };
+    const charts = [...history.entries()]
+      .map(
+        ([id, h]) => `<div class="card"><h3>Node ${esc(id)}</h3>
+        <div>searches/s <strong>${fmt(h[h.length - 1].rps, 2)}</strong></div>${sparkline(h, "rps")}
+        <div>p95 <strong>${fmt(h[h.length - 1].p95, 1)} ms</strong></div>${sparkline(h, "p95")}</div>`,
+      )
+      .join("");
+    document.getElementById("cluster-body").innerHTML = `
+      <p>Cluster <code>${esc(c.cluster_id || "not initialised")}</code> · term ${fmt(c.term)} · leader <strong id="leader">${c.leader ?? "none"}</strong></p>
+      <div class="table-wrap"><table>
+        <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th>Health</th></tr></thead>
+        <tbody>${c.members.map(row).join("")}</tbody>
+      </table></div>
+      <h2>Searches in the last minute, per node</h2>
+      <div class="cards">${charts || "<p class='muted'>No samples yet.</p>"}</div>`;
+  };
+  await draw();
+  every(2000, () => guarded(draw));
+}
+
+// ---------------------------------------------------------------- routing
+
+async function route() {
+  timers.forEach(clearInterval);
+  timers = [];
+  const hash = location.hash || "#/search";
+  const [path] = hash.slice(1).split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const view = parts[0] || "search";
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.dataset.view === view) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  if (view === "signin") {
+    viewSignIn();
+    return;
+  }
+  if (!me && !(await guarded(whoAmI))) {
+    viewSignIn();
+    return;
+  }
+  main.innerHTML = "<p>Loading…</p>";
+  await guarded(async () => {
+    if (view === "search") await viewSearch();
+    else if (view === "collections" && parts.length === 1) await viewCollections();
+    else if (view === "collections" && parts.length === 2) {
+      const after = new URLSearchParams(hash.split("?")[1] || "").get("after");
+      await viewCollection(parts[1], after);
+    } else if (view === "collections" && parts[2] === "documents") await viewDocument(parts[1], parts.slice(3).join("/"));
+    else if (view === "jobs") await viewJobs();
+    else if (view === "cluster") await viewCluster();
+    else main.innerHTML = `<h1>Not found</h1><p>No such page: <code>${esc(hash)}</code>.</p>`;
+  });
+  main.focus();
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,199 @@
+//! The web console in a real browser (headless Chromium over WebDriver): sign in with an API
+//! key, run a search and see the hits with their stage times, upload a file and watch its job
+//! until it is searchable, list jobs, and follow a three-node cluster's leader as it is killed.
+//! Where Chromium cannot start the tests say so and end without checking anything; they never
+//! pretend. With `SHOAL_UI_SCREENSHOTS=1` each page's screenshot goes to `docs/ui/` (as
+//! `scripts/ui-screenshots.sh` does); otherwise to a temporary folder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use shoal_tests::browser::Browser;
+use shoal_tests::cluster::Cluster;
+use shoal_tests::{workspace_root, Node, ADMIN_KEY};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn browser() -> Option<Browser> {
+    match Browser::start(1280, 900) {
+        Ok(b) => Some(b),
+        Err(why) => {
+            eprintln!("SKIPPED: no headless Chromium here: {why}");
+            None
+        }
+    }
+}
+
+/// Where screenshots go: `docs/ui/` when asked for, else a folder of this run.
+fn shots() -> (PathBuf, Option<tempfile::TempDir>) {
+    if std::env::var("SHOAL_UI_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        (workspace_root().join("docs/ui"), None)
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        (dir.path().to_path_buf(), Some(dir))
+    }
+}
+
+fn sign_in(b: &Browser, base: &str) {
+    b.goto(&format!("{base}/ui"));
+    let key = b.wait_for("#key-form input[name=key]", WAIT);
+    b.type_into(&key, ADMIN_KEY);
+    b.click(&b.wait_for("#key-form button", WAIT));
+    b.wait_for("#search-form", WAIT);
+}
+
+#[test]
+fn the_console_signs_in_searches_uploads_and_lists_jobs() {
+    let Some(b) = browser() else { return };
+    let (dir, _keep) = shots();
+    let node = Node::start(&[], &[]);
+    node.create_collection("handbook");
+    node.ingest(
+        "handbook",
+        json!([
+            {"id": "oncall", "text": "The on-call engineer rotates every Monday and carries the pager for a week.", "metadata": {"team": "ops"}},
+            {"id": "expenses", "text": "Travel expenses are reimbursed within thirty days when receipts are attached.", "metadata": {"team": "finance"}},
+            {"id": "security", "text": "Laptops must use full-disk encryption and lock after five minutes idle.", "metadata": {"team": "it"}}
+        ]),
+    );
+    // a wrong key is refused on the sign-in page, and nothing else shows
+    b.goto(&format!("{}/ui", node.base));
+    let key = b.wait_for("#key-form input[name=key]", WAIT);
+    b.type_into(&key, "shoal_not_a_real_key");
+    b.click(&b.wait_for("#key-form button", WAIT));
+    b.wait_for_text("not valid", WAIT);
+    assert!(b.find("#search-form").is_none());
+    b.screenshot(&dir.join("sign-in.png"));
+
+    // search: hits with both kinds of score, the query's words marked, the time per stage
+    sign_in(&b, &node.base);
+    let q = b.wait_for("#search-form input[name=query]", WAIT);
+    b.type_into(&q, "who carries the pager");
+    b.click(&b.wait_for("#search-form button", WAIT));
+    let first = b.wait_for(".hit", WAIT);
+    let text = b.text(&first);
+    assert!(text.contains("oncall"), "{text}");
+    assert!(text.contains("vector score"), "{text}");
+    let marked = b.run(
+        "return [...document.querySelectorAll('.hit mark')].map(m => m.textContent.toLowerCase())",
+        json!([]),
+    );
+    assert!(
+        marked.as_array().unwrap().iter().any(|m| m == "pager"),
+        "{marked}"
+    );
+    let stages = b.text(&b.wait_for(".stages", WAIT));
+    assert!(
+        stages.contains("embed") && stages.contains("index"),
+        "{stages}"
+    );
+    b.screenshot(&dir.join("search.png"));
+
+    // a metadata filter narrows the hits
+    let filter = b.wait_for("#search-form textarea[name=filter]", WAIT);
+    b.type_into(&filter, r#"{"metadata": {"team": "finance"}}"#);
+    b.click(&b.wait_for("#search-form button", WAIT));
+    let hit_ids = || {
+        b.run(
+            "return [...document.querySelectorAll('.hit .head > strong')].map(e => e.textContent)",
+            json!([]),
+        )
+    };
+    shoal_tests::wait_until(WAIT, "only the finance document among the hits", || {
+        hit_ids().as_array().is_some_and(|ids| ids.len() == 1)
+    });
+    assert_eq!(hit_ids(), json!(["1. expenses"]));
+
+    // collections, then upload a file and follow its job until the document is searchable
+    b.goto(&format!("{}/ui#/collections", node.base));
+    b.wait_for("a[href='#/collections/handbook']", WAIT);
+    b.screenshot(&dir.join("collections.png"));
+    b.goto(&format!("{}/ui#/collections/handbook", node.base));
+    let input = b.wait_for("#files", WAIT);
+    let upload = tempfile::tempdir().unwrap();
+    let file = upload.path().join("parking.md");
+    std::fs::write(
+        &file,
+        "# Parking\n\nVisitors park on level two of the garage behind the office.\n",
+    )
+    .unwrap();
+    b.type_into(&input, file.to_str().unwrap());
+    b.wait_for_text("1 of 1 documents (1 indexed, 0 failed)", WAIT);
+    b.screenshot(&dir.join("upload.png"));
+    let r = node.search(
+        "handbook",
+        json!({"query": "where do visitors park", "top_k": 1}),
+    );
+    assert_eq!(r.body["hits"][0]["document_id"], "parking.md", "{}", r.text);
+    // the page shows the collection as it is now: the new document listed, its chunks one
+    // click away
+    b.wait_for_text("4 documents", WAIT);
+    b.click(&b.wait_for(
+        "a[href='#/collections/handbook/documents/parking.md']",
+        WAIT,
+    ));
+    b.wait_for_text("level two of the garage", WAIT);
+    b.screenshot(&dir.join("document.png"));
+
+    // jobs: the upload's job is there, completed
+    b.goto(&format!("{}/ui#/jobs", node.base));
+    b.wait_for_text("completed", WAIT);
+    let rows = b.run(
+        "return document.querySelectorAll('tbody tr').length",
+        json!([]),
+    );
+    assert!(rows.as_u64().unwrap() >= 2, "{rows}");
+    b.screenshot(&dir.join("jobs.png"));
+
+    // at phone width nothing needs sideways scrolling but the tables' own boxes
+    b.resize(390, 844);
+    let wide = b.run(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+        json!([]),
+    );
+    assert!(wide.as_i64().unwrap_or(0) <= 1, "{wide}");
+}
+
+#[test]
+fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed() {
+    let Some(b) = browser() else { return };
+    let (dir, _keep) = shots();
+    let mut c = Cluster::start(3, 0, &[]);
+    c.wait_members(3, 0, WAIT);
+    let leader = c.leader(WAIT);
+    let watcher = c.follower();
+    let base = c.nodes[watcher].base.clone();
+    sign_in(&b, &base);
+    b.goto(&format!("{base}/ui#/cluster"));
+    let shown = b.wait_for("#leader", WAIT);
+    assert_eq!(b.text(&shown), Cluster::id(leader).to_string());
+    b.wait_for_text("(this node)", WAIT);
+    let roles = b.run(
+        "return [...document.querySelectorAll('[data-role]')].map(e => e.dataset.role)",
+        json!([]),
+    );
+    let roles: Vec<&str> = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    assert_eq!(
+        roles.iter().filter(|r| **r == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    b.screenshot(&dir.join("cluster.png"));
+
+    // the leader dies: the page (refreshing on its own) names another one
+    c.nodes[leader].kill9();
+    let old = Cluster::id(leader).to_string();
+    shoal_tests::wait_until(WAIT, "the console to show a new leader", || {
+        let now = b.find("#leader").map(|e| b.text(&e)).unwrap_or_default();
+        !now.is_empty() && now != old && now != "none"
+    });
+    b.wait_for_text("unreachable", WAIT);
+    b.screenshot(&dir.join("cluster-after-failover.png"));
+}
