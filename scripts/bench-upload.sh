@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Upload to searchable for a 100-page PDF (extract/examples/extract_bench.rs writes it): the time to
-# the 202 (extraction included) and until its job reads completed, three uploads, one debug node.
+# the 202 (extraction included) and until its job reads completed, three uploads, one debug node;
+# then the time to the 202 of an upload of 50 small files (the cost of a worker process per file).
 # Figures in docs/benchmarks.md ("Uploads").
 cd "$(dirname "$0")/.."
 cargo build --bin shoal >&2
@@ -21,5 +22,20 @@ for run in 1 2 3; do
   t2=$(date +%s%N)
   chunks=$(curl -sf -H "$H" localhost:7482/api/v1/collections/docs/documents/manual-$run | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks"])')
   echo "run $run: 202 after $(( (t1-t0)/1000000 )) ms, searchable after $(( (t2-t0)/1000000 )) ms, $chunks chunks"
+done
+# one upload of 50 small files: each is read by a worker process of its own (two at a time),
+# so this is what starting a worker costs per file
+rm -rf /tmp/ub/files && mkdir -p /tmp/ub/files
+args=()
+for i in $(seq 1 50); do
+  echo "Note $i: the meeting about topic $i moved to room $((i % 7))." > /tmp/ub/files/note-$i.txt
+  args+=(-F "file=@/tmp/ub/files/note-$i.txt")
+done
+for run in 1 2 3; do
+  curl -sf -H "$H" -X PUT localhost:7482/api/v1/collections/notes-$run >/dev/null
+  t0=$(date +%s%N)
+  curl -sf -H "$H" "${args[@]}" localhost:7482/api/v1/collections/notes-$run/documents >/dev/null
+  t1=$(date +%s%N)
+  echo "50 small files, run $run: 202 after $(( (t1-t0)/1000000 )) ms ($(( (t1-t0)/50000 )) us per file)"
 done
 kill $P; wait $P || true

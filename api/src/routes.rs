@@ -40,6 +40,7 @@ pub struct RouterLimits {
 /// | `GET /metrics` | Prometheus text |
 /// | `GET /api/openapi.json`, `GET /api/docs` | the OpenAPI description, and a page that reads it |
 /// | `GET /ui` | the web console (static files; it works through this API) |
+/// | `POST /api/v1/collections/{name}/documents/{id}/retry` | ingest a failed document again |
 /// | `GET /api/v1/collections` | list collections |
 /// | `PUT, GET, DELETE /api/v1/collections/{name}` | create, show, drop a collection |
 /// | `POST /api/v1/collections/{name}/documents` | accept documents for ingest (202 + job) |
@@ -117,6 +118,10 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route(
             "/api/v1/collections/{name}/documents/{id}",
             get(get_document::<S>).delete(delete_document::<S>),
+        )
+        .route(
+            "/api/v1/collections/{name}/documents/{id}/retry",
+            post(retry_document::<S>),
         )
         .route("/api/v1/collections/{name}/search", post(search::<S>))
         .route("/api/v1/jobs", get(list_jobs::<S>))
@@ -702,6 +707,46 @@ async fn delete_document<S: ShoalService>(
     p.require_write(&name)?;
     let index = s.delete_document(name, id.clone()).await?;
     Ok(Json(serde_json::json!({ "deleted": id, "index": index })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/collections/{name}/documents/{id}/retry",
+    tag = "documents",
+    params(("name" = String, Path, description = "collection name"), ("id" = String, Path, description = "document id")),
+    responses((status = 202, description = "a new job ingests the document's text again", body = AddDocumentsResponse), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, description = "the document has not failed", body = ApiErrorBody), (status = 429, description = "the ingest queue is full", body = ApiErrorBody))
+)]
+async fn retry_document<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<AddDocumentsResponse>), ApiError> {
+    validate_collection_name(&name)?;
+    p.require_write(&name)?;
+    // a failed document keeps its text: it is accepted again, as a new version in a new job
+    let d = s.get_document(name.clone(), id.clone()).await?;
+    if d.state != DocumentState::Failed {
+        return Err(ApiError::Conflict(format!(
+            "document `{id}` has not failed (it is {}): only a failed document is retried",
+            serde_json::to_value(d.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        )));
+    }
+    let admission = s.admit_documents(Some(d.text.len() as u64))?;
+    let req = AddDocumentsRequest {
+        documents: vec![DocumentInput {
+            id: d.id,
+            text: d.text,
+            metadata: Some(d.metadata),
+        }],
+        unreadable: Vec::new(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.add_documents(name, req, admission).await?),
+    ))
 }
 
 #[utoipa::path(
@@ -1471,7 +1516,7 @@ async fn rerank<S: ShoalService>(
         health, ready, metrics, issue_token, who_am_i, list_users, create_user, update_user,
         delete_user, list_api_keys, create_api_key, revoke_api_key, list_collections,
         create_collection, get_collection, delete_collection, add_documents, list_documents,
-        get_document, delete_document, search, list_jobs, get_job, search_analytics, embeddings,
+        get_document, delete_document, retry_document, search, list_jobs, get_job, search_analytics, embeddings,
         rerank_v1, rerank_v2, tei_embed, list_actors, inject_panic, store_digest, snapshot,
         cut_links, cluster_status, cluster_init, cluster_join, cluster_promote, cluster_remove
     ),

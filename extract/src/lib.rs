@@ -188,8 +188,15 @@ pub fn detect(
         },
     )?;
     let trimmed = text.trim_start();
+    let named = |exts: &[&str]| {
+        name.is_some_and(|n| {
+            let n = n.to_lowercase();
+            exts.iter().any(|e| n.ends_with(e))
+        })
+    };
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        if serde_json::from_str::<Value>(text).is_ok() {
+        let whole = serde_json::from_str::<Value>(text);
+        if whole.is_ok() {
             return Ok(Format::Json);
         }
         let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
@@ -198,13 +205,13 @@ pub fn detect(
         {
             return Ok(Format::Jsonl);
         }
+        // a file that says it is JSON and is not: damaged, not a text to index as it is
+        let said_json = named(&[".json", ".jsonl", ".ndjson"])
+            || declared.is_some_and(|d| d.to_lowercase().contains("json"));
+        if let (true, Err(e)) = (said_json, whole) {
+            return Err(ExtractError::Corrupt(format!("the JSON is not valid ({e})")));
+        }
     }
-    let named = |exts: &[&str]| {
-        name.is_some_and(|n| {
-            let n = n.to_lowercase();
-            exts.iter().any(|e| n.ends_with(e))
-        })
-    };
     let named_md = named(&[".md", ".markdown"]);
     let declared_md = declared.is_some_and(|d| d.to_lowercase().contains("markdown"));
     let named_text =

@@ -163,6 +163,17 @@ fn a_zip_bomb_and_other_zips_are_refused() {
 #[test]
 fn text_formats_are_told_apart_by_their_content() {
     let l = Limits::default();
+    // braces that are not JSON: damaged when the file says it is JSON, text otherwise
+    let cut = br#"{"text": "never closed"#;
+    assert!(matches!(
+        detect(cut, Some("records.json"), None),
+        Err(ExtractError::Corrupt(m)) if m.contains("JSON")
+    ));
+    assert!(matches!(
+        detect(cut, None, Some("application/json")),
+        Err(ExtractError::Corrupt(_))
+    ));
+    assert_eq!(detect(cut, Some("notes.txt"), None).unwrap(), Format::Text);
     let html = "<!DOCTYPE html><html><head><title>Moon  landing</title><style>p{}</style></head>\
                 <body><h1>Apollo 11</h1><p>Armstrong stepped out.</p><script>var x=1;</script></body></html>";
     let (f, out) = extract_any(html.as_bytes(), Some("page.txt"), None, &l).unwrap();

@@ -146,6 +146,31 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     assert!(rows.as_u64().unwrap() >= 2, "{rows}");
     b.screenshot(&dir.join("jobs.png"));
 
+    // a reader signs in with a password and sees only the collection granted
+    node.create_collection("payroll");
+    let r = node.post(
+        "/api/v1/auth/users",
+        json!({"username": "rita", "password": "rita-password-1", "role": "reader", "collections": ["handbook"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    b.click(&b.wait_for("#sign-out", WAIT));
+    let user = b.wait_for("#password-form input[name=username]", WAIT);
+    b.type_into(&user, "rita");
+    b.type_into(
+        &b.wait_for("#password-form input[name=password]", WAIT),
+        "rita-password-1",
+    );
+    b.click(&b.wait_for("#password-form button", WAIT));
+    b.wait_for_text("rita · reader", WAIT);
+    b.goto(&format!("{}/ui#/collections", node.base));
+    b.wait_for("a[href='#/collections/handbook']", WAIT);
+    let text = b.page_text();
+    assert!(!text.contains("payroll"), "{text}");
+    assert!(b.find("#create-form").is_none());
+    b.goto(&format!("{}/ui#/collections/handbook", node.base));
+    b.wait_for_text("Documents", WAIT);
+    assert!(b.find("#files").is_none(), "a reader is offered no upload");
+
     // at phone width nothing needs sideways scrolling but the tables' own boxes
     b.resize(390, 844);
     let wide = b.run(

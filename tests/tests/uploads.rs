@@ -54,7 +54,10 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
         )
         .part("file", file(&b"%PDF-1.7\n this is not really a pdf"[..], "broken.pdf"))
         .part("file", file(&b"\x89PNG\r\n\x1a\n0000"[..], "photo.png"))
-        .part("file", file("   ", "blank.txt"));
+        .part("file", file("   ", "blank.txt"))
+        .part("file", file(&b"PK\x03\x04 a zip cut short"[..], "broken.docx"))
+        .part("file", file("{\"text\": \"never closed", "broken.json"))
+        .part("file", file(&b"<html><body>\xff\xfe not UTF-8</body></html>"[..], "latin.html"));
     let (status, body) = upload(&node, form);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["documents"], 6, "{body}");
@@ -66,7 +69,7 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
             job["failed"].as_u64(),
             job["indexed"].as_u64()
         ),
-        (Some(9), Some(3), Some(6)),
+        (Some(12), Some(6), Some(6)),
         "{job}"
     );
     let reasons: Vec<(String, String)> = job["errors"]
@@ -90,6 +93,12 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
     assert!(reason("broken.pdf").contains("damaged"), "{reasons:?}");
     assert!(reason("photo.png").contains("PNG"), "{reasons:?}");
     assert!(reason("blank.txt").contains("empty"), "{reasons:?}");
+    for broken in ["broken.docx", "broken.json", "latin.html"] {
+        assert!(!reason(broken).is_empty(), "{broken}: {reasons:?}");
+    }
+    assert!(reason("broken.json").contains("JSON"), "{reasons:?}");
+    assert!(reason("latin.html").contains("UTF-8"), "{reasons:?}");
+    assert!(reason("broken.docx").contains("damaged"), "{reasons:?}");
 
     // searchable, with what the file told about itself
     let hit = |q: &str| {
@@ -242,7 +251,7 @@ fn extract_workers(pid: u32) -> usize {
 
 #[test]
 fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
-    let node = Node::start(
+    let mut node = Node::start(
         &[
             ("SHOAL_SERVER__MAX_BODY_BYTES", "4000000"),
             ("SHOAL_SERVER__REQUEST_TIMEOUT_MS", "5000"),
@@ -396,4 +405,26 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     let h = &r.body["hits"][0];
     assert_eq!(h["document_id"], "lakes.txt", "{h}");
     assert!(h["metadata"].get("page").is_none(), "{h}");
+
+    // retry: only a failed document, and only one whose text was read
+    let retry = |id: &str| {
+        node.post(
+            &format!("/api/v1/collections/docs/documents/{id}/retry"),
+            json!({}),
+        )
+    };
+    assert_eq!(retry("lakes.txt").status, 409);
+    assert_eq!(retry("endless.pdf").status, 404);
+    // with room for more chunks, the document that made too many is indexed when retried
+    node.restart_with(&[("SHOAL_INGEST__MAX_CHUNKS_PER_DOCUMENT", "100")]);
+    let r = node.post(
+        "/api/v1/collections/docs/documents/long.txt/retry",
+        json!({}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let job = node.wait_job(r.body["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "completed", "{job}");
+    let d = node.get("/api/v1/collections/docs/documents/long.txt");
+    assert_eq!(d.body["state"], "indexed", "{}", d.text);
+    assert!(d.body["chunks"].as_u64().unwrap() > 3, "{}", d.text);
 }

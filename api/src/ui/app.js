@@ -303,7 +303,7 @@ async function viewCollection(name, after) {
     api("GET", `/api/v1/collections/${enc(name)}`),
     api("GET", `/api/v1/collections/${enc(name)}/documents?limit=50${after ? `&after=${enc(after)}` : ""}`),
   ]);
-  const canWrite = me && (me.role === "admin" || me.role === "writer");
+  const writer = canWrite();
   main.innerHTML = `
     <p><a href="#/collections">Collections</a> › ${esc(name)}</p>
     <h1>${esc(name)}</h1>
@@ -313,7 +313,7 @@ async function viewCollection(name, after) {
       <div class="card"><h3>Search it</h3><a href="#/search?collection=${enc(name)}">Open the playground</a></div>
     </div>
     ${
-      canWrite
+      writer
         ? `<h2>Upload</h2>
     <div id="drop" class="drop">
       <p>Drop files here (PDF, DOCX, HTML, Markdown, text, JSON or JSONL), or</p>
@@ -334,7 +334,7 @@ async function viewCollection(name, after) {
         .join("")}</tbody>
     </table></div>
     ${docs.next ? `<p><a href="#/collections/${enc(name)}?after=${enc(docs.next)}">Next page</a></p>` : ""}`;
-  if (canWrite) wireUpload(name);
+  if (writer) wireUpload(name);
 }
 
 function stateBadge(state) {
@@ -394,6 +394,7 @@ async function viewDocument(name, id) {
     <h1>${esc(id)}</h1>
     <p>${stateBadge(d.state)} version ${fmt(d.version)} · job <code>${esc(d.job_id)}</code> · ${fmt(d.chunks)} chunks
       ${d.error ? `<br><span class="bad">${esc(d.error)}</span>` : ""}</p>
+    ${d.state === "failed" && canWrite() ? `<p><button type="button" class="retry" data-collection="${esc(name)}" data-id="${esc(d.id)}">Retry this document</button></p><div class="retry-progress" aria-live="polite"></div>` : ""}
     <h2>Metadata</h2><pre>${esc(JSON.stringify(d.metadata, null, 2))}</pre>
     <h2>Chunks</h2>
     <div class="table-wrap"><table>
@@ -405,6 +406,33 @@ async function viewDocument(name, id) {
         )
         .join("")}</tbody>
     </table></div>`;
+  wireRetries();
+}
+
+function canWrite() {
+  return me && (me.role === "admin" || me.role === "writer");
+}
+
+/** Retry buttons: accept a failed document again and follow the new job beside the button. */
+function wireRetries() {
+  for (const button of main.querySelectorAll("button.retry")) {
+    button.addEventListener("click", () => {
+      const next = button.parentElement.nextElementSibling;
+      const out = next && next.classList.contains("retry-progress") ? next : button.parentElement.appendChild(document.createElement("div"));
+      button.disabled = true;
+      guarded(async () => {
+        try {
+          const accepted = await api("POST", `/api/v1/collections/${enc(button.dataset.collection)}/documents/${enc(button.dataset.id)}/retry`);
+          await followJob(accepted.job_id, out);
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 404) throw new Error(`${button.dataset.id}: its text was never read (a file that could not be read): upload it again`);
+          throw e;
+        } finally {
+          button.disabled = false;
+        }
+      });
+    });
+  }
 }
 
 // ---------------------------------------------------------------- jobs
@@ -426,10 +454,11 @@ async function viewJobs() {
         .map(
           (j) => `<tr><td><code>${esc(j.id)}</code></td><td><a href="#/collections/${enc(j.collection)}">${esc(j.collection)}</a></td><td>${stateBadge(j.state)}</td>
           <td class="num">${fmt(j.total)}</td><td class="num">${fmt(j.indexed)}</td><td class="num">${fmt(j.failed)}</td><td>${when(j.created_at)}</td>
-          <td>${j.errors.length ? `<details><summary>${j.errors.length} failed</summary><ul>${j.errors.map((e) => `<li><strong>${esc(e.document_id)}</strong>: ${esc(e.reason)}</li>`).join("")}</ul></details>` : ""}</td></tr>`,
+          <td>${j.errors.length ? `<details><summary>${j.errors.length} failed</summary><ul>${j.errors.map((e) => `<li><p><strong>${esc(e.document_id)}</strong>: ${esc(e.reason)}${canWrite() ? ` <button type="button" class="retry plain" data-collection="${esc(j.collection)}" data-id="${esc(e.document_id)}">Retry</button>` : ""}</p></li>`).join("")}</ul></details>` : ""}</td></tr>`,
         )
         .join("")}</tbody>
     </table></div>`;
+  wireRetries();
   document.querySelector("#jobs-form select").addEventListener("change", (ev) => {
     location.hash = ev.target.value ? `#/jobs?state=${enc(ev.target.value)}` : "#/jobs";
   });
@@ -449,9 +478,10 @@ function sparkline(points, key) {
 async function viewCluster() {
   main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p>Loading…</p></div>`;
   const draw = async () => {
-    const [c, load] = await Promise.all([
+    const [c, load, actors] = await Promise.all([
       api("GET", "/api/v1/cluster"),
       api("GET", "/api/v1/analytics/searches?since=1m").catch(() => null),
+      api("GET", "/api/v1/admin/actors").catch(() => null),
     ]);
     const now = Date.now();
     for (const [id, l] of Object.entries((load && load.by_node) || {})) {
@@ -483,7 +513,16 @@ async function viewCluster() {
         <tbody>${c.members.map(row).join("")}</tbody>
       </table></div>
       <h2>Searches in the last minute, per node</h2>
-      <div class="cards">${charts || "<p class='muted'>No samples yet.</p>"}</div>`;
+      <div class="cards">${charts || "<p class='muted'>No samples yet.</p>"}</div>
+      <h2>This node's actors</h2>
+      ${
+        actors
+          ? `<div class="table-wrap"><table><thead><tr><th>Actor</th><th>Kind</th><th class="num">Restarts</th><th class="num">Up for</th></tr></thead>
+        <tbody>${actors.actors
+          .map((a) => `<tr><td>${esc(a.name)}</td><td>${esc(a.kind)}</td><td class="num${a.restarts ? " warn" : ""}">${fmt(a.restarts)}</td><td class="num">${fmt(a.uptime_s)} s</td></tr>`)
+          .join("")}</tbody></table></div>`
+          : "<p class='muted'>Not available to this credential.</p>"
+      }`;
   };
   await draw();
   every(2000, () => guarded(draw));
