@@ -55,6 +55,10 @@ pub struct DocumentInput {
     pub text: String,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// Where the sections of an uploaded file begin in `text`, with their headings (made by the
+    /// upload's extraction; not part of the JSON a client sends).
+    #[serde(skip)]
+    pub sections: Vec<(u32, String)>,
 }
 
 /// `POST /api/v1/collections/{name}/documents`.
@@ -182,6 +186,16 @@ pub struct DocumentInfo {
     /// The searchable chunks, in order (of the indexed version).
     #[serde(default)]
     pub chunk_list: Vec<ChunkInfo>,
+    /// Where the sections of an uploaded file begin in `text` (its outline), when it has headings.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sections: Vec<SectionInfo>,
+}
+
+/// A section of a document: the byte offset in its text where its heading begins.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SectionInfo {
+    pub start: u32,
+    pub heading: String,
 }
 
 /// One chunk of a document: its place in the text and the text itself.
@@ -196,6 +210,9 @@ pub struct ChunkInfo {
     pub page: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_page: Option<u32>,
+    /// The heading of the section the chunk begins in (an uploaded file with headings).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub section: Option<String>,
     pub text: String,
 }
 

@@ -740,6 +740,11 @@ async fn retry_document<S: ShoalService>(
             id: d.id,
             text: d.text,
             metadata: Some(d.metadata),
+            sections: d
+                .sections
+                .into_iter()
+                .map(|s| (s.start, s.heading))
+                .collect(),
         }],
         unreadable: Vec::new(),
     };

@@ -85,6 +85,16 @@ impl Default for Limits {
     }
 }
 
+/// A section of a document: where its heading begins in [`Document::text`], and the heading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub start: usize,
+    pub heading: String,
+}
+
+/// Sections kept per document (the first ones).
+pub const MAX_SECTIONS: usize = 10_000;
+
 /// What separates pages in the text of a PDF (U+000C, form feed, as pdftotext writes it): the
 /// page of a place in the text is one more than the form feeds before it.
 pub const PAGE_BREAK: char = '\u{c}';
@@ -105,6 +115,9 @@ pub struct Document {
     pub headings: Vec<String>,
     /// PDF only: where each page's text is (pages without text have none).
     pub pages: Vec<PageSpan>,
+    /// Where each section begins in the text (at its heading): Markdown, HTML and DOCX, at most
+    /// [`MAX_SECTIONS`].
+    pub sections: Vec<Section>,
     /// PDF only: how many pages the file has.
     pub page_count: u32,
 }
@@ -209,7 +222,9 @@ pub fn detect(
         let said_json = named(&[".json", ".jsonl", ".ndjson"])
             || declared.is_some_and(|d| d.to_lowercase().contains("json"));
         if let (true, Err(e)) = (said_json, whole) {
-            return Err(ExtractError::Corrupt(format!("the JSON is not valid ({e})")));
+            return Err(ExtractError::Corrupt(format!(
+                "the JSON is not valid ({e})"
+            )));
         }
     }
     let named_md = named(&[".md", ".markdown"]);
@@ -396,27 +411,28 @@ fn markdown(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
         return Err(too_many_chars(text.chars().count(), limits));
     }
     let mut doc = Document::default();
-    let mut heading: Option<(u8, String)> = None;
+    let mut heading: Option<(u8, String, usize)> = None;
     let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH;
     for event in Parser::new_ext(text, options) {
         match event {
             Event::Start(Tag::Heading { level, .. }) => {
-                heading = Some((level as u8, String::new()))
+                heading = Some((level as u8, String::new(), doc.text.len()))
             }
             Event::End(TagEnd::Heading(_)) => {
-                if let Some((level, h)) = heading.take() {
+                if let Some((level, h, start)) = heading.take() {
                     let h = h.trim().to_string();
                     if level == 1 && doc.title.is_none() && !h.is_empty() {
                         doc.title = Some(h.clone());
                     }
                     if !h.is_empty() {
+                        add_section(&mut doc, start, &h);
                         doc.headings.push(h);
                     }
                 }
                 doc.text.push('\n');
             }
             Event::Text(t) | Event::Code(t) => {
-                if let Some((_, h)) = &mut heading {
+                if let Some((_, h, _)) = &mut heading {
                     h.push_str(&t);
                 }
                 doc.text.push_str(&t);
@@ -430,6 +446,16 @@ fn markdown(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
         }
     }
     Ok(doc)
+}
+
+/// Note that a section headed `heading` begins at byte `start` of the text.
+fn add_section(doc: &mut Document, start: usize, heading: &str) {
+    if doc.sections.len() < MAX_SECTIONS {
+        doc.sections.push(Section {
+            start,
+            heading: cut_chars(heading, MAX_HEADING_CHARS),
+        });
+    }
 }
 
 // ---------------------------------------------------------------- HTML
@@ -498,7 +524,7 @@ fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
     let mut skipped = 0usize;
     let mut depth = 0usize;
     let mut title: Option<(usize, String)> = None;
-    let mut heading: Option<(usize, String)> = None;
+    let mut heading: Option<(usize, String, usize)> = None;
     let keep = |buf: &mut String, words: &str| {
         if buf.len() < MAX_HEADING_CHARS * 4 {
             buf.push(' ');
@@ -521,7 +547,7 @@ fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
                         if matches!(name, "h1" | "h2" | "h3" | "h4" | "h5" | "h6")
                             && heading.is_none()
                         {
-                            heading = Some((depth, String::new()));
+                            heading = Some((depth, String::new(), doc.text.len()));
                         }
                         if skipped == 0
                             && BLOCK.contains(&name)
@@ -542,7 +568,7 @@ fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
                         if skipped > 0 {
                             continue;
                         }
-                        if let Some((_, h)) = &mut heading {
+                        if let Some((_, h, _)) = &mut heading {
                             keep(h, &words);
                         }
                         if !doc.text.is_empty() && !doc.text.ends_with(['\n', ' ']) {
@@ -565,11 +591,17 @@ fn html(text: &str, limits: &Limits) -> Result<Document, ExtractError> {
                             doc.title = Some(t.to_string());
                         }
                     }
-                    if heading.as_ref().is_some_and(|(d, _)| *d == depth) {
-                        let h = heading.take().map(|(_, h)| h).unwrap_or_default();
+                    if heading.as_ref().is_some_and(|(d, _, _)| *d == depth) {
+                        let (h, start) = heading
+                            .take()
+                            .map(|(_, h, start)| (h, start))
+                            .unwrap_or_default();
                         let h = h.trim();
-                        if !h.is_empty() && doc.headings.len() < MAX_HEADINGS {
-                            doc.headings.push(h.to_string());
+                        if !h.is_empty() {
+                            add_section(&mut doc, start, h);
+                            if doc.headings.len() < MAX_HEADINGS {
+                                doc.headings.push(h.to_string());
+                            }
                         }
                     }
                 }
@@ -758,7 +790,11 @@ fn docx(bytes: &[u8], limits: &Limits) -> Result<Document, ExtractError> {
                                 doc.title = Some(text.clone());
                                 doc.headings.push(text.clone());
                             }
-                            Some(_) => doc.headings.push(text.clone()),
+                            Some(_) => {
+                                let start = doc.text.len();
+                                add_section(&mut doc, start, &text);
+                                doc.headings.push(text.clone());
+                            }
                             None => {}
                         }
                         doc.text.push_str(&text);

@@ -127,6 +127,21 @@ fn docx_text_title_and_headings_by_style_name() {
         "{doc:?}"
     );
     assert!(doc.text.contains("Col A\tCol B"), "{doc:?}");
+    // the heading begins its section (the title is the document's, not a section's)
+    assert_sections(&doc, &["Revenue"]);
+}
+
+/// The sections' headings are `headings`, each beginning the text at its section's start.
+fn assert_sections(doc: &Document, headings: &[&str]) {
+    let got: Vec<&str> = doc.sections.iter().map(|s| s.heading.as_str()).collect();
+    assert_eq!(got, headings, "{doc:?}");
+    for s in &doc.sections {
+        assert!(
+            doc.text[s.start..].trim_start().starts_with(&s.heading),
+            "{s:?} in {:?}",
+            doc.text
+        );
+    }
 }
 
 #[test]
@@ -181,6 +196,7 @@ fn text_formats_are_told_apart_by_their_content() {
     let doc = document(out);
     assert_eq!(doc.title.as_deref(), Some("Moon landing"));
     assert_eq!(doc.headings, ["Apollo 11"]);
+    assert_sections(&doc, &["Apollo 11"]);
     assert!(doc.text.contains("Armstrong stepped out."), "{doc:?}");
     assert!(
         !doc.text.contains("var x") && !doc.text.contains("p{}"),
@@ -193,6 +209,7 @@ fn text_formats_are_told_apart_by_their_content() {
     let doc = document(out);
     assert_eq!(doc.title.as_deref(), Some("Guide"));
     assert_eq!(doc.headings, ["Guide", "Setup"]);
+    assert_sections(&doc, &["Guide", "Setup"]);
     assert!(
         doc.text.contains("Intro text.") && !doc.text.contains('#'),
         "{doc:?}"

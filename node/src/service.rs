@@ -215,6 +215,10 @@ impl Node {
                     }
                     _ => {}
                 }
+                if let Some(section) = chunk.section {
+                    // the heading the chunk is under; an uploader's own `section` stays theirs
+                    metadata.entry("section").or_insert(section.into());
+                }
                 out.push(SearchHit {
                     document_id: h.payload.doc_id.clone(),
                     chunk_index: chunk.chunk_index,
@@ -525,6 +529,15 @@ fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
     }
 }
 
+/// Bytes of section headings one document may carry into the log (its outline, not its text).
+const SECTION_BYTES: usize = 64 * 1024;
+
+/// About what a document takes of a log entry.
+fn entry_bytes(d: &StoredInput) -> usize {
+    let sections: usize = d.sections.iter().map(|s| s.heading.len() + 8).sum();
+    d.id.len() + d.text.len() + d.metadata_json.len() + sections + 16
+}
+
 fn parse_metadata(json: &str) -> Map<String, Value> {
     serde_json::from_str::<Value>(json)
         .ok()
@@ -812,10 +825,25 @@ impl ShoalService for Node {
                 )));
             }
             let metadata = Value::Object(d.metadata.unwrap_or_default());
+            // a section must begin inside the text, in order (they come from the upload's reader)
+            // and their headings take at most SECTION_BYTES of the entry
+            let mut budget = SECTION_BYTES;
+            let mut sections: Vec<shoal_storage::Section> = d
+                .sections
+                .into_iter()
+                .filter(|(start, _)| (*start as usize) < d.text.len())
+                .take_while(|(_, heading)| {
+                    budget = budget.saturating_sub(heading.len() + 8);
+                    budget > 0
+                })
+                .map(|(start, heading)| shoal_storage::Section { start, heading })
+                .collect();
+            sections.sort_by_key(|s| s.start);
             documents.push(StoredInput {
                 id: d.id,
                 text: d.text,
                 metadata_json: metadata.to_string(),
+                sections,
             });
         }
         let coll = self.require_collection(&collection)?;
@@ -862,7 +890,7 @@ impl ShoalService for Node {
         let mut parts: Vec<Vec<StoredInput>> = Vec::new();
         let mut size = 0;
         for d in documents {
-            let bytes = d.id.len() + d.text.len() + d.metadata_json.len() + 16;
+            let bytes = entry_bytes(&d);
             match parts.last_mut() {
                 Some(last) if size + bytes <= max => {
                     size += bytes;
@@ -881,11 +909,7 @@ impl ShoalService for Node {
             .sum();
         if failed_bytes > 0
             && parts.last().is_some_and(|last| {
-                last.iter()
-                    .map(|d| d.id.len() + d.text.len() + d.metadata_json.len() + 16)
-                    .sum::<usize>()
-                    + failed_bytes
-                    > max
+                last.iter().map(entry_bytes).sum::<usize>() + failed_bytes > max
             })
         {
             parts.push(Vec::new());
@@ -1087,6 +1111,7 @@ impl ShoalService for Node {
                             end: c.end,
                             page: c.pages.map(|p| p.0),
                             last_page: c.pages.map(|p| p.1),
+                            section: c.section,
                             text: c.text,
                         });
                     }
@@ -1108,6 +1133,14 @@ impl ShoalService for Node {
             claimed_by: d.claim.map(|c| c.node),
             claimed_until: d.claim.map(|c| c.until_ms),
             chunk_list: chunks,
+            sections: d
+                .sections
+                .into_iter()
+                .map(|s| SectionInfo {
+                    start: s.start,
+                    heading: s.heading,
+                })
+                .collect(),
         })
     }
 

@@ -349,6 +349,11 @@ pub async fn extract(
                     id: file.id,
                     text: doc.text,
                     metadata: Some(metadata),
+                    sections: doc
+                        .sections
+                        .into_iter()
+                        .map(|s| (s.start as u32, s.heading))
+                        .collect(),
                 });
             }
             Ok((format, Extracted::Records(records))) => {
@@ -358,6 +363,7 @@ pub async fn extract(
                         id: record_id(&file.id, i, &r.id),
                         text: r.text,
                         metadata: Some(metadata),
+                        sections: Vec::new(),
                     });
                 }
             }

@@ -66,6 +66,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                     id: format!("d{d}"),
                     text: format!("document {d} round {round}"),
                     metadata_json: "{}".into(),
+                    sections: Vec::new(),
                 })
                 .collect(),
             staged_parts: 0,
@@ -84,6 +85,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                     start: 0,
                     end: 1,
                     pages: None,
+                    section: None,
                     vector: vector(&mut rng),
                 })
                 .collect();

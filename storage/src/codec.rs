@@ -5,7 +5,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::StoreError;
 
 /// The on-disk format of every record. Bump it when a record's shape changes.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];

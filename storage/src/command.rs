@@ -12,6 +12,23 @@ pub struct DocumentInput {
     pub id: String,
     pub text: String,
     pub metadata_json: String,
+    /// Where the document's sections begin, for an uploaded file with headings (empty else).
+    pub sections: Vec<Section>,
+}
+
+/// A section of a document: the byte offset in its text where it begins, and its heading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub start: u32,
+    pub heading: String,
+}
+
+impl Section {
+    /// The heading of the section that `at` (a byte offset) is in, if any.
+    pub fn heading_at(sections: &[Section], at: u32) -> Option<&str> {
+        let i = sections.partition_point(|s| s.start <= at);
+        i.checked_sub(1).map(|i| sections[i].heading.as_str())
+    }
 }
 
 /// One chunk of a document, with its embedding (made before the command, never inside apply).
@@ -22,6 +39,8 @@ pub struct ChunkInput {
     pub end: u32,
     /// The first and last page the chunk is on, for a document with pages (a PDF).
     pub pages: Option<(u32, u32)>,
+    /// The heading of the section the chunk begins in.
+    pub section: Option<String>,
     pub vector: Vec<f32>,
 }
 

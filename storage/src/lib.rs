@@ -18,7 +18,7 @@ mod store;
 
 pub use access::{ApiKeyRecord, Role, UserChange, UserRecord};
 pub use codec::FORMAT_VERSION;
-pub use command::{ChunkInput, Command, DocumentChunks, DocumentInput, DocumentVersion};
+pub use command::{ChunkInput, Command, DocumentChunks, DocumentInput, DocumentVersion, Section};
 pub use error::StoreError;
 pub use events::{EventLog, SearchEvent};
 pub use log::LogTree;

@@ -75,6 +75,8 @@ pub struct DocumentRecord {
     pub text: String,
     /// Metadata of the latest accepted version, as canonical JSON.
     pub metadata_json: String,
+    /// Where its sections begin (an uploaded file with headings).
+    pub sections: Vec<crate::Section>,
     pub status: DocumentStatus,
     /// What search serves for this document (the previous version stays live while a replacement is pending).
     pub live: Option<LiveVersion>,
@@ -111,6 +113,8 @@ pub struct ChunkRecord {
     pub end: u32,
     /// The first and last page the chunk is on, for a document with pages (a PDF).
     pub pages: Option<(u32, u32)>,
+    /// The heading of the section the chunk begins in.
+    pub section: Option<String>,
     pub vector: Vec<f32>,
 }
 

@@ -385,10 +385,22 @@ impl Store {
         doc_id: &str,
         version: u64,
     ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .pending_content(uid, doc_id, version)?
+            .map(|(text, _)| text))
+    }
+
+    /// A pending version's text and where its sections begin (what chunking needs).
+    pub fn pending_content(
+        &self,
+        uid: u64,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<Option<(String, Vec<crate::Section>)>, StoreError> {
         let doc: Option<DocumentRecord> = self.get(&keys::document(uid, doc_id))?;
         Ok(doc
             .filter(|d| d.version == version && d.status == DocumentStatus::Pending)
-            .map(|d| d.text))
+            .map(|d| (d.text, d.sections)))
     }
 
     /// Whether a version is still pending, and who claims it: None when it is no longer pending
@@ -863,6 +875,7 @@ impl Store {
                 accepted_at_ms: at_ms,
                 text: input.text.clone(),
                 metadata_json: input.metadata_json.clone(),
+                sections: input.sections.clone(),
                 status: DocumentStatus::Pending,
                 live,
                 claim: None,
@@ -1032,6 +1045,7 @@ impl Store {
                     start: c.start,
                     end: c.end,
                     pages: c.pages,
+                    section: c.section.clone(),
                     vector: c.vector.clone(),
                 };
                 batch.insert(keys::point(coll.uid, id), encode(&record));

@@ -13,6 +13,7 @@ fn doc(id: &str, text: &str, meta: &str) -> DocumentInput {
         id: id.into(),
         text: text.into(),
         metadata_json: meta.into(),
+        sections: Vec::new(),
     }
 }
 
@@ -22,6 +23,7 @@ fn chunk(text: &str, v: [f32; 2]) -> ChunkInput {
         start: 0,
         end: text.len() as u32,
         pages: None,
+        section: None,
         vector: v.to_vec(),
     }
 }
@@ -289,6 +291,7 @@ fn wrong_dimension_is_refused_without_writes() {
         start: 0,
         end: 1,
         pages: None,
+        section: None,
         vector: vec![1.0; 3],
     };
     assert!(matches!(

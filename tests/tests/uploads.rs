@@ -118,6 +118,15 @@ fn uploads_of_every_kind_become_documents_and_unreadable_files_fail_with_reasons
         h["metadata"]["headings"],
         json!(["Deploy guide", "Rollback"])
     );
+    // the document knows its outline
+    let d = node.get("/api/v1/collections/docs/documents/guide.md");
+    let outline: Vec<&str> = d.body["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["heading"].as_str().unwrap())
+        .collect();
+    assert_eq!(outline, ["Deploy guide", "Rollback"], "{}", d.text);
     let h = hit("who is on call");
     assert_eq!(h["document_id"], "notes", "{h}");
     let h = hit("where do I get my badge");
@@ -290,6 +299,13 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
         .part(
             "file",
             file(
+                "# Deploy guide\n\nShip it.\n\n## Rollback\n\nFlip it back.",
+                "guide.md",
+            ),
+        )
+        .part(
+            "file",
+            file(
                 pdf(
                     &[
                         "Rivers flood in spring.",
@@ -306,7 +322,7 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     assert_eq!(status, 202, "{body}");
     // the endless file was stopped at its deadline, not read to its end
     assert!(took < std::time::Duration::from_secs(15), "{took:?}");
-    assert_eq!(body["documents"], 2, "{body}");
+    assert_eq!(body["documents"], 3, "{body}");
     let job = node.wait_job(body["job_id"].as_str().unwrap());
     assert_eq!(job["failed"], 5, "{job}");
     let reason = |id: &str| {
@@ -387,6 +403,31 @@ fn hostile_files_cost_only_their_own_document_and_pages_reach_the_hits() {
     assert_eq!(
         node.get("/api/v1/collections/docs/documents/r1").status,
         404
+    );
+
+    // each chunk knows the section it begins in
+    let d = node.get("/api/v1/collections/docs/documents/guide.md");
+    let sections: Vec<Value> = d.body["chunk_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["section"].clone())
+        .collect();
+    assert_eq!(
+        sections,
+        [json!("Deploy guide"), json!("Rollback")],
+        "{}",
+        d.text
+    );
+    let r = node.search(
+        "docs",
+        json!({"query": "how do I flip it back", "top_k": 1}),
+    );
+    let h = &r.body["hits"][0];
+    assert_eq!(
+        (&h["document_id"], &h["metadata"]["section"]),
+        (&json!("guide.md"), &json!("Rollback")),
+        "{h}"
     );
 
     // the node went on: healthy, and the next upload is read at once

@@ -258,18 +258,22 @@ async fn process(
     let read = tokio::task::spawn_blocking(move || {
         keys.into_iter()
             .map(|k| {
-                let text = store.pending_text(k.uid, &k.doc_id, k.version);
-                (k, text)
+                let content = store.pending_content(k.uid, &k.doc_id, k.version);
+                (k, content)
             })
             .collect::<Vec<_>>()
     })
     .await;
     let mut docs: Vec<(PendingDocument, String)> = Vec::new();
+    let mut sections: Vec<Vec<shoal_storage::Section>> = Vec::new();
     match read {
         Ok(all) => {
-            for (key, text) in all {
-                match text {
-                    Ok(Some(t)) => docs.push((key, t)),
+            for (key, content) in all {
+                match content {
+                    Ok(Some((t, s))) => {
+                        docs.push((key, t));
+                        sections.push(s);
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(doc = %key.doc_id, error = %e, "cannot read a pending document");
@@ -350,7 +354,7 @@ async fn process(
     // The chunks of the whole batch, per collection, as few commands as the entry size allows.
     let mut ready: std::collections::BTreeMap<(String, u64), Vec<DocumentChunks>> =
         Default::default();
-    for ((doc, _), chunks) in docs.iter().zip(chunked) {
+    for (((doc, _), chunks), sections) in docs.iter().zip(chunked).zip(&sections) {
         let chunks: Vec<Chunk> = match chunks {
             Ok(c) if c.is_empty() => {
                 fail(ctx, doc, "the text has no indexable content").await;
@@ -370,6 +374,8 @@ async fn process(
                 start: c.start as u32,
                 end: c.end as u32,
                 pages: c.pages,
+                section: shoal_storage::Section::heading_at(sections, c.start as u32)
+                    .map(str::to_owned),
                 vector,
             })
             .collect();
