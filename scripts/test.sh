@@ -15,7 +15,8 @@ scripts/browser.sh            # headless Chromium and its WebDriver: the web con
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
-cargo test --workspace
+# (the web console's browser tests fail, not skip, if Chromium cannot start after browser.sh)
+SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
 # (the eval test measures search quality and the console tests a web page, not the kernels: once
 # is enough)

@@ -239,40 +239,39 @@ pub async fn extract(
     use futures_util::StreamExt;
     let mut out = ExtractedUpload::default();
     let per_file = Duration::from_millis(config.ingest.extract_timeout_ms);
-    let mut tasks: futures_util::stream::FuturesOrdered<_> = files
-        .into_iter()
-        .map(|file| {
-            let slots = slots.clone();
-            async move {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let slot = tokio::time::timeout(left, slots.acquire_owned()).await;
-                let Ok(Ok(_slot)) = slot else {
-                    let busy = "the node was reading other files until this request's time ran \
-                                out (server.request_timeout_ms): upload the file again";
-                    return (file, Err(busy.to_string()));
-                };
-                let left = deadline.saturating_duration_since(Instant::now());
-                let result = extract_in_worker(&file, config, per_file.min(left)).await;
-                (file, result)
-            }
-        })
-        .collect();
     let max_documents = config.ingest.max_documents_per_request;
     let too_many = move || {
         format!(
             "the upload makes more than {max_documents} documents (ingest.max_documents_per_request): send its files in several requests"
         )
     };
-    let config = &config.ingest;
-    let too_long = |bytes: usize| {
-        format!(
-            "the extracted text is {bytes} bytes; a document may have at most {} (ingest.max_document_bytes)",
-            config.max_document_bytes
-        )
-    };
-    let mut ids = std::collections::HashSet::new();
+    if files.len() > max_documents {
+        return Err(too_many());
+    }
+    let busy = "the node was reading other files until this request's time ran out \
+                (server.request_timeout_ms): upload the file again";
+    let count = files.len();
+    // read in any order (a slow file does not hold back the count below), used in file order
+    let mut tasks: futures_util::stream::FuturesUnordered<_> = files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| {
+            let slots = slots.clone();
+            async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let slot = tokio::time::timeout(left, slots.acquire_owned()).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (Ok(Ok(_slot)), false) = (slot, left.is_zero()) else {
+                    return (i, file, Err(busy.to_string()));
+                };
+                let result = extract_in_worker(&file, config, per_file.min(left)).await;
+                (i, file, result)
+            }
+        })
+        .collect();
+    let mut read: Vec<Option<(UploadedFile, WorkerAnswer)>> = (0..count).map(|_| None).collect();
     let mut made = 0usize;
-    while let Some((file, result)) = tasks.next().await {
+    while let Some((i, file, result)) = tasks.next().await {
         made += match &result {
             Ok((_, Extracted::Records(r))) => r.len(),
             _ => 1,
@@ -281,6 +280,18 @@ pub async fn extract(
             // the files still being read are dropped, and their workers killed with them
             return Err(too_many());
         }
+        read[i] = Some((file, result));
+    }
+    drop(tasks);
+    let config = &config.ingest;
+    let too_long = |bytes: usize| {
+        format!(
+            "the extracted text is {bytes} bytes; a document may have at most {} (ingest.max_document_bytes)",
+            config.max_document_bytes
+        )
+    };
+    let mut ids = std::collections::HashSet::new();
+    for (file, result) in read.into_iter().flatten() {
         // one id, one document: a later file or record with an id already taken fails
         let result = match result {
             Err(e) => Err(e),

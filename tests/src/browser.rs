@@ -97,7 +97,16 @@ impl Browser {
         Ok(browser)
     }
 
+    /// A WebDriver command's value; a WebDriver error fails the test (but see `find`).
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let value = self.call_raw(method, path, body);
+        if let Some(e) = value.get("error") {
+            panic!("WebDriver {method} {path}: {e}: {}", value["message"]);
+        }
+        value
+    }
+
+    fn call_raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.url, self.session);
         let req = match method {
             "GET" => self.http.get(url),
@@ -117,12 +126,16 @@ impl Browser {
 
     /// The first element that `css` selects, if any.
     pub fn find(&self, css: &str) -> Option<String> {
-        let v = self.call(
+        let v = self.call_raw(
             "POST",
             "/element",
             Some(json!({"using": "css selector", "value": css})),
         );
-        v[ELEMENT].as_str().map(str::to_string)
+        match v.get("error") {
+            Some(e) if e == "no such element" => None,
+            Some(e) => panic!("WebDriver find `{css}`: {e}: {}", v["message"]),
+            None => v[ELEMENT].as_str().map(str::to_string),
+        }
     }
 
     /// Wait (at most `limit`) for an element that `css` selects.

@@ -15,14 +15,33 @@ use shoal_tests::{workspace_root, Node, ADMIN_KEY};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One browser test at a time: each starts a Chromium, and one starts a three-node cluster.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The browser, or None (the test then says it was skipped) where Chromium cannot start; with
+/// `SHOAL_REQUIRE_BROWSER=1` (the test command sets it) that is a failure instead.
 fn browser() -> Option<Browser> {
     match Browser::start(1280, 900) {
         Ok(b) => Some(b),
+        Err(why) if std::env::var("SHOAL_REQUIRE_BROWSER").is_ok_and(|v| v == "1") => {
+            panic!("no headless Chromium, and SHOAL_REQUIRE_BROWSER=1: {why}")
+        }
         Err(why) => {
             eprintln!("SKIPPED: no headless Chromium here: {why}");
             None
         }
     }
+}
+
+/// The text of the element `css` selects, read in one step (the page redraws itself).
+fn text_of(b: &Browser, css: &str) -> String {
+    b.run(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+        json!([css]),
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
 }
 
 /// Where screenshots go: `docs/ui/` when asked for, else a folder of this run.
@@ -45,6 +64,7 @@ fn sign_in(b: &Browser, base: &str) {
 
 #[test]
 fn the_console_signs_in_searches_uploads_and_lists_jobs() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(b) = browser() else { return };
     let (dir, _keep) = shots();
     let node = Node::start(&[], &[]);
@@ -54,7 +74,8 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
         json!([
             {"id": "oncall", "text": "The on-call engineer rotates every Monday and carries the pager for a week.", "metadata": {"team": "ops"}},
             {"id": "expenses", "text": "Travel expenses are reimbursed within thirty days when receipts are attached.", "metadata": {"team": "finance"}},
-            {"id": "security", "text": "Laptops must use full-disk encryption and lock after five minutes idle.", "metadata": {"team": "it"}}
+            {"id": "security", "text": "Laptops must use full-disk encryption and lock after five minutes idle.", "metadata": {"team": "it"}},
+            {"id": "drills", "text": "Fire drills happen on the first Friday of each quarter.", "metadata": {"page": "<b>x</b>", "section": "<img src=x>"}}
         ]),
     );
     // a wrong key is refused on the sign-in page, and nothing else shows
@@ -105,6 +126,18 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     });
     assert_eq!(hit_ids(), json!(["1. expenses"]));
 
+    // what a writer put in metadata is shown as text, never as markup
+    b.goto(&format!("{}/ui#/search?collection=handbook", node.base));
+    let q = b.wait_for("#search-form input[name=query]", WAIT);
+    b.type_into(&q, "when are the fire drills");
+    b.click(&b.wait_for("#search-form button", WAIT));
+    b.wait_for_text("<b>x</b>", WAIT);
+    let markup = b.run(
+        "return document.querySelectorAll('.hit b, .hit img').length",
+        json!([]),
+    );
+    assert_eq!(markup, json!(0));
+
     // collections, then upload a file and follow its job until the document is searchable
     b.goto(&format!("{}/ui#/collections", node.base));
     b.wait_for("a[href='#/collections/handbook']", WAIT);
@@ -128,7 +161,7 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     assert_eq!(r.body["hits"][0]["document_id"], "parking.md", "{}", r.text);
     // the page shows the collection as it is now: the new document listed, its chunks one
     // click away
-    b.wait_for_text("4 documents", WAIT);
+    b.wait_for_text("5 documents", WAIT);
     b.click(&b.wait_for(
         "a[href='#/collections/handbook/documents/parking.md']",
         WAIT,
@@ -168,7 +201,9 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     assert!(!text.contains("payroll"), "{text}");
     assert!(b.find("#create-form").is_none());
     b.goto(&format!("{}/ui#/collections/handbook", node.base));
-    b.wait_for_text("Documents", WAIT);
+    shoal_tests::wait_until(WAIT, "the collection's page", || {
+        text_of(&b, "main h1") == "handbook"
+    });
     assert!(b.find("#files").is_none(), "a reader is offered no upload");
 
     // at phone width nothing needs sideways scrolling but the tables' own boxes
@@ -182,6 +217,7 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
 
 #[test]
 fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(b) = browser() else { return };
     let (dir, _keep) = shots();
     let mut c = Cluster::start(3, 0, &[]);
@@ -191,8 +227,8 @@ fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed()
     let base = c.nodes[watcher].base.clone();
     sign_in(&b, &base);
     b.goto(&format!("{base}/ui#/cluster"));
-    let shown = b.wait_for("#leader", WAIT);
-    assert_eq!(b.text(&shown), Cluster::id(leader).to_string());
+    b.wait_for("#leader", WAIT);
+    assert_eq!(text_of(&b, "#leader"), Cluster::id(leader).to_string());
     b.wait_for_text("(this node)", WAIT);
     let roles = b.run(
         "return [...document.querySelectorAll('[data-role]')].map(e => e.dataset.role)",
@@ -216,7 +252,7 @@ fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed()
     c.nodes[leader].kill9();
     let old = Cluster::id(leader).to_string();
     shoal_tests::wait_until(WAIT, "the console to show a new leader", || {
-        let now = b.find("#leader").map(|e| b.text(&e)).unwrap_or_default();
+        let now = text_of(&b, "#leader");
         !now.is_empty() && now != old && now != "none"
     });
     b.wait_for_text("unreachable", WAIT);

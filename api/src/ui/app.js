@@ -8,7 +8,13 @@ const signOutButton = document.getElementById("sign-out");
 
 let token = sessionStorage.getItem("shoal.token");
 let me = null; // GET /api/v1/auth/me
-let timers = []; // refreshes of the current view, stopped when it changes
+let view = 0; // the page shown: a render or poll of an earlier page stops (see `live`)
+
+/** A check that stays true while the page shown is the one shown now. */
+function live() {
+  const shown = view;
+  return () => shown === view;
+}
 
 const esc = (s) =>
   String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -76,10 +82,6 @@ async function guarded(work) {
   }
 }
 
-function every(ms, f) {
-  const id = setInterval(f, ms);
-  timers.push(id);
-}
 
 // ---------------------------------------------------------------- sign-in
 
@@ -139,14 +141,13 @@ function viewSignIn() {
   document.getElementById("password-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const f = new FormData(ev.target);
-    guarded(async () => {
-      token = null;
-      const t = await api("POST", "/api/v1/auth/token", { username: f.get("username"), password: f.get("password") });
-      token = t.access_token;
-      await done();
-    }).then(() => {
-      if (!token) say("Sign-in failed: check the user name and password.");
-    });
+    token = null;
+    api("POST", "/api/v1/auth/token", { username: f.get("username"), password: f.get("password") })
+      .then((t) => {
+        token = t.access_token;
+        return guarded(done);
+      })
+      .catch((e) => say(e.status === 401 ? "Sign-in failed: check the user name and password." : e.message));
   });
   document.getElementById("key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -189,7 +190,9 @@ async function collectionNames() {
 }
 
 async function viewSearch() {
+  const alive = live();
   const names = await collectionNames();
+  if (!alive()) return;
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const chosen = params.get("collection") || names[0] || "";
   main.innerHTML = `
@@ -229,7 +232,7 @@ async function viewSearch() {
     }
     guarded(async () => {
       const r = await api("POST", `/api/v1/collections/${enc(f.get("collection"))}/search`, body);
-      showHits(r, body.query);
+      if (alive()) showHits(r, body.query);
     });
   });
   form.querySelector("input[name=query]").focus();
@@ -247,7 +250,8 @@ function showHits(r, query) {
         <span>chunk ${h.chunk_index}</span>
         <span>vector score <strong>${fmt(h.score, 4)}</strong></span>
         ${h.rerank_score != null ? `<span>rerank score <strong>${fmt(h.rerank_score, 4)}</strong></span>` : ""}
-        ${h.metadata && h.metadata.page != null ? `<span>page ${h.metadata.page}${h.metadata.last_page !== h.metadata.page ? `–${h.metadata.last_page}` : ""}</span>` : ""}
+        ${h.metadata && h.metadata.page != null ? `<span>page ${esc(h.metadata.page)}${h.metadata.last_page !== h.metadata.page ? `–${esc(h.metadata.last_page)}` : ""}</span>` : ""}
+        ${h.metadata && typeof h.metadata.section === "string" ? `<span>section <strong>${esc(h.metadata.section)}</strong></span>` : ""}
       </div>
       <p>${marked(h.text, query)}</p>
       <details><summary>Metadata</summary><pre>${esc(JSON.stringify(h.metadata, null, 2))}</pre></details>
@@ -267,7 +271,9 @@ function showHits(r, query) {
 // ---------------------------------------------------------------- collections
 
 async function viewCollections() {
+  const alive = live();
   const list = await api("GET", "/api/v1/collections");
+  if (!alive()) return;
   const admin = me && me.role === "admin";
   main.innerHTML = `
     <h1>Collections</h1>
@@ -299,10 +305,12 @@ async function viewCollections() {
 }
 
 async function viewCollection(name, after) {
+  const alive = live();
   const [c, docs] = await Promise.all([
     api("GET", `/api/v1/collections/${enc(name)}`),
     api("GET", `/api/v1/collections/${enc(name)}/documents?limit=50${after ? `&after=${enc(after)}` : ""}`),
   ]);
+  if (!alive()) return;
   const writer = canWrite();
   main.innerHTML = `
     <p><a href="#/collections">Collections</a> › ${esc(name)}</p>
@@ -334,7 +342,7 @@ async function viewCollection(name, after) {
         .join("")}</tbody>
     </table></div>
     ${docs.next ? `<p><a href="#/collections/${enc(name)}?after=${enc(docs.next)}">Next page</a></p>` : ""}`;
-  if (writer) wireUpload(name);
+  if (writer) wireUpload(name, alive);
 }
 
 function stateBadge(state) {
@@ -342,7 +350,7 @@ function stateBadge(state) {
   return `<span class="badge ${cls}">${esc(state)}</span>`;
 }
 
-function wireUpload(name) {
+function wireUpload(name, alive) {
   const drop = document.getElementById("drop");
   const input = document.getElementById("files");
   const send = (files) => {
@@ -353,11 +361,13 @@ function wireUpload(name) {
     out.innerHTML = `<p>Uploading ${files.length} file(s)…</p>`;
     guarded(async () => {
       const accepted = await api("POST", `/api/v1/collections/${enc(name)}/documents`, form);
-      await followJob(accepted.job_id, out);
+      await followJob(accepted.job_id, out, alive);
+      if (!alive()) return;
       // the collection as it is now, with the job's outcome kept in view
       const outcome = out.innerHTML;
-      await viewCollection(name);
-      document.getElementById("upload-progress").innerHTML = outcome;
+      await viewCollection(name, null);
+      const progress = document.getElementById("upload-progress");
+      if (progress) progress.innerHTML = outcome;
     });
   };
   input.addEventListener("change", () => send(input.files));
@@ -373,9 +383,9 @@ function wireUpload(name) {
   });
 }
 
-/** Show a job's progress until it has finished. */
-async function followJob(id, out) {
-  for (;;) {
+/** Show a job's progress until it has finished (or the page is left). */
+async function followJob(id, out, alive) {
+  while (alive()) {
     const j = await api("GET", `/api/v1/jobs/${enc(id)}`);
     const done = j.indexed + j.failed + (j.superseded || 0);
     out.innerHTML = `
@@ -385,10 +395,13 @@ async function followJob(id, out) {
     if (j.state !== "running") return j;
     await new Promise((r) => setTimeout(r, 500));
   }
+  return null;
 }
 
 async function viewDocument(name, id) {
+  const alive = live();
   const d = await api("GET", `/api/v1/collections/${enc(name)}/documents/${enc(id)}`);
+  if (!alive()) return;
   main.innerHTML = `
     <p><a href="#/collections">Collections</a> › <a href="#/collections/${enc(name)}">${esc(name)}</a> › ${esc(id)}</p>
     <h1>${esc(id)}</h1>
@@ -398,15 +411,15 @@ async function viewDocument(name, id) {
     <h2>Metadata</h2><pre>${esc(JSON.stringify(d.metadata, null, 2))}</pre>
     <h2>Chunks</h2>
     <div class="table-wrap"><table>
-      <thead><tr><th class="num">#</th><th>Pages</th><th>Bytes</th><th>Text</th></tr></thead>
+      <thead><tr><th class="num">#</th><th>Pages</th><th>Section</th><th>Bytes</th><th>Text</th></tr></thead>
       <tbody>${(d.chunk_list || [])
         .map(
-          (c) => `<tr><td class="num">${c.chunk_index}</td><td>${c.page != null ? `${c.page}${c.last_page !== c.page ? `–${c.last_page}` : ""}` : "–"}</td>
+          (c) => `<tr><td class="num">${c.chunk_index}</td><td>${c.page != null ? `${c.page}${c.last_page !== c.page ? `–${c.last_page}` : ""}` : "–"}</td><td>${esc(c.section || "–")}</td>
           <td>${c.start}–${c.end}</td><td>${esc(c.text)}</td></tr>`,
         )
         .join("")}</tbody>
     </table></div>`;
-  wireRetries();
+  wireRetries(alive);
 }
 
 function canWrite() {
@@ -414,18 +427,26 @@ function canWrite() {
 }
 
 /** Retry buttons: accept a failed document again and follow the new job beside the button. */
-function wireRetries() {
+function wireRetries(alive) {
   for (const button of main.querySelectorAll("button.retry")) {
     button.addEventListener("click", () => {
       const next = button.parentElement.nextElementSibling;
-      const out = next && next.classList.contains("retry-progress") ? next : button.parentElement.appendChild(document.createElement("div"));
+      let out = next && next.classList.contains("retry-progress") ? next : button.parentElement.querySelector(".retry-progress");
+      if (!out) {
+        out = document.createElement("div");
+        out.className = "retry-progress";
+        button.parentElement.append(out);
+      }
       button.disabled = true;
       guarded(async () => {
         try {
           const accepted = await api("POST", `/api/v1/collections/${enc(button.dataset.collection)}/documents/${enc(button.dataset.id)}/retry`);
-          await followJob(accepted.job_id, out);
+          await followJob(accepted.job_id, out, alive);
+          // the page as it is now (the document's new state, the new job)
+          if (alive()) route();
         } catch (e) {
-          if (e instanceof ApiError && e.status === 404) throw new Error(`${button.dataset.id}: its text was never read (a file that could not be read): upload it again`);
+          if (e instanceof ApiError && e.status === 404)
+            throw new Error(`${e.message} (a file that could not be read has no text to retry: upload it again)`);
           throw e;
         } finally {
           button.disabled = false;
@@ -441,7 +462,9 @@ async function viewJobs() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const state = params.get("state") || "";
   const q = state ? `?state=${enc(state)}` : "";
+  const alive = live();
   const list = await api("GET", `/api/v1/jobs${q}`);
+  if (!alive()) return;
   const states = ["", "running", "completed", "completed_with_errors", "failed", "cancelled"];
   main.innerHTML = `
     <h1>Jobs</h1>
@@ -458,7 +481,7 @@ async function viewJobs() {
         )
         .join("")}</tbody>
     </table></div>`;
-  wireRetries();
+  wireRetries(alive);
   document.querySelector("#jobs-form select").addEventListener("change", (ev) => {
     location.hash = ev.target.value ? `#/jobs?state=${enc(ev.target.value)}` : "#/jobs";
   });
@@ -476,6 +499,7 @@ function sparkline(points, key) {
 }
 
 async function viewCluster() {
+  const alive = live();
   main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p>Loading…</p></div>`;
   const draw = async () => {
     const [c, load, actors] = await Promise.all([
@@ -483,6 +507,7 @@ async function viewCluster() {
       api("GET", "/api/v1/analytics/searches?since=1m").catch(() => null),
       api("GET", "/api/v1/admin/actors").catch(() => null),
     ]);
+    if (!alive()) return;
     const now = Date.now();
     for (const [id, l] of Object.entries((load && load.by_node) || {})) {
       const h = history.get(id) || [];
@@ -496,7 +521,7 @@ async function viewCluster() {
       const role = m.id === c.leader ? "leader" : m.role === "learner" ? "learner" : s.state || m.role;
       const health = m.error ? `<span class="bad">unreachable: ${esc(m.error)}</span>` : s.stale ? `<span class="warn">stale: ${esc(s.stale)}</span>` : `<span class="ok">healthy</span>`;
       return `<tr${here ? ' aria-current="true"' : ""}><td>${m.id}${here ? " <strong>(this node)</strong>" : ""}</td><td><code>${esc(m.addr)}</code></td>
-        <td><span class="badge ${role === "leader" ? "ok" : "muted"}" data-role="${role}">${role}</span></td><td class="num">${fmt(s.term)}</td>
+        <td><span class="badge ${role === "leader" ? "ok" : "muted"}" data-role="${esc(role)}">${esc(role)}</span></td><td class="num">${fmt(s.term)}</td>
         <td class="num">${fmt(s.commit_index)}</td><td class="num">${fmt(s.applied_index)}</td><td class="num">${fmt(m.lag)}</td><td>${health}</td></tr>`;
     };
     const charts = [...history.entries()]
@@ -524,24 +549,41 @@ async function viewCluster() {
           : "<p class='muted'>Not available to this credential.</p>"
       }`;
   };
-  await draw();
-  every(2000, () => guarded(draw));
+  try {
+    await draw();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403) {
+      document.getElementById("cluster-body").innerHTML = "<p>The cluster view needs an admin's credential.</p>";
+      return;
+    }
+    throw e;
+  }
+  const tick = async () => {
+    if (!alive()) return;
+    await guarded(draw);
+    if (alive()) setTimeout(tick, 2000);
+  };
+  setTimeout(tick, 2000);
 }
 
 // ---------------------------------------------------------------- routing
 
 async function route() {
-  timers.forEach(clearInterval);
-  timers = [];
+  view += 1;
   const hash = location.hash || "#/search";
   const [path] = hash.slice(1).split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  const view = parts[0] || "search";
+  let parts;
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    parts = ["not-found"];
+  }
+  const page = parts[0] || "search";
   for (const a of document.querySelectorAll("nav a")) {
-    if (a.dataset.view === view) a.setAttribute("aria-current", "page");
+    if (a.dataset.view === page) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  if (view === "signin") {
+  if (page === "signin") {
     viewSignIn();
     return;
   }
@@ -551,18 +593,22 @@ async function route() {
   }
   main.innerHTML = "<p>Loading…</p>";
   await guarded(async () => {
-    if (view === "search") await viewSearch();
-    else if (view === "collections" && parts.length === 1) await viewCollections();
-    else if (view === "collections" && parts.length === 2) {
+    if (page === "search") await viewSearch();
+    else if (page === "collections" && parts.length === 1) await viewCollections();
+    else if (page === "collections" && parts.length === 2) {
       const after = new URLSearchParams(hash.split("?")[1] || "").get("after");
       await viewCollection(parts[1], after);
-    } else if (view === "collections" && parts[2] === "documents") await viewDocument(parts[1], parts.slice(3).join("/"));
-    else if (view === "jobs") await viewJobs();
-    else if (view === "cluster") await viewCluster();
+    } else if (page === "collections" && parts[2] === "documents") await viewDocument(parts[1], parts.slice(3).join("/"));
+    else if (page === "jobs") await viewJobs();
+    else if (page === "cluster") await viewCluster();
     else main.innerHTML = `<h1>Not found</h1><p>No such page: <code>${esc(hash)}</code>.</p>`;
   });
-  main.focus();
+  // a page that put the focus on one of its fields keeps it there
+  if (!main.contains(document.activeElement)) main.focus();
 }
 
 window.addEventListener("hashchange", route);
+// a file dropped beside the drop zone is not opened in place of the console
+window.addEventListener("dragover", (ev) => ev.preventDefault());
+window.addEventListener("drop", (ev) => ev.preventDefault());
 route();
