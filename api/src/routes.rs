@@ -724,33 +724,9 @@ async fn retry_document<S: ShoalService>(
     validate_collection_name(&name)?;
     p.require_write(&name)?;
     // a failed document keeps its text: it is accepted again, as a new version in a new job
-    let d = s.get_document(name.clone(), id.clone()).await?;
-    if d.state != DocumentState::Failed {
-        return Err(ApiError::Conflict(format!(
-            "document `{id}` has not failed (it is {}): only a failed document is retried",
-            serde_json::to_value(d.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        )));
-    }
-    let admission = s.admit_documents(Some(d.text.len() as u64))?;
-    let req = AddDocumentsRequest {
-        documents: vec![DocumentInput {
-            id: d.id,
-            text: d.text,
-            metadata: Some(d.metadata),
-            sections: d
-                .sections
-                .into_iter()
-                .map(|s| (s.start, s.heading))
-                .collect(),
-        }],
-        unreadable: Vec::new(),
-    };
     Ok((
         StatusCode::ACCEPTED,
-        Json(s.add_documents(name, req, admission).await?),
+        Json(s.retry_document(name, id).await?),
     ))
 }
 

@@ -66,6 +66,13 @@ pub trait ShoalService: Send + Sync + 'static {
         collection: String,
         id: String,
     ) -> impl Future<Output = Result<u64, ApiError>> + Send;
+    /// Accept a failed document's stored text again, in a new job (409 if it has not failed,
+    /// or was replaced or retried meanwhile).
+    fn retry_document(
+        &self,
+        collection: String,
+        id: String,
+    ) -> impl Future<Output = Result<AddDocumentsResponse, ApiError>> + Send;
     fn get_job(&self, id: String) -> impl Future<Output = Result<JobInfo, ApiError>> + Send;
     /// Jobs newest first, of the collections `viewer` may see.
     fn list_jobs(

@@ -48,7 +48,8 @@ impl From<NodeError> for ApiError {
             | NodeError::Store(StoreError::ApiKeyNotFound(_))
             | NodeError::NotFound(_) => ApiError::NotFound(msg),
             NodeError::Store(StoreError::CollectionExists(_))
-            | NodeError::Store(StoreError::UserExists(_)) => ApiError::Conflict(msg),
+            | NodeError::Store(StoreError::UserExists(_))
+            | NodeError::Store(StoreError::DocumentChanged(_)) => ApiError::Conflict(msg),
             NodeError::Store(StoreError::InvalidCommand(_))
             | NodeError::Index(IndexError::Dimension { .. })
             | NodeError::Index(IndexError::ZeroVector)

@@ -1144,6 +1144,62 @@ impl ShoalService for Node {
         })
     }
 
+    async fn retry_document(&self, collection: String, id: String) -> Result<AddDocumentsResponse> {
+        let coll = self.require_collection(&collection)?;
+        self.require_model_dimension(&coll, "documents cannot be embedded into it")?;
+        let (c, i) = (collection.clone(), id.clone());
+        let (version, status, bytes) = self
+            .read(move |ctx| {
+                let d = ctx.store.document(&c, &i)?;
+                Ok((d.version, d.status, d.text.len() as u64))
+            })
+            .await?;
+        if !matches!(status, DocumentStatus::Failed { .. }) {
+            let state = document_state(&status).0;
+            return Err(ApiError::Conflict(format!(
+                "document `{id}` has not failed (it is {}): only a failed document is retried",
+                serde_json::to_value(state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )));
+        }
+        // room in the ingest queue, held until the accepted document is queued
+        let body = self.admit_documents(Some(bytes))?;
+        let docs =
+            self.ctx
+                .actors
+                .ingest
+                .admit(0, 1)
+                .map_err(|full| ApiError::TooManyRequests {
+                    message: full.message,
+                    retry_after_s: full.retry_after.as_secs().max(1),
+                })?;
+        let hold: crate::context::Hold = Box::new((body, docs));
+        let job_id = uuid::Uuid::new_v4().to_string();
+        // the command checks again, in log order, that this failed version is still the
+        // document's: a replacement or another retry in between makes it a 409
+        let committed = self
+            .ctx
+            .apply_holding(
+                Command::RetryDocument {
+                    collection,
+                    doc_id: id,
+                    version,
+                    job_id: job_id.clone(),
+                    at_ms: now_ms(),
+                },
+                hold,
+            )
+            .await?;
+        Ok(AddDocumentsResponse {
+            status_url: format!("/api/v1/jobs/{job_id}"),
+            job_id,
+            documents: 1,
+            index: committed.index,
+        })
+    }
+
     async fn delete_document(&self, collection: String, id: String) -> Result<u64> {
         let uid = self.require_collection(&collection)?.uid;
         let committed = self

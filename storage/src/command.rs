@@ -167,6 +167,16 @@ pub enum Command {
         failed: Vec<crate::JobError>,
         at_ms: u64,
     },
+    /// Accept a failed document's stored text, metadata and sections again, as a new version in
+    /// the new job `job_id`, if the document is still the failed `version` (a newer version, or
+    /// a retry made meanwhile, is left alone: the command is refused).
+    RetryDocument {
+        collection: String,
+        doc_id: String,
+        version: u64,
+        job_id: String,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -178,6 +188,7 @@ impl Command {
             Command::StageDocuments { .. } => "stage_documents",
             Command::AcceptDocuments { .. } => "accept_documents",
             Command::AcceptUpload { .. } => "accept_upload",
+            Command::RetryDocument { .. } => "retry_document",
             Command::ClaimDocuments { .. } => "claim_documents",
             Command::StoreChunks { .. } => "store_chunks",
             Command::FailDocument { .. } => "fail_document",
@@ -291,6 +302,16 @@ mod tests {
                 at_ms: 0
             }),
             15
+        );
+        assert_eq!(
+            number(Command::RetryDocument {
+                collection: "c".into(),
+                doc_id: "d".into(),
+                version: 1,
+                job_id: "j".into(),
+                at_ms: 0
+            }),
+            16
         );
     }
 }

@@ -17,6 +17,9 @@ pub enum StoreError {
     ApiKeyNotFound(String),
     #[error("invalid command: {0}")]
     InvalidCommand(String),
+    /// The document is not as the command expected (a newer version, or not failed).
+    #[error("{0}")]
+    DocumentChanged(String),
     #[error("stored data has format version {found}, this build reads version {expected}")]
     FormatVersion { found: u8, expected: u8 },
     #[error("corrupt record under key {key}: {reason}")]
@@ -54,6 +57,7 @@ impl StoreError {
                 | StoreError::CollectionExists(_)
                 | StoreError::DocumentNotFound { .. }
                 | StoreError::InvalidCommand(_)
+                | StoreError::DocumentChanged(_)
                 | StoreError::UserExists(_)
                 | StoreError::UserNotFound(_)
                 | StoreError::ApiKeyNotFound(_)

@@ -595,6 +595,15 @@ impl Store {
                 failed,
                 *at_ms,
             ),
+            Command::RetryDocument {
+                collection,
+                doc_id,
+                version,
+                job_id,
+                at_ms,
+            } => self.apply_retry(
+                &mut batch, index, collection, doc_id, *version, job_id, *at_ms,
+            ),
             Command::ClaimDocuments {
                 collection,
                 node,
@@ -785,6 +794,32 @@ impl Store {
             outcome: Outcome::Staged { part },
             effects: Vec::new(),
         })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_retry(
+        &self,
+        batch: &mut Batch,
+        index: u64,
+        collection: &str,
+        doc_id: &str,
+        version: u64,
+        job_id: &str,
+        at_ms: u64,
+    ) -> Result<Applied, StoreError> {
+        let doc = self.document(collection, doc_id)?;
+        if doc.version != version || !matches!(doc.status, DocumentStatus::Failed { .. }) {
+            return Err(StoreError::DocumentChanged(format!(
+                "document `{doc_id}` is no longer the failed version {version} (it was replaced or retried meanwhile)"
+            )));
+        }
+        let input = DocumentInput {
+            id: doc.id,
+            text: doc.text,
+            metadata_json: doc.metadata_json,
+            sections: doc.sections,
+        };
+        self.apply_accept(batch, index, collection, job_id, &[input], 0, &[], at_ms)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -172,6 +172,44 @@ fn ingest_flow_assigns_points_and_tracks_job() {
     assert_eq!(pts.len(), 2);
     assert_eq!(log.store.chunk(1, 1).unwrap().unwrap().text, "llo");
     assert!(log.store.pending_documents().unwrap().is_empty());
+
+    // a retry of the failed version: its text again, a new version in a new job
+    let retry = |version: u64, job: &str| Command::RetryDocument {
+        collection: "c".into(),
+        doc_id: "d2".into(),
+        version,
+        job_id: job.into(),
+        at_ms: 5,
+    };
+    assert!(matches!(
+        log.apply(retry(1, "j2")),
+        Err(StoreError::DocumentChanged(_))
+    ));
+    let index = log.next;
+    log.apply(retry(2, "j2")).unwrap();
+    let d2 = log.store.document("c", "d2").unwrap();
+    assert_eq!((d2.version, &d2.status), (index, &DocumentStatus::Pending));
+    assert_eq!(d2.job_id, "j2");
+    assert_eq!(log.store.job("j2").unwrap().unwrap().total, 1);
+    assert_eq!(log.store.pending_documents().unwrap().len(), 1);
+    // the same retry again (two clicks, or a replacement meanwhile): refused, nothing written
+    assert!(matches!(
+        log.apply(retry(2, "j3")),
+        Err(StoreError::DocumentChanged(_))
+    ));
+    assert!(log.store.job("j3").unwrap().is_none());
+    // an indexed document is not retried
+    let indexed = Command::RetryDocument {
+        collection: "c".into(),
+        doc_id: "d1".into(),
+        version: 2,
+        job_id: "j4".into(),
+        at_ms: 6,
+    };
+    assert!(matches!(
+        log.apply(indexed),
+        Err(StoreError::DocumentChanged(_))
+    ));
 }
 
 #[test]

@@ -431,6 +431,23 @@ fn credentials_roles_tenants_and_attacks() {
         .status,
         403
     );
+    // retrying a document is a write: a reader is refused, and another tenant's collection
+    // reads as missing
+    for (who, path, status) in [
+        (
+            &rita,
+            "/api/v1/collections/acme-docs/documents/a1/retry",
+            403,
+        ),
+        (
+            &ann,
+            "/api/v1/collections/globex-docs/documents/g1/retry",
+            404,
+        ),
+    ] {
+        let r = call(b, "POST", path, Some(who), None);
+        assert_eq!(r.status, status, "{path}: {}", r.text);
+    }
     assert_eq!(search(&rita, "acme-docs").status, 200);
     let emb = call(
         b,
