@@ -461,9 +461,12 @@ function wireRetries(alive) {
 async function viewJobs() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const state = params.get("state") || "";
-  const q = state ? `?state=${enc(state)}` : "";
+  const offset = Number(params.get("offset")) || 0;
+  const query = new URLSearchParams();
+  if (state) query.set("state", state);
+  if (offset) query.set("offset", String(offset));
   const alive = live();
-  const list = await api("GET", `/api/v1/jobs${q}`);
+  const list = await api("GET", `/api/v1/jobs?${query}`);
   if (!alive()) return;
   const states = ["", "running", "completed", "completed_with_errors", "failed", "cancelled"];
   main.innerHTML = `
@@ -481,10 +484,21 @@ async function viewJobs() {
         )
         .join("")}</tbody>
     </table></div>`;
+  if (list.next != null) {
+    const next = new URLSearchParams(query);
+    next.set("offset", String(list.next));
+    main.insertAdjacentHTML("beforeend", `<p><a href="#/jobs?${esc(next.toString())}">Older jobs</a></p>`);
+  }
   wireRetries(alive);
   document.querySelector("#jobs-form select").addEventListener("change", (ev) => {
     location.hash = ev.target.value ? `#/jobs?state=${enc(ev.target.value)}` : "#/jobs";
   });
+  // while jobs run, the page follows them (unless the user is busy with a retry)
+  if (list.jobs.some((j) => j.state === "running")) {
+    setTimeout(() => {
+      if (alive() && !main.querySelector(".retry-progress:not(:empty)")) route();
+    }, 2000);
+  }
 }
 
 // ---------------------------------------------------------------- cluster
