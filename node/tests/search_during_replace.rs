@@ -3,30 +3,15 @@
 //! for them resolve to nothing) and the shard does not hold the new ones yet. Found by reviewing
 //! the chaos checker's rules against the search path.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api::dto::SearchRequest;
 use shoal_api::ShoalService;
 use shoal_node::config::Config;
-use shoal_storage::{
-    ChunkInput, CollectionSpec, Command, DocumentChunks, DocumentInput, HnswParams,
-};
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SHOAL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "model not found at {}: run scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
+use shoal_storage::{ChunkInput, Command, DocumentChunks, DocumentInput};
 
 const DIM: usize = 8;
 
@@ -163,24 +148,12 @@ async fn node_with_first_version(
     tmp: &tempfile::TempDir,
     configure: impl FnOnce(&mut Config),
 ) -> shoal_node::RunningNode {
-    let mut config = Config::default();
-    config.storage.data_dir = tmp.path().join("data");
-    config.model.path = model_dir();
-    // one background thread (the default): the shard's inserts and deletes run on it
-    config.threads.background = 1;
-    configure(&mut config);
-    let node = shoal_node::start(config).await.unwrap();
-    node.ctx
-        .apply(Command::CreateCollection {
-            name: "c".into(),
-            spec: CollectionSpec {
-                dimension: DIM as u32,
-                hnsw: HnswParams::default(),
-            },
-            at_ms: 1,
-        })
-        .await
-        .unwrap();
+    let node = common::node_with_collection(tmp, DIM as u32, |config| {
+        // one background thread (the default): the shard's inserts and deletes run on it
+        config.threads.background = 1;
+        configure(config);
+    })
+    .await;
     let first = write_version(&node.ctx, "version one").await;
     assert!(
         node.ctx

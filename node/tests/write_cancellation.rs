@@ -3,28 +3,12 @@
 //! used once, every stored point in the shard and nothing else.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use shoal_node::config::Config;
-use shoal_storage::{
-    ChunkInput, CollectionSpec, Command, DocumentChunks, DocumentInput, HnswParams,
-};
+mod common;
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("SHOAL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "model not found at {}: run scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
+use rand::{Rng, SeedableRng};
+use shoal_storage::{ChunkInput, Command, DocumentChunks, DocumentInput};
 
 const DIM: usize = 8;
 
@@ -37,21 +21,8 @@ fn vector(rng: &mut impl Rng) -> Vec<f32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_writes_leave_store_and_index_in_agreement() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.storage.data_dir = tmp.path().join("data");
-    config.model.path = model_dir();
-    let node = shoal_node::start(config).await.unwrap();
+    let node = common::node_with_collection(&tmp, DIM as u32, |_| {}).await;
     let ctx = node.ctx.clone();
-    ctx.apply(Command::CreateCollection {
-        name: "c".into(),
-        spec: CollectionSpec {
-            dimension: DIM as u32,
-            hnsw: HnswParams::default(),
-        },
-        at_ms: 1,
-    })
-    .await
-    .unwrap();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let docs = 80;
