@@ -518,7 +518,7 @@ async function viewCluster() {
   const draw = async () => {
     const [c, load, actors] = await Promise.all([
       api("GET", "/api/v1/cluster"),
-      api("GET", "/api/v1/analytics/searches?since=1m").catch(() => null),
+      api("GET", "/api/v1/analytics/searches?since=10s").catch(() => null),
       api("GET", "/api/v1/admin/actors").catch(() => null),
     ]);
     if (!alive()) return;
@@ -551,7 +551,7 @@ async function viewCluster() {
         <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th>Health</th></tr></thead>
         <tbody>${c.members.map(row).join("")}</tbody>
       </table></div>
-      <h2>Searches in the last minute, per node</h2>
+      <h2>Searches per node (the last 10 s, sampled every 2 s)</h2>
       <div class="cards">${charts || "<p class='muted'>No samples yet.</p>"}</div>
       <h2>This node's actors</h2>
       ${
