@@ -41,6 +41,23 @@ pub struct CollectionInfo {
     /// On the answer to a create: the log index the collection was created at.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub log_index: Option<u64>,
+    /// What the collection takes on this node (on `GET /api/v1/collections/{name}` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub storage: Option<CollectionStorage>,
+}
+
+/// What a collection takes on the node that answers, measured when asked (at most every 10 s).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct CollectionStorage {
+    /// Its documents' records in the store: text, metadata, keys.
+    pub documents_bytes: u64,
+    /// Its chunks' records in the store: text, vector, keys.
+    pub chunks_bytes: u64,
+    /// The files of its index's last graph dump.
+    pub index_files_bytes: u64,
+    /// Its vectors as the index holds them in memory (points in the graph × dimension × 4); the
+    /// graph's links and the process's other memory come on top (`/metrics`).
+    pub vectors_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

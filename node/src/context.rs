@@ -46,6 +46,11 @@ pub struct NodeContext {
     pub recorder: crate::analytics::Recorder,
     /// Uploaded files whose text is being extracted at once.
     pub extract_slots: Arc<tokio::sync::Semaphore>,
+    /// What each collection took when last measured (by uid), and when: measured at most every
+    /// [`crate::service::STORAGE_MEASURE_EVERY`].
+    pub storage_measured: parking_lot::Mutex<
+        std::collections::HashMap<u64, (std::time::Instant, shoal_api::dto::CollectionStorage)>,
+    >,
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -96,6 +101,7 @@ impl NodeContext {
             recorder,
             events,
             extract_slots: Arc::new(tokio::sync::Semaphore::new(extract_workers)),
+            storage_measured: Default::default(),
             warm: AtomicBool::new(false),
             reranker_warm: AtomicBool::new(false),
         }

@@ -80,7 +80,59 @@ impl Node {
                 tombstones: stats.map(|s| s.tombstones as u64).unwrap_or(0),
             },
             log_index: None,
+            storage: None,
         }
+    }
+
+    /// What collection `c` takes on this node: its records in the store and its index's files,
+    /// measured by walking them (so at most every [`STORAGE_MEASURE_EVERY`] per collection).
+    async fn collection_storage(&self, c: &CollectionRecord) -> Result<CollectionStorage> {
+        if let Some((at, s)) = self.ctx.storage_measured.lock().get(&c.uid) {
+            if at.elapsed() < STORAGE_MEASURE_EVERY {
+                return Ok(*s);
+            }
+        }
+        let (uid, dimension) = (c.uid, c.spec.dimension as u64);
+        let dump_dir = self.ctx.shard_dump_dir(c);
+        let graph_points = self
+            .ctx
+            .actors
+            .shards
+            .get(&c.name)
+            .and_then(|s| s.shard)
+            .map_or(0, |s| s.stats().graph_points as u64);
+        let measured = self
+            .read(move |ctx| {
+                let (documents_bytes, chunks_bytes) = ctx.store.collection_bytes(uid)?;
+                let index_files_bytes = std::fs::read_dir(&dump_dir)
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .filter_map(|e| e.metadata().ok())
+                            .filter(|m| m.is_file())
+                            .map(|m| m.len())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                Ok(CollectionStorage {
+                    documents_bytes,
+                    chunks_bytes,
+                    index_files_bytes,
+                    vectors_memory_bytes: graph_points * dimension * 4,
+                })
+            })
+            .await?;
+        let mut cache = self.ctx.storage_measured.lock();
+        // (dropped collections' figures go when the cache is next written)
+        let live: std::collections::HashSet<u64> = self
+            .ctx
+            .store
+            .collections()
+            .map(|all| all.into_iter().map(|c| c.uid).collect())
+            .unwrap_or_default();
+        cache.retain(|uid, _| live.contains(uid));
+        cache.insert(c.uid, (std::time::Instant::now(), measured));
+        Ok(measured)
     }
 
     /// Wait until this node's shard of collection `uid` reflects log index `index` (applied to
@@ -529,6 +581,9 @@ fn job_info(j: JobRecord, mirrored: u64) -> JobInfo {
     }
 }
 
+/// How long a collection's measured storage is reused before it is measured again.
+pub const STORAGE_MEASURE_EVERY: Duration = Duration::from_secs(10);
+
 /// Bytes of section headings one document may carry into the log (its outline, not its text).
 const SECTION_BYTES: usize = 64 * 1024;
 
@@ -749,7 +804,9 @@ impl ShoalService for Node {
 
     async fn get_collection(&self, name: String) -> Result<CollectionInfo> {
         let c = self.require_collection(&name)?;
-        Ok(self.collection_info(&c))
+        let mut info = self.collection_info(&c);
+        info.storage = Some(self.collection_storage(&c).await?);
+        Ok(info)
     }
 
     async fn list_collections(&self) -> Result<CollectionList> {

@@ -379,6 +379,25 @@ impl Store {
 
     /// The text of a pending document version, or None when that version is no longer pending
     /// (replaced, deleted, or its collection dropped).
+    /// Bytes the collection `uid` holds in the store: its documents' records (text, metadata)
+    /// and its chunks' records (text, vector), keys included, as (documents, chunks). Read by
+    /// walking its records: a cost in proportion to its size.
+    pub fn collection_bytes(&self, uid: u64) -> Result<(u64, u64), StoreError> {
+        let tree = self.tree();
+        let sum = |prefix: Vec<u8>| -> Result<u64, StoreError> {
+            let mut n = 0u64;
+            for kv in tree.scan_prefix(prefix) {
+                let (k, v) = kv?;
+                n += (k.len() + v.len()) as u64;
+            }
+            Ok(n)
+        };
+        Ok((
+            sum(keys::documents_prefix(uid))?,
+            sum(keys::points_prefix(uid))?,
+        ))
+    }
+
     pub fn pending_text(
         &self,
         uid: u64,

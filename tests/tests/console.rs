@@ -153,6 +153,9 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     .unwrap();
     b.type_into(&input, file.to_str().unwrap());
     b.wait_for_text("1 of 1 documents (1 indexed, 0 failed)", WAIT);
+    // the collection's page says what it takes on this node
+    b.wait_for_text("On this node", WAIT);
+    b.wait_for_text("of chunks", WAIT);
     b.screenshot(&dir.join("upload.png"));
     let r = node.search(
         "handbook",

@@ -18,6 +18,32 @@ fn documents_page_by_page_and_jobs_by_state() {
     let bad = node.ingest("other", json!([{"id": "blank", "text": "\u{200b}\u{200b}"}, {"id": "fine", "text": "A fine text."}]));
     let bad_job = bad["id"].as_str().unwrap().to_string();
 
+    // what the collection takes on the node: its records and its vectors (the list leaves it out)
+    let c = node.get("/api/v1/collections/lib");
+    let st = &c.body["storage"];
+    let chunks = c.body["chunks"].as_u64().unwrap();
+    assert!(chunks >= 25, "{}", c.text);
+    // each chunk's record holds its 384 floats at least; each document its text
+    assert!(
+        st["chunks_bytes"].as_u64().unwrap() >= chunks * 384 * 4,
+        "{st}"
+    );
+    assert!(st["documents_bytes"].as_u64().unwrap() >= 25 * 30, "{st}");
+    assert_eq!(
+        st["vectors_memory_bytes"].as_u64().unwrap(),
+        chunks * 384 * 4,
+        "{st}"
+    );
+    assert!(st["index_files_bytes"].is_u64(), "{st}");
+    let empty = node.get("/api/v1/collections/other").body["storage"]["chunks_bytes"].as_u64();
+    assert!(empty.unwrap() < st["chunks_bytes"].as_u64().unwrap());
+    let list = node.get("/api/v1/collections");
+    assert!(
+        list.body["collections"][0].get("storage").is_none(),
+        "{}",
+        list.text
+    );
+
     // pages of 10 in id order, each `next` leading to the following page
     let mut seen = Vec::new();
     let mut after: Option<String> = None;

@@ -21,6 +21,17 @@ const esc = (s) =>
 const fmt = (n, digits = 0) => (n == null ? "–" : Number(n).toLocaleString("en-US", { maximumFractionDigits: digits }));
 const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "–");
 const enc = encodeURIComponent;
+const bytes = (n) => {
+  if (n == null) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = Number(n);
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${fmt(v, i ? 1 : 0)} ${units[i]}`;
+};
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -318,6 +329,12 @@ async function viewCollection(name, after) {
     <div class="cards">
       <div class="card"><h3>Content</h3>${fmt(c.documents)} documents · ${fmt(c.chunks)} chunks</div>
       <div class="card"><h3>Index</h3>${fmt(c.index.live_points)} live points · ${fmt(c.index.tombstones)} tombstones<br>m ${c.index.m} · ef_construction ${c.index.ef_construction} · ${c.dimension} dimensions</div>
+      ${
+        c.storage
+          ? `<div class="card"><h3>On this node</h3>store: ${bytes(c.storage.documents_bytes)} of documents, ${bytes(c.storage.chunks_bytes)} of chunks<br>
+        index files ${bytes(c.storage.index_files_bytes)} · vectors in memory ${bytes(c.storage.vectors_memory_bytes)}</div>`
+          : ""
+      }
       <div class="card"><h3>Search it</h3><a href="#/search?collection=${enc(name)}">Open the playground</a></div>
     </div>
     ${
