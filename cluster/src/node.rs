@@ -72,6 +72,8 @@ pub struct ClusterSettings {
     /// What this node offers the others (for example `reranker`): shown in its status, so that
     /// a node without it can send that work to one that has it.
     pub capabilities: Vec<String>,
+    /// Restarts of this node's actors so far (its supervisor counts them): shown in its status.
+    pub actor_restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ClusterSettings {
@@ -96,6 +98,7 @@ impl ClusterSettings {
             write_timeout_ms: 5000,
             stale_after_ms: 2000,
             capabilities: vec![],
+            actor_restarts: Default::default(),
         }
     }
 
@@ -143,6 +146,9 @@ pub struct NodeStatus {
     /// What this node offers the others (`reranker`, ...).
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Restarts of its actors since it started.
+    #[serde(default)]
+    pub actor_restarts: u64,
 }
 
 /// One member in a cluster-wide status.
@@ -1260,6 +1266,10 @@ impl ClusterNode {
             }),
             stale: self.stale(),
             capabilities: self.settings.capabilities.clone(),
+            actor_restarts: self
+                .settings
+                .actor_restarts
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

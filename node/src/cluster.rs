@@ -55,6 +55,7 @@ pub fn settings(config: &Config) -> ClusterSettings {
         } else {
             Vec::new()
         },
+        actor_restarts: Default::default(),
     }
 }
 
@@ -65,7 +66,9 @@ pub async fn start(
     sink: Arc<dyn IndexSink>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<ClusterNode>> {
-    let node = ClusterNode::start(settings(config), store, sink, metrics)
+    let mut settings = settings(config);
+    settings.actor_restarts = metrics.actor_restarts_total.clone();
+    let node = ClusterNode::start(settings, store, sink, metrics)
         .await
         .context("cannot start consensus")?;
     tracing::info!(node = node.id, cluster = ?node.cluster_id(), "consensus started");

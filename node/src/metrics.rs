@@ -15,6 +15,8 @@ pub struct Metrics {
     pub http_seconds: HistogramVec,
     pub http_in_flight: prometheus::IntGaugeVec,
     pub actor_restarts: IntCounterVec,
+    /// All restarts, for this node's cluster status (the console shows them per member).
+    pub actor_restarts_total: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub ingest_documents: IntCounterVec,
     pub ingest_chunks: IntCounter,
     pub ingest_queue: IntGauge,
@@ -230,6 +232,7 @@ impl Metrics {
                 "Actors restarted by the supervisor after a failure",
                 &["actor"],
             ),
+            actor_restarts_total: Default::default(),
             ingest_documents: counter_vec(
                 "ingest_documents_total",
                 "Documents finished by ingest, by outcome",

@@ -249,6 +249,21 @@ fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed()
         1,
         "{roles:?}"
     );
+    // an actor that panics on another member is restarted, and the view counts it on its row
+    let other = (0..3).find(|i| *i != leader && *i != watcher).unwrap();
+    let r = c.nodes[other].request("POST", "/api/v1/admin/actors/embedder-query/panic", None);
+    assert!(r.status < 300, "{}", r.text);
+    let other_id = Cluster::id(other).to_string();
+    shoal_tests::wait_until(WAIT, "the member's restart on its row", || {
+        let rows = b.run(
+            "return [...document.querySelectorAll('#cluster-body tbody tr')].map(r => [r.cells[0].textContent, r.querySelector('[data-restarts]')?.dataset.restarts ?? ''])",
+            json!([]),
+        );
+        rows.as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r[0].as_str().is_some_and(|t| t.starts_with(&other_id)) && r[1] == "1")
+        })
+    });
     b.screenshot(&dir.join("cluster.png"));
 
     // the leader dies: the page (refreshing on its own) names another one

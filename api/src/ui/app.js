@@ -553,7 +553,8 @@ async function viewCluster() {
       const health = m.error ? `<span class="bad">unreachable: ${esc(m.error)}</span>` : s.stale ? `<span class="warn">stale: ${esc(s.stale)}</span>` : `<span class="ok">healthy</span>`;
       return `<tr${here ? ' aria-current="true"' : ""}><td>${m.id}${here ? " <strong>(this node)</strong>" : ""}</td><td><code>${esc(m.addr)}</code></td>
         <td><span class="badge ${role === "leader" ? "ok" : "muted"}" data-role="${esc(role)}">${esc(role)}</span></td><td class="num">${fmt(s.term)}</td>
-        <td class="num">${fmt(s.commit_index)}</td><td class="num">${fmt(s.applied_index)}</td><td class="num">${fmt(m.lag)}</td><td>${health}</td></tr>`;
+        <td class="num">${fmt(s.commit_index)}</td><td class="num">${fmt(s.applied_index)}</td><td class="num">${fmt(m.lag)}</td>
+        <td class="num${s.actor_restarts ? " warn" : ""}" data-restarts="${esc(s.actor_restarts ?? "")}">${fmt(s.actor_restarts)}</td><td>${health}</td></tr>`;
     };
     const charts = [...history.entries()]
       .map(
@@ -565,7 +566,7 @@ async function viewCluster() {
     document.getElementById("cluster-body").innerHTML = `
       <p>Cluster <code>${esc(c.cluster_id || "not initialised")}</code> · term ${fmt(c.term)} · leader <strong id="leader">${c.leader ?? "none"}</strong></p>
       <div class="table-wrap"><table>
-        <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th>Health</th></tr></thead>
+        <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th class="num">Actor restarts</th><th>Health</th></tr></thead>
         <tbody>${c.members.map(row).join("")}</tbody>
       </table></div>
       <h2>Searches per node (the last 10 s, sampled every 2 s)</h2>

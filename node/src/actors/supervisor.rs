@@ -402,6 +402,12 @@ impl Actor for NodeSupervisor {
             .actor_restarts
             .with_label_values(&[name.as_str()])
             .inc();
+        state
+            .ctx
+            .runtime
+            .metrics
+            .actor_restarts_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(child = %name, reason = %why, restart_in_ms = delay.as_millis() as u64, "child actor died; restarting");
         let spec = child.spec;
         myself.send_after(delay, move || SupervisorMsg::Restart(spec));
