@@ -83,3 +83,13 @@ impl From<NodeError> for ApiError {
         }
     }
 }
+
+/// A full ingest queue: 429 with when to come back.
+impl From<crate::ingest_queue::QueueFull> for ApiError {
+    fn from(full: crate::ingest_queue::QueueFull) -> Self {
+        ApiError::TooManyRequests {
+            message: full.message,
+            retry_after_s: full.retry_after.as_secs().max(1),
+        }
+    }
+}

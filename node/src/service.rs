@@ -59,14 +59,18 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl Node {
-    fn collection_info(&self, c: &CollectionRecord) -> CollectionInfo {
-        let stats = self
-            .ctx
+    /// The figures of the collection's loaded shard on this node, if it is loaded.
+    fn shard_stats(&self, c: &CollectionRecord) -> Option<shoal_index::ShardStats> {
+        self.ctx
             .actors
             .shards
             .get(&c.name)
             .and_then(|s| s.shard)
-            .map(|s| s.stats());
+            .map(|s| s.stats())
+    }
+
+    fn collection_info(&self, c: &CollectionRecord) -> CollectionInfo {
+        let stats = self.shard_stats(c);
         CollectionInfo {
             name: c.name.clone(),
             dimension: c.spec.dimension,
@@ -94,13 +98,7 @@ impl Node {
         }
         let (uid, dimension) = (c.uid, c.spec.dimension as u64);
         let dump_dir = self.ctx.shard_dump_dir(c);
-        let graph_points = self
-            .ctx
-            .actors
-            .shards
-            .get(&c.name)
-            .and_then(|s| s.shard)
-            .map_or(0, |s| s.stats().graph_points as u64);
+        let graph_points = self.shard_stats(c).map_or(0, |s| s.graph_points as u64);
         let measured = self
             .read(move |ctx| {
                 let (documents_bytes, chunks_bytes) = ctx.store.collection_bytes(uid)?;
@@ -587,12 +585,6 @@ pub const STORAGE_MEASURE_EVERY: Duration = Duration::from_secs(10);
 /// Bytes of section headings one document may carry into the log (its outline, not its text).
 const SECTION_BYTES: usize = 64 * 1024;
 
-/// About what a document takes of a log entry.
-fn entry_bytes(d: &StoredInput) -> usize {
-    let sections: usize = d.sections.iter().map(|s| s.heading.len() + 8).sum();
-    d.id.len() + d.text.len() + d.metadata_json.len() + sections + 16
-}
-
 fn parse_metadata(json: &str) -> Map<String, Value> {
     serde_json::from_str::<Value>(json)
         .ok()
@@ -845,10 +837,7 @@ impl ShoalService for Node {
             .actors
             .ingest
             .admit(body_bytes, 0)
-            .map_err(|full| ApiError::TooManyRequests {
-                message: full.message,
-                retry_after_s: full.retry_after.as_secs().max(1),
-            })
+            .map_err(ApiError::from)
     }
 
     async fn add_documents(
@@ -924,15 +913,7 @@ impl ShoalService for Node {
             )));
         }
         // Room for the documents too (the body's bytes are already reserved).
-        let docs =
-            self.ctx
-                .actors
-                .ingest
-                .admit(0, n)
-                .map_err(|full| ApiError::TooManyRequests {
-                    message: full.message,
-                    retry_after_s: full.retry_after.as_secs().max(1),
-                })?;
+        let docs = self.ctx.actors.ingest.admit(0, n).map_err(ApiError::from)?;
         // The mirror queues the accepted documents for ingest, whether or not this request is
         // still waiting when the command is applied; the room reserved for them is held until
         // then, so that nothing is counted nowhere in between.
@@ -947,7 +928,7 @@ impl ShoalService for Node {
         let mut parts: Vec<Vec<StoredInput>> = Vec::new();
         let mut size = 0;
         for d in documents {
-            let bytes = entry_bytes(&d);
+            let bytes = d.payload_bytes();
             match parts.last_mut() {
                 Some(last) if size + bytes <= max => {
                     size += bytes;
@@ -962,11 +943,11 @@ impl ShoalService for Node {
         // The unreadable files' reasons go in the last entry: room for them first.
         let failed_bytes: usize = unreadable
             .iter()
-            .map(|f| f.doc_id.len() + f.reason.len() + 16)
+            .map(shoal_storage::JobError::payload_bytes)
             .sum();
         if failed_bytes > 0
             && parts.last().is_some_and(|last| {
-                last.iter().map(entry_bytes).sum::<usize>() + failed_bytes > max
+                last.iter().map(StoredInput::payload_bytes).sum::<usize>() + failed_bytes > max
             })
         {
             parts.push(Vec::new());
@@ -1223,15 +1204,7 @@ impl ShoalService for Node {
         }
         // room in the ingest queue, held until the accepted document is queued
         let body = self.admit_documents(Some(bytes))?;
-        let docs =
-            self.ctx
-                .actors
-                .ingest
-                .admit(0, 1)
-                .map_err(|full| ApiError::TooManyRequests {
-                    message: full.message,
-                    retry_after_s: full.retry_after.as_secs().max(1),
-                })?;
+        let docs = self.ctx.actors.ingest.admit(0, 1).map_err(ApiError::from)?;
         let hold: crate::context::Hold = Box::new((body, docs));
         let job_id = uuid::Uuid::new_v4().to_string();
         // the command checks again, in log order, that this failed version is still the

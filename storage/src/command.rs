@@ -16,6 +16,14 @@ pub struct DocumentInput {
     pub sections: Vec<Section>,
 }
 
+impl DocumentInput {
+    /// About what the document takes of a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        let sections: usize = self.sections.iter().map(|s| s.heading.len() + 8).sum();
+        self.id.len() + self.text.len() + self.metadata_json.len() + sections + 16
+    }
+}
+
 /// A section of a document: the byte offset in its text where it begins, and its heading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
@@ -227,11 +235,7 @@ impl Command {
 
     /// Bytes of text and vectors the command carries (about its size in the log).
     pub fn payload_bytes(&self) -> usize {
-        let docs = |d: &[DocumentInput]| {
-            d.iter()
-                .map(|d| d.id.len() + d.text.len() + d.metadata_json.len() + 16)
-                .sum::<usize>()
-        };
+        let docs = |d: &[DocumentInput]| d.iter().map(DocumentInput::payload_bytes).sum::<usize>();
         match self {
             Command::StageDocuments { documents, .. }
             | Command::AcceptDocuments { documents, .. } => docs(documents),
@@ -241,7 +245,7 @@ impl Command {
                 docs(documents)
                     + failed
                         .iter()
-                        .map(|f| f.doc_id.len() + f.reason.len() + 16)
+                        .map(crate::JobError::payload_bytes)
                         .sum::<usize>()
             }
             Command::StoreChunks { documents, .. } => documents

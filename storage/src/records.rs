@@ -134,6 +134,13 @@ pub struct JobError {
     pub reason: String,
 }
 
+impl JobError {
+    /// About what the failure takes of a log entry.
+    pub fn payload_bytes(&self) -> usize {
+        self.doc_id.len() + self.reason.len() + 16
+    }
+}
+
 /// An ingest job: the documents of one request and how far they have got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
