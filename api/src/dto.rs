@@ -443,6 +443,12 @@ pub struct EmbeddingsRequest {
     pub dimensions: Option<usize>,
     #[serde(default)]
     pub user: Option<String>,
+    /// What the inputs are, for models with prompts (e5, bge, ...): `query` (or
+    /// `search_query`) gets the model's query prompt, `document` (or `passage`,
+    /// `search_document`) its document prompt, as searches and ingest do. Absent: the model's
+    /// default prompt, usually none.
+    #[serde(default)]
+    pub input_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1383,11 +1383,6 @@ async fn tei_embed<S: ShoalService>(
         }
         _ => None,
     };
-    if let Some(p) = &req.prompt_name {
-        return Err(ApiError::BadRequest(format!(
-            "`prompt_name` `{p}`: this node has no prompts configured"
-        )));
-    }
     let input = similarity.clone().unwrap_or(req.inputs);
     let resp = s
         .embeddings(EmbeddingsRequest {
@@ -1396,6 +1391,8 @@ async fn tei_embed<S: ShoalService>(
             encoding_format: None,
             dimensions: None,
             user: None,
+            // `query` and `document` (or `passage`): the model's prompts for them
+            input_type: req.prompt_name,
         })
         .await?;
     let vectors: Vec<Vec<f64>> = resp

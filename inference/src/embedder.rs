@@ -1,14 +1,15 @@
-//! Sentence embeddings: BERT forward, attention-masked mean pooling, L2 normalisation.
+//! Sentence embeddings: BERT forward, then what the folder's sentence-transformers files ask for
+//! (prompts, pooling, dense layers; see [`crate::sentence`]), L2-normalised.
 
 use std::sync::Arc;
 
-use candle_core::DType;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{Encoding, Tokenizer};
 
 use crate::batch::{forward_in_groups, pad, Padded};
 use crate::native::{BertEncoder, BertShape, Precision, Sequence};
+use crate::sentence::{SentenceHead, TextKind};
 use crate::{InferenceError, ModelFiles};
 
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +182,21 @@ struct Inner {
     batch_size: usize,
     max_batch_tokens: usize,
     model_name: String,
+    head: SentenceHead,
+    /// Tokens at the start of a text of each kind that pooling leaves out when the folder says
+    /// `include_prompt: false` ([CLS] and the prompt's own tokens, as sentence-transformers
+    /// counts them).
+    prompt_skip: [usize; 3],
+    /// Tokens each kind's prompt adds to a text (what a chunk must leave room for).
+    prompt_tokens: [usize; 3],
+}
+
+fn kind_index(kind: TextKind) -> usize {
+    match kind {
+        TextKind::Query => 0,
+        TextKind::Document => 1,
+        TextKind::Plain => 2,
+    }
 }
 
 impl Embedder {
@@ -191,8 +207,26 @@ impl Embedder {
             .max_tokens
             .min(config.max_position_embeddings)
             .max(2);
+        let head = SentenceHead::read(&files.dir, config.hidden_size)?;
         let tokenizer = files.read_tokenizer(Some(max_tokens))?;
         let counting_tokenizer = files.read_tokenizer(None)?;
+        let mut prompt_skip = [0; 3];
+        let mut prompt_tokens = [0; 3];
+        for kind in [TextKind::Query, TextKind::Document, TextKind::Plain] {
+            if let Some(prompt) = head.prompt(kind) {
+                let prompt = head.prepare(TextKind::Plain, prompt);
+                let enc = counting_tokenizer
+                    .encode(prompt.as_str(), true)
+                    .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+                let special = enc.get_special_tokens_mask();
+                let n = enc.get_ids().len();
+                // sentence-transformers: the prompt's length with special tokens, less a
+                // trailing one ([SEP])
+                let trailing = usize::from(special.last() == Some(&1));
+                prompt_skip[kind_index(kind)] = n - trailing;
+                prompt_tokens[kind_index(kind)] = special.iter().filter(|&&s| s == 0).count();
+            }
+        }
         let vb = files.var_builder()?;
         let model = Model::load(files, &vb, options.engine, options.precision)?;
         let model_name = files.name("model");
@@ -201,13 +235,26 @@ impl Embedder {
                 model,
                 tokenizer,
                 counting_tokenizer,
-                dimension: config.hidden_size,
+                dimension: head.output_dimension(config.hidden_size),
                 max_tokens,
                 batch_size: options.batch_size.max(1),
                 max_batch_tokens: options.max_batch_tokens.max(1),
                 model_name,
+                head,
+                prompt_skip,
+                prompt_tokens,
             }),
         })
+    }
+
+    /// What the folder asks for after the transformer (pooling, dense layers, prompts).
+    pub fn head(&self) -> &SentenceHead {
+        &self.inner.head
+    }
+
+    /// Tokens the prompt of `kind` adds to each text (0 without one).
+    pub fn prompt_tokens(&self, kind: TextKind) -> usize {
+        self.inner.prompt_tokens[kind_index(kind)]
     }
 
     pub fn dimension(&self) -> usize {
@@ -235,9 +282,28 @@ impl Embedder {
         &self.inner.counting_tokenizer
     }
 
-    /// Embed texts; returns one L2-normalised vector per text, in input order.
+    /// Embed texts; returns one L2-normalised vector per text, in input order. Texts get the
+    /// folder's default prompt, if it names one (see [`embed_as`](Self::embed_as)).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        self.embed_cancellable(texts, &|| false)
+        self.embed_as(TextKind::Plain, texts, &|| false)
+    }
+
+    /// [`embed_cancellable`](Self::embed_cancellable) for texts of a kind: search queries get the
+    /// folder's query prompt, indexed passages its document prompt.
+    pub fn embed_as(
+        &self,
+        kind: TextKind,
+        texts: &[&str],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let head = &self.inner.head;
+        if head.prompt(kind).is_none() && !head.lowercase {
+            return self.embed_prepared(texts, 0, cancelled);
+        }
+        let prepared: Vec<String> = texts.iter().map(|t| head.prepare(kind, t)).collect();
+        let refs: Vec<&str> = prepared.iter().map(String::as_str).collect();
+        let skip = self.inner.prompt_skip[kind_index(kind)];
+        self.embed_prepared(&refs, skip, cancelled)
     }
 
     /// [`embed`](Self::embed) that stops early once `cancelled` says yes: it is asked (on the
@@ -246,6 +312,17 @@ impl Embedder {
     pub fn embed_cancellable(
         &self,
         texts: &[&str],
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.embed_as(TextKind::Plain, texts, cancelled)
+    }
+
+    /// Embed texts that already carry their prompt; `skip` leading tokens are left out of
+    /// pooling where the folder says so.
+    fn embed_prepared(
+        &self,
+        texts: &[&str],
+        skip: usize,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
         if texts.is_empty() {
@@ -265,7 +342,7 @@ impl Embedder {
             self.inner.max_batch_tokens,
             self.inner.model.engine() == Engine::Native,
             cancelled,
-            |group| self.forward(group, cancelled),
+            |group| self.forward(group, skip, cancelled),
         )
     }
 
@@ -273,17 +350,19 @@ impl Embedder {
     fn forward(
         &self,
         encodings: &[&Encoding],
+        skip: usize,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let head = &self.inner.head;
         match &self.inner.model {
             Model::Native(encoder) => {
                 let seqs = sequences(encodings);
                 let hidden = encoder.forward_cancellable(&seqs, cancelled)?;
                 Ok((0..seqs.len())
-                    .map(|i| mean_pool_normalized(hidden.rows(i), hidden.width))
+                    .map(|i| head.embed(hidden.rows(i), hidden.width, skip))
                     .collect())
             }
-            Model::Candle(model) => self.forward_candle(model, encodings),
+            Model::Candle(model) => self.forward_candle(model, encodings, skip),
         }
     }
 
@@ -292,6 +371,7 @@ impl Embedder {
         &self,
         model: &BertModel,
         encodings: &[&Encoding],
+        skip: usize,
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let Padded {
             input_ids,
@@ -299,34 +379,19 @@ impl Embedder {
             attention_mask: mask,
         } = pad(encodings)?;
         let hidden = model.forward(&input_ids, &token_type_ids, Some(&mask))?;
-        // Mean over real tokens only.
-        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
-        let counts = mask_f.sum(1)?.clamp(1e-9, f32::MAX)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
-        let normalized = mean.broadcast_div(&norms)?;
-        Ok(normalized.to_vec2::<f32>()?)
+        // Each text's real tokens (padding is on the right), pooled as the native path does.
+        let hidden = hidden.to_vec3::<f32>()?;
+        Ok(hidden
+            .iter()
+            .zip(encodings)
+            .map(|(rows, e)| {
+                let n = e.get_ids().len().min(rows.len());
+                let width = rows.first().map_or(0, Vec::len);
+                let flat: Vec<f32> = rows[..n].iter().flatten().copied().collect();
+                self.inner.head.embed(&flat, width, skip)
+            })
+            .collect())
     }
-}
-
-/// The mean of a text's token rows, L2-normalised.
-fn mean_pool_normalized(rows: &[f32], width: usize) -> Vec<f32> {
-    let mut mean = vec![0f64; width];
-    let n = rows.len() / width;
-    for row in rows.chunks_exact(width) {
-        for (m, &v) in mean.iter_mut().zip(row) {
-            *m += v as f64;
-        }
-    }
-    let n = n.max(1) as f64;
-    let norm = mean
-        .iter()
-        .map(|m| (m / n) * (m / n))
-        .sum::<f64>()
-        .sqrt()
-        .max(1e-12);
-    mean.iter().map(|m| (m / n / norm) as f32).collect()
 }
 
 /// The native encoder's view of tokenised texts.

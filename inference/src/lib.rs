@@ -16,6 +16,7 @@ mod error;
 mod model_files;
 pub mod native;
 mod reranker;
+pub mod sentence;
 pub mod test_model;
 
 pub use chunker::{Chunk, Chunker, ChunkerParams};
@@ -24,3 +25,4 @@ pub use error::InferenceError;
 pub use model_files::ModelFiles;
 pub use native::{pause_point, set_pause_hook, Isa, PauseHook, Precision};
 pub use reranker::{relevance, sigmoid, CrossEncoder, RerankerOptions};
+pub use sentence::{SentenceHead, TextKind};

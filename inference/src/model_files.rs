@@ -16,10 +16,13 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Check that `dir` holds the files a model needs, naming the first one that is missing.
+    /// Check that `dir` holds the files a model needs, naming the first one that is missing. In
+    /// a sentence-transformers folder whose Transformer module lives in a subfolder
+    /// (`modules.json`), the files are looked for there.
     pub fn locate(dir: &Path) -> Result<ModelFiles, InferenceError> {
+        let base = transformer_dir(dir);
         let need = |name: &str| {
-            let path = dir.join(name);
+            let path = base.join(name);
             if path.is_file() {
                 Ok(path)
             } else {
@@ -32,6 +35,11 @@ impl ModelFiles {
             tokenizer: need("tokenizer.json")?,
             weights: need("model.safetensors")?,
         })
+    }
+
+    /// The folder of the transformer's own files (config.json, tokenizer.json, weights).
+    pub fn transformer_dir(&self) -> PathBuf {
+        transformer_dir(&self.dir)
     }
 
     /// The folder's name, used as the model's name in responses and metrics.
@@ -92,5 +100,23 @@ impl ModelFiles {
         let bytes = std::fs::read(&self.weights).map_err(|e| bad(e.to_string()))?;
         VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
             .map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// Where a folder's transformer files are: the path of the first module in `modules.json` when
+/// it is a Transformer, else the folder itself.
+fn transformer_dir(dir: &Path) -> PathBuf {
+    let sub = std::fs::read_to_string(dir.join("modules.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            let first = v.get(0)?;
+            let kind = first["type"].as_str()?;
+            kind.ends_with(".Transformer")
+                .then(|| first["path"].as_str().unwrap_or_default().to_owned())
+        });
+    match sub {
+        Some(s) if !s.is_empty() && !s.contains("..") => dir.join(s),
+        _ => dir.to_path_buf(),
     }
 }

@@ -68,3 +68,56 @@ pub fn build_test_cross_encoder(base: &Path, out: &Path) -> Result<(), Inference
     candle_core::safetensors::save(&out_tensors, out.join("model.safetensors"))?;
     Ok(())
 }
+
+/// Build one folder of `inference/tests/fixtures/sentence_models_reference.json` (made by
+/// `scripts/sentence_models_reference.py`): the base model's files linked into the Transformer's
+/// folder, the small files written verbatim, each Dense layer's weights made by the seeded
+/// formula. `variant` is one entry of the fixture's `variants`.
+pub fn build_sentence_model(
+    base: &Path,
+    out: &Path,
+    base_files: &[&str],
+    variant: &serde_json::Value,
+) -> Result<(), InferenceError> {
+    let io = |path: &Path, e: std::io::Error| InferenceError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let transformer = out.join(variant["transformer_path"].as_str().unwrap_or_default());
+    std::fs::create_dir_all(&transformer).map_err(|e| io(&transformer, e))?;
+    for f in base_files {
+        let target = transformer.join(f);
+        if !target.exists() {
+            std::os::unix::fs::symlink(base.join(f), &target).map_err(|e| io(&target, e))?;
+        }
+    }
+    let empty = serde_json::Map::new();
+    for (path, text) in variant["files"].as_object().unwrap_or(&empty) {
+        let target = out.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        std::fs::write(&target, text.as_str().unwrap_or_default()).map_err(|e| io(&target, e))?;
+    }
+    for (path, d) in variant["dense"].as_object().unwrap_or(&empty) {
+        let (seed, scale) = (
+            d["seed"].as_u64().unwrap_or(0),
+            d["scale"].as_f64().unwrap_or(0.0),
+        );
+        let (inp, outp) = (
+            d["in_features"].as_u64().unwrap_or(0) as usize,
+            d["out_features"].as_u64().unwrap_or(0) as usize,
+        );
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            "linear.weight".to_string(),
+            seeded(seed, &[outp, inp], scale)?,
+        );
+        if d["bias"].as_bool().unwrap_or(true) {
+            tensors.insert("linear.bias".to_string(), seeded(seed + 1, &[outp], scale)?);
+        }
+        let target = out.join(path).join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &target)?;
+    }
+    Ok(())
+}

@@ -316,8 +316,11 @@ pub struct ModelConfig {
     /// Longest a request waits for the model (ms); at most `server.request_timeout_ms`. Ingest
     /// gives up a batch (and retries it later) when it makes no progress for this long.
     pub timeout_ms: u64,
-    /// How long the query embedder gathers requests into one forward pass (ms).
+    /// The longest the query embedder gathers requests into one forward pass (ms).
     pub batch_window_ms: f64,
+    /// Gather only while more text searches are on their way (true), or always for the whole
+    /// window (false, the behaviour before adaptive batching; kept for comparison).
+    pub adaptive_batching: bool,
     /// Most texts per forward pass of the ingest embedder; between two, it yields to queries.
     pub ingest_micro_batch: usize,
     /// Most tokens (estimated at 4 bytes each) per forward pass of the ingest embedder, so that
@@ -503,6 +506,7 @@ impl Default for ModelConfig {
             precision: Precision::F32,
             timeout_ms: 20_000,
             batch_window_ms: 2.0,
+            adaptive_batching: true,
             ingest_micro_batch: 32,
             ingest_micro_batch_tokens: 900,
             query_cache_size: 10_000,

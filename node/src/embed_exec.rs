@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use ractor::RpcReplyPort;
-use shoal_inference::Embedder;
+use shoal_inference::{Embedder, TextKind};
 
 use crate::metrics::Metrics;
 
@@ -38,6 +38,40 @@ pub struct EmbedJob {
     pub queued: Instant,
     /// Texts embedded so far (ingest jobs report it, so their owner can tell stalled from slow).
     pub progress: Option<Arc<AtomicUsize>>,
+    /// The search this job belongs to, counted among the arrivals until the executor takes it.
+    pub arrival: Option<ArrivalTicket>,
+    /// What the texts are (it chooses the model's prompt): queries, passages to index, or plain.
+    pub kind: TextKind,
+}
+
+/// Text searches on their way to the query executor: counted from the moment a search knows it
+/// needs its query embedded until the executor takes its job (or the search ends without
+/// one). The executor gathers a batch only while this count says more queries are coming, so a
+/// lone query is embedded at once and a busy node still fills its passes.
+#[derive(Debug, Default)]
+pub struct Arrivals(AtomicUsize);
+
+impl Arrivals {
+    /// Count one search until the returned ticket is dropped.
+    pub fn arrive(self: &Arc<Self>) -> ArrivalTicket {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ArrivalTicket(self.clone())
+    }
+
+    pub fn coming(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One search counted in [`Arrivals`]; dropping it (when the executor takes the job, or when the
+/// search ends first) stops counting it.
+#[derive(Debug)]
+pub struct ArrivalTicket(Arc<Arrivals>);
+
+impl Drop for ArrivalTicket {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Lower the scheduling priority of the calling thread to `nice` (Linux: per thread). Ingest
@@ -399,8 +433,15 @@ impl Drop for QueryGuard {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Role {
-    /// Dynamic batching: wait up to `window` for more requests, at most `max_texts` per pass.
-    Query { window: Duration, max_texts: usize },
+    /// Adaptive batching: take what is queued; wait for more, up to `window` after the first
+    /// job was queued, only while [`Arrivals`] says more searches are on their way; at most
+    /// `max_texts` per pass.
+    Query {
+        window: Duration,
+        max_texts: usize,
+        /// False: always wait the whole window (the fixed window, for comparison).
+        adaptive: bool,
+    },
     /// Micro-batches of at most `micro` texts and `micro_tokens` tokens, yielding to queries in
     /// between, at priority `nice`.
     Ingest {
@@ -431,6 +472,7 @@ impl EmbedExecutor {
         embedder: Embedder,
         pool: Arc<rayon::ThreadPool>,
         gate: Arc<QueryGate>,
+        arrivals: Arc<Arrivals>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<EmbedExecutor> {
         let (tx, rx) = mpsc::channel();
@@ -444,11 +486,16 @@ impl EmbedExecutor {
                     embedder,
                     pool,
                     gate,
+                    arrivals,
                     metrics,
                     role,
                 };
                 match role {
-                    Role::Query { window, max_texts } => exec.run_queries(rx, window, max_texts),
+                    Role::Query {
+                        window,
+                        max_texts,
+                        adaptive,
+                    } => exec.run_queries(rx, window, max_texts, adaptive),
                     Role::Ingest {
                         micro,
                         micro_tokens,
@@ -477,16 +524,17 @@ struct Exec {
     embedder: Embedder,
     pool: Arc<rayon::ThreadPool>,
     gate: Arc<QueryGate>,
+    arrivals: Arc<Arrivals>,
     metrics: Arc<Metrics>,
     role: Role,
 }
 
 impl Exec {
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&self, kind: TextKind, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
         let start = Instant::now();
         let result = self
             .pool
-            .install(|| self.embedder.embed(texts))
+            .install(|| self.embedder.embed_as(kind, texts, &|| false))
             .map_err(|e| e.to_string());
         let queue = self.role.name();
         let took = start.elapsed().as_secs_f64();
@@ -521,32 +569,47 @@ impl Exec {
         true
     }
 
-    fn run_queries(&self, rx: Receiver<EmbedJob>, window: Duration, max_texts: usize) {
-        while let Ok(first) = rx.recv() {
+    fn run_queries(
+        &self,
+        rx: Receiver<EmbedJob>,
+        window: Duration,
+        max_texts: usize,
+        adaptive: bool,
+    ) {
+        while let Ok(mut first) = rx.recv() {
             // Released when this batch is answered, or if the pass panics.
             let _query = self.gate.hold();
+            first.arrival = None;
             let deadline = first.queued + window;
             let mut n = first.texts.len();
             let mut jobs = vec![first];
-            while n < max_texts {
-                let now = Instant::now();
-                if now >= deadline {
-                    // Take what is already queued, without waiting.
-                    match rx.try_recv() {
-                        Ok(j) => {
-                            n += j.texts.len();
-                            jobs.push(j);
-                            continue;
-                        }
-                        Err(_) => break,
+            let take = |mut j: EmbedJob, n: &mut usize, jobs: &mut Vec<EmbedJob>| {
+                j.arrival = None;
+                *n += j.texts.len();
+                jobs.push(j);
+            };
+            'gather: while n < max_texts {
+                // Take what is already queued, without waiting.
+                while let Ok(j) = rx.try_recv() {
+                    take(j, &mut n, &mut jobs);
+                    if n >= max_texts {
+                        break 'gather;
                     }
                 }
-                match rx.recv_timeout(deadline - now) {
-                    Ok(j) => {
-                        n += j.texts.len();
-                        jobs.push(j);
-                    }
-                    Err(RecvTimeoutError::Timeout) => break,
+                // Wait only while more searches are on their way, and not past the window.
+                let now = Instant::now();
+                if (adaptive && self.arrivals.coming() == 0) || now >= deadline {
+                    break;
+                }
+                // Short waits, so that a search that ends without a job stops the gathering.
+                let wait = if adaptive {
+                    (deadline - now).min(Duration::from_micros(200))
+                } else {
+                    deadline - now
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(j) => take(j, &mut n, &mut jobs),
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
@@ -560,22 +623,35 @@ impl Exec {
             if jobs.is_empty() {
                 continue;
             }
-            let texts: Vec<&str> = jobs
-                .iter()
-                .flat_map(|j| j.texts.iter().map(String::as_str))
-                .collect();
-            match self.embed(&texts) {
-                Ok(mut vectors) => {
-                    // Hand each job its slice, in order.
-                    for job in jobs.into_iter().rev() {
-                        let tail = vectors.split_off(vectors.len() - job.texts.len());
-                        let _ = job.reply.send(Ok(tail));
-                    }
+            // One pass per kind of text (queries and plain texts get different prompts in
+            // some models); nearly always one.
+            while !jobs.is_empty() {
+                let kind = jobs[0].kind;
+                let (same, rest): (Vec<EmbedJob>, Vec<EmbedJob>) =
+                    jobs.into_iter().partition(|j| j.kind == kind);
+                jobs = rest;
+                self.answer(kind, same);
+            }
+        }
+    }
+
+    /// Embed the jobs' texts in one pass and hand each job its vectors.
+    fn answer(&self, kind: TextKind, jobs: Vec<EmbedJob>) {
+        let texts: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| j.texts.iter().map(String::as_str))
+            .collect();
+        match self.embed(kind, &texts) {
+            Ok(mut vectors) => {
+                // Hand each job its slice, in order.
+                for job in jobs.into_iter().rev() {
+                    let tail = vectors.split_off(vectors.len() - job.texts.len());
+                    let _ = job.reply.send(Ok(tail));
                 }
-                Err(e) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -615,7 +691,7 @@ impl Exec {
                     break;
                 }
                 let refs: Vec<&str> = part.iter().map(String::as_str).collect();
-                match self.embed(&refs) {
+                match self.embed(job.kind, &refs) {
                     Ok(v) => {
                         out.extend(v);
                         if let Some(p) = &job.progress {
@@ -960,6 +1036,8 @@ mod tests {
                 reply: tx.into(),
                 queued: Instant::now(),
                 progress: Some(Arc::new(AtomicUsize::new(0))),
+                arrival: None,
+                kind: TextKind::Plain,
             },
             rx,
         )
@@ -993,6 +1071,7 @@ mod tests {
             embedder,
             pool,
             gate.clone(),
+            Arc::default(),
             metrics.clone(),
         )
         .unwrap();
@@ -1033,10 +1112,12 @@ mod tests {
             Role::Query {
                 window: Duration::from_millis(1),
                 max_texts: 32,
+                adaptive: true,
             },
             embedder,
             pool,
             Arc::new(QueryGate::default()),
+            Arc::default(),
             metrics.clone(),
         )
         .unwrap();
@@ -1047,6 +1128,81 @@ mod tests {
         exec.submit(live).unwrap();
         assert_eq!(live_rx.blocking_recv().unwrap().unwrap().len(), 1);
         assert_eq!(texts_embedded(&metrics, "query"), 1);
+    }
+
+    /// A query executor with a long gathering window, and its arrivals.
+    fn query_exec(window: Duration) -> (EmbedExecutor, Arc<Arrivals>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let arrivals = Arc::new(Arrivals::default());
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let exec = EmbedExecutor::start(
+            Role::Query {
+                window,
+                max_texts: 32,
+                adaptive: true,
+            },
+            model(),
+            pool,
+            Arc::new(QueryGate::default()),
+            arrivals.clone(),
+            metrics.clone(),
+        )
+        .unwrap();
+        (exec, arrivals, metrics)
+    }
+
+    fn passes(metrics: &Metrics) -> (u64, f64) {
+        let h = metrics.embed_batch_size.with_label_values(&["query"]);
+        (h.get_sample_count(), h.get_sample_sum())
+    }
+
+    #[test]
+    fn a_lone_query_is_embedded_without_waiting_for_the_window() {
+        let (exec, _arrivals, metrics) = query_exec(Duration::from_secs(30));
+        let t = Instant::now();
+        let (one, rx) = job(1);
+        exec.submit(one).unwrap();
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().len(), 1);
+        // before the change it waited the whole window (30 s) for company
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        assert_eq!(passes(&metrics), (1, 1.0));
+    }
+
+    #[test]
+    fn queries_on_their_way_are_gathered_into_one_pass() {
+        let (exec, arrivals, metrics) = query_exec(Duration::from_secs(30));
+        let first_ticket = arrivals.arrive();
+        let second_ticket = arrivals.arrive();
+        let (mut first, first_rx) = job(1);
+        first.arrival = Some(first_ticket);
+        exec.submit(first).unwrap();
+        // the executor holds the first job and waits: one more search is on its way
+        let (mut second, second_rx) = job(2);
+        second.arrival = Some(second_ticket);
+        exec.submit(second).unwrap();
+        assert_eq!(first_rx.blocking_recv().unwrap().unwrap().len(), 1);
+        assert_eq!(second_rx.blocking_recv().unwrap().unwrap().len(), 2);
+        assert_eq!(passes(&metrics), (1, 3.0), "one pass of both jobs");
+        assert_eq!(arrivals.coming(), 0);
+    }
+
+    #[test]
+    fn a_search_that_ends_before_its_job_stops_the_gathering() {
+        let (exec, arrivals, metrics) = query_exec(Duration::from_secs(30));
+        let ticket = arrivals.arrive(); // a search that will be answered from the cache
+        let t = Instant::now();
+        let (one, rx) = job(1);
+        exec.submit(one).unwrap();
+        // the search ends (its answer came from elsewhere) while the executor gathers
+        drop(ticket);
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().len(), 1);
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        assert_eq!(passes(&metrics), (1, 1.0));
     }
 
     #[test]

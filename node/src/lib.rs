@@ -10,6 +10,7 @@ pub mod access;
 pub mod actors;
 pub mod admin_cli;
 pub mod analytics;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod context;
@@ -169,9 +170,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         kernels = Isa::detect().name(),
         dimension = embedder.dimension(),
         max_tokens = embedder.max_tokens(),
+        head = %embedder.head().describe(),
         ms = t.elapsed().as_millis() as u64,
         "model loaded"
     );
+    // A chunk, its document prompt and the two special tokens must fit the model's limit, or
+    // every chunk would lose its end.
+    let prompt = embedder.prompt_tokens(shoal_inference::TextKind::Document);
+    if config.ingest.chunk_tokens + prompt + 2 > embedder.max_tokens() {
+        anyhow::bail!(
+            "ingest.chunk_tokens ({}) plus the model's document prompt ({prompt} tokens) and 2 special tokens exceed the model's limit of {} tokens: lower ingest.chunk_tokens",
+            config.ingest.chunk_tokens,
+            embedder.max_tokens()
+        );
+    }
     let reranker = match &config.reranker.path {
         None => None,
         Some(path) => {

@@ -171,6 +171,63 @@ enum Cmd {
     /// Back up a running node's state (create), or make a new node from a backup (restore).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Load generator: N clients search a collection back to back over HTTP for a duration or a
+    /// number of requests, optionally beside an ingest stream at a set rate; prints a progress
+    /// line each second, then throughput, latency percentiles (p50, p95, p99, max) and errors.
+    ///
+    /// QUERIES holds one query per line: plain text, a JSON array of numbers (a vector query), or
+    /// a JSON search body. Example: shoal bench --collection docs --queries q.txt --clients 16
+    /// --duration 30s
+    Bench {
+        /// The collection to search.
+        #[arg(long)]
+        collection: String,
+        /// File of queries, one per line (cycled).
+        #[arg(long, value_name = "FILE")]
+        queries: PathBuf,
+        /// Concurrent clients, each with one request in flight.
+        #[arg(long, short = 'c', default_value_t = 1)]
+        clients: usize,
+        /// How long to measure (after the warm-up), e.g. 30s, 2m, 500ms [default: 10s unless
+        /// --requests is given].
+        #[arg(long, short = 'd', value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Stop after this many searches (whichever of --duration and --requests comes first).
+        #[arg(long, short = 'n')]
+        requests: Option<u64>,
+        /// Searches sent before measuring starts, for this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: std::time::Duration,
+        /// Hits per search.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Rerank each search's candidates with the node's cross-encoder (text queries only).
+        #[arg(long)]
+        rerank: bool,
+        /// Search beam width [default: the node's].
+        #[arg(long)]
+        ef: Option<usize>,
+        /// Ingest this many documents per second beside the searches (needs --ingest-file).
+        #[arg(long, default_value_t = 0.0)]
+        ingest_rate: f64,
+        /// Texts to ingest, one document per line (cycled, each sent with a new id).
+        #[arg(long, value_name = "FILE")]
+        ingest_file: Option<PathBuf>,
+        /// Documents per ingest request.
+        #[arg(long, default_value_t = 10)]
+        ingest_batch: usize,
+        /// Per-request timeout.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// More nodes to spread the clients over (the first is --node).
+        #[arg(long = "also", value_name = "URL")]
+        also: Vec<String>,
+        /// No progress line.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Extract the text of one uploaded file (a node runs this for each file it is sent; it reads
     /// a job line and the file on standard input and answers in JSON).
     #[command(hide = true)]
@@ -185,6 +242,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// A duration as people write it: `30s`, `2m`, `500ms`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (ms, s, m, h)")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn load(common: &Common) -> Result<Config, String> {
@@ -275,6 +352,63 @@ fn main() -> ExitCode {
                     if report.rerank_ndcg.is_none() {
                         println!("(the node has no reranker: start it with --reranker-model)");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shoal: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            };
+        }
+        Cmd::Bench {
+            collection,
+            queries,
+            clients,
+            duration,
+            requests,
+            warmup,
+            top_k,
+            rerank,
+            ef,
+            ingest_rate,
+            ingest_file,
+            ingest_batch,
+            timeout,
+            also,
+            quiet,
+            target,
+        } => {
+            let mut nodes = vec![target.node.clone()];
+            nodes.extend(also.iter().cloned());
+            let options = shoal_node::bench::BenchOptions {
+                nodes,
+                collection: collection.clone(),
+                queries: queries.clone(),
+                clients: *clients,
+                duration: duration.or(requests
+                    .is_none()
+                    .then_some(std::time::Duration::from_secs(10))),
+                requests: *requests,
+                warmup: *warmup,
+                top_k: *top_k,
+                rerank: *rerank,
+                ef: *ef,
+                ingest_rate: *ingest_rate,
+                ingest_file: ingest_file.clone(),
+                ingest_batch: *ingest_batch,
+                timeout: *timeout,
+                progress: !*quiet,
+            };
+            return match shoal_node::bench::run(options) {
+                Ok(report) if target.json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", report.render());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

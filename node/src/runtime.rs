@@ -28,6 +28,8 @@ pub struct Runtime {
     /// holds up another's ingest.
     pub maintenance_pool: Arc<rayon::ThreadPool>,
     pub query_gate: Arc<QueryGate>,
+    /// Text searches on their way to the query embedder (its batches gather only while some are).
+    pub arrivals: Arc<crate::embed_exec::Arrivals>,
     /// For requests to other nodes' public API (reranking on a node that has a reranker).
     pub http: reqwest::Client,
     /// The reranker model of each member that reranks for this node (by address), once asked.
@@ -101,6 +103,7 @@ impl Runtime {
             background_pool,
             maintenance_pool,
             query_gate,
+            arrivals: Arc::default(),
             http,
             remote_rerankers: Default::default(),
         })

@@ -23,8 +23,10 @@ use crate::actors::reranker::RerankerMsg;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::analytics;
 use crate::context::NodeContext;
+use crate::embed_exec::ArrivalTicket;
 use crate::error::NodeError;
 use crate::ingest_queue::Reservation;
+use shoal_inference::TextKind;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_RERANKER: &str = "this node has no reranker, and no other node of the cluster offers one; start a node with --reranker-model DIR (or RERANKER_MODEL_PATH)";
@@ -285,8 +287,9 @@ impl Node {
         Ok(found)
     }
 
-    /// Embed a search query, through the query cache.
-    async fn embed_query(&self, text: String) -> Result<Arc<Vec<f32>>> {
+    /// Embed a search query, through the query cache. `arrival` counts the search among those on
+    /// their way to the query embedder until its job is taken (or it is answered from the cache).
+    async fn embed_query(&self, text: String, arrival: ArrivalTicket) -> Result<Arc<Vec<f32>>> {
         if let Some(cache) = &self.ctx.runtime.query_cache {
             if let Some(v) = cache.lock().get(&text).cloned() {
                 self.ctx.runtime.metrics.query_cache_hits.inc();
@@ -295,7 +298,7 @@ impl Node {
             self.ctx.runtime.metrics.query_cache_misses.inc();
         }
         let v = Arc::new(
-            self.embed_texts(vec![text.clone()])
+            self.embed_texts_as(vec![text.clone()], TextKind::Query, Some(arrival))
                 .await?
                 .pop()
                 .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?,
@@ -307,7 +310,16 @@ impl Node {
     }
 
     /// Embed texts on the query embedder (the one ingest never occupies).
-    async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    async fn embed_texts(&self, texts: Vec<String>, kind: TextKind) -> Result<Vec<Vec<f32>>> {
+        self.embed_texts_as(texts, kind, None).await
+    }
+
+    async fn embed_texts_as(
+        &self,
+        texts: Vec<String>,
+        kind: TextKind,
+        arrival: Option<ArrivalTicket>,
+    ) -> Result<Vec<Vec<f32>>> {
         if !self.ctx.is_warm() {
             return Err(ApiError::NotReady(
                 "the embedding model is warming up".into(),
@@ -328,6 +340,8 @@ impl Node {
                 texts,
                 reply,
                 progress: None,
+                arrival,
+                kind,
             }
         })
         .await?
@@ -1262,6 +1276,13 @@ impl ShoalService for Node {
     }
 
     async fn search(&self, collection: String, req: SearchRequest) -> Result<SearchResponse> {
+        // A text search that reads at once counts as on its way to the query embedder from here: a
+        // pass that starts meanwhile waits for it (briefly) instead of running half empty. One
+        // that first waits for an index is counted once it has.
+        let reads_at_once = matches!(req.consistency.unwrap_or_default(), Consistency::Local)
+            && req.min_index.is_none();
+        let arrival =
+            (req.query.is_some() && reads_at_once).then(|| self.ctx.runtime.arrivals.arrive());
         let start = Instant::now();
         let cfg = &self.ctx.config.search;
         let top_k = req.top_k.unwrap_or(cfg.default_top_k);
@@ -1366,7 +1387,8 @@ impl ShoalService for Node {
                 }
                 self.require_model_dimension(&coll, "search it with `vector`")?;
                 let t = Instant::now();
-                let v = self.embed_query(q).await?;
+                let arrival = arrival.unwrap_or_else(|| self.ctx.runtime.arrivals.arrive());
+                let v = self.embed_query(q, arrival).await?;
                 embed_time = t.elapsed();
                 v
             }
@@ -1622,6 +1644,16 @@ impl ShoalService for Node {
                 )))
             }
         };
+        let kind = match req.input_type.as_deref() {
+            None => TextKind::Plain,
+            Some("query" | "search_query") => TextKind::Query,
+            Some("document" | "passage" | "search_document") => TextKind::Document,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`{other}` is not a kind of input this node has a prompt for (query, document)"
+                )))
+            }
+        };
         let dim = self.ctx.runtime.embedder.dimension();
         if let Some(d) = req.dimensions {
             if d != dim {
@@ -1647,7 +1679,7 @@ impl ShoalService for Node {
             .await
             .map_err(NodeError::from)?
         };
-        let vectors = self.embed_texts(texts).await?;
+        let vectors = self.embed_texts(texts, kind).await?;
         let data = vectors
             .into_iter()
             .enumerate()

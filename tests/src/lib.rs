@@ -313,15 +313,15 @@ impl Node {
             .arg("--listen")
             .arg(&self.listen)
             .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--model")
-            .arg(model_dir())
-            .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG")
-                    .unwrap_or("warn,shoal_node=info,shoal_cluster=info,openraft=off".into()),
-            );
+            .arg(&self.data);
+        if !self.args.iter().any(|a| a == "--model") {
+            cmd.arg("--model").arg(model_dir());
+        }
+        cmd.args(&self.args).env(
+            "RUST_LOG",
+            std::env::var("SHOAL_TEST_LOG")
+                .unwrap_or("warn,shoal_node=info,shoal_cluster=info,openraft=off".into()),
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

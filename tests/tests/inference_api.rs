@@ -272,3 +272,112 @@ fn reranking_whose_request_timed_out_stops_and_frees_the_reranker() {
         t.elapsed()
     );
 }
+
+/// A folder with query and document prompts ("query: ", "passage: "), made from the MiniLM weights
+/// as `scripts/sentence_models_reference.py` made it (its small files are in the fixture; it has
+/// no Dense layer, so linking the weights is all it needs).
+fn prompts_model(out: &std::path::Path) -> Value {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            shoal_tests::workspace_root()
+                .join("inference/tests/fixtures/sentence_models_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let variant = fixture["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "prompts")
+        .unwrap()
+        .clone();
+    std::fs::create_dir_all(out).unwrap();
+    for f in fixture["base_files"].as_array().unwrap() {
+        let f = f.as_str().unwrap();
+        std::os::unix::fs::symlink(shoal_tests::model_dir().join(f), out.join(f)).unwrap();
+    }
+    for (path, text) in variant["files"].as_object().unwrap() {
+        let target = out.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, text.as_str().unwrap()).unwrap();
+    }
+    json!({"texts": fixture["texts"], "vectors": variant["vectors"]})
+}
+
+#[test]
+fn a_model_with_prompts_gets_its_query_prompt_at_search_and_its_document_prompt_at_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("e5-like");
+    let reference = prompts_model(&model);
+    let texts: Vec<String> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .take(5) // the last one is longer than a chunk
+        .collect();
+    let vectors = |kind: &str| -> Vec<Vec<f64>> {
+        reference["vectors"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect()
+    };
+    let (queries, documents, plain) = (vectors("query"), vectors("document"), vectors("plain"));
+    let node = Node::start(&[], &["--model", model.to_str().unwrap()]);
+    node.create_collection("p");
+    let docs: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": format!("d{i}"), "text": t}))
+        .collect();
+    node.ingest("p", Value::Array(docs));
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for (qi, q) in texts.iter().enumerate().take(3) {
+        let r = node.search("p", json!({"query": q, "top_k": 5}));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let hits = r.body["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 5);
+        for h in hits {
+            let d: usize = h["document_id"].as_str().unwrap()[1..].parse().unwrap();
+            // sentence-transformers' query vector (with "query: ") against its document vector
+            // (with "passage: "); without the prompts the scores differ by far more
+            let expected = dot(&queries[qi], &documents[d]);
+            let got = h["score"].as_f64().unwrap();
+            assert!(
+                (got - expected).abs() < 2e-3,
+                "query {qi} document {d}: score {got}, sentence-transformers {expected}"
+            );
+        }
+    }
+    // /v1/embeddings: plain by default, the prompts by input_type; TEI's prompt_name too
+    let cos = |a: &[f64], b: &[f64]| dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt());
+    for (input_type, expected) in [
+        (None, &plain),
+        (Some("query"), &queries),
+        (Some("document"), &documents),
+    ] {
+        let mut body = json!({"input": texts[2]});
+        if let Some(t) = input_type {
+            body["input_type"] = json!(t);
+        }
+        let r = node.post("/v1/embeddings", body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let c = cos(&floats(&r.body["data"][0]["embedding"]), &expected[2]);
+        assert!(c >= 0.9999, "{input_type:?}: cosine {c}");
+    }
+    let tei = node.post(
+        "/embed",
+        json!({"inputs": texts[2], "prompt_name": "query"}),
+    );
+    assert_eq!(tei.status, 200, "{}", tei.text);
+    assert!(cos(&floats(&tei.body[0]), &queries[2]) >= 0.9999);
+    let bad = node.post(
+        "/v1/embeddings",
+        json!({"input": "x", "input_type": "poem"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert!(bad.text.contains("poem"), "{}", bad.text);
+}

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use shoal_inference::TextKind;
 
 use crate::context::NodeContext;
-use crate::embed_exec::{EmbedExecutor, EmbedJob, Role};
+use crate::embed_exec::{ArrivalTicket, EmbedExecutor, EmbedJob, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EmbedQueue {
@@ -36,6 +37,10 @@ pub enum EmbedderMsg {
         reply: RpcReplyPort<Result<Vec<Vec<f32>>, String>>,
         /// Texts embedded so far, for callers that tell a stalled job from a slow one.
         progress: Option<Arc<AtomicUsize>>,
+        /// A search's place among the query embedder's arrivals (see `embed_exec::Arrivals`).
+        arrival: Option<ArrivalTicket>,
+        /// Queries, passages to index, or plain texts (the model's prompt for them).
+        kind: TextKind,
     },
     /// Fault injection: panic inside the handler.
     Panic,
@@ -71,6 +76,7 @@ impl Actor for EmbedderActor {
                 Role::Query {
                     window: Duration::from_micros((cfg.batch_window_ms * 1000.0) as u64),
                     max_texts: cfg.batch_size,
+                    adaptive: cfg.adaptive_batching,
                 },
                 ctx.runtime.query_pool.clone(),
             ),
@@ -88,6 +94,7 @@ impl Actor for EmbedderActor {
             ctx.runtime.embedder.clone(),
             pool,
             ctx.runtime.query_gate.clone(),
+            ctx.runtime.arrivals.clone(),
             ctx.runtime.metrics.clone(),
         )?;
         ctx.actors.embedders.write().insert(args.queue, myself);
@@ -108,6 +115,8 @@ impl Actor for EmbedderActor {
                 texts,
                 reply,
                 progress,
+                arrival,
+                kind,
             } => {
                 // Queued for the executor; the actor is free for the next request at once.
                 state.exec.submit(EmbedJob {
@@ -115,6 +124,8 @@ impl Actor for EmbedderActor {
                     reply,
                     queued: Instant::now(),
                     progress,
+                    arrival,
+                    kind,
                 })?;
             }
             EmbedderMsg::Panic => panic!("fault injection: embedder-{} panics", state.queue.name()),

@@ -528,6 +528,8 @@ async fn embed_group(
             texts,
             reply: tx.into(),
             progress: Some(progress.clone()),
+            arrival: None,
+            kind: shoal_inference::TextKind::Document,
         })
         .map_err(|e| NodeError::Actor(format!("the ingest embedder is unavailable: {e}")))?;
     let moved = || progress.load(Ordering::Acquire) + ctx.runtime.query_gate.heartbeat();
