@@ -166,6 +166,17 @@ VARIANTS = [
         "default_prompt_name": "classification",
         "prompt_names": {"query": "query", "plain": "classification", "document": "classification"},
     },
+    {
+        # a default prompt, left out of pooling, on a lowercasing folder with an uncased-looking
+        # prompt: the counted prompt length must be the prompt's own
+        "name": "default-prompt-excluded-lowercased",
+        "modules": modules((TRANSFORMER, ""), (POOLING, "1_Pooling"), (NORMALIZE, "2_Normalize")),
+        "pooling": legacy_pooling("mean", include_prompt=False),
+        "sbert": {"max_seq_length": 256, "do_lower_case": True},
+        "prompts": {"query": "Find The PASSAGE for: ", "clustering": "Identify The Topic: "},
+        "default_prompt_name": "clustering",
+        "prompt_names": {"query": "query", "plain": "clustering", "document": "clustering"},
+    },
 ]
 
 BASE_FILES = ["config.json", "tokenizer.json", "vocab.txt", "model.safetensors"]
@@ -183,7 +194,9 @@ def small_files(variant):
     """The folder's small files, as text, by path (what the fixture carries verbatim)."""
     files = {"modules.json": json.dumps(variant["modules"], indent=2)}
     tp = variant.get("transformer_path", "")
-    files[os.path.join(tp, "sentence_bert_config.json") if tp else "sentence_bert_config.json"] = json.dumps(SBERT)
+    files[os.path.join(tp, "sentence_bert_config.json") if tp else "sentence_bert_config.json"] = json.dumps(
+        variant.get("sbert", SBERT)
+    )
     files["1_Pooling/config.json"] = json.dumps(variant["pooling"], indent=2)
     for path, d in variant.get("dense", {}).items():
         files[f"{path}/config.json"] = json.dumps(d["config"], indent=2)

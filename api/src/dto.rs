@@ -449,6 +449,10 @@ pub struct EmbeddingsRequest {
     /// default prompt, usually none.
     #[serde(default)]
     pub input_type: Option<String>,
+    /// The model's prompt of this name (`prompts` of its config_sentence_transformers.json),
+    /// as TEI's `prompt_name`; a name the model lacks is a 400.
+    #[serde(default)]
+    pub prompt_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1391,8 +1391,9 @@ async fn tei_embed<S: ShoalService>(
             encoding_format: None,
             dimensions: None,
             user: None,
-            // `query` and `document` (or `passage`): the model's prompts for them
-            input_type: req.prompt_name,
+            input_type: None,
+            // looked up by name in the model's prompts, as TEI does
+            prompt_name: req.prompt_name,
         })
         .await?;
     let vectors: Vec<Vec<f64>> = resp

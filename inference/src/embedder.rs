@@ -191,40 +191,53 @@ struct Inner {
     prompt_tokens: [usize; 3],
 }
 
-fn kind_index(kind: TextKind) -> usize {
+fn kind_index(kind: &TextKind) -> Option<usize> {
     match kind {
-        TextKind::Query => 0,
-        TextKind::Document => 1,
-        TextKind::Plain => 2,
+        TextKind::Query => Some(0),
+        TextKind::Document => Some(1),
+        TextKind::Plain => Some(2),
+        TextKind::Named(_) => None,
     }
+}
+
+/// A prompt's length as sentence-transformers counts it for `include_prompt: false` (with the
+/// start token, less a trailing special token), and the tokens it adds to a text.
+fn prompt_lengths(tokenizer: &Tokenizer, prompt: &str) -> Result<(usize, usize), InferenceError> {
+    let enc = tokenizer
+        .encode(prompt, true)
+        .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+    let special = enc.get_special_tokens_mask();
+    let trailing = usize::from(special.last() == Some(&1));
+    Ok((
+        enc.get_ids().len() - trailing,
+        special.iter().filter(|&&s| s == 0).count(),
+    ))
 }
 
 impl Embedder {
     /// Load a BERT sentence-embedding model from a Hugging Face-style folder.
     pub fn load(files: &ModelFiles, options: EmbedderOptions) -> Result<Embedder, InferenceError> {
         let config: BertConfig = files.read_config()?;
+        let head = SentenceHead::read(&files.dir, config.hidden_size)?;
+        // cut where the model was trained to stop (sentence-transformers' max_seq_length)
         let max_tokens = options
             .max_tokens
             .min(config.max_position_embeddings)
+            .min(head.max_seq_length.unwrap_or(usize::MAX))
             .max(2);
-        let head = SentenceHead::read(&files.dir, config.hidden_size)?;
         let tokenizer = files.read_tokenizer(Some(max_tokens))?;
         let counting_tokenizer = files.read_tokenizer(None)?;
         let mut prompt_skip = [0; 3];
         let mut prompt_tokens = [0; 3];
-        for kind in [TextKind::Query, TextKind::Document, TextKind::Plain] {
+        for (i, kind) in [TextKind::Query, TextKind::Document, TextKind::Plain]
+            .iter()
+            .enumerate()
+        {
             if let Some(prompt) = head.prompt(kind) {
-                let prompt = head.prepare(TextKind::Plain, prompt);
-                let enc = counting_tokenizer
-                    .encode(prompt.as_str(), true)
-                    .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-                let special = enc.get_special_tokens_mask();
-                let n = enc.get_ids().len();
-                // sentence-transformers: the prompt's length with special tokens, less a
-                // trailing one ([SEP])
-                let trailing = usize::from(special.last() == Some(&1));
-                prompt_skip[kind_index(kind)] = n - trailing;
-                prompt_tokens[kind_index(kind)] = special.iter().filter(|&&s| s == 0).count();
+                let (skip, tokens) =
+                    prompt_lengths(&counting_tokenizer, &head.cased(prompt.to_owned()))?;
+                prompt_skip[i] = skip;
+                prompt_tokens[i] = tokens;
             }
         }
         let vb = files.var_builder()?;
@@ -253,8 +266,22 @@ impl Embedder {
     }
 
     /// Tokens the prompt of `kind` adds to each text (0 without one).
-    pub fn prompt_tokens(&self, kind: TextKind) -> usize {
-        self.inner.prompt_tokens[kind_index(kind)]
+    pub fn prompt_tokens(&self, kind: &TextKind) -> usize {
+        match kind_index(kind) {
+            Some(i) => self.inner.prompt_tokens[i],
+            None => self
+                .inner
+                .head
+                .prompt(kind)
+                .and_then(|p| {
+                    prompt_lengths(
+                        &self.inner.counting_tokenizer,
+                        &self.inner.head.cased(p.into()),
+                    )
+                    .ok()
+                })
+                .map_or(0, |(_, tokens)| tokens),
+        }
     }
 
     pub fn dimension(&self) -> usize {
@@ -285,14 +312,14 @@ impl Embedder {
     /// Embed texts; returns one L2-normalised vector per text, in input order. Texts get the
     /// folder's default prompt, if it names one (see [`embed_as`](Self::embed_as)).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        self.embed_as(TextKind::Plain, texts, &|| false)
+        self.embed_as(&TextKind::Plain, texts, &|| false)
     }
 
     /// [`embed_cancellable`](Self::embed_cancellable) for texts of a kind: search queries get the
     /// folder's query prompt, indexed passages its document prompt.
     pub fn embed_as(
         &self,
-        kind: TextKind,
+        kind: &TextKind,
         texts: &[&str],
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
@@ -302,7 +329,13 @@ impl Embedder {
         }
         let prepared: Vec<String> = texts.iter().map(|t| head.prepare(kind, t)).collect();
         let refs: Vec<&str> = prepared.iter().map(String::as_str).collect();
-        let skip = self.inner.prompt_skip[kind_index(kind)];
+        let skip = match kind_index(kind) {
+            Some(i) => self.inner.prompt_skip[i],
+            None => match head.prompt(kind) {
+                Some(p) => prompt_lengths(&self.inner.counting_tokenizer, &head.cased(p.into()))?.0,
+                None => 0,
+            },
+        };
         self.embed_prepared(&refs, skip, cancelled)
     }
 
@@ -314,7 +347,7 @@ impl Embedder {
         texts: &[&str],
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
-        self.embed_as(TextKind::Plain, texts, cancelled)
+        self.embed_as(&TextKind::Plain, texts, cancelled)
     }
 
     /// Embed texts that already carry their prompt; `skip` leading tokens are left out of

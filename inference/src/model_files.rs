@@ -115,8 +115,18 @@ fn transformer_dir(dir: &Path) -> PathBuf {
             kind.ends_with(".Transformer")
                 .then(|| first["path"].as_str().unwrap_or_default().to_owned())
         });
-    match sub {
-        Some(s) if !s.is_empty() && !s.contains("..") => dir.join(s),
-        _ => dir.to_path_buf(),
-    }
+    sub.and_then(|s| module_dir(dir, &s))
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// The folder of a module at `sub` (relative, inside `dir`): None for a path that leaves it.
+pub(crate) fn module_dir(dir: &Path, sub: &str) -> Option<PathBuf> {
+    let p = Path::new(sub);
+    let inside = p.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    inside.then(|| dir.join(p))
 }

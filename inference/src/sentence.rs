@@ -148,10 +148,12 @@ pub struct Prompts {
     pub document: Option<String>,
     /// For texts that are neither (`default_prompt_name`).
     pub plain: Option<String>,
+    /// Every prompt of the folder by its name (what TEI's `prompt_name` picks).
+    pub by_name: std::collections::BTreeMap<String, String>,
 }
 
 /// What a text is embedded as: it chooses the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TextKind {
     /// A search query (the query prompt).
     Query,
@@ -159,6 +161,8 @@ pub enum TextKind {
     Document,
     /// Neither: the folder's default prompt, if it names one.
     Plain,
+    /// The folder's prompt of this name (see [`SentenceHead::has_prompt`]).
+    Named(String),
 }
 
 /// Everything after the transformer: pooling, dense layers, normalisation, and the prompts and
@@ -175,6 +179,8 @@ pub struct SentenceHead {
     pub normalize: bool,
     pub prompts: Prompts,
     pub lowercase: bool,
+    /// `max_seq_length` of `sentence_bert_config.json`: texts are cut there.
+    pub max_seq_length: Option<usize>,
     /// True when the folder has a `modules.json` (false: a plain BERT folder, mean pooling).
     pub from_modules: bool,
 }
@@ -210,6 +216,7 @@ impl SentenceHead {
             normalize: true,
             prompts: Prompts::default(),
             lowercase: false,
+            max_seq_length: None,
             from_modules: false,
         }
     }
@@ -228,6 +235,7 @@ impl SentenceHead {
             read_json_if_there(&head.transformer_dir.join("sentence_bert_config.json"))?
         {
             head.lowercase = sbert["do_lower_case"].as_bool().unwrap_or(false);
+            head.max_seq_length = sbert["max_seq_length"].as_u64().map(|n| n as usize);
         }
         Ok(head)
     }
@@ -247,7 +255,12 @@ impl SentenceHead {
         for (i, m) in list.iter().enumerate() {
             let kind = m["type"].as_str().unwrap_or_default();
             let sub = m["path"].as_str().unwrap_or_default();
-            let sub_dir = dir.join(sub);
+            let sub_dir = crate::model_files::module_dir(dir, sub).ok_or_else(|| {
+                bad(
+                    path,
+                    format!("module {i}: `{sub}` is not a folder inside the model's"),
+                )
+            })?;
             let class = kind.rsplit('.').next().unwrap_or(kind);
             let refuse = |why: &str| {
                 bad(
@@ -284,9 +297,6 @@ impl SentenceHead {
                 }
                 _ => return Err(refuse("is not supported")),
             }
-            if i == 0 && class != "Transformer" {
-                return Err(refuse("comes first, where shoal needs the Transformer"));
-            }
         }
         if !seen_pooling {
             return Err(bad(path, "has no Pooling module"));
@@ -299,22 +309,29 @@ impl SentenceHead {
         let Some(config) = read_json_if_there(&path)? else {
             return Ok(());
         };
-        let prompts = config["prompts"].as_object();
-        let prompt = |name: &str| {
-            prompts
-                .and_then(|p| p.get(name))
-                .and_then(Value::as_str)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-        };
-        let default = config["default_prompt_name"].as_str().and_then(prompt);
+        let by_name: std::collections::BTreeMap<String, String> = config["prompts"]
+            .as_object()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A prompt that is there but empty means "no prompt" (it does not fall back to the
+        // default), as in sentence-transformers.
+        let named = |name: &str| by_name.get(name).cloned();
+        let some = |p: String| (!p.is_empty()).then_some(p);
+        let default = config["default_prompt_name"].as_str().and_then(named);
+        let query = named("query").or_else(|| default.clone());
+        let document = ["document", "passage", "corpus"]
+            .iter()
+            .find_map(|n| named(n))
+            .or_else(|| default.clone());
         self.prompts = Prompts {
-            query: prompt("query").or_else(|| default.clone()),
-            document: ["document", "passage", "doc", "corpus"]
-                .iter()
-                .find_map(|n| prompt(n))
-                .or_else(|| default.clone()),
-            plain: default,
+            query: query.and_then(some),
+            document: document.and_then(some),
+            plain: default.and_then(some),
+            by_name,
         };
         match config["similarity_fn_name"].as_str() {
             None | Some("cosine") => {}
@@ -340,20 +357,36 @@ impl SentenceHead {
     }
 
     /// The prompt for a kind of text, if any.
-    pub fn prompt(&self, kind: TextKind) -> Option<&str> {
+    pub fn prompt(&self, kind: &TextKind) -> Option<&str> {
         match kind {
             TextKind::Query => self.prompts.query.as_deref(),
             TextKind::Document => self.prompts.document.as_deref(),
             TextKind::Plain => self.prompts.plain.as_deref(),
+            TextKind::Named(name) => self
+                .prompts
+                .by_name
+                .get(name)
+                .map(String::as_str)
+                .filter(|p| !p.is_empty()),
         }
     }
 
+    /// Whether the folder has a prompt of this name.
+    pub fn has_prompt(&self, name: &str) -> bool {
+        self.prompts.by_name.contains_key(name)
+    }
+
     /// A text as it is tokenized: its prompt before it, lowercased where the folder says so.
-    pub fn prepare(&self, kind: TextKind, text: &str) -> String {
+    pub fn prepare(&self, kind: &TextKind, text: &str) -> String {
         let text = match self.prompt(kind) {
             Some(p) => format!("{p}{text}"),
             None => text.to_owned(),
         };
+        self.cased(text)
+    }
+
+    /// The text lowercased where the folder says so.
+    pub fn cased(&self, text: String) -> String {
         if self.lowercase {
             text.to_lowercase()
         } else {
@@ -366,6 +399,10 @@ impl SentenceHead {
     /// is L2-normalised: shoal compares vectors by cosine.
     pub fn embed(&self, rows: &[f32], width: usize, skip: usize) -> Vec<f32> {
         let n = rows.len() / width.max(1);
+        if n == 0 || width == 0 {
+            // no token at all (a tokenizer without special tokens and an empty text)
+            return vec![0.0; self.output_dimension(width)];
+        }
         let skip = if self.include_prompt {
             0
         } else {
@@ -727,8 +764,8 @@ mod tests {
         );
         let h = SentenceHead::read(d, 4).unwrap();
         assert!(h.normalize);
-        assert_eq!(h.prompt(TextKind::Query), Some("q: "));
-        assert_eq!(h.prompt(TextKind::Document), None);
-        assert_eq!(h.prepare(TextKind::Query, "Tides"), "q: Tides");
+        assert_eq!(h.prompt(&TextKind::Query), Some("q: "));
+        assert_eq!(h.prompt(&TextKind::Document), None);
+        assert_eq!(h.prepare(&TextKind::Query, "Tides"), "q: Tides");
     }
 }

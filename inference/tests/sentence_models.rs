@@ -95,7 +95,7 @@ fn every_kind_of_sentence_transformers_folder_embeds_as_sentence_transformers_do
                 };
                 let expected = vectors(expected);
                 assert_eq!(embedder.dimension(), expected[0].len(), "{name}");
-                let got = embedder.embed_as(kind, &texts, &|| false).unwrap();
+                let got = embedder.embed_as(&kind, &texts, &|| false).unwrap();
                 for ((t, e), g) in texts.iter().zip(&expected).zip(&got) {
                     let c = cosine(e, g);
                     assert!(
@@ -137,15 +137,15 @@ fn prompts_change_the_vectors_and_count_against_the_token_limit() {
     .unwrap();
     let embedder = load(tmp.path(), Engine::Native);
     // "query: " and "passage: " are 2 word pieces each
-    assert_eq!(embedder.prompt_tokens(TextKind::Query), 2);
-    assert_eq!(embedder.prompt_tokens(TextKind::Document), 2);
-    assert_eq!(embedder.prompt_tokens(TextKind::Plain), 0);
+    assert_eq!(embedder.prompt_tokens(&TextKind::Query), 2);
+    assert_eq!(embedder.prompt_tokens(&TextKind::Document), 2);
+    assert_eq!(embedder.prompt_tokens(&TextKind::Plain), 0);
     let text = ["Rust guarantees memory safety without a garbage collector."];
     let q = embedder
-        .embed_as(TextKind::Query, &text, &|| false)
+        .embed_as(&TextKind::Query, &text, &|| false)
         .unwrap();
     let d = embedder
-        .embed_as(TextKind::Document, &text, &|| false)
+        .embed_as(&TextKind::Document, &text, &|| false)
         .unwrap();
     let p = embedder.embed(&text).unwrap();
     assert!(
@@ -156,8 +156,8 @@ fn prompts_change_the_vectors_and_count_against_the_token_limit() {
     // the plain MiniLM folder has no prompts at all
     let plain = load(&common::minilm_dir(), Engine::Native);
     assert!(!plain.head().from_modules);
-    assert_eq!(plain.prompt_tokens(TextKind::Query), 0);
-    let a = plain.embed_as(TextKind::Query, &text, &|| false).unwrap();
+    assert_eq!(plain.prompt_tokens(&TextKind::Query), 0);
+    let a = plain.embed_as(&TextKind::Query, &text, &|| false).unwrap();
     let b = plain.embed(&text).unwrap();
     assert_eq!(a, b);
 }

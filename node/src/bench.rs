@@ -229,6 +229,24 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, CliError> {
             code: 2,
         });
     }
+    if opts.requests == Some(0) {
+        return Err(CliError {
+            message: "--requests must be at least 1".into(),
+            code: 2,
+        });
+    }
+    if !opts.ingest_rate.is_finite()
+        || opts.ingest_rate < 0.0
+        || (opts.ingest_rate > 0.0 && opts.ingest_rate < 0.01)
+    {
+        return Err(CliError {
+            message: format!(
+                "--ingest-rate {} is not a rate (0, or 0.01 documents per second and more)",
+                opts.ingest_rate
+            ),
+            code: 2,
+        });
+    }
     if opts.ingest_rate > 0.0 && opts.ingest_file.is_none() {
         return Err(CliError {
             message: "--ingest-rate needs --ingest-file".into(),
@@ -287,6 +305,8 @@ async fn run_async(
     let next = Arc::new(AtomicUsize::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(opts.warmup.is_zero()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // rung by the client that completes the last of --requests
+    let done_signal = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(Mutex::new(Instant::now()));
     let searches = Arc::new(AtomicU64::new(0));
 
@@ -296,7 +316,7 @@ async fn run_async(
             .trim_end_matches('/')
             .to_string();
         let url = format!("{base}/api/v1/collections/{}/search", opts.collection);
-        let (client, bodies, tally, next, measuring, stop, searches) = (
+        let (client, bodies, tally, next, measuring, stop, searches, done_signal) = (
             client.clone(),
             bodies.clone(),
             tally.clone(),
@@ -304,6 +324,7 @@ async fn run_async(
             measuring.clone(),
             stop.clone(),
             searches.clone(),
+            done_signal.clone(),
         );
         let limit = opts.requests;
         clients.push(tokio::spawn(async move {
@@ -344,6 +365,7 @@ async fn run_async(
                 let done = searches.fetch_add(1, Ordering::Relaxed) + 1;
                 if limit.is_some_and(|l| done >= l) {
                     stop.store(true, Ordering::Relaxed);
+                    done_signal.notify_one();
                 }
             }
         }));
@@ -420,8 +442,10 @@ async fn run_async(
     let tty = std::io::stderr().is_terminal();
     let mut last = (begin, 0u64);
     loop {
-        let tick = tokio::time::sleep(Duration::from_millis(200));
-        tick.await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = done_signal.notified() => {}
+        }
         let now = Instant::now();
         let over = opts.duration.is_some_and(|d| now >= begin + d);
         if over {
@@ -448,10 +472,11 @@ async fn run_async(
             last = (now, done);
         }
     }
-    let seconds = begin.elapsed().as_secs_f64();
+    // Requests in flight when the run stops are finished and counted, and so is their time.
     for c in clients {
         let _ = c.await;
     }
+    let seconds = begin.elapsed().as_secs_f64();
     if let Some(t) = ingest_task {
         t.abort();
     }
@@ -521,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_pick_the_nearest_rank() {
+    fn percentiles_take_the_rounded_linear_rank() {
         let v: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
         assert_eq!(percentile(&v, 50.0), 51.0);
         assert_eq!(percentile(&v, 99.0), 99.0);

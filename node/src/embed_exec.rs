@@ -530,7 +530,7 @@ struct Exec {
 }
 
 impl Exec {
-    fn embed(&self, kind: TextKind, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&self, kind: &TextKind, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
         let start = Instant::now();
         let result = self
             .pool
@@ -626,7 +626,7 @@ impl Exec {
             // One pass per kind of text (queries and plain texts get different prompts in
             // some models); nearly always one.
             while !jobs.is_empty() {
-                let kind = jobs[0].kind;
+                let kind = jobs[0].kind.clone();
                 let (same, rest): (Vec<EmbedJob>, Vec<EmbedJob>) =
                     jobs.into_iter().partition(|j| j.kind == kind);
                 jobs = rest;
@@ -641,7 +641,7 @@ impl Exec {
             .iter()
             .flat_map(|j| j.texts.iter().map(String::as_str))
             .collect();
-        match self.embed(kind, &texts) {
+        match self.embed(&kind, &texts) {
             Ok(mut vectors) => {
                 // Hand each job its slice, in order.
                 for job in jobs.into_iter().rev() {
@@ -691,7 +691,7 @@ impl Exec {
                     break;
                 }
                 let refs: Vec<&str> = part.iter().map(String::as_str).collect();
-                match self.embed(job.kind, &refs) {
+                match self.embed(&job.kind, &refs) {
                     Ok(v) => {
                         out.extend(v);
                         if let Some(p) = &job.progress {

@@ -176,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     );
     // A chunk, its document prompt and the two special tokens must fit the model's limit, or
     // every chunk would lose its end.
-    let prompt = embedder.prompt_tokens(shoal_inference::TextKind::Document);
+    let prompt = embedder.prompt_tokens(&shoal_inference::TextKind::Document);
     if config.ingest.chunk_tokens + prompt + 2 > embedder.max_tokens() {
         anyhow::bail!(
             "ingest.chunk_tokens ({}) plus the model's document prompt ({prompt} tokens) and 2 special tokens exceed the model's limit of {} tokens: lower ingest.chunk_tokens",

@@ -1644,14 +1644,31 @@ impl ShoalService for Node {
                 )))
             }
         };
-        let kind = match req.input_type.as_deref() {
-            None => TextKind::Plain,
-            Some("query" | "search_query") => TextKind::Query,
-            Some("document" | "passage" | "search_document") => TextKind::Document,
-            Some(other) => {
+        let kind = match (req.input_type.as_deref(), req.prompt_name) {
+            (Some(_), Some(_)) => return Err(bad("give `input_type` or `prompt_name`, not both")),
+            (None, None) => TextKind::Plain,
+            (Some("query" | "search_query"), None) => TextKind::Query,
+            (Some("document" | "passage" | "search_document"), None) => TextKind::Document,
+            (Some(other), None) => {
                 return Err(bad(format!(
-                    "`{other}` is not a kind of input this node has a prompt for (query, document)"
+                    "input_type `{other}` is not known (query, document)"
                 )))
+            }
+            (None, Some(name)) => {
+                let head = self.ctx.runtime.embedder.head();
+                if !head.has_prompt(&name) {
+                    let names: Vec<&str> =
+                        head.prompts.by_name.keys().map(String::as_str).collect();
+                    return Err(bad(format!(
+                        "the model has no prompt named `{name}` (it has: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    )));
+                }
+                TextKind::Named(name)
             }
         };
         let dim = self.ctx.runtime.embedder.dimension();

@@ -49,12 +49,6 @@ fn the_load_generator_measures_searches_and_ingest_and_refuses_bad_input() {
             "60",
             "--warmup",
             "0s",
-            "--ingest-rate",
-            "20",
-            "--ingest-file",
-            stream.to_str().unwrap(),
-            "--ingest-batch",
-            "2",
             "--json",
             "--quiet",
         ],
@@ -76,9 +70,38 @@ fn the_load_generator_measures_searches_and_ingest_and_refuses_bad_input() {
         p("p95_ms") <= p("p99_ms") && p("p99_ms") <= p("max_ms"),
         "{r}"
     );
-    // the ingest stream's documents were sent and accepted
+    // an ingest stream beside the searches, for a duration: its documents are sent and stored
+    let out = bench(
+        &node,
+        &[
+            "--collection",
+            "b",
+            "--queries",
+            queries.to_str().unwrap(),
+            "--duration",
+            "1500ms",
+            "--warmup",
+            "0s",
+            "--ingest-rate",
+            "20",
+            "--ingest-file",
+            stream.to_str().unwrap(),
+            "--ingest-batch",
+            "2",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["seconds"].as_f64().unwrap() >= 1.5, "{r}");
     let sent = r["ingest"]["accepted_docs"].as_u64().unwrap();
-    if sent > 0 {
+    assert!(sent > 0, "{r}");
+    {
         wait_until(
             std::time::Duration::from_secs(60),
             "the streamed documents are stored",
