@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Search under load with `shoal bench`: one node (release build) holding the sentences of the
-# Wikipedia lead summaries (bench-data/, fetched by scripts/fetch-bench-data.sh; ~100k chunks),
+# Search under load with `shoal bench`: one node (release build) holding ~100k short real texts
+# (bench-data/, fetched by scripts/fetch-bench-data.sh: the sentences of the English, Spanish and
+# French Wikipedia lead summaries, and the clauses of the English ones),
 # searched over HTTP by 1, 4 and 16 clients with held-out sentences as text queries (the query
 # cache off, so every search embeds its query), with and without reranking (the seeded test
 # cross-encoder: its scores mean nothing, its cost is a real MiniLM-sized cross-encoder's),
@@ -25,19 +26,30 @@ bin="$PWD/target/release/shoal"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# Sentences: 2,000 held out as queries, 20,000 for the ingest stream, the rest the corpus.
+# Texts: 2,000 English sentences held out as queries (their clauses too), 5,000 more for the
+# ingest stream, the rest the corpus.
 python3 - "$work" "$docs" <<'EOF'
 import json, re, sys
 work, limit = sys.argv[1], int(sys.argv[2])
-data = json.load(open("bench-data/summaries_en-us.json"))
-seen, sentences = set(), []
-for item in data.values():
-    for s in re.split(r"(?<=[.!?])\s+", item.get("extract", "")):
-        s = s.strip()
-        if 20 <= len(s) <= 400 and s not in seen:
-            seen.add(s)
-            sentences.append(s)
-queries, stream, corpus = sentences[:2000], sentences[2000:22000], sentences[22000:]
+def sentences(lang):
+    seen, out = set(), []
+    for item in json.load(open(f"bench-data/summaries_{lang}.json")).values():
+        for s in re.split(r"(?<=[.!?])\s+", item.get("extract", "")):
+            s = s.strip()
+            if 20 <= len(s) <= 400 and s not in seen:
+                seen.add(s)
+                out.append(s)
+    return out
+def clauses(s):
+    parts = [p.strip() for p in re.split(r"[,;:]\s+", s)]
+    return [p for p in parts if len(p) >= 30 and p != s] if len(parts) > 1 else []
+en = sentences("en-us")
+queries, stream, rest = en[:2000], en[2000:7000], en[7000:]
+corpus = list(rest)
+for s in rest:
+    corpus.extend(clauses(s))
+corpus += sentences("es-es") + sentences("fr-fr")
+corpus = list(dict.fromkeys(corpus))
 if limit:
     corpus = corpus[:limit]
 open(f"{work}/queries.txt", "w").write("\n".join(queries) + "\n")

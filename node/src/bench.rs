@@ -74,13 +74,15 @@ struct IngestTally {
 /// One query as sent: the search body without the flags' defaults.
 fn parse_query_line(line: &str) -> Result<Map<String, Value>, String> {
     let t = line.trim();
-    if t.starts_with('[') {
+    // `[...]` is a vector and `{...}` a body; anything else (a sentence that begins with a
+    // bracket included) is text.
+    if t.starts_with('[') && t.ends_with(']') {
         let v: Vec<f32> = serde_json::from_str(t).map_err(|e| format!("vector: {e}"))?;
         let mut m = Map::new();
         m.insert("vector".into(), json!(v));
         return Ok(m);
     }
-    if t.starts_with('{') {
+    if t.starts_with('{') && t.ends_with('}') {
         return match serde_json::from_str::<Value>(t).map_err(|e| e.to_string())? {
             Value::Object(m) => Ok(m),
             _ => Err("not an object".into()),
@@ -541,8 +543,12 @@ mod tests {
         );
         let m = parse_query_line(r#"{"query": "x", "top_k": 3}"#).unwrap();
         assert_eq!(m["top_k"], json!(3));
-        assert!(parse_query_line("[1, 2,").is_err());
-        assert!(parse_query_line("{\"a\": ").is_err());
+        assert!(parse_query_line("[1, 2,]").is_err());
+        assert!(parse_query_line("{\"a\": }").is_err());
+        assert_eq!(
+            parse_query_line("[citation needed] tides follow the moon").unwrap()["query"],
+            json!("[citation needed] tides follow the moon")
+        );
     }
 
     #[test]

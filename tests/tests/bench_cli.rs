@@ -161,7 +161,7 @@ fn the_load_generator_measures_searches_and_ingest_and_refuses_bad_input() {
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("--clients"));
     let bad_line = dir.path().join("bad.txt");
-    std::fs::write(&bad_line, "[1, 2,\n").unwrap();
+    std::fs::write(&bad_line, "[1, 2,]\n").unwrap();
     let bad = bench(
         &node,
         &[

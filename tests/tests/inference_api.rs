@@ -375,7 +375,10 @@ fn a_model_with_prompts_gets_its_query_prompt_at_search_and_its_document_prompt_
     assert_eq!(tei.status, 200, "{}", tei.text);
     assert!(cos(&floats(&tei.body[0]), &queries[2]) >= 0.9999);
     // TEI looks prompt_name up by name in the folder's prompts ("passage" is this one's)
-    let tei = node.post("/embed", json!({"inputs": texts[2], "prompt_name": "passage"}));
+    let tei = node.post(
+        "/embed",
+        json!({"inputs": texts[2], "prompt_name": "passage"}),
+    );
     assert_eq!(tei.status, 200, "{}", tei.text);
     assert!(cos(&floats(&tei.body[0]), &documents[2]) >= 0.9999);
     let missing = node.post("/embed", json!({"inputs": "x", "prompt_name": "document"}));
