@@ -1,0 +1,124 @@
+//! shoal's index layer on a vector dataset, for `scripts/ann_bench.py`, which runs hnswlib and
+//! FAISS on the same files in the same run: builds one shard (cosine; vectors are normalised by
+//! the script) as the node builds it, then searches every query on one thread at each ef, and
+//! prints one JSON line per ef: recall@10 against the exact neighbours, QPS, p50/p99 latency,
+//! plus the build time and the resident memory the shard added per vector.
+//!
+//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...]
+//! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_index::{Payload, Point, SearchMode, SearchRequest, Shard, ShardParams};
+
+fn floats(path: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn ints(path: &str) -> Vec<i32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    bytes
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 8 {
+        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...]");
+        std::process::exit(2);
+    }
+    let dim: usize = args[4].parse().expect("DIM");
+    let m: usize = args[5].parse().expect("M");
+    let efc: usize = args[6].parse().expect("EF_CONSTRUCTION");
+    let efs: Vec<usize> = args[7].split(',').map(|e| e.parse().expect("EF")).collect();
+    let queries = floats(&args[2]);
+    let truth = ints(&args[3]);
+    let nq = queries.len() / dim;
+    let k_truth = truth.len() / nq;
+
+    let rss_before = rss_bytes();
+    let base = floats(&args[1]);
+    let n = base.len() / dim;
+    let mut params = ShardParams::new(dim);
+    params.m = m;
+    params.ef_construction = efc;
+    let shard = Shard::new(params);
+    let payload = Arc::new(Payload {
+        doc_id: String::new(),
+        metadata: Default::default(),
+    });
+    let t = Instant::now();
+    // as the node inserts: batches of points into one shard
+    for start in (0..n).step_by(1000) {
+        let batch: Vec<Point> = (start..(start + 1000).min(n))
+            .map(|i| Point {
+                id: i as u64,
+                vector: base[i * dim..(i + 1) * dim].to_vec(),
+                payload: payload.clone(),
+            })
+            .collect();
+        shard.insert(batch).expect("insert");
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    drop(base); // one large allocation: handed back to the system
+    let rss_built = rss_bytes();
+    let bytes_per_vector = (rss_built.saturating_sub(rss_before)) as f64 / n as f64;
+    eprintln!(
+        "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
+    );
+
+    for ef in efs {
+        let mut lat = Vec::with_capacity(nq);
+        let mut found = 0usize;
+        let t = Instant::now();
+        for q in 0..nq {
+            let v = &queries[q * dim..(q + 1) * dim];
+            let s = Instant::now();
+            let hits = shard
+                .search(&SearchRequest {
+                    vector: v,
+                    k: 10,
+                    filter: None,
+                    mode: SearchMode::Auto,
+                    ef: Some(ef),
+                    max_scan: None,
+                })
+                .expect("search");
+            lat.push(s.elapsed().as_secs_f64() * 1e3);
+            let exact = &truth[q * k_truth..q * k_truth + 10];
+            found += hits
+                .iter()
+                .filter(|h| exact.contains(&(h.id as i32)))
+                .count();
+        }
+        let total = t.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
+        println!(
+            "{{\"engine\": \"shoal\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}}}",
+            found as f64 / (nq * 10) as f64,
+            nq as f64 / total,
+            pct(50.0),
+            pct(99.0),
+        );
+    }
+}
