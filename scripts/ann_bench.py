@@ -131,8 +131,8 @@ def main():
         f.write(f"Made by `scripts/ann-bench.sh {' '.join(sys.argv[4:])}` on {time.strftime('%Y-%m-%d')}: "
                 f"{os.path.basename(args.npy)}, {n} vectors of {dim} (L2-normalised, inner product), "
                 f"{len(queries)} held-out queries, M {args.m}, ef_construction {args.efc}. Searches on one "
-                f"thread; hnswlib and FAISS build on 2 threads, shoal builds as a node does (one "
-                f"writer per shard). Bytes per vector: resident memory the index added, the raw "
+                f"thread; all three build on 2 threads (shoal as a node builds a shard at start, "
+                f"`Shard::open`). Bytes per vector: resident memory the index added, the raw "
                 f"vectors included ({dim * 4} bytes of them).\n\n{table}\n")
 
 
