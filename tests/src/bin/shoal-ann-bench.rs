@@ -5,7 +5,9 @@
 //! plus the build time and the resident memory the shard added per vector.
 //!
 //! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...]
-//! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
+//! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids). With
+//! `SHOAL_ANN_RAW=1` it also builds and searches a bare hnsw_rs graph of the same parameters
+//! (printed on standard error), to tell the graph's own cost from the shard's.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,9 +75,23 @@ fn main() {
         })
         .collect();
     drop(base); // one large allocation: handed back to the system
+                // as a node builds a shard at start (from the store's points, inserts on all cores); ingest
+                // afterwards inserts one point at a time per shard
+                // hnsw_rs alone, without the shard around it (same graph parameters, same distance): tells
+                // the graph's own cost from the shard's
+    let raw = if std::env::var_os("SHOAL_ANN_RAW").is_some() {
+        let graph: hnsw_rs::hnsw::Hnsw<f32, shoal_index::CosineDistance> =
+            hnsw_rs::hnsw::Hnsw::new(m, n, 16, efc, shoal_index::CosineDistance);
+        let data: Vec<(&[f32], usize)> = points
+            .iter()
+            .map(|p| (p.vector.as_slice(), p.id as usize))
+            .collect();
+        graph.parallel_insert_slice(&data);
+        Some(graph)
+    } else {
+        None
+    };
     let t = Instant::now();
-    // as a node builds a shard at start (from the store's points, inserts on all cores); ingest
-    // afterwards inserts one point at a time per shard
     let (shard, _) = Shard::open(params, points, None, 0).expect("build");
     let build_s = t.elapsed().as_secs_f64();
     let rss_built = rss_bytes();
@@ -84,6 +100,25 @@ fn main() {
         "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
     );
 
+    if let Some(graph) = &raw {
+        for &ef in &efs {
+            let t = Instant::now();
+            let mut found = 0usize;
+            for q in 0..nq {
+                let hits = graph.search(&queries[q * dim..(q + 1) * dim], 10, ef);
+                let exact = &truth[q * k_truth..q * k_truth + 10];
+                found += hits
+                    .iter()
+                    .filter(|h| exact.contains(&(h.d_id as i32)))
+                    .count();
+            }
+            eprintln!(
+                "hnsw_rs alone: ef {ef} recall {:.4} qps {:.0}",
+                found as f64 / (nq * 10) as f64,
+                nq as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+    }
     for ef in efs {
         let mut lat = Vec::with_capacity(nq);
         let mut found = 0usize;
