@@ -16,10 +16,11 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-import torch
 from safetensors.torch import save_file
 from sentence_transformers import SentenceTransformer
+
+# the seeded weights of inference/src/test_model.rs, as the reranker reference makes them
+from reranker_reference import seeded
 
 TEXTS = [
     "A man is eating a piece of bread.",
@@ -180,14 +181,6 @@ VARIANTS = [
 ]
 
 BASE_FILES = ["config.json", "tokenizer.json", "vocab.txt", "model.safetensors"]
-
-
-def seeded(seed, shape, scale):
-    n = int(np.prod(shape))
-    i = np.arange(n, dtype=np.uint64)
-    v = (i * np.uint64(2654435761) + np.uint64(seed * 40503)) % np.uint64(2**32)
-    x = (v.astype(np.float64) / 4294967296.0 - 0.5) * scale
-    return torch.from_numpy(x.astype(np.float32).reshape(shape))
 
 
 def small_files(variant):

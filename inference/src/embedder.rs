@@ -183,14 +183,12 @@ struct Inner {
     max_batch_tokens: usize,
     model_name: String,
     head: SentenceHead,
-    /// Tokens at the start of a text of each kind that pooling leaves out when the folder says
-    /// `include_prompt: false` ([CLS] and the prompt's own tokens, as sentence-transformers
-    /// counts them).
-    prompt_skip: [usize; 3],
-    /// Tokens each kind's prompt adds to a text (what a chunk must leave room for).
-    prompt_tokens: [usize; 3],
+    /// The prompt lengths of queries, documents and plain texts (see [`kind_index`]), counted
+    /// once at load; a named prompt's are counted when it is used.
+    prompt_lengths: [PromptLength; 3],
 }
 
+/// Where the prompt lengths of the fixed kinds are kept.
 fn kind_index(kind: &TextKind) -> Option<usize> {
     match kind {
         TextKind::Query => Some(0),
@@ -200,18 +198,36 @@ fn kind_index(kind: &TextKind) -> Option<usize> {
     }
 }
 
-/// A prompt's length as sentence-transformers counts it for `include_prompt: false` (with the
-/// start token, less a trailing special token), and the tokens it adds to a text.
-fn prompt_lengths(tokenizer: &Tokenizer, prompt: &str) -> Result<(usize, usize), InferenceError> {
-    let enc = tokenizer
-        .encode(prompt, true)
-        .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
-    let special = enc.get_special_tokens_mask();
-    let trailing = usize::from(special.last() == Some(&1));
-    Ok((
-        enc.get_ids().len() - trailing,
-        special.iter().filter(|&&s| s == 0).count(),
-    ))
+/// How long a kind of text's prompt is (zeros without one).
+#[derive(Debug, Clone, Copy, Default)]
+struct PromptLength {
+    /// Tokens at the start of a text that pooling leaves out when the folder says
+    /// `include_prompt: false`: the start token and the prompt's own, as sentence-transformers
+    /// counts them (the prompt tokenized alone, less a trailing special token).
+    skip: usize,
+    /// Tokens the prompt adds to a text (what a chunk must leave room for).
+    tokens: usize,
+}
+
+impl PromptLength {
+    fn of(
+        head: &SentenceHead,
+        tokenizer: &Tokenizer,
+        kind: &TextKind,
+    ) -> Result<PromptLength, InferenceError> {
+        let Some(prompt) = head.prompt(kind) else {
+            return Ok(PromptLength::default());
+        };
+        let enc = tokenizer
+            .encode(head.cased(prompt.to_owned()), true)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        let special = enc.get_special_tokens_mask();
+        let trailing = usize::from(special.last() == Some(&1));
+        Ok(PromptLength {
+            skip: enc.get_ids().len() - trailing,
+            tokens: special.iter().filter(|&&s| s == 0).count(),
+        })
+    }
 }
 
 impl Embedder {
@@ -227,19 +243,11 @@ impl Embedder {
             .max(2);
         let tokenizer = files.read_tokenizer(Some(max_tokens))?;
         let counting_tokenizer = files.read_tokenizer(None)?;
-        let mut prompt_skip = [0; 3];
-        let mut prompt_tokens = [0; 3];
-        for (i, kind) in [TextKind::Query, TextKind::Document, TextKind::Plain]
-            .iter()
-            .enumerate()
-        {
-            if let Some(prompt) = head.prompt(kind) {
-                let (skip, tokens) =
-                    prompt_lengths(&counting_tokenizer, &head.cased(prompt.to_owned()))?;
-                prompt_skip[i] = skip;
-                prompt_tokens[i] = tokens;
-            }
-        }
+        let prompt_lengths = [
+            PromptLength::of(&head, &counting_tokenizer, &TextKind::Query)?,
+            PromptLength::of(&head, &counting_tokenizer, &TextKind::Document)?,
+            PromptLength::of(&head, &counting_tokenizer, &TextKind::Plain)?,
+        ];
         let vb = files.var_builder()?;
         let model = Model::load(files, &vb, options.engine, options.precision)?;
         let model_name = files.name("model");
@@ -254,8 +262,7 @@ impl Embedder {
                 max_batch_tokens: options.max_batch_tokens.max(1),
                 model_name,
                 head,
-                prompt_skip,
-                prompt_tokens,
+                prompt_lengths,
             }),
         })
     }
@@ -267,20 +274,13 @@ impl Embedder {
 
     /// Tokens the prompt of `kind` adds to each text (0 without one).
     pub fn prompt_tokens(&self, kind: &TextKind) -> usize {
+        self.prompt_length(kind).map_or(0, |l| l.tokens)
+    }
+
+    fn prompt_length(&self, kind: &TextKind) -> Result<PromptLength, InferenceError> {
         match kind_index(kind) {
-            Some(i) => self.inner.prompt_tokens[i],
-            None => self
-                .inner
-                .head
-                .prompt(kind)
-                .and_then(|p| {
-                    prompt_lengths(
-                        &self.inner.counting_tokenizer,
-                        &self.inner.head.cased(p.into()),
-                    )
-                    .ok()
-                })
-                .map_or(0, |(_, tokens)| tokens),
+            Some(i) => Ok(self.inner.prompt_lengths[i]),
+            None => PromptLength::of(&self.inner.head, &self.inner.counting_tokenizer, kind),
         }
     }
 
@@ -329,13 +329,7 @@ impl Embedder {
         }
         let prepared: Vec<String> = texts.iter().map(|t| head.prepare(kind, t)).collect();
         let refs: Vec<&str> = prepared.iter().map(String::as_str).collect();
-        let skip = match kind_index(kind) {
-            Some(i) => self.inner.prompt_skip[i],
-            None => match head.prompt(kind) {
-                Some(p) => prompt_lengths(&self.inner.counting_tokenizer, &head.cased(p.into()))?.0,
-                None => 0,
-            },
-        };
+        let skip = self.prompt_length(kind)?.skip;
         self.embed_prepared(&refs, skip, cancelled)
     }
 

@@ -1100,27 +1100,7 @@ mod tests {
 
     #[test]
     fn a_query_whose_request_is_gone_costs_no_forward_pass() {
-        let embedder = model();
-        let metrics = Arc::new(Metrics::new());
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        );
-        let exec = EmbedExecutor::start(
-            Role::Query {
-                window: Duration::from_millis(1),
-                max_texts: 32,
-                adaptive: true,
-            },
-            embedder,
-            pool,
-            Arc::new(QueryGate::default()),
-            Arc::default(),
-            metrics.clone(),
-        )
-        .unwrap();
+        let (exec, _arrivals, metrics) = query_exec(Duration::from_millis(1));
         let (gone, gone_rx) = job(3);
         drop(gone_rx);
         exec.submit(gone).unwrap();
@@ -1130,7 +1110,8 @@ mod tests {
         assert_eq!(texts_embedded(&metrics, "query"), 1);
     }
 
-    /// A query executor with a long gathering window, and its arrivals.
+    /// A query executor (one thread, at most 32 texts a pass, adaptive gathering up to `window`),
+    /// its arrivals and its metrics.
     fn query_exec(window: Duration) -> (EmbedExecutor, Arc<Arrivals>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         let arrivals = Arc::new(Arrivals::default());

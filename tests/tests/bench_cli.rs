@@ -134,62 +134,39 @@ fn the_load_generator_measures_searches_and_ingest_and_refuses_bad_input() {
     );
 
     // bad input: exit codes and messages
-    let missing = bench(
-        &node,
-        &[
-            "--collection",
-            "nope",
-            "--queries",
-            queries.to_str().unwrap(),
-            "-n",
-            "1",
-        ],
+    let q = queries.to_str().unwrap();
+    let refused = |args: &[&str], code: i32, says: &str| {
+        let out = bench(&node, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(
+        &["--collection", "nope", "--queries", q, "-n", "1"],
+        1,
+        "nope",
     );
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"));
-    let zero = bench(
-        &node,
-        &[
-            "--collection",
-            "b",
-            "--queries",
-            queries.to_str().unwrap(),
-            "-c",
-            "0",
-        ],
+    refused(
+        &["--collection", "b", "--queries", q, "-c", "0"],
+        2,
+        "--clients",
     );
-    assert_eq!(zero.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("--clients"));
     let bad_line = dir.path().join("bad.txt");
     std::fs::write(&bad_line, "[1, 2,]\n").unwrap();
-    let bad = bench(
-        &node,
-        &[
-            "--collection",
-            "b",
-            "--queries",
-            bad_line.to_str().unwrap(),
-            "-n",
-            "1",
-        ],
+    let bad = bad_line.to_str().unwrap();
+    refused(
+        &["--collection", "b", "--queries", bad, "-n", "1"],
+        2,
+        "line 1",
     );
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 1"));
-    let no_file = bench(
-        &node,
+    refused(
         &["--collection", "b", "--queries", "/nonexistent", "-n", "1"],
+        2,
+        "/nonexistent",
     );
-    assert_eq!(no_file.status.code(), Some(2));
-    let bad_duration = bench(
-        &node,
-        &[
-            "--collection",
-            "b",
-            "--queries",
-            queries.to_str().unwrap(),
-            "-d",
-            "5 parsecs",
-        ],
+    refused(
+        &["--collection", "b", "--queries", q, "-d", "5 parsecs"],
+        2,
+        "parsecs",
     );
-    assert_eq!(bad_duration.status.code(), Some(2));
 }

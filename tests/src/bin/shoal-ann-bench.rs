@@ -94,11 +94,19 @@ fn main() {
         })
         .collect();
     drop(base); // one large allocation: handed back to the system
-                // as a node builds a shard at start (from the store's points, inserts on all cores); ingest
-                // afterwards inserts one point at a time per shard
-                // hnsw_rs alone, without the shard around it (same graph parameters, same distance): tells
-                // the graph's own cost from the shard's
-    let raw = if std::env::var_os("SHOAL_ANN_RAW").is_some() {
+    let truth: Vec<Vec<u64>> = (0..nq)
+        .map(|q| {
+            truth[q * k_truth..q * k_truth + 10]
+                .iter()
+                .map(|&i| i as u64)
+                .collect()
+        })
+        .collect();
+    let query = |q: usize| &queries[q * dim..(q + 1) * dim];
+
+    // hnsw_rs alone, without the shard around it (same graph parameters, same distance): tells
+    // the graph's own cost from the shard's
+    if std::env::var_os("SHOAL_ANN_RAW").is_some() {
         let graph: hnsw_rs::hnsw::Hnsw<f32, shoal_index::CosineDistance> =
             hnsw_rs::hnsw::Hnsw::new(m, n, 16, efc, shoal_index::CosineDistance);
         let data: Vec<(&[f32], usize)> = points
@@ -106,102 +114,87 @@ fn main() {
             .map(|p| (p.vector.as_slice(), p.id as usize))
             .collect();
         graph.parallel_insert_slice(&data);
-        Some(graph)
-    } else {
-        None
-    };
+        for &ef in &efs {
+            let r = measure(&truth, |q| {
+                graph
+                    .search(query(q), 10, ef)
+                    .iter()
+                    .map(|h| h.d_id as u64)
+                    .collect()
+            });
+            eprintln!(
+                "hnsw_rs alone: ef {ef} recall {:.4} qps {:.0}",
+                r.recall, r.qps
+            );
+        }
+    }
+
+    // as a node builds a shard at start (from the store's points, inserting on all cores); ingest
+    // afterwards inserts one point at a time per shard
     let t = Instant::now();
     let (shard, _) = Shard::open(params, points, None, 0).expect("build");
     let build_s = t.elapsed().as_secs_f64();
-    let rss_built = rss_bytes();
-    let bytes_per_vector = (rss_built.saturating_sub(rss_before)) as f64 / n as f64;
+    let bytes_per_vector = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
     eprintln!(
         "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
     );
 
-    if let Some(graph) = &raw {
+    let filter =
+        shoal_index::Filter::from_json(&serde_json::json!({"metadata": {"g": 0}})).expect("filter");
+    for (engine, filter, truth) in [
+        ("shoal, filter 10%", Some(&filter), &group_truth),
+        ("shoal", None, &truth),
+    ] {
         for &ef in &efs {
-            let t = Instant::now();
-            let mut found = 0usize;
-            for q in 0..nq {
-                let hits = graph.search(&queries[q * dim..(q + 1) * dim], 10, ef);
-                let exact = &truth[q * k_truth..q * k_truth + 10];
-                found += hits
+            let r = measure(truth, |q| {
+                shard
+                    .search(&SearchRequest {
+                        vector: query(q),
+                        k: 10,
+                        filter,
+                        mode: SearchMode::Auto,
+                        ef: Some(ef),
+                        max_scan: None,
+                    })
+                    .expect("search")
                     .iter()
-                    .filter(|h| exact.contains(&(h.d_id as i32)))
-                    .count();
-            }
-            eprintln!(
-                "hnsw_rs alone: ef {ef} recall {:.4} qps {:.0}",
-                found as f64 / (nq * 10) as f64,
-                nq as f64 / t.elapsed().as_secs_f64()
+                    .map(|h| h.id)
+                    .collect()
+            });
+            println!(
+                "{{\"engine\": \"{engine}\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}}}",
+                r.recall, r.qps, r.p50_ms, r.p99_ms,
             );
         }
     }
-    let filter =
-        shoal_index::Filter::from_json(&serde_json::json!({"metadata": {"g": 0}})).expect("filter");
-    for &ef in &efs {
-        let t = Instant::now();
-        let mut found = 0usize;
-        let mut lat = Vec::with_capacity(nq);
-        for (q, exact) in group_truth.iter().enumerate() {
-            let s = Instant::now();
-            let hits = shard
-                .search(&SearchRequest {
-                    vector: &queries[q * dim..(q + 1) * dim],
-                    k: 10,
-                    filter: Some(&filter),
-                    mode: SearchMode::Auto,
-                    ef: Some(ef),
-                    max_scan: None,
-                })
-                .expect("search");
-            lat.push(s.elapsed().as_secs_f64() * 1e3);
-            found += hits.iter().filter(|h| exact.contains(&h.id)).count();
-        }
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
-        println!(
-            "{{\"engine\": \"shoal, filter 10%\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}}}",
-            found as f64 / (nq * 10) as f64,
-            nq as f64 / t.elapsed().as_secs_f64(),
-            pct(50.0),
-            pct(99.0),
-        );
+}
+
+struct Measured {
+    recall: f64,
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Answer every query with `search` (the ids of its top 10) on this thread, against `exact` (each
+/// query's true top 10): recall@10, queries per second and latency percentiles.
+fn measure(exact: &[Vec<u64>], mut search: impl FnMut(usize) -> Vec<u64>) -> Measured {
+    let mut lat = Vec::with_capacity(exact.len());
+    let mut found = 0usize;
+    let t = Instant::now();
+    for (q, exact) in exact.iter().enumerate() {
+        let s = Instant::now();
+        let hits = search(q);
+        lat.push(s.elapsed().as_secs_f64() * 1e3);
+        found += hits.iter().filter(|h| exact.contains(h)).count();
     }
-    for ef in efs {
-        let mut lat = Vec::with_capacity(nq);
-        let mut found = 0usize;
-        let t = Instant::now();
-        for q in 0..nq {
-            let v = &queries[q * dim..(q + 1) * dim];
-            let s = Instant::now();
-            let hits = shard
-                .search(&SearchRequest {
-                    vector: v,
-                    k: 10,
-                    filter: None,
-                    mode: SearchMode::Auto,
-                    ef: Some(ef),
-                    max_scan: None,
-                })
-                .expect("search");
-            lat.push(s.elapsed().as_secs_f64() * 1e3);
-            let exact = &truth[q * k_truth..q * k_truth + 10];
-            found += hits
-                .iter()
-                .filter(|h| exact.contains(&(h.id as i32)))
-                .count();
-        }
-        let total = t.elapsed().as_secs_f64();
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
-        println!(
-            "{{\"engine\": \"shoal\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}}}",
-            found as f64 / (nq * 10) as f64,
-            nq as f64 / total,
-            pct(50.0),
-            pct(99.0),
-        );
+    let total = t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
+    Measured {
+        recall: found as f64 / (exact.len() * 10) as f64,
+        qps: exact.len() as f64 / total,
+        p50_ms: pct(50.0),
+        p99_ms: pct(99.0),
     }
 }
