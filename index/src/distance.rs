@@ -1,23 +1,75 @@
-//! Cosine distance on L2-normalised vectors.
+//! Vector arithmetic of the index: dot product and squared euclidean distance, with AVX2/FMA
+//! kernels chosen at run time where the CPU has them (the portable kernels are written so that
+//! the compiler vectorises them with the baseline instruction set).
 //!
-//! hnsw_rs' `DistDot` asserts `1 - dot >= 0`, which rounding breaks for normalised f32 vectors
-//! (its scalar path panics). Ours clamps instead, and its dot product is written so the compiler
-//! vectorises it (eight independent accumulators).
+//! Similarity is cosine on L2-normalised vectors: score = dot product, graph distance = 1 - dot.
 
-use hnsw_rs::prelude::Distance;
+/// Dot product of two slices (over the shorter one's length).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    kernel().dot(a, b)
+}
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CosineDistance;
+/// Squared euclidean distance of two slices (over the shorter one's length).
+#[inline]
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    kernel().l2_squared(a, b)
+}
 
-impl Distance<f32> for CosineDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
+pub(crate) fn kernel() -> Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(Kernel::detect)
+}
+
+/// A distance kernel picked once for this CPU (no feature check per call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs; the portable one when `SHOAL_FORCE_PORTABLE_KERNELS`
+    /// is set (as for the inference kernels: the test suite runs once more that way).
+    pub fn detect() -> Kernel {
+        if std::env::var_os("SHOAL_FORCE_PORTABLE_KERNELS").is_some() {
+            return Kernel::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    #[inline]
+    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            // SAFETY: `Avx2` is only chosen by `detect` on a CPU with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot(a, b) },
+            Kernel::Portable => dot_portable(a, b),
+        }
+    }
+
+    #[inline]
+    pub fn l2_squared(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::l2_squared(a, b) },
+            Kernel::Portable => l2_portable(a, b),
+        }
     }
 }
 
-/// Dot product of two equally long slices.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Eight independent accumulators, so that the compiler vectorises without reassociating.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; 8];
@@ -36,6 +88,110 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += (x - y) * (x - y);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn sum8(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): i + 8 <= n, within both slices.
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                *acc = unsafe {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc)
+                };
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = unsafe {
+                _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[0],
+                )
+            };
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = sum8(v);
+        for k in i..n {
+            sum += a[k] * b[k];
+        }
+        sum
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): i + 8 <= n, within both slices.
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                let d = unsafe {
+                    _mm256_sub_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)))
+                };
+                *acc = _mm256_fmadd_ps(d, d, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let d =
+                unsafe { _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
+            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = sum8(v);
+        for k in i..n {
+            sum += (a[k] - b[k]) * (a[k] - b[k]);
+        }
+        sum
+    }
+}
+
 /// Scale `v` to unit length. Returns false (and leaves `v` alone) for a zero or non-finite vector.
 pub fn normalize(v: &mut [f32]) -> bool {
     let norm = dot(v, v).sqrt();
@@ -51,15 +207,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_matches_naive_and_distance_clamps() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.05).collect();
-        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    fn kernels_match_naive_sums_at_every_length() {
+        for n in [0usize, 1, 7, 8, 9, 31, 32, 33, 50, 63, 384, 385, 784] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let naive_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            let tol = 1e-4 * (1.0 + n as f32).sqrt();
+            assert!((dot(&a, &b) - naive_dot).abs() < tol, "dot at {n}");
+            for k in [Kernel::detect(), Kernel::Portable] {
+                assert!((k.dot(&a, &b) - naive_dot).abs() < tol, "{k:?} dot at {n}");
+                assert!(
+                    (k.l2_squared(&a, &b) - naive_l2).abs() < tol,
+                    "{k:?} l2 at {n}"
+                );
+            }
+            assert!(
+                (dot_portable(&a, &b) - naive_dot).abs() < tol,
+                "portable dot at {n}"
+            );
+            assert!((l2_squared(&a, &b) - naive_l2).abs() < tol, "l2 at {n}");
+            assert!(
+                (l2_portable(&a, &b) - naive_l2).abs() < tol,
+                "portable l2 at {n}"
+            );
+        }
+        // unequal lengths: the shorter one counts
+        assert_eq!(dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]), 3.0);
+    }
+
+    #[test]
+    fn normalize_refuses_what_has_no_direction() {
         let mut u = vec![0.3f32; 384];
         assert!(normalize(&mut u));
-        assert!(CosineDistance.eval(&u, &u) >= 0.0);
-        assert!(CosineDistance.eval(&u, &u) < 1e-5);
+        assert!((dot(&u, &u) - 1.0).abs() < 1e-5);
         assert!(!normalize(&mut [0.0, 0.0]));
         assert!(!normalize(&mut [f32::NAN, 1.0]));
     }

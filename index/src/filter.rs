@@ -282,7 +282,8 @@ fn parse_condition(v: &Value, at: &str, limits: &FilterLimits) -> Result<Conditi
     }
 }
 
-fn lookup<'a>(metadata: &'a Metadata, path: &str) -> Option<&'a Value> {
+/// The value at `path`: the key itself, or a dotted path into nested objects.
+pub(crate) fn lookup<'a>(metadata: &'a Metadata, path: &str) -> Option<&'a Value> {
     if let Some(v) = metadata.get(path) {
         return Some(v);
     }
@@ -298,6 +299,14 @@ fn scalar_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
+    }
+}
+
+/// Call `f` on `value`, or on each element of an array (the values a condition is tried on).
+pub(crate) fn any_scalar(value: &Value, f: impl FnMut(&Value)) {
+    match value {
+        Value::Array(items) => items.iter().for_each(f),
+        v => std::iter::once(v).for_each(f),
     }
 }
 

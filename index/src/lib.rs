@@ -1,8 +1,9 @@
 //! HNSW index shards for shoal.
 //!
-//! A [`Shard`] wraps an hnsw_rs graph with our own point ids. hnsw_rs cannot delete, so deletes are
-//! tombstones (the point leaves our point table and is filtered out of every search) and
-//! [`Shard::compact`] rebuilds the graph once tombstones pass a threshold. Filtered search switches
+//! A [`Shard`] holds an HNSW graph of shoal's own (`graph`: lock-free searches beside inserts,
+//! contiguous aligned vectors, SIMD distances) with the caller's point ids. Deletes are
+//! tombstones (the point leaves our point table and its node is flagged: walked through, never
+//! returned) and [`Shard::compact`] rebuilds the graph once tombstones pass a threshold. Filtered search switches
 //! to an exact scan over the matching points when the filter is selective, because graph search
 //! with a selective filter loses recall and slows down. Similarity is cosine on L2-normalised
 //! vectors (score = dot product).
@@ -10,11 +11,14 @@
 mod distance;
 mod error;
 mod filter;
+mod graph;
+mod payload_index;
 mod shard;
 
-pub use distance::{dot, normalize, CosineDistance};
+pub use distance::{dot, l2_squared, normalize};
 pub use error::IndexError;
 pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
+pub use graph::Metric;
 pub use shard::{
     FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams,
     ShardStats,

@@ -1,29 +1,26 @@
 //! One HNSW shard: our point table (payloads, and where each point's vector sits in the graph),
-//! the hnsw_rs graph, tombstones, compaction, exact and filtered search, dump and reload.
+//! the graph (`crate::graph`), tombstones, compaction, exact and filtered search, dump and reload.
 //!
-//! Each vector is held once, by hnsw_rs (which keeps its own copy of everything it indexes); the
-//! table records each point's place in the graph (hnsw_rs's layer and rank) and reads the vector
-//! from there for exact scans and compaction.
+//! Each vector is held once, by the graph; the table records each point's node in it and exact
+//! scans and compaction read the vectors from there.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::PointId as Slot;
-use hnsw_rs::hnswio::HnswIo;
-use hnsw_rs::prelude::Hnsw;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{dot, CosineDistance};
+use crate::graph::{Graph, GraphParams, Metric, Near, Slot};
+use crate::payload_index::{Narrowed, PayloadIndex};
 use crate::{Filter, IndexError, Metadata, PointId};
 
 /// Tuning of one shard. Defaults follow common HNSW practice (Qdrant uses m=16, ef_construct=100).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShardParams {
     pub dimension: usize,
+    /// How vectors are compared (cosine expects L2-normalised vectors).
+    pub metric: Metric,
     /// Links per node.
     pub m: usize,
     pub ef_construction: usize,
@@ -44,6 +41,7 @@ impl ShardParams {
     pub fn new(dimension: usize) -> ShardParams {
         ShardParams {
             dimension,
+            metric: Metric::Cosine,
             m: 16,
             ef_construction: 100,
             ef_search: 64,
@@ -124,7 +122,8 @@ pub struct SearchRequest<'a> {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub id: PointId,
-    /// Cosine similarity.
+    /// Cosine similarity (for the euclidean metric: the squared distance, negated, so that a
+    /// higher score is always better).
     pub score: f32,
     pub payload: Arc<Payload>,
 }
@@ -143,16 +142,40 @@ struct Entry {
     payload: Arc<Payload>,
 }
 
-struct Table {
-    live: HashMap<PointId, Entry>,
-    /// Points still in the graph but deleted.
-    tombstones: usize,
+/// Point ids are numbers handed out in sequence: a multiplicative hash spreads them well, at a
+/// fraction of the default (DoS-resistant) hasher's cost, which filtered searches pay once per
+/// match.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ self.0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
 }
 
-type Graph = Hnsw<'static, f32, CosineDistance>;
+type IdMap<V> = HashMap<PointId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// An HNSW shard. Searches run concurrently from any thread and never wait for inserts (hnsw_rs
-/// inserts take only per-node locks); mutations are serialised by an internal writer lock.
+struct Table {
+    live: IdMap<Entry>,
+    /// Points still in the graph but deleted.
+    tombstones: usize,
+    /// Metadata values of the live points, for the fields filters have used.
+    index: PayloadIndex,
+}
+
+/// An HNSW shard. Searches run concurrently from any thread and never wait for inserts (the
+/// graph's searches take no lock); mutations are serialised by an internal writer lock.
 pub struct Shard {
     params: ShardParams,
     graph: RwLock<Graph>,
@@ -160,8 +183,7 @@ pub struct Shard {
     writer: Mutex<()>,
 }
 
-const MAX_LAYERS: usize = 16;
-const DUMP_BASENAME: &str = "graph";
+const GRAPH_FILE: &str = "graph.bin";
 const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -169,13 +191,16 @@ struct Manifest {
     format: u32,
     dimension: usize,
     m: usize,
+    #[serde(default)]
+    metric: Metric,
     points: usize,
     /// The store's log index the dumped graph reflects: a dump ahead of the store (the store lost
     /// its last writes in a crash) is never used.
     applied: u64,
 }
 
-const MANIFEST_FORMAT: u32 = 2;
+/// 3: shoal's own graph file (2 was hnsw_rs's dump, rebuilt on first start).
+const MANIFEST_FORMAT: u32 = 3;
 
 /// How a shard came up in [`Shard::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,11 +218,12 @@ pub struct OpenReport {
 impl Shard {
     pub fn new(params: ShardParams) -> Shard {
         Shard {
-            graph: RwLock::new(new_graph(&params, 1024)),
+            graph: RwLock::new(Graph::new(graph_params(&params))),
             params,
             table: RwLock::new(Table {
-                live: HashMap::new(),
+                live: IdMap::default(),
                 tombstones: 0,
+                index: PayloadIndex::default(),
             }),
             writer: Mutex::new(()),
         }
@@ -205,8 +231,8 @@ impl Shard {
 
     /// Build a shard holding `points`, the store's points as of log index `applied`: reload the
     /// graph dumped in `dump_dir` when there is a usable one (then only the difference to `points`
-    /// is applied), otherwise build it from scratch. A dump made at a later index than `applied`
-    /// is not usable: it may hold point ids the store lost and will hand out again.
+    /// is applied), otherwise build it from scratch on every core. A dump made at a later index
+    /// than `applied` is not usable: it may hold point ids the store lost and will hand out again.
     pub fn open(
         params: ShardParams,
         points: Vec<Point>,
@@ -225,34 +251,55 @@ impl Shard {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove a discarded index dump");
             }
         }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some((_, Some(graph))) = dump {
-            let mut slots = slots_of(&graph);
+            // The dump's nodes that are still live keep their place; the others become
+            // tombstones; live points the dump lacks are inserted.
             let live_ids: HashSet<PointId> = points.iter().map(|p| p.id).collect();
-            let tombstoned = slots.keys().filter(|id| !live_ids.contains(id)).count();
-            let mut inserted = 0;
-            for p in &points {
-                if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(p.id) {
-                    e.insert(insert_point(&graph, &p.vector, p.id)?);
-                    inserted += 1;
+            let mut slots: HashMap<PointId, Slot> = HashMap::with_capacity(points.len());
+            let mut tombstoned = 0;
+            for slot in 0..graph.len() as Slot {
+                let id = graph.id(slot);
+                if graph.is_deleted(slot) {
+                    tombstoned += 1;
+                } else if !live_ids.contains(&id) || slots.insert(id, slot).is_some() {
+                    graph.delete(slot);
+                    tombstoned += 1;
                 }
+            }
+            let missing: Vec<(PointId, &[f32])> = points
+                .iter()
+                .filter(|p| !slots.contains_key(&p.id))
+                .map(|p| (p.id, p.vector.as_slice()))
+                .collect();
+            let first = graph.insert_many(&missing, threads);
+            for (i, (id, _)) in missing.iter().enumerate() {
+                slots.insert(*id, first + i as Slot);
             }
             let report = OpenReport {
                 reloaded: true,
-                inserted,
+                inserted: missing.len(),
                 tombstoned,
                 discarded_dump: false,
             };
             let shard = Shard::from_parts(params, graph, slots, points, tombstoned)?;
             return Ok((shard, report));
         }
-        let graph = build_graph(&params, &points, true);
+        let graph = Graph::new(graph_params(&params));
+        let batch: Vec<(PointId, &[f32])> =
+            points.iter().map(|p| (p.id, p.vector.as_slice())).collect();
+        let first = graph.insert_many(&batch, threads);
+        let slots = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id, first + i as Slot))
+            .collect();
         let report = OpenReport {
             reloaded: false,
             inserted: points.len(),
             tombstoned: 0,
             discarded_dump,
         };
-        let slots = slots_of(&graph);
         Ok((Shard::from_parts(params, graph, slots, points, 0)?, report))
     }
 
@@ -283,7 +330,11 @@ impl Shard {
         Ok(Shard {
             params,
             graph: RwLock::new(graph),
-            table: RwLock::new(Table { live, tombstones }),
+            table: RwLock::new(Table {
+                live,
+                tombstones,
+                index: PayloadIndex::default(),
+            }),
             writer: Mutex::new(()),
         })
     }
@@ -297,7 +348,7 @@ impl Shard {
         ShardStats {
             live_points: t.live.len(),
             tombstones: t.tombstones,
-            graph_points: self.graph.read().get_nb_point(),
+            graph_points: self.graph.read().len(),
         }
     }
 
@@ -334,6 +385,7 @@ impl Shard {
         {
             let mut t = self.table.write();
             for p in &points {
+                t.index.change(p.id, &p.payload, true);
                 t.live.insert(
                     p.id,
                     Entry {
@@ -344,19 +396,12 @@ impl Shard {
             }
         }
         let mut slots = Vec::with_capacity(points.len());
-        let mut failed = None;
         for p in &points {
             // Between two points, holding no lock of the shard (a pause that waits for a search
             // must not hold up that search, nor a compaction it would queue behind).
             pause();
-            let inserted = insert_point(&self.graph.read(), &p.vector, p.id);
-            match inserted {
-                Ok(slot) => slots.push((p.id, slot)),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
+            let slot = self.graph.read().insert(p.id, &p.vector);
+            slots.push((p.id, slot));
         }
         let mut t = self.table.write();
         for (id, slot) in slots {
@@ -364,19 +409,21 @@ impl Shard {
                 e.slot = Some(slot);
             }
         }
-        match failed {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
+        Ok(())
     }
 
     /// Tombstone points; they are never returned again. Returns how many were live.
     pub fn delete(&self, ids: &[PointId]) -> usize {
         let _w = self.writer.lock();
         let mut t = self.table.write();
+        let graph = self.graph.read();
         let mut removed = 0;
         for id in ids {
-            if t.live.remove(id).is_some() {
+            if let Some(e) = t.live.remove(id) {
+                t.index.change(*id, &e.payload, false);
+                if let Some(slot) = e.slot {
+                    graph.delete(slot);
+                }
                 removed += 1;
             }
         }
@@ -396,24 +443,34 @@ impl Shard {
     /// old graph until the new one is swapped in. Returns the number of tombstones removed.
     pub fn compact(&self) -> Result<usize, IndexError> {
         let _w = self.writer.lock();
-        let (points, tombstones) = {
+        let (places, tombstones) = {
             let t = self.table.read();
-            let graph = self.graph.read();
-            let mut pts: Vec<(PointId, Vec<f32>)> = Vec::with_capacity(t.live.len());
+            let mut places: Vec<(PointId, Slot)> = Vec::with_capacity(t.live.len());
             for (id, e) in &t.live {
                 let slot = e
                     .slot
-                    .as_ref()
                     .ok_or_else(|| IndexError::Graph(format!("point {id} is not in the graph")))?;
-                pts.push((*id, vector_at(&graph, slot, *id)?));
+                places.push((*id, slot));
             }
-            (pts, t.tombstones)
+            (places, t.tombstones)
         };
-        let fresh = new_graph(&self.params, points.len());
-        let mut slots = HashMap::with_capacity(points.len());
-        for (id, v) in points {
-            slots.insert(id, insert_point(&fresh, &v, id)?);
-        }
+        // In the old graph's order, so that the new one is laid out alike. No insert runs
+        // (the writer lock is held): the old graph can be read without its lock being held
+        // for the whole rebuild, but a read guard is cheap and keeps it simple.
+        let mut places = places;
+        places.sort_unstable_by_key(|p| p.1);
+        let fresh = Graph::new(graph_params(&self.params));
+        let slots: HashMap<PointId, Slot> = {
+            let old = self.graph.read();
+            let batch: Vec<(PointId, &[f32])> =
+                places.iter().map(|(id, s)| (*id, old.vector(*s))).collect();
+            let first = fresh.insert_many(&batch, 1);
+            places
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (*id, first + i as Slot))
+                .collect()
+        };
         // Both at once (table, then graph: the order searches take them), so no search sees a
         // slot of one graph applied to the other.
         let mut t = self.table.write();
@@ -435,22 +492,23 @@ impl Shard {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let graph = self.graph.read();
+        let file = std::fs::File::create(tmp.join(GRAPH_FILE))?;
         graph
-            .file_dump(&tmp, DUMP_BASENAME)
+            .write_to(&file)
             .map_err(|e| IndexError::Dump(e.to_string()))?;
+        file.sync_all()?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             dimension: self.params.dimension,
             m: self.params.m,
-            points: graph.get_nb_point(),
+            metric: self.params.metric,
+            points: graph.len(),
             applied,
         };
         drop(graph);
         let body = serde_json::to_vec(&manifest).map_err(|e| IndexError::Dump(e.to_string()))?;
         std::fs::write(tmp.join(MANIFEST), body)?;
-        for f in std::fs::read_dir(&tmp)? {
-            std::fs::File::open(f?.path())?.sync_all()?;
-        }
+        std::fs::File::open(tmp.join(MANIFEST))?.sync_all()?;
         let _ = std::fs::remove_dir_all(&old);
         if dir.exists() {
             std::fs::rename(dir, &old)?;
@@ -460,16 +518,21 @@ impl Shard {
         Ok(())
     }
 
-    /// The live points a filter matches, sorted. The filter is evaluated outside the table's
-    /// lock (on a list of the points' payloads taken under it), so a costly filter never holds up
-    /// writers, nor the searches that would queue behind a waiting writer.
+    /// The live points a filter matches, sorted. The payload index narrows them down where it
+    /// can; whatever is left to evaluate is evaluated outside the table's lock (on a list of the
+    /// points' payloads taken under it), so a costly filter never holds up writers, nor the
+    /// searches that would queue behind a waiting writer.
     pub fn matching(&self, filter: &Filter) -> Vec<PointId> {
+        self.index_fields(filter);
         let payloads: Vec<(PointId, Arc<Payload>)> = {
             let t = self.table.read();
-            t.live
-                .iter()
-                .map(|(id, e)| (*id, e.payload.clone()))
-                .collect()
+            let payload = |id: &PointId| Some((*id, t.live.get(id)?.payload.clone()));
+            match t.index.narrow(filter) {
+                // (the index follows every insert and delete: its ids are all live)
+                Some(Narrowed::Exact(ids)) => return ids,
+                Some(Narrowed::Candidates(ids)) => ids.iter().filter_map(payload).collect(),
+                None => t.live.keys().filter_map(payload).collect(),
+            }
         };
         let mut ids: Vec<PointId> = payloads
             .iter()
@@ -478,6 +541,28 @@ impl Shard {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Index the fields `filter` uses that are not indexed yet, from the live points' payloads
+    /// (built outside the table's lock). No insert or delete may run between reading the
+    /// payloads and installing the index: while one runs, this is left to a later search.
+    fn index_fields(&self, filter: &Filter) {
+        let missing = self.table.read().index.missing(filter);
+        if missing.is_empty() {
+            return;
+        }
+        let Some(_w) = self.writer.try_lock() else {
+            return;
+        };
+        let payloads: Vec<(PointId, Arc<Payload>)> = {
+            let t = self.table.read();
+            t.live
+                .iter()
+                .map(|(id, e)| (*id, e.payload.clone()))
+                .collect()
+        };
+        let built = PayloadIndex::build(&missing, payloads.iter().map(|(id, p)| (*id, &**p)));
+        self.table.write().index.install(built);
     }
 
     /// k nearest live points to the query, best first.
@@ -500,7 +585,7 @@ impl Shard {
             }
         }
         let plan = match &candidates {
-            Some(ids) if exact_mode => FilteredPlan::Scan,
+            Some(_) if exact_mode => FilteredPlan::Scan,
             Some(ids) => match self.params.filtered_plan(ids.len(), live_count, ef) {
                 // The automatic plan never scans more than an exact search may.
                 FilteredPlan::Scan if req.max_scan.is_some_and(|l| ids.len() > l) => {
@@ -511,97 +596,63 @@ impl Shard {
             None if exact_mode || live_count <= self.params.exact_below => FilteredPlan::Scan,
             None => FilteredPlan::Graph { beam: ef },
         };
-        let scored: Vec<(PointId, f32)> = match (plan, candidates) {
-            (FilteredPlan::Scan, candidates) => {
-                // Read the points' places under the table lock, score them outside it (with
-                // the graph held, so that a compaction cannot swap it meanwhile): a long scan
-                // never holds up a writer, nor the searches queued behind a waiting writer.
-                let graph = self.graph.read();
-                let places: Vec<(PointId, Slot)> = match &candidates {
-                    Some(ids) => ids
-                        .iter()
-                        .filter_map(|id| Some((*id, table.live.get(id)?.slot?)))
-                        .collect(),
-                    None => table
-                        .live
-                        .iter()
-                        .filter_map(|(id, e)| Some((*id, e.slot?)))
-                        .collect(),
-                };
-                drop(table);
-                let top = exact_top_k(&graph, req.vector, req.k, &places)?;
-                drop(graph);
-                let table = self.table.read();
-                return Ok(hits(&table.live, top));
+        // The matches' nodes, read under the table lock.
+        let slots: Option<Vec<Slot>> = candidates.map(|ids| {
+            ids.iter()
+                .filter_map(|id| table.live.get(id)?.slot)
+                .collect()
+        });
+        // Scoring runs outside the table lock, with the graph held (taken before the table is
+        // let go, so that a compaction cannot swap in a graph the slots do not belong to): a long
+        // search never holds up a writer, nor the searches queued behind a waiting writer.
+        // Points deleted meanwhile are dropped by `hits`.
+        let graph = self.graph.read();
+        drop(table);
+        let found = match (plan, slots) {
+            (FilteredPlan::Scan, Some(slots)) => graph.scan(req.vector, req.k, &slots),
+            (FilteredPlan::Scan, None) => graph.scan_all(req.vector, req.k),
+            (FilteredPlan::Graph { beam }, Some(slots)) => {
+                let mut allowed = vec![0u64; graph.len().div_ceil(64)];
+                for s in slots {
+                    allowed[s as usize / 64] |= 1 << (s % 64);
+                }
+                graph.search(req.vector, req.k, beam, |s| {
+                    allowed
+                        .get(s as usize / 64)
+                        .is_some_and(|w| w & (1 << (s % 64)) != 0)
+                })
             }
-            (FilteredPlan::Graph { beam }, Some(ids)) => {
-                let allowed: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
-                self.graph_search(req.vector, req.k, beam, Some(&allowed))
-            }
-            (FilteredPlan::Graph { beam }, None) if table.tombstones > 0 => {
-                let is_live = |id: &usize| table.live.contains_key(&(*id as PointId));
-                self.graph_search(req.vector, req.k, beam, Some(&is_live))
-            }
-            (FilteredPlan::Graph { beam }, None) => {
-                self.graph_search(req.vector, req.k, beam, None)
-            }
+            (FilteredPlan::Graph { beam }, None) => graph.search(req.vector, req.k, beam, |_| true),
         };
+        let scored: Vec<(PointId, f32)> = found
+            .iter()
+            .map(|&Near(d, s)| (graph.id(s), score(self.params.metric, d)))
+            .collect();
+        drop(graph);
+        let table = self.table.read();
         Ok(hits(&table.live, scored))
     }
+}
 
-    fn graph_search(
-        &self,
-        q: &[f32],
-        k: usize,
-        ef: usize,
-        filter: Option<&dyn hnsw_rs::prelude::FilterT>,
-    ) -> Vec<(PointId, f32)> {
-        let graph = self.graph.read();
-        graph
-            .search_filter(q, k, ef, filter)
-            .into_iter()
-            .map(|n| (n.d_id as PointId, 1.0 - n.distance))
-            .collect()
+/// A hit's score from its graph distance: higher is better.
+fn score(metric: Metric, distance: f32) -> f32 {
+    match metric {
+        Metric::Cosine => 1.0 - distance,
+        Metric::Euclidean => -distance,
     }
 }
 
-/// The vector of point `id` at `slot` of `graph` (a copy: hnsw_rs lends none).
-fn vector_at(graph: &Graph, slot: &Slot, id: PointId) -> Result<Vec<f32>, IndexError> {
-    graph
-        .get_point_indexation()
-        .get_point_data(slot)
-        .ok_or_else(|| IndexError::Graph(format!("point {id} has no vector at {slot:?}")))
-}
-
-/// Where each point of `graph` sits, by our id.
-fn slots_of(graph: &Graph) -> HashMap<PointId, Slot> {
-    let points = graph.get_point_indexation();
-    let mut out = HashMap::with_capacity(graph.get_nb_point());
-    // Layer by layer: hnsw_rs's whole-graph iterator takes its lock twice and panics on an
-    // empty graph; the layer iterators do neither.
-    for layer in 0..MAX_LAYERS {
-        for p in points.get_layer_iterator(layer) {
-            out.insert(p.get_origin_id() as PointId, p.get_point_id());
-        }
+fn graph_params(params: &ShardParams) -> GraphParams {
+    GraphParams {
+        dim: params.dimension,
+        m: params.m,
+        ef_construction: params.ef_construction,
+        metric: params.metric,
     }
-    out
-}
-
-/// Insert one point into `graph` and return its place. hnsw_rs does not say where it put a
-/// point, but it appends each new point to the layer it drew for it: the one layer that grew.
-/// Callers hold the shard's writer lock, so no other insert runs meanwhile.
-fn insert_point(graph: &Graph, vector: &[f32], id: PointId) -> Result<Slot, IndexError> {
-    let points = graph.get_point_indexation();
-    let before: [usize; MAX_LAYERS] = std::array::from_fn(|l| points.get_layer_nb_point(l));
-    graph.insert_slice((vector, id as usize));
-    (0..MAX_LAYERS)
-        .find(|&l| points.get_layer_nb_point(l) > before[l])
-        .map(|l| Slot(l as u8, before[l] as i32))
-        .ok_or_else(|| IndexError::Graph(format!("point {id} landed in no layer")))
 }
 
 /// Scored points that are still live, with their payloads, in the order given.
-fn hits(live: &HashMap<PointId, Entry>, scored: Vec<(PointId, f32)>) -> Vec<Hit> {
+fn hits(live: &IdMap<Entry>, scored: Vec<(PointId, f32)>) -> Vec<Hit> {
     scored
         .into_iter()
         .filter_map(|(id, score)| {
@@ -614,25 +665,6 @@ fn hits(live: &HashMap<PointId, Entry>, scored: Vec<(PointId, f32)>) -> Vec<Hit>
         .collect()
 }
 
-fn exact_top_k(
-    graph: &Graph,
-    q: &[f32],
-    k: usize,
-    points: &[(PointId, Slot)],
-) -> Result<Vec<(PointId, f32)>, IndexError> {
-    let mut scored: Vec<(PointId, f32)> = points
-        .iter()
-        .map(|(id, slot)| Ok((*id, dot(q, &vector_at(graph, slot, *id)?))))
-        .collect::<Result<_, IndexError>>()?;
-    let by_score = |a: &(PointId, f32), b: &(PointId, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if scored.len() > k {
-        scored.select_nth_unstable_by(k - 1, by_score);
-        scored.truncate(k);
-    }
-    scored.sort_by(by_score);
-    Ok(scored)
-}
-
 fn check_dimension(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
     if v.len() != params.dimension {
         return Err(IndexError::Dimension {
@@ -641,32 +673,6 @@ fn check_dimension(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
         });
     }
     Ok(())
-}
-
-fn new_graph(params: &ShardParams, capacity: usize) -> Graph {
-    Hnsw::new(
-        params.m,
-        capacity.max(1024),
-        MAX_LAYERS,
-        params.ef_construction,
-        CosineDistance,
-    )
-}
-
-fn build_graph(params: &ShardParams, points: &[Point], parallel: bool) -> Graph {
-    let graph = new_graph(params, points.len());
-    if parallel && points.len() > 1_000 {
-        let data: Vec<(&[f32], usize)> = points
-            .iter()
-            .map(|p| (p.vector.as_slice(), p.id as usize))
-            .collect();
-        graph.parallel_insert_slice(&data);
-    } else {
-        for p in points {
-            graph.insert_slice((&p.vector, p.id as usize));
-        }
-    }
-    graph
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -686,9 +692,13 @@ fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
         tracing::info!(dir = %dir.display(), "index dump of an older format; rebuilding");
         return None;
     };
+    if manifest.format != MANIFEST_FORMAT {
+        tracing::info!(dir = %dir.display(), "index dump of an older format; rebuilding");
+        return None;
+    }
     if manifest.dimension != params.dimension
         || manifest.m != params.m
-        || manifest.format != MANIFEST_FORMAT
+        || manifest.metric != params.metric
     {
         tracing::info!(dir = %dir.display(), "index dump does not match the shard parameters; rebuilding");
         return None;
@@ -702,25 +712,19 @@ fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
         );
         return None;
     }
-    // hnsw_rs ties the reloaded graph's lifetime to its loader. Without mmap the loader holds no
-    // data, so leaking it (a few hundred bytes, once per shard load) gives a 'static graph.
-    // hnsw_rs asserts on malformed files: treat a panic like any other unusable dump.
-    let load = || {
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, DUMP_BASENAME)));
-        io.load_hnsw::<f32, CosineDistance>()
+    let read = || -> Result<Graph, String> {
+        let file = std::fs::File::open(dir.join(GRAPH_FILE)).map_err(|e| e.to_string())?;
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        Graph::read_from(graph_params(params), file, size).map_err(|e| e.to_string())
     };
-    match catch_unwind(AssertUnwindSafe(load)) {
-        Ok(Ok(graph)) if graph.get_nb_point() == manifest.points => Some(graph),
-        Ok(Ok(_)) => {
+    match read() {
+        Ok(graph) if graph.len() == manifest.points => Some(graph),
+        Ok(_) => {
             tracing::warn!(dir = %dir.display(), "index dump is incomplete; rebuilding");
             None
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "index dump unreadable; rebuilding");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(dir = %dir.display(), "index dump corrupt; rebuilding");
             None
         }
     }

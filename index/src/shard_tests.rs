@@ -1,5 +1,5 @@
 use super::*;
-use crate::normalize;
+use crate::{dot, normalize};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
@@ -352,7 +352,7 @@ fn dump_and_reload_applies_the_difference() {
     drop(shard);
 
     // a corrupt dump is rebuilt, not trusted
-    std::fs::write(dump.join("graph.hnsw.graph"), b"garbage").unwrap();
+    std::fs::write(dump.join("graph.bin"), b"garbage").unwrap();
     let (_, report) = Shard::open(params(), now.clone(), Some(&dump), 12).unwrap();
     assert!(!report.reloaded && report.discarded_dump, "{report:?}");
     assert!(!dump.exists(), "a discarded dump is removed");
@@ -412,4 +412,46 @@ fn inserts_pause_between_points_holding_no_lock_of_the_shard() {
     assert_eq!(calls.get(), 100, "one pause point per point");
     assert_eq!(locked.get(), 0, "a lock was held at a pause point");
     assert_eq!(shard.stats().live_points, 200);
+}
+
+#[test]
+fn filters_stay_exact_as_points_come_and_go_after_their_fields_are_indexed() {
+    let pts = points(3000, 21);
+    let (shard, _) = Shard::open(params(), pts[..2000].to_vec(), None, 0).unwrap();
+    let filters = [
+        json!({"metadata": {"bucket": {"in": [3, 4, 50]}}}),
+        json!({"metadata": {"bucket": {"gte": 10, "lt": 12}, "even": true}}),
+        json!({"document_id": ["doc-5", "doc-700", "doc-900"]}),
+        json!({"metadata": {"even": {"ne": true}, "bucket": {"lte": 1}}}),
+    ]
+    .map(|f| Filter::from_json(&f).unwrap());
+    let want = |live: &[&Point], f: &Filter| -> Vec<PointId> {
+        let mut ids: Vec<PointId> = live
+            .iter()
+            .filter(|p| f.matches(&p.payload.doc_id, &p.payload.metadata))
+            .map(|p| p.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let before: Vec<&Point> = pts[..2000].iter().collect();
+    for f in &filters {
+        assert_eq!(shard.matching(f), want(&before, f));
+        // the fields it uses are indexed now
+        assert!(shard.table.read().index.missing(f).is_empty());
+    }
+    // points added and deleted after the indexes were built
+    shard.insert(pts[2000..].to_vec()).unwrap();
+    let deleted: Vec<PointId> = (0..3000).step_by(7).collect();
+    shard.delete(&deleted);
+    let live: Vec<&Point> = pts.iter().filter(|p| p.id % 7 != 0).collect();
+    for f in &filters {
+        let ids = want(&live, f);
+        assert!(!ids.is_empty());
+        assert_eq!(shard.matching(f), ids);
+        let q = &pts[ids[0] as usize].vector;
+        let hits = search(&shard, q, 5, Some(f), SearchMode::Auto);
+        assert_eq!(hits[0].id, ids[0]);
+        assert!(hits.iter().all(|h| ids.binary_search(&h.id).is_ok()));
+    }
 }

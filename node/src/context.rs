@@ -123,6 +123,7 @@ impl NodeContext {
         let i = &self.config.index;
         ShardParams {
             dimension: coll.spec.dimension as usize,
+            metric: shoal_index::Metric::Cosine,
             m: coll.spec.hnsw.m as usize,
             ef_construction: coll.spec.hnsw.ef_construction as usize,
             ef_search: s.ef_search,

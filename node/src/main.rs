@@ -452,7 +452,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 // openraft logs every failed heartbeat to an unreachable peer; shoal logs the
                 // change (peer unreachable / reachable again) instead.
-                tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,anndists=warn,openraft=off")
+                tracing_subscriber::EnvFilter::new("info,openraft=off")
             }),
         )
         .with_writer(std::io::stderr)

@@ -142,7 +142,15 @@ impl ShardState {
         let (shard, report) = tokio::task::spawn_blocking(move || {
             let points = to_index_points(points);
             let dir = ctx.shard_dump_dir(&coll);
-            Shard::open(ctx.shard_params(&coll), points, Some(&dir), through)
+            let opened = Shard::open(ctx.shard_params(&coll), points, Some(&dir), through);
+            // The points were copied into the graph and freed: hand the freed pages back, so
+            // that the node's resident memory is what its shards hold, not allocator slack.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases memory that is free.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            opened
         })
         .await??;
         drop(_files);

@@ -1,13 +1,11 @@
 //! shoal's index layer on a vector dataset, for `scripts/ann_bench.py`, which runs hnswlib and
-//! FAISS on the same files in the same run: builds one shard (cosine; vectors are normalised by
-//! the script) as the node builds it, then searches every query on one thread at each ef, and
+//! FAISS on the same files in the same run: builds one shard (cosine, on vectors the script
+//! normalised, or euclidean) as the node builds it, then searches every query on one thread at each ef, and
 //! prints one JSON line per ef: recall@10 against the exact neighbours, QPS, p50/p99 latency,
 //! plus the build time and the resident memory the shard added per vector.
 //!
-//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...]
-//! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids). With
-//! `SHOAL_ANN_RAW=1` it also builds and searches a bare hnsw_rs graph of the same parameters
-//! (printed on standard error), to tell the graph's own cost from the shard's.
+//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean]
+//! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,10 +42,18 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 8 {
-        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...]");
+    if !(8..=9).contains(&args.len()) {
+        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean]");
         std::process::exit(2);
     }
+    let metric = match args.get(8).map(String::as_str) {
+        None | Some("cosine") => shoal_index::Metric::Cosine,
+        Some("euclidean") => shoal_index::Metric::Euclidean,
+        Some(other) => {
+            eprintln!("unknown metric {other}");
+            std::process::exit(2);
+        }
+    };
     let dim: usize = args[4].parse().expect("DIM");
     let m: usize = args[5].parse().expect("M");
     let efc: usize = args[6].parse().expect("EF_CONSTRUCTION");
@@ -63,6 +69,7 @@ fn main() {
     let mut params = ShardParams::new(dim);
     params.m = m;
     params.ef_construction = efc;
+    params.metric = metric;
     // ten groups of points (metadata `g` 0..9) for a filtered search at 10% selectivity
     let payloads: Vec<Arc<Payload>> = (0..10)
         .map(|g| {
@@ -87,9 +94,16 @@ fn main() {
             let v = &queries[q * dim..(q + 1) * dim];
             let mut scored: Vec<(f32, u64)> = (0..n)
                 .step_by(10)
-                .map(|i| (shoal_index::dot(v, &base[i * dim..(i + 1) * dim]), i as u64))
+                .map(|i| {
+                    let b = &base[i * dim..(i + 1) * dim];
+                    let distance = match metric {
+                        shoal_index::Metric::Cosine => -shoal_index::dot(v, b),
+                        shoal_index::Metric::Euclidean => shoal_index::l2_squared(v, b),
+                    };
+                    (distance, i as u64)
+                })
                 .collect();
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
             scored.iter().take(10).map(|s| s.1).collect()
         })
         .collect();
@@ -104,36 +118,16 @@ fn main() {
         .collect();
     let query = |q: usize| &queries[q * dim..(q + 1) * dim];
 
-    // hnsw_rs alone, without the shard around it (same graph parameters, same distance): tells
-    // the graph's own cost from the shard's
-    if std::env::var_os("SHOAL_ANN_RAW").is_some() {
-        let graph: hnsw_rs::hnsw::Hnsw<f32, shoal_index::CosineDistance> =
-            hnsw_rs::hnsw::Hnsw::new(m, n, 16, efc, shoal_index::CosineDistance);
-        let data: Vec<(&[f32], usize)> = points
-            .iter()
-            .map(|p| (p.vector.as_slice(), p.id as usize))
-            .collect();
-        graph.parallel_insert_slice(&data);
-        for &ef in &efs {
-            let r = measure(&truth, |q| {
-                graph
-                    .search(query(q), 10, ef)
-                    .iter()
-                    .map(|h| h.d_id as u64)
-                    .collect()
-            });
-            eprintln!(
-                "hnsw_rs alone: ef {ef} recall {:.4} qps {:.0}",
-                r.recall, r.qps
-            );
-        }
-    }
-
     // as a node builds a shard at start (from the store's points, inserting on all cores); ingest
     // afterwards inserts one point at a time per shard
     let t = Instant::now();
     let (shard, _) = Shard::open(params, points, None, 0).expect("build");
     let build_s = t.elapsed().as_secs_f64();
+    // The points handed to the shard were freed into the allocator's free lists: hand those
+    // pages back, so that what is measured is what the shard holds (a node does the same after
+    // building its shards).
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
     let bytes_per_vector = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
     eprintln!(
         "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"

@@ -1,0 +1,756 @@
+//! shoal's HNSW graph (Malkov and Yashunin's hierarchical navigable small world), written for
+//! the way a shard uses it: searches never take a lock, inserts run beside them (and beside each
+//! other when a shard is built on several cores), and every node is a number (`Slot`) into flat
+//! storage.
+//!
+//! Layout: vectors contiguous and 32-byte aligned, padded with zeros to whole lanes of eight
+//! floats (the distance kernels run without a tail); each node's bottom-layer links in one fixed
+//! block `[count, neighbour...]` of `2·m + 1` atomics; upper-layer links (about one node in `m`
+//! has any) in a block allocated with the node, reached through one pointer per node. A search's visited set and heaps are kept per
+//! thread and reused.
+//!
+//! Concurrency: a node is written (vector, id, its own links) before any other node links to it,
+//! and links are stored with release and loaded with acquire ordering, so a search that reaches
+//! a node through a link sees everything written before it. A node's link list is changed only
+//! under its lock (one of a fixed set of striped mutexes); readers may see a list half replaced,
+//! which is harmless: every id in it is a published node. Deletion is a flag: deleted nodes stay
+//! in the graph as waypoints and are never returned.
+
+mod dump;
+mod storage;
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+
+use parking_lot::Mutex;
+
+use crate::distance::{dot, l2_squared, Kernel};
+use storage::{Segmented, Vectors};
+
+/// A node's number in its graph.
+pub(crate) type Slot = u32;
+
+/// How the distance between two vectors is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// 1 - dot product, for L2-normalised vectors (cosine similarity).
+    #[default]
+    Cosine,
+    /// Squared euclidean distance.
+    Euclidean,
+}
+
+impl Metric {
+    #[inline]
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::Cosine => 1.0 - dot(a, b),
+            Metric::Euclidean => l2_squared(a, b),
+        }
+    }
+}
+
+const MAX_LEVEL: usize = 16;
+const NO_ENTRY: u64 = u64::MAX;
+const STRIPES: usize = 1024;
+/// Node flags.
+const READY: u8 = 1;
+const DELETED: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GraphParams {
+    pub dim: usize,
+    /// Links per node on the upper layers; twice as many on the bottom one.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub metric: Metric,
+}
+
+pub(crate) struct Graph {
+    params: GraphParams,
+    kernel: Kernel,
+    level_mult: f64,
+    vectors: Vectors,
+    /// `[count, neighbour; 2m]` per node.
+    links0: Segmented<AtomicU32>,
+    /// For nodes above the bottom layer: a block `[L, then [count, neighbour; m] for each of
+    /// levels 1..=L]`, leaked from a box when the node is written and freed when the graph is
+    /// dropped (null for the others).
+    upper: Segmented<AtomicPtr<AtomicU32>>,
+    /// The caller's id of each node.
+    ids: Segmented<AtomicU64>,
+    flags: Segmented<AtomicU8>,
+    /// Nodes reserved (some may still be being inserted).
+    len: AtomicU32,
+    deleted: AtomicUsize,
+    /// `level << 32 | slot` of the entry node, or NO_ENTRY.
+    entry: AtomicU64,
+    entry_lock: Mutex<()>,
+    stripes: Box<[Mutex<()>]>,
+}
+
+/// A node and its distance to the query, ordered by distance (then slot).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Near(pub f32, pub Slot);
+
+impl Eq for Near {}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Per-thread search state, reused from one search to the next.
+#[derive(Default)]
+struct Scratch {
+    visited: Visited,
+    candidates: BinaryHeap<Reverse<Near>>,
+    found: BinaryHeap<Near>,
+    batch: Vec<Slot>,
+    query: Vec<f32>,
+}
+
+/// Visited marks by epoch: clearing is a counter increment, not a pass over the nodes.
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u16>,
+    epoch: u16,
+}
+
+impl Visited {
+    fn reset(&mut self, nodes: usize) {
+        if self.marks.len() < nodes {
+            self.marks.resize(nodes, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, slot: Slot) {
+        if let Some(m) = self.marks.get(slot as usize) {
+            prefetch(m as *const u16 as *const f32);
+        }
+    }
+
+    /// Mark `slot`; false if it was marked already.
+    #[inline]
+    fn insert(&mut self, slot: Slot) -> bool {
+        let i = slot as usize;
+        if i >= self.marks.len() {
+            // a node inserted since the search began
+            self.marks.resize(i + 1024, 0);
+        }
+        let fresh = self.marks[i] != self.epoch;
+        self.marks[i] = self.epoch;
+        fresh
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Run `f` with this thread's scratch (a fresh one if it is in use further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[inline]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+impl Graph {
+    pub fn new(params: GraphParams) -> Graph {
+        let m = params.m.max(2);
+        let m0 = 2 * m;
+        Graph {
+            params: GraphParams { m, ..params },
+            kernel: crate::distance::kernel(),
+            level_mult: 1.0 / (m as f64).ln(),
+            vectors: Vectors::new(params.dim),
+            links0: Segmented::zeroed(m0 + 1),
+            upper: Segmented::zeroed(1),
+            ids: Segmented::zeroed(1),
+            flags: Segmented::zeroed(1),
+            len: AtomicU32::new(0),
+            deleted: AtomicUsize::new(0),
+            entry: AtomicU64::new(NO_ENTRY),
+            entry_lock: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Nodes reserved, including deleted ones and any still being inserted.
+    pub fn len(&self) -> usize {
+        self.len.load(Acquire) as usize
+    }
+
+    #[cfg(test)]
+    pub fn deleted(&self) -> usize {
+        self.deleted.load(Relaxed)
+    }
+
+    /// The caller's id of `slot`.
+    #[inline]
+    pub fn id(&self, slot: Slot) -> u64 {
+        self.ids
+            .get(slot)
+            .first()
+            .map_or(u64::MAX, |a| a.load(Relaxed))
+    }
+
+    /// The vector of a node that is ready (inserted, or at least written: see `is_ready`).
+    pub fn vector(&self, slot: Slot) -> &[f32] {
+        self.vectors.get(slot)
+    }
+
+    fn flags(&self, slot: Slot) -> u8 {
+        self.flags.get(slot).first().map_or(0, |f| f.load(Acquire))
+    }
+
+    /// The node's vector is written (it may not be linked yet).
+    #[cfg(test)]
+    pub fn is_ready(&self, slot: Slot) -> bool {
+        self.flags(slot) & READY != 0
+    }
+
+    pub fn is_deleted(&self, slot: Slot) -> bool {
+        self.flags(slot) & DELETED != 0
+    }
+
+    /// Never return `slot` again (it stays in the graph as a waypoint).
+    pub fn delete(&self, slot: Slot) {
+        if let Some(f) = self.flags.get(slot).first() {
+            if f.fetch_or(DELETED, AcqRel) & DELETED == 0 {
+                self.deleted.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Distance from a padded query to a node.
+    #[inline]
+    fn distance(&self, q: &[f32], slot: Slot) -> f32 {
+        let v = self.vectors.padded(slot);
+        match self.params.metric {
+            Metric::Cosine => 1.0 - self.kernel.dot(q, v),
+            Metric::Euclidean => self.kernel.l2_squared(q, v),
+        }
+    }
+
+    /// The level a node gets: drawn from an exponential distribution (HNSW's `1/ln m`), from a
+    /// hash of its slot so that a graph built twice from the same points has the same layers.
+    fn level_of(&self, slot: Slot) -> usize {
+        let r = splitmix64(0x5E01_0A11 ^ (slot as u64));
+        let u = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        ((-u.ln() * self.level_mult) as usize).min(MAX_LEVEL)
+    }
+
+    fn level(&self, slot: Slot) -> usize {
+        self.upper_links(slot).len() / (self.params.m + 1)
+    }
+
+    /// The node's upper-layer link lists, level 1 first (empty for a bottom-layer node).
+    #[inline]
+    fn upper_links(&self, slot: Slot) -> &[AtomicU32] {
+        let Some(ptr) = self.upper.get(slot).first().map(|p| p.load(Acquire)) else {
+            return &[];
+        };
+        if ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: a non-null pointer comes from `set_upper`: a leaked boxed slice of
+        // 1 + L·(m + 1) atomics whose first holds L, published with release ordering (observed
+        // here with acquire) and freed only when the graph is dropped, after every borrow of it.
+        unsafe {
+            let levels = (*ptr).load(Relaxed) as usize;
+            std::slice::from_raw_parts(ptr.add(1), levels * (self.params.m + 1))
+        }
+    }
+
+    /// Give a new node (not yet published) link lists for levels 1..=`levels`.
+    fn set_upper(&self, slot: Slot, levels: usize) {
+        let Some(p) = self.upper.get(slot).first() else {
+            return;
+        };
+        let block: Box<[AtomicU32]> = (0..1 + levels * (self.params.m + 1))
+            .map(|_| AtomicU32::new(0))
+            .collect();
+        block[0].store(levels as u32, Relaxed);
+        let ptr = Box::into_raw(block) as *mut AtomicU32;
+        if let Err(ptr) = p.compare_exchange(std::ptr::null_mut(), ptr, Release, Relaxed) {
+            // never happens (a node is written once); do not leak if it did
+            // SAFETY: `ptr` was just made from this box, and nothing else has seen it.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    ptr,
+                    1 + levels * (self.params.m + 1),
+                ))
+            });
+        }
+    }
+
+    /// `[count, neighbour...]` of `slot` on `level` (empty if it has no such level).
+    #[inline]
+    fn links(&self, slot: Slot, level: usize) -> &[AtomicU32] {
+        if level == 0 {
+            return self.links0.get(slot);
+        }
+        let stride = self.params.m + 1;
+        self.upper_links(slot)
+            .get((level - 1) * stride..level * stride)
+            .unwrap_or(&[])
+    }
+
+    /// Reserve `n` new nodes; returns the first one's slot.
+    fn reserve(&self, n: usize) -> Slot {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let first = self.len.fetch_add(n, AcqRel);
+        let last = first.saturating_add(n);
+        // one reservation per segment boundary crossed is enough, but each is a cheap check
+        for s in first..last {
+            self.vectors.reserve(s);
+            self.links0.reserve(s);
+            self.upper.reserve(s);
+            self.ids.reserve(s);
+            self.flags.reserve(s);
+        }
+        first
+    }
+
+    /// Insert one point; returns its slot.
+    pub fn insert(&self, id: u64, vector: &[f32]) -> Slot {
+        let slot = self.reserve(1);
+        self.link(slot, id, vector);
+        slot
+    }
+
+    /// Insert points on `threads` threads; point `i` gets slot `first + i` (returned: `first`).
+    pub fn insert_many(&self, points: &[(u64, &[f32])], threads: usize) -> Slot {
+        let first = self.reserve(points.len());
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, Relaxed);
+            let Some((id, v)) = points.get(i) else { break };
+            self.link(first + i as Slot, *id, v);
+        };
+        let threads = threads.clamp(1, 64).min(points.len().div_ceil(256).max(1));
+        if threads == 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(work);
+                }
+            });
+        }
+        first
+    }
+
+    /// Write node `slot` (reserved by this caller) and link it into the graph.
+    fn link(&self, slot: Slot, id: u64, vector: &[f32]) {
+        // SAFETY: `slot` was reserved for this call alone and no other node links to it yet.
+        unsafe { self.vectors.write(slot, vector) };
+        if let Some(a) = self.ids.get(slot).first() {
+            a.store(id, Relaxed);
+        }
+        let level = self.level_of(slot);
+        if level > 0 {
+            self.set_upper(slot, level);
+        }
+        if let Some(f) = self.flags.get(slot).first() {
+            f.fetch_or(READY, Release);
+        }
+
+        let entry = loop {
+            let e = self.entry.load(Acquire);
+            if e != NO_ENTRY {
+                break e;
+            }
+            let _g = self.entry_lock.lock();
+            if self.entry.load(Acquire) == NO_ENTRY {
+                self.entry.store(pack(slot, level), Release);
+                return;
+            }
+        };
+        let (ep, ep_level) = unpack(entry);
+        let q = self.vectors.padded(slot);
+        with_scratch(|s| {
+            let mut cur = Near(self.distance(q, ep), ep);
+            for l in (level + 1..=ep_level).rev() {
+                cur = self.greedy(q, cur, l);
+            }
+            let mut entries = vec![cur];
+            let mut found = Vec::new();
+            for l in (0..=level.min(ep_level)).rev() {
+                self.search_layer(
+                    s,
+                    q,
+                    &entries,
+                    self.params.ef_construction,
+                    l,
+                    // (an insert beside this one may have linked this node already: never to
+                    // itself)
+                    |n| n != slot,
+                    &mut found,
+                );
+                let chosen = self.select(&found, self.params.m);
+                self.set_links(slot, q, l, &chosen);
+                for &n in &chosen {
+                    self.add_link(n, slot, l);
+                }
+                std::mem::swap(&mut entries, &mut found);
+            }
+        });
+        if level > ep_level {
+            let _g = self.entry_lock.lock();
+            if level > unpack(self.entry.load(Acquire)).1 {
+                self.entry.store(pack(slot, level), Release);
+            }
+        }
+    }
+
+    /// Give the new node `slot` (vector `v`) its links on `level`. Another insert running beside
+    /// this one may have reached the node already (through an upper layer, where it is linked)
+    /// and linked it to itself: those links are kept, not overwritten, or that other node could
+    /// be left with no link pointing to it.
+    fn set_links(&self, slot: Slot, v: &[f32], level: usize, chosen: &[Slot]) {
+        let _g = self.stripes[slot as usize % STRIPES].lock();
+        let links = self.links(slot, level);
+        let Some(count) = links.first().map(|c| c.load(Relaxed) as usize) else {
+            return;
+        };
+        if count == 0 {
+            store_links(links, chosen);
+            return;
+        }
+        let mut all: Vec<Slot> = chosen.to_vec();
+        for l in links.iter().skip(1).take(count) {
+            let n = l.load(Relaxed);
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+        if all.len() >= links.len() {
+            let mut near: Vec<Near> = all.iter().map(|&n| Near(self.distance(v, n), n)).collect();
+            near.sort_unstable();
+            all = self.select(&near, links.len() - 1);
+        }
+        store_links(links, &all);
+    }
+
+    /// Link `from` to `to` on `level`; a full list keeps the best by the selection heuristic.
+    fn add_link(&self, from: Slot, to: Slot, level: usize) {
+        if from == to {
+            return;
+        }
+        let _g = self.stripes[from as usize % STRIPES].lock();
+        let links = self.links(from, level);
+        if links.is_empty() {
+            return;
+        }
+        let cap = links.len() - 1;
+        let count = (links[0].load(Relaxed) as usize).min(cap);
+        if links[1..=count].iter().any(|l| l.load(Relaxed) == to) {
+            return;
+        }
+        if count < cap {
+            links[1 + count].store(to, Release);
+            links[0].store(count as u32 + 1, Release);
+            return;
+        }
+        let v = self.vectors.padded(from);
+        let mut candidates: Vec<Near> = links[1..=count]
+            .iter()
+            .map(|l| l.load(Relaxed))
+            .chain(std::iter::once(to))
+            .map(|n| Near(self.distance(v, n), n))
+            .collect();
+        candidates.sort_unstable();
+        let chosen = self.select(&candidates, cap);
+        store_links(links, &chosen);
+    }
+
+    /// HNSW's neighbour selection heuristic: closest first, skipping a candidate that is closer
+    /// to an already chosen neighbour than to the node (keeps links pointing in varied
+    /// directions). `candidates` are sorted by distance.
+    fn select(&self, candidates: &[Near], max: usize) -> Vec<Slot> {
+        if candidates.len() <= max {
+            return candidates.iter().map(|n| n.1).collect();
+        }
+        let mut chosen: Vec<Slot> = Vec::with_capacity(max);
+        for &Near(d, c) in candidates {
+            if chosen.len() >= max {
+                break;
+            }
+            let vc = self.vectors.padded(c);
+            if chosen.iter().all(|&s| self.distance(vc, s) >= d) {
+                chosen.push(c);
+            }
+        }
+        chosen
+    }
+
+    /// Walk `level` greedily towards `q` from `cur`.
+    fn greedy(&self, q: &[f32], mut cur: Near, level: usize) -> Near {
+        loop {
+            let links = self.links(cur.1, level);
+            let count = links
+                .first()
+                .map_or(0, |c| (c.load(Acquire) as usize).min(links.len() - 1));
+            let mut moved = false;
+            for l in links.iter().skip(1).take(count) {
+                let n = l.load(Acquire);
+                let d = self.distance(q, n);
+                if d < cur.0 {
+                    cur = Near(d, n);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return cur;
+            }
+        }
+    }
+
+    /// Beam search of width `ef` on `level` from `entries`; the accepted nodes found, best first,
+    /// go to `out`. Rejected nodes are walked through but never returned.
+    #[allow(clippy::too_many_arguments)]
+    fn search_layer(
+        &self,
+        s: &mut Scratch,
+        q: &[f32],
+        entries: &[Near],
+        ef: usize,
+        level: usize,
+        accept: impl Fn(Slot) -> bool,
+        out: &mut Vec<Near>,
+    ) {
+        let ef = ef.max(1);
+        s.visited.reset(self.len());
+        s.candidates.clear();
+        s.found.clear();
+        for &e in entries {
+            if s.visited.insert(e.1) {
+                s.candidates.push(Reverse(e));
+                if accept(e.1) {
+                    s.found.push(e);
+                }
+            }
+        }
+        while s.found.len() > ef {
+            s.found.pop();
+        }
+        let mut bound = if s.found.len() >= ef {
+            s.found.peek().map_or(f32::INFINITY, |n| n.0)
+        } else {
+            f32::INFINITY
+        };
+        while let Some(Reverse(c)) = s.candidates.pop() {
+            if c.0 > bound {
+                break;
+            }
+            let links = self.links(c.1, level);
+            let count = links
+                .first()
+                .map_or(0, |n| (n.load(Acquire) as usize).min(links.len() - 1));
+            // Three passes over the neighbours, so that the memory each needs is fetched for
+            // all of them at once: their visited marks, then their vectors, then the distances.
+            s.batch.clear();
+            for l in links.iter().skip(1).take(count) {
+                let n = l.load(Acquire);
+                s.visited.prefetch(n);
+                s.batch.push(n);
+            }
+            let visited = &mut s.visited;
+            s.batch.retain(|&n| {
+                let fresh = visited.insert(n);
+                if fresh {
+                    prefetch(self.vectors.as_ptr(n));
+                }
+                fresh
+            });
+            for &n in &s.batch {
+                let d = self.distance(q, n);
+                if s.found.len() < ef || d < bound {
+                    s.candidates.push(Reverse(Near(d, n)));
+                    if accept(n) {
+                        s.found.push(Near(d, n));
+                        if s.found.len() > ef {
+                            s.found.pop();
+                        }
+                        if s.found.len() >= ef {
+                            bound = s.found.peek().map_or(f32::INFINITY, |n| n.0);
+                        }
+                    }
+                }
+            }
+        }
+        out.clear();
+        out.extend(s.found.drain());
+        out.sort_unstable();
+    }
+
+    /// The `k` nearest nodes to `query` that are not deleted and that `accept` takes, best first,
+    /// searching with a beam of `ef` (at least `k`).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(Slot) -> bool,
+    ) -> Vec<Near> {
+        let entry = self.entry.load(Acquire);
+        if entry == NO_ENTRY || k == 0 {
+            return Vec::new();
+        }
+        let (ep, ep_level) = unpack(entry);
+        with_scratch(|s| {
+            let mut q = std::mem::take(&mut s.query);
+            q.clear();
+            q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
+            q.resize(self.vectors.padded_dim(), 0.0);
+            let mut cur = Near(self.distance(&q, ep), ep);
+            for l in (1..=ep_level).rev() {
+                cur = self.greedy(&q, cur, l);
+            }
+            let mut out = Vec::with_capacity(ef.max(k));
+            // Every node a search can reach is ready (nodes are linked after they are written);
+            // the deleted flags are read only when there are any.
+            if self.deleted.load(Relaxed) > 0 {
+                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
+                self.search_layer(s, &q, &[cur], ef.max(k), 0, live, &mut out);
+            } else {
+                self.search_layer(s, &q, &[cur], ef.max(k), 0, accept, &mut out);
+            }
+            s.query = q;
+            out.truncate(k);
+            out
+        })
+    }
+
+    /// The `k` nearest of `slots` (inserted nodes) to `query` by exact distance, best first;
+    /// deleted nodes are skipped.
+    pub fn scan(&self, query: &[f32], k: usize, slots: &[Slot]) -> Vec<Near> {
+        const AHEAD: usize = 4;
+        let check_deleted = self.deleted.load(Relaxed) > 0;
+        self.top_k(query, k, |consider| {
+            for (i, &slot) in slots.iter().enumerate() {
+                if let Some(&next) = slots.get(i + AHEAD) {
+                    prefetch(self.vectors.as_ptr(next));
+                }
+                if !check_deleted || self.flags(slot) & DELETED == 0 {
+                    consider(slot);
+                }
+            }
+        })
+    }
+
+    /// The `k` nearest nodes to `query` by exact distance, best first (every node in storage
+    /// order, skipping deleted ones and any still being written).
+    pub fn scan_all(&self, query: &[f32], k: usize) -> Vec<Near> {
+        self.top_k(query, k, |consider| {
+            for slot in 0..self.len() as Slot {
+                if self.flags(slot) & (DELETED | READY) == READY {
+                    consider(slot);
+                }
+            }
+        })
+    }
+
+    /// The `k` nearest to `query` of the nodes `walk` hands to its callback.
+    fn top_k(&self, query: &[f32], k: usize, walk: impl FnOnce(&mut dyn FnMut(Slot))) -> Vec<Near> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut q = query[..query.len().min(self.params.dim)].to_vec();
+        q.resize(self.vectors.padded_dim(), 0.0);
+        let mut top: BinaryHeap<Near> = BinaryHeap::with_capacity(k + 1);
+        let mut worst = f32::INFINITY;
+        walk(&mut |slot| {
+            let d = self.distance(&q, slot);
+            if top.len() < k {
+                top.push(Near(d, slot));
+            } else if d <= worst && top.peek().is_some_and(|w| Near(d, slot) < *w) {
+                top.pop();
+                top.push(Near(d, slot));
+            } else {
+                return;
+            }
+            if top.len() == k {
+                worst = top.peek().map_or(f32::INFINITY, |w| w.0);
+            }
+        });
+        top.into_sorted_vec()
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        for slot in 0..*self.len.get_mut() {
+            let Some(p) = self.upper.get(slot).first() else {
+                continue;
+            };
+            let ptr = p.swap(std::ptr::null_mut(), Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: made by `set_upper` from a boxed slice of 1 + L·(m + 1) atomics whose
+                // first holds L; swapped out, so freed once; no borrow outlives the graph.
+                unsafe {
+                    let len = 1 + (*ptr).load(Relaxed) as usize * (self.params.m + 1);
+                    drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)));
+                }
+            }
+        }
+    }
+}
+
+fn pack(slot: Slot, level: usize) -> u64 {
+    (level as u64) << 32 | slot as u64
+}
+
+fn unpack(e: u64) -> (Slot, usize) {
+    (e as u32, (e >> 32) as usize)
+}
+
+/// Replace a link list (the caller holds its node's lock).
+fn store_links(links: &[AtomicU32], chosen: &[Slot]) {
+    if links.is_empty() {
+        return;
+    }
+    let n = chosen.len().min(links.len() - 1);
+    for (l, &c) in links[1..].iter().zip(&chosen[..n]) {
+        l.store(c, Release);
+    }
+    links[0].store(n as u32, Release);
+}
+
+#[cfg(test)]
+mod tests;

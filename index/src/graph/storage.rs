@@ -1,0 +1,241 @@
+//! Growable per-node storage that never moves what it holds, so that searches read it without a
+//! lock while inserts add to it.
+//!
+//! Node `i`'s data lives in segment `k` (segment `k` holds `FIRST << k` nodes: 1024, 2048, 4096,
+//! ...). A segment is allocated once, when the first node in it is reserved, and never moved or
+//! freed before the store is dropped. Segments of zero-valid types are allocated zeroed, so the
+//! pages of a segment's unused tail are never touched (nor counted in the resident memory).
+
+use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
+use std::sync::OnceLock;
+
+const FIRST_BITS: u32 = 10;
+/// Enough segments for every u32 node number.
+const SEGMENTS: usize = 23;
+
+/// The segment of node `i` and its place there.
+#[inline]
+fn locate(i: u32) -> (usize, usize) {
+    let j = i as usize + (1 << FIRST_BITS);
+    let k = (usize::BITS - 1 - j.leading_zeros() - FIRST_BITS) as usize;
+    (k, j - (1 << (k as u32 + FIRST_BITS)))
+}
+
+fn segment_nodes(k: usize) -> usize {
+    1 << (k as u32 + FIRST_BITS)
+}
+
+/// Types whose all-zero bit pattern is a valid value.
+///
+/// # Safety
+/// Implement only for such types.
+pub(crate) unsafe trait Zeroable {}
+// SAFETY: atomics of integers are valid at zero (same representation as the integers).
+unsafe impl Zeroable for AtomicU8 {}
+unsafe impl Zeroable for AtomicU32 {}
+unsafe impl Zeroable for AtomicU64 {}
+// SAFETY: the null pointer.
+unsafe impl<T> Zeroable for AtomicPtr<T> {}
+// SAFETY: eight floats of value 0.0.
+unsafe impl Zeroable for UnsafeCell<Lane> {}
+
+/// A zeroed boxed slice of `n` values, allocated without writing to it.
+fn zeroed_box<T: Zeroable>(n: usize) -> Box<[T]> {
+    let layout = match Layout::array::<T>(n) {
+        Ok(l) if l.size() > 0 => l,
+        // sizes here are far below isize::MAX; a zero-sized request needs no allocation
+        _ => return Vec::new().into_boxed_slice(),
+    };
+    // SAFETY: the layout has a non-zero size; all-zero is a valid T (Zeroable); the box frees
+    // with the layout of `[T; n]`, the one allocated here.
+    unsafe {
+        let ptr = alloc_zeroed(layout) as *mut T;
+        if ptr.is_null() {
+            handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+    }
+}
+
+/// `stride` values of `T` per node, zero until written.
+pub(crate) struct Segmented<T> {
+    stride: usize,
+    segments: [OnceLock<Box<[T]>>; SEGMENTS],
+}
+
+impl<T: Zeroable> Segmented<T> {
+    pub fn zeroed(stride: usize) -> Segmented<T> {
+        Segmented {
+            stride,
+            segments: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Allocate the segment that holds node `i`, if it is not yet.
+    pub fn reserve(&self, i: u32) {
+        let (k, _) = locate(i);
+        self.segments[k].get_or_init(|| zeroed_box(segment_nodes(k) * self.stride));
+    }
+
+    /// Node `i`'s values; empty if its segment was never reserved.
+    #[inline]
+    pub fn get(&self, i: u32) -> &[T] {
+        let (k, at) = locate(i);
+        match self.segments[k].get() {
+            Some(seg) => &seg[at * self.stride..(at + 1) * self.stride],
+            None => &[],
+        }
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+}
+
+/// Eight floats, 32-byte aligned: a vector is a whole number of lanes, so every vector starts on
+/// a 32-byte boundary and the distance kernels have no tail to handle.
+#[repr(C, align(32))]
+pub(crate) struct Lane([f32; 8]);
+
+/// Node vectors, contiguous within a segment, each padded with zeros to whole lanes.
+pub(crate) struct Vectors {
+    dim: usize,
+    lanes: Segmented<UnsafeCell<Lane>>,
+}
+
+// SAFETY: the cells are written only through `Vectors::write`, whose contract (one writer per
+// node, and no reader of that node until it is published with release ordering) rules out data
+// races; everything else is plain owned memory.
+unsafe impl Sync for Vectors {}
+unsafe impl Send for Vectors {}
+
+impl Vectors {
+    pub fn new(dim: usize) -> Vectors {
+        Vectors {
+            dim,
+            lanes: Segmented::zeroed(dim.div_ceil(8)),
+        }
+    }
+
+    /// Floats per stored vector (the dimension rounded up to whole lanes).
+    pub fn padded_dim(&self) -> usize {
+        self.lanes.stride() * 8
+    }
+
+    pub fn reserve(&self, i: u32) {
+        self.lanes.reserve(i);
+    }
+
+    /// Node `i`'s vector with its zero padding (empty if never reserved).
+    ///
+    /// Only for nodes that are published (their vector written and made visible with release
+    /// ordering, which the caller observed with acquire ordering).
+    #[inline]
+    pub fn padded(&self, i: u32) -> &[f32] {
+        let cells = self.lanes.get(i);
+        // SAFETY: the lanes are contiguous `[f32; 8]`s (repr(C)), the pointer comes from the
+        // whole slice of cells, and a published node's cells are not written again (see `write`).
+        unsafe {
+            std::slice::from_raw_parts(
+                UnsafeCell::raw_get(cells.as_ptr()) as *const f32,
+                cells.len() * 8,
+            )
+        }
+    }
+
+    /// Node `i`'s vector, without padding.
+    #[inline]
+    pub fn get(&self, i: u32) -> &[f32] {
+        let v = self.padded(i);
+        &v[..self.dim.min(v.len())]
+    }
+
+    /// Store node `i`'s vector (`dim` floats; the padding stays zero).
+    ///
+    /// # Safety
+    /// Node `i` must be reserved, written by this caller only, once, and read by no one until
+    /// the caller publishes it with release ordering (no other thread can know of it before).
+    pub unsafe fn write(&self, i: u32, v: &[f32]) {
+        let cells = self.lanes.get(i);
+        assert!(
+            v.len() == self.dim && cells.len() * 8 >= v.len(),
+            "vector does not fit its node"
+        );
+        // SAFETY: in bounds (checked); the bytes are inside UnsafeCells, so writing through a
+        // pointer derived from a shared reference is allowed; the caller guarantees that no
+        // other access to these bytes happens meanwhile.
+        unsafe {
+            let dst = UnsafeCell::raw_get(cells.as_ptr()) as *mut f32;
+            std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len());
+        }
+    }
+
+    /// Where node `i`'s vector starts (for prefetching only).
+    #[inline]
+    pub fn as_ptr(&self, i: u32) -> *const f32 {
+        self.lanes.get(i).as_ptr() as *const f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn segments_cover_every_node_once() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(1023), (0, 1023));
+        assert_eq!(locate(1024), (1, 0));
+        assert_eq!(locate(3071), (1, 2047));
+        assert_eq!(locate(3072), (2, 0));
+        assert_eq!(locate(u32::MAX).0, SEGMENTS - 1);
+        let mut seen = 0usize;
+        let mut last = (0usize, 0usize);
+        for i in 1..200_000u32 {
+            let (k, at) = locate(i);
+            assert!(at < segment_nodes(k));
+            assert!(k == last.0 && at == last.1 + 1 || k == last.0 + 1 && at == 0);
+            last = (k, at);
+            seen += 1;
+        }
+        assert_eq!(seen, 199_999);
+    }
+
+    #[test]
+    fn values_stay_put_as_segments_are_added() {
+        let s: Segmented<AtomicU32> = Segmented::zeroed(3);
+        assert!(s.get(5).is_empty());
+        for i in 0..5000u32 {
+            s.reserve(i);
+            s.get(i)[2].store(i, Ordering::Relaxed);
+        }
+        let first = s.get(10).as_ptr();
+        s.reserve(100_000);
+        assert_eq!(first, s.get(10).as_ptr(), "a segment moved");
+        assert!(
+            (0..5000u32).all(|i| s.get(i)[2].load(Ordering::Relaxed) == i
+                && s.get(i)[0].load(Ordering::Relaxed) == 0)
+        );
+    }
+
+    #[test]
+    fn vectors_are_aligned_and_padded_with_zeros() {
+        let v = Vectors::new(50);
+        assert_eq!(v.padded_dim(), 56);
+        for i in 0..3000u32 {
+            v.reserve(i);
+            let x: Vec<f32> = (0..50).map(|j| (i * 100 + j) as f32).collect();
+            // SAFETY: single-threaded test; each node written once before it is read.
+            unsafe { v.write(i, &x) };
+        }
+        for i in [0u32, 1, 1023, 1024, 2999] {
+            assert_eq!(v.as_ptr(i) as usize % 32, 0);
+            assert_eq!(v.get(i).len(), 50);
+            assert_eq!(v.get(i)[49], (i * 100 + 49) as f32);
+            assert!(v.padded(i)[50..].iter().all(|&x| x == 0.0));
+        }
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# MiniLM vectors of real short texts for the ANN benchmark, made by shoal itself: the sentences
+# of the English, Spanish and French Wikipedia lead summaries and the clauses of the English ones
+# (bench-data/, fetched by scripts/fetch-bench-data.sh; the corpus scripts/bench-search.sh
+# ingests), embedded as documents through a release node's `/v1/embeddings`. Writes
+# bench-data/minilm_wiki.f32 (little-endian float32, 384 per text; never committed).
+# Usage: scripts/make-minilm-vectors.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench-data/minilm_wiki.f32
+[ -s "$out" ] && { echo "$out"; exit 0; }
+scripts/fetch-model.sh >/dev/null
+scripts/fetch-bench-data.sh >/dev/null
+cargo build --release --bin shoal
+bin="$PWD/target/release/shoal"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port=7462
+node="http://127.0.0.1:$port"
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
+  >"$work/node.log" 2>&1 &
+for _ in $(seq 600); do
+  curl -sf -o /dev/null "$node/api/ready" && break
+  sleep 0.2
+done
+curl -sf -o /dev/null "$node/api/ready" || { tail "$work/node.log" >&2; exit 1; }
+python3 - "$node" "$out.tmp" <<'PY'
+import array, json, re, sys, urllib.request
+node, out = sys.argv[1], sys.argv[2]
+def sentences(lang):
+    seen, res = set(), []
+    for item in json.load(open(f"bench-data/summaries_{lang}.json")).values():
+        for s in re.split(r"(?<=[.!?])\s+", item.get("extract", "")):
+            s = s.strip()
+            if 20 <= len(s) <= 400 and s not in seen:
+                seen.add(s)
+                res.append(s)
+    return res
+def clauses(s):
+    parts = [p.strip() for p in re.split(r"[,;:]\s+", s)]
+    return [p for p in parts if len(p) >= 30 and p != s] if len(parts) > 1 else []
+en = sentences("en-us")
+corpus = list(en)
+for s in en:
+    corpus.extend(clauses(s))
+corpus = list(dict.fromkeys(corpus + sentences("es-es") + sentences("fr-fr")))
+print(f"embedding {len(corpus)} texts", file=sys.stderr)
+with open(out, "wb") as f:
+    for i in range(0, len(corpus), 256):
+        body = json.dumps({"input": corpus[i:i + 256], "input_type": "document"}).encode()
+        req = urllib.request.Request(f"{node}/v1/embeddings", body, {"content-type": "application/json"})
+        data = json.load(urllib.request.urlopen(req, timeout=600))["data"]
+        array.array("f", [x for d in data for x in d["embedding"]]).tofile(f)
+        if i % 12800 == 0:
+            print(f"  {i}", file=sys.stderr)
+PY
+mv "$out.tmp" "$out"
+echo "$out"
