@@ -318,6 +318,32 @@ pub struct SearchRequest {
     /// Wait until this node has applied (and indexed) at least this log index (read your own
     /// writes on any node: the index a write answered with).
     pub min_index: Option<u64>,
+    /// `vector` (default): by meaning, the query's embedding against the chunks'. `keyword`:
+    /// BM25 over the chunks' words (needs `query`). `hybrid`: both, fused (needs `query`).
+    pub mode: Option<RetrievalMode>,
+    /// How `hybrid` fuses its two rankings: `rrf` (default, reciprocal rank fusion) or
+    /// `weighted` (each side's scores scaled to 0..1, then `alpha` · vector + (1 - alpha) ·
+    /// keyword).
+    pub fusion: Option<FusionKind>,
+    /// The vector side's weight in `weighted` fusion, 0..=1 (default 0.5; giving it implies
+    /// `weighted`).
+    pub alpha: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalMode {
+    #[default]
+    Vector,
+    Keyword,
+    Hybrid,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionKind {
+    Rrf,
+    Weighted,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -333,8 +359,15 @@ pub struct SearchHit {
     pub document_id: String,
     pub chunk_index: u32,
     pub text: String,
-    /// Cosine similarity of the vectors.
+    /// The ranking score: cosine similarity of the vectors (`vector` mode), BM25 (`keyword`), or
+    /// the fused score (`hybrid`).
     pub score: f32,
+    /// `hybrid`: the hit's cosine similarity, if the vector side found it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vector_score: Option<f32>,
+    /// `keyword` and `hybrid`: the hit's BM25 score, if the keyword side found it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub keyword_score: Option<f32>,
     /// The cross-encoder's score, when the search asked for reranking (hits are then ordered by it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rerank_score: Option<f32>,

@@ -47,6 +47,7 @@ fn points(range: std::ops::Range<u64>, rng: &mut StdRng) -> Vec<Point> {
                 id,
                 vector: v,
                 payload: payload.clone(),
+                text: String::new(),
             }
         })
         .collect()

@@ -24,8 +24,9 @@ pub(crate) fn kernel() -> Kernel {
 /// A distance kernel picked once for this CPU (no feature check per call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// Only `detect` can make one (the token's field is private to `x86`).
     #[cfg(target_arch = "x86_64")]
-    Avx2,
+    Avx2(x86::Detected),
     Portable,
 }
 
@@ -38,10 +39,8 @@ impl Kernel {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernel::Avx2;
+            if let Some(token) = x86::detect() {
+                return Kernel::Avx2(token);
             }
         }
         Kernel::Portable
@@ -50,9 +49,10 @@ impl Kernel {
     #[inline]
     pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
-            // SAFETY: `Avx2` is only chosen by `detect` on a CPU with AVX2 and FMA.
+            // SAFETY: an `Avx2` kernel carries a token only `x86::detect` makes, on a CPU with
+            // AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot(a, b) },
+            Kernel::Avx2(_) => unsafe { x86::dot(a, b) },
             Kernel::Portable => dot_portable(a, b),
         }
     }
@@ -62,7 +62,7 @@ impl Kernel {
         match self {
             // SAFETY: as in `dot`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::l2_squared(a, b) },
+            Kernel::Avx2(_) => unsafe { x86::l2_squared(a, b) },
             Kernel::Portable => l2_portable(a, b),
         }
     }
@@ -111,6 +111,15 @@ fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// Proof that this CPU has AVX2 and FMA.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Detected(());
+
+    pub fn detect() -> Option<Detected> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+            .then_some(Detected(()))
+    }
 
     #[target_feature(enable = "avx2,fma")]
     fn sum8(v: __m256) -> f32 {

@@ -14,6 +14,8 @@ pub enum IndexError {
     /// The graph does not hold what the table says it does (a bug).
     #[error("index graph: {0}")]
     Graph(String),
+    #[error("keyword index: {0}")]
+    Keyword(String),
     #[error("index dump: {0}")]
     Dump(String),
     #[error("index i/o: {0}")]

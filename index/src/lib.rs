@@ -11,13 +11,16 @@
 mod distance;
 mod error;
 mod filter;
+mod fusion;
 mod graph;
+mod keyword;
 mod payload_index;
 mod shard;
 
 pub use distance::{dot, l2_squared, normalize};
 pub use error::IndexError;
 pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
+pub use fusion::{fuse, FusedHit, Fusion};
 pub use graph::Metric;
 pub use shard::{
     FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardParams,

@@ -149,6 +149,14 @@ impl FieldIndex {
             Condition::In(xs) => Some(union(xs.iter().map(get).collect())),
             Condition::Exists(true) => Some(self.present.clone()),
             Condition::Range(r) => {
+                // (-0 as 0, as the stored numbers: the filter compares them as equal)
+                let zero = |b: Option<f64>| b.map(|x| if x == 0.0 { 0.0 } else { x });
+                let r = crate::Range {
+                    gt: zero(r.gt),
+                    gte: zero(r.gte),
+                    lt: zero(r.lt),
+                    lte: zero(r.lte),
+                };
                 let lo = match (r.gt, r.gte) {
                     (Some(a), Some(b)) if a >= b => Bound::Excluded(Num(a)),
                     (_, Some(b)) => Bound::Included(Num(b)),
@@ -357,6 +365,9 @@ mod tests {
             json!({"metadata": {"year": {"gt": 2000, "gte": 1995}}}),
             json!({"metadata": {"year": {"gt": 10, "lt": 5}}}),
             json!({"metadata": {"year": 0}}),
+            json!({"metadata": {"year": {"gt": -0.0}}}),
+            json!({"metadata": {"year": {"lte": -0.0}}}),
+            json!({"metadata": {"year": {"gte": 0, "lte": -0.0}}}),
             json!({"metadata": {"tags": "b", "lang": "en"}}),
             json!({"metadata": {"flag": {"exists": true}}}),
             json!({"metadata": {"flag": {"exists": false}}}),

@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{Graph, GraphParams, Metric, Near, Slot};
+use crate::keyword::KeywordIndex;
 use crate::payload_index::{Narrowed, PayloadIndex};
 use crate::{Filter, IndexError, Metadata, PointId};
 
@@ -58,26 +59,27 @@ impl ShardParams {
 pub enum FilteredPlan {
     /// Exact scan over the points the filter matches.
     Scan,
-    /// Graph search with the filter and a beam this wide.
+    /// Graph search with the filter, until it has this many matches (the nodes it rejects are
+    /// walked through, so it widens by itself as the filter narrows).
     Graph { beam: usize },
 }
 
 impl ShardParams {
     /// Scan or graph for a filter matching `matches` of `live` points, at beam width `ef`.
     ///
-    /// Selective filters (`exact_filter_fraction`, `exact_below`) are scanned. Otherwise the graph
-    /// search needs its beam widened by the selectivity (only that fraction of the visited nodes
-    /// qualify; at most 10 × `ef`), and each node it expands costs about 2·m distances on the
+    /// Selective filters (`exact_filter_fraction`, `exact_below`) are scanned. Otherwise a graph
+    /// search with the filter goes on until it has found `ef` matches, so it expands about
+    /// `ef / fraction` nodes (counted up to 10 × `ef`), each costing about 2·m distances on the
     /// bottom layer: when that is more than the matches, scanning them is cheaper, and exact.
     pub fn filtered_plan(&self, matches: usize, live: usize, ef: usize) -> FilteredPlan {
         let selective = matches as f64 <= self.exact_filter_fraction * live as f64
             || matches <= self.exact_below;
         let fraction = matches as f64 / live.max(1) as f64;
-        let beam = ((ef as f64 / fraction.max(0.05)) as usize).min(ef * 10);
-        if selective || matches <= beam * 2 * self.m {
+        let expanded = ((ef as f64 / fraction.max(0.05)) as usize).min(ef * 10);
+        if selective || matches <= expanded * 2 * self.m {
             FilteredPlan::Scan
         } else {
-            FilteredPlan::Graph { beam }
+            FilteredPlan::Graph { beam: ef }
         }
     }
 }
@@ -95,6 +97,8 @@ pub struct Point {
     /// Must be L2-normalised.
     pub vector: Vec<f32>,
     pub payload: Arc<Payload>,
+    /// The chunk's text, for keyword search (empty: none; only the vector is searched).
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -181,6 +185,8 @@ pub struct Shard {
     graph: RwLock<Graph>,
     table: RwLock<Table>,
     writer: Mutex<()>,
+    /// BM25 over the points' text; made with the first point that has text.
+    keyword: RwLock<Option<Arc<KeywordIndex>>>,
 }
 
 const GRAPH_FILE: &str = "graph.bin";
@@ -226,6 +232,7 @@ impl Shard {
                 index: PayloadIndex::default(),
             }),
             writer: Mutex::new(()),
+            keyword: RwLock::new(None),
         }
     }
 
@@ -240,8 +247,12 @@ impl Shard {
         applied: u64,
     ) -> Result<(Shard, OpenReport), IndexError> {
         for p in &points {
-            check_dimension(&params, &p.vector)?;
+            check_vector(&params, &p.vector)?;
         }
+        // each id once (the first), as inserts take them
+        let mut seen = HashSet::with_capacity(points.len());
+        let points: Vec<Point> = points.into_iter().filter(|p| seen.insert(p.id)).collect();
+        drop(seen);
         let dump = dump_dir.map(|d| (d, load_dump(&params, d, applied)));
         let discarded_dump = matches!(dump, Some((d, None)) if d.join(MANIFEST).exists());
         if let (true, Some(dir)) = (discarded_dump, dump_dir) {
@@ -262,9 +273,11 @@ impl Shard {
                 let id = graph.id(slot);
                 if graph.is_deleted(slot) {
                     tombstoned += 1;
-                } else if !live_ids.contains(&id) || slots.insert(id, slot).is_some() {
+                } else if !live_ids.contains(&id) || slots.contains_key(&id) {
                     graph.delete(slot);
                     tombstoned += 1;
+                } else {
+                    slots.insert(id, slot);
                 }
             }
             let missing: Vec<(PointId, &[f32])> = points
@@ -272,6 +285,7 @@ impl Shard {
                 .filter(|p| !slots.contains_key(&p.id))
                 .map(|p| (p.id, p.vector.as_slice()))
                 .collect();
+            check_room(&graph, missing.len())?;
             let first = graph.insert_many(&missing, threads);
             for (i, (id, _)) in missing.iter().enumerate() {
                 slots.insert(*id, first + i as Slot);
@@ -288,6 +302,7 @@ impl Shard {
         let graph = Graph::new(graph_params(&params));
         let batch: Vec<(PointId, &[f32])> =
             points.iter().map(|p| (p.id, p.vector.as_slice())).collect();
+        check_room(&graph, batch.len())?;
         let first = graph.insert_many(&batch, threads);
         let slots = points
             .iter()
@@ -312,6 +327,13 @@ impl Shard {
         points: Vec<Point>,
         tombstones: usize,
     ) -> Result<Shard, IndexError> {
+        let keyword = if points.iter().any(|p| !p.text.is_empty()) {
+            let k = KeywordIndex::new()?;
+            k.add(points.iter().map(|p| (p.id, p.text.as_str())))?;
+            Some(Arc::new(k))
+        } else {
+            None
+        };
         let live = points
             .into_iter()
             .map(|p| {
@@ -336,6 +358,7 @@ impl Shard {
                 index: PayloadIndex::default(),
             }),
             writer: Mutex::new(()),
+            keyword: RwLock::new(keyword),
         })
     }
 
@@ -366,19 +389,23 @@ impl Shard {
     /// one insert instead of keeping a core for the whole batch).
     pub fn insert_pausing(&self, points: Vec<Point>, pause: &dyn Fn()) -> Result<(), IndexError> {
         for p in &points {
-            check_dimension(&self.params, &p.vector)?;
+            check_vector(&self.params, &p.vector)?;
         }
         let _w = self.writer.lock();
         let points: Vec<Point> = {
+            // New ids only, each once (a later duplicate in the batch is dropped like an id that
+            // is live already).
             let t = self.table.read();
+            let mut seen = HashSet::with_capacity(points.len());
             points
                 .into_iter()
-                .filter(|p| !t.live.contains_key(&p.id))
+                .filter(|p| !t.live.contains_key(&p.id) && seen.insert(p.id))
                 .collect()
         };
         if points.is_empty() {
             return Ok(());
         }
+        check_room(&self.graph.read(), points.len())?;
         // The table first (a graph search that finds a new point can map it to its payload),
         // then the graph, then the points' places in it: two short table writes per batch, so
         // searches, which give way to a waiting writer, queue behind a writer twice per batch.
@@ -409,7 +436,23 @@ impl Shard {
                 e.slot = Some(slot);
             }
         }
-        Ok(())
+        drop(t);
+        self.keyword_add(&points)
+    }
+
+    /// Index the points' text for keyword search (making the keyword index if there is none).
+    fn keyword_add(&self, points: &[Point]) -> Result<(), IndexError> {
+        if points.iter().all(|p| p.text.is_empty()) {
+            return Ok(());
+        }
+        let keyword = {
+            let mut k = self.keyword.write();
+            match &*k {
+                Some(k) => k.clone(),
+                None => k.insert(Arc::new(KeywordIndex::new()?)).clone(),
+            }
+        };
+        keyword.add(points.iter().map(|p| (p.id, p.text.as_str())))
     }
 
     /// Tombstone points; they are never returned again. Returns how many were live.
@@ -428,7 +471,35 @@ impl Shard {
             }
         }
         t.tombstones += removed;
+        drop(graph);
+        drop(t);
+        if let Some(keyword) = self.keyword.read().clone() {
+            // (a point it still holds is dropped from keyword hits anyway: they are looked up
+            // in the table)
+            if let Err(e) = keyword.delete(ids) {
+                tracing::warn!(error = %e, "keyword index: could not delete points");
+            }
+        }
         removed
+    }
+
+    /// The `k` live points whose text ranks best for `query` by BM25 (score), best first, among
+    /// those `filter` matches. Empty when no point has text.
+    pub fn keyword_search(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let Some(keyword) = self.keyword.read().clone() else {
+            return Ok(Vec::new());
+        };
+        let allowed = filter
+            .filter(|f| !f.is_empty())
+            .map(|f| Arc::new(self.matching(f)));
+        let found = keyword.search(query, k, allowed)?;
+        let table = self.table.read();
+        Ok(hits(&table.live, found))
     }
 
     /// True when tombstones have passed the compaction threshold.
@@ -567,7 +638,7 @@ impl Shard {
 
     /// k nearest live points to the query, best first.
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<Vec<Hit>, IndexError> {
-        check_dimension(&self.params, req.vector)?;
+        check_vector(&self.params, req.vector)?;
         if req.k == 0 {
             return Ok(Vec::new());
         }
@@ -589,7 +660,7 @@ impl Shard {
             Some(ids) => match self.params.filtered_plan(ids.len(), live_count, ef) {
                 // The automatic plan never scans more than an exact search may.
                 FilteredPlan::Scan if req.max_scan.is_some_and(|l| ids.len() > l) => {
-                    FilteredPlan::Graph { beam: ef * 10 }
+                    FilteredPlan::Graph { beam: ef }
                 }
                 plan => plan,
             },
@@ -665,12 +736,28 @@ fn hits(live: &IdMap<Entry>, scored: Vec<(PointId, f32)>) -> Vec<Hit> {
         .collect()
 }
 
-fn check_dimension(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
+/// A vector of the shard's dimension, every value a finite number (a NaN distance would break
+/// the ordering every search relies on).
+fn check_vector(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
     if v.len() != params.dimension {
         return Err(IndexError::Dimension {
             expected: params.dimension,
             got: v.len(),
         });
+    }
+    if !v.iter().all(|x| x.is_finite()) {
+        return Err(IndexError::ZeroVector);
+    }
+    Ok(())
+}
+
+/// The graph numbers its nodes with u32s.
+fn check_room(graph: &Graph, more: usize) -> Result<(), IndexError> {
+    if graph.len().saturating_add(more) >= u32::MAX as usize {
+        return Err(IndexError::Graph(format!(
+            "a shard holds at most {} points (tombstones included): compact or split the collection",
+            u32::MAX - 1
+        )));
     }
     Ok(())
 }

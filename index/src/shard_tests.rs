@@ -24,6 +24,13 @@ fn points(n: usize, seed: u64) -> Vec<Point> {
                     .unwrap()
                     .clone(),
             }),
+            // words for keyword search: its bucket and parity, and one of five colours
+            text: format!(
+                "bucket{} {} {}",
+                id % 100,
+                if id % 2 == 0 { "even" } else { "odd" },
+                ["red", "green", "blue", "cyan", "magenta"][id as usize % 5]
+            ),
         })
         .collect()
 }
@@ -206,14 +213,14 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
 
 #[test]
 fn broad_filters_on_large_shards_search_the_graph() {
-    // m 8: 2,500 matches are more than a beam of 128 costs (128 × 16 distances)
+    // m 8: 2,500 matches are more than the ~128 nodes expanded cost (128 × 16 distances)
     let p = ShardParams { m: 8, ..params() };
     let pts = points(5_000, 8);
     let (shard, _) = Shard::open(p, pts.clone(), None, 0).unwrap();
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
     assert_eq!(
         p.filtered_plan(2_500, 5_000, p.ef_search),
-        FilteredPlan::Graph { beam: 128 }
+        FilteredPlan::Graph { beam: 64 }
     );
     let r = recall(&shard, &pts, &queries(30), Some(&broad));
     assert!(r >= 0.9, "recall {r}");
@@ -224,22 +231,24 @@ fn filtered_plan_scans_when_cheaper() {
     let p = ShardParams::new(DIM); // m 16, ef 64, exact below 1,000, fraction 0.1
     assert_eq!(p.filtered_plan(900, 1_000_000, 64), FilteredPlan::Scan); // few matches
     assert_eq!(p.filtered_plan(90_000, 1_000_000, 64), FilteredPlan::Scan); // 9%
-                                                                            // 15% of 10,000: a beam of 426 would cost ~13,600 distances, the scan 1,500
+                                                                            // 15% of 10,000: expanding ~426 nodes would cost ~13,600 distances, the scan 1,500
     assert_eq!(p.filtered_plan(1_500, 10_000, 64), FilteredPlan::Scan);
-    // 15% of a million: the graph, with the beam widened to 426
+    // 15% of a million: the graph (which expands as many nodes as it takes to find 64 matches)
     assert_eq!(
         p.filtered_plan(150_000, 1_000_000, 64),
-        FilteredPlan::Graph { beam: 426 }
+        FilteredPlan::Graph { beam: 64 }
     );
-    // 3% (under the 5% floor) and above the scan fraction when it is set low: beam capped at 10×
+    // 3% and above the scan fraction when it is set low: 640 nodes counted (10 × ef), 20,480
+    // distances, fewer than the 30,000 matches
     let low = ShardParams {
         exact_filter_fraction: 0.01,
         ..p
     };
     assert_eq!(
         low.filtered_plan(30_000, 1_000_000, 64),
-        FilteredPlan::Graph { beam: 640 }
+        FilteredPlan::Graph { beam: 64 }
     );
+    assert_eq!(low.filtered_plan(20_000, 1_000_000, 64), FilteredPlan::Scan);
 }
 
 #[test]
@@ -256,6 +265,7 @@ fn insert_after_open_and_dimension_checks() {
         id: 1000,
         vector: vec![1.0; DIM + 1],
         payload: pts[0].payload.clone(),
+        text: String::new(),
     };
     assert!(matches!(
         shard.insert(vec![bad]),
@@ -454,4 +464,123 @@ fn filters_stay_exact_as_points_come_and_go_after_their_fields_are_indexed() {
         assert_eq!(hits[0].id, ids[0]);
         assert!(hits.iter().all(|h| ids.binary_search(&h.id).is_ok()));
     }
+}
+
+#[test]
+fn duplicate_ids_in_a_batch_and_non_finite_vectors() {
+    let pts = points(1500, 31);
+    let (shard, _) = Shard::open(params(), pts[..1000].to_vec(), None, 0).unwrap();
+    // the same new id twice in one batch: inserted once (the first), deleted for good by one
+    // delete, and never left behind in a filter's postings
+    let f = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
+    assert!(!shard.matching(&f).is_empty()); // the field is indexed from here on
+    let mut twice = pts[1200].clone();
+    twice.id = 5000;
+    let mut again = pts[1300].clone();
+    again.id = 5000;
+    shard.insert(vec![twice.clone(), again]).unwrap();
+    assert_eq!(shard.stats().live_points, 1001);
+    assert_eq!(shard.stats().graph_points, 1001);
+    let hits = search(&shard, &twice.vector, 5, None, SearchMode::Auto);
+    assert_eq!(hits.iter().filter(|h| h.id == 5000).count(), 1);
+    assert!((hits[0].score - 1.0).abs() < 1e-4 && hits[0].id == 5000);
+    assert_eq!(shard.delete(&[5000]), 1);
+    assert!(!shard.matching(&f).contains(&5000));
+    let hits = search(&shard, &twice.vector, 5, None, SearchMode::Auto);
+    assert!(hits.iter().all(|h| h.id != 5000));
+    // open keeps the first of two points with one id
+    let mut dup = pts[..10].to_vec();
+    let mut second = pts[500].clone();
+    second.id = 3;
+    dup.push(second);
+    let (small, _) = Shard::open(params(), dup, None, 0).unwrap();
+    assert_eq!(small.stats().live_points, 10);
+    let top = search(&small, &pts[3].vector, 1, None, SearchMode::Exact);
+    assert!(top[0].id == 3 && (top[0].score - 1.0).abs() < 1e-4);
+
+    // a NaN or infinite value is refused, in a point and in a query
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut p = pts[1400].clone();
+        p.id = 6000;
+        p.vector[3] = bad;
+        assert!(matches!(
+            shard.insert(vec![p.clone()]),
+            Err(IndexError::ZeroVector)
+        ));
+        assert!(Shard::open(params(), vec![p.clone()], None, 0).is_err());
+        let req = SearchRequest {
+            vector: &p.vector,
+            k: 3,
+            filter: None,
+            mode: SearchMode::Auto,
+            ef: None,
+            max_scan: None,
+        };
+        assert!(matches!(shard.search(&req), Err(IndexError::ZeroVector)));
+    }
+    assert!(!shard.contains(6000));
+}
+
+#[test]
+fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("shard");
+    let pts = points(1000, 41);
+    let (shard, _) = Shard::open(params(), pts[..600].to_vec(), None, 5).unwrap();
+    let kw = |shard: &Shard, q: &str, k: usize, f: Option<&Filter>| -> Vec<PointId> {
+        let mut ids: Vec<PointId> = ids(&shard.keyword_search(q, k, f).unwrap());
+        ids.sort_unstable();
+        ids
+    };
+    // "bucket7" is in points 7, 107, ..., 507 of the first 600
+    let want = |upto: u64, gone: &[u64]| -> Vec<PointId> {
+        (0..upto)
+            .filter(|i| i % 100 == 7 && !gone.contains(i))
+            .collect()
+    };
+    assert_eq!(kw(&shard, "Bucket7", 50, None), want(600, &[]));
+    // the BM25 order: the rarer word counts more (no point has both: bucket7, 1 in 100,
+    // outranks magenta, 1 in 5)
+    let top = shard.keyword_search("bucket7 magenta", 3, None).unwrap();
+    assert!(top.iter().all(|h| h.id % 100 == 7), "{:?}", ids(&top));
+    assert!(top.windows(2).all(|w| w[0].score >= w[1].score));
+    // inserted points are found at once
+    shard.insert(pts[600..].to_vec()).unwrap();
+    assert_eq!(kw(&shard, "bucket7", 50, None), want(1000, &[]));
+    // deleted ones never again
+    shard.delete(&[107, 707]);
+    assert_eq!(kw(&shard, "bucket7", 50, None), want(1000, &[107, 707]));
+    // within a filter's matches only (and k is respected)
+    let f = Filter::from_json(&json!({"metadata": {"bucket": {"in": [7, 8]}}, "document_id": ["doc-169", "doc-69", "doc-2"]})).unwrap();
+    assert_eq!(
+        kw(&shard, "bucket7 bucket8", 50, Some(&f)),
+        vec![7, 8, 207, 208, 507, 508]
+    );
+    assert_eq!(shard.keyword_search("bucket7", 2, None).unwrap().len(), 2);
+    // nothing to find
+    assert!(shard.keyword_search("purple", 10, None).unwrap().is_empty());
+    // compaction keeps it; a reload from a dump rebuilds it from the points
+    shard.compact().unwrap();
+    assert_eq!(kw(&shard, "bucket7", 50, None), want(1000, &[107, 707]));
+    shard.dump(&dump, 9).unwrap();
+    drop(shard);
+    let now: Vec<Point> = pts
+        .iter()
+        .filter(|p| p.id != 107 && p.id != 707 && p.id != 307)
+        .cloned()
+        .collect();
+    let (shard, report) = Shard::open(params(), now, Some(&dump), 9).unwrap();
+    assert!(report.reloaded);
+    assert_eq!(
+        kw(&shard, "bucket7", 50, None),
+        want(1000, &[107, 707, 307])
+    );
+    // a shard whose points have no text has no keyword hits (and no error)
+    let mut silent = pts[..50].to_vec();
+    silent.iter_mut().for_each(|p| p.text.clear());
+    let (shard, _) = Shard::open(params(), silent, None, 0).unwrap();
+    assert!(shard
+        .keyword_search("bucket7", 10, None)
+        .unwrap()
+        .is_empty());
 }

@@ -439,6 +439,11 @@ pub struct SearchConfig {
     pub max_filter_conditions: usize,
     /// Values in one filter list (`in`, `document_id`).
     pub max_filter_values: usize,
+    /// Hits each side of a `hybrid` search fetches before they are fused (at least the hits the
+    /// search returns).
+    pub hybrid_candidates: usize,
+    /// Reciprocal rank fusion's constant: each ranking adds 1 / (rrf_k + rank).
+    pub rrf_k: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -551,6 +556,8 @@ impl Default for SearchConfig {
             max_exact_points: 20_000,
             max_filter_conditions: 64,
             max_filter_values: 1_024,
+            hybrid_candidates: 50,
+            rrf_k: 60.0,
         }
     }
 }
@@ -694,6 +701,7 @@ impl Config {
                 self.search.max_filter_conditions,
             ),
             ("search.max_filter_values", self.search.max_filter_values),
+            ("search.hybrid_candidates", self.search.hybrid_candidates),
             (
                 "threads.ingest_share_window_ms",
                 self.threads.ingest_share_window_ms as usize,
@@ -849,6 +857,12 @@ impl Config {
         }
         if self.search.default_top_k > self.search.max_top_k {
             return Err("search.default_top_k must not exceed search.max_top_k".into());
+        }
+        if !(self.search.rrf_k.is_finite() && self.search.rrf_k >= 0.0) {
+            return Err(format!(
+                "search.rrf_k must be a number ≥ 0, got {}",
+                self.search.rrf_k
+            ));
         }
         if self.ingest.chunk_tokens + 2 > self.model.max_tokens {
             return Err(format!(

@@ -284,6 +284,7 @@ pub fn to_index_points(points: Vec<StoredPoint>) -> Vec<Point> {
                 id: p.id,
                 vector: p.vector,
                 payload,
+                text: p.text,
             }
         })
         .collect()

@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 use shoal_api::auth::{Credentials, Principal};
 use shoal_api::dto::*;
 use shoal_api::{ApiError, ShoalService, SnapshotDownload};
-use shoal_index::{normalize, Filter, FilterLimits, SearchMode, SearchRequest as IndexSearch};
+use shoal_index::{
+    fuse, normalize, Filter, FilterLimits, FusedHit, Fusion, SearchMode,
+    SearchRequest as IndexSearch,
+};
 use shoal_inference::sigmoid;
 use shoal_storage::{
     ApiKeyRecord, CollectionRecord, CollectionSpec, Command, DocumentInput as StoredInput,
@@ -220,15 +223,15 @@ impl Node {
         Ok(())
     }
 
-    /// The index step of a search: the graph (or a scan) on a blocking thread while ingest
-    /// steps aside, then each hit's chunk from the store. Returns the hits and how many points
-    /// had no chunk in the store any more.
+    /// The index step of a search: the graph (or a scan), the keyword index or both, on a
+    /// blocking thread while ingest steps aside, then each hit's chunk from the store. Returns the
+    /// hits and how many points had no chunk in the store any more.
     #[allow(clippy::too_many_arguments)]
     async fn search_shard(
         &self,
         shard: Arc<shoal_index::Shard>,
         uid: u64,
-        vector: Arc<Vec<f32>>,
+        retrieval: Retrieval,
         filter: Option<Filter>,
         fetch: usize,
         mode: SearchMode,
@@ -240,17 +243,54 @@ impl Node {
         let found = tokio::task::spawn_blocking(move || {
             // Ingest steps aside for the index step too, as it does for the query's embedding.
             let _query = gate.hold();
-            let hits = shard.search(&IndexSearch {
-                vector: &vector,
-                k: fetch,
-                filter: filter.as_ref(),
-                mode,
-                ef,
-                max_scan,
-            })?;
+            let by_vector = |vector: &[f32], k: usize| {
+                shard.search(&IndexSearch {
+                    vector,
+                    k,
+                    filter: filter.as_ref(),
+                    mode,
+                    ef,
+                    max_scan,
+                })
+            };
+            let hits: Vec<FusedHit> = match &retrieval {
+                Retrieval::Vector(vector) => by_vector(vector, fetch)?
+                    .into_iter()
+                    .map(|hit| FusedHit {
+                        hit,
+                        vector_score: None,
+                        keyword_score: None,
+                    })
+                    .collect(),
+                Retrieval::Keyword(text) => shard
+                    .keyword_search(text, fetch, filter.as_ref())?
+                    .into_iter()
+                    .map(|hit| FusedHit {
+                        keyword_score: Some(hit.score),
+                        hit,
+                        vector_score: None,
+                    })
+                    .collect(),
+                Retrieval::Hybrid {
+                    vector,
+                    text,
+                    fusion,
+                    candidates,
+                } => {
+                    let k = fetch.max(*candidates);
+                    let by_meaning = by_vector(vector, k)?;
+                    let by_words = shard.keyword_search(text, k, filter.as_ref())?;
+                    fuse(by_meaning, by_words, *fusion, fetch)
+                }
+            };
             let mut out = Vec::with_capacity(hits.len());
             let mut missing = 0;
-            for h in hits {
+            for FusedHit {
+                hit: h,
+                vector_score,
+                keyword_score,
+            } in hits
+            {
                 let Some(chunk) = ctx.store.chunk(uid, h.id)? else {
                     missing += 1;
                     continue;
@@ -276,6 +316,8 @@ impl Node {
                     chunk_index: chunk.chunk_index,
                     text: chunk.text,
                     score: h.score,
+                    vector_score,
+                    keyword_score,
                     rerank_score: None,
                     metadata,
                 });
@@ -1281,8 +1323,9 @@ impl ShoalService for Node {
         // that first waits for an index is counted once it has.
         let reads_at_once = matches!(req.consistency.unwrap_or_default(), Consistency::Local)
             && req.min_index.is_none();
-        let arrival =
-            (req.query.is_some() && reads_at_once).then(|| self.ctx.runtime.arrivals.arrive());
+        let retrieval_mode = req.mode.unwrap_or_default();
+        let embeds = req.query.is_some() && retrieval_mode != RetrievalMode::Keyword;
+        let arrival = (embeds && reads_at_once).then(|| self.ctx.runtime.arrivals.arrive());
         let start = Instant::now();
         let cfg = &self.ctx.config.search;
         let top_k = req.top_k.unwrap_or(cfg.default_top_k);
@@ -1300,7 +1343,46 @@ impl ShoalService for Node {
                 )));
             }
         }
-        // With reranking, the vector search fetches the candidates the reranker rescores.
+        let fusion = match (retrieval_mode, req.fusion, req.alpha) {
+            (RetrievalMode::Hybrid, None | Some(FusionKind::Rrf), None) => Fusion::Rrf {
+                k: cfg.rrf_k as f32,
+            },
+            (RetrievalMode::Hybrid, Some(FusionKind::Rrf), Some(_)) => {
+                return Err(bad(
+                    "`alpha` weighs the sides of `weighted` fusion; `rrf` takes none",
+                ))
+            }
+            (RetrievalMode::Hybrid, None | Some(FusionKind::Weighted), alpha) => {
+                let alpha = alpha.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&alpha) {
+                    return Err(bad(format!("`alpha` must be between 0 and 1, got {alpha}")));
+                }
+                Fusion::Weighted { alpha }
+            }
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return Err(bad("`fusion` and `alpha` apply to `mode: hybrid`"))
+            }
+            _ => Fusion::Rrf {
+                k: cfg.rrf_k as f32,
+            },
+        };
+        if retrieval_mode != RetrievalMode::Vector {
+            let mode = if retrieval_mode == RetrievalMode::Keyword {
+                "keyword"
+            } else {
+                "hybrid"
+            };
+            if req.query.is_none() {
+                return Err(bad(format!("`mode: {mode}` needs a text `query`")));
+            }
+            if req.exact && retrieval_mode == RetrievalMode::Keyword {
+                return Err(bad("`exact` applies to vector search, not `mode: keyword`"));
+            }
+            if req.ef.is_some() && retrieval_mode == RetrievalMode::Keyword {
+                return Err(bad("`ef` applies to vector search, not `mode: keyword`"));
+            }
+        }
+        // With reranking, the search fetches the candidates the reranker rescores.
         let fetch = if req.rerank {
             let rc = &self.ctx.config.reranker;
             let candidates = req.rerank_candidates.unwrap_or(rc.default_candidates);
@@ -1371,7 +1453,7 @@ impl ShoalService for Node {
         }
         let query_text = req.query.clone();
         let mut embed_time = Duration::ZERO;
-        let vector: Arc<Vec<f32>> = match (req.query, req.vector) {
+        let vector: Option<Arc<Vec<f32>>> = match (req.query, req.vector) {
             (Some(_), Some(_)) => return Err(bad("give either `query` or `vector`, not both")),
             (None, None) => return Err(bad("give `query` (text) or `vector`")),
             (Some(q), None) => {
@@ -1385,12 +1467,16 @@ impl ShoalService for Node {
                         cfg.max_query_bytes
                     )));
                 }
-                self.require_model_dimension(&coll, "search it with `vector`")?;
-                let t = Instant::now();
-                let arrival = arrival.unwrap_or_else(|| self.ctx.runtime.arrivals.arrive());
-                let v = self.embed_query(q, arrival).await?;
-                embed_time = t.elapsed();
-                v
+                if embeds {
+                    self.require_model_dimension(&coll, "search it with `vector`")?;
+                    let t = Instant::now();
+                    let arrival = arrival.unwrap_or_else(|| self.ctx.runtime.arrivals.arrive());
+                    let v = self.embed_query(q, arrival).await?;
+                    embed_time = t.elapsed();
+                    Some(v)
+                } else {
+                    None
+                }
             }
             (None, Some(mut v)) => {
                 if v.len() != coll.spec.dimension as usize {
@@ -1404,7 +1490,22 @@ impl ShoalService for Node {
                 if !normalize(&mut v) {
                     return Err(bad("`vector` must be finite and not all zeros"));
                 }
-                Arc::new(v)
+                Some(Arc::new(v))
+            }
+        };
+        let retrieval = match (retrieval_mode, vector, query_text.clone()) {
+            (RetrievalMode::Keyword, _, Some(text)) => Retrieval::Keyword(text),
+            (RetrievalMode::Hybrid, Some(vector), Some(text)) => Retrieval::Hybrid {
+                vector,
+                text,
+                fusion,
+                candidates: cfg.hybrid_candidates,
+            },
+            (RetrievalMode::Vector, Some(vector), _) => Retrieval::Vector(vector),
+            _ => {
+                return Err(ApiError::Internal(
+                    "a search without what it ranks by".into(),
+                ))
             }
         };
         // What the shard holds at least, read before the shard is taken: a reload in between can
@@ -1450,7 +1551,7 @@ impl ShoalService for Node {
                 .search_shard(
                     shard.clone(),
                     uid,
-                    vector.clone(),
+                    retrieval.clone(),
                     filter.clone(),
                     fetch,
                     mode,
@@ -2234,4 +2335,18 @@ impl ShoalService for Node {
             .with_label_values(&[method, route])
             .observe(seconds);
     }
+}
+
+/// What a search ranks by (see `SearchRequest::mode`).
+#[derive(Clone)]
+enum Retrieval {
+    Vector(Arc<Vec<f32>>),
+    Keyword(String),
+    Hybrid {
+        vector: Arc<Vec<f32>>,
+        text: String,
+        fusion: Fusion,
+        /// Hits each side fetches.
+        candidates: usize,
+    },
 }

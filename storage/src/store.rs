@@ -45,6 +45,8 @@ pub struct StoredPoint {
     pub vector: Vec<f32>,
     pub doc_id: String,
     pub metadata_json: String,
+    /// The chunk's text (for keyword search).
+    pub text: String,
 }
 
 /// A document version that still has to be chunked, embedded and stored. Only its key: the text
@@ -472,6 +474,7 @@ impl Store {
                 vector: chunk.vector,
                 doc_id: chunk.doc_id,
                 metadata_json: String::new(),
+                text: chunk.text,
             });
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
@@ -1109,6 +1112,7 @@ impl Store {
                     vector: c.vector.clone(),
                     doc_id: d.doc_id.clone(),
                     metadata_json: doc.metadata_json.clone(),
+                    text: c.text.clone(),
                 });
             }
             coll.chunks += points.len() as u64;

@@ -228,8 +228,11 @@ impl Graph {
             .map_or(u64::MAX, |a| a.load(Relaxed))
     }
 
-    /// The vector of a node that is ready (inserted, or at least written: see `is_ready`).
+    /// The vector of a node (empty while it is still being written).
     pub fn vector(&self, slot: Slot) -> &[f32] {
+        if self.flags(slot) & READY == 0 {
+            return &[];
+        }
         self.vectors.get(slot)
     }
 
@@ -390,19 +393,35 @@ impl Graph {
             f.fetch_or(READY, Release);
         }
 
+        // A node that will be the new top of the graph holds the entry lock for its whole
+        // insert (as hnswlib does), so that two such nodes never both link only below the top
+        // they saw and leave their own upper levels unreachable.
+        let mut top_guard = None;
         let entry = loop {
             let e = self.entry.load(Acquire);
-            if e != NO_ENTRY {
+            if e == NO_ENTRY {
+                let _g = self.entry_lock.lock();
+                if self.entry.load(Acquire) == NO_ENTRY {
+                    self.entry.store(pack(slot, level), Release);
+                    return;
+                }
+                continue;
+            }
+            if level <= unpack(e).1 {
                 break e;
             }
-            let _g = self.entry_lock.lock();
-            if self.entry.load(Acquire) == NO_ENTRY {
-                self.entry.store(pack(slot, level), Release);
-                return;
+            let g = self.entry_lock.lock();
+            let e = self.entry.load(Acquire);
+            if level > unpack(e).1 {
+                top_guard = Some(g);
+                break e;
             }
         };
         let (ep, ep_level) = unpack(entry);
         let q = self.vectors.padded(slot);
+        // Two phases: first the node's own links on every level, top down (no other node links
+        // to it yet, so no search can reach it half linked), then the links to it, bottom up.
+        let mut chosen_per_level: Vec<Vec<Slot>> = vec![Vec::new(); level.min(ep_level) + 1];
         with_scratch(|s| {
             let mut cur = Near(self.distance(q, ep), ep);
             for l in (level + 1..=ep_level).rev() {
@@ -417,31 +436,29 @@ impl Graph {
                     &entries,
                     self.params.ef_construction,
                     l,
-                    // (an insert beside this one may have linked this node already: never to
-                    // itself)
                     |n| n != slot,
                     &mut found,
                 );
                 let chosen = self.select(&found, self.params.m);
                 self.set_links(slot, q, l, &chosen);
-                for &n in &chosen {
-                    self.add_link(n, slot, l);
-                }
+                chosen_per_level[l] = chosen;
                 std::mem::swap(&mut entries, &mut found);
             }
         });
-        if level > ep_level {
-            let _g = self.entry_lock.lock();
-            if level > unpack(self.entry.load(Acquire)).1 {
-                self.entry.store(pack(slot, level), Release);
+        for (l, chosen) in chosen_per_level.iter().enumerate() {
+            for &n in chosen {
+                self.add_link(n, slot, l);
             }
+        }
+        if top_guard.is_some() {
+            self.entry.store(pack(slot, level), Release);
         }
     }
 
-    /// Give the new node `slot` (vector `v`) its links on `level`. Another insert running beside
-    /// this one may have reached the node already (through an upper layer, where it is linked)
-    /// and linked it to itself: those links are kept, not overwritten, or that other node could
-    /// be left with no link pointing to it.
+    /// Give the new node `slot` (vector `v`) its links on `level`. Should another insert have
+    /// linked the node to itself already, those links are kept, not overwritten (that other node
+    /// could be left with no link pointing to it); with links to a node added only after all of
+    /// its own are set, this does not happen, but costs nothing to guard.
     fn set_links(&self, slot: Slot, v: &[f32], level: usize, chosen: &[Slot]) {
         let _g = self.stripes[slot as usize % STRIPES].lock();
         let links = self.links(slot, level);
@@ -657,8 +674,8 @@ impl Graph {
         })
     }
 
-    /// The `k` nearest of `slots` (inserted nodes) to `query` by exact distance, best first;
-    /// deleted nodes are skipped.
+    /// The `k` nearest of `slots` to `query` by exact distance, best first; deleted nodes and
+    /// any still being written are skipped.
     pub fn scan(&self, query: &[f32], k: usize, slots: &[Slot]) -> Vec<Near> {
         const AHEAD: usize = 4;
         let check_deleted = self.deleted.load(Relaxed) > 0;
@@ -667,7 +684,9 @@ impl Graph {
                 if let Some(&next) = slots.get(i + AHEAD) {
                     prefetch(self.vectors.as_ptr(next));
                 }
-                if !check_deleted || self.flags(slot) & DELETED == 0 {
+                // (ready: a node is read only once its vector is written)
+                let flags = self.flags(slot);
+                if flags & READY != 0 && (!check_deleted || flags & DELETED == 0) {
                     consider(slot);
                 }
             }
@@ -699,7 +718,8 @@ impl Graph {
             let d = self.distance(&q, slot);
             if top.len() < k {
                 top.push(Near(d, slot));
-            } else if d <= worst && top.peek().is_some_and(|w| Near(d, slot) < *w) {
+            } else if d.total_cmp(&worst).is_le() && top.peek().is_some_and(|w| Near(d, slot) < *w)
+            {
                 top.pop();
                 top.push(Near(d, slot));
             } else {

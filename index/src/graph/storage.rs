@@ -41,28 +41,73 @@ unsafe impl<T> Zeroable for AtomicPtr<T> {}
 // SAFETY: eight floats of value 0.0.
 unsafe impl Zeroable for UnsafeCell<Lane> {}
 
-/// A zeroed boxed slice of `n` values, allocated without writing to it.
-fn zeroed_box<T: Zeroable>(n: usize) -> Box<[T]> {
-    let layout = match Layout::array::<T>(n) {
-        Ok(l) if l.size() > 0 => l,
-        // sizes here are far below isize::MAX; a zero-sized request needs no allocation
-        _ => return Vec::new().into_boxed_slice(),
-    };
-    // SAFETY: the layout has a non-zero size; all-zero is a valid T (Zeroable); the box frees
-    // with the layout of `[T; n]`, the one allocated here.
-    unsafe {
-        let ptr = alloc_zeroed(layout) as *mut T;
-        if ptr.is_null() {
+/// `n` zeroed values of `T`, allocated without writing to them: through the allocator's
+/// zeroed path with at most 16-byte alignment (`calloc`, which for large blocks maps fresh pages
+/// and leaves them untouched, so a segment's unused tail never becomes resident; a stricter
+/// alignment would make the allocator write zeros over all of it), aligned to `T` by hand inside
+/// a block 32 bytes longer.
+pub(crate) struct ZeroedSlice<T> {
+    base: std::ptr::NonNull<u8>,
+    layout: Layout,
+    values: *mut T,
+    len: usize,
+}
+
+// SAFETY: owns its values like a Box<[T]>.
+unsafe impl<T: Send> Send for ZeroedSlice<T> {}
+unsafe impl<T: Sync> Sync for ZeroedSlice<T> {}
+
+const SLACK: usize = 32;
+
+impl<T: Zeroable> ZeroedSlice<T> {
+    pub fn new(n: usize) -> ZeroedSlice<T> {
+        assert!(
+            std::mem::align_of::<T>() <= SLACK,
+            "alignment above {SLACK}"
+        );
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(n)
+            .and_then(|b| b.checked_add(SLACK))
+            .expect("segment size overflows");
+        let layout = Layout::from_size_align(bytes, 16).expect("segment layout");
+        // SAFETY: the layout's size is non-zero (at least SLACK).
+        let base = unsafe { alloc_zeroed(layout) };
+        let Some(base) = std::ptr::NonNull::new(base) else {
             handle_alloc_error(layout);
+        };
+        let offset = base.as_ptr().align_offset(std::mem::align_of::<T>());
+        // SAFETY: offset < align ≤ SLACK, so the values lie within the block; the block is zeroed
+        // and all-zero is a valid T (Zeroable).
+        let values = unsafe { base.as_ptr().add(offset) } as *mut T;
+        ZeroedSlice {
+            base,
+            layout,
+            values,
+            len: n,
         }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+    }
+}
+
+impl<T> std::ops::Deref for ZeroedSlice<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised, aligned values inside the block, alive as long as self.
+        unsafe { std::slice::from_raw_parts(self.values, self.len) }
+    }
+}
+
+impl<T> Drop for ZeroedSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: the values need no drop beyond their memory (Zeroable types: atomics, cells
+        // of floats); the block was allocated with this layout.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
     }
 }
 
 /// `stride` values of `T` per node, zero until written.
 pub(crate) struct Segmented<T> {
     stride: usize,
-    segments: [OnceLock<Box<[T]>>; SEGMENTS],
+    segments: [OnceLock<ZeroedSlice<T>>; SEGMENTS],
 }
 
 impl<T: Zeroable> Segmented<T> {
@@ -76,7 +121,7 @@ impl<T: Zeroable> Segmented<T> {
     /// Allocate the segment that holds node `i`, if it is not yet.
     pub fn reserve(&self, i: u32) {
         let (k, _) = locate(i);
-        self.segments[k].get_or_init(|| zeroed_box(segment_nodes(k) * self.stride));
+        self.segments[k].get_or_init(|| ZeroedSlice::new(segment_nodes(k) * self.stride));
     }
 
     /// Node `i`'s values; empty if its segment was never reserved.

@@ -86,6 +86,7 @@ fn main() {
             id: i as u64,
             vector: base[i * dim..(i + 1) * dim].to_vec(),
             payload: payloads[i % 10].clone(),
+            text: String::new(),
         })
         .collect();
     // exact neighbours among group 0, for the filtered search's recall

@@ -1,0 +1,213 @@
+//! Keyword search: BM25 over the chunks' text, with tantivy.
+//!
+//! Derived state like the graph: built from the points' text when a shard opens, kept up to
+//! date by the same inserts and deletes, never persisted (the store is the truth). The text is
+//! indexed, not stored (the store has it): per chunk, its terms with their frequencies and its
+//! length, and the point id as a fast field, which a filter's matches are checked against.
+//!
+//! Text is cut into words at anything that is not a letter or a digit, lower-cased and folded to
+//! ASCII ("Café" and "cafe" match); words over 40 bytes are dropped. A query is analysed the
+//! same way and matches chunks holding any of its words, ranked by BM25 (no query syntax: a
+//! user's quotes, colons or `AND`s are words or nothing, never an error).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tantivy::collector::{FilterCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::{IndexError, PointId};
+
+const TOKENIZER: &str = "shoal_words";
+/// tantivy's smallest indexing budget.
+const WRITER_BYTES: usize = 15_000_000;
+
+fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+fn err(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Keyword(e.to_string())
+}
+
+pub(crate) struct KeywordIndex {
+    id: Field,
+    text: Field,
+    writer: Mutex<IndexWriter<TantivyDocument>>,
+    reader: IndexReader,
+}
+
+impl KeywordIndex {
+    pub fn new() -> Result<KeywordIndex, IndexError> {
+        let mut schema = Schema::builder();
+        let id = schema.add_u64_field("id", INDEXED | FAST);
+        let text = schema.add_text_field(
+            "text",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(TOKENIZER)
+                    .set_index_option(IndexRecordOption::WithFreqs),
+            ),
+        );
+        let index = Index::create_in_ram(schema.build());
+        index.tokenizers().register(TOKENIZER, analyzer());
+        let writer = index
+            .writer_with_num_threads(1, WRITER_BYTES)
+            .map_err(err)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(err)?;
+        Ok(KeywordIndex {
+            id,
+            text,
+            writer: Mutex::new(writer),
+            reader,
+        })
+    }
+
+    /// Index the points' text (points without text are left out) and make it searchable.
+    pub fn add<'a>(
+        &self,
+        points: impl Iterator<Item = (PointId, &'a str)>,
+    ) -> Result<(), IndexError> {
+        let mut writer = self.writer.lock();
+        for (id, text) in points {
+            if !text.is_empty() {
+                writer
+                    .add_document(doc!(self.id => id, self.text => text))
+                    .map_err(err)?;
+            }
+        }
+        writer.commit().map_err(err)?;
+        self.reader.reload().map_err(err)
+    }
+
+    /// Forget points (ids it never had are no-ops).
+    pub fn delete(&self, ids: &[PointId]) -> Result<(), IndexError> {
+        let mut writer = self.writer.lock();
+        for &id in ids {
+            writer.delete_term(Term::from_field_u64(self.id, id));
+        }
+        writer.commit().map_err(err)?;
+        self.reader.reload().map_err(err)
+    }
+
+    /// The query's words, as the text was analysed (each once).
+    fn words(&self, query: &str) -> Vec<String> {
+        let mut analyzer = analyzer();
+        let mut stream = analyzer.token_stream(query);
+        let mut words: Vec<String> = Vec::new();
+        while stream.advance() {
+            let w = &stream.token().text;
+            if !words.contains(w) {
+                words.push(w.clone());
+            }
+        }
+        words
+    }
+
+    /// The `k` points whose text ranks best for `query` by BM25, best first, among `allowed`
+    /// (sorted) when given.
+    pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        allowed: Option<Arc<Vec<PointId>>>,
+    ) -> Result<Vec<(PointId, f32)>, IndexError> {
+        let words = self.words(query);
+        if k == 0 || words.is_empty() {
+            return Ok(Vec::new());
+        }
+        let clauses: Vec<(Occur, Box<dyn Query>)> = words
+            .iter()
+            .map(|w| {
+                let q: Box<dyn Query> = Box::new(TermQuery::new(
+                    Term::from_field_text(self.text, w),
+                    IndexRecordOption::WithFreqs,
+                ));
+                (Occur::Should, q)
+            })
+            .collect();
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = match allowed {
+            None => searcher.search(&query, &TopDocs::with_limit(k)),
+            Some(ids) => searcher.search(
+                &query,
+                &FilterCollector::new(
+                    "id".to_string(),
+                    move |id: u64| ids.binary_search(&id).is_ok(),
+                    TopDocs::with_limit(k),
+                ),
+            ),
+        }
+        .map_err(err)?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let column = searcher
+                .segment_reader(address.segment_ord)
+                .fast_fields()
+                .u64("id")
+                .map_err(err)?;
+            if let Some(id) = column.first(address.doc_id) {
+                out.push((id, score));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_by_bm25_with_folded_words_filters_and_deletes() {
+        let k = KeywordIndex::new().unwrap();
+        let texts = [
+            (1, "The café on the corner serves coffee and cake."),
+            (2, "Coffee, coffee and more coffee: a coffee lover's guide."),
+            (3, "A guide to tea."),
+            (4, ""),
+            (5, "Rust is a systems programming language."),
+        ];
+        k.add(texts.iter().map(|(id, t)| (*id, *t))).unwrap();
+        let ids = |q: &str, allowed: Option<Vec<u64>>| -> Vec<u64> {
+            k.search(q, 10, allowed.map(Arc::new))
+                .unwrap()
+                .iter()
+                .map(|h| h.0)
+                .collect()
+        };
+        // term frequency ranks 2 above 1; case and accents fold
+        assert_eq!(ids("COFFEE", None), vec![2, 1]);
+        assert_eq!(ids("cafe", None), vec![1]);
+        // any word matches; a rare word weighs more than a common one
+        assert_eq!(ids("guide tea", None)[0], 3);
+        // query syntax is just words (no error)
+        assert_eq!(ids("\"rust\" OR: (language", None), vec![5]);
+        assert!(ids("!!! ...", None).is_empty());
+        // within the allowed points only
+        assert_eq!(ids("coffee", Some(vec![1, 5])), vec![1]);
+        // deleted points are gone at once
+        k.delete(&[2, 99]).unwrap();
+        assert_eq!(ids("coffee", None), vec![1]);
+        // scores are BM25's: positive, best first
+        let hits = k.search("guide coffee", 10, None).unwrap();
+        assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1) && hits.iter().all(|h| h.1 > 0.0));
+        assert!(k.search("coffee", 0, None).unwrap().is_empty());
+    }
+}
