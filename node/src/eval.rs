@@ -5,7 +5,9 @@
 //! separated; a score above 0 is relevant, its value the gain). For each query, the node is asked
 //! for its vector candidates and for the same candidates reranked; from them come nDCG@k and
 //! recall@k of both, and the reranker's pairwise accuracy: the share of (relevant, non-relevant)
-//! candidate pairs it scores in the right order (the vector scores' share beside it).
+//! candidate pairs it scores in the right order (the vector scores' share beside it). Other
+//! search modes (`--modes keyword,hybrid,weighted:0.7`) are measured beside the vector baseline
+//! on the same queries.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -208,6 +210,62 @@ pub struct Report {
     pub pairs: u64,
     pub baseline_ms_p50: f64,
     pub rerank_ms_p50: Option<f64>,
+    /// The other search modes asked for, in order.
+    pub modes: Vec<ModeReport>,
+}
+
+/// nDCG@k, recall@k and the median latency of one search mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeReport {
+    pub mode: SearchMode,
+    pub ndcg: f64,
+    pub recall: f64,
+    pub ms_p50: f64,
+}
+
+/// A search mode `shoal eval` can measure besides the vector baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SearchMode {
+    /// BM25 alone.
+    Keyword,
+    /// Vector and keyword, reciprocal rank fusion.
+    Hybrid,
+    /// Vector and keyword, weighted fusion with this vector weight.
+    Weighted(f64),
+}
+
+impl SearchMode {
+    /// `keyword`, `hybrid`, `weighted` (alpha 0.5) or `weighted:ALPHA`.
+    pub fn parse(s: &str) -> Result<SearchMode, String> {
+        match s.trim() {
+            "keyword" => Ok(SearchMode::Keyword),
+            "hybrid" | "rrf" => Ok(SearchMode::Hybrid),
+            "weighted" => Ok(SearchMode::Weighted(0.5)),
+            other => match other.strip_prefix("weighted:").map(str::parse::<f64>) {
+                Some(Ok(a)) if (0.0..=1.0).contains(&a) => Ok(SearchMode::Weighted(a)),
+                _ => Err(format!(
+                    "unknown search mode `{other}` (expected keyword, hybrid, weighted or weighted:ALPHA with ALPHA in 0..1)"
+                )),
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            SearchMode::Keyword => "keyword".into(),
+            SearchMode::Hybrid => "hybrid (rrf)".into(),
+            SearchMode::Weighted(a) => format!("hybrid (weighted, alpha {a})"),
+        }
+    }
+
+    /// The search request's mode fields.
+    fn fields(&self) -> Value {
+        match self {
+            SearchMode::Keyword => json!({"mode": "keyword"}),
+            SearchMode::Hybrid => json!({"mode": "hybrid", "fusion": "rrf"}),
+            SearchMode::Weighted(a) => json!({"mode": "hybrid", "fusion": "weighted", "alpha": a}),
+        }
+    }
 }
 
 impl Report {
@@ -219,6 +277,8 @@ impl Report {
             "rerank": self.rerank_ndcg.map(|n| json!({"ndcg": n, "recall": self.rerank_recall,
                          "pairwise_accuracy": self.rerank_pairwise_accuracy, "p50_ms": self.rerank_ms_p50})),
             "pairs": self.pairs,
+            "modes": self.modes.iter().map(|m| json!({"mode": m.mode.name(), "ndcg": m.ndcg,
+                         "recall": m.recall, "p50_ms": m.ms_p50})).collect::<Vec<_>>(),
         })
     }
 
@@ -228,9 +288,9 @@ impl Report {
         let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         format!(
             "{} queries, {} candidates each, {} (relevant, non-relevant) candidate pairs\n\
-             {:<10} {:>9} {:>10} {:>18} {:>8}\n\
-             {:<10} {:>9} {:>10} {:>18} {:>8}\n\
-             {:<10} {:>9} {:>10} {:>18} {:>8}\n",
+             {:<30} {:>9} {:>10} {:>18} {:>8}\n\
+             {:<30} {:>9} {:>10} {:>18} {:>8}\n\
+             {:<30} {:>9} {:>10} {:>18} {:>8}\n",
             self.queries,
             self.candidates,
             self.pairs,
@@ -249,7 +309,20 @@ impl Report {
             f(self.rerank_recall),
             f(self.rerank_pairwise_accuracy),
             ms(self.rerank_ms_p50),
-        )
+        ) + &self
+            .modes
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:<30} {:>9} {:>10} {:>18} {:>8}\n",
+                    m.mode.name(),
+                    f(Some(m.ndcg)),
+                    f(Some(m.recall)),
+                    "-",
+                    ms(Some(m.ms_p50)),
+                )
+            })
+            .collect::<String>()
     }
 }
 
@@ -263,6 +336,8 @@ pub struct EvalOptions {
     pub ingest: bool,
     /// Whether to also measure with reranking (off: the node has no reranker).
     pub rerank: bool,
+    /// Search modes measured besides the vector baseline.
+    pub modes: Vec<SearchMode>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -341,6 +416,9 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
     let (mut rr_ndcg, mut rr_recall) = (Vec::new(), Vec::new());
     let (mut vec_right, mut rr_right, mut pairs) = (0.0, 0.0, 0u64);
     let (mut base_ms, mut rr_ms) = (Vec::new(), Vec::new());
+    // per extra mode: nDCG, recall, latencies
+    let mut per_mode: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+        o.modes.iter().map(|_| Default::default()).collect();
     // One search, timed into `ms`.
     let search = |body: Value, ms: &mut Vec<f64>| -> Result<Value, CliError> {
         let t = Instant::now();
@@ -358,6 +436,15 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
     };
     for (qid, text) in &set.queries {
         let relevant = &set.qrels[qid];
+        for (mode, (ndcg, recall, ms)) in o.modes.iter().zip(per_mode.iter_mut()) {
+            let mut body = mode.fields();
+            body["query"] = json!(text);
+            body["top_k"] = json!(o.candidates);
+            let answer = search(body, ms)?;
+            let (n, r) = quality(&documents(&answer["hits"], "score"), relevant);
+            ndcg.push(n);
+            recall.push(r);
+        }
         let base = search(json!({"query": text, "top_k": o.candidates}), &mut base_ms)?;
         let by_vector = documents(&base["hits"], "score");
         let (ndcg, recall) = quality(&by_vector, relevant);
@@ -389,6 +476,17 @@ pub fn run(set: &EvalSet, o: &EvalOptions) -> Result<Report, CliError> {
     report.baseline_ndcg = mean(&base_ndcg);
     report.baseline_recall = mean(&base_recall);
     report.baseline_ms_p50 = median(base_ms);
+    report.modes = o
+        .modes
+        .iter()
+        .zip(per_mode)
+        .map(|(mode, (ndcg, recall, ms))| ModeReport {
+            mode: *mode,
+            ndcg: mean(&ndcg),
+            recall: mean(&recall),
+            ms_p50: median(ms),
+        })
+        .collect();
     report.pairs = pairs;
     report.vector_pairwise_accuracy = if pairs > 0 {
         vec_right / pairs as f64
@@ -441,6 +539,23 @@ mod tests {
         let g = rel(&[("a", 2.0), ("b", 1.0)]);
         assert_eq!(ndcg_at(&ids(&["a", "b"]), &g, 10), 1.0);
         assert!(ndcg_at(&ids(&["b", "a"]), &g, 10) < 1.0);
+    }
+
+    #[test]
+    fn search_modes_parse_and_name_their_request_fields() {
+        assert_eq!(SearchMode::parse("keyword"), Ok(SearchMode::Keyword));
+        assert_eq!(SearchMode::parse(" hybrid"), Ok(SearchMode::Hybrid));
+        assert_eq!(SearchMode::parse("weighted"), Ok(SearchMode::Weighted(0.5)));
+        assert_eq!(
+            SearchMode::parse("weighted:0.7"),
+            Ok(SearchMode::Weighted(0.7))
+        );
+        assert!(SearchMode::parse("weighted:1.5").is_err());
+        assert!(SearchMode::parse("fuzzy").unwrap_err().contains("fuzzy"));
+        assert_eq!(
+            SearchMode::Weighted(0.7).fields(),
+            json!({"mode": "hybrid", "fusion": "weighted", "alpha": 0.7})
+        );
     }
 
     #[test]

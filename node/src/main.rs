@@ -165,6 +165,10 @@ enum Cmd {
         /// Vector candidates per query (what the reranker reorders).
         #[arg(long, default_value_t = 50)]
         candidates: usize,
+        /// Search modes to measure besides the vector baseline, comma separated: keyword,
+        /// hybrid (reciprocal rank fusion), weighted or weighted:ALPHA (the vector side's weight).
+        #[arg(long, value_name = "MODES", value_delimiter = ',', value_parser = eval_mode)]
+        modes: Vec<shoal_node::eval::SearchMode>,
         #[command(flatten)]
         target: Target,
     },
@@ -328,6 +332,7 @@ fn main() -> ExitCode {
             ingest,
             k,
             candidates,
+            modes,
             target,
         } => {
             use shoal_node::eval;
@@ -339,6 +344,7 @@ fn main() -> ExitCode {
                     candidates: (*candidates).max(*k),
                     ingest: *ingest,
                     rerank: eval::node_has_reranker(&target.node)?,
+                    modes: modes.clone(),
                 };
                 eval::run(&set, &options)
             });
@@ -650,4 +656,8 @@ fn snapshot_command(cmd: &SnapshotCmd) -> ExitCode {
 
 fn toml_string(config: &Config) -> Result<String, String> {
     toml::to_string(config).map_err(|e| e.to_string())
+}
+
+fn eval_mode(s: &str) -> Result<shoal_node::eval::SearchMode, String> {
+    shoal_node::eval::SearchMode::parse(s)
 }

@@ -79,6 +79,8 @@ fn eval_measures_a_labelled_set_with_and_without_reranking() {
             "--json",
             "--candidates",
             "20",
+            "--modes",
+            "keyword,weighted:1",
         ])
         .args(["--node", &node.base, "--collection", "wiki"])
         .output()
@@ -137,6 +139,17 @@ fn eval_measures_a_labelled_set_with_and_without_reranking() {
     }
     // the vector scores order most (relevant, other candidate) pairs right
     assert!(value(&base["pairwise_accuracy"]) > 0.8, "{report}");
+    // the other modes, on the same queries: BM25 finds a summary from its title's words too;
+    // weighted fusion with all the weight on the vector side ranks as the vector search does
+    let modes = report["modes"].as_array().expect("modes");
+    assert_eq!(modes.len(), 2, "{report}");
+    assert_eq!(modes[0]["mode"], "keyword");
+    assert!(value(&modes[0]["ndcg"]) > 0.5, "{report}");
+    assert!(value(&modes[0]["ndcg"]) != value(&base["ndcg"]), "{report}");
+    assert!(
+        (value(&modes[1]["ndcg"]) - value(&base["ndcg"])).abs() < 1e-9,
+        "{report}"
+    );
 
     // the table a person reads, and a clear error for a folder that is not a set
     let out = Command::new(shoal_bin())
