@@ -310,7 +310,7 @@ pub struct SearchRequest {
     /// Rescore the best `rerank_candidates` hits with the node's cross-encoder (needs `query`).
     #[serde(default)]
     pub rerank: bool,
-    /// How many vector hits the reranker rescores (default 50).
+    /// How many hits (of whatever the mode ranked) the reranker rescores (default 50).
     pub rerank_candidates: Option<usize>,
     /// `local` (default): answer from this node's replica at once. `strong`: first learn the
     /// leader's commit index (a linearizable read) and wait until this node has applied it.
@@ -319,7 +319,8 @@ pub struct SearchRequest {
     /// writes on any node: the index a write answered with).
     pub min_index: Option<u64>,
     /// `vector` (default): by meaning, the query's embedding against the chunks'. `keyword`:
-    /// BM25 over the chunks' words (needs `query`). `hybrid`: both, fused (needs `query`).
+    /// BM25 over the chunks' words (needs `query`). `hybrid`: both, fused (needs `query`; a
+    /// `vector` given with it is used for the vector side instead of the query's embedding).
     pub mode: Option<RetrievalMode>,
     /// How `hybrid` fuses its two rankings: `rrf` (default, reciprocal rank fusion) or
     /// `weighted` (each side's scores scaled to 0..1, then `alpha` · vector + (1 - alpha) ·

@@ -44,8 +44,11 @@ fn scaled(hits: &[Hit]) -> impl Fn(f32) -> f32 {
     }
 }
 
-/// The best `k` of both lists (each best first), fused. Ties go to the better vector rank, then
-/// the better keyword rank.
+/// The best `k` of both lists (each best first), fused. Ties go to the hit more lists found,
+/// then to the better rank on the side that weighs more (the vector side for RRF and for
+/// `alpha` ≥ 0.5), then on the other side. (Weighted scaling gives a list's weakest hit 0, the
+/// score of an absent one: without this, a keyword hit could fall behind hits with none of the
+/// query's words at `alpha` 0.)
 pub fn fuse(vector: Vec<Hit>, keyword: Vec<Hit>, fusion: Fusion, k: usize) -> Vec<FusedHit> {
     struct Entry {
         hit: Hit,
@@ -96,10 +99,22 @@ pub fn fuse(vector: Vec<Hit>, keyword: Vec<Hit>, fusion: Fusion, k: usize) -> Ve
     };
     let mut scored: Vec<(f32, Entry)> = entries.into_iter().map(|e| (score(&e), e)).collect();
     let rank_or_last = |r: Option<(usize, f32)>| r.map_or(usize::MAX, |(rank, _)| rank);
+    let lists = |e: &Entry| e.vector.is_some() as u8 + e.keyword.is_some() as u8;
+    let vector_first = match fusion {
+        Fusion::Rrf { .. } => true,
+        Fusion::Weighted { alpha } => alpha >= 0.5,
+    };
+    type Side = fn(&Entry) -> Option<(usize, f32)>;
+    let (first, second): (Side, Side) = if vector_first {
+        (|e| e.vector, |e| e.keyword)
+    } else {
+        (|e| e.keyword, |e| e.vector)
+    };
     scored.sort_by(|a, b| {
         b.0.total_cmp(&a.0)
-            .then(rank_or_last(a.1.vector).cmp(&rank_or_last(b.1.vector)))
-            .then(rank_or_last(a.1.keyword).cmp(&rank_or_last(b.1.keyword)))
+            .then(lists(&b.1).cmp(&lists(&a.1)))
+            .then(rank_or_last(first(&a.1)).cmp(&rank_or_last(first(&b.1))))
+            .then(rank_or_last(second(&a.1)).cmp(&rank_or_last(second(&b.1))))
     });
     scored
         .into_iter()
@@ -178,12 +193,40 @@ mod tests {
         // alpha 1: vectors only (3, absent there, scores 0)
         let f = fuse(v.clone(), kw.clone(), Fusion::Weighted { alpha: 1.0 }, 10);
         assert_eq!(ids(&f), vec![1, 2, 3]);
-        // alpha 0: keywords only (1, absent there, scores 0 and comes last)
+        // alpha 0: keywords first: 2 (1), then 3 (its list's weakest: 0, as 1 that is absent,
+        // but found by the side that counts)
         let f = fuse(v.clone(), kw.clone(), Fusion::Weighted { alpha: 0.0 }, 10);
-        assert_eq!(ids(&f), vec![2, 1, 3]);
-        // alpha 0.5: 2 = 0.5·0 + 0.5·1 = 0.5, 1 = 0.5·1 = 0.5 (tie: better vector rank), 3 = 0
+        assert_eq!(ids(&f), vec![2, 3, 1]);
+        // a short keyword list among many vector hits: its second hit still comes second
+        let many = hits(
+            &(10..60)
+                .map(|i| (i, 0.9 - i as f32 * 0.001))
+                .collect::<Vec<_>>(),
+        );
+        let two = hits(&[(1, 5.0), (2, 4.0)]);
+        let f = fuse(many, two, Fusion::Weighted { alpha: 0.0 }, 3);
+        assert_eq!(ids(&f)[..2], [1, 2]);
+        // one hit, or equal scores: scaled to 1
+        let f = fuse(
+            hits(&[(1, 0.3)]),
+            hits(&[(2, 7.0), (3, 7.0)]),
+            Fusion::Weighted { alpha: 0.5 },
+            10,
+        );
+        assert!(f.iter().all(|h| (h.hit.score - 0.5).abs() < 1e-6), "{f:?}");
+        // a point twice in one list counts once, at its better rank
+        let f = fuse(
+            hits(&[(1, 0.9), (1, 0.8)]),
+            hits(&[]),
+            Fusion::Rrf { k: 60.0 },
+            10,
+        );
+        assert_eq!(f.len(), 1);
+        assert!((f[0].hit.score - 1.0 / 61.0).abs() < 1e-7);
+        // alpha 0.5: 2 = 0.5·0 + 0.5·1 = 0.5, 1 = 0.5·1 = 0.5 (tie: 2, found by both lists,
+        // first), 3 = 0
         let f = fuse(v, kw, Fusion::Weighted { alpha: 0.5 }, 10);
-        assert_eq!(ids(&f), vec![1, 2, 3]);
+        assert_eq!(ids(&f), vec![2, 1, 3]);
         assert!((f[1].hit.score - 0.5).abs() < 1e-6);
         assert_eq!(f[2].hit.score, 0.0);
     }

@@ -6,14 +6,17 @@
 //! length, and the point id as a fast field, which a filter's matches are checked against.
 //!
 //! Text is cut into words at anything that is not a letter or a digit, lower-cased and folded to
-//! ASCII ("Café" and "cafe" match); words over 40 bytes are dropped. A query is analysed the
-//! same way and matches chunks holding any of its words, ranked by BM25 (no query syntax: a
-//! user's quotes, colons or `AND`s are words or nothing, never an error).
+//! ASCII ("Café" and "cafe" match); words of 40 bytes or more are dropped. A query is analysed
+//! the same way and matches chunks holding any of its words (its first 1,024), ranked by BM25 (no
+//! query syntax: a user's quotes, colons or `AND`s are words or nothing, never an error).
+//! Scripts written without spaces (Chinese, Japanese, Thai) are cut only at punctuation, so their
+//! words are whole runs of text: keyword search serves them poorly (vector search does not care).
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tantivy::collector::{FilterCollector, TopDocs};
+use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
@@ -21,13 +24,21 @@ use tantivy::schema::{
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
 };
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    doc, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
+};
 
 use crate::{IndexError, PointId};
 
 const TOKENIZER: &str = "shoal_words";
 /// tantivy's smallest indexing budget.
 const WRITER_BYTES: usize = 15_000_000;
+/// Words of a query that count (as Elasticsearch caps a query's clauses at 1,024).
+pub(crate) const MAX_QUERY_WORDS: usize = 1_024;
+/// A segment is merged away once this share of its chunks are deleted, so that deleted chunks
+/// neither hold memory nor weigh in the BM25 statistics for long (tantivy's default waits for
+/// all of them).
+const DELETED_RATIO_BEFORE_MERGE: f32 = 0.2;
 
 fn analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
@@ -60,11 +71,29 @@ impl KeywordIndex {
                     .set_index_option(IndexRecordOption::WithFreqs),
             ),
         );
-        let index = Index::create_in_ram(schema.build());
+        // One indexing thread and one merge thread per shard, and no separate thread for a
+        // document store it does not have: a node may hold many collections.
+        let index = Index::builder()
+            .schema(schema.build())
+            .settings(IndexSettings {
+                docstore_compress_dedicated_thread: false,
+                ..IndexSettings::default()
+            })
+            .create_in_ram()
+            .map_err(err)?;
         index.tokenizers().register(TOKENIZER, analyzer());
         let writer = index
-            .writer_with_num_threads(1, WRITER_BYTES)
+            .writer_with_options(
+                IndexWriterOptions::builder()
+                    .memory_budget_per_thread(WRITER_BYTES)
+                    .num_worker_threads(1)
+                    .num_merge_threads(1)
+                    .build(),
+            )
             .map_err(err)?;
+        let mut merges = LogMergePolicy::default();
+        merges.set_del_docs_ratio_before_merge(DELETED_RATIO_BEFORE_MERGE);
+        writer.set_merge_policy(Box::new(merges));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -105,14 +134,15 @@ impl KeywordIndex {
         self.reader.reload().map_err(err)
     }
 
-    /// The query's words, as the text was analysed (each once).
+    /// The query's words, as the text was analysed: each once, the first MAX_QUERY_WORDS.
     fn words(&self, query: &str) -> Vec<String> {
         let mut analyzer = analyzer();
         let mut stream = analyzer.token_stream(query);
+        let mut seen = std::collections::HashSet::new();
         let mut words: Vec<String> = Vec::new();
-        while stream.advance() {
+        while words.len() < MAX_QUERY_WORDS && stream.advance() {
             let w = &stream.token().text;
-            if !words.contains(w) {
+            if seen.insert(w.clone()) {
                 words.push(w.clone());
             }
         }
@@ -209,5 +239,9 @@ mod tests {
         let hits = k.search("guide coffee", 10, None).unwrap();
         assert!(hits.windows(2).all(|w| w[0].1 >= w[1].1) && hits.iter().all(|h| h.1 > 0.0));
         assert!(k.search("coffee", 0, None).unwrap().is_empty());
+        // a query of thousands of words counts its first 1,024 (no error, no unbounded work)
+        let long: String = (0..5000).map(|i| format!("w{i} ")).collect::<String>() + "guide";
+        assert_eq!(k.words(&long).len(), MAX_QUERY_WORDS);
+        assert!(k.search(&long, 10, None).unwrap().is_empty());
     }
 }

@@ -178,6 +178,17 @@ struct Table {
     index: PayloadIndex,
 }
 
+/// The shard's keyword index.
+#[derive(Clone)]
+enum Keyword {
+    /// No point has had text yet.
+    None,
+    Ready(Arc<KeywordIndex>),
+    /// It failed (tantivy could not start a thread, say): keyword searches say so, while the
+    /// vectors go on being searched and changed.
+    Broken(String),
+}
+
 /// An HNSW shard. Searches run concurrently from any thread and never wait for inserts (the
 /// graph's searches take no lock); mutations are serialised by an internal writer lock.
 pub struct Shard {
@@ -186,7 +197,7 @@ pub struct Shard {
     table: RwLock<Table>,
     writer: Mutex<()>,
     /// BM25 over the points' text; made with the first point that has text.
-    keyword: RwLock<Option<Arc<KeywordIndex>>>,
+    keyword: RwLock<Keyword>,
 }
 
 const GRAPH_FILE: &str = "graph.bin";
@@ -232,7 +243,7 @@ impl Shard {
                 index: PayloadIndex::default(),
             }),
             writer: Mutex::new(()),
-            keyword: RwLock::new(None),
+            keyword: RwLock::new(Keyword::None),
         }
     }
 
@@ -328,11 +339,19 @@ impl Shard {
         tombstones: usize,
     ) -> Result<Shard, IndexError> {
         let keyword = if points.iter().any(|p| !p.text.is_empty()) {
-            let k = KeywordIndex::new()?;
-            k.add(points.iter().map(|p| (p.id, p.text.as_str())))?;
-            Some(Arc::new(k))
+            let built = KeywordIndex::new().and_then(|k| {
+                k.add(points.iter().map(|p| (p.id, p.text.as_str())))?;
+                Ok(k)
+            });
+            match built {
+                Ok(k) => Keyword::Ready(Arc::new(k)),
+                Err(e) => {
+                    tracing::error!(error = %e, "keyword index could not be built; keyword search is off for this shard");
+                    Keyword::Broken(e.to_string())
+                }
+            }
         } else {
-            None
+            Keyword::None
         };
         let live = points
             .into_iter()
@@ -437,22 +456,39 @@ impl Shard {
             }
         }
         drop(t);
-        self.keyword_add(&points)
+        self.keyword_add(&points);
+        Ok(())
     }
 
-    /// Index the points' text for keyword search (making the keyword index if there is none).
-    fn keyword_add(&self, points: &[Point]) -> Result<(), IndexError> {
+    /// Index the points' text for keyword search (making the keyword index if there is none). A
+    /// failure turns keyword search off for the shard (searches say so) rather than failing the
+    /// insert, whose points are in the table and the graph already.
+    fn keyword_add(&self, points: &[Point]) {
         if points.iter().all(|p| p.text.is_empty()) {
-            return Ok(());
+            return;
         }
-        let keyword = {
-            let mut k = self.keyword.write();
-            match &*k {
-                Some(k) => k.clone(),
-                None => k.insert(Arc::new(KeywordIndex::new()?)).clone(),
-            }
+        let mut state = self.keyword.write();
+        let keyword = match &*state {
+            Keyword::Ready(k) => k.clone(),
+            Keyword::Broken(_) => return,
+            Keyword::None => match KeywordIndex::new() {
+                Ok(k) => {
+                    let k = Arc::new(k);
+                    *state = Keyword::Ready(k.clone());
+                    k
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "keyword index could not be made; keyword search is off for this shard");
+                    *state = Keyword::Broken(e.to_string());
+                    return;
+                }
+            },
         };
-        keyword.add(points.iter().map(|p| (p.id, p.text.as_str())))
+        drop(state);
+        if let Err(e) = keyword.add(points.iter().map(|p| (p.id, p.text.as_str()))) {
+            tracing::error!(error = %e, "keyword index failed; keyword search is off for this shard until it reloads");
+            *self.keyword.write() = Keyword::Broken(e.to_string());
+        }
     }
 
     /// Tombstone points; they are never returned again. Returns how many were live.
@@ -473,11 +509,13 @@ impl Shard {
         t.tombstones += removed;
         drop(graph);
         drop(t);
-        if let Some(keyword) = self.keyword.read().clone() {
-            // (a point it still holds is dropped from keyword hits anyway: they are looked up
-            // in the table)
+        let state = self.keyword.read().clone();
+        if let (Keyword::Ready(keyword), true) = (state, removed > 0) {
+            // (a point it still held would be dropped from keyword hits anyway: they are looked
+            // up in the table; but its words would weigh in BM25's statistics)
             if let Err(e) = keyword.delete(ids) {
-                tracing::warn!(error = %e, "keyword index: could not delete points");
+                tracing::error!(error = %e, "keyword index failed; keyword search is off for this shard until it reloads");
+                *self.keyword.write() = Keyword::Broken(e.to_string());
             }
         }
         removed
@@ -491,8 +529,14 @@ impl Shard {
         k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<Hit>, IndexError> {
-        let Some(keyword) = self.keyword.read().clone() else {
-            return Ok(Vec::new());
+        let keyword = match self.keyword.read().clone() {
+            Keyword::None => return Ok(Vec::new()),
+            Keyword::Ready(k) => k,
+            Keyword::Broken(why) => {
+                return Err(IndexError::Keyword(format!(
+                    "keyword search is unavailable on this shard until it reloads: {why}"
+                )))
+            }
         };
         let allowed = filter
             .filter(|f| !f.is_empty())

@@ -858,9 +858,9 @@ impl Config {
         if self.search.default_top_k > self.search.max_top_k {
             return Err("search.default_top_k must not exceed search.max_top_k".into());
         }
-        if !(self.search.rrf_k.is_finite() && self.search.rrf_k >= 0.0) {
+        if !(0.0..=1e6).contains(&self.search.rrf_k) {
             return Err(format!(
-                "search.rrf_k must be a number ≥ 0, got {}",
+                "search.rrf_k must be between 0 and 1000000, got {}",
                 self.search.rrf_k
             ));
         }

@@ -57,7 +57,10 @@ impl From<NodeError> for ApiError {
             | NodeError::Index(IndexError::ScanTooLarge { .. })
             | NodeError::Inference(InferenceError::Input(_))
             | NodeError::BadRequest(_) => ApiError::BadRequest(msg),
-            NodeError::NotReady(_) | NodeError::Actor(_) => ApiError::NotReady(msg),
+            // (the shard's keyword index failed: vector search still answers)
+            NodeError::NotReady(_)
+            | NodeError::Actor(_)
+            | NodeError::Index(IndexError::Keyword(_)) => ApiError::NotReady(msg),
             // Work stopped because its request was gone: nobody reads this answer.
             NodeError::Inference(InferenceError::Cancelled) => ApiError::Timeout(msg),
             NodeError::Cluster(c) => match c {

@@ -1324,7 +1324,8 @@ impl ShoalService for Node {
         let reads_at_once = matches!(req.consistency.unwrap_or_default(), Consistency::Local)
             && req.min_index.is_none();
         let retrieval_mode = req.mode.unwrap_or_default();
-        let embeds = req.query.is_some() && retrieval_mode != RetrievalMode::Keyword;
+        let embeds =
+            req.query.is_some() && req.vector.is_none() && retrieval_mode != RetrievalMode::Keyword;
         let arrival = (embeds && reads_at_once).then(|| self.ctx.runtime.arrivals.arrive());
         let start = Instant::now();
         let cfg = &self.ctx.config.search;
@@ -1453,8 +1454,16 @@ impl ShoalService for Node {
         }
         let query_text = req.query.clone();
         let mut embed_time = Duration::ZERO;
+        let hybrid_with_vector =
+            retrieval_mode == RetrievalMode::Hybrid && req.query.is_some() && req.vector.is_some();
         let vector: Option<Arc<Vec<f32>>> = match (req.query, req.vector) {
-            (Some(_), Some(_)) => return Err(bad("give either `query` or `vector`, not both")),
+            // hybrid: the caller's vector for the vector side, the text for the words
+            (Some(_), Some(v)) if hybrid_with_vector => Some(request_vector(&coll, v)?),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "give either `query` or `vector`, not both (both only with `mode: hybrid`)",
+                ))
+            }
             (None, None) => return Err(bad("give `query` (text) or `vector`")),
             (Some(q), None) => {
                 if q.trim().is_empty() {
@@ -1478,20 +1487,7 @@ impl ShoalService for Node {
                     None
                 }
             }
-            (None, Some(mut v)) => {
-                if v.len() != coll.spec.dimension as usize {
-                    return Err(bad(format!(
-                        "`vector` has dimension {}, collection `{}` has {}",
-                        v.len(),
-                        coll.name,
-                        coll.spec.dimension
-                    )));
-                }
-                if !normalize(&mut v) {
-                    return Err(bad("`vector` must be finite and not all zeros"));
-                }
-                Some(Arc::new(v))
-            }
+            (None, Some(v)) => Some(request_vector(&coll, v)?),
         };
         let retrieval = match (retrieval_mode, vector, query_text.clone()) {
             (RetrievalMode::Keyword, _, Some(text)) => Retrieval::Keyword(text),
@@ -2349,4 +2345,20 @@ enum Retrieval {
         /// Hits each side fetches.
         candidates: usize,
     },
+}
+
+/// A query vector given in a search request: of the collection's dimension, normalised.
+fn request_vector(coll: &CollectionRecord, mut v: Vec<f32>) -> Result<Arc<Vec<f32>>> {
+    if v.len() != coll.spec.dimension as usize {
+        return Err(bad(format!(
+            "`vector` has dimension {}, collection `{}` has {}",
+            v.len(),
+            coll.name,
+            coll.spec.dimension
+        )));
+    }
+    if !normalize(&mut v) {
+        return Err(bad("`vector` must be finite and not all zeros"));
+    }
+    Ok(Arc::new(v))
 }
