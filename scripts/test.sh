@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
-# every test of the workspace, run it again on the portable kernels (the path CPUs without AVX-512
-# take), run the native kernels under valgrind's memcheck, and run a short chaos campaign (a fixed
-# seed and a random one, which it prints) against a three-node cluster, then the deployment
+# every test of the workspace, run the kernels' tests and the end-to-end search tests again on
+# the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the native kernels under
+# valgrind's memcheck, and run a short chaos campaign (a fixed seed and a random one, which it
+# prints) against a three-node cluster, then the deployment
 # checks: the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
 # (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
 # (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
@@ -17,11 +18,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
 # (the web console's browser tests fail, not skip, if Chromium cannot start after browser.sh)
 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
-echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
-# (the eval test measures search quality and the console tests a web page, not the kernels: once
-# is enough)
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace -- --skip eval_measures_a_labelled_set \
-    --skip the_console_ --skip the_cluster_view_
+echo "== again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
+# What takes the portable path on a CPU without AVX-512 (inference) or AVX2 (the index's
+# distances): the inference and index crates' own tests, and the end-to-end tests that embed,
+# rerank and search real text. (The rest of the suite does not run a kernel of its own: once is
+# enough, and CI time is kept for it.)
+SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test -p shoal-inference -p shoal-index
+SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test -p shoal-tests --test e2e --test inference_api \
+    --test hybrid
 scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
 scripts/chaos-deps.sh
