@@ -57,6 +57,8 @@ pub(crate) struct KeywordIndex {
     text: Field,
     writer: Mutex<IndexWriter<TantivyDocument>>,
     reader: IndexReader,
+    /// Changes not committed yet: the next search commits them first.
+    pending: std::sync::atomic::AtomicBool,
 }
 
 impl KeywordIndex {
@@ -104,6 +106,7 @@ impl KeywordIndex {
             text,
             writer: Mutex::new(writer),
             reader,
+            pending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -112,7 +115,7 @@ impl KeywordIndex {
         &self,
         points: impl Iterator<Item = (PointId, &'a str)>,
     ) -> Result<(), IndexError> {
-        let mut writer = self.writer.lock();
+        let writer = self.writer.lock();
         for (id, text) in points {
             if !text.is_empty() {
                 writer
@@ -120,18 +123,40 @@ impl KeywordIndex {
                     .map_err(err)?;
             }
         }
-        writer.commit().map_err(err)?;
-        self.reader.reload().map_err(err)
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Forget points (ids it never had are no-ops).
     pub fn delete(&self, ids: &[PointId]) -> Result<(), IndexError> {
-        let mut writer = self.writer.lock();
+        let writer = self.writer.lock();
         for &id in ids {
             writer.delete_term(Term::from_field_u64(self.id, id));
         }
-        writer.commit().map_err(err)?;
-        self.reader.reload().map_err(err)
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Commit the changes made since the last commit and show them to searches. Changes are
+    /// committed by the next search (and after a bulk build), not one by one: a tantivy commit
+    /// starts a new segment writer with a fresh 15 MB arena, which per ingest batch cost more
+    /// than embedding the batch; a search still sees every change made before it began.
+    pub fn refresh(&self) -> Result<(), IndexError> {
+        use std::sync::atomic::Ordering;
+        if !self.pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock();
+        if self.pending.swap(false, Ordering::AcqRel) {
+            if let Err(e) = writer.commit() {
+                self.pending.store(true, Ordering::Release);
+                return Err(err(e));
+            }
+            self.reader.reload().map_err(err)?;
+        }
+        Ok(())
     }
 
     /// The query's words, as the text was analysed: each once, the first MAX_QUERY_WORDS.
@@ -161,6 +186,7 @@ impl KeywordIndex {
         if k == 0 || words.is_empty() {
             return Ok(Vec::new());
         }
+        self.refresh()?;
         let clauses: Vec<(Occur, Box<dyn Query>)> = words
             .iter()
             .map(|w| {

@@ -341,6 +341,7 @@ impl Shard {
         let keyword = if points.iter().any(|p| !p.text.is_empty()) {
             let built = KeywordIndex::new().and_then(|k| {
                 k.add(points.iter().map(|p| (p.id, p.text.as_str())))?;
+                k.refresh()?;
                 Ok(k)
             });
             match built {

@@ -457,8 +457,9 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 // openraft logs every failed heartbeat to an unreachable peer; shoal logs the
-                // change (peer unreachable / reachable again) instead.
-                tracing_subscriber::EnvFilter::new("info,openraft=off")
+                // change (peer unreachable / reachable again) instead. tantivy logs every file
+                // of every keyword-index commit at info.
+                tracing_subscriber::EnvFilter::new("info,openraft=off,tantivy=warn")
             }),
         )
         .with_writer(std::io::stderr)

@@ -126,6 +126,26 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     });
     assert_eq!(hit_ids(), json!(["1. expenses"]));
 
+    // keyword and hybrid modes: the hits say which score ranked them
+    for (mode, label) in [("keyword", "keyword score"), ("hybrid", "fused score")] {
+        b.goto(&format!("{}/ui#/search?collection=handbook", node.base));
+        let q = b.wait_for("#search-form input[name=query]", WAIT);
+        b.run(
+            "document.querySelector('#search-form select[name=mode]').value = arguments[0]",
+            json!([mode]),
+        );
+        b.type_into(&q, "pager");
+        b.click(&b.wait_for("#search-form button", WAIT));
+        // (the new hits, not the previous page's)
+        b.wait_for_text(label, WAIT);
+        let first = b.wait_for(".hit", WAIT);
+        let text = b.text(&first);
+        assert!(
+            text.contains("oncall") && text.contains(label),
+            "{mode}: {text}"
+        );
+    }
+
     // what a writer put in metadata is shown as text, never as markup
     b.goto(&format!("{}/ui#/search?collection=handbook", node.base));
     let q = b.wait_for("#search-form input[name=query]", WAIT);

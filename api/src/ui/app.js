@@ -214,7 +214,11 @@ async function viewSearch() {
       </label>
       <label class="wide">Query <input name="query" type="search" required placeholder="Ask something" autocomplete="off"></label>
       <label>Mode
-        <select name="mode"><option value="vector">vector</option></select>
+        <select name="mode">
+          <option value="vector">vector (meaning)</option>
+          <option value="keyword">keyword (BM25)</option>
+          <option value="hybrid">hybrid (both, fused)</option>
+        </select>
       </label>
       <label>Top k <input name="top_k" type="number" min="1" max="1000" value="10"></label>
       <label class="inline"><input name="rerank" type="checkbox"> Rerank with the cross-encoder</label>
@@ -232,6 +236,8 @@ async function viewSearch() {
     ev.preventDefault();
     const f = new FormData(form);
     const body = { query: f.get("query"), top_k: Number(f.get("top_k")) || 10, rerank: f.get("rerank") === "on" };
+    const mode = String(f.get("mode") || "vector");
+    if (mode !== "vector") body.mode = mode;
     const filter = String(f.get("filter") || "").trim();
     if (filter) {
       try {
@@ -249,6 +255,14 @@ async function viewSearch() {
   form.querySelector("input[name=query]").focus();
 }
 
+/** A hit's scores, named by what ranked it: the vectors, BM25, or both fused. */
+function scores(h) {
+  const one = (name, v) => (v == null ? "" : `<span>${name} <strong>${fmt(v, 4)}</strong></span>`);
+  if (h.vector_score == null && h.keyword_score == null) return one("vector score", h.score);
+  if (h.vector_score == null && h.keyword_score === h.score) return one("keyword score", h.score);
+  return one("fused score", h.score) + one("vector score", h.vector_score) + one("keyword score", h.keyword_score);
+}
+
 function showHits(r, query) {
   const t = r.timings || {};
   const stage = (name, v) => (v == null ? "" : `<span>${name} <strong>${fmt(v, 2)} ms</strong></span>`);
@@ -259,7 +273,7 @@ function showHits(r, query) {
       <div class="head">
         <strong>${i + 1}. ${esc(h.document_id)}</strong>
         <span>chunk ${h.chunk_index}</span>
-        <span>vector score <strong>${fmt(h.score, 4)}</strong></span>
+        ${scores(h)}
         ${h.rerank_score != null ? `<span>rerank score <strong>${fmt(h.rerank_score, 4)}</strong></span>` : ""}
         ${h.metadata && h.metadata.page != null ? `<span>page ${esc(h.metadata.page)}${h.metadata.last_page !== h.metadata.page ? `–${esc(h.metadata.last_page)}` : ""}</span>` : ""}
         ${h.metadata && typeof h.metadata.section === "string" ? `<span>section <strong>${esc(h.metadata.section)}</strong></span>` : ""}
