@@ -114,30 +114,41 @@ impl FieldIndex {
         let Some(v) = value.filter(|v| !v.is_null()) else {
             return;
         };
-        let apply = |list: &mut Postings| {
-            if insert {
-                add(list, id)
-            } else {
-                remove(list, id)
-            }
-        };
-        apply(&mut self.present);
+        let num = |x: f64| Num(if x == 0.0 { 0.0 } else { x });
+        if insert {
+            add(&mut self.present, id);
+            any_scalar(v, |e| {
+                if let Some(k) = key(e) {
+                    add(self.by_value.entry(k).or_default(), id);
+                }
+                if let Some(x) = e.as_f64() {
+                    add(self.by_number.entry(num(x)).or_default(), id);
+                }
+            });
+            return;
+        }
+        // Removal touches only the point's own values (a list left empty goes with its key), so
+        // a delete costs the same however many distinct values the field has.
+        remove(&mut self.present, id);
         any_scalar(v, |e| {
             if let Some(k) = key(e) {
-                apply(self.by_value.entry(k).or_default());
+                if let Some(list) = self.by_value.get_mut(&k) {
+                    remove(list, id);
+                    if list.is_empty() {
+                        self.by_value.remove(&k);
+                    }
+                }
             }
             if let Some(x) = e.as_f64() {
-                apply(
-                    self.by_number
-                        .entry(Num(if x == 0.0 { 0.0 } else { x }))
-                        .or_default(),
-                );
+                let n = num(x);
+                if let Some(list) = self.by_number.get_mut(&n) {
+                    remove(list, id);
+                    if list.is_empty() {
+                        self.by_number.remove(&n);
+                    }
+                }
             }
         });
-        if !insert {
-            self.by_value.retain(|_, l| !l.is_empty());
-            self.by_number.retain(|_, l| !l.is_empty());
-        }
     }
 
     /// The points that satisfy `cond`, if this index can tell (exactly).
