@@ -47,7 +47,7 @@ impl ShardParams {
             ef_construction: 100,
             ef_search: 64,
             exact_below: 1_000,
-            exact_filter_fraction: 0.1,
+            exact_filter_fraction: 0.01,
             compaction_ratio: 0.2,
             compaction_min_tombstones: 100,
         }
@@ -67,16 +67,18 @@ pub enum FilteredPlan {
 impl ShardParams {
     /// Scan or graph for a filter matching `matches` of `live` points, at beam width `ef`.
     ///
-    /// Selective filters (`exact_filter_fraction`, `exact_below`) are scanned. Otherwise a graph
-    /// search with the filter goes on until it has found `ef` matches, so it expands about
-    /// `ef / fraction` nodes (counted up to 10 × `ef`), each costing about 2·m distances on the
-    /// bottom layer: when that is more than the matches, scanning them is cheaper, and exact.
+    /// A graph search with a filter walks only the nodes it matches, bridging the others by two
+    /// hops (`Graph::search_filtered`), so it costs about what an unfiltered search does while
+    /// the matches are dense enough to stay connected through two hops. Filters that leave fewer
+    /// (`exact_filter_fraction`, `exact_below`), and those whose matches are few enough to
+    /// scan for less than the walk costs, are scanned (exact).
     pub fn filtered_plan(&self, matches: usize, live: usize, ef: usize) -> FilteredPlan {
         let selective = matches as f64 <= self.exact_filter_fraction * live as f64
             || matches <= self.exact_below;
-        let fraction = matches as f64 / live.max(1) as f64;
-        let expanded = ((ef as f64 / fraction.max(0.05)) as usize).min(ef * 10);
-        if selective || matches <= expanded * 2 * self.m {
+        // The filtered walk computes about as many distances as an unfiltered one: ~ef
+        // expansions of up to 2·m neighbours each, at scattered places in memory, where a scan
+        // reads its vectors in order.
+        if selective || matches <= 4 * ef * self.m {
             FilteredPlan::Scan
         } else {
             FilteredPlan::Graph { beam: ef }
@@ -176,7 +178,66 @@ struct Table {
     tombstones: usize,
     /// Metadata values of the live points, for the fields filters have used.
     index: PayloadIndex,
+    /// Counts changes to the live points or their slots: a filter's matches computed at one
+    /// generation hold while it lasts.
+    generation: u64,
+    /// Counts graph swaps (compactions): slots belong to one graph.
+    graph_epoch: u64,
 }
+
+/// The nodes of the current graph a filter matches (a bit per slot), as of a table generation.
+struct Matched {
+    generation: u64,
+    graph_epoch: u64,
+    count: usize,
+    bits: Vec<u64>,
+}
+
+impl Matched {
+    /// The slots of `ids` (live points of `table`; those not in the graph yet are left out).
+    fn new(ids: &[PointId], table: &Table) -> Matched {
+        let mut bits: Vec<u64> = Vec::new();
+        let mut count = 0;
+        for id in ids {
+            if let Some(slot) = table.live.get(id).and_then(|e| e.slot) {
+                let word = slot as usize / 64;
+                if bits.len() <= word {
+                    bits.resize(word + 1, 0);
+                }
+                bits[word] |= 1 << (slot % 64);
+                count += 1;
+            }
+        }
+        Matched {
+            generation: table.generation,
+            graph_epoch: table.graph_epoch,
+            count,
+            bits,
+        }
+    }
+
+    fn contains(&self, slot: Slot) -> bool {
+        self.bits
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    fn slots(&self) -> Vec<Slot> {
+        let mut out = Vec::with_capacity(self.count);
+        for (i, &w) in self.bits.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                out.push((i * 64) as Slot + w.trailing_zeros());
+                w &= w - 1;
+            }
+        }
+        out
+    }
+}
+
+/// Filters whose matches are kept, most recently used last: searches that repeat a filter (a
+/// tenant's, a category's) skip finding its matches again while the shard is unchanged.
+const CACHED_FILTERS: usize = 8;
 
 /// The shard's keyword index.
 #[derive(Clone)]
@@ -198,6 +259,8 @@ pub struct Shard {
     writer: Mutex<()>,
     /// BM25 over the points' text; made with the first point that has text.
     keyword: RwLock<Keyword>,
+    /// The matches of the filters used last (`CACHED_FILTERS`).
+    filters: Mutex<Vec<(Filter, Arc<Matched>)>>,
 }
 
 const GRAPH_FILE: &str = "graph.bin";
@@ -241,9 +304,12 @@ impl Shard {
                 live: IdMap::default(),
                 tombstones: 0,
                 index: PayloadIndex::default(),
+                generation: 0,
+                graph_epoch: 0,
             }),
             writer: Mutex::new(()),
             keyword: RwLock::new(Keyword::None),
+            filters: Mutex::new(Vec::new()),
         }
     }
 
@@ -376,9 +442,12 @@ impl Shard {
                 live,
                 tombstones,
                 index: PayloadIndex::default(),
+                generation: 0,
+                graph_epoch: 0,
             }),
             writer: Mutex::new(()),
             keyword: RwLock::new(keyword),
+            filters: Mutex::new(Vec::new()),
         })
     }
 
@@ -431,6 +500,7 @@ impl Shard {
         // searches, which give way to a waiting writer, queue behind a writer twice per batch.
         {
             let mut t = self.table.write();
+            t.generation += 1;
             for p in &points {
                 t.index.change(p.id, &p.payload, true);
                 t.live.insert(
@@ -451,6 +521,7 @@ impl Shard {
             slots.push((p.id, slot));
         }
         let mut t = self.table.write();
+        t.generation += 1;
         for (id, slot) in slots {
             if let Some(e) = t.live.get_mut(&id) {
                 e.slot = Some(slot);
@@ -496,6 +567,7 @@ impl Shard {
     pub fn delete(&self, ids: &[PointId]) -> usize {
         let _w = self.writer.lock();
         let mut t = self.table.write();
+        t.generation += 1;
         let graph = self.graph.read();
         let mut removed = 0;
         for id in ids {
@@ -592,6 +664,8 @@ impl Shard {
         let mut t = self.table.write();
         let mut graph = self.graph.write();
         *graph = fresh;
+        t.generation += 1;
+        t.graph_epoch += 1;
         for (id, e) in t.live.iter_mut() {
             e.slot = slots.get(id).copied();
         }
@@ -632,6 +706,39 @@ impl Shard {
         std::fs::rename(&tmp, dir)?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
+    }
+
+    /// The graph nodes `filter` matches: kept from an earlier search with the same filter while
+    /// the shard has not changed since, otherwise found (`matching`) and kept if no write ran
+    /// meanwhile.
+    fn matched(&self, filter: &Filter) -> Arc<Matched> {
+        let generation = self.table.read().generation;
+        {
+            let mut cache = self.filters.lock();
+            if let Some(at) = cache.iter().position(|(f, _)| f == filter) {
+                let entry = cache.remove(at);
+                if entry.1.generation == generation {
+                    let m = entry.1.clone();
+                    cache.push(entry);
+                    return m;
+                }
+            }
+        }
+        let ids = self.matching(filter);
+        let table = self.table.read();
+        let m = Arc::new(Matched::new(&ids, &table));
+        let unchanged = table.generation == generation;
+        drop(table);
+        if unchanged {
+            let mut cache = self.filters.lock();
+            // (another search may have found it meanwhile)
+            cache.retain(|(f, _)| f != filter);
+            if cache.len() >= CACHED_FILTERS {
+                cache.remove(0);
+            }
+            cache.push((filter.clone(), m.clone()));
+        }
+        m
     }
 
     /// The live points a filter matches, sorted. The payload index narrows them down where it
@@ -690,21 +797,32 @@ impl Shard {
         let filter = req.filter.filter(|f| !f.is_empty());
         let exact_mode = req.mode == SearchMode::Exact;
         let ef = req.ef.unwrap_or(self.params.ef_search).max(req.k);
-        let candidates: Option<Vec<PointId>> = filter.map(|f| self.matching(f));
+        let matched: Option<Arc<Matched>> = filter.map(|f| self.matched(f));
 
-        let table = self.table.read();
+        let mut table = self.table.read();
+        let matched = match matched {
+            // A compaction since: the matches' slots belong to the old graph. Found again with
+            // the table held from here on, so the graph taken below is the one they belong to.
+            Some(m) if m.graph_epoch != table.graph_epoch => {
+                drop(table);
+                let ids = filter.map(|f| self.matching(f)).unwrap_or_default();
+                table = self.table.read();
+                Some(Arc::new(Matched::new(&ids, &table)))
+            }
+            m => m,
+        };
         let live_count = table.live.len();
         if exact_mode {
-            let points = candidates.as_ref().map_or(live_count, Vec::len);
+            let points = matched.as_ref().map_or(live_count, |m| m.count);
             if let Some(limit) = req.max_scan.filter(|l| points > *l) {
                 return Err(IndexError::ScanTooLarge { points, limit });
             }
         }
-        let plan = match &candidates {
+        let plan = match &matched {
             Some(_) if exact_mode => FilteredPlan::Scan,
-            Some(ids) => match self.params.filtered_plan(ids.len(), live_count, ef) {
+            Some(m) => match self.params.filtered_plan(m.count, live_count, ef) {
                 // The automatic plan never scans more than an exact search may.
-                FilteredPlan::Scan if req.max_scan.is_some_and(|l| ids.len() > l) => {
+                FilteredPlan::Scan if req.max_scan.is_some_and(|l| m.count > l) => {
                     FilteredPlan::Graph { beam: ef }
                 }
                 plan => plan,
@@ -712,31 +830,17 @@ impl Shard {
             None if exact_mode || live_count <= self.params.exact_below => FilteredPlan::Scan,
             None => FilteredPlan::Graph { beam: ef },
         };
-        // The matches' nodes, read under the table lock.
-        let slots: Option<Vec<Slot>> = candidates.map(|ids| {
-            ids.iter()
-                .filter_map(|id| table.live.get(id)?.slot)
-                .collect()
-        });
         // Scoring runs outside the table lock, with the graph held (taken before the table is
         // let go, so that a compaction cannot swap in a graph the slots do not belong to): a long
         // search never holds up a writer, nor the searches queued behind a waiting writer.
         // Points deleted meanwhile are dropped by `hits`.
         let graph = self.graph.read();
         drop(table);
-        let found = match (plan, slots) {
-            (FilteredPlan::Scan, Some(slots)) => graph.scan(req.vector, req.k, &slots),
+        let found = match (plan, matched) {
+            (FilteredPlan::Scan, Some(m)) => graph.scan(req.vector, req.k, &m.slots()),
             (FilteredPlan::Scan, None) => graph.scan_all(req.vector, req.k),
-            (FilteredPlan::Graph { beam }, Some(slots)) => {
-                let mut allowed = vec![0u64; graph.len().div_ceil(64)];
-                for s in slots {
-                    allowed[s as usize / 64] |= 1 << (s % 64);
-                }
-                graph.search(req.vector, req.k, beam, |s| {
-                    allowed
-                        .get(s as usize / 64)
-                        .is_some_and(|w| w & (1 << (s % 64)) != 0)
-                })
+            (FilteredPlan::Graph { beam }, Some(m)) => {
+                graph.search_filtered(req.vector, req.k, beam, |s| m.contains(s))
             }
             (FilteredPlan::Graph { beam }, None) => graph.search(req.vector, req.k, beam, |_| true),
         };

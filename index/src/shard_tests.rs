@@ -213,7 +213,7 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
 
 #[test]
 fn broad_filters_on_large_shards_search_the_graph() {
-    // m 8: 2,500 matches are more than the ~128 nodes expanded cost (128 × 16 distances)
+    // m 8: 2,500 matches are more than a walk costs (4 · 64 · 8)
     let p = ShardParams { m: 8, ..params() };
     let pts = points(5_000, 8);
     let (shard, _) = Shard::open(p, pts.clone(), None, 0).unwrap();
@@ -228,27 +228,22 @@ fn broad_filters_on_large_shards_search_the_graph() {
 
 #[test]
 fn filtered_plan_scans_when_cheaper() {
-    let p = ShardParams::new(DIM); // m 16, ef 64, exact below 1,000, fraction 0.1
+    let p = ShardParams::new(DIM); // m 16, ef 64, exact below 1,000, fraction 0.01
     assert_eq!(p.filtered_plan(900, 1_000_000, 64), FilteredPlan::Scan); // few matches
-    assert_eq!(p.filtered_plan(90_000, 1_000_000, 64), FilteredPlan::Scan); // 9%
-                                                                            // 15% of 10,000: expanding ~426 nodes would cost ~13,600 distances, the scan 1,500
-    assert_eq!(p.filtered_plan(1_500, 10_000, 64), FilteredPlan::Scan);
-    // 15% of a million: the graph (which expands as many nodes as it takes to find 64 matches)
+    assert_eq!(p.filtered_plan(9_000, 1_000_000, 64), FilteredPlan::Scan); // 0.9%: too sparse
+                                                                           // 40% of 10,000: the 4,000 matches cost less to scan than a walk's ~4 · 64 · 16
+    assert_eq!(p.filtered_plan(4_000, 10_000, 64), FilteredPlan::Scan);
+    // 5% of 100,000 and 10% of a million: the graph, through the matches
     assert_eq!(
-        p.filtered_plan(150_000, 1_000_000, 64),
+        p.filtered_plan(5_000, 100_000, 64),
         FilteredPlan::Graph { beam: 64 }
     );
-    // 3% and above the scan fraction when it is set low: 640 nodes counted (10 × ef), 20,480
-    // distances, fewer than the 30,000 matches
-    let low = ShardParams {
-        exact_filter_fraction: 0.01,
-        ..p
-    };
     assert_eq!(
-        low.filtered_plan(30_000, 1_000_000, 64),
+        p.filtered_plan(100_000, 1_000_000, 64),
         FilteredPlan::Graph { beam: 64 }
     );
-    assert_eq!(low.filtered_plan(20_000, 1_000_000, 64), FilteredPlan::Scan);
+    // a wider beam costs the walk more: the scan takes over up to 8,192 matches at ef 128
+    assert_eq!(p.filtered_plan(8_000, 100_000, 128), FilteredPlan::Scan);
 }
 
 #[test]
@@ -583,4 +578,54 @@ fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
         .keyword_search("bucket7", 10, None)
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
+    let pts = points(4000, 31);
+    let (shard, _) = Shard::open(params(), pts[..3000].to_vec(), None, 0).unwrap();
+    // a broad filter (the graph walks it) and a selective one (scanned)
+    let broad = Filter::from_json(&json!({"metadata": {"bucket": {"lt": 40}}})).unwrap();
+    let narrow = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
+    let live = |gone: &HashSet<PointId>, upto: usize| -> Vec<Point> {
+        pts[..upto]
+            .iter()
+            .filter(|p| !gone.contains(&p.id))
+            .cloned()
+            .collect()
+    };
+    let check = |live: &[Point], what: &str| {
+        for f in [&broad, &narrow] {
+            // each query twice: the second finds the filter's matches kept by the first
+            for q in queries(20).iter().chain(queries(20).iter()) {
+                let want = truth(live, q, Some(f));
+                let got = ids(&search(&shard, q, 10, Some(f), SearchMode::Auto));
+                let overlap = got.iter().filter(|id| want.contains(id)).count();
+                assert!(overlap >= 8, "{what}: {got:?} against {want:?}");
+                assert!(got.iter().all(|id| live.iter().any(|p| p.id == *id)));
+            }
+            // and the points' own vectors: each finds itself first
+            for p in live
+                .iter()
+                .filter(|p| f.matches(&p.payload.doc_id, &p.payload.metadata))
+                .step_by(37)
+            {
+                let top = search(&shard, &p.vector, 1, Some(f), SearchMode::Auto);
+                assert_eq!(top[0].id, p.id, "{what}");
+            }
+        }
+    };
+    let mut gone = HashSet::new();
+    check(&live(&gone, 3000), "at first");
+    // the matches are kept between searches while the shard is unchanged
+    let kept = shard.matched(&broad);
+    assert!(Arc::ptr_eq(&kept, &shard.matched(&broad)));
+    shard.insert(pts[3000..].to_vec()).unwrap();
+    assert!(!Arc::ptr_eq(&kept, &shard.matched(&broad)));
+    check(&live(&gone, 4000), "after an insert");
+    gone.extend((0..4000).filter(|i| i % 3 == 0));
+    shard.delete(&gone.iter().copied().collect::<Vec<_>>());
+    check(&live(&gone, 4000), "after a delete");
+    shard.compact().unwrap();
+    check(&live(&gone, 4000), "after a compaction");
 }

@@ -552,7 +552,7 @@ impl Default for SearchConfig {
             ef_search: 64,
             max_ef: 4_096,
             exact_below: 1_000,
-            exact_filter_fraction: 0.1,
+            exact_filter_fraction: 0.01,
             max_exact_points: 20_000,
             max_filter_conditions: 64,
             max_filter_values: 1_024,

@@ -571,6 +571,29 @@ impl Graph {
         accept: impl Fn(Slot) -> bool,
         out: &mut Vec<Near>,
     ) {
+        self.beam_search::<false>(s, q, entries, ef, level, |_| true, accept, out)
+    }
+
+    /// Beam search of width `ef` on `level` from `entries` through the nodes `walk` allows; the
+    /// accepted ones (a subset) found, best first, go to `out`.
+    ///
+    /// `TWO_HOP`: a neighbour `walk` refuses is not a dead end but a bridge: its own neighbours
+    /// that `walk` allows are taken in its place (ACORN's expansion; `gather_two_hop`). A filter
+    /// that leaves a tenth of the points leaves about three of a node's 32 bottom-layer
+    /// neighbours; through two hops there are a hundred, so the walk stays connected without
+    /// computing a distance to any node the filter refuses. Without it every neighbour is walked.
+    #[allow(clippy::too_many_arguments)]
+    fn beam_search<const TWO_HOP: bool>(
+        &self,
+        s: &mut Scratch,
+        q: &[f32],
+        entries: &[Near],
+        ef: usize,
+        level: usize,
+        walk: impl Fn(Slot) -> bool,
+        accept: impl Fn(Slot) -> bool,
+        out: &mut Vec<Near>,
+    ) {
         let ef = ef.max(1);
         s.visited.reset(self.len());
         s.candidates.clear();
@@ -602,19 +625,23 @@ impl Graph {
             // Three passes over the neighbours, so that the memory each needs is fetched for
             // all of them at once: their visited marks, then their vectors, then the distances.
             s.batch.clear();
-            for l in links.iter().skip(1).take(count) {
-                let n = l.load(Acquire);
-                s.visited.prefetch(n);
-                s.batch.push(n);
-            }
-            let visited = &mut s.visited;
-            s.batch.retain(|&n| {
-                let fresh = visited.insert(n);
-                if fresh {
-                    prefetch(self.vectors.as_ptr(n));
+            if TWO_HOP {
+                self.gather_two_hop(s, links, count, level, &walk);
+            } else {
+                for l in links.iter().skip(1).take(count) {
+                    let n = l.load(Acquire);
+                    s.visited.prefetch(n);
+                    s.batch.push(n);
                 }
-                fresh
-            });
+                let visited = &mut s.visited;
+                s.batch.retain(|&n| {
+                    let fresh = visited.insert(n);
+                    if fresh {
+                        prefetch(self.vectors.as_ptr(n));
+                    }
+                    fresh
+                });
+            }
             for &n in &s.batch {
                 let d = self.distance(q, n);
                 if s.found.len() < ef || d < bound {
@@ -668,6 +695,89 @@ impl Graph {
             } else {
                 self.search_layer(s, &q, &[cur], ef.max(k), 0, accept, &mut out);
             }
+            s.query = q;
+            out.truncate(k);
+            out
+        })
+    }
+
+    /// The unvisited neighbours `walk` allows of a node whose links are `links` (`count` of them)
+    /// into `s.batch`, marked visited: its allowed neighbours, then those of its refused ones
+    /// (each crossed once), up to as many as a node has links, so that a step costs about the
+    /// distances an unfiltered one does.
+    fn gather_two_hop(
+        &self,
+        s: &mut Scratch,
+        links: &[AtomicU32],
+        count: usize,
+        level: usize,
+        walk: &impl Fn(Slot) -> bool,
+    ) {
+        let cap = links.len() - 1;
+        for l in links.iter().skip(1).take(count) {
+            let n = l.load(Acquire);
+            if !walk(n) {
+                // a bridge, probably: its links are read next
+                prefetch(self.links(n, level).as_ptr() as *const f32);
+            } else if s.visited.insert(n) {
+                prefetch(self.vectors.as_ptr(n));
+                s.batch.push(n);
+            }
+        }
+        for l in links.iter().skip(1).take(count) {
+            if s.batch.len() >= cap {
+                return;
+            }
+            let n = l.load(Acquire);
+            if walk(n) || !s.visited.insert(n) {
+                continue;
+            }
+            let next = self.links(n, level);
+            let count = next
+                .first()
+                .map_or(0, |c| (c.load(Acquire) as usize).min(next.len() - 1));
+            for l in next.iter().skip(1).take(count) {
+                let m = l.load(Acquire);
+                if walk(m) && s.visited.insert(m) {
+                    prefetch(self.vectors.as_ptr(m));
+                    s.batch.push(m);
+                    if s.batch.len() >= cap {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `k` nearest nodes to `query` among those `allowed` takes (and not deleted), best
+    /// first, with a beam of `ef` (at least `k`) that walks only allowed nodes, bridging the
+    /// others by two hops (see `beam_search`). For filters that leave a fair share of the nodes
+    /// (a few percent and up): below that, scanning the allowed nodes costs less.
+    pub fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: impl Fn(Slot) -> bool,
+    ) -> Vec<Near> {
+        let entry = self.entry.load(Acquire);
+        if entry == NO_ENTRY || k == 0 {
+            return Vec::new();
+        }
+        let (ep, ep_level) = unpack(entry);
+        with_scratch(|s| {
+            let mut q = std::mem::take(&mut s.query);
+            q.clear();
+            q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
+            q.resize(self.vectors.padded_dim(), 0.0);
+            let mut cur = Near(self.distance(&q, ep), ep);
+            for l in (1..=ep_level).rev() {
+                cur = self.greedy(&q, cur, l);
+            }
+            let mut out = Vec::with_capacity(ef.max(k));
+            let check_deleted = self.deleted.load(Relaxed) > 0;
+            let accept = |n| allowed(n) && (!check_deleted || self.flags(n) & DELETED == 0);
+            self.beam_search::<true>(s, &q, &[cur], ef.max(k), 0, &allowed, accept, &mut out);
             s.query = q;
             out.truncate(k);
             out

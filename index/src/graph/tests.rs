@@ -288,3 +288,39 @@ fn a_dump_reads_back_the_same_graph_and_damage_is_refused() {
     assert_eq!(e.len(), 0);
     assert!(e.search(&pts[0], 3, 10, |_| true).is_empty());
 }
+
+#[test]
+fn filtered_search_walks_allowed_nodes_and_finds_their_neighbours() {
+    let pts = clustered(20_000, 40, 5, true);
+    let queries = clustered(100, 40, 6, true);
+    let g = build(&pts, params(40, Metric::Cosine), 2);
+    // a tenth and a quarter of the nodes, as a filter would leave them; and, with some of the
+    // allowed ones deleted, never those
+    for (share, deleted) in [(10, false), (4, false), (10, true)] {
+        let skip: HashSet<usize> = (0..pts.len())
+            .filter(|i| !i.is_multiple_of(share) || (deleted && i.is_multiple_of(share * 7)))
+            .collect();
+        if deleted {
+            for i in (0..pts.len()).step_by(share * 7) {
+                g.delete(i as Slot);
+            }
+        }
+        let mut found = 0;
+        for q in &queries {
+            let truth = exact(&pts, q, 10, Metric::Cosine, &skip);
+            let got: Vec<u64> = g
+                .search_filtered(q, 10, 64, |s| (s as usize).is_multiple_of(share))
+                .iter()
+                .map(|n| g.id(n.1))
+                .collect();
+            assert_eq!(got.len(), 10, "1/{share}: too few hits");
+            assert!(
+                got.iter().all(|id| !skip.contains(&(*id as usize))),
+                "1/{share}: a node the filter refuses (or a deleted one) was returned"
+            );
+            found += got.iter().filter(|id| truth.contains(id)).count();
+        }
+        let r = found as f64 / (queries.len() * 10) as f64;
+        assert!(r >= 0.95, "1/{share} (deleted: {deleted}): recall {r}");
+    }
+}

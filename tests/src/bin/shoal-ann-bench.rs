@@ -70,11 +70,13 @@ fn main() {
     params.m = m;
     params.ef_construction = efc;
     params.metric = metric;
-    // ten groups of points (metadata `g` 0..9) for a filtered search at 10% selectivity
-    let payloads: Vec<Arc<Payload>> = (0..10)
-        .map(|g| {
+    // groups of points for filtered searches: metadata `g` (i mod 10) for 10% selectivity and
+    // `h` (i mod 100) for 1%
+    let payloads: Vec<Arc<Payload>> = (0..100)
+        .map(|h| {
             let mut metadata = shoal_index::Metadata::new();
-            metadata.insert("g".into(), serde_json::json!(g));
+            metadata.insert("g".into(), serde_json::json!(h % 10));
+            metadata.insert("h".into(), serde_json::json!(h));
             Arc::new(Payload {
                 doc_id: String::new(),
                 metadata,
@@ -85,29 +87,35 @@ fn main() {
         .map(|i| Point {
             id: i as u64,
             vector: base[i * dim..(i + 1) * dim].to_vec(),
-            payload: payloads[i % 10].clone(),
+            payload: payloads[i % 100].clone(),
             text: String::new(),
         })
         .collect();
-    // exact neighbours among group 0, for the filtered search's recall
-    let group_truth: Vec<Vec<u64>> = (0..nq)
-        .map(|q| {
-            let v = &queries[q * dim..(q + 1) * dim];
-            let mut scored: Vec<(f32, u64)> = (0..n)
-                .step_by(10)
-                .map(|i| {
-                    let b = &base[i * dim..(i + 1) * dim];
-                    let distance = match metric {
-                        shoal_index::Metric::Cosine => -shoal_index::dot(v, b),
-                        shoal_index::Metric::Euclidean => shoal_index::l2_squared(v, b),
-                    };
-                    (distance, i as u64)
-                })
-                .collect();
-            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-            scored.iter().take(10).map(|s| s.1).collect()
-        })
-        .collect();
+    // exact neighbours among the points of one group (index mod `step` = `group(q)`), for the
+    // filtered searches' recall
+    let group_truth = |step: usize, group: &dyn Fn(usize) -> usize| -> Vec<Vec<u64>> {
+        (0..nq)
+            .map(|q| {
+                let v = &queries[q * dim..(q + 1) * dim];
+                let mut scored: Vec<(f32, u64)> = (group(q)..n)
+                    .step_by(step)
+                    .map(|i| {
+                        let b = &base[i * dim..(i + 1) * dim];
+                        let distance = match metric {
+                            shoal_index::Metric::Cosine => -shoal_index::dot(v, b),
+                            shoal_index::Metric::Euclidean => shoal_index::l2_squared(v, b),
+                        };
+                        (distance, i as u64)
+                    })
+                    .collect();
+                scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+                scored.iter().take(10).map(|s| s.1).collect()
+            })
+            .collect()
+    };
+    let truth_10 = group_truth(10, &|_| 0);
+    let truth_1 = group_truth(100, &|_| 0);
+    let truth_cycled = group_truth(10, &|q| q % 10);
     drop(base); // one large allocation: handed back to the system
     let truth: Vec<Vec<u64>> = (0..nq)
         .map(|q| {
@@ -134,11 +142,26 @@ fn main() {
         "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
     );
 
-    let filter =
+    let filter_10 =
         shoal_index::Filter::from_json(&serde_json::json!({"metadata": {"g": 0}})).expect("filter");
-    for (engine, filter, truth) in [
-        ("shoal, filter 10%", Some(&filter), &group_truth),
-        ("shoal", None, &truth),
+    let filter_1 =
+        shoal_index::Filter::from_json(&serde_json::json!({"metadata": {"h": 0}})).expect("filter");
+    // ten filters in turn, more than a shard keeps the matches of: each search finds its own
+    let cycled: Vec<shoal_index::Filter> = (0..10)
+        .map(|g| {
+            shoal_index::Filter::from_json(&serde_json::json!({"metadata": {"g": g}}))
+                .expect("filter")
+        })
+        .collect();
+    for (engine, filters, truth) in [
+        ("shoal, filter 10%", vec![&filter_10], &truth_10),
+        (
+            "shoal, filter 10%, another each query",
+            cycled.iter().collect(),
+            &truth_cycled,
+        ),
+        ("shoal, filter 1%", vec![&filter_1], &truth_1),
+        ("shoal", vec![], &truth),
     ] {
         for &ef in &efs {
             let r = measure(truth, |q| {
@@ -146,7 +169,7 @@ fn main() {
                     .search(&SearchRequest {
                         vector: query(q),
                         k: 10,
-                        filter,
+                        filter: (!filters.is_empty()).then(|| filters[q % filters.len()]),
                         mode: SearchMode::Auto,
                         ef: Some(ef),
                         max_scan: None,
