@@ -411,6 +411,20 @@ impl QueryGate {
         QueryGuard(self.clone())
     }
 
+    /// [`QueryGate::hold`] if it can be had at once: None while ingest's turn is due or running
+    /// (the caller then holds it on a thread that may wait, not on an async worker).
+    pub fn try_hold(self: &Arc<Self>) -> Option<QueryGuard> {
+        let mut st = self.state.lock();
+        match st.turn {
+            Turn::None => {}
+            Turn::Until(until) if Instant::now() >= until => st.turn = Turn::None,
+            _ => return None,
+        }
+        st.queries += 1;
+        self.busy.store(true, Ordering::Release);
+        Some(QueryGuard(self.clone()))
+    }
+
     /// A pause hook for the ingest pool's threads: they sleep while a query is embedded. Parked
     /// threads leave the cores to the query's threads at once; threads that merely run at a low
     /// priority would still get a core whenever a query thread yields while it waits for work
@@ -775,6 +789,34 @@ mod tests {
         let waited = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(40), "{waited:?}");
         gate.wait_idle(); // idle now: returns at once
+    }
+
+    #[test]
+    fn try_hold_never_waits_and_counts_like_hold() {
+        // no turn: held at once, and ingest waits for it like for any query pass
+        let gate = Arc::new(QueryGate::default());
+        let held = gate.try_hold().expect("nothing makes queries wait");
+        assert!(gate.busy.load(Ordering::Acquire));
+        let g = gate.clone();
+        let (tx, rx) = mpsc::channel();
+        let ingest = std::thread::spawn(move || {
+            g.wait_idle();
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("ingest still waits after the pass ended");
+        ingest.join().unwrap();
+        // a turn due: not held (the caller holds it where it may wait), and nothing counted
+        let (gate, ingest) = a_due_turn(Duration::from_millis(100));
+        assert!(gate.try_hold().is_none());
+        assert_eq!(gate.state.lock().queries, 1);
+        gate.exit(); // the pass in flight ends: the turn starts
+        ingest.join().unwrap();
+        assert_eq!(gate.ingest_turns(), 1);
+        // (the turn itself may still be running: a query waits for it, or goes ahead after it)
+        wait_for(|| gate.try_hold().is_some());
     }
 
     #[test]

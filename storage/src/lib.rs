@@ -23,8 +23,8 @@ pub use error::StoreError;
 pub use events::{EventLog, SearchEvent};
 pub use log::LogTree;
 pub use records::{
-    ChunkRecord, Claim, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus,
-    HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
+    ChunkRecord, ChunkView, Claim, CollectionRecord, CollectionSpec, DocumentRecord,
+    DocumentStatus, HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
 };
 pub use snapshot::SnapshotInfo;
 pub use store::{

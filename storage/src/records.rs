@@ -115,7 +115,21 @@ pub struct ChunkRecord {
     pub pages: Option<(u32, u32)>,
     /// The heading of the section the chunk begins in.
     pub section: Option<String>,
+    /// Last: [`ChunkView`] reads the fields before it.
     pub vector: Vec<f32>,
+}
+
+/// A [`ChunkRecord`] as a search hit shows it: read from the same bytes without decoding the
+/// vector (its fields are the record's leading fields, in the same order).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChunkView {
+    pub doc_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub start: u32,
+    pub end: u32,
+    pub pages: Option<(u32, u32)>,
+    pub section: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sled::{Batch, Db, Tree};
 
-use crate::codec::{decode, encode, FORMAT_VERSION};
+use crate::codec::{decode, decode_prefix, encode, FORMAT_VERSION};
 use crate::records::*;
 use crate::{keys, Command, DocumentChunks, DocumentInput, DocumentVersion, PointId, StoreError};
 
@@ -352,6 +352,15 @@ impl Store {
     /// The chunk behind a point, if it still exists.
     pub fn chunk(&self, uid: u64, id: PointId) -> Result<Option<ChunkRecord>, StoreError> {
         self.get(&keys::point(uid, id))
+    }
+
+    /// The chunk behind a point without its vector (what a search hit shows), if it still exists.
+    pub fn chunk_view(&self, uid: u64, id: PointId) -> Result<Option<ChunkView>, StoreError> {
+        let key = keys::point(uid, id);
+        match self.tree().get(&key)? {
+            Some(v) => Ok(Some(decode_prefix(&key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
