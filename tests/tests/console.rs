@@ -146,6 +146,40 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
         );
     }
 
+    // weighted fusion: its controls show for hybrid search only; at alpha 0 the words alone
+    // rank, so the top hit's fused score is its BM25 scaled to 0..1: 1 (RRF would give ~0.03)
+    // (the page shows the search form already: the query is set, not typed after the last one)
+    b.goto(&format!("{}/ui#/search?collection=handbook", node.base));
+    b.wait_for("#search-form input[name=query]", WAIT);
+    let weighted_hidden = || {
+        b.run(
+            "return document.querySelector('#search-form [data-weighted]').hidden",
+            json!([]),
+        )
+    };
+    assert_eq!(weighted_hidden(), json!(true));
+    b.run(
+        "const f = document.querySelector('#search-form');
+         for (const [name, value] of [['mode', 'hybrid'], ['fusion', 'weighted']]) {
+           f.elements[name].value = value;
+           f.elements[name].dispatchEvent(new Event('change'));
+         }
+         f.elements.alpha.value = '0';
+         f.elements.query.value = 'pager';",
+        json!([]),
+    );
+    assert_eq!(weighted_hidden(), json!(false));
+    b.click(&b.wait_for("#search-form button", WAIT));
+    b.wait_for_text("fused score", WAIT);
+    let first = b.text(&b.wait_for(".hit", WAIT));
+    let fused: f64 = first
+        .split("fused score")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fused score in {first}"));
+    assert!(first.contains("oncall") && fused == 1.0, "{first}");
+
     // what a writer put in metadata is shown as text, never as markup
     b.goto(&format!("{}/ui#/search?collection=handbook", node.base));
     let q = b.wait_for("#search-form input[name=query]", WAIT);

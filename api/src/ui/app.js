@@ -220,6 +220,15 @@ async function viewSearch() {
           <option value="hybrid">hybrid (both, fused)</option>
         </select>
       </label>
+      <label data-hybrid hidden>Fusion
+        <select name="fusion">
+          <option value="rrf">reciprocal rank fusion</option>
+          <option value="weighted">weighted scores</option>
+        </select>
+      </label>
+      <label data-weighted hidden>Vector weight (alpha: 1 = meaning only, 0 = words only)
+        <input name="alpha" type="number" min="0" max="1" step="0.05" value="0.5">
+      </label>
       <label>Top k <input name="top_k" type="number" min="1" max="1000" value="10"></label>
       <label class="inline"><input name="rerank" type="checkbox"> Rerank with the cross-encoder</label>
       <label class="wide">Metadata filter (JSON, optional)
@@ -232,12 +241,29 @@ async function viewSearch() {
     document.getElementById("results").innerHTML = `<p>No collection is visible to you yet. ${me && me.role === "admin" ? 'Create one under <a href="#/collections">Collections</a>.' : ""}</p>`;
   }
   const form = document.getElementById("search-form");
+  // Fusion and its weight only mean something for hybrid search.
+  const showFusion = () => {
+    const hybrid = form.elements.mode.value === "hybrid";
+    form.querySelector("[data-hybrid]").hidden = !hybrid;
+    form.querySelector("[data-weighted]").hidden = !(hybrid && form.elements.fusion.value === "weighted");
+  };
+  form.elements.mode.addEventListener("change", showFusion);
+  form.elements.fusion.addEventListener("change", showFusion);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const f = new FormData(form);
     const body = { query: f.get("query"), top_k: Number(f.get("top_k")) || 10, rerank: f.get("rerank") === "on" };
     const mode = String(f.get("mode") || "vector");
     if (mode !== "vector") body.mode = mode;
+    if (mode === "hybrid" && f.get("fusion") === "weighted") {
+      const alpha = Number(f.get("alpha"));
+      if (!(alpha >= 0 && alpha <= 1)) {
+        say("The vector weight (alpha) must be between 0 and 1.");
+        return;
+      }
+      body.fusion = "weighted";
+      body.alpha = alpha;
+    }
     const filter = String(f.get("filter") || "").trim();
     if (filter) {
       try {
