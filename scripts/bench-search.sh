@@ -29,29 +29,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # Texts: 2,000 English sentences held out as queries (their clauses too), 5,000 more for the
 # ingest stream, the rest the corpus.
 python3 - "$work" "$docs" <<'EOF'
-import json, re, sys
+import json, sys
+sys.path.insert(0, "scripts")
+from wiki_corpus import search_split
 work, limit = sys.argv[1], int(sys.argv[2])
-def sentences(lang):
-    seen, out = set(), []
-    for item in json.load(open(f"bench-data/summaries_{lang}.json")).values():
-        for s in re.split(r"(?<=[.!?])\s+", item.get("extract", "")):
-            s = s.strip()
-            if 20 <= len(s) <= 400 and s not in seen:
-                seen.add(s)
-                out.append(s)
-    return out
-def clauses(s):
-    parts = [p.strip() for p in re.split(r"[,;:]\s+", s)]
-    return [p for p in parts if len(p) >= 30 and p != s] if len(parts) > 1 else []
-en = sentences("en-us")
-queries, stream, rest = en[:2000], en[2000:7000], en[7000:]
-corpus = list(rest)
-for s in rest:
-    corpus.extend(clauses(s))
-corpus += sentences("es-es") + sentences("fr-fr")
-corpus = list(dict.fromkeys(corpus))
-if limit:
-    corpus = corpus[:limit]
+queries, stream, corpus = search_split(limit)
 open(f"{work}/queries.txt", "w").write("\n".join(queries) + "\n")
 open(f"{work}/stream.txt", "w").write("\n".join(stream) + "\n")
 with open(f"{work}/corpus.jsonl", "w") as f:

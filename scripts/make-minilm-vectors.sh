@@ -25,25 +25,11 @@ for _ in $(seq 600); do
 done
 curl -sf -o /dev/null "$node/api/ready" || { tail "$work/node.log" >&2; exit 1; }
 python3 - "$node" "$out.tmp" <<'PY'
-import array, json, re, sys, urllib.request
+import array, json, sys, urllib.request
+sys.path.insert(0, "scripts")
+from wiki_corpus import embedded
 node, out = sys.argv[1], sys.argv[2]
-def sentences(lang):
-    seen, res = set(), []
-    for item in json.load(open(f"bench-data/summaries_{lang}.json")).values():
-        for s in re.split(r"(?<=[.!?])\s+", item.get("extract", "")):
-            s = s.strip()
-            if 20 <= len(s) <= 400 and s not in seen:
-                seen.add(s)
-                res.append(s)
-    return res
-def clauses(s):
-    parts = [p.strip() for p in re.split(r"[,;:]\s+", s)]
-    return [p for p in parts if len(p) >= 30 and p != s] if len(parts) > 1 else []
-en = sentences("en-us")
-corpus = list(en)
-for s in en:
-    corpus.extend(clauses(s))
-corpus = list(dict.fromkeys(corpus + sentences("es-es") + sentences("fr-fr")))
+corpus = embedded()
 print(f"embedding {len(corpus)} texts", file=sys.stderr)
 with open(out, "wb") as f:
     for i in range(0, len(corpus), 256):
