@@ -582,10 +582,10 @@ fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
 
 #[test]
 fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
-    let pts = points(4000, 31);
-    let (shard, _) = Shard::open(params(), pts[..3000].to_vec(), None, 0).unwrap();
+    let pts = points(12_000, 31);
+    let (shard, _) = Shard::open(params(), pts[..9_000].to_vec(), None, 0).unwrap();
     // a broad filter (the graph walks it) and a selective one (scanned)
-    let broad = Filter::from_json(&json!({"metadata": {"bucket": {"lt": 40}}})).unwrap();
+    let broad = Filter::from_json(&json!({"metadata": {"bucket": {"lt": 60}}})).unwrap();
     let narrow = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
     let live = |gone: &HashSet<PointId>, upto: usize| -> Vec<Point> {
         pts[..upto]
@@ -595,6 +595,12 @@ fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
             .collect()
     };
     let check = |live: &[Point], what: &str| {
+        let plan = |f: &Filter| {
+            let stats = shard.stats();
+            params().filtered_plan(shard.matched(f).count, stats.live_points, 64)
+        };
+        assert_eq!(plan(&broad), FilteredPlan::Graph { beam: 64 }, "{what}");
+        assert_eq!(plan(&narrow), FilteredPlan::Scan, "{what}");
         for f in [&broad, &narrow] {
             // each query twice: the second finds the filter's matches kept by the first
             for q in queries(20).iter().chain(queries(20).iter()) {
@@ -616,16 +622,16 @@ fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
         }
     };
     let mut gone = HashSet::new();
-    check(&live(&gone, 3000), "at first");
+    check(&live(&gone, 9_000), "at first");
     // the matches are kept between searches while the shard is unchanged
     let kept = shard.matched(&broad);
     assert!(Arc::ptr_eq(&kept, &shard.matched(&broad)));
-    shard.insert(pts[3000..].to_vec()).unwrap();
+    shard.insert(pts[9_000..].to_vec()).unwrap();
     assert!(!Arc::ptr_eq(&kept, &shard.matched(&broad)));
-    check(&live(&gone, 4000), "after an insert");
-    gone.extend((0..4000).filter(|i| i % 3 == 0));
+    check(&live(&gone, 12_000), "after an insert");
+    gone.extend((0..12_000).filter(|i| i % 3 == 0));
     shard.delete(&gone.iter().copied().collect::<Vec<_>>());
-    check(&live(&gone, 4000), "after a delete");
+    check(&live(&gone, 12_000), "after a delete");
     shard.compact().unwrap();
-    check(&live(&gone, 4000), "after a compaction");
+    check(&live(&gone, 12_000), "after a compaction");
 }

@@ -47,33 +47,49 @@ fn bucket_upper_ms(i: usize) -> f64 {
 /// Writes events to the log in batches (those of a quarter second), off the search path.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<SearchEvent>,
+    tx: mpsc::Sender<Recorded>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What the writer is handed: an event, or a request to write what it holds now.
+enum Recorded {
+    Event(SearchEvent),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Recorder {
     /// Start the writer (and the expiry) of `log`.
     pub fn start(log: Arc<EventLog>, retention: Duration, max_events: usize) -> Recorder {
-        let (tx, mut rx) = mpsc::channel::<SearchEvent>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Recorded>(QUEUE);
         let writer_log = log.clone();
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while let Some(e) = rx.recv().await {
-                batch.push(e);
+            while let Some(first) = rx.recv().await {
+                let mut flushed = Vec::new();
+                match first {
+                    Recorded::Event(e) => batch.push(e),
+                    Recorded::Flush(done) => flushed.push(done),
+                }
                 // the events of the next quarter second with it (all there are once the
-                // channel closes)
+                // channel closes, or at once when asked to flush)
                 let until = tokio::time::Instant::now() + GATHER;
-                while batch.len() < BATCH {
+                while batch.len() < BATCH && flushed.is_empty() {
                     match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(e)) => batch.push(e),
+                        Ok(Some(Recorded::Event(e))) => batch.push(e),
+                        Ok(Some(Recorded::Flush(done))) => flushed.push(done),
                         Ok(None) | Err(_) => break,
                     }
                 }
-                let log = writer_log.clone();
-                let events = std::mem::take(&mut batch);
-                let written = tokio::task::spawn_blocking(move || log.append(&events)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    tracing::warn!("could not record search events");
+                if !batch.is_empty() {
+                    let log = writer_log.clone();
+                    let events = std::mem::take(&mut batch);
+                    let written = tokio::task::spawn_blocking(move || log.append(&events)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::warn!("could not record search events");
+                    }
+                }
+                for done in flushed {
+                    let _ = done.send(());
                 }
             }
         });
@@ -94,9 +110,17 @@ impl Recorder {
         }
     }
 
+    /// Write the events queued so far (a node that stops calls it before flushing its store).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Recorded::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
     /// Queue an event; never waits (a full queue drops it).
     pub fn record(&self, event: SearchEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.tx.try_send(Recorded::Event(event)).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -406,6 +430,35 @@ mod tests {
             hits,
             status,
             empty_query: q.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_written_a_quarter_second_later_or_at_once_when_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shoal_storage::Store::open(dir.path(), Default::default()).unwrap();
+        let log = Arc::new(EventLog::open(&store).unwrap());
+        let recorder = Recorder::start(log.clone(), Duration::from_secs(3600), 1_000);
+        let stored = || log.between(0, u64::MAX, 100).unwrap().len();
+        let t = std::time::Instant::now();
+        recorder.record(ev(3, 200, false, 5, None));
+        recorder.record(ev(4, 200, false, 5, None));
+        // gathered, not written one by one
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if t.elapsed() < GATHER {
+            assert_eq!(stored(), 0);
+        }
+        recorder.flush().await;
+        assert_eq!(stored(), 2);
+        // and without a flush, within the gathering window
+        recorder.record(ev(5, 200, false, 5, None));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stored() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the third event was never written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

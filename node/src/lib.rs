@@ -79,6 +79,8 @@ impl RunningNode {
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(30), self.supervisor_handle).await;
         self.ctx.cluster.shutdown().await;
+        // the search events of the last quarter second (bounded: the writer may be stuck)
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.recorder.flush()).await;
         self.ctx.store.flush()?;
         Ok(())
     }

@@ -227,11 +227,12 @@ impl Node {
     /// ingest steps aside, then each hit's chunk from the store. Returns the hits and how many
     /// points had no chunk in the store any more.
     ///
-    /// A plain graph search (a quarter of a millisecond on 100k vectors) runs where the request
-    /// is, when the query gate lets it in at once: the hop to a blocking thread and back cost
-    /// two thread wake-ups, as much as the walk itself. Scans, filters (finding a filter's
-    /// matches may take a while), keyword searches (which may commit the keyword index) and a
-    /// gate that makes queries wait go to a blocking thread.
+    /// A plain graph search (a quarter of a millisecond on 100k vectors at the default beam, with
+    /// at most `QUICK_FETCH` hits to read) runs where the request is, when the query gate lets it
+    /// in at once: the hop to a blocking thread and back cost two thread wake-ups, as much as the
+    /// walk itself. Wide beams, scans, filters (finding a filter's matches may take a while),
+    /// keyword searches (which may commit the keyword index) and a gate that makes queries wait
+    /// go to a blocking thread.
     #[allow(clippy::too_many_arguments)]
     async fn search_shard(
         &self,
@@ -256,12 +257,18 @@ impl Node {
             max_scan,
         };
         let gate = self.ctx.runtime.query_gate.clone();
+        let cfg = &self.ctx.config.search;
         let quick = matches!(step.retrieval, Retrieval::Vector(_))
             && step.filter.is_none()
-            && step.mode == SearchMode::Auto;
+            && step.mode == SearchMode::Auto
+            && step.ef.unwrap_or(cfg.ef_search) <= cfg.ef_search.max(QUICK_EF)
+            && step.fetch <= QUICK_FETCH;
         if quick {
             if let Some(_query) = gate.try_hold() {
-                return Ok(step.run()?);
+                // (a panic is the request's 500, as it is from a blocking thread)
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run()))
+                    .map_err(|_| ApiError::Internal("the index step panicked".into()))?
+                    .map_err(ApiError::from);
             }
         }
         let found = tokio::task::spawn_blocking(move || {
@@ -2277,6 +2284,11 @@ impl ShoalService for Node {
             .observe(seconds);
     }
 }
+
+/// The widest beam and the most hits a search's index step may have to run on the request's
+/// thread (see `Node::search_shard`).
+const QUICK_EF: usize = 128;
+const QUICK_FETCH: usize = 100;
 
 /// What the index step of a search needs (see `Node::search_shard`).
 struct IndexStep {

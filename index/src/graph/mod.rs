@@ -752,7 +752,9 @@ impl Graph {
     /// The `k` nearest nodes to `query` among those `allowed` takes (and not deleted), best
     /// first, with a beam of `ef` (at least `k`) that walks only allowed nodes, bridging the
     /// others by two hops (see `beam_search`). For filters that leave a fair share of the nodes
-    /// (a few percent and up): below that, scanning the allowed nodes costs less.
+    /// (a few percent and up): below that, scanning the allowed nodes costs less. When the walk
+    /// finds fewer than `k`, the search walks again through every node (fewer matches than `k`
+    /// are returned only when there are no more).
     pub fn search_filtered(
         &self,
         query: &[f32],
@@ -777,7 +779,13 @@ impl Graph {
             let mut out = Vec::with_capacity(ef.max(k));
             let check_deleted = self.deleted.load(Relaxed) > 0;
             let accept = |n| allowed(n) && (!check_deleted || self.flags(n) & DELETED == 0);
-            self.beam_search::<true>(s, &q, &[cur], ef.max(k), 0, &allowed, accept, &mut out);
+            self.beam_search::<true>(s, &q, &[cur], ef.max(k), 0, &allowed, &accept, &mut out);
+            if out.len() < k {
+                // The matches two hops around the query were too few, or none (a filter whose
+                // matches lie together elsewhere): walk through every node instead, as far as
+                // it takes to find them.
+                self.beam_search::<false>(s, &q, &[cur], ef.max(k), 0, |_| true, &accept, &mut out);
+            }
             s.query = q;
             out.truncate(k);
             out

@@ -324,3 +324,31 @@ fn filtered_search_walks_allowed_nodes_and_finds_their_neighbours() {
         assert!(r >= 0.95, "1/{share} (deleted: {deleted}): recall {r}");
     }
 }
+
+#[test]
+fn a_filter_whose_matches_lie_far_from_the_query_still_gets_its_k_nearest() {
+    // the matches: the 400 points nearest to one point, a region of their own; the queries come
+    // from everywhere else, where the two-hop walk finds no match to start from
+    let pts = clustered(20_000, 40, 7, true);
+    let g = build(&pts, params(40, Metric::Cosine), 2);
+    let region: HashSet<usize> = exact(&pts, &pts[0], 400, Metric::Cosine, &HashSet::new())
+        .into_iter()
+        .map(|i| i as usize)
+        .collect();
+    let skip: HashSet<usize> = (0..pts.len()).filter(|i| !region.contains(i)).collect();
+    let mut found = 0;
+    let queries = clustered(50, 40, 8, true);
+    for q in &queries {
+        let truth = exact(&pts, q, 10, Metric::Cosine, &skip);
+        let got: Vec<u64> = g
+            .search_filtered(q, 10, 64, |s| region.contains(&(s as usize)))
+            .iter()
+            .map(|n| g.id(n.1))
+            .collect();
+        assert_eq!(got.len(), 10, "too few hits");
+        assert!(got.iter().all(|id| region.contains(&(*id as usize))));
+        found += got.iter().filter(|id| truth.contains(id)).count();
+    }
+    let r = found as f64 / (queries.len() * 10) as f64;
+    assert!(r >= 0.9, "recall {r}");
+}
