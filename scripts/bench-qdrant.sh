@@ -12,13 +12,13 @@
 # path of its binary. shoal's data directory with the corpus is kept in bench-data/qdrant-bench/
 # between runs (ingesting the corpus takes ~9 minutes on 2 cores); Qdrant is loaded afresh.
 # `--prepare` only makes what is kept (the vectors, shoal's data directory) and stops.
-# Usage: scripts/bench-qdrant.sh --qdrant PATH [--seconds S] [--ef "64 128"] [--shoal PATH]
+# Usage: scripts/bench-qdrant.sh --qdrant PATH [--seconds S] [--ef "32 64 128"] [--shoal PATH]
 #        scripts/bench-qdrant.sh --prepare
 set -euo pipefail
 cd "$(dirname "$0")/.."
 qdrant=""
 seconds=10
-efs="64 128"
+efs="32 64 128"
 bin=""
 prepare=false
 while [ $# -gt 0 ]; do

@@ -28,11 +28,7 @@ enum Key {
 }
 
 fn num_bits(x: f64) -> u64 {
-    if x == 0.0 {
-        0f64.to_bits()
-    } else {
-        x.to_bits()
-    }
+    Num::new(x).0.to_bits()
 }
 
 fn key(v: &Value) -> Option<Key> {
@@ -47,6 +43,13 @@ fn key(v: &Value) -> Option<Key> {
 /// An f64 ordered by `total_cmp` (-0 and 0 stored as one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Num(f64);
+
+impl Num {
+    /// -0 as 0: the filter compares numbers as f64, where they are equal.
+    fn new(x: f64) -> Num {
+        Num(if x == 0.0 { 0.0 } else { x })
+    }
+}
 impl Eq for Num {}
 impl PartialOrd for Num {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
@@ -114,7 +117,7 @@ impl FieldIndex {
         let Some(v) = value.filter(|v| !v.is_null()) else {
             return;
         };
-        let num = |x: f64| Num(if x == 0.0 { 0.0 } else { x });
+        let num = Num::new;
         if insert {
             add(&mut self.present, id);
             any_scalar(v, |e| {
@@ -161,7 +164,7 @@ impl FieldIndex {
             Condition::Exists(true) => Some(self.present.clone()),
             Condition::Range(r) => {
                 // (-0 as 0, as the stored numbers: the filter compares them as equal)
-                let zero = |b: Option<f64>| b.map(|x| if x == 0.0 { 0.0 } else { x });
+                let zero = |b: Option<f64>| b.map(|x| Num::new(x).0);
                 let r = crate::Range {
                     gt: zero(r.gt),
                     gte: zero(r.gte),

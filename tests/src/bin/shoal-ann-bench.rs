@@ -12,20 +12,21 @@ use std::time::Instant;
 
 use shoal_index::{Payload, Point, SearchMode, SearchRequest, Shard, ShardParams};
 
-fn floats(path: &str) -> Vec<f32> {
+/// A file of little-endian 4-byte values.
+fn words<T>(path: &str, from: fn([u8; 4]) -> T) -> Vec<T> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     bytes
         .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .map(|b| from([b[0], b[1], b[2], b[3]]))
         .collect()
 }
 
+fn floats(path: &str) -> Vec<f32> {
+    words(path, f32::from_le_bytes)
+}
+
 fn ints(path: &str) -> Vec<i32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    bytes
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    words(path, i32::from_le_bytes)
 }
 
 fn rss_bytes() -> u64 {
