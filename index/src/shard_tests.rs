@@ -213,8 +213,13 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
 
 #[test]
 fn broad_filters_on_large_shards_search_the_graph() {
-    // m 8: 2,500 matches are more than a walk costs (4 · 64 · 8)
-    let p = ShardParams { m: 8, ..params() };
+    // m 8, the walk's link reads not counted: 2,500 matches of 32 dimensions cost more to scan
+    // than a walk's 64 · 8 · 32 floats
+    let p = ShardParams {
+        m: 8,
+        walk_step_floats: 0,
+        ..params()
+    };
     let pts = points(5_000, 8);
     let (shard, _) = Shard::open(p, pts.clone(), None, 0).unwrap();
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
@@ -228,22 +233,29 @@ fn broad_filters_on_large_shards_search_the_graph() {
 
 #[test]
 fn filtered_plan_scans_when_cheaper() {
-    let p = ShardParams::new(DIM); // m 16, ef 64, exact below 1,000, fraction 0.01
+    // m 16, ef 64, exact below 1,000, fraction 0.01; the walk as dear as 870 floats a step
+    let p = ShardParams::new(384);
     assert_eq!(p.filtered_plan(900, 1_000_000, 64), FilteredPlan::Scan); // few matches
     assert_eq!(p.filtered_plan(9_000, 1_000_000, 64), FilteredPlan::Scan); // 0.9%: too sparse
-                                                                           // 40% of 10,000: the 4,000 matches cost less to scan than a walk's ~4 · 64 · 16
-    assert_eq!(p.filtered_plan(4_000, 10_000, 64), FilteredPlan::Scan);
-    // 5% of 100,000 and 10% of a million: the graph, through the matches
+                                                                           // 384 dimensions: a walk costs as much as scanning 64 · 16 · 1,254 / 384 = 3,344 matches
+    assert_eq!(p.filtered_plan(3_000, 10_000, 64), FilteredPlan::Scan);
     assert_eq!(
-        p.filtered_plan(5_000, 100_000, 64),
+        p.filtered_plan(10_000, 100_000, 64),
         FilteredPlan::Graph { beam: 64 }
     );
     assert_eq!(
         p.filtered_plan(100_000, 1_000_000, 64),
         FilteredPlan::Graph { beam: 64 }
     );
-    // a wider beam costs the walk more: the scan takes over up to 8,192 matches at ef 128
-    assert_eq!(p.filtered_plan(8_000, 100_000, 128), FilteredPlan::Scan);
+    // a wider beam costs the walk more
+    assert_eq!(p.filtered_plan(5_000, 100_000, 128), FilteredPlan::Scan);
+    // 50 dimensions: scanning 10,000 matches reads less than a walk's links (18,800)
+    let low = ShardParams::new(50);
+    assert_eq!(low.filtered_plan(10_000, 100_000, 64), FilteredPlan::Scan);
+    assert_eq!(
+        low.filtered_plan(20_000, 100_000, 64),
+        FilteredPlan::Graph { beam: 64 }
+    );
 }
 
 #[test]
@@ -583,7 +595,13 @@ fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
 #[test]
 fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
     let pts = points(12_000, 31);
-    let (shard, _) = Shard::open(params(), pts[..9_000].to_vec(), None, 0).unwrap();
+    // (the walk's link reads not counted, so that the broad filter's 32-dimensional matches are
+    // not scanned)
+    let p = ShardParams {
+        walk_step_floats: 0,
+        ..params()
+    };
+    let (shard, _) = Shard::open(p, pts[..9_000].to_vec(), None, 0).unwrap();
     // a broad filter (the graph walks it) and a selective one (scanned)
     let broad = Filter::from_json(&json!({"metadata": {"bucket": {"lt": 60}}})).unwrap();
     let narrow = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
@@ -597,7 +615,7 @@ fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
     let check = |live: &[Point], what: &str| {
         let plan = |f: &Filter| {
             let stats = shard.stats();
-            params().filtered_plan(shard.matched(f).count, stats.live_points, 64)
+            p.filtered_plan(shard.matched(f).count, stats.live_points, 64)
         };
         assert_eq!(plan(&broad), FilteredPlan::Graph { beam: 64 }, "{what}");
         assert_eq!(plan(&narrow), FilteredPlan::Scan, "{what}");

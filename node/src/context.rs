@@ -129,6 +129,7 @@ impl NodeContext {
             ef_search: s.ef_search,
             exact_below: s.exact_below,
             exact_filter_fraction: s.exact_filter_fraction,
+            walk_step_floats: ShardParams::new(0).walk_step_floats,
             compaction_ratio: i.compaction_ratio,
             compaction_min_tombstones: i.compaction_min_tombstones,
         }
