@@ -117,28 +117,7 @@ if [ "$(cat "$cache/complete" 2>/dev/null)" != "$count" ]; then
     -d '{"hnsw":{"m":16,"ef_construction":100}}' >/dev/null
   echo "ingesting $count texts into shoal"
   t0=$(date +%s.%N)
-  python3 - "$work/corpus.jsonl" "$shoal" <<'EOF'
-import json, sys, time, urllib.request
-path, node = sys.argv[1], sys.argv[2]
-docs = [json.loads(l) for l in open(path)]
-for i in range(0, len(docs), 500):
-    body = json.dumps({"documents": docs[i:i + 500]}).encode()
-    while True:
-        req = urllib.request.Request(f"{node}/api/v1/collections/wiki/documents", body,
-                                     {"content-type": "application/json"})
-        try:
-            urllib.request.urlopen(req).read()
-            break
-        except urllib.error.HTTPError as e:
-            if e.code != 429:
-                raise
-            time.sleep(float(e.headers.get("retry-after", "1")))
-EOF
-  while :; do
-    live=$(curl -sf "$shoal/api/v1/collections/wiki" | python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])')
-    [ "$live" -ge "$count" ] && break
-    sleep 1
-  done
+  python3 scripts/ingest_jsonl.py "$shoal" wiki "$work/corpus.jsonl"
   t1=$(date +%s.%N)
   python3 -c "print(round($t1 - $t0))" >"$cache/ingest_s"
   kill "$spid"; wait "$spid" 2>/dev/null || true

@@ -62,30 +62,7 @@ start_node env
 curl -sf -X PUT "$node/api/v1/collections/wiki" >/dev/null
 echo "ingesting $count sentences"
 t0=$(date +%s.%N)
-python3 - "$work/corpus.jsonl" "$node" <<'EOF'
-import json, sys, time, urllib.request
-path, node = sys.argv[1], sys.argv[2]
-docs = [json.loads(l) for l in open(path)]
-def post(batch):
-    body = json.dumps({"documents": batch}).encode()
-    while True:
-        req = urllib.request.Request(f"{node}/api/v1/collections/wiki/documents", body,
-                                     {"content-type": "application/json"})
-        try:
-            urllib.request.urlopen(req).read()
-            return
-        except urllib.error.HTTPError as e:
-            if e.code != 429:
-                raise
-            time.sleep(float(e.headers.get("retry-after", "1")))
-for i in range(0, len(docs), 500):
-    post(docs[i:i + 500])
-EOF
-while :; do
-  live=$(curl -sf "$node/api/v1/collections/wiki" | python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])')
-  [ "$live" -ge "$count" ] && break
-  sleep 1
-done
+python3 scripts/ingest_jsonl.py "$node" wiki "$work/corpus.jsonl"
 t1=$(date +%s.%N)
 ingest_rate=$(python3 -c "print(round($count / ($t1 - $t0)))")
 echo "indexed $count chunks at $ingest_rate chunks/s"

@@ -233,29 +233,7 @@ impl Node {
     /// walk itself. Wide beams, scans, filters (finding a filter's matches may take a while),
     /// keyword searches (which may commit the keyword index) and a gate that makes queries wait
     /// go to a blocking thread.
-    #[allow(clippy::too_many_arguments)]
-    async fn search_shard(
-        &self,
-        shard: Arc<shoal_index::Shard>,
-        uid: u64,
-        retrieval: Retrieval,
-        filter: Option<Filter>,
-        fetch: usize,
-        mode: SearchMode,
-        ef: Option<usize>,
-        max_scan: Option<usize>,
-    ) -> Result<(Vec<SearchHit>, usize)> {
-        let step = IndexStep {
-            ctx: self.ctx.clone(),
-            shard,
-            uid,
-            retrieval,
-            filter,
-            fetch,
-            mode,
-            ef,
-            max_scan,
-        };
+    async fn search_shard(&self, step: IndexStep) -> Result<(Vec<SearchHit>, usize)> {
         let gate = self.ctx.runtime.query_gate.clone();
         let cfg = &self.ctx.config.search;
         let quick = matches!(step.retrieval, Retrieval::Vector(_))
@@ -1150,7 +1128,7 @@ impl ShoalService for Node {
                 let mut chunks = Vec::new();
                 for p in d.live.iter().flat_map(|l| &l.points) {
                     let Some(uid) = uid else { break };
-                    if let Some(c) = ctx.store.chunk(uid, *p)? {
+                    if let Some(c) = ctx.store.chunk_view(uid, *p)? {
                         chunks.push(ChunkInfo {
                             chunk_index: c.chunk_index,
                             start: c.start,
@@ -1490,23 +1468,22 @@ impl ShoalService for Node {
             self.ctx.cluster.stale()
         };
         let index_start = Instant::now();
-        let mut shard = shard;
+        let mut step = IndexStep {
+            ctx: self.ctx.clone(),
+            shard,
+            uid,
+            retrieval,
+            filter,
+            fetch,
+            mode,
+            ef,
+            max_scan,
+        };
         let mut stuck = 0;
         let mut hits = loop {
             let shard_at = self.ctx.watermark.current_for(uid);
             let store_at = self.ctx.store.applied_index().map_err(NodeError::from)?;
-            let (hits, missing) = self
-                .search_shard(
-                    shard.clone(),
-                    uid,
-                    retrieval.clone(),
-                    filter.clone(),
-                    fetch,
-                    mode,
-                    ef,
-                    max_scan,
-                )
-                .await?;
+            let (hits, missing) = self.search_shard(step.clone()).await?;
             if missing == 0 {
                 break hits;
             }
@@ -1577,7 +1554,7 @@ impl ShoalService for Node {
                 Some(s) => {
                     // (the index of the answer only once its hits come from this shard)
                     applied_index = caught_up_to;
-                    shard = s;
+                    step.shard = s;
                 }
                 None => {
                     left_out(format!(
@@ -2291,6 +2268,7 @@ const QUICK_EF: usize = 128;
 const QUICK_FETCH: usize = 100;
 
 /// What the index step of a search needs (see `Node::search_shard`).
+#[derive(Clone)]
 struct IndexStep {
     ctx: Arc<NodeContext>,
     shard: Arc<shoal_index::Shard>,

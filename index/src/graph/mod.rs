@@ -672,6 +672,28 @@ impl Graph {
         ef: usize,
         accept: impl Fn(Slot) -> bool,
     ) -> Vec<Near> {
+        self.descend_then(query, k, |s, q, entry, out| {
+            // Every node a search can reach is ready (nodes are linked after they are written);
+            // the deleted flags are read only when there are any.
+            if self.deleted.load(Relaxed) > 0 {
+                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
+                self.search_layer(s, q, &[entry], ef.max(k), 0, live, out);
+            } else {
+                self.search_layer(s, q, &[entry], ef.max(k), 0, accept, out);
+            }
+        })
+    }
+
+    /// A search's frame: `query` padded to the stored vectors' length, the greedy descent
+    /// through the upper layers to the bottom layer's entry, then `bottom` with the thread's
+    /// scratch, the padded query and that entry fills the hits; the best `k` are returned
+    /// (none from an empty graph).
+    fn descend_then(
+        &self,
+        query: &[f32],
+        k: usize,
+        bottom: impl FnOnce(&mut Scratch, &[f32], Near, &mut Vec<Near>),
+    ) -> Vec<Near> {
         let entry = self.entry.load(Acquire);
         if entry == NO_ENTRY || k == 0 {
             return Vec::new();
@@ -686,15 +708,8 @@ impl Graph {
             for l in (1..=ep_level).rev() {
                 cur = self.greedy(&q, cur, l);
             }
-            let mut out = Vec::with_capacity(ef.max(k));
-            // Every node a search can reach is ready (nodes are linked after they are written);
-            // the deleted flags are read only when there are any.
-            if self.deleted.load(Relaxed) > 0 {
-                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
-                self.search_layer(s, &q, &[cur], ef.max(k), 0, live, &mut out);
-            } else {
-                self.search_layer(s, &q, &[cur], ef.max(k), 0, accept, &mut out);
-            }
+            let mut out = Vec::new();
+            bottom(s, &q, cur, &mut out);
             s.query = q;
             out.truncate(k);
             out
@@ -762,33 +777,16 @@ impl Graph {
         ef: usize,
         allowed: impl Fn(Slot) -> bool,
     ) -> Vec<Near> {
-        let entry = self.entry.load(Acquire);
-        if entry == NO_ENTRY || k == 0 {
-            return Vec::new();
-        }
-        let (ep, ep_level) = unpack(entry);
-        with_scratch(|s| {
-            let mut q = std::mem::take(&mut s.query);
-            q.clear();
-            q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
-            q.resize(self.vectors.padded_dim(), 0.0);
-            let mut cur = Near(self.distance(&q, ep), ep);
-            for l in (1..=ep_level).rev() {
-                cur = self.greedy(&q, cur, l);
-            }
-            let mut out = Vec::with_capacity(ef.max(k));
+        self.descend_then(query, k, |s, q, entry, out| {
             let check_deleted = self.deleted.load(Relaxed) > 0;
             let accept = |n| allowed(n) && (!check_deleted || self.flags(n) & DELETED == 0);
-            self.beam_search::<true>(s, &q, &[cur], ef.max(k), 0, &allowed, &accept, &mut out);
+            self.beam_search::<true>(s, q, &[entry], ef.max(k), 0, &allowed, &accept, out);
             if out.len() < k {
                 // The matches two hops around the query were too few, or none (a filter whose
                 // matches lie together elsewhere): walk through every node instead, as far as
                 // it takes to find them.
-                self.beam_search::<false>(s, &q, &[cur], ef.max(k), 0, |_| true, &accept, &mut out);
+                self.beam_search::<false>(s, q, &[entry], ef.max(k), 0, |_| true, &accept, out);
             }
-            s.query = q;
-            out.truncate(k);
-            out
         })
     }
 

@@ -1,0 +1,45 @@
+"""Ingest a file of JSON lines (documents: `{"id": ..., "text": ...}`) into a collection of a
+shoal node, 500 documents a request, waiting as long as the node asks (429, Retry-After) when its
+ingest queue is full; then wait until the collection's index holds them all.
+
+Usage: python3 scripts/ingest_jsonl.py NODE COLLECTION FILE
+(used by scripts/bench-search.sh and scripts/bench-qdrant.sh; a node without auth)
+"""
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def post(node, collection, batch):
+    body = json.dumps({"documents": batch}).encode()
+    while True:
+        req = urllib.request.Request(f"{node}/api/v1/collections/{collection}/documents", body,
+                                     {"content-type": "application/json"})
+        try:
+            urllib.request.urlopen(req).read()
+            return
+        except urllib.error.HTTPError as e:
+            if e.code != 429:
+                raise
+            time.sleep(float(e.headers.get("retry-after", "1")))
+
+
+def live_points(node, collection):
+    with urllib.request.urlopen(f"{node}/api/v1/collections/{collection}") as r:
+        return json.load(r)["index"]["live_points"]
+
+
+def main():
+    node, collection, path = sys.argv[1:4]
+    docs = [json.loads(l) for l in open(path)]
+    for i in range(0, len(docs), 500):
+        post(node, collection, docs[i:i + 500])
+    while live_points(node, collection) < len(docs):
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
