@@ -241,6 +241,10 @@ pub struct ThreadsConfig {
     /// The longest ingest turn (ms), and the longest a new query pass waits for the passes in
     /// flight before a turn; turns are at least `ingest_min_share` × this.
     pub ingest_share_window_ms: u64,
+    /// Time slice (µs, 100 to 100000; 0: the kernel's default) that the threads a search passes
+    /// through (HTTP workers, the query embedder and its pool) ask for, so that they get a core
+    /// at once when they wake beside ingest threads (Linux 6.12 and later; ignored before).
+    pub query_slice_us: u32,
 }
 
 impl Default for ThreadsConfig {
@@ -255,6 +259,7 @@ impl Default for ThreadsConfig {
             maintenance: 1,
             ingest_min_share: 0.1,
             ingest_share_window_ms: 200,
+            query_slice_us: 100,
         }
     }
 }
@@ -729,6 +734,13 @@ impl Config {
         if !(share == 0.0 || (0.01..=0.9).contains(&share)) {
             return Err(
                 "threads.ingest_min_share must be 0 (off) or between 0.01 and 0.9 (queries keep at least a tenth)"
+                    .into(),
+            );
+        }
+        let slice = self.threads.query_slice_us;
+        if slice != 0 && !crate::thread_sched::SLICE_US.contains(&slice) {
+            return Err(
+                "threads.query_slice_us must be 0 (the kernel's default) or between 100 and 100000 (µs)"
                     .into(),
             );
         }

@@ -74,24 +74,6 @@ impl Drop for ArrivalTicket {
     }
 }
 
-/// Lower the scheduling priority of the calling thread to `nice` (Linux: per thread). Ingest
-/// threads run at a low priority so that, when a query is being embedded at the same time, the
-/// kernel gives the query's threads the cores. They stay in the normal scheduling class (never
-/// SCHED_IDLE): another busy process on the machine must not be able to stop ingest altogether.
-pub fn lower_thread_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority only read their arguments; a failure leaves the thread's
-        // priority unchanged, which is harmless.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            let _ = libc::setpriority(libc::PRIO_PROCESS, tid, nice);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
-
 thread_local! {
     /// An ingest thread's CPU time when it last left [`QueryGate::wait_idle`] outside a turn.
     static RAN_FROM: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
@@ -150,6 +132,9 @@ enum Turn {
 struct GateState {
     /// Query passes in progress.
     queries: usize,
+    /// Searches in flight ([`QueryGate::search`]): ingest steps aside for them as for passes,
+    /// but they do not hold its turns off (only passes wait for a turn).
+    searches: usize,
     /// Ingest threads waiting in [`QueryGate::wait_idle`].
     parked: usize,
     /// While ingest threads wait: since when.
@@ -160,8 +145,11 @@ struct GateState {
     turn: Turn,
 }
 
-/// Counts queries being embedded. Ingest waits for it to reach zero between micro-batches and,
-/// inside a forward pass, at every pause point of its threads (see [`QueryGate::pause_hook`]).
+/// Counts queries being embedded, and searches in flight. Ingest waits for both to reach zero
+/// between micro-batches and, inside a forward pass or between graph inserts, at every pause point
+/// of its threads (see [`QueryGate::pause_hook`]). A search steps ingest aside for its whole
+/// course, not only for its passes: what lies between them (the hop to the embedder and back,
+/// reading the hits from the store) ran beside ingest and took most of the tail it added.
 ///
 /// Search first, never "ingest never": the gate keeps an account of ingest's time while it has
 /// work. Ingest is owed `min_share / (1 − min_share)` of the time it waited, less the time it ran
@@ -252,9 +240,15 @@ impl QueryGate {
             if matches!(st.turn, Turn::Pending(_)) {
                 self.start_turn(&mut st);
             }
-            self.busy.store(false, Ordering::Release);
+            self.publish_busy(&st);
             self.changed.notify_all();
         }
+    }
+
+    /// `busy` mirrors whether ingest should step aside: a pass or a search in flight.
+    fn publish_busy(&self, st: &GateState) {
+        self.busy
+            .store(st.queries + st.searches > 0, Ordering::Release);
     }
 
     /// Ingest's minimum share (queries keep at least a tenth: see the configuration's check).
@@ -316,7 +310,8 @@ impl QueryGate {
         }
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
-        if st.queries == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u) {
+        if st.queries + st.searches == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u)
+        {
             return;
         }
         let cpu = thread_cpu_time();
@@ -344,6 +339,12 @@ impl QueryGate {
                     self.changed.notify_all();
                 }
                 // Passes in flight that keep going hold ingest back at most one window too.
+                // No pass to wait for (searches in flight between their passes): the turn
+                // starts now.
+                Turn::Pending(_) if st.queries == 0 => {
+                    self.start_turn(&mut st);
+                    continue;
+                }
                 Turn::Pending(since) if now >= since + self.share.window => {
                     self.start_turn(&mut st);
                     continue;
@@ -354,7 +355,7 @@ impl QueryGate {
                 }
                 Turn::None => {}
             }
-            if st.queries == 0 {
+            if st.queries + st.searches == 0 {
                 break;
             }
             if self.min_share() <= 0.0 {
@@ -411,6 +412,16 @@ impl QueryGate {
         QueryGuard(self.clone())
     }
 
+    /// Ingest steps aside while the returned guard lives, as for a pass, from a search's start
+    /// to its answer; unlike [`QueryGate::hold`] it never waits, and a turn due starts beside it
+    /// (its passes wait for the turn).
+    pub fn search(self: &Arc<Self>) -> SearchGuard {
+        let mut st = self.state.lock();
+        st.searches += 1;
+        self.publish_busy(&st);
+        SearchGuard(self.clone())
+    }
+
     /// [`QueryGate::hold`] if it can be had at once: None while ingest's turn is due or running
     /// (the caller then holds it on a thread that may wait, not on an async worker).
     pub fn try_hold(self: &Arc<Self>) -> Option<QueryGuard> {
@@ -439,6 +450,21 @@ impl QueryGate {
 /// Ingest steps aside while this lives (see [`QueryGate::hold`]).
 pub struct QueryGuard(Arc<QueryGate>);
 
+/// A search in flight (see [`QueryGate::search`]).
+pub struct SearchGuard(Arc<QueryGate>);
+
+impl Drop for SearchGuard {
+    fn drop(&mut self) {
+        let gate = &self.0;
+        let mut st = gate.state.lock();
+        st.searches = st.searches.saturating_sub(1);
+        if st.searches == 0 && st.queries == 0 {
+            gate.publish_busy(&st);
+            gate.changed.notify_all();
+        }
+    }
+}
+
 impl Drop for QueryGuard {
     fn drop(&mut self) {
         self.0.exit();
@@ -455,6 +481,9 @@ pub enum Role {
         max_texts: usize,
         /// False: always wait the whole window (the fixed window, for comparison).
         adaptive: bool,
+        /// The executor thread's time slice (µs; 0: the kernel's default): see
+        /// [`crate::thread_sched`].
+        slice_us: u32,
     },
     /// Micro-batches of at most `micro` texts and `micro_tokens` tokens, yielding to queries in
     /// between, at priority `nice`.
@@ -493,8 +522,11 @@ impl EmbedExecutor {
         let thread = std::thread::Builder::new()
             .name(format!("embed-{}", role.name()))
             .spawn(move || {
-                if let Role::Ingest { nice, .. } = role {
-                    lower_thread_priority(nice);
+                match role {
+                    Role::Ingest { nice, .. } => crate::thread_sched::lower_thread_priority(nice),
+                    Role::Query { slice_us, .. } => {
+                        crate::thread_sched::request_slice(slice_us);
+                    }
                 }
                 let exec = Exec {
                     embedder,
@@ -509,6 +541,7 @@ impl EmbedExecutor {
                         window,
                         max_texts,
                         adaptive,
+                        ..
                     } => exec.run_queries(rx, window, max_texts, adaptive),
                     Role::Ingest {
                         micro,
@@ -789,6 +822,56 @@ mod tests {
         let waited = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(40), "{waited:?}");
         gate.wait_idle(); // idle now: returns at once
+    }
+
+    #[test]
+    fn a_search_in_flight_parks_ingest_but_never_holds_its_turn_off() {
+        // ingest waits while a search is in flight, as it does for a pass (no turns here)
+        let gate = Arc::new(QueryGate::new(IngestShare {
+            min_share: 0.0,
+            window: Duration::from_millis(200),
+        }));
+        let search = gate.search();
+        assert!(gate.busy.load(Ordering::Acquire));
+        let g = gate.clone();
+        let (tx, rx) = mpsc::channel();
+        let ingest = std::thread::spawn(move || {
+            g.wait_idle();
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        // a pass of the same search ends: ingest still waits for the search
+        drop(gate.hold());
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(search);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("ingest still waits after the search ended");
+        ingest.join().unwrap();
+        assert!(!gate.busy.load(Ordering::Acquire));
+
+        // Searches without a pass in flight: once ingest is owed a turn (half a window of
+        // waiting at a share of 0.5) it starts at once, not a window later as it would behind
+        // a pass that keeps going.
+        let window = Duration::from_secs(1);
+        let gate = Arc::new(QueryGate::new(IngestShare {
+            min_share: 0.5,
+            window,
+        }));
+        let search = gate.search();
+        let g = gate.clone();
+        let t = Instant::now();
+        let ingest = std::thread::spawn(move || {
+            g.wait_idle();
+            t.elapsed()
+        });
+        let waited = ingest.join().unwrap();
+        assert_eq!(gate.ingest_turns(), 1);
+        assert!(waited < window + window / 5, "{waited:?}");
+        // the turn runs beside the search; a pass waits for it, a new search does not
+        assert!(gate.try_hold().is_none());
+        let _another = gate.search();
+        drop(search);
+        wait_for(|| gate.try_hold().is_some());
     }
 
     #[test]
@@ -1168,6 +1251,7 @@ mod tests {
                 window,
                 max_texts: 32,
                 adaptive: true,
+                slice_us: 0,
             },
             model(),
             pool,

@@ -23,6 +23,7 @@ pub mod mirror;
 pub mod runtime;
 pub mod service;
 pub mod shards;
+pub mod thread_sched;
 pub mod uploads;
 pub mod watermark;
 

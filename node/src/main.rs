@@ -483,8 +483,13 @@ fn main() -> ExitCode {
         eprintln!("shoal: cannot size the index thread pool: {e}");
     }
     let http_threads = shoal_node::config::ThreadsConfig::resolve(config.threads.http);
+    let slice_us = config.threads.query_slice_us;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(http_threads)
+        // searches pass through these threads: short slices (see thread_sched)
+        .on_thread_start(move || {
+            shoal_node::thread_sched::request_slice(slice_us);
+        })
         .enable_all()
         .build()
     {

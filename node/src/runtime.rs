@@ -55,37 +55,55 @@ impl Runtime {
             .counting_turns_in(metrics.ingest_turns.clone())
             .with_ingest_threads(ThreadsConfig::resolve(threads.ingest_inference)),
         );
-        let pool = |name: &'static str, n: usize, nice: i32, pause: Option<PauseHook>| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(ThreadsConfig::resolve(n))
-                .thread_name(move |i| format!("{name}-{i}"))
-                .start_handler(move |_| {
-                    if nice != 0 {
-                        crate::embed_exec::lower_thread_priority(nice);
-                    }
-                    if let Some(hook) = &pause {
-                        shoal_inference::set_pause_hook(hook.clone());
-                    }
-                })
-                .build()
-                .map(Arc::new)
-                .map_err(|e| {
-                    NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
-                })
-        };
-        let query_pool = pool("infer-query", threads.query_inference, 0, None)?;
+        // (name, threads, nice, slice in µs, pause hook)
+        let pool =
+            |name: &'static str, n: usize, nice: i32, slice_us: u32, pause: Option<PauseHook>| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(ThreadsConfig::resolve(n))
+                    .thread_name(move |i| format!("{name}-{i}"))
+                    .start_handler(move |_| {
+                        if nice != 0 {
+                            crate::thread_sched::lower_thread_priority(nice);
+                        }
+                        crate::thread_sched::request_slice(slice_us);
+                        if let Some(hook) = &pause {
+                            shoal_inference::set_pause_hook(hook.clone());
+                        }
+                    })
+                    .build()
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        NodeError::Internal(format!("cannot start the {name} thread pool: {e}"))
+                    })
+            };
+        // The query path's threads ask for short slices (see crate::thread_sched).
+        let query_pool = pool(
+            "infer-query",
+            threads.query_inference,
+            0,
+            threads.query_slice_us,
+            None,
+        )?;
         // Ingest threads step aside inside their forward passes while a query is embedded.
         let ingest_pool = pool(
             "infer-ingest",
             threads.ingest_inference,
             threads.ingest_nice,
+            0,
             Some(query_gate.pause_hook()),
         )?;
-        let background_pool = pool("background", threads.background, threads.ingest_nice, None)?;
+        let background_pool = pool(
+            "background",
+            threads.background,
+            threads.ingest_nice,
+            0,
+            None,
+        )?;
         let maintenance_pool = pool(
             "maintenance",
             threads.maintenance,
             threads.ingest_nice,
+            0,
             None,
         )?;
         let http = reqwest::Client::builder()

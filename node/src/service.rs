@@ -1382,6 +1382,10 @@ impl ShoalService for Node {
             self.wait_for_index(coll.uid, index, read_deadline, &what)
                 .await?;
         }
+        // From here to the answer ingest steps aside (see QueryGate::search), except while the
+        // search waits for this node's index to catch up, which ingest's threads may be doing.
+        let gate = self.ctx.runtime.query_gate.clone();
+        let mut in_flight = Some(gate.search());
         let query_text = req.query.clone();
         let mut embed_time = Duration::ZERO;
         let hybrid_with_vector =
@@ -1481,6 +1485,7 @@ impl ShoalService for Node {
         };
         let mut stuck = 0;
         let mut hits = loop {
+            in_flight.get_or_insert_with(|| gate.search());
             let shard_at = self.ctx.watermark.current_for(uid);
             let store_at = self.ctx.store.applied_index().map_err(NodeError::from)?;
             let (hits, missing) = self.search_shard(step.clone()).await?;
@@ -1500,6 +1505,7 @@ impl ShoalService for Node {
                 .map_err(NodeError::from)?
                 .max(self.ctx.watermark.applied_index());
             let limit = read_deadline.saturating_duration_since(Instant::now());
+            in_flight = None;
             // A shard that was already at the store's index when it was searched and still lacked
             // a hit's chunk is not behind (unless a write landed during the search): waiting
             // cannot help, so only a few such rounds are made (the deadline bounds the others).

@@ -77,6 +77,7 @@ impl Actor for EmbedderActor {
                     window: Duration::from_micros((cfg.batch_window_ms * 1000.0) as u64),
                     max_texts: cfg.batch_size,
                     adaptive: cfg.adaptive_batching,
+                    slice_us: ctx.config.threads.query_slice_us,
                 },
                 ctx.runtime.query_pool.clone(),
             ),

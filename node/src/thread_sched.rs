@@ -1,0 +1,163 @@
+//! How the kernel schedules shoal's threads (Linux; elsewhere these do nothing).
+//!
+//! Two levers, both open to an unprivileged process:
+//! - ingest threads run at a lower priority (`nice`), in the normal class, so that another busy
+//!   process cannot stop ingest altogether;
+//! - the threads a search passes through (the HTTP workers, the query embedder and its pool) ask
+//!   for a short time slice (Linux 6.12 and later: `sched_setattr` with `sched_runtime` on a
+//!   normal thread). The kernel lets a task that has run less than its slice keep its core
+//!   against a waking one; a waking thread with a shorter slice than the running one may take the
+//!   core at once. With the default slice a search's thread could wait up to a scheduler tick
+//!   (4 ms) behind an ingest thread at every hop of its path. Older kernels ignore the request.
+
+/// Lower the scheduling priority of the calling thread to `nice` (Linux: per thread). Ingest
+/// threads run at a low priority so that, when a query is being embedded at the same time, the
+/// kernel gives the query's threads the cores. They stay in the normal scheduling class (never
+/// SCHED_IDLE): another busy process on the machine must not be able to stop ingest altogether.
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read their arguments; a failure leaves the thread's
+        // priority unchanged, which is harmless.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let _ = libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// The kernel's `struct sched_attr` (its first version, 48 bytes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Shortest and longest slice the kernel accepts (µs).
+pub const SLICE_US: std::ops::RangeInclusive<u32> = 100..=100_000;
+
+/// Ask for a time slice of `us` microseconds for the calling thread (0: leave it alone), keeping
+/// its policy (normal) and nice value. Returns the slice the kernel reports afterwards, in µs
+/// (None where it reports none: other systems, kernels before 6.12, or a thread that is not in
+/// the normal class).
+pub fn request_slice(us: u32) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        if us == 0 {
+            return current_slice();
+        }
+        // SAFETY: gettid reads nothing; getpriority reads its arguments; sched_setattr reads one
+        // SchedAttr through a pointer to a live local whose size field says how much to read.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+            // getpriority returns the nice value; -1 is a valid one, so errno tells an error.
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            if nice == -1 && *libc::__errno_location() != 0 {
+                return None;
+            }
+            let attr = SchedAttr {
+                size: std::mem::size_of::<SchedAttr>() as u32,
+                policy: libc::SCHED_OTHER as u32,
+                nice,
+                runtime: u64::from(us.clamp(*SLICE_US.start(), *SLICE_US.end())) * 1000,
+                ..SchedAttr::default()
+            };
+            if libc::syscall(
+                libc::SYS_sched_setattr,
+                tid,
+                &attr as *const SchedAttr,
+                0u32,
+            ) != 0
+            {
+                return None;
+            }
+        }
+        current_slice()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = us;
+        None
+    }
+}
+
+/// The calling thread's time slice as the kernel reports it (µs; None where it reports none).
+pub fn current_slice() -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut attr = SchedAttr::default();
+        // SAFETY: sched_getattr writes at most `size` (its third argument) bytes into the live
+        // local it is given.
+        let r = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                tid,
+                &mut attr as *mut SchedAttr,
+                std::mem::size_of::<SchedAttr>() as u32,
+                0u32,
+            )
+        };
+        (r == 0 && attr.policy == libc::SCHED_OTHER as u32 && attr.runtime > 0)
+            .then_some((attr.runtime / 1000) as u32)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_slice_is_the_one_the_kernel_reports_where_it_reports_one() {
+        std::thread::spawn(|| {
+            let before = current_slice();
+            match request_slice(300) {
+                // Linux 6.12 and later: the slice asked for, and the nice value kept.
+                Some(us) => {
+                    assert_eq!(us, 300);
+                    assert_eq!(current_slice(), Some(300));
+                    // out of the kernel's range: clamped, never refused
+                    assert_eq!(request_slice(10), Some(100));
+                }
+                // Older kernels report no slice; nothing changed.
+                None => assert_eq!(current_slice(), before),
+            }
+            // 0 leaves the slice alone
+            assert_eq!(request_slice(0), current_slice());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_slice_request_keeps_the_threads_nice_value() {
+        std::thread::spawn(|| {
+            lower_thread_priority(7);
+            request_slice(200);
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: gettid and getpriority only read their arguments.
+                let nice = unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::getpriority(libc::PRIO_PROCESS, tid)
+                };
+                assert_eq!(nice, 7);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
