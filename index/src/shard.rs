@@ -193,20 +193,25 @@ struct Table {
     graph_epoch: u64,
 }
 
-/// The nodes of the current graph a filter matches (a bit per slot), as of a table generation.
+/// The live points a filter matches, as of a table generation: their ids (the keyword index
+/// filters by them) and their nodes of the current graph (a bit per slot: the vector side).
 struct Matched {
     generation: u64,
     graph_epoch: u64,
+    /// Nodes in `bits`.
     count: usize,
     bits: Vec<u64>,
+    /// Sorted.
+    ids: Arc<Vec<PointId>>,
 }
 
 impl Matched {
-    /// The slots of `ids` (live points of `table`; those not in the graph yet are left out).
-    fn new(ids: &[PointId], table: &Table) -> Matched {
+    /// `ids` (sorted live points of `table`) and their slots (those not in the graph yet have
+    /// none).
+    fn new(ids: Vec<PointId>, table: &Table) -> Matched {
         let mut bits: Vec<u64> = Vec::new();
         let mut count = 0;
-        for id in ids {
+        for id in &ids {
             if let Some(slot) = table.live.get(id).and_then(|e| e.slot) {
                 let word = slot as usize / 64;
                 if bits.len() <= word {
@@ -221,6 +226,7 @@ impl Matched {
             graph_epoch: table.graph_epoch,
             count,
             bits,
+            ids: Arc::new(ids),
         }
     }
 
@@ -619,9 +625,10 @@ impl Shard {
                 )))
             }
         };
+        // (through the kept matches: a hybrid search finds them once for both sides)
         let allowed = filter
             .filter(|f| !f.is_empty())
-            .map(|f| Arc::new(self.matching(f)));
+            .map(|f| self.matched(f).ids.clone());
         let found = keyword.search(query, k, allowed)?;
         let table = self.table.read();
         Ok(hits(&table.live, found))
@@ -716,7 +723,7 @@ impl Shard {
         Ok(())
     }
 
-    /// The graph nodes `filter` matches: kept from an earlier search with the same filter while
+    /// The live points and graph nodes `filter` matches: kept from an earlier search with the same filter while
     /// the shard has not changed since, otherwise found (`matching`) and kept if no write ran
     /// meanwhile.
     fn matched(&self, filter: &Filter) -> Arc<Matched> {
@@ -734,7 +741,7 @@ impl Shard {
         }
         let ids = self.matching(filter);
         let table = self.table.read();
-        let m = Arc::new(Matched::new(&ids, &table));
+        let m = Arc::new(Matched::new(ids, &table));
         let unchanged = table.generation == generation;
         drop(table);
         if unchanged {
@@ -815,7 +822,7 @@ impl Shard {
                 drop(table);
                 let ids = filter.map(|f| self.matching(f)).unwrap_or_default();
                 table = self.table.read();
-                Some(Arc::new(Matched::new(&ids, &table)))
+                Some(Arc::new(Matched::new(ids, &table)))
             }
             m => m,
         };

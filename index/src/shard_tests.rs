@@ -540,6 +540,8 @@ fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
         ids
     };
     // "bucket7" is in points 7, 107, ..., 507 of the first 600
+    let want_in =
+        |bucket: u64| -> Vec<PointId> { (0..1000).filter(|i| i % 100 == bucket).collect() };
     let want = |upto: u64, gone: &[u64]| -> Vec<PointId> {
         (0..upto)
             .filter(|i| i % 100 == 7 && !gone.contains(i))
@@ -563,6 +565,16 @@ fn keyword_search_follows_inserts_deletes_filters_and_reloads() {
         kw(&shard, "bucket7 bucket8", 50, Some(&f)),
         vec![7, 8, 207, 208, 507, 508]
     );
+    // a keyword search keeps its filter's matches for the vector side of the same (hybrid)
+    // search, and takes the ones the vector side kept
+    let g = Filter::from_json(&json!({"metadata": {"bucket": 9}})).unwrap();
+    let kept = |f: &Filter| shard.filters.lock().iter().any(|(x, _)| x == f);
+    assert!(!kept(&g));
+    assert_eq!(kw(&shard, "bucket9", 50, Some(&g)), want_in(9));
+    assert!(kept(&g));
+    let vector_side = shard.matched(&f);
+    assert_eq!(kw(&shard, "bucket7", 50, Some(&f)), vec![7, 207, 507]);
+    assert!(Arc::ptr_eq(&vector_side, &shard.matched(&f)));
     assert_eq!(shard.keyword_search("bucket7", 2, None).unwrap().len(), 2);
     // nothing to find
     assert!(shard.keyword_search("purple", 10, None).unwrap().is_empty());

@@ -5,10 +5,10 @@
 //!   `model.batch_size` texts) and embeds them in one forward pass;
 //! - the **ingest** executor embeds its batches in micro-batches of at most
 //!   `model.ingest_micro_batch` texts and `model.ingest_micro_batch_tokens` tokens, and before
-//!   each one waits while any query is being embedded; inside a micro-batch its
-//!   pool's threads also stop at the encoder's pause points (every weight panel, every attention
-//!   head) while a query is embedded. Ingest uses all cores only while no query is waiting; a
-//!   query never queues behind an ingest batch.
+//!   each one waits while any search is in flight or query being embedded; inside a micro-batch
+//!   its pool's threads also stop at the encoder's pause points (every weight panel, every
+//!   attention head) meanwhile. Ingest uses all cores only while no search runs; a query never
+//!   queues behind an ingest batch.
 //!
 //! Search first, but never "ingest never": the time queries keep ingest waiting earns it turns
 //! (enough for `threads.ingest_min_share` of the time, counting what it runs between queries; in
@@ -145,6 +145,14 @@ struct GateState {
     turn: Turn,
 }
 
+impl GateState {
+    /// What ingest's threads step aside for: passes, and (for the embedding threads, not for
+    /// graph inserts) searches in flight.
+    fn holding(&self, searches_too: bool) -> usize {
+        self.queries + if searches_too { self.searches } else { 0 }
+    }
+}
+
 /// Counts queries being embedded, and searches in flight. Ingest waits for both to reach zero
 /// between micro-batches and, inside a forward pass or between graph inserts, at every pause point
 /// of its threads (see [`QueryGate::pause_hook`]). A search steps ingest aside for its whole
@@ -166,7 +174,7 @@ struct GateState {
 pub struct QueryGate {
     state: Mutex<GateState>,
     changed: Condvar,
-    /// Mirrors `queries > 0`, for a lock-free check at pause points.
+    /// Mirrors `queries + searches > 0`, for a lock-free check at pause points.
     busy: AtomicBool,
     share: IngestShare,
     /// Ingest turns taken.
@@ -245,10 +253,19 @@ impl QueryGate {
         }
     }
 
+    /// A search ends (see [`QueryGate::search`]).
+    fn search_ended(&self) {
+        let mut st = self.state.lock();
+        st.searches = st.searches.saturating_sub(1);
+        if st.holding(true) == 0 {
+            self.publish_busy(&st);
+            self.changed.notify_all();
+        }
+    }
+
     /// `busy` mirrors whether ingest should step aside: a pass or a search in flight.
     fn publish_busy(&self, st: &GateState) {
-        self.busy
-            .store(st.queries + st.searches > 0, Ordering::Release);
+        self.busy.store(st.holding(true) > 0, Ordering::Release);
     }
 
     /// Ingest's minimum share (queries keep at least a tenth: see the configuration's check).
@@ -292,8 +309,11 @@ impl QueryGate {
         self.changed.notify_all();
     }
 
-    /// Ingest's side: return when no query is being embedded, or when it is ingest's turn.
-    fn wait_idle(&self) {
+    /// Ingest's side: return when no query is being embedded and (`searches_too`) no search is in
+    /// flight, or when it is ingest's turn. The embedding threads step aside for searches too;
+    /// graph inserts only for passes (the index step holds one), because a search may be waiting
+    /// for this node's index to catch up, which is what the inserts do.
+    fn wait_idle(&self, searches_too: bool) {
         // A shared counter bumped at every pause point would bounce its cache line between
         // the ingest threads: count locally, publish every 64 steps.
         thread_local! {
@@ -310,7 +330,7 @@ impl QueryGate {
         }
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
-        if st.queries + st.searches == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u)
+        if st.holding(searches_too) == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u)
         {
             return;
         }
@@ -355,7 +375,7 @@ impl QueryGate {
                 }
                 Turn::None => {}
             }
-            if st.queries + st.searches == 0 {
+            if st.holding(searches_too) == 0 {
                 break;
             }
             if self.min_share() <= 0.0 {
@@ -443,7 +463,14 @@ impl QueryGate {
     /// query pass at about the speed of one during ingest.
     pub fn pause_hook(self: &Arc<Self>) -> shoal_inference::PauseHook {
         let gate = self.clone();
-        Arc::new(move || gate.wait_idle())
+        Arc::new(move || gate.wait_idle(true))
+    }
+
+    /// A pause hook for graph inserts: they step aside while a query is embedded or an index step
+    /// runs, not for whole searches (see [`QueryGate::wait_idle`]).
+    pub fn insert_pause_hook(self: &Arc<Self>) -> shoal_inference::PauseHook {
+        let gate = self.clone();
+        Arc::new(move || gate.wait_idle(false))
     }
 }
 
@@ -455,13 +482,7 @@ pub struct SearchGuard(Arc<QueryGate>);
 
 impl Drop for SearchGuard {
     fn drop(&mut self) {
-        let gate = &self.0;
-        let mut st = gate.state.lock();
-        st.searches = st.searches.saturating_sub(1);
-        if st.searches == 0 && st.queries == 0 {
-            gate.publish_busy(&st);
-            gate.changed.notify_all();
-        }
+        self.0.search_ended();
     }
 }
 
@@ -522,12 +543,16 @@ impl EmbedExecutor {
         let thread = std::thread::Builder::new()
             .name(format!("embed-{}", role.name()))
             .spawn(move || {
-                match role {
-                    Role::Ingest { nice, .. } => crate::thread_sched::lower_thread_priority(nice),
-                    Role::Query { slice_us, .. } => {
-                        crate::thread_sched::request_slice(slice_us);
+                // (a thread inherits its maker's slice: an ingest thread made on an HTTP worker
+                // goes back to the kernel's default)
+                let slice_us = match role {
+                    Role::Ingest { nice, .. } => {
+                        crate::thread_sched::lower_thread_priority(nice);
+                        0
                     }
-                }
+                    Role::Query { slice_us, .. } => slice_us,
+                };
+                crate::thread_sched::request_slice(slice_us);
                 let exec = Exec {
                     embedder,
                     pool,
@@ -731,7 +756,7 @@ impl Exec {
             let mut failed = None;
             for range in micro_batches(&job.texts, micro, micro_tokens) {
                 let part = &job.texts[range];
-                self.gate.wait_idle();
+                self.gate.wait_idle(true);
                 // Its owner gave it up (no progress for too long): drop it, never run it twice.
                 if !self.wanted(&job) {
                     failed = Some("cancelled".to_string());
@@ -814,14 +839,14 @@ mod tests {
         let g = gate.clone();
         let waiter = std::thread::spawn(move || {
             let t = Instant::now();
-            g.wait_idle();
+            g.wait_idle(true);
             t.elapsed()
         });
         std::thread::sleep(Duration::from_millis(50));
         gate.exit();
         let waited = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(40), "{waited:?}");
-        gate.wait_idle(); // idle now: returns at once
+        gate.wait_idle(true); // idle now: returns at once
     }
 
     #[test]
@@ -836,12 +861,15 @@ mod tests {
         let g = gate.clone();
         let (tx, rx) = mpsc::channel();
         let ingest = std::thread::spawn(move || {
-            g.wait_idle();
+            g.wait_idle(true);
             tx.send(()).unwrap();
         });
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        // graph inserts do not wait for a search (it may be waiting for them), only for passes
+        gate.wait_idle(false);
         // a pass of the same search ends: ingest still waits for the search
         drop(gate.hold());
+        assert!(gate.busy.load(Ordering::Acquire));
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         drop(search);
         rx.recv_timeout(Duration::from_secs(5))
@@ -861,15 +889,14 @@ mod tests {
         let g = gate.clone();
         let t = Instant::now();
         let ingest = std::thread::spawn(move || {
-            g.wait_idle();
+            g.wait_idle(true);
             t.elapsed()
         });
         let waited = ingest.join().unwrap();
         assert_eq!(gate.ingest_turns(), 1);
         assert!(waited < window + window / 5, "{waited:?}");
-        // the turn runs beside the search; a pass waits for it, a new search does not
+        // the turn runs beside the search; a pass waits for it
         assert!(gate.try_hold().is_none());
-        let _another = gate.search();
         drop(search);
         wait_for(|| gate.try_hold().is_some());
     }
@@ -883,7 +910,7 @@ mod tests {
         let g = gate.clone();
         let (tx, rx) = mpsc::channel();
         let ingest = std::thread::spawn(move || {
-            g.wait_idle();
+            g.wait_idle(true);
             tx.send(()).unwrap();
         });
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
@@ -914,7 +941,7 @@ mod tests {
         assert!(crashed.is_err());
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            gate.wait_idle();
+            gate.wait_idle(true);
             let _ = tx.send(());
         });
         assert!(
@@ -960,7 +987,7 @@ mod tests {
         let mut steps = 0;
         let mut ran = Duration::ZERO;
         while start.elapsed() < Duration::from_millis(800) {
-            gate.wait_idle();
+            gate.wait_idle(true);
             // a step of ingest work
             let t = Instant::now();
             std::thread::sleep(Duration::from_millis(2));
@@ -988,7 +1015,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let g = gate.clone();
         std::thread::spawn(move || {
-            g.wait_idle();
+            g.wait_idle(true);
             let _ = tx.send(());
         });
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
@@ -1020,7 +1047,7 @@ mod tests {
         });
         // ingest waits 100 ms, then for the pass in flight, then has its 100 ms turn
         let start = Instant::now();
-        gate.wait_idle();
+        gate.wait_idle(true);
         let turn_start = Instant::now();
         let first_done = in_flight.join().unwrap();
         assert!(
@@ -1097,7 +1124,7 @@ mod tests {
         });
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(800) {
-            gate.wait_idle();
+            gate.wait_idle(true);
             // a step of ingest work: 1 ms of CPU
             let t = Instant::now();
             while t.elapsed() < Duration::from_millis(1) {
@@ -1120,7 +1147,7 @@ mod tests {
         }));
         gate.enter();
         let g = gate.clone();
-        let ingest = std::thread::spawn(move || g.wait_idle());
+        let ingest = std::thread::spawn(move || g.wait_idle(true));
         wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
         (gate, ingest)
     }

@@ -65,6 +65,7 @@ impl Runtime {
                         if nice != 0 {
                             crate::thread_sched::lower_thread_priority(nice);
                         }
+                        // (0: the kernel's default, also where the maker had a short one)
                         crate::thread_sched::request_slice(slice_us);
                         if let Some(hook) = &pause {
                             shoal_inference::set_pause_hook(hook.clone());

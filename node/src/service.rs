@@ -1572,6 +1572,8 @@ impl ShoalService for Node {
             }
         };
         let index_time = index_start.elapsed();
+        // (given up while the search waited for the index, if it did)
+        in_flight.get_or_insert_with(|| gate.search());
         let mut rerank_time = None;
         if req.rerank && !hits.is_empty() {
             let rerank_start = Instant::now();

@@ -46,42 +46,63 @@ struct SchedAttr {
 /// Shortest and longest slice the kernel accepts (µs).
 pub const SLICE_US: std::ops::RangeInclusive<u32> = 100..=100_000;
 
-/// Ask for a time slice of `us` microseconds for the calling thread (0: leave it alone), keeping
-/// its policy (normal) and nice value. Returns the slice the kernel reports afterwards, in µs
-/// (None where it reports none: other systems, kernels before 6.12, or a thread that is not in
-/// the normal class).
+/// The fair scheduling classes (normal, batch, idle): the ones with time slices.
+#[cfg(target_os = "linux")]
+fn fair(policy: u32) -> bool {
+    [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE].contains(&(policy as i32))
+}
+
+/// The calling thread's scheduling attributes (pid 0: the calling thread).
+#[cfg(target_os = "linux")]
+fn get_attr() -> Option<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    // SAFETY: sched_getattr writes at most `size` (its third argument) bytes into the live local
+    // it is given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0 as libc::pid_t,
+            &mut attr as *mut SchedAttr,
+            std::mem::size_of::<SchedAttr>() as u32,
+            0u32,
+        )
+    };
+    (r == 0).then_some(attr)
+}
+
+/// Ask for a time slice of `us` microseconds for the calling thread, or (0) go back to the
+/// kernel's default, keeping its policy and nice value; threads made by this one inherit it.
+/// Returns the slice the kernel reports afterwards, in µs (None where it reports none: other
+/// systems, kernels before 6.12, or a thread outside the fair classes, which is left alone).
 pub fn request_slice(us: u32) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
-        if us == 0 {
-            return current_slice();
-        }
-        // SAFETY: gettid reads nothing; getpriority reads its arguments; sched_setattr reads one
-        // SchedAttr through a pointer to a live local whose size field says how much to read.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-            // getpriority returns the nice value; -1 is a valid one, so errno tells an error.
-            *libc::__errno_location() = 0;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            if nice == -1 && *libc::__errno_location() != 0 {
-                return None;
-            }
-            let attr = SchedAttr {
-                size: std::mem::size_of::<SchedAttr>() as u32,
-                policy: libc::SCHED_OTHER as u32,
-                nice,
-                runtime: u64::from(us.clamp(*SLICE_US.start(), *SLICE_US.end())) * 1000,
-                ..SchedAttr::default()
-            };
-            if libc::syscall(
+        let now = get_attr().filter(|a| fair(a.policy))?;
+        let runtime = if us == 0 {
+            0
+        } else {
+            u64::from(us.clamp(*SLICE_US.start(), *SLICE_US.end())) * 1000
+        };
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: now.policy,
+            flags: now.flags & SCHED_FLAG_RESET_ON_FORK,
+            nice: now.nice,
+            runtime,
+            ..SchedAttr::default()
+        };
+        // SAFETY: sched_setattr reads one SchedAttr through a pointer to a live local whose size
+        // field says how much to read.
+        let r = unsafe {
+            libc::syscall(
                 libc::SYS_sched_setattr,
-                tid,
+                0 as libc::pid_t,
                 &attr as *const SchedAttr,
                 0u32,
-            ) != 0
-            {
-                return None;
-            }
+            )
+        };
+        if r != 0 {
+            return None;
         }
         current_slice()
     }
@@ -92,25 +113,16 @@ pub fn request_slice(us: u32) -> Option<u32> {
     }
 }
 
+#[cfg(target_os = "linux")]
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+
 /// The calling thread's time slice as the kernel reports it (µs; None where it reports none).
 pub fn current_slice() -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
-        let mut attr = SchedAttr::default();
-        // SAFETY: sched_getattr writes at most `size` (its third argument) bytes into the live
-        // local it is given.
-        let r = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-            libc::syscall(
-                libc::SYS_sched_getattr,
-                tid,
-                &mut attr as *mut SchedAttr,
-                std::mem::size_of::<SchedAttr>() as u32,
-                0u32,
-            )
-        };
-        (r == 0 && attr.policy == libc::SCHED_OTHER as u32 && attr.runtime > 0)
-            .then_some((attr.runtime / 1000) as u32)
+        get_attr()
+            .filter(|a| fair(a.policy) && a.runtime > 0)
+            .map(|a| (a.runtime / 1000) as u32)
     }
     #[cfg(not(target_os = "linux"))]
     None
@@ -125,37 +137,38 @@ mod tests {
         std::thread::spawn(|| {
             let before = current_slice();
             match request_slice(300) {
-                // Linux 6.12 and later: the slice asked for, and the nice value kept.
+                // Linux 6.12 and later: the slice asked for
                 Some(us) => {
                     assert_eq!(us, 300);
                     assert_eq!(current_slice(), Some(300));
                     // out of the kernel's range: clamped, never refused
                     assert_eq!(request_slice(10), Some(100));
+                    // a thread made by this one inherits it; 0 gives it the default again
+                    let child = std::thread::spawn(|| (current_slice(), request_slice(0)));
+                    let (inherited, reset) = child.join().unwrap();
+                    assert_eq!(inherited, Some(100));
+                    assert_eq!(reset, before);
                 }
                 // Older kernels report no slice; nothing changed.
                 None => assert_eq!(current_slice(), before),
             }
-            // 0 leaves the slice alone
-            assert_eq!(request_slice(0), current_slice());
         })
         .join()
         .unwrap();
     }
 
+    /// (Meaningful where raising the priority back would be allowed, as root: a request that
+    /// reset the nice value to 0 would succeed there.)
     #[test]
     fn a_slice_request_keeps_the_threads_nice_value() {
         std::thread::spawn(|| {
             lower_thread_priority(7);
             request_slice(200);
             #[cfg(target_os = "linux")]
-            {
-                // SAFETY: gettid and getpriority only read their arguments.
-                let nice = unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                    libc::getpriority(libc::PRIO_PROCESS, tid)
-                };
-                assert_eq!(nice, 7);
-            }
+            assert_eq!(get_attr().map(|a| a.nice), Some(7));
+            request_slice(0);
+            #[cfg(target_os = "linux")]
+            assert_eq!(get_attr().map(|a| a.nice), Some(7));
         })
         .join()
         .unwrap();

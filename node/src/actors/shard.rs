@@ -204,9 +204,9 @@ impl ShardState {
             let s = shard.clone();
             match op {
                 ShardOp::Insert(points) => {
-                    // Inserts step aside between points while a search runs, as ingest's forward
-                    // passes do.
-                    let pause = self.ctx.runtime.query_gate.pause_hook();
+                    // Inserts step aside between points while a query is embedded or an index
+                    // step runs (not for whole searches: one may be waiting for these inserts).
+                    let pause = self.ctx.runtime.query_gate.insert_pause_hook();
                     self.ctx
                         .background(move || s.insert_pausing(points, &*pause))
                         .await??
