@@ -3,7 +3,8 @@ shoal node, 500 documents a request, waiting as long as the node asks (429, Retr
 ingest queue is full; then wait until the collection's index holds them all.
 
 Usage: python3 scripts/ingest_jsonl.py NODE COLLECTION FILE
-(used by scripts/bench-search.sh and scripts/bench-qdrant.sh; a node without auth)
+(used by scripts/bench-search.sh and scripts/bench-qdrant.sh, and its `post` by
+scripts/search_under_ingest.py; a node without auth)
 """
 
 import json
@@ -14,13 +15,14 @@ import urllib.request
 
 
 def post(node, collection, batch):
+    """Add `batch` to `collection`; returns the node's answer (its job id under `job_id`)."""
     body = json.dumps({"documents": batch}).encode()
     while True:
         req = urllib.request.Request(f"{node}/api/v1/collections/{collection}/documents", body,
                                      {"content-type": "application/json"})
         try:
-            urllib.request.urlopen(req).read()
-            return
+            with urllib.request.urlopen(req) as r:
+                return json.load(r)
         except urllib.error.HTTPError as e:
             if e.code != 429:
                 raise

@@ -19,6 +19,8 @@ import sys
 import time
 import urllib.request
 
+from ingest_jsonl import post
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDINGS = ['what is known about', 'tell me more on', 'facts on', 'history of', 'describe',
             'explain', 'summary of', 'who or what is']
@@ -79,7 +81,7 @@ def run(args, base):
 
     def done(job):
         return req(base, 'GET', f'/api/v1/jobs/{job}')['state'] != 'running'
-    job = req(base, 'POST', '/api/v1/collections/wiki/documents', {'documents': docs[:500]})['job_id']
+    job = post(base, 'wiki', docs[:500])['job_id']
     wait_until(lambda: done(job), 'the first ingest')
     titles = [d['id'] for d in docs]
     lua = os.path.join(ROOT, 'bench-data/search-under-ingest.lua')
@@ -110,8 +112,7 @@ def run(args, base):
         n, a50, a95, a99 = measure(k)
         k += 1
         off = 500 + 1500 * rnd
-        jobs = [req(base, 'POST', '/api/v1/collections/load/documents',
-                    {'documents': docs[off + i * 500: off + (i + 1) * 500]})['job_id']
+        jobs = [post(base, 'load', docs[off + i * 500: off + (i + 1) * 500])['job_id']
                 for i in range(3)]
         # the ingest under way: its first chunks stored
         wait_until(lambda: req(base, 'GET', '/api/v1/collections/load')['chunks'] > 1500 * rnd,

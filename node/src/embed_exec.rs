@@ -852,10 +852,7 @@ mod tests {
     #[test]
     fn a_search_in_flight_parks_ingest_but_never_holds_its_turn_off() {
         // ingest waits while a search is in flight, as it does for a pass (no turns here)
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.0,
-            window: Duration::from_millis(200),
-        }));
+        let gate = shared_gate(0.0, Duration::from_millis(200));
         let search = gate.search();
         assert!(gate.busy.load(Ordering::Acquire));
         let g = gate.clone();
@@ -881,10 +878,7 @@ mod tests {
         // waiting at a share of 0.5) it starts at once, not a window later as it would behind
         // a pass that keeps going.
         let window = Duration::from_secs(1);
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.5,
-            window,
-        }));
+        let gate = shared_gate(0.5, window);
         let search = gate.search();
         let g = gate.clone();
         let t = Instant::now();
@@ -975,10 +969,7 @@ mod tests {
 
     #[test]
     fn ingest_gets_its_turn_while_queries_never_stop() {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.2,
-            window: Duration::from_millis(100),
-        }));
+        let gate = shared_gate(0.2, Duration::from_millis(100));
         // overlapping passes from two threads: the gate is never idle on its own
         let stop = Arc::new(AtomicBool::new(false));
         let load = query_load(&gate, 2, Duration::from_millis(3), &stop);
@@ -1007,10 +998,7 @@ mod tests {
 
     #[test]
     fn without_a_share_ingest_waits_for_queries() {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.0,
-            window: Duration::from_millis(50),
-        }));
+        let gate = shared_gate(0.0, Duration::from_millis(50));
         gate.enter();
         let (tx, rx) = mpsc::channel();
         let g = gate.clone();
@@ -1026,10 +1014,7 @@ mod tests {
 
     #[test]
     fn query_passes_wait_for_ingest_turns_and_turns_wait_for_passes_in_flight() {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.5,
-            window: Duration::from_millis(200),
-        }));
+        let gate = shared_gate(0.5, Duration::from_millis(200));
         // a pass in flight for 150 ms
         let g = gate.clone();
         let in_flight = std::thread::spawn(move || {
@@ -1106,10 +1091,7 @@ mod tests {
 
     #[test]
     fn a_query_load_with_gaps_enough_for_ingest_owes_it_no_turn() {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.2,
-            window: Duration::from_millis(100),
-        }));
+        let gate = shared_gate(0.2, Duration::from_millis(100));
         // one client: query passes of 5 ms with 3 ms between them, where ingest runs
         let stop = Arc::new(AtomicBool::new(false));
         let (g, s) = (gate.clone(), stop.clone());
@@ -1141,15 +1123,17 @@ mod tests {
     /// A gate (share 0.5 of `window`) with a query pass in flight and an ingest thread waiting,
     /// once that thread's turn is due.
     fn a_due_turn(window: Duration) -> (Arc<QueryGate>, std::thread::JoinHandle<()>) {
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.5,
-            window,
-        }));
+        let gate = shared_gate(0.5, window);
         gate.enter();
         let g = gate.clone();
         let ingest = std::thread::spawn(move || g.wait_idle(true));
         wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
         (gate, ingest)
+    }
+
+    /// A gate that owes ingest `min_share` in turns of at most `window`.
+    fn shared_gate(min_share: f64, window: Duration) -> Arc<QueryGate> {
+        Arc::new(QueryGate::new(IngestShare { min_share, window }))
     }
 
     /// Wait (at most 10 s) for `cond`.
@@ -1203,10 +1187,7 @@ mod tests {
     fn an_ingest_batch_given_up_by_its_owner_is_never_run() {
         let embedder = model();
         let metrics = Arc::new(Metrics::new());
-        let gate = Arc::new(QueryGate::new(IngestShare {
-            min_share: 0.0,
-            window: Duration::from_millis(100),
-        }));
+        let gate = shared_gate(0.0, Duration::from_millis(100));
         let pool = Arc::new(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
