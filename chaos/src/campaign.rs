@@ -38,6 +38,11 @@ pub struct Config {
     pub keep_logs: Option<PathBuf>,
     /// Each node's disk (where it has one of its own), in MiB.
     pub disk_mib: u64,
+    /// The kinds of fault the schedule draws from (all of [`ALL_FAULTS`] unless narrowed).
+    pub faults: Vec<FaultKind>,
+    /// The program that holds delayed packets where the kernel has no netem (`shoal-chaos`
+    /// itself, with its `delay-packets` command); none: no delay there.
+    pub delayer: Option<PathBuf>,
 }
 
 /// The kinds of fault the schedule draws from.
@@ -59,9 +64,23 @@ pub enum FaultKind {
     ActorPanic,
     DiskFull,
     RemoveAndRejoin,
+    ClockJump,
 }
 
 impl FaultKind {
+    /// Its name in reports and on the command line (`kill_leader`, `clock_jump`, ...).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// The kind called `name`.
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        ALL_FAULTS.iter().copied().find(|k| k.name() == name)
+    }
+
     /// Whether the nodes it hits may come back with less state than they had (killed before
     /// their last writes reached the disk, wiped, a full disk).
     fn may_lose_state(self) -> bool {
@@ -77,7 +96,8 @@ impl FaultKind {
     }
 }
 
-const ALL_FAULTS: &[FaultKind] = &[
+/// Every kind of fault, in the order the schedule draws from.
+pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::KillLeader,
     FaultKind::KillFollower,
     FaultKind::PauseLeader,
@@ -93,6 +113,7 @@ const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::ActorPanic,
     FaultKind::DiskFull,
     FaultKind::RemoveAndRejoin,
+    FaultKind::ClockJump,
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -233,7 +254,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     let net = if cfg.loopback {
         Network::loopback(cfg.nodes)?
     } else {
-        match Network::namespaces(cfg.nodes, cfg.seed) {
+        match Network::namespaces(cfg.nodes, cfg.seed, cfg.delayer.clone()) {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("chaos: network namespaces cannot be made here ({e:#}); falling back to loopback and the nodes' fault switch");
@@ -291,7 +312,7 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     std::thread::sleep(CALM);
     let mut harness_error = None;
     while t0.elapsed() < cfg.duration {
-        let kind = ALL_FAULTS[rng.gen_range(0..ALL_FAULTS.len())];
+        let kind = cfg.faults[rng.gen_range(0..cfg.faults.len())];
         let hold = Duration::from_millis(rng.gen_range(cfg.hold_ms.0..=cfg.hold_ms.1));
         let pick: u64 = rng.gen();
         match inject(c, kind, hold, pick, &ms) {
@@ -595,7 +616,15 @@ fn inject(
             if !c.net.can_delay() {
                 return Ok(None);
             }
-            let d = 50 + (pick % 200) as u32;
+            // half the time a delay the cluster's timers allow for (a round trip well under the
+            // heartbeat, 100 ms by default: openraft gives each replication request that long),
+            // during which writes and searches should go on; half the time one beyond it (a
+            // slow WAN link), during which writes stall, and nothing may be lost
+            let d = if pick & 1 == 0 {
+                5 + ((pick >> 1) % 26) as u32
+            } else {
+                60 + ((pick >> 1) % 191) as u32
+            };
             for i in 0..n {
                 c.net.delay(i, d)?;
             }
@@ -651,6 +680,26 @@ fn inject(
                 None => "disk full, then freed".into(),
             };
         }
+        FaultKind::ClockJump => {
+            if !c.can_jump_clocks() {
+                return Ok(None);
+            }
+            // the leader (whose clock stamps claims) or a follower, 20 s to 5 min ahead or back,
+            // as a badly set clock or an NTP step would move it; then the real time again, a
+            // second jump the other way
+            let v = if pick & 1 == 0 { leader } else { follower };
+            let secs = 20 + ((pick >> 1) % 281) as i64;
+            let secs = if (pick >> 12) & 1 == 0 { secs } else { -secs };
+            c.jump_clock(v, secs)?;
+            hit.push(v);
+            detail = format!(
+                "wall clock {} s {}, then back",
+                secs.abs(),
+                if secs > 0 { "ahead" } else { "back" }
+            );
+            std::thread::sleep(hold.max(Duration::from_millis(1500)));
+            c.jump_clock(v, 0)?;
+        }
         FaultKind::ActorPanic => {
             let v = (pick as usize) % n;
             let actors = c.get(v, "/api/v1/admin/actors")?;
@@ -700,6 +749,7 @@ fn settle(c: &mut ChaosCluster, limit: Duration, converge: bool) -> anyhow::Resu
         );
     }
     c.heal_network()?;
+    c.reset_clocks()?;
     for i in 0..c.nodes.len() {
         if c.nodes[i].paused {
             c.resume(i);
@@ -900,4 +950,21 @@ fn read_node(c: &ChaosCluster, i: usize, ids: &[String]) -> anyhow::Result<(Fina
         anyhow::bail!("node {} changed while it was read", i + 1);
     }
     Ok((n, pending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_kinds_are_named_as_in_reports_and_parse_back() {
+        for k in ALL_FAULTS {
+            let name = k.name();
+            assert!(!name.is_empty());
+            assert_eq!(FaultKind::parse(&name), Some(*k), "{name}");
+        }
+        assert_eq!(FaultKind::name(FaultKind::ClockJump), "clock_jump");
+        assert_eq!(FaultKind::parse("ClockJump"), None);
+        assert_eq!(FaultKind::parse("nonsense"), None);
+    }
 }

@@ -93,6 +93,17 @@ pub struct ChaosCluster {
     /// Nodes found stopped by themselves (a fatal store error) since the campaign last took
     /// this list: their reads before and after are not compared.
     pub stopped_by_themselves: Vec<usize>,
+    /// libfaketime, preloaded into every node so that its wall clock can be moved (see
+    /// [`ChaosCluster::jump_clock`]); none where it is not installed.
+    faketime: Option<PathBuf>,
+}
+
+/// Where libfaketime's thread-safe library is (Debian's package `libfaketime`), if installed.
+pub fn find_faketime() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib").ok()?;
+    lib.flatten()
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file())
 }
 
 impl ChaosCluster {
@@ -120,6 +131,7 @@ impl ChaosCluster {
             small_disks: false,
             mounts: Vec::new(),
             stopped_by_themselves: Vec::new(),
+            faketime: find_faketime(),
         };
         // root can give each node a disk of its own that can fill up
         if c.net.cuts_in_network() {
@@ -198,6 +210,21 @@ impl ChaosCluster {
         if n.bootstrap {
             cmd.env("SHOAL_CLUSTER__BOOTSTRAP", "true");
         }
+        if let Some(lib) = &self.faketime {
+            // the wall clock (CLOCK_REALTIME: SystemTime, the leader's stamp on claims, token
+            // and key expiry, the Date header) follows the offset in the node's clock file,
+            // read again at most once a second; monotonic time (timeouts, elections) is the
+            // real one, as a clock step by NTP leaves it
+            let clock = self.clock_file(i);
+            if !clock.exists() {
+                std::fs::write(&clock, "+0\n").context("write the node's clock file")?;
+            }
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &clock)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env_remove("FAKETIME");
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -223,6 +250,39 @@ impl ChaosCluster {
         let n = &mut self.nodes[i];
         n.child = Some(child);
         n.paused = false;
+        Ok(())
+    }
+
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self._dir.path().join(format!("node-{}.clock", i + 1))
+    }
+
+    /// Whether node clocks can be moved here (libfaketime is installed).
+    pub fn can_jump_clocks(&self) -> bool {
+        self.faketime.is_some()
+    }
+
+    /// Set node `i`'s wall clock `secs` away from the real one (0: the real time again). The
+    /// node sees the jump within a second (libfaketime reads the file again at most once a
+    /// second).
+    pub fn jump_clock(&self, i: usize, secs: i64) -> anyhow::Result<()> {
+        if self.faketime.is_none() {
+            bail!("no libfaketime here: clocks cannot be moved");
+        }
+        let file = self.clock_file(i);
+        let tmp = file.with_extension("clock.new");
+        std::fs::write(&tmp, format!("{secs:+}\n"))?;
+        std::fs::rename(&tmp, &file).context("move the node's clock")?;
+        Ok(())
+    }
+
+    /// Every node's clock back to the real time.
+    pub fn reset_clocks(&self) -> anyhow::Result<()> {
+        if self.faketime.is_some() {
+            for i in 0..self.nodes.len() {
+                self.jump_clock(i, 0)?;
+            }
+        }
         Ok(())
     }
 

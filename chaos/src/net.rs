@@ -6,7 +6,8 @@
 //! filter (nftables) inside the sending node's namespace that drops what it sends to the other
 //! node: a real, silent cut as the nodes see it (established connections stall, new ones time
 //! out), and a one-way cut where only one direction drops. Packet loss is a random drop in the
-//! same filter; delay is `tc netem` where the kernel has it.
+//! same filter; delay is `tc netem` where the kernel has it, else a netfilter queue
+//! (`NFQUEUE`) that [`crate::delay`] holds the node's packets in.
 //!
 //! Where namespaces cannot be made (no root, no `ip` or `nft`), [`Network::loopback`] keeps every
 //! node on 127.0.0.1 and cuts links with the nodes' own fault switch
@@ -15,9 +16,10 @@
 //! available. The campaign's report says which network it ran on.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, Write};
+use std::io::{BufRead, Read, Seek, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -34,12 +36,29 @@ pub struct Namespaces {
     /// The first three octets of the subnet: the bridge is `.1`, node `i` is `.(i + 2)`.
     net: [u8; 3],
     nodes: usize,
-    /// Whether `tc netem` works here (the kernel module may be missing).
-    pub netem: bool,
+    /// How packets are delayed here.
+    pub delay: DelayTool,
+    /// The programs holding each node's delayed packets (with [`DelayTool::Queue`]).
+    delayers: parking_lot::Mutex<Vec<Option<Child>>>,
     made: bool,
     /// Held while the campaign lives: a later campaign removes what a dead one left behind.
     lock: Lock,
 }
+
+/// How a namespace's packets are delayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DelayTool {
+    /// `tc qdisc ... netem delay` (where the kernel has the module).
+    Netem,
+    /// A packet filter rule hands the node's packets to a netfilter queue, and this program
+    /// (`shoal-chaos delay-packets`, see [`crate::delay`]) holds them.
+    Queue(PathBuf),
+    /// Neither works here.
+    None,
+}
+
+/// The netfilter queue each node's delayed packets go through (one per namespace).
+const DELAY_QUEUE: u16 = 0;
 
 /// Subnets (/24) in 198.18.0.0/15, one per campaign.
 const SUBNETS: u64 = 512;
@@ -48,8 +67,14 @@ const SUBNETS: u64 = 512;
 pub const NODE_PORT: u16 = 7400;
 
 impl Network {
-    /// A namespace per node, or an error saying why they cannot be made here.
-    pub fn namespaces(nodes: usize, seed: u64) -> anyhow::Result<Network> {
+    /// A namespace per node, or an error saying why they cannot be made here. `delayer` is the
+    /// program that holds delayed packets where the kernel has no netem (this binary, with its
+    /// `delay-packets` command).
+    pub fn namespaces(
+        nodes: usize,
+        seed: u64,
+        delayer: Option<PathBuf>,
+    ) -> anyhow::Result<Network> {
         for tool in ["ip", "nft"] {
             let ok = Command::new(tool)
                 .arg("-V")
@@ -99,12 +124,20 @@ impl Network {
             tag,
             net,
             nodes,
-            netem: false,
+            delay: DelayTool::None,
+            delayers: parking_lot::Mutex::new((0..nodes).map(|_| None).collect()),
             made: false,
             lock,
         };
         ns.make()?;
-        ns.netem = ns.probe_netem();
+        ns.delay = if ns.probe_netem() {
+            DelayTool::Netem
+        } else {
+            match delayer {
+                Some(program) if ns.probe_queue() => DelayTool::Queue(program),
+                _ => DelayTool::None,
+            }
+        };
         Ok(Network::Namespaces(ns))
     }
 
@@ -127,10 +160,11 @@ impl Network {
                 ns.net[0],
                 ns.net[1],
                 ns.net[2],
-                if ns.netem {
-                    "by tc netem"
-                } else {
-                    "not available (this kernel has no netem)"
+                match ns.delay {
+                    DelayTool::Netem => "by tc netem",
+                    DelayTool::Queue(_) =>
+                        "by a netfilter queue (this kernel has no netem; shoal-chaos delay-packets)",
+                    DelayTool::None => "not available (no netem, no netfilter queue)",
                 }
             ),
             Network::Loopback { .. } => {
@@ -175,7 +209,7 @@ impl Network {
     }
 
     pub fn can_delay(&self) -> bool {
-        matches!(self, Network::Namespaces(ns) if ns.netem)
+        matches!(self, Network::Namespaces(ns) if ns.delay != DelayTool::None)
     }
 
     /// Make node `i`'s filter drop what it sends to each node `j` of `blocked` (pairs `(i, j)`),
@@ -202,8 +236,9 @@ impl Network {
             if l > 0 {
                 rules.push_str(&format!("    numgen random mod 100 < {l} drop\n"));
             }
+            // only this table is replaced: the delay's queue rule (iptables' own table) stays
             let script = format!(
-                "flush ruleset\ntable inet chaos {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{rules}  }}\n}}\n"
+                "table inet chaos\ndelete table inet chaos\ntable inet chaos {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{rules}  }}\n}}\n"
             );
             run_stdin(
                 &["ip", "netns", "exec", &ns.name(i), "nft", "-f", "-"],
@@ -214,34 +249,16 @@ impl Network {
         Ok(())
     }
 
-    /// Delay everything node `i` sends by `ms` (0: none). Needs netem.
+    /// Delay everything node `i` sends by `ms`, give or take a quarter (0: none).
     pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
         let Network::Namespaces(ns) = self else {
             bail!("no delay on loopback");
         };
-        let name = ns.name(i);
-        let _ = run(&[
-            "ip", "netns", "exec", &name, "tc", "qdisc", "del", "dev", "eth0", "root",
-        ]);
-        if ms > 0 {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &name,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "eth0",
-                "root",
-                "netem",
-                "delay",
-                &format!("{ms}ms"),
-                &format!("{}ms", ms / 4 + 1),
-            ])?;
+        match &ns.delay {
+            DelayTool::Netem => ns.netem_delay(i, ms),
+            DelayTool::Queue(program) => ns.queue_delay(i, ms, program),
+            DelayTool::None => bail!("no way to delay packets here"),
         }
-        Ok(())
     }
 }
 
@@ -321,6 +338,124 @@ impl Namespaces {
         Ok(())
     }
 
+    fn netem_delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
+        let name = self.name(i);
+        let _ = run(&[
+            "ip", "netns", "exec", &name, "tc", "qdisc", "del", "dev", "eth0", "root",
+        ]);
+        if ms > 0 {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "netem",
+                "delay",
+                &format!("{ms}ms"),
+                &format!("{}ms", ms / 4 + 1),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The iptables rule (in node `i`'s namespace) that hands what it sends on eth0 to the
+    /// delay queue; `--queue-bypass` lets packets through while no program holds the queue.
+    fn queue_rule(&self, i: usize, op: &str) -> anyhow::Result<()> {
+        let q = DELAY_QUEUE.to_string();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name(i),
+            "iptables",
+            "-w",
+            "-t",
+            "mangle",
+            op,
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &q,
+            "--queue-bypass",
+        ])
+    }
+
+    /// Start (or stop, with `ms` 0) the program holding node `i`'s packets, then put the rule
+    /// in place (or first take it away, so that the program lets go of everything it holds
+    /// before it exits and nothing new reaches the queue).
+    fn queue_delay(&self, i: usize, ms: u32, program: &std::path::Path) -> anyhow::Result<()> {
+        let mut delayers = self.delayers.lock();
+        if let Some(mut old) = delayers[i].take() {
+            let _ = self.queue_rule(i, "-D");
+            // SAFETY: kill(2) on a child this campaign started and has not reaped.
+            unsafe {
+                libc::kill(old.id() as i32, libc::SIGTERM);
+            }
+            let _ = old.wait();
+        }
+        if ms == 0 {
+            return Ok(());
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name(i)])
+            .arg(program)
+            .args([
+                "delay-packets",
+                "--queue",
+                &DELAY_QUEUE.to_string(),
+                "--ms",
+                &ms.to_string(),
+                "--jitter",
+                &(ms / 4 + 1).to_string(),
+                "--seed",
+                &(i as u64 * 7919 + ms as u64).to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // it dies with the campaign, however the campaign dies
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("start the packet delayer")?;
+        // it says `ready` once it holds the queue (or ends, having said why on stderr)
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!("the packet delayer of node {i} did not start ({status})");
+        }
+        delayers[i] = Some(child);
+        drop(delayers);
+        self.queue_rule(i, "-A")
+    }
+
+    /// Whether a netfilter queue rule can be made here (the kernel's NFQUEUE target, iptables).
+    fn probe_queue(&self) -> bool {
+        let ok = self.queue_rule(0, "-A").is_ok();
+        if ok {
+            let _ = self.queue_rule(0, "-D");
+        }
+        ok
+    }
+
     fn probe_netem(&self) -> bool {
         let ns = self.name(0);
         let ok = run(&[
@@ -341,6 +476,10 @@ impl Drop for Namespaces {
     fn drop(&mut self) {
         if !self.made {
             return;
+        }
+        for d in self.delayers.get_mut().iter_mut().flatten() {
+            let _ = d.kill();
+            let _ = d.wait();
         }
         for i in 0..self.nodes {
             let _ = run(&["ip", "netns", "del", &self.name(i)]);

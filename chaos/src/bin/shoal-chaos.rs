@@ -16,7 +16,7 @@ use shoal_chaos::campaign::{self, Config, Report};
 the machine allows it, else on loopback), runs clients that ingest, replace, delete, search and \
 create and drop collections on every node, and injects a seeded schedule of faults: kill -9, \
 SIGSTOP, partitions (minority, leader alone, bridge, one-way), packet loss, delay, restarts, a \
-wiped data folder, actor panics. Then it heals everything, lets the cluster settle and checks the \
+wiped data folder, a full disk, actor panics, wall-clock jumps. Then it heals everything, lets the cluster settle and checks the \
 history and every node's final state. A failing run is replayed with its seed."
 )]
 struct Args {
@@ -57,10 +57,61 @@ struct Args {
     /// 10 minutes of faults, 2048 beyond].
     #[arg(long, value_name = "MIB")]
     disk_mib: Option<u64>,
+    /// Draw faults only of these kinds (comma-separated: kill_leader, kill_follower,
+    /// pause_leader, pause_follower, isolate_leader, partition_minority, bridge,
+    /// one_way_from_leader, packet_loss, delay, graceful_restart, wipe_follower, actor_panic,
+    /// disk_full, remove_and_rejoin, clock_jump) [default: every kind].
+    #[arg(long, value_delimiter = ',', value_name = "KIND")]
+    faults: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// Hold the packets of a netfilter queue for a while, then let them go (what the campaign
+    /// runs in a node's namespace to delay its packets where the kernel has no netem; stops,
+    /// letting go of everything it holds, on SIGTERM). Says `ready` once it holds the queue.
+    #[command(hide = true)]
+    DelayPackets {
+        /// The netfilter queue number.
+        #[arg(long)]
+        queue: u16,
+        /// The delay, in ms.
+        #[arg(long)]
+        ms: u64,
+        /// Each packet's delay is drawn from [ms - jitter, ms + jitter] (never overtaking the
+        /// packet ahead).
+        #[arg(long, default_value_t = 0)]
+        jitter: u64,
+        /// The seed of the draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Tool::DelayPackets {
+        queue,
+        ms,
+        jitter,
+        seed,
+    }) = args.command
+    {
+        return match shoal_chaos::delay::run(
+            queue,
+            Duration::from_millis(ms),
+            Duration::from_millis(jitter),
+            seed,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shoal-chaos delay-packets: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -93,6 +144,23 @@ fn main() -> ExitCode {
         eprintln!("shoal-chaos: --hold-ms takes MIN,MAX and --nodes at least 3");
         return ExitCode::from(2);
     }
+    let mut faults = Vec::new();
+    for name in &args.faults {
+        match campaign::FaultKind::parse(name) {
+            Some(k) => faults.push(k),
+            None => {
+                let known: Vec<String> = campaign::ALL_FAULTS.iter().map(|k| k.name()).collect();
+                eprintln!(
+                    "shoal-chaos: --faults: no fault kind {name:?} (kinds: {})",
+                    known.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if faults.is_empty() {
+        faults = campaign::ALL_FAULTS.to_vec();
+    }
     let mut reports: Vec<Report> = Vec::new();
     let mut failed = false;
     let mut broken = false;
@@ -111,7 +179,12 @@ fn main() -> ExitCode {
         let disk_mib = args
             .disk_mib
             .unwrap_or_else(|| shoal_chaos::cluster::default_disk_mib(args.seconds));
-        println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {} --disk-mib {disk_mib})", args.nodes, args.clients, args.seconds);
+        let narrowed = if args.faults.is_empty() {
+            String::new()
+        } else {
+            format!(" --faults {}", args.faults.join(","))
+        };
+        println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {} --disk-mib {disk_mib}{narrowed})", args.nodes, args.clients, args.seconds);
         let cfg = Config {
             nodes: args.nodes,
             clients: args.clients,
@@ -122,6 +195,8 @@ fn main() -> ExitCode {
             model: model.clone(),
             loopback: args.loopback,
             disk_mib,
+            delayer: std::env::current_exe().ok(),
+            faults: faults.clone(),
             keep_logs: Some(
                 args.logs
                     .clone()
