@@ -7,7 +7,9 @@
 # checks: the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
 # (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
 # (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
-# (scripts/test-compose.sh; skipped where no Docker engine runs). CI runs exactly this (.ci/run).
+# (scripts/test-compose.sh; skipped where no Docker engine runs), and a short chaos campaign
+# against that stack (scripts/chaos-compose.sh: Docker's own faults, the same checker; skipped
+# likewise). CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
@@ -35,3 +37,5 @@ echo "== deployment: alert rules and dashboard, Kubernetes manifests, the Compos
 scripts/check-monitoring.sh
 scripts/check-k8s.sh
 scripts/test-compose.sh
+echo "== chaos against the compose stack: docker kill, pause, network disconnect in turn (docs/chaos.md)" >&2
+scripts/chaos-compose.sh

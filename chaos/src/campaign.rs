@@ -40,10 +40,38 @@ pub struct Config {
     pub disk_mib: u64,
     /// The kinds of fault the schedule draws from (all of [`ALL_FAULTS`] unless narrowed).
     pub faults: Vec<FaultKind>,
+    /// Take the kinds of `faults` in turn (the hold and the nodes hit still drawn from the
+    /// seed) instead of drawing them.
+    pub in_turn: bool,
+    /// Run against the docker-compose stack instead of processes of `bin`.
+    pub compose: Option<ComposeSetup>,
     /// The program that holds delayed packets where the kernel has no netem (`shoal-chaos`
     /// itself, with its `delay-packets` command); none: no delay there.
     pub delayer: Option<PathBuf>,
 }
+
+/// The docker-compose stack to run a campaign against.
+#[derive(Clone, Debug)]
+pub struct ComposeSetup {
+    /// docker-compose.yml.
+    pub file: PathBuf,
+    /// The shoal image (`shoal:latest`, as scripts/docker-images.sh makes it).
+    pub image: String,
+}
+
+/// What Docker can do to the compose stack's nodes: `docker kill` (and start), `docker pause`
+/// (and unpause), `docker stop` (and start), `docker network disconnect` (and connect) of the
+/// leader alone or of a follower, and an actor panic through the fault switch.
+pub const COMPOSE_FAULTS: &[FaultKind] = &[
+    FaultKind::KillLeader,
+    FaultKind::KillFollower,
+    FaultKind::PauseLeader,
+    FaultKind::PauseFollower,
+    FaultKind::IsolateLeader,
+    FaultKind::PartitionMinority,
+    FaultKind::GracefulRestart,
+    FaultKind::ActorPanic,
+];
 
 /// The kinds of fault the schedule draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -251,7 +279,24 @@ impl Report {
 /// Run one campaign. An error is a harness failure (the cluster never settled, a node would not
 /// start); anomalies are in the report.
 pub fn run(cfg: &Config) -> anyhow::Result<Report> {
-    let net = if cfg.loopback {
+    let env: Vec<(String, String)> = vec![
+        // snapshots and compaction happen during the campaign, not only at its end
+        ("SHOAL_CLUSTER__SNAPSHOT_AFTER_ENTRIES".into(), "200".into()),
+        (
+            "SHOAL_CLUSTER__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
+            "50".into(),
+        ),
+    ];
+    let net = if let Some(setup) = &cfg.compose {
+        Network::Compose(crate::compose::ComposeStack::start(
+            &setup.file,
+            &setup.image,
+            cfg.nodes,
+            crate::cluster::SECRET,
+            &env,
+            cfg.seed,
+        )?)
+    } else if cfg.loopback {
         Network::loopback(cfg.nodes)?
     } else {
         match Network::namespaces(cfg.nodes, cfg.seed, cfg.delayer.clone()) {
@@ -264,14 +309,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     let network = net.describe();
     eprintln!("chaos: seed {} on {network}", cfg.seed);
-    let env: Vec<(String, String)> = vec![
-        // snapshots and compaction happen during the campaign, not only at its end
-        ("SHOAL_CLUSTER__SNAPSHOT_AFTER_ENTRIES".into(), "200".into()),
-        (
-            "SHOAL_CLUSTER__KEEP_ENTRIES_AFTER_SNAPSHOT".into(),
-            "50".into(),
-        ),
-    ];
     let mut c = ChaosCluster::start(net, cfg.nodes, &cfg.bin, &cfg.model, &env, cfg.disk_mib)?;
     let result = campaign(cfg, &mut c, network);
     match &result {
@@ -311,8 +348,15 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     // the clients warm up before the first fault (and time a calm stretch)
     std::thread::sleep(CALM);
     let mut harness_error = None;
+    let mut turn = 0;
     while t0.elapsed() < cfg.duration {
-        let kind = cfg.faults[rng.gen_range(0..cfg.faults.len())];
+        let drawn = cfg.faults[rng.gen_range(0..cfg.faults.len())];
+        let kind = if cfg.in_turn {
+            turn += 1;
+            cfg.faults[(turn - 1) % cfg.faults.len()]
+        } else {
+            drawn
+        };
         let hold = Duration::from_millis(rng.gen_range(cfg.hold_ms.0..=cfg.hold_ms.1));
         let pick: u64 = rng.gen();
         match inject(c, kind, hold, pick, &ms) {
@@ -511,6 +555,10 @@ fn inject(
     pick: u64,
     ms: &dyn Fn() -> f64,
 ) -> anyhow::Result<Option<FaultRecord>> {
+    if c.net.compose().is_some() && !COMPOSE_FAULTS.contains(&kind) {
+        return Ok(None);
+    }
+    let docker = c.net.compose().is_some();
     let leader = c.wait_leader(Duration::from_secs(30))?;
     let n = c.nodes.len();
     let followers = others(c, leader);
@@ -527,7 +575,11 @@ fn inject(
             };
             c.kill9(v);
             hit.push(v);
-            detail = "kill -9, then restarted".into();
+            detail = if docker {
+                "docker kill, then docker start".into()
+            } else {
+                "kill -9, then restarted".into()
+            };
             std::thread::sleep(hold);
             c.restart(v)?;
         }
@@ -539,7 +591,11 @@ fn inject(
             };
             c.pause(v);
             hit.push(v);
-            detail = "SIGSTOP, then SIGCONT".into();
+            detail = if docker {
+                "docker pause, then unpause".into()
+            } else {
+                "SIGSTOP, then SIGCONT".into()
+            };
             std::thread::sleep(hold);
             c.resume(v);
         }
@@ -563,7 +619,11 @@ fn inject(
                 }
             }
             hit = minority;
-            detail = "cut off from the majority".into();
+            detail = if docker {
+                "docker network disconnect, then connect".into()
+            } else {
+                "cut off from the majority".into()
+            };
             c.apply_network()?;
             std::thread::sleep(hold);
             c.heal_network()?;
@@ -637,7 +697,11 @@ fn inject(
             let v = (pick as usize) % n;
             c.terminate(v);
             hit.push(v);
-            detail = "SIGTERM, then started".into();
+            detail = if docker {
+                "docker stop, then docker start".into()
+            } else {
+                "SIGTERM, then started".into()
+            };
             std::thread::sleep(hold / 2);
             c.restart(v)?;
         }

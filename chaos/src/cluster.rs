@@ -53,6 +53,8 @@ pub struct NodeProc {
     pub data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// A container of the compose stack that runs (its process is Docker's).
+    container_running: bool,
     pub paused: bool,
     /// Arguments after the first start (`--join` after a wipe).
     args: Vec<String>,
@@ -65,12 +67,12 @@ impl NodeProc {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() || self.container_running
     }
 
     /// Running and not paused: it can answer.
     pub fn is_up(&self) -> bool {
-        self.child.is_some() && !self.paused
+        self.is_running() && !self.paused
     }
 }
 
@@ -93,6 +95,8 @@ pub struct ChaosCluster {
     /// Nodes found stopped by themselves (a fatal store error) since the campaign last took
     /// this list: their reads before and after are not compared.
     pub stopped_by_themselves: Vec<usize>,
+    /// Compose nodes disconnected from the stack's network.
+    disconnected: Vec<bool>,
     /// libfaketime, preloaded into every node so that its wall clock can be moved (see
     /// [`ChaosCluster::jump_clock`]); none where it is not installed.
     faketime: Option<PathBuf>,
@@ -131,8 +135,14 @@ impl ChaosCluster {
             small_disks: false,
             mounts: Vec::new(),
             stopped_by_themselves: Vec::new(),
-            faketime: find_faketime(),
+            disconnected: vec![false; voters],
+            // a container's clock is not the campaign's to move
+            faketime: None,
         };
+        let compose = c.net.compose().is_some();
+        if !compose {
+            c.faketime = find_faketime();
+        }
         // root can give each node a disk of its own that can fill up
         if c.net.cuts_in_network() {
             c.small_disks = true;
@@ -167,17 +177,27 @@ impl ChaosCluster {
                 data: c._dir.path().join(format!("node-{}", i + 1)),
                 log: c._dir.path().join(format!("node-{}.log", i + 1)),
                 child: None,
+                container_running: compose,
                 paused: false,
                 args,
                 bootstrap: i == 0,
             });
-            c.spawn(i)?;
+            if !compose {
+                c.spawn(i)?;
+            }
         }
         c.wait_members(voters, Duration::from_secs(120))?;
         Ok(c)
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(stack) = self.net.compose() {
+            stack.start_node(i)?;
+            let n = &mut self.nodes[i];
+            n.container_running = true;
+            n.paused = false;
+            return Ok(());
+        }
         let n = &self.nodes[i];
         let wrap = self.net.wrap(i);
         let mut cmd = match wrap.split_first() {
@@ -288,6 +308,9 @@ impl ChaosCluster {
 
     /// The last lines of node `i`'s log (for a failure's message).
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        if let Some(stack) = self.net.compose() {
+            return stack.logs(i, Some(lines));
+        }
         let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -296,6 +319,13 @@ impl ChaosCluster {
     /// Copy every node's log to `dir` (kept when a campaign fails).
     pub fn keep_logs(&self, dir: &Path) {
         let _ = std::fs::create_dir_all(dir);
+        if let Some(stack) = self.net.compose() {
+            for i in 0..self.nodes.len() {
+                let _ =
+                    std::fs::write(dir.join(format!("node-{}.log", i + 1)), stack.logs(i, None));
+            }
+            return;
+        }
         for n in &self.nodes {
             let _ = std::fs::copy(&n.log, dir.join(format!("node-{}.log", n.id())));
         }
@@ -353,6 +383,17 @@ impl ChaosCluster {
     /// each one's exit status.
     pub fn reap(&mut self) -> Vec<(usize, String)> {
         let mut ended = Vec::new();
+        if let Some(stack) = self.net.compose() {
+            for n in &mut self.nodes {
+                if n.container_running && !stack.running(n.index) {
+                    ended.push((n.index, stack.exit_status(n.index)));
+                    self.stopped_by_themselves.push(n.index);
+                    n.container_running = false;
+                    n.paused = false;
+                }
+            }
+            return ended;
+        }
         for n in &mut self.nodes {
             if let Some(c) = &mut n.child {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -457,6 +498,14 @@ impl ChaosCluster {
 
     /// SIGKILL node `i`.
     pub fn kill9(&mut self, i: usize) {
+        if let Some(stack) = self.net.compose() {
+            if self.nodes[i].container_running {
+                if let Err(e) = stack.kill(i) {
+                    eprintln!("chaos: docker kill of node {}: {e:#}", i + 1);
+                }
+            }
+            self.nodes[i].container_running = false;
+        }
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -466,6 +515,17 @@ impl ChaosCluster {
 
     /// SIGTERM node `i` and wait (at most 60 s) for it to exit.
     pub fn terminate(&mut self, i: usize) {
+        if let Some(stack) = self.net.compose() {
+            if self.nodes[i].container_running {
+                if self.nodes[i].paused {
+                    let _ = stack.unpause(i);
+                }
+                if let Err(e) = stack.stop(i, 60) {
+                    eprintln!("chaos: docker stop of node {}: {e:#}", i + 1);
+                }
+            }
+            self.nodes[i].container_running = false;
+        }
         if let Some(mut c) = self.nodes[i].child.take() {
             if self.nodes[i].paused {
                 signal(c.id(), libc::SIGCONT);
@@ -486,6 +546,12 @@ impl ChaosCluster {
 
     /// SIGSTOP node `i`: it stops answering and wakes later with an old view of the cluster.
     pub fn pause(&mut self, i: usize) {
+        if let Some(stack) = self.net.compose() {
+            if self.nodes[i].container_running && stack.pause(i).is_ok() {
+                self.nodes[i].paused = true;
+            }
+            return;
+        }
         if let Some(c) = &self.nodes[i].child {
             signal(c.id(), libc::SIGSTOP);
             self.nodes[i].paused = true;
@@ -493,6 +559,15 @@ impl ChaosCluster {
     }
 
     pub fn resume(&mut self, i: usize) {
+        if let Some(stack) = self.net.compose() {
+            if self.nodes[i].paused {
+                if let Err(e) = stack.unpause(i) {
+                    eprintln!("chaos: docker unpause of node {}: {e:#}", i + 1);
+                }
+            }
+            self.nodes[i].paused = false;
+            return;
+        }
         if let Some(c) = &self.nodes[i].child {
             signal(c.id(), libc::SIGCONT);
         }
@@ -509,6 +584,9 @@ impl ChaosCluster {
     /// Kill node `i`, remove its data folder and start it again joining through `seed`: it
     /// comes back as a learner and catches up from a snapshot (the campaign promotes it).
     pub fn wipe(&mut self, i: usize, seed: usize) -> anyhow::Result<()> {
+        if self.net.compose().is_some() {
+            bail!("a compose node's data is a Docker volume: not wiped by the campaign");
+        }
         self.kill9(i);
         // its contents: the folder may be a mount point
         if let Ok(entries) = std::fs::read_dir(&self.nodes[i].data) {
@@ -559,7 +637,33 @@ impl ChaosCluster {
     }
 
     /// Put the cuts and losses in place.
-    pub fn apply_network(&self) -> anyhow::Result<()> {
+    pub fn apply_network(&mut self) -> anyhow::Result<()> {
+        if let Some(stack) = self.net.compose() {
+            // Docker cuts a whole container off its network, nothing finer: a node is cut off
+            // when it is blocked from every other node both ways
+            let n = self.nodes.len();
+            let alone: Vec<bool> = (0..n)
+                .map(|i| {
+                    (0..n)
+                        .filter(|j| *j != i)
+                        .all(|j| self.blocked.contains(&(i, j)) && self.blocked.contains(&(j, i)))
+                })
+                .collect();
+            let explained = self.blocked.iter().all(|(a, b)| alone[*a] || alone[*b]);
+            if !explained {
+                bail!("the compose stack cuts whole nodes off its network only (docker network disconnect)");
+            }
+            for (i, cut_off) in alone.into_iter().enumerate() {
+                if cut_off && !self.disconnected[i] {
+                    stack.disconnect(i)?;
+                    self.disconnected[i] = true;
+                } else if !cut_off && self.disconnected[i] {
+                    stack.connect(i)?;
+                    self.disconnected[i] = false;
+                }
+            }
+            return Ok(());
+        }
         if self.net.cuts_in_network() {
             return self.net.apply(&self.blocked, &self.loss);
         }

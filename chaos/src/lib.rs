@@ -7,7 +7,7 @@
 //!
 //! - [`net`]: the nodes' network (a namespace per node, or loopback) and its faults;
 //! - [`delay`]: packet delay through a netfilter queue, where the kernel has no netem;
-//! - [`cluster`]: the processes;
+//! - [`cluster`]: the processes (or the docker-compose stack's containers: [`compose`]);
 //! - [`workload`]: the clients, which record the [`history`];
 //! - [`checker`]: what the history and the settled cluster must satisfy;
 //! - [`campaign`]: the schedule of faults, settling, the final reads and the report.
@@ -17,6 +17,7 @@
 pub mod campaign;
 pub mod checker;
 pub mod cluster;
+pub mod compose;
 pub mod delay;
 pub mod history;
 pub mod net;

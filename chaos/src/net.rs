@@ -26,7 +26,11 @@ use anyhow::{bail, Context};
 /// How the nodes are connected.
 pub enum Network {
     Namespaces(Namespaces),
-    Loopback { ports: Vec<u16> },
+    Loopback {
+        ports: Vec<u16>,
+    },
+    /// The docker-compose stack's network: faults are Docker's (see [`crate::compose`]).
+    Compose(crate::compose::ComposeStack),
 }
 
 /// One namespace per node, a bridge in the campaign's own namespace.
@@ -171,6 +175,15 @@ impl Network {
                 "loopback (no network namespaces here): cuts by the nodes' fault switch, no loss or delay"
                     .into()
             }
+            Network::Compose(stack) => stack.describe(),
+        }
+    }
+
+    /// The compose stack, when the nodes are its containers.
+    pub fn compose(&self) -> Option<&crate::compose::ComposeStack> {
+        match self {
+            Network::Compose(stack) => Some(stack),
+            _ => None,
         }
     }
 
@@ -186,6 +199,7 @@ impl Network {
         match self {
             Network::Namespaces(ns) => format!("{}:{NODE_PORT}", ns.addr(i)),
             Network::Loopback { ports } => format!("127.0.0.1:{}", ports[i]),
+            Network::Compose(stack) => stack.listen(i),
         }
     }
 
@@ -195,7 +209,7 @@ impl Network {
             Network::Namespaces(ns) => {
                 vec!["ip".into(), "netns".into(), "exec".into(), ns.name(i)]
             }
-            Network::Loopback { .. } => Vec::new(),
+            Network::Loopback { .. } | Network::Compose(_) => Vec::new(),
         }
     }
 

@@ -63,6 +63,18 @@ struct Args {
     /// disk_full, remove_and_rejoin, clock_jump) [default: every kind].
     #[arg(long, value_delimiter = ',', value_name = "KIND")]
     faults: Vec<String>,
+    /// Take the kinds of --faults in turn, in the order given, instead of drawing them (the
+    /// hold and the nodes hit are still drawn from the seed).
+    #[arg(long)]
+    in_turn: bool,
+    /// Run against the docker-compose stack (three containers of the shoal image, from this
+    /// compose file) instead of processes: faults by docker kill, pause, stop and network
+    /// disconnect (scripts/chaos-compose.sh builds the images and runs this).
+    #[arg(long, value_name = "COMPOSE_FILE", num_args = 0..=1, default_missing_value = "docker-compose.yml")]
+    compose: Option<PathBuf>,
+    /// The shoal image of --compose [default: $SHOAL_IMAGE, else shoal:latest].
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -126,14 +138,14 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var_os("SHOAL_MODEL_DIR").map(PathBuf::from))
         .unwrap_or_else(|| root.join("models/all-MiniLM-L6-v2"));
-    if !bin.is_file() {
+    if args.compose.is_none() && !bin.is_file() {
         eprintln!(
             "shoal-chaos: no shoal binary at {} (cargo build --bin shoal, or --bin)",
             bin.display()
         );
         return ExitCode::from(2);
     }
-    if !model.join("model.safetensors").is_file() {
+    if args.compose.is_none() && !model.join("model.safetensors").is_file() {
         eprintln!(
             "shoal-chaos: no model at {} (scripts/fetch-model.sh, or --model)",
             model.display()
@@ -159,7 +171,33 @@ fn main() -> ExitCode {
         }
     }
     if faults.is_empty() {
-        faults = campaign::ALL_FAULTS.to_vec();
+        faults = if args.compose.is_some() {
+            campaign::COMPOSE_FAULTS.to_vec()
+        } else {
+            campaign::ALL_FAULTS.to_vec()
+        };
+    }
+    let compose = args.compose.as_ref().map(|file| campaign::ComposeSetup {
+        file: if file.is_absolute() {
+            file.clone()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(file)
+        },
+        image: args
+            .image
+            .clone()
+            .or_else(|| std::env::var("SHOAL_IMAGE").ok())
+            .unwrap_or_else(|| "shoal:latest".into()),
+    });
+    if let Some(setup) = &compose {
+        if !setup.file.is_file() {
+            eprintln!("shoal-chaos: no compose file at {}", setup.file.display());
+            return ExitCode::from(2);
+        }
+        if args.nodes != 3 {
+            eprintln!("shoal-chaos: the compose stack has three nodes (--nodes 3)");
+            return ExitCode::from(2);
+        }
     }
     let mut reports: Vec<Report> = Vec::new();
     let mut failed = false;
@@ -184,6 +222,19 @@ fn main() -> ExitCode {
         } else {
             format!(" --faults {}", args.faults.join(","))
         };
+        let narrowed = if args.in_turn {
+            format!("{narrowed} --in-turn")
+        } else {
+            narrowed
+        };
+        let narrowed = match &compose {
+            Some(s) => format!(
+                "{narrowed} --compose {} --image {}",
+                s.file.display(),
+                s.image
+            ),
+            None => narrowed,
+        };
         println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {} --disk-mib {disk_mib}{narrowed})", args.nodes, args.clients, args.seconds);
         let cfg = Config {
             nodes: args.nodes,
@@ -197,6 +248,8 @@ fn main() -> ExitCode {
             disk_mib,
             delayer: std::env::current_exe().ok(),
             faults: faults.clone(),
+            compose: compose.clone(),
+            in_turn: args.in_turn,
             keep_logs: Some(
                 args.logs
                     .clone()
