@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
 scripts/fetch-bench-data.sh   # Wikipedia summaries: the labelled set of `shoal eval`'s test
 scripts/browser.sh            # headless Chromium and its WebDriver: the web console's tests
+scripts/chaos-deps.sh         # ip, nft, iptables, libfaketime: the chaos crate's tests and campaign
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
@@ -30,7 +31,6 @@ SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test -p shoal-tests --test e2e --test infer
     --test hybrid
 scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
-scripts/chaos-deps.sh
 cargo build -p shoal-chaos --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
 echo "== deployment: alert rules and dashboard, Kubernetes manifests, the Compose stack" >&2

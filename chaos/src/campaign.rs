@@ -74,7 +74,7 @@ pub const COMPOSE_FAULTS: &[FaultKind] = &[
 ];
 
 /// The kinds of fault the schedule draws from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     KillLeader,
@@ -309,7 +309,16 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     let network = net.describe();
     eprintln!("chaos: seed {} on {network}", cfg.seed);
-    let mut c = ChaosCluster::start(net, cfg.nodes, &cfg.bin, &cfg.model, &env, cfg.disk_mib)?;
+    let clocks = cfg.faults.contains(&FaultKind::ClockJump);
+    let mut c = ChaosCluster::start(
+        net,
+        cfg.nodes,
+        &cfg.bin,
+        &cfg.model,
+        &env,
+        cfg.disk_mib,
+        clocks,
+    )?;
     let result = campaign(cfg, &mut c, network);
     match &result {
         Ok(r) if r.passed() => {}
@@ -349,6 +358,7 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     std::thread::sleep(CALM);
     let mut harness_error = None;
     let mut turn = 0;
+    let mut unavailable = std::collections::BTreeSet::new();
     while t0.elapsed() < cfg.duration {
         let drawn = cfg.faults[rng.gen_range(0..cfg.faults.len())];
         let kind = if cfg.in_turn {
@@ -385,6 +395,14 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
                 let what = format!("{kind:?} (not available on this network or node)");
                 if !skipped.contains(&what) {
                     skipped.push(what);
+                }
+                unavailable.insert(kind);
+                if cfg.faults.iter().all(|k| unavailable.contains(k)) {
+                    harness_error = Some(anyhow::anyhow!(
+                        "none of the faults asked for can be made here: {}",
+                        skipped.join(", ")
+                    ));
+                    break;
                 }
                 continue;
             }
@@ -589,7 +607,7 @@ fn inject(
             } else {
                 follower
             };
-            c.pause(v);
+            c.pause(v)?;
             hit.push(v);
             detail = if docker {
                 "docker pause, then unpause".into()
@@ -751,9 +769,14 @@ fn inject(
             // the leader (whose clock stamps claims) or a follower, 20 s to 5 min ahead or back,
             // as a badly set clock or an NTP step would move it; then the real time again, a
             // second jump the other way
-            let v = if pick & 1 == 0 { leader } else { follower };
-            let secs = 20 + ((pick >> 1) % 281) as i64;
-            let secs = if (pick >> 12) & 1 == 0 { secs } else { -secs };
+            // (bits of `pick` apart from the follower's, which takes its low bits)
+            let v = if (pick >> 40) & 1 == 0 {
+                leader
+            } else {
+                follower
+            };
+            let secs = 20 + ((pick >> 8) % 281) as i64;
+            let secs = if (pick >> 41) & 1 == 0 { secs } else { -secs };
             c.jump_clock(v, secs)?;
             hit.push(v);
             detail = format!(
@@ -761,8 +784,11 @@ fn inject(
                 secs.abs(),
                 if secs > 0 { "ahead" } else { "back" }
             );
-            std::thread::sleep(hold.max(Duration::from_millis(1500)));
+            // the node sees a change of its clock file within CLOCK_LAG: the jump is in effect
+            // for at least two seconds, and the fault ends once the node is surely back
+            std::thread::sleep(hold.max(crate::cluster::CLOCK_LAG + Duration::from_secs(2)));
             c.jump_clock(v, 0)?;
+            std::thread::sleep(crate::cluster::CLOCK_LAG);
         }
         FaultKind::ActorPanic => {
             let v = (pick as usize) % n;

@@ -102,6 +102,25 @@ pub struct ChaosCluster {
     faketime: Option<PathBuf>,
 }
 
+/// How long a clock file's change may take to reach a node: libfaketime reads the file again
+/// on the first wall-clock read after the second changed by more than
+/// `FAKETIME_CACHE_DURATION` (1): up to two seconds. (0 would read it on every call.)
+pub const CLOCK_LAG: Duration = Duration::from_millis(2100);
+
+/// The environment that preloads libfaketime (`lib`) with its offset read from `clock` (a file
+/// holding `+N` or `-N` seconds), moving the wall clock only.
+pub fn faketime_env(lib: &Path, clock: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            clock.display().to_string(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// Where libfaketime's thread-safe library is (Debian's package `libfaketime`), if installed.
 pub fn find_faketime() -> Option<PathBuf> {
     let lib = std::fs::read_dir("/usr/lib").ok()?;
@@ -120,6 +139,7 @@ impl ChaosCluster {
         model: &Path,
         env: &[(String, String)],
         disk_mib: u64,
+        clocks: bool,
     ) -> anyhow::Result<ChaosCluster> {
         let dir = tempfile::tempdir()?;
         let mut c = ChaosCluster {
@@ -140,7 +160,10 @@ impl ChaosCluster {
             faketime: None,
         };
         let compose = c.net.compose().is_some();
-        if !compose {
+        // only where clocks will jump: libfaketime wraps every wall-clock read (a lock and two
+        // signal-mask calls each) and more (poll, sleeps, stat), which the other faults need not
+        // measure through
+        if clocks && !compose {
             c.faketime = find_faketime();
         }
         // root can give each node a disk of its own that can fill up
@@ -232,18 +255,16 @@ impl ChaosCluster {
         }
         if let Some(lib) = &self.faketime {
             // the wall clock (CLOCK_REALTIME: SystemTime, the leader's stamp on claims, token
-            // and key expiry, the Date header) follows the offset in the node's clock file,
-            // read again at most once a second; monotonic time (timeouts, elections) is the
-            // real one, as a clock step by NTP leaves it
+            // and key expiry, the Date header) follows the offset in the node's clock file;
+            // monotonic time (timeouts, elections) is the real one, as an NTP step leaves it
             let clock = self.clock_file(i);
             if !clock.exists() {
                 std::fs::write(&clock, "+0\n").context("write the node's clock file")?;
             }
-            cmd.env("LD_PRELOAD", lib)
-                .env("FAKETIME_TIMESTAMP_FILE", &clock)
-                .env("FAKETIME_CACHE_DURATION", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-                .env_remove("FAKETIME");
+            cmd.env_remove("FAKETIME");
+            for (k, v) in faketime_env(lib, &clock) {
+                cmd.env(k, v);
+            }
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -283,8 +304,7 @@ impl ChaosCluster {
     }
 
     /// Set node `i`'s wall clock `secs` away from the real one (0: the real time again). The
-    /// node sees the jump within a second (libfaketime reads the file again at most once a
-    /// second).
+    /// node sees the jump within [`CLOCK_LAG`].
     pub fn jump_clock(&self, i: usize, secs: i64) -> anyhow::Result<()> {
         if self.faketime.is_none() {
             bail!("no libfaketime here: clocks cannot be moved");
@@ -385,7 +405,8 @@ impl ChaosCluster {
         let mut ended = Vec::new();
         if let Some(stack) = self.net.compose() {
             for n in &mut self.nodes {
-                if n.container_running && !stack.running(n.index) {
+                // (a docker inspect that fails says nothing: asked again next time)
+                if n.container_running && stack.running(n.index).is_ok_and(|r| !r) {
                     ended.push((n.index, stack.exit_status(n.index)));
                     self.stopped_by_themselves.push(n.index);
                     n.container_running = false;
@@ -545,17 +566,19 @@ impl ChaosCluster {
     }
 
     /// SIGSTOP node `i`: it stops answering and wakes later with an old view of the cluster.
-    pub fn pause(&mut self, i: usize) {
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(stack) = self.net.compose() {
-            if self.nodes[i].container_running && stack.pause(i).is_ok() {
+            if self.nodes[i].container_running {
+                stack.pause(i)?;
                 self.nodes[i].paused = true;
             }
-            return;
+            return Ok(());
         }
         if let Some(c) = &self.nodes[i].child {
             signal(c.id(), libc::SIGSTOP);
             self.nodes[i].paused = true;
         }
+        Ok(())
     }
 
     pub fn resume(&mut self, i: usize) {
@@ -737,5 +760,43 @@ fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child process id this harness started and has not reaped yet.
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The environment moves a process's wall clock by the file's offset (where libfaketime is
+    /// installed: scripts/chaos-deps.sh, which the test command runs first).
+    #[test]
+    fn the_faketime_environment_moves_the_wall_clock_by_the_files_offset() {
+        let Some(lib) = find_faketime() else {
+            eprintln!("skipped: no libfaketime here");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = dir.path().join("node.clock");
+        let now_there = |offset: &str| -> i64 {
+            std::fs::write(&clock, format!("{offset}\n")).unwrap();
+            let out = Command::new("date")
+                .arg("+%s")
+                .envs(faketime_env(&lib, &clock))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let real = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        };
+        let ahead = now_there("+120") - real();
+        assert!((118..=122).contains(&ahead), "+120 gave {ahead}");
+        let behind = now_there("-3600") - real();
+        assert!((-3602..=-3598).contains(&behind), "-3600 gave {behind}");
+        let none = now_there("+0") - real();
+        assert!((-2..=2).contains(&none), "+0 gave {none}");
     }
 }

@@ -37,6 +37,9 @@ pub struct ComposeStack {
     up: bool,
     /// Holds the override file (compose reads it again for every command).
     _dir: Option<tempfile::TempDir>,
+    /// Held while the campaign lives: a later campaign on this host takes the stack down when
+    /// no live process holds it (see [`sweep_stale`]).
+    lock: Option<(std::fs::File, PathBuf)>,
 }
 
 /// Which compose command this machine has, if any (and a Docker engine that answers).
@@ -79,9 +82,16 @@ impl ComposeStack {
             bail!("the compose stack has three nodes (--nodes 3)");
         }
         let compose = compose_command()?;
-        sweep_stale();
+        let host = hostname();
+        sweep_stale(&host);
         let dir = tempfile::tempdir()?;
-        let project = format!("{PROJECT_PREFIX}{}x{seed}", std::process::id());
+        // unique on the Docker engine, which other machines' or containers' campaigns may share
+        let project = format!(
+            "{PROJECT_PREFIX}{}x{seed}x{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let lock = take_lock(&project)?;
         // a /24 of 10.213.0.0/16 (private; Docker's own default pools are 172.17-31 and
         // 192.168), drawn per process and seed; tried again on another if Docker refuses it
         let mut stack = None;
@@ -95,7 +105,7 @@ impl ComposeStack {
                 .map(|i| format!("10.213.{net}.{}", 11 + i))
                 .collect();
             let override_file = dir.path().join(format!("chaos-override-{attempt}.yml"));
-            std::fs::write(&override_file, override_yaml(net, &addrs, env))?;
+            std::fs::write(&override_file, override_yaml(net, &addrs, env, &host))?;
             let mut s = ComposeStack {
                 compose: compose.clone(),
                 project: project.clone(),
@@ -111,6 +121,7 @@ impl ComposeStack {
                 network: format!("{project}_default"),
                 up: true,
                 _dir: None,
+                lock: None,
             };
             let mut services: Vec<String> = (1..=nodes).map(|i| format!("shoal{i}")).collect();
             services.push("shoal-init".into());
@@ -122,19 +133,26 @@ impl ComposeStack {
                     break;
                 }
                 Err(e) => {
-                    // take down what was made before trying another subnet
+                    // take down what was made; another subnet only if Docker's answer was
+                    // that this one is taken
                     let _ = s.dc(&["down", "-v", "-t", "1"]);
                     s.up = false;
+                    let taken = format!("{e:#}").to_lowercase().contains("overlap");
                     last = Some(e);
+                    if !taken {
+                        break;
+                    }
                 }
             }
         }
         let Some(mut stack) = stack else {
+            let _ = std::fs::remove_file(&lock.1);
             return Err(last
                 .unwrap_or_else(|| anyhow::anyhow!("no subnet"))
                 .context("start the compose stack"));
         };
         stack._dir = Some(dir);
+        stack.lock = Some(lock);
         for i in 1..=nodes {
             let id = stack.dc(&["ps", "-q", &format!("shoal{i}")])?;
             let id = id.trim().to_string();
@@ -234,10 +252,9 @@ impl ComposeStack {
     }
 
     /// Whether node `i`'s container runs (paused counts as running).
-    pub fn running(&self, i: usize) -> bool {
+    pub fn running(&self, i: usize) -> anyhow::Result<bool> {
         self.docker(&["inspect", "-f", "{{.State.Running}}", &self.containers[i]])
             .map(|s| s.trim() == "true")
-            .unwrap_or(false)
     }
 
     /// Why node `i`'s container stopped, if it did (`exit code N`).
@@ -274,6 +291,11 @@ impl ComposeStack {
             let _ = self.dc(&["down", "-v", "-t", "5", "--remove-orphans"]);
             self.up = false;
         }
+        // the name is this campaign's alone: no other process opens this file again
+        if let Some((file, path)) = self.lock.take() {
+            let _ = std::fs::remove_file(&path);
+            drop(file);
+        }
     }
 }
 
@@ -283,19 +305,61 @@ impl Drop for ComposeStack {
     }
 }
 
-/// Projects of this campaign's name shape are `shoalchaos{pid}x{seed}`.
+/// Projects of this campaign's name shape are `shoalchaos{pid}x{seed}x{random}`.
 const PROJECT_PREFIX: &str = "shoalchaos";
 
-/// Remove the stacks of campaigns that died without taking theirs down (killed, or stopped by
-/// Ctrl-C, which skips destructors): their containers, network and volumes, found by the
-/// project label Compose puts on them, when the process named in the project is gone.
-fn sweep_stale() {
+/// The label naming the host whose campaign made a container.
+const HOST_LABEL: &str = "org.shoal.chaos.host";
+
+/// Where the campaigns' lock files are (as for the namespaces: see `net.rs`).
+const LOCK_DIR: &str = "/run/shoal-chaos";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn lock_path(project: &str) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("compose-{project}.lock"))
+}
+
+/// Try to take the lock at `path` without waiting: the open file if taken, None if a live
+/// process holds it (or it cannot be opened).
+fn try_lock(path: &Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(file)
+}
+
+fn take_lock(project: &str) -> anyhow::Result<(std::fs::File, PathBuf)> {
+    std::fs::create_dir_all(LOCK_DIR)
+        .with_context(|| format!("make the campaigns' lock folder {LOCK_DIR}"))?;
+    let path = lock_path(project);
+    let file =
+        try_lock(&path).with_context(|| format!("take the campaign's lock {}", path.display()))?;
+    Ok((file, path))
+}
+
+/// Remove the stacks that campaigns of this host left when they died (killed, or stopped by
+/// Ctrl-C, which skips destructors): their containers, network and volumes, found by Compose's
+/// project label. A stack counts as left when its containers carry this host's name and no live
+/// process holds its project's lock (another machine's or container's campaigns, sharing the
+/// Docker engine, are left alone: they carry their own host's name).
+fn sweep_stale(host: &str) {
     let Ok(out) = Command::new("docker")
         .args([
             "ps",
             "-a",
             "--filter",
-            "label=com.docker.compose.project",
+            &format!("label={HOST_LABEL}={host}"),
             "--format",
             "{{.Label \"com.docker.compose.project\"}}",
         ])
@@ -312,14 +376,10 @@ fn sweep_stale() {
     projects.sort();
     projects.dedup();
     for project in projects {
-        let pid = project[PROJECT_PREFIX.len()..]
-            .split('x')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if alive {
+        let path = lock_path(&project);
+        let Some(held) = try_lock(&path) else {
             continue;
-        }
+        };
         eprintln!("chaos: removing the compose stack {project}, left by a campaign that died");
         let label = format!("label=com.docker.compose.project={project}");
         let ids = |what: &[&str]| -> Vec<String> {
@@ -351,15 +411,17 @@ fn sweep_stale() {
                 .args(&volumes)
                 .output();
         }
+        let _ = std::fs::remove_file(&path);
+        drop(held);
     }
 }
 
 /// The campaign's override of docker-compose.yml.
-fn override_yaml(net: u64, addrs: &[String], env: &[(String, String)]) -> String {
+fn override_yaml(net: u64, addrs: &[String], env: &[(String, String)], host: &str) -> String {
     let mut y = String::from("# written by shoal-chaos for one campaign\nservices:\n");
     for (i, addr) in addrs.iter().enumerate() {
         y.push_str(&format!(
-            "  shoal{}:\n    restart: \"no\"\n    environment:\n      SHOAL_DEBUG__FAULT_INJECTION: \"true\"\n",
+            "  shoal{}:\n    restart: \"no\"\n    labels:\n      {HOST_LABEL}: \"{host}\"\n    environment:\n      SHOAL_DEBUG__FAULT_INJECTION: \"true\"\n",
             i + 1
         ));
         for (k, v) in env {
@@ -399,7 +461,9 @@ mod tests {
             42,
             &["10.213.42.11".into(), "10.213.42.12".into()],
             &[("SHOAL_X".into(), "1".into())],
+            "box",
         );
+        assert!(y.contains("    labels:\n      org.shoal.chaos.host: \"box\"\n"));
         assert!(y.contains("  shoal2:\n    restart: \"no\"\n"));
         assert!(y.contains("        ipv4_address: 10.213.42.12\n"));
         assert_eq!(y.matches("      SHOAL_X: \"1\"\n").count(), 2);

@@ -1,24 +1,41 @@
 //! Packet delay without `tc netem`: a packet filter rule hands what a node sends to a netfilter
-//! queue (`NFQUEUE`), and this program, running in the node's namespace, holds each packet for
-//! the delay (give or take the jitter) before it lets it go on. Packets leave in the order they
-//! came (a later one never overtakes an earlier one), as on a slow link.
+//! queue (`NFQUEUE`), and a program running in the node's namespace holds each packet for the
+//! delay (give or take the jitter) before it lets it go on. Packets leave in the order they came
+//! (a later one never overtakes an earlier one), as on a slow link.
 //!
-//! It runs as `shoal-chaos delay-packets --queue N --ms D --jitter J`, started and stopped by
-//! [`crate::net::Network::delay`]. On SIGTERM or SIGINT it lets every packet it holds go at once
-//! and exits, so that taking a delay away loses nothing (the campaign removes the filter rule
-//! first, so nothing new comes in meanwhile).
+//! The program is `shoal-chaos delay-packets --queue N --ms D --jitter J` ([`run`]); the campaign
+//! drives it through a [`Delayer`]:
+//! - it says `ready` on stdout once it holds the queue; then the rule goes in;
+//! - SIGUSR1: it lets go of everything it holds, in order, says `passing`, and from then on lets
+//!   each packet go as it comes; then the rule is taken away (no packet that skips the queue can
+//!   overtake one still held);
+//! - SIGTERM (or SIGINT): it takes what is still queued in the kernel, lets it all go and exits.
+//!
+//! Whatever way it ends (an error too), it first lets go of what it holds: a packet the kernel
+//! queued for a program that is gone is dropped.
+//!
+//! One reordering is left: a packet caught in the queue as the rule goes (the program takes it
+//! within some 20 µs) can be overtaken by one sent right after, which no longer waits. TCP puts
+//! such pairs back in order, as it does for netem's jitter.
 
 use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use rand::{Rng, SeedableRng};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static PASS: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_stop(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_pass(_: libc::c_int) {
+    PASS.store(true, Ordering::SeqCst);
 }
 
 /// When a packet that came at `now` leaves: `delay` plus a uniform draw in `[-jitter, jitter]`,
@@ -40,12 +57,78 @@ pub fn release_at(
     }
 }
 
-/// Hold the packets of netfilter queue `queue` for `delay` ± `jitter`, until a signal stops it.
+/// The packets held, in the order they came.
+struct Held {
+    q: nfq::Queue,
+    packets: VecDeque<(Instant, nfq::Message)>,
+}
+
+impl Held {
+    /// Let go of every packet due by `now` (all of them with `None`).
+    fn release(&mut self, now: Option<Instant>) -> std::io::Result<()> {
+        while self
+            .packets
+            .front()
+            .is_some_and(|(t, _)| now.is_none_or(|n| *t <= n))
+        {
+            if let Some((_, msg)) = self.packets.pop_front() {
+                self.q.verdict(msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take every packet the kernel has queued: held (`Some(delay, jitter)`) or let go at once.
+    fn take(
+        &mut self,
+        hold: Option<(Duration, Duration)>,
+        rng: &mut impl Rng,
+    ) -> anyhow::Result<()> {
+        loop {
+            match self.q.recv() {
+                Ok(mut msg) => {
+                    msg.set_verdict(nfq::Verdict::Accept);
+                    match hold {
+                        Some((delay, jitter)) => {
+                            let last = self.packets.back().map(|(t, _)| *t);
+                            let at = release_at(Instant::now(), last, delay, jitter, rng);
+                            self.packets.push_back((at, msg));
+                        }
+                        None => {
+                            // nothing may overtake what is still held
+                            self.release(None)?;
+                            self.q.verdict(msg)?;
+                        }
+                    }
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e).context("read the netfilter queue"),
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // an error or a panic still lets go of what is held (the kernel drops what a closed
+        // queue held)
+        let _ = self.release(None);
+    }
+}
+
+/// Hold the packets of netfilter queue `queue` for `delay` ± `jitter` until SIGUSR1 (then let
+/// them through) or SIGTERM (then stop).
 pub fn run(queue: u16, delay: Duration, jitter: Duration, seed: u64) -> anyhow::Result<()> {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SAFETY: the handlers only store to atomics, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGUSR1, on_pass as *const () as libc::sighandler_t);
     }
     let mut q = nfq::Queue::open().context("open a netfilter queue socket (root needed)")?;
     q.bind(queue)
@@ -58,55 +141,201 @@ pub fn run(queue: u16, delay: Duration, jitter: Duration, seed: u64) -> anyhow::
     // only the packet's metadata comes up: it goes on unchanged
     q.set_copy_range(queue, 0)?;
     q.set_nonblocking(true);
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        writeln!(out, "ready")?;
-        out.flush()?;
-    }
+    let mut held = Held {
+        q,
+        packets: VecDeque::new(),
+    };
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
+    let mut passing = false;
     while !STOP.load(Ordering::SeqCst) {
-        // take everything that came
-        loop {
-            match q.recv() {
-                Ok(mut msg) => {
-                    msg.set_verdict(nfq::Verdict::Accept);
-                    let last = held.back().map(|(t, _)| *t);
-                    held.push_back((
-                        release_at(Instant::now(), last, delay, jitter, &mut rng),
-                        msg,
-                    ));
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::Interrupted =>
-                {
-                    break
-                }
-                Err(e) => return Err(e).context("read the netfilter queue"),
-            }
+        if !passing && PASS.load(Ordering::SeqCst) {
+            held.take(Some((delay, jitter)), &mut rng)?;
+            held.release(None)?;
+            passing = true;
+            writeln!(out, "passing")?;
+            out.flush()?;
         }
-        // let go of what is due
+        held.take((!passing).then_some((delay, jitter)), &mut rng)?;
         let now = Instant::now();
-        while held.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, msg)) = held.pop_front() {
-                q.verdict(msg).context("let a packet go")?;
-            }
-        }
+        held.release(Some(now))?;
         // no way to wait on the socket itself (the crate keeps its descriptor): look again
-        // within a millisecond, or when the next packet is due if that is sooner
-        let wait = held
-            .front()
-            .map(|(t, _)| t.saturating_duration_since(now))
-            .unwrap_or(Duration::from_millis(1))
-            .min(Duration::from_millis(1));
+        // within a millisecond, or when the next packet is due if that is sooner; while passing
+        // (the few ms until the rule is gone), at once: a packet still caught in the queue when
+        // the rule goes can be overtaken by the next one, which no longer waits
+        let wait = if passing {
+            Duration::from_micros(20)
+        } else {
+            held.packets
+                .front()
+                .map(|(t, _)| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(1))
+                .min(Duration::from_millis(1))
+        };
         std::thread::sleep(wait);
     }
-    for (_, msg) in held {
-        let _ = q.verdict(msg);
+    // what the kernel still queued (the rule is gone by now), then everything
+    held.take(None, &mut rng)?;
+    held.release(None)?;
+    Ok(())
+}
+
+/// The iptables rule, in namespace `ns`, that hands what is sent on `dev` to netfilter queue
+/// `queue` (`op`: `-A` to add, `-D` to remove); `--queue-bypass` lets packets through while no
+/// program holds the queue.
+pub fn queue_rule(ns: &str, dev: &str, queue: u16, op: &str) -> anyhow::Result<()> {
+    let q = queue.to_string();
+    let args = [
+        "netns",
+        "exec",
+        ns,
+        "iptables",
+        "-w",
+        "-t",
+        "mangle",
+        op,
+        "OUTPUT",
+        "-o",
+        dev,
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &q,
+        "--queue-bypass",
+    ];
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run ip netns exec ... iptables")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
+}
+
+/// A running `delay-packets` program in a namespace, and its rule.
+pub struct Delayer {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    ns: String,
+    dev: String,
+    queue: u16,
+}
+
+impl Delayer {
+    /// Start `program delay-packets` in namespace `ns` and, once it holds queue `queue`, put the
+    /// rule sending what `dev` sends there in place.
+    pub fn start(
+        program: &std::path::Path,
+        ns: &str,
+        dev: &str,
+        queue: u16,
+        delay_ms: u32,
+        jitter_ms: u32,
+        seed: u64,
+    ) -> anyhow::Result<Delayer> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(program)
+            .args([
+                "delay-packets",
+                "--queue",
+                &queue.to_string(),
+                "--ms",
+                &delay_ms.to_string(),
+                "--jitter",
+                &jitter_ms.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // it dies with the campaign, however the campaign dies
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("start the packet delayer")?;
+        let Some(out) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the packet delayer has no stdout");
+        };
+        let mut d = Delayer {
+            child,
+            out: BufReader::new(out),
+            ns: ns.into(),
+            dev: dev.into(),
+            queue,
+        };
+        // it says `ready` once it holds the queue (or ends, having said why on stderr)
+        if let Err(e) = d.expect("ready") {
+            let _ = d.child.kill();
+            let status = d.child.wait()?;
+            return Err(e.context(format!("the packet delayer did not start ({status})")));
+        }
+        if let Err(e) = queue_rule(ns, dev, queue, "-A") {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    fn expect(&mut self, word: &str) -> anyhow::Result<()> {
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        if line.trim() != word {
+            bail!("the packet delayer said {line:?}, not {word:?}");
+        }
+        Ok(())
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on a child this process started and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Take the delay away without losing or reordering a packet: the program lets go of what
+    /// it holds and passes the rest, the rule goes, the program stops. An error if it did not
+    /// end well (packets may then have been dropped).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGUSR1);
+        let passing = self.expect("passing");
+        let removed = queue_rule(&self.ns, &self.dev, self.queue, "-D");
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait()?;
+        passing?;
+        removed?;
+        if !status.success() {
+            bail!("the packet delayer ended with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Delayer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = queue_rule(&self.ns, &self.dev, self.queue, "-D");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@
 //! available. The campaign's report says which network it ran on.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -43,7 +43,7 @@ pub struct Namespaces {
     /// How packets are delayed here.
     pub delay: DelayTool,
     /// The programs holding each node's delayed packets (with [`DelayTool::Queue`]).
-    delayers: parking_lot::Mutex<Vec<Option<Child>>>,
+    delayers: parking_lot::Mutex<Vec<Option<crate::delay::Delayer>>>,
     made: bool,
     /// Held while the campaign lives: a later campaign removes what a dead one left behind.
     lock: Lock,
@@ -138,7 +138,7 @@ impl Network {
             DelayTool::Netem
         } else {
             match delayer {
-                Some(program) if ns.probe_queue() => DelayTool::Queue(program),
+                Some(program) if ns.probe_queue(&program) => DelayTool::Queue(program),
                 _ => DelayTool::None,
             }
         };
@@ -378,96 +378,40 @@ impl Namespaces {
         Ok(())
     }
 
-    /// The iptables rule (in node `i`'s namespace) that hands what it sends on eth0 to the
-    /// delay queue; `--queue-bypass` lets packets through while no program holds the queue.
-    fn queue_rule(&self, i: usize, op: &str) -> anyhow::Result<()> {
-        let q = DELAY_QUEUE.to_string();
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name(i),
-            "iptables",
-            "-w",
-            "-t",
-            "mangle",
-            op,
-            "OUTPUT",
-            "-o",
-            "eth0",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &q,
-            "--queue-bypass",
-        ])
-    }
-
-    /// Start (or stop, with `ms` 0) the program holding node `i`'s packets, then put the rule
-    /// in place (or first take it away, so that the program lets go of everything it holds
-    /// before it exits and nothing new reaches the queue).
+    /// Start (or stop, with `ms` 0) holding node `i`'s packets for `ms` give or take a
+    /// quarter: see [`crate::delay::Delayer`] for how neither start nor stop loses or reorders
+    /// a packet.
     fn queue_delay(&self, i: usize, ms: u32, program: &std::path::Path) -> anyhow::Result<()> {
         let mut delayers = self.delayers.lock();
-        if let Some(mut old) = delayers[i].take() {
-            let _ = self.queue_rule(i, "-D");
-            // SAFETY: kill(2) on a child this campaign started and has not reaped.
-            unsafe {
-                libc::kill(old.id() as i32, libc::SIGTERM);
-            }
-            let _ = old.wait();
+        if let Some(old) = delayers[i].take() {
+            old.stop()
+                .with_context(|| format!("take node {i}'s delay away"))?;
         }
         if ms == 0 {
             return Ok(());
         }
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name(i)])
-            .arg(program)
-            .args([
-                "delay-packets",
-                "--queue",
-                &DELAY_QUEUE.to_string(),
-                "--ms",
-                &ms.to_string(),
-                "--jitter",
-                &(ms / 4 + 1).to_string(),
-                "--seed",
-                &(i as u64 * 7919 + ms as u64).to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // it dies with the campaign, however the campaign dies
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("start the packet delayer")?;
-        // it says `ready` once it holds the queue (or ends, having said why on stderr)
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-        }
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            let status = child.wait()?;
-            bail!("the packet delayer of node {i} did not start ({status})");
-        }
-        delayers[i] = Some(child);
-        drop(delayers);
-        self.queue_rule(i, "-A")
+        delayers[i] = Some(
+            crate::delay::Delayer::start(
+                program,
+                &self.name(i),
+                "eth0",
+                DELAY_QUEUE,
+                ms,
+                ms / 4 + 1,
+                i as u64 * 7919 + ms as u64,
+            )
+            .with_context(|| format!("delay node {i}'s packets"))?,
+        );
+        Ok(())
     }
 
-    /// Whether a netfilter queue rule can be made here (the kernel's NFQUEUE target, iptables).
-    fn probe_queue(&self) -> bool {
-        let ok = self.queue_rule(0, "-A").is_ok();
-        if ok {
-            let _ = self.queue_rule(0, "-D");
+    /// Whether packets can be delayed through a netfilter queue here: the delayer started and
+    /// stopped once in node 0's namespace (the kernel's NFQUEUE target, iptables, the program).
+    fn probe_queue(&self, program: &std::path::Path) -> bool {
+        match crate::delay::Delayer::start(program, &self.name(0), "eth0", DELAY_QUEUE, 1, 0, 0) {
+            Ok(d) => d.stop().is_ok(),
+            Err(_) => false,
         }
-        ok
     }
 
     fn probe_netem(&self) -> bool {
@@ -491,10 +435,8 @@ impl Drop for Namespaces {
         if !self.made {
             return;
         }
-        for d in self.delayers.get_mut().iter_mut().flatten() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
+        // each takes its rule away and ends (Delayer's drop)
+        self.delayers.get_mut().clear();
         for i in 0..self.nodes {
             let _ = run(&["ip", "netns", "del", &self.name(i)]);
         }

@@ -189,6 +189,17 @@ fn main() -> ExitCode {
             .or_else(|| std::env::var("SHOAL_IMAGE").ok())
             .unwrap_or_else(|| "shoal:latest".into()),
     });
+    if compose.is_some() {
+        let usable = faults.iter().any(|k| campaign::COMPOSE_FAULTS.contains(k));
+        if !usable {
+            let names: Vec<String> = campaign::COMPOSE_FAULTS.iter().map(|k| k.name()).collect();
+            eprintln!(
+                "shoal-chaos: --compose makes only these faults: {}",
+                names.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     if let Some(setup) = &compose {
         if !setup.file.is_file() {
             eprintln!("shoal-chaos: no compose file at {}", setup.file.display());
