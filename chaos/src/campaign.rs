@@ -358,7 +358,9 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     std::thread::sleep(CALM);
     let mut harness_error = None;
     let mut turn = 0;
+    // kinds found unavailable since the last fault made, and how many times in a row
     let mut unavailable = std::collections::BTreeSet::new();
+    let mut in_a_row = 0;
     while t0.elapsed() < cfg.duration {
         let drawn = cfg.faults[rng.gen_range(0..cfg.faults.len())];
         let kind = if cfg.in_turn {
@@ -371,6 +373,8 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
         let pick: u64 = rng.gen();
         match inject(c, kind, hold, pick, &ms) {
             Ok(Some(mut f)) => {
+                unavailable.clear();
+                in_a_row = 0;
                 let settled = settle(c, Duration::from_secs(90), false);
                 f.restarted = std::mem::take(&mut c.stopped_by_themselves)
                     .into_iter()
@@ -397,13 +401,19 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
                     skipped.push(what);
                 }
                 unavailable.insert(kind);
-                if cfg.faults.iter().all(|k| unavailable.contains(k)) {
+                in_a_row += 1;
+                // every kind asked for, each found unavailable (not only once: an actor panic
+                // finds no actor to hit while a node restarts), and none made meanwhile
+                if in_a_row >= 3 * cfg.faults.len()
+                    && cfg.faults.iter().all(|k| unavailable.contains(k))
+                {
                     harness_error = Some(anyhow::anyhow!(
                         "none of the faults asked for can be made here: {}",
                         skipped.join(", ")
                     ));
                     break;
                 }
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             Err(e) => {

@@ -799,4 +799,75 @@ mod tests {
         let none = now_there("+0") - real();
         assert!((-2..=2).contains(&none), "+0 gave {none}");
     }
+
+    /// A running process (as a node is) sees its clock file's change within CLOCK_LAG.
+    #[test]
+    fn a_running_process_sees_the_jump_within_the_clock_lag() {
+        let Some(lib) = find_faketime() else {
+            eprintln!("skipped: no libfaketime here");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = dir.path().join("node.clock");
+        std::fs::write(&clock, "+0\n").unwrap();
+        // its wall clock, each time a line comes in (python's own sleep fails under
+        // libfaketime: clock_nanosleep on an absolute monotonic time gives EINVAL)
+        let mut child = Command::new("python3")
+            .args([
+                "-u",
+                "-c",
+                "import sys, time\nfor _ in sys.stdin:\n    print(int(time.time()), flush=True)",
+            ])
+            .envs(faketime_env(&lib, &clock))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut input = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for _ in 0..80 {
+                if input.write_all(b"\n").and_then(|_| input.flush()).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((Instant::now(), line.trim().parse::<i64>().unwrap_or(0)));
+            }
+        });
+        let real = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        };
+        // running, on the real clock
+        let (_, first) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a first line");
+        assert!((first - real()).abs() <= 2, "started off the real clock");
+        std::fs::write(&clock, "+600\n").unwrap();
+        let written = Instant::now();
+        let seen = loop {
+            let (at, t) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the process went on printing");
+            if t - real() >= 590 {
+                break at;
+            }
+            assert!(
+                at < written + CLOCK_LAG + Duration::from_millis(500),
+                "jump not seen"
+            );
+        };
+        assert!(seen <= written + CLOCK_LAG + Duration::from_millis(300));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -39,7 +39,7 @@ pub struct ComposeStack {
     _dir: Option<tempfile::TempDir>,
     /// Held while the campaign lives: a later campaign on this host takes the stack down when
     /// no live process holds it (see [`sweep_stale`]).
-    lock: Option<(std::fs::File, PathBuf)>,
+    lock: Option<LockFile>,
 }
 
 /// Which compose command this machine has, if any (and a Docker engine that answers).
@@ -146,7 +146,6 @@ impl ComposeStack {
             }
         }
         let Some(mut stack) = stack else {
-            let _ = std::fs::remove_file(&lock.1);
             return Err(last
                 .unwrap_or_else(|| anyhow::anyhow!("no subnet"))
                 .context("start the compose stack"));
@@ -291,11 +290,8 @@ impl ComposeStack {
             let _ = self.dc(&["down", "-v", "-t", "5", "--remove-orphans"]);
             self.up = false;
         }
-        // the name is this campaign's alone: no other process opens this file again
-        if let Some((file, path)) = self.lock.take() {
-            let _ = std::fs::remove_file(&path);
-            drop(file);
-        }
+        // gone with its lock file (LockFile's drop)
+        self.lock = None;
     }
 }
 
@@ -311,8 +307,36 @@ const PROJECT_PREFIX: &str = "shoalchaos";
 /// The label naming the host whose campaign made a container.
 const HOST_LABEL: &str = "org.shoal.chaos.host";
 
-/// Where the campaigns' lock files are (as for the namespaces: see `net.rs`).
-const LOCK_DIR: &str = "/run/shoal-chaos";
+/// Where the campaigns' lock files are: `/run/shoal-chaos` for root (as for the namespaces:
+/// see `net.rs`), else the user's runtime folder (`$XDG_RUNTIME_DIR/shoal-chaos`) or
+/// `/tmp/shoal-chaos-UID` (a member of the docker group runs campaigns too).
+fn lock_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/shoal-chaos");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("shoal-chaos"),
+        _ => std::env::temp_dir().join(format!("shoal-chaos-{uid}")),
+    }
+}
+
+/// A campaign's lock: held (flock) while it lives, removed when it ends; left behind (and
+/// free) when the process dies without ending, which is how the sweep tells a dead campaign.
+struct LockFile {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // the project's name is this campaign's alone: no other process takes this file but a
+        // sweep, which needs the lock first
+        let _ = std::fs::remove_file(&self.path);
+        self.file = None;
+    }
+}
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -321,7 +345,7 @@ fn hostname() -> String {
 }
 
 fn lock_path(project: &str) -> PathBuf {
-    Path::new(LOCK_DIR).join(format!("compose-{project}.lock"))
+    lock_dir().join(format!("compose-{project}.lock"))
 }
 
 /// Try to take the lock at `path` without waiting: the open file if taken, None if a live
@@ -339,13 +363,17 @@ fn try_lock(path: &Path) -> Option<std::fs::File> {
     (rc == 0).then_some(file)
 }
 
-fn take_lock(project: &str) -> anyhow::Result<(std::fs::File, PathBuf)> {
-    std::fs::create_dir_all(LOCK_DIR)
-        .with_context(|| format!("make the campaigns' lock folder {LOCK_DIR}"))?;
+fn take_lock(project: &str) -> anyhow::Result<LockFile> {
+    let dir = lock_dir();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("make the campaigns' lock folder {}", dir.display()))?;
     let path = lock_path(project);
     let file =
         try_lock(&path).with_context(|| format!("take the campaign's lock {}", path.display()))?;
-    Ok((file, path))
+    Ok(LockFile {
+        file: Some(file),
+        path,
+    })
 }
 
 /// Remove the stacks that campaigns of this host left when they died (killed, or stopped by
@@ -354,6 +382,8 @@ fn take_lock(project: &str) -> anyhow::Result<(std::fs::File, PathBuf)> {
 /// process holds its project's lock (another machine's or container's campaigns, sharing the
 /// Docker engine, are left alone: they carry their own host's name).
 fn sweep_stale(host: &str) {
+    // (a folder emptied by a reboot: its stacks' locks are free)
+    let _ = std::fs::create_dir_all(lock_dir());
     let Ok(out) = Command::new("docker")
         .args([
             "ps",
@@ -431,6 +461,9 @@ fn override_yaml(net: u64, addrs: &[String], env: &[(String, String)], host: &st
             "    networks:\n      default:\n        ipv4_address: {addr}\n"
         ));
     }
+    y.push_str(&format!(
+        "  shoal-init:\n    labels:\n      {HOST_LABEL}: \"{host}\"\n"
+    ));
     y.push_str(&format!(
         "networks:\n  default:\n    ipam:\n      config:\n        - subnet: 10.213.{net}.0/24\n"
     ));

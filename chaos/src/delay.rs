@@ -12,7 +12,9 @@
 //! - SIGTERM (or SIGINT): it takes what is still queued in the kernel, lets it all go and exits.
 //!
 //! Whatever way it ends (an error too), it first lets go of what it holds: a packet the kernel
-//! queued for a program that is gone is dropped.
+//! queued for a program that is gone is dropped. (Only a SIGKILL skips that: the campaign's own
+//! death, through PR_SET_PDEATHSIG, or a delayer that did not end within two seconds of being
+//! told to.)
 //!
 //! One reordering is left: a packet caught in the queue as the rule goes (the program takes it
 //! within some 20 µs) can be overtaken by one sent right after, which no longer waits. TCP puts
@@ -329,9 +331,19 @@ impl Delayer {
 }
 
 impl Drop for Delayer {
+    /// Not stopped (the campaign ends or failed): the rule goes, then the program is asked to
+    /// end (letting go of what it holds), and killed if it has not within two seconds.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = queue_rule(&self.ns, &self.dev, self.queue, "-D");
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use shoal_chaos::delay::Delayer;
 
-const PACKETS: u32 = 400;
-const STOP_AT: u32 = 200;
+const PACKETS: u32 = 500;
+const STOP_AT: u32 = 300;
 
 fn can_run() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
@@ -66,7 +66,12 @@ fn delayed_packets_arrive_late_in_order_and_none_is_lost_when_the_delay_goes() {
         .args(["netns", "add", &name])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "ip netns add");
+    if !ok {
+        // root without the right to make namespaces (a container): the campaign falls back to
+        // loopback there, with no delay
+        eprintln!("skipped: ip netns add failed");
+        return;
+    }
     let ns = Namespace(name.clone());
     let ok = Command::new("ip")
         .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
@@ -79,8 +84,10 @@ fn delayed_packets_arrive_late_in_order_and_none_is_lost_when_the_delay_goes() {
 
     let t0 = Instant::now();
     // the receiver: (number, sent µs, received µs) of every datagram
+    let (bound_tx, bound) = mpsc::channel();
     let receiver = in_namespace(&name, move || {
         let sock = UdpSocket::bind("127.0.0.1:47001").expect("bind");
+        bound_tx.send(()).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
@@ -97,6 +104,7 @@ fn delayed_packets_arrive_late_in_order_and_none_is_lost_when_the_delay_goes() {
         }
         got
     });
+    bound.recv_timeout(Duration::from_secs(10)).unwrap();
     let (at_half, half) = mpsc::channel();
     let (stopped_tx, stopped) = mpsc::channel::<()>();
     let sender = in_namespace(&name, move || {
