@@ -277,16 +277,7 @@ impl ChaosCluster {
         cmd.stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null());
-        // The node dies with the campaign, however the campaign dies (`ip netns exec` execs
-        // shoal in place, so the setting reaches it).
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::net::die_with_campaign(&mut cmd);
         let child = cmd.spawn().context("start shoal")?;
         let n = &mut self.nodes[i];
         n.child = Some(child);
@@ -767,6 +758,14 @@ fn signal(pid: u32, sig: i32) {
 mod tests {
     use super::*;
 
+    /// The real time, in seconds since the epoch (this test process has no libfaketime).
+    fn real() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
     /// The environment moves a process's wall clock by the file's offset (where libfaketime is
     /// installed: scripts/chaos-deps.sh, which the test command runs first).
     #[test]
@@ -785,12 +784,6 @@ mod tests {
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-        };
-        let real = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64
         };
         let ahead = now_there("+120") - real();
         assert!((118..=122).contains(&ahead), "+120 gave {ahead}");
@@ -841,12 +834,6 @@ mod tests {
                 let _ = tx.send((Instant::now(), line.trim().parse::<i64>().unwrap_or(0)));
             }
         });
-        let real = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64
-        };
         // running, on the real clock
         let (_, first) = rx
             .recv_timeout(Duration::from_secs(10))

@@ -351,16 +351,13 @@ fn lock_path(project: &str) -> PathBuf {
 /// Try to take the lock at `path` without waiting: the open file if taken, None if a live
 /// process holds it (or it cannot be opened).
 fn try_lock(path: &Path) -> Option<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .ok()?;
-    // SAFETY: flock on a descriptor this function owns.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    (rc == 0).then_some(file)
+    crate::net::flock(&file, false).then_some(file)
 }
 
 fn take_lock(project: &str) -> anyhow::Result<LockFile> {

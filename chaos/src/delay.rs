@@ -189,7 +189,8 @@ pub fn run(queue: u16, delay: Duration, jitter: Duration, seed: u64) -> anyhow::
 /// program holds the queue.
 pub fn queue_rule(ns: &str, dev: &str, queue: u16, op: &str) -> anyhow::Result<()> {
     let q = queue.to_string();
-    let args = [
+    crate::net::run(&[
+        "ip",
         "netns",
         "exec",
         ns,
@@ -206,20 +207,7 @@ pub fn queue_rule(ns: &str, dev: &str, queue: u16, op: &str) -> anyhow::Result<(
         "--queue-num",
         &q,
         "--queue-bypass",
-    ];
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("run ip netns exec ... iptables")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ])
 }
 
 /// A running `delay-packets` program in a namespace, and its rule.
@@ -260,15 +248,7 @@ impl Delayer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // it dies with the campaign, however the campaign dies
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::net::die_with_campaign(&mut cmd);
         let mut child = cmd.spawn().context("start the packet delayer")?;
         let Some(out) = child.stdout.take() else {
             let _ = child.kill();

@@ -446,7 +446,8 @@ impl Drop for Namespaces {
     }
 }
 
-fn run(args: &[&str]) -> anyhow::Result<()> {
+/// Run a command; an error naming it and its stderr if it fails.
+pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     run_stdin(args, "")
 }
 
@@ -470,6 +471,19 @@ fn run_stdin(args: &[&str], input: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Make the program `cmd` starts die with the campaign, however the campaign dies (a process
+/// started through `ip netns exec` too: it execs the program in place).
+pub(crate) fn die_with_campaign(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
 }
 
 /// A lock file per campaign tag (`/run/shoal-chaos/TAG.lock`), held with flock while the
@@ -546,7 +560,7 @@ impl Lock {
 }
 
 /// Take an exclusive flock on `file` (without waiting when `!wait`); whether it was taken.
-fn flock(file: &std::fs::File, wait: bool) -> bool {
+pub(crate) fn flock(file: &std::fs::File, wait: bool) -> bool {
     use std::os::fd::AsRawFd;
     let op = if wait {
         libc::LOCK_EX
