@@ -3,8 +3,8 @@
 # nftables (cuts and packet loss), iptables (the netfilter queue that delays packets where the
 # kernel has no netem) and libfaketime (clock jumps: each node's wall clock is moved through it).
 # Installed from Debian's packages when missing and this runs as root; without the first two (or
-# without root) shoal-chaos falls back to loopback and the nodes' own fault switch, without the
-# last two it leaves delays or clock jumps out, and says so.
+# without root) shoal-chaos falls back to loopback with a fault-injecting TCP proxy in front of each node,
+# and without the last two it leaves delays in namespaces or clock jumps out, and says so.
 set -euo pipefail
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -20,5 +20,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; } \
         || echo "chaos: could not install ${missing[*]}; the campaign does without (see above)" >&2
 else
-    echo "chaos: ${missing[*]} missing and cannot be installed here; the campaign does without (loopback, no delay or no clock jumps)" >&2
+    echo "chaos: ${missing[*]} missing and cannot be installed here; the campaign does without (loopback behind proxies, no delay or no clock jumps)" >&2
 fi

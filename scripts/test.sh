@@ -3,7 +3,8 @@
 # every test of the workspace, run the kernels' tests and the end-to-end search tests again on
 # the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the native kernels under
 # valgrind's memcheck, and run a short chaos campaign (a fixed seed and a random one, which it
-# prints) against a three-node cluster, then the deployment
+# prints) against a three-node cluster, and one on loopback behind fault-injecting proxies (the
+# fallback where network namespaces cannot be made), then the deployment
 # checks: the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
 # (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
 # (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
@@ -33,6 +34,9 @@ scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
 cargo build -p shoal-chaos --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
+# the fallback where namespaces cannot be made: loopback, a fault-injecting TCP proxy per node
+target/debug/shoal-chaos --loopback --seed 2 --seconds 30 --in-turn \
+    --faults isolate_leader,one_way_from_leader,bridge,packet_loss,delay
 echo "== deployment: alert rules and dashboard, Kubernetes manifests, the Compose stack" >&2
 scripts/check-monitoring.sh
 scripts/check-k8s.sh

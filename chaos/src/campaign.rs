@@ -32,7 +32,7 @@ pub struct Config {
     pub hold_ms: (u64, u64),
     pub bin: PathBuf,
     pub model: PathBuf,
-    /// Use loopback and the fault switch even where namespaces could be made.
+    /// Use loopback and the proxies even where namespaces could be made.
     pub loopback: bool,
     /// Keep the nodes' logs here when the campaign finds an anomaly or fails.
     pub keep_logs: Option<PathBuf>,
@@ -302,7 +302,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         match Network::namespaces(cfg.nodes, cfg.seed, cfg.delayer.clone()) {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("chaos: network namespaces cannot be made here ({e:#}); falling back to loopback and the nodes' fault switch");
+                eprintln!("chaos: network namespaces cannot be made here ({e:#}); falling back to loopback with a fault-injecting TCP proxy in front of each node");
                 Network::loopback(cfg.nodes)?
             }
         }
@@ -515,6 +515,13 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
         faults[i].searches_unavailable_ms =
             longest_gap(&history, from, until, false, &through, cfg.clients);
     }
+    // on loopback: how much went through the proxies, and what they could not fault
+    let network = match c.net.proxied() {
+        Some((made, unnamed)) => format!(
+            "{network}; {made} connections between nodes, {unnamed} of them naming no node (not faulted)"
+        ),
+        None => network,
+    };
     Ok(Report {
         seed: cfg.seed,
         nodes: cfg.nodes,

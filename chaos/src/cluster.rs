@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::net::Network;
 
@@ -84,7 +84,7 @@ pub struct ChaosCluster {
     env: Vec<(String, String)>,
     http: Client,
     _dir: tempfile::TempDir,
-    /// Pairs (from, to) whose packets are dropped (or links cut by the fault switch).
+    /// Pairs (from, to) whose packets are dropped (or whose connections the proxies freeze).
     pub blocked: BTreeSet<(usize, usize)>,
     /// Percent of packets each node loses.
     pub loss: Vec<u8>,
@@ -167,7 +167,7 @@ impl ChaosCluster {
             c.faketime = find_faketime();
         }
         // root can give each node a disk of its own that can fill up
-        if c.net.cuts_in_network() {
+        if c.net.is_namespaces() {
             c.small_disks = true;
             for i in 0..voters {
                 let dir = c._dir.path().join(format!("node-{}", i + 1));
@@ -235,7 +235,7 @@ impl ChaosCluster {
             .arg("--listen")
             .arg(&n.listen)
             .arg("--advertise")
-            .arg(&n.base)
+            .arg(format!("http://{}", self.net.advertise(i)))
             .arg("--data-dir")
             .arg(&n.data)
             .arg("--model")
@@ -678,31 +678,7 @@ impl ChaosCluster {
             }
             return Ok(());
         }
-        if self.net.cuts_in_network() {
-            return self.net.apply(&self.blocked, &self.loss);
-        }
-        // the fault switch cuts a node's requests to a peer; both directions are set, since a
-        // request sent is a request answered
-        for i in 0..self.nodes.len() {
-            if !self.nodes[i].is_up() {
-                continue;
-            }
-            let ids: Vec<u64> = self
-                .blocked
-                .iter()
-                .filter(|(f, t)| *f == i || *t == i)
-                .map(|(f, t)| if *f == i { *t } else { *f } as u64 + 1)
-                .collect::<BTreeSet<u64>>()
-                .into_iter()
-                .collect();
-            self.send(
-                i,
-                "PUT",
-                "/api/v1/admin/faults/links",
-                Some(json!({ "cut": ids })),
-            )?;
-        }
-        Ok(())
+        self.net.apply(&self.blocked, &self.loss)
     }
 
     /// Remove every cut, loss and delay.

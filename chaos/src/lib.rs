@@ -6,6 +6,7 @@
 //! same.
 //!
 //! - [`net`]: the nodes' network (a namespace per node, or loopback) and its faults;
+//! - [`proxy`]: the fault-injecting TCP proxy between nodes on loopback;
 //! - [`delay`]: packet delay through a netfilter queue, where the kernel has no netem;
 //! - [`cluster`]: the processes (or the docker-compose stack's containers: [`compose`]);
 //! - [`workload`]: the clients, which record the [`history`];
@@ -21,4 +22,5 @@ pub mod compose;
 pub mod delay;
 pub mod history;
 pub mod net;
+pub mod proxy;
 pub mod workload;

@@ -10,10 +10,11 @@
 //! (`NFQUEUE`) that [`crate::delay`] holds the node's packets in.
 //!
 //! Where namespaces cannot be made (no root, no `ip` or `nft`), [`Network::loopback`] keeps every
-//! node on 127.0.0.1 and cuts links with the nodes' own fault switch
-//! (`PUT /api/v1/admin/faults/links`, refused unless a node runs with `--fault-injection`): the
-//! cluster's requests to a cut peer fail at once, in both directions, and loss and delay are not
-//! available. The campaign's report says which network it ran on.
+//! node on 127.0.0.1 and puts a fault-injecting TCP proxy in front of each ([`crate::proxy`]):
+//! the nodes advertise the proxies' addresses, so every request between nodes goes through one,
+//! which freezes cut connections (one way or both), holds what a node sends for its delay, and
+//! charges a retransmission timeout for each "lost" chunk. The campaign's report says which
+//! network it ran on.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
@@ -26,8 +27,10 @@ use anyhow::{bail, Context};
 /// How the nodes are connected.
 pub enum Network {
     Namespaces(Namespaces),
+    /// Every node on 127.0.0.1, reached by its peers through a proxy.
     Loopback {
         ports: Vec<u16>,
+        proxies: crate::proxy::Proxies,
     },
     /// The docker-compose stack's network: faults are Docker's (see [`crate::compose`]).
     Compose(crate::compose::ComposeStack),
@@ -145,7 +148,7 @@ impl Network {
         Ok(Network::Namespaces(ns))
     }
 
-    /// Every node on 127.0.0.1, on ports free now.
+    /// Every node on 127.0.0.1, on ports free now, each behind a proxy of its own.
     pub fn loopback(nodes: usize) -> anyhow::Result<Network> {
         let mut ports = Vec::new();
         let mut held = Vec::new();
@@ -154,7 +157,9 @@ impl Network {
             ports.push(l.local_addr()?.port());
             held.push(l);
         }
-        Ok(Network::Loopback { ports })
+        drop(held);
+        let proxies = crate::proxy::Proxies::start(&ports)?;
+        Ok(Network::Loopback { ports, proxies })
     }
 
     pub fn describe(&self) -> String {
@@ -172,7 +177,7 @@ impl Network {
                 }
             ),
             Network::Loopback { .. } => {
-                "loopback (no network namespaces here): cuts by the nodes' fault switch, no loss or delay"
+                "loopback, a fault-injecting TCP proxy in front of each node (cuts freeze connections; loss costs retransmission timeouts; delay)"
                     .into()
             }
             Network::Compose(stack) => stack.describe(),
@@ -198,9 +203,31 @@ impl Network {
     pub fn listen(&self, i: usize) -> String {
         match self {
             Network::Namespaces(ns) => format!("{}:{NODE_PORT}", ns.addr(i)),
-            Network::Loopback { ports } => format!("127.0.0.1:{}", ports[i]),
+            Network::Loopback { ports, .. } => format!("127.0.0.1:{}", ports[i]),
             Network::Compose(stack) => stack.listen(i),
         }
+    }
+
+    /// The address node `i`'s peers reach it at (behind its proxy on loopback).
+    pub fn advertise(&self, i: usize) -> String {
+        match self {
+            Network::Loopback { proxies, .. } => proxies.front(i).to_string(),
+            _ => self.listen(i),
+        }
+    }
+
+    /// Connections between nodes through the proxies, and how many named no node (so could not
+    /// be faulted); None off loopback.
+    pub fn proxied(&self) -> Option<(u64, u64)> {
+        match self {
+            Network::Loopback { proxies, .. } => Some(proxies.counts()),
+            _ => None,
+        }
+    }
+
+    /// Whether each node runs in a namespace of its own (and the campaign is root).
+    pub fn is_namespaces(&self) -> bool {
+        matches!(self, Network::Namespaces(_))
     }
 
     /// The command prefix that runs a program on node `i`'s host.
@@ -213,17 +240,22 @@ impl Network {
         }
     }
 
-    /// Whether cuts are made in the network (else by the nodes' fault switch).
+    /// Whether the campaign cuts links between nodes (a filter or a proxy), one way or both;
+    /// the compose stack only cuts a whole node off.
     pub fn cuts_in_network(&self) -> bool {
-        matches!(self, Network::Namespaces(_))
+        matches!(self, Network::Namespaces(_) | Network::Loopback { .. })
     }
 
     pub fn can_lose_packets(&self) -> bool {
-        matches!(self, Network::Namespaces(_))
+        matches!(self, Network::Namespaces(_) | Network::Loopback { .. })
     }
 
     pub fn can_delay(&self) -> bool {
-        matches!(self, Network::Namespaces(ns) if ns.delay != DelayTool::None)
+        match self {
+            Network::Namespaces(ns) => ns.delay != DelayTool::None,
+            Network::Loopback { .. } => true,
+            Network::Compose(_) => false,
+        }
     }
 
     /// Make node `i`'s filter drop what it sends to each node `j` of `blocked` (pairs `(i, j)`),
@@ -231,8 +263,13 @@ impl Network {
     /// `(j, i)` too) drops only the connections `i` opens: over TCP, dropping `i`'s answers
     /// would cut the connections `j` opens as well, and the cut would be two-way.
     pub fn apply(&self, blocked: &BTreeSet<(usize, usize)>, loss: &[u8]) -> anyhow::Result<()> {
-        let Network::Namespaces(ns) = self else {
-            bail!("cuts on loopback go through the nodes' fault switch");
+        let ns = match self {
+            Network::Namespaces(ns) => ns,
+            Network::Loopback { proxies, .. } => {
+                proxies.set(blocked, loss);
+                return Ok(());
+            }
+            Network::Compose(_) => bail!("the compose stack's cuts are Docker's"),
         };
         for i in 0..ns.nodes {
             let mut rules = String::new();
@@ -265,8 +302,13 @@ impl Network {
 
     /// Delay everything node `i` sends by `ms`, give or take a quarter (0: none).
     pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
-        let Network::Namespaces(ns) = self else {
-            bail!("no delay on loopback");
+        let ns = match self {
+            Network::Namespaces(ns) => ns,
+            Network::Loopback { proxies, .. } => {
+                proxies.delay(i, ms);
+                return Ok(());
+            }
+            Network::Compose(_) => bail!("no delay in the compose stack"),
         };
         match &ns.delay {
             DelayTool::Netem => ns.netem_delay(i, ms),

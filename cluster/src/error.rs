@@ -38,7 +38,9 @@ pub enum ClusterError {
     /// A request sent to the leader got no answer in time: it may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),
-    /// Consensus stopped on this node (its storage failed): the node stops.
+    /// Consensus stopped on this node (its storage failed, or it is shutting down) before the
+    /// request did anything: the node stops; another node can take the request. (A write that
+    /// consensus had already taken answers [`ClusterError::Timeout`].)
     #[error("consensus stopped: {0}")]
     Fatal(String),
     #[error("{0}")]

@@ -1038,7 +1038,7 @@ impl ClusterNode {
                 return Err(stopping());
             }
             if let Some(reason) = self.fatal.borrow().clone() {
-                return Err(ClusterError::Fatal(reason));
+                return Err(consensus_stopped(&reason));
             }
             if !counted && self.leader().is_some_and(|(l, _)| l != self.id) {
                 // Once per write, however many times it is sent.
@@ -1060,11 +1060,15 @@ impl ClusterNode {
                     tracing::debug!(error = %e, "the leader is unreachable; waiting for another");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(ClusterError::Fatal(_)) if self.is_stopping() => {
-                    // consensus stopped on purpose while the write was on its way
-                    return Err(ClusterError::Timeout(
-                        "this node stopped while the write was in flight; it may or may not have taken effect".into(),
-                    ));
+                Err(ClusterError::Fatal(e)) if Instant::now() < deadline => {
+                    // The leader's consensus had stopped before it took the write (once it has
+                    // taken one, a stop answers Timeout): nothing was done; another leader comes.
+                    tracing::debug!(error = %e, "the leader has stopped; waiting for another");
+                    let mut rx = self.raft.metrics();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ =
+                        tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed())
+                            .await;
                 }
                 other => {
                     let (index, response) = other?;
@@ -1121,6 +1125,14 @@ impl ClusterNode {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         );
+        // Nothing is proposed yet: a node whose consensus stopped says so (the caller may try
+        // another leader).
+        if self.is_stopping() {
+            return Err(stopping());
+        }
+        if let Some(reason) = self.fatal.borrow().clone() {
+            return Err(consensus_stopped(&reason));
+        }
         // A leader that cannot hear from a majority would only queue the write: wait (nothing
         // is proposed yet) for the quorum to answer, or refuse.
         while let Some(why) = self.stale() {
@@ -1396,14 +1408,26 @@ fn state_name(s: ServerState) -> &'static str {
     }
 }
 
+/// What a request answers once consensus has stopped on this node, before it did anything.
+fn consensus_stopped(reason: &str) -> ClusterError {
+    ClusterError::Fatal(format!(
+        "{reason}; nothing was done: send the request to another node"
+    ))
+}
+
+/// A write (or membership change) handed to consensus that fails. Once openraft has taken it,
+/// a stop of consensus does not say whether the entry was appended and replicated before it:
+/// its outcome is unknown.
 fn client_write_error(id: NodeId, e: RaftError<ClientWriteError>) -> ClusterError {
     match e {
+        RE::Fatal(f) => ClusterError::Timeout(format!(
+            "consensus stopped on node {id} while the change was being committed ({f}): its outcome is unknown, it may have been applied"
+        )),
         RE::APIError(CWE::ForwardToLeader(f)) => ClusterError::NotLeader {
             node: id,
             leader: f.leader_id,
         },
         RE::APIError(CWE::ChangeMembershipError(e)) => ClusterError::BadRequest(e.to_string()),
-        RE::Fatal(f) => ClusterError::Fatal(f.to_string()),
     }
 }
 

@@ -101,13 +101,24 @@ async fn a_storage_failure_stops_consensus_instead_of_answering_every_write_with
     node.propose(create("a")).await.unwrap().outcome.unwrap();
     node.inject_storage_failure();
     let failed = node.failed();
+    // The write consensus had taken when it stopped: its entry was appended (and, in a cluster,
+    // maybe replicated and applied elsewhere), so its outcome is unknown: a timeout (504), never
+    // an answer that says it failed.
     let r = node.propose(create("b")).await;
-    assert!(r.is_err(), "{r:?}");
+    assert!(
+        matches!(&r, Err(ClusterError::Timeout(m)) if m.contains("outcome is unknown")),
+        "{r:?}"
+    );
     let reason = tokio::time::timeout(Duration::from_secs(10), failed)
         .await
         .expect("consensus stopped");
     assert!(reason.contains("injected storage failure"), "{reason}");
-    // later writes are refused at once
+    // Later writes are refused at once, saying that nothing was done (503: try another node).
     let after = node.propose(create("c")).await;
-    assert!(matches!(after, Err(ClusterError::Fatal(_))), "{after:?}");
+    assert!(
+        matches!(&after, Err(ClusterError::Fatal(m)) if m.contains("nothing was done")),
+        "{after:?}"
+    );
+    let read = node.read_index().await;
+    assert!(matches!(read, Err(ClusterError::Fatal(_))), "{read:?}");
 }

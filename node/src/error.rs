@@ -69,14 +69,16 @@ impl From<NodeError> for ApiError {
                 | ClusterError::NoQuorum(_)
                 | ClusterError::NotLeader { .. }
                 | ClusterError::Unreachable(_)
-                | ClusterError::Refused(_) => ApiError::NotReady(msg),
+                | ClusterError::Refused(_)
+                // (this node's consensus stopped before the request did anything)
+                | ClusterError::Fatal(_) => ApiError::NotReady(msg),
                 // It may have been done: the outcome is unknown.
                 ClusterError::Timeout(_) => ApiError::Timeout(msg),
                 ClusterError::BadRequest(_) => ApiError::BadRequest(msg),
                 ClusterError::NotFound(_) => ApiError::NotFound(msg),
                 ClusterError::Conflict(_) => ApiError::Conflict(msg),
                 ClusterError::TooLarge(_) => ApiError::PayloadTooLarge(msg),
-                ClusterError::Fatal(_) | ClusterError::Internal(_) => ApiError::Internal(msg),
+                ClusterError::Internal(_) => ApiError::Internal(msg),
             },
             NodeError::Store(_)
             | NodeError::Index(_)
@@ -94,5 +96,33 @@ impl From<crate::ingest_queue::QueueFull> for ApiError {
             message: full.message,
             retry_after_s: full.retry_after.as_secs().max(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    fn status(e: ClusterError) -> StatusCode {
+        ApiError::from(NodeError::Cluster(e)).status()
+    }
+
+    #[test]
+    fn a_stopped_consensus_answers_503_and_a_write_it_had_taken_504() {
+        // nothing was done: another node (or a later try) can take the request
+        assert_eq!(
+            status(ClusterError::Fatal("raft stopped; nothing was done".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(ClusterError::NoLeader("stopping".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // it may have been done: the outcome is unknown
+        assert_eq!(
+            status(ClusterError::Timeout("outcome is unknown".into())),
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 }

@@ -170,8 +170,12 @@ impl Node {
     }
 
     /// A request to another node's public API, made as a member of the cluster: the cluster
-    /// secret is its credential.
+    /// secret is its credential, and it names this node (as the cluster's own requests do).
     fn as_member(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = req.header(
+            shoal_cluster::network::HEADER_NODE,
+            self.ctx.cluster.id.to_string(),
+        );
         match &self.ctx.config.cluster.secret {
             Some(secret) => req.header(shoal_cluster::network::HEADER_SECRET, &secret.0),
             None => req,
@@ -434,9 +438,8 @@ impl Node {
             .runtime
             .http
             .get(format!("{addr}/api/health"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+            .timeout(Duration::from_secs(2));
+        let health = self.as_member(health).send().await;
         let model = match health {
             Ok(r) => r.json::<Value>().await.ok(),
             Err(_) => None,

@@ -13,7 +13,7 @@ use shoal_chaos::campaign::{self, Config, Report};
 #[command(
     about = "Seeded fault campaigns against a shoal cluster, with a checker of every acknowledged write and read",
     long_about = "Starts a cluster of real shoal processes (each in a network namespace of its own where \
-the machine allows it, else on loopback), runs clients that ingest, replace, delete, search and \
+the machine allows it, else on loopback behind fault-injecting TCP proxies), runs clients that ingest, replace, delete, search and \
 create and drop collections on every node, and injects a seeded schedule of faults: kill -9, \
 SIGSTOP, partitions (minority, leader alone, bridge, one-way), packet loss, delay, restarts, a \
 wiped data folder, a full disk, actor panics, wall-clock jumps. Then it heals everything, lets the cluster settle and checks the \
@@ -41,7 +41,8 @@ struct Args {
     /// The embedding model folder [default: $SHOAL_MODEL_DIR, else models/all-MiniLM-L6-v2].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Stay on loopback with the nodes' fault switch even where namespaces can be made.
+    /// Stay on loopback, with a fault-injecting TCP proxy in front of each node, even where
+    /// namespaces can be made.
     #[arg(long)]
     loopback: bool,
     /// Write the reports (a JSON list) here.
@@ -244,6 +245,7 @@ fn main() -> ExitCode {
                 s.file.display(),
                 s.image
             ),
+            None if args.loopback => format!("{narrowed} --loopback"),
             None => narrowed,
         };
         println!("== chaos campaign, seed {seed} (replay: shoal-chaos --seed {seed} --nodes {} --clients {} --seconds {} --disk-mib {disk_mib}{narrowed})", args.nodes, args.clients, args.seconds);
