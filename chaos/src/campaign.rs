@@ -517,8 +517,8 @@ fn campaign(cfg: &Config, c: &mut ChaosCluster, network: String) -> anyhow::Resu
     }
     // on loopback: how much went through the proxies, and what they could not fault
     let network = match c.net.proxied() {
-        Some((made, unnamed)) => format!(
-            "{network}; {made} connections between nodes, {unnamed} of them naming no node (not faulted)"
+        Some((made, unnamed, own)) => format!(
+            "{network}; {made} connections through the proxies, {unnamed} of them naming no node and {own} from a node to itself (neither faulted)"
         ),
         None => network,
     };

@@ -185,7 +185,8 @@ impl ChaosCluster {
                 c.small_disks &= ok;
             }
         }
-        let first = format!("http://{}", c.net.listen(0));
+        // joins go through the seed's proxy on loopback, as the nodes' other requests do
+        let first = format!("http://{}", c.net.advertise(0));
         for i in 0..voters {
             let listen = c.net.listen(i);
             let args = if i == 0 {
@@ -613,7 +614,7 @@ impl ChaosCluster {
                 };
             }
         }
-        let seed_url = self.nodes[seed].base.clone();
+        let seed_url = format!("http://{}", self.net.advertise(seed));
         let n = &mut self.nodes[i];
         n.bootstrap = false;
         n.args = vec!["--join".into(), seed_url];

@@ -157,8 +157,9 @@ impl Network {
             ports.push(l.local_addr()?.port());
             held.push(l);
         }
-        drop(held);
+        // the fronts bound while the nodes' ports are still held, so that none takes one of them
         let proxies = crate::proxy::Proxies::start(&ports)?;
+        drop(held);
         Ok(Network::Loopback { ports, proxies })
     }
 
@@ -216,9 +217,9 @@ impl Network {
         }
     }
 
-    /// Connections between nodes through the proxies, and how many named no node (so could not
-    /// be faulted); None off loopback.
-    pub fn proxied(&self) -> Option<(u64, u64)> {
+    /// Connections between nodes through the proxies, how many named no node and how many a
+    /// node opened to itself (neither could be faulted); None off loopback.
+    pub fn proxied(&self) -> Option<(u64, u64, u64)> {
         match self {
             Network::Loopback { proxies, .. } => Some(proxies.counts()),
             _ => None,

@@ -75,7 +75,7 @@ impl ClusterNode {
             })
             .await;
             if matches!(changed, Ok(Err(_))) {
-                return Err(ClusterError::Fatal("consensus has stopped".into()));
+                return Err(ClusterError::Stopped("consensus has stopped".into()));
             }
         }
     }

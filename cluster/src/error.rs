@@ -38,13 +38,17 @@ pub enum ClusterError {
     /// A request sent to the leader got no answer in time: it may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),
-    /// Consensus stopped on this node (its storage failed, or it is shutting down) before the
-    /// request did anything: the node stops; another node can take the request. (A write that
-    /// consensus had already taken answers [`ClusterError::Timeout`].)
+    /// Consensus stopped on this node (its storage failed): the node stops.
     #[error("consensus stopped: {0}")]
     Fatal(String),
     #[error("{0}")]
     Internal(String),
+    /// Consensus had stopped on this node (its storage failed) before the request did anything:
+    /// another node can take it. (A write that consensus had already taken when it stopped answers
+    /// [`ClusterError::Timeout`].) Last, so that the variants before it keep their numbers on the
+    /// wire.
+    #[error("consensus stopped: {0}")]
+    Stopped(String),
 }
 
 impl ClusterError {

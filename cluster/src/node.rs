@@ -1060,7 +1060,11 @@ impl ClusterNode {
                     tracing::debug!(error = %e, "the leader is unreachable; waiting for another");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(ClusterError::Fatal(e)) if Instant::now() < deadline => {
+                Err(e @ ClusterError::Stopped(_)) if self.fatal.borrow().is_some() => {
+                    // this node's own consensus stopped: nothing was done
+                    return Err(e);
+                }
+                Err(ClusterError::Stopped(e)) if Instant::now() < deadline => {
                     // The leader's consensus had stopped before it took the write (once it has
                     // taken one, a stop answers Timeout): nothing was done; another leader comes.
                     tracing::debug!(error = %e, "the leader has stopped; waiting for another");
@@ -1069,6 +1073,13 @@ impl ClusterNode {
                     let _ =
                         tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed())
                             .await;
+                }
+                Err(ClusterError::Fatal(e)) => {
+                    // A leader of an earlier version answers Fatal for a write its consensus may
+                    // have taken before it stopped: the outcome is unknown.
+                    return Err(ClusterError::Timeout(format!(
+                        "the leader's consensus stopped while the write was on its way ({e}): its outcome is unknown, it may have been applied"
+                    )));
                 }
                 other => {
                     let (index, response) = other?;
@@ -1136,6 +1147,9 @@ impl ClusterNode {
         // A leader that cannot hear from a majority would only queue the write: wait (nothing
         // is proposed yet) for the quorum to answer, or refuse.
         while let Some(why) = self.stale() {
+            if let Some(reason) = self.fatal.borrow().clone() {
+                return Err(consensus_stopped(&reason));
+            }
             if Instant::now() >= deadline {
                 return Err(ClusterError::NoQuorum(why));
             }
@@ -1166,6 +1180,9 @@ impl ClusterNode {
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
         loop {
+            if let Some(reason) = self.fatal.borrow().clone() {
+                return Err(consensus_stopped(&reason));
+            }
             let attempt = match self.leader() {
                 None => Err(ClusterError::NoLeader("no leader is known".into())),
                 Some((leader, _)) if leader == self.id => self.read_index_here(deadline).await,
@@ -1191,7 +1208,11 @@ impl ClusterNode {
             };
             match attempt {
                 Err(e)
-                    if (e.is_retryable() || matches!(e, ClusterError::Unreachable(_)))
+                    if (e.is_retryable()
+                        || matches!(
+                            e,
+                            ClusterError::Unreachable(_) | ClusterError::Stopped(_)
+                        ))
                         && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1214,7 +1235,8 @@ impl ClusterNode {
             Ok(Err(RE::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
                 Err(ClusterError::NoQuorum(q.to_string()))
             }
-            Ok(Err(RE::Fatal(f))) => Err(ClusterError::Fatal(f.to_string())),
+            // a read changes nothing
+            Ok(Err(RE::Fatal(f))) => Err(consensus_stopped(&f.to_string())),
             Err(_) => Err(ClusterError::NoQuorum(format!(
                 "the leader could not confirm its leadership within {} ms",
                 self.settings.write_timeout_ms
@@ -1410,7 +1432,7 @@ fn state_name(s: ServerState) -> &'static str {
 
 /// What a request answers once consensus has stopped on this node, before it did anything.
 fn consensus_stopped(reason: &str) -> ClusterError {
-    ClusterError::Fatal(format!(
+    ClusterError::Stopped(format!(
         "{reason}; nothing was done: send the request to another node"
     ))
 }

@@ -116,9 +116,9 @@ async fn a_storage_failure_stops_consensus_instead_of_answering_every_write_with
     // Later writes are refused at once, saying that nothing was done (503: try another node).
     let after = node.propose(create("c")).await;
     assert!(
-        matches!(&after, Err(ClusterError::Fatal(m)) if m.contains("nothing was done")),
+        matches!(&after, Err(ClusterError::Stopped(m)) if m.contains("nothing was done")),
         "{after:?}"
     );
     let read = node.read_index().await;
-    assert!(matches!(read, Err(ClusterError::Fatal(_))), "{read:?}");
+    assert!(matches!(read, Err(ClusterError::Stopped(_))), "{read:?}");
 }

@@ -70,15 +70,15 @@ impl From<NodeError> for ApiError {
                 | ClusterError::NotLeader { .. }
                 | ClusterError::Unreachable(_)
                 | ClusterError::Refused(_)
-                // (this node's consensus stopped before the request did anything)
-                | ClusterError::Fatal(_) => ApiError::NotReady(msg),
+                // (this node's consensus had stopped before the request did anything)
+                | ClusterError::Stopped(_) => ApiError::NotReady(msg),
                 // It may have been done: the outcome is unknown.
                 ClusterError::Timeout(_) => ApiError::Timeout(msg),
                 ClusterError::BadRequest(_) => ApiError::BadRequest(msg),
                 ClusterError::NotFound(_) => ApiError::NotFound(msg),
                 ClusterError::Conflict(_) => ApiError::Conflict(msg),
                 ClusterError::TooLarge(_) => ApiError::PayloadTooLarge(msg),
-                ClusterError::Internal(_) => ApiError::Internal(msg),
+                ClusterError::Fatal(_) | ClusterError::Internal(_) => ApiError::Internal(msg),
             },
             NodeError::Store(_)
             | NodeError::Index(_)
@@ -112,7 +112,9 @@ mod tests {
     fn a_stopped_consensus_answers_503_and_a_write_it_had_taken_504() {
         // nothing was done: another node (or a later try) can take the request
         assert_eq!(
-            status(ClusterError::Fatal("raft stopped; nothing was done".into())),
+            status(ClusterError::Stopped(
+                "raft stopped; nothing was done".into()
+            )),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
