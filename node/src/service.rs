@@ -1131,7 +1131,7 @@ impl ShoalService for Node {
                 let mut chunks = Vec::new();
                 for p in d.live.iter().flat_map(|l| &l.points) {
                     let Some(uid) = uid else { break };
-                    if let Some(c) = ctx.store.chunk_view(uid, *p)? {
+                    if let Some(c) = ctx.store.chunk(uid, *p)? {
                         chunks.push(ChunkInfo {
                             chunk_index: c.chunk_index,
                             start: c.start,
@@ -2344,7 +2344,7 @@ impl IndexStep {
             keyword_score,
         } in hits
         {
-            let Some(chunk) = self.ctx.store.chunk_view(self.uid, h.id)? else {
+            let Some(chunk) = self.ctx.store.chunk(self.uid, h.id)? else {
                 missing += 1;
                 continue;
             };

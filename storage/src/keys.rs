@@ -4,13 +4,14 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `m/format` | format version (1 byte) |
+//! | `m/format` | the layout's format version (1 byte; see [`crate::FORMAT_VERSION`]) |
 //! | `m/applied` | index of the last applied command (u64 big-endian) |
 //! | `m/raft` | the consensus layer's record of the last applied entry (opaque bytes, written in the same batch) |
 //! | `m/uid` | last collection uid handed out (u64 big-endian) |
 //! | `c/{name}` | [`crate::CollectionRecord`] |
 //! | `d/{uid}/{doc id}` | [`crate::DocumentRecord`] |
-//! | `p/{uid}/{point id}` | [`crate::ChunkRecord`] (chunk text and vector) |
+//! | `p/{uid}/{point id}` | [`crate::ChunkRecord`] (the chunk's text and where it is) |
+//! | `v/{uid}/{point id}` | the chunk's vector (`Vec<f32>`), written and removed with its record |
 //! | `j/{job id}` | [`crate::JobRecord`] |
 //! | `r/{uid}/{job id}` | (empty) the job is running: found when its collection is dropped |
 //! | `s/{job id}/{part}` | [`crate::StagedPart`]: documents of a request too large for one log entry |
@@ -55,6 +56,22 @@ pub(crate) fn points_prefix(uid: u64) -> Vec<u8> {
 pub(crate) fn point(uid: u64, id: PointId) -> Vec<u8> {
     [points_prefix(uid).as_slice(), &id.to_be_bytes()].concat()
 }
+
+pub(crate) fn vectors_prefix(uid: u64) -> Vec<u8> {
+    [b"v/".as_slice(), &uid.to_be_bytes(), b"/"].concat()
+}
+
+pub(crate) fn vector(uid: u64, id: PointId) -> Vec<u8> {
+    [vectors_prefix(uid).as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// The vector's key of the chunk under `point_key` (`p/...` -> `v/...`).
+pub(crate) fn vector_of_point(point_key: &[u8]) -> Option<Vec<u8>> {
+    let rest = point_key.strip_prefix(b"p")?;
+    Some([b"v".as_slice(), rest].concat())
+}
+
+pub(crate) const POINT_PREFIX: &[u8] = b"p/";
 
 pub(crate) fn point_id_from_key(key: &[u8]) -> Option<PointId> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;

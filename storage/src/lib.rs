@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod keys;
 mod log;
+mod migrate;
 mod records;
 mod snapshot;
 mod store;
@@ -23,8 +24,8 @@ pub use error::StoreError;
 pub use events::{EventLog, SearchEvent};
 pub use log::LogTree;
 pub use records::{
-    ChunkRecord, ChunkView, Claim, CollectionRecord, CollectionSpec, DocumentRecord,
-    DocumentStatus, HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
+    ChunkRecord, Claim, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus,
+    HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
 };
 pub use snapshot::SnapshotInfo;
 pub use store::{

@@ -102,7 +102,9 @@ pub struct StagedPart {
     pub documents: Vec<crate::DocumentInput>,
 }
 
-/// One searchable chunk of a document.
+/// One searchable chunk of a document: what a search hit shows. Its vector is stored apart,
+/// under a key of its own (see `keys.rs`), so that the records searches read stay small and fit
+/// the page cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRecord {
     pub doc_id: String,
@@ -114,21 +116,6 @@ pub struct ChunkRecord {
     /// The first and last page the chunk is on, for a document with pages (a PDF).
     pub pages: Option<(u32, u32)>,
     /// The heading of the section the chunk begins in.
-    pub section: Option<String>,
-    /// Last: [`ChunkView`] reads the fields before it.
-    pub vector: Vec<f32>,
-}
-
-/// A [`ChunkRecord`] as a search hit shows it: read from the same bytes without decoding the
-/// vector (its fields are the record's leading fields, in the same order).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ChunkView {
-    pub doc_id: String,
-    pub chunk_index: u32,
-    pub text: String,
-    pub start: u32,
-    pub end: u32,
-    pub pages: Option<(u32, u32)>,
     pub section: Option<String>,
 }
 

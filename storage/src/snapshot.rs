@@ -187,6 +187,13 @@ impl Store {
         target.apply_batch(batch)?;
         match target.get(keys::FORMAT)? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            // a backup made by the previous format is moved to this one before it is the state
+            Some(v) if v.as_ref() == [5] => {
+                if let Err(e) = crate::migrate::vectors_apart(&self.db, &target) {
+                    target.clear()?;
+                    return Err(e);
+                }
+            }
             Some(v) => {
                 target.clear()?;
                 return Err(StoreError::FormatVersion {
@@ -285,6 +292,64 @@ mod tests {
             },
             at_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_backup_of_format_5_is_moved_to_this_format_as_it_is_restored() {
+        use crate::{ChunkInput, DocumentChunks, DocumentInput};
+        let dir = tempfile::tempdir().unwrap();
+        let source = Store::temporary().unwrap();
+        source.apply(1, &create("c")).unwrap();
+        let docs = (0..4)
+            .map(|i| DocumentInput {
+                id: format!("d{i}"),
+                text: "t".into(),
+                metadata_json: "{}".into(),
+                sections: Vec::new(),
+            })
+            .collect();
+        let accept = Command::AcceptDocuments {
+            collection: "c".into(),
+            job_id: "j".into(),
+            documents: docs,
+            staged_parts: 0,
+            at_ms: 2,
+        };
+        source.apply(2, &accept).unwrap();
+        for i in 0..4u64 {
+            let chunks = Command::StoreChunks {
+                collection: "c".into(),
+                node: 1,
+                documents: vec![DocumentChunks {
+                    doc_id: format!("d{i}"),
+                    version: 2,
+                    chunks: vec![ChunkInput {
+                        text: format!("chunk {i}"),
+                        start: 0,
+                        end: 7,
+                        pages: None,
+                        section: None,
+                        vector: vec![i as f32, 1.0],
+                    }],
+                }],
+                at_ms: 3,
+            };
+            source.apply(3 + i, &chunks).unwrap();
+        }
+        let (points, _) = source.points_at("c", None).unwrap();
+        let digest = source.digest().unwrap();
+        crate::migrate::back_to_format_5(&source, 0);
+        let path = dir.path().join("old-backup");
+        source.export_snapshot(&path).unwrap();
+
+        let target = Store::open(&dir.path().join("t"), Default::default()).unwrap();
+        assert_eq!(target.install_snapshot(&path).unwrap(), 6);
+        assert_eq!(target.points_at("c", None).unwrap().0, points);
+        assert_eq!(
+            target.tree().get(keys::FORMAT).unwrap().unwrap().as_ref(),
+            [FORMAT_VERSION]
+        );
+        assert_eq!(target.digest().unwrap(), digest, "the same state as before");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sled::{Batch, Db, Tree};
 
-use crate::codec::{decode, decode_prefix, encode, FORMAT_VERSION};
+use crate::codec::{decode, encode, FORMAT_VERSION, RECORD_VERSION};
 use crate::records::*;
 use crate::{keys, Command, DocumentChunks, DocumentInput, DocumentVersion, PointId, StoreError};
 
@@ -232,6 +232,9 @@ impl Store {
                 db.flush()?;
             }
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) if v.as_ref() == [5] => {
+                crate::migrate::vectors_apart(&db, &tree)?;
+            }
             Some(v) => {
                 return Err(StoreError::FormatVersion {
                     found: v.first().copied().unwrap_or(0),
@@ -285,7 +288,7 @@ impl Store {
     pub fn corrupt_for_tests(&self, key: &str) {
         let _ = self
             .tree()
-            .insert(key.as_bytes(), &[crate::FORMAT_VERSION, 0xff][..]);
+            .insert(key.as_bytes(), &[RECORD_VERSION, 0xff][..]);
     }
 
     /// Make every command applied so far durable, if the store was opened with `sync_writes`
@@ -349,18 +352,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The chunk behind a point, if it still exists.
+    /// The chunk behind a point (what a search hit shows), if it still exists.
     pub fn chunk(&self, uid: u64, id: PointId) -> Result<Option<ChunkRecord>, StoreError> {
         self.get(&keys::point(uid, id))
     }
 
-    /// The chunk behind a point without its vector (what a search hit shows), if it still exists.
-    pub fn chunk_view(&self, uid: u64, id: PointId) -> Result<Option<ChunkView>, StoreError> {
-        let key = keys::point(uid, id);
-        match self.tree().get(&key)? {
-            Some(v) => Ok(Some(decode_prefix(&key, &v)?)),
-            None => Ok(None),
-        }
+    /// The vector of the chunk behind a point, if it still exists.
+    pub fn chunk_vector(&self, uid: u64, id: PointId) -> Result<Option<Vec<f32>>, StoreError> {
+        self.get(&keys::vector(uid, id))
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -391,7 +390,7 @@ impl Store {
     /// The text of a pending document version, or None when that version is no longer pending
     /// (replaced, deleted, or its collection dropped).
     /// Bytes the collection `uid` holds in the store: its documents' records (text, metadata)
-    /// and its chunks' records (text, vector), keys included, as (documents, chunks). Read by
+    /// and its chunks' records (text) and vectors, keys included, as (documents, chunks). Read by
     /// walking its records: a cost in proportion to its size.
     pub fn collection_bytes(&self, uid: u64) -> Result<(u64, u64), StoreError> {
         let tree = self.tree();
@@ -405,7 +404,7 @@ impl Store {
         };
         Ok((
             sum(keys::documents_prefix(uid))?,
-            sum(keys::points_prefix(uid))?,
+            sum(keys::points_prefix(uid))? + sum(keys::vectors_prefix(uid))?,
         ))
     }
 
@@ -471,6 +470,8 @@ impl Store {
                 .filter(|c| uid.is_none_or(|u| u == c.uid))
                 .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
+        // records and vectors side by side: both in point id order, written and removed together
+        let mut vectors = tree.scan_prefix(keys::vectors_prefix(coll.uid));
         for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
             let chunk: ChunkRecord = decode(&k, &v)?;
@@ -478,12 +479,30 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
+            let vector: Vec<f32> = match vectors.next().transpose()? {
+                Some((vk, vv)) if keys::point_id_from_key(&vk) == Some(id) => decode(&vk, &vv)?,
+                other => {
+                    return Err(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        reason: format!(
+                            "the chunk's vector is missing (next vector: {:?})",
+                            other.map(|(vk, _)| keys::point_id_from_key(&vk))
+                        ),
+                    })
+                }
+            };
             out.push(StoredPoint {
                 id,
-                vector: chunk.vector,
+                vector,
                 doc_id: chunk.doc_id,
                 metadata_json: String::new(),
                 text: chunk.text,
+            });
+        }
+        if let Some(extra) = vectors.next().transpose()? {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(&extra.0).into_owned(),
+                reason: "a vector without its chunk".into(),
             });
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
@@ -780,6 +799,7 @@ impl Store {
         for prefix in [
             keys::documents_prefix(coll.uid),
             keys::points_prefix(coll.uid),
+            keys::vectors_prefix(coll.uid),
         ] {
             for key in tree.scan_prefix(prefix).keys() {
                 batch.remove(key?);
@@ -1112,9 +1132,9 @@ impl Store {
                     end: c.end,
                     pages: c.pages,
                     section: c.section.clone(),
-                    vector: c.vector.clone(),
                 };
                 batch.insert(keys::point(coll.uid, id), encode(&record));
+                batch.insert(keys::vector(coll.uid, id), encode(&c.vector));
                 points.push(id);
                 new_points.push(StoredPoint {
                     id,
@@ -1323,6 +1343,7 @@ const MAX_EXPIRED_PER_COMMAND: u64 = 10_000;
 fn remove_live(batch: &mut Batch, coll: &mut CollectionRecord, live: LiveVersion) -> Effect {
     for id in &live.points {
         batch.remove(keys::point(coll.uid, *id));
+        batch.remove(keys::vector(coll.uid, *id));
     }
     coll.chunks -= live.points.len() as u64;
     Effect::PointsRemoved {

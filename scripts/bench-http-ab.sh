@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Two shoal binaries side by side on the same data: vector search over HTTP on the corpus that
+# scripts/bench-qdrant.sh keeps (make it with `scripts/bench-qdrant.sh --prepare`: 111,553
+# MiniLM-embedded sentences, M 16, ef_construction 100), the 2,000 held-out sentences' vectors as
+# queries cycled by `wrk` at 1 and 16 connections, each hit with its text and document id. Each
+# binary runs on its own copy of the data directory (a newer binary may move the store to its
+# format when it opens it: the time to its first ready answer is printed), and the two take turns,
+# `--rounds` times. Prints the figures and writes them to docs/benchmarks/http-ab.md.
+# Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--ef 64] [--seconds 10] [--rounds 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+a="" b="" ef=64 seconds=10 rounds=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --a) a="$(realpath "$2")"; shift 2 ;;
+    --b) b="$(realpath "$2")"; shift 2 ;;
+    --ef) ef="$2"; shift 2 ;;
+    --seconds) seconds="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -x "$a" ] && [ -x "$b" ] || { echo "give two binaries: --a BIN --b BIN" >&2; exit 2; }
+cache=bench-data/qdrant-bench
+[ -s "$cache/complete" ] || { echo "no kept corpus: run scripts/bench-qdrant.sh --prepare" >&2; exit 2; }
+command -v wrk >/dev/null || { echo "wrk is missing (scripts/bench-qdrant.sh installs it)" >&2; exit 1; }
+venv=.venv-qdrant
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+count=$(cat "$cache/complete")
+
+"$venv/bin/python" - "$work" "$ef" <<'EOF'
+import sys
+import numpy as np
+sys.path.insert(0, "scripts")
+from wiki_corpus import embedded, search_split
+work, ef = sys.argv[1], int(sys.argv[2])
+row = {t: i for i, t in enumerate(embedded())}
+vectors = np.fromfile("bench-data/minilm_wiki.f32", dtype=np.float32).reshape(-1, 384)
+queries, _, _ = search_split()
+q = vectors[[row[t] for t in queries]]
+q /= np.linalg.norm(q, axis=1, keepdims=True)
+with open(f"{work}/bodies.txt", "w") as s:
+    for v in q:
+        vec = "[" + ",".join(f"{x:.7g}" for x in v) + "]"
+        s.write(f'{{"vector":{vec},"top_k":10,"ef":{ef}}}\n')
+EOF
+cat >"$work/bodies.lua" <<'EOF'
+local bodies = {}
+for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "/api/v1/collections/wiki/search",
+    {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1e3,
+    latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3,
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+EOF
+
+port=7466
+node="http://127.0.0.1:$port"
+load() { # connections, seconds
+  local threads=$(( $1 < 2 ? 1 : 2 ))
+  BENCH_BODIES="$work/bodies.txt" wrk -t$threads -c"$1" -d"$2"s -s "$work/bodies.lua" "$node" \
+    | awk -F'\t' '/^RESULT/ {print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 "\t" $7}'
+}
+rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
+results="$work/results.tsv"
+: >"$results"
+for round in $(seq "$rounds"); do
+  for side in a b; do
+    bin=$a; [ "$side" = b ] && bin=$b
+    rm -rf "$work/data"; cp -r "$cache/shoal" "$work/data"
+    t0=$(date +%s.%N)
+    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
+      >"$work/$side.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 6000); do
+      curl -sf -o /dev/null "$node/api/ready" && break
+      kill -0 "$pid" 2>/dev/null || { tail "$work/$side.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    ready_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+    for _ in $(seq 6000); do # the shard loads its graph in the background
+      live=$(curl -sf "$node/api/v1/collections/wiki" | python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])' || echo 0)
+      [ "$live" -ge "$count" ] && break
+      sleep 0.1
+    done
+    loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+    for c in 1 16; do
+      load "$c" 2 >/dev/null
+      r=$(load "$c" "$seconds")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$c" "$r" "$ready_s" "$loaded_s" "$(rss_mb "$pid")" >>"$results"
+      tail -1 "$results" >&2
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+out=docs/benchmarks/http-ab.md
+{
+  echo "# Vector search over HTTP: two builds of shoal side by side"
+  echo
+  echo "Made by \`scripts/bench-http-ab.sh --ef $ef --seconds $seconds --rounds $rounds\` on $(date -u +%Y-%m-%d), $cpu,"
+  echo "$(nproc) cores: the $count vectors that \`scripts/bench-qdrant.sh\` keeps, each build on its own copy of"
+  echo "the data directory, the builds taking turns; wrk on the same cores (1 thread for 1 connection, 2 for 16),"
+  echo "${seconds} s after a 2 s warm-up. \"ready\": seconds from start to the first ready answer (a store"
+  echo "moved to a new format is moved before it); \"loaded\": until the graph answers every point."
+  echo
+  echo "a: \`$a\`; b: \`$b\`"
+  echo
+  echo "| build | round | connections | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | ready s | loaded s | RSS MiB |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}' "$results"
+} >"$out"
+cat "$out"
