@@ -1208,10 +1208,14 @@ impl ClusterNode {
             };
             match attempt {
                 Err(e)
+                    // (a read changes nothing: a leader whose consensus stopped, whatever its
+                    // version answers, is one to wait out)
                     if (e.is_retryable()
                         || matches!(
                             e,
-                            ClusterError::Unreachable(_) | ClusterError::Stopped(_)
+                            ClusterError::Unreachable(_)
+                                | ClusterError::Stopped(_)
+                                | ClusterError::Fatal(_)
                         ))
                         && Instant::now() < deadline =>
                 {

@@ -121,6 +121,11 @@ mod tests {
             status(ClusterError::NoLeader("stopping".into())),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // consensus failed here in a way that says nothing of the outcome (joining, starting)
+        assert_eq!(
+            status(ClusterError::Fatal("raft stopped".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
         // it may have been done: the outcome is unknown
         assert_eq!(
             status(ClusterError::Timeout("outcome is unknown".into())),
