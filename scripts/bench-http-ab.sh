@@ -45,29 +45,13 @@ with open(f"{work}/bodies.txt", "w") as s:
         vec = "[" + ",".join(f"{x:.7g}" for x in v) + "]"
         s.write(f'{{"vector":{vec},"top_k":10,"ef":{ef}}}\n')
 EOF
-cat >"$work/bodies.lua" <<'EOF'
-local bodies = {}
-for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
-local i = 0
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/api/v1/collections/wiki/search",
-    {["Content-Type"] = "application/json"}, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1e3,
-    latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3,
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-EOF
 
 port=7466
 node="http://127.0.0.1:$port"
 load() { # connections, seconds
   local threads=$(( $1 < 2 ? 1 : 2 ))
-  BENCH_BODIES="$work/bodies.txt" wrk -t$threads -c"$1" -d"$2"s -s "$work/bodies.lua" "$node" \
+  BENCH_BODIES="$work/bodies.txt" BENCH_PATH=/api/v1/collections/wiki/search \
+    wrk -t$threads -c"$1" -d"$2"s -s scripts/wrk-bodies.lua "$node" \
     | awk -F'\t' '/^RESULT/ {print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 "\t" $7}'
 }
 rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }

@@ -205,29 +205,12 @@ print(f"{found / (10 * len(truth)):.3f}")
 EOF
 }
 
-cat >"$work/bodies.lua" <<'EOF'
-local bodies = {}
-for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
-local path = os.getenv("BENCH_PATH")
-local i = 0
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f\t%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1e3,
-    latency:percentile(95) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3,
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-EOF
 load() { # engine, ef, clients, seconds
   local url path threads=$(( $3 < 2 ? 1 : 2 ))
   if [ "$1" = shoal ]; then url=$shoal; path=/api/v1/collections/wiki/search
   else url=$qd; path=/collections/wiki/points/search; fi
   BENCH_BODIES="$work/$1_ef$2.txt" BENCH_PATH=$path \
-    wrk -t$threads -c"$3" -d"$4"s -s "$work/bodies.lua" "$url" | awk -F'\t' '/^RESULT/ {print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 "\t" $7}'
+    wrk -t$threads -c"$3" -d"$4"s -s scripts/wrk-bodies.lua "$url" | awk -F'\t' '/^RESULT/ {print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 "\t" $7}'
 }
 
 results="$work/results.tsv"
