@@ -51,13 +51,17 @@ pub struct CollectionInfo {
 pub struct CollectionStorage {
     /// Its documents' records in the store: text, metadata, keys.
     pub documents_bytes: u64,
-    /// Its chunks' records in the store: text, vector, keys.
+    /// Its chunks' records and vectors in the store, keys included.
     pub chunks_bytes: u64,
     /// The files of its index's last graph dump.
     pub index_files_bytes: u64,
-    /// Its vectors as the index holds them in memory (points in the graph × dimension × 4); the
-    /// graph's links and the process's other memory come on top (`/metrics`).
+    /// Its vectors as the index holds them in memory (allocated a segment at a time, each vector
+    /// padded to a multiple of 8 floats).
     pub vectors_memory_bytes: u64,
+    /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags.
+    pub graph_memory_bytes: u64,
+    /// Its keyword (BM25) index in memory: its segments.
+    pub keyword_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

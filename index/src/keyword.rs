@@ -139,6 +139,17 @@ impl KeywordIndex {
         Ok(())
     }
 
+    /// Bytes of the index's segments, once the changes not committed yet are (as the next
+    /// search would commit them).
+    pub fn bytes(&self) -> u64 {
+        let _ = self.refresh();
+        self.reader
+            .searcher()
+            .space_usage()
+            .map(|u| u.total().get_bytes())
+            .unwrap_or(0)
+    }
+
     /// Commit the changes made since the last commit and show them to searches. Changes are
     /// committed by the next search (and after a bulk build), not one by one: a tantivy commit
     /// starts a new segment writer with a fresh 15 MB arena, which per ingest batch cost more

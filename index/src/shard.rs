@@ -142,6 +142,17 @@ pub struct Hit {
     pub payload: Arc<Payload>,
 }
 
+/// What a shard holds in memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ShardMemory {
+    /// The graph's vectors (allocated a segment at a time, padded to whole lanes).
+    pub vectors: u64,
+    /// The graph's links on every layer, and its nodes' ids and flags.
+    pub graph: u64,
+    /// The keyword index's segments (the changes not committed yet are committed first).
+    pub keyword: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShardStats {
     pub live_points: usize,
@@ -475,6 +486,20 @@ impl Shard {
             live_points: t.live.len(),
             tombstones: t.tombstones,
             graph_points: self.graph.read().len(),
+        }
+    }
+
+    /// What the shard holds in memory (walks the graph's nodes once: call it now and then).
+    pub fn memory(&self) -> ShardMemory {
+        let (vectors, graph) = self.graph.read().memory_bytes();
+        let keyword = match &*self.keyword.read() {
+            Keyword::Ready(k) => k.bytes(),
+            _ => 0,
+        };
+        ShardMemory {
+            vectors: vectors as u64,
+            graph: graph as u64,
+            keyword,
         }
     }
 

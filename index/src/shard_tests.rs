@@ -130,6 +130,34 @@ fn graph_search_recall_and_exact_order() {
 }
 
 #[test]
+fn memory_counts_the_vectors_links_and_keyword_index_a_shard_holds() {
+    let empty = Shard::open(params(), Vec::new(), None, 0)
+        .unwrap()
+        .0
+        .memory();
+    assert_eq!(empty.keyword, 0, "no text yet: no keyword index");
+    let n = 3000usize;
+    let (shard, _) = Shard::open(params(), points(n, 3), None, 0).unwrap();
+    let m = shard.memory();
+    // every vector (DIM floats, a whole number of 8-float lanes here), in whole segments
+    assert!(m.vectors as usize >= n * DIM * 4, "{m:?}");
+    assert!((m.vectors as usize) < 4 * n * DIM * 4, "{m:?}");
+    // the bottom layer's [count, 2·m neighbours] and an 8-byte id per node at least, plus the
+    // upper layers' blocks (about one node in m has one)
+    let bottom = n * (2 * shard.params().m + 1) * 4 + n * 8;
+    assert!(m.graph as usize > bottom, "{m:?}");
+    assert!((m.graph as usize) < 4 * bottom, "{m:?}");
+    assert!(m.keyword > 0, "{m:?}");
+    // more points, more memory
+    shard.insert(points(2 * n, 3).split_off(n)).unwrap();
+    let more = shard.memory();
+    assert!(
+        more.graph > m.graph && more.vectors >= m.vectors,
+        "{more:?}"
+    );
+}
+
+#[test]
 fn deleted_points_are_never_returned_and_compaction_drops_them() {
     let pts = points(2000, 2);
     let (shard, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();

@@ -101,9 +101,9 @@ impl Node {
                 return Ok(*s);
             }
         }
-        let (uid, dimension) = (c.uid, c.spec.dimension as u64);
+        let uid = c.uid;
         let dump_dir = self.ctx.shard_dump_dir(c);
-        let graph_points = self.shard_stats(c).map_or(0, |s| s.graph_points as u64);
+        let shard = self.ctx.actors.shards.get(&c.name).and_then(|s| s.shard);
         let measured = self
             .read(move |ctx| {
                 let (documents_bytes, chunks_bytes) = ctx.store.collection_bytes(uid)?;
@@ -117,11 +117,15 @@ impl Node {
                             .sum()
                     })
                     .unwrap_or(0);
+                // (a walk over the graph's nodes: this runs on a blocking thread)
+                let memory = shard.map(|s| s.memory());
                 Ok(CollectionStorage {
                     documents_bytes,
                     chunks_bytes,
                     index_files_bytes,
-                    vectors_memory_bytes: graph_points * dimension * 4,
+                    vectors_memory_bytes: memory.map_or(0, |m| m.vectors),
+                    graph_memory_bytes: memory.map_or(0, |m| m.graph),
+                    keyword_memory_bytes: memory.map_or(0, |m| m.keyword),
                 })
             })
             .await?;

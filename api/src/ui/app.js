@@ -372,7 +372,8 @@ async function viewCollection(name, after) {
       ${
         c.storage
           ? `<div class="card"><h3>On this node</h3>store: ${bytes(c.storage.documents_bytes)} of documents, ${bytes(c.storage.chunks_bytes)} of chunks<br>
-        index files ${bytes(c.storage.index_files_bytes)} · vectors in memory ${bytes(c.storage.vectors_memory_bytes)}</div>`
+        index files ${bytes(c.storage.index_files_bytes)}<br>
+        in memory: vectors ${bytes(c.storage.vectors_memory_bytes)}, graph links ${bytes(c.storage.graph_memory_bytes)}, keyword index ${bytes(c.storage.keyword_memory_bytes)}</div>`
           : ""
       }
       <div class="card"><h3>Search it</h3><a href="#/search?collection=${enc(name)}">Open the playground</a></div>

@@ -277,6 +277,27 @@ impl Graph {
         ((-u.ln() * self.level_mult) as usize).min(MAX_LEVEL)
     }
 
+    /// Bytes the graph holds: (its vectors, everything else: links of every layer, ids, flags).
+    /// Walks the nodes once (for their upper-layer blocks).
+    pub fn memory_bytes(&self) -> (usize, usize) {
+        let upper_blocks: usize = (0..self.len() as Slot)
+            .map(|slot| {
+                let links = self.upper_links(slot).len();
+                if links == 0 {
+                    0
+                } else {
+                    (links + 1) * std::mem::size_of::<AtomicU32>()
+                }
+            })
+            .sum();
+        let rest = self.links0.allocated_bytes()
+            + self.upper.allocated_bytes()
+            + upper_blocks
+            + self.ids.allocated_bytes()
+            + self.flags.allocated_bytes();
+        (self.vectors.allocated_bytes(), rest)
+    }
+
     fn level(&self, slot: Slot) -> usize {
         self.upper_links(slot).len() / (self.params.m + 1)
     }

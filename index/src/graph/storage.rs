@@ -137,6 +137,15 @@ impl<T: Zeroable> Segmented<T> {
     pub fn stride(&self) -> usize {
         self.stride
     }
+
+    /// Bytes allocated for the segments made so far.
+    pub fn allocated_bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .filter_map(|s| s.get())
+            .map(|s| s.layout.size())
+            .sum()
+    }
 }
 
 /// Eight floats, 32-byte aligned: a vector is a whole number of lanes, so every vector starts on
@@ -162,6 +171,11 @@ impl Vectors {
             dim,
             lanes: Segmented::zeroed(dim.div_ceil(8)),
         }
+    }
+
+    /// Bytes allocated for the vectors (whole segments, padding included).
+    pub fn allocated_bytes(&self) -> usize {
+        self.lanes.allocated_bytes()
     }
 
     /// Floats per stored vector (the dimension rounded up to whole lanes).
