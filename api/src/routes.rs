@@ -65,6 +65,7 @@ pub struct RouterLimits {
 /// | `GET /api/v1/admin/digest` | digest of the node's store (replicas compare equal) |
 /// | `GET /api/v1/admin/snapshot` | a consistent snapshot of the node's state (a backup) |
 /// | `PUT /api/v1/admin/faults/links` | fault injection: cut links to other nodes |
+/// | `POST /api/v1/admin/faults/storage` | fault injection: fail the next store write (the node stops) |
 /// | `GET /api/v1/cluster` | members, roles, leader, term, indexes, lag |
 /// | `POST /api/v1/cluster/init` | make this node a new one-member cluster |
 /// | `POST /api/v1/cluster/join` | make this node join another's cluster |
@@ -140,6 +141,7 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
         .route("/api/v1/admin/actors/{name}/panic", post(inject_panic::<S>))
         .route("/api/v1/admin/digest", get(store_digest::<S>))
         .route("/api/v1/admin/faults/links", put(cut_links::<S>))
+        .route("/api/v1/admin/faults/storage", post(fail_storage::<S>))
         .route("/api/v1/cluster", get(cluster_status::<S>))
         .route("/api/v1/cluster/init", post(cluster_init::<S>))
         .route("/api/v1/cluster/join", post(cluster_join::<S>))
@@ -969,6 +971,20 @@ async fn cut_links<S: ShoalService>(
 }
 
 #[utoipa::path(
+    post,
+    path = "/api/v1/admin/faults/storage",
+    tag = "admin",
+    responses((status = 200, body = Object), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, description = "fault injection is off", body = ApiErrorBody))
+)]
+async fn fail_storage<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require_cluster_admin("fault injection")?;
+    Ok(Json(s.fail_storage().await?))
+}
+
+#[utoipa::path(
     get,
     path = "/api/v1/cluster",
     tag = "cluster",
@@ -1497,7 +1513,7 @@ async fn rerank<S: ShoalService>(
         create_collection, get_collection, delete_collection, add_documents, list_documents,
         get_document, delete_document, retry_document, search, list_jobs, get_job, search_analytics, embeddings,
         rerank_v1, rerank_v2, tei_embed, list_actors, inject_panic, store_digest, snapshot,
-        cut_links, cluster_status, cluster_init, cluster_join, cluster_promote, cluster_remove
+        cut_links, fail_storage, cluster_status, cluster_init, cluster_join, cluster_promote, cluster_remove
     ),
     components(schemas(ApiErrorBody)),
     modifiers(&Aliases, &BearerAuth),

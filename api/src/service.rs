@@ -175,6 +175,9 @@ pub trait ShoalService: Send + Sync + 'static {
         &self,
         req: CutLinksRequest,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Fault injection (only when enabled): the next entry this node applies fails as a broken
+    /// disk would fail it, so its consensus stops and the node stops.
+    fn fail_storage(&self) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
     /// Record a search (the node's search events); must not wait.
     fn record_search(&self, record: SearchRecord);

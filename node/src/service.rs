@@ -2257,6 +2257,17 @@ impl ShoalService for Node {
         Ok(serde_json::json!({ "cut": self.ctx.cluster.faults().cut() }))
     }
 
+    async fn fail_storage(&self) -> Result<Value> {
+        if !self.ctx.config.debug.fault_injection {
+            return Err(ApiError::NotFound(
+                "fault injection is disabled (start the node with --fault-injection)".into(),
+            ));
+        }
+        tracing::warn!("fault injection: the next entry applied here fails");
+        self.ctx.cluster.inject_storage_failure();
+        Ok(serde_json::json!({ "fails": "the next entry this node applies" }))
+    }
+
     fn requests_in_flight(&self, method: &str, route: &str, delta: i64) {
         self.ctx
             .runtime

@@ -361,6 +361,49 @@ fn a_leader_told_to_stop_lets_the_others_elect_a_new_one_while_it_drains() {
 }
 
 #[test]
+fn a_write_through_a_follower_when_the_leaders_store_fails_answers_504_then_writes_go_on() {
+    let c = Cluster::start(3, 0, &[]);
+    let leader = c.leader(Duration::from_secs(30));
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let r = c.nodes[leader].request("POST", "/api/v1/admin/faults/storage", None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    // the leader takes the write, replicates it and fails to apply it: the follower that sent it
+    // cannot know whether it took effect (it did: it was committed) and says so, never 500
+    let r = c.nodes[follower].request("PUT", "/api/v1/collections/taken", None);
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert!(r.text.contains("outcome is unknown"), "{}", r.text);
+    // writes through the follower go on once another leader is elected; meanwhile they are
+    // refused (503) or sent on, never answered 500
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = c.nodes[follower].request("PUT", &format!("/api/v1/collections/after-{n}"), None);
+        assert!(
+            [201, 503, 504].contains(&r.status),
+            "{} {}",
+            r.status,
+            r.text
+        );
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no write went through: {}",
+            r.text
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the write answered 504 had been committed: every live node has it
+    wait_until(
+        Duration::from_secs(10),
+        "the 504 write on the follower",
+        || c.nodes[follower].get("/api/v1/collections/taken").status == 200,
+    );
+}
+
+#[test]
 fn join_promote_and_remove_while_searches_go_on() {
     let mut c = Cluster::start(3, 0, &[]);
     c.nodes[0].create_collection("wiki");
