@@ -264,23 +264,41 @@ impl Network {
     /// `(j, i)` too) drops only the connections `i` opens: over TCP, dropping `i`'s answers
     /// would cut the connections `j` opens as well, and the cut would be two-way.
     pub fn apply(&self, blocked: &BTreeSet<(usize, usize)>, loss: &[u8]) -> anyhow::Result<()> {
-        let ns = match self {
-            Network::Namespaces(ns) => ns,
+        match self {
+            Network::Namespaces(ns) => ns.filter(blocked, loss),
             Network::Loopback { proxies, .. } => {
                 proxies.set(blocked, loss);
-                return Ok(());
+                Ok(())
             }
             Network::Compose(_) => bail!("the compose stack's cuts are Docker's"),
-        };
-        for i in 0..ns.nodes {
+        }
+    }
+
+    /// Delay everything node `i` sends by `ms`, give or take a quarter (0: none).
+    pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
+        match self {
+            Network::Namespaces(ns) => ns.set_delay(i, ms),
+            Network::Loopback { proxies, .. } => {
+                proxies.delay(i, ms);
+                Ok(())
+            }
+            Network::Compose(_) => bail!("no delay in the compose stack"),
+        }
+    }
+}
+
+impl Namespaces {
+    /// Each node's packet filter (see [`Network::apply`]): an nftables table in its namespace.
+    fn filter(&self, blocked: &BTreeSet<(usize, usize)>, loss: &[u8]) -> anyhow::Result<()> {
+        for i in 0..self.nodes {
             let mut rules = String::new();
             for (_, j) in blocked.iter().filter(|(from, _)| *from == i) {
                 if blocked.contains(&(*j, i)) {
-                    rules.push_str(&format!("    ip daddr {} drop\n", ns.addr(*j)));
+                    rules.push_str(&format!("    ip daddr {} drop\n", self.addr(*j)));
                 } else {
                     rules.push_str(&format!(
                         "    ip daddr {} ct direction original drop\n",
-                        ns.addr(*j)
+                        self.addr(*j)
                     ));
                 }
             }
@@ -293,7 +311,7 @@ impl Network {
                 "table inet chaos\ndelete table inet chaos\ntable inet chaos {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{rules}  }}\n}}\n"
             );
             run_stdin(
-                &["ip", "netns", "exec", &ns.name(i), "nft", "-f", "-"],
+                &["ip", "netns", "exec", &self.name(i), "nft", "-f", "-"],
                 &script,
             )
             .with_context(|| format!("set node {i}'s packet filter"))?;
@@ -301,25 +319,15 @@ impl Network {
         Ok(())
     }
 
-    /// Delay everything node `i` sends by `ms`, give or take a quarter (0: none).
-    pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
-        let ns = match self {
-            Network::Namespaces(ns) => ns,
-            Network::Loopback { proxies, .. } => {
-                proxies.delay(i, ms);
-                return Ok(());
-            }
-            Network::Compose(_) => bail!("no delay in the compose stack"),
-        };
-        match &ns.delay {
-            DelayTool::Netem => ns.netem_delay(i, ms),
-            DelayTool::Queue(program) => ns.queue_delay(i, ms, program),
+    /// Delay what node `i` sends (see [`Network::delay`]) with the tool this kernel has.
+    fn set_delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
+        match &self.delay {
+            DelayTool::Netem => self.netem_delay(i, ms),
+            DelayTool::Queue(program) => self.queue_delay(i, ms, program),
             DelayTool::None => bail!("no way to delay packets here"),
         }
     }
-}
 
-impl Namespaces {
     fn name(&self, i: usize) -> String {
         format!("shoal-{}-{i}", self.tag)
     }

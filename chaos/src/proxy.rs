@@ -299,31 +299,36 @@ fn accept_loop(
     }
 }
 
-/// Whether `listener` has a connection to accept within `limit`.
-fn readable(listener: &TcpListener, limit: Duration) -> bool {
-    use std::os::fd::AsRawFd;
+/// The events of `events` (and errors, hang-ups) that `socket` has within `limit` (0: none).
+fn poll(
+    socket: &impl std::os::fd::AsRawFd,
+    events: libc::c_short,
+    limit: Duration,
+) -> libc::c_short {
     let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
+        fd: socket.as_raw_fd(),
+        events,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, for the length given; the listener outlives the call.
+    // SAFETY: one valid pollfd, for the length given; the socket outlives the call.
     let n = unsafe { libc::poll(&mut fd, 1, limit.as_millis() as libc::c_int) };
-    n > 0 && fd.revents & libc::POLLIN != 0
+    if n > 0 {
+        fd.revents
+    } else {
+        0
+    }
 }
 
-/// Whether the peer of `conn` has closed it (without reading what it may have sent).
+/// Whether `listener` has a connection to accept within `limit`.
+fn readable(listener: &TcpListener, limit: Duration) -> bool {
+    poll(listener, libc::POLLIN, limit) & libc::POLLIN != 0
+}
+
+/// Whether the peer of `conn` has closed it (without reading what it may have sent: the
+/// hang-up is seen even behind unread bytes, a request's body the proxy has not read).
 fn closed(conn: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    // the hang-up is seen even behind unread bytes (a request's body the proxy has not read)
-    let mut fd = libc::pollfd {
-        fd: conn.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for the length given; the stream outlives the call.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
-    n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    poll(conn, libc::POLLRDHUP, Duration::ZERO) & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR)
+        != 0
 }
 
 /// One connection to node `to`: learn who opened it, then copy both ways with the faults.
@@ -356,19 +361,19 @@ fn serve(
             break None;
         }
     };
-    match from {
+    // the node whose faults the connection takes (none: never faulted)
+    let opener = match from {
         Some(f) if f == to => {
             faults.own.fetch_add(1, Ordering::Relaxed);
-            pipe(client, head, to, None, upstream, opening, faults)
+            None
         }
-        Some(f) if f < faults.loss.len() => {
-            pipe(client, head, to, Some(f), upstream, opening, faults)
-        }
+        Some(f) if f < faults.loss.len() => Some(f),
         _ => {
             faults.unnamed.fetch_add(1, Ordering::Relaxed);
-            pipe(client, head, to, None, upstream, opening, faults)
+            None
         }
-    }
+    };
+    pipe(client, head, to, opener, upstream, opening, faults)
 }
 
 /// Copy `client` ⇄ node `to` (at `upstream`), starting with the bytes already read; `from` is the
@@ -441,10 +446,8 @@ struct Direction {
     link: Option<(usize, usize)>,
 }
 
-enum Chunk {
-    Bytes(Vec<u8>, Instant),
-    End,
-}
+/// Bytes read, and when they are due to be written.
+type Chunk = (Vec<u8>, Instant);
 
 impl Direction {
     /// Read into a bounded queue; a second thread writes each chunk once it is due.
@@ -462,7 +465,7 @@ impl Direction {
             let held = self.sender.map(|s| faults.hold(s)).unwrap_or_default();
             // in order: never before the chunk ahead of it
             due = due.max(Instant::now() + held);
-            tx.send(Chunk::Bytes(bytes, due)).is_ok()
+            tx.send((bytes, due)).is_ok()
         };
         if !first.is_empty() && !send(first, &tx) {
             return;
@@ -483,7 +486,7 @@ impl Direction {
                 Err(_) => break,
             }
         }
-        let _ = tx.send(Chunk::End);
+        // (the writer delivers what is queued, then sees the end)
         drop(tx);
         let _ = writer.join();
     }
@@ -497,7 +500,7 @@ fn deliver(
     faults: &Faults,
 ) {
     loop {
-        let chunk = match rx.recv_timeout(TICK) {
+        let (bytes, due) = match rx.recv_timeout(TICK) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 if faults.stop.load(Ordering::Acquire) {
@@ -506,9 +509,6 @@ fn deliver(
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let Chunk::Bytes(bytes, due) = chunk else {
-            break;
         };
         loop {
             let now = Instant::now();

@@ -1034,11 +1034,8 @@ impl ClusterNode {
         let deadline = Instant::now() + Duration::from_millis(self.settings.write_timeout_ms);
         let mut counted = false;
         loop {
-            if self.is_stopping() {
-                return Err(stopping());
-            }
-            if let Some(reason) = self.fatal.borrow().clone() {
-                return Err(consensus_stopped(&reason));
+            if let Some(refused) = self.stopped() {
+                return Err(refused);
             }
             if !counted && self.leader().is_some_and(|(l, _)| l != self.id) {
                 // Once per write, however many times it is sent.
@@ -1138,11 +1135,8 @@ impl ClusterNode {
         );
         // Nothing is proposed yet: a node whose consensus stopped says so (the caller may try
         // another leader).
-        if self.is_stopping() {
-            return Err(stopping());
-        }
-        if let Some(reason) = self.fatal.borrow().clone() {
-            return Err(consensus_stopped(&reason));
+        if let Some(refused) = self.stopped() {
+            return Err(refused);
         }
         // A leader that cannot hear from a majority would only queue the write: wait (nothing
         // is proposed yet) for the quorum to answer, or refuse.
@@ -1400,6 +1394,15 @@ impl ClusterNode {
     pub fn cut_links(&self, nodes: HashSet<NodeId>) {
         tracing::warn!(nodes = ?nodes, "fault injection: links cut");
         self.client.faults.set_cut(nodes);
+    }
+
+    /// What a request that has done nothing yet answers on a node whose consensus is stopping
+    /// (it is shutting down) or has stopped (its storage failed); None while it runs.
+    fn stopped(&self) -> Option<ClusterError> {
+        if self.is_stopping() {
+            return Some(stopping());
+        }
+        self.fatal.borrow().as_deref().map(consensus_stopped)
     }
 
     /// Whether consensus is being stopped on purpose (the node is shutting down).

@@ -65,13 +65,24 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 impl Node {
     /// The figures of the collection's loaded shard on this node, if it is loaded.
+    /// The shard of collection `c` on this node, once it is loaded.
+    fn loaded_shard(&self, c: &CollectionRecord) -> Option<Arc<shoal_index::Shard>> {
+        self.ctx.actors.shards.get(&c.name).and_then(|s| s.shard)
+    }
+
     fn shard_stats(&self, c: &CollectionRecord) -> Option<shoal_index::ShardStats> {
-        self.ctx
-            .actors
-            .shards
-            .get(&c.name)
-            .and_then(|s| s.shard)
-            .map(|s| s.stats())
+        self.loaded_shard(c).map(|s| s.stats())
+    }
+
+    /// Fault injection answers only on a node started with it; elsewhere its routes are 404.
+    fn require_fault_injection(&self) -> Result<()> {
+        if self.ctx.config.debug.fault_injection {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(
+                "fault injection is disabled (start the node with --fault-injection)".into(),
+            ))
+        }
     }
 
     fn collection_info(&self, c: &CollectionRecord) -> CollectionInfo {
@@ -103,7 +114,7 @@ impl Node {
         }
         let uid = c.uid;
         let dump_dir = self.ctx.shard_dump_dir(c);
-        let shard = self.ctx.actors.shards.get(&c.name).and_then(|s| s.shard);
+        let shard = self.loaded_shard(c);
         let measured = self
             .read(move |ctx| {
                 let (documents_bytes, chunks_bytes) = ctx.store.collection_bytes(uid)?;
@@ -1841,11 +1852,7 @@ impl ShoalService for Node {
     }
 
     async fn inject_panic(&self, actor: String) -> Result<()> {
-        if !self.ctx.config.debug.fault_injection {
-            return Err(ApiError::NotFound(
-                "fault injection is disabled (start the node with --fault-injection)".into(),
-            ));
-        }
+        self.require_fault_injection()?;
         let sup = self.ctx.actors.supervisor()?;
         ask(sup, "supervisor", ADMIN_TIMEOUT, |reply| {
             SupervisorMsg::Panic(actor, reply)
@@ -2246,11 +2253,7 @@ impl ShoalService for Node {
     }
 
     async fn cut_links(&self, req: CutLinksRequest) -> Result<Value> {
-        if !self.ctx.config.debug.fault_injection {
-            return Err(ApiError::NotFound(
-                "fault injection is disabled (start the node with --fault-injection)".into(),
-            ));
-        }
+        self.require_fault_injection()?;
         self.ctx
             .cluster
             .cut_links(req.cut.iter().copied().collect());
@@ -2258,11 +2261,7 @@ impl ShoalService for Node {
     }
 
     async fn fail_storage(&self) -> Result<Value> {
-        if !self.ctx.config.debug.fault_injection {
-            return Err(ApiError::NotFound(
-                "fault injection is disabled (start the node with --fault-injection)".into(),
-            ));
-        }
+        self.require_fault_injection()?;
         tracing::warn!("fault injection: the next entry applied here fails");
         self.ctx.cluster.inject_storage_failure();
         Ok(serde_json::json!({ "fails": "the next entry this node applies" }))

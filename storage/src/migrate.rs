@@ -10,6 +10,22 @@ use crate::{keys, StoreError};
 /// Chunks moved per batch.
 const BATCH: usize = 1_000;
 
+/// The format that kept each chunk's vector inside its record.
+const VECTORS_INSIDE: u8 = 5;
+
+/// Bring a state tree whose format key says `found` to [`FORMAT_VERSION`]: nothing to do for this
+/// format, the move of the vectors for format 5; any other format is refused.
+pub(crate) fn to_current(db: &Db, tree: &Tree, found: &[u8]) -> Result<(), StoreError> {
+    match found {
+        [v] if *v == FORMAT_VERSION => Ok(()),
+        [VECTORS_INSIDE] => vectors_apart(db, tree).map(|_| ()),
+        other => Err(StoreError::FormatVersion {
+            found: other.first().copied().unwrap_or(0),
+            expected: FORMAT_VERSION,
+        }),
+    }
+}
+
 /// A chunk as format 5 kept it: the vector inside the record.
 #[derive(Serialize, Deserialize)]
 struct ChunkWithVector {
@@ -103,6 +119,6 @@ pub(crate) fn back_to_format_5(store: &crate::Store, left_moved: usize) {
         tree.insert(&k, encode(&old)).unwrap();
         tree.remove(vector_key).unwrap();
     }
-    tree.insert(keys::FORMAT, &[5]).unwrap();
+    tree.insert(keys::FORMAT, &[VECTORS_INSIDE]).unwrap();
     store.flush().unwrap();
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use sled::Batch;
 
 use crate::store::other_state_tree;
-use crate::{keys, Store, StoreError, FORMAT_VERSION};
+use crate::{keys, Store, StoreError};
 
 const MAGIC: &[u8] = b"SHOALSNAP1";
 /// Records written into the new tree per batch while installing.
@@ -186,20 +186,12 @@ impl Store {
         }
         target.apply_batch(batch)?;
         match target.get(keys::FORMAT)? {
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
-            // a backup made by the previous format is moved to this one before it is the state
-            Some(v) if v.as_ref() == [5] => {
-                if let Err(e) = crate::migrate::vectors_apart(&self.db, &target) {
+            // (a backup made by the previous format is moved to this one before it is the state)
+            Some(v) => {
+                if let Err(e) = crate::migrate::to_current(&self.db, &target, &v) {
                     target.clear()?;
                     return Err(e);
                 }
-            }
-            Some(v) => {
-                target.clear()?;
-                return Err(StoreError::FormatVersion {
-                    found: v.first().copied().unwrap_or(0),
-                    expected: FORMAT_VERSION,
-                });
             }
             None => {
                 target.clear()?;
@@ -281,6 +273,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FORMAT_VERSION;
     use crate::{CollectionSpec, Command, HnswParams};
 
     fn create(name: &str) -> Command {

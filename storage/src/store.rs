@@ -231,16 +231,7 @@ impl Store {
                 tree.insert(keys::FORMAT, &[FORMAT_VERSION])?;
                 db.flush()?;
             }
-            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
-            Some(v) if v.as_ref() == [5] => {
-                crate::migrate::vectors_apart(&db, &tree)?;
-            }
-            Some(v) => {
-                return Err(StoreError::FormatVersion {
-                    found: v.first().copied().unwrap_or(0),
-                    expected: FORMAT_VERSION,
-                })
-            }
+            Some(v) => crate::migrate::to_current(&db, &tree, &v)?,
         }
         Ok(Store {
             db,
