@@ -687,6 +687,9 @@ pub struct AnalyticsQuery {
     pub until: Option<String>,
     /// Only the searches of this collection.
     pub collection: Option<String>,
+    /// Also cut the range in intervals of this length (`10s`, `1m`, `1h`, or ms), at most 1,000
+    /// of them: `series` in the answer, and each member's in `by_node`.
+    pub step: Option<String>,
     /// Only this node's searches (what nodes ask each other); default: every node's.
     pub local: Option<bool>,
 }

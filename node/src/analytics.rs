@@ -23,6 +23,8 @@ const GATHER: Duration = Duration::from_millis(250);
 const BATCH: usize = 4_096;
 /// Most events one summary reads.
 pub const MAX_SCANNED: usize = 2_000_000;
+/// Most intervals a series has (`step` is refused when the range holds more).
+pub const MAX_INTERVALS: u64 = 1_000;
 /// Empty-result queries a summary lists.
 const TOP_EMPTY: usize = 20;
 /// Distinct empty queries a node's summary carries for merging.
@@ -205,6 +207,54 @@ pub struct Summary {
     /// Each node's share, in a summary merged across the cluster's members.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_node: BTreeMap<u64, NodeLoad>,
+    /// The range cut in intervals of `step_ms`, oldest first (asked for with `step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Interval>,
+}
+
+/// The searches of one interval of a series.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Its start, ms since the epoch (it ends where the next one starts, or at `until`).
+    pub start: u64,
+    pub searches: u64,
+    pub searches_per_second: f64,
+    /// Of its successful searches, baseline and rerank together (0 without any).
+    pub p95_ms: f64,
+    pub errors: u64,
+    /// Its latency histogram's non-empty buckets as `[bucket, count]`, for merging.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<[u64; 2]>,
+}
+
+impl Interval {
+    fn finish(&mut self, end: u64, histogram: Option<Vec<u64>>, keep: bool) {
+        let secs = (end.saturating_sub(self.start) as f64 / 1000.0).max(0.001);
+        self.searches_per_second = self.searches as f64 / secs;
+        if let Some(h) = histogram {
+            if keep {
+                self.buckets = h
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| [i as u64, *n])
+                    .collect();
+            }
+            self.p95_ms = Latency::from_histogram(h, false).p95;
+        }
+    }
+}
+
+/// The starts of the intervals of `since`..`until` cut every `step` ms (the last may be shorter).
+fn interval_starts(since: u64, until: u64, step: u64) -> impl Iterator<Item = u64> {
+    (since..until).step_by(step.max(1) as usize)
+}
+
+/// The interval ends matching [`interval_starts`].
+fn interval_end(start: u64, until: u64, step: u64) -> u64 {
+    start.saturating_add(step).min(until)
 }
 
 /// One node's searches in a merged summary.
@@ -215,6 +265,9 @@ pub struct NodeLoad {
     /// Of its successful searches, baseline and rerank together.
     pub p95_ms: f64,
     pub errors: u64,
+    /// Its share of each interval of the series, when one was asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Interval>,
 }
 
 /// Adds events up one at a time into a [`Summary`] (nothing of them is kept but counts).
@@ -224,6 +277,8 @@ pub struct Summarizer {
     hist: HashMap<&'static str, Vec<u64>>,
     empty: HashMap<String, u64>,
     for_merging: bool,
+    /// Per interval of the series (if asked for): counts, and a histogram once it has any.
+    series: Vec<(Interval, Option<Vec<u64>>)>,
 }
 
 impl Summarizer {
@@ -247,7 +302,27 @@ impl Summarizer {
             hist: HashMap::new(),
             empty: HashMap::new(),
             for_merging,
+            series: Vec::new(),
         }
+    }
+
+    /// Also cut the range in intervals of `step_ms` (at most [`MAX_INTERVALS`] of them, which the
+    /// caller checks).
+    pub fn with_step(mut self, step_ms: u64) -> Summarizer {
+        let (since, until) = (self.summary.since, self.summary.until);
+        self.summary.step_ms = Some(step_ms);
+        self.series = interval_starts(since, until, step_ms)
+            .map(|start| {
+                (
+                    Interval {
+                        start,
+                        ..Interval::default()
+                    },
+                    None,
+                )
+            })
+            .collect();
+        self
     }
 
     pub fn add(&mut self, e: &SearchEvent) {
@@ -256,11 +331,22 @@ impl Summarizer {
         }
         let s = &mut self.summary;
         s.searches += 1;
+        let bucket = bucket_of(e.latency_us as f64 / 1000.0);
+        if let Some(step) = s.step_ms {
+            let at = e.at_ms.saturating_sub(s.since) / step.max(1);
+            if let Some((interval, h)) = self.series.get_mut(at as usize) {
+                interval.searches += 1;
+                match e.status {
+                    200..=299 => h.get_or_insert_with(|| vec![0; BUCKETS])[bucket] += 1,
+                    499 => {}
+                    _ => interval.errors += 1,
+                }
+            }
+        }
         match e.status {
             200..=299 => {
                 let mode = if e.rerank { "rerank" } else { "baseline" };
-                self.hist.entry(mode).or_insert_with(|| vec![0; BUCKETS])
-                    [bucket_of(e.latency_us as f64 / 1000.0)] += 1;
+                self.hist.entry(mode).or_insert_with(|| vec![0; BUCKETS])[bucket] += 1;
                 if e.hits == 0 {
                     s.empty_results += 1;
                     if let Some(q) = &e.empty_query {
@@ -294,6 +380,19 @@ impl Summarizer {
             TOP_EMPTY
         };
         s.empty_queries = top_empty(self.empty, n);
+        let step = s.step_ms.unwrap_or(1);
+        s.series = self
+            .series
+            .into_iter()
+            .map(|(mut interval, h)| {
+                interval.finish(
+                    interval_end(interval.start, s.until, step),
+                    h,
+                    self.for_merging,
+                );
+                interval
+            })
+            .collect();
         finish(&mut s);
         s
     }
@@ -339,13 +438,36 @@ fn finish(s: &mut Summary) {
     s.server_error_rate = s.server_errors as f64 / n;
 }
 
-/// Add node summaries (made `for_merging`) into one.
-pub fn merge(parts: Vec<Summary>, since: u64, until: u64, missing: Vec<u64>) -> Summary {
+/// Add node summaries (made `for_merging`) into one; with `step_ms`, their series too (each
+/// node's in its `by_node` entry, all of them added in the answer's).
+pub fn merge(
+    parts: Vec<Summary>,
+    since: u64,
+    until: u64,
+    step_ms: Option<u64>,
+    missing: Vec<u64>,
+) -> Summary {
     let mut out = Summary {
         since,
         until,
         missing_nodes: missing,
+        step_ms,
         ..Summary::default()
+    };
+    // the cluster's series: counts and histograms added interval by interval
+    let mut series: Vec<(Interval, Option<Vec<u64>>)> = match step_ms {
+        Some(step) => interval_starts(since, until, step)
+            .map(|start| {
+                (
+                    Interval {
+                        start,
+                        ..Interval::default()
+                    },
+                    None,
+                )
+            })
+            .collect(),
+        None => Vec::new(),
     };
     let mut hist: HashMap<String, Vec<u64>> = HashMap::new();
     let mut empty: HashMap<String, u64> = HashMap::new();
@@ -357,11 +479,36 @@ pub fn merge(parts: Vec<Summary>, since: u64, until: u64, missing: Vec<u64>) -> 
                 all[i] += n;
             }
         }
+        // a part's intervals are the answer's when it was asked the same range and step
+        let same_cut = step_ms.is_some()
+            && p.step_ms == step_ms
+            && p.since == since
+            && p.series.len() == series.len();
+        let mut own_series = Vec::new();
+        if same_cut {
+            for (interval, (sum, h)) in p.series.iter().zip(series.iter_mut()) {
+                sum.searches += interval.searches;
+                sum.errors += interval.errors;
+                if !interval.buckets.is_empty() {
+                    let h = h.get_or_insert_with(|| vec![0; BUCKETS]);
+                    for [i, n] in &interval.buckets {
+                        if let Some(slot) = h.get_mut(*i as usize) {
+                            *slot += n;
+                        }
+                    }
+                }
+                own_series.push(Interval {
+                    buckets: Vec::new(),
+                    ..interval.clone()
+                });
+            }
+        }
         let load = NodeLoad {
             searches: p.searches,
             searches_per_second: p.searches as f64 / secs,
             p95_ms: Latency::from_histogram(all, false).p95,
             errors: p.client_errors + p.server_errors,
+            series: own_series,
         };
         for id in &p.nodes {
             out.by_node.insert(*id, load.clone());
@@ -390,8 +537,29 @@ pub fn merge(parts: Vec<Summary>, since: u64, until: u64, missing: Vec<u64>) -> 
             .insert(mode.to_string(), Latency::from_histogram(h, false));
     }
     out.empty_queries = top_empty(empty, TOP_EMPTY);
+    let step = step_ms.unwrap_or(1);
+    out.series = series
+        .into_iter()
+        .map(|(mut interval, h)| {
+            interval.finish(interval_end(interval.start, until, step), h, false);
+            interval
+        })
+        .collect();
     finish(&mut out);
     out
+}
+
+/// A length in a query string: `500ms`, `10s`, `5m`, `1h`, `1d`, or a number of ms.
+pub fn parse_duration_ms(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    if let Ok(ms) = raw.parse::<u64>() {
+        return Some(ms);
+    }
+    if let Some(n) = raw.strip_suffix("ms") {
+        return n.parse().ok();
+    }
+    // a duration back from a "now" far enough away is the duration itself
+    parse_time(raw, u64::MAX).map(|t| u64::MAX - t)
 }
 
 /// A time in a query string: ms since the epoch, an RFC 3339-free duration back from `now_ms`
@@ -502,6 +670,7 @@ mod tests {
             ],
             0,
             10_000,
+            None,
             vec![3],
         );
         assert_eq!(merged.nodes, [1, 2]);
@@ -526,6 +695,67 @@ mod tests {
             summarize(1, &a, 0, 10_000, Some("other"), false).searches,
             0
         );
+    }
+
+    #[test]
+    fn a_series_cuts_the_range_in_intervals_per_node_and_for_the_cluster() {
+        // node 1: in 0..10 s, 10 searches of 2 ms; in 20..30 s, 5 of 40 ms and one error
+        // node 2: in 0..10 s, 30 searches of 8 ms; in 30..35 s (the last, short interval), 2
+        let at = |t: u64, ms: u64, status: u16| SearchEvent {
+            at_ms: t,
+            ..ev(ms, status, false, 5, None)
+        };
+        let mut one: Vec<SearchEvent> = (0..10).map(|i| at(i * 900, 2, 200)).collect();
+        one.extend((0..5).map(|i| at(20_000 + i * 100, 40, 200)));
+        one.push(at(29_999, 1, 503));
+        let mut two: Vec<SearchEvent> = (0..30).map(|i| at(i * 300, 8, 200)).collect();
+        two.extend([at(30_000, 8, 200), at(34_999, 8, 200)]);
+        let part = |node, events: &[SearchEvent]| {
+            let mut s = Summarizer::new(node, 0, 35_000, None, true).with_step(10_000);
+            for e in events {
+                s.add(e);
+            }
+            s.finish(false)
+        };
+        let (p1, p2) = (part(1, &one), part(2, &two));
+        let starts: Vec<u64> = p1.series.iter().map(|i| i.start).collect();
+        assert_eq!(starts, [0, 10_000, 20_000, 30_000]);
+        let counts = |s: &[Interval]| s.iter().map(|i| i.searches).collect::<Vec<_>>();
+        assert_eq!(counts(&p1.series), [10, 0, 6, 0]);
+        assert_eq!(p1.series[2].errors, 1);
+        assert!((p1.series[0].searches_per_second - 1.0).abs() < 1e-9);
+        assert!(p1.series[0].p95_ms >= 2.0 && p1.series[0].p95_ms <= 2.2);
+        assert!(p1.series[2].p95_ms >= 40.0 && p1.series[2].p95_ms <= 44.0);
+        assert_eq!(p1.series[1].p95_ms, 0.0);
+        // the last interval is 5 s long: 2 searches in it are 0.4 a second
+        assert!((p2.series[3].searches_per_second - 0.4).abs() < 1e-9);
+
+        let merged = merge(vec![p1, p2], 0, 35_000, Some(10_000), vec![]);
+        assert_eq!(merged.step_ms, Some(10_000));
+        assert_eq!(counts(&merged.series), [40, 0, 6, 2]);
+        // 10 of 2 ms and 30 of 8 ms: the cluster's p95 in the first interval is node 2's
+        assert!(merged.series[0].p95_ms >= 8.0 && merged.series[0].p95_ms <= 8.8);
+        assert_eq!(counts(&merged.by_node[&1].series), [10, 0, 6, 0]);
+        assert_eq!(counts(&merged.by_node[&2].series), [30, 0, 0, 2]);
+        assert!(merged.by_node[&1].series[0].p95_ms <= 2.2);
+        // histograms travel between nodes but are not in the merged answer
+        assert!(merged.series.iter().all(|i| i.buckets.is_empty()));
+        assert!(merged.by_node[&2]
+            .series
+            .iter()
+            .all(|i| i.buckets.is_empty()));
+        // a summary without a step has no series
+        assert!(summarize(1, &one, 0, 35_000, None, true).series.is_empty());
+    }
+
+    #[test]
+    fn lengths_in_query_strings() {
+        assert_eq!(parse_duration_ms("10s"), Some(10_000));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("5m"), Some(300_000));
+        assert_eq!(parse_duration_ms("1500"), Some(1_500));
+        assert_eq!(parse_duration_ms("ten"), None);
+        assert_eq!(parse_duration_ms("5x"), None);
     }
 
     #[test]

@@ -1898,6 +1898,25 @@ impl ShoalService for Node {
         if since >= until {
             return Err(bad("`since` must be before `until`"));
         }
+        let step = match &q.step {
+            None => None,
+            Some(raw) => {
+                let step = analytics::parse_duration_ms(raw)
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        bad(format!(
+                        "`step` must be a length of time (`500ms`, `10s`, `5m`, `1h`), got `{raw}`"
+                    ))
+                    })?;
+                if (until - since).div_ceil(step) > analytics::MAX_INTERVALS {
+                    return Err(bad(format!(
+                        "`step` {raw} cuts the range in more than {} intervals: ask for a longer step or a shorter range",
+                        analytics::MAX_INTERVALS
+                    )));
+                }
+                Some(step)
+            }
+        };
         let local = q.local.unwrap_or(false);
         let collection = q.collection.clone();
         let node = self.ctx.cluster.id;
@@ -1907,6 +1926,9 @@ impl ShoalService for Node {
         let own = self
             .read(move |ctx| {
                 let mut s = analytics::Summarizer::new(node, since, until, collection, true);
+                if let Some(step) = step {
+                    s = s.with_step(step);
+                }
                 let read = ctx
                     .events
                     .visit(since, until, analytics::MAX_SCANNED, |e| {
@@ -1939,6 +1961,9 @@ impl ShoalService for Node {
             if let Some(c) = &q.collection {
                 req = req.query(&[("collection", c)]);
             }
+            if let Some(step) = step {
+                req = req.query(&[("step", step.to_string())]);
+            }
             let req = self.as_member(req);
             let id = *id;
             async move {
@@ -1957,7 +1982,7 @@ impl ShoalService for Node {
                 None => missing.push(id),
             }
         }
-        to_json(&analytics::merge(parts, since, until, missing))
+        to_json(&analytics::merge(parts, since, until, step, missing))
     }
 
     async fn authorize_metrics(&self, creds: Credentials) -> Result<()> {

@@ -120,6 +120,38 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// A DevTools protocol command, through chromedriver's `goog/cdp/execute`.
+    pub fn cdp(&self, command: &str, params: Value) -> Value {
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": command, "params": params})),
+        )
+    }
+
+    /// Drag `files` from outside the page onto the middle of `css`'s element and drop them there,
+    /// through the browser's own drag and drop (what a file manager does; WebDriver has no way to
+    /// carry files in a drag).
+    pub fn drop_files(&self, css: &str, files: &[&Path]) {
+        let at = self.run(
+            "const e = document.querySelector(arguments[0]); e.scrollIntoView({block: 'center'}); \
+             const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]",
+            json!([css]),
+        );
+        let (x, y) = match (at[0].as_f64(), at[1].as_f64()) {
+            (Some(x), Some(y)) => (x, y),
+            _ => panic!("no element `{css}` to drop on: {at}"),
+        };
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let data = json!({"items": [], "files": files, "dragOperationsMask": 1});
+        for kind in ["dragEnter", "dragOver", "drop"] {
+            self.cdp(
+                "Input.dispatchDragEvent",
+                json!({"type": kind, "x": x, "y": y, "data": data}),
+            );
+        }
+    }
+
     pub fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }

@@ -94,6 +94,10 @@ fn searches_are_recorded_and_summarised() {
         "since=2h&until=3h",
         "until=yesterday",
         "colour=red",
+        "step=0",
+        "step=often",
+        // 3,600 intervals of a second: more than a series holds
+        "since=1h&step=1s",
     ] {
         let r = node.get(&format!("/api/v1/analytics/searches?{bad}"));
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
@@ -151,6 +155,20 @@ fn every_node_keeps_its_own_events_and_the_answer_merges_them() {
     assert_eq!(r.body["nodes"], json!([1, 2, 3]));
     assert_eq!(r.body["missing_nodes"], json!([]));
     assert_eq!(r.body["latency_ms"]["baseline"]["count"], 5);
+    // cut in minutes: the cluster's series and each member's add up to their searches
+    let r = c.nodes[2].get("/api/v1/analytics/searches?since=1h&step=1m");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["step_ms"], 60_000);
+    let total = |series: &Value| -> u64 {
+        let s = series.as_array().expect("a series");
+        assert_eq!(s.len(), 60);
+        assert!(s.iter().all(|i| i.get("buckets").is_none()), "{series}");
+        s.iter().map(|i| i["searches"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(total(&r.body["series"]), 5, "{}", r.text);
+    assert_eq!(total(&r.body["by_node"]["1"]["series"]), 3, "{}", r.text);
+    assert_eq!(total(&r.body["by_node"]["2"]["series"]), 2, "{}", r.text);
+    assert_eq!(total(&r.body["by_node"]["3"]["series"]), 0, "{}", r.text);
     // a node that is down is named, and the rest still answer
     let mut c = c;
     c.nodes[1].stop();

@@ -231,6 +231,23 @@ fn the_console_signs_in_searches_uploads_and_lists_jobs() {
     b.wait_for_text("level two of the garage", WAIT);
     b.screenshot(&dir.join("document.png"));
 
+    // a file dragged from outside the page and dropped on the drop zone is uploaded the same way
+    b.goto(&format!("{}/ui#/collections/handbook", node.base));
+    b.wait_for("#drop", WAIT);
+    let dropped = upload.path().join("badges.md");
+    std::fs::write(
+        &dropped,
+        "# Badges\n\nLost badges are replaced at the front desk on the ground floor.\n",
+    )
+    .unwrap();
+    b.drop_files("#drop", &[&dropped]);
+    b.wait_for_text("6 documents", WAIT);
+    let r = node.search(
+        "handbook",
+        json!({"query": "where do I get a new badge", "top_k": 1}),
+    );
+    assert_eq!(r.body["hits"][0]["document_id"], "badges.md", "{}", r.text);
+
     // jobs: the upload's job is there, completed
     b.goto(&format!("{}/ui#/jobs", node.base));
     b.wait_for_text("completed", WAIT);
@@ -287,9 +304,44 @@ fn the_cluster_view_shows_the_members_and_follows_the_leader_when_it_is_killed()
     let leader = c.leader(WAIT);
     let watcher = c.follower();
     let base = c.nodes[watcher].base.clone();
+    // searches answered before the page is opened: its chart starts with the history the node
+    // recorded, not empty
+    c.nodes[leader].create_collection("charted");
+    let zeros = json!({"vector": vec![0.5; 384], "top_k": 1});
+    shoal_tests::wait_until(WAIT, "the collection on the watcher", || {
+        c.search(watcher, "charted", zeros.clone()).status == 200
+    });
+    for _ in 0..20 {
+        assert_eq!(c.search(watcher, "charted", zeros.clone()).status, 200);
+    }
+    shoal_tests::wait_until(WAIT, "the searches in the node's record", || {
+        let r = c.nodes[watcher].get("/api/v1/analytics/searches?since=5m&local=true");
+        r.body["searches"].as_u64().unwrap_or(0) >= 20
+    });
     sign_in(&b, &base);
+    let opened = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
     b.goto(&format!("{base}/ui#/cluster"));
     b.wait_for("#leader", WAIT);
+    // at its first draw, the watcher's chart covers minutes before the page was opened, and its
+    // searches are in it
+    let chart = b.run(
+        "const c = document.querySelector(`[data-node='${arguments[0]}'] .chart[data-from]`); \
+         return c ? [Number(c.dataset.from), Number(c.dataset.points), Number(c.dataset.max)] : null",
+        json!([Cluster::id(watcher).to_string()]),
+    );
+    let chart: Vec<f64> = serde_json::from_value(chart.clone())
+        .unwrap_or_else(|_| panic!("no chart with samples for the watcher at first draw: {chart}"));
+    assert!(
+        chart[0] < opened - 60_000.0,
+        "the chart starts at {}, only {} ms before the page was opened",
+        chart[0],
+        opened - chart[0]
+    );
+    assert!(chart[1] >= 10.0, "{chart:?}");
+    assert!(chart[2] > 0.0, "no searches in the chart: {chart:?}");
     assert_eq!(text_of(&b, "#leader"), Cluster::id(leader).to_string());
     b.wait_for_text("(this node)", WAIT);
     let roles = b.run(

@@ -561,18 +561,37 @@ async function viewJobs() {
 
 // ---------------------------------------------------------------- cluster
 
-const history = new Map(); // node id -> [{t, rps, p95}]
+const history = new Map(); // node id -> [{t, rps, p95}], oldest first, the last CHART_SPAN_MS
+const CHART_SPAN_MS = 5 * 60 * 1000;
 
-function sparkline(points, key) {
+/** The last five minutes of each node's searches, as the nodes recorded them (so the chart
+ * starts full on a page just loaded): 10 s intervals. */
+async function loadHistory() {
+  const past = await api("GET", "/api/v1/analytics/searches?since=5m&step=10s").catch(() => null);
+  if (!past || !past.step_ms) return;
+  history.clear();
+  for (const [id, l] of Object.entries(past.by_node || {})) {
+    if (!l.series) continue;
+    history.set(
+      id,
+      l.series.map((i) => ({ t: Math.min(i.start + past.step_ms, past.until), rps: i.searches_per_second, p95: i.p95_ms })),
+    );
+  }
+}
+
+function sparkline(points, key, now) {
   if (points.length < 2) return `<svg class="chart" role="img" aria-label="not enough samples yet"></svg>`;
   const max = Math.max(...points.map((p) => p[key]), 1e-9);
-  const xy = points.map((p, i) => `${(i / (points.length - 1)) * 300},${58 - (p[key] / max) * 54}`).join(" ");
-  return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" aria-label="${key} over the last samples, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
+  const from = now - CHART_SPAN_MS;
+  const xy = points.map((p) => `${(Math.max(0, p.t - from) / CHART_SPAN_MS) * 300},${58 - (p[key] / max) * 54}`).join(" ");
+  return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" data-points="${points.length}" data-from="${points[0].t}" data-max="${max}" aria-label="${key} over the last 5 minutes, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
 }
 
 async function viewCluster() {
   const alive = live();
   main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p>Loading…</p></div>`;
+  await loadHistory();
+  if (!alive()) return;
   const draw = async () => {
     const [c, load, actors] = await Promise.all([
       api("GET", "/api/v1/cluster"),
@@ -584,7 +603,10 @@ async function viewCluster() {
     for (const [id, l] of Object.entries((load && load.by_node) || {})) {
       const h = history.get(id) || [];
       h.push({ t: now, rps: l.searches_per_second, p95: l.p95_ms });
-      history.set(id, h.slice(-30));
+      history.set(
+        id,
+        h.filter((p) => p.t >= now - CHART_SPAN_MS),
+      );
     }
     const row = (m) => {
       const s = m.status || {};
@@ -599,9 +621,9 @@ async function viewCluster() {
     };
     const charts = [...history.entries()]
       .map(
-        ([id, h]) => `<div class="card"><h3>Node ${esc(id)}</h3>
-        <div>searches/s <strong>${fmt(h[h.length - 1].rps, 2)}</strong></div>${sparkline(h, "rps")}
-        <div>p95 <strong>${fmt(h[h.length - 1].p95, 1)} ms</strong></div>${sparkline(h, "p95")}</div>`,
+        ([id, h]) => `<div class="card" data-node="${esc(id)}"><h3>Node ${esc(id)}</h3>
+        <div>searches/s <strong>${fmt(h[h.length - 1].rps, 2)}</strong></div>${sparkline(h, "rps", now)}
+        <div>p95 <strong>${fmt(h[h.length - 1].p95, 1)} ms</strong></div>${sparkline(h, "p95", now)}</div>`,
       )
       .join("");
     document.getElementById("cluster-body").innerHTML = `
@@ -610,7 +632,8 @@ async function viewCluster() {
         <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th class="num">Actor restarts</th><th>Health</th></tr></thead>
         <tbody>${c.members.map(row).join("")}</tbody>
       </table></div>
-      <h2>Searches per node (the last 10 s, sampled every 2 s)</h2>
+      <h2>Searches per node, the last 5 minutes</h2>
+      <p class="muted">As each node recorded them (10 s intervals), then the last 10 s every 2 s while this page is open.</p>
       <div class="cards">${charts || "<p class='muted'>No samples yet.</p>"}</div>
       <h2>This node's actors</h2>
       ${
