@@ -298,7 +298,7 @@ function showHits(r, query) {
     <li class="hit">
       <div class="head">
         <strong>${i + 1}. ${esc(h.document_id)}</strong>
-        <span>chunk ${h.chunk_index}</span>
+        <span>chunk ${esc(h.chunk_index)}</span>
         ${scores(h)}
         ${h.rerank_score != null ? `<span>rerank score <strong>${fmt(h.rerank_score, 4)}</strong></span>` : ""}
         ${h.metadata && h.metadata.page != null ? `<span>page ${esc(h.metadata.page)}${h.metadata.last_page !== h.metadata.page ? `–${esc(h.metadata.last_page)}` : ""}</span>` : ""}
@@ -339,7 +339,7 @@ async function viewCollections() {
       <tbody>${list.collections
         .map(
           (c) => `<tr><td><a href="#/collections/${enc(c.name)}">${esc(c.name)}</a></td><td class="num">${fmt(c.documents)}</td><td class="num">${fmt(c.chunks)}</td>
-          <td class="num">${fmt(c.index.live_points)}</td><td class="num">${fmt(c.index.tombstones)}</td><td class="num">${c.dimension}</td><td>${c.index.m} / ${c.index.ef_construction}</td><td>${when(c.created_at)}</td></tr>`,
+          <td class="num">${fmt(c.index.live_points)}</td><td class="num">${fmt(c.index.tombstones)}</td><td class="num">${esc(c.dimension)}</td><td>${esc(c.index.m)} / ${esc(c.index.ef_construction)}</td><td>${when(c.created_at)}</td></tr>`,
         )
         .join("")}</tbody>
     </table></div>`;
@@ -368,7 +368,7 @@ async function viewCollection(name, after) {
     <h1>${esc(name)}</h1>
     <div class="cards">
       <div class="card"><h3>Content</h3>${fmt(c.documents)} documents · ${fmt(c.chunks)} chunks</div>
-      <div class="card"><h3>Index</h3>${fmt(c.index.live_points)} live points · ${fmt(c.index.tombstones)} tombstones<br>m ${c.index.m} · ef_construction ${c.index.ef_construction} · ${c.dimension} dimensions</div>
+      <div class="card"><h3>Index</h3>${fmt(c.index.live_points)} live points · ${fmt(c.index.tombstones)} tombstones<br>m ${esc(c.index.m)} · ef_construction ${esc(c.index.ef_construction)} · ${esc(c.dimension)} dimensions</div>
       ${
         c.storage
           ? `<div class="card"><h3>On this node</h3>store: ${bytes(c.storage.documents_bytes)} of documents, ${bytes(c.storage.chunks_bytes)} of chunks<br>
@@ -418,7 +418,13 @@ function wireUpload(name, alive) {
     const out = document.getElementById("upload-progress");
     out.innerHTML = `<p>Uploading ${files.length} file(s)…</p>`;
     guarded(async () => {
-      const accepted = await api("POST", `/api/v1/collections/${enc(name)}/documents`, form);
+      let accepted;
+      try {
+        accepted = await api("POST", `/api/v1/collections/${enc(name)}/documents`, form);
+      } catch (e) {
+        out.innerHTML = `<p class="bad">The upload failed: ${esc(e.message)}</p>`;
+        throw e;
+      }
       await followJob(accepted.job_id, out, alive);
       if (!alive()) return;
       // the collection as it is now, with the job's outcome kept in view
@@ -428,7 +434,11 @@ function wireUpload(name, alive) {
       if (progress) progress.innerHTML = outcome;
     });
   };
-  input.addEventListener("change", () => send(input.files));
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // choosing the same file again is a change
+    send(files);
+  });
   drop.addEventListener("dragover", (ev) => {
     ev.preventDefault();
     drop.classList.add("over");
@@ -472,8 +482,8 @@ async function viewDocument(name, id) {
       <thead><tr><th class="num">#</th><th>Pages</th><th>Section</th><th>Bytes</th><th>Text</th></tr></thead>
       <tbody>${(d.chunk_list || [])
         .map(
-          (c) => `<tr><td class="num">${c.chunk_index}</td><td>${c.page != null ? `${c.page}${c.last_page !== c.page ? `–${c.last_page}` : ""}` : "–"}</td><td>${esc(c.section || "–")}</td>
-          <td>${c.start}–${c.end}</td><td>${esc(c.text)}</td></tr>`,
+          (c) => `<tr><td class="num">${esc(c.chunk_index)}</td><td>${c.page != null ? `${esc(c.page)}${c.last_page !== c.page ? `–${esc(c.last_page)}` : ""}` : "–"}</td><td>${esc(c.section || "–")}</td>
+          <td>${esc(c.start)}–${esc(c.end)}</td><td>${esc(c.text)}</td></tr>`,
         )
         .join("")}</tbody>
     </table></div>`;
@@ -551,47 +561,67 @@ async function viewJobs() {
   document.querySelector("#jobs-form select").addEventListener("change", (ev) => {
     location.hash = ev.target.value ? `#/jobs?state=${enc(ev.target.value)}` : "#/jobs";
   });
-  // while jobs run, the page follows them (unless the user is busy with a retry)
+  // while jobs run, the page follows them, redrawn in place; not while the user is busy on it
+  // (a retry under way, reasons opened, the focus on one of its controls)
   if (list.jobs.some((j) => j.state === "running")) {
-    setTimeout(() => {
-      if (alive() && !main.querySelector(".retry-progress:not(:empty)")) route();
-    }, 2000);
+    const follow = () =>
+      setTimeout(() => {
+        if (!alive()) return;
+        const focused = document.activeElement !== main && main.contains(document.activeElement);
+        if (focused || main.querySelector(".retry-progress:not(:empty), details[open]")) follow();
+        else guarded(viewJobs);
+      }, 2000);
+    follow();
   }
 }
 
 // ---------------------------------------------------------------- cluster
 
-const history = new Map(); // node id -> [{t, rps, p95}], oldest first, the last CHART_SPAN_MS
+// Each node's samples, oldest first, over the last CHART_SPAN_MS: {t, rps, p95} where t is the
+// server's time (ms since the epoch, the `until` of the answer that gave it: the browser's clock
+// is never used, so a browser whose clock is off draws the same chart) and p95 is null for a
+// sample without searches (no latency to draw, which is not a latency of 0).
+const history = new Map();
 const CHART_SPAN_MS = 5 * 60 * 1000;
 
-/** The last five minutes of each node's searches, as the nodes recorded them (so the chart
- * starts full on a page just loaded): 10 s intervals. */
-async function loadHistory() {
+/** The last five minutes of each node's searches, as the nodes recorded them (10 s intervals),
+ * put before the samples taken since the page opened: the chart starts full on a page just
+ * loaded. */
+async function loadHistory(alive) {
   const past = await api("GET", "/api/v1/analytics/searches?since=5m&step=10s").catch(() => null);
-  if (!past || !past.step_ms) return;
-  history.clear();
+  if (!past || !past.step_ms || !alive()) return 0;
   for (const [id, l] of Object.entries(past.by_node || {})) {
     if (!l.series) continue;
-    history.set(
-      id,
-      l.series.map((i) => ({ t: Math.min(i.start + past.step_ms, past.until), rps: i.searches_per_second, p95: i.p95_ms })),
-    );
+    const live = history.get(id) || [];
+    const first = live.length ? live[0].t : Infinity;
+    const earlier = l.series
+      .map((i) => ({ t: Math.min(i.start + past.step_ms, past.until), rps: i.searches_per_second, p95: i.searches ? i.p95_ms : null }))
+      .filter((p) => p.t < first);
+    history.set(id, [...earlier, ...live]);
   }
+  return past.until;
 }
 
-function sparkline(points, key, now) {
+function sparkline(all, key, now) {
+  const points = all.filter((p) => p[key] != null);
   if (points.length < 2) return `<svg class="chart" role="img" aria-label="not enough samples yet"></svg>`;
-  const max = Math.max(...points.map((p) => p[key]), 1e-9);
-  const from = now - CHART_SPAN_MS;
-  const xy = points.map((p) => `${(Math.max(0, p.t - from) / CHART_SPAN_MS) * 300},${58 - (p[key] / max) * 54}`).join(" ");
+  const max = Math.max(...points.map((p) => p[key]));
+  const scale = max > 0 ? max : 1;
+  const from = (now || points[points.length - 1].t) - CHART_SPAN_MS;
+  const xy = points.map((p) => `${(Math.max(0, p.t - from) / CHART_SPAN_MS) * 300},${58 - (p[key] / scale) * 54}`).join(" ");
   return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" data-points="${points.length}" data-from="${points[0].t}" data-max="${max}" aria-label="${key} over the last 5 minutes, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
 }
 
 async function viewCluster() {
   const alive = live();
-  main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p>Loading…</p></div>`;
-  await loadHistory();
-  if (!alive()) return;
+  main.innerHTML = `<h1>Cluster</h1><div id="cluster-body"><p data-loading>Loading…</p></div>`;
+  // every member's record of the last minutes, beside the first draw (not before it: a member
+  // that does not answer would hold the page for the seconds the node waits for it)
+  let now = 0; // the server's time at the newest answer
+  history.clear(); // what an earlier visit drew has a gap since: the nodes' record fills it
+  loadHistory(alive).then((until) => {
+    now = Math.max(now, until);
+  });
   const draw = async () => {
     const [c, load, actors] = await Promise.all([
       api("GET", "/api/v1/cluster"),
@@ -599,14 +629,18 @@ async function viewCluster() {
       api("GET", "/api/v1/admin/actors").catch(() => null),
     ]);
     if (!alive()) return;
-    const now = Date.now();
-    for (const [id, l] of Object.entries((load && load.by_node) || {})) {
+    const answered = (load && load.by_node) || {};
+    if (load) now = Math.max(now, load.until);
+    for (const [id, l] of Object.entries(answered)) {
       const h = history.get(id) || [];
-      h.push({ t: now, rps: l.searches_per_second, p95: l.p95_ms });
-      history.set(
-        id,
-        h.filter((p) => p.t >= now - CHART_SPAN_MS),
-      );
+      h.push({ t: load.until, rps: l.searches_per_second, p95: l.searches ? l.p95_ms : null });
+      history.set(id, h);
+    }
+    // a member that did not answer gets no sample, and its old ones age out like the others
+    for (const [id, h] of history) {
+      const kept = h.filter((p) => p.t >= now - CHART_SPAN_MS);
+      if (kept.length) history.set(id, kept);
+      else history.delete(id);
     }
     const row = (m) => {
       const s = m.status || {};
@@ -614,20 +648,23 @@ async function viewCluster() {
       // what the member says it is; a member that cannot be asked is named by its membership
       const role = m.id === c.leader ? "leader" : m.role === "learner" ? "learner" : s.state || m.role;
       const health = m.error ? `<span class="bad">unreachable: ${esc(m.error)}</span>` : s.stale ? `<span class="warn">stale: ${esc(s.stale)}</span>` : `<span class="ok">healthy</span>`;
-      return `<tr${here ? ' aria-current="true"' : ""}><td>${m.id}${here ? " <strong>(this node)</strong>" : ""}</td><td><code>${esc(m.addr)}</code></td>
+      return `<tr${here ? ' aria-current="true"' : ""}><td>${esc(m.id)}${here ? " <strong>(this node)</strong>" : ""}</td><td><code>${esc(m.addr)}</code></td>
         <td><span class="badge ${role === "leader" ? "ok" : "muted"}" data-role="${esc(role)}">${esc(role)}</span></td><td class="num">${fmt(s.term)}</td>
         <td class="num">${fmt(s.commit_index)}</td><td class="num">${fmt(s.applied_index)}</td><td class="num">${fmt(m.lag)}</td>
         <td class="num${s.actor_restarts ? " warn" : ""}" data-restarts="${esc(s.actor_restarts ?? "")}">${fmt(s.actor_restarts)}</td><td>${health}</td></tr>`;
     };
     const charts = [...history.entries()]
-      .map(
-        ([id, h]) => `<div class="card" data-node="${esc(id)}"><h3>Node ${esc(id)}</h3>
-        <div>searches/s <strong>${fmt(h[h.length - 1].rps, 2)}</strong></div>${sparkline(h, "rps", now)}
-        <div>p95 <strong>${fmt(h[h.length - 1].p95, 1)} ms</strong></div>${sparkline(h, "p95", now)}</div>`,
-      )
+      .map(([id, h]) => {
+        const last = h[h.length - 1];
+        const current = id in answered
+          ? `<div>searches/s <strong>${fmt(last.rps, 2)}</strong></div>${sparkline(h, "rps", now)}
+        <div>p95 <strong>${last.p95 == null ? "no searches" : `${fmt(last.p95, 1)} ms`}</strong></div>${sparkline(h, "p95", now)}`
+          : `<div class="warn">No answer now: what it recorded before.</div>${sparkline(h, "rps", now)}${sparkline(h, "p95", now)}`;
+        return `<div class="card" data-node="${esc(id)}"><h3>Node ${esc(id)}</h3>${current}</div>`;
+      })
       .join("");
     document.getElementById("cluster-body").innerHTML = `
-      <p>Cluster <code>${esc(c.cluster_id || "not initialised")}</code> · term ${fmt(c.term)} · leader <strong id="leader">${c.leader ?? "none"}</strong></p>
+      <p>Cluster <code>${esc(c.cluster_id || "not initialised")}</code> · term ${fmt(c.term)} · leader <strong id="leader">${esc(c.leader ?? "none")}</strong></p>
       <div class="table-wrap"><table>
         <thead><tr><th>Node</th><th>Address</th><th>Role</th><th class="num">Term</th><th class="num">Commit</th><th class="num">Applied</th><th class="num">Lag</th><th class="num">Actor restarts</th><th>Health</th></tr></thead>
         <tbody>${c.members.map(row).join("")}</tbody>
@@ -687,20 +724,37 @@ async function route() {
     viewSignIn();
     return;
   }
-  main.innerHTML = "<p>Loading…</p>";
+  main.innerHTML = "<p data-loading>Loading…</p>";
+  const shown = view;
+  let failed = null;
   await guarded(async () => {
-    if (page === "search") await viewSearch();
-    else if (page === "collections" && parts.length === 1) await viewCollections();
-    else if (page === "collections" && parts.length === 2) {
-      const after = new URLSearchParams(hash.split("?")[1] || "").get("after");
-      await viewCollection(parts[1], after);
-    } else if (page === "collections" && parts[2] === "documents") await viewDocument(parts[1], parts.slice(3).join("/"));
-    else if (page === "jobs") await viewJobs();
-    else if (page === "cluster") await viewCluster();
-    else main.innerHTML = `<h1>Not found</h1><p>No such page: <code>${esc(hash)}</code>.</p>`;
+    try {
+      await showPage(page, parts, hash);
+    } catch (e) {
+      failed = e;
+      throw e;
+    }
   });
+  // a page whose first request failed says so where it would have been (a lost credential has
+  // gone to the sign-in page already)
+  if (failed && shown === view && main.querySelector("[data-loading]")) {
+    main.innerHTML = `<h1>This page could not be shown</h1><p class="bad">${esc(failed.message)}</p><p><button type="button" id="reload-page">Try again</button></p>`;
+    document.getElementById("reload-page").addEventListener("click", route);
+  }
   // a page that put the focus on one of its fields keeps it there
   if (!main.contains(document.activeElement)) main.focus();
+}
+
+async function showPage(page, parts, hash) {
+  if (page === "search") await viewSearch();
+  else if (page === "collections" && parts.length === 1) await viewCollections();
+  else if (page === "collections" && parts.length === 2) {
+    const after = new URLSearchParams(hash.split("?")[1] || "").get("after");
+    await viewCollection(parts[1], after);
+  } else if (page === "collections" && parts[2] === "documents") await viewDocument(parts[1], parts.slice(3).join("/"));
+  else if (page === "jobs") await viewJobs();
+  else if (page === "cluster") await viewCluster();
+  else main.innerHTML = `<h1>Not found</h1><p>No such page: <code>${esc(hash)}</code>.</p>`;
 }
 
 window.addEventListener("hashchange", route);
