@@ -6,11 +6,15 @@
 //! length, and the point id as a fast field, which a filter's matches are checked against.
 //!
 //! Text is cut into words at anything that is not a letter or a digit, lower-cased and folded to
-//! ASCII ("Café" and "cafe" match); words of 40 bytes or more are dropped. A query is analysed
-//! the same way and matches chunks holding any of its words (its first 1,024), ranked by BM25 (no
-//! query syntax: a user's quotes, colons or `AND`s are words or nothing, never an error).
-//! Scripts written without spaces (Chinese, Japanese, Thai) are cut only at punctuation, so their
-//! words are whole runs of text: keyword search serves them poorly (vector search does not care).
+//! ASCII ("Café" and "cafe" match); words of 40 bytes or more are dropped. Chinese, Japanese and
+//! Korean are written without spaces between words (Korean between phrases): a run of their
+//! characters is cut into overlapping pairs ("東京都" gives "東京" and "京都"; a lone character is
+//! a word of its own), as Elasticsearch's `cjk` analyzer and Lucene's CJK bigram filter do, so a
+//! query's words match inside a longer run. A query is analysed the same way and matches chunks
+//! holding any of its words (its first 1,024), ranked by BM25 (no query syntax: a user's quotes,
+//! colons or `AND`s are words or nothing, never an error). Thai, Lao, Khmer and Burmese, also
+//! written without spaces, are still cut only at punctuation (that needs a dictionary): keyword
+//! search serves them poorly (vector search does not care).
 
 use std::sync::Arc;
 
@@ -22,7 +26,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
 };
 use tantivy::{
     doc, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
@@ -41,11 +45,143 @@ pub(crate) const MAX_QUERY_WORDS: usize = 1_024;
 const DELETED_RATIO_BEFORE_MERGE: f32 = 0.2;
 
 fn analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
+    TextAnalyzer::builder(WordsAndPairs::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
         .build()
+}
+
+/// Chinese, Japanese and Korean characters (Han, kana, Hangul, their iteration marks and
+/// half-width forms): runs of them are cut into pairs.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x1100..=0x11FF // Hangul Jamo
+        | 0x2E80..=0x2FDF // CJK and Kangxi radicals
+        | 0x3005..=0x3007 // 々 〆 〇
+        | 0x3021..=0x3029 // Hangzhou numerals
+        | 0x3031..=0x3035 // kana repeat marks
+        | 0x303B..=0x303C // 〻 〼
+        | 0x3040..=0x30FF // Hiragana, Katakana
+        | 0x3100..=0x312F // Bopomofo
+        | 0x3130..=0x318F // Hangul compatibility Jamo
+        | 0x31A0..=0x31BF // Bopomofo extended
+        | 0x31F0..=0x31FF // Katakana phonetic extensions
+        | 0x3400..=0x4DBF // CJK extension A
+        | 0x4E00..=0x9FFF // CJK unified ideographs
+        | 0xA960..=0xA97F // Hangul Jamo extended A
+        | 0xAC00..=0xD7FF // Hangul syllables, Jamo extended B
+        | 0xF900..=0xFAFF // CJK compatibility ideographs
+        | 0xFF66..=0xFFDC // half-width Katakana and Hangul
+        | 0x20000..=0x3FFFF // CJK extensions B and later, compatibility supplement
+    )
+}
+
+/// Cuts text into words at anything that is not a letter or a digit, and runs of CJK characters
+/// into overlapping pairs (see the module docs).
+#[derive(Clone, Default)]
+struct WordsAndPairs {
+    token: Token,
+    /// The byte offsets of the current CJK run's characters, and its end.
+    run: Vec<usize>,
+}
+
+struct WordsAndPairsStream<'a> {
+    text: &'a str,
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    token: &'a mut Token,
+    run: &'a mut Vec<usize>,
+    /// The next pair of `run` to give (its first character's place in `run`).
+    next_pair: usize,
+}
+
+impl Tokenizer for WordsAndPairs {
+    type TokenStream<'a> = WordsAndPairsStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> WordsAndPairsStream<'a> {
+        self.token.reset();
+        self.run.clear();
+        WordsAndPairsStream {
+            text,
+            chars: text.char_indices().peekable(),
+            token: &mut self.token,
+            run: &mut self.run,
+            next_pair: 0,
+        }
+    }
+}
+
+impl WordsAndPairsStream<'_> {
+    fn emit(&mut self, from: usize, to: usize) -> bool {
+        self.token.offset_from = from;
+        self.token.offset_to = to;
+        self.token.text.push_str(&self.text[from..to]);
+        true
+    }
+
+    /// The next pair of the current run (a run of one character is that character), if any is
+    /// left.
+    fn next_of_run(&mut self) -> Option<(usize, usize)> {
+        // `run` holds the characters' offsets and then the run's end
+        let chars = self.run.len().checked_sub(1)?;
+        let i = self.next_pair;
+        if (chars == 1 && i == 0) || i + 1 < chars {
+            self.next_pair += 1;
+            let to = self.run[(i + 2).min(chars)];
+            return Some((self.run[i], to));
+        }
+        None
+    }
+}
+
+impl TokenStream for WordsAndPairsStream<'_> {
+    fn advance(&mut self) -> bool {
+        self.token.text.clear();
+        self.token.position = self.token.position.wrapping_add(1);
+        if let Some((from, to)) = self.next_of_run() {
+            return self.emit(from, to);
+        }
+        self.run.clear();
+        self.next_pair = 0;
+        while let Some((from, c)) = self.chars.next() {
+            if !c.is_alphanumeric() {
+                continue;
+            }
+            if is_cjk(c) {
+                self.run.push(from);
+                while let Some(&(at, c)) = self.chars.peek() {
+                    if !is_cjk(c) {
+                        break;
+                    }
+                    self.run.push(at);
+                    self.chars.next();
+                }
+                let end = self.chars.peek().map_or(self.text.len(), |(at, _)| *at);
+                self.run.push(end);
+                let (from, to) = self.next_of_run().unwrap_or((from, end));
+                return self.emit(from, to);
+            }
+            // a word: letters and digits up to anything else or a CJK character
+            let mut to = self.text.len();
+            while let Some(&(at, c)) = self.chars.peek() {
+                if !c.is_alphanumeric() || is_cjk(c) {
+                    to = at;
+                    break;
+                }
+                self.chars.next();
+            }
+            return self.emit(from, to);
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> IndexError {
@@ -280,5 +416,80 @@ mod tests {
         let long: String = (0..5000).map(|i| format!("w{i} ")).collect::<String>() + "guide";
         assert_eq!(k.words(&long).len(), MAX_QUERY_WORDS);
         assert!(k.search(&long, 10, None).unwrap().is_empty());
+    }
+
+    fn tokens(text: &str) -> Vec<(String, usize, usize)> {
+        let mut a = analyzer();
+        let mut stream = a.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            let t = stream.token();
+            out.push((t.text.clone(), t.offset_from, t.offset_to));
+        }
+        out
+    }
+
+    #[test]
+    fn words_are_cut_at_anything_but_letters_and_digits_and_cjk_runs_into_pairs() {
+        let words = |text: &str| -> Vec<String> { tokens(text).into_iter().map(|t| t.0).collect() };
+        assert_eq!(
+            words("Hello, happy tax-payer!"),
+            ["hello", "happy", "tax", "payer"]
+        );
+        assert_eq!(words("Café №5 in 2024"), ["cafe", "5", "in", "2024"]);
+        assert!(words("  ...  ").is_empty());
+        // a run of Han, kana or Hangul is cut into overlapping pairs, a lone one stays whole
+        assert_eq!(words("東京都"), ["東京", "京都"]);
+        assert_eq!(words("東"), ["東"]);
+        assert_eq!(words("東京"), ["東京"]);
+        assert_eq!(
+            words("東京タワーは、高い。"),
+            ["東京", "京タ", "タワ", "ワー", "ーは", "高い"]
+        );
+        assert_eq!(words("서울 특별시"), ["서울", "특별", "별시"]);
+        // mixed with other words, with no space between: each side is cut its own way
+        assert_eq!(
+            words("iPhone15を買った"),
+            ["iphone15", "を買", "買っ", "った"]
+        );
+        assert_eq!(words("在Rust中"), ["在", "rust", "中"]);
+        // offsets are the original text's bytes
+        let t = tokens("ab 東京都");
+        assert_eq!(t[1], ("東京".to_string(), 3, 9));
+        assert_eq!(t[2], ("京都".to_string(), 6, 12));
+        // the same analyser is used twice in a row (its buffers are reset)
+        let mut a = analyzer();
+        for _ in 0..2 {
+            let mut s = a.token_stream("東京 x");
+            let mut n = 0;
+            while s.advance() {
+                n += 1;
+            }
+            assert_eq!(n, 2);
+        }
+    }
+
+    #[test]
+    fn chinese_japanese_and_korean_text_is_found_by_words_inside_longer_runs() {
+        let k = KeywordIndex::new().unwrap();
+        let texts = [
+            (1, "東京は日本の首都であり、最大の都市です。"),
+            (2, "京都には多くの寺院があります。"),
+            (3, "北京是中华人民共和国的首都。"),
+            (4, "上海是中国最大的城市。"),
+            (5, "서울특별시는 대한민국의 수도이다."),
+            (6, "Tokyo is the capital of Japan."),
+        ];
+        k.add(texts.iter().map(|(id, t)| (*id, *t))).unwrap();
+        let top = |q: &str| -> Option<u64> { k.search(q, 10, None).unwrap().first().map(|h| h.0) };
+        // words that sit inside runs with no space around them
+        assert_eq!(top("日本の首都"), Some(1));
+        assert_eq!(top("寺院"), Some(2));
+        assert_eq!(top("中华人民共和国"), Some(3));
+        assert_eq!(top("最大的城市"), Some(4));
+        assert_eq!(top("대한민국 수도"), Some(5));
+        assert_eq!(top("capital"), Some(6));
+        // a word none of them holds finds nothing
+        assert_eq!(top("大阪"), None);
     }
 }

@@ -14,6 +14,9 @@ fn docs() -> Value {
         "text": "Replacement part QZ-7781 fits the valve assembly of the 2021 model."}));
     docs.push(json!({"id": "manual", "metadata": {"kind": "manual"},
         "text": "The service manual explains how to fit a replacement pump housing on every model."}));
+    // written without spaces between words: found by a word inside the run
+    docs.push(json!({"id": "tokyo-ja", "metadata": {"kind": "guide"},
+        "text": "東京タワーは港区にある電波塔です。展望台からは富士山が見えます。"}));
     Value::Array(docs)
 }
 
@@ -44,6 +47,14 @@ fn keyword_and_hybrid_search_rank_filter_and_survive_deletes_and_restarts() {
     assert!(f(&kw[0], "score").unwrap() > 0.0 && kw[0].get("vector_score").is_none());
     // words only: no hit for a word no chunk has
     assert!(hits(&node, json!({"query": "zeppelin", "mode": "keyword"})).is_empty());
+    // Japanese: a word inside a run of text with no spaces
+    let ja = hits(
+        &node,
+        json!({"query": "富士山", "mode": "keyword", "top_k": 3}),
+    );
+    assert_eq!(ja.len(), 1, "{ja:?}");
+    assert_eq!(ja[0]["document_id"], "tokyo-ja", "{ja:?}");
+    assert!(hits(&node, json!({"query": "大阪城", "mode": "keyword"})).is_empty());
     // query syntax is just words
     let r = node.search(
         "kb",
