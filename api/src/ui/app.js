@@ -691,10 +691,31 @@ async function viewCluster() {
     }
     throw e;
   }
+  // a refresh that fails leaves the last view with a line saying since when it is old (not a new
+  // message every 2 s); a lost credential still goes to the sign-in page
+  let lastDrawn = now;
   const tick = async () => {
     if (!alive()) return;
-    await guarded(draw);
-    if (alive()) setTimeout(tick, 2000);
+    const ok = await guarded(async () => {
+      try {
+        await draw();
+        lastDrawn = now;
+        return true;
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401) throw e;
+        const body = document.getElementById("cluster-body");
+        if (alive() && body) {
+          let line = document.getElementById("cluster-stale");
+          if (!line) {
+            body.insertAdjacentHTML("afterbegin", `<p id="cluster-stale" class="warn" role="status"></p>`);
+            line = document.getElementById("cluster-stale");
+          }
+          line.textContent = `Not refreshed since ${when(lastDrawn)} (server time): ${e.message}`;
+        }
+        return true;
+      }
+    });
+    if (ok && alive()) setTimeout(tick, 2000);
   };
   setTimeout(tick, 2000);
 }
