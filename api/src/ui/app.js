@@ -458,7 +458,7 @@ async function followJob(id, out, alive) {
     const done = j.indexed + j.failed + (j.superseded || 0);
     out.innerHTML = `
       <p>Job <code>${esc(j.id)}</code>: ${stateBadge(j.state)} ${fmt(done)} of ${fmt(j.total)} documents (${fmt(j.indexed)} indexed, ${fmt(j.failed)} failed)</p>
-      <progress max="${Math.max(j.total, 1)}" value="${done}" aria-label="Documents done">${done}</progress>
+      <progress max="${esc(Math.max(j.total, 1))}" value="${esc(done)}" aria-label="Documents done">${esc(done)}</progress>
       ${j.errors.length ? `<ul>${j.errors.map((e) => `<li><strong>${esc(e.document_id)}</strong>: <span class="bad">${esc(e.reason)}</span></li>`).join("")}</ul>` : ""}`;
     if (j.state !== "running") return j;
     await new Promise((r) => setTimeout(r, 500));
@@ -569,7 +569,13 @@ async function viewJobs() {
         if (!alive()) return;
         const focused = document.activeElement !== main && main.contains(document.activeElement);
         if (focused || main.querySelector(".retry-progress:not(:empty), details[open]")) follow();
-        else guarded(viewJobs);
+        else
+          guarded(async () => {
+            await viewJobs();
+            return true;
+          }).then((drawn) => {
+            if (!drawn) follow(); // a failed redraw is said once; the next one may work
+          });
       }, 2000);
     follow();
   }
@@ -595,7 +601,7 @@ async function loadHistory(alive) {
     const live = history.get(id) || [];
     const first = live.length ? live[0].t : Infinity;
     const earlier = l.series
-      .map((i) => ({ t: Math.min(i.start + past.step_ms, past.until), rps: i.searches_per_second, p95: i.searches ? i.p95_ms : null }))
+      .map((i) => ({ t: Math.min(i.start + past.step_ms, past.until), rps: i.searches_per_second, p95: i.p95_ms > 0 ? i.p95_ms : null }))
       .filter((p) => p.t < first);
     history.set(id, [...earlier, ...live]);
   }
@@ -609,7 +615,7 @@ function sparkline(all, key, now) {
   const scale = max > 0 ? max : 1;
   const from = (now || points[points.length - 1].t) - CHART_SPAN_MS;
   const xy = points.map((p) => `${(Math.max(0, p.t - from) / CHART_SPAN_MS) * 300},${58 - (p[key] / scale) * 54}`).join(" ");
-  return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" data-points="${points.length}" data-from="${points[0].t}" data-max="${max}" aria-label="${key} over the last 5 minutes, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
+  return `<svg class="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" data-points="${points.length}" data-from="${esc(points[0].t)}" data-max="${esc(max)}" data-now="${esc(from + CHART_SPAN_MS)}" aria-label="${key} over the last 5 minutes, up to ${fmt(max, 2)}"><polyline class="${key}" points="${xy}"/></svg>`;
 }
 
 async function viewCluster() {
@@ -630,10 +636,12 @@ async function viewCluster() {
     ]);
     if (!alive()) return;
     const answered = (load && load.by_node) || {};
+    // members the analytics answer could not ask (when it failed as a whole, nobody is blamed)
+    const silent = new Set(((load && load.missing_nodes) || []).map(String));
     if (load) now = Math.max(now, load.until);
     for (const [id, l] of Object.entries(answered)) {
       const h = history.get(id) || [];
-      h.push({ t: load.until, rps: l.searches_per_second, p95: l.searches ? l.p95_ms : null });
+      h.push({ t: load.until, rps: l.searches_per_second, p95: l.p95_ms > 0 ? l.p95_ms : null });
       history.set(id, h);
     }
     // a member that did not answer gets no sample, and its old ones age out like the others
@@ -656,7 +664,7 @@ async function viewCluster() {
     const charts = [...history.entries()]
       .map(([id, h]) => {
         const last = h[h.length - 1];
-        const current = id in answered
+        const current = !silent.has(id)
           ? `<div>searches/s <strong>${fmt(last.rps, 2)}</strong></div>${sparkline(h, "rps", now)}
         <div>p95 <strong>${last.p95 == null ? "no searches" : `${fmt(last.p95, 1)} ms`}</strong></div>${sparkline(h, "p95", now)}`
           : `<div class="warn">No answer now: what it recorded before.</div>${sparkline(h, "rps", now)}${sparkline(h, "p95", now)}`;
@@ -693,13 +701,13 @@ async function viewCluster() {
   }
   // a refresh that fails leaves the last view with a line saying since when it is old (not a new
   // message every 2 s); a lost credential still goes to the sign-in page
-  let lastDrawn = now;
+  let lastDrawn = new Date();
   const tick = async () => {
     if (!alive()) return;
     const ok = await guarded(async () => {
       try {
         await draw();
-        lastDrawn = now;
+        lastDrawn = new Date();
         return true;
       } catch (e) {
         if (e instanceof ApiError && e.status === 401) throw e;
@@ -710,7 +718,7 @@ async function viewCluster() {
             body.insertAdjacentHTML("afterbegin", `<p id="cluster-stale" class="warn" role="status"></p>`);
             line = document.getElementById("cluster-stale");
           }
-          line.textContent = `Not refreshed since ${when(lastDrawn)} (server time): ${e.message}`;
+          line.textContent = `Not refreshed since ${lastDrawn.toLocaleTimeString()}: ${e.message}`;
         }
         return true;
       }
@@ -758,12 +766,13 @@ async function route() {
   });
   // a page whose first request failed says so where it would have been (a lost credential has
   // gone to the sign-in page already)
-  if (failed && shown === view && main.querySelector("[data-loading]")) {
+  const still = shown === view && (location.hash || "#/search") === hash;
+  if (failed && still && main.querySelector("[data-loading]")) {
     main.innerHTML = `<h1>This page could not be shown</h1><p class="bad">${esc(failed.message)}</p><p><button type="button" id="reload-page">Try again</button></p>`;
     document.getElementById("reload-page").addEventListener("click", route);
   }
   // a page that put the focus on one of its fields keeps it there
-  if (!main.contains(document.activeElement)) main.focus();
+  if (still && !main.contains(document.activeElement)) main.focus();
 }
 
 async function showPage(page, parts, hash) {
@@ -779,6 +788,11 @@ async function showPage(page, parts, hash) {
 }
 
 window.addEventListener("hashchange", route);
+// the skip link moves the focus to the page's content (its #main is not a page of the console)
+document.querySelector("a.skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 // a file dropped beside the drop zone is not opened in place of the console
 window.addEventListener("dragover", (ev) => ev.preventDefault());
 window.addEventListener("drop", (ev) => ev.preventDefault());
