@@ -18,6 +18,7 @@ pub mod embed_exec;
 pub mod error;
 pub mod eval;
 pub mod ingest_queue;
+pub mod memory;
 pub mod metrics;
 pub mod mirror;
 pub mod runtime;

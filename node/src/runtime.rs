@@ -34,6 +34,8 @@ pub struct Runtime {
     pub http: reqwest::Client,
     /// The reranker model of each member that reranks for this node (by address), once asked.
     pub remote_rerankers: parking_lot::Mutex<std::collections::HashMap<String, String>>,
+    /// Hands the memory a burst of work freed back to the system once it is over.
+    pub memory: Arc<crate::memory::MemoryTrimmer>,
 }
 
 impl Runtime {
@@ -125,6 +127,7 @@ impl Runtime {
             arrivals: Arc::default(),
             http,
             remote_rerankers: Default::default(),
+            memory: crate::memory::MemoryTrimmer::start(crate::memory::QUIET),
         })
     }
 

@@ -93,6 +93,10 @@ impl Actor for IngestWorker {
                         ctx.actors.ingest.finish(state.id);
                         if !ctx.actors.ingest.is_empty() {
                             myself.send_message(IngestMsg::Work)?;
+                        } else {
+                            // the queue drained: once the ingest has been quiet for a while,
+                            // what its batches held goes back to the system
+                            ctx.runtime.memory.request();
                         }
                     }
                     Processed::Retry => {

@@ -1,0 +1,51 @@
+//! An ingest that drains asks for its freed memory to be handed back: once the node has been
+//! quiet for `memory::QUIET`, the trimmer trims, once.
+
+use std::time::{Duration, Instant};
+
+mod common;
+
+use shoal_storage::{Command, DocumentInput};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_ingest_is_followed_by_one_trim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = common::node_with_collection(&tmp, 384, |_| {}).await;
+    let ctx = node.ctx.clone();
+    assert_eq!(ctx.runtime.memory.trims(), 0, "nothing was ingested yet");
+    let accept = Command::AcceptDocuments {
+        collection: "c".into(),
+        job_id: "job-1".into(),
+        documents: (0..8)
+            .map(|d| DocumentInput {
+                id: format!("d{d}"),
+                text: format!("Document number {d} says something about rivers and hills."),
+                metadata_json: "{}".into(),
+                sections: Vec::new(),
+            })
+            .collect(),
+        staged_parts: 0,
+        at_ms: 2,
+    };
+    ctx.apply(accept).await.unwrap();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while !ctx.store.pending_documents().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the documents were never embedded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctx.runtime.memory.trims() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no trim after the ingest drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // not while the ingest was going on: after it had been quiet for the quiet time
+    assert!(start.elapsed() >= shoal_node::memory::QUIET);
+    assert_eq!(ctx.runtime.memory.trims(), 1);
+}
