@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use sled::{Batch, Tree};
+use sled::Tree;
 
 use crate::codec::{decode, encode};
 use crate::{Store, StoreError};
@@ -33,12 +33,16 @@ pub struct SearchEvent {
 pub struct EventLog {
     tree: Tree,
     seq: AtomicU64,
+    /// Events in the tree (counted once at open, then kept: sled counts a tree by walking it).
+    count: AtomicU64,
 }
 
 impl EventLog {
     pub fn open(store: &Store) -> Result<EventLog, StoreError> {
+        let tree = store.db.open_tree(EVENTS_TREE)?;
         Ok(EventLog {
-            tree: store.db.open_tree(EVENTS_TREE)?,
+            count: AtomicU64::new(tree.len() as u64),
+            tree,
             // unique across restarts too: two events of the same millisecond never share a key
             seq: AtomicU64::new(
                 std::time::SystemTime::now()
@@ -57,12 +61,18 @@ impl EventLog {
     }
 
     /// Record events (not synced: a crash may lose the last moments of analytics, never state).
+    ///
+    /// One insert at a time, not one batch: sled (0.34) applies a batch under a lock of the whole
+    /// process that every read of every tree waits for, the records a search reads for its hits
+    /// among them. A batch of a quarter second's events held each search behind it: with one
+    /// client, p99 2.9 ms against 0.7 ms with no events written (docs/benchmarks.md). The events
+    /// need no atomicity with each other.
     pub fn append(&self, events: &[SearchEvent]) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
         for e in events {
-            batch.insert(&self.key(e.at_ms), encode(e));
+            if self.tree.insert(self.key(e.at_ms), encode(e))?.is_none() {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -107,34 +117,34 @@ impl EventLog {
 
     /// Forget events older than `before_ms`, and the oldest beyond `max_events`; answers how
     /// many went.
+    /// (One removal at a time, as `append` inserts.)
     pub fn expire(&self, before_ms: u64, max_events: usize) -> Result<u64, StoreError> {
         let mut removed = 0;
-        let mut batch = Batch::default();
-        for kv in self.tree.range(..before_ms.to_be_bytes().to_vec()) {
-            let (k, _) = kv?;
-            batch.remove(k);
-            removed += 1;
-        }
-        self.tree.apply_batch(batch)?;
-        let len = self.tree.len();
-        if len > max_events {
-            let mut batch = Batch::default();
-            for kv in self.tree.iter().take(len - max_events) {
-                let (k, _) = kv?;
-                batch.remove(k);
+        let mut remove = |k: sled::IVec| -> Result<(), StoreError> {
+            if self.tree.remove(k)?.is_some() {
+                self.count.fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
-            self.tree.apply_batch(batch)?;
+            Ok(())
+        };
+        for kv in self.tree.range(..before_ms.to_be_bytes().to_vec()) {
+            remove(kv?.0)?;
+        }
+        let len = self.len();
+        if len > max_events {
+            for kv in self.tree.iter().take(len - max_events) {
+                remove(kv?.0)?;
+            }
         }
         Ok(removed)
     }
 
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.count.load(Ordering::Relaxed) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -177,5 +187,12 @@ mod tests {
             .map(|e| e.at_ms)
             .collect();
         assert_eq!(left, [20, 30]);
+        // the count is kept as events come and go, and found again when the log is opened again
+        assert_eq!(log.len(), 2);
+        log.append(&[ev(40, 200)]).unwrap();
+        assert_eq!(log.len(), 3);
+        assert_eq!(EventLog::open(&store).unwrap().len(), 3);
+        assert_eq!(log.expire(u64::MAX, 100).unwrap(), 3);
+        assert!(log.is_empty());
     }
 }
