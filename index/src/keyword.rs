@@ -10,7 +10,9 @@
 //! Korean are written without spaces between words (Korean between phrases): a run of their
 //! characters is cut into overlapping pairs ("東京都" gives "東京" and "京都"; a lone character is
 //! a word of its own), as Elasticsearch's `cjk` analyzer and Lucene's CJK bigram filter do, so a
-//! query's words match inside a longer run. A query is analysed the same way and matches chunks
+//! query's words of two characters or more match inside a longer run (a word of one character is
+//! found only where it stands alone, as with that analyzer; half-width and full-width kana are
+//! not folded into each other). A query is analysed the same way and matches chunks
 //! holding any of its words (its first 1,024), ranked by BM25 (no query syntax: a user's quotes,
 //! colons or `AND`s are words or nothing, never an error). Thai, Lao, Khmer and Burmese, also
 //! written without spaces, are still cut only at punctuation (that needs a dictionary): keyword
@@ -150,7 +152,8 @@ impl TokenStream for WordsAndPairsStream<'_> {
             if is_cjk(c) {
                 self.run.push(from);
                 while let Some(&(at, c)) = self.chars.peek() {
-                    if !is_cjk(c) {
+                    // (CJK punctuation such as `・` ends a run, as any other does)
+                    if !is_cjk(c) || !c.is_alphanumeric() {
                         break;
                     }
                     self.run.push(at);
@@ -453,6 +456,8 @@ mod tests {
             ["iphone15", "を買", "買っ", "った"]
         );
         assert_eq!(words("在Rust中"), ["在", "rust", "中"]);
+        // CJK punctuation ends a run like any other
+        assert_eq!(words("東京・大阪"), ["東京", "大阪"]);
         // offsets are the original text's bytes
         let t = tokens("ab 東京都");
         assert_eq!(t[1], ("東京".to_string(), 3, 9));

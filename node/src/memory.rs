@@ -4,10 +4,13 @@
 //! returning it, so a node that has ingested stays at the size of its ingest's working set:
 //! 1.19 GB of resident memory after 111,553 chunks were ingested, of which 460 MB went back at
 //! one `malloc_trim` (docs/benchmarks.md). The trimmer waits until the work that asked for it has
-//! been quiet for a while (an ingest that drains and starts again asks again), then trims once
-//! on a thread of its own. It is not done periodically: a trim locks each arena while it walks
-//! it, and the search path should not meet that while it is busy.
+//! been quiet for a while (an ingest that drains and starts again asks again) and none of it is
+//! under way (a batch still being processed holds a [`Working`]), then trims once on a thread of
+//! its own, and at most once a minute. It is not done periodically: a trim locks each arena while
+//! it walks it, and the search path should not meet that while it is busy. Only where the
+//! allocator is glibc's (elsewhere the trimmer does nothing).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,11 +18,24 @@ use parking_lot::{Condvar, Mutex};
 
 /// How long the work must have been quiet before memory is trimmed.
 pub const QUIET: Duration = Duration::from_secs(5);
+/// Least time between two trims (small uploads that each drain the queue ask every few seconds).
+pub const MIN_GAP: Duration = Duration::from_secs(60);
 
 pub struct MemoryTrimmer {
     /// Requests made so far, and trims done.
     state: Mutex<Counts>,
     wake: Condvar,
+    /// Work under way (see [`MemoryTrimmer::working`]): no trim meanwhile.
+    busy: AtomicUsize,
+}
+
+/// Work under way, until dropped.
+pub struct Working<'a>(&'a MemoryTrimmer);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -30,17 +46,22 @@ struct Counts {
 
 impl MemoryTrimmer {
     /// Start the trimmer's thread: a trim follows each burst of requests once none came for
-    /// `quiet`.
-    pub fn start(quiet: Duration) -> Arc<MemoryTrimmer> {
+    /// `quiet` and no work is under way, at least `min_gap` after the last one.
+    pub fn start(quiet: Duration, min_gap: Duration) -> Arc<MemoryTrimmer> {
         let trimmer = Arc::new(MemoryTrimmer {
             state: Mutex::new(Counts::default()),
             wake: Condvar::new(),
+            busy: AtomicUsize::new(0),
         });
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            return trimmer; // nothing to hand back with another allocator
+        }
         let t = Arc::downgrade(&trimmer);
         let spawned = std::thread::Builder::new()
             .name("memory-trim".into())
             .spawn(move || {
                 let mut done = 0;
+                let mut last_trim: Option<Instant> = None;
                 while let Some(t) = t.upgrade() {
                     let mut s = t.state.lock();
                     if s.requested == done {
@@ -48,17 +69,24 @@ impl MemoryTrimmer {
                         t.wake.wait_for(&mut s, Duration::from_secs(1));
                         continue;
                     }
-                    // wait until no request came for `quiet`
+                    // wait until no request came for `quiet`, nothing is under way, and the last
+                    // trim is `min_gap` old
                     loop {
                         let seen = s.requested;
                         let timed_out = t.wake.wait_for(&mut s, quiet).timed_out();
-                        if timed_out && s.requested == seen {
+                        let gap_kept = last_trim.is_none_or(|at| at.elapsed() >= min_gap);
+                        if timed_out
+                            && s.requested == seen
+                            && t.busy.load(Ordering::Acquire) == 0
+                            && gap_kept
+                        {
                             break;
                         }
                     }
                     done = s.requested;
                     drop(s);
                     trim_now();
+                    last_trim = Some(Instant::now());
                     t.state.lock().trims += 1;
                 }
             });
@@ -74,6 +102,13 @@ impl MemoryTrimmer {
         self.wake.notify_one();
     }
 
+    /// Mark work under way until the answer is dropped: no trim meanwhile (a trim asked for
+    /// waits for it, then for the quiet time again).
+    pub fn working(&self) -> Working<'_> {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Working(self)
+    }
+
     /// Trims done so far.
     pub fn trims(&self) -> u64 {
         self.state.lock().trims
@@ -83,20 +118,22 @@ impl MemoryTrimmer {
 /// Give the allocator's free memory back to the system now; logs what it gave and how long it
 /// took.
 pub fn trim_now() {
-    let before = resident_bytes();
-    let start = Instant::now();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases memory that is free.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        let before = resident_bytes();
+        let start = Instant::now();
+        // SAFETY: malloc_trim only releases memory that is free.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let after = resident_bytes();
+        tracing::info!(
+            resident_mb_before = before >> 20,
+            resident_mb_after = after >> 20,
+            ms = start.elapsed().as_millis() as u64,
+            "freed memory handed back to the system"
+        );
     }
-    let after = resident_bytes();
-    tracing::info!(
-        resident_mb_before = before >> 20,
-        resident_mb_after = after >> 20,
-        ms = start.elapsed().as_millis() as u64,
-        "freed memory handed back to the system"
-    );
 }
 
 /// The process's resident memory in bytes (0 where it cannot be read).
@@ -122,9 +159,14 @@ mod tests {
         }
     }
 
+    /// The tests trim the whole process and measure its resident memory: one at a time.
+    static ONE_AT_A_TIME: Mutex<()> = parking_lot::const_mutex(());
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
-    fn a_burst_of_requests_is_one_trim_after_it_is_quiet() {
-        let t = MemoryTrimmer::start(Duration::from_millis(300));
+    fn a_burst_of_requests_is_one_trim_after_it_is_quiet_and_idle() {
+        let _turn = ONE_AT_A_TIME.lock();
+        let t = MemoryTrimmer::start(Duration::from_millis(300), Duration::ZERO);
         let start = Instant::now();
         for _ in 0..5 {
             t.request();
@@ -138,11 +180,36 @@ mod tests {
         // a later burst, a later trim
         t.request();
         wait_for_trims(&t, 2, Duration::from_secs(10));
+        // not while work is under way: after it, and the quiet time
+        let busy = t.working();
+        t.request();
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(t.trims(), 2, "trimmed while work was under way");
+        drop(busy);
+        wait_for_trims(&t, 3, Duration::from_secs(10));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn trims_are_a_gap_apart() {
+        let _turn = ONE_AT_A_TIME.lock();
+        let t = MemoryTrimmer::start(Duration::from_millis(100), Duration::from_secs(2));
+        t.request();
+        wait_for_trims(&t, 1, Duration::from_secs(10));
+        let first = Instant::now();
+        t.request();
+        wait_for_trims(&t, 2, Duration::from_secs(10));
+        assert!(
+            first.elapsed() >= Duration::from_millis(1_900),
+            "{:?}",
+            first.elapsed()
+        );
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn a_trim_hands_back_what_the_allocator_kept() {
+        let _turn = ONE_AT_A_TIME.lock();
         // 256 MB in blocks the allocator serves from its heap (below its mmap threshold), each
         // pinned behind by a small block that stays: freeing the big ones leaves them with the
         // allocator, not the system

@@ -127,7 +127,10 @@ impl Runtime {
             arrivals: Arc::default(),
             http,
             remote_rerankers: Default::default(),
-            memory: crate::memory::MemoryTrimmer::start(crate::memory::QUIET),
+            memory: crate::memory::MemoryTrimmer::start(
+                crate::memory::QUIET,
+                crate::memory::MIN_GAP,
+            ),
         })
     }
 

@@ -122,7 +122,12 @@ impl EventLog {
         let mut removed = 0;
         let mut remove = |k: sled::IVec| -> Result<(), StoreError> {
             if self.tree.remove(k)?.is_some() {
-                self.count.fetch_sub(1, Ordering::Relaxed);
+                // (never below 0: an event being appended may be removed before it is counted)
+                let _ = self
+                    .count
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                        Some(c.saturating_sub(1))
+                    });
                 removed += 1;
             }
             Ok(())

@@ -88,7 +88,12 @@ impl Actor for IngestWorker {
                 if docs.is_empty() {
                     return Ok(());
                 }
-                match process(&ctx, state.id, &mut state.last_stored, docs).await {
+                // no memory trim while a batch is under way (another worker may have drained
+                // the queue and asked for one)
+                let busy = ctx.runtime.memory.working();
+                let processed = process(&ctx, state.id, &mut state.last_stored, docs).await;
+                drop(busy);
+                match processed {
                     Processed::Done => {
                         ctx.actors.ingest.finish(state.id);
                         if !ctx.actors.ingest.is_empty() {
