@@ -247,14 +247,36 @@ impl Interval {
     }
 }
 
-/// The starts of the intervals of `since`..`until` cut every `step` ms (the last may be shorter).
-fn interval_starts(since: u64, until: u64, step: u64) -> impl Iterator<Item = u64> {
-    (since..until).step_by(step.max(1) as usize)
+/// A series being added up: each interval's counts, and its latency histogram once it has a
+/// successful search.
+type Tally = Vec<(Interval, Option<Vec<u64>>)>;
+
+/// The empty intervals of `since`..`until` cut every `step` ms (the last may be shorter).
+fn empty_series(since: u64, until: u64, step: u64) -> Tally {
+    (since..until)
+        .step_by(step.max(1) as usize)
+        .map(|start| {
+            (
+                Interval {
+                    start,
+                    ..Interval::default()
+                },
+                None,
+            )
+        })
+        .collect()
 }
 
-/// The interval ends matching [`interval_starts`].
-fn interval_end(start: u64, until: u64, step: u64) -> u64 {
-    start.saturating_add(step).min(until)
+/// The intervals with their rates and p95 (`keep`: and their histograms, for merging).
+fn finish_series(tally: Tally, until: u64, step: u64, keep: bool) -> Vec<Interval> {
+    tally
+        .into_iter()
+        .map(|(mut interval, h)| {
+            let end = interval.start.saturating_add(step).min(until);
+            interval.finish(end, h, keep);
+            interval
+        })
+        .collect()
 }
 
 /// One node's searches in a merged summary.
@@ -278,7 +300,7 @@ pub struct Summarizer {
     empty: HashMap<String, u64>,
     for_merging: bool,
     /// Per interval of the series (if asked for): counts, and a histogram once it has any.
-    series: Vec<(Interval, Option<Vec<u64>>)>,
+    series: Tally,
 }
 
 impl Summarizer {
@@ -311,17 +333,7 @@ impl Summarizer {
     pub fn with_step(mut self, step_ms: u64) -> Summarizer {
         let (since, until) = (self.summary.since, self.summary.until);
         self.summary.step_ms = Some(step_ms);
-        self.series = interval_starts(since, until, step_ms)
-            .map(|start| {
-                (
-                    Interval {
-                        start,
-                        ..Interval::default()
-                    },
-                    None,
-                )
-            })
-            .collect();
+        self.series = empty_series(since, until, step_ms);
         self
     }
 
@@ -380,19 +392,12 @@ impl Summarizer {
             TOP_EMPTY
         };
         s.empty_queries = top_empty(self.empty, n);
-        let step = s.step_ms.unwrap_or(1);
-        s.series = self
-            .series
-            .into_iter()
-            .map(|(mut interval, h)| {
-                interval.finish(
-                    interval_end(interval.start, s.until, step),
-                    h,
-                    self.for_merging,
-                );
-                interval
-            })
-            .collect();
+        s.series = finish_series(
+            self.series,
+            s.until,
+            s.step_ms.unwrap_or(1),
+            self.for_merging,
+        );
         finish(&mut s);
         s
     }
@@ -455,20 +460,7 @@ pub fn merge(
         ..Summary::default()
     };
     // the cluster's series: counts and histograms added interval by interval
-    let mut series: Vec<(Interval, Option<Vec<u64>>)> = match step_ms {
-        Some(step) => interval_starts(since, until, step)
-            .map(|start| {
-                (
-                    Interval {
-                        start,
-                        ..Interval::default()
-                    },
-                    None,
-                )
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    let mut series = step_ms.map_or_else(Vec::new, |step| empty_series(since, until, step));
     let mut hist: HashMap<String, Vec<u64>> = HashMap::new();
     let mut empty: HashMap<String, u64> = HashMap::new();
     let secs = (until.saturating_sub(since) as f64 / 1000.0).max(0.001);
@@ -537,14 +529,7 @@ pub fn merge(
             .insert(mode.to_string(), Latency::from_histogram(h, false));
     }
     out.empty_queries = top_empty(empty, TOP_EMPTY);
-    let step = step_ms.unwrap_or(1);
-    out.series = series
-        .into_iter()
-        .map(|(mut interval, h)| {
-            interval.finish(interval_end(interval.start, until, step), h, false);
-            interval
-        })
-        .collect();
+    out.series = finish_series(series, until, step_ms.unwrap_or(1), false);
     finish(&mut out);
     out
 }
@@ -555,11 +540,23 @@ pub fn parse_duration_ms(raw: &str) -> Option<u64> {
     if let Ok(ms) = raw.parse::<u64>() {
         return Some(ms);
     }
-    if let Some(n) = raw.strip_suffix("ms") {
-        return n.parse().ok();
+    match raw.strip_suffix("ms") {
+        Some(n) => n.parse().ok(),
+        None => length_ms(raw),
     }
-    // a duration back from a "now" far enough away is the duration itself
-    parse_time(raw, u64::MAX).map(|t| u64::MAX - t)
+}
+
+/// `90s`, `15m`, `2h` or `7d` in ms.
+fn length_ms(raw: &str) -> Option<u64> {
+    let unit = raw.chars().last()?;
+    let n: u64 = raw[..raw.len() - unit.len_utf8()].parse().ok()?;
+    match unit {
+        's' => n.checked_mul(1000),
+        'm' => n.checked_mul(60_000),
+        'h' => n.checked_mul(3_600_000),
+        'd' => n.checked_mul(86_400_000),
+        _ => None,
+    }
 }
 
 /// A time in a query string: ms since the epoch, an RFC 3339-free duration back from `now_ms`
@@ -572,16 +569,7 @@ pub fn parse_time(raw: &str, now_ms: u64) -> Option<u64> {
     if let Ok(ms) = raw.parse::<u64>() {
         return Some(ms);
     }
-    let unit = raw.chars().last()?;
-    let n: u64 = raw[..raw.len() - unit.len_utf8()].parse().ok()?;
-    let ms = match unit {
-        's' => n.checked_mul(1000)?,
-        'm' => n.checked_mul(60_000)?,
-        'h' => n.checked_mul(3_600_000)?,
-        'd' => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(now_ms.saturating_sub(ms))
+    Some(now_ms.saturating_sub(length_ms(raw)?))
 }
 
 #[cfg(test)]

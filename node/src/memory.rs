@@ -138,13 +138,31 @@ pub fn trim_now() {
 
 /// The process's resident memory in bytes (0 where it cannot be read).
 pub fn resident_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
+    process_memory().map_or(0, |m| m.resident_bytes)
+}
+
+/// The process's memory as the kernel counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessMemory {
+    /// Its address space.
+    pub virtual_bytes: u64,
+    pub resident_bytes: u64,
+}
+
+/// The process's memory (from `/proc/self/statm`; None where it cannot be read).
+pub fn process_memory() -> Option<ProcessMemory> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut pages = statm.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (size, resident) = (pages.next()??, pages.next()??);
     // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096);
+    Some(ProcessMemory {
+        virtual_bytes: size * page,
+        resident_bytes: resident * page,
+    })
 }
 
 #[cfg(test)]

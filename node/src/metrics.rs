@@ -425,13 +425,9 @@ impl SystemCollector {
 
     fn read(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
-        let page = sysconf_or(libc::_SC_PAGESIZE, 4096.0);
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            let mut f = statm.split_whitespace().map(|v| v.parse::<f64>().ok());
-            if let (Some(Some(size)), Some(Some(resident))) = (f.next(), f.next()) {
-                out.push(("process_virtual_memory_bytes", size * page));
-                out.push(("process_resident_memory_bytes", resident * page));
-            }
+        if let Some(m) = crate::memory::process_memory() {
+            out.push(("process_virtual_memory_bytes", m.virtual_bytes as f64));
+            out.push(("process_resident_memory_bytes", m.resident_bytes as f64));
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
             // Fields after the command name (which may hold spaces and ends with ')'):

@@ -91,12 +91,7 @@ pub fn worker_main() -> ExitCode {
 fn limit_self(memory_bytes: u64, nice: i32) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf only reads its argument.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        let now = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * page);
+        let now = crate::memory::process_memory().map_or(0, |m| m.virtual_bytes);
         let bytes = now.saturating_add(memory_bytes);
         let limit = libc::rlimit {
             rlim_cur: bytes as libc::rlim_t,
