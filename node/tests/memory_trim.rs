@@ -5,28 +5,15 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use shoal_storage::{Command, DocumentInput};
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_ingest_is_followed_by_one_trim() {
     let tmp = tempfile::tempdir().unwrap();
     let node = common::node_with_collection(&tmp, 384, |_| {}).await;
     let ctx = node.ctx.clone();
     assert_eq!(ctx.runtime.memory.trims(), 0, "nothing was ingested yet");
-    let accept = Command::AcceptDocuments {
-        collection: "c".into(),
-        job_id: "job-1".into(),
-        documents: (0..8)
-            .map(|d| DocumentInput {
-                id: format!("d{d}"),
-                text: format!("Document number {d} says something about rivers and hills."),
-                metadata_json: "{}".into(),
-                sections: Vec::new(),
-            })
-            .collect(),
-        staged_parts: 0,
-        at_ms: 2,
-    };
+    let accept = common::accept_documents("job-1", 8, |d| {
+        format!("Document number {d} says something about rivers and hills.")
+    });
     ctx.apply(accept).await.unwrap();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);

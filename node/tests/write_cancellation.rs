@@ -8,7 +8,7 @@ use std::time::Duration;
 mod common;
 
 use rand::{Rng, SeedableRng};
-use shoal_storage::{ChunkInput, Command, DocumentChunks, DocumentInput};
+use shoal_storage::{ChunkInput, Command, DocumentChunks};
 
 const DIM: usize = 8;
 
@@ -29,20 +29,9 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
     let mut tasks = Vec::new();
     for round in 0..20u64 {
         // Accept every document again (a new version each round), then store chunks for it.
-        let accept = Command::AcceptDocuments {
-            collection: "c".into(),
-            job_id: format!("job-{round}"),
-            documents: (0..docs)
-                .map(|d| DocumentInput {
-                    id: format!("d{d}"),
-                    text: format!("document {d} round {round}"),
-                    metadata_json: "{}".into(),
-                    sections: Vec::new(),
-                })
-                .collect(),
-            staged_parts: 0,
-            at_ms: 2,
-        };
+        let accept = common::accept_documents(&format!("job-{round}"), docs, |d| {
+            format!("document {d} round {round}")
+        });
         ctx.apply(accept).await.unwrap();
         for d in 0..docs {
             // a delete still in flight may have removed it since the accept

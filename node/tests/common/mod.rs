@@ -2,7 +2,7 @@
 //! workspace's model (`shoal_tests::model_dir`), and a collection of small test vectors.
 
 use shoal_node::config::Config;
-use shoal_storage::{CollectionSpec, Command, HnswParams};
+use shoal_storage::{CollectionSpec, Command, DocumentInput, HnswParams};
 
 /// A node on a data folder in `tmp`, configured by `configure` on top of the defaults, with an
 /// empty collection `c` of `dimension`-dimensional vectors.
@@ -28,4 +28,25 @@ pub async fn node_with_collection(
         .await
         .unwrap();
     node
+}
+
+/// Accept documents `d0`..`d{n-1}` into collection `c` under job `job`, document `d` with the
+/// text `text(d)`.
+// (not every test binary that shares this module accepts documents)
+#[allow(dead_code)]
+pub fn accept_documents(job: &str, n: usize, text: impl Fn(usize) -> String) -> Command {
+    Command::AcceptDocuments {
+        collection: "c".into(),
+        job_id: job.into(),
+        documents: (0..n)
+            .map(|d| DocumentInput {
+                id: format!("d{d}"),
+                text: text(d),
+                metadata_json: "{}".into(),
+                sections: Vec::new(),
+            })
+            .collect(),
+        staged_parts: 0,
+        at_ms: 2,
+    }
 }
