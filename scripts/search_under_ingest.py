@@ -32,6 +32,9 @@ def main():
     ap.add_argument('--seconds', type=int, default=5)
     ap.add_argument('--bin', default=os.path.join(ROOT, 'target/release/shoal'))
     ap.add_argument('--port', type=int, default=18123)
+    ap.add_argument('--server-timings', action='store_true',
+                    help="also print the percentiles of each answer's own timings (took_ms, "
+                         "embed_ms, index_ms)")
     args = ap.parse_args()
     data = os.path.join(ROOT, 'bench-data/search-under-ingest')
     shutil.rmtree(data, ignore_errors=True)
@@ -96,6 +99,14 @@ def run(args, base):
             f.write('request=function() i=i%#bodies+1 return wrk.format("POST",'
                     '"/api/v1/collections/wiki/search",{["Content-Type"]="application/json"},'
                     'bodies[i]) end\n')
+            if args.server_timings:
+                # each answer's own timings (the handler's time, its embed and index steps)
+                f.write('local out=io.open("' + lua + '.times","w")\n'
+                        'response=function(status,headers,body) '
+                        'local t=body:match(\'"took_ms":([%d%.eE+-]+)\') '
+                        'local e=body:match(\'"embed_ms":([%d%.eE+-]+)\') '
+                        'local x=body:match(\'"index_ms":([%d%.eE+-]+)\') '
+                        'if t then out:write(t,"\\t",e or "0","\\t",x or "0","\\n") out:flush() end end\n')
             f.write('done=function(s,l,r) io.write(string.format("RESULT\\t%d\\t%.3f\\t%.3f\\t'
                     '%.3f\\t%d\\n", s.requests, l:percentile(50)/1000, l:percentile(95)/1000, '
                     'l:percentile(99)/1000, s.errors.status)) end\n')
@@ -105,6 +116,15 @@ def run(args, base):
         row = [line for line in out.splitlines() if line.startswith('RESULT')][0].split('\t')
         if int(row[5]) != 0:
             sys.exit(f'{row[5]} searches failed')
+        if args.server_timings:
+            with open(lua + '.times') as f:
+                cols = list(zip(*(map(float, line.split('\t')) for line in f if line.strip())))
+            def pct(xs, q):
+                xs = sorted(xs)
+                return xs[min(len(xs) - 1, int(q * len(xs)))]
+            print('  server ' + ', '.join(
+                f'{name} p50 {pct(c, .5):.2f} p95 {pct(c, .95):.2f} p99 {pct(c, .99):.2f}'
+                for name, c in zip(('took', 'embed', 'index'), cols)) + ' ms', flush=True)
         return int(row[1]), float(row[2]), float(row[3]), float(row[4])
 
     k = 0

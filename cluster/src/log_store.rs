@@ -32,6 +32,22 @@ fn write_logs(e: impl ToString) -> StorageError {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// Run `f` with the log on the blocking pool and wait for it. sled writes take a lock of the
+/// whole process that waits for any flush under way (its disk write included), and every read
+/// waits behind a waiting write: done on an async worker, a log write could hold that worker, and
+/// every request queued on it, for as long as the disk takes.
+async fn off_worker<T: Send + 'static>(
+    log: &LogTree,
+    verb: ErrorVerb,
+    f: impl FnOnce(&LogTree) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || f(&log)).await {
+        Ok(r) => r.map_err(|e| io_error(ErrorSubject::Logs, verb, e)),
+        Err(e) => Err(io_error(ErrorSubject::Logs, verb, e)),
+    }
+}
+
 /// An append waiting for its flush.
 struct Pending {
     callback: LogFlushed<TypeConfig>,
@@ -105,21 +121,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.log
-            .range_limited(start, end, APPEND_BYTES)
-            .map_err(read_logs)?
-            .into_iter()
-            .map(|(_, bytes)| decode::<Entry>(&bytes).map_err(read_logs))
-            .collect()
+        off_worker(&self.log, ErrorVerb::Read, move |log| {
+            log.range_limited(start, end, APPEND_BYTES)
+        })
+        .await?
+        .into_iter()
+        .map(|(_, bytes)| decode::<Entry>(&bytes).map_err(read_logs))
+        .collect()
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.log
-            .range(range)
-            .map_err(read_logs)?
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        off_worker(&self.log, ErrorVerb::Read, move |log| log.range(bounds))
+            .await?
             .into_iter()
             .map(|(index, bytes)| {
                 let e: Entry = decode(&bytes).map_err(read_logs)?;
@@ -155,9 +172,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.log
-            .put_meta(VOTE, &encode(vote))
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+        let vote = encode(vote);
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.put_meta(VOTE, &vote)).await {
+            Ok(r) => r.map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e)),
+            Err(e) => Err(io_error(ErrorSubject::Vote, ErrorVerb::Write, e)),
+        }
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -177,9 +197,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not waited for: a committed index lost in a crash is learnt again from the leader.
-        self.log
-            .put_meta_lazy(COMMITTED, &encode(&committed))
-            .map_err(write_logs)
+        let committed = encode(&committed);
+        off_worker(&self.log, ErrorVerb::Write, move |log| {
+            log.put_meta_lazy(COMMITTED, &committed)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -202,7 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
-        self.log.write(encoded).map_err(write_logs)?;
+        off_worker(&self.log, ErrorVerb::Write, move |log| log.write(encoded)).await?;
         self.flusher
             .send(Pending { callback })
             .map_err(|_| write_logs("the log flusher has stopped"))?;
@@ -210,12 +232,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.log.truncate_from(log_id.index).map_err(write_logs)
+        off_worker(&self.log, ErrorVerb::Write, move |log| {
+            log.truncate_from(log_id.index)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.log
-            .purge_through(log_id.index, (PURGED, &encode(&log_id)))
-            .map_err(write_logs)
+        let point = encode(&log_id);
+        off_worker(&self.log, ErrorVerb::Write, move |log| {
+            log.purge_through(log_id.index, (PURGED, &point))
+        })
+        .await
     }
 }

@@ -241,6 +241,10 @@ pub struct ThreadsConfig {
     /// The longest ingest turn (ms), and the longest a new query pass waits for the passes in
     /// flight before a turn; turns are at least `ingest_min_share` × this.
     pub ingest_share_window_ms: u64,
+    /// How long ingest's embedding threads stay parked after the last search in flight ends (µs,
+    /// at most 100000; 0: they resume at once), so that a client's next search finds the cores
+    /// free. Time ingest waits earns it turns all the same.
+    pub ingest_resume_us: u64,
     /// Time slice (µs, 100 to 100000; 0: the kernel's default) that the threads a search passes
     /// through (HTTP workers, the query embedder and its pool) ask for, so that they get a core
     /// at once when they wake beside ingest threads (Linux 6.12 and later; ignored before).
@@ -258,7 +262,8 @@ impl Default for ThreadsConfig {
             background: 1,
             maintenance: 1,
             ingest_min_share: 0.1,
-            ingest_share_window_ms: 200,
+            ingest_share_window_ms: 10,
+            ingest_resume_us: 500,
             query_slice_us: 100,
         }
     }
@@ -736,6 +741,9 @@ impl Config {
                 "threads.ingest_min_share must be 0 (off) or between 0.01 and 0.9 (queries keep at least a tenth)"
                     .into(),
             );
+        }
+        if self.threads.ingest_resume_us > 100_000 {
+            return Err("threads.ingest_resume_us must be at most 100000 (µs)".into());
         }
         let slice = self.threads.query_slice_us;
         if slice != 0 && !crate::thread_sched::SLICE_US.contains(&slice) {

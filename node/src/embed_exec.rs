@@ -7,13 +7,14 @@
 //!   `model.ingest_micro_batch` texts and `model.ingest_micro_batch_tokens` tokens, and before
 //!   each one waits while any search is in flight or query being embedded; inside a micro-batch
 //!   its pool's threads also stop at the encoder's pause points (every weight panel, every
-//!   attention head) meanwhile. Ingest uses all cores only while no search runs; a query never
-//!   queues behind an ingest batch.
+//!   attention head) meanwhile, and for `threads.ingest_resume_us` after the last search ended.
+//!   Ingest uses all cores only while no search runs; a query never queues behind an ingest
+//!   batch.
 //!
 //! Search first, but never "ingest never": the time queries keep ingest waiting earns it turns
 //! (enough for `threads.ingest_min_share` of the time, counting what it runs between queries; in
-//! turns of at most `threads.ingest_share_window_ms`) during which it runs and new query passes
-//! wait for the turn to end (see [`QueryGate`]).
+//! turns of `threads.ingest_share_window_ms` × the share) during which it runs and new query
+//! passes wait for the turn to end (see [`QueryGate`]).
 //!
 //! Work whose answer nobody waits for any more (a request that timed out or whose client left) is
 //! dropped before its forward pass, or between an ingest batch's micro-batches.
@@ -116,6 +117,10 @@ impl Default for IngestShare {
     }
 }
 
+/// A break this long between ingest's batches (or one window, if longer) means ingest has nothing
+/// to do: what it was owed lapses.
+const INGEST_IDLE_AFTER: Duration = Duration::from_millis(200);
+
 /// Where ingest's turn stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 enum Turn {
@@ -132,8 +137,13 @@ enum Turn {
 struct GateState {
     /// Query passes in progress.
     queries: usize,
-    /// Searches in flight ([`QueryGate::search`]): ingest steps aside for them as for passes,
-    /// but they do not hold its turns off (only passes wait for a turn).
+    /// Steps of searches under way ([`QueryGate::hold_in_search`]): ingest steps aside for them
+    /// as for passes, but they never wait for a turn, and a new pass starts a turn due without
+    /// waiting for them.
+    steps: usize,
+    /// Searches in flight ([`QueryGate::search`]): ingest steps aside for them as for passes.
+    /// A turn due waits for them to answer, unless a new pass starts it (only passes wait for a
+    /// turn).
     searches: usize,
     /// Ingest threads waiting in [`QueryGate::wait_idle`].
     parked: usize,
@@ -143,13 +153,26 @@ struct GateState {
     /// ran and the turns it had (0 to one window).
     owed: f64,
     turn: Turn,
+    /// After the last search in flight ended: until then ingest's threads stay parked
+    /// ([`QueryGate::resuming_after`]).
+    resume_at: Option<Instant>,
 }
 
 impl GateState {
-    /// What ingest's threads step aside for: passes, and (for the embedding threads, not for
-    /// graph inserts) searches in flight.
+    /// What ingest's threads step aside for: passes and index steps, and (for the embedding
+    /// threads, not for graph inserts) searches in flight and the pause after the last one.
     fn holding(&self, searches_too: bool) -> usize {
-        self.queries + if searches_too { self.searches } else { 0 }
+        let passes = self.queries + self.steps;
+        if !searches_too {
+            return passes;
+        }
+        passes + self.searches + usize::from(self.pausing().is_some())
+    }
+
+    /// The end of the pause after the last search, while it lasts.
+    fn pausing(&self) -> Option<Instant> {
+        self.resume_at
+            .filter(|u| self.searches == 0 && Instant::now() < *u)
     }
 }
 
@@ -157,7 +180,8 @@ impl GateState {
 /// between micro-batches and, inside a forward pass or between graph inserts, at every pause point
 /// of its threads (see [`QueryGate::pause_hook`]). A search steps ingest aside for its whole
 /// course, not only for its passes: what lies between them (the hop to the embedder and back,
-/// reading the hits from the store) ran beside ingest and took most of the tail it added.
+/// reading the hits from the store) ran beside ingest and took most of the tail it added. So
+/// does a short pause after the last search ([`QueryGate::resuming_after`]).
 ///
 /// Search first, never "ingest never": the gate keeps an account of ingest's time while it has
 /// work. Ingest is owed `min_share / (1 − min_share)` of the time it waited, less the time it ran
@@ -165,8 +189,11 @@ impl GateState {
 /// the time; once it is owed a turn's worth (`min_share` × window), it takes a turn
 /// ([`IngestShare`]): new query passes wait while those in flight finish (at most one window,
 /// then the turn starts beside them), then ingest has the cores for what it is owed (at most one
-/// window). A query load that leaves ingest gaps
-/// enough never waits for a turn. Turns are exclusive because a query pass in flight beside ingest
+/// window). A turn due starts when a new pass comes with no other pass in flight (that pass waits
+/// for it), when nothing is under way, or after one window; not merely because a pass ended while
+/// its search is still to answer: ingest taking both cores there held the answer back, and the
+/// client's next search after it. A query
+/// load that leaves ingest gaps enough never waits for a turn. Turns are exclusive because a query pass in flight beside ingest
 /// at a lower priority would leave ingest next to nothing of its turn; and the account is of time,
 /// not of breaks in the query load, because back-to-back passes leave gaps too short for a parked
 /// ingest thread to use.
@@ -174,7 +201,9 @@ impl GateState {
 pub struct QueryGate {
     state: Mutex<GateState>,
     changed: Condvar,
-    /// Mirrors `queries + searches > 0`, for a lock-free check at pause points.
+    /// Whether ingest should step aside (see [`GateState::holding`]), for a lock-free check at
+    /// pause points; during the pause after a search it stays set until an ingest thread finds
+    /// the pause over.
     busy: AtomicBool,
     share: IngestShare,
     /// Ingest turns taken.
@@ -184,6 +213,8 @@ pub struct QueryGate {
     /// Threads in the ingest pool: what they run together is taken off ingest's account as the
     /// wall time it would take on all of them.
     ingest_threads: usize,
+    /// How long ingest's embedding threads stay parked after the last search in flight ended.
+    resume_after: Duration,
     /// Bumped as ingest moves on (every 64 pause points a thread passes, and whenever it passes
     /// the gate while a query runs): with the batch's own progress counter, how the owner of an
     /// ingest batch tells a slow executor from a stuck one.
@@ -201,6 +232,17 @@ impl QueryGate {
     /// The ingest pool has `n` threads (see the field).
     pub fn with_ingest_threads(mut self, n: usize) -> QueryGate {
         self.ingest_threads = n;
+        self
+    }
+
+    /// Ingest's embedding threads stay parked for `pause` after the last search in flight ends, so
+    /// that a client's next search, on its way already, finds the cores free. Waking them at once
+    /// cost every search of a client searching back to back: woken at the answer, they took a
+    /// core from the thread writing it, and they held both when the next request arrived, each
+    /// time for up to a scheduler tick. The pause is waiting time like any other: it earns ingest
+    /// its turns.
+    pub fn resuming_after(mut self, pause: Duration) -> QueryGate {
+        self.resume_after = pause;
         self
     }
 
@@ -245,7 +287,8 @@ impl QueryGate {
         let mut st = self.state.lock();
         st.queries = st.queries.saturating_sub(1);
         if st.queries == 0 {
-            if matches!(st.turn, Turn::Pending(_)) {
+            // Not while a search that had this pass is still to answer (see the type's doc).
+            if matches!(st.turn, Turn::Pending(_)) && st.holding(true) == 0 {
                 self.start_turn(&mut st);
             }
             self.publish_busy(&st);
@@ -257,13 +300,21 @@ impl QueryGate {
     fn search_ended(&self) {
         let mut st = self.state.lock();
         st.searches = st.searches.saturating_sub(1);
+        if st.searches == 0 && !self.resume_after.is_zero() {
+            st.resume_at = Some(Instant::now() + self.resume_after);
+        }
+        // (during the pause `busy` stays set; the first ingest thread past it clears it)
         if st.holding(true) == 0 {
             self.publish_busy(&st);
+        }
+        if st.searches == 0 {
+            // Parked threads work out their wait again: until the end of the pause (a turn due
+            // starts then, unless a new pass starts it first).
             self.changed.notify_all();
         }
     }
 
-    /// `busy` mirrors whether ingest should step aside: a pass or a search in flight.
+    /// `busy` mirrors whether ingest should step aside.
     fn publish_busy(&self, st: &GateState) {
         self.busy.store(st.holding(true) > 0, Ordering::Release);
     }
@@ -309,10 +360,12 @@ impl QueryGate {
         self.changed.notify_all();
     }
 
-    /// Ingest's side: return when no query is being embedded and (`searches_too`) no search is in
-    /// flight, or when it is ingest's turn. The embedding threads step aside for searches too;
-    /// graph inserts only for passes (the index step holds one), because a search may be waiting
-    /// for this node's index to catch up, which is what the inserts do.
+    /// Ingest's side: return when no query is being embedded or index step run and
+    /// (`searches_too`) no search is in flight and the pause after the last one is over, or when
+    /// it is ingest's turn. The embedding threads step aside for searches too; graph inserts only
+    /// for passes and index steps: searches may wait for this node's index to catch up (a write
+    /// waits until its effects are searchable, a `min_index` read until the index has them), and
+    /// under a search load that never lets up the inserts would then move only in turns.
     fn wait_idle(&self, searches_too: bool) {
         // A shared counter bumped at every pause point would bounce its cache line between
         // the ingest threads: count locally, publish every 64 steps.
@@ -332,6 +385,7 @@ impl QueryGate {
         let mut st = self.state.lock();
         if st.holding(searches_too) == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u)
         {
+            self.publish_busy(&st);
             return;
         }
         let cpu = thread_cpu_time();
@@ -358,19 +412,23 @@ impl QueryGate {
                     st.turn = Turn::None;
                     self.changed.notify_all();
                 }
-                // Passes in flight that keep going hold ingest back at most one window too.
-                // No pass to wait for (searches in flight between their passes): the turn
-                // starts now.
-                Turn::Pending(_) if st.queries == 0 => {
+                // Nothing under way: the turn starts now.
+                Turn::Pending(_) if st.holding(true) == 0 => {
                     self.start_turn(&mut st);
                     continue;
                 }
+                // Passes and searches in flight that keep going hold ingest back at most one
+                // window.
                 Turn::Pending(since) if now >= since + self.share.window => {
                     self.start_turn(&mut st);
                     continue;
                 }
+                // Until then, or the end of the pause after the last search (a new pass may
+                // start the turn before either).
                 Turn::Pending(since) => {
-                    self.changed.wait_until(&mut st, since + self.share.window);
+                    let deadline = since + self.share.window;
+                    let until = st.pausing().map_or(deadline, |u| u.min(deadline));
+                    self.changed.wait_until(&mut st, until);
                     continue;
                 }
                 Turn::None => {}
@@ -378,8 +436,15 @@ impl QueryGate {
             if st.holding(searches_too) == 0 {
                 break;
             }
+            // Parked for the pause after a search: until it ends, at the latest.
+            let resume_at = st.pausing();
             if self.min_share() <= 0.0 {
-                self.changed.wait(&mut st);
+                match resume_at {
+                    Some(u) => {
+                        self.changed.wait_until(&mut st, u);
+                    }
+                    None => self.changed.wait(&mut st),
+                }
                 continue;
             }
             let owed = self.owed_at(&st, now);
@@ -389,7 +454,8 @@ impl QueryGate {
             }
             // Until it is owed a turn (or something changes).
             let wait = Duration::from_secs_f64((min_turn - owed) / self.ratio());
-            self.changed.wait_until(&mut st, now + wait);
+            let until = resume_at.map_or(now + wait, |u| u.min(now + wait));
+            self.changed.wait_until(&mut st, until);
         }
         // Ingest runs again: settle the time it waited (at most one window of credit).
         st.parked -= 1;
@@ -401,6 +467,8 @@ impl QueryGate {
         }
         // A turn is paid for already: what counts is what this thread runs outside turns.
         let in_turn = matches!(st.turn, Turn::Until(u) if Instant::now() < u);
+        // (the pause after a search may have ended without anyone clearing `busy`)
+        self.publish_busy(&st);
         drop(st);
         RAN_FROM.set((!in_turn).then(thread_cpu_time));
     }
@@ -433,30 +501,41 @@ impl QueryGate {
     }
 
     /// Ingest steps aside while the returned guard lives, as for a pass, from a search's start
-    /// to its answer; unlike [`QueryGate::hold`] it never waits, and a turn due starts beside it
-    /// (its passes wait for the turn).
+    /// to its answer, and for the pause after the last search; unlike [`QueryGate::hold`] it
+    /// never waits (its passes wait for a turn due or running).
     pub fn search(self: &Arc<Self>) -> SearchGuard {
         let mut st = self.state.lock();
         st.searches += 1;
+        st.resume_at = None;
         self.publish_busy(&st);
         SearchGuard(self.clone())
     }
 
-    /// [`QueryGate::hold`] if it can be had at once: None while ingest's turn is due or running
-    /// (the caller then holds it on a thread that may wait, not on an async worker).
-    pub fn try_hold(self: &Arc<Self>) -> Option<QueryGuard> {
+    /// For a step of a search in flight (its index step): ingest steps aside as for a pass, but the
+    /// step never waits for ingest's turn. A search that has had its pass goes on to its answer;
+    /// only new passes wait for turns.
+    pub fn hold_in_search(self: &Arc<Self>) -> StepGuard {
         let mut st = self.state.lock();
-        match st.turn {
-            Turn::None => {}
-            Turn::Until(until) if Instant::now() >= until => st.turn = Turn::None,
-            _ => return None,
-        }
-        st.queries += 1;
+        st.steps += 1;
         self.busy.store(true, Ordering::Release);
-        Some(QueryGuard(self.clone()))
+        StepGuard(self.clone())
     }
 
-    /// A pause hook for the ingest pool's threads: they sleep while a query is embedded. Parked
+    /// A step of a search under way ends (see [`QueryGate::hold_in_search`]).
+    fn step_ended(&self) {
+        let mut st = self.state.lock();
+        st.steps = st.steps.saturating_sub(1);
+        if st.holding(true) == 0 {
+            if matches!(st.turn, Turn::Pending(_)) {
+                self.start_turn(&mut st);
+            }
+            self.publish_busy(&st);
+            self.changed.notify_all();
+        }
+    }
+
+    /// A pause hook for the ingest pool's threads: they sleep while a query is embedded or a
+    /// search is in flight (see [`QueryGate::wait_idle`]). Parked
     /// threads leave the cores to the query's threads at once; threads that merely run at a low
     /// priority would still get a core whenever a query thread yields while it waits for work
     /// (rayon does), and then keep it until the next scheduler tick, which left a two-thread
@@ -479,6 +558,15 @@ pub struct QueryGuard(Arc<QueryGate>);
 
 /// A search in flight (see [`QueryGate::search`]).
 pub struct SearchGuard(Arc<QueryGate>);
+
+/// A step of a search under way (see [`QueryGate::hold_in_search`]).
+pub struct StepGuard(Arc<QueryGate>);
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        self.0.step_ended();
+    }
+}
 
 impl Drop for SearchGuard {
     fn drop(&mut self) {
@@ -733,19 +821,22 @@ impl Exec {
         loop {
             let job = match rx.try_recv() {
                 Ok(job) => job,
-                // Between one batch and the next of a stream there is a short break; only a
-                // break of a whole window means ingest has nothing to do.
-                Err(mpsc::TryRecvError::Empty) => match rx.recv_timeout(self.gate.share.window) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.gate.ingest_idle();
-                        match rx.recv() {
-                            Ok(job) => job,
-                            Err(_) => break,
+                // Between one batch and the next of a stream there is a short break (the batch
+                // before is stored, the next one chunked, both stepping aside for searches); only
+                // a longer one means ingest has nothing to do.
+                Err(mpsc::TryRecvError::Empty) => {
+                    match rx.recv_timeout(self.gate.share.window.max(INGEST_IDLE_AFTER)) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.gate.ingest_idle();
+                            match rx.recv() {
+                                Ok(job) => job,
+                                Err(_) => break,
+                            }
                         }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+                }
                 Err(mpsc::TryRecvError::Disconnected) => break,
             };
             self.metrics
@@ -850,7 +941,7 @@ mod tests {
     }
 
     #[test]
-    fn a_search_in_flight_parks_ingest_but_never_holds_its_turn_off() {
+    fn a_search_in_flight_parks_ingest_but_not_its_graph_inserts() {
         // ingest waits while a search is in flight, as it does for a pass (no turns here)
         let gate = shared_gate(0.0, Duration::from_millis(200));
         let search = gate.search();
@@ -873,33 +964,134 @@ mod tests {
             .expect("ingest still waits after the search ended");
         ingest.join().unwrap();
         assert!(!gate.busy.load(Ordering::Acquire));
-
-        // Searches without a pass in flight: once ingest is owed a turn (half a window of
-        // waiting at a share of 0.5) it starts at once, not a window later as it would behind
-        // a pass that keeps going.
-        let window = Duration::from_secs(1);
-        let gate = shared_gate(0.5, window);
-        let search = gate.search();
-        let g = gate.clone();
-        let t = Instant::now();
-        let ingest = std::thread::spawn(move || {
-            g.wait_idle(true);
-            t.elapsed()
-        });
-        let waited = ingest.join().unwrap();
-        assert_eq!(gate.ingest_turns(), 1);
-        assert!(waited < window + window / 5, "{waited:?}");
-        // the turn runs beside the search; a pass waits for it
-        assert!(gate.try_hold().is_none());
-        drop(search);
-        wait_for(|| gate.try_hold().is_some());
     }
 
     #[test]
-    fn try_hold_never_waits_and_counts_like_hold() {
-        // no turn: held at once, and ingest waits for it like for any query pass
+    fn ingest_stays_parked_for_the_pause_after_a_search() {
+        // no turns (share 0): only searches and the pause hold ingest
+        let pause = Duration::from_millis(150);
+        let gate = Arc::new(
+            QueryGate::new(IngestShare {
+                min_share: 0.0,
+                window: Duration::from_millis(200),
+            })
+            .resuming_after(pause),
+        );
+        let search = gate.search();
+        let g = gate.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            g.wait_idle(true);
+            tx.send(Instant::now()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        // the next search comes within the pause: ingest stays parked through both
+        drop(search);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "ingest resumed between two searches"
+        );
+        let next = gate.search();
+        std::thread::sleep(Duration::from_millis(20));
+        // graph inserts never wait for the pause
+        gate.wait_idle(false);
+        drop(next);
+        let ended = Instant::now();
+        let resumed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("ingest still parked long after the pause");
+        let after = resumed.saturating_duration_since(ended);
+        assert!(
+            after >= pause - Duration::from_millis(10) && after < pause * 3,
+            "ingest resumed {after:?} after the last search"
+        );
+        assert_eq!(gate.ingest_turns(), 0);
+        // the thread past the pause cleared `busy`
+        assert!(!gate.busy.load(Ordering::Acquire));
+        // without a pause: at once
+        let gate = shared_gate(0.0, Duration::from_millis(200));
+        let search = gate.search();
+        let g = gate.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            g.wait_idle(true);
+            tx.send(Instant::now()).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop(search);
+        let ended = Instant::now();
+        let resumed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("ingest still parked after the search");
+        assert!(resumed.saturating_duration_since(ended) < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_due_turn_waits_for_the_search_in_flight_to_answer() {
+        // Ingest is owed a turn (share 0.5: after 500 ms of waiting) while a search is between
+        // its pass and its answer: the turn does not start there, where ingest taking the cores
+        // would hold the answer back, but as soon as the search has answered.
+        let window = Duration::from_secs(1);
+        let gate = shared_gate(0.5, window);
+        let search = gate.search();
+        let pass = gate.hold();
+        let g = gate.clone();
+        let ingest = std::thread::spawn(move || {
+            g.wait_idle(true);
+            Instant::now()
+        });
+        wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
+        // its pass ends: still no turn (the window would start it 1 s after it fell due)
+        drop(pass);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(gate.ingest_turns(), 0);
+        assert!(!ingest.is_finished());
+        drop(search);
+        let answered = Instant::now();
+        let resumed = ingest.join().unwrap();
+        assert_eq!(gate.ingest_turns(), 1);
+        assert!(resumed.saturating_duration_since(answered) < Duration::from_millis(300));
+        // a search that never ends holds the turn off one window at most
+        let gate = shared_gate(0.5, Duration::from_millis(200));
+        let _search = gate.search();
+        let g = gate.clone();
+        let t = Instant::now();
+        std::thread::spawn(move || g.wait_idle(true))
+            .join()
+            .unwrap();
+        assert_eq!(gate.ingest_turns(), 1);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_new_pass_starts_a_due_turn_and_waits_for_it() {
+        // a search in flight, ingest owed a turn of 500 ms: the next search's pass starts it
+        let gate = shared_gate(0.5, Duration::from_secs(1));
+        let search = gate.search();
+        let g = gate.clone();
+        let ingest = std::thread::spawn(move || {
+            g.wait_idle(true);
+            Instant::now()
+        });
+        wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
+        let t = Instant::now();
+        let pass = gate.hold();
+        let turn_started = ingest.join().unwrap();
+        assert!(turn_started >= t);
+        assert_eq!(gate.ingest_turns(), 1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(450),
+            "the pass went ahead inside the turn"
+        );
+        drop(pass);
+        drop(search);
+    }
+
+    #[test]
+    fn a_step_of_a_search_under_way_never_waits_for_a_turn() {
+        // no turn: counted like a pass, and ingest waits for it
         let gate = Arc::new(QueryGate::default());
-        let held = gate.try_hold().expect("nothing makes queries wait");
+        let held = gate.hold_in_search();
         assert!(gate.busy.load(Ordering::Acquire));
         let g = gate.clone();
         let (tx, rx) = mpsc::channel();
@@ -910,17 +1102,21 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         drop(held);
         rx.recv_timeout(Duration::from_secs(5))
-            .expect("ingest still waits after the pass ended");
+            .expect("ingest still waits after the step ended");
         ingest.join().unwrap();
-        // a turn due: not held (the caller holds it where it may wait), and nothing counted
-        let (gate, ingest) = a_due_turn(Duration::from_millis(100));
-        assert!(gate.try_hold().is_none());
-        assert_eq!(gate.state.lock().queries, 1);
-        gate.exit(); // the pass in flight ends: the turn starts
+        // a turn running (1 s): a new pass would wait for it, the step goes ahead at once
+        let (gate, ingest) = a_due_turn(Duration::from_secs(2));
+        gate.exit();
         ingest.join().unwrap();
-        assert_eq!(gate.ingest_turns(), 1);
-        // (the turn itself may still be running: a query waits for it, or goes ahead after it)
-        wait_for(|| gate.try_hold().is_some());
+        assert!(matches!(gate.state.lock().turn, Turn::Until(_)));
+        let t = Instant::now();
+        drop(gate.hold_in_search());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(gate.state.lock().steps, 0);
     }
 
     #[test]

@@ -507,6 +507,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     };
     // The peer's address reaches the handlers (sign-in attempts are limited per address).
+    // Answers go out at once: with Nagle's algorithm a response could wait for the client's
+    // acknowledgement of the one before.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

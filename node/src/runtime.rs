@@ -54,6 +54,7 @@ impl Runtime {
                 min_share: threads.ingest_min_share,
                 window: Duration::from_millis(threads.ingest_share_window_ms),
             })
+            .resuming_after(Duration::from_micros(threads.ingest_resume_us))
             .counting_turns_in(metrics.ingest_turns.clone())
             .with_ingest_threads(ThreadsConfig::resolve(threads.ingest_inference)),
         );

@@ -260,17 +260,17 @@ impl Node {
             && step.mode == SearchMode::Auto
             && step.ef.unwrap_or(cfg.ef_search) <= cfg.ef_search.max(QUICK_EF)
             && step.fetch <= QUICK_FETCH;
+        // Ingest steps aside for the index step too, as it does for the query's embedding; the
+        // step never waits for an ingest turn (the search is under way).
         if quick {
-            if let Some(_query) = gate.try_hold() {
-                // (a panic is the request's 500, as it is from a blocking thread)
-                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run()))
-                    .map_err(|_| ApiError::Internal("the index step panicked".into()))?
-                    .map_err(ApiError::from);
-            }
+            let _query = gate.hold_in_search();
+            // (a panic is the request's 500, as it is from a blocking thread)
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.run()))
+                .map_err(|_| ApiError::Internal("the index step panicked".into()))?
+                .map_err(ApiError::from);
         }
         let found = tokio::task::spawn_blocking(move || {
-            // Ingest steps aside for the index step too, as it does for the query's embedding.
-            let _query = gate.hold();
+            let _query = gate.hold_in_search();
             step.run()
         })
         .await
