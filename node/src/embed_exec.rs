@@ -108,6 +108,8 @@ pub struct IngestShare {
     pub window: Duration,
 }
 
+/// A share of 0.1 in turns of up to 200 ms (the node's configuration defaults to 10 ms windows:
+/// see `threads.ingest_share_window_ms`).
 impl Default for IngestShare {
     fn default() -> Self {
         IngestShare {
@@ -192,11 +194,11 @@ impl GateState {
 /// window). A turn due starts when a new pass comes with no other pass in flight (that pass waits
 /// for it), when nothing is under way, or after one window; not merely because a pass ended while
 /// its search is still to answer: ingest taking both cores there held the answer back, and the
-/// client's next search after it. A query
-/// load that leaves ingest gaps enough never waits for a turn. Turns are exclusive because a query pass in flight beside ingest
-/// at a lower priority would leave ingest next to nothing of its turn; and the account is of time,
-/// not of breaks in the query load, because back-to-back passes leave gaps too short for a parked
-/// ingest thread to use.
+/// client's next search after it. A query load that leaves ingest gaps enough never waits for a
+/// turn. Turns are exclusive because a query pass in flight beside ingest at a lower priority
+/// would leave ingest next to nothing of its turn; and the account is of time, not of breaks in
+/// the query load, because back-to-back passes leave gaps too short for a parked ingest thread to
+/// use.
 #[derive(Default)]
 pub struct QueryGate {
     state: Mutex<GateState>,
