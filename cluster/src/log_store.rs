@@ -38,15 +38,18 @@ fn write_logs(e: impl ToString) -> StorageError {
 /// every request queued on it, for as long as the disk takes.
 async fn off_worker<T: Send + 'static>(
     log: &LogTree,
-    verb: ErrorVerb,
+    (subject, verb): (ErrorSubject<NodeId>, ErrorVerb),
     f: impl FnOnce(&LogTree) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StorageError> {
     let log = log.clone();
     match tokio::task::spawn_blocking(move || f(&log)).await {
-        Ok(r) => r.map_err(|e| io_error(ErrorSubject::Logs, verb, e)),
-        Err(e) => Err(io_error(ErrorSubject::Logs, verb, e)),
+        Ok(r) => r.map_err(|e| io_error(subject, verb, e)),
+        Err(e) => Err(io_error(subject, verb, e)),
     }
 }
+
+const READ_LOGS: (ErrorSubject<NodeId>, ErrorVerb) = (ErrorSubject::Logs, ErrorVerb::Read);
+const WRITE_LOGS: (ErrorSubject<NodeId>, ErrorVerb) = (ErrorSubject::Logs, ErrorVerb::Write);
 
 /// An append waiting for its flush.
 struct Pending {
@@ -121,7 +124,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        off_worker(&self.log, ErrorVerb::Read, move |log| {
+        off_worker(&self.log, READ_LOGS, move |log| {
             log.range_limited(start, end, APPEND_BYTES)
         })
         .await?
@@ -135,7 +138,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        off_worker(&self.log, ErrorVerb::Read, move |log| log.range(bounds))
+        off_worker(&self.log, READ_LOGS, move |log| log.range(bounds))
             .await?
             .into_iter()
             .map(|(index, bytes)| {
@@ -173,11 +176,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote = encode(vote);
-        let log = self.log.clone();
-        match tokio::task::spawn_blocking(move || log.put_meta(VOTE, &vote)).await {
-            Ok(r) => r.map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e)),
-            Err(e) => Err(io_error(ErrorSubject::Vote, ErrorVerb::Write, e)),
-        }
+        off_worker(
+            &self.log,
+            (ErrorSubject::Vote, ErrorVerb::Write),
+            move |log| log.put_meta(VOTE, &vote),
+        )
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -198,7 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not waited for: a committed index lost in a crash is learnt again from the leader.
         let committed = encode(&committed);
-        off_worker(&self.log, ErrorVerb::Write, move |log| {
+        off_worker(&self.log, WRITE_LOGS, move |log| {
             log.put_meta_lazy(COMMITTED, &committed)
         })
         .await
@@ -224,7 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
-        off_worker(&self.log, ErrorVerb::Write, move |log| log.write(encoded)).await?;
+        off_worker(&self.log, WRITE_LOGS, move |log| log.write(encoded)).await?;
         self.flusher
             .send(Pending { callback })
             .map_err(|_| write_logs("the log flusher has stopped"))?;
@@ -232,7 +236,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        off_worker(&self.log, ErrorVerb::Write, move |log| {
+        off_worker(&self.log, WRITE_LOGS, move |log| {
             log.truncate_from(log_id.index)
         })
         .await
@@ -240,7 +244,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let point = encode(&log_id);
-        off_worker(&self.log, ErrorVerb::Write, move |log| {
+        off_worker(&self.log, WRITE_LOGS, move |log| {
             log.purge_through(log_id.index, (PURGED, &point))
         })
         .await

@@ -288,12 +288,20 @@ impl QueryGate {
     fn exit(&self) {
         let mut st = self.state.lock();
         st.queries = st.queries.saturating_sub(1);
-        if st.queries == 0 {
-            // Not while a search that had this pass is still to answer (see the type's doc).
+        let none_left = st.queries == 0;
+        self.ended(&mut st, none_left);
+    }
+
+    /// A pass or a step has ended, the last of its kind if `none_left`: a turn due starts if
+    /// nothing else is under way (not while a search that had this pass or step is still to
+    /// answer: see the type's doc), and the threads waiting for it (ingest's, a pass waiting for
+    /// the passes in flight before a turn) look again.
+    fn ended(&self, st: &mut GateState, none_left: bool) {
+        if none_left {
             if matches!(st.turn, Turn::Pending(_)) && st.holding(true) == 0 {
-                self.start_turn(&mut st);
+                self.start_turn(st);
             }
-            self.publish_busy(&st);
+            self.publish_busy(st);
             self.changed.notify_all();
         }
     }
@@ -527,13 +535,8 @@ impl QueryGate {
     fn step_ended(&self) {
         let mut st = self.state.lock();
         st.steps = st.steps.saturating_sub(1);
-        if st.holding(true) == 0 {
-            if matches!(st.turn, Turn::Pending(_)) {
-                self.start_turn(&mut st);
-            }
-            self.publish_busy(&st);
-            self.changed.notify_all();
-        }
+        let none_left = st.holding(true) == 0;
+        self.ended(&mut st, none_left);
     }
 
     /// A pause hook for the ingest pool's threads: they sleep while a query is embedded or a
@@ -948,12 +951,7 @@ mod tests {
         let gate = shared_gate(0.0, Duration::from_millis(200));
         let search = gate.search();
         assert!(gate.busy.load(Ordering::Acquire));
-        let g = gate.clone();
-        let (tx, rx) = mpsc::channel();
-        let ingest = std::thread::spawn(move || {
-            g.wait_idle(true);
-            tx.send(()).unwrap();
-        });
+        let rx = parked(&gate, true);
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         // graph inserts do not wait for a search (it may be waiting for them), only for passes
         gate.wait_idle(false);
@@ -964,7 +962,6 @@ mod tests {
         drop(search);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("ingest still waits after the search ended");
-        ingest.join().unwrap();
         assert!(!gate.busy.load(Ordering::Acquire));
     }
 
@@ -980,12 +977,7 @@ mod tests {
             .resuming_after(pause),
         );
         let search = gate.search();
-        let g = gate.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            g.wait_idle(true);
-            tx.send(Instant::now()).unwrap();
-        });
+        let rx = parked(&gate, true);
         std::thread::sleep(Duration::from_millis(20));
         // the next search comes within the pause: ingest stays parked through both
         drop(search);
@@ -1013,12 +1005,7 @@ mod tests {
         // without a pause: at once
         let gate = shared_gate(0.0, Duration::from_millis(200));
         let search = gate.search();
-        let g = gate.clone();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            g.wait_idle(true);
-            tx.send(Instant::now()).unwrap();
-        });
+        let rx = parked(&gate, true);
         std::thread::sleep(Duration::from_millis(20));
         drop(search);
         let ended = Instant::now();
@@ -1037,20 +1024,18 @@ mod tests {
         let gate = shared_gate(0.5, window);
         let search = gate.search();
         let pass = gate.hold();
-        let g = gate.clone();
-        let ingest = std::thread::spawn(move || {
-            g.wait_idle(true);
-            Instant::now()
-        });
+        let ingest = parked(&gate, true);
         wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
         // its pass ends: still no turn (the window would start it 1 s after it fell due)
         drop(pass);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(gate.ingest_turns(), 0);
-        assert!(!ingest.is_finished());
+        assert!(ingest.try_recv().is_err());
         drop(search);
         let answered = Instant::now();
-        let resumed = ingest.join().unwrap();
+        let resumed = ingest
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no turn after the search answered");
         assert_eq!(gate.ingest_turns(), 1);
         assert!(resumed.saturating_duration_since(answered) < Duration::from_millis(300));
         // a search that never ends holds the turn off one window at most
@@ -1070,15 +1055,13 @@ mod tests {
         // a search in flight, ingest owed a turn of 500 ms: the next search's pass starts it
         let gate = shared_gate(0.5, Duration::from_secs(1));
         let search = gate.search();
-        let g = gate.clone();
-        let ingest = std::thread::spawn(move || {
-            g.wait_idle(true);
-            Instant::now()
-        });
+        let ingest = parked(&gate, true);
         wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
         let t = Instant::now();
         let pass = gate.hold();
-        let turn_started = ingest.join().unwrap();
+        let turn_started = ingest
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the pass did not start the turn");
         assert!(turn_started >= t);
         assert_eq!(gate.ingest_turns(), 1);
         assert!(
@@ -1095,17 +1078,11 @@ mod tests {
         let gate = Arc::new(QueryGate::default());
         let held = gate.hold_in_search();
         assert!(gate.busy.load(Ordering::Acquire));
-        let g = gate.clone();
-        let (tx, rx) = mpsc::channel();
-        let ingest = std::thread::spawn(move || {
-            g.wait_idle(true);
-            tx.send(()).unwrap();
-        });
+        let rx = parked(&gate, true);
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
         drop(held);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("ingest still waits after the step ended");
-        ingest.join().unwrap();
         // a turn running (1 s): a new pass would wait for it, the step goes ahead at once
         let (gate, ingest) = a_due_turn(Duration::from_secs(2));
         gate.exit();
@@ -1327,6 +1304,18 @@ mod tests {
         let ingest = std::thread::spawn(move || g.wait_idle(true));
         wait_for(|| matches!(gate.state.lock().turn, Turn::Pending(_)));
         (gate, ingest)
+    }
+
+    /// An ingest thread (`searches_too`: an embedding thread, else graph inserts) waiting at a
+    /// pause point of `gate`; it says when it goes on.
+    fn parked(gate: &Arc<QueryGate>, searches_too: bool) -> mpsc::Receiver<Instant> {
+        let g = gate.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            g.wait_idle(searches_too);
+            let _ = tx.send(Instant::now());
+        });
+        rx
     }
 
     /// A gate that owes ingest `min_share` in turns of at most `window`.
