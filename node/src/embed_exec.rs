@@ -535,7 +535,7 @@ impl QueryGate {
     fn step_ended(&self) {
         let mut st = self.state.lock();
         st.steps = st.steps.saturating_sub(1);
-        let none_left = st.holding(true) == 0;
+        let none_left = st.steps == 0;
         self.ended(&mut st, none_left);
     }
 
@@ -963,6 +963,21 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("ingest still waits after the search ended");
         assert!(!gate.busy.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn graph_inserts_go_on_when_a_step_ends_while_its_search_is_still_in_flight() {
+        // no turns (share 0): nothing but a wake-up lets the inserts go on
+        let gate = shared_gate(0.0, Duration::from_millis(200));
+        let search = gate.search();
+        let step = gate.hold_in_search();
+        let inserts = parked(&gate, false);
+        assert!(inserts.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(step);
+        inserts
+            .recv_timeout(Duration::from_secs(5))
+            .expect("graph inserts still wait after the index step ended");
+        drop(search);
     }
 
     #[test]
