@@ -10,7 +10,8 @@ pub enum Isa {
     /// AVX-512 (F, BW, VL, DQ): the f32 kernel; bf16 weights are multiplied by the portable
     /// kernel (or AMX where present).
     Avx512,
-    /// AVX2 with FMA: compiler-vectorised portable code.
+    /// AVX2 with FMA: the f32 matrix kernel of its own, the rest compiler-vectorised portable
+    /// code.
     Avx2,
     /// Anything else.
     Portable,

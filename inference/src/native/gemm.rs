@@ -12,8 +12,11 @@
 //! - for the opt-in bf16 precision (weights and activations rounded to bf16, products
 //!   accumulated in f32): AMX tiles (`tdpbf16ps`, [`amx`]) where present, else AVX512-BF16
 //!   (`vdpbf16ps`);
-//! - a portable kernel (plain Rust, vectorised by the compiler for AVX2 where present) for CPUs
-//!   without AVX-512, and for checking the others.
+//! - AVX2 with FMA, f32, for CPUs without AVX-512 (AMD before Zen 4, Intel client CPUs): the
+//!   tile in blocks of 6 × 16 that fit AVX2's 16 registers (the portable kernel's 12 × 32 tile,
+//!   vectorised by the compiler, spilled its accumulators and ran at a quarter of the speed);
+//! - a portable kernel (plain Rust, vectorised by the compiler) for other CPUs, for the bf16
+//!   products on CPUs without AVX-512, and for checking the others.
 //!
 //! Work is split across the calling rayon pool by chunks of rows (or, for a few rows, by output
 //! panels), so the embedder's thread settings govern it.
@@ -131,6 +134,19 @@ impl PackedLinear {
     pub fn force_portable(&mut self) {
         self.isa = Isa::Portable;
         self.amx = false;
+    }
+
+    /// Use the AVX2/FMA kernels (for tests comparing kernels); false, leaving the layer as it
+    /// was, where the CPU has not both.
+    #[cfg(test)]
+    pub fn force_avx2(&mut self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            self.isa = Isa::Avx2;
+            self.amx = false;
+            return true;
+        }
+        false
     }
 
     /// Use the AVX512-BF16 kernel rather than AMX (for tests comparing kernels).
@@ -356,6 +372,11 @@ unsafe fn kernel_f32(
     if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
         // SAFETY: the CPU has AVX-512 (Isa::detect); the caller vouches for the operands.
         return unsafe { kernel_f32_avx512(k, lhs, rhs, bias, c, ldc, rows, cols) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (Isa::detect); the caller vouches for the operands.
+        return unsafe { kernel_f32_avx2(k, lhs, rhs, bias, c, ldc, rows, cols) };
     }
     // (elsewhere detection only ever says Portable)
     let _ = isa;
@@ -620,6 +641,91 @@ unsafe fn kernel_f32_avx512(
     unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
 }
 
+/// The AVX2/FMA f32 micro-kernel. AVX2 has 16 vector registers of 8 values, too few for the
+/// `MR × NR` tile (48 of them): the tile is computed in up to four blocks of 6 rows × 16 columns,
+/// each in 12 accumulator registers (with two for the weights and one for the broadcast
+/// activation), the two row blocks of one column half back to back so that the half panel they
+/// read (`k` × 16 values) is still in the L1 cache the second time. Blocks wholly past the tile's
+/// `rows` or `cols` are skipped.
+///
+/// # Safety
+/// As [`tile`], on a CPU with AVX2 and FMA; `bias` holds `NR` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32_avx2(
+    k: usize,
+    lhs: Lhs,
+    rhs: Rhs,
+    bias: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    /// Rows and columns of one block.
+    const BR: usize = 6;
+    const BC: usize = 16;
+    const _: () = assert!(MR == 2 * BR && NR == 2 * BC);
+    assert!(bias.len() >= NR);
+    let rows = rows.clamp(1, MR);
+    let cols = cols.min(NR);
+    let off = row_offsets(lhs.row, rows);
+    for c0 in (0..cols).step_by(BC) {
+        let block_cols = BC.min(cols - c0);
+        for r0 in (0..rows).step_by(BR) {
+            let block_rows = BR.min(rows - r0);
+            let o: [usize; BR] = std::array::from_fn(|i| off[r0 + i]);
+            let mut lo = [_mm256_setzero_ps(); BR];
+            let mut hi = [_mm256_setzero_ps(); BR];
+            let mut ap = lhs.ptr;
+            // SAFETY: c0 + BC <= NR: columns c0.. of the NR each row of `rhs` holds.
+            let mut bp = unsafe { rhs.ptr.add(c0) };
+            for _ in 0..k {
+                // SAFETY: the caller guarantees `k` steps of `rows` valid rows of `lhs` (the
+                // offsets of rows past them repeat the last valid row) and `k` rows of NR values
+                // of `rhs`, of which this reads columns c0..c0 + 16.
+                unsafe {
+                    let b0 = _mm256_loadu_ps(bp);
+                    let b1 = _mm256_loadu_ps(bp.add(8));
+                    for i in 0..BR {
+                        let x = _mm256_broadcast_ss(&*ap.add(o[i]));
+                        lo[i] = _mm256_fmadd_ps(x, b0, lo[i]);
+                        hi[i] = _mm256_fmadd_ps(x, b1, hi[i]);
+                    }
+                    ap = ap.add(lhs.step);
+                    bp = bp.add(rhs.ld);
+                }
+            }
+            // SAFETY: bias holds NR values, c0 + 16 <= NR.
+            let (bias0, bias1) = unsafe {
+                (
+                    _mm256_loadu_ps(bias.as_ptr().add(c0)),
+                    _mm256_loadu_ps(bias.as_ptr().add(c0 + 8)),
+                )
+            };
+            for i in 0..block_rows {
+                let (v0, v1) = (_mm256_add_ps(lo[i], bias0), _mm256_add_ps(hi[i], bias1));
+                // SAFETY: row r0 + i < rows and columns c0..c0 + block_cols <= cols of the tile
+                // are valid for writes (the caller's contract); partial rows go through a copy.
+                unsafe {
+                    let dst = c.add((r0 + i) * ldc + c0);
+                    if block_cols == BC {
+                        _mm256_storeu_ps(dst, v0);
+                        _mm256_storeu_ps(dst.add(8), v1);
+                    } else {
+                        let mut tmp = [0f32; BC];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
+                        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, block_cols);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// # Safety
 /// As [`kernel_bf16_portable`], on a CPU with AVX512-BF16; `rows <= MR` (the slice lengths are
 /// asserted).
@@ -748,7 +854,19 @@ mod tests {
 
     #[test]
     fn f32_kernels_match_a_naive_product_on_ragged_shapes() {
-        for &(m, n, k) in &[(1, 32, 8), (13, 40, 37), (25, 70, 384), (12, 96, 5)] {
+        // Tiles of every kind: whole, one to five rows, seven to eleven (the AVX2 kernel's two
+        // row blocks, the second partial), columns below, at and past one half of a panel.
+        let shapes = [
+            (1, 32, 8),
+            (13, 40, 37),
+            (25, 70, 384),
+            (12, 96, 5),
+            (7, 57, 19),
+            (30, 48, 64),
+            (5, 16, 1),
+            (11, 31, 33),
+        ];
+        for &(m, n, k) in &shapes {
             let a = seeded(m * k, 1);
             let w = seeded(n * k, 2);
             let bias = seeded(n, 3);
@@ -757,10 +875,65 @@ mod tests {
             let mut out = vec![f32::NAN; m * n];
             lin.forward(&a, m, &mut out);
             assert!(max_err(&out, &want) < 1e-4, "detected isa, {m}x{n}x{k}");
+            if lin.force_avx2() {
+                let mut out = vec![f32::NAN; m * n];
+                lin.forward(&a, m, &mut out);
+                assert!(max_err(&out, &want) < 1e-4, "avx2, {m}x{n}x{k}");
+            }
             lin.force_portable();
             let mut out = vec![f32::NAN; m * n];
             lin.forward(&a, m, &mut out);
             assert!(max_err(&out, &want) < 1e-4, "portable, {m}x{n}x{k}");
+        }
+    }
+
+    /// The tile kernels write exactly the tile they are given (rows × cols at stride ldc) and
+    /// nothing around it, reading the right operand at a stride other than NR (as attention
+    /// does with values read in place).
+    #[test]
+    fn tiles_write_only_their_rows_and_columns() {
+        let mut isas = vec![Isa::detect(), Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2);
+        }
+        let (k, ld, ldc) = (9, NR + 7, NR + 5);
+        let a = seeded(MR * k, 7);
+        let b = seeded(k * ld, 8);
+        for isa in isas {
+            for rows in 1..=MR {
+                for cols in [1, 7, 8, 15, 16, 17, 24, 31, 32] {
+                    let sentinel = -777.0f32;
+                    let mut c = vec![sentinel; (MR + 1) * ldc];
+                    let lhs = Lhs {
+                        ptr: a.as_ptr(),
+                        row: k,
+                        step: 1,
+                    };
+                    let rhs = Rhs {
+                        ptr: b.as_ptr(),
+                        ld,
+                    };
+                    // SAFETY: `a` holds MR rows of k values, `b` k rows of ld >= NR values, and
+                    // `c` MR + 1 rows of ldc >= NR values; nothing else uses them meanwhile.
+                    unsafe { tile(isa, k, lhs, rhs, c.as_mut_ptr(), ldc, rows, cols) };
+                    for i in 0..=MR {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j];
+                            if i < rows && j < cols {
+                                let want: f32 =
+                                    (0..k).map(|kk| a[i * k + kk] * b[kk * ld + j]).sum();
+                                assert!(
+                                    (got - want).abs() < 1e-4,
+                                    "{isa:?} {rows}x{cols} ({i},{j})"
+                                );
+                            } else {
+                                assert_eq!(got, sentinel, "{isa:?} {rows}x{cols} wrote ({i},{j})");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
