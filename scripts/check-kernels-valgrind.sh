@@ -5,7 +5,8 @@
 # Stable Rust has no Miri and no sanitizers; valgrind runs the optimised code as it is.
 #
 # Valgrind has no AVX-512 and hides it from CPUID, so under it the kernels dispatch to their AVX2
-# clones (or the baseline ones): the check runs that default path, then the portable kernels
+# versions (the hand-written AVX2/FMA matrix kernel, the AVX2 clones of the rest; or the baseline
+# ones): the check runs that default path, then the portable kernels
 # (SHOAL_FORCE_PORTABLE_KERNELS=1). The AVX-512 and AMX kernels are not covered.
 #
 # Usage: scripts/check-kernels-valgrind.sh [TEST FILTER]   (default filter: native::)

@@ -334,7 +334,8 @@ impl PackedLinear {
 /// `lhs` must be readable for `k` steps of `rows` rows (`lhs.ptr + i*lhs.row + kk*lhs.step` for
 /// `i < rows`, `kk < k`), `rhs` for `k` rows of `NR` values `rhs.ld` apart, and `c` writable for
 /// `rows` rows of `cols` values at stride `ldc`, with no other access to those values during the
-/// call; `1 <= rows <= MR`, `cols <= NR`.
+/// call; `rows <= MR`, `cols <= NR` (an empty tile writes nothing); `isa` one this CPU runs (from [`Isa::detect`], or
+/// checked with `is_x86_feature_detected!`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     isa: Isa,
@@ -368,6 +369,9 @@ unsafe fn kernel_f32(
     cols: usize,
 ) {
     assert!(rows <= MR && cols <= NR && bias.len() >= NR);
+    if rows == 0 || cols == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 || isa == Isa::Avx512Bf16 {
         // SAFETY: the CPU has AVX-512 (Isa::detect); the caller vouches for the operands.
@@ -633,9 +637,10 @@ unsafe fn kernel_f32_avx512(
                 c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
                 c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
             }
-            ap = ap.add(lhs.step);
-            bp = bp.add(rhs.ld);
         }
+        // (wrapping: after the last step they point past the operands, never read)
+        ap = ap.wrapping_add(lhs.step);
+        bp = bp.wrapping_add(rhs.ld);
     }
     // SAFETY: bias has NR values; `c` points at a tile with `rows × cols` valid elements.
     unsafe { store_avx512(&c0, &c1, bias, c, ldc, rows, cols) }
@@ -645,11 +650,11 @@ unsafe fn kernel_f32_avx512(
 /// `MR × NR` tile (48 of them): the tile is computed in up to four blocks of 6 rows × 16 columns,
 /// each in 12 accumulator registers (with two for the weights and one for the broadcast
 /// activation), the two row blocks of one column half back to back so that the half panel they
-/// read (`k` × 16 values) is still in the L1 cache the second time. Blocks wholly past the tile's
-/// `rows` or `cols` are skipped.
+/// read (`k` × 16 values) is still in cache the second time (L1 up to `k` ≈ 500, else L2).
+/// Blocks wholly past the tile's `rows` or `cols` are skipped.
 ///
 /// # Safety
-/// As [`tile`], on a CPU with AVX2 and FMA; `bias` holds `NR` values.
+/// As [`tile`], on a CPU with AVX2 and FMA. (`bias` holds `NR` values: asserted.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -668,9 +673,7 @@ unsafe fn kernel_f32_avx2(
     const BR: usize = 6;
     const BC: usize = 16;
     const _: () = assert!(MR == 2 * BR && NR == 2 * BC);
-    assert!(bias.len() >= NR);
-    let rows = rows.clamp(1, MR);
-    let cols = cols.min(NR);
+    assert!(bias.len() >= NR && rows <= MR && cols <= NR);
     let off = row_offsets(lhs.row, rows);
     for c0 in (0..cols).step_by(BC) {
         let block_cols = BC.min(cols - c0);
@@ -680,8 +683,8 @@ unsafe fn kernel_f32_avx2(
             let mut lo = [_mm256_setzero_ps(); BR];
             let mut hi = [_mm256_setzero_ps(); BR];
             let mut ap = lhs.ptr;
-            // SAFETY: c0 + BC <= NR: columns c0.. of the NR each row of `rhs` holds.
-            let mut bp = unsafe { rhs.ptr.add(c0) };
+            // (wrapping: with k = 0 nothing is read through it)
+            let mut bp = rhs.ptr.wrapping_add(c0);
             for _ in 0..k {
                 // SAFETY: the caller guarantees `k` steps of `rows` valid rows of `lhs` (the
                 // offsets of rows past them repeat the last valid row) and `k` rows of NR values
@@ -694,9 +697,10 @@ unsafe fn kernel_f32_avx2(
                         lo[i] = _mm256_fmadd_ps(x, b0, lo[i]);
                         hi[i] = _mm256_fmadd_ps(x, b1, hi[i]);
                     }
-                    ap = ap.add(lhs.step);
-                    bp = bp.add(rhs.ld);
                 }
+                // (wrapping: after the last step they point past the operands, never read)
+                ap = ap.wrapping_add(lhs.step);
+                bp = bp.wrapping_add(rhs.ld);
             }
             // SAFETY: bias holds NR values, c0 + 16 <= NR.
             let (bias0, bias1) = unsafe {
@@ -849,7 +853,11 @@ mod tests {
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+            // (f32::max drops NaN: a value never written, left NaN, must fail)
+            .fold(
+                0.0,
+                |m, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+            )
     }
 
     #[test]
@@ -888,8 +896,8 @@ mod tests {
     }
 
     /// The tile kernels write exactly the tile they are given (rows × cols at stride ldc) and
-    /// nothing around it, reading the right operand at a stride other than NR (as attention
-    /// does with values read in place).
+    /// nothing around it, nothing at all for an empty one, reading the right operand at a stride
+    /// other than NR (as attention does with values read in place).
     #[test]
     fn tiles_write_only_their_rows_and_columns() {
         let mut isas = vec![Isa::detect(), Isa::Portable];
@@ -901,8 +909,8 @@ mod tests {
         let a = seeded(MR * k, 7);
         let b = seeded(k * ld, 8);
         for isa in isas {
-            for rows in 1..=MR {
-                for cols in [1, 7, 8, 15, 16, 17, 24, 31, 32] {
+            for rows in 0..=MR {
+                for cols in [0, 1, 7, 8, 15, 16, 17, 24, 31, 32] {
                     let sentinel = -777.0f32;
                     let mut c = vec![sentinel; (MR + 1) * ldc];
                     let lhs = Lhs {
