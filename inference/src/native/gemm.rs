@@ -334,8 +334,8 @@ impl PackedLinear {
 /// `lhs` must be readable for `k` steps of `rows` rows (`lhs.ptr + i*lhs.row + kk*lhs.step` for
 /// `i < rows`, `kk < k`), `rhs` for `k` rows of `NR` values `rhs.ld` apart, and `c` writable for
 /// `rows` rows of `cols` values at stride `ldc`, with no other access to those values during the
-/// call; `rows <= MR`, `cols <= NR` (an empty tile writes nothing); `isa` one this CPU runs (from [`Isa::detect`], or
-/// checked with `is_x86_feature_detected!`).
+/// call; `rows <= MR`, `cols <= NR` (an empty tile writes nothing); `isa` one this CPU runs
+/// (from [`Isa::detect`], or checked with `is_x86_feature_detected!`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile(
     isa: Isa,
