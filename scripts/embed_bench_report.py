@@ -21,7 +21,8 @@ best = {k: max(py["engines"][e][k] for e in py["engines"]) for k in ["passages",
 lines = [
     "# Embedding benchmark: shoal vs sentence-transformers vs ONNX Runtime",
     "",
-    f"Written by `scripts/bench-embed.sh`. Machine: {cpu}; {py['threads']} threads for every engine "
+    f"Written by `scripts/bench-embed.sh`. Machine: {cpu} (the instruction set shoal's kernels "
+    f"use here: {sh['kernels']}); {py['threads']} threads for every engine "
     "(torch.set_num_threads, ORT intra_op_num_threads, a rayon pool for shoal). Batches of 32, "
     f"sorted by length for every engine (shoal packs a batch without padding: at most 32 texts and "
     f"{sh['max_batch_tokens']:,} tokens, `model.max_batch_tokens`), max 256 tokens, mean pooling + L2. ONNX export of the same "
