@@ -36,20 +36,18 @@ fn write_logs(e: impl ToString) -> StorageError {
 /// whole process that waits for any flush under way (its disk write included), and every read
 /// waits behind a waiting write: done on an async worker, a log write could hold that worker, and
 /// every request queued on it, for as long as the disk takes.
+/// Its failures (and the blocking task's) become `error`'s storage error.
 async fn off_worker<T: Send + 'static>(
     log: &LogTree,
-    (subject, verb): (ErrorSubject<NodeId>, ErrorVerb),
+    error: impl Fn(String) -> StorageError + Send,
     f: impl FnOnce(&LogTree) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StorageError> {
     let log = log.clone();
     match tokio::task::spawn_blocking(move || f(&log)).await {
-        Ok(r) => r.map_err(|e| io_error(subject, verb, e)),
-        Err(e) => Err(io_error(subject, verb, e)),
+        Ok(r) => r.map_err(|e| error(e.to_string())),
+        Err(e) => Err(error(e.to_string())),
     }
 }
-
-const READ_LOGS: (ErrorSubject<NodeId>, ErrorVerb) = (ErrorSubject::Logs, ErrorVerb::Read);
-const WRITE_LOGS: (ErrorSubject<NodeId>, ErrorVerb) = (ErrorSubject::Logs, ErrorVerb::Write);
 
 /// An append waiting for its flush.
 struct Pending {
@@ -124,7 +122,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        off_worker(&self.log, READ_LOGS, move |log| {
+        off_worker(&self.log, read_logs, move |log| {
             log.range_limited(start, end, APPEND_BYTES)
         })
         .await?
@@ -138,7 +136,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        off_worker(&self.log, READ_LOGS, move |log| log.range(bounds))
+        off_worker(&self.log, read_logs, move |log| log.range(bounds))
             .await?
             .into_iter()
             .map(|(index, bytes)| {
@@ -178,7 +176,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let vote = encode(vote);
         off_worker(
             &self.log,
-            (ErrorSubject::Vote, ErrorVerb::Write),
+            |e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e),
             move |log| log.put_meta(VOTE, &vote),
         )
         .await
@@ -202,7 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not waited for: a committed index lost in a crash is learnt again from the leader.
         let committed = encode(&committed);
-        off_worker(&self.log, WRITE_LOGS, move |log| {
+        off_worker(&self.log, write_logs, move |log| {
             log.put_meta_lazy(COMMITTED, &committed)
         })
         .await
@@ -228,7 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, encode(&e)))
             .collect();
-        off_worker(&self.log, WRITE_LOGS, move |log| log.write(encoded)).await?;
+        off_worker(&self.log, write_logs, move |log| log.write(encoded)).await?;
         self.flusher
             .send(Pending { callback })
             .map_err(|_| write_logs("the log flusher has stopped"))?;
@@ -236,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        off_worker(&self.log, WRITE_LOGS, move |log| {
+        off_worker(&self.log, write_logs, move |log| {
             log.truncate_from(log_id.index)
         })
         .await
@@ -244,7 +242,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let point = encode(&log_id);
-        off_worker(&self.log, WRITE_LOGS, move |log| {
+        off_worker(&self.log, write_logs, move |log| {
             log.purge_through(log_id.index, (PURGED, &point))
         })
         .await
