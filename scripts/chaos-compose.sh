@@ -41,7 +41,7 @@ fi
 scripts/fetch-model.sh >/dev/null
 image_env="$(scripts/docker-images.sh --bin "$BIN")" || { echo "chaos-compose: scripts/docker-images.sh failed" >&2; exit 2; }
 eval "$image_env"
-cargo build -p shoal-chaos --bin shoal-chaos
+cargo build --workspace --bin shoal-chaos   # the workspace's features: no rebuild of dependencies
 
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then

@@ -31,8 +31,11 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 
 # The inference crate's unit-test binary (the workspace builds it with opt-level 3, line tables).
-bin=$(cargo test -p shoal-inference --lib --no-run --message-format=json |
-    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4)
+# --workspace, not -p shoal-inference: the dependencies keep the whole workspace's features, so
+# what scripts/test.sh built is reused instead of compiled again.
+bin=$(cargo test --workspace --lib --no-run --message-format=json |
+    grep '"name":"shoal_inference"' | grep -o '"executable":"[^"]*"' | tail -n 1 |
+    cut -d '"' -f 4)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     echo "could not find the shoal-inference unit-test binary" >&2
     exit 1

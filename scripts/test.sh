@@ -24,15 +24,18 @@ cargo build --bin shoal
 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 echo "== again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
 # What takes the portable path on a CPU without AVX-512 (inference) or AVX2 (the index's
-# distances): the inference and index crates' own tests, and the end-to-end tests that embed,
-# rerank and search real text. (The rest of the suite does not run a kernel of its own: once is
-# enough, and CI time is kept for it.)
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test -p shoal-inference -p shoal-index
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test -p shoal-tests --test e2e --test inference_api \
-    --test hybrid
+# distances): every crate's unit tests (the inference and index crates' among them), the
+# inference crate's model tests, and the end-to-end tests that embed, rerank and search real
+# text. (The rest of the suite does not run a kernel of its own: once is enough, and CI time is
+# kept for it.) Every cargo command here selects the whole workspace and picks targets with
+# --lib/--test/--bin: selecting packages with -p resolves the dependencies' features for those
+# packages alone, and cargo then compiles dozens of dependencies again (8 minutes of a 28-minute
+# run on 2 cores).
+SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace --lib --test embedder --test reranker \
+    --test sentence_models --test e2e --test inference_api --test hybrid
 scripts/check-kernels-valgrind.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
-cargo build -p shoal-chaos --bin shoal-chaos
+cargo build --workspace --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
 # the fallback where namespaces cannot be made: loopback, a fault-injecting TCP proxy per node
 target/debug/shoal-chaos --loopback --seed 2 --seconds 30 --in-turn \
