@@ -58,7 +58,8 @@ pub struct CollectionStorage {
     /// Its vectors as the index holds them in memory (allocated a segment at a time, each vector
     /// padded to a multiple of 8 floats).
     pub vectors_memory_bytes: u64,
-    /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags.
+    /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags, and
+    /// the nodes by point id.
     pub graph_memory_bytes: u64,
     /// Its keyword (BM25) index in memory: its segments.
     pub keyword_memory_bytes: u64,

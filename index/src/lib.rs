@@ -14,6 +14,7 @@ mod filter;
 mod fusion;
 mod graph;
 mod keyword;
+mod live;
 mod payload_index;
 mod shard;
 

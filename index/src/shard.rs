@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Graph, GraphParams, Metric, Near, Slot};
 use crate::keyword::KeywordIndex;
+use crate::live::{Entry, IdMap, Live};
 use crate::payload_index::{Narrowed, PayloadIndex};
 use crate::{Filter, IndexError, Metadata, PointId};
 
@@ -147,7 +148,8 @@ pub struct Hit {
 pub struct ShardMemory {
     /// The graph's vectors (allocated a segment at a time, padded to whole lanes).
     pub vectors: u64,
-    /// The graph's links on every layer, and its nodes' ids and flags.
+    /// The graph's links on every layer, its nodes' ids and flags, and the nodes by point id
+    /// (the flat array filtered searches look them up in).
     pub graph: u64,
     /// The keyword index's segments (the changes not committed yet are committed first).
     pub keyword: u64,
@@ -160,39 +162,8 @@ pub struct ShardStats {
     pub graph_points: usize,
 }
 
-struct Entry {
-    /// Where the point sits in the current graph (its vector is read from there); None for the
-    /// moment between its entry in the table and its insertion in the graph.
-    slot: Option<Slot>,
-    payload: Arc<Payload>,
-}
-
-/// Point ids are numbers handed out in sequence: a multiplicative hash spreads them well, at a
-/// fraction of the default (DoS-resistant) hasher's cost, which filtered searches pay once per
-/// match.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, id: u64) {
-        self.0 = (id ^ self.0)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
-    }
-}
-
-type IdMap<V> = HashMap<PointId, V, std::hash::BuildHasherDefault<IdHasher>>;
-
 struct Table {
-    live: IdMap<Entry>,
+    live: Live,
     /// Points still in the graph but deleted.
     tombstones: usize,
     /// Metadata values of the live points, for the fields filters have used.
@@ -223,7 +194,7 @@ impl Matched {
         let mut bits: Vec<u64> = Vec::new();
         let mut count = 0;
         for id in &ids {
-            if let Some(slot) = table.live.get(id).and_then(|e| e.slot) {
+            if let Some(slot) = table.live.slot(*id) {
                 let word = slot as usize / 64;
                 if bits.len() <= word {
                     bits.resize(word + 1, 0);
@@ -326,7 +297,7 @@ impl Shard {
             graph: RwLock::new(Graph::new(graph_params(&params))),
             params,
             table: RwLock::new(Table {
-                live: IdMap::default(),
+                live: Live::default(),
                 tombstones: 0,
                 index: PayloadIndex::default(),
                 generation: 0,
@@ -492,13 +463,14 @@ impl Shard {
     /// What the shard holds in memory (walks the graph's nodes once: call it now and then).
     pub fn memory(&self) -> ShardMemory {
         let (vectors, graph) = self.graph.read().memory_bytes();
+        let by_id = self.table.read().live.flat_bytes();
         let keyword = match &*self.keyword.read() {
             Keyword::Ready(k) => k.bytes(),
             _ => 0,
         };
         ShardMemory {
             vectors: vectors as u64,
-            graph: graph as u64,
+            graph: (graph + by_id) as u64,
             keyword,
         }
     }
@@ -562,9 +534,7 @@ impl Shard {
         let mut t = self.table.write();
         t.generation += 1;
         for (id, slot) in slots {
-            if let Some(e) = t.live.get_mut(&id) {
-                e.slot = Some(slot);
-            }
+            t.live.place(id, slot);
         }
         drop(t);
         self.keyword_add(&points);
@@ -610,7 +580,7 @@ impl Shard {
         let graph = self.graph.read();
         let mut removed = 0;
         for id in ids {
-            if let Some(e) = t.live.remove(id) {
+            if let Some(e) = t.live.remove(*id) {
                 t.index.change(*id, &e.payload, false);
                 if let Some(slot) = e.slot {
                     graph.delete(slot);
@@ -674,7 +644,7 @@ impl Shard {
         let (places, tombstones) = {
             let t = self.table.read();
             let mut places: Vec<(PointId, Slot)> = Vec::with_capacity(t.live.len());
-            for (id, e) in &t.live {
+            for (id, e) in t.live.iter() {
                 let slot = e
                     .slot
                     .ok_or_else(|| IndexError::Graph(format!("point {id} is not in the graph")))?;
@@ -706,9 +676,7 @@ impl Shard {
         *graph = fresh;
         t.generation += 1;
         t.graph_epoch += 1;
-        for (id, e) in t.live.iter_mut() {
-            e.slot = slots.get(id).copied();
-        }
+        t.live.replace_slots(|id| slots.get(&id).copied());
         t.tombstones = 0;
         Ok(tombstones)
     }

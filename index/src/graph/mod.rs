@@ -188,6 +188,19 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// Prefetch the `bytes` from `p` on: every cache line they touch.
+#[inline]
+fn prefetch_lines(p: *const f32, bytes: usize) {
+    const LINE: usize = 64;
+    let start = p as usize;
+    let mut line = start & !(LINE - 1);
+    while line < start + bytes {
+        // (wrapping: the address is only a hint and is never read through)
+        prefetch(p.wrapping_byte_add(line.wrapping_sub(start)));
+        line += LINE;
+    }
+}
+
 impl Graph {
     pub fn new(params: GraphParams) -> Graph {
         let m = params.m.max(2);
@@ -813,13 +826,19 @@ impl Graph {
 
     /// The `k` nearest of `slots` to `query` by exact distance, best first; deleted nodes and
     /// any still being written are skipped.
+    ///
+    /// The nodes a filter matches lie scattered, so the hardware cannot guess the next vector:
+    /// every cache line of the vector a few ahead is prefetched, about 2 KiB in flight (on
+    /// GloVe's 50 dimensions, 10,000 matches out of cache: prefetching the first line of the
+    /// fourth vector ahead left the scan waiting on memory).
     pub fn scan(&self, query: &[f32], k: usize, slots: &[Slot]) -> Vec<Near> {
-        const AHEAD: usize = 4;
+        let bytes = self.vectors.padded_dim() * std::mem::size_of::<f32>();
+        let ahead = (2048 / bytes.max(1)).clamp(2, 16);
         let check_deleted = self.deleted.load(Relaxed) > 0;
         self.top_k(query, k, |consider| {
             for (i, &slot) in slots.iter().enumerate() {
-                if let Some(&next) = slots.get(i + AHEAD) {
-                    prefetch(self.vectors.as_ptr(next));
+                if let Some(&next) = slots.get(i + ahead) {
+                    prefetch_lines(self.vectors.as_ptr(next), bytes);
                 }
                 // (ready: a node is read only once its vector is written)
                 let flags = self.flags(slot);
