@@ -33,9 +33,10 @@ fi
 # The inference crate's unit-test binary (the workspace builds it with opt-level 3, line tables).
 # --workspace, not -p shoal-inference: the dependencies keep the whole workspace's features, so
 # what scripts/test.sh built is reused instead of compiled again.
+# (Run by hand, this builds every crate's unit-test binary once; scripts/test.sh has them built.)
 bin=$(cargo test --workspace --lib --no-run --message-format=json |
     grep '"name":"shoal_inference"' | grep -o '"executable":"[^"]*"' | tail -n 1 |
-    cut -d '"' -f 4)
+    cut -d '"' -f 4 || true)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     echo "could not find the shoal-inference unit-test binary" >&2
     exit 1

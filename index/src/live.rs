@@ -6,8 +6,10 @@
 //! 100,000 points: most of a filter's cost the first time it is seen, and every time for filters
 //! that change with each query (a tenant's, among many). Point ids are handed out in sequence, so
 //! a shard's ids lie close together: the flat array finds the nodes of sorted ids in one pass
-//! over it, at 4 bytes per id in its range. Ids spread too far apart (more than `SPREAD` times
-//! as many as are live) leave the array off, and lookups go through the hash table.
+//! over it, at 4 bytes per id in its range. The range may span at most `SPREAD` times the live
+//! points plus `SPARE`: past that the array is made again from the smallest live id, or, if the
+//! ids still span too far, turned off (lookups go through the hash table) and tried again after
+//! as many changes as there are live points.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,8 +69,12 @@ struct Flat {
     /// The id of `slots[0]`.
     base: PointId,
     slots: Vec<Slot>,
-    /// While off: the number of live points at which to try making it again.
-    retry_at: usize,
+    /// While off: changes to the live points left before it is tried again (after as many
+    /// changes as there were live points, so that the tries cost O(1) a change).
+    retry_after: usize,
+    /// Times it was made from the map (for tests: the cost stays linear).
+    #[cfg(test)]
+    remakes: usize,
 }
 
 impl std::ops::Deref for Live {
@@ -108,6 +114,11 @@ impl Live {
     pub fn remove(&mut self, id: PointId) -> Option<Entry> {
         let entry = self.map.remove(&id)?;
         self.set_flat(id, None);
+        // Many removed: an array far longer than the live points allow is made again (smaller,
+        // or off), so memory follows the live points down. Once per halving of them.
+        if self.flat.on && !self.span_allowed(self.flat.slots.len() as u64 / 2) {
+            self.remake();
+        }
         Some(entry)
     }
 
@@ -141,18 +152,22 @@ impl Live {
         span <= SPREAD * self.map.len() as u64 + SPARE
     }
 
+    /// Record `id`'s slot (or that it is gone) in the flat array, after the map has changed.
     fn set_flat(&mut self, id: PointId, slot: Option<Slot>) {
         let value = slot.unwrap_or(NO_SLOT);
         if !self.flat.on {
-            if self.map.len() >= self.flat.retry_at {
+            if self.flat.retry_after == 0 {
                 self.remake();
+            } else {
+                self.flat.retry_after -= 1;
             }
             return;
         }
+        let live = self.map.contains_key(&id);
         let Some(at) = id.checked_sub(self.flat.base) else {
-            // below the array: make it again from the smallest live id
-            if slot.is_some() || self.map.contains_key(&id) {
-                self.remake();
+            // below the array (only a live id: every one is inside)
+            if live {
+                self.grow_front(id, value);
             }
             return;
         };
@@ -163,7 +178,7 @@ impl Live {
             *cell = value;
             return;
         }
-        if !self.map.contains_key(&id) {
+        if !live {
             return; // not live, and outside the array: nothing to record
         }
         // past the end: grow to it while the span stays small, else make it again (the smallest
@@ -176,30 +191,52 @@ impl Live {
         }
     }
 
-    /// Make the flat array from the map: from its smallest id to its largest, or off when they
-    /// span too far (tried again once the live points have doubled).
-    fn remake(&mut self) {
-        self.flat = Flat::default();
-        let (Some(&min), Some(&max)) = (self.map.keys().min(), self.map.keys().max()) else {
-            // none live: start again from the next id
-            self.flat.retry_at = 1;
+    /// A live id below the array: grow it at the front, by at least its length (so that ids
+    /// arriving in descending order cost O(1) each, as a `Vec` grows at its end), or make it
+    /// again if the span would be too wide.
+    fn grow_front(&mut self, id: PointId, value: Slot) {
+        let len = self.flat.slots.len() as u64;
+        let need = self.flat.base - id;
+        let pad = [need.max(len).min(self.flat.base), need]
+            .into_iter()
+            .find(|pad| *pad >= need && self.span_allowed(len.saturating_add(*pad)));
+        let Some(pad) = pad else {
+            self.remake();
             return;
+        };
+        let mut slots = vec![NO_SLOT; pad as usize];
+        slots.extend_from_slice(&self.flat.slots);
+        self.flat.base -= pad;
+        slots[(id - self.flat.base) as usize] = value;
+        self.flat.slots = slots;
+    }
+
+    /// Make the flat array from the map: from its smallest id to its largest, or off when they
+    /// span too far (tried again after as many changes as there are live points).
+    fn remake(&mut self) {
+        self.flat = Flat {
+            #[cfg(test)]
+            remakes: self.flat.remakes + 1,
+            ..Flat::default()
+        };
+        let Some((min, max)) = self.map.keys().fold(None, |range, &id| match range {
+            None => Some((id, id)),
+            Some((lo, hi)) => Some((id.min(lo), id.max(hi))),
+        }) else {
+            return; // none live: made again at the next change
         };
         let span = (max - min).saturating_add(1);
         if !self.span_allowed(span) {
-            self.flat.retry_at = self.map.len() * 2;
+            self.flat.retry_after = self.map.len();
             return;
         }
         let mut slots = vec![NO_SLOT; span as usize];
         for (id, e) in &self.map {
             slots[(id - min) as usize] = e.slot.unwrap_or(NO_SLOT);
         }
-        self.flat = Flat {
-            on: true,
-            base: min,
-            slots,
-            retry_at: 0,
-        };
+        self.flat.on = true;
+        self.flat.base = min;
+        self.flat.slots = slots;
     }
 
     /// Test: whether the flat array is in use, and equal to the map's slots.
@@ -236,54 +273,125 @@ mod tests {
         }
     }
 
-    /// Inserts, placements and removals in a random order, ids handed out in sequence with
-    /// gaps: the flat array stays on and equal to the map, and every lookup agrees with it.
-    #[test]
-    fn the_flat_array_follows_every_change() {
-        let mut live = Live::default();
-        let mut rng = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
-        let mut id = 1_000u64;
-        let mut ids = Vec::new();
-        for step in 0..20_000u32 {
-            match next(10) {
-                0..=4 => {
-                    id += 1 + next(3);
-                    live.insert(id, entry(None));
-                    ids.push(id);
-                }
-                5..=7 if !ids.is_empty() => {
-                    let i = ids[next(ids.len() as u64) as usize];
-                    live.place(i, step);
-                }
-                _ if !ids.is_empty() => {
-                    let i = ids.swap_remove(next(ids.len() as u64) as usize);
-                    assert!(live.remove(i).is_some());
-                }
-                _ => {}
-            }
-        }
-        assert!(live.check());
-        for probe in 0..id + 10 {
+    /// Every id from 0 to past the largest looks up as the map says.
+    fn lookups_agree(live: &Live) {
+        let max = live.keys().max().copied().unwrap_or(0);
+        for probe in 0..max + 10 {
             assert_eq!(
                 live.slot(probe),
                 live.map.get(&probe).and_then(|e| e.slot),
                 "id {probe}"
             );
         }
-        // the old ids gone, the array starts near the live ones again
-        live.replace_slots(|id| Some(id as Slot));
-        assert!(live.check());
-        assert!(live.flat.base >= *live.keys().min().unwrap());
     }
 
-    /// Ids far apart leave the array off (lookups still right through the map); it comes back
-    /// once the ids are close enough again.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Inserts, placements, removals, replacements and the odd no-op, in a random order, ids
+    /// handed out in sequence with gaps: the flat array stays on and equal to the map.
+    #[test]
+    fn the_flat_array_follows_every_change() {
+        let mut live = Live::default();
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut id = 1_000u64;
+        let mut ids = Vec::new();
+        let mut gone = Vec::new();
+        for step in 0..20_000u32 {
+            match rng.below(12) {
+                0..=4 => {
+                    id += 1 + rng.below(3);
+                    live.insert(id, entry(None));
+                    ids.push(id);
+                }
+                5..=7 if !ids.is_empty() => {
+                    let i = ids[rng.below(ids.len() as u64) as usize];
+                    live.place(i, step);
+                }
+                8 if !ids.is_empty() => {
+                    // replaced: an id inserted again with a slot
+                    let i = ids[rng.below(ids.len() as u64) as usize];
+                    live.insert(i, entry(Some(step)));
+                }
+                9 if !gone.is_empty() => {
+                    // a removed point: placing it or removing it again changes nothing
+                    let i = gone[rng.below(gone.len() as u64) as usize];
+                    live.place(i, step);
+                    assert!(live.remove(i).is_none());
+                }
+                _ if !ids.is_empty() => {
+                    let i = ids.swap_remove(rng.below(ids.len() as u64) as usize);
+                    assert!(live.remove(i).is_some());
+                    gone.push(i);
+                }
+                _ => {}
+            }
+            if step % 100 == 0 {
+                assert!(live.check(), "step {step}");
+            }
+        }
+        assert!(live.check());
+        lookups_agree(&live);
+        // a compaction: every slot new, the array made again from the smallest live id
+        live.replace_slots(|id| Some(id as Slot));
+        assert!(live.check());
+        assert_eq!(live.flat.base, *live.keys().min().unwrap());
+        // all removed, then a new point
+        for i in ids {
+            live.remove(i);
+        }
+        assert!(live.is_empty());
+        live.insert(7, entry(Some(3)));
+        assert!(live.check());
+        assert_eq!(live.slot(7), Some(3));
+    }
+
+    /// A window of live ids sliding up (the newest inserted, the oldest removed): the array
+    /// moves with it (made again from the new smallest id when it would grow too long), stays
+    /// on, and its length stays within the allowance.
+    #[test]
+    fn a_sliding_window_of_ids_keeps_the_array_short() {
+        let mut live = Live::default();
+        let window = 1_000u64;
+        for id in 0..200_000u64 {
+            live.insert(id, entry(Some(id as Slot)));
+            if id >= window {
+                live.remove(id - window);
+            }
+            if id % 997 == 0 {
+                assert!(live.check(), "id {id}");
+            }
+        }
+        assert!(live.check());
+        assert!(live.flat.slots.len() as u64 <= SPREAD * window + SPARE);
+        assert!(live.flat.base >= 200_000 - window - SPREAD * window - SPARE);
+        // made again now and then, not at every insert
+        assert!(live.flat.remakes < 100, "{} remakes", live.flat.remakes);
+        lookups_agree(&live);
+    }
+
+    /// Ids arriving in descending order grow the array at its front a doubling at a time.
+    #[test]
+    fn descending_ids_cost_a_few_remakes() {
+        let mut live = Live::default();
+        for id in (1_000..101_000u64).rev() {
+            live.insert(id, entry(Some(id as Slot)));
+        }
+        assert!(live.check());
+        assert!(live.flat.remakes <= 2, "{} remakes", live.flat.remakes);
+        lookups_agree(&live);
+    }
+
+    /// Ids far apart turn the array off (lookups still right, through the map); it comes back
+    /// within as many changes as there are live points once they are close again, including
+    /// when the live count does not grow (one old id kept while others are replaced).
     #[test]
     fn ids_spread_far_apart_turn_the_array_off_and_on() {
         let mut live = Live::default();
@@ -297,14 +405,65 @@ mod tests {
         assert_eq!(live.slot(u64::MAX / 2), Some(2));
         assert_eq!(live.slot(7), None);
         live.remove(u64::MAX / 2);
-        for i in 7..20 {
+        for i in 7..12 {
             live.insert(i, entry(Some(i as Slot)));
         }
-        assert!(live.check(), "made again once the live points doubled");
-        assert_eq!(live.slot(19), Some(19));
-        // below the array
+        assert!(live.check(), "made again within a few changes");
+        // below the array: grown at its front
         live.insert(1, entry(Some(40)));
         assert!(live.check());
         assert_eq!(live.slot(1), Some(40));
+
+        // one old point kept, 100 others replaced by new ids again and again: the span passes
+        // the allowance and the array goes off; once the old point goes, it comes back
+        let mut live = Live::default();
+        live.insert(0, entry(Some(0)));
+        let mut next = 1u64;
+        let mut current: Vec<u64> = Vec::new();
+        for _ in 0..100 {
+            live.insert(next, entry(Some(next as Slot)));
+            current.push(next);
+            next += 1;
+        }
+        while live.flat.on {
+            let old = current.remove(0);
+            live.remove(old);
+            live.insert(next, entry(Some(next as Slot)));
+            current.push(next);
+            next += 1;
+            assert!(next < 100_000, "the array never went off");
+        }
+        lookups_agree(&live);
+        live.remove(0);
+        for _ in 0..2 * current.len() + 2 {
+            let old = current.remove(0);
+            live.remove(old);
+            live.insert(next, entry(Some(next as Slot)));
+            current.push(next);
+            next += 1;
+        }
+        assert!(live.check(), "on again once the ids are close");
+        lookups_agree(&live);
+    }
+
+    /// Most points removed: the array shrinks with them.
+    #[test]
+    fn memory_follows_the_live_points_down() {
+        let mut live = Live::default();
+        for id in 0..100_000u64 {
+            live.insert(id, entry(Some(id as Slot)));
+        }
+        let full = live.flat_bytes();
+        assert!(full >= 400_000);
+        for id in 0..99_990u64 {
+            live.remove(id);
+        }
+        assert!(live.check());
+        assert!(
+            live.flat_bytes() <= 4 * (SPARE as usize + 4 * 10) * 2,
+            "{}",
+            live.flat_bytes()
+        );
+        lookups_agree(&live);
     }
 }
