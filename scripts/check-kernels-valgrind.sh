@@ -34,9 +34,9 @@ fi
 # --workspace, not -p shoal-inference: the dependencies keep the whole workspace's features, so
 # what scripts/test.sh built is reused instead of compiled again.
 # (Run by hand, this builds every crate's unit-test binary once; scripts/test.sh has them built.)
-bin=$(cargo test --workspace --lib --no-run --message-format=json |
-    grep '"name":"shoal_inference"' | grep -o '"executable":"[^"]*"' | tail -n 1 |
-    cut -d '"' -f 4 || true)
+built=$(cargo test --workspace --lib --no-run --message-format=json) # (a failed build stops here)
+bin=$(printf '%s\n' "$built" | grep '"name":"shoal_inference"' |
+    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     echo "could not find the shoal-inference unit-test binary" >&2
     exit 1

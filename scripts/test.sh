@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
 # every test of the workspace, run every crate's unit tests, the model tests and the end-to-end
-# search tests again on the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the native kernels under
+# search tests again on the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the
+# native kernels under
 # valgrind's memcheck, and run a short chaos campaign (a fixed seed and a random one, which it
 # prints) against a three-node cluster, and one on loopback behind fault-injecting proxies (the
 # fallback where network namespaces cannot be made), then the deployment

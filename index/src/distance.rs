@@ -153,9 +153,11 @@ mod x86 {
     }
 
     /// Whether the AVX-512 kernels pay for themselves: vectors of at least 64 floats (one round
-    /// of the four accumulators). On GloVe's 50 dimensions (56 floats padded) the AVX2 kernel
-    /// searched 1.27x faster (its 512-bit sum and masked tail cost more than they saved); on
-    /// MiniLM's 384, AVX-512 searched 1.10-1.16x faster (Zen 5).
+    /// of the four accumulators). Measured on Zen 5 only, at two sizes: on GloVe's 50
+    /// dimensions (56 floats padded) the AVX2 kernel searched about 1.27x faster (the 512-bit
+    /// sum and masked tail cost more than they saved); on MiniLM's 384, AVX-512 searched
+    /// 1.06-1.21x faster. Sizes between, and Intel CPUs (whose 512-bit FMAs may lower the
+    /// clock), are not measured.
     #[inline]
     pub fn long(a: &[f32], b: &[f32]) -> bool {
         a.len().min(b.len()) >= 64
@@ -184,8 +186,9 @@ mod x86 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (every load): i + 16 <= n, within both slices; the masked load reads only the
-        // lanes below n - i (masked-out lanes are not accessed and cannot fault).
+        // SAFETY (every load): in the first loop o + 16 <= i + 64 <= n, in the second
+        // i + 16 <= n, so within both slices; the masked load reads only the lanes below n - i
+        // (masked-out lanes are not accessed and cannot fault).
         while i + 64 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
                 let o = i + 16 * j;
@@ -370,8 +373,8 @@ mod tests {
 
     /// The AVX-512 kernels on every length up to 200 (the dispatch sends short vectors to
     /// AVX2, so their masked tails and single blocks are called directly here), against sums in
-    /// f64; slices that end where their allocation ends, so a tail read past the end would be
-    /// caught under a memory checker.
+    /// f64. Each slice is followed in memory by NaNs: a lane read past its end would make the
+    /// sum NaN.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_kernels_match_at_every_length() {
@@ -380,17 +383,23 @@ mod tests {
             return;
         };
         for n in 0..=200usize {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let dot64: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let then_nan = |f: fn(f32) -> f32| -> Vec<f32> {
+                (0..n + 16)
+                    .map(|i| if i < n { f(i as f32) } else { f32::NAN })
+                    .collect()
+            };
+            let a = then_nan(|x| (x * 0.37).sin());
+            let b = then_nan(|x| (x * 0.11).cos());
+            let (a, b) = (&a[..n], &b[..n]);
+            let dot64: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
             let l2: f64 = a
                 .iter()
-                .zip(&b)
+                .zip(b)
                 .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
                 .sum();
             let tol = 1e-4 * (1.0 + n as f64).sqrt();
             // SAFETY: detect_avx512 found AVX-512F.
-            let (d, e) = unsafe { (x86::dot_avx512(&a, &b), x86::l2_squared_avx512(&a, &b)) };
+            let (d, e) = unsafe { (x86::dot_avx512(a, b), x86::l2_squared_avx512(a, b)) };
             assert!((d as f64 - dot64).abs() < tol, "dot at {n}: {d} vs {dot64}");
             assert!((e as f64 - l2).abs() < tol, "l2 at {n}: {e} vs {l2}");
         }

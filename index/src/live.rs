@@ -72,9 +72,12 @@ struct Flat {
     /// While off: changes to the live points left before it is tried again (after as many
     /// changes as there were live points, so that the tries cost O(1) a change).
     retry_after: usize,
-    /// Times it was made from the map (for tests: the cost stays linear).
+    /// Times it was made from the map, and slots written or copied by remakes and front
+    /// growth (for tests: the cost stays linear in the changes).
     #[cfg(test)]
     remakes: usize,
+    #[cfg(test)]
+    copied: usize,
 }
 
 impl std::ops::Deref for Live {
@@ -191,21 +194,27 @@ impl Live {
         }
     }
 
-    /// A live id below the array: grow it at the front, by at least its length (so that ids
-    /// arriving in descending order cost O(1) each, as a `Vec` grows at its end), or make it
-    /// again if the span would be too wide.
+    /// A live id below the array: grow it at the front, by its length if there is room (so
+    /// that ids arriving in descending order cost O(1) each, as a `Vec` grows at its end: the
+    /// room ahead is spare capacity, up to twice the allowance), or make it again if even the
+    /// ids it must cover would span too far.
     fn grow_front(&mut self, id: PointId, value: Slot) {
         let len = self.flat.slots.len() as u64;
-        let need = self.flat.base - id;
-        let pad = [need.max(len).min(self.flat.base), need]
-            .into_iter()
-            .find(|pad| *pad >= need && self.span_allowed(len.saturating_add(*pad)));
-        let Some(pad) = pad else {
+        let need = self.flat.base - id; // (at most base: ids are not negative)
+        if !self.span_allowed(len.saturating_add(need)) {
             self.remake();
             return;
-        };
-        let mut slots = vec![NO_SLOT; pad as usize];
+        }
+        // len + need is within the allowance A, so 2A - len is at least need
+        let allowance = SPREAD * self.map.len() as u64 + SPARE;
+        let pad = need.max(len).min(self.flat.base).min(2 * allowance - len);
+        let mut slots = Vec::with_capacity((pad + len) as usize);
+        slots.resize(pad as usize, NO_SLOT);
         slots.extend_from_slice(&self.flat.slots);
+        #[cfg(test)]
+        {
+            self.flat.copied += slots.len();
+        }
         self.flat.base -= pad;
         slots[(id - self.flat.base) as usize] = value;
         self.flat.slots = slots;
@@ -217,6 +226,8 @@ impl Live {
         self.flat = Flat {
             #[cfg(test)]
             remakes: self.flat.remakes + 1,
+            #[cfg(test)]
+            copied: self.flat.copied + self.map.len(),
             ..Flat::default()
         };
         let Some((min, max)) = self.map.keys().fold(None, |range, &id| match range {
@@ -231,6 +242,10 @@ impl Live {
             return;
         }
         let mut slots = vec![NO_SLOT; span as usize];
+        #[cfg(test)]
+        {
+            self.flat.copied += slots.len();
+        }
         for (id, e) in &self.map {
             slots[(id - min) as usize] = e.slot.unwrap_or(NO_SLOT);
         }
@@ -377,16 +392,52 @@ mod tests {
         lookups_agree(&live);
     }
 
-    /// Ids arriving in descending order grow the array at its front a doubling at a time.
+    /// Ids in descending order (one apart, three apart), shuffled, and a window sliding down:
+    /// the array grows at its front a doubling at a time, and the slots written or copied stay
+    /// within a few times the changes made.
     #[test]
-    fn descending_ids_cost_a_few_remakes() {
+    fn any_order_of_ids_costs_linear_work() {
+        let linear = |live: &Live, changes: usize, what: &str| {
+            assert!(live.check(), "{what}");
+            assert!(
+                live.flat.copied <= 16 * changes,
+                "{what}: {} slots written for {changes} changes",
+                live.flat.copied
+            );
+            lookups_agree(live);
+        };
+        for step in [1u64, 3] {
+            let mut live = Live::default();
+            let ids: Vec<u64> = (0..100_000u64).rev().map(|i| 1_000 + i * step).collect();
+            for &id in &ids {
+                live.insert(id, entry(Some(id as Slot)));
+            }
+            linear(&live, ids.len(), &format!("descending, {step} apart"));
+            assert!(live.flat.remakes <= 3, "{} remakes", live.flat.remakes);
+        }
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut ids: Vec<u64> = (0..100_000u64).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i as u64 + 1) as usize);
+        }
         let mut live = Live::default();
-        for id in (1_000..101_000u64).rev() {
+        for &id in &ids {
             live.insert(id, entry(Some(id as Slot)));
         }
-        assert!(live.check());
-        assert!(live.flat.remakes <= 2, "{} remakes", live.flat.remakes);
-        lookups_agree(&live);
+        linear(&live, ids.len(), "shuffled");
+        let mut live = Live::default();
+        let window = 2_000u64;
+        let top = 300_000u64;
+        for (n, id) in (0..top).rev().enumerate() {
+            live.insert(id, entry(Some(id as Slot)));
+            if id + window < top {
+                live.remove(id + window);
+            }
+            if n % 4_999 == 0 {
+                assert!(live.check(), "window at {id}");
+            }
+        }
+        linear(&live, 2 * top as usize, "a window sliding down");
     }
 
     /// Ids far apart turn the array off (lookups still right, through the map); it comes back
@@ -425,6 +476,7 @@ mod tests {
             current.push(next);
             next += 1;
         }
+        let remakes = live.flat.remakes;
         while live.flat.on {
             let old = current.remove(0);
             live.remove(old);
@@ -434,6 +486,23 @@ mod tests {
             assert!(next < 100_000, "the array never went off");
         }
         lookups_agree(&live);
+        // while off, 300 changes try it again at most a few times (every as many changes as
+        // there are live points, not at every change)
+        let off_at = live.flat.remakes;
+        for _ in 0..150 {
+            let old = current.remove(0);
+            live.remove(old);
+            live.insert(next, entry(Some(next as Slot)));
+            current.push(next);
+            next += 1;
+        }
+        assert!(!live.flat.on);
+        assert!(
+            live.flat.remakes - off_at <= 3,
+            "{} tries",
+            live.flat.remakes - off_at
+        );
+        assert!(live.flat.remakes > remakes);
         live.remove(0);
         for _ in 0..2 * current.len() + 2 {
             let old = current.remove(0);
