@@ -91,8 +91,11 @@ impl Kernel {
     }
 }
 
-/// Eight independent accumulators, so that the compiler vectorises without reassociating.
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+/// `step(x, y)` summed over both slices (over the shorter one's length) in eight independent
+/// accumulators, so that the compiler vectorises without reassociating. The dot product and the
+/// squared distance differ only in `step`.
+#[inline(always)]
+fn reduce_portable(a: &[f32], b: &[f32], step: impl Fn(f32, f32) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; 8];
@@ -101,34 +104,22 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] += step(x[i], y[i]);
         }
     }
     let mut sum: f32 = acc.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
+        sum += step(*x, *y);
     }
     sum
 }
 
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    reduce_portable(a, b, |x, y| x * y)
+}
+
 fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += (x - y) * (x - y);
-    }
-    sum
+    reduce_portable(a, b, |x, y| (x - y) * (x - y))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -254,30 +245,40 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// `step(acc, x, y)` over both slices 8 floats at a time with four accumulators, and
+    /// `tail(x, y)` summed over the floats past the last whole block. The dot product and the
+    /// squared distance differ only in these two.
+    ///
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[inline]
+    unsafe fn reduce_avx2(
+        a: &[f32],
+        b: &[f32],
+        step: impl Fn(__m256, __m256, __m256) -> __m256,
+        tail: impl Fn(f32, f32) -> f32,
+    ) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY (every load): i + 8 <= n, within both slices.
+        // SAFETY (every load): in the first loop o + 8 <= i + 32 <= n, in the second
+        // i + 8 <= n, so within both slices.
         while i + 32 <= n {
             for (j, acc) in acc.iter_mut().enumerate() {
                 let o = i + 8 * j;
-                *acc = unsafe {
-                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc)
-                };
+                *acc =
+                    unsafe { step(*acc, _mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o))) };
             }
             i += 32;
         }
         while i + 8 <= n {
             acc[0] = unsafe {
-                _mm256_fmadd_ps(
+                step(
+                    acc[0],
                     _mm256_loadu_ps(pa.add(i)),
                     _mm256_loadu_ps(pb.add(i)),
-                    acc[0],
                 )
             };
             i += 8;
@@ -285,7 +286,7 @@ mod x86 {
         let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         let mut sum = sum8(v);
         for k in i..n {
-            sum += a[k] * b[k];
+            sum += tail(a[k], b[k]);
         }
         sum
     }
@@ -293,34 +294,27 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: the caller's.
+        unsafe { reduce_avx2(a, b, |acc, x, y| _mm256_fmadd_ps(x, y, acc), |x, y| x * y) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        // SAFETY (every load): i + 8 <= n, within both slices.
-        while i + 32 <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let o = i + 8 * j;
-                let d = unsafe {
-                    _mm256_sub_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)))
-                };
-                *acc = _mm256_fmadd_ps(d, d, *acc);
-            }
-            i += 32;
+        // SAFETY: the caller's.
+        unsafe {
+            reduce_avx2(
+                a,
+                b,
+                |acc, x, y| {
+                    let d = _mm256_sub_ps(x, y);
+                    _mm256_fmadd_ps(d, d, acc)
+                },
+                |x, y| (x - y) * (x - y),
+            )
         }
-        while i + 8 <= n {
-            let d =
-                unsafe { _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
-            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-            i += 8;
-        }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut sum = sum8(v);
-        for k in i..n {
-            sum += (a[k] - b[k]) * (a[k] - b[k]);
-        }
-        sum
     }
 }
 
