@@ -1266,6 +1266,8 @@ impl ShoalService for Node {
     }
 
     async fn search(&self, collection: String, req: SearchRequest) -> Result<SearchResponse> {
+        // (a burst of searches is followed by a memory trim once they are quiet)
+        self.ctx.runtime.memory.searched();
         // A text search that reads at once counts as on its way to the query embedder from here: a
         // pass that starts meanwhile waits for it (briefly) instead of running half empty. One
         // that first waits for an index is counted once it has.

@@ -36,3 +36,39 @@ async fn a_drained_ingest_is_followed_by_one_trim() {
     assert!(start.elapsed() >= shoal_node::memory::QUIET);
     assert_eq!(ctx.runtime.memory.trims(), 1);
 }
+
+/// A burst of searches asks for the memory their threads freed to be handed back: one trim,
+/// once they have been quiet for `memory::QUIET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_searches_is_followed_by_one_trim() {
+    use shoal_api::ShoalService;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = common::node_with_collection(&tmp, 4, |_| {}).await;
+    let ctx = node.ctx.clone();
+    let service = shoal_node::service::Node { ctx: ctx.clone() };
+    let search = || {
+        let req =
+            serde_json::from_value(serde_json::json!({"vector": [1.0, 0.0, 0.0, 0.0]})).unwrap();
+        service.search("c".into(), req)
+    };
+    // the new collection's shard loads in a moment
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = search().await {
+        assert!(
+            Instant::now() < deadline,
+            "the collection never answered: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    for _ in 0..shoal_node::memory::SEARCHES_PER_REQUEST {
+        search().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctx.runtime.memory.trims() == 0 {
+        assert!(Instant::now() < deadline, "no trim after the searches");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(start.elapsed() >= shoal_node::memory::QUIET);
+    assert_eq!(ctx.runtime.memory.trims(), 1);
+}
