@@ -5,8 +5,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+/// A node's actors have process-wide names: the tests of this file run one node at a time.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_ingest_is_followed_by_one_trim() {
+    let _one = ONE_NODE.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let node = common::node_with_collection(&tmp, 384, |_| {}).await;
     let ctx = node.ctx.clone();
@@ -35,6 +39,7 @@ async fn a_drained_ingest_is_followed_by_one_trim() {
     // not while the ingest was going on: after it had been quiet for the quiet time
     assert!(start.elapsed() >= shoal_node::memory::QUIET);
     assert_eq!(ctx.runtime.memory.trims(), 1);
+    node.stop().await.unwrap();
 }
 
 /// A burst of searches asks for the memory their threads freed to be handed back: one trim,
@@ -42,6 +47,7 @@ async fn a_drained_ingest_is_followed_by_one_trim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_searches_is_followed_by_one_trim() {
     use shoal_api::ShoalService;
+    let _one = ONE_NODE.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let node = common::node_with_collection(&tmp, 4, |_| {}).await;
     let ctx = node.ctx.clone();
@@ -71,4 +77,5 @@ async fn a_burst_of_searches_is_followed_by_one_trim() {
     }
     assert!(start.elapsed() >= shoal_node::memory::QUIET);
     assert_eq!(ctx.runtime.memory.trims(), 1);
+    node.stop().await.unwrap();
 }
