@@ -103,20 +103,20 @@ impl Live {
     pub fn insert(&mut self, id: PointId, entry: Entry) {
         let slot = entry.slot;
         self.map.insert(id, entry);
-        self.set_flat(id, slot);
+        self.set_flat(id, true, slot);
     }
 
     /// Record where a live point sits in the graph (nothing if it is no longer live).
     pub fn place(&mut self, id: PointId, slot: Slot) {
         if let Some(e) = self.map.get_mut(&id) {
             e.slot = Some(slot);
-            self.set_flat(id, Some(slot));
+            self.set_flat(id, true, Some(slot));
         }
     }
 
     pub fn remove(&mut self, id: PointId) -> Option<Entry> {
         let entry = self.map.remove(&id)?;
-        self.set_flat(id, None);
+        self.set_flat(id, false, None);
         // Many removed: an array far longer than the live points allow is made again (smaller,
         // or off), so memory follows the live points down. Once per halving of them.
         if self.flat.on && !self.span_allowed(self.flat.slots.len() as u64 / 2) {
@@ -150,13 +150,19 @@ impl Live {
         self.flat.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
-    /// Whether an array of `span` ids is small enough for the live points.
-    fn span_allowed(&self, span: u64) -> bool {
-        span <= SPREAD * self.map.len() as u64 + SPARE
+    /// The most ids the array may span for the live points.
+    fn allowance(&self) -> u64 {
+        SPREAD * self.map.len() as u64 + SPARE
     }
 
-    /// Record `id`'s slot (or that it is gone) in the flat array, after the map has changed.
-    fn set_flat(&mut self, id: PointId, slot: Option<Slot>) {
+    /// Whether an array of `span` ids is small enough for the live points.
+    fn span_allowed(&self, span: u64) -> bool {
+        span <= self.allowance()
+    }
+
+    /// Record `id`'s slot (or that it is gone) in the flat array, after the map has changed:
+    /// `live` says whether the map holds `id` now.
+    fn set_flat(&mut self, id: PointId, live: bool, slot: Option<Slot>) {
         let value = slot.unwrap_or(NO_SLOT);
         if !self.flat.on {
             if self.flat.retry_after == 0 {
@@ -166,7 +172,6 @@ impl Live {
             }
             return;
         }
-        let live = self.map.contains_key(&id);
         let Some(at) = id.checked_sub(self.flat.base) else {
             // below the array (only a live id: every one is inside)
             if live {
@@ -206,8 +211,10 @@ impl Live {
             return;
         }
         // len + need is within the allowance A, so 2A - len is at least need
-        let allowance = SPREAD * self.map.len() as u64 + SPARE;
-        let pad = need.max(len).min(self.flat.base).min(2 * allowance - len);
+        let pad = need
+            .max(len)
+            .min(self.flat.base)
+            .min(2 * self.allowance() - len);
         let mut slots = Vec::with_capacity((pad + len) as usize);
         slots.resize(pad as usize, NO_SLOT);
         slots.extend_from_slice(&self.flat.slots);

@@ -8,6 +8,15 @@ mod common;
 /// A node's actors have process-wide names: the tests of this file run one node at a time.
 static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Wait (at most 30 s) for the node's first trim.
+async fn first_trim(ctx: &shoal_node::context::NodeContext, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctx.runtime.memory.trims() == 0 {
+        assert!(Instant::now() < deadline, "no trim {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_ingest_is_followed_by_one_trim() {
     let _one = ONE_NODE.lock().await;
@@ -28,14 +37,7 @@ async fn a_drained_ingest_is_followed_by_one_trim() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.runtime.memory.trims() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no trim after the ingest drained"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_trim(&ctx, "after the ingest drained").await;
     // not while the ingest was going on: after it had been quiet for the quiet time
     assert!(start.elapsed() >= shoal_node::memory::QUIET);
     assert_eq!(ctx.runtime.memory.trims(), 1);
@@ -70,11 +72,7 @@ async fn a_burst_of_searches_is_followed_by_one_trim() {
     for _ in 0..shoal_node::memory::SEARCHES_PER_REQUEST {
         search().await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.runtime.memory.trims() == 0 {
-        assert!(Instant::now() < deadline, "no trim after the searches");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first_trim(&ctx, "after the searches").await;
     assert!(start.elapsed() >= shoal_node::memory::QUIET);
     assert_eq!(ctx.runtime.memory.trims(), 1);
     node.stop().await.unwrap();
