@@ -5,15 +5,21 @@
 # queries cycled by `wrk` at 1 and 16 connections, each hit with its text and document id. Each
 # binary runs on its own copy of the data directory (a newer binary may move the store to its
 # format when it opens it: the time to its first ready answer is printed), and the two take turns,
-# `--rounds` times. Prints the figures and writes them to docs/benchmarks/http-ab.md.
-# Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--ef 64] [--seconds 10] [--rounds 2]
+# `--rounds` times. Each turn's memory is read too: the peak while loading, after the load, and
+# at rest 8 s after the searches (the node hands freed memory back once searches are quiet).
+# `--a-env`/`--b-env` give a binary settings ("SHOAL_STORAGE__CACHE_MB=16 ..."), so one binary can
+# be compared with itself. Prints the figures and writes them to docs/benchmarks/http-ab.md.
+# Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--a-env VARS] [--b-env VARS] [--ef 64]
+#        [--seconds 10] [--rounds 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-a="" b="" ef=64 seconds=10 rounds=2
+a="" b="" a_env="" b_env="" ef=64 seconds=10 rounds=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) a="$(realpath "$2")"; shift 2 ;;
     --b) b="$(realpath "$2")"; shift 2 ;;
+    --a-env) a_env="$2"; shift 2 ;;
+    --b-env) b_env="$2"; shift 2 ;;
     --ef) ef="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
@@ -55,14 +61,19 @@ load() { # connections, seconds
     | awk -F'\t' '/^RESULT/ {print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 "\t" $7}'
 }
 rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
+peak_mb() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
 results="$work/results.tsv"
+memory="$work/memory.tsv"
 : >"$results"
+: >"$memory"
 for round in $(seq "$rounds"); do
   for side in a b; do
-    bin=$a; [ "$side" = b ] && bin=$b
+    bin=$a vars=$a_env
+    [ "$side" = b ] && bin=$b vars=$b_env
     rm -rf "$work/data"; cp -r "$cache/shoal" "$work/data"
     t0=$(date +%s.%N)
-    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
+    # shellcheck disable=SC2086 # the settings are words
+    env $vars "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
       >"$work/$side.log" 2>&1 &
     pid=$!
     for _ in $(seq 6000); do
@@ -77,12 +88,16 @@ for round in $(seq "$rounds"); do
       sleep 0.1
     done
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
+    loaded_mb=$(rss_mb "$pid")
     for c in 1 16; do
       load "$c" 2 >/dev/null
       r=$(load "$c" "$seconds")
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$c" "$r" "$ready_s" "$loaded_s" "$(rss_mb "$pid")" >>"$results"
       tail -1 "$results" >&2
     done
+    sleep 8
+    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$(peak_mb "$pid")" "$loaded_mb" "$(rss_mb "$pid")" >>"$memory"
+    tail -1 "$memory" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
@@ -98,10 +113,16 @@ out=docs/benchmarks/http-ab.md
   echo "${seconds} s after a 2 s warm-up. \"ready\": seconds from start to the first ready answer (a store"
   echo "moved to a new format is moved before it); \"loaded\": until the graph answers every point."
   echo
-  echo "a: \`$a\`; b: \`$b\`"
+  echo "a: \`$a\`${a_env:+ with $a_env}; b: \`$b\`${b_env:+ with $b_env}"
   echo
   echo "| build | round | connections | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | ready s | loaded s | RSS MiB |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}' "$results"
+  echo
+  echo "Memory of each turn (MiB): the peak (VmHWM, the load's), after the load, and at rest 8 s after its searches."
+  echo
+  echo "| build | round | peak | after the load | at rest after the searches |"
+  echo "|---|---|---|---|---|"
+  awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$memory"
 } >"$out"
 cat "$out"

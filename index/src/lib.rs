@@ -24,8 +24,8 @@ pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
 pub use fusion::{fuse, FusedHit, Fusion};
 pub use graph::Metric;
 pub use shard::{
-    FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardMemory,
-    ShardParams, ShardStats,
+    FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardDump,
+    ShardMemory, ShardParams, ShardStats,
 };
 
 /// Point ids are chosen by the caller (the storage layer) and never reused within a shard.

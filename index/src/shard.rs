@@ -278,6 +278,76 @@ struct Manifest {
 /// 3: shoal's own graph file (2 was hnsw_rs's dump, rebuilt on first start).
 const MANIFEST_FORMAT: u32 = 3;
 
+/// A shard's dumped graph, read before the shard's points are (see [`Shard::open_with`]).
+pub struct ShardDump {
+    graph: Option<Graph>,
+    /// The dumped graph's nodes by point id (the first node of an id found twice).
+    slots: HashMap<PointId, Slot>,
+    /// Its nodes deleted already or repeating an id (tombstones from the start).
+    tombstoned: usize,
+    /// A dump was found but is not used.
+    discarded: bool,
+}
+
+impl ShardDump {
+    /// No dump: every point is inserted.
+    pub fn none() -> ShardDump {
+        ShardDump {
+            graph: None,
+            slots: HashMap::new(),
+            tombstoned: 0,
+            discarded: false,
+        }
+    }
+
+    /// The graph dumped in `dir`, if there is one, it fits `params` and is not ahead of the
+    /// store's points as of log index `applied`. A dump found but not usable is removed.
+    pub fn read(params: &ShardParams, dir: &Path, applied: u64) -> ShardDump {
+        let Some(graph) = load_dump(params, dir, applied) else {
+            let discarded = dir.join(MANIFEST).exists();
+            if discarded {
+                // Never again: a dump ahead of the store stays ahead-looking no longer once the
+                // store passes its index, and would then be trusted with ids it reassigned.
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a discarded index dump");
+                }
+            }
+            return ShardDump {
+                discarded,
+                ..ShardDump::none()
+            };
+        };
+        let mut slots: HashMap<PointId, Slot> = HashMap::with_capacity(graph.len());
+        let mut tombstoned = 0;
+        for slot in 0..graph.len() as Slot {
+            if graph.is_deleted(slot) {
+                tombstoned += 1;
+                continue;
+            }
+            match slots.entry(graph.id(slot)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    graph.delete(slot);
+                    tombstoned += 1;
+                }
+            }
+        }
+        ShardDump {
+            graph: Some(graph),
+            slots,
+            tombstoned,
+            discarded: false,
+        }
+    }
+
+    /// Whether the dump holds point `id` (with its vector).
+    pub fn has(&self, id: PointId) -> bool {
+        self.slots.contains_key(&id)
+    }
+}
+
 /// How a shard came up in [`Shard::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenReport {
@@ -319,40 +389,50 @@ impl Shard {
         dump_dir: Option<&Path>,
         applied: u64,
     ) -> Result<(Shard, OpenReport), IndexError> {
+        let dump = match dump_dir {
+            Some(dir) => ShardDump::read(&params, dir, applied),
+            None => ShardDump::none(),
+        };
+        Shard::open_with(params, points, dump)
+    }
+
+    /// [`Shard::open`] with the dump read first ([`ShardDump::read`]): a point the dump holds
+    /// may come without its vector (an empty one), so that a reload need not read the vectors
+    /// from the store; every other point needs its vector.
+    pub fn open_with(
+        params: ShardParams,
+        points: Vec<Point>,
+        dump: ShardDump,
+    ) -> Result<(Shard, OpenReport), IndexError> {
         for p in &points {
-            check_vector(&params, &p.vector)?;
+            if !(p.vector.is_empty() && dump.has(p.id)) {
+                check_vector(&params, &p.vector)?;
+            }
         }
         // each id once (the first), as inserts take them
         let mut seen = HashSet::with_capacity(points.len());
         let points: Vec<Point> = points.into_iter().filter(|p| seen.insert(p.id)).collect();
         drop(seen);
-        let dump = dump_dir.map(|d| (d, load_dump(&params, d, applied)));
-        let discarded_dump = matches!(dump, Some((d, None)) if d.join(MANIFEST).exists());
-        if let (true, Some(dir)) = (discarded_dump, dump_dir) {
-            // Never again: a dump ahead of the store stays ahead-looking no longer once the
-            // store passes its index, and would then be trusted with ids it reassigned.
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a discarded index dump");
-            }
-        }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Some((_, Some(graph))) = dump {
+        let ShardDump {
+            graph,
+            mut slots,
+            mut tombstoned,
+            discarded,
+        } = dump;
+        if let Some(graph) = graph {
             // The dump's nodes that are still live keep their place; the others become
             // tombstones; live points the dump lacks are inserted.
             let live_ids: HashSet<PointId> = points.iter().map(|p| p.id).collect();
-            let mut slots: HashMap<PointId, Slot> = HashMap::with_capacity(points.len());
-            let mut tombstoned = 0;
-            for slot in 0..graph.len() as Slot {
-                let id = graph.id(slot);
-                if graph.is_deleted(slot) {
+            slots.retain(|id, slot| {
+                let live = live_ids.contains(id);
+                if !live {
+                    graph.delete(*slot);
                     tombstoned += 1;
-                } else if !live_ids.contains(&id) || slots.contains_key(&id) {
-                    graph.delete(slot);
-                    tombstoned += 1;
-                } else {
-                    slots.insert(id, slot);
                 }
-            }
+                live
+            });
+            drop(live_ids);
             let missing: Vec<(PointId, &[f32])> = points
                 .iter()
                 .filter(|p| !slots.contains_key(&p.id))
@@ -386,7 +466,7 @@ impl Shard {
             reloaded: false,
             inserted: points.len(),
             tombstoned: 0,
-            discarded_dump,
+            discarded_dump: discarded,
         };
         Ok((Shard::from_parts(params, graph, slots, points, 0)?, report))
     }

@@ -300,7 +300,8 @@ pub struct StorageConfig {
     /// fsync every append to the Raft log (an acknowledged write survives kill -9). Only a node
     /// alone may turn it off.
     pub sync_writes: bool,
-    /// sled's page cache (MiB).
+    /// sled's page cache (MiB): the store's records held decoded in memory. A read that misses
+    /// it is served from the operating system's file cache and decoded again.
     pub cache_mb: u64,
     /// How long a start waits for the store's lock while a previous process still holds it (ms).
     pub lock_wait_ms: u64,
@@ -504,7 +505,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
             sync_writes: true,
-            cache_mb: 64,
+            cache_mb: 16,
             lock_wait_ms: 10_000,
         }
     }

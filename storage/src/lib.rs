@@ -30,6 +30,7 @@ pub use records::{
 pub use snapshot::SnapshotInfo;
 pub use store::{
     Applied, Effect, HeldClaim, Outcome, PendingDocument, Store, StoreOptions, StoredPoint,
+    WithVectors,
 };
 
 /// Point ids are unique within a collection and never reused.

@@ -274,7 +274,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::FORMAT_VERSION;
-    use crate::{CollectionSpec, Command, HnswParams};
+    use crate::{CollectionSpec, Command, HnswParams, WithVectors};
 
     fn create(name: &str) -> Command {
         Command::CreateCollection {
@@ -329,7 +329,7 @@ mod tests {
             };
             source.apply(3 + i, &chunks).unwrap();
         }
-        let (points, _) = source.points_at("c", None).unwrap();
+        let (points, _) = source.points_at("c", None, WithVectors::All).unwrap();
         let digest = source.digest().unwrap();
         crate::migrate::back_to_format_5(&source, 0);
         let path = dir.path().join("old-backup");
@@ -337,7 +337,10 @@ mod tests {
 
         let target = Store::open(&dir.path().join("t"), Default::default()).unwrap();
         assert_eq!(target.install_snapshot(&path).unwrap(), 6);
-        assert_eq!(target.points_at("c", None).unwrap().0, points);
+        assert_eq!(
+            target.points_at("c", None, WithVectors::All).unwrap().0,
+            points
+        );
         assert_eq!(
             target.tree().get(keys::FORMAT).unwrap().unwrap().as_ref(),
             [FORMAT_VERSION]

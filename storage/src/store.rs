@@ -49,6 +49,14 @@ pub struct StoredPoint {
     pub text: String,
 }
 
+/// Which points' vectors [`Store::points_at`] reads.
+#[derive(Clone, Copy)]
+pub enum WithVectors<'a> {
+    All,
+    /// Only those of the points this picks; the others' `vector` is empty.
+    Only(&'a dyn Fn(PointId) -> bool),
+}
+
 /// A document version that still has to be chunked, embedded and stored. Only its key: the text
 /// stays in the store ([`Store::pending_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -443,16 +451,18 @@ impl Store {
     /// replaced during the read may carry the new version's metadata; the replacement's removal
     /// of that chunk, which the caller replays after this read, corrects it.
     pub fn points(&self, collection: &str) -> Result<Vec<StoredPoint>, StoreError> {
-        Ok(self.points_at(collection, None)?.0)
+        Ok(self.points_at(collection, None, WithVectors::All)?.0)
     }
 
     /// [`Store::points`], and the applied index of the state they were read from (at least the
     /// index they reflect), from one state tree even while a snapshot is installed.
-    /// With `uid`, a collection of that name but another uid is not found.
+    /// With `uid`, a collection of that name but another uid is not found. `vectors` says which
+    /// points' vectors are read (an index shard reloading its dumped graph has most of them).
     pub fn points_at(
         &self,
         collection: &str,
         uid: Option<u64>,
+        vectors: WithVectors<'_>,
     ) -> Result<(Vec<StoredPoint>, u64), StoreError> {
         let tree = self.tree();
         let applied = applied_in(&tree)?;
@@ -461,8 +471,12 @@ impl Store {
                 .filter(|c| uid.is_none_or(|u| u == c.uid))
                 .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
-        // records and vectors side by side: both in point id order, written and removed together
-        let mut vectors = tree.scan_prefix(keys::vectors_prefix(coll.uid));
+        // All: records and vectors side by side, both in point id order, written and removed
+        // together. Some: each wanted vector read by its key.
+        let mut all_vectors = match vectors {
+            WithVectors::All => Some(tree.scan_prefix(keys::vectors_prefix(coll.uid))),
+            WithVectors::Only(_) => None,
+        };
         for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
             let chunk: ChunkRecord = decode(&k, &v)?;
@@ -470,17 +484,25 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
-            let vector: Vec<f32> = match vectors.next().transpose()? {
-                Some((vk, vv)) if keys::point_id_from_key(&vk) == Some(id) => decode(&vk, &vv)?,
-                other => {
-                    return Err(StoreError::Corrupt {
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                        reason: format!(
-                            "the chunk's vector is missing (next vector: {:?})",
-                            other.map(|(vk, _)| keys::point_id_from_key(&vk))
-                        ),
-                    })
+            let missing = |next: Option<u64>| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: format!("the chunk's vector is missing (next vector: {next:?})"),
+            };
+            let vector: Vec<f32> = match (&mut all_vectors, &vectors) {
+                (Some(scan), _) => match scan.next().transpose()? {
+                    Some((vk, vv)) if keys::point_id_from_key(&vk) == Some(id) => decode(&vk, &vv)?,
+                    other => {
+                        return Err(missing(
+                            other.and_then(|(vk, _)| keys::point_id_from_key(&vk)),
+                        ))
+                    }
+                },
+                (None, WithVectors::Only(wanted)) if wanted(id) => {
+                    let key = keys::vector(coll.uid, id);
+                    let bytes = tree.get(&key)?.ok_or_else(|| missing(None))?;
+                    decode(&key, &bytes)?
                 }
+                (None, _) => Vec::new(),
             };
             out.push(StoredPoint {
                 id,
@@ -490,7 +512,7 @@ impl Store {
                 text: chunk.text,
             });
         }
-        if let Some(extra) = vectors.next().transpose()? {
+        if let Some(extra) = all_vectors.and_then(|mut scan| scan.next()).transpose()? {
             return Err(StoreError::Corrupt {
                 key: String::from_utf8_lossy(&extra.0).into_owned(),
                 reason: "a vector without its chunk".into(),

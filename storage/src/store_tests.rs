@@ -343,7 +343,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
             log.apply(store_chunks("c", &format!("d{i}"), 2, chunks))
                 .unwrap();
         }
-        let (before, _) = log.store.points_at("c", None).unwrap();
+        let (before, _) = log.store.points_at("c", None, WithVectors::All).unwrap();
         assert_eq!(before.len(), 15);
         let uid = log.store.collection("c").unwrap().unwrap().uid;
         let texts: Vec<ChunkRecord> = before
@@ -354,7 +354,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
         // the first two chunks: moved already, as a move cut short leaves them
         crate::migrate::back_to_format_5(&log.store, 2);
         // as it is, format 6 cannot read it
-        assert!(log.store.points_at("c", None).is_err());
+        assert!(log.store.points_at("c", None, WithVectors::All).is_err());
         (before, texts)
     };
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -362,7 +362,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
         store.tree().get(keys::FORMAT).unwrap().unwrap().as_ref(),
         [FORMAT_VERSION]
     );
-    let (after, _) = store.points_at("c", None).unwrap();
+    let (after, _) = store.points_at("c", None, WithVectors::All).unwrap();
     assert_eq!(
         after, before,
         "every chunk keeps its text, payload and vector"
@@ -375,7 +375,58 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
     // and it stays so: opened again, nothing to move
     drop(store);
     let again = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    assert_eq!(again.points_at("c", None).unwrap().0, before);
+    assert_eq!(
+        again.points_at("c", None, WithVectors::All).unwrap().0,
+        before
+    );
+}
+
+#[test]
+fn points_can_be_read_with_only_the_vectors_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    log.apply(create("c")).unwrap();
+    log.apply(accept(
+        "c",
+        "j",
+        (0..3).map(|i| doc(&format!("d{i}"), "t", "{}")).collect(),
+    ))
+    .unwrap();
+    for i in 0..3 {
+        let chunks = (0..2)
+            .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32 + 0.5]))
+            .collect();
+        log.apply(store_chunks("c", &format!("d{i}"), 2, chunks))
+            .unwrap();
+    }
+    let (all, applied) = log.store.points_at("c", None, WithVectors::All).unwrap();
+    assert_eq!(all.len(), 6);
+    let odd = |id: PointId| id % 2 == 1;
+    let (some, applied_too) = log
+        .store
+        .points_at("c", None, WithVectors::Only(&odd))
+        .unwrap();
+    assert_eq!(applied_too, applied);
+    assert_eq!(some.len(), all.len());
+    for (s, a) in some.iter().zip(&all) {
+        assert_eq!((s.id, &s.doc_id, &s.text), (a.id, &a.doc_id, &a.text));
+        let want: &[f32] = if odd(a.id) { &a.vector } else { &[] };
+        assert_eq!(s.vector, want, "point {}", a.id);
+    }
+    // a vector asked for and missing is corruption, as in a full read
+    let uid = log.store.collection("c").unwrap().unwrap().uid;
+    let gone = all.iter().find(|p| odd(p.id)).unwrap().id;
+    log.store.tree().remove(keys::vector(uid, gone)).unwrap();
+    let err = log
+        .store
+        .points_at("c", None, WithVectors::Only(&odd))
+        .unwrap_err();
+    assert!(err.to_string().contains("vector is missing"), "{err}");
+    let none = |_: PointId| false;
+    assert!(log
+        .store
+        .points_at("c", None, WithVectors::Only(&none))
+        .is_ok());
 }
 
 #[test]

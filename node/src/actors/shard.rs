@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use shoal_index::{Point, PointId, Shard};
-use shoal_storage::{CollectionRecord, StoreError};
+use shoal_index::{Point, PointId, Shard, ShardDump};
+use shoal_storage::{CollectionRecord, StoreError, WithVectors};
 
 use crate::context::{to_index_points, NodeContext};
 use crate::error::NodeError;
@@ -115,34 +115,40 @@ impl ShardState {
     async fn load(&mut self, myself: &ActorRef<ShardMsg>) -> Result<bool, ActorProcessingErr> {
         let start = Instant::now();
         let coll = self.collection.clone();
-        // The points as of at least `through` (see the module docs), read off the apply thread:
-        // writes go on meanwhile.
-        let (name, uid) = (coll.name.clone(), coll.uid);
-        let store = self.ctx.store.clone();
-        let view = tokio::task::spawn_blocking(move || {
-            // One state tree for the collection, its points and their index, even while a
-            // snapshot is installed; a collection of another uid is a drop.
-            match store.points_at(&name, Some(uid)) {
-                Ok(view) => Ok::<_, StoreError>(Some(view)),
-                Err(StoreError::CollectionNotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await??;
-        let Some((points, through)) = view else {
-            tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
-            // Nothing of it is awaited, and nobody restarts it.
-            self.ctx.watermark.forget(uid);
-            self.ctx.actors.shards.remove(&coll.name, uid);
-            return Ok(false);
-        };
         let ctx = self.ctx.clone();
-        let _files = self.ctx.actors.shards.dump_lock(uid).lock_owned().await;
+        // One dump or load of this folder at a time (an actor restarting after this one).
+        let _files = self
+            .ctx
+            .actors
+            .shards
+            .dump_lock(coll.uid)
+            .lock_owned()
+            .await;
         // At normal priority: a shard that is loading cannot be searched.
-        let (shard, report) = tokio::task::spawn_blocking(move || {
+        let opened = tokio::task::spawn_blocking(move || {
+            // The dumped graph first: the points it holds are read without their vectors.
+            let params = ctx.shard_params(&coll);
+            let dump = ShardDump::read(
+                &params,
+                &ctx.shard_dump_dir(&coll),
+                ctx.store.applied_index()?,
+            );
+            // The points as of at least `through` (see the module docs), read off the apply
+            // thread: writes go on meanwhile. One state tree for the collection, its points and
+            // their index, even while a snapshot is installed; a collection of another uid is a
+            // drop.
+            let unread = |id| !dump.has(id);
+            let (points, through) =
+                match ctx
+                    .store
+                    .points_at(&coll.name, Some(coll.uid), WithVectors::Only(&unread))
+                {
+                    Ok(view) => view,
+                    Err(StoreError::CollectionNotFound(_)) => return Ok(None),
+                    Err(e) => return Err(NodeError::from(e)),
+                };
             let points = to_index_points(points);
-            let dir = ctx.shard_dump_dir(&coll);
-            let opened = Shard::open(ctx.shard_params(&coll), points, Some(&dir), through);
+            let opened = Shard::open_with(params, points, dump);
             // The points were copied into the graph and freed: hand the freed pages back, so
             // that the node's resident memory is what its shards hold, not allocator slack.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -150,9 +156,17 @@ impl ShardState {
             unsafe {
                 libc::malloc_trim(0);
             }
-            opened
+            Ok::<_, NodeError>(Some((opened?, through)))
         })
         .await??;
+        let Some(((shard, report), through)) = opened else {
+            let coll = &self.collection;
+            tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
+            // Nothing of it is awaited, and nobody restarts it.
+            self.ctx.watermark.forget(coll.uid);
+            self.ctx.actors.shards.remove(&coll.name, coll.uid);
+            return Ok(false);
+        };
         drop(_files);
         let shard = Arc::new(shard);
         let c = &self.collection;
