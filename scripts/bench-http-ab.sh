@@ -5,7 +5,7 @@
 # queries cycled by `wrk` at 1 and 16 connections, each hit with its text and document id. Each
 # binary runs on its own copy of the data directory (a newer binary may move the store to its
 # format when it opens it: the time to its first ready answer is printed), and the two take turns,
-# `--rounds` times. Each turn's memory is read too: the peak while loading, after the load, and
+# `--rounds` times. Each turn's memory is read too: the peak until loaded, after the load, and
 # at rest 8 s after the searches (the node hands freed memory back once searches are quiet).
 # `--a-env`/`--b-env` give a binary settings ("SHOAL_STORAGE__CACHE_MB=16 ..."), so one binary can
 # be compared with itself. Prints the figures and writes them to docs/benchmarks/http-ab.md.
@@ -72,8 +72,8 @@ for round in $(seq "$rounds"); do
     [ "$side" = b ] && bin=$b vars=$b_env
     rm -rf "$work/data"; cp -r "$cache/shoal" "$work/data"
     t0=$(date +%s.%N)
-    # shellcheck disable=SC2086 # the settings are words
-    env $vars "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
+    read -r -a settings <<<"$vars"
+    env -- "${settings[@]}" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
       >"$work/$side.log" 2>&1 &
     pid=$!
     for _ in $(seq 6000); do
@@ -88,7 +88,7 @@ for round in $(seq "$rounds"); do
       sleep 0.1
     done
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
-    loaded_mb=$(rss_mb "$pid")
+    loaded_mb=$(rss_mb "$pid") peak_loading_mb=$(peak_mb "$pid")
     for c in 1 16; do
       load "$c" 2 >/dev/null
       r=$(load "$c" "$seconds")
@@ -96,7 +96,7 @@ for round in $(seq "$rounds"); do
       tail -1 "$results" >&2
     done
     sleep 8
-    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$(peak_mb "$pid")" "$loaded_mb" "$(rss_mb "$pid")" >>"$memory"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$peak_loading_mb" "$loaded_mb" "$(rss_mb "$pid")" >>"$memory"
     tail -1 "$memory" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
@@ -119,7 +119,7 @@ out=docs/benchmarks/http-ab.md
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}' "$results"
   echo
-  echo "Memory of each turn (MiB): the peak (VmHWM, the load's), after the load, and at rest 8 s after its searches."
+  echo "Memory of each turn (MiB): the peak until loaded (VmHWM when every point answers), after the load, and at rest 8 s after its searches."
   echo
   echo "| build | round | peak | after the load | at rest after the searches |"
   echo "|---|---|---|---|---|"

@@ -346,9 +346,14 @@ impl ShardDump {
     pub fn has(&self, id: PointId) -> bool {
         self.slots.contains_key(&id)
     }
+
+    /// Whether there is a usable dump (false: every point needs its vector).
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
 }
 
-/// How a shard came up in [`Shard::open`].
+/// How a shard came up in [`Shard::open`] or [`Shard::open_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenReport {
     /// The graph was reloaded from a dump (false: rebuilt from the points).
@@ -405,8 +410,13 @@ impl Shard {
         dump: ShardDump,
     ) -> Result<(Shard, OpenReport), IndexError> {
         for p in &points {
-            if !(p.vector.is_empty() && dump.has(p.id)) {
+            if !p.vector.is_empty() {
                 check_vector(&params, &p.vector)?;
+            } else if !dump.has(p.id) {
+                return Err(IndexError::Graph(format!(
+                    "point {} came without its vector, and the dump does not hold it",
+                    p.id
+                )));
             }
         }
         // each id once (the first), as inserts take them

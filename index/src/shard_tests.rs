@@ -459,8 +459,17 @@ fn a_reload_needs_only_the_vectors_the_dump_lacks() {
         assert!((top[0].score - 1.0).abs() < 1e-4);
     }
     drop(shard);
-    // without a usable dump, a point without its vector is refused, not indexed wrong
+    // a point the dump lacks, given without its vector: refused, not indexed wrong
+    let mut lacking = given.clone();
+    let new_one = lacking.iter_mut().find(|p| !p.vector.is_empty()).unwrap();
+    new_one.vector = Vec::new();
+    let read = ShardDump::read(&params(), &dump, 12);
+    assert!(read.has_graph());
+    let err = Shard::open_with(params(), lacking, read).err().unwrap();
+    assert!(err.to_string().contains("without its vector"), "{err}");
+    // without a usable dump, every point needs its vector
     let ahead = ShardDump::read(&params(), &dump, 9);
+    assert!(!ahead.has_graph());
     assert!(!ahead.has(now[0].id));
     assert!(Shard::open_with(params(), given.clone(), ahead).is_err());
     assert!(Shard::open_with(params(), given, ShardDump::none()).is_err());

@@ -53,7 +53,9 @@ pub struct StoredPoint {
 #[derive(Clone, Copy)]
 pub enum WithVectors<'a> {
     All,
-    /// Only those of the points this picks; the others' `vector` is empty.
+    /// Only those of the points this picks; the others' `vector` is empty. Vectors not read are
+    /// not checked either: a vector without its chunk, or a missing one not picked, is found by
+    /// the next read of them all.
     Only(&'a dyn Fn(PointId) -> bool),
 }
 
@@ -143,7 +145,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             sync_writes: true,
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
         }
     }
 }
@@ -472,10 +474,16 @@ impl Store {
                 .ok_or_else(|| StoreError::CollectionNotFound(collection.to_string()))?;
         let mut out = Vec::with_capacity(coll.chunks as usize);
         // All: records and vectors side by side, both in point id order, written and removed
-        // together. Some: each wanted vector read by its key.
-        let mut all_vectors = match vectors {
-            WithVectors::All => Some(tree.scan_prefix(keys::vectors_prefix(coll.uid))),
-            WithVectors::Only(_) => None,
+        // together. Only: each wanted vector read by its key.
+        enum Reader<'a> {
+            Scan(Box<sled::Iter>),
+            Get(&'a dyn Fn(PointId) -> bool),
+        }
+        let mut reader = match vectors {
+            WithVectors::All => {
+                Reader::Scan(Box::new(tree.scan_prefix(keys::vectors_prefix(coll.uid))))
+            }
+            WithVectors::Only(wanted) => Reader::Get(wanted),
         };
         for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
@@ -484,25 +492,28 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
-            let missing = |next: Option<u64>| StoreError::Corrupt {
+            let missing = |reason: String| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
-                reason: format!("the chunk's vector is missing (next vector: {next:?})"),
+                reason,
             };
-            let vector: Vec<f32> = match (&mut all_vectors, &vectors) {
-                (Some(scan), _) => match scan.next().transpose()? {
+            let vector: Vec<f32> = match &mut reader {
+                Reader::Scan(scan) => match scan.next().transpose()? {
                     Some((vk, vv)) if keys::point_id_from_key(&vk) == Some(id) => decode(&vk, &vv)?,
                     other => {
-                        return Err(missing(
-                            other.and_then(|(vk, _)| keys::point_id_from_key(&vk)),
-                        ))
+                        return Err(missing(format!(
+                            "the chunk's vector is missing (next vector: {:?})",
+                            other.and_then(|(vk, _)| keys::point_id_from_key(&vk))
+                        )))
                     }
                 },
-                (None, WithVectors::Only(wanted)) if wanted(id) => {
+                Reader::Get(wanted) if wanted(id) => {
                     let key = keys::vector(coll.uid, id);
-                    let bytes = tree.get(&key)?.ok_or_else(|| missing(None))?;
+                    let bytes = tree
+                        .get(&key)?
+                        .ok_or_else(|| missing("the chunk's vector is missing".into()))?;
                     decode(&key, &bytes)?
                 }
-                (None, _) => Vec::new(),
+                Reader::Get(_) => Vec::new(),
             };
             out.push(StoredPoint {
                 id,
@@ -512,7 +523,11 @@ impl Store {
                 text: chunk.text,
             });
         }
-        if let Some(extra) = all_vectors.and_then(|mut scan| scan.next()).transpose()? {
+        let extra = match &mut reader {
+            Reader::Scan(scan) => scan.next().transpose()?,
+            Reader::Get(_) => None,
+        };
+        if let Some(extra) = extra {
             return Err(StoreError::Corrupt {
                 key: String::from_utf8_lossy(&extra.0).into_owned(),
                 reason: "a vector without its chunk".into(),

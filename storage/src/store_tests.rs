@@ -389,7 +389,9 @@ fn points_can_be_read_with_only_the_vectors_asked_for() {
     log.apply(accept(
         "c",
         "j",
-        (0..3).map(|i| doc(&format!("d{i}"), "t", "{}")).collect(),
+        (0..3)
+            .map(|i| doc(&format!("d{i}"), "t", &format!("{{\"n\":{i}}}")))
+            .collect(),
     ))
     .unwrap();
     for i in 0..3 {
@@ -408,8 +410,12 @@ fn points_can_be_read_with_only_the_vectors_asked_for() {
         .unwrap();
     assert_eq!(applied_too, applied);
     assert_eq!(some.len(), all.len());
+    assert_eq!(all[0].metadata_json, r#"{"n":0}"#);
     for (s, a) in some.iter().zip(&all) {
-        assert_eq!((s.id, &s.doc_id, &s.text), (a.id, &a.doc_id, &a.text));
+        assert_eq!(
+            (s.id, &s.doc_id, &s.text, &s.metadata_json),
+            (a.id, &a.doc_id, &a.text, &a.metadata_json)
+        );
         let want: &[f32] = if odd(a.id) { &a.vector } else { &[] };
         assert_eq!(s.vector, want, "point {}", a.id);
     }

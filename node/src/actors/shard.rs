@@ -112,18 +112,32 @@ impl ShardState {
         Ok(())
     }
 
+    /// The collection was dropped before its shard loaded: forget it (false: the actor stops).
+    fn dropped_before_load(&mut self) -> bool {
+        let coll = &self.collection;
+        tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
+        // Nothing of it is awaited, and nobody restarts it.
+        self.ctx.watermark.forget(coll.uid);
+        self.ctx.actors.shards.remove(&coll.name, coll.uid);
+        false
+    }
+
     async fn load(&mut self, myself: &ActorRef<ShardMsg>) -> Result<bool, ActorProcessingErr> {
         let start = Instant::now();
         let coll = self.collection.clone();
         let ctx = self.ctx.clone();
+        // A collection dropped (or dropped and made again) before its shard loaded: nothing to
+        // load, and no dump lock to take for it.
+        let (store, name, uid) = (ctx.store.clone(), coll.name.clone(), coll.uid);
+        let exists = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>(store.collection(&name)?.is_some_and(|c| c.uid == uid))
+        })
+        .await??;
+        if !exists {
+            return Ok(self.dropped_before_load());
+        }
         // One dump or load of this folder at a time (an actor restarting after this one).
-        let _files = self
-            .ctx
-            .actors
-            .shards
-            .dump_lock(coll.uid)
-            .lock_owned()
-            .await;
+        let _files = ctx.actors.shards.dump_lock(coll.uid).lock_owned().await;
         // At normal priority: a shard that is loading cannot be searched.
         let opened = tokio::task::spawn_blocking(move || {
             // The dumped graph first: the points it holds are read without their vectors.
@@ -133,22 +147,23 @@ impl ShardState {
                 &ctx.shard_dump_dir(&coll),
                 ctx.store.applied_index()?,
             );
+            let unread = |id| !dump.has(id);
+            let vectors = if dump.has_graph() {
+                WithVectors::Only(&unread)
+            } else {
+                WithVectors::All
+            };
             // The points as of at least `through` (see the module docs), read off the apply
             // thread: writes go on meanwhile. One state tree for the collection, its points and
             // their index, even while a snapshot is installed; a collection of another uid is a
             // drop.
-            let unread = |id| !dump.has(id);
-            let (points, through) =
-                match ctx
-                    .store
-                    .points_at(&coll.name, Some(coll.uid), WithVectors::Only(&unread))
-                {
-                    Ok(view) => view,
-                    Err(StoreError::CollectionNotFound(_)) => return Ok(None),
-                    Err(e) => return Err(NodeError::from(e)),
-                };
-            let points = to_index_points(points);
-            let opened = Shard::open_with(params, points, dump);
+            let opened = match ctx.store.points_at(&coll.name, Some(coll.uid), vectors) {
+                Ok((points, through)) => Shard::open_with(params, to_index_points(points), dump)
+                    .map(|opened| Some((opened, through)))
+                    .map_err(NodeError::from),
+                Err(StoreError::CollectionNotFound(_)) => Ok(None),
+                Err(e) => Err(NodeError::from(e)),
+            };
             // The points were copied into the graph and freed: hand the freed pages back, so
             // that the node's resident memory is what its shards hold, not allocator slack.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -156,16 +171,11 @@ impl ShardState {
             unsafe {
                 libc::malloc_trim(0);
             }
-            Ok::<_, NodeError>(Some((opened?, through)))
+            opened
         })
         .await??;
         let Some(((shard, report), through)) = opened else {
-            let coll = &self.collection;
-            tracing::debug!(collection = %coll.name, "collection dropped before its shard loaded");
-            // Nothing of it is awaited, and nobody restarts it.
-            self.ctx.watermark.forget(coll.uid);
-            self.ctx.actors.shards.remove(&coll.name, coll.uid);
-            return Ok(false);
+            return Ok(self.dropped_before_load());
         };
         drop(_files);
         let shard = Arc::new(shard);
