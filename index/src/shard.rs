@@ -420,9 +420,11 @@ impl Shard {
             }
         }
         // each id once (the first), as inserts take them
-        let mut seen = HashSet::with_capacity(points.len());
-        let points: Vec<Point> = points.into_iter().filter(|p| seen.insert(p.id)).collect();
-        drop(seen);
+        let mut live_ids = HashSet::with_capacity(points.len());
+        let points: Vec<Point> = points
+            .into_iter()
+            .filter(|p| live_ids.insert(p.id))
+            .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let ShardDump {
             graph,
@@ -433,7 +435,6 @@ impl Shard {
         if let Some(graph) = graph {
             // The dump's nodes that are still live keep their place; the others become
             // tombstones; live points the dump lacks are inserted.
-            let live_ids: HashSet<PointId> = points.iter().map(|p| p.id).collect();
             slots.retain(|id, slot| {
                 let live = live_ids.contains(id);
                 if !live {
@@ -462,6 +463,7 @@ impl Shard {
             let shard = Shard::from_parts(params, graph, slots, points, tombstoned)?;
             return Ok((shard, report));
         }
+        drop(live_ids);
         let graph = Graph::new(graph_params(&params));
         let batch: Vec<(PointId, &[f32])> =
             points.iter().map(|p| (p.id, p.vector.as_slice())).collect();

@@ -356,20 +356,31 @@ fn exact_search_refuses_to_scan_more_than_allowed() {
     assert_eq!(shard.search(&auto).unwrap().len(), 5);
 }
 
+/// `n` points (seed `seed`) dumped to `dump` at log index 10, and the points since: the first
+/// `deleted` gone, `added` new ones (seed `seed + 1`).
+fn dumped_then_changed(
+    dump: &std::path::Path,
+    n: usize,
+    seed: u64,
+    deleted: usize,
+    added: usize,
+) -> (Vec<Point>, Vec<Point>) {
+    let pts = points(n, seed);
+    let (shard, _) = Shard::open(params(), pts.clone(), None, 10).unwrap();
+    shard.dump(dump, 10).unwrap();
+    shard.dump(dump, 10).unwrap(); // replacing an existing dump works
+    drop(shard);
+    let mut now: Vec<Point> = pts[deleted..].to_vec();
+    now.extend(points(n + added, seed + 1).split_off(n));
+    (pts, now)
+}
+
 #[test]
 fn dump_and_reload_applies_the_difference() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("shard");
-    let pts = points(1500, 5);
-    let (shard, _) = Shard::open(params(), pts.clone(), None, 10).unwrap();
-    shard.dump(&dump, 10).unwrap();
-    shard.dump(&dump, 10).unwrap(); // replacing an existing dump works
-    drop(shard);
-
     // after the dump: 100 points deleted, 200 new ones
-    let mut now: Vec<Point> = pts[100..].to_vec();
-    let extra = points(1700, 6).split_off(1500);
-    now.extend(extra);
+    let (pts, now) = dumped_then_changed(&dump, 1500, 5, 100, 200);
     let (shard, report) = Shard::open(params(), now.clone(), Some(&dump), 12).unwrap();
     assert_eq!(
         report,
@@ -421,13 +432,8 @@ fn dump_and_reload_applies_the_difference() {
 fn a_reload_needs_only_the_vectors_the_dump_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("shard");
-    let pts = points(1200, 7);
-    let (shard, _) = Shard::open(params(), pts.clone(), None, 10).unwrap();
-    shard.dump(&dump, 10).unwrap();
-    drop(shard);
     // since the dump: 50 points deleted, 100 new ones
-    let mut now: Vec<Point> = pts[50..].to_vec();
-    now.extend(points(1300, 8).split_off(1200));
+    let (_, now) = dumped_then_changed(&dump, 1200, 7, 50, 100);
     let read = ShardDump::read(&params(), &dump, 12);
     // given as a reload reads them: no vector where the dump has one
     let given: Vec<Point> = now

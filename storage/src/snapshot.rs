@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(target.digest().unwrap(), source.digest().unwrap());
         // the flip survives a reopen, and the replaced state is gone
         drop(target);
-        let reopened = Store::open(&dir.path().join("t"), Default::default()).unwrap();
+        let reopened = Store::reopen(&dir.path().join("t")).unwrap();
         assert_eq!(reopened.digest().unwrap(), source.digest().unwrap());
         let names: Vec<String> = reopened
             .collections()

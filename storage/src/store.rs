@@ -185,6 +185,17 @@ impl Store {
         Self::from_db(db, options.sync_writes)
     }
 
+    /// Open a store this process dropped a moment ago (tests): sled's background threads may
+    /// still hold its file lock for a moment after the drop.
+    #[cfg(test)]
+    pub(crate) fn reopen(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_waiting_for_lock(
+            dir,
+            StoreOptions::default(),
+            std::time::Duration::from_secs(10),
+        )
+    }
+
     /// [`Store::open`], retrying for up to `wait` while another process still holds the store's
     /// lock (a process killed with `kill -9` a moment ago releases it only when it is reaped).
     pub fn open_waiting_for_lock(
@@ -506,13 +517,8 @@ impl Store {
                         )))
                     }
                 },
-                Reader::Get(wanted) if wanted(id) => {
-                    let key = keys::vector(coll.uid, id);
-                    let bytes = tree
-                        .get(&key)?
-                        .ok_or_else(|| missing("the chunk's vector is missing".into()))?;
-                    decode(&key, &bytes)?
-                }
+                Reader::Get(wanted) if wanted(id) => get_in(&tree, &keys::vector(coll.uid, id))?
+                    .ok_or_else(|| missing("the chunk's vector is missing".into()))?,
                 Reader::Get(_) => Vec::new(),
             };
             out.push(StoredPoint {

@@ -69,6 +69,27 @@ fn accept(coll: &str, job: &str, docs: Vec<DocumentInput>) -> Command {
     }
 }
 
+/// Collection "c" with documents `d0`.. (metadata `meta(i)`), each stored as `chunks` chunks
+/// `text {i}.{k}` with vector `[i, k + 0.5]`.
+fn filled(log: &mut Log, docs: usize, chunks: usize, meta: impl Fn(usize) -> String) {
+    log.apply(create("c")).unwrap();
+    log.apply(accept(
+        "c",
+        "j",
+        (0..docs)
+            .map(|i| doc(&format!("d{i}"), "t", &meta(i)))
+            .collect(),
+    ))
+    .unwrap();
+    for i in 0..docs {
+        let stored = (0..chunks)
+            .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32 + 0.5]))
+            .collect();
+        log.apply(store_chunks("c", &format!("d{i}"), 2, stored))
+            .unwrap();
+    }
+}
+
 fn store_chunks(coll: &str, doc: &str, version: u64, chunks: Vec<ChunkInput>) -> Command {
     Command::StoreChunks {
         collection: coll.into(),
@@ -329,20 +350,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
     let dir = tempfile::tempdir().unwrap();
     let (before, texts) = {
         let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
-        log.apply(create("c")).unwrap();
-        log.apply(accept(
-            "c",
-            "j",
-            (0..5).map(|i| doc(&format!("d{i}"), "t", "{}")).collect(),
-        ))
-        .unwrap();
-        for i in 0..5 {
-            let chunks = (0..3)
-                .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32 + 0.5]))
-                .collect();
-            log.apply(store_chunks("c", &format!("d{i}"), 2, chunks))
-                .unwrap();
-        }
+        filled(&mut log, 5, 3, |_| "{}".into());
         let (before, _) = log.store.points_at("c", None, WithVectors::All).unwrap();
         assert_eq!(before.len(), 15);
         let uid = log.store.collection("c").unwrap().unwrap().uid;
@@ -357,7 +365,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
         assert!(log.store.points_at("c", None, WithVectors::All).is_err());
         (before, texts)
     };
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::reopen(dir.path()).unwrap();
     assert_eq!(
         store.tree().get(keys::FORMAT).unwrap().unwrap().as_ref(),
         [FORMAT_VERSION]
@@ -374,7 +382,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
     }
     // and it stays so: opened again, nothing to move
     drop(store);
-    let again = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let again = Store::reopen(dir.path()).unwrap();
     assert_eq!(
         again.points_at("c", None, WithVectors::All).unwrap().0,
         before
@@ -385,22 +393,7 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
 fn points_can_be_read_with_only_the_vectors_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
-    log.apply(create("c")).unwrap();
-    log.apply(accept(
-        "c",
-        "j",
-        (0..3)
-            .map(|i| doc(&format!("d{i}"), "t", &format!("{{\"n\":{i}}}")))
-            .collect(),
-    ))
-    .unwrap();
-    for i in 0..3 {
-        let chunks = (0..2)
-            .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32 + 0.5]))
-            .collect();
-        log.apply(store_chunks("c", &format!("d{i}"), 2, chunks))
-            .unwrap();
-    }
+    filled(&mut log, 3, 2, |i| format!("{{\"n\":{i}}}"));
     let (all, applied) = log.store.points_at("c", None, WithVectors::All).unwrap();
     assert_eq!(all.len(), 6);
     let odd = |id: PointId| id % 2 == 1;
@@ -443,7 +436,7 @@ fn a_store_of_an_unknown_format_is_refused() {
         store.tree().insert(keys::FORMAT, &[4]).unwrap();
         store.flush().unwrap();
     }
-    let e = Store::open(dir.path(), StoreOptions::default()).err();
+    let e = Store::reopen(dir.path()).err();
     assert!(
         matches!(
             e,
@@ -615,7 +608,7 @@ fn apply_is_deterministic_and_durable() {
         }
         assert_eq!(dump(&disk.store), dump(&mem.store));
     }
-    let reopened = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let reopened = Store::reopen(dir.path()).unwrap();
     assert_eq!(reopened.applied_index().unwrap(), commands.len() as u64);
     let pts = reopened.points("c").unwrap();
     assert_eq!(pts.len(), 2);
