@@ -46,11 +46,46 @@ pub struct NodeContext {
     pub recorder: crate::analytics::Recorder,
     /// Uploaded files whose text is being extracted at once.
     pub extract_slots: Arc<tokio::sync::Semaphore>,
-    /// What each collection took when last measured (by uid), and when: measured at most every
-    /// [`crate::service::STORAGE_MEASURE_EVERY`].
-    pub storage_measured: parking_lot::Mutex<
-        std::collections::HashMap<u64, (std::time::Instant, shoal_api::dto::CollectionStorage)>,
+    /// What each collection took when last measured.
+    pub storage_measured: StorageMeasurements,
+}
+
+/// What each collection took when last measured (by uid), and when: a measurement is reused for
+/// [`crate::service::STORAGE_MEASURE_EVERY`], and only one made with the collection's shard
+/// loaded is kept. One made while the shard loads (after a restart) has no memory to read: kept,
+/// its zeros would be the answer for the whole period after the load.
+#[derive(Default)]
+pub struct StorageMeasurements(
+    parking_lot::Mutex<
+        std::collections::HashMap<u64, (Instant, shoal_api::dto::CollectionStorage)>,
     >,
+);
+
+impl StorageMeasurements {
+    /// Collection `uid`'s last measurement, if it is at most `max_age` old.
+    pub fn fresh(&self, uid: u64, max_age: Duration) -> Option<shoal_api::dto::CollectionStorage> {
+        self.0
+            .lock()
+            .get(&uid)
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, s)| *s)
+    }
+
+    /// Keep collection `uid`'s measurement if its shard was loaded when it was made; drop the
+    /// measurements of collections that `live` says are gone.
+    pub fn keep(
+        &self,
+        uid: u64,
+        measured: shoal_api::dto::CollectionStorage,
+        shard_loaded: bool,
+        live: impl Fn(u64) -> bool,
+    ) {
+        let mut all = self.0.lock();
+        all.retain(|uid, _| live(*uid));
+        if shard_loaded {
+            all.insert(uid, (Instant::now(), measured));
+        }
+    }
 }
 
 /// A command committed and applied: its log index and what it did.
@@ -289,4 +324,44 @@ pub fn to_index_points(points: Vec<StoredPoint>) -> Vec<Point> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::dto::CollectionStorage;
+
+    fn storage(vectors: u64) -> CollectionStorage {
+        CollectionStorage {
+            documents_bytes: 10,
+            chunks_bytes: 20,
+            index_files_bytes: 0,
+            vectors_memory_bytes: vectors,
+            graph_memory_bytes: vectors / 2,
+            keyword_memory_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn a_measurement_made_while_the_shard_loads_is_not_reused() {
+        let m = StorageMeasurements::default();
+        let age = Duration::from_secs(10);
+        // asked while the shard loads: its memory reads 0, and the next question measures again
+        m.keep(7, storage(0), false, |_| true);
+        assert_eq!(m.fresh(7, age), None);
+        // loaded: reused for the period
+        m.keep(7, storage(4096), true, |_| true);
+        assert_eq!(m.fresh(7, age), Some(storage(4096)));
+        assert_eq!(m.fresh(7, Duration::ZERO), None, "older than the period");
+    }
+
+    #[test]
+    fn measurements_of_dropped_collections_go_when_another_is_kept() {
+        let m = StorageMeasurements::default();
+        let age = Duration::from_secs(10);
+        m.keep(1, storage(1), true, |_| true);
+        m.keep(2, storage(2), true, |uid| uid != 1);
+        assert_eq!(m.fresh(1, age), None);
+        assert_eq!(m.fresh(2, age), Some(storage(2)));
+    }
 }

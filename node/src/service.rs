@@ -107,14 +107,17 @@ impl Node {
     /// What collection `c` takes on this node: its records in the store and its index's files,
     /// measured by walking them (so at most every [`STORAGE_MEASURE_EVERY`] per collection).
     async fn collection_storage(&self, c: &CollectionRecord) -> Result<CollectionStorage> {
-        if let Some((at, s)) = self.ctx.storage_measured.lock().get(&c.uid) {
-            if at.elapsed() < STORAGE_MEASURE_EVERY {
-                return Ok(*s);
-            }
+        if let Some(s) = self
+            .ctx
+            .storage_measured
+            .fresh(c.uid, STORAGE_MEASURE_EVERY)
+        {
+            return Ok(s);
         }
         let uid = c.uid;
         let dump_dir = self.ctx.shard_dump_dir(c);
         let shard = self.loaded_shard(c);
+        let shard_loaded = shard.is_some();
         let measured = self
             .read(move |ctx| {
                 let (documents_bytes, chunks_bytes) = ctx.store.collection_bytes(uid)?;
@@ -140,16 +143,16 @@ impl Node {
                 })
             })
             .await?;
-        let mut cache = self.ctx.storage_measured.lock();
-        // (dropped collections' figures go when the cache is next written)
+        // (dropped collections' figures go when a measurement is next kept)
         let live: std::collections::HashSet<u64> = self
             .ctx
             .store
             .collections()
             .map(|all| all.into_iter().map(|c| c.uid).collect())
             .unwrap_or_default();
-        cache.retain(|uid, _| live.contains(uid));
-        cache.insert(c.uid, (std::time::Instant::now(), measured));
+        self.ctx
+            .storage_measured
+            .keep(c.uid, measured, shard_loaded, |uid| live.contains(&uid));
         Ok(measured)
     }
 
