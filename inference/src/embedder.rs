@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer};
 
 use crate::batch::{forward_in_groups, pad, Padded};
@@ -358,10 +359,16 @@ impl Embedder {
         if cancelled() {
             return Err(InferenceError::Cancelled);
         }
-        let encodings = self
-            .inner
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
+        // What `encode_batch` does without padding, with a pause point before each text: a
+        // large batch's tokenizing is a long stretch of work.
+        let tokenizer = &self.inner.tokenizer;
+        let encodings = texts
+            .par_iter()
+            .map(|t| {
+                crate::native::pause_point();
+                tokenizer.encode_char_offsets(*t, true)
+            })
+            .collect::<Result<Vec<Encoding>, _>>()
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
         forward_in_groups(
             &encodings,

@@ -6,8 +6,8 @@
 //! - the **ingest** executor embeds its batches in micro-batches of at most
 //!   `model.ingest_micro_batch` texts and `model.ingest_micro_batch_tokens` tokens, and before
 //!   each one waits while any search is in flight or query being embedded; inside a micro-batch
-//!   its pool's threads also stop at the encoder's pause points (every weight panel, every
-//!   attention head) meanwhile, and for `threads.ingest_resume_us` after the last search ended.
+//!   its pool's threads also stop at the encoder's pause points (each weight panel past a sixth
+//!   of a task's rows, each attention head, each text tokenized) meanwhile, and for `threads.ingest_resume_us` after the last search ended.
 //!   Ingest uses all cores only while no search runs; a query never queues behind an ingest
 //!   batch.
 //!
@@ -108,8 +108,8 @@ pub struct IngestShare {
     pub window: Duration,
 }
 
-/// A share of 0.1 in turns of up to 200 ms (the node's configuration defaults to 10 ms windows:
-/// see `threads.ingest_share_window_ms`).
+/// A share of 0.1 in turns of up to 200 ms, for tests (the node's configuration defaults to a
+/// share of 0.05 and 10 ms windows: see `threads.ingest_min_share`).
 impl Default for IngestShare {
     fn default() -> Self {
         IngestShare {

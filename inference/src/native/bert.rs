@@ -476,12 +476,22 @@ thread_local! {
 /// Rows per parallel task for the cheap row-wise operations.
 const ROWS_PER_TASK: usize = 32;
 
+/// (Each task starts at a pause point: the activation of a large batch is a long stretch of
+/// work.)
 fn rows_par(data: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     let chunk = ROWS_PER_TASK * width;
-    if data.len() <= chunk || rayon::current_num_threads() == 1 {
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(chunk).for_each(|c| {
+            super::pause::pause_point();
+            f(c)
+        });
+    } else if data.len() <= chunk {
         f(data);
     } else {
-        data.par_chunks_mut(chunk).for_each(f);
+        data.par_chunks_mut(chunk).for_each(|c| {
+            super::pause::pause_point();
+            f(c)
+        });
     }
 }
 
@@ -492,12 +502,22 @@ fn rows_par2(
     f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
 ) {
     let chunk = ROWS_PER_TASK * width;
-    if data.len() <= chunk || rayon::current_num_threads() == 1 {
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(chunk)
+            .zip(other.chunks(chunk))
+            .for_each(|(d, o)| {
+                super::pause::pause_point();
+                f(d, o)
+            });
+    } else if data.len() <= chunk {
         f(data, other);
     } else {
         data.par_chunks_mut(chunk)
             .zip(other.par_chunks(chunk))
-            .for_each(|(d, o)| f(d, o));
+            .for_each(|(d, o)| {
+                super::pause::pause_point();
+                f(d, o)
+            });
     }
 }
 
