@@ -107,7 +107,8 @@ def run(args, base):
                         'local e=body:match(\'"embed_ms":([%d%.eE+-]+)\') '
                         'local x=body:match(\'"index_ms":([%d%.eE+-]+)\') '
                         'if t then out:write(t,"\\t",e or "0","\\t",x or "0","\\n") end end\n')
-            f.write('done=function(s,l,r) ' + ('out:close() ' if args.server_timings else '') + 'io.write(string.format("RESULT\\t%d\\t%.3f\\t%.3f\\t'
+            # (the timings file is flushed when wrk exits: `done` runs in another Lua state)
+            f.write('done=function(s,l,r) io.write(string.format("RESULT\\t%d\\t%.3f\\t%.3f\\t'
                     '%.3f\\t%d\\n", s.requests, l:percentile(50)/1000, l:percentile(95)/1000, '
                     'l:percentile(99)/1000, s.errors.status)) end\n')
         out = subprocess.run(['wrk', '-t1', '-c1', f'-d{args.seconds}s', '-s', lua,

@@ -359,14 +359,15 @@ impl Embedder {
         if cancelled() {
             return Err(InferenceError::Cancelled);
         }
-        // What `encode_batch` does without padding, with a pause point before each text: a
+        // What `encode_batch` does without padding (in the current rayon pool; the
+        // TOKENIZERS_PARALLELISM variable is not read), with a pause point before each text: a
         // large batch's tokenizing is a long stretch of work.
         let tokenizer = &self.inner.tokenizer;
         let encodings = texts
             .par_iter()
             .map(|t| {
                 crate::native::pause_point();
-                tokenizer.encode_char_offsets(*t, true)
+                tokenizer.encode(*t, true)
             })
             .collect::<Result<Vec<Encoding>, _>>()
             .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;

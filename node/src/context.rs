@@ -82,7 +82,8 @@ impl StorageMeasurements {
     ) {
         let mut all = self.0.lock();
         all.retain(|uid, _| live(*uid));
-        if shard_loaded {
+        // (a collection dropped while it was measured is not kept either)
+        if shard_loaded && live(uid) {
             all.insert(uid, (Instant::now(), measured));
         }
     }
@@ -363,5 +364,8 @@ mod tests {
         m.keep(2, storage(2), true, |uid| uid != 1);
         assert_eq!(m.fresh(1, age), None);
         assert_eq!(m.fresh(2, age), Some(storage(2)));
+        // dropped while it was being measured
+        m.keep(3, storage(3), true, |uid| uid != 3);
+        assert_eq!(m.fresh(3, age), None);
     }
 }

@@ -6,8 +6,9 @@
 //! - the **ingest** executor embeds its batches in micro-batches of at most
 //!   `model.ingest_micro_batch` texts and `model.ingest_micro_batch_tokens` tokens, and before
 //!   each one waits while any search is in flight or query being embedded; inside a micro-batch
-//!   its pool's threads also stop at the encoder's pause points (each weight panel past a sixth
-//!   of a task's rows, each attention head, each text tokenized) meanwhile, and for `threads.ingest_resume_us` after the last search ended.
+//!   its pool's threads also stop at the encoder's pause points (each weight panel past about a
+//!   sixth of a task's rows, each attention head, each text tokenized) meanwhile, and for
+//!   `threads.ingest_resume_us` after the last search ended.
 //!   Ingest uses all cores only while no search runs; a query never queues behind an ingest
 //!   batch.
 //!

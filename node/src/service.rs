@@ -67,7 +67,13 @@ impl Node {
     /// The figures of the collection's loaded shard on this node, if it is loaded.
     /// The shard of collection `c` on this node, once it is loaded.
     fn loaded_shard(&self, c: &CollectionRecord) -> Option<Arc<shoal_index::Shard>> {
-        self.ctx.actors.shards.get(&c.name).and_then(|s| s.shard)
+        // (by uid too: a collection dropped and made again under the same name is another)
+        self.ctx
+            .actors
+            .shards
+            .get(&c.name)
+            .filter(|s| s.uid == c.uid)
+            .and_then(|s| s.shard)
     }
 
     fn shard_stats(&self, c: &CollectionRecord) -> Option<shoal_index::ShardStats> {

@@ -192,7 +192,19 @@ fn sigterm_stops_cleanly_and_keeps_the_graph() {
     assert!(!dump.exists());
     assert!(node.terminate(), "shoal did not exit cleanly on SIGTERM");
     assert!(dump.exists(), "no graph dump after a clean stop");
+    // the dump of a collection dropped while the node crashed (left behind): gone at the start
+    let orphan = node.data.join("index/gone-42");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("manifest.json"), b"{}").unwrap();
     node.restart();
+    assert!(
+        !orphan.exists(),
+        "the dump of a collection that no longer exists was kept"
+    );
+    assert!(
+        dump.exists(),
+        "a live collection's dump was removed with the orphan"
+    );
     // the graph was reloaded from the dump, not rebuilt from the stored vectors
     let m = node.metrics();
     let loads = |source: &str| {
@@ -205,6 +217,17 @@ fn sigterm_stops_cleanly_and_keeps_the_graph() {
     assert_eq!((loads("dump"), loads("rebuilt")), (1.0, 0.0), "{m}");
     for (q, id) in PARAPHRASES {
         assert_eq!(top1(&node, "graceful", q).as_deref(), Some(*id), "{q}");
+    }
+    // dropping the collection removes its dump
+    let r = node.request("DELETE", "/api/v1/collections/graceful", None);
+    assert!((200..300).contains(&r.status), "{}", r.text);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dump.parent().unwrap().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped collection's dump is still there after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -476,22 +476,29 @@ thread_local! {
 /// Rows per parallel task for the cheap row-wise operations.
 const ROWS_PER_TASK: usize = 32;
 
-/// (Each task starts at a pause point: the activation of a large batch is a long stretch of
-/// work.)
+/// Values of a row-wise operation between two pause points (tens of microseconds of work): an
+/// activation or a layer norm over a large batch's every row is a long stretch of work.
+const PAUSE_VALUES: usize = 64 * 1024;
+
+/// Whether the task over rows chunk `i` (of `chunk` values) starts at a pause point.
+fn pauses_at(i: usize, chunk: usize) -> bool {
+    i.is_multiple_of((PAUSE_VALUES / chunk.max(1)).max(1))
+}
+
 fn rows_par(data: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     let chunk = ROWS_PER_TASK * width;
-    if rayon::current_num_threads() == 1 {
-        data.chunks_mut(chunk).for_each(|c| {
+    let task = |(i, c): (usize, &mut [f32])| {
+        if pauses_at(i, chunk) {
             super::pause::pause_point();
-            f(c)
-        });
+        }
+        f(c)
+    };
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(chunk).enumerate().for_each(task);
     } else if data.len() <= chunk {
         f(data);
     } else {
-        data.par_chunks_mut(chunk).for_each(|c| {
-            super::pause::pause_point();
-            f(c)
-        });
+        data.par_chunks_mut(chunk).enumerate().for_each(task);
     }
 }
 
@@ -502,22 +509,24 @@ fn rows_par2(
     f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
 ) {
     let chunk = ROWS_PER_TASK * width;
+    let task = |(i, (d, o)): (usize, (&mut [f32], &[f32]))| {
+        if pauses_at(i, chunk) {
+            super::pause::pause_point();
+        }
+        f(d, o)
+    };
     if rayon::current_num_threads() == 1 {
         data.chunks_mut(chunk)
             .zip(other.chunks(chunk))
-            .for_each(|(d, o)| {
-                super::pause::pause_point();
-                f(d, o)
-            });
+            .enumerate()
+            .for_each(task);
     } else if data.len() <= chunk {
         f(data, other);
     } else {
         data.par_chunks_mut(chunk)
             .zip(other.par_chunks(chunk))
-            .for_each(|(d, o)| {
-                super::pause::pause_point();
-                f(d, o)
-            });
+            .enumerate()
+            .for_each(task);
     }
 }
 

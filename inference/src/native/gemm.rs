@@ -191,7 +191,7 @@ impl PackedLinear {
             Packed::F32(w) => {
                 // The activations are read in place, row by row: no packing.
                 let a_ptr = SendConstPtr(a.as_ptr());
-                self.schedule(row_blocks, MR * k * 4, |blocks, panel| {
+                self.schedule(row_blocks, MR * k * 4, false, |blocks, panel| {
                     let rhs = Rhs {
                         ptr: w[panel * k * NR..(panel + 1) * k * NR].as_ptr(),
                         ld: NR,
@@ -226,7 +226,7 @@ impl PackedLinear {
                 // Rows past `m` are computed but never stored.
                 let ap = bf16_rows(a, m, k, padded_rows, lda);
                 let blocks = padded_rows / amx::ROWS;
-                self.schedule(blocks, amx::ROWS * lda * 2, |blocks, panel| {
+                self.schedule(blocks, amx::ROWS * lda * 2, true, |blocks, panel| {
                     let wp = &w[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
@@ -260,7 +260,7 @@ impl PackedLinear {
                 let ap = bf16_rows(a, m, k, m, lda);
                 let rows_bf16 = &ap[..m * lda];
                 let native = self.isa == Isa::Avx512Bf16;
-                self.schedule(row_blocks, MR * lda * 2, |blocks, panel| {
+                self.schedule(row_blocks, MR * lda * 2, false, |blocks, panel| {
                     let wp = &w[panel * kp_packed * NR * 2..(panel + 1) * kp_packed * NR * 2];
                     let bias = &self.bias[panel * NR..(panel + 1) * NR];
                     let cols = NR.min(n - panel * NR);
@@ -294,20 +294,27 @@ impl PackedLinear {
         &self,
         row_blocks: usize,
         block_bytes: usize,
+        amx_blocks: bool,
         f: impl Fn(std::ops::Range<usize>, usize) + Sync + Send,
     ) {
         /// Packed activations one task keeps in L2 (a core has 1-2 MiB on current x86 servers).
         const CHUNK_BYTES: usize = 768 * 1024;
-        /// Packed activations a task takes past one weight panel between two pause points: a
-        /// sixth of a chunk, about 0.1 ms of work on one core with f32 (a whole chunk took
-        /// 0.6 ms and more, and a query waited that long for ingest's threads to step aside).
-        const PAUSE_BYTES: usize = CHUNK_BYTES / 6;
+        // Packed activations a task takes past one weight panel between two pause points with
+        // the f32 and AVX-512 bf16 kernels: about a sixth of a chunk, 0.1 ms of work on one
+        // core with f32 (a whole chunk took 0.6 ms and more, and a query waited that long for
+        // ingest's threads to step aside). AMX, several times faster and setting up its tiles
+        // at each call, keeps whole chunks.
+        let pause_bytes = if amx_blocks {
+            CHUNK_BYTES
+        } else {
+            CHUNK_BYTES / 6
+        };
         let threads = rayon::current_num_threads();
         if threads == 1 || row_blocks >= 2 * threads {
             let per_chunk = (CHUNK_BYTES / block_bytes.max(1))
                 .max(1)
                 .min(row_blocks.div_ceil(threads));
-            let per_pause = (PAUSE_BYTES / block_bytes.max(1)).max(1);
+            let per_pause = (pause_bytes / block_bytes.max(1)).max(1);
             let run = |start: usize| {
                 let end = (start + per_chunk).min(row_blocks);
                 for panel in 0..self.panels {
