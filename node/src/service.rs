@@ -64,7 +64,6 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl Node {
-    /// The figures of the collection's loaded shard on this node, if it is loaded.
     /// The shard of collection `c` on this node, once it is loaded.
     fn loaded_shard(&self, c: &CollectionRecord) -> Option<Arc<shoal_index::Shard>> {
         // (by uid too: a collection dropped and made again under the same name is another)
@@ -76,6 +75,7 @@ impl Node {
             .and_then(|s| s.shard)
     }
 
+    /// The figures of the collection's loaded shard on this node, if it is loaded.
     fn shard_stats(&self, c: &CollectionRecord) -> Option<shoal_index::ShardStats> {
         self.loaded_shard(c).map(|s| s.stats())
     }

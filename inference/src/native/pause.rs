@@ -1,5 +1,5 @@
 //! Pause points: a thread can be given a hook that the encoder calls between small units of work
-//! (a weight panel past a sixth of a task's rows, an attention head, some 64K values of a
+//! (a weight panel past about a sixth of a task's rows, an attention head, some 64K values of a
 //! row-wise operation, a text to tokenize). The node gives its ingest threads a hook that blocks
 //! while a query is being embedded, so that ingest steps aside within about 0.1 ms (a long text's
 //! tokenizing: 0.5 ms) instead of at the end of its batch; threads without a hook pay one
