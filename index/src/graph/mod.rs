@@ -5,9 +5,9 @@
 //!
 //! Layout: vectors contiguous and 32-byte aligned, padded with zeros to whole lanes of eight
 //! floats (the AVX2 kernels run without a tail; the AVX-512 ones mask a last block of 8); each
-//! node's bottom-layer links in one fixed block `[count, neighbour...]` of `2·m + 1` atomics; upper-layer links (about one node in `m`
-//! has any) in a block allocated with the node, reached through one pointer per node. A search's visited set and heaps are kept per
-//! thread and reused.
+//! node's bottom-layer links in one fixed block `[count, neighbour...]` of `2·m + 1` atomics;
+//! upper-layer links (about one node in `m` has any) in a block allocated with the node, reached
+//! through one pointer per node. A search's visited set and heaps are kept per thread and reused.
 //!
 //! Concurrency: a node is written (vector, id, its own links) before any other node links to it,
 //! and links are stored with release and loaded with acquire ordering, so a search that reaches
