@@ -487,14 +487,35 @@ impl Store {
         // All: records and vectors side by side, both in point id order, written and removed
         // together. Only: each wanted vector read by its key.
         enum Reader<'a> {
-            Scan(Box<sled::Iter>),
+            Scan(Box<VectorScan>),
             Get(&'a dyn Fn(PointId) -> bool),
         }
         let mut reader = match vectors {
-            WithVectors::All => {
-                Reader::Scan(Box::new(tree.scan_prefix(keys::vectors_prefix(coll.uid))))
-            }
+            WithVectors::All => Reader::Scan(Box::new(VectorScan {
+                scan: tree.scan_prefix(keys::vectors_prefix(coll.uid)),
+                ahead: None,
+            })),
             WithVectors::Only(wanted) => Reader::Get(wanted),
+        };
+        // Commands go on being applied during the read, and sled's scans are no snapshot: a
+        // chunk can be removed between the read of its record and that of its vector, or stored
+        // after the point scan passed its place and before the vector scan gets there. What the
+        // store holds now tells those from corruption: point ids are never reused, and a chunk's
+        // record and vector are written and removed in one batch. A chunk removed meanwhile is
+        // left out, a vector stored meanwhile skipped: both are changes after `applied`, which
+        // the caller replays.
+        let stored = |id: PointId| -> Result<bool, StoreError> {
+            Ok(tree.contains_key(keys::point(coll.uid, id))?)
+        };
+        let unseen_vector = |id: PointId| -> Result<(), StoreError> {
+            if stored(id)? || !tree.contains_key(keys::vector(coll.uid, id))? {
+                Ok(()) // stored after the point scan passed it (and maybe removed since)
+            } else {
+                Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&keys::vector(coll.uid, id)).into_owned(),
+                    reason: "a vector without its chunk".into(),
+                })
+            }
         };
         for kv in tree.scan_prefix(keys::points_prefix(coll.uid)) {
             let (k, v) = kv?;
@@ -503,24 +524,37 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
-            let missing = |reason: String| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason,
+            // The chunk's vector, or None when the chunk was removed since its record was read.
+            let missing = |found: Option<PointId>| -> Result<Option<Vec<f32>>, StoreError> {
+                if !stored(id)? {
+                    return Ok(None);
+                }
+                let next = found.map_or(String::new(), |n| format!(" (next vector: {n})"));
+                Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: format!("the chunk's vector is missing{next}"),
+                })
             };
-            let vector: Vec<f32> = match &mut reader {
-                Reader::Scan(scan) => match scan.next().transpose()? {
-                    Some((vk, vv)) if keys::point_id_from_key(&vk) == Some(id) => decode(&vk, &vv)?,
-                    other => {
-                        return Err(missing(format!(
-                            "the chunk's vector is missing (next vector: {:?})",
-                            other.and_then(|(vk, _)| keys::point_id_from_key(&vk))
-                        )))
+            let vector = match &mut reader {
+                Reader::Scan(scan) => loop {
+                    match scan.peek()? {
+                        Some(found) if found == id => break Some(scan.take()?),
+                        Some(found) if found < id => {
+                            unseen_vector(found)?;
+                            scan.skip();
+                        }
+                        found => break missing(found)?,
                     }
                 },
-                Reader::Get(wanted) if wanted(id) => get_in(&tree, &keys::vector(coll.uid, id))?
-                    .ok_or_else(|| missing("the chunk's vector is missing".into()))?,
-                Reader::Get(_) => Vec::new(),
+                Reader::Get(wanted) if wanted(id) => {
+                    match get_in(&tree, &keys::vector(coll.uid, id))? {
+                        Some(vector) => Some(vector),
+                        None => missing(None)?,
+                    }
+                }
+                Reader::Get(_) => Some(Vec::new()),
             };
+            let Some(vector) = vector else { continue };
             out.push(StoredPoint {
                 id,
                 vector,
@@ -529,15 +563,11 @@ impl Store {
                 text: chunk.text,
             });
         }
-        let extra = match &mut reader {
-            Reader::Scan(scan) => scan.next().transpose()?,
-            Reader::Get(_) => None,
-        };
-        if let Some(extra) = extra {
-            return Err(StoreError::Corrupt {
-                key: String::from_utf8_lossy(&extra.0).into_owned(),
-                reason: "a vector without its chunk".into(),
-            });
+        if let Reader::Scan(scan) = &mut reader {
+            while let Some(found) = scan.peek()? {
+                unseen_vector(found)?;
+                scan.skip();
+            }
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
         for kv in tree.scan_prefix(keys::documents_prefix(coll.uid)) {
@@ -1410,6 +1440,41 @@ fn get_in<T: serde::de::DeserializeOwned>(
     match tree.get(key)? {
         Some(v) => Ok(Some(decode(key, &v)?)),
         None => Ok(None),
+    }
+}
+
+/// A scan of a collection's vectors in point id order, one looked ahead (see [`Store::points_at`]).
+struct VectorScan {
+    scan: sled::Iter,
+    ahead: Option<(PointId, sled::IVec, sled::IVec)>,
+}
+
+impl VectorScan {
+    /// The point id of the next vector, if any.
+    fn peek(&mut self) -> Result<Option<PointId>, StoreError> {
+        if self.ahead.is_none() {
+            if let Some(kv) = self.scan.next() {
+                let (k, v) = kv?;
+                let id = keys::point_id_from_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "bad vector key".into(),
+                })?;
+                self.ahead = Some((id, k, v));
+            }
+        }
+        Ok(self.ahead.as_ref().map(|(id, _, _)| *id))
+    }
+
+    /// The vector [`VectorScan::peek`] found, decoded.
+    fn take(&mut self) -> Result<Vec<f32>, StoreError> {
+        match self.ahead.take() {
+            Some((_, k, v)) => decode(&k, &v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn skip(&mut self) {
+        self.ahead = None;
     }
 }
 

@@ -428,6 +428,102 @@ fn points_can_be_read_with_only_the_vectors_asked_for() {
         .is_ok());
 }
 
+/// A shard loads its points while commands go on being applied (the load is off the apply
+/// thread). Chunks stored and documents deleted during the read must never look like a chunk
+/// without its vector, or a vector without its chunk.
+#[test]
+fn points_read_while_chunks_come_and_go_are_never_taken_for_corruption() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut log = Log::new(Store::temporary().unwrap());
+    log.apply(create("c")).unwrap();
+    let store = log.store.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut written = 0u64;
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let version = log.next;
+                log.apply(accept(
+                    "c",
+                    &format!("j{i}"),
+                    vec![doc(&format!("d{i}"), "t", "{}")],
+                ))
+                .unwrap();
+                let stored = (0..3)
+                    .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32]))
+                    .collect();
+                log.apply(store_chunks("c", &format!("d{i}"), version, stored))
+                    .unwrap();
+                if i >= 4 {
+                    log.apply(Command::DeleteDocument {
+                        collection: "c".into(),
+                        doc_id: format!("d{}", i - 4),
+                        at_ms: 4,
+                    })
+                    .unwrap();
+                }
+                written += 1;
+            }
+            written
+        })
+    };
+    let odd = |id: PointId| id % 2 == 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut reads = 0;
+    let mut failed = Vec::new();
+    while std::time::Instant::now() < deadline || reads < 200 {
+        let vectors = if reads % 2 == 0 {
+            WithVectors::All
+        } else {
+            WithVectors::Only(&odd)
+        };
+        match store.points_at("c", None, vectors) {
+            Ok((points, _)) => {
+                for p in points {
+                    let read = reads % 2 == 0 || odd(p.id);
+                    assert_eq!(p.vector.len(), if read { 2 } else { 0 }, "point {}", p.id);
+                }
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 100, "the writer kept up only {written} documents");
+    assert!(
+        failed.is_empty(),
+        "{} of {reads} reads failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    // With nothing applied meanwhile, a chunk without its vector and a vector without its chunk
+    // are still corruption.
+    let (points, _) = store.points_at("c", None, WithVectors::All).unwrap();
+    let uid = store.collection("c").unwrap().unwrap().uid;
+    let tree = store.tree();
+    let vector = tree
+        .remove(keys::vector(uid, points[0].id))
+        .unwrap()
+        .unwrap();
+    let err = store.points_at("c", None, WithVectors::All).unwrap_err();
+    assert!(err.to_string().contains("vector is missing"), "{err}");
+    tree.insert(keys::vector(uid, points[0].id), vector)
+        .unwrap();
+    tree.remove(keys::point(uid, points[1].id))
+        .unwrap()
+        .unwrap();
+    let err = store.points_at("c", None, WithVectors::All).unwrap_err();
+    assert!(
+        err.to_string().contains("a vector without its chunk"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_store_of_an_unknown_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();

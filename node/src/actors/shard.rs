@@ -11,7 +11,9 @@
 //! to the watermark, and writes the index into every graph dump, so that a dump newer than the
 //! store (lost writes after a crash without `sync_writes`) is never used. The load reads chunks
 //! before documents: a chunk replaced while it reads can carry its new document's metadata only
-//! until the replacement's removal of it, which comes after `L`, is replayed.
+//! until the replacement's removal of it, which comes after `L`, is replayed. A chunk removed or
+//! stored in the middle of the read (between its record and its vector) is left out, not taken for
+//! corruption (`Store::points_at`): its change too comes after `L`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
