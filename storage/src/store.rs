@@ -497,19 +497,22 @@ impl Store {
             })),
             WithVectors::Only(wanted) => Reader::Get(wanted),
         };
-        // Commands go on being applied during the read, and sled's scans are no snapshot: a
-        // chunk can be removed between the read of its record and that of its vector, or stored
-        // after the point scan passed its place and before the vector scan gets there. What the
-        // store holds now tells those from corruption: point ids are never reused, and a chunk's
-        // record and vector are written and removed in one batch. A chunk removed meanwhile is
-        // left out, a vector stored meanwhile skipped: both are changes after `applied`, which
-        // the caller replays.
+        // Commands go on being applied during the read, and sled's scans are no snapshot: each
+        // reads a copy of every leaf it enters, taken as it enters it. A chunk can be removed
+        // between the reads of its record and of its vector, or stored while the one scan holds a
+        // newer copy of its place than the other. What the store holds now tells those from
+        // corruption: point ids are never reused, and a chunk's record and vector are written in
+        // one batch and removed in one. A chunk removed meanwhile is left out, a vector whose
+        // chunk the point scan missed is skipped: both are changes after `applied`, which the
+        // caller replays.
         let stored = |id: PointId| -> Result<bool, StoreError> {
             Ok(tree.contains_key(keys::point(coll.uid, id))?)
         };
-        let unseen_vector = |id: PointId| -> Result<(), StoreError> {
+        // A vector the point scan had no chunk for: stored after that scan passed its place (and
+        // maybe removed since), or removed before that scan got there; either way, left out.
+        let unmatched_vector = |id: PointId| -> Result<(), StoreError> {
             if stored(id)? || !tree.contains_key(keys::vector(coll.uid, id))? {
-                Ok(()) // stored after the point scan passed it (and maybe removed since)
+                Ok(())
             } else {
                 Err(StoreError::Corrupt {
                     key: String::from_utf8_lossy(&keys::vector(coll.uid, id)).into_owned(),
@@ -524,8 +527,14 @@ impl Store {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: "bad point key".into(),
             })?;
-            // The chunk's vector, or None when the chunk was removed since its record was read.
-            let missing = |found: Option<PointId>| -> Result<Option<Vec<f32>>, StoreError> {
+            // The chunk's vector read by its key (the vector scan did not find it, or its vector
+            // is read by key anyway); None when the chunk was removed since its record was read.
+            // In that order: a chunk stored when its record was read and still stored after its
+            // vector was looked for was stored throughout, so its vector must have been found.
+            let by_key = |found: Option<PointId>| -> Result<Option<Vec<f32>>, StoreError> {
+                if let Some(vector) = get_in(&tree, &keys::vector(coll.uid, id))? {
+                    return Ok(Some(vector));
+                }
                 if !stored(id)? {
                     return Ok(None);
                 }
@@ -540,18 +549,13 @@ impl Store {
                     match scan.peek()? {
                         Some(found) if found == id => break Some(scan.take()?),
                         Some(found) if found < id => {
-                            unseen_vector(found)?;
+                            unmatched_vector(found)?;
                             scan.skip();
                         }
-                        found => break missing(found)?,
+                        found => break by_key(found)?,
                     }
                 },
-                Reader::Get(wanted) if wanted(id) => {
-                    match get_in(&tree, &keys::vector(coll.uid, id))? {
-                        Some(vector) => Some(vector),
-                        None => missing(None)?,
-                    }
-                }
+                Reader::Get(wanted) if wanted(id) => by_key(None)?,
                 Reader::Get(_) => Some(Vec::new()),
             };
             let Some(vector) = vector else { continue };
@@ -565,7 +569,7 @@ impl Store {
         }
         if let Reader::Scan(scan) = &mut reader {
             while let Some(found) = scan.peek()? {
-                unseen_vector(found)?;
+                unmatched_vector(found)?;
                 scan.skip();
             }
         }
@@ -1469,7 +1473,10 @@ impl VectorScan {
     fn take(&mut self) -> Result<Vec<f32>, StoreError> {
         match self.ahead.take() {
             Some((_, k, v)) => decode(&k, &v),
-            None => Ok(Vec::new()),
+            None => Err(StoreError::Corrupt {
+                key: String::new(),
+                reason: "a vector taken before it was looked at".into(),
+            }),
         }
     }
 

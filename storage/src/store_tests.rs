@@ -454,14 +454,14 @@ fn points_read_while_chunks_come_and_go_are_never_taken_for_corruption() {
                 ))
                 .unwrap();
                 let stored = (0..3)
-                    .map(|k| chunk(&format!("text {i}.{k}"), [i as f32, k as f32]))
+                    .map(|k| chunk(&format!("text {i}.{k} of d{i}"), [i as f32, k as f32]))
                     .collect();
                 log.apply(store_chunks("c", &format!("d{i}"), version, stored))
                     .unwrap();
-                if i >= 4 {
+                if i >= 40 {
                     log.apply(Command::DeleteDocument {
                         collection: "c".into(),
-                        doc_id: format!("d{}", i - 4),
+                        doc_id: format!("d{}", i - 40),
                         at_ms: 4,
                     })
                     .unwrap();
@@ -483,9 +483,15 @@ fn points_read_while_chunks_come_and_go_are_never_taken_for_corruption() {
         };
         match store.points_at("c", None, vectors) {
             Ok((points, _)) => {
+                // each point once, with its own chunk's vector ("text i.k" has [i, k])
+                assert!(points.windows(2).all(|w| w[0].id < w[1].id));
                 for p in points {
+                    let name = p.text.split(' ').nth(1).unwrap();
+                    let (i, k) = name.split_once('.').unwrap();
+                    let own = vec![i.parse::<f32>().unwrap(), k.parse::<f32>().unwrap()];
                     let read = reads % 2 == 0 || odd(p.id);
-                    assert_eq!(p.vector.len(), if read { 2 } else { 0 }, "point {}", p.id);
+                    let want = if read { own } else { Vec::new() };
+                    assert_eq!(p.vector, want, "point {} ({})", p.id, p.text);
                 }
             }
             Err(e) => failed.push(e.to_string()),
@@ -512,15 +518,26 @@ fn points_read_while_chunks_come_and_go_are_never_taken_for_corruption() {
         .unwrap();
     let err = store.points_at("c", None, WithVectors::All).unwrap_err();
     assert!(err.to_string().contains("vector is missing"), "{err}");
+    let all = |_: PointId| true;
+    let err = store
+        .points_at("c", None, WithVectors::Only(&all))
+        .unwrap_err();
+    assert!(err.to_string().contains("vector is missing"), "{err}");
     tree.insert(keys::vector(uid, points[0].id), vector)
         .unwrap();
-    tree.remove(keys::point(uid, points[1].id))
-        .unwrap()
-        .unwrap();
-    let err = store.points_at("c", None, WithVectors::All).unwrap_err();
-    assert!(
-        err.to_string().contains("a vector without its chunk"),
-        "{err}"
+    // in the middle of the scan, and at its end
+    for orphan in [points[1].id, points.last().unwrap().id] {
+        let record = tree.remove(keys::point(uid, orphan)).unwrap().unwrap();
+        let err = store.points_at("c", None, WithVectors::All).unwrap_err();
+        assert!(
+            err.to_string().contains("a vector without its chunk"),
+            "{err}"
+        );
+        tree.insert(keys::point(uid, orphan), record).unwrap();
+    }
+    assert_eq!(
+        store.points_at("c", None, WithVectors::All).unwrap().0,
+        points
     );
 }
 
