@@ -2,7 +2,9 @@
 # Run the native inference kernels (the matrix micro-kernels and attention, which read and write
 # through raw pointers) under valgrind's memcheck, on the small shapes of their unit tests: any
 # read or write outside a live allocation, or use of uninitialised memory, fails the check.
-# Stable Rust has no Miri and no sanitizers; valgrind runs the optimised code as it is.
+# Valgrind runs the optimised code as it is. scripts/check-kernels-asan.sh runs the same tests
+# under AddressSanitizer, AVX-512 kernels included; Miri cannot be installed with the one stable
+# toolchain this project uses.
 #
 # Valgrind has no AVX-512 and hides it from CPUID, so under it the kernels dispatch to their AVX2
 # versions (the hand-written AVX2/FMA matrix kernel, the AVX2 clones of the rest; or the baseline

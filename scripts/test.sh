@@ -2,13 +2,12 @@
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
 # every test of the workspace, run every crate's unit tests, the model tests and the end-to-end
 # search tests again on the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the
-# native kernels under
-# valgrind's memcheck, and run a short chaos campaign (a fixed seed and a random one, which it
-# prints) against a three-node cluster, and one on loopback behind fault-injecting proxies (the
-# fallback where network namespaces cannot be made), then the deployment
-# checks: the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
-# (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
-# (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
+# native kernels under valgrind's memcheck and under AddressSanitizer, and run a short chaos
+# campaign (a fixed seed and a random one, which it prints) against a three-node cluster, and one
+# on loopback behind fault-injecting proxies (the fallback where network namespaces cannot be
+# made), then the deployment checks: the alert rules with promtool's unit tests, Alertmanager's
+# config and the dashboard (scripts/check-monitoring.sh), the Kubernetes manifests against the
+# schemas (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
 # (scripts/test-compose.sh; skipped where no Docker engine runs), and a short chaos campaign
 # against that stack (scripts/chaos-compose.sh: Docker's own faults, the same checker; skipped
 # likewise). CI runs exactly this (.ci/run).
@@ -35,6 +34,7 @@ echo "== again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
 SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace --lib --test embedder --test reranker \
     --test sentence_models --test e2e --test inference_api --test hybrid
 scripts/check-kernels-valgrind.sh
+scripts/check-kernels-asan.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
 cargo build --workspace --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
