@@ -138,15 +138,12 @@ fn write_latencies(node: &Node, collection: &str, n: usize, tag: &str) -> Vec<f6
 }
 
 /// Latencies (ms) of sequential searches about `titles`, one client.
-fn search_latencies(node: &Node, collection: &str, titles: &[String], wording: usize) -> Vec<f64> {
+/// The same queries on every node measured (each node embeds them once: its own query cache).
+fn search_latencies(node: &Node, collection: &str, titles: &[String]) -> Vec<f64> {
     titles
         .iter()
         .map(|t| {
-            let q = if wording == 0 {
-                format!("what is known about {t}")
-            } else {
-                format!("tell me more on {t}")
-            };
+            let q = format!("what is known about {t}");
             let start = Instant::now();
             let r = node.search(collection, json!({"query": q, "top_k": 10}));
             assert_eq!(r.status, 200, "{}", r.text);
@@ -380,7 +377,7 @@ fn main() {
     let (chunks, secs) = ingest_timed(&single, "wiki", &docs, 500);
     let single_ingest = chunks as f64 / secs;
     let single_writes = p50_p95(write_latencies(&single, "acks", args.writes, "w"));
-    let single_search = p50_p95(search_latencies(&single, "wiki", &titles, 0));
+    let single_search = p50_p95(search_latencies(&single, "wiki", &titles));
     let embed_rate = embedder_short_rate(&single, &shorts);
     let (short_chunks, short_secs) = ingest_timed(&single, "short", &shorts, 1000);
     let single_short = short_chunks as f64 / short_secs;
@@ -418,8 +415,8 @@ fn main() {
         args.writes,
         "f",
     ));
-    let leader_search = p50_p95(search_latencies(&c.nodes[leader], "wiki", &titles, 0));
-    let learner_search = p50_p95(search_latencies(&c.nodes[learner], "wiki", &titles, 1));
+    let leader_search = p50_p95(search_latencies(&c.nodes[leader], "wiki", &titles));
+    let learner_search = p50_p95(search_latencies(&c.nodes[learner], "wiki", &titles));
     let elections_under_load = term(&c) - term_before;
 
     // a wiped learner catches up (through a snapshot: its log is long gone)
