@@ -4,24 +4,25 @@
 # --insecure-no-auth, two rounds. Figures in docs/benchmarks.md ("Auth overhead").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 cargo build --release --bin shoal >&2
 B=target/release/shoal
 rm -rf /tmp/ba && mkdir -p /tmp/ba
 SHOAL_AUTH__ADMIN_KEY=bench-admin-key-0123456789 $B serve --listen 127.0.0.1:7481 --data-dir /tmp/ba/a > /tmp/ba/a.log 2>&1 &
 PA=$!
-for i in $(seq 1 200); do curl -sf localhost:7481/api/ready >/dev/null && break; sleep 0.1; done
+wait_ready http://127.0.0.1:7481/api/ready $PA /tmp/ba/a.log
 H="Authorization: Bearer bench-admin-key-0123456789"
 curl -sf -H "$H" -X PUT localhost:7481/api/v1/collections/wiki >/dev/null
 curl -sf -H "$H" -X POST localhost:7481/api/v1/collections/wiki/documents -d '{"documents":[{"id":"e","text":"The Eiffel Tower is a wrought-iron lattice tower in Paris."},{"id":"p","text":"Photosynthesis lets plants turn light into chemical energy."}]}' >/dev/null
 curl -sf -H "$H" -X POST localhost:7481/api/v1/auth/users -d '{"username":"bench","password":"bench-password-1","role":"reader","collections":["*"]}' >/dev/null
 TOKEN=$(curl -sf -X POST localhost:7481/api/v1/auth/token -d '{"username":"bench","password":"bench-password-1"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 KEY=$(curl -sf -H "$H" -X POST localhost:7481/api/v1/auth/keys -d '{"name":"bench","role":"reader","collections":["*"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-sleep 1
+wait_until 60 "the two documents indexed" has_live_points http://127.0.0.1:7481 wiki 2 -H "$H"
 kill $PA; wait $PA || true
 run() { # $1 = extra flag
   $B serve --listen 127.0.0.1:7481 --data-dir /tmp/ba/a $1 > /tmp/ba/a.log 2>&1 &
   P=$!
-  for i in $(seq 1 200); do curl -sf localhost:7481/api/ready >/dev/null && break; sleep 0.1; done
+  wait_ready http://127.0.0.1:7481/api/ready $P /tmp/ba/a.log
 }
 for round in 1 2; do
   SHOAL_AUTH__ADMIN_KEY=bench-admin-key-0123456789 run ""

@@ -13,6 +13,7 @@
 #        [--seconds 10] [--rounds 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 a="" b="" a_env="" b_env="" ef=64 seconds=10 rounds=2
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -76,17 +77,10 @@ for round in $(seq "$rounds"); do
     env -- "${settings[@]}" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
       >"$work/$side.log" 2>&1 &
     pid=$!
-    for _ in $(seq 6000); do
-      curl -sf -o /dev/null "$node/api/ready" && break
-      kill -0 "$pid" 2>/dev/null || { tail "$work/$side.log" >&2; exit 1; }
-      sleep 0.1
-    done
+    wait_ready "$node/api/ready" "$pid" "$work/$side.log" 600
     ready_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
-    for _ in $(seq 6000); do # the shard loads its graph in the background
-      live=$(curl -sf "$node/api/v1/collections/wiki" | python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])' || echo 0)
-      [ "$live" -ge "$count" ] && break
-      sleep 0.1
-    done
+    # the shard loads its graph in the background
+    wait_until 600 "the index of build $side loaded" has_live_points "$node" wiki "$count"
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
     loaded_mb=$(rss_mb "$pid") peak_loading_mb=$(peak_mb "$pid")
     for c in 1 16; do

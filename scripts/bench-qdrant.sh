@@ -16,6 +16,7 @@
 #        scripts/bench-qdrant.sh --prepare
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 qdrant=""
 seconds=10
 efs="32 64 128"
@@ -89,14 +90,6 @@ EOF
 count=$(cat "$work/count")
 
 rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
-wait_ready() { # url, pid, log
-  for _ in $(seq 1200); do
-    curl -sf -o /dev/null "$1" && return 0
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "$1 did not answer" >&2; tail "$3" >&2; exit 1
-}
 
 # shoal: one node (default configuration, no auth) with the corpus, kept in the cache.
 sport=7463
@@ -126,11 +119,8 @@ fi
 $prepare && { echo "prepared: $cache"; exit 0; }
 shoal_ingest_s=$(cat "$cache/ingest_s")
 start_shoal "$cache/shoal"
-for _ in $(seq 600); do # the shard loads its graph in the background
-  live=$(curl -sf "$shoal/api/v1/collections/wiki" | python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])' || echo 0)
-  [ "$live" -ge "$count" ] && break
-  sleep 0.1
-done
+# the shard loads its graph in the background
+wait_until 600 "shoal's index loaded with $count points" has_live_points "$shoal" wiki "$count"
 
 # Qdrant: a fresh storage, the same vectors with each text and document id as payload.
 qport=7464

@@ -10,6 +10,7 @@
 # Usage: scripts/bench-search.sh [--docs N] [--seconds S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 docs=0 # 0: every sentence but the held-out ones
 seconds=10
 while [ $# -gt 0 ]; do
@@ -50,11 +51,7 @@ start_node() {
     --data-dir "$work/data" --insecure-no-auth --reranker-model "$work/reranker" \
     >"$work/node.log" 2>&1 &
   pid=$!
-  for _ in $(seq 600); do
-    curl -sf -o /dev/null "$node/api/ready" && return 0
-    sleep 0.2
-  done
-  echo "the node did not become ready" >&2; tail "$work/node.log" >&2; exit 1
+  wait_ready "$node/api/ready" "$pid" "$work/node.log"
 }
 stop_node() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 

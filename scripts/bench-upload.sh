@@ -7,18 +7,20 @@ cd "$(dirname "$0")/.."
 cargo build --bin shoal >&2
 cargo run --release -p shoal-extract --example extract_bench -- --write-pdf /tmp/manual100.pdf >&2
 set -euo pipefail
+. scripts/lib/wait.sh
 B=target/debug/shoal
 rm -rf /tmp/ub && mkdir -p /tmp/ub
 SHOAL_AUTH__ADMIN_KEY=bench-admin-key-0123456789 $B serve --listen 127.0.0.1:7482 --data-dir /tmp/ub/d > /tmp/ub/log 2>&1 &
 P=$!
-for i in $(seq 1 300); do curl -sf localhost:7482/api/ready >/dev/null && break; sleep 0.1; done
+wait_ready http://127.0.0.1:7482/api/ready $P /tmp/ub/log
 H="Authorization: Bearer bench-admin-key-0123456789"
+job_completed() { curl -sf -H "$H" "localhost:7482/api/v1/jobs/$1" | grep -q '"state":"completed"'; }
 curl -sf -H "$H" -X PUT localhost:7482/api/v1/collections/docs >/dev/null
 for run in 1 2 3; do
   t0=$(date +%s%N)
   job=$(curl -sf -H "$H" -F "file=@/tmp/manual100.pdf" -F "id=manual-$run" localhost:7482/api/v1/collections/docs/documents | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
   t1=$(date +%s%N)
-  until curl -sf -H "$H" localhost:7482/api/v1/jobs/$job | grep -q '"state":"completed"'; do sleep 0.05; done
+  wait_until 600 "upload $run's job $job completed" job_completed "$job"
   t2=$(date +%s%N)
   chunks=$(curl -sf -H "$H" localhost:7482/api/v1/collections/docs/documents/manual-$run | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks"])')
   echo "run $run: 202 after $(( (t1-t0)/1000000 )) ms, searchable after $(( (t2-t0)/1000000 )) ms, $chunks chunks"

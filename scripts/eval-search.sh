@@ -9,6 +9,7 @@
 # Usage: scripts/eval-search.sh [--docs N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 docs=5000
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,11 +57,7 @@ port=7463
 node="http://127.0.0.1:$port"
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
   >"$work/node.log" 2>&1 &
-for _ in $(seq 600); do
-  curl -sf -o /dev/null "$node/api/ready" && break
-  sleep 0.2
-done
-curl -sf -o /dev/null "$node/api/ready" || { tail "$work/node.log" >&2; exit 1; }
+wait_ready "$node/api/ready" $! "$work/node.log"
 modes=keyword,hybrid,weighted:0.3,weighted:0.5,weighted:0.7
 for set in whole rest; do
   echo "== $set" >&2

@@ -1,0 +1,58 @@
+# shellcheck shell=bash
+# Waiting on a node from the benchmark scripts: on a condition, with a deadline, never a fixed
+# sleep. Each function exits the script with a message when its deadline passes. Source it after
+# `cd` to the repository root: `. scripts/lib/wait.sh`.
+
+# wait_ready URL PID LOG [SECONDS]: until URL answers with a 2xx (deadline: 120 s unless given).
+# Exits with the end of LOG if the process PID ends first or the deadline passes.
+wait_ready() {
+  local url=$1 pid=$2 log=$3 limit=${4:-120}
+  local deadline=$((SECONDS + limit))
+  until curl -sf -o /dev/null "$url"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "the process serving $url ended before it answered" >&2
+      tail "$log" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$url did not answer within $limit s" >&2
+      tail "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+# live_points NODE_URL COLLECTION [CURL ARGUMENTS...]: the live points in the collection's index
+# (0 while it cannot be read, for example while its shard loads). The arguments go to curl (a
+# credential header).
+live_points() {
+  local url=$1 collection=$2
+  shift 2
+  curl -sf "$@" "$url/api/v1/collections/$collection" 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])' 2>/dev/null ||
+    echo 0
+}
+
+# wait_until SECONDS WHAT COMMAND...: run COMMAND until it succeeds; exits saying WHAT did not
+# happen if SECONDS pass first.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$what: not within $limit s" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+}
+
+# has_live_points NODE_URL COLLECTION COUNT [CURL ARGUMENTS...]: whether the index holds at least
+# COUNT live points (for wait_until).
+has_live_points() {
+  local url=$1 collection=$2 count=$3
+  shift 3
+  [ "$(live_points "$url" "$collection" "$@")" -ge "$count" ]
+}
