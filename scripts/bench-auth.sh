@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/wait.sh
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 cargo build --release --bin shoal >&2
 B=target/release/shoal
 rm -rf /tmp/ba && mkdir -p /tmp/ba

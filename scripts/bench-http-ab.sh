@@ -79,8 +79,7 @@ for round in $(seq "$rounds"); do
     pid=$!
     wait_ready "$node/api/ready" "$pid" "$work/$side.log" 600
     ready_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
-    # the shard loads its graph in the background
-    wait_until 600 "the index of build $side loaded" has_live_points "$node" wiki "$count"
+    wait_loaded "$node" wiki "$count" "$pid" "$work/$side.log"
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
     loaded_mb=$(rss_mb "$pid") peak_loading_mb=$(peak_mb "$pid")
     for c in 1 16; do

@@ -119,8 +119,7 @@ fi
 $prepare && { echo "prepared: $cache"; exit 0; }
 shoal_ingest_s=$(cat "$cache/ingest_s")
 start_shoal "$cache/shoal"
-# the shard loads its graph in the background
-wait_until 600 "shoal's index loaded with $count points" has_live_points "$shoal" wiki "$count"
+wait_loaded "$shoal" wiki "$count" "$spid" "$work/shoal.log"
 
 # Qdrant: a fresh storage, the same vectors with each text and document id as payload.
 qport=7464
@@ -157,7 +156,10 @@ for i in range(0, len(texts), 1000):
 # Until the optimizer has built the graph of every segment: green, and the count of indexed
 # vectors complete (or no longer changing: a segment under the indexing threshold stays plain).
 last, since = -1, time.time()
+deadline = time.time() + 1800
 while True:
+    if time.time() > deadline:
+        sys.exit(f"Qdrant had not indexed the vectors after 30 minutes ({last} of {len(texts)})")
     info = call("GET", "/collections/wiki")["result"]
     indexed = info.get("indexed_vectors_count") or 0
     if indexed != last:

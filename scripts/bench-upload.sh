@@ -3,18 +3,30 @@
 # the 202 (extraction included) and until its job reads completed, three uploads, one debug node;
 # then the time to the 202 of an upload of 50 small files (the cost of a worker process per file).
 # Figures in docs/benchmarks.md ("Uploads").
+set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 cargo build --bin shoal >&2
 cargo run --release -p shoal-extract --example extract_bench -- --write-pdf /tmp/manual100.pdf >&2
-set -euo pipefail
-. scripts/lib/wait.sh
 B=target/debug/shoal
 rm -rf /tmp/ub && mkdir -p /tmp/ub
 SHOAL_AUTH__ADMIN_KEY=bench-admin-key-0123456789 $B serve --listen 127.0.0.1:7482 --data-dir /tmp/ub/d > /tmp/ub/log 2>&1 &
 P=$!
 wait_ready http://127.0.0.1:7482/api/ready $P /tmp/ub/log
 H="Authorization: Bearer bench-admin-key-0123456789"
-job_completed() { curl -sf -H "$H" "localhost:7482/api/v1/jobs/$1" | grep -q '"state":"completed"'; }
+job_completed() { # (a job that ends otherwise ends the script)
+  local job
+  job=$(curl -sf --max-time 5 -H "$H" "localhost:7482/api/v1/jobs/$1" || true)
+  case "$job" in
+  *'"state":"completed"'*) return 0 ;;
+  *'"state":"completed_with_errors"'* | *'"state":"cancelled"'*)
+    echo "job $1 did not complete: $job" >&2
+    exit 1
+    ;;
+  *) return 1 ;;
+  esac
+}
 curl -sf -H "$H" -X PUT localhost:7482/api/v1/collections/docs >/dev/null
 for run in 1 2 3; do
   t0=$(date +%s%N)

@@ -13,7 +13,7 @@
 # The sanitizer's runtime ships with the stable toolchain; its flag is unstable, so the build sets
 # RUSTC_BOOTSTRAP=1 for this one test build (its own target directory; nothing shipped is built
 # this way). Miri cannot be installed with the one stable toolchain this project uses.
-# --target keeps the flag off build scripts and proc macros (they run inside the compiler).
+# --target keeps the flag off build scripts and proc macros (programs the build itself runs).
 # Dependencies are built without optimisation here (cheaper to compile; the code checked is
 # shoal's own, which keeps its opt-level 3).
 #
@@ -36,13 +36,15 @@ target_dir="${CARGO_TARGET_DIR:-target}/asan"
 run() {
     echo "== AddressSanitizer: $*" >&2
     # Leaks are not what this looks for (thread pools live until exit).
-    env "$@" ASAN_OPTIONS=detect_leaks=0 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" \
+    # (CARGO_ENCODED_RUSTFLAGS, if set, would win over RUSTFLAGS and drop the sanitizer)
+    env -u CARGO_ENCODED_RUSTFLAGS "$@" ASAN_OPTIONS=detect_leaks=0 RUSTC_BOOTSTRAP=1 \
+        RUSTFLAGS="-Zsanitizer=address" \
         CARGO_TARGET_DIR="$target_dir" RUST_BACKTRACE=0 \
         cargo test --config 'profile.dev.package."*".opt-level=0' -p shoal-inference --lib \
-        --target "$host" -- ${filter:+"$filter"} --nocapture
+        --target "$host" -- "$filter" --nocapture
 }
 
-filter="${1:-native::}"
+filter="${1-native::}"
 start=$SECONDS
 run SHOAL_CHECK_KERNELS=default
 run SHOAL_FORCE_PORTABLE_KERNELS=1

@@ -7,6 +7,7 @@
 # Usage: scripts/make-minilm-vectors.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/wait.sh
 out=bench-data/minilm_wiki.f32
 [ -s "$out" ] && { echo "$out"; exit 0; }
 scripts/fetch-model.sh >/dev/null
@@ -19,11 +20,7 @@ port=7462
 node="http://127.0.0.1:$port"
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
   >"$work/node.log" 2>&1 &
-for _ in $(seq 600); do
-  curl -sf -o /dev/null "$node/api/ready" && break
-  sleep 0.2
-done
-curl -sf -o /dev/null "$node/api/ready" || { tail "$work/node.log" >&2; exit 1; }
+wait_ready "$node/api/ready" $! "$work/node.log"
 python3 - "$node" "$out.tmp" <<'PY'
 import array, json, sys, urllib.request
 sys.path.insert(0, "scripts")

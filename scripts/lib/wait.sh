@@ -1,14 +1,15 @@
 # shellcheck shell=bash
 # Waiting on a node from the benchmark scripts: on a condition, with a deadline, never a fixed
-# sleep. Each function exits the script with a message when its deadline passes. Source it after
-# `cd` to the repository root: `. scripts/lib/wait.sh`.
+# sleep. Each function exits the script with a message when its deadline passes (every request
+# has a time limit of its own, so a node that takes the connection and never answers cannot hold
+# a wait past it). Source it after `cd` to the repository root: `. scripts/lib/wait.sh`.
 
 # wait_ready URL PID LOG [SECONDS]: until URL answers with a 2xx (deadline: 120 s unless given).
 # Exits with the end of LOG if the process PID ends first or the deadline passes.
 wait_ready() {
   local url=$1 pid=$2 log=$3 limit=${4:-120}
   local deadline=$((SECONDS + limit))
-  until curl -sf -o /dev/null "$url"; do
+  until curl -sf --max-time 5 -o /dev/null "$url"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "the process serving $url ended before it answered" >&2
       tail "$log" >&2
@@ -29,7 +30,7 @@ wait_ready() {
 live_points() {
   local url=$1 collection=$2
   shift 2
-  curl -sf "$@" "$url/api/v1/collections/$collection" 2>/dev/null |
+  curl -sf --max-time 5 "$@" "$url/api/v1/collections/$collection" 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["index"]["live_points"])' 2>/dev/null ||
     echo 0
 }
@@ -55,4 +56,25 @@ has_live_points() {
   local url=$1 collection=$2 count=$3
   shift 3
   [ "$(live_points "$url" "$collection" "$@")" -ge "$count" ]
+}
+
+# wait_loaded NODE_URL COLLECTION COUNT PID LOG [SECONDS]: until the collection's index holds COUNT
+# live points (a restarted node loads its shards in the background; deadline 600 s unless
+# given). Exits with the end of LOG if the process PID ends first or the deadline passes.
+wait_loaded() {
+  local url=$1 collection=$2 count=$3 pid=$4 log=$5 limit=${6:-600}
+  local deadline=$((SECONDS + limit))
+  until has_live_points "$url" "$collection" "$count"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "the node at $url ended before its index held $count points" >&2
+      tail "$log" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "the index of $collection at $url held $(live_points "$url" "$collection") of $count points after $limit s" >&2
+      tail "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
 }

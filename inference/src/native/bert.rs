@@ -602,9 +602,9 @@ mod tests {
     }
 
     /// The packed forward pass, its attention heads spread over two threads, against candle's
-    /// BERT run on one text at a time: small shapes, for the memory checker as much as for the
-    /// numbers (scripts/check-kernels-valgrind.sh). Head widths 16 (values copied into panels)
-    /// and 32 (values read in place); bf16 loosely.
+    /// BERT run on one text at a time: small shapes, for the memory checkers as much as for the
+    /// numbers (scripts/check-kernels-valgrind.sh, check-kernels-asan.sh). Head widths 16
+    /// (values copied into panels) and 32 (values read in place); bf16 loosely.
     #[test]
     fn packed_forward_matches_candle_on_a_tiny_bert() {
         let pool = rayon::ThreadPoolBuilder::new()

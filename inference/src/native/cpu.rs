@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn detected_isa_matches_the_cpu_features() {
         let isa = Isa::detect();
-        // scripts/check-kernels-valgrind.sh prints this line.
+        // scripts/check-kernels-valgrind.sh and check-kernels-asan.sh print this line.
         println!("shoal kernels: isa {}", isa.name());
         if std::env::var_os("SHOAL_FORCE_PORTABLE_KERNELS").is_some() {
             assert_eq!(isa, Isa::Portable);
