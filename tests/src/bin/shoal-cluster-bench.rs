@@ -567,7 +567,10 @@ fn main() {
     println!("written to {}", args.out.display());
 }
 
-/// The one-sentence ingest alone: the embedder's own rate, one node, three voters all embedding.
+/// The one-sentence ingest alone: the embedder's own rate, one node, three voters all embedding,
+/// and three voters of which one embeds (on one machine the three embedders share its cores and
+/// caches, each with its own copy of the model; with one, what remains beside the single node's
+/// work is replication: the log, and every replica's inserts).
 fn short_only(shorts: &[Value]) {
     let single = Node::start(&[], &[]);
     single.create_collection("short");
@@ -588,6 +591,24 @@ fn short_only(shorts: &[Value]) {
     println!(
         "three voters {cluster_short:.0} chunks/s ({:.2}x; claims granted: {})",
         cluster_short / embed_rate,
+        describe_claims(&before, &claims_granted(&c))
+    );
+    drop(c);
+    let c = Cluster::start_each(3, 0, |i| {
+        if i > 0 {
+            vec![("SHOAL_INGEST__WORKERS".into(), "0".into())]
+        } else {
+            Vec::new()
+        }
+    });
+    let leader = c.leader(Duration::from_secs(30));
+    c.nodes[leader].create_collection("short");
+    let before = claims_granted(&c);
+    let (chunks, secs) = ingest_timed(&c.nodes[leader], "short", shorts, 1000);
+    let one_embedder = chunks as f64 / secs;
+    println!(
+        "three voters, one embedding {one_embedder:.0} chunks/s ({:.2}x; claims granted: {})",
+        one_embedder / embed_rate,
         describe_claims(&before, &claims_granted(&c))
     );
 }
