@@ -6,9 +6,10 @@
 #
 # It covers what valgrind (scripts/check-kernels-valgrind.sh) cannot: valgrind hides AVX-512 from
 # the program, so it checks the AVX2 and portable kernels only, while this runs the kernels this
-# CPU picks (AVX-512, AVX512-BF16, and on CPUs with AMX the code around its tile instructions) and then the
-# portable ones. Valgrind stays for what AddressSanitizer does not see (reads of uninitialised
-# memory). The AMX tile instructions themselves are inline assembly, which no sanitizer instruments.
+# CPU picks (AVX-512, AVX512-BF16, and on CPUs with AMX the code around its tile instructions)
+# and then the portable ones. Valgrind stays for what AddressSanitizer does not see (reads of
+# uninitialised memory). The AMX tile instructions themselves are inline assembly, which no
+# sanitizer instruments.
 #
 # The sanitizer's runtime ships with the stable toolchain; its flag is unstable, so the build sets
 # RUSTC_BOOTSTRAP=1 for this one test build (its own target directory; nothing shipped is built

@@ -71,7 +71,8 @@ wait_loaded() {
       exit 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "the index of $collection at $url held $(live_points "$url" "$collection") of $count points after $limit s" >&2
+      echo "the index of $collection at $url held $(live_points "$url" "$collection")" \
+        "of $count points after $limit s" >&2
       tail "$log" >&2
       exit 1
     fi

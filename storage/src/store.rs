@@ -547,10 +547,10 @@ impl Store {
             let vector = match &mut reader {
                 Reader::Scan(scan) => loop {
                     match scan.peek()? {
-                        Some(found) if found == id => break Some(scan.take()?),
+                        Some(found) if found == id => break scan.next()?,
                         Some(found) if found < id => {
                             unmatched_vector(found)?;
-                            scan.skip();
+                            scan.next()?;
                         }
                         found => break by_key(found)?,
                     }
@@ -570,7 +570,7 @@ impl Store {
         if let Reader::Scan(scan) = &mut reader {
             while let Some(found) = scan.peek()? {
                 unmatched_vector(found)?;
-                scan.skip();
+                scan.next()?;
             }
         }
         let mut metadata: HashMap<String, String> = HashMap::new();
@@ -1469,19 +1469,13 @@ impl VectorScan {
         Ok(self.ahead.as_ref().map(|(id, _, _)| *id))
     }
 
-    /// The vector [`VectorScan::peek`] found, decoded.
-    fn take(&mut self) -> Result<Vec<f32>, StoreError> {
+    /// Move past the next vector: it, decoded (None at the end of the scan).
+    fn next(&mut self) -> Result<Option<Vec<f32>>, StoreError> {
+        self.peek()?;
         match self.ahead.take() {
-            Some((_, k, v)) => decode(&k, &v),
-            None => Err(StoreError::Corrupt {
-                key: String::new(),
-                reason: "a vector taken before it was looked at".into(),
-            }),
+            Some((_, k, v)) => decode(&k, &v).map(Some),
+            None => Ok(None),
         }
-    }
-
-    fn skip(&mut self) {
-        self.ahead = None;
     }
 }
 

@@ -33,7 +33,8 @@ struct Args {
     queries: usize,
     writes: usize,
     out: PathBuf,
-    /// Only the one-sentence ingest (single node, then three voters); prints, writes nothing.
+    /// Only the one-sentence ingest (single node, three voters all embedding, three voters of
+    /// which one embeds); prints, writes nothing.
     short_only: bool,
 }
 
@@ -582,33 +583,26 @@ fn short_only(shorts: &[Value]) {
         single_short / embed_rate
     );
     drop(single);
-    let c = Cluster::start(3, 0, &[]);
-    let leader = c.leader(Duration::from_secs(30));
-    c.nodes[leader].create_collection("short");
-    let before = claims_granted(&c);
-    let (chunks, secs) = ingest_timed(&c.nodes[leader], "short", shorts, 1000);
-    let cluster_short = chunks as f64 / secs;
-    println!(
-        "three voters {cluster_short:.0} chunks/s ({:.2}x; claims granted: {})",
-        cluster_short / embed_rate,
-        describe_claims(&before, &claims_granted(&c))
-    );
-    drop(c);
-    let c = Cluster::start_each(3, 0, |i| {
+    // Into a fresh cluster through its leader; printed against the embedder's rate.
+    let run = |c: Cluster, label: &str| {
+        let leader = c.leader(Duration::from_secs(30));
+        c.nodes[leader].create_collection("short");
+        let before = claims_granted(&c);
+        let (chunks, secs) = ingest_timed(&c.nodes[leader], "short", shorts, 1000);
+        let rate = chunks as f64 / secs;
+        println!(
+            "{label} {rate:.0} chunks/s ({:.2}x; claims granted: {})",
+            rate / embed_rate,
+            describe_claims(&before, &claims_granted(&c))
+        );
+    };
+    run(Cluster::start(3, 0, &[]), "three voters");
+    let one_embedding = Cluster::start_each(3, 0, |i| {
         if i > 0 {
             vec![("SHOAL_INGEST__WORKERS".into(), "0".into())]
         } else {
             Vec::new()
         }
     });
-    let leader = c.leader(Duration::from_secs(30));
-    c.nodes[leader].create_collection("short");
-    let before = claims_granted(&c);
-    let (chunks, secs) = ingest_timed(&c.nodes[leader], "short", shorts, 1000);
-    let one_embedder = chunks as f64 / secs;
-    println!(
-        "three voters, one embedding {one_embedder:.0} chunks/s ({:.2}x; claims granted: {})",
-        one_embedder / embed_rate,
-        describe_claims(&before, &claims_granted(&c))
-    );
+    run(one_embedding, "three voters, one embedding");
 }
