@@ -132,6 +132,12 @@ enum Turn {
     /// Ingest has waited long enough (since then): new query passes wait, and the turn starts
     /// once the passes in flight are done. A new pass waits for that at most one window.
     Pending(Instant),
+    /// Ingest's turn is granted (at that moment, for that long), and starts when the first of its
+    /// threads is back at work: waking its parked threads takes a while on cores the search path
+    /// keeps busy, and a turn of half a millisecond timed from the grant lost much of itself to
+    /// that. New query passes wait, at most twice the turn's length from the grant (then it
+    /// lapses: ingest's threads are not coming).
+    Granted { at: Instant, len: Duration },
     /// Ingest's turn, until then: it has the cores, new query passes wait.
     Until(Instant),
 }
@@ -270,6 +276,14 @@ impl QueryGate {
                 Turn::Until(until) => {
                     self.changed.wait_until(&mut st, until);
                 }
+                // Ingest's threads did not come back in time: the turn lapses.
+                Turn::Granted { at, len } if now >= at + 2 * len => {
+                    st.turn = Turn::None;
+                    break;
+                }
+                Turn::Granted { at, len } => {
+                    self.changed.wait_until(&mut st, at + 2 * len);
+                }
                 // The passes in flight end soon; the last one starts the turn.
                 Turn::Pending(_) if st.queries == 0 => self.start_turn(&mut st),
                 // Passes in flight that keep going (one query source after another) must not
@@ -363,12 +377,28 @@ impl QueryGate {
         if st.blocked_since.is_some() {
             st.blocked_since = Some(now + turn);
         }
-        st.turn = Turn::Until(now + turn);
+        st.turn = Turn::Granted { at: now, len: turn };
+        // (ingest's threads at work check the gate at their next pause point, where the turn
+        // starts)
+        self.busy.store(true, Ordering::Release);
         self.turns.fetch_add(1, Ordering::Relaxed);
         if let Some(counter) = &self.turn_counter {
             counter.inc();
         }
         self.changed.notify_all();
+    }
+
+    /// An ingest thread is back at work: a granted turn starts now (the query passes waiting for
+    /// it look again, to wait until its end).
+    fn begin_granted_turn(&self, st: &mut GateState) {
+        if let Turn::Granted { len, .. } = st.turn {
+            let now = Instant::now();
+            st.turn = Turn::Until(now + len);
+            if st.blocked_since.is_some() {
+                st.blocked_since = Some(now + len);
+            }
+            self.changed.notify_all();
+        }
     }
 
     /// Ingest's side: return when no query is being embedded or index step run and
@@ -394,6 +424,7 @@ impl QueryGate {
         }
         self.heartbeat.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
+        self.begin_granted_turn(&mut st);
         if st.holding(searches_too) == 0 || matches!(st.turn, Turn::Until(u) if Instant::now() < u)
         {
             self.publish_busy(&st);
@@ -417,6 +448,10 @@ impl QueryGate {
         loop {
             let now = Instant::now();
             match st.turn {
+                Turn::Granted { .. } => {
+                    self.begin_granted_turn(&mut st);
+                    break;
+                }
                 Turn::Until(until) if now < until => break,
                 Turn::Until(_) => {
                     // The turn is over: queries go first again.
@@ -1259,6 +1294,57 @@ mod tests {
         ingest.join().unwrap();
         assert_eq!(gate.ingest_turns(), 1);
         gate.exit();
+    }
+
+    /// A due turn whose pass starts it now (nothing in flight), for `owed` seconds of ingest.
+    fn a_query_pass_starting_a_due_turn(
+        gate: &Arc<QueryGate>,
+        owed: f64,
+    ) -> std::thread::JoinHandle<Instant> {
+        {
+            let mut st = gate.state.lock();
+            st.owed = owed;
+            st.turn = Turn::Pending(Instant::now());
+        }
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            gate.enter();
+            let entered = Instant::now();
+            gate.exit();
+            entered
+        })
+    }
+
+    #[test]
+    fn a_turn_is_timed_from_when_ingest_is_back_at_work() {
+        // Ingest's thread is slow to come back (60 ms here; a wake-up on busy cores in earnest):
+        // its turn of 100 ms still runs in full, so the pass that waits for it waits 160 ms.
+        let gate = Arc::new(QueryGate::default());
+        let granted = Instant::now();
+        let pass = a_query_pass_starting_a_due_turn(&gate, 0.1);
+        std::thread::sleep(Duration::from_millis(60));
+        gate.wait_idle(true);
+        let back = Instant::now();
+        let entered = pass.join().unwrap();
+        assert!(
+            entered >= back + Duration::from_millis(95),
+            "the pass went ahead {:?} after the grant, {:?} after ingest was back",
+            entered - granted,
+            entered.saturating_duration_since(back)
+        );
+        assert_eq!(gate.ingest_turns(), 1);
+    }
+
+    #[test]
+    fn a_granted_turn_lapses_when_ingest_does_not_come_back() {
+        // A turn of 50 ms that no ingest thread takes: the pass waits twice that, not a window.
+        let gate = Arc::new(QueryGate::default());
+        let granted = Instant::now();
+        let entered = a_query_pass_starting_a_due_turn(&gate, 0.05)
+            .join()
+            .unwrap();
+        assert!(entered >= granted + Duration::from_millis(95));
+        assert_eq!(gate.state.lock().turn, Turn::None);
     }
 
     #[test]
