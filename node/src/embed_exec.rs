@@ -134,9 +134,9 @@ enum Turn {
     Pending(Instant),
     /// Ingest's turn is granted (at that moment, for that long), and starts when the first of its
     /// threads is back at work: waking its parked threads takes a while on cores the search path
-    /// keeps busy, and a turn of half a millisecond timed from the grant lost much of itself to
-    /// that. New query passes wait, at most twice the turn's length from the grant (then it
-    /// lapses: ingest's threads are not coming).
+    /// keeps busy, and a turn of half a millisecond timed from the grant lost part of itself to
+    /// that. Either way it ends at the latest twice its length after the grant, so new query
+    /// passes wait for it that long at most; a turn no ingest thread has taken by then lapses.
     Granted { at: Instant, len: Duration },
     /// Ingest's turn, until then: it has the cores, new query passes wait.
     Until(Instant),
@@ -262,7 +262,7 @@ impl QueryGate {
     }
 
     /// A query pass starts: it waits while ingest's turn is due or running (for the passes in
-    /// flight, at most one window, then for one turn, at most one window).
+    /// flight, at most one window, then for one turn, at most twice its length: one window).
     fn enter(&self) {
         let mut st = self.state.lock();
         loop {
@@ -391,11 +391,17 @@ impl QueryGate {
     /// An ingest thread is back at work: a granted turn starts now (the query passes waiting for
     /// it look again, to wait until its end).
     fn begin_granted_turn(&self, st: &mut GateState) {
-        if let Turn::Granted { len, .. } = st.turn {
+        if let Turn::Granted { at, len } = st.turn {
             let now = Instant::now();
-            st.turn = Turn::Until(now + len);
+            // (not past twice its length from the grant: what queries were promised)
+            let until = (now + len).min(at + 2 * len);
+            st.turn = if now < until {
+                Turn::Until(until)
+            } else {
+                Turn::None
+            };
             if st.blocked_since.is_some() {
-                st.blocked_since = Some(now + len);
+                st.blocked_since = Some(until.max(now));
             }
             self.changed.notify_all();
         }
@@ -1323,11 +1329,11 @@ mod tests {
         let granted = Instant::now();
         let pass = a_query_pass_starting_a_due_turn(&gate, 0.1);
         std::thread::sleep(Duration::from_millis(60));
-        gate.wait_idle(true);
         let back = Instant::now();
+        gate.wait_idle(true);
         let entered = pass.join().unwrap();
         assert!(
-            entered >= back + Duration::from_millis(95),
+            entered >= back + Duration::from_millis(100),
             "the pass went ahead {:?} after the grant, {:?} after ingest was back",
             entered - granted,
             entered.saturating_duration_since(back)
