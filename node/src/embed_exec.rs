@@ -262,7 +262,8 @@ impl QueryGate {
     }
 
     /// A query pass starts: it waits while ingest's turn is due or running (for the passes in
-    /// flight, at most one window, then for one turn, at most twice its length: one window).
+    /// flight, at most one window, then for one turn, at most twice its length; a turn is at most
+    /// one window long).
     fn enter(&self) {
         let mut st = self.state.lock();
         loop {
@@ -454,9 +455,10 @@ impl QueryGate {
         loop {
             let now = Instant::now();
             match st.turn {
+                // Back at work: the turn starts (or, taken too late, has lapsed: look again).
                 Turn::Granted { .. } => {
                     self.begin_granted_turn(&mut st);
-                    break;
+                    continue;
                 }
                 Turn::Until(until) if now < until => break,
                 Turn::Until(_) => {
@@ -1351,6 +1353,29 @@ mod tests {
             .unwrap();
         assert!(entered >= granted + Duration::from_millis(95));
         assert_eq!(gate.state.lock().turn, Turn::None);
+    }
+
+    #[test]
+    fn a_turn_taken_too_late_has_lapsed_and_ingest_waits_again() {
+        // A pass is in flight; ingest's parked thread is woken to a turn granted 300 ms ago for
+        // 100 ms: the turn is over, so the thread does not run beside the pass.
+        let gate = Arc::new(QueryGate::default());
+        let held = gate.hold();
+        let rx = parked(&gate, true);
+        wait_for(|| gate.state.lock().parked == 1);
+        gate.state.lock().turn = Turn::Granted {
+            at: Instant::now() - Duration::from_millis(300),
+            len: Duration::from_millis(100),
+        };
+        gate.changed.notify_all();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "ingest ran beside a pass, on a turn long lapsed"
+        );
+        assert_eq!(gate.state.lock().turn, Turn::None);
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("ingest still waits after the pass ended");
     }
 
     #[test]
