@@ -142,6 +142,11 @@ enum Turn {
     Until(Instant),
 }
 
+/// The latest a turn granted at `at` for `len` ends (see [`Turn::Granted`]).
+fn granted_turn_ends_by(at: Instant, len: Duration) -> Instant {
+    at + 2 * len
+}
+
 #[derive(Default)]
 struct GateState {
     /// Query passes in progress.
@@ -278,12 +283,13 @@ impl QueryGate {
                     self.changed.wait_until(&mut st, until);
                 }
                 // Ingest's threads did not come back in time: the turn lapses.
-                Turn::Granted { at, len } if now >= at + 2 * len => {
+                Turn::Granted { at, len } if now >= granted_turn_ends_by(at, len) => {
                     st.turn = Turn::None;
                     break;
                 }
                 Turn::Granted { at, len } => {
-                    self.changed.wait_until(&mut st, at + 2 * len);
+                    self.changed
+                        .wait_until(&mut st, granted_turn_ends_by(at, len));
                 }
                 // The passes in flight end soon; the last one starts the turn.
                 Turn::Pending(_) if st.queries == 0 => self.start_turn(&mut st),
@@ -394,8 +400,8 @@ impl QueryGate {
     fn begin_granted_turn(&self, st: &mut GateState) {
         if let Turn::Granted { at, len } = st.turn {
             let now = Instant::now();
-            // (not past twice its length from the grant: what queries were promised)
-            let until = (now + len).min(at + 2 * len);
+            // (not past what queries were promised)
+            let until = (now + len).min(granted_turn_ends_by(at, len));
             st.turn = if now < until {
                 Turn::Until(until)
             } else {

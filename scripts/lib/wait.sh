@@ -4,24 +4,32 @@
 # has a time limit of its own, so a node that takes the connection and never answers cannot hold
 # a wait past it). Source it after `cd` to the repository root: `. scripts/lib/wait.sh`.
 
-# wait_ready URL PID LOG [SECONDS]: until URL answers with a 2xx (deadline: 120 s unless given).
-# Exits with the end of LOG if the process PID ends first or the deadline passes.
-wait_ready() {
-  local url=$1 pid=$2 log=$3 limit=${4:-120}
+# wait_alive PID LOG SECONDS WHAT COMMAND...: run COMMAND until it succeeds, while the process
+# PID runs; exits saying WHAT did not happen, with the end of LOG, if PID ends first or SECONDS
+# pass.
+wait_alive() {
+  local pid=$1 log=$2 limit=$3 what=$4
+  shift 4
   local deadline=$((SECONDS + limit))
-  until curl -sf --max-time 5 -o /dev/null "$url"; do
+  until "$@"; do
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "the process serving $url ended before it answered" >&2
+      echo "$what: the process ended first" >&2
       tail "$log" >&2
       exit 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "$url did not answer within $limit s" >&2
+      echo "$what: not within $limit s" >&2
       tail "$log" >&2
       exit 1
     fi
     sleep 0.1
   done
+}
+
+# wait_ready URL PID LOG [SECONDS]: until URL answers with a 2xx (deadline: 120 s unless given),
+# while the process PID serving it runs.
+wait_ready() {
+  wait_alive "$2" "$3" "${4:-120}" "$1 answering" curl -sf --max-time 5 -o /dev/null "$1"
 }
 
 # live_points NODE_URL COLLECTION [CURL ARGUMENTS...]: the live points in the collection's index
@@ -60,22 +68,8 @@ has_live_points() {
 
 # wait_loaded NODE_URL COLLECTION COUNT PID LOG [SECONDS]: until the collection's index holds COUNT
 # live points (a restarted node loads its shards in the background; deadline 600 s unless
-# given). Exits with the end of LOG if the process PID ends first or the deadline passes.
+# given), while the node's process PID runs.
 wait_loaded() {
-  local url=$1 collection=$2 count=$3 pid=$4 log=$5 limit=${6:-600}
-  local deadline=$((SECONDS + limit))
-  until has_live_points "$url" "$collection" "$count"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "the node at $url ended before its index held $count points" >&2
-      tail "$log" >&2
-      exit 1
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "the index of $collection at $url held $(live_points "$url" "$collection")" \
-        "of $count points after $limit s" >&2
-      tail "$log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
+  wait_alive "$4" "$5" "${6:-600}" "the index of $2 at $1 holding $3 points" \
+    has_live_points "$1" "$2" "$3"
 }

@@ -221,14 +221,11 @@ fn sigterm_stops_cleanly_and_keeps_the_graph() {
     // dropping the collection removes its dump
     let r = node.request("DELETE", "/api/v1/collections/graceful", None);
     assert!((200..300).contains(&r.status), "{}", r.text);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while dump.parent().unwrap().exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a dropped collection's dump is still there after 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "a dropped collection's dump to be removed",
+        || !dump.parent().unwrap().exists(),
+    );
 }
 
 #[test]
