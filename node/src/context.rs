@@ -204,9 +204,10 @@ impl NodeContext {
 
     /// Remove a dropped collection's graph dump (after any dump of it in progress).
     pub async fn remove_dump(&self, collection: &str, uid: u64) {
-        let _files = self.actors.shards.dump_lock(uid).lock_owned().await;
+        let files = self.actors.shards.dump_files(uid).await;
         let dir = self.dump_dir(collection, uid);
         let removed = tokio::task::spawn_blocking(move || {
+            let _files = files;
             if dir.exists() {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "could not remove index dump");

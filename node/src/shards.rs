@@ -20,6 +20,12 @@ pub struct ShardSlot {
     pub shard: Option<Arc<Shard>>,
 }
 
+/// The right to write, read or remove one collection's graph dump folder (see
+/// [`ShardRegistry::dump_files`]).
+pub struct DumpFiles {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
 #[derive(Default)]
 pub struct ShardRegistry {
     slots: RwLock<HashMap<String, ShardSlot>>,
@@ -31,9 +37,19 @@ pub struct ShardRegistry {
 }
 
 impl ShardRegistry {
-    /// The lock of collection `uid`'s graph dump folder.
-    pub fn dump_lock(&self, uid: u64) -> Arc<tokio::sync::Mutex<()>> {
+    fn dump_lock(&self, uid: u64) -> Arc<tokio::sync::Mutex<()>> {
         self.dump_locks.lock().entry(uid).or_default().clone()
+    }
+
+    /// Collection `uid`'s graph dump folder to the caller alone, once any dump, load or removal
+    /// of it in progress has ended. Move the guard into the blocking work that touches the
+    /// folder: held by that work rather than by a future awaiting it, the folder stays locked
+    /// until the work ends even when the future is dropped (a restarted shard actor never reads
+    /// a dump its predecessor is still writing).
+    pub async fn dump_files(&self, uid: u64) -> DumpFiles {
+        DumpFiles {
+            _guard: self.dump_lock(uid).lock_owned().await,
+        }
     }
 
     /// The collection is gone; its dump lock is no longer needed.
@@ -141,5 +157,57 @@ impl ShardRegistry {
             .filter(|(_, s)| s.shard.is_none())
             .map(|(n, _)| n.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard actor's dump (its `persist`, or `post_stop` on a clean stop) whose future is
+    /// dropped while the dump is written: a restarted actor's load must wait for the write to end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dump_whose_future_is_dropped_keeps_the_folder_until_its_write_ends() {
+        let shards = Arc::new(ShardRegistry::default());
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        // As `ShardState::persist` does: the folder's guard moves into the blocking write.
+        let dumping = tokio::spawn({
+            let shards = shards.clone();
+            async move {
+                let files = shards.dump_files(7).await;
+                tokio::task::spawn_blocking(move || {
+                    let _files = files;
+                    started_tx.send(()).unwrap();
+                    // the write goes on until the test lets it end
+                    finish_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                })
+                .await
+            }
+        });
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        dumping.abort();
+        assert!(dumping.await.unwrap_err().is_cancelled());
+
+        // The future is gone, the write is not: a load of the same folder waits.
+        let load = tokio::spawn({
+            let shards = shards.clone();
+            async move { drop(shards.dump_files(7).await) }
+        });
+        assert!(
+            shards.dump_lock(7).try_lock().is_err(),
+            "the folder was free while its dump was still being written"
+        );
+        assert!(!load.is_finished());
+        // Another collection's folder is not held up.
+        tokio::time::timeout(Duration::from_secs(10), shards.dump_files(8))
+            .await
+            .expect("another collection's folder is free");
+
+        finish_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), load)
+            .await
+            .expect("the load goes on once the write has ended")
+            .unwrap();
     }
 }

@@ -105,9 +105,12 @@ impl ShardState {
         let start = Instant::now();
         let applied = self.applied;
         // One dump or load of this folder at a time (an actor restarting after this one).
-        let _files = self.ctx.actors.shards.dump_lock(c.uid).lock_owned().await;
+        let files = self.ctx.actors.shards.dump_files(c.uid).await;
         self.ctx
-            .maintenance(move || shard.dump(&dir, applied))
+            .maintenance(move || {
+                let _files = files;
+                shard.dump(&dir, applied)
+            })
             .await??;
         self.dirty = false;
         tracing::debug!(collection = %c.name, applied, ms = start.elapsed().as_millis() as u64, "shard dumped");
@@ -139,9 +142,10 @@ impl ShardState {
             return Ok(self.dropped_before_load());
         }
         // One dump or load of this folder at a time (an actor restarting after this one).
-        let _files = ctx.actors.shards.dump_lock(coll.uid).lock_owned().await;
+        let files = ctx.actors.shards.dump_files(coll.uid).await;
         // At normal priority: a shard that is loading cannot be searched.
         let opened = tokio::task::spawn_blocking(move || {
+            let _files = files;
             // The dumped graph first: the points it holds are read without their vectors.
             let params = ctx.shard_params(&coll);
             let dump = ShardDump::read(
@@ -179,7 +183,6 @@ impl ShardState {
         let Some(((shard, report), through)) = opened else {
             return Ok(self.dropped_before_load());
         };
-        drop(_files);
         let shard = Arc::new(shard);
         let c = &self.collection;
         self.ctx
