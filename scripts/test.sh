@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
-# every test of the workspace, run every crate's unit tests, the model tests and the end-to-end
-# search tests again on the portable kernels (the path CPUs without AVX-512 or AVX2 take), run the
+# every test of the workspace, run the whole suite again on the portable kernels (the path CPUs
+# without AVX-512 or AVX2 take), run the
 # native kernels under valgrind's memcheck and under AddressSanitizer, and run a short chaos
 # campaign (a fixed seed and a random one, which it prints) against a three-node cluster, and one
 # on loopback behind fault-injecting proxies (the fallback where network namespaces cannot be
@@ -22,17 +22,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
 # (the web console's browser tests fail, not skip, if Chromium cannot start after browser.sh)
 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
-echo "== again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
-# What takes the portable path on a CPU without AVX-512 (inference) or AVX2 (the index's
-# distances): every crate's unit tests (the inference and index crates' among them), the
-# inference crate's model tests, and the end-to-end tests that embed, rerank and search real
-# text. (The rest of the suite does not run a kernel of its own: once is enough, and CI time is
-# kept for it.) Every cargo command here selects the whole workspace and picks targets with
-# --lib/--test/--bin: selecting packages with -p resolves the dependencies' features for those
-# packages alone, and cargo then compiles dozens of dependencies again (8 minutes of a 28-minute
-# run on 2 cores).
-SHOAL_FORCE_PORTABLE_KERNELS=1 cargo test --workspace --lib --test embedder --test reranker \
-    --test sentence_models --test e2e --test inference_api --test hybrid
+echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
+# The path of CPUs without AVX-512 (inference) or AVX2 (the index's distances), through every
+# test: the nodes the tests start inherit the variable. Every cargo command here selects the whole
+# workspace and picks targets with --lib/--test/--bin: selecting packages with -p resolves the
+# dependencies' features for those packages alone, and cargo then compiles dozens of dependencies
+# again (8 minutes of a 28-minute run on 2 cores).
+SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 scripts/check-kernels-valgrind.sh
 scripts/check-kernels-asan.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
