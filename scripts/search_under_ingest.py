@@ -2,8 +2,8 @@
 """Search latency with one client, idle and while an ingest runs, measured by `wrk`.
 
 Starts a release `shoal` (no auth, a data directory under bench-data/), loads 500 Wikipedia lead
-summaries into `wiki`, then alternates: `wrk` (1 thread, 1 connection, new query texts that the
-query cache has not seen) searches `wiki` for SECS seconds idle, then again while 1,500 other
+summaries into `wiki`, then alternates: `wrk` (1 thread, 1 connection, the node's query cache
+off, so that every search embeds its query) searches `wiki` for SECS seconds idle, then again while 1,500 other
 summaries are ingested into `load`. Prints client-side p50/p95/p99 of each phase and their ratio.
 
 Usage: scripts/search_under_ingest.py [--rounds N] [--seconds S] [--bin PATH]
@@ -41,6 +41,9 @@ def main():
     base = f'http://127.0.0.1:{args.port}'
     env = dict(os.environ)
     env.setdefault('RUST_LOG', 'warn')
+    # Every search embeds its query: a phase sends more searches than it has texts, and the
+    # query cache would answer the repeats without the embedding that ingest competes with.
+    env.setdefault('SHOAL_MODEL__QUERY_CACHE_SIZE', '0')
     node = subprocess.Popen([args.bin, 'serve', '--listen', f'127.0.0.1:{args.port}',
                              '--data-dir', data, '--model',
                              os.path.join(ROOT, 'models/all-MiniLM-L6-v2'), '--insecure-no-auth'],
@@ -90,7 +93,7 @@ def run(args, base):
     lua = os.path.join(ROOT, 'bench-data/search-under-ingest.lua')
 
     def measure(k):
-        # new texts each phase (the query cache would hide the embedding)
+        # new texts each phase
         bodies = [json.dumps({'query': f'{WORDINGS[(i // len(titles) + k) % len(WORDINGS)]} '
                                        f'{titles[i % len(titles)]}', 'top_k': 10})
                   for i in range(8000)]
