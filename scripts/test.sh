@@ -24,8 +24,8 @@ cargo build --bin shoal
 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
 # The path of CPUs without AVX-512 (inference) or AVX2 (the index's distances), through every
-# test: the nodes the tests start inherit the variable. Every cargo command here selects the whole
-# workspace and picks targets with --lib/--test/--bin: selecting packages with -p resolves the
+# test: the nodes the tests start inherit the variable. No cargo command of this script selects
+# packages with -p (the checks below pick targets with --lib/--test/--bin): that resolves the
 # dependencies' features for those packages alone, and cargo then compiles dozens of dependencies
 # again (8 minutes of a 28-minute run on 2 cores).
 SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace

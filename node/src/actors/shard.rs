@@ -106,9 +106,15 @@ impl ShardState {
         let applied = self.applied;
         // One dump or load of this folder at a time (an actor restarting after this one).
         let files = self.ctx.actors.shards.dump_files(c.uid).await;
+        let (ctx, name, uid) = (self.ctx.clone(), c.name.clone(), c.uid);
         self.ctx
             .maintenance(move || {
                 let _files = files;
+                // Dropped while this waited for the folder: its removal may have run already,
+                // and a dump written now would stay behind.
+                if !ctx.actors.shards.is_current(&name, uid) {
+                    return Ok(());
+                }
                 shard.dump(&dir, applied)
             })
             .await??;
