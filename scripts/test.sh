@@ -24,10 +24,11 @@ cargo build --bin shoal
 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
 # The path of CPUs without AVX-512 (inference) or AVX2 (the index's distances), through every
-# test: the nodes the tests start inherit the variable. No cargo command of this script selects
-# packages with -p (the checks below pick targets with --lib/--test/--bin): that resolves the
-# dependencies' features for those packages alone, and cargo then compiles dozens of dependencies
-# again (8 minutes of a 28-minute run on 2 cores).
+# test: the nodes the tests start inherit the variable. No cargo command of this script that
+# shares target/ selects packages with -p (they pick targets with --lib/--test/--bin): that
+# resolves the dependencies' features for those packages alone, and cargo then compiles dozens of
+# dependencies again (8 minutes of a 28-minute run on 2 cores). (The AddressSanitizer check has a
+# target folder of its own.)
 SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 scripts/check-kernels-valgrind.sh
 scripts/check-kernels-asan.sh

@@ -22,6 +22,7 @@ pub struct ShardSlot {
 
 /// The right to write, read or remove one collection's graph dump folder (see
 /// [`ShardRegistry::dump_files`]).
+#[must_use = "the folder is free again as soon as this is dropped"]
 pub struct DumpFiles {
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
