@@ -200,9 +200,10 @@ mod tests {
             "the folder was free while its dump was still being written"
         );
         // Another collection's folder is not held up.
-        tokio::time::timeout(Duration::from_secs(10), shards.dump_files(8))
+        let other = tokio::time::timeout(Duration::from_secs(10), shards.dump_files(8))
             .await
             .expect("another collection's folder is free");
+        drop(other);
 
         finish_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), load)
