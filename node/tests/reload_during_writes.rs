@@ -10,19 +10,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use shoal_index::{SearchMode, SearchRequest};
 use shoal_node::actors::supervisor::SupervisorMsg;
-use shoal_storage::{ChunkInput, Command, DocumentChunks, DocumentInput, Outcome};
+use shoal_storage::{Command, DocumentChunks, DocumentInput, Outcome};
 
 const DIM: usize = 8;
 const DOCS: usize = 30;
-
-fn vector(rng: &mut impl Rng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIM).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
 
 /// Collection `c`'s shard once it has loaded (at most 60 s).
 async fn loaded_shard(ctx: &shoal_node::context::NodeContext) -> Arc<shoal_index::Shard> {
@@ -121,16 +115,7 @@ async fn a_shard_reloaded_while_writes_go_on_ends_equal_to_the_store() {
         ctx.apply(accept).await.unwrap();
         for d in 0..DOCS {
             let doc = ctx.store.document("c", &format!("d{d}")).unwrap();
-            let chunks = (0..rng.gen_range(1..4))
-                .map(|i| ChunkInput {
-                    text: format!("chunk {i}"),
-                    start: 0,
-                    end: 1,
-                    pages: None,
-                    section: None,
-                    vector: vector(&mut rng),
-                })
-                .collect();
+            let chunks = common::random_chunks(&mut rng, DIM);
             let stored = ctx
                 .apply(Command::StoreChunks {
                     collection: "c".into(),

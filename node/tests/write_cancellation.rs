@@ -8,15 +8,9 @@ use std::time::Duration;
 mod common;
 
 use rand::{Rng, SeedableRng};
-use shoal_storage::{ChunkInput, Command, DocumentChunks};
+use shoal_storage::{Command, DocumentChunks};
 
 const DIM: usize = 8;
-
-fn vector(rng: &mut impl Rng) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIM).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_writes_leave_store_and_index_in_agreement() {
@@ -39,16 +33,7 @@ async fn cancelled_writes_leave_store_and_index_in_agreement() {
                 continue;
             };
             let version = doc.version;
-            let chunks: Vec<ChunkInput> = (0..rng.gen_range(1..4))
-                .map(|i| ChunkInput {
-                    text: format!("chunk {i}"),
-                    start: 0,
-                    end: 1,
-                    pages: None,
-                    section: None,
-                    vector: vector(&mut rng),
-                })
-                .collect();
+            let chunks = common::random_chunks(&mut rng, DIM);
             let command = Command::StoreChunks {
                 collection: "c".into(),
                 node: ctx.node_id(),

@@ -2,7 +2,7 @@
 //! workspace's model (`shoal_tests::model_dir`), and a collection of small test vectors.
 
 use shoal_node::config::Config;
-use shoal_storage::{CollectionSpec, Command, DocumentInput, HnswParams};
+use shoal_storage::{ChunkInput, CollectionSpec, Command, DocumentInput, HnswParams};
 
 /// A node on a data folder in `tmp`, configured by `configure` on top of the defaults, with an
 /// empty collection `c` of `dimension`-dimensional vectors.
@@ -49,4 +49,24 @@ pub fn accept_documents(job: &str, n: usize, text: impl Fn(usize) -> String) -> 
         staged_parts: 0,
         at_ms: 2,
     }
+}
+
+/// One to three chunks for a document, each with a random unit vector of `dimension` floats.
+// (not every test binary that shares this module stores chunks)
+#[allow(dead_code)]
+pub fn random_chunks(rng: &mut impl rand::Rng, dimension: usize) -> Vec<ChunkInput> {
+    (0..rng.gen_range(1..4))
+        .map(|i| {
+            let v: Vec<f32> = (0..dimension).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            ChunkInput {
+                text: format!("chunk {i}"),
+                start: 0,
+                end: 1,
+                pages: None,
+                section: None,
+                vector: v.into_iter().map(|x| x / n).collect(),
+            }
+        })
+        .collect()
 }
