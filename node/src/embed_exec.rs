@@ -224,6 +224,10 @@ pub struct QueryGate {
     turns: AtomicUsize,
     /// Counts the turns too (a metric), if set.
     turn_counter: Option<prometheus::IntCounter>,
+    /// Granted turns that no ingest thread took in time (they are counted in `turns` too).
+    lapsed: AtomicUsize,
+    /// Counts those too (a metric), if set.
+    lapsed_counter: Option<prometheus::IntCounter>,
     /// Threads in the ingest pool: what they run together is taken off ingest's account as the
     /// wall time it would take on all of them.
     ingest_threads: usize,
@@ -260,10 +264,24 @@ impl QueryGate {
         self
     }
 
-    /// Count the turns in `counter` as well.
-    pub fn counting_turns_in(mut self, counter: prometheus::IntCounter) -> QueryGate {
-        self.turn_counter = Some(counter);
+    /// Count the turns in `turns` as well, and those that lapsed in `lapsed`.
+    pub fn counting_turns_in(
+        mut self,
+        turns: prometheus::IntCounter,
+        lapsed: prometheus::IntCounter,
+    ) -> QueryGate {
+        self.turn_counter = Some(turns);
+        self.lapsed_counter = Some(lapsed);
         self
+    }
+
+    /// A granted turn lapsed: no ingest thread was back at work before it would have ended.
+    fn turn_lapsed(&self, st: &mut GateState) {
+        st.turn = Turn::None;
+        self.lapsed.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = &self.lapsed_counter {
+            counter.inc();
+        }
     }
 
     /// A query pass starts: it waits while ingest's turn is due or running (for the passes in
@@ -284,7 +302,7 @@ impl QueryGate {
                 }
                 // Ingest's threads did not come back in time: the turn lapses.
                 Turn::Granted { at, len } if now >= granted_turn_ends_by(at, len) => {
-                    st.turn = Turn::None;
+                    self.turn_lapsed(&mut st);
                     break;
                 }
                 Turn::Granted { at, len } => {
@@ -402,11 +420,11 @@ impl QueryGate {
             let now = Instant::now();
             // (not past what queries were promised)
             let until = (now + len).min(granted_turn_ends_by(at, len));
-            st.turn = if now < until {
-                Turn::Until(until)
+            if now < until {
+                st.turn = Turn::Until(until);
             } else {
-                Turn::None
-            };
+                self.turn_lapsed(st);
+            }
             if st.blocked_since.is_some() {
                 st.blocked_since = Some(until.max(now));
             }
@@ -552,6 +570,11 @@ impl QueryGate {
     /// Turns ingest has taken while queries were waiting.
     pub fn ingest_turns(&self) -> usize {
         self.turns.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the turns that lapsed: granted, but no ingest thread was back at work in time.
+    pub fn lapsed_turns(&self) -> usize {
+        self.lapsed.load(Ordering::Relaxed)
     }
 
     /// Count a query-path model pass (a reranking) as a query for as long as the guard lives.
@@ -1346,7 +1369,7 @@ mod tests {
             entered - granted,
             entered.saturating_duration_since(back)
         );
-        assert_eq!(gate.ingest_turns(), 1);
+        assert_eq!((gate.ingest_turns(), gate.lapsed_turns()), (1, 0));
     }
 
     #[test]
@@ -1359,6 +1382,7 @@ mod tests {
             .unwrap();
         assert!(entered >= granted + Duration::from_millis(95));
         assert_eq!(gate.state.lock().turn, Turn::None);
+        assert_eq!((gate.ingest_turns(), gate.lapsed_turns()), (1, 1));
     }
 
     #[test]
@@ -1379,6 +1403,7 @@ mod tests {
             "ingest ran beside a pass, on a turn long lapsed"
         );
         assert_eq!(gate.state.lock().turn, Turn::None);
+        assert_eq!(gate.lapsed_turns(), 1);
         drop(held);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("ingest still waits after the pass ended");

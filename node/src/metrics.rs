@@ -26,6 +26,7 @@ pub struct Metrics {
     pub index_watermark_lag: IntGauge,
     pub pool_queued_tasks: prometheus::IntGaugeVec,
     pub ingest_turns: IntCounter,
+    pub ingest_turns_lapsed: IntCounter,
     pub cancelled_work: IntCounterVec,
     pub embed_seconds: HistogramVec,
     pub embed_texts: IntCounterVec,
@@ -136,6 +137,11 @@ impl Metrics {
             "Turns ingest has taken while queries kept it waiting (threads.ingest_min_share), since the start",
         ));
         must(registry.register(Box::new(ingest_turns.clone())));
+        let ingest_turns_lapsed = must(IntCounter::new(
+            "ingest_turns_lapsed_total",
+            "Of ingest's turns, those that lapsed: granted, but no ingest thread was back at work within twice the turn's length, so queries waited for nothing",
+        ));
+        must(registry.register(Box::new(ingest_turns_lapsed.clone())));
         let ready = must(Gauge::new("ready", "1 when the node is ready to serve"));
         let query_cache_hits = must(IntCounter::new(
             "query_cache_hits_total",
@@ -244,6 +250,7 @@ impl Metrics {
             ingest_rejected,
             index_watermark_lag,
             ingest_turns,
+            ingest_turns_lapsed,
             index_loads: counter_vec(
                 "index_shard_loads_total",
                 "Shard loads, by collection and by source (`dump`: the graph was reloaded, `rebuilt`: built from the stored vectors)",

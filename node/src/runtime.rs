@@ -55,7 +55,10 @@ impl Runtime {
                 window: Duration::from_millis(threads.ingest_share_window_ms),
             })
             .resuming_after(Duration::from_micros(threads.ingest_resume_us))
-            .counting_turns_in(metrics.ingest_turns.clone())
+            .counting_turns_in(
+                metrics.ingest_turns.clone(),
+                metrics.ingest_turns_lapsed.clone(),
+            )
             .with_ingest_threads(ThreadsConfig::resolve(threads.ingest_inference)),
         );
         // (name, threads, nice, slice in µs, pause hook)
