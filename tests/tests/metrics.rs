@@ -22,6 +22,10 @@ const NOT_MOVED_HERE: &[(&str, &str)] = &[
         "ingest parked by a stream of queries: node/src/runtime.rs units",
     ),
     (
+        "shoal_ingest_turns_lapsed_total",
+        "a turn granted that no ingest thread takes in time: node/src/embed_exec.rs units",
+    ),
+    (
         "shoal_cluster_forwarded_writes_total",
         "a write sent to a follower: tests/tests/cluster.rs",
     ),
