@@ -22,16 +22,18 @@ const DOCS: usize = 30;
 async fn loaded_shard(ctx: &shoal_node::context::NodeContext) -> Arc<shoal_index::Shard> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // (no slot yet right after the collection is made: its shard actor is being started)
         let slot = ctx
             .actors
             .shards
             .get_loaded("c", Duration::from_secs(1))
-            .await
-            .expect("the collection is there");
-        if let Some(shard) = slot.shard {
+            .await;
+        if let Some(shard) = slot.and_then(|s| s.shard) {
             return shard;
         }
         assert!(Instant::now() < deadline, "the shard did not load in 60 s");
+        // pacing only while there is no slot (get_loaded waits for a load itself)
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
