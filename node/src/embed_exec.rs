@@ -211,6 +211,26 @@ impl GateState {
 /// would leave ingest next to nothing of its turn; and the account is of time, not of breaks in
 /// the query load, because back-to-back passes leave gaps too short for a parked ingest thread to
 /// use.
+/// Events the gate counts, and a metric that counts them too, if set.
+#[derive(Default)]
+struct Count {
+    n: AtomicUsize,
+    metric: Option<prometheus::IntCounter>,
+}
+
+impl Count {
+    fn inc(&self) {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        if let Some(metric) = &self.metric {
+            metric.inc();
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Default)]
 pub struct QueryGate {
     state: Mutex<GateState>,
@@ -221,13 +241,9 @@ pub struct QueryGate {
     busy: AtomicBool,
     share: IngestShare,
     /// Ingest turns taken.
-    turns: AtomicUsize,
-    /// Counts the turns too (a metric), if set.
-    turn_counter: Option<prometheus::IntCounter>,
+    turns: Count,
     /// Granted turns that no ingest thread took in time (they are counted in `turns` too).
-    lapsed: AtomicUsize,
-    /// Counts those too (a metric), if set.
-    lapsed_counter: Option<prometheus::IntCounter>,
+    lapsed: Count,
     /// Threads in the ingest pool: what they run together is taken off ingest's account as the
     /// wall time it would take on all of them.
     ingest_threads: usize,
@@ -270,18 +286,15 @@ impl QueryGate {
         turns: prometheus::IntCounter,
         lapsed: prometheus::IntCounter,
     ) -> QueryGate {
-        self.turn_counter = Some(turns);
-        self.lapsed_counter = Some(lapsed);
+        self.turns.metric = Some(turns);
+        self.lapsed.metric = Some(lapsed);
         self
     }
 
     /// A granted turn lapsed: no ingest thread was back at work before it would have ended.
     fn turn_lapsed(&self, st: &mut GateState) {
         st.turn = Turn::None;
-        self.lapsed.fetch_add(1, Ordering::Relaxed);
-        if let Some(counter) = &self.lapsed_counter {
-            counter.inc();
-        }
+        self.lapsed.inc();
     }
 
     /// A query pass starts: it waits while ingest's turn is due or running (for the passes in
@@ -406,10 +419,7 @@ impl QueryGate {
         // (ingest's threads at work check the gate at their next pause point, where the turn
         // starts)
         self.busy.store(true, Ordering::Release);
-        self.turns.fetch_add(1, Ordering::Relaxed);
-        if let Some(counter) = &self.turn_counter {
-            counter.inc();
-        }
+        self.turns.inc();
         self.changed.notify_all();
     }
 
@@ -569,12 +579,12 @@ impl QueryGate {
 
     /// Turns ingest has taken while queries were waiting.
     pub fn ingest_turns(&self) -> usize {
-        self.turns.load(Ordering::Relaxed)
+        self.turns.get()
     }
 
     /// Of those, the turns that lapsed: granted, but no ingest thread was back at work in time.
     pub fn lapsed_turns(&self) -> usize {
-        self.lapsed.load(Ordering::Relaxed)
+        self.lapsed.get()
     }
 
     /// Count a query-path model pass (a reranking) as a query for as long as the guard lives.
