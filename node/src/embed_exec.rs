@@ -190,6 +190,26 @@ impl GateState {
     }
 }
 
+/// Events the gate counts, and a metric that counts them too, if set.
+#[derive(Default)]
+struct Count {
+    n: AtomicUsize,
+    metric: Option<prometheus::IntCounter>,
+}
+
+impl Count {
+    fn inc(&self) {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        if let Some(metric) = &self.metric {
+            metric.inc();
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
 /// Counts queries being embedded, and searches in flight. Ingest waits for both to reach zero
 /// between micro-batches and, inside a forward pass or between graph inserts, at every pause point
 /// of its threads (see [`QueryGate::pause_hook`]). A search steps ingest aside for its whole
@@ -211,26 +231,6 @@ impl GateState {
 /// would leave ingest next to nothing of its turn; and the account is of time, not of breaks in
 /// the query load, because back-to-back passes leave gaps too short for a parked ingest thread to
 /// use.
-/// Events the gate counts, and a metric that counts them too, if set.
-#[derive(Default)]
-struct Count {
-    n: AtomicUsize,
-    metric: Option<prometheus::IntCounter>,
-}
-
-impl Count {
-    fn inc(&self) {
-        self.n.fetch_add(1, Ordering::Relaxed);
-        if let Some(metric) = &self.metric {
-            metric.inc();
-        }
-    }
-
-    fn get(&self) -> usize {
-        self.n.load(Ordering::Relaxed)
-    }
-}
-
 #[derive(Default)]
 pub struct QueryGate {
     state: Mutex<GateState>,

@@ -32,7 +32,7 @@ async fn loaded_shard(ctx: &shoal_node::context::NodeContext) -> Arc<shoal_index
             return shard;
         }
         assert!(Instant::now() < deadline, "the shard did not load in 60 s");
-        // pacing only while there is no slot (get_loaded waits for a load itself)
+        // pacing between looks (get_loaded itself returns at once while there is no slot)
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
