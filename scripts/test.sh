@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
-# every test of the workspace, run the whole suite again on the portable kernels (the path CPUs
-# without AVX-512 or AVX2 take), run the
-# native kernels under valgrind's memcheck and under AddressSanitizer, and run a short chaos
-# campaign (a fixed seed and a random one, which it prints) against a three-node cluster, and one
+# every test of the workspace on the portable kernels (the path CPUs without AVX-512 or AVX2
+# take), run the unit tests, the model tests and the end-to-end search tests again on the kernels
+# the CPU picks, run the native kernels under valgrind's memcheck and under AddressSanitizer, and
+# run a short chaos campaign (a fixed seed and a random one, which it prints) against a three-node cluster, and one
 # on loopback behind fault-injecting proxies (the fallback where network namespaces cannot be
 # made), then the deployment checks: the alert rules with promtool's unit tests, Alertmanager's
 # config and the dashboard (scripts/check-monitoring.sh), the Kubernetes manifests against the
@@ -20,16 +20,22 @@ scripts/chaos-deps.sh         # ip, nft, iptables, libfaketime: the chaos crate'
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin shoal
-# (the web console's browser tests fail, not skip, if Chromium cannot start after browser.sh)
-SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
-echo "== the whole suite again on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1)" >&2
-# The path of CPUs without AVX-512 (inference) or AVX2 (the index's distances), through every
-# test: the nodes the tests start inherit the variable. No cargo command of this script that
-# shares target/ selects packages with -p (they pick targets with --lib/--test/--bin): that
-# resolves the dependencies' features for those packages alone, and cargo then compiles dozens of
-# dependencies again (8 minutes of a 28-minute run on 2 cores). (The AddressSanitizer check has a
-# target folder of its own.)
+# The whole suite once on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1), the path of CPUs
+# without AVX-512 (inference) or AVX2 (the index's distances); the nodes the tests start inherit
+# the variable. (The web console's browser tests fail, not skip, if Chromium cannot start after
+# browser.sh.)
 SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
+echo "== again on the kernels this CPU picks (AVX-512 or AVX2 where it has them)" >&2
+# What runs a kernel of its own: every crate's unit tests (the inference and index crates'
+# kernel tests among them), the model tests against the Python references, and the end-to-end
+# search tests; the chaos campaigns below run their nodes on these kernels too. (The whole suite
+# on both paths took CI from 1,317 s to 2,280 s, too close to its 40-minute budget.) No cargo
+# command of this script that shares target/ selects packages with -p (they pick targets with
+# --lib/--test/--bin): that resolves the dependencies' features for those packages alone, and
+# cargo then compiles dozens of dependencies again (8 minutes of a 28-minute run on 2 cores).
+# (The AddressSanitizer check has a target folder of its own.)
+cargo test --workspace --lib --test embedder --test reranker --test sentence_models --test e2e \
+    --test hybrid
 scripts/check-kernels-valgrind.sh
 scripts/check-kernels-asan.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
