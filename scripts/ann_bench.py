@@ -12,7 +12,8 @@ Datasets (real, fetched by scripts/ann-bench.sh into bench-data/):
 Queries are held out from the base vectors; exact neighbours by brute force.
 
 Usage: ann_bench.py SHOAL_ANN_BENCH_BIN OUT_MD [--datasets glove,minilm,fashion] [--limit N]
-       [--m 16] [--efc 100] [--queries 1000]
+       [--m 16] [--efc 100] [--queries 1000] [--int8]
+(--int8: shoal a second time with int8 codes for the walk, its rows named `shoal int8`)
 """
 import argparse
 import gzip
@@ -114,13 +115,15 @@ def run_dataset(name, args):
         base.tofile(f"{tmp}/base.f32")
         queries.tofile(f"{tmp}/queries.f32")
         truth.tofile(f"{tmp}/truth.i32")
-        out = subprocess.run(
-            [args.shoal_bin, f"{tmp}/base.f32", f"{tmp}/queries.f32", f"{tmp}/truth.i32",
-             str(dim), str(args.m), str(args.efc), ",".join(map(str, EFS)), metric],
-            check=True, capture_output=True, text=True,
-        )
-        print(out.stderr.strip(), file=sys.stderr)
-        rows += [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+        for quantization in ["none", "int8"] if args.int8 else ["none"]:
+            out = subprocess.run(
+                [args.shoal_bin, f"{tmp}/base.f32", f"{tmp}/queries.f32", f"{tmp}/truth.i32",
+                 str(dim), str(args.m), str(args.efc), ",".join(map(str, EFS)), metric,
+                 quantization],
+                check=True, capture_output=True, text=True,
+            )
+            print(out.stderr.strip(), file=sys.stderr)
+            rows += [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
 
     import hnswlib
 
@@ -187,6 +190,12 @@ def run_dataset(name, args):
             ratios.append(
                 f"filtered ({share}) against unfiltered at ef 64: QPS "
                 f"{filtered[64]['qps'] / unfiltered[64]['qps']:.2f}x, recall {filtered[64]['recall']:.3f}")
+    int8 = {r["ef"]: r for r in rows if r["engine"] == "shoal int8"}
+    for ef in sorted(set(int8) & set(unfiltered)):
+        ratios.append(
+            f"int8 walk against float at ef {ef}: QPS {int8[ef]['qps'] / unfiltered[ef]['qps']:.2f}x, "
+            f"recall {int8[ef]['recall']:.3f} vs {unfiltered[ef]['recall']:.3f}, bytes per vector "
+            f"{int8[ef]['bytes_per_vector']:.0f} vs {unfiltered[ef]['bytes_per_vector']:.0f}")
     table = "\n".join(lines)
     print(table)
     return (f"## {name}: {what}\n\n{n} vectors of {dim}, {len(queries)} held-out queries.\n\n"
@@ -202,6 +211,8 @@ def main():
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--efc", type=int, default=100)
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--int8", action="store_true",
+                    help="also run shoal with int8 codes for the walk (`index.quantization`)")
     args = ap.parse_args()
     sections = [run_dataset(name, args) for name in args.datasets.split(",")]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")

@@ -91,6 +91,44 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Dot product of floats with int8 codes (`Σ a[i] · c[i]`, over the shorter one's length):
+    /// a query against a vector quantised to int8 (`crate::graph`'s codes, whose scale the
+    /// caller applies).
+    #[inline]
+    pub fn dot_i8(self, a: &[f32], c: &[i8]) -> f32 {
+        match self {
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) if a.len().min(c.len()) >= 64 => unsafe { x86::dot_i8_avx512(a, c) },
+            // SAFETY: both tokens are made only on a CPU with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(_) | Kernel::Avx2(_) => unsafe { x86::dot_i8(a, c) },
+            Kernel::Portable => dot_i8_portable(a, c),
+        }
+    }
+}
+
+/// `Σ a[i] · c[i]` in eight independent accumulators (vectorised by the compiler).
+fn dot_i8_portable(a: &[f32], c: &[i8]) -> f32 {
+    let n = a.len().min(c.len());
+    let (a, c) = (&a[..n], &c[..n]);
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cc = c.chunks_exact(8);
+    let (ra, rc) = (ca.remainder(), cc.remainder());
+    for (x, y) in ca.zip(cc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i] as f32;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rc) {
+        sum += x * *y as f32;
+    }
+    sum
+}
+
 /// `step(x, y)` summed over both slices (over the shorter one's length) in eight independent
 /// accumulators, so that the compiler vectorises without reassociating. The dot product and the
 /// squared distance differ only in `step`.
@@ -299,6 +337,65 @@ mod x86 {
         unsafe { reduce_avx2(a, b, |acc, x, y| _mm256_fmadd_ps(x, y, acc), |x, y| x * y) }
     }
 
+    /// `Σ a[i] · c[i]` over the shorter slice, 16 codes at a time (widened to 32-bit integers,
+    /// converted to floats) with two accumulators, the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_i8_avx512(a: &[f32], c: &[i8]) -> f32 {
+        let n = a.len().min(c.len());
+        let (pa, pc) = (a.as_ptr(), c.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        // SAFETY (every load): o + 16 <= i + 32 <= n, within both slices (16 codes are 16
+        // bytes, 16 floats 64).
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                let codes = unsafe { _mm_loadu_si128(pc.add(o) as *const __m128i) };
+                let y = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
+                *acc = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(pa.add(o)) }, y, *acc);
+            }
+            i += 32;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        for k in i..n {
+            sum += a[k] * c[k] as f32;
+        }
+        sum
+    }
+
+    /// `Σ a[i] · c[i]` over the shorter slice, 8 codes at a time with four accumulators, the
+    /// rest one by one.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_i8(a: &[f32], c: &[i8]) -> f32 {
+        let n = a.len().min(c.len());
+        let (pa, pc) = (a.as_ptr(), c.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): o + 8 <= i + 32 <= n, within both slices (8 codes are the 8
+        // bytes `_mm_loadl_epi64` reads).
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                let codes = unsafe { _mm_loadl_epi64(pc.add(o) as *const __m128i) };
+                let y = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes));
+                *acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(pa.add(o)) }, y, *acc);
+            }
+            i += 32;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = sum8(v);
+        for k in i..n {
+            sum += a[k] * c[k] as f32;
+        }
+        sum
+    }
+
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -396,6 +493,47 @@ mod tests {
             let (d, e) = unsafe { (x86::dot_avx512(a, b), x86::l2_squared_avx512(a, b)) };
             assert!((d as f64 - dot64).abs() < tol, "dot at {n}: {d} vs {dot64}");
             assert!((e as f64 - l2).abs() < tol, "l2 at {n}: {e} vs {l2}");
+        }
+    }
+
+    /// Every int8 kernel this CPU runs, at every length up to 200 and at the graph's lengths,
+    /// against sums in f64; each slice is followed in memory by values that would change the sum
+    /// if a kernel read past its end (NaN floats, and codes under a float slice cut short).
+    #[test]
+    fn int8_kernels_match_at_every_length() {
+        for n in (0..=200usize).chain([384, 416, 784]) {
+            let a: Vec<f32> = (0..n + 32)
+                .map(|i| {
+                    if i < n {
+                        (i as f32 * 0.37).sin()
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect();
+            let c: Vec<i8> = (0..n + 32)
+                .map(|i| ((i * 37 + 11) % 255) as i32 - 127)
+                .map(|x| x as i8)
+                .collect();
+            let (a, c) = (&a[..n], &c[..n]);
+            let exact: f64 = a.iter().zip(c).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let tol = 1e-4 * 127.0 * (1.0 + n as f64).sqrt();
+            for k in Kernel::available() {
+                let d = k.dot_i8(a, c) as f64;
+                assert!((d - exact).abs() < tol, "{k:?} at {n}: {d} vs {exact}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if x86::detect_avx512().is_some() {
+                // SAFETY: AVX-512F is there (the dispatch sends short slices to AVX2).
+                let d = unsafe { x86::dot_i8_avx512(a, c) } as f64;
+                assert!((d - exact).abs() < tol, "AVX-512 at {n}: {d} vs {exact}");
+            }
+            let d = dot_i8_portable(a, c) as f64;
+            assert!((d - exact).abs() < tol, "portable at {n}: {d} vs {exact}");
+        }
+        // unequal lengths: the shorter one counts (a padded query against shorter codes)
+        for k in Kernel::available() {
+            assert_eq!(k.dot_i8(&[1.0, 2.0, 3.0, 4.0], &[1, -1]), -1.0);
         }
     }
 

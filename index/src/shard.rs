@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, GraphParams, Metric, Near, Slot};
+use crate::graph::{Graph, GraphParams, Metric, Near, Quantization, Slot};
 use crate::keyword::KeywordIndex;
 use crate::live::{Entry, IdMap, Live};
 use crate::payload_index::{Narrowed, PayloadIndex};
@@ -37,6 +37,9 @@ pub struct ShardParams {
     /// reads in that time (its link reads: ~870 measured on 384- and 50-dimensional vectors).
     /// With it the plan scans low-dimensional matches longer than high-dimensional ones.
     pub walk_step_floats: usize,
+    /// What a search's graph walk reads (`Quantization::Int8`: int8 copies of the vectors,
+    /// the final candidates re-scored with the vectors).
+    pub quantization: Quantization,
     /// Compact once tombstones exceed this fraction of the graph ...
     pub compaction_ratio: f64,
     /// ... and number at least this many.
@@ -54,6 +57,7 @@ impl ShardParams {
             exact_below: 1_000,
             exact_filter_fraction: 0.01,
             walk_step_floats: 870,
+            quantization: Quantization::None,
             compaction_ratio: 0.2,
             compaction_min_tombstones: 100,
         }
@@ -968,6 +972,7 @@ fn graph_params(params: &ShardParams) -> GraphParams {
         m: params.m,
         ef_construction: params.ef_construction,
         metric: params.metric,
+        quantization: params.quantization,
     }
 }
 

@@ -472,6 +472,10 @@ pub struct IndexConfig {
     pub compaction_min_tombstones: usize,
     /// Dump a changed shard's graph to disk after this long (ms), so restarts reload it.
     pub persist_interval_ms: u64,
+    /// What searches walk the graph with: `none` (the vectors) or `int8` (a quantised copy of
+    /// each vector, a quarter of the bytes a walk reads, held beside the vectors; the final
+    /// candidates are re-scored with the vectors). Applies to every shard this node opens.
+    pub quantization: shoal_index::Quantization,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -583,6 +587,7 @@ impl Default for IndexConfig {
             compaction_ratio: 0.2,
             compaction_min_tombstones: 100,
             persist_interval_ms: 5_000,
+            quantization: shoal_index::Quantization::None,
         }
     }
 }
@@ -974,6 +979,27 @@ mod tests {
             std::fs::write(&file, "").unwrap();
             let e = Config::load(Some(&file)).unwrap_err().to_string();
             assert!(e.contains("unknown precision `int4`"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn index_quantization_is_read_by_name() {
+        figment::Jail::expect_with(|jail| {
+            let file = jail.directory().join("shoal.toml");
+            std::fs::write(&file, "").unwrap();
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.index.quantization, shoal_index::Quantization::None);
+            std::fs::write(&file, "[index]\nquantization = \"int8\"\n").unwrap();
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.index.quantization, shoal_index::Quantization::Int8);
+            jail.set_env("SHOAL_INDEX__QUANTIZATION", "none");
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.index.quantization, shoal_index::Quantization::None);
+            jail.set_env("SHOAL_INDEX__QUANTIZATION", "int4");
+            let e = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(e.contains("int4") && e.contains("int8"), "{e}");
             Ok(())
         });
     }

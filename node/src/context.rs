@@ -166,6 +166,7 @@ impl NodeContext {
             exact_below: s.exact_below,
             exact_filter_fraction: s.exact_filter_fraction,
             walk_step_floats: ShardParams::new(0).walk_step_floats,
+            quantization: i.quantization,
             compaction_ratio: i.compaction_ratio,
             compaction_min_tombstones: i.compaction_min_tombstones,
         }

@@ -195,7 +195,7 @@ impl Graph {
                 *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
             // SAFETY: the graph is not shared yet; each node is written once.
-            unsafe { graph.vectors.write(s, &v) };
+            unsafe { graph.write_vector(s, &v) };
         }
         let read_links = |r: &mut Checked<_>, s: u32, links: &[std::sync::atomic::AtomicU32]| {
             for l in links {

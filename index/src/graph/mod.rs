@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, 
 use parking_lot::Mutex;
 
 use crate::distance::{dot, l2_squared, Kernel};
-use storage::{Segmented, Vectors};
+use storage::{Codes, Segmented, Vectors};
 
 /// A node's number in its graph.
 pub(crate) type Slot = u32;
@@ -53,6 +53,20 @@ impl Metric {
     }
 }
 
+/// What the graph walk of a search reads to compare the query with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// The vectors themselves (4 bytes a value).
+    #[default]
+    None,
+    /// A copy of each vector quantised to int8 (1 byte a value and 32 per node: a quarter of
+    /// the memory a walk reads), held beside the vectors; the candidates a walk ends with are
+    /// then re-scored with the vectors, so hits carry exact scores. Inserts link with the
+    /// vectors, so the graph is the same either way.
+    Int8,
+}
+
 const MAX_LEVEL: usize = 16;
 const NO_ENTRY: u64 = u64::MAX;
 const STRIPES: usize = 1024;
@@ -67,6 +81,7 @@ pub(crate) struct GraphParams {
     pub m: usize,
     pub ef_construction: usize,
     pub metric: Metric,
+    pub quantization: Quantization,
 }
 
 pub(crate) struct Graph {
@@ -74,6 +89,8 @@ pub(crate) struct Graph {
     kernel: Kernel,
     level_mult: f64,
     vectors: Vectors,
+    /// The vectors quantised, for the walk of a search (`Quantization::Int8`).
+    codes: Option<Codes>,
     /// `[count, neighbour; 2m]` per node.
     links0: Segmented<AtomicU32>,
     /// For nodes above the bottom layer: a block `[L, then [count, neighbour; m] for each of
@@ -210,6 +227,7 @@ impl Graph {
             kernel: crate::distance::kernel(),
             level_mult: 1.0 / (m as f64).ln(),
             vectors: Vectors::new(params.dim),
+            codes: (params.quantization == Quantization::Int8).then(|| Codes::new(params.dim)),
             links0: Segmented::zeroed(m0 + 1),
             upper: Segmented::zeroed(1),
             ids: Segmented::zeroed(1),
@@ -272,6 +290,51 @@ impl Graph {
         }
     }
 
+    /// Store node `slot`'s vector, and its codes where the graph keeps them.
+    ///
+    /// # Safety
+    /// As `Vectors::write`: `slot` reserved, written by this caller only, once, and read by no
+    /// one until published with release ordering.
+    unsafe fn write_vector(&self, slot: Slot, vector: &[f32]) {
+        // SAFETY: the caller's.
+        unsafe {
+            self.vectors.write(slot, vector);
+            if let Some(codes) = &self.codes {
+                codes.write(slot, vector);
+            }
+        }
+    }
+
+    /// The distance a walk compares by: from the codes where the graph keeps them (cosine: 1 -
+    /// the dot product; euclidean: the squared distance less the query's squared length, the
+    /// same for every node of one search), else the exact `distance`.
+    #[inline]
+    fn walk_distance<const QUANT: bool>(&self, q: &[f32], slot: Slot) -> f32 {
+        match &self.codes {
+            Some(codes) if QUANT => {
+                let c = codes.get(slot);
+                let dot = c.scale * self.kernel.dot_i8(q, c.codes);
+                match self.params.metric {
+                    Metric::Cosine => 1.0 - dot,
+                    Metric::Euclidean => c.sq_norm - 2.0 * dot,
+                }
+            }
+            _ => self.distance(q, slot),
+        }
+    }
+
+    /// Prefetch what `walk_distance` will read of `slot`: every line of its codes (a few; the
+    /// walk goes to them next), or the first line of its vector (the hardware follows).
+    #[inline]
+    fn prefetch_node<const QUANT: bool>(&self, slot: Slot) {
+        match &self.codes {
+            Some(codes) if QUANT => {
+                prefetch_lines(codes.as_ptr(slot) as *const f32, codes.node_bytes())
+            }
+            _ => prefetch(self.vectors.as_ptr(slot)),
+        }
+    }
+
     /// Distance from a padded query to a node.
     #[inline]
     fn distance(&self, q: &[f32], slot: Slot) -> f32 {
@@ -308,7 +371,8 @@ impl Graph {
             + upper_blocks
             + self.ids.allocated_bytes()
             + self.flags.allocated_bytes();
-        (self.vectors.allocated_bytes(), rest)
+        let codes = self.codes.as_ref().map_or(0, Codes::allocated_bytes);
+        (self.vectors.allocated_bytes() + codes, rest)
     }
 
     fn level(&self, slot: Slot) -> usize {
@@ -379,6 +443,9 @@ impl Graph {
             self.upper.reserve(s);
             self.ids.reserve(s);
             self.flags.reserve(s);
+            if let Some(codes) = &self.codes {
+                codes.reserve(s);
+            }
         }
         first
     }
@@ -415,7 +482,7 @@ impl Graph {
     /// Write node `slot` (reserved by this caller) and link it into the graph.
     fn link(&self, slot: Slot, id: u64, vector: &[f32]) {
         // SAFETY: `slot` was reserved for this call alone and no other node links to it yet.
-        unsafe { self.vectors.write(slot, vector) };
+        unsafe { self.write_vector(slot, vector) };
         if let Some(a) = self.ids.get(slot).first() {
             a.store(id, Relaxed);
         }
@@ -605,7 +672,7 @@ impl Graph {
         accept: impl Fn(Slot) -> bool,
         out: &mut Vec<Near>,
     ) {
-        self.beam_search::<false>(s, q, entries, ef, level, |_| true, accept, out)
+        self.beam_search::<false, false>(s, q, entries, ef, level, |_| true, accept, out)
     }
 
     /// Beam search of width `ef` on `level` from `entries` through the nodes `walk` allows; the
@@ -616,8 +683,11 @@ impl Graph {
     /// that leaves a tenth of the points leaves about three of a node's 32 bottom-layer
     /// neighbours; through two hops there are a hundred, so the walk stays connected without
     /// computing a distance to any node the filter refuses. Without it every neighbour is walked.
+    ///
+    /// `QUANT`: distances are `walk_distance`s (from the codes, where the graph keeps them), the
+    /// entries' included; the caller re-scores what it keeps (`rescore`).
     #[allow(clippy::too_many_arguments)]
-    fn beam_search<const TWO_HOP: bool>(
+    fn beam_search<const TWO_HOP: bool, const QUANT: bool>(
         &self,
         s: &mut Scratch,
         q: &[f32],
@@ -660,7 +730,7 @@ impl Graph {
             // all of them at once: their visited marks, then their vectors, then the distances.
             s.batch.clear();
             if TWO_HOP {
-                self.gather_two_hop(s, links, count, level, &walk);
+                self.gather_two_hop::<QUANT>(s, links, count, level, &walk);
             } else {
                 for l in links.iter().skip(1).take(count) {
                     let n = l.load(Acquire);
@@ -671,13 +741,13 @@ impl Graph {
                 s.batch.retain(|&n| {
                     let fresh = visited.insert(n);
                     if fresh {
-                        prefetch(self.vectors.as_ptr(n));
+                        self.prefetch_node::<QUANT>(n);
                     }
                     fresh
                 });
             }
             for &n in &s.batch {
-                let d = self.distance(q, n);
+                let d = self.walk_distance::<QUANT>(q, n);
                 if s.found.len() < ef || d < bound {
                     s.candidates.push(Reverse(Near(d, n)));
                     if accept(n) {
@@ -709,13 +779,27 @@ impl Graph {
         self.descend_then(query, k, |s, q, entry, out| {
             // Every node a search can reach is ready (nodes are linked after they are written);
             // the deleted flags are read only when there are any.
-            if self.deleted.load(Relaxed) > 0 {
+            let ef = ef.max(k);
+            if self.codes.is_some() {
+                let entry = [Near(self.walk_distance::<true>(q, entry.1), entry.1)];
                 let live = |n| self.flags(n) & DELETED == 0 && accept(n);
-                self.search_layer(s, q, &[entry], ef.max(k), 0, live, out);
+                self.beam_search::<false, true>(s, q, &entry, ef, 0, |_| true, live, out);
+                self.rescore(q, out);
+            } else if self.deleted.load(Relaxed) > 0 {
+                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
+                self.search_layer(s, q, &[entry], ef, 0, live, out);
             } else {
-                self.search_layer(s, q, &[entry], ef.max(k), 0, accept, out);
+                self.search_layer(s, q, &[entry], ef, 0, accept, out);
             }
         })
+    }
+
+    /// Exact distances for `found` (a walk's, from the codes), best first.
+    fn rescore(&self, q: &[f32], found: &mut [Near]) {
+        for n in found.iter_mut() {
+            n.0 = self.distance(q, n.1);
+        }
+        found.sort_unstable();
     }
 
     /// A search's frame: `query` padded to the stored vectors' length, the greedy descent
@@ -737,7 +821,9 @@ impl Graph {
             let mut q = std::mem::take(&mut s.query);
             q.clear();
             q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
-            q.resize(self.vectors.padded_dim(), 0.0);
+            // (as long as the codes too, whose blocks may be longer than the vectors' lanes)
+            let codes_dim = self.codes.as_ref().map_or(0, Codes::padded_dim);
+            q.resize(self.vectors.padded_dim().max(codes_dim), 0.0);
             let mut cur = Near(self.distance(&q, ep), ep);
             for l in (1..=ep_level).rev() {
                 cur = self.greedy(&q, cur, l);
@@ -754,7 +840,7 @@ impl Graph {
     /// into `s.batch`, marked visited: its allowed neighbours, then those of its refused ones
     /// (each crossed once), up to as many as a node has links, so that a step costs about the
     /// distances an unfiltered one does.
-    fn gather_two_hop(
+    fn gather_two_hop<const QUANT: bool>(
         &self,
         s: &mut Scratch,
         links: &[AtomicU32],
@@ -773,7 +859,7 @@ impl Graph {
                 let block = self.links(n, level);
                 prefetch_lines(block.as_ptr() as *const f32, std::mem::size_of_val(block));
             } else if s.visited.insert(n) {
-                prefetch(self.vectors.as_ptr(n));
+                self.prefetch_node::<QUANT>(n);
                 s.batch.push(n);
             }
         }
@@ -792,7 +878,7 @@ impl Graph {
             for l in next.iter().skip(1).take(count) {
                 let m = l.load(Acquire);
                 if walk(m) && s.visited.insert(m) {
-                    prefetch(self.vectors.as_ptr(m));
+                    self.prefetch_node::<QUANT>(m);
                     s.batch.push(m);
                     if s.batch.len() >= cap {
                         return;
@@ -818,12 +904,23 @@ impl Graph {
         self.descend_then(query, k, |s, q, entry, out| {
             let check_deleted = self.deleted.load(Relaxed) > 0;
             let accept = |n| allowed(n) && (!check_deleted || self.flags(n) & DELETED == 0);
-            self.beam_search::<true>(s, q, &[entry], ef.max(k), 0, &allowed, &accept, out);
+            let ef = ef.max(k);
+            if self.codes.is_some() {
+                let entry = [Near(self.walk_distance::<true>(q, entry.1), entry.1)];
+                self.beam_search::<true, true>(s, q, &entry, ef, 0, &allowed, &accept, out);
+                if out.len() < k {
+                    // (as below)
+                    self.beam_search::<false, true>(s, q, &entry, ef, 0, |_| true, &accept, out);
+                }
+                self.rescore(q, out);
+                return;
+            }
+            self.beam_search::<true, false>(s, q, &[entry], ef, 0, &allowed, &accept, out);
             if out.len() < k {
                 // The matches two hops around the query were too few, or none (a filter whose
                 // matches lie together elsewhere): walk through every node instead, as far as
                 // it takes to find them.
-                self.beam_search::<false>(s, q, &[entry], ef.max(k), 0, |_| true, &accept, out);
+                self.beam_search::<false, false>(s, q, &[entry], ef, 0, |_| true, &accept, out);
             }
         })
     }

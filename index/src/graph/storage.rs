@@ -238,6 +238,139 @@ impl Vectors {
     }
 }
 
+/// Thirty-two bytes, 32-byte aligned: a node's codes are whole blocks of these.
+#[repr(C, align(32))]
+pub(crate) struct CodeLane([u8; 32]);
+
+// SAFETY: thirty-two zero bytes.
+unsafe impl Zeroable for UnsafeCell<CodeLane> {}
+
+/// Node vectors quantised to int8, for a graph walk that reads a quarter of the bytes: per
+/// node a first block with the scale (and the vector's squared length, for euclidean
+/// distances), then the codes, `round(x / scale)` with `scale = max |x| / 127`, padded with
+/// zeros to whole blocks.
+pub(crate) struct Codes {
+    dim: usize,
+    lanes: Segmented<UnsafeCell<CodeLane>>,
+}
+
+// SAFETY: as for `Vectors`: the cells are written only through `Codes::write`, under the same
+// contract.
+unsafe impl Sync for Codes {}
+unsafe impl Send for Codes {}
+
+/// A node's quantised vector.
+pub(crate) struct Code<'a> {
+    pub scale: f32,
+    /// The original vector's squared length.
+    pub sq_norm: f32,
+    /// The codes, zero-padded to whole blocks.
+    pub codes: &'a [i8],
+}
+
+/// `v` quantised into `out` (as long as `v`; the rest of `out` is left alone): returns the
+/// scale, `max |x| / 127` (1 for a zero vector), so that `x ≈ scale · code`.
+pub(crate) fn quantize(v: &[f32], out: &mut [i8]) -> f32 {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    };
+    for (c, x) in out.iter_mut().zip(v) {
+        // (the clamp also keeps a rounding at the edge inside i8)
+        *c = (x / scale).round().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+impl Codes {
+    pub fn new(dim: usize) -> Codes {
+        Codes {
+            dim,
+            lanes: Segmented::zeroed(1 + dim.div_ceil(32)),
+        }
+    }
+
+    /// Bytes allocated for the codes (whole segments, padding included).
+    pub fn allocated_bytes(&self) -> usize {
+        self.lanes.allocated_bytes()
+    }
+
+    /// Codes per node (the dimension rounded up to whole blocks).
+    pub fn padded_dim(&self) -> usize {
+        (self.lanes.stride() - 1) * 32
+    }
+
+    /// Bytes per node, the scale's block included.
+    pub fn node_bytes(&self) -> usize {
+        self.lanes.stride() * 32
+    }
+
+    pub fn reserve(&self, i: u32) {
+        self.lanes.reserve(i);
+    }
+
+    /// Node `i`'s codes (scale 0 and no codes if never reserved).
+    ///
+    /// Only for nodes that are published, as for `Vectors::padded`.
+    #[inline]
+    pub fn get(&self, i: u32) -> Code<'_> {
+        let cells = self.lanes.get(i);
+        if cells.is_empty() {
+            return Code {
+                scale: 0.0,
+                sq_norm: 0.0,
+                codes: &[],
+            };
+        }
+        // SAFETY: the blocks are contiguous `[u8; 32]`s (repr(C)) taken from the whole slice of
+        // cells, and a published node's cells are not written again (see `write`); i8 and u8
+        // have the same layout, and the first block's first 8 bytes are two f32s (any bits are
+        // a valid f32).
+        unsafe {
+            let base = UnsafeCell::raw_get(cells.as_ptr()) as *const u8;
+            let head = std::slice::from_raw_parts(base, 8);
+            Code {
+                scale: f32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+                sq_norm: f32::from_le_bytes([head[4], head[5], head[6], head[7]]),
+                codes: std::slice::from_raw_parts(base.add(32) as *const i8, self.padded_dim()),
+            }
+        }
+    }
+
+    /// Quantise and store node `i`'s vector (`dim` floats; the padding stays zero).
+    ///
+    /// # Safety
+    /// As `Vectors::write`: node `i` must be reserved, written by this caller only, once, and
+    /// read by no one until the caller publishes it with release ordering.
+    pub unsafe fn write(&self, i: u32, v: &[f32]) {
+        let cells = self.lanes.get(i);
+        assert!(
+            v.len() == self.dim && (cells.len().saturating_sub(1)) * 32 >= v.len(),
+            "vector does not fit its node"
+        );
+        let mut codes = vec![0i8; v.len()];
+        let scale = quantize(v, &mut codes);
+        let sq_norm: f32 = v.iter().map(|x| x * x).sum();
+        // SAFETY: in bounds (checked: the head block, then `dim` codes within the rest); the
+        // bytes are inside UnsafeCells, so writing through a pointer derived from a shared
+        // reference is allowed; the caller guarantees that no other access happens meanwhile.
+        unsafe {
+            let base = UnsafeCell::raw_get(cells.as_ptr()) as *mut u8;
+            let head = [scale.to_le_bytes(), sq_norm.to_le_bytes()].concat();
+            std::ptr::copy_nonoverlapping(head.as_ptr(), base, head.len());
+            std::ptr::copy_nonoverlapping(codes.as_ptr() as *const u8, base.add(32), codes.len());
+        }
+    }
+
+    /// Where node `i`'s block starts (for prefetching only).
+    #[inline]
+    pub fn as_ptr(&self, i: u32) -> *const u8 {
+        self.lanes.get(i).as_ptr() as *const u8
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +411,36 @@ mod tests {
             (0..5000u32).all(|i| s.get(i)[2].load(Ordering::Relaxed) == i
                 && s.get(i)[0].load(Ordering::Relaxed) == 0)
         );
+    }
+
+    #[test]
+    fn quantised_codes_hold_each_value_within_half_a_step() {
+        let c = Codes::new(50);
+        assert_eq!(c.padded_dim(), 64);
+        assert_eq!(c.node_bytes(), 96);
+        for i in 0..3000u32 {
+            c.reserve(i);
+            let x: Vec<f32> = (0..50)
+                .map(|j| ((i * 50 + j) as f32 * 0.731).sin() * (1.0 + i as f32))
+                .collect();
+            // SAFETY: single-threaded test; each node written once before it is read.
+            unsafe { c.write(i, &x) };
+            let code = c.get(i);
+            assert_eq!(c.as_ptr(i) as usize % 32, 0);
+            assert_eq!(code.codes.len(), 64);
+            assert!(code.codes[50..].iter().all(|&b| b == 0), "padding");
+            let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!((code.scale - max / 127.0).abs() <= 1e-6 * max);
+            for (v, &q) in x.iter().zip(code.codes) {
+                assert!((v - code.scale * q as f32).abs() <= 0.5 * code.scale * 1.0001);
+            }
+            let sq: f32 = x.iter().map(|v| v * v).sum();
+            assert!((code.sq_norm - sq).abs() <= 1e-5 * sq);
+        }
+        // a zero vector: scale 1, all codes zero
+        let mut out = [5i8; 4];
+        assert_eq!(quantize(&[0.0; 4], &mut out), 1.0);
+        assert_eq!(out, [0; 4]);
     }
 
     #[test]

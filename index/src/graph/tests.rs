@@ -30,6 +30,7 @@ fn params(dim: usize, metric: Metric) -> GraphParams {
         m: 16,
         ef_construction: 100,
         metric,
+        quantization: Quantization::None,
     }
 }
 
@@ -351,4 +352,87 @@ fn a_filter_whose_matches_lie_far_from_the_query_still_gets_its_k_nearest() {
     }
     let r = found as f64 / (queries.len() * 10) as f64;
     assert!(r >= 0.9, "recall {r}");
+}
+
+/// With `Quantization::Int8` a search walks on the codes and re-scores what it found with the
+/// vectors: for both metrics it finds about what the float walk finds (the graph is the same:
+/// inserts link with the vectors), filtered too, with deleted nodes, and after a dump is read
+/// back (the codes are made again from the dumped vectors); every hit carries its exact distance.
+#[test]
+fn an_int8_walk_finds_what_the_float_walk_finds_and_scores_exactly() {
+    let int8 = |dim, metric| GraphParams {
+        quantization: Quantization::Int8,
+        ..params(dim, metric)
+    };
+    for (metric, unit) in [(Metric::Cosine, true), (Metric::Euclidean, false)] {
+        // 50 values: the codes' blocks (64) are longer than the vectors' lanes (56)
+        let pts = clustered(6000, 50, 12, unit);
+        let queries = clustered(200, 50, 13, unit);
+        let float_graph = build(&pts, params(50, metric), 1);
+        let g = build(&pts, int8(50, metric), 1);
+        let none = HashSet::new();
+        let (rf, ri) = (
+            recall(&float_graph, &pts, &queries, 64, &none),
+            recall(&g, &pts, &queries, 64, &none),
+        );
+        assert!(
+            ri >= 0.9 && ri >= rf - 0.01,
+            "{metric:?}: int8 recall {ri}, float {rf}"
+        );
+        let exact_distance = |q: &[f32], n: &Near| metric.distance(q, &pts[g.id(n.1) as usize]);
+        for q in &queries[..50] {
+            let got = g.search(q, 10, 64, |_| true);
+            assert_eq!(got.len(), 10);
+            for n in &got {
+                let d = exact_distance(q, n);
+                assert!(
+                    (n.0 - d).abs() <= 1e-5 * (1.0 + d.abs()),
+                    "{metric:?}: {} vs {d}",
+                    n.0
+                );
+            }
+            assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "not best first");
+        }
+        // filtered, a tenth of the nodes, some of them deleted
+        let deleted: Vec<usize> = (0..pts.len()).step_by(70).collect();
+        for &i in &deleted {
+            g.delete(i as Slot);
+        }
+        let skip: HashSet<usize> = (0..pts.len())
+            .filter(|i| !i.is_multiple_of(10) || i.is_multiple_of(70))
+            .collect();
+        let mut found = 0;
+        for q in &queries {
+            let truth = exact(&pts, q, 10, metric, &skip);
+            let got = g.search_filtered(q, 10, 64, |s| (s as usize).is_multiple_of(10));
+            assert_eq!(got.len(), 10);
+            for n in &got {
+                assert!(!skip.contains(&(g.id(n.1) as usize)), "refused or deleted");
+                let d = exact_distance(q, n);
+                assert!((n.0 - d).abs() <= 1e-5 * (1.0 + d.abs()));
+            }
+            found += got.iter().filter(|n| truth.contains(&g.id(n.1))).count();
+        }
+        let r = found as f64 / (queries.len() * 10) as f64;
+        eprintln!("{metric:?}: recall {ri} (float {rf}), filtered {r}");
+        assert!(r >= 0.9, "{metric:?}: filtered int8 recall {r}");
+        // read back from a dump: the same answers
+        let mut bytes = Vec::new();
+        g.write_to(&mut bytes).unwrap();
+        let back =
+            Graph::read_from(int8(50, metric), bytes.as_slice(), bytes.len() as u64).unwrap();
+        for q in &queries[..30] {
+            assert_eq!(
+                g.search(q, 10, 64, |_| true),
+                back.search(q, 10, 64, |_| true)
+            );
+        }
+        // the codes are memory of their own: a quarter of the vectors' and a block per node
+        let (vectors_f, _) = float_graph.memory_bytes();
+        let (vectors_i, _) = g.memory_bytes();
+        assert!(
+            vectors_i > vectors_f && vectors_i < vectors_f * 2,
+            "{vectors_i} vs {vectors_f}"
+        );
+    }
 }

@@ -4,7 +4,9 @@
 //! prints one JSON line per ef: recall@10 against the exact neighbours, QPS, p50/p99 latency,
 //! plus the build time and the resident memory the shard added per vector.
 //!
-//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean]
+//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8]
+//! (`int8`: the shard walks on int8 codes, `ShardParams::quantization`; its engines are named
+//! `shoal int8`)
 //! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
 
 use std::sync::Arc;
@@ -43,8 +45,8 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if !(8..=9).contains(&args.len()) {
-        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean]");
+    if !(8..=10).contains(&args.len()) {
+        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8]");
         std::process::exit(2);
     }
     let metric = match args.get(8).map(String::as_str) {
@@ -54,6 +56,18 @@ fn main() {
             eprintln!("unknown metric {other}");
             std::process::exit(2);
         }
+    };
+    let quantization = match args.get(9).map(String::as_str) {
+        None | Some("none") => shoal_index::Quantization::None,
+        Some("int8") => shoal_index::Quantization::Int8,
+        Some(other) => {
+            eprintln!("unknown quantization {other}");
+            std::process::exit(2);
+        }
+    };
+    let shoal = match quantization {
+        shoal_index::Quantization::None => "shoal",
+        shoal_index::Quantization::Int8 => "shoal int8",
     };
     let dim: usize = args[4].parse().expect("DIM");
     let m: usize = args[5].parse().expect("M");
@@ -71,6 +85,7 @@ fn main() {
     params.m = m;
     params.ef_construction = efc;
     params.metric = metric;
+    params.quantization = quantization;
     // groups of points for filtered searches: metadata `g` (i mod 10) for 10% selectivity and
     // `h` (i mod 100) for 1%
     let payloads: Vec<Arc<Payload>> = (0..100)
@@ -140,7 +155,7 @@ fn main() {
     unsafe { libc::malloc_trim(0) };
     let bytes_per_vector = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
     eprintln!(
-        "shoal: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
+        "{shoal}: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
     );
 
     let filter_10 =
@@ -155,14 +170,14 @@ fn main() {
         })
         .collect();
     for (engine, filters, truth) in [
-        ("shoal, filter 10%", vec![&filter_10], &truth_10),
+        (format!("{shoal}, filter 10%"), vec![&filter_10], &truth_10),
         (
-            "shoal, filter 10%, another each query",
+            format!("{shoal}, filter 10%, another each query"),
             cycled.iter().collect(),
             &truth_cycled,
         ),
-        ("shoal, filter 1%", vec![&filter_1], &truth_1),
-        ("shoal", vec![], &truth),
+        (format!("{shoal}, filter 1%"), vec![&filter_1], &truth_1),
+        (shoal.to_string(), vec![], &truth),
     ] {
         for &ef in &efs {
             let r = measure(truth, |q| {
