@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the inference crate's unit tests (the matrix micro-kernels, attention with its heads on
 # threads, a tiny BERT against candle: code that reads and writes through raw pointers, on small
-# shapes) under AddressSanitizer: a read or write past an allocation (heap, stack or global), a
+# shapes), and the index crate's kernel and int8 code storage tests (`distance::`,
+# `graph::storage::`: SIMD distances, float-by-int8 included), under AddressSanitizer: a read or write past an allocation (heap, stack or global), a
 # use after free or a double free aborts the run.
 #
 # It covers what valgrind (scripts/check-kernels-valgrind.sh) cannot: valgrind hides AVX-512 from
@@ -18,8 +19,8 @@
 # Dependencies are built without optimisation here (cheaper to compile; the code checked is
 # shoal's own, which keeps its opt-level 3).
 #
-# Usage: scripts/check-kernels-asan.sh [TEST FILTER]   (default filter: native::, where every unsafe
-# block of the crate is)
+# Usage: scripts/check-kernels-asan.sh [TEST FILTER...]   (default filters: native::, where every
+# unsafe block of the inference crate is, and the index's distance:: and graph::storage::)
 # Exits non-zero on any sanitizer report or test failure. Builds in $CARGO_TARGET_DIR/asan
 # (default target/asan).
 set -euo pipefail
@@ -41,11 +42,12 @@ run() {
     env -u CARGO_ENCODED_RUSTFLAGS "$@" ASAN_OPTIONS=detect_leaks=0 RUSTC_BOOTSTRAP=1 \
         RUSTFLAGS="-Zsanitizer=address" \
         CARGO_TARGET_DIR="$target_dir" RUST_BACKTRACE=0 \
-        cargo test --config 'profile.dev.package."*".opt-level=0' -p shoal-inference --lib \
-        --target "$host" -- "$filter" --nocapture
+        cargo test --config 'profile.dev.package."*".opt-level=0' -p shoal-inference \
+        -p shoal-index --lib --target "$host" -- "${filters[@]}" --nocapture
 }
 
-filter="${1-native::}"
+# (every filter applies to both crates' test binaries; each names modules of one of them)
+if [ $# -gt 0 ]; then filters=("$@"); else filters=(native:: distance:: graph::storage::); fi
 start=$SECONDS
 run SHOAL_CHECK_KERNELS=default
 run SHOAL_FORCE_PORTABLE_KERNELS=1

@@ -9,7 +9,9 @@
 # Valgrind has no AVX-512 and hides it from CPUID, so under it the kernels dispatch to their AVX2
 # versions (the hand-written AVX2/FMA matrix kernel, the AVX2 clones of the rest; or the baseline
 # ones): the check runs that default path, then the portable kernels
-# (SHOAL_FORCE_PORTABLE_KERNELS=1). The AVX-512 and AMX kernels are not covered.
+# (SHOAL_FORCE_PORTABLE_KERNELS=1). The AVX-512 and AMX kernels are not covered. The index's
+# kernels (its float and float-by-int8 distances) and its int8 codes' storage run the same way
+# (the index crate's `distance::` and `graph::storage::` tests).
 #
 # Usage: scripts/check-kernels-valgrind.sh [TEST FILTER]   (default filter: native::)
 # Exits non-zero on any memcheck error or test failure. Honours CARGO_TARGET_DIR.
@@ -43,6 +45,13 @@ if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     echo "could not find the shoal-inference unit-test binary" >&2
     exit 1
 fi
+# the index's kernels (float and float-by-int8 distances) and its int8 codes' storage
+index_bin=$(printf '%s\n' "$built" | grep '"name":"shoal_index"' |
+    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)
+if [ -z "$index_bin" ] || [ ! -x "$index_bin" ]; then
+    echo "could not find the shoal-index unit-test binary" >&2
+    exit 1
+fi
 
 run() {
     echo "== memcheck: $* $bin $filter" >&2
@@ -53,7 +62,15 @@ run() {
         --track-origins=yes "$bin" "$filter" --test-threads=1 --nocapture
 }
 
+run_index() {
+    echo "== memcheck: $* $index_bin distance:: graph::storage::" >&2
+    env "$@" RUST_BACKTRACE=0 valgrind --quiet --error-exitcode=99 --leak-check=no \
+        --track-origins=yes "$index_bin" distance:: graph::storage:: --test-threads=1
+}
+
 start=$SECONDS
 run SHOAL_CHECK_KERNELS=default
 run SHOAL_FORCE_PORTABLE_KERNELS=1
+run_index
+run_index SHOAL_FORCE_PORTABLE_KERNELS=1
 echo "kernel memory check passed in $((SECONDS - start)) s" >&2

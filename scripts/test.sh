@@ -2,12 +2,13 @@
 # The test command: fetch the model if missing, check formatting and lints, build the binary, run
 # every test of the workspace on the portable kernels (the path CPUs without AVX-512 or AVX2
 # take), run the unit tests, the model tests and the end-to-end search tests again on the kernels
-# the CPU picks, run the native kernels under valgrind's memcheck and under AddressSanitizer, and
-# run a short chaos campaign (a fixed seed and a random one, which it prints) against a three-node cluster, and one
-# on loopback behind fault-injecting proxies (the fallback where network namespaces cannot be
-# made), then the deployment checks: the alert rules with promtool's unit tests, Alertmanager's
-# config and the dashboard (scripts/check-monitoring.sh), the Kubernetes manifests against the
-# schemas (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
+# the CPU picks, run the native kernels (inference's, and the index's distances) under valgrind's
+# memcheck and under AddressSanitizer, and run a short chaos campaign (a fixed seed and a random
+# one, which it prints) against a three-node cluster, and one on loopback behind fault-injecting
+# proxies (the fallback where network namespaces cannot be made), then the deployment checks:
+# the alert rules with promtool's unit tests, Alertmanager's config and the dashboard
+# (scripts/check-monitoring.sh), the Kubernetes manifests against the schemas
+# (scripts/check-k8s.sh), and the Docker Compose stack behind nginx with a node killed
 # (scripts/test-compose.sh; skipped where no Docker engine runs), and a short chaos campaign
 # against that stack (scripts/chaos-compose.sh: Docker's own faults, the same checker; skipped
 # likewise). CI runs exactly this (.ci/run).
@@ -27,15 +28,18 @@ cargo build --bin shoal
 SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
 echo "== again on the kernels this CPU picks (AVX-512 or AVX2 where it has them)" >&2
 # What runs a kernel of its own: every crate's unit tests (the inference and index crates'
-# kernel tests among them), the model tests against the Python references, and the end-to-end
-# search tests; the chaos campaigns below run their nodes on these kernels too. (The whole suite
+# kernel tests among them), the model tests against the Python references (in process, and
+# through a node's /v1/embeddings and rerank endpoints: inference_api), and the end-to-end search
+# tests; the chaos campaigns below run their nodes on these kernels too. (`shoal eval`'s
+# search-quality test runs on the portable kernels only: its embeddings are those the model
+# tests hold to the references on both paths.) (The whole suite
 # on both paths took CI from 1,317 s to 2,280 s, too close to its 40-minute budget.) No cargo
 # command of this script that shares target/ selects packages with -p (they pick targets with
 # --lib/--test/--bin): that resolves the dependencies' features for those packages alone, and
 # cargo then compiles dozens of dependencies again (8 minutes of a 28-minute run on 2 cores).
 # (The AddressSanitizer check has a target folder of its own.)
 cargo test --workspace --lib --test embedder --test reranker --test sentence_models --test e2e \
-    --test hybrid
+    --test hybrid --test inference_api
 scripts/check-kernels-valgrind.sh
 scripts/check-kernels-asan.sh
 echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2

@@ -56,7 +56,8 @@ pub struct CollectionStorage {
     /// The files of its index's last graph dump.
     pub index_files_bytes: u64,
     /// Its vectors as the index holds them in memory (allocated a segment at a time, each vector
-    /// padded to a multiple of 8 floats).
+    /// padded to a multiple of 8 floats), and their int8 copies where `index.quantization` is
+    /// `int8`.
     pub vectors_memory_bytes: u64,
     /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags, and
     /// the nodes by point id.

@@ -531,9 +531,18 @@ mod tests {
             let d = dot_i8_portable(a, c) as f64;
             assert!((d - exact).abs() < tol, "portable at {n}: {d} vs {exact}");
         }
-        // unequal lengths: the shorter one counts (a padded query against shorter codes)
+        // unequal lengths: the shorter one counts (a padded query against shorter codes), past
+        // the SIMD loops' thresholds too
+        let long: Vec<f32> = (0..96).map(|i| i as f32).collect();
+        let short: Vec<i8> = (0..40).map(|i| (i % 3) as i8 - 1).collect();
+        let want: f32 = (0..40).map(|i| i as f32 * ((i % 3) as f32 - 1.0)).sum();
         for k in Kernel::available() {
             assert_eq!(k.dot_i8(&[1.0, 2.0, 3.0, 4.0], &[1, -1]), -1.0);
+            assert_eq!(k.dot_i8(&long, &short), want, "{k:?}");
+            assert_eq!(
+                k.dot_i8(&long[..40], &[short.clone(), vec![9; 56]].concat()),
+                want
+            );
         }
     }
 

@@ -150,7 +150,8 @@ pub struct Hit {
 /// What a shard holds in memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShardMemory {
-    /// The graph's vectors (allocated a segment at a time, padded to whole lanes).
+    /// The graph's vectors (allocated a segment at a time, padded to whole lanes), and their
+    /// int8 codes where it keeps them.
     pub vectors: u64,
     /// The graph's links on every layer, its nodes' ids and flags, and the nodes by point id
     /// (the flat array filtered searches look them up in).

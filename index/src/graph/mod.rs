@@ -353,7 +353,8 @@ impl Graph {
         ((-u.ln() * self.level_mult) as usize).min(MAX_LEVEL)
     }
 
-    /// Bytes the graph holds: (its vectors, everything else: links of every layer, ids, flags).
+    /// Bytes the graph holds: (its vectors and their codes, everything else: links of every
+    /// layer, ids, flags).
     /// Walks the nodes once (for their upper-layer blocks).
     pub fn memory_bytes(&self) -> (usize, usize) {
         let upper_blocks: usize = (0..self.len() as Slot)
@@ -852,10 +853,10 @@ impl Graph {
         for l in links.iter().skip(1).take(count) {
             let n = l.load(Acquire);
             if !walk(n) {
-                // a bridge, probably: its links are read next, all of them (a bottom-layer
-                // block of 33 words spans three cache lines; fetching only the first left the
-                // second pass waiting on the others: 11-27% more filtered searches per second
-                // at ef 64 on 100k MiniLM vectors)
+                // a bridge, probably: its links are read next, all of them (with m 16 a
+                // bottom-layer block of 33 words spans up to three cache lines; fetching only
+                // the first left the second pass waiting on the others: 11-27% more filtered
+                // searches per second at ef 64 on 100k MiniLM vectors)
                 let block = self.links(n, level);
                 prefetch_lines(block.as_ptr() as *const f32, std::mem::size_of_val(block));
             } else if s.visited.insert(n) {

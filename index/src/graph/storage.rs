@@ -272,8 +272,10 @@ pub(crate) struct Code<'a> {
 /// scale, `max |x| / 127` (1 for a zero vector), so that `x ≈ scale · code`.
 pub(crate) fn quantize(v: &[f32], out: &mut [i8]) -> f32 {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let scale = if max > 0.0 && max.is_finite() {
-        max / 127.0
+    // (a zero vector, or one so small that the scale would underflow to zero: codes of zero)
+    let scale = max / 127.0;
+    let scale = if scale > 0.0 && scale.is_finite() {
+        scale
     } else {
         1.0
     };
@@ -350,17 +352,20 @@ impl Codes {
             v.len() == self.dim && (cells.len().saturating_sub(1)) * 32 >= v.len(),
             "vector does not fit its node"
         );
-        let mut codes = vec![0i8; v.len()];
-        let scale = quantize(v, &mut codes);
         let sq_norm: f32 = v.iter().map(|x| x * x).sum();
         // SAFETY: in bounds (checked: the head block, then `dim` codes within the rest); the
         // bytes are inside UnsafeCells, so writing through a pointer derived from a shared
-        // reference is allowed; the caller guarantees that no other access happens meanwhile.
+        // reference is allowed, and the caller guarantees that no other access happens
+        // meanwhile (so the one mutable slice made here aliases nothing); i8 and u8 have the
+        // same layout.
         unsafe {
             let base = UnsafeCell::raw_get(cells.as_ptr()) as *mut u8;
-            let head = [scale.to_le_bytes(), sq_norm.to_le_bytes()].concat();
+            let codes = std::slice::from_raw_parts_mut(base.add(32) as *mut i8, v.len());
+            let scale = quantize(v, codes);
+            let mut head = [0u8; 8];
+            head[..4].copy_from_slice(&scale.to_le_bytes());
+            head[4..].copy_from_slice(&sq_norm.to_le_bytes());
             std::ptr::copy_nonoverlapping(head.as_ptr(), base, head.len());
-            std::ptr::copy_nonoverlapping(codes.as_ptr() as *const u8, base.add(32), codes.len());
         }
     }
 
@@ -437,10 +442,12 @@ mod tests {
             let sq: f32 = x.iter().map(|v| v * v).sum();
             assert!((code.sq_norm - sq).abs() <= 1e-5 * sq);
         }
-        // a zero vector: scale 1, all codes zero
-        let mut out = [5i8; 4];
-        assert_eq!(quantize(&[0.0; 4], &mut out), 1.0);
-        assert_eq!(out, [0; 4]);
+        // a zero vector, or one whose scale would underflow: scale 1, all codes zero
+        for tiny in [0.0, 1e-44] {
+            let mut out = [5i8; 4];
+            assert_eq!(quantize(&[tiny, 0.0, -tiny, 0.0], &mut out), 1.0);
+            assert_eq!(out, [0; 4]);
+        }
     }
 
     #[test]

@@ -194,8 +194,19 @@ fn scan_is_exact() {
 
 #[test]
 fn searches_run_while_points_are_inserted() {
+    // (with int8 codes too: a search must never read a node's codes before they are written)
+    for quantization in [Quantization::None, Quantization::Int8] {
+        searches_run_while_points_are_inserted_with(quantization);
+    }
+}
+
+fn searches_run_while_points_are_inserted_with(quantization: Quantization) {
     let pts = clustered(6000, 32, 8, true);
-    let g = Arc::new(build(&pts[..1000], params(32, Metric::Cosine), 1));
+    let p = GraphParams {
+        quantization,
+        ..params(32, Metric::Cosine)
+    };
+    let g = Arc::new(build(&pts[..1000], p, 1));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let searchers: Vec<_> = (0..2)
         .map(|t| {
@@ -393,10 +404,38 @@ fn an_int8_walk_finds_what_the_float_walk_finds_and_scores_exactly() {
             }
             assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "not best first");
         }
-        // filtered, a tenth of the nodes, some of them deleted
+        // what the walk compares by is the exact distance within the codes' rounding (half a
+        // step a value: 0.5 · scale · Σ|q|; euclidean less |q|², and twice that)
+        let mut padded = Vec::new();
+        for q in &queries[..20] {
+            padded.clear();
+            padded.extend_from_slice(q);
+            padded.resize(64, 0.0);
+            let q_abs: f32 = q.iter().map(|x| x.abs()).sum();
+            let q_sq: f32 = q.iter().map(|x| x * x).sum();
+            for slot in (0..pts.len() as Slot).step_by(97) {
+                let scale = g.codes.as_ref().unwrap().get(slot).scale;
+                let walk = g.walk_distance::<true>(&padded, slot);
+                let exact = metric.distance(q, &pts[slot as usize]);
+                let (want, bound) = match metric {
+                    Metric::Cosine => (exact, 0.5 * scale * q_abs),
+                    Metric::Euclidean => (exact - q_sq, scale * q_abs),
+                };
+                assert!(
+                    (walk - want).abs() <= bound * 1.001 + 1e-5,
+                    "{metric:?} node {slot}: walk {walk}, exact {want}, bound {bound}"
+                );
+            }
+        }
+        // deleted nodes are never returned, unfiltered or filtered (a tenth of the nodes)
         let deleted: Vec<usize> = (0..pts.len()).step_by(70).collect();
         for &i in &deleted {
             g.delete(i as Slot);
+        }
+        for q in &queries[..50] {
+            let got = g.search(q, 10, 64, |_| true);
+            assert_eq!(got.len(), 10);
+            assert!(got.iter().all(|n| !(g.id(n.1) as usize).is_multiple_of(70)));
         }
         let skip: HashSet<usize> = (0..pts.len())
             .filter(|i| !i.is_multiple_of(10) || i.is_multiple_of(70))
