@@ -15,7 +15,7 @@ fn top1(node: &Node, coll: &str, query: &str) -> Option<String> {
 #[test]
 fn paraphrased_queries_find_the_right_document_first() {
     // Searches without `exact` go through the HNSW graph even on these 12 documents.
-    let node = Node::start(&[("SHOAL_SEARCH__EXACT_BELOW", "0")], &[]);
+    let mut node = Node::start(&[("SHOAL_SEARCH__EXACT_BELOW", "0")], &[]);
     node.create_collection("wiki");
     let job = node.ingest("wiki", corpus());
     assert_eq!(job["state"], "completed", "{job}");
@@ -121,6 +121,56 @@ fn paraphrased_queries_find_the_right_document_first() {
     let doc = node.get("/api/v1/collections/wiki/documents/jazz");
     assert_eq!(doc.body["state"], "indexed");
     assert_eq!(doc.body["metadata"]["topic"], "music");
+
+    // the same node walking its graph on int8 codes (`index.quantization`): the same documents
+    // first, and the same hits with the same (exact, re-scored) scores
+    let moon = |node: &Node| {
+        let r = node.search(
+            "wiki",
+            json!({"query": "first humans on the moon", "top_k": 5}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let id = h["document_id"].as_str().unwrap().to_string();
+                (id, h["score"].as_f64().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let vectors_memory = |node: &Node| {
+        let info = node.get("/api/v1/collections/wiki");
+        info.body["storage"]["vectors_memory_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let float_hits = moon(&node);
+    let float_memory = vectors_memory(&node);
+    node.restart_with(&[("SHOAL_INDEX__QUANTIZATION", "int8")]);
+    // the codes are held beside the vectors: 416 bytes a node against 1,536
+    let int8_memory = vectors_memory(&node);
+    assert!(
+        int8_memory > float_memory + float_memory / 5,
+        "int8 {int8_memory} against {float_memory} bytes"
+    );
+    for (q, want) in PARAPHRASES {
+        assert_eq!(
+            top1(&node, "wiki", q).as_deref(),
+            Some(*want),
+            "int8: query {q:?}"
+        );
+    }
+    let int8_hits = moon(&node);
+    assert_eq!(int8_hits.len(), float_hits.len());
+    for ((a, x), (b, y)) in float_hits.iter().zip(&int8_hits) {
+        assert_eq!(a, b, "int8: {int8_hits:?} against {float_hits:?}");
+        assert!(
+            (x - y).abs() < 1e-5,
+            "int8: {int8_hits:?} against {float_hits:?}"
+        );
+    }
 }
 
 #[test]
