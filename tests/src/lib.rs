@@ -478,6 +478,21 @@ pub fn hit_ids(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Each hit's document id and score, in the order returned.
+pub fn hit_scores(body: &Value) -> Vec<(String, f64)> {
+    body["hits"]
+        .as_array()
+        .map(|hits| {
+            hits.iter()
+                .map(|h| {
+                    let id = h["document_id"].as_str().unwrap_or_default().to_owned();
+                    (id, h["score"].as_f64().unwrap_or(f64::NAN))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The value of a metric line (`name{labels} value`) in Prometheus text, summed over label sets
 /// that contain `label_part`.
 pub fn metric_value(text: &str, name: &str, label_part: &str) -> f64 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_tests::cluster::{cluster_env, SECRET};
-use shoal_tests::{corpus, hit_ids, model_dir, shoal_bin, wait_until, Node, Resp};
+use shoal_tests::{corpus, hit_ids, hit_scores, model_dir, shoal_bin, wait_until, Node, Resp};
 
 const QUERIES: &[&str] = &[
     "how do plants make food from sunlight",
@@ -47,16 +47,9 @@ fn answers(node: &Node, collection: &str) -> Vec<Vec<(String, String)>> {
         .map(|q| {
             let r = node.search(collection, json!({"query": q, "top_k": 5}));
             assert_eq!(r.status, 200, "{}", r.text);
-            r.body["hits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| {
-                    (
-                        h["document_id"].as_str().unwrap_or_default().to_owned(),
-                        format!("{:.5}", h["score"].as_f64().unwrap_or_default()),
-                    )
-                })
+            hit_scores(&r.body)
+                .into_iter()
+                .map(|(id, score)| (id, format!("{score:.5}")))
                 .collect()
         })
         .collect()

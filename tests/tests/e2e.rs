@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shoal_tests::{corpus, hit_ids, metric_value, wait_until, Node, PARAPHRASES};
+use shoal_tests::{corpus, hit_ids, hit_scores, metric_value, wait_until, Node, PARAPHRASES};
 
 fn top1(node: &Node, coll: &str, query: &str) -> Option<String> {
     node.search_ids(coll, json!({"query": query, "top_k": 3}))
@@ -130,15 +130,7 @@ fn paraphrased_queries_find_the_right_document_first() {
             json!({"query": "first humans on the moon", "top_k": 5}),
         );
         assert_eq!(r.status, 200, "{}", r.text);
-        r.body["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                let id = h["document_id"].as_str().unwrap().to_string();
-                (id, h["score"].as_f64().unwrap())
-            })
-            .collect::<Vec<_>>()
+        hit_scores(&r.body)
     };
     let vectors_memory = |node: &Node| {
         let info = node.get("/api/v1/collections/wiki");
