@@ -778,21 +778,44 @@ impl Graph {
         accept: impl Fn(Slot) -> bool,
     ) -> Vec<Near> {
         self.descend_then(query, k, |s, q, entry, out| {
-            // Every node a search can reach is ready (nodes are linked after they are written);
-            // the deleted flags are read only when there are any.
             let ef = ef.max(k);
             if self.codes.is_some() {
-                let entry = [Near(self.walk_distance::<true>(q, entry.1), entry.1)];
-                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
-                self.beam_search::<false, true>(s, q, &entry, ef, 0, |_| true, live, out);
+                self.bottom_walk::<true>(s, q, entry, ef, &accept, out);
                 self.rescore(q, out);
-            } else if self.deleted.load(Relaxed) > 0 {
-                let live = |n| self.flags(n) & DELETED == 0 && accept(n);
-                self.search_layer(s, q, &[entry], ef, 0, live, out);
             } else {
-                self.search_layer(s, q, &[entry], ef, 0, accept, out);
+                self.bottom_walk::<false>(s, q, entry, ef, &accept, out);
             }
         })
+    }
+
+    /// A search's walk of the bottom layer from `entry` (see `beam_search` for `QUANT`).
+    fn bottom_walk<const QUANT: bool>(
+        &self,
+        s: &mut Scratch,
+        q: &[f32],
+        entry: Near,
+        ef: usize,
+        accept: &impl Fn(Slot) -> bool,
+        out: &mut Vec<Near>,
+    ) {
+        let entry = self.walk_entry::<QUANT>(q, entry);
+        // Every node a search can reach is ready (nodes are linked after they are written);
+        // the deleted flags are read only when there are any.
+        if self.deleted.load(Relaxed) > 0 {
+            let live = |n| self.flags(n) & DELETED == 0 && accept(n);
+            self.beam_search::<false, QUANT>(s, q, &entry, ef, 0, |_| true, live, out);
+        } else {
+            self.beam_search::<false, QUANT>(s, q, &entry, ef, 0, |_| true, accept, out);
+        }
+    }
+
+    /// A walk's first node, its distance measured as the walk measures (`walk_distance`).
+    fn walk_entry<const QUANT: bool>(&self, q: &[f32], entry: Near) -> [Near; 1] {
+        if QUANT {
+            [Near(self.walk_distance::<true>(q, entry.1), entry.1)]
+        } else {
+            [entry]
+        }
     }
 
     /// Exact distances for `found` (a walk's, from the codes), best first.
@@ -907,23 +930,36 @@ impl Graph {
             let accept = |n| allowed(n) && (!check_deleted || self.flags(n) & DELETED == 0);
             let ef = ef.max(k);
             if self.codes.is_some() {
-                let entry = [Near(self.walk_distance::<true>(q, entry.1), entry.1)];
-                self.beam_search::<true, true>(s, q, &entry, ef, 0, &allowed, &accept, out);
-                if out.len() < k {
-                    // (as below)
-                    self.beam_search::<false, true>(s, q, &entry, ef, 0, |_| true, &accept, out);
-                }
+                self.filtered_walk::<true>(s, q, entry, k, ef, &allowed, &accept, out);
                 self.rescore(q, out);
-                return;
-            }
-            self.beam_search::<true, false>(s, q, &[entry], ef, 0, &allowed, &accept, out);
-            if out.len() < k {
-                // The matches two hops around the query were too few, or none (a filter whose
-                // matches lie together elsewhere): walk through every node instead, as far as
-                // it takes to find them.
-                self.beam_search::<false, false>(s, q, &[entry], ef, 0, |_| true, &accept, out);
+            } else {
+                self.filtered_walk::<false>(s, q, entry, k, ef, &allowed, &accept, out);
             }
         })
+    }
+
+    /// A filtered search's walk of the bottom layer from `entry`, as `search_filtered` asks for
+    /// it (see `beam_search` for `QUANT`).
+    #[allow(clippy::too_many_arguments)]
+    fn filtered_walk<const QUANT: bool>(
+        &self,
+        s: &mut Scratch,
+        q: &[f32],
+        entry: Near,
+        k: usize,
+        ef: usize,
+        allowed: &impl Fn(Slot) -> bool,
+        accept: &impl Fn(Slot) -> bool,
+        out: &mut Vec<Near>,
+    ) {
+        let entry = self.walk_entry::<QUANT>(q, entry);
+        self.beam_search::<true, QUANT>(s, q, &entry, ef, 0, allowed, accept, out);
+        if out.len() < k {
+            // The matches two hops around the query were too few, or none (a filter whose
+            // matches lie together elsewhere): walk through every node instead, as far as it
+            // takes to find them.
+            self.beam_search::<false, QUANT>(s, q, &entry, ef, 0, |_| true, accept, out);
+        }
     }
 
     /// The `k` nearest of `slots` to `query` by exact distance, best first; deleted nodes and

@@ -57,15 +57,15 @@ pub fn accept_documents(job: &str, n: usize, text: impl Fn(usize) -> String) -> 
 pub fn random_chunks(rng: &mut impl rand::Rng, dimension: usize) -> Vec<ChunkInput> {
     (0..rng.gen_range(1..4))
         .map(|i| {
-            let v: Vec<f32> = (0..dimension).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let mut vector: Vec<f32> = (0..dimension).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            shoal_index::normalize(&mut vector);
             ChunkInput {
                 text: format!("chunk {i}"),
                 start: 0,
                 end: 1,
                 pages: None,
                 section: None,
-                vector: v.into_iter().map(|x| x / n).collect(),
+                vector,
             }
         })
         .collect()
