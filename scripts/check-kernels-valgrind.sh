@@ -39,38 +39,37 @@ fi
 # what scripts/test.sh built is reused instead of compiled again.
 # (Run by hand, this builds every crate's unit-test binary once; scripts/test.sh has them built.)
 built=$(cargo test --workspace --lib --no-run --message-format=json) # (a failed build stops here)
-bin=$(printf '%s\n' "$built" | grep '"name":"shoal_inference"' |
-    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)
-if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    echo "could not find the shoal-inference unit-test binary" >&2
-    exit 1
-fi
+# The unit-test binary of crate $1 (as cargo names it) among those built.
+test_binary() {
+    local found
+    found=$(printf '%s\n' "$built" | grep "\"name\":\"$1\"" |
+        grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)
+    if [ -z "$found" ] || [ ! -x "$found" ]; then
+        echo "could not find the $1 unit-test binary" >&2
+        exit 1
+    fi
+    printf '%s\n' "$found"
+}
+bin=$(test_binary shoal_inference)
 # the index's kernels (float and float-by-int8 distances) and its int8 codes' storage
-index_bin=$(printf '%s\n' "$built" | grep '"name":"shoal_index"' |
-    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d '"' -f 4 || true)
-if [ -z "$index_bin" ] || [ ! -x "$index_bin" ]; then
-    echo "could not find the shoal-index unit-test binary" >&2
-    exit 1
-fi
+index_bin=$(test_binary shoal_index)
 
+# run [VAR=VALUE...] -- BINARY FILTER...: the tests under memcheck, in the environment given.
 run() {
-    echo "== memcheck: $* $bin $filter" >&2
+    local vars=()
+    while [ "$1" != -- ]; do vars+=("$1"); shift; done
+    shift
+    echo "== memcheck: ${vars[*]} $*" >&2
     # --error-exitcode: any memcheck error fails the run (the tests' own failures exit 101).
     # --nocapture shows which kernels detection picked under valgrind ("shoal kernels: isa ...");
     # the panics printed are those of the tests that check refused shapes.
-    env "$@" RUST_BACKTRACE=0 valgrind --quiet --error-exitcode=99 --leak-check=no \
-        --track-origins=yes "$bin" "$filter" --test-threads=1 --nocapture
-}
-
-run_index() {
-    echo "== memcheck: $* $index_bin distance:: graph::storage::" >&2
-    env "$@" RUST_BACKTRACE=0 valgrind --quiet --error-exitcode=99 --leak-check=no \
-        --track-origins=yes "$index_bin" distance:: graph::storage:: --test-threads=1
+    env "${vars[@]}" RUST_BACKTRACE=0 valgrind --quiet --error-exitcode=99 --leak-check=no \
+        --track-origins=yes "$@" --test-threads=1 --nocapture
 }
 
 start=$SECONDS
-run SHOAL_CHECK_KERNELS=default
-run SHOAL_FORCE_PORTABLE_KERNELS=1
-run_index
-run_index SHOAL_FORCE_PORTABLE_KERNELS=1
+run SHOAL_CHECK_KERNELS=default -- "$bin" "$filter"
+run SHOAL_FORCE_PORTABLE_KERNELS=1 -- "$bin" "$filter"
+run -- "$index_bin" distance:: graph::storage::
+run SHOAL_FORCE_PORTABLE_KERNELS=1 -- "$index_bin" distance:: graph::storage::
 echo "kernel memory check passed in $((SECONDS - start)) s" >&2
