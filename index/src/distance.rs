@@ -89,9 +89,7 @@ impl Kernel {
             Kernel::Portable => l2_portable(a, b),
         }
     }
-}
 
-impl Kernel {
     /// Dot product of floats with int8 codes (`Σ a[i] · c[i]`, over the shorter one's length):
     /// a query against a vector quantised to int8 (`crate::graph`'s codes, whose scale the
     /// caller applies).
@@ -109,31 +107,11 @@ impl Kernel {
     }
 }
 
-/// `Σ a[i] · c[i]` in eight independent accumulators (vectorised by the compiler).
-fn dot_i8_portable(a: &[f32], c: &[i8]) -> f32 {
-    let n = a.len().min(c.len());
-    let (a, c) = (&a[..n], &c[..n]);
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cc = c.chunks_exact(8);
-    let (ra, rc) = (ca.remainder(), cc.remainder());
-    for (x, y) in ca.zip(cc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i] as f32;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rc) {
-        sum += x * *y as f32;
-    }
-    sum
-}
-
 /// `step(x, y)` summed over both slices (over the shorter one's length) in eight independent
 /// accumulators, so that the compiler vectorises without reassociating. The dot product and the
-/// squared distance differ only in `step`.
+/// squared distance differ only in `step`; `b` holds floats, or int8 codes for `dot_i8`.
 #[inline(always)]
-fn reduce_portable(a: &[f32], b: &[f32], step: impl Fn(f32, f32) -> f32) -> f32 {
+fn reduce_portable<B: Copy>(a: &[f32], b: &[B], step: impl Fn(f32, B) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; 8];
@@ -158,6 +136,10 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 
 fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
     reduce_portable(a, b, |x, y| (x - y) * (x - y))
+}
+
+fn dot_i8_portable(a: &[f32], c: &[i8]) -> f32 {
+    reduce_portable(a, c, |x, y| x * y as f32)
 }
 
 #[cfg(target_arch = "x86_64")]
