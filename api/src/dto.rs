@@ -10,6 +10,18 @@ pub struct HnswConfig {
     pub ef_construction: Option<u32>,
 }
 
+/// What a collection's searches walk its graph with.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// The vectors themselves (4 bytes a value).
+    None,
+    /// An int8 copy of each vector (1 byte a value, 32 more a vector), held beside the vectors:
+    /// a quarter of the memory a walk reads. The candidates a walk ends with are re-scored on
+    /// the vectors, so scores are exact.
+    Int8,
+}
+
 /// `PUT /api/v1/collections/{name}`. The body may be empty.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,12 +31,24 @@ pub struct CreateCollectionRequest {
     pub dimension: Option<u32>,
     #[serde(default)]
     pub hnsw: HnswConfig,
+    /// Defaults to the node's `index.quantization` (`none` unless configured).
+    pub quantization: Option<Quantization>,
+}
+
+/// `PATCH /api/v1/collections/{name}`: what to change; at least one field.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCollectionRequest {
+    /// What the collection's searches walk its graph with from now on. Its points stay; each
+    /// node's shard of it loads again (from its graph dump where it has one).
+    pub quantization: Option<Quantization>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct IndexInfo {
     pub m: u32,
     pub ef_construction: u32,
+    pub quantization: Quantization,
     pub live_points: u64,
     pub tombstones: u64,
 }
@@ -56,8 +80,8 @@ pub struct CollectionStorage {
     /// The files of its index's last graph dump.
     pub index_files_bytes: u64,
     /// Its vectors as the index holds them in memory (allocated a segment at a time, each vector
-    /// padded to a multiple of 8 floats), and their int8 copies where `index.quantization` is
-    /// `int8`.
+    /// padded to a multiple of 8 floats), and their int8 copies where the collection's
+    /// quantization is `int8`.
     pub vectors_memory_bytes: u64,
     /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags, and
     /// the nodes by point id.

@@ -110,6 +110,7 @@ pub fn router<S: ShoalService>(service: Arc<S>, limits: RouterLimits) -> Router 
             "/api/v1/collections/{name}",
             put(create_collection::<S>)
                 .get(get_collection::<S>)
+                .patch(update_collection::<S>)
                 .delete(delete_collection::<S>),
         )
         .route(
@@ -411,6 +412,27 @@ async fn get_collection<S: ShoalService>(
     validate_collection_name(&name)?;
     p.require_read(&name)?;
     Ok(Json(s.get_collection(name).await?))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/v1/collections/{name}",
+    tag = "collections",
+    request_body = UpdateCollectionRequest,
+    params(("name" = String, Path, description = "collection name")),
+    responses((status = 200, body = CollectionInfo), (status = 400, description = "invalid request", body = ApiErrorBody), (status = 401, description = "no valid credential", body = ApiErrorBody), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody))
+)]
+async fn update_collection<S: ShoalService>(
+    State(s): State<Arc<S>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    body: JsonBody<UpdateCollectionRequest>,
+) -> Result<Json<CollectionInfo>, ApiError> {
+    validate_collection_name(&name)?;
+    p.require_read(&name)?;
+    p.require_admin("changing a collection")?;
+    let req = body.parse()?;
+    Ok(Json(s.update_collection(name, req).await?))
 }
 
 #[utoipa::path(
@@ -1510,7 +1532,7 @@ async fn rerank<S: ShoalService>(
     paths(
         health, ready, metrics, issue_token, who_am_i, list_users, create_user, update_user,
         delete_user, list_api_keys, create_api_key, revoke_api_key, list_collections,
-        create_collection, get_collection, delete_collection, add_documents, list_documents,
+        create_collection, get_collection, update_collection, delete_collection, add_documents, list_documents,
         get_document, delete_document, retry_document, search, list_jobs, get_job, search_analytics, embeddings,
         rerank_v1, rerank_v2, tei_embed, list_actors, inject_panic, store_digest, snapshot,
         cut_links, fail_storage, cluster_status, cluster_init, cluster_join, cluster_promote, cluster_remove

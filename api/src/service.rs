@@ -32,6 +32,13 @@ pub trait ShoalService: Send + Sync + 'static {
         &self,
         name: String,
     ) -> impl Future<Output = Result<CollectionInfo, ApiError>> + Send;
+    /// Change a collection's options; answers it as it is then (with the log index of the
+    /// change).
+    fn update_collection(
+        &self,
+        name: String,
+        req: UpdateCollectionRequest,
+    ) -> impl Future<Output = Result<CollectionInfo, ApiError>> + Send;
     fn list_collections(&self) -> impl Future<Output = Result<CollectionList, ApiError>> + Send;
     /// Drop a collection; answers the log index of the drop.
     fn delete_collection(&self, name: String)

@@ -238,6 +238,7 @@ mod tests {
                     spec: CollectionSpec {
                         dimension: 2,
                         hnsw: HnswParams::default(),
+                        quantization: Default::default(),
                     },
                     at_ms: 1,
                 },

@@ -472,6 +472,7 @@ mod tests {
             spec: CollectionSpec {
                 dimension: 2,
                 hnsw: HnswParams::default(),
+                quantization: Default::default(),
             },
             at_ms: 1,
         }

@@ -29,6 +29,7 @@ fn create(name: &str) -> Command {
         spec: CollectionSpec {
             dimension: 2,
             hnsw: HnswParams::default(),
+            quantization: Default::default(),
         },
         at_ms: 1,
     }

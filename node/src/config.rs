@@ -472,10 +472,11 @@ pub struct IndexConfig {
     pub compaction_min_tombstones: usize,
     /// Dump a changed shard's graph to disk after this long (ms), so restarts reload it.
     pub persist_interval_ms: u64,
-    /// What searches walk the graph with: `none` (the vectors) or `int8` (a quantised copy of
-    /// each vector, a quarter of the bytes a walk reads, held beside the vectors; the final
-    /// candidates are re-scored with the vectors). Applies to every shard this node opens.
-    pub quantization: shoal_index::Quantization,
+    /// What new collections' searches walk the graph with, where their create request does not
+    /// say: `none` (the vectors) or `int8` (a quantised copy of each vector, a quarter of the
+    /// bytes a walk reads, held beside the vectors; the final candidates are re-scored with the
+    /// vectors). A collection keeps what it was created with.
+    pub quantization: shoal_storage::Quantization,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -587,7 +588,7 @@ impl Default for IndexConfig {
             compaction_ratio: 0.2,
             compaction_min_tombstones: 100,
             persist_interval_ms: 5_000,
-            quantization: shoal_index::Quantization::None,
+            quantization: shoal_storage::Quantization::None,
         }
     }
 }
@@ -990,13 +991,13 @@ mod tests {
             let file = jail.directory().join("shoal.toml");
             std::fs::write(&file, "").unwrap();
             let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
-            assert_eq!(c.index.quantization, shoal_index::Quantization::None);
+            assert_eq!(c.index.quantization, shoal_storage::Quantization::None);
             std::fs::write(&file, "[index]\nquantization = \"int8\"\n").unwrap();
             let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
-            assert_eq!(c.index.quantization, shoal_index::Quantization::Int8);
+            assert_eq!(c.index.quantization, shoal_storage::Quantization::Int8);
             jail.set_env("SHOAL_INDEX__QUANTIZATION", "none");
             let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
-            assert_eq!(c.index.quantization, shoal_index::Quantization::None);
+            assert_eq!(c.index.quantization, shoal_storage::Quantization::None);
             jail.set_env("SHOAL_INDEX__QUANTIZATION", "int4");
             let e = Config::load(Some(&file)).unwrap_err().to_string();
             assert!(e.contains("int4") && e.contains("int8"), "{e}");

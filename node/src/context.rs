@@ -166,7 +166,10 @@ impl NodeContext {
             exact_below: s.exact_below,
             exact_filter_fraction: s.exact_filter_fraction,
             walk_step_floats: ShardParams::new(0).walk_step_floats,
-            quantization: i.quantization,
+            quantization: match coll.spec.quantization {
+                shoal_storage::Quantization::None => shoal_index::Quantization::None,
+                shoal_storage::Quantization::Int8 => shoal_index::Quantization::Int8,
+            },
             compaction_ratio: i.compaction_ratio,
             compaction_min_tombstones: i.compaction_min_tombstones,
         }

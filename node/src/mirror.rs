@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ractor::ActorRef;
 use shoal_cluster::IndexSink;
 use shoal_storage::Effect;
 use tokio::sync::mpsc;
@@ -149,13 +150,7 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
         });
     }
     for c in collections {
-        let actor = ctx
-            .actors
-            .shards
-            .get(&c.name)
-            .filter(|s| s.uid == c.uid)
-            .and_then(|s| s.actor);
-        match actor {
+        match shard_actor(ctx, &c.name, c.uid) {
             Some(a) if had.contains(&(c.name.clone(), c.uid)) => {
                 if a.cast(ShardMsg::Load).is_err() {
                     // It is restarting: its restart loads from the new store anyway.
@@ -171,6 +166,15 @@ async fn rebuild(ctx: &Arc<NodeContext>, index: u64) {
     if let Err(e) = ctx.remove_orphan_dumps() {
         tracing::warn!(error = %e, "could not remove the dumps of dropped collections");
     }
+}
+
+/// The running actor of the shard of collection `name` of this `uid`, if any.
+fn shard_actor(ctx: &NodeContext, name: &str, uid: u64) -> Option<ActorRef<ShardMsg>> {
+    ctx.actors
+        .shards
+        .get(name)
+        .filter(|s| s.uid == uid)
+        .and_then(|s| s.actor)
 }
 
 fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
@@ -189,6 +193,21 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "no supervisor to start a shard actor"),
+                }
+            }
+            Effect::CollectionUpdated(record) => {
+                // The shard loads again with the new spec (searches go to the one it has until
+                // then), and that load releases the watermark at this index. An actor that is
+                // restarting loads with it anyway.
+                match shard_actor(ctx, &record.name, record.uid) {
+                    Some(a) => {
+                        if a.cast(ShardMsg::Load).is_err() {
+                            tracing::debug!(collection = %record.name, "shard actor restarting during an update");
+                        }
+                    }
+                    None => {
+                        tracing::debug!(collection = %record.name, "no shard actor to update: it loads with the new spec when it starts")
+                    }
                 }
             }
             Effect::CollectionDropped { name, uid } => {
@@ -256,13 +275,7 @@ fn mirror(ctx: &Arc<NodeContext>, index: u64, effects: Vec<Effect>) {
         }
     }
     for (uid, (collection, ops)) in ops {
-        let actor = ctx
-            .actors
-            .shards
-            .get(&collection)
-            .filter(|s| s.uid == uid)
-            .and_then(|s| s.actor);
-        let sent = match actor {
+        let sent = match shard_actor(ctx, &collection, uid) {
             Some(actor) => actor
                 .cast(ShardMsg::Apply { index, ops })
                 .map_err(|e| e.to_string()),

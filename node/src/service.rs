@@ -59,6 +59,14 @@ pub struct Node {
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+/// A quantization as the API names it, as the store keeps it.
+fn stored_quantization(q: Quantization) -> shoal_storage::Quantization {
+    match q {
+        Quantization::None => shoal_storage::Quantization::None,
+        Quantization::Int8 => shoal_storage::Quantization::Int8,
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
@@ -102,6 +110,10 @@ impl Node {
             index: IndexInfo {
                 m: c.spec.hnsw.m,
                 ef_construction: c.spec.hnsw.ef_construction,
+                quantization: match c.spec.quantization {
+                    shoal_storage::Quantization::None => Quantization::None,
+                    shoal_storage::Quantization::Int8 => Quantization::Int8,
+                },
                 live_points: stats.map(|s| s.live_points as u64).unwrap_or(0),
                 tombstones: stats.map(|s| s.tombstones as u64).unwrap_or(0),
             },
@@ -785,11 +797,19 @@ impl ShoalService for Node {
         if !(1..=4096).contains(&hnsw.ef_construction) {
             return Err(bad("hnsw.ef_construction must be between 1 and 4096"));
         }
+        let quantization = match req.quantization {
+            None => defaults.quantization,
+            Some(q) => stored_quantization(q),
+        };
         let committed = self
             .ctx
             .apply(Command::CreateCollection {
                 name,
-                spec: CollectionSpec { dimension, hnsw },
+                spec: CollectionSpec {
+                    dimension,
+                    hnsw,
+                    quantization,
+                },
                 at_ms: now_ms(),
             })
             .await?;
@@ -819,6 +839,38 @@ impl ShoalService for Node {
         Ok(CollectionList {
             collections: all.iter().map(|c| self.collection_info(c)).collect(),
         })
+    }
+
+    async fn update_collection(
+        &self,
+        name: String,
+        req: UpdateCollectionRequest,
+    ) -> Result<CollectionInfo> {
+        let Some(quantization) = req.quantization else {
+            return Err(bad(
+                "the body names nothing to change: send {\"quantization\": \"none\"} or {\"quantization\": \"int8\"}",
+            ));
+        };
+        let committed = self
+            .ctx
+            .apply(Command::UpdateCollection {
+                name,
+                quantization: stored_quantization(quantization),
+            })
+            .await?;
+        match committed.outcome {
+            Outcome::CollectionUpdated(record) => {
+                // Answered once this node's shard has loaded again with the new spec (or after
+                // the wait a new shard's load gets), so that the searches that follow use it.
+                self.ctx
+                    .wait_searchable(record.uid, committed.index, SHARD_LOAD_WAIT)
+                    .await;
+                let mut info = self.collection_info(&record);
+                info.log_index = Some(committed.index);
+                Ok(info)
+            }
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn delete_collection(&self, name: String) -> Result<u64> {

@@ -206,7 +206,7 @@ pub fn shard_uids(effects: &[shoal_storage::Effect]) -> Vec<u64> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::CollectionCreated(c) => Some(c.uid),
+            Effect::CollectionCreated(c) | Effect::CollectionUpdated(c) => Some(c.uid),
             Effect::CollectionDropped { uid, .. }
             | Effect::PointsAdded { uid, .. }
             | Effect::PointsRemoved { uid, .. } => Some(*uid),

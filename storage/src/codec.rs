@@ -10,9 +10,9 @@ pub const RECORD_VERSION: u8 = 5;
 
 /// The store's format: its records' encoding and where they are kept (under `m/format`).
 /// 5: the records of [`RECORD_VERSION`] 5, a chunk's vector inside its record. 6: the same
-/// records, each chunk's vector under a key of its own (a store of format 5 is moved to it when
-/// opened).
-pub const FORMAT_VERSION: u8 = 6;
+/// records, each chunk's vector under a key of its own. 7: a collection's spec says its
+/// quantization. A store of an older format is moved to this one when opened.
+pub const FORMAT_VERSION: u8 = 7;
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiKeyRecord, CollectionSpec, UserChange, UserRecord};
+use crate::{ApiKeyRecord, CollectionSpec, CollectionSpecV6, Quantization, UserChange, UserRecord};
 
 /// A document as accepted from a client: metadata is canonical JSON of an object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,9 +69,11 @@ pub struct DocumentChunks {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    CreateCollection {
+    /// [`Command::CreateCollection`] as logs written before store format 7 hold it: a collection
+    /// without quantization. It is applied as that; new commands are never made so.
+    CreateCollectionV6 {
         name: String,
-        spec: CollectionSpec,
+        spec: CollectionSpecV6,
         at_ms: u64,
     },
     /// Drop a collection with its documents and chunks; its unfinished jobs end as cancelled.
@@ -185,13 +187,27 @@ pub enum Command {
         job_id: String,
         at_ms: u64,
     },
+    CreateCollection {
+        name: String,
+        spec: CollectionSpec,
+        at_ms: u64,
+    },
+    /// Change what a collection's searches walk its graph with. Its points stay as they are;
+    /// each replica's shard loads again with the new spec.
+    UpdateCollection {
+        name: String,
+        quantization: Quantization,
+    },
 }
 
 impl Command {
     /// Short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Command::CreateCollection { .. } => "create_collection",
+            Command::CreateCollection { .. } | Command::CreateCollectionV6 { .. } => {
+                "create_collection"
+            }
+            Command::UpdateCollection { .. } => "update_collection",
             Command::DropCollection { .. } => "drop_collection",
             Command::StageDocuments { .. } => "stage_documents",
             Command::AcceptDocuments { .. } => "accept_documents",

@@ -24,8 +24,9 @@ pub use error::StoreError;
 pub use events::{EventLog, SearchEvent};
 pub use log::LogTree;
 pub use records::{
-    ChunkRecord, Claim, CollectionRecord, CollectionSpec, DocumentRecord, DocumentStatus,
-    HnswParams, JobError, JobRecord, JobState, LiveVersion, StagedPart,
+    ChunkRecord, Claim, CollectionRecord, CollectionSpec, CollectionSpecV6, DocumentRecord,
+    DocumentStatus, HnswParams, JobError, JobRecord, JobState, LiveVersion, Quantization,
+    StagedPart,
 };
 pub use snapshot::SnapshotInfo;
 pub use store::{

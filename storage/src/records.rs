@@ -22,12 +22,43 @@ impl Default for HnswParams {
     }
 }
 
+/// What a collection's graph walk compares the query with. (Named in lower case in
+/// configuration; records number the variants in order, so new ones go last.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// The vectors themselves.
+    #[default]
+    None,
+    /// An int8 copy of each vector, the candidates a walk ends with re-scored on the vectors.
+    Int8,
+}
+
 /// What a collection is: its vector dimension and index parameters. Similarity is always cosine
 /// on L2-normalised vectors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionSpec {
     pub dimension: u32,
     pub hnsw: HnswParams,
+    pub quantization: Quantization,
+}
+
+/// A [`CollectionSpec`] as store formats 5 and 6 (and their logs) kept it: no quantization, so
+/// floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionSpecV6 {
+    pub dimension: u32,
+    pub hnsw: HnswParams,
+}
+
+impl From<CollectionSpecV6> for CollectionSpec {
+    fn from(old: CollectionSpecV6) -> Self {
+        CollectionSpec {
+            dimension: old.dimension,
+            hnsw: old.hnsw,
+            quantization: Quantization::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

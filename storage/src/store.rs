@@ -16,6 +16,8 @@ use crate::{keys, Command, DocumentChunks, DocumentInput, DocumentVersion, Point
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     CollectionCreated(CollectionRecord),
+    /// The collection's spec changed (not its points): its shard loads again with it.
+    CollectionUpdated(CollectionRecord),
     CollectionDropped {
         name: String,
         uid: u64,
@@ -116,6 +118,8 @@ pub enum Outcome {
     UserDeleted,
     ApiKeyPut(crate::ApiKeyRecord),
     ApiKeyRevoked,
+    /// The collection as it is now (changed or not).
+    CollectionUpdated(CollectionRecord),
 }
 
 /// A pending version claimed by another node.
@@ -670,6 +674,12 @@ impl Store {
             Command::CreateCollection { name, spec, at_ms } => {
                 self.apply_create(&mut batch, name, spec, *at_ms)
             }
+            Command::CreateCollectionV6 { name, spec, at_ms } => {
+                self.apply_create(&mut batch, name, &(*spec).into(), *at_ms)
+            }
+            Command::UpdateCollection { name, quantization } => {
+                self.apply_update(&mut batch, name, *quantization)
+            }
             Command::DropCollection { name, at_ms } => {
                 self.apply_drop(&mut batch, index, name, *at_ms)
             }
@@ -839,6 +849,27 @@ impl Store {
         Ok(Applied {
             outcome: Outcome::CollectionCreated(record.clone()),
             effects: vec![Effect::CollectionCreated(record)],
+        })
+    }
+
+    fn apply_update(
+        &self,
+        batch: &mut Batch,
+        name: &str,
+        quantization: Quantization,
+    ) -> Result<Applied, StoreError> {
+        let mut record = self.require_collection(name)?;
+        if record.spec.quantization == quantization {
+            return Ok(Applied {
+                outcome: Outcome::CollectionUpdated(record),
+                effects: Vec::new(),
+            });
+        }
+        record.spec.quantization = quantization;
+        batch.insert(keys::collection(name), encode(&record));
+        Ok(Applied {
+            outcome: Outcome::CollectionUpdated(record.clone()),
+            effects: vec![Effect::CollectionUpdated(record)],
         })
     }
 

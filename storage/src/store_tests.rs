@@ -1,10 +1,11 @@
 use super::*;
-use crate::{ChunkInput, CollectionSpec, DocumentChunks, DocumentInput, HnswParams};
+use crate::{ChunkInput, CollectionSpec, DocumentChunks, DocumentInput, HnswParams, Quantization};
 
 fn spec(dim: u32) -> CollectionSpec {
     CollectionSpec {
         dimension: dim,
         hnsw: HnswParams::default(),
+        quantization: Default::default(),
     }
 }
 
@@ -390,6 +391,102 @@ fn a_format_5_store_is_moved_to_format_6_when_opened_even_after_a_move_cut_short
 }
 
 #[test]
+fn a_format_6_store_is_moved_to_format_7_when_opened_its_collections_unquantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collections, digest) = {
+        let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        filled(&mut log, 4, 2, |_| "{}".into());
+        log.apply(Command::CreateCollection {
+            name: "wide".into(),
+            spec: CollectionSpec {
+                dimension: 768,
+                hnsw: HnswParams {
+                    m: 32,
+                    ef_construction: 200,
+                },
+                quantization: Quantization::None,
+            },
+            at_ms: 1_733_000_000_000,
+        })
+        .unwrap();
+        let collections = log.store.collections().unwrap();
+        let digest = log.store.digest().unwrap();
+        crate::migrate::back_to_format_6(&log.store);
+        // as it is, format 7 cannot read its collections
+        assert!(log.store.collections().is_err());
+        (collections, digest)
+    };
+    let store = Store::reopen(dir.path()).unwrap();
+    assert_eq!(
+        store.tree().get(keys::FORMAT).unwrap().unwrap().as_ref(),
+        [FORMAT_VERSION]
+    );
+    assert_eq!(store.collections().unwrap(), collections);
+    assert_eq!(store.digest().unwrap(), digest, "the same state as before");
+    assert_eq!(
+        store
+            .points_at("c", None, WithVectors::All)
+            .unwrap()
+            .0
+            .len(),
+        8
+    );
+}
+
+#[test]
+fn a_collection_keeps_its_quantization_an_update_changes_it_and_an_old_logs_create_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    let int8 = Command::CreateCollection {
+        name: "q".into(),
+        spec: CollectionSpec {
+            quantization: Quantization::Int8,
+            ..spec(3)
+        },
+        at_ms: 1,
+    };
+    assert_eq!(Command::from_bytes(&int8.to_bytes()).unwrap(), int8);
+    log.apply(int8).unwrap();
+    // `CreateCollection` as a log written by format 6 holds it: "c", dimension 2, m 16,
+    // ef_construction 100, at 7 ms (the version byte, then bincode's variable-length integers)
+    let old = Command::from_bytes(&[5, 0, 1, b'c', 2, 16, 100, 7]).unwrap();
+    assert_eq!(old.kind(), "create_collection");
+    log.apply(old).unwrap();
+    let c = log.store.collection("c").unwrap().unwrap();
+    assert_eq!((c.spec.clone(), c.created_at_ms), (spec(2), 7));
+    assert_eq!(c.spec.quantization, Quantization::None);
+    // changed: the record, and an effect for its shard; changed to what it is: neither
+    let update = |quantization| Command::UpdateCollection {
+        name: "c".into(),
+        quantization,
+    };
+    let changed = log.apply(update(Quantization::Int8)).unwrap();
+    let c = log.store.collection("c").unwrap().unwrap();
+    assert_eq!(c.spec.quantization, Quantization::Int8);
+    assert_eq!((c.spec.dimension, c.created_at_ms), (2, 7));
+    assert_eq!(changed.outcome, Outcome::CollectionUpdated(c.clone()));
+    assert_eq!(changed.effects, vec![Effect::CollectionUpdated(c.clone())]);
+    let same = log.apply(update(Quantization::Int8)).unwrap();
+    assert_eq!(same.outcome, Outcome::CollectionUpdated(c));
+    assert!(same.effects.is_empty());
+    let missing = Command::UpdateCollection {
+        name: "nope".into(),
+        quantization: Quantization::None,
+    };
+    assert!(matches!(
+        log.apply(missing),
+        Err(StoreError::CollectionNotFound(_))
+    ));
+    drop(log);
+    let store = Store::reopen(dir.path()).unwrap();
+    let q = store.collection("q").unwrap().unwrap();
+    assert_eq!(q.spec.quantization, Quantization::Int8);
+    assert_eq!(q.spec.dimension, 3);
+    let c = store.collection("c").unwrap().unwrap();
+    assert_eq!(c.spec.quantization, Quantization::Int8);
+}
+
+#[test]
 fn points_can_be_read_with_only_the_vectors_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
@@ -551,23 +648,28 @@ fn points_read_while_chunks_come_and_go_are_never_taken_for_corruption() {
 
 #[test]
 fn a_store_of_an_unknown_format_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        store.tree().insert(keys::FORMAT, &[4]).unwrap();
-        store.flush().unwrap();
+    // an older format than any move starts from, and a newer one
+    for format in [4, FORMAT_VERSION + 1] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = Log::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+            log.apply(create("c")).unwrap();
+            log.store.tree().insert(keys::FORMAT, &[format]).unwrap();
+            log.store.flush().unwrap();
+        }
+        let e = Store::reopen(dir.path()).err();
+        assert!(
+            matches!(
+                e,
+                Some(StoreError::FormatVersion { found, expected: FORMAT_VERSION }) if found == format
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.unwrap().to_string(),
+            format!("stored data has format version {format}, this build reads version 7")
+        );
     }
-    let e = Store::reopen(dir.path()).err();
-    assert!(
-        matches!(
-            e,
-            Some(StoreError::FormatVersion {
-                found: 4,
-                expected: 6
-            })
-        ),
-        "{e:?}"
-    );
 }
 
 #[test]

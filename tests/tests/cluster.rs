@@ -105,6 +105,45 @@ fn three_voters_and_a_learner_serve_the_same_hits() {
             "{q:?}: {answers:?}"
         );
     }
+    // a collection changed to an int8 walk through a follower: every node's shard of it loads
+    // again with the codes, and every node answers the same hits
+    let vectors_memory = |n: &Node| {
+        n.get("/api/v1/collections/wiki").body["storage"]["vectors_memory_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let float_memory: Vec<u64> = c.nodes.iter().map(vectors_memory).collect();
+    let r = c.nodes[f].request(
+        "PATCH",
+        "/api/v1/collections/wiki",
+        Some(&json!({"quantization": "int8"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let at = r.body["log_index"].as_u64().unwrap();
+    for (n, float_memory) in c.nodes.iter().zip(float_memory) {
+        wait_until(
+            Duration::from_secs(30),
+            "every node's codes counted",
+            || {
+                let info = n.get("/api/v1/collections/wiki");
+                info.body["index"]["quantization"] == "int8"
+                    && vectors_memory(n) > float_memory + float_memory / 5
+            },
+        );
+    }
+    let answers: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let r = n.search(
+                "wiki",
+                json!({"query": "first humans on the moon", "top_k": 5, "min_index": at}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text);
+            hit_ids(&r.body)
+        })
+        .collect();
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     c.wait_converged(Duration::from_secs(30));
 }
 

@@ -122,47 +122,128 @@ fn paraphrased_queries_find_the_right_document_first() {
     assert_eq!(doc.body["state"], "indexed");
     assert_eq!(doc.body["metadata"]["topic"], "music");
 
-    // the same node walking its graph on int8 codes (`index.quantization`): the same documents
-    // first, and the same hits with the same (exact, re-scored) scores
-    let moon = |node: &Node| {
+    // a collection of its own whose graph is walked on int8 codes (`"quantization": "int8"`):
+    // the same documents first, and the same hits with the same (exact, re-scored) scores
+    let r = node.request(
+        "PUT",
+        "/api/v1/collections/wiki8",
+        Some(&json!({"quantization": "int8"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["index"]["quantization"], "int8");
+    assert_eq!(info.body["index"]["quantization"], "none");
+    let job = node.ingest("wiki8", corpus());
+    assert_eq!(job["state"], "completed", "{job}");
+    let moon = |node: &Node, collection: &str| {
         let r = node.search(
-            "wiki",
+            collection,
             json!({"query": "first humans on the moon", "top_k": 5}),
         );
         assert_eq!(r.status, 200, "{}", r.text);
         hit_scores(&r.body)
     };
-    let vectors_memory = |node: &Node| {
-        let info = node.get("/api/v1/collections/wiki");
+    let vectors_memory = |node: &Node, collection: &str| {
+        let info = node.get(&format!("/api/v1/collections/{collection}"));
         info.body["storage"]["vectors_memory_bytes"]
             .as_u64()
             .unwrap()
     };
-    let float_hits = moon(&node);
-    let float_memory = vectors_memory(&node);
-    node.restart_with(&[("SHOAL_INDEX__QUANTIZATION", "int8")]);
-    // the codes are held beside the vectors: 416 bytes a node against 1,536
-    let int8_memory = vectors_memory(&node);
-    assert!(
-        int8_memory > float_memory + float_memory / 5,
-        "int8 {int8_memory} against {float_memory} bytes"
+    // "wiki"'s hits as "wiki8"'s (equal scores, up to the float sums' order)
+    let same_moon_hits = |node: &Node, when: &str| {
+        let float_hits = moon(node, "wiki");
+        let int8_hits = moon(node, "wiki8");
+        assert_eq!(int8_hits.len(), float_hits.len(), "{when}");
+        for ((a, x), (b, y)) in float_hits.iter().zip(&int8_hits) {
+            assert_eq!(a, b, "{when}: {int8_hits:?} against {float_hits:?}");
+            assert!(
+                (x - y).abs() < 1e-5,
+                "{when}: {int8_hits:?} against {float_hits:?}"
+            );
+        }
+    };
+    let same_hits = |node: &Node, when: &str| {
+        same_moon_hits(node, when);
+        for (q, want) in PARAPHRASES {
+            assert_eq!(
+                top1(node, "wiki8", q).as_deref(),
+                Some(*want),
+                "{when}: int8: query {q:?}"
+            );
+        }
+        // the codes are held beside the vectors: 416 bytes a node against 1,536
+        let (float_memory, int8_memory) =
+            (vectors_memory(node, "wiki"), vectors_memory(node, "wiki8"));
+        assert!(
+            int8_memory > float_memory + float_memory / 5,
+            "{when}: int8 {int8_memory} against {float_memory} bytes"
+        );
+    };
+    same_hits(&node, "made int8");
+    // a quantization the node does not know is refused, naming the ones it knows
+    let r = node.request(
+        "PUT",
+        "/api/v1/collections/wiki4",
+        Some(&json!({"quantization": "int4"})),
     );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("int8"), "{}", r.text);
+    // the node's `index.quantization` is a default for new collections only: restarted with
+    // `int8`, each collection keeps what it was created with
+    node.restart_with(&[("SHOAL_INDEX__QUANTIZATION", "int8")]);
+    let quantization = |collection: &str| {
+        node.get(&format!("/api/v1/collections/{collection}")).body["index"]["quantization"].clone()
+    };
+    assert_eq!(quantization("wiki"), "none");
+    assert_eq!(quantization("wiki8"), "int8");
+    same_hits(&node, "restarted");
+    node.create_collection("by-default");
+    assert_eq!(quantization("by-default"), "int8");
+
+    // an existing collection changed to int8 (`PATCH`) and back: its shard loads again with
+    // the codes, then without them, and answers the same throughout
+    let float_memory = vectors_memory(&node, "wiki");
+    let patch = |collection: &str, body: Value| {
+        node.request(
+            "PATCH",
+            &format!("/api/v1/collections/{collection}"),
+            Some(&body),
+        )
+    };
+    let r = patch("wiki", json!({"quantization": "int8"}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["index"]["quantization"], "int8");
+    assert!(r.body["log_index"].as_u64().is_some(), "{}", r.text);
+    assert_eq!(quantization("wiki"), "int8");
+    // (the sizes are measured at most every 10 s)
+    wait_until(Duration::from_secs(30), "the codes counted", || {
+        vectors_memory(&node, "wiki") > float_memory + float_memory / 5
+    });
+    same_moon_hits(&node, "changed to int8");
+    let r = patch("wiki", json!({"quantization": "none"}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(quantization("wiki"), "none");
+    wait_until(Duration::from_secs(30), "the codes gone", || {
+        vectors_memory(&node, "wiki") == float_memory
+    });
     for (q, want) in PARAPHRASES {
         assert_eq!(
             top1(&node, "wiki", q).as_deref(),
             Some(*want),
-            "int8: query {q:?}"
+            "query {q:?}"
         );
     }
-    let int8_hits = moon(&node);
-    assert_eq!(int8_hits.len(), float_hits.len());
-    for ((a, x), (b, y)) in float_hits.iter().zip(&int8_hits) {
-        assert_eq!(a, b, "int8: {int8_hits:?} against {float_hits:?}");
-        assert!(
-            (x - y).abs() < 1e-5,
-            "int8: {int8_hits:?} against {float_hits:?}"
-        );
+    // what cannot be changed so is refused clearly, and changes nothing
+    for (collection, body, status, says) in [
+        ("wiki", json!({}), 400, "nothing to change"),
+        ("wiki", json!({"quantization": "int4"}), 400, "int8"),
+        ("wiki", json!({"hnsw": {"m": 8}}), 400, "hnsw"),
+        ("nope", json!({"quantization": "int8"}), 404, "nope"),
+    ] {
+        let r = patch(collection, body);
+        assert_eq!(r.status, status, "{}", r.text);
+        assert!(r.text.contains(says), "{}", r.text);
     }
+    assert_eq!(quantization("wiki"), "none");
 }
 
 #[test]

@@ -208,6 +208,15 @@ fn every_answer_has_the_shape_the_spec_describes() {
         &node.get("/api/v1/collections"),
     );
     conforms(&spec, "get", c, &node.get("/api/v1/collections/wiki"));
+    for (body, status) in [
+        (json!({"quantization": "int8"}), 200),
+        (json!({"quantization": "none"}), 200),
+        (json!({}), 400),
+    ] {
+        let r = node.request("PATCH", "/api/v1/collections/wiki", Some(&body));
+        assert_eq!(r.status, status, "{}", r.text);
+        conforms(&spec, "patch", c, &r);
+    }
     conforms(
         &spec,
         "get",

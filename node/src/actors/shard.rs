@@ -135,18 +135,23 @@ impl ShardState {
 
     async fn load(&mut self, myself: &ActorRef<ShardMsg>) -> Result<bool, ActorProcessingErr> {
         let start = Instant::now();
-        let coll = self.collection.clone();
         let ctx = self.ctx.clone();
         // A collection dropped (or dropped and made again) before its shard loaded: nothing to
-        // load, and no dump lock to take for it.
-        let (store, name, uid) = (ctx.store.clone(), coll.name.clone(), coll.uid);
-        let exists = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>(store.collection(&name)?.is_some_and(|c| c.uid == uid))
+        // load, and no dump lock to take for it. Its record as it is now: the shard loads with
+        // its spec (a load after an update takes the new one).
+        let (store, name, uid) = (
+            ctx.store.clone(),
+            self.collection.name.clone(),
+            self.collection.uid,
+        );
+        let current = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>(store.collection(&name)?.filter(|c| c.uid == uid))
         })
         .await??;
-        if !exists {
+        let Some(coll) = current else {
             return Ok(self.dropped_before_load());
-        }
+        };
+        self.collection = coll.clone();
         // One dump or load of this folder at a time (an actor restarting after this one).
         let files = ctx.actors.shards.dump_files(coll.uid).await;
         // At normal priority: a shard that is loading cannot be searched.
@@ -207,6 +212,7 @@ impl ShardState {
             .inc();
         tracing::info!(
             collection = %c.name,
+            quantization = ?c.spec.quantization,
             reloaded_graph = report.reloaded,
             inserted = report.inserted,
             tombstoned = report.tombstoned,

@@ -22,6 +22,7 @@ pub async fn node_with_collection(
             spec: CollectionSpec {
                 dimension,
                 hnsw: HnswParams::default(),
+                quantization: Default::default(),
             },
             at_ms: 1,
         })
