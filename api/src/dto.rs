@@ -33,6 +33,9 @@ pub struct CreateCollectionRequest {
     pub hnsw: HnswConfig,
     /// Defaults to the node's `index.quantization` (`none` unless configured).
     pub quantization: Option<Quantization>,
+    /// Keep the vectors in a file the index maps (the page cache holds what searches read, and
+    /// lets it go under memory pressure) instead of on its heap. Default false.
+    pub vectors_on_disk: Option<bool>,
 }
 
 /// `PATCH /api/v1/collections/{name}`: what to change; at least one field.
@@ -42,6 +45,8 @@ pub struct UpdateCollectionRequest {
     /// What the collection's searches walk its graph with from now on. Its points stay; each
     /// node's shard of it loads again (from its graph dump where it has one).
     pub quantization: Option<Quantization>,
+    /// Where its index keeps the vectors from now on (see [`CreateCollectionRequest`]).
+    pub vectors_on_disk: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -49,6 +54,7 @@ pub struct IndexInfo {
     pub m: u32,
     pub ef_construction: u32,
     pub quantization: Quantization,
+    pub vectors_on_disk: bool,
     pub live_points: u64,
     pub tombstones: u64,
 }
@@ -81,8 +87,11 @@ pub struct CollectionStorage {
     pub index_files_bytes: u64,
     /// Its vectors as the index holds them in memory (allocated a segment at a time, each vector
     /// padded to a multiple of 8 floats), and their int8 copies where the collection's
-    /// quantization is `int8`.
+    /// quantization is `int8`. Vectors kept on disk are not in it.
     pub vectors_memory_bytes: u64,
+    /// Its vectors in the file its index maps, where they are kept on disk (whole segments):
+    /// the page cache, not the heap, holds those searches read.
+    pub vectors_mapped_bytes: u64,
     /// The rest of its graph in memory: the links of every layer, the nodes' ids and flags, and
     /// the nodes by point id.
     pub graph_memory_bytes: u64,

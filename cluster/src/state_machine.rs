@@ -473,6 +473,7 @@ mod tests {
                 dimension: 2,
                 hnsw: HnswParams::default(),
                 quantization: Default::default(),
+                vectors_on_disk: false,
             },
             at_ms: 1,
         }

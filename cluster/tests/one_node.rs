@@ -30,6 +30,7 @@ fn create(name: &str) -> Command {
             dimension: 2,
             hnsw: HnswParams::default(),
             quantization: Default::default(),
+            vectors_on_disk: false,
         },
         at_ms: 1,
     }

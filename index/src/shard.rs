@@ -11,14 +11,14 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, GraphParams, Metric, Near, Quantization, Slot};
+use crate::graph::{Graph, GraphParams, MappedFile, Metric, Near, Quantization, Slot};
 use crate::keyword::KeywordIndex;
 use crate::live::{Entry, IdMap, Live};
 use crate::payload_index::{Narrowed, PayloadIndex};
 use crate::{Filter, IndexError, Metadata, PointId};
 
 /// Tuning of one shard. Defaults follow common HNSW practice (Qdrant uses m=16, ef_construct=100).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardParams {
     pub dimension: usize,
     /// How vectors are compared (cosine expects L2-normalised vectors).
@@ -40,6 +40,10 @@ pub struct ShardParams {
     /// What a search's graph walk reads (`Quantization::Int8`: int8 copies of the vectors,
     /// the final candidates re-scored with the vectors).
     pub quantization: Quantization,
+    /// Where the vectors are kept: none, on the heap; a folder, in a file there without a name,
+    /// mapped (the page cache holds the pages searches read, and lets them go under memory
+    /// pressure). The codes, links and payloads stay on the heap.
+    pub vectors_dir: Option<PathBuf>,
     /// Compact once tombstones exceed this fraction of the graph ...
     pub compaction_ratio: f64,
     /// ... and number at least this many.
@@ -58,6 +62,7 @@ impl ShardParams {
             exact_filter_fraction: 0.01,
             walk_step_floats: 870,
             quantization: Quantization::None,
+            vectors_dir: None,
             compaction_ratio: 0.2,
             compaction_min_tombstones: 100,
         }
@@ -150,9 +155,12 @@ pub struct Hit {
 /// What a shard holds in memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShardMemory {
-    /// The graph's vectors (allocated a segment at a time, padded to whole lanes), and their
-    /// int8 codes where it keeps them.
+    /// The graph's vectors on the heap (allocated a segment at a time, padded to whole lanes),
+    /// and their int8 codes where it keeps them.
     pub vectors: u64,
+    /// The graph's vectors mapped from a file (`ShardParams::vectors_dir`): the page cache holds
+    /// those searches read.
+    pub vectors_mapped: u64,
     /// The graph's links on every layer, its nodes' ids and flags, and the nodes by point id
     /// (the flat array filtered searches look them up in).
     pub graph: u64,
@@ -372,9 +380,9 @@ pub struct OpenReport {
 }
 
 impl Shard {
-    pub fn new(params: ShardParams) -> Shard {
-        Shard {
-            graph: RwLock::new(Graph::new(graph_params(&params))),
+    pub fn new(params: ShardParams) -> Result<Shard, IndexError> {
+        Ok(Shard {
+            graph: RwLock::new(new_graph(&params)?),
             params,
             table: RwLock::new(Table {
                 live: Live::default(),
@@ -386,7 +394,7 @@ impl Shard {
             writer: Mutex::new(()),
             keyword: RwLock::new(Keyword::None),
             filters: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     /// Build a shard holding `points`, the store's points as of log index `applied`: reload the
@@ -469,7 +477,7 @@ impl Shard {
             return Ok((shard, report));
         }
         drop(live_ids);
-        let graph = Graph::new(graph_params(&params));
+        let graph = new_graph(&params)?;
         let batch: Vec<(PointId, &[f32])> =
             points.iter().map(|p| (p.id, p.vector.as_slice())).collect();
         check_room(&graph, batch.len())?;
@@ -559,15 +567,16 @@ impl Shard {
 
     /// What the shard holds in memory (walks the graph's nodes once: call it now and then).
     pub fn memory(&self) -> ShardMemory {
-        let (vectors, graph) = self.graph.read().memory_bytes();
+        let graph = self.graph.read().memory_bytes();
         let by_id = self.table.read().live.flat_bytes();
         let keyword = match &*self.keyword.read() {
             Keyword::Ready(k) => k.bytes(),
             _ => 0,
         };
         ShardMemory {
-            vectors: vectors as u64,
-            graph: (graph + by_id) as u64,
+            vectors: graph.vectors as u64,
+            vectors_mapped: graph.mapped as u64,
+            graph: (graph.rest + by_id) as u64,
             keyword,
         }
     }
@@ -754,7 +763,7 @@ impl Shard {
         // for the whole rebuild, but a read guard is cheap and keeps it simple.
         let mut places = places;
         places.sort_unstable_by_key(|p| p.1);
-        let fresh = Graph::new(graph_params(&self.params));
+        let fresh = new_graph(&self.params)?;
         let slots: HashMap<PointId, Slot> = {
             let old = self.graph.read();
             let batch: Vec<(PointId, &[f32])> =
@@ -967,6 +976,26 @@ fn score(metric: Metric, distance: f32) -> f32 {
     }
 }
 
+/// A new, empty graph for these parameters.
+fn new_graph(params: &ShardParams) -> Result<Graph, IndexError> {
+    Ok(Graph::new_in(graph_params(params), vectors_file(params)?))
+}
+
+/// A new file for a graph's vectors, where the parameters keep them in one.
+fn vectors_file(params: &ShardParams) -> Result<Option<Arc<MappedFile>>, IndexError> {
+    let Some(dir) = &params.vectors_dir else {
+        return Ok(None);
+    };
+    MappedFile::create_in(dir)
+        .map(|f| Some(Arc::new(f)))
+        .map_err(|e| {
+            IndexError::Io(std::io::Error::new(
+                e.kind(),
+                format!("a file for the vectors in {}: {e}", dir.display()),
+            ))
+        })
+}
+
 fn graph_params(params: &ShardParams) -> GraphParams {
     GraphParams {
         dim: params.dimension,
@@ -1057,7 +1086,8 @@ fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
     let read = || -> Result<Graph, String> {
         let file = std::fs::File::open(dir.join(GRAPH_FILE)).map_err(|e| e.to_string())?;
         let size = file.metadata().map_err(|e| e.to_string())?.len();
-        Graph::read_from(graph_params(params), file, size).map_err(|e| e.to_string())
+        let vectors = vectors_file(params).map_err(|e| e.to_string())?;
+        Graph::read_from(graph_params(params), vectors, file, size).map_err(|e| e.to_string())
     };
     match read() {
         Ok(graph) if graph.len() == manifest.points => Some(graph),

@@ -46,6 +46,10 @@ fn ids(hits: &[Hit]) -> Vec<PointId> {
     hits.iter().map(|h| h.id).collect()
 }
 
+fn scored(hits: &[Hit]) -> Vec<(PointId, f32)> {
+    hits.iter().map(|h| (h.id, h.score)).collect()
+}
+
 fn search(
     shard: &Shard,
     q: &[f32],
@@ -158,6 +162,99 @@ fn memory_counts_the_vectors_links_and_keyword_index_a_shard_holds() {
 }
 
 #[test]
+fn a_shard_with_its_vectors_on_disk_answers_as_one_with_them_on_the_heap() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("vectors");
+    let pts = points(3000, 21);
+    let qs = queries(40);
+    for quantization in [Quantization::None, Quantization::Int8] {
+        let heap_params = ShardParams {
+            quantization,
+            ..params()
+        };
+        let disk_params = ShardParams {
+            vectors_dir: Some(files.clone()),
+            ..heap_params.clone()
+        };
+        let (heap, _) = Shard::open(heap_params, pts.clone(), None, 0).unwrap();
+        let (disk, _) = Shard::open(disk_params.clone(), pts.clone(), None, 0).unwrap();
+        // (graphs built on several threads differ from build to build: exact scans answer
+        // alike, graph searches find as much)
+        let same = |disk: &Shard, live: &[Point], what: &str| {
+            for q in &qs {
+                let (a, b) = (
+                    search(&heap, q, 10, None, SearchMode::Exact),
+                    search(disk, q, 10, None, SearchMode::Exact),
+                );
+                assert_eq!(scored(&a), scored(&b), "{what}, {quantization:?}");
+            }
+            let (a, b) = (
+                recall(&heap, live, &qs, None),
+                recall(disk, live, &qs, None),
+            );
+            assert!(
+                b >= 0.95 && b >= a - 0.02,
+                "{what}, {quantization:?}: {b} against {a}"
+            );
+        };
+        same(&disk, &pts, "built");
+        // the vectors are in the mapped file, not on the heap (only the codes, if any, are)
+        let (h, d) = (heap.memory(), disk.memory());
+        assert_eq!((h.vectors_mapped, h.graph), (0, d.graph), "{h:?} {d:?}");
+        // (3,000 nodes: the segments of 1,024 and 2,048)
+        assert_eq!(d.vectors_mapped, 4 * 1024 * (1 + 2) * DIM as u64);
+        // (a heap segment has 32 bytes more, to align it; there are two)
+        let moved = |heap: ShardMemory, disk: ShardMemory| {
+            let slack = 2 * 32;
+            assert_eq!(
+                heap.vectors,
+                disk.vectors + disk.vectors_mapped + slack,
+                "{heap:?} {disk:?}"
+            );
+        };
+        moved(h, d);
+        // a dump read back maps its vectors too; compaction moves them to a new file
+        let dump = dir.path().join(format!("dump-{quantization:?}"));
+        disk.dump(&dump, 5).unwrap();
+        let (reloaded, report) =
+            Shard::open(disk_params.clone(), pts.clone(), Some(&dump), 5).unwrap();
+        assert!(report.reloaded, "{report:?}");
+        assert_eq!(reloaded.memory(), d);
+        same(&reloaded, &pts, "reloaded");
+        for q in &qs {
+            let (a, b) = (
+                search(&disk, q, 10, None, SearchMode::Auto),
+                search(&reloaded, q, 10, None, SearchMode::Auto),
+            );
+            assert_eq!(
+                scored(&a),
+                scored(&b),
+                "the same graph, reloaded, {quantization:?}"
+            );
+        }
+        let gone: Vec<PointId> = (0..3000).step_by(3).collect();
+        for shard in [&heap, &reloaded] {
+            shard.delete(&gone);
+            shard.compact().unwrap();
+        }
+        let live: Vec<Point> = pts.iter().filter(|p| p.id % 3 != 0).cloned().collect();
+        same(&reloaded, &live, "compacted");
+        moved(heap.memory(), reloaded.memory());
+    }
+    // the files have no names: nothing is left in their folder, before or after the shards go
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0);
+    // a folder that cannot be made is an error, not a shard
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let bad = ShardParams {
+        vectors_dir: Some(blocked.join("vectors")),
+        ..params()
+    };
+    let err = Shard::open(bad, pts, None, 0).err().unwrap();
+    assert!(err.to_string().contains("a file for the vectors"), "{err}");
+}
+
+#[test]
 fn deleted_points_are_never_returned_and_compaction_drops_them() {
     let pts = points(2000, 2);
     let (shard, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
@@ -249,7 +346,7 @@ fn broad_filters_on_large_shards_search_the_graph() {
         ..params()
     };
     let pts = points(5_000, 8);
-    let (shard, _) = Shard::open(p, pts.clone(), None, 0).unwrap();
+    let (shard, _) = Shard::open(p.clone(), pts.clone(), None, 0).unwrap();
     let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
     assert_eq!(
         p.filtered_plan(2_500, 5_000, p.ef_search),
@@ -288,7 +385,7 @@ fn filtered_plan_scans_when_cheaper() {
 
 #[test]
 fn insert_after_open_and_dimension_checks() {
-    let shard = Shard::new(params());
+    let shard = Shard::new(params()).unwrap();
     let pts = points(500, 4);
     shard.insert(pts[..250].to_vec()).unwrap();
     shard.insert(pts[250..].to_vec()).unwrap();
@@ -504,7 +601,7 @@ fn a_dump_ahead_of_the_store_cannot_resurrect_a_reused_point_id() {
 
 #[test]
 fn inserts_pause_between_points_holding_no_lock_of_the_shard() {
-    let shard = Shard::new(params());
+    let shard = Shard::new(params()).unwrap();
     let pts = points(200, 9);
     shard.insert(pts[..100].to_vec()).unwrap();
     let calls = std::cell::Cell::new(0);
@@ -705,7 +802,7 @@ fn a_repeated_filter_sees_every_insert_delete_and_compaction() {
         walk_step_floats: 0,
         ..params()
     };
-    let (shard, _) = Shard::open(p, pts[..9_000].to_vec(), None, 0).unwrap();
+    let (shard, _) = Shard::open(p.clone(), pts[..9_000].to_vec(), None, 0).unwrap();
     // a broad filter (the graph walks it) and a selective one (scanned)
     let broad = Filter::from_json(&json!({"metadata": {"bucket": {"lt": 60}}})).unwrap();
     let narrow = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();

@@ -170,6 +170,8 @@ impl NodeContext {
                 shoal_storage::Quantization::None => shoal_index::Quantization::None,
                 shoal_storage::Quantization::Int8 => shoal_index::Quantization::Int8,
             },
+            // (the index folder: the file has no name there, and goes with the process)
+            vectors_dir: coll.spec.vectors_on_disk.then(|| self.index_dir.clone()),
             compaction_ratio: i.compaction_ratio,
             compaction_min_tombstones: i.compaction_min_tombstones,
         }
@@ -343,6 +345,7 @@ mod tests {
             chunks_bytes: 20,
             index_files_bytes: 0,
             vectors_memory_bytes: vectors,
+            vectors_mapped_bytes: 0,
             graph_memory_bytes: vectors / 2,
             keyword_memory_bytes: 1,
         }

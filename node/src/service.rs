@@ -114,6 +114,7 @@ impl Node {
                     shoal_storage::Quantization::None => Quantization::None,
                     shoal_storage::Quantization::Int8 => Quantization::Int8,
                 },
+                vectors_on_disk: c.spec.vectors_on_disk,
                 live_points: stats.map(|s| s.live_points as u64).unwrap_or(0),
                 tombstones: stats.map(|s| s.tombstones as u64).unwrap_or(0),
             },
@@ -156,6 +157,7 @@ impl Node {
                     chunks_bytes,
                     index_files_bytes,
                     vectors_memory_bytes: memory.map_or(0, |m| m.vectors),
+                    vectors_mapped_bytes: memory.map_or(0, |m| m.vectors_mapped),
                     graph_memory_bytes: memory.map_or(0, |m| m.graph),
                     keyword_memory_bytes: memory.map_or(0, |m| m.keyword),
                 })
@@ -809,6 +811,7 @@ impl ShoalService for Node {
                     dimension,
                     hnsw,
                     quantization,
+                    vectors_on_disk: req.vectors_on_disk.unwrap_or(false),
                 },
                 at_ms: now_ms(),
             })
@@ -846,16 +849,17 @@ impl ShoalService for Node {
         name: String,
         req: UpdateCollectionRequest,
     ) -> Result<CollectionInfo> {
-        let Some(quantization) = req.quantization else {
+        if req.quantization.is_none() && req.vectors_on_disk.is_none() {
             return Err(bad(
-                "the body names nothing to change: send {\"quantization\": \"none\"} or {\"quantization\": \"int8\"}",
+                "the body names nothing to change: send \"quantization\" (\"none\" or \"int8\") or \"vectors_on_disk\" (true or false)",
             ));
-        };
+        }
         let committed = self
             .ctx
             .apply(Command::UpdateCollection {
                 name,
-                quantization: stored_quantization(quantization),
+                quantization: req.quantization.map(stored_quantization),
+                vectors_on_disk: req.vectors_on_disk,
             })
             .await?;
         match committed.outcome {

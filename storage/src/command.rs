@@ -192,11 +192,12 @@ pub enum Command {
         spec: CollectionSpec,
         at_ms: u64,
     },
-    /// Change what a collection's searches walk its graph with. Its points stay as they are;
-    /// each replica's shard loads again with the new spec.
+    /// Change how a collection's index keeps and walks its vectors (what is `None` stays). Its
+    /// points stay as they are; each replica's shard loads again with the new spec.
     UpdateCollection {
         name: String,
-        quantization: Quantization,
+        quantization: Option<Quantization>,
+        vectors_on_disk: Option<bool>,
     },
 }
 

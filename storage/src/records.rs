@@ -41,6 +41,9 @@ pub struct CollectionSpec {
     pub dimension: u32,
     pub hnsw: HnswParams,
     pub quantization: Quantization,
+    /// The index keeps the vectors in a file it maps (the page cache holds what searches read)
+    /// instead of on its heap.
+    pub vectors_on_disk: bool,
 }
 
 /// A [`CollectionSpec`] as store formats 5 and 6 (and their logs) kept it: no quantization, so
@@ -57,6 +60,7 @@ impl From<CollectionSpecV6> for CollectionSpec {
             dimension: old.dimension,
             hnsw: old.hnsw,
             quantization: Quantization::None,
+            vectors_on_disk: false,
         }
     }
 }

@@ -677,9 +677,11 @@ impl Store {
             Command::CreateCollectionV6 { name, spec, at_ms } => {
                 self.apply_create(&mut batch, name, &(*spec).into(), *at_ms)
             }
-            Command::UpdateCollection { name, quantization } => {
-                self.apply_update(&mut batch, name, *quantization)
-            }
+            Command::UpdateCollection {
+                name,
+                quantization,
+                vectors_on_disk,
+            } => self.apply_update(&mut batch, name, *quantization, *vectors_on_disk),
             Command::DropCollection { name, at_ms } => {
                 self.apply_drop(&mut batch, index, name, *at_ms)
             }
@@ -856,16 +858,23 @@ impl Store {
         &self,
         batch: &mut Batch,
         name: &str,
-        quantization: Quantization,
+        quantization: Option<Quantization>,
+        vectors_on_disk: Option<bool>,
     ) -> Result<Applied, StoreError> {
         let mut record = self.require_collection(name)?;
-        if record.spec.quantization == quantization {
+        let old = record.spec.clone();
+        if let Some(q) = quantization {
+            record.spec.quantization = q;
+        }
+        if let Some(on_disk) = vectors_on_disk {
+            record.spec.vectors_on_disk = on_disk;
+        }
+        if record.spec == old {
             return Ok(Applied {
                 outcome: Outcome::CollectionUpdated(record),
                 effects: Vec::new(),
             });
         }
-        record.spec.quantization = quantization;
         batch.insert(keys::collection(name), encode(&record));
         Ok(Applied {
             outcome: Outcome::CollectionUpdated(record.clone()),

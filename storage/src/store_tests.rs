@@ -6,6 +6,7 @@ fn spec(dim: u32) -> CollectionSpec {
         dimension: dim,
         hnsw: HnswParams::default(),
         quantization: Default::default(),
+        vectors_on_disk: false,
     }
 }
 
@@ -405,6 +406,7 @@ fn a_format_6_store_is_moved_to_format_7_when_opened_its_collections_unquantized
                     ef_construction: 200,
                 },
                 quantization: Quantization::None,
+                vectors_on_disk: false,
             },
             at_ms: 1_733_000_000_000,
         })
@@ -456,22 +458,36 @@ fn a_collection_keeps_its_quantization_an_update_changes_it_and_an_old_logs_crea
     assert_eq!((c.spec.clone(), c.created_at_ms), (spec(2), 7));
     assert_eq!(c.spec.quantization, Quantization::None);
     // changed: the record, and an effect for its shard; changed to what it is: neither
-    let update = |quantization| Command::UpdateCollection {
+    let update = |quantization, vectors_on_disk| Command::UpdateCollection {
         name: "c".into(),
         quantization,
+        vectors_on_disk,
     };
-    let changed = log.apply(update(Quantization::Int8)).unwrap();
+    let changed = log.apply(update(Some(Quantization::Int8), None)).unwrap();
     let c = log.store.collection("c").unwrap().unwrap();
     assert_eq!(c.spec.quantization, Quantization::Int8);
+    assert!(!c.spec.vectors_on_disk);
     assert_eq!((c.spec.dimension, c.created_at_ms), (2, 7));
     assert_eq!(changed.outcome, Outcome::CollectionUpdated(c.clone()));
     assert_eq!(changed.effects, vec![Effect::CollectionUpdated(c.clone())]);
-    let same = log.apply(update(Quantization::Int8)).unwrap();
-    assert_eq!(same.outcome, Outcome::CollectionUpdated(c));
-    assert!(same.effects.is_empty());
+    for same in [
+        update(Some(Quantization::Int8), Some(false)),
+        update(None, None),
+    ] {
+        let same = log.apply(same).unwrap();
+        assert_eq!(same.outcome, Outcome::CollectionUpdated(c.clone()));
+        assert!(same.effects.is_empty());
+    }
+    // what the command leaves out stays
+    let on_disk = log.apply(update(None, Some(true))).unwrap();
+    let c = log.store.collection("c").unwrap().unwrap();
+    assert!(c.spec.vectors_on_disk);
+    assert_eq!(c.spec.quantization, Quantization::Int8);
+    assert_eq!(on_disk.effects, vec![Effect::CollectionUpdated(c)]);
     let missing = Command::UpdateCollection {
         name: "nope".into(),
-        quantization: Quantization::None,
+        quantization: Some(Quantization::None),
+        vectors_on_disk: None,
     };
     assert!(matches!(
         log.apply(missing),
@@ -484,6 +500,7 @@ fn a_collection_keeps_its_quantization_an_update_changes_it_and_an_old_logs_crea
     assert_eq!(q.spec.dimension, 3);
     let c = store.collection("c").unwrap().unwrap();
     assert_eq!(c.spec.quantization, Quantization::Int8);
+    assert!(c.spec.vectors_on_disk);
 }
 
 #[test]

@@ -179,6 +179,33 @@ fn paraphrased_queries_find_the_right_document_first() {
         );
     };
     same_hits(&node, "made int8");
+    // the same with the vectors kept on disk (`"vectors_on_disk": true`): on the heap only the
+    // codes, the vectors in a mapped file; the same hits
+    let r = node.request(
+        "PUT",
+        "/api/v1/collections/wiki-disk",
+        Some(&json!({"quantization": "int8", "vectors_on_disk": true})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["index"]["vectors_on_disk"], true);
+    let job = node.ingest("wiki-disk", corpus());
+    assert_eq!(job["state"], "completed", "{job}");
+    let on_disk = |node: &Node| {
+        assert_eq!(moon(node, "wiki-disk"), moon(node, "wiki8"));
+        let storage = &node.get("/api/v1/collections/wiki-disk").body["storage"];
+        let (heap, mapped) = (
+            storage["vectors_memory_bytes"].as_u64().unwrap(),
+            storage["vectors_mapped_bytes"].as_u64().unwrap(),
+        );
+        let float_memory = vectors_memory(node, "wiki");
+        // (a segment of 1,024 vectors: 1,536 bytes each mapped, 416 of codes on the heap)
+        assert!(
+            mapped + 64 >= float_memory && mapped <= float_memory,
+            "{storage}"
+        );
+        assert!(heap * 3 < float_memory, "{storage}");
+    };
+    on_disk(&node);
     // a quantization the node does not know is refused, naming the ones it knows
     let r = node.request(
         "PUT",
@@ -196,6 +223,7 @@ fn paraphrased_queries_find_the_right_document_first() {
     assert_eq!(quantization("wiki"), "none");
     assert_eq!(quantization("wiki8"), "int8");
     same_hits(&node, "restarted");
+    on_disk(&node);
     node.create_collection("by-default");
     assert_eq!(quantization("by-default"), "int8");
 

@@ -127,10 +127,15 @@ impl Graph {
         Ok(())
     }
 
-    /// Read a graph written by [`Graph::write_to`] with the same parameters.
-    /// `size` is the input's length in bytes: a header claiming more nodes than fit is refused
-    /// before anything is allocated for them.
-    pub fn read_from(params: GraphParams, input: impl Read, size: u64) -> Result<Graph, DumpError> {
+    /// Read a graph written by [`Graph::write_to`] with the same parameters, its vectors mapped
+    /// from `file` where one is given. `size` is the input's length in bytes: a header claiming
+    /// more nodes than fit is refused before anything is allocated for them.
+    pub fn read_from(
+        params: GraphParams,
+        file: Option<std::sync::Arc<super::MappedFile>>,
+        input: impl Read,
+        size: u64,
+    ) -> Result<Graph, DumpError> {
         let mut r = Checked::new(BufReader::new(input));
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
@@ -143,7 +148,7 @@ impl Graph {
             read_u32(&mut r)? as usize,
             read_u32(&mut r)?,
         );
-        let graph = Graph::new(params);
+        let graph = Graph::new_in(params, file);
         let p = graph.params;
         if metric != metric_code(p.metric) || dim != p.dim || m != p.m {
             return Err(invalid(format!(

@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, 
 use parking_lot::Mutex;
 
 use crate::distance::{dot, l2_squared, Kernel};
+use std::sync::Arc;
+pub(crate) use storage::MappedFile;
 use storage::{Codes, Segmented, Vectors};
 
 /// A node's number in its graph.
@@ -51,6 +53,17 @@ impl Metric {
             Metric::Euclidean => l2_squared(a, b),
         }
     }
+}
+
+/// Bytes a graph holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GraphMemory {
+    /// Its vectors on the heap, and their codes.
+    pub vectors: usize,
+    /// Its vectors mapped from a file (the page cache holds those that are read).
+    pub mapped: usize,
+    /// Everything else: links of every layer, ids, flags.
+    pub rest: usize,
 }
 
 /// What the graph walk of a search reads to compare the query with a node.
@@ -219,14 +232,20 @@ fn prefetch_lines(p: *const f32, bytes: usize) {
 }
 
 impl Graph {
+    #[cfg(test)]
     pub fn new(params: GraphParams) -> Graph {
+        Graph::new_in(params, None)
+    }
+
+    /// A graph whose vectors are mapped from `file` (none: on the heap).
+    pub fn new_in(params: GraphParams, file: Option<Arc<MappedFile>>) -> Graph {
         let m = params.m.max(2);
         let m0 = 2 * m;
         Graph {
             params: GraphParams { m, ..params },
             kernel: crate::distance::kernel(),
             level_mult: 1.0 / (m as f64).ln(),
-            vectors: Vectors::new(params.dim),
+            vectors: Vectors::new(params.dim, file),
             codes: (params.quantization == Quantization::Int8).then(|| Codes::new(params.dim)),
             links0: Segmented::zeroed(m0 + 1),
             upper: Segmented::zeroed(1),
@@ -353,10 +372,8 @@ impl Graph {
         ((-u.ln() * self.level_mult) as usize).min(MAX_LEVEL)
     }
 
-    /// Bytes the graph holds: (its vectors and their codes, everything else: links of every
-    /// layer, ids, flags).
-    /// Walks the nodes once (for their upper-layer blocks).
-    pub fn memory_bytes(&self) -> (usize, usize) {
+    /// Bytes the graph holds. Walks the nodes once (for their upper-layer blocks).
+    pub fn memory_bytes(&self) -> GraphMemory {
         let upper_blocks: usize = (0..self.len() as Slot)
             .map(|slot| {
                 let links = self.upper_links(slot).len();
@@ -373,7 +390,12 @@ impl Graph {
             + self.ids.allocated_bytes()
             + self.flags.allocated_bytes();
         let codes = self.codes.as_ref().map_or(0, Codes::allocated_bytes);
-        (self.vectors.allocated_bytes() + codes, rest)
+        let (vectors, mapped) = self.vectors.bytes();
+        GraphMemory {
+            vectors: vectors + codes,
+            mapped,
+            rest,
+        }
     }
 
     fn level(&self, slot: Slot) -> usize {

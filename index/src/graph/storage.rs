@@ -5,11 +5,21 @@
 //! ...). A segment is allocated once, when the first node in it is reserved, and never moved or
 //! freed before the store is dropped. Segments of zero-valid types are allocated zeroed, so the
 //! pages of a segment's unused tail are never touched (nor counted in the resident memory).
+//!
+//! A graph's vectors may instead live in a [`MappedFile`]: segments mapped from a file on disk
+//! that has no name, whose pages the page cache holds (and writes back, and lets go under
+//! memory pressure) instead of the heap.
 
 use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
-use std::sync::OnceLock;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 const FIRST_BITS: u32 = 10;
 /// Enough segments for every u32 node number.
@@ -41,14 +51,89 @@ unsafe impl<T> Zeroable for AtomicPtr<T> {}
 // SAFETY: eight floats of value 0.0.
 unsafe impl Zeroable for UnsafeCell<Lane> {}
 
+/// An unlinked file in a folder, that segments are mapped from (shared, read-write): their
+/// pages are the page cache's, not the heap's. It has no name from the moment it is made, so
+/// nothing of it is left on disk when the process ends, however it ends.
+pub(crate) struct MappedFile {
+    file: File,
+    /// Bytes mapped so far (whole pages): where the next segment begins in the file.
+    len: Mutex<u64>,
+}
+
+impl MappedFile {
+    pub fn create_in(dir: &Path) -> io::Result<MappedFile> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(
+            ".vectors-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(MappedFile {
+            file,
+            len: Mutex::new(0),
+        })
+    }
+
+    /// `bytes` (rounded up to whole pages) more of the file, zero, their blocks allocated on
+    /// disk (a full disk is an error here, not a fault at a later write through the mapping),
+    /// mapped: answers where, and how many bytes.
+    fn map(&self, bytes: usize) -> io::Result<(std::ptr::NonNull<u8>, usize)> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = bytes.div_ceil(page) * page;
+        let mut len = self.len.lock();
+        let offset = libc::off_t::try_from(*len).map_err(io::Error::other)?;
+        let size = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
+        // SAFETY: a valid descriptor, and a range of the file.
+        let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset, size) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        // SAFETY: a new mapping of a range of the file that is allocated and that no other
+        // mapping covers (the offset only grows); it is unmapped once, by its ZeroedSlice.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        *len += bytes as u64;
+        std::ptr::NonNull::new(p as *mut u8)
+            .map(|p| (p, bytes))
+            .ok_or_else(|| io::Error::other("the mapping is at address 0"))
+    }
+}
+
+/// What a [`ZeroedSlice`]'s values are in.
+enum Block {
+    /// Allocated with this layout.
+    Heap(Layout),
+    /// Mapped from a file: this many bytes (the file is kept open while they are).
+    Mapped(usize, #[allow(dead_code)] Arc<MappedFile>),
+}
+
 /// `n` zeroed values of `T`, allocated without writing to them: through the allocator's
 /// zeroed path with at most 16-byte alignment (`calloc`, which for large blocks maps fresh pages
 /// and leaves them untouched, so a segment's unused tail never becomes resident; a stricter
 /// alignment would make the allocator write zeros over all of it), aligned to `T` by hand inside
-/// a block 32 bytes longer.
+/// a block 32 bytes longer; or mapped from a [`MappedFile`] (page-aligned, zero until written).
 pub(crate) struct ZeroedSlice<T> {
     base: std::ptr::NonNull<u8>,
-    layout: Layout,
+    block: Block,
     values: *mut T,
     len: usize,
 }
@@ -81,9 +166,34 @@ impl<T: Zeroable> ZeroedSlice<T> {
         let values = unsafe { base.as_ptr().add(offset) } as *mut T;
         ZeroedSlice {
             base,
-            layout,
+            block: Block::Heap(layout),
             values,
             len: n,
+        }
+    }
+
+    /// `n` zeroed values of `T` mapped from `file`.
+    pub fn mapped(n: usize, file: &Arc<MappedFile>) -> io::Result<ZeroedSlice<T>> {
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(n)
+            .ok_or_else(|| io::Error::other("segment size overflows"))?;
+        let (base, mapped) = file.map(bytes.max(1))?;
+        // (page-aligned, so aligned for any T of the graph's; the file's new range reads zero,
+        // and all-zero is a valid T)
+        debug_assert_eq!(base.as_ptr().align_offset(std::mem::align_of::<T>()), 0);
+        Ok(ZeroedSlice {
+            base,
+            block: Block::Mapped(mapped, file.clone()),
+            values: base.as_ptr() as *mut T,
+            len: n,
+        })
+    }
+
+    /// Bytes it takes: on the heap (allocated), and mapped from a file.
+    fn bytes(&self) -> (usize, usize) {
+        match &self.block {
+            Block::Heap(layout) => (layout.size(), 0),
+            Block::Mapped(bytes, _) => (0, *bytes),
         }
     }
 }
@@ -98,9 +208,15 @@ impl<T> std::ops::Deref for ZeroedSlice<T> {
 
 impl<T> Drop for ZeroedSlice<T> {
     fn drop(&mut self) {
-        // SAFETY: the values need no drop beyond their memory (Zeroable types: atomics, cells
-        // of floats); the block was allocated with this layout.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+        match &self.block {
+            // SAFETY: the values need no drop beyond their memory (Zeroable types: atomics,
+            // cells of floats); the block was allocated with this layout.
+            Block::Heap(layout) => unsafe { std::alloc::dealloc(self.base.as_ptr(), *layout) },
+            // SAFETY: the mapping made for this slice, of this length, unmapped once.
+            Block::Mapped(bytes, _) => unsafe {
+                libc::munmap(self.base.as_ptr() as *mut libc::c_void, *bytes);
+            },
+        }
     }
 }
 
@@ -108,6 +224,8 @@ impl<T> Drop for ZeroedSlice<T> {
 pub(crate) struct Segmented<T> {
     stride: usize,
     segments: [OnceLock<ZeroedSlice<T>>; SEGMENTS],
+    /// Where segments are mapped from (none: they are on the heap).
+    file: Option<Arc<MappedFile>>,
 }
 
 impl<T: Zeroable> Segmented<T> {
@@ -115,13 +233,37 @@ impl<T: Zeroable> Segmented<T> {
         Segmented {
             stride,
             segments: std::array::from_fn(|_| OnceLock::new()),
+            file: None,
+        }
+    }
+
+    /// Segments mapped from `file`.
+    pub fn mapped(stride: usize, file: Arc<MappedFile>) -> Segmented<T> {
+        Segmented {
+            file: Some(file),
+            ..Segmented::zeroed(stride)
         }
     }
 
     /// Allocate the segment that holds node `i`, if it is not yet.
+    ///
+    /// # Panics
+    /// When a mapped segment cannot be made (the disk is full, say), as an allocation that fails
+    /// aborts: the graph cannot go on without it.
     pub fn reserve(&self, i: u32) {
         let (k, _) = locate(i);
-        self.segments[k].get_or_init(|| ZeroedSlice::new(segment_nodes(k) * self.stride));
+        self.segments[k].get_or_init(|| {
+            let n = segment_nodes(k) * self.stride;
+            match &self.file {
+                None => ZeroedSlice::new(n),
+                Some(file) => ZeroedSlice::mapped(n, file).unwrap_or_else(|e| {
+                    panic!(
+                        "could not map {} bytes of vectors from a file: {e}",
+                        n * std::mem::size_of::<T>()
+                    )
+                }),
+            }
+        });
     }
 
     /// Node `i`'s values; empty if its segment was never reserved.
@@ -138,13 +280,18 @@ impl<T: Zeroable> Segmented<T> {
         self.stride
     }
 
-    /// Bytes allocated for the segments made so far.
+    /// Bytes allocated on the heap for the segments made so far.
     pub fn allocated_bytes(&self) -> usize {
+        self.bytes().0
+    }
+
+    /// Bytes of the segments made so far: (on the heap, mapped from a file).
+    pub fn bytes(&self) -> (usize, usize) {
         self.segments
             .iter()
             .filter_map(|s| s.get())
-            .map(|s| s.layout.size())
-            .sum()
+            .map(ZeroedSlice::bytes)
+            .fold((0, 0), |(h, m), (a, b)| (h + a, m + b))
     }
 }
 
@@ -166,16 +313,21 @@ unsafe impl Sync for Vectors {}
 unsafe impl Send for Vectors {}
 
 impl Vectors {
-    pub fn new(dim: usize) -> Vectors {
+    /// Vectors on the heap, or mapped from `file`.
+    pub fn new(dim: usize, file: Option<Arc<MappedFile>>) -> Vectors {
+        let stride = dim.div_ceil(8);
         Vectors {
             dim,
-            lanes: Segmented::zeroed(dim.div_ceil(8)),
+            lanes: match file {
+                None => Segmented::zeroed(stride),
+                Some(file) => Segmented::mapped(stride, file),
+            },
         }
     }
 
-    /// Bytes allocated for the vectors (whole segments, padding included).
-    pub fn allocated_bytes(&self) -> usize {
-        self.lanes.allocated_bytes()
+    /// Bytes of the vectors (whole segments, padding included): (on the heap, mapped).
+    pub fn bytes(&self) -> (usize, usize) {
+        self.lanes.bytes()
     }
 
     /// Floats per stored vector (the dimension rounded up to whole lanes).
@@ -452,7 +604,7 @@ mod tests {
 
     #[test]
     fn vectors_are_aligned_and_padded_with_zeros() {
-        let v = Vectors::new(50);
+        let v = Vectors::new(50, None);
         assert_eq!(v.padded_dim(), 56);
         for i in 0..3000u32 {
             v.reserve(i);

@@ -247,24 +247,44 @@ fn a_dump_reads_back_the_same_graph_and_damage_is_refused() {
     g.delete(5);
     let mut bytes = Vec::new();
     g.write_to(&mut bytes).unwrap();
-    let back = Graph::read_from(
-        params(12, Metric::Cosine),
-        bytes.as_slice(),
-        bytes.len() as u64,
-    )
-    .unwrap();
-    assert_eq!(back.len(), 2500);
-    assert_eq!(back.deleted(), 1);
-    assert!(back.is_deleted(5));
-    for q in clustered(30, 12, 11, true) {
-        let a: Vec<Near> = g.search(&q, 10, 40, |_| true);
-        assert_eq!(a, back.search(&q, 10, 40, |_| true));
+    // read back with its vectors on the heap, and mapped from a file
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::sync::Arc::new(MappedFile::create_in(dir.path()).unwrap());
+    for file in [None, Some(file)] {
+        let mapped = file.is_some();
+        let back = Graph::read_from(
+            params(12, Metric::Cosine),
+            file,
+            bytes.as_slice(),
+            bytes.len() as u64,
+        )
+        .unwrap();
+        assert_eq!(back.len(), 2500);
+        assert_eq!(back.deleted(), 1);
+        assert!(back.is_deleted(5));
+        for q in clustered(30, 12, 11, true) {
+            let a: Vec<Near> = g.search(&q, 10, 40, |_| true);
+            assert_eq!(a, back.search(&q, 10, 40, |_| true), "mapped: {mapped}");
+        }
+        for slot in [0, 1, 1023, 1024, 2499] {
+            assert_eq!(back.vector(slot), g.vector(slot), "mapped: {mapped}");
+        }
+        // the copy keeps growing like the original
+        back.insert(9999, &pts[0]);
+        assert_eq!(back.id(2500), 9999);
+        assert_eq!(back.vector(2500), g.vector(0));
+        let memory = back.memory_bytes();
+        assert_eq!(memory.mapped > 0, mapped, "{memory:?}");
+        if mapped {
+            // (the segments of 1,024, 2,048 nodes, 12 floats padded to 16 each)
+            assert_eq!(memory.mapped, (1024 + 2048) * 16 * 4, "{memory:?}");
+            assert_eq!(memory.vectors, 0, "{memory:?}");
+        }
     }
-    // the copy keeps growing like the original
-    back.insert(9999, &pts[0]);
-    assert_eq!(back.id(2500), 9999);
+    // the mapped file has no name: nothing is left in its folder
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
-    let read = |b: &[u8]| Graph::read_from(params(12, Metric::Cosine), b, b.len() as u64);
+    let read = |b: &[u8]| Graph::read_from(params(12, Metric::Cosine), None, b, b.len() as u64);
     assert!(read(&bytes[..bytes.len() - 1]).is_err(), "truncated");
     assert!(
         read(&[bytes.as_slice(), &[0]].concat()).is_err(),
@@ -282,12 +302,14 @@ fn a_dump_reads_back_the_same_graph_and_damage_is_refused() {
     // other parameters
     assert!(Graph::read_from(
         params(13, Metric::Cosine),
+        None,
         bytes.as_slice(),
         bytes.len() as u64
     )
     .is_err());
     assert!(Graph::read_from(
         params(12, Metric::Euclidean),
+        None,
         bytes.as_slice(),
         bytes.len() as u64
     )
@@ -459,7 +481,7 @@ fn an_int8_walk_finds_what_the_float_walk_finds_and_scores_exactly() {
         let mut bytes = Vec::new();
         g.write_to(&mut bytes).unwrap();
         let back =
-            Graph::read_from(int8(50, metric), bytes.as_slice(), bytes.len() as u64).unwrap();
+            Graph::read_from(int8(50, metric), None, bytes.as_slice(), bytes.len() as u64).unwrap();
         for q in &queries[..30] {
             assert_eq!(
                 g.search(q, 10, 64, |_| true),
@@ -467,8 +489,8 @@ fn an_int8_walk_finds_what_the_float_walk_finds_and_scores_exactly() {
             );
         }
         // the codes are memory of their own: a quarter of the vectors' and a block per node
-        let (vectors_f, _) = float_graph.memory_bytes();
-        let (vectors_i, _) = g.memory_bytes();
+        let vectors_f = float_graph.memory_bytes().vectors;
+        let vectors_i = g.memory_bytes().vectors;
         assert!(
             vectors_i > vectors_f && vectors_i < vectors_f * 2,
             "{vectors_i} vs {vectors_f}"

@@ -23,6 +23,7 @@ pub async fn node_with_collection(
                 dimension,
                 hnsw: HnswParams::default(),
                 quantization: Default::default(),
+                vectors_on_disk: false,
             },
             at_ms: 1,
         })

@@ -4,9 +4,13 @@
 //! prints one JSON line per ef: recall@10 against the exact neighbours, QPS, p50/p99 latency,
 //! plus the build time and the resident memory the shard added per vector.
 //!
-//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8]
+//! Usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8] [heap|disk]
 //! (`int8`: the shard walks on int8 codes, `ShardParams::quantization`; its engines are named
-//! `shoal int8`)
+//! `shoal int8`. `disk`: the shard keeps its vectors in a mapped file in BASE's folder,
+//! `ShardParams::vectors_dir`; its engines' names end in `disk`. Every line gives the resident
+//! memory the shard added per vector, `bytes_per_vector`, and its two parts: `heap_per_vector`,
+//! anonymous memory, and `mapped_per_vector`, the mapped file's pages that are resident, which
+//! the page cache may write back and let go.)
 //! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
 
 use std::sync::Arc;
@@ -31,12 +35,13 @@ fn ints(path: &str) -> Vec<i32> {
     words(path, i32::from_le_bytes)
 }
 
-fn rss_bytes() -> u64 {
+/// A figure of this process's memory in /proc/self/status (`VmRSS`, `RssAnon`, `RssFile`), in bytes.
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .unwrap_or(0)
@@ -45,8 +50,8 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if !(8..=10).contains(&args.len()) {
-        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8]");
+    if !(8..=11).contains(&args.len()) {
+        eprintln!("usage: shoal-ann-bench BASE.f32 QUERIES.f32 TRUTH.i32 DIM M EF_CONSTRUCTION EF[,EF...] [cosine|euclidean] [none|int8] [heap|disk]");
         std::process::exit(2);
     }
     let metric = match args.get(8).map(String::as_str) {
@@ -65,9 +70,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let shoal = match quantization {
-        shoal_index::Quantization::None => "shoal",
-        shoal_index::Quantization::Int8 => "shoal int8",
+    let on_disk = match args.get(10).map(String::as_str) {
+        None | Some("heap") => false,
+        Some("disk") => true,
+        Some(other) => {
+            eprintln!("unknown place for the vectors {other} (heap or disk)");
+            std::process::exit(2);
+        }
+    };
+    let shoal = match (quantization, on_disk) {
+        (shoal_index::Quantization::None, false) => "shoal",
+        (shoal_index::Quantization::Int8, false) => "shoal int8",
+        (shoal_index::Quantization::None, true) => "shoal disk",
+        (shoal_index::Quantization::Int8, true) => "shoal int8 disk",
     };
     let dim: usize = args[4].parse().expect("DIM");
     let m: usize = args[5].parse().expect("M");
@@ -78,7 +93,7 @@ fn main() {
     let nq = queries.len() / dim;
     let k_truth = truth.len() / nq;
 
-    let rss_before = rss_bytes();
+    let before = ["VmRSS", "RssAnon", "RssFile"].map(status_bytes);
     let base = floats(&args[1]);
     let n = base.len() / dim;
     let mut params = ShardParams::new(dim);
@@ -86,6 +101,14 @@ fn main() {
     params.ef_construction = efc;
     params.metric = metric;
     params.quantization = quantization;
+    if on_disk {
+        params.vectors_dir = Some(
+            std::path::Path::new(&args[1])
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(".shoal-vectors"),
+        );
+    }
     // groups of points for filtered searches: metadata `g` (i mod 10) for 10% selectivity and
     // `h` (i mod 100) for 1%
     let payloads: Vec<Arc<Payload>> = (0..100)
@@ -153,9 +176,17 @@ fn main() {
     // building its shards).
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
-    let bytes_per_vector = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+    let [bytes_per_vector, heap_per_vector, mapped_per_vector] = ["VmRSS", "RssAnon", "RssFile"]
+        .map(status_bytes)
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / n as f64)
+        .collect::<Vec<f64>>()[..]
+    else {
+        unreachable!("three figures")
+    };
     eprintln!(
-        "{shoal}: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector"
+        "{shoal}: built {n} vectors of {dim} in {build_s:.1} s, {bytes_per_vector:.0} bytes/vector resident: {heap_per_vector:.0} on the heap, {mapped_per_vector:.0} of a mapped file"
     );
 
     let filter_10 =
@@ -196,7 +227,7 @@ fn main() {
                     .collect()
             });
             println!(
-                "{{\"engine\": \"{engine}\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}}}",
+                "{{\"engine\": \"{engine}\", \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"build_s\": {build_s:.2}, \"bytes_per_vector\": {bytes_per_vector:.0}, \"heap_per_vector\": {heap_per_vector:.0}, \"mapped_per_vector\": {mapped_per_vector:.0}}}",
                 r.recall, r.qps, r.p50_ms, r.p99_ms,
             );
         }
