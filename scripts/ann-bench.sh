@@ -6,7 +6,8 @@
 # (scripts/make-minilm-vectors.sh), Fashion-MNIST 60k x 784 (Debian package
 # dataset-fashion-mnist, unpacked here). Writes docs/benchmarks/ann.md.
 # Usage: scripts/ann-bench.sh [--datasets glove,minilm,fashion] [--limit N] [--m 16] [--efc 100]
-#        [--int8] (also shoal with int8 codes for the walk)
+#        [--int8] (also shoal with int8 codes for the walk) [--disk] (and with int8 codes and its
+#        vectors in a mapped file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-ann

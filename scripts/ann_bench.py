@@ -12,8 +12,9 @@ Datasets (real, fetched by scripts/ann-bench.sh into bench-data/):
 Queries are held out from the base vectors; exact neighbours by brute force.
 
 Usage: ann_bench.py SHOAL_ANN_BENCH_BIN OUT_MD [--datasets glove,minilm,fashion] [--limit N]
-       [--m 16] [--efc 100] [--queries 1000] [--int8]
-(--int8: shoal a second time with int8 codes for the walk, its rows named `shoal int8`)
+       [--m 16] [--efc 100] [--queries 1000] [--int8] [--disk]
+(--int8: shoal a second time with int8 codes for the walk, its rows named `shoal int8`;
+--disk: shoal again with int8 codes and its vectors in a mapped file, rows `shoal int8 disk`)
 """
 import argparse
 import gzip
@@ -115,11 +116,12 @@ def run_dataset(name, args):
         base.tofile(f"{tmp}/base.f32")
         queries.tofile(f"{tmp}/queries.f32")
         truth.tofile(f"{tmp}/truth.i32")
-        for quantization in ["none", "int8"] if args.int8 else ["none"]:
+        runs = [("none", "heap")] + [("int8", "heap")] * args.int8 + [("int8", "disk")] * args.disk
+        for quantization, place in runs:
             out = subprocess.run(
                 [args.shoal_bin, f"{tmp}/base.f32", f"{tmp}/queries.f32", f"{tmp}/truth.i32",
                  str(dim), str(args.m), str(args.efc), ",".join(map(str, EFS)), metric,
-                 quantization],
+                 quantization, place],
                 check=True, capture_output=True, text=True,
             )
             print(out.stderr.strip(), file=sys.stderr)
@@ -162,13 +164,14 @@ def run_dataset(name, args):
     del index
 
     lines = [
-        "| engine | ef | recall@10 | QPS (1 thread) | p50 ms | p99 ms | build s | bytes/vector |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | ef | recall@10 | QPS (1 thread) | p50 ms | p99 ms | build s | bytes/vector | of which mapped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        mapped = f"{r['mapped_per_vector']:.0f}" if "mapped_per_vector" in r else "-"
         lines.append(
             f"| {r['engine']} | {r['ef']} | {r['recall']:.3f} | {r['qps']:.0f} | {r['p50_ms']:.3f} | "
-            f"{r['p99_ms']:.3f} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} |"
+            f"{r['p99_ms']:.3f} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} | {mapped} |"
         )
     # the ratios the goals are stated in, at the smallest ef where each engine reaches 0.95
     def first(engine, key):
@@ -196,6 +199,14 @@ def run_dataset(name, args):
             f"int8 walk against float at ef {ef}: QPS {int8[ef]['qps'] / unfiltered[ef]['qps']:.2f}x, "
             f"recall {int8[ef]['recall']:.3f} vs {unfiltered[ef]['recall']:.3f}, bytes per vector "
             f"{int8[ef]['bytes_per_vector']:.0f} vs {unfiltered[ef]['bytes_per_vector']:.0f}")
+    disk = {r["ef"]: r for r in rows if r["engine"] == "shoal int8 disk"}
+    for ef in sorted(set(disk) & set(unfiltered)):
+        ratios.append(
+            f"int8 walk with the vectors in a mapped file against float at ef {ef}: QPS "
+            f"{disk[ef]['qps'] / unfiltered[ef]['qps']:.2f}x, recall {disk[ef]['recall']:.3f} vs "
+            f"{unfiltered[ef]['recall']:.3f}, heap bytes per vector {disk[ef]['heap_per_vector']:.0f} "
+            f"vs {unfiltered[ef]['heap_per_vector']:.0f} (the file's resident pages "
+            f"{disk[ef]['mapped_per_vector']:.0f} more)")
     table = "\n".join(lines)
     print(table)
     return (f"## {name}: {what}\n\n{n} vectors of {dim}, {len(queries)} held-out queries.\n\n"
@@ -211,6 +222,8 @@ def main():
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--efc", type=int, default=100)
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--disk", action="store_true",
+                    help="also run shoal with int8 codes and its vectors in a mapped file (`vectors_on_disk`)")
     ap.add_argument("--int8", action="store_true",
                     help="also run shoal with int8 codes for the walk (`index.quantization`)")
     args = ap.parse_args()

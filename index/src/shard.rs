@@ -764,6 +764,7 @@ impl Shard {
         let mut places = places;
         places.sort_unstable_by_key(|p| p.1);
         let fresh = new_graph(&self.params)?;
+        check_room(&fresh, places.len())?;
         let slots: HashMap<PointId, Slot> = {
             let old = self.graph.read();
             let batch: Vec<(PointId, &[f32])> =
@@ -1036,6 +1037,9 @@ fn check_vector(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
 }
 
 /// The graph numbers its nodes with u32s.
+/// Room in `graph` for `more` points: within a graph's node numbers, and its vectors' segments
+/// mapped where they are kept in a file (a full disk is an error here, before any of them is
+/// inserted).
 fn check_room(graph: &Graph, more: usize) -> Result<(), IndexError> {
     if graph.len().saturating_add(more) >= u32::MAX as usize {
         return Err(IndexError::Graph(format!(
@@ -1043,6 +1047,7 @@ fn check_room(graph: &Graph, more: usize) -> Result<(), IndexError> {
             u32::MAX - 1
         )));
     }
+    graph.make_room(more)?;
     Ok(())
 }
 

@@ -148,10 +148,10 @@ fn paraphrased_queries_find_the_right_document_first() {
             .as_u64()
             .unwrap()
     };
-    // "wiki"'s hits as "wiki8"'s (equal scores, up to the float sums' order)
-    let same_moon_hits = |node: &Node, when: &str| {
-        let float_hits = moon(node, "wiki");
-        let int8_hits = moon(node, "wiki8");
+    // collection `a`'s hits as `b`'s (equal scores, up to the float sums' order)
+    let same_moon_hits_in = |node: &Node, a: &str, b: &str, when: &str| {
+        let float_hits = moon(node, a);
+        let int8_hits = moon(node, b);
         assert_eq!(int8_hits.len(), float_hits.len(), "{when}");
         for ((a, x), (b, y)) in float_hits.iter().zip(&int8_hits) {
             assert_eq!(a, b, "{when}: {int8_hits:?} against {float_hits:?}");
@@ -161,6 +161,7 @@ fn paraphrased_queries_find_the_right_document_first() {
             );
         }
     };
+    let same_moon_hits = |node: &Node, when: &str| same_moon_hits_in(node, "wiki", "wiki8", when);
     let same_hits = |node: &Node, when: &str| {
         same_moon_hits(node, when);
         for (q, want) in PARAPHRASES {
@@ -191,7 +192,7 @@ fn paraphrased_queries_find_the_right_document_first() {
     let job = node.ingest("wiki-disk", corpus());
     assert_eq!(job["state"], "completed", "{job}");
     let on_disk = |node: &Node| {
-        assert_eq!(moon(node, "wiki-disk"), moon(node, "wiki8"));
+        same_moon_hits_in(node, "wiki-disk", "wiki8", "on disk");
         let storage = &node.get("/api/v1/collections/wiki-disk").body["storage"];
         let (heap, mapped) = (
             storage["vectors_memory_bytes"].as_u64().unwrap(),

@@ -161,6 +161,7 @@ impl Graph {
         if 32 + len as u64 * per_node + 4 > size {
             return Err(invalid(format!("{len} nodes do not fit in {size} bytes")));
         }
+        graph.make_room(len as usize)?;
         graph.reserve(len as usize);
         let mut levels = Vec::with_capacity(len as usize);
         for s in 0..len {

@@ -454,6 +454,18 @@ impl Graph {
             .unwrap_or(&[])
     }
 
+    /// Make room for the next `n` nodes where it can fail: the segments of vectors mapped from
+    /// a file (everything else is allocated as nodes are reserved). Inserts of `n` nodes (by one
+    /// writer) that follow find their room made.
+    pub fn make_room(&self, n: usize) -> std::io::Result<()> {
+        let first = self.len.load(Acquire);
+        let last = first.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        for s in first..last {
+            self.vectors.try_reserve(s)?;
+        }
+        Ok(())
+    }
+
     /// Reserve `n` new nodes; returns the first one's slot.
     fn reserve(&self, n: usize) -> Slot {
         let n = u32::try_from(n).unwrap_or(u32::MAX);

@@ -12,11 +12,11 @@
 
 use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
 use std::cell::UnsafeCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -62,23 +62,40 @@ pub(crate) struct MappedFile {
 
 impl MappedFile {
     pub fn create_in(dir: &Path) -> io::Result<MappedFile> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!(
-            ".vectors-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
+        // (`O_TMPFILE` where the file system has it: never a name; else a random name, removed
+        // at once)
+        let file = tempfile::tempfile_in(dir)?;
         Ok(MappedFile {
             file,
             len: Mutex::new(0),
         })
+    }
+
+    /// Give the file's range its blocks on disk (zero), so that writes through a mapping of it
+    /// never find the disk full.
+    #[cfg(target_os = "linux")]
+    fn allocate(&self, offset: libc::off_t, size: libc::off_t) -> io::Result<()> {
+        loop {
+            // SAFETY: a valid descriptor, and a range of the file.
+            match unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset, size) } {
+                0 => return Ok(()),
+                libc::EINTR => continue,
+                // a file system without it: the range stays sparse (a full disk is then found
+                // by a write through the mapping)
+                libc::EOPNOTSUPP | libc::EINVAL => {
+                    let end = u64::try_from(offset + size).map_err(io::Error::other)?;
+                    return self.file.set_len(end);
+                }
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn allocate(&self, offset: libc::off_t, size: libc::off_t) -> io::Result<()> {
+        let end = u64::try_from(offset + size).map_err(io::Error::other)?;
+        self.file.set_len(end)
     }
 
     /// `bytes` (rounded up to whole pages) more of the file, zero, their blocks allocated on
@@ -91,11 +108,10 @@ impl MappedFile {
         let mut len = self.len.lock();
         let offset = libc::off_t::try_from(*len).map_err(io::Error::other)?;
         let size = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
-        // SAFETY: a valid descriptor, and a range of the file.
-        let r = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset, size) };
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
+        offset
+            .checked_add(size)
+            .ok_or_else(|| io::Error::other("the file would pass off_t"))?;
+        self.allocate(offset, size)?;
         // SAFETY: a new mapping of a range of the file that is allocated and that no other
         // mapping covers (the offset only grows); it is unmapped once, by its ZeroedSlice.
         let p = unsafe {
@@ -245,25 +261,39 @@ impl<T: Zeroable> Segmented<T> {
         }
     }
 
-    /// Allocate the segment that holds node `i`, if it is not yet.
-    ///
-    /// # Panics
-    /// When a mapped segment cannot be made (the disk is full, say), as an allocation that fails
-    /// aborts: the graph cannot go on without it.
-    pub fn reserve(&self, i: u32) {
+    /// Allocate the segment that holds node `i`, if it is not yet: a mapped one may fail (the
+    /// disk is full, say), an allocation on the heap aborts when it fails.
+    pub fn try_reserve(&self, i: u32) -> io::Result<()> {
         let (k, _) = locate(i);
-        self.segments[k].get_or_init(|| {
-            let n = segment_nodes(k) * self.stride;
-            match &self.file {
-                None => ZeroedSlice::new(n),
-                Some(file) => ZeroedSlice::mapped(n, file).unwrap_or_else(|e| {
-                    panic!(
+        if self.segments[k].get().is_some() {
+            return Ok(());
+        }
+        let n = segment_nodes(k) * self.stride;
+        let segment = match &self.file {
+            None => ZeroedSlice::new(n),
+            Some(file) => ZeroedSlice::mapped(n, file).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
                         "could not map {} bytes of vectors from a file: {e}",
                         n * std::mem::size_of::<T>()
-                    )
-                }),
-            }
-        });
+                    ),
+                )
+            })?,
+        };
+        // (another thread may have made it meanwhile: this one is then dropped)
+        let _ = self.segments[k].set(segment);
+        Ok(())
+    }
+
+    /// [`Segmented::try_reserve`], for segments that were reserved already or are on the heap.
+    ///
+    /// # Panics
+    /// When a mapped segment cannot be made: callers that map reserve with `try_reserve` first.
+    pub fn reserve(&self, i: u32) {
+        if let Err(e) = self.try_reserve(i) {
+            panic!("{e}");
+        }
     }
 
     /// Node `i`'s values; empty if its segment was never reserved.
@@ -337,6 +367,10 @@ impl Vectors {
 
     pub fn reserve(&self, i: u32) {
         self.lanes.reserve(i);
+    }
+
+    pub fn try_reserve(&self, i: u32) -> io::Result<()> {
+        self.lanes.try_reserve(i)
     }
 
     /// Node `i`'s vector with its zero padding (empty if never reserved).

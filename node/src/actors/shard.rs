@@ -138,14 +138,17 @@ impl ShardState {
         let ctx = self.ctx.clone();
         // A collection dropped (or dropped and made again) before its shard loaded: nothing to
         // load, and no dump lock to take for it. Its record as it is now: the shard loads with
-        // its spec (a load after an update takes the new one).
+        // its spec (a load after an update takes the new one). `spec_at`: the store's applied
+        // index before the record was read, so the record reflects every update up to there
+        // (one after it has its own load queued behind this one).
         let (store, name, uid) = (
             ctx.store.clone(),
             self.collection.name.clone(),
             self.collection.uid,
         );
-        let current = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>(store.collection(&name)?.filter(|c| c.uid == uid))
+        let (current, spec_at) = tokio::task::spawn_blocking(move || {
+            let spec_at = store.applied_index()?;
+            Ok::<_, StoreError>((store.collection(&name)?.filter(|c| c.uid == uid), spec_at))
         })
         .await??;
         let Some(coll) = current else {
@@ -202,7 +205,10 @@ impl ShardState {
             .publish(&c.name, c.uid, shard.clone());
         self.shard = Some(shard);
         self.applied = through;
-        self.ctx.watermark.loaded(c.uid, through);
+        // Released up to where both its points and its spec are known to be current: the
+        // changes of points after `spec_at` are mirrored at once when their messages come
+        // (they are in `applied`), an update's by its own load.
+        self.ctx.watermark.loaded(c.uid, through.min(spec_at));
         let source = if report.reloaded { "dump" } else { "rebuilt" };
         self.ctx
             .runtime
