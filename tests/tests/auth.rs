@@ -160,6 +160,7 @@ fn credentials_roles_tenants_and_attacks() {
         ("GET", "/api/v1/collections"),
         ("POST", "/api/v1/collections/acme-docs/search"),
         ("PUT", "/api/v1/collections/x"),
+        ("PATCH", "/api/v1/collections/x"),
         ("GET", "/api/v1/jobs/some-job"),
         ("POST", "/v1/embeddings"),
         ("GET", "/api/v1/cluster"),
@@ -407,6 +408,7 @@ fn credentials_roles_tenants_and_attacks() {
         ("POST", "/api/v1/auth/keys"),
         ("POST", "/api/v1/cluster/join"),
         ("PUT", "/api/v1/collections/acme-probe"),
+        ("PATCH", "/api/v1/collections/acme-docs"),
         ("PATCH", "/api/v1/auth/users/rita"),
     ] {
         let r = call(b, m, p, Some(&ann), Some(json!({"unexpected": [1, 2, 3]})));
