@@ -83,6 +83,17 @@ impl Node {
             .and_then(|s| s.shard)
     }
 
+    /// The collection as a create or an update at log `index` answers it: once this node's
+    /// shard reflects that index (or after the wait a new shard's load gets), with the index.
+    async fn once_loaded(&self, record: &CollectionRecord, index: u64) -> CollectionInfo {
+        self.ctx
+            .wait_searchable(record.uid, index, SHARD_LOAD_WAIT)
+            .await;
+        let mut info = self.collection_info(record);
+        info.log_index = Some(index);
+        info
+    }
+
     /// The figures of the collection's loaded shard on this node, if it is loaded.
     fn shard_stats(&self, c: &CollectionRecord) -> Option<shoal_index::ShardStats> {
         self.loaded_shard(c).map(|s| s.stats())
@@ -817,14 +828,9 @@ impl ShoalService for Node {
             })
             .await?;
         match committed.outcome {
+            // 201 means searchable: the new (empty) shard loads in a moment.
             Outcome::CollectionCreated(record) => {
-                // 201 means searchable: the new (empty) shard loads in a moment.
-                self.ctx
-                    .wait_searchable(record.uid, committed.index, SHARD_LOAD_WAIT)
-                    .await;
-                let mut info = self.collection_info(&record);
-                info.log_index = Some(committed.index);
-                Ok(info)
+                Ok(self.once_loaded(&record, committed.index).await)
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
@@ -863,15 +869,10 @@ impl ShoalService for Node {
             })
             .await?;
         match committed.outcome {
+            // Answered once this node's shard has loaded again with the new spec, so that the
+            // searches that follow use it.
             Outcome::CollectionUpdated(record) => {
-                // Answered once this node's shard has loaded again with the new spec (or after
-                // the wait a new shard's load gets), so that the searches that follow use it.
-                self.ctx
-                    .wait_searchable(record.uid, committed.index, SHARD_LOAD_WAIT)
-                    .await;
-                let mut info = self.collection_info(&record);
-                info.log_index = Some(committed.index);
-                Ok(info)
+                Ok(self.once_loaded(&record, committed.index).await)
             }
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
