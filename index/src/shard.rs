@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, GraphParams, MappedFile, Metric, Near, Quantization, Slot};
+use crate::graph::{DumpError, Graph, GraphParams, MappedFile, Metric, Near, Quantization, Slot};
 use crate::keyword::KeywordIndex;
 use crate::live::{Entry, IdMap, Live};
 use crate::payload_index::{Narrowed, PayloadIndex};
@@ -315,8 +315,17 @@ impl ShardDump {
 
     /// The graph dumped in `dir`, if there is one, it fits `params` and is not ahead of the
     /// store's points as of log index `applied`. A dump found but not usable is removed.
+    /// A dump that could not be read for want of room for its vectors (a full disk, where they
+    /// are kept in a file) is kept, for a later load.
     pub fn read(params: &ShardParams, dir: &Path, applied: u64) -> ShardDump {
-        let Some(graph) = load_dump(params, dir, applied) else {
+        let loaded = match load_dump(params, dir, applied) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no room for the index dump's vectors; the dump is kept for a later load");
+                return ShardDump::none();
+            }
+        };
+        let Some(graph) = loaded else {
             let discarded = dir.join(MANIFEST).exists();
             if discarded {
                 // Never again: a dump ahead of the store stays ahead-looking no longer once the
@@ -1036,8 +1045,7 @@ fn check_vector(params: &ShardParams, v: &[f32]) -> Result<(), IndexError> {
     Ok(())
 }
 
-/// The graph numbers its nodes with u32s.
-/// Room in `graph` for `more` points: within a graph's node numbers, and its vectors' segments
+/// Room in `graph` for `more` points: within a graph's node numbers (u32s), and its vectors' segments
 /// mapped where they are kept in a file (a full disk is an error here, before any of them is
 /// inserted).
 fn check_room(graph: &Graph, more: usize) -> Result<(), IndexError> {
@@ -1061,23 +1069,26 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Reload a dumped graph if it exists, fits `params` and is not ahead of the store's `applied`
-/// index. Any problem means "rebuild instead".
-fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
-    let bytes = std::fs::read(dir.join(MANIFEST)).ok()?;
+/// index. Any problem with the dump means "rebuild instead" (`Ok(None)`); no room for its
+/// vectors (a full disk, where they are kept in a file) is an error, the dump being sound.
+fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> std::io::Result<Option<Graph>> {
+    let Ok(bytes) = std::fs::read(dir.join(MANIFEST)) else {
+        return Ok(None);
+    };
     let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
         tracing::info!(dir = %dir.display(), "index dump of an older format; rebuilding");
-        return None;
+        return Ok(None);
     };
     if manifest.format != MANIFEST_FORMAT {
         tracing::info!(dir = %dir.display(), "index dump of an older format; rebuilding");
-        return None;
+        return Ok(None);
     }
     if manifest.dimension != params.dimension
         || manifest.m != params.m
         || manifest.metric != params.metric
     {
         tracing::info!(dir = %dir.display(), "index dump does not match the shard parameters; rebuilding");
-        return None;
+        return Ok(None);
     }
     if manifest.applied > applied {
         tracing::warn!(
@@ -1086,23 +1097,28 @@ fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> Option<Graph> {
             store = applied,
             "index dump is ahead of the store (writes lost in a crash); rebuilding"
         );
-        return None;
+        return Ok(None);
     }
-    let read = || -> Result<Graph, String> {
-        let file = std::fs::File::open(dir.join(GRAPH_FILE)).map_err(|e| e.to_string())?;
-        let size = file.metadata().map_err(|e| e.to_string())?.len();
-        let vectors = vectors_file(params).map_err(|e| e.to_string())?;
-        Graph::read_from(graph_params(params), vectors, file, size).map_err(|e| e.to_string())
+    let vectors = match vectors_file(params) {
+        Ok(vectors) => vectors,
+        Err(IndexError::Io(e)) => return Err(e),
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
+    let read = || -> Result<Graph, DumpError> {
+        let file = std::fs::File::open(dir.join(GRAPH_FILE))?;
+        let size = file.metadata()?.len();
+        Graph::read_from(graph_params(params), vectors, file, size)
     };
     match read() {
-        Ok(graph) if graph.len() == manifest.points => Some(graph),
+        Ok(graph) if graph.len() == manifest.points => Ok(Some(graph)),
         Ok(_) => {
             tracing::warn!(dir = %dir.display(), "index dump is incomplete; rebuilding");
-            None
+            Ok(None)
         }
+        Err(DumpError::Room(e)) => Err(e),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "index dump unreadable; rebuilding");
-            None
+            Ok(None)
         }
     }
 }

@@ -250,8 +250,19 @@ fn a_shard_with_its_vectors_on_disk_answers_as_one_with_them_on_the_heap() {
         vectors_dir: Some(blocked.join("vectors")),
         ..params()
     };
-    let err = Shard::open(bad, pts, None, 0).err().unwrap();
+    let err = Shard::open(bad.clone(), pts.clone(), None, 0)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("a file for the vectors"), "{err}");
+    // and a sound dump that finds no room for its vectors is kept for a later load, not
+    // discarded as a damaged one
+    let dump = dir.path().join("dump-kept");
+    let (heap, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
+    heap.dump(&dump, 5).unwrap();
+    assert!(Shard::open(bad, pts.clone(), Some(&dump), 5).is_err());
+    assert!(dump.join(MANIFEST).exists(), "the dump was removed");
+    let (_, report) = Shard::open(params(), pts, Some(&dump), 5).unwrap();
+    assert!(report.reloaded, "{report:?}");
 }
 
 #[test]

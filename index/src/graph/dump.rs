@@ -20,6 +20,10 @@ pub(crate) enum DumpError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Invalid(String),
+    /// The graph's vectors found no room (a full disk for a mapped file): nothing is wrong
+    /// with the dump.
+    #[error("no room for the vectors: {0}")]
+    Room(io::Error),
 }
 
 fn invalid(msg: impl Into<String>) -> DumpError {
@@ -161,7 +165,7 @@ impl Graph {
         if 32 + len as u64 * per_node + 4 > size {
             return Err(invalid(format!("{len} nodes do not fit in {size} bytes")));
         }
-        graph.make_room(len as usize)?;
+        graph.make_room(len as usize).map_err(DumpError::Room)?;
         graph.reserve(len as usize);
         let mut levels = Vec::with_capacity(len as usize);
         for s in 0..len {

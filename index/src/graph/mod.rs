@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, 
 use parking_lot::Mutex;
 
 use crate::distance::{dot, l2_squared, Kernel};
+pub(crate) use dump::DumpError;
 use std::sync::Arc;
 pub(crate) use storage::MappedFile;
 use storage::{Codes, Segmented, Vectors};
