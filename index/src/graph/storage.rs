@@ -605,6 +605,40 @@ mod tests {
     }
 
     #[test]
+    fn vectors_mapped_from_a_file_hold_what_was_written_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(MappedFile::create_in(dir.path()).unwrap());
+        let v = Vectors::new(13, Some(file.clone()));
+        assert!(v.get(0).is_empty());
+        let n = 3100u32; // three segments: 1,024, 2,048, and the third's first nodes
+        for i in 0..n {
+            v.try_reserve(i).unwrap();
+            let x: Vec<f32> = (0..13).map(|j| (i * 13 + j) as f32 * 0.5).collect();
+            // SAFETY: single-threaded test; each node written once before it is read.
+            unsafe { v.write(i, &x) };
+        }
+        // page-aligned segments, 16 floats a node (13 padded to whole lanes)
+        assert_eq!(v.as_ptr(0) as usize % 4096, 0);
+        assert_eq!(v.padded_dim(), 16);
+        for i in 0..n {
+            let x = v.padded(i);
+            assert_eq!(x.len(), 16);
+            assert!(
+                (0..13).all(|j| x[j as usize] == (i * 13 + j) as f32 * 0.5),
+                "node {i}"
+            );
+            assert!(x[13..].iter().all(|&p| p == 0.0), "padding of node {i}");
+        }
+        let (heap, mapped) = v.bytes();
+        assert_eq!((heap, mapped), (0, (1024 + 2048 + 4096) * 16 * 4));
+        // the file holds the segments back to back, and has no name in its folder
+        assert_eq!(file.file.metadata().unwrap().len(), mapped as u64);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop(v);
+        drop(file);
+    }
+
+    #[test]
     fn quantised_codes_hold_each_value_within_half_a_step() {
         let c = Codes::new(50);
         assert_eq!(c.padded_dim(), 64);
