@@ -992,17 +992,17 @@ fn new_graph(params: &ShardParams) -> Result<Graph, IndexError> {
 }
 
 /// A new file for a graph's vectors, where the parameters keep them in one.
-fn vectors_file(params: &ShardParams) -> Result<Option<Arc<MappedFile>>, IndexError> {
+fn vectors_file(params: &ShardParams) -> std::io::Result<Option<Arc<MappedFile>>> {
     let Some(dir) = &params.vectors_dir else {
         return Ok(None);
     };
     MappedFile::create_in(dir)
         .map(|f| Some(Arc::new(f)))
         .map_err(|e| {
-            IndexError::Io(std::io::Error::new(
+            std::io::Error::new(
                 e.kind(),
                 format!("a file for the vectors in {}: {e}", dir.display()),
-            ))
+            )
         })
 }
 
@@ -1099,11 +1099,7 @@ fn load_dump(params: &ShardParams, dir: &Path, applied: u64) -> std::io::Result<
         );
         return Ok(None);
     }
-    let vectors = match vectors_file(params) {
-        Ok(vectors) => vectors,
-        Err(IndexError::Io(e)) => return Err(e),
-        Err(e) => return Err(std::io::Error::other(e.to_string())),
-    };
+    let vectors = vectors_file(params)?;
     let read = || -> Result<Graph, DumpError> {
         let file = std::fs::File::open(dir.join(GRAPH_FILE))?;
         let size = file.metadata()?.len();

@@ -19,23 +19,18 @@ const NO_QUANTIZATION: u8 = 6;
 /// from format 5 the move of the vectors, from format 6 the collections' quantization; any other
 /// format is refused, untouched.
 pub(crate) fn to_current(db: &Db, tree: &Tree, found: &[u8]) -> Result<(), StoreError> {
-    let refused = || StoreError::FormatVersion {
-        found: found.first().copied().unwrap_or(0),
-        expected: FORMAT_VERSION,
-    };
-    let mut format = match found {
-        [v @ (VECTORS_INSIDE | NO_QUANTIZATION)] => *v,
-        [v] if *v == FORMAT_VERSION => return Ok(()),
-        _ => return Err(refused()),
-    };
-    if format == VECTORS_INSIDE {
-        vectors_apart(db, tree)?;
-        format = NO_QUANTIZATION;
+    match found {
+        [v] if *v == FORMAT_VERSION => Ok(()),
+        [VECTORS_INSIDE] => {
+            vectors_apart(db, tree)?;
+            collections_unquantized(db, tree)
+        }
+        [NO_QUANTIZATION] => collections_unquantized(db, tree),
+        other => Err(StoreError::FormatVersion {
+            found: other.first().copied().unwrap_or(0),
+            expected: FORMAT_VERSION,
+        }),
     }
-    if format == NO_QUANTIZATION {
-        collections_unquantized(db, tree)?;
-    }
-    Ok(())
 }
 
 /// A collection's record as formats 5 and 6 kept it: its spec without quantization.
