@@ -14,19 +14,28 @@
 # likewise). CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI builds once, from nothing: incremental compilation's bookkeeping only slows that down (a
+# developer's repeated runs keep it, unless they set CARGO_INCREMENTAL themselves).
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+# Each step's start, with the seconds since this script began: where a run's time goes.
+step() { echo "== [$SECONDS s] $*" >&2; }
+step "set-up: the model, the labelled set, Chromium, the chaos tools"
 scripts/fetch-model.sh
 scripts/fetch-bench-data.sh   # Wikipedia summaries: the labelled set of `shoal eval`'s test
 scripts/browser.sh            # headless Chromium and its WebDriver: the web console's tests
 scripts/chaos-deps.sh         # ip, nft, iptables, libfaketime: the chaos crate's tests and campaign
+step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+step "build"
 cargo build --bin shoal
 # The whole suite once on the portable kernels (SHOAL_FORCE_PORTABLE_KERNELS=1), the path of CPUs
 # without AVX-512 (inference) or AVX2 (the index's distances); the nodes the tests start inherit
 # the variable. (The web console's browser tests fail, not skip, if Chromium cannot start after
 # browser.sh.)
+step "the whole suite on the portable kernels"
 SHOAL_FORCE_PORTABLE_KERNELS=1 SHOAL_REQUIRE_BROWSER=1 cargo test --workspace
-echo "== again on the kernels this CPU picks (AVX-512 or AVX2 where it has them)" >&2
+step "again on the kernels this CPU picks (AVX-512 or AVX2 where it has them)"
 # What runs a kernel of its own: every crate's unit tests (the inference and index crates'
 # kernel tests among them), the model tests against the Python references (in process, and
 # through a node's /v1/embeddings and rerank endpoints: inference_api), and the end-to-end search
@@ -40,17 +49,19 @@ echo "== again on the kernels this CPU picks (AVX-512 or AVX2 where it has them)
 # (The AddressSanitizer check has a target folder of its own.)
 cargo test --workspace --lib --test embedder --test reranker --test sentence_models --test e2e \
     --test hybrid --test inference_api
+step "the kernels under valgrind, then AddressSanitizer"
 scripts/check-kernels-valgrind.sh
 scripts/check-kernels-asan.sh
-echo "== chaos: a fixed seed and a random one against three nodes (docs/chaos.md)" >&2
+step "chaos: a fixed seed and a random one against three nodes (docs/chaos.md)"
 cargo build --workspace --bin shoal-chaos
 target/debug/shoal-chaos --seed 1,random --seconds 45
 # the fallback where namespaces cannot be made: loopback, a fault-injecting TCP proxy per node
 target/debug/shoal-chaos --loopback --seed 2 --seconds 30 --in-turn \
     --faults isolate_leader,one_way_from_leader,bridge,packet_loss,delay
-echo "== deployment: alert rules and dashboard, Kubernetes manifests, the Compose stack" >&2
+step "deployment: alert rules and dashboard, Kubernetes manifests, the Compose stack"
 scripts/check-monitoring.sh
 scripts/check-k8s.sh
 scripts/test-compose.sh
-echo "== chaos against the compose stack: docker kill, pause, network disconnect in turn (docs/chaos.md)" >&2
+step "chaos against the compose stack: docker kill, pause, network disconnect in turn (docs/chaos.md)"
 scripts/chaos-compose.sh
+step "passed"

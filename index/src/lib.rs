@@ -22,7 +22,7 @@ pub use distance::{dot, l2_squared, normalize};
 pub use error::IndexError;
 pub use filter::{Condition, Filter, FilterLimits, Metadata, Range};
 pub use fusion::{fuse, FusedHit, Fusion};
-pub use graph::{Metric, Quantization};
+pub use graph::{Metric, Quantization, ScanBy};
 pub use shard::{
     FilteredPlan, Hit, OpenReport, Payload, Point, SearchMode, SearchRequest, Shard, ShardDump,
     ShardMemory, ShardParams, ShardStats,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{DumpError, Graph, GraphParams, MappedFile, Metric, Near, Quantization, Slot};
+use crate::graph::{
+    DumpError, Graph, GraphParams, MappedFile, Metric, Near, Quantization, ScanBy, Slot,
+};
 use crate::keyword::KeywordIndex;
 use crate::live::{Entry, IdMap, Live};
 use crate::payload_index::{Narrowed, PayloadIndex};
@@ -28,10 +30,11 @@ pub struct ShardParams {
     pub ef_construction: usize,
     /// Candidate list width while searching (raised to k when k is larger).
     pub ef_search: usize,
-    /// Shards with at most this many live points are always searched exactly.
+    /// Shards with at most this many live points are always scanned (exactly; with int8 codes,
+    /// by the codes, the best `ef` re-scored: `ScanBy::Codes`).
     pub exact_below: usize,
-    /// A filter matching at most this fraction of the live points is answered by an exact scan
-    /// over the matches (graph search loses recall under selective filters).
+    /// A filter matching at most this fraction of the live points is answered by a scan over
+    /// the matches (as `exact_below`'s) (graph search loses recall under selective filters).
     pub exact_filter_fraction: f64,
     /// What one step of a filtered graph walk costs beside its distances, as the floats a scan
     /// reads in that time (its link reads: ~870 measured on 384- and 50-dimensional vectors).
@@ -86,7 +89,8 @@ impl ShardParams {
     /// hops (`Graph::search_filtered`), so it costs about what an unfiltered search does while
     /// the matches are dense enough to stay connected through two hops. Filters that leave fewer
     /// (`exact_filter_fraction`, `exact_below`), and those whose matches are few enough to
-    /// scan for less than the walk costs, are scanned (exact).
+    /// scan for less than the walk costs, are scanned (exactly; with int8 codes, by the codes,
+    /// the best `ef` re-scored: `ScanBy::Codes`).
     pub fn filtered_plan(&self, matches: usize, live: usize, ef: usize) -> FilteredPlan {
         let selective = matches as f64 <= self.exact_filter_fraction * live as f64
             || matches <= self.exact_below;
@@ -94,8 +98,17 @@ impl ShardParams {
         // scattered places in memory, and reads links besides; a scan reads its vectors in
         // order. Measured (the ANN benchmark's 10% filters): a scan ~0.33 ns per float, the walk
         // ~5.2 ns per ef × (dimension + `walk_step_floats`), i.e. about m times as much with m 16.
-        let scan = matches as f64 * self.dimension as f64;
-        let walk = (ef * self.m) as f64 * (self.dimension + self.walk_step_floats) as f64;
+        // With int8 codes both compute their distances from the codes (and re-score `ef`
+        // candidates alike, so that part cancels): a dimension costs a scan about 0.6 of a
+        // float's, the walk about a quarter, its link reads the same (MiniLM 100k, 10% filters
+        // scanned and walked: docs/benchmarks.md, "Scans by the codes").
+        let (scan_dim, walk_dim) = match self.quantization {
+            Quantization::None => (1.0, 1.0),
+            Quantization::Int8 => (0.6, 0.25),
+        };
+        let dimension = self.dimension as f64;
+        let scan = matches as f64 * dimension * scan_dim;
+        let walk = (ef * self.m) as f64 * (dimension * walk_dim + self.walk_step_floats as f64);
         if selective || scan <= walk {
             FilteredPlan::Scan
         } else {
@@ -960,9 +973,16 @@ impl Shard {
         // Points deleted meanwhile are dropped by `hits`.
         let graph = self.graph.read();
         drop(table);
+        // An automatic scan reads what a walk would, the int8 codes where the graph keeps them
+        // (the best `ef` re-scored from the vectors); an exact search reads the vectors.
+        let by = if exact_mode {
+            ScanBy::Vectors
+        } else {
+            ScanBy::Codes { pool: ef }
+        };
         let found = match (plan, matched) {
-            (FilteredPlan::Scan, Some(m)) => graph.scan(req.vector, req.k, &m.slots()),
-            (FilteredPlan::Scan, None) => graph.scan_all(req.vector, req.k),
+            (FilteredPlan::Scan, Some(m)) => graph.scan(req.vector, req.k, &m.slots(), by),
+            (FilteredPlan::Scan, None) => graph.scan_all(req.vector, req.k, by),
             (FilteredPlan::Graph { beam }, Some(m)) => {
                 graph.search_filtered(req.vector, req.k, beam, |s| m.contains(s))
             }

@@ -347,6 +347,51 @@ fn filtered_search_keeps_recall_when_selective_and_when_broad() {
     assert_eq!(got, vec![15, 16, 17, 27, 28, 29]);
 }
 
+/// With int8 codes an automatic scan (a selective filter, a small shard) reads the codes and
+/// re-scores its best `ef` from the vectors: its hits carry exact scores and find what the exact
+/// scan does; an exact search still scans the vectors.
+#[test]
+fn quantized_scans_read_the_codes_and_rescore() {
+    let pts = points(3000, 21);
+    let int8 = ShardParams {
+        quantization: Quantization::Int8,
+        ..params()
+    };
+    let (shard, _) = Shard::open(int8, pts.clone(), None, 0).unwrap();
+    let (float, _) = Shard::open(params(), pts.clone(), None, 0).unwrap();
+    let selective = Filter::from_json(&json!({"metadata": {"bucket": 7}})).unwrap();
+    let broad = Filter::from_json(&json!({"metadata": {"even": true}})).unwrap();
+    let qs = queries(30);
+    for filter in [&selective, &broad] {
+        assert_eq!(
+            shard
+                .params
+                .filtered_plan(shard.matching(filter).len(), 3000, 64),
+            FilteredPlan::Scan
+        );
+        let mut found = 0;
+        for q in &qs {
+            let exact = search(&float, q, 10, Some(filter), SearchMode::Exact);
+            assert_eq!(
+                scored(&search(&shard, q, 10, Some(filter), SearchMode::Exact)),
+                scored(&exact)
+            );
+            let hits = search(&shard, q, 10, Some(filter), SearchMode::Auto);
+            assert_eq!(hits.len(), 10);
+            for h in &hits {
+                let want = dot(q, &pts[h.id as usize].vector);
+                assert!((h.score - want).abs() < 1e-5, "{} against {want}", h.score);
+            }
+            found += ids(&hits)
+                .iter()
+                .filter(|id| ids(&exact).contains(id))
+                .count();
+        }
+        let r = found as f64 / (10 * qs.len()) as f64;
+        assert!(r >= 0.97, "recall {r}");
+    }
+}
+
 #[test]
 fn broad_filters_on_large_shards_search_the_graph() {
     // m 8, the walk's link reads not counted: 2,500 matches of 32 dimensions cost more to scan
@@ -390,6 +435,21 @@ fn filtered_plan_scans_when_cheaper() {
     assert_eq!(low.filtered_plan(10_000, 100_000, 64), FilteredPlan::Scan);
     assert_eq!(
         low.filtered_plan(20_000, 100_000, 64),
+        FilteredPlan::Graph { beam: 64 }
+    );
+    // int8 codes: a scan reads 0.6 of a float per dimension, the walk a quarter, so a walk costs
+    // as much as scanning 64 · 16 · (96 + 870) / 230.4 = 4,293 matches
+    let int8 = ShardParams {
+        quantization: Quantization::Int8,
+        ..ShardParams::new(384)
+    };
+    assert_eq!(int8.filtered_plan(4_000, 100_000, 64), FilteredPlan::Scan);
+    assert_eq!(
+        p.filtered_plan(4_000, 100_000, 64),
+        FilteredPlan::Graph { beam: 64 }
+    );
+    assert_eq!(
+        int8.filtered_plan(4_600, 100_000, 64),
         FilteredPlan::Graph { beam: 64 }
     );
 }

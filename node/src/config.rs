@@ -442,9 +442,11 @@ pub struct SearchConfig {
     pub ef_search: usize,
     /// Largest `ef` a request may ask for.
     pub max_ef: usize,
-    /// Shards with at most this many points are searched exactly.
+    /// Shards with at most this many points are scanned (exactly; an int8 collection's by its
+    /// codes, the best `ef` re-scored).
     pub exact_below: usize,
-    /// Filters matching at most this fraction of a shard are answered by an exact scan.
+    /// Filters matching at most this fraction of a shard are answered by a scan of their matches
+    /// (as `exact_below`'s).
     pub exact_filter_fraction: f64,
     /// Most points an `exact: true` search may scan (after its filter); larger ones are refused.
     pub max_exact_points: usize,

@@ -861,6 +861,15 @@ impl Graph {
         found.sort_unstable();
     }
 
+    /// `query` into `q`, padded with zeros to the stored vectors' length, and to the codes'
+    /// (whose blocks may be longer than the vectors' lanes).
+    fn pad_query(&self, query: &[f32], q: &mut Vec<f32>) {
+        q.clear();
+        q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
+        let codes_dim = self.codes.as_ref().map_or(0, Codes::padded_dim);
+        q.resize(self.vectors.padded_dim().max(codes_dim), 0.0);
+    }
+
     /// A search's frame: `query` padded to the stored vectors' length, the greedy descent
     /// through the upper layers to the bottom layer's entry, then `bottom` with the thread's
     /// scratch, the padded query and that entry fills the hits; the best `k` are returned
@@ -878,11 +887,7 @@ impl Graph {
         let (ep, ep_level) = unpack(entry);
         with_scratch(|s| {
             let mut q = std::mem::take(&mut s.query);
-            q.clear();
-            q.extend_from_slice(&query[..query.len().min(self.params.dim)]);
-            // (as long as the codes too, whose blocks may be longer than the vectors' lanes)
-            let codes_dim = self.codes.as_ref().map_or(0, Codes::padded_dim);
-            q.resize(self.vectors.padded_dim().max(codes_dim), 0.0);
+            self.pad_query(query, &mut q);
             let mut cur = Near(self.distance(&q, ep), ep);
             for l in (1..=ep_level).rev() {
                 cur = self.greedy(&q, cur, l);
@@ -997,23 +1002,32 @@ impl Graph {
         }
     }
 
-    /// The `k` nearest of `slots` to `query` by exact distance, best first; deleted nodes and
-    /// any still being written are skipped.
+    /// The `k` nearest of `slots` to `query`, best first, by distances as `by` says; deleted
+    /// nodes and any still being written are skipped.
     ///
-    /// The nodes a filter matches lie scattered, so the hardware cannot guess the next vector:
-    /// the vector 2 to 16 places ahead (about 2 KiB ahead) is prefetched, every cache line of
-    /// it up to its first KiB (the hardware follows a longer one by itself once it is read).
-    /// On GloVe's 50 dimensions, with 10,000 matches out of cache, prefetching only the first
-    /// line of the fourth vector ahead left the scan waiting on memory.
-    pub fn scan(&self, query: &[f32], k: usize, slots: &[Slot]) -> Vec<Near> {
-        let bytes = self.vectors.padded_dim() * std::mem::size_of::<f32>();
-        let ahead = (2048 / bytes.max(1)).clamp(2, 16);
-        let prefetched = bytes.min(1024);
+    /// The nodes a filter matches lie scattered, so the hardware cannot guess the next node:
+    /// the one 2 to 16 places ahead (about 2 KiB ahead) is prefetched, every cache line of it
+    /// up to its first KiB (the hardware follows a longer one by itself once it is read). On
+    /// GloVe's 50 dimensions, with 10,000 matches out of cache, prefetching only the first line
+    /// of the fourth vector ahead left the scan waiting on memory.
+    pub fn scan(&self, query: &[f32], k: usize, slots: &[Slot], by: ScanBy) -> Vec<Near> {
+        let codes = match by {
+            ScanBy::Codes { .. } => self.codes.as_ref(),
+            ScanBy::Vectors => None,
+        };
+        let node_bytes = codes.map_or(self.vectors.padded_dim() * size_of::<f32>(), |c| {
+            c.node_bytes()
+        });
+        let ahead = (2048 / node_bytes.max(1)).clamp(2, 16);
+        let prefetched = node_bytes.min(1024);
         let check_deleted = self.deleted.load(Relaxed) > 0;
-        self.top_k(query, k, |consider| {
+        self.top_k(query, k, by, |consider| {
             for (i, &slot) in slots.iter().enumerate() {
                 if let Some(&next) = slots.get(i + ahead) {
-                    prefetch_lines(self.vectors.as_ptr(next), prefetched);
+                    match codes {
+                        Some(c) => prefetch_lines(c.as_ptr(next) as *const f32, prefetched),
+                        None => prefetch_lines(self.vectors.as_ptr(next), prefetched),
+                    }
                 }
                 // (ready: a node is read only once its vector is written)
                 let flags = self.flags(slot);
@@ -1024,10 +1038,10 @@ impl Graph {
         })
     }
 
-    /// The `k` nearest nodes to `query` by exact distance, best first (every node in storage
-    /// order, skipping deleted ones and any still being written).
-    pub fn scan_all(&self, query: &[f32], k: usize) -> Vec<Near> {
-        self.top_k(query, k, |consider| {
+    /// The `k` nearest nodes to `query`, best first, by distances as `by` says (every node in
+    /// storage order, skipping deleted ones and any still being written).
+    pub fn scan_all(&self, query: &[f32], k: usize, by: ScanBy) -> Vec<Near> {
+        self.top_k(query, k, by, |consider| {
             for slot in 0..self.len() as Slot {
                 if self.flags(slot) & (DELETED | READY) == READY {
                     consider(slot);
@@ -1036,17 +1050,43 @@ impl Graph {
         })
     }
 
-    /// The `k` nearest to `query` of the nodes `walk` hands to its callback.
-    fn top_k(&self, query: &[f32], k: usize, walk: impl FnOnce(&mut dyn FnMut(Slot))) -> Vec<Near> {
+    /// The `k` nearest to `query` of the nodes `walk` hands to its callback, by distances as
+    /// `by` says.
+    fn top_k(
+        &self,
+        query: &[f32],
+        k: usize,
+        by: ScanBy,
+        walk: impl FnOnce(&mut dyn FnMut(Slot)),
+    ) -> Vec<Near> {
         if k == 0 {
             return Vec::new();
         }
-        let mut q = query[..query.len().min(self.params.dim)].to_vec();
-        q.resize(self.vectors.padded_dim(), 0.0);
+        let mut q = Vec::new();
+        self.pad_query(query, &mut q);
+        match (by, &self.codes) {
+            (ScanBy::Codes { pool }, Some(_)) => {
+                let mut found = self.nearest::<true>(&q, pool.max(k), walk);
+                self.rescore(&q, &mut found);
+                found.truncate(k);
+                found
+            }
+            _ => self.nearest::<false>(&q, k, walk),
+        }
+    }
+
+    /// The `k` nearest to a padded query of the nodes `walk` hands to its callback, by
+    /// `walk_distance`s.
+    fn nearest<const QUANT: bool>(
+        &self,
+        q: &[f32],
+        k: usize,
+        walk: impl FnOnce(&mut dyn FnMut(Slot)),
+    ) -> Vec<Near> {
         let mut top: BinaryHeap<Near> = BinaryHeap::with_capacity(k + 1);
         let mut worst = f32::INFINITY;
         walk(&mut |slot| {
-            let d = self.distance(&q, slot);
+            let d = self.walk_distance::<QUANT>(q, slot);
             if top.len() < k {
                 top.push(Near(d, slot));
             } else if d.total_cmp(&worst).is_le() && top.peek().is_some_and(|w| Near(d, slot) < *w)
@@ -1062,6 +1102,17 @@ impl Graph {
         });
         top.into_sorted_vec()
     }
+}
+
+/// How a scan measures its distances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanBy {
+    /// Exactly, from the vectors.
+    Vectors,
+    /// Where the graph keeps int8 codes: the best `pool` (at least k) by the codes, re-scored
+    /// from the vectors, as a quantized walk re-scores its beam. A quarter of the bytes are
+    /// read per node, and with vectors on disk only the pool's pages. Without codes: exactly.
+    Codes { pool: usize },
 }
 
 impl Drop for Graph {

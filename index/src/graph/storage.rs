@@ -127,6 +127,14 @@ impl MappedFile {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Searches read a vector here and there, never a run of them: without this, a fault on
+        // a page the cache let go reads the pages around it too (the kernel's read-around, 128
+        // KiB where the disk's read-ahead is that), evicting as much of what later searches
+        // need; with the page cache squeezed below the file's size that turned each search's
+        // few dozen faults into megabytes read, and searches collapsed (docs/benchmarks.md,
+        // "Vectors on disk"). A hint: an error is ignored.
+        // SAFETY: the range just mapped.
+        unsafe { libc::madvise(p, bytes, libc::MADV_RANDOM) };
         *len += bytes as u64;
         std::ptr::NonNull::new(p as *mut u8)
             .map(|p| (p, bytes))

@@ -176,20 +176,94 @@ fn deleted_and_rejected_nodes_are_walked_through_but_never_returned() {
 
 #[test]
 fn scan_is_exact() {
-    let pts = clustered(2000, 20, 6, false);
-    let g = build(&pts, params(20, Metric::Euclidean), 2);
-    g.delete(7);
-    let skip: HashSet<usize> = [7].into();
-    for q in clustered(20, 20, 7, false) {
-        let want = exact(&pts, &q, 10, Metric::Euclidean, &skip);
-        let got: Vec<u64> = g.scan_all(&q, 10).iter().map(|n| g.id(n.1)).collect();
-        assert_eq!(got, want);
-        let all: Vec<Slot> = (0..2000).rev().collect();
-        let got: Vec<u64> = g.scan(&q, 10, &all).iter().map(|n| g.id(n.1)).collect();
-        assert_eq!(got, want);
+    // (a graph with int8 codes scans exactly too when asked to, and a scan by codes of a graph
+    // without them is exact)
+    for (quantization, by) in [
+        (Quantization::None, ScanBy::Vectors),
+        (Quantization::None, ScanBy::Codes { pool: 10 }),
+        (Quantization::Int8, ScanBy::Vectors),
+    ] {
+        let pts = clustered(2000, 20, 6, false);
+        let g = build(
+            &pts,
+            GraphParams {
+                quantization,
+                ..params(20, Metric::Euclidean)
+            },
+            2,
+        );
+        g.delete(7);
+        let skip: HashSet<usize> = [7].into();
+        for q in clustered(20, 20, 7, false) {
+            let want = exact(&pts, &q, 10, Metric::Euclidean, &skip);
+            let got: Vec<u64> = g.scan_all(&q, 10, by).iter().map(|n| g.id(n.1)).collect();
+            assert_eq!(got, want);
+            let all: Vec<Slot> = (0..2000).rev().collect();
+            let got: Vec<u64> = g.scan(&q, 10, &all, by).iter().map(|n| g.id(n.1)).collect();
+            assert_eq!(got, want);
+        }
+        assert!(g.scan_all(&pts[0], 0, by).is_empty());
+        assert_eq!(g.scan(&pts[0], 5, &[3, 7, 9], by).len(), 2);
     }
-    assert!(g.scan_all(&pts[0], 0).is_empty());
-    assert_eq!(g.scan(&pts[0], 5, &[3, 7, 9]).len(), 2);
+}
+
+/// A scan by int8 codes keeps the best `pool` by the codes and answers them re-scored exactly,
+/// best first: the codes misorder near ties, and a pool deeper than k finds what an exact scan
+/// does.
+#[test]
+fn scan_by_codes_rescores_its_pool() {
+    // tight clusters of about 15 points, closer together than the codes can tell apart
+    let mut rng = StdRng::seed_from_u64(16);
+    let centres = clustered(200, 48, 15, true);
+    let pts: Vec<Vec<f32>> = (0..3000)
+        .map(|i| {
+            let mut v: Vec<f32> = centres[i % 200]
+                .iter()
+                .map(|x| x + rng.gen_range(-0.01..0.01))
+                .collect();
+            normalize(&mut v);
+            v
+        })
+        .collect();
+    let g = build(
+        &pts,
+        GraphParams {
+            quantization: Quantization::Int8,
+            ..params(48, Metric::Cosine)
+        },
+        2,
+    );
+    g.delete(11);
+    let skip: HashSet<usize> = [11].into();
+    let queries: Vec<Vec<f32>> = centres[..50].to_vec();
+    let all: Vec<Slot> = (0..3000).collect();
+    let recall = |pool: usize| {
+        let mut found = 0;
+        for q in &queries {
+            let want = exact(&pts, q, 10, Metric::Cosine, &skip);
+            let got = g.scan(q, 10, &all, ScanBy::Codes { pool });
+            assert_eq!(got.len(), 10);
+            assert!(got.windows(2).all(|w| w[0] <= w[1]), "not best first");
+            for n in &got {
+                // exact distances, not the codes'
+                let d = Metric::Cosine.distance(q, &pts[g.id(n.1) as usize]);
+                assert!((n.0 - d).abs() < 1e-5, "{} is not the exact {d}", n.0);
+            }
+            let all_got = g.scan_all(q, 10, ScanBy::Codes { pool });
+            assert_eq!(all_got, got);
+            found += got.iter().filter(|n| want.contains(&g.id(n.1))).count();
+        }
+        found as f64 / (10 * queries.len()) as f64
+    };
+    // a pool smaller than k is k: the codes' own top 10
+    let shallow = recall(1);
+    let deep = recall(64);
+    eprintln!("recall: {shallow} with a pool of k, {deep} with 64");
+    assert!(deep >= 0.99, "recall {deep} with a pool of 64");
+    assert!(
+        deep >= shallow + 0.05,
+        "{deep} against {shallow}: the pool made no difference"
+    );
 }
 
 #[test]

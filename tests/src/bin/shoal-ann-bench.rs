@@ -12,6 +12,9 @@
 //! anonymous memory, and `mapped_per_vector`, the mapped file's pages that are resident, which
 //! the page cache may write back and let go.)
 //! (raw little-endian files: n×DIM floats, nq×DIM floats, nq×K neighbour ids).
+//! `SHOAL_ANN_BENCH_SCAN_FRACTION=F` sets `ShardParams::exact_filter_fraction` (filters that
+//! match at most that fraction are scanned; 0.11 scans the 10% filters too): what the filtered
+//! plan's costs were measured with.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,6 +104,9 @@ fn main() {
     params.ef_construction = efc;
     params.metric = metric;
     params.quantization = quantization;
+    if let Ok(f) = std::env::var("SHOAL_ANN_BENCH_SCAN_FRACTION") {
+        params.exact_filter_fraction = f.parse().expect("SHOAL_ANN_BENCH_SCAN_FRACTION");
+    }
     if on_disk {
         params.vectors_dir = Some(
             std::path::Path::new(&args[1])
