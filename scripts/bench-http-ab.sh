@@ -8,19 +8,26 @@
 # `--rounds` times. Each turn's memory is read too: the peak until loaded, after the load, and
 # at rest 8 s after the searches (the node hands freed memory back once searches are quiet).
 # `--a-env`/`--b-env` give a binary settings ("SHOAL_STORAGE__CACHE_MB=16 ..."), so one binary can
-# be compared with itself. Prints the figures and writes them to docs/benchmarks/http-ab.md.
-# Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--a-env VARS] [--b-env VARS] [--ef 64]
-#        [--seconds 10] [--rounds 2]
+# be compared with itself; `--a-patch`/`--b-patch` change the collection once it is loaded (the
+# body of a `PATCH /api/v1/collections/wiki`, e.g. '{"quantization":"int8","vectors_on_disk":true}';
+# "loaded" is then when the shard has loaded again with it). The memory at rest is also split into
+# anonymous memory and the resident pages of files (`RssAnon`, `RssFile`: with the vectors on disk
+# these are the mapped vectors' pages, which the page cache may let go). Prints the figures and
+# writes them to docs/benchmarks/http-ab.md.
+# Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--a-env VARS] [--b-env VARS]
+#        [--a-patch JSON] [--b-patch JSON] [--ef 64] [--seconds 10] [--rounds 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/wait.sh
-a="" b="" a_env="" b_env="" ef=64 seconds=10 rounds=2
+a="" b="" a_env="" b_env="" a_patch="" b_patch="" ef=64 seconds=10 rounds=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) a="$(realpath "$2")"; shift 2 ;;
     --b) b="$(realpath "$2")"; shift 2 ;;
     --a-env) a_env="$2"; shift 2 ;;
     --b-env) b_env="$2"; shift 2 ;;
+    --a-patch) a_patch="$2"; shift 2 ;;
+    --b-patch) b_patch="$2"; shift 2 ;;
     --ef) ef="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
@@ -63,14 +70,16 @@ load() { # connections, seconds
 }
 rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 peak_mb() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
+anon_mb() { awk '/RssAnon/ {print int($2 / 1024)}' "/proc/$1/status"; }
+file_mb() { awk '/RssFile/ {print int($2 / 1024)}' "/proc/$1/status"; }
 results="$work/results.tsv"
 memory="$work/memory.tsv"
 : >"$results"
 : >"$memory"
 for round in $(seq "$rounds"); do
   for side in a b; do
-    bin=$a vars=$a_env
-    [ "$side" = b ] && bin=$b vars=$b_env
+    bin=$a vars=$a_env patch=$a_patch
+    [ "$side" = b ] && bin=$b vars=$b_env patch=$b_patch
     rm -rf "$work/data"; cp -r "$cache/shoal" "$work/data"
     t0=$(date +%s.%N)
     read -r -a settings <<<"$vars"
@@ -80,6 +89,11 @@ for round in $(seq "$rounds"); do
     wait_ready "$node/api/ready" "$pid" "$work/$side.log" 600
     ready_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
     wait_loaded "$node" wiki "$count" "$pid" "$work/$side.log"
+    if [ -n "$patch" ]; then
+      curl -sf --max-time 600 -X PATCH "$node/api/v1/collections/wiki" \
+        -H 'content-type: application/json' -d "$patch" >/dev/null
+      wait_loaded "$node" wiki "$count" "$pid" "$work/$side.log"
+    fi
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
     loaded_mb=$(rss_mb "$pid") peak_loading_mb=$(peak_mb "$pid")
     for c in 1 16; do
@@ -89,7 +103,8 @@ for round in $(seq "$rounds"); do
       tail -1 "$results" >&2
     done
     sleep 8
-    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$peak_loading_mb" "$loaded_mb" "$(rss_mb "$pid")" >>"$memory"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$side" "$round" "$peak_loading_mb" "$loaded_mb" \
+      "$(rss_mb "$pid")" "$(anon_mb "$pid")" "$(file_mb "$pid")" >>"$memory"
     tail -1 "$memory" >&2
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
@@ -106,16 +121,16 @@ out=docs/benchmarks/http-ab.md
   echo "${seconds} s after a 2 s warm-up. \"ready\": seconds from start to the first ready answer (a store"
   echo "moved to a new format is moved before it); \"loaded\": until the graph answers every point."
   echo
-  echo "a: \`$a\`${a_env:+ with $a_env}; b: \`$b\`${b_env:+ with $b_env}"
+  echo "a: \`$a\`${a_env:+ with $a_env}${a_patch:+, the collection patched with \`$a_patch\`}; b: \`$b\`${b_env:+ with $b_env}${b_patch:+, the collection patched with \`$b_patch\`}"
   echo
   echo "| build | round | connections | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | ready s | loaded s | RSS MiB |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}' "$results"
   echo
-  echo "Memory of each turn (MiB): the peak until loaded (VmHWM when every point answers), after the load, and at rest 8 s after its searches."
+  echo "Memory of each turn (MiB): the peak until loaded (VmHWM when every point answers), after the load, and at rest 8 s after its searches, that last one split into anonymous memory and files' resident pages."
   echo
-  echo "| build | round | peak | after the load | at rest after the searches |"
-  echo "|---|---|---|---|---|"
-  awk -F'\t' '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}' "$memory"
+  echo "| build | round | peak | after the load | at rest after the searches | of it anonymous | of it files' pages |"
+  echo "|---|---|---|---|---|---|---|"
+  awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}' "$memory"
 } >"$out"
 cat "$out"

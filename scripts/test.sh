@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # CI builds once, from nothing: incremental compilation's bookkeeping only slows that down (a
 # developer's repeated runs keep it, unless they set CARGO_INCREMENTAL themselves).
-if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+case "${CI:-}" in "" | false | 0) ;; *) export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}" ;; esac
 # Each step's start, with the seconds since this script began: where a run's time goes.
 step() { echo "== [$SECONDS s] $*" >&2; }
 step "set-up: the model, the labelled set, Chromium, the chaos tools"

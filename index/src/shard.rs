@@ -75,7 +75,8 @@ impl ShardParams {
 /// How a filtered search is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FilteredPlan {
-    /// Exact scan over the points the filter matches.
+    /// A scan over the points the filter matches (exact; by the codes, the best `ef` re-scored,
+    /// where the graph keeps int8 codes).
     Scan,
     /// Graph search with the filter, until it has this many matches (the nodes it rejects are
     /// walked through, so it widens by itself as the filter narrows).
@@ -136,7 +137,8 @@ pub struct Point {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SearchMode {
-    /// Exact for small shards and selective filters, graph search otherwise.
+    /// A scan for small shards and selective filters (exact; by the codes, the best `ef`
+    /// re-scored, where the graph keeps int8 codes), graph search otherwise.
     #[default]
     Auto,
     /// Always scan every (matching) point.
@@ -789,6 +791,7 @@ impl Shard {
         check_room(&fresh, places.len())?;
         let slots: HashMap<PointId, Slot> = {
             let old = self.graph.read();
+            let _in_order = old.reading_in_order();
             let batch: Vec<(PointId, &[f32])> =
                 places.iter().map(|(id, s)| (*id, old.vector(*s))).collect();
             let first = fresh.insert_many(&batch, 1);

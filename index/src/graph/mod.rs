@@ -117,6 +117,8 @@ pub(crate) struct Graph {
     /// Nodes reserved (some may still be being inserted).
     len: AtomicU32,
     deleted: AtomicUsize,
+    /// Readers of every vector in order (`reading_in_order`) at work.
+    in_order: Mutex<usize>,
     /// `level << 32 | slot` of the entry node, or NO_ENTRY.
     entry: AtomicU64,
     entry_lock: Mutex<()>,
@@ -254,10 +256,24 @@ impl Graph {
             flags: Segmented::zeroed(1),
             len: AtomicU32::new(0),
             deleted: AtomicUsize::new(0),
+            in_order: Mutex::new(0),
             entry: AtomicU64::new(NO_ENTRY),
             entry_lock: Mutex::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    /// While the answer lives, the kernel reads the mapped vectors' pages ahead as for a read
+    /// from first to last (`MADV_SEQUENTIAL`: a dump, a compaction, an exact scan of every
+    /// node); once the last such reader is done, a fault reads its own page only again
+    /// (`MADV_RANDOM`, what searches want). Nothing changes for vectors on the heap.
+    pub fn reading_in_order(&self) -> InOrder<'_> {
+        let mut readers = self.in_order.lock();
+        if *readers == 0 {
+            self.vectors.advise(libc::MADV_SEQUENTIAL);
+        }
+        *readers += 1;
+        InOrder(self)
     }
 
     /// Nodes reserved, including deleted ones and any still being inserted.
@@ -1041,6 +1057,9 @@ impl Graph {
     /// The `k` nearest nodes to `query`, best first, by distances as `by` says (every node in
     /// storage order, skipping deleted ones and any still being written).
     pub fn scan_all(&self, query: &[f32], k: usize, by: ScanBy) -> Vec<Near> {
+        // (every vector read in order, where the codes are not read instead)
+        let _in_order =
+            (by == ScanBy::Vectors || self.codes.is_none()).then(|| self.reading_in_order());
         self.top_k(query, k, by, |consider| {
             for slot in 0..self.len() as Slot {
                 if self.flags(slot) & (DELETED | READY) == READY {
@@ -1083,7 +1102,8 @@ impl Graph {
         k: usize,
         walk: impl FnOnce(&mut dyn FnMut(Slot)),
     ) -> Vec<Near> {
-        let mut top: BinaryHeap<Near> = BinaryHeap::with_capacity(k + 1);
+        // (k may be any caller's ef: the heap grows only as far as there are nodes)
+        let mut top: BinaryHeap<Near> = BinaryHeap::with_capacity(k.min(self.len()) + 1);
         let mut worst = f32::INFINITY;
         walk(&mut |slot| {
             let d = self.walk_distance::<QUANT>(q, slot);
@@ -1104,6 +1124,19 @@ impl Graph {
     }
 }
 
+/// A reader of every vector in order (`Graph::reading_in_order`).
+pub(crate) struct InOrder<'a>(&'a Graph);
+
+impl Drop for InOrder<'_> {
+    fn drop(&mut self) {
+        let mut readers = self.0.in_order.lock();
+        *readers -= 1;
+        if *readers == 0 {
+            self.0.vectors.advise(libc::MADV_RANDOM);
+        }
+    }
+}
+
 /// How a scan measures its distances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanBy {
@@ -1112,6 +1145,8 @@ pub enum ScanBy {
     /// Where the graph keeps int8 codes: the best `pool` (at least k) by the codes, re-scored
     /// from the vectors, as a quantized walk re-scores its beam. A quarter of the bytes are
     /// read per node, and with vectors on disk only the pool's pages. Without codes: exactly.
+    /// (A pool of k, a search's `ef` no larger than k, is the codes' own top k re-ordered: as
+    /// with the walk, `ef` is the number of candidates re-scored.)
     Codes { pool: usize },
 }
 

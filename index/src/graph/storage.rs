@@ -132,7 +132,8 @@ impl MappedFile {
         // KiB where the disk's read-ahead is that), evicting as much of what later searches
         // need; with the page cache squeezed below the file's size that turned each search's
         // few dozen faults into megabytes read, and searches collapsed (docs/benchmarks.md,
-        // "Vectors on disk"). A hint: an error is ignored.
+        // "Cold pages"). A read of every vector in order asks for read-ahead while it runs
+        // (`Graph::reading_in_order`). A hint: an error is ignored.
         // SAFETY: the range just mapped.
         unsafe { libc::madvise(p, bytes, libc::MADV_RANDOM) };
         *len += bytes as u64;
@@ -218,6 +219,17 @@ impl<T: Zeroable> ZeroedSlice<T> {
         match &self.block {
             Block::Heap(layout) => (layout.size(), 0),
             Block::Mapped(bytes, _) => (0, *bytes),
+        }
+    }
+}
+
+impl<T> ZeroedSlice<T> {
+    /// Tell the kernel how the pages of a mapped block will be read (`libc::MADV_RANDOM`,
+    /// `MADV_SEQUENTIAL`); nothing for a block on the heap. A hint: an error is ignored.
+    fn advise(&self, advice: libc::c_int) {
+        if let Block::Mapped(bytes, _) = &self.block {
+            // SAFETY: this slice's own mapping, of this length; advice changes no contents.
+            unsafe { libc::madvise(self.base.as_ptr() as *mut libc::c_void, *bytes, advice) };
         }
     }
 }
@@ -318,6 +330,14 @@ impl<T: Zeroable> Segmented<T> {
         self.stride
     }
 
+    /// [`ZeroedSlice::advise`] for every segment made so far (those made later are mapped
+    /// `MADV_RANDOM`).
+    pub fn advise(&self, advice: libc::c_int) {
+        for s in self.segments.iter().filter_map(|s| s.get()) {
+            s.advise(advice);
+        }
+    }
+
     /// Bytes allocated on the heap for the segments made so far.
     pub fn allocated_bytes(&self) -> usize {
         self.bytes().0
@@ -371,6 +391,11 @@ impl Vectors {
     /// Floats per stored vector (the dimension rounded up to whole lanes).
     pub fn padded_dim(&self) -> usize {
         self.lanes.stride() * 8
+    }
+
+    /// How the mapped vectors will be read ([`ZeroedSlice::advise`]).
+    pub fn advise(&self, advice: libc::c_int) {
+        self.lanes.advise(advice);
     }
 
     pub fn reserve(&self, i: u32) {
@@ -571,7 +596,7 @@ impl Codes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
@@ -612,6 +637,32 @@ mod tests {
         );
     }
 
+    /// The kernel's flags of the mapping that holds `p` (`/proc/self/smaps`: `rr` read at
+    /// random, `sr` in order).
+    pub(crate) fn vm_flags(p: *const f32) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((from, to)) = range.split_once('-') {
+                    if let (Ok(from), Ok(to)) = (
+                        usize::from_str_radix(from, 16),
+                        usize::from_str_radix(to, 16),
+                    ) {
+                        inside = (from..to).contains(&(p as usize));
+                        continue;
+                    }
+                }
+            }
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                if inside {
+                    return flags.split_whitespace().map(String::from).collect();
+                }
+            }
+        }
+        panic!("no mapping holds {p:?}")
+    }
+
     #[test]
     fn vectors_mapped_from_a_file_hold_what_was_written_across_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -639,6 +690,14 @@ mod tests {
         }
         let (heap, mapped) = v.bytes();
         assert_eq!((heap, mapped), (0, (1024 + 2048 + 4096) * 16 * 4));
+        // read at random (no read-around) unless told otherwise, every segment
+        for i in [0, 1024, 3072] {
+            assert!(vm_flags(v.as_ptr(i)).contains(&"rr".into()), "node {i}");
+        }
+        v.advise(libc::MADV_SEQUENTIAL);
+        assert!(vm_flags(v.as_ptr(3072)).contains(&"sr".into()));
+        v.advise(libc::MADV_RANDOM);
+        assert!(vm_flags(v.as_ptr(3072)).contains(&"rr".into()));
         // the file holds the segments back to back, and has no name in its folder
         assert_eq!(file.file.metadata().unwrap().len(), mapped as u64);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
