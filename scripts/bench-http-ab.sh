@@ -13,13 +13,14 @@
 # "loaded" is then when the shard has loaded again with it). The memory at rest is also split into
 # anonymous memory and the resident pages of files (`RssAnon`, `RssFile`: with the vectors on disk
 # these are the mapped vectors' pages, which the page cache may let go). Prints the figures and
-# writes them to docs/benchmarks/http-ab.md.
+# writes them to docs/benchmarks/http-ab.md (or --out FILE).
 # Usage: scripts/bench-http-ab.sh --a BIN --b BIN [--a-env VARS] [--b-env VARS]
-#        [--a-patch JSON] [--b-patch JSON] [--ef 64] [--seconds 10] [--rounds 2]
+#        [--a-patch JSON] [--b-patch JSON] [--ef 64] [--seconds 10] [--rounds 2] [--out FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/wait.sh
 a="" b="" a_env="" b_env="" a_patch="" b_patch="" ef=64 seconds=10 rounds=2
+out=docs/benchmarks/http-ab.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) a="$(realpath "$2")"; shift 2 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
     --ef) ef="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -111,7 +113,6 @@ for round in $(seq "$rounds"); do
 done
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-out=docs/benchmarks/http-ab.md
 {
   echo "# Vector search over HTTP: two builds of shoal side by side"
   echo
