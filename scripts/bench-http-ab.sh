@@ -37,6 +37,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$a" ] && [ -x "$b" ] || { echo "give two binaries: --a BIN --b BIN" >&2; exit 2; }
+[ -d "$(dirname "$out")" ] || { echo "no folder for --out $out" >&2; exit 2; }
 cache=bench-data/qdrant-bench
 [ -s "$cache/complete" ] || { echo "no kept corpus: run scripts/bench-qdrant.sh --prepare" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is missing (scripts/bench-qdrant.sh installs it)" >&2; exit 1; }
@@ -92,8 +93,15 @@ for round in $(seq "$rounds"); do
     ready_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")
     wait_loaded "$node" wiki "$count" "$pid" "$work/$side.log"
     if [ -n "$patch" ]; then
-      curl -sf --max-time 600 -X PATCH "$node/api/v1/collections/wiki" \
+      # (the answer comes once this node's shard has loaded again, or after 5 s; the old shard
+      # answers meanwhile, so a longer load cannot be told from the outside)
+      t_patch=$SECONDS
+      curl -sS --fail-with-body --max-time 600 -X PATCH "$node/api/v1/collections/wiki" \
         -H 'content-type: application/json' -d "$patch" >/dev/null
+      if [ $((SECONDS - t_patch)) -ge 5 ]; then
+        echo "the PATCH took $((SECONDS - t_patch)) s: its shard may not have loaded yet" >&2
+        exit 1
+      fi
       wait_loaded "$node" wiki "$count" "$pid" "$work/$side.log"
     fi
     loaded_s=$(python3 -c "print(round($(date +%s.%N) - $t0, 1))")

@@ -791,7 +791,6 @@ impl Shard {
         check_room(&fresh, places.len())?;
         let slots: HashMap<PointId, Slot> = {
             let old = self.graph.read();
-            let _in_order = old.reading_in_order();
             let batch: Vec<(PointId, &[f32])> =
                 places.iter().map(|(id, s)| (*id, old.vector(*s))).collect();
             let first = fresh.insert_many(&batch, 1);

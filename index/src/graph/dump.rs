@@ -109,8 +109,8 @@ impl Graph {
             w.write_all(&self.id(s).to_le_bytes())?;
             w.write_all(&[self.flags(s), self.level(s) as u8])?;
         }
-        let _in_order = self.reading_in_order();
         for s in 0..len {
+            self.read_ahead(s, len);
             for x in self.vector(s) {
                 w.write_all(&x.to_le_bytes())?;
             }

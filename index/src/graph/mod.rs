@@ -82,6 +82,9 @@ pub enum Quantization {
 }
 
 const MAX_LEVEL: usize = 16;
+/// Nodes whose vectors a read in order asks for at a time (`Graph::read_ahead`): 1.5 MiB of
+/// 384-value vectors.
+const READ_AHEAD: Slot = 1024;
 const NO_ENTRY: u64 = u64::MAX;
 const STRIPES: usize = 1024;
 /// Node flags.
@@ -117,8 +120,6 @@ pub(crate) struct Graph {
     /// Nodes reserved (some may still be being inserted).
     len: AtomicU32,
     deleted: AtomicUsize,
-    /// Readers of every vector in order (`reading_in_order`) at work.
-    in_order: Mutex<usize>,
     /// `level << 32 | slot` of the entry node, or NO_ENTRY.
     entry: AtomicU64,
     entry_lock: Mutex<()>,
@@ -256,24 +257,22 @@ impl Graph {
             flags: Segmented::zeroed(1),
             len: AtomicU32::new(0),
             deleted: AtomicUsize::new(0),
-            in_order: Mutex::new(0),
             entry: AtomicU64::new(NO_ENTRY),
             entry_lock: Mutex::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
-    /// While the answer lives, the kernel reads the mapped vectors' pages ahead as for a read
-    /// from first to last (`MADV_SEQUENTIAL`: a dump, a compaction, an exact scan of every
-    /// node); once the last such reader is done, a fault reads its own page only again
-    /// (`MADV_RANDOM`, what searches want). Nothing changes for vectors on the heap.
-    pub fn reading_in_order(&self) -> InOrder<'_> {
-        let mut readers = self.in_order.lock();
-        if *readers == 0 {
-            self.vectors.advise(libc::MADV_SEQUENTIAL);
+    /// Ask for the mapped vectors' pages ahead of a read of every node in order, at node
+    /// `slot` of `len` (a window of `READ_AHEAD` nodes at each window's start). The mapping is
+    /// `MADV_RANDOM`, so that a search's fault reads its own page only; a dump or a scan of
+    /// every node would otherwise wait on one fault per page. Nothing for vectors on the heap.
+    #[inline]
+    fn read_ahead(&self, slot: Slot, len: Slot) {
+        if slot.is_multiple_of(READ_AHEAD) {
+            self.vectors
+                .will_need(slot, slot.saturating_add(2 * READ_AHEAD).min(len));
         }
-        *readers += 1;
-        InOrder(self)
     }
 
     /// Nodes reserved, including deleted ones and any still being inserted.
@@ -1058,10 +1057,13 @@ impl Graph {
     /// storage order, skipping deleted ones and any still being written).
     pub fn scan_all(&self, query: &[f32], k: usize, by: ScanBy) -> Vec<Near> {
         // (every vector read in order, where the codes are not read instead)
-        let _in_order =
-            (by == ScanBy::Vectors || self.codes.is_none()).then(|| self.reading_in_order());
+        let vectors = by == ScanBy::Vectors || self.codes.is_none();
         self.top_k(query, k, by, |consider| {
-            for slot in 0..self.len() as Slot {
+            let len = self.len() as Slot;
+            for slot in 0..len {
+                if vectors {
+                    self.read_ahead(slot, len);
+                }
                 if self.flags(slot) & (DELETED | READY) == READY {
                     consider(slot);
                 }
@@ -1121,19 +1123,6 @@ impl Graph {
             }
         });
         top.into_sorted_vec()
-    }
-}
-
-/// A reader of every vector in order (`Graph::reading_in_order`).
-pub(crate) struct InOrder<'a>(&'a Graph);
-
-impl Drop for InOrder<'_> {
-    fn drop(&mut self) {
-        let mut readers = self.0.in_order.lock();
-        *readers -= 1;
-        if *readers == 0 {
-            self.0.vectors.advise(libc::MADV_RANDOM);
-        }
     }
 }
 

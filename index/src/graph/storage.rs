@@ -132,8 +132,8 @@ impl MappedFile {
         // KiB where the disk's read-ahead is that), evicting as much of what later searches
         // need; with the page cache squeezed below the file's size that turned each search's
         // few dozen faults into megabytes read, and searches collapsed (docs/benchmarks.md,
-        // "Cold pages"). A read of every vector in order asks for read-ahead while it runs
-        // (`Graph::reading_in_order`). A hint: an error is ignored.
+        // "Cold pages"). A read of every vector in order asks for the pages ahead of it
+        // (`Vectors::will_need`). A hint: an error is ignored.
         // SAFETY: the range just mapped.
         unsafe { libc::madvise(p, bytes, libc::MADV_RANDOM) };
         *len += bytes as u64;
@@ -224,12 +224,26 @@ impl<T: Zeroable> ZeroedSlice<T> {
 }
 
 impl<T> ZeroedSlice<T> {
-    /// Tell the kernel how the pages of a mapped block will be read (`libc::MADV_RANDOM`,
-    /// `MADV_SEQUENTIAL`); nothing for a block on the heap. A hint: an error is ignored.
-    fn advise(&self, advice: libc::c_int) {
+    /// Tell the kernel how the pages of values `from..to` of a mapped block will be read
+    /// (`libc::MADV_*`); nothing for a block on the heap. A hint: an error is ignored.
+    fn advise(&self, from: usize, to: usize, advice: libc::c_int) {
         if let Block::Mapped(bytes, _) = &self.block {
-            // SAFETY: this slice's own mapping, of this length; advice changes no contents.
-            unsafe { libc::madvise(self.base.as_ptr() as *mut libc::c_void, *bytes, advice) };
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+            let size = std::mem::size_of::<T>();
+            let start = (from * size).min(*bytes) / page * page;
+            let end = (to * size).min(*bytes);
+            if start < end {
+                // SAFETY: a page-aligned range inside this slice's own mapping (the mapped values
+                // begin at its base); advice changes no contents.
+                unsafe {
+                    libc::madvise(
+                        self.base.as_ptr().add(start) as *mut libc::c_void,
+                        end - start,
+                        advice,
+                    )
+                };
+            }
         }
     }
 }
@@ -330,11 +344,23 @@ impl<T: Zeroable> Segmented<T> {
         self.stride
     }
 
-    /// [`ZeroedSlice::advise`] for every segment made so far (those made later are mapped
-    /// `MADV_RANDOM`).
-    pub fn advise(&self, advice: libc::c_int) {
-        for s in self.segments.iter().filter_map(|s| s.get()) {
-            s.advise(advice);
+    /// Whether its segments are mapped from a file.
+    pub fn is_mapped(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// [`ZeroedSlice::advise`] for the pages of nodes `from..to` (those reserved), segment by
+    /// segment.
+    pub fn advise_nodes(&self, from: u32, to: u32, advice: libc::c_int) {
+        let mut i = from;
+        while i < to {
+            let (k, at) = locate(i);
+            let end = to.min(i.saturating_add((segment_nodes(k) - at) as u32));
+            if let Some(seg) = self.segments[k].get() {
+                let n = (end - i) as usize;
+                seg.advise(at * self.stride, (at + n) * self.stride, advice);
+            }
+            i = end;
         }
     }
 
@@ -393,9 +419,18 @@ impl Vectors {
         self.lanes.stride() * 8
     }
 
-    /// How the mapped vectors will be read ([`ZeroedSlice::advise`]).
-    pub fn advise(&self, advice: libc::c_int) {
-        self.lanes.advise(advice);
+    /// Whether the vectors are mapped from a file.
+    pub fn is_mapped(&self) -> bool {
+        self.lanes.is_mapped()
+    }
+
+    /// Ask the kernel to read the pages of nodes `from..to` now (`MADV_WILLNEED`), ahead of a
+    /// read of them in order (the mapping is `MADV_RANDOM`: a fault reads its own page only).
+    /// Nothing for vectors on the heap.
+    pub fn will_need(&self, from: u32, to: u32) {
+        if self.is_mapped() {
+            self.lanes.advise_nodes(from, to, libc::MADV_WILLNEED);
+        }
     }
 
     pub fn reserve(&self, i: u32) {
@@ -596,7 +631,7 @@ impl Codes {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
@@ -639,7 +674,7 @@ pub(super) mod tests {
 
     /// The kernel's flags of the mapping that holds `p` (`/proc/self/smaps`: `rr` read at
     /// random, `sr` in order).
-    pub(crate) fn vm_flags(p: *const f32) -> Vec<String> {
+    fn vm_flags(p: *const f32) -> Vec<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -694,10 +729,36 @@ pub(super) mod tests {
         for i in [0, 1024, 3072] {
             assert!(vm_flags(v.as_ptr(i)).contains(&"rr".into()), "node {i}");
         }
-        v.advise(libc::MADV_SEQUENTIAL);
-        assert!(vm_flags(v.as_ptr(3072)).contains(&"sr".into()));
-        v.advise(libc::MADV_RANDOM);
+        // asked for ahead of a read in order, across segments and past the nodes there are:
+        // the pages come in (async: waited for), and the flags stay as they were
+        let (dir_fd, bytes) = (file.file.as_raw_fd(), mapped);
+        file.file.sync_all().unwrap();
+        // SAFETY: the vectors' own mapping; dropping its pages leaves the file as it is.
+        unsafe {
+            libc::madvise(
+                v.as_ptr(0) as *mut libc::c_void,
+                1024 * 64,
+                libc::MADV_DONTNEED,
+            )
+        };
+        unsafe { libc::posix_fadvise(dir_fd, 0, bytes as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+        let resident = |i: u32| {
+            let mut vec = [0u8; 1];
+            // SAFETY: one page of the mapping, one byte out.
+            unsafe { libc::mincore(v.as_ptr(i) as *mut libc::c_void, 4096, vec.as_mut_ptr()) };
+            vec[0] & 1 == 1
+        };
+        let evicted = !resident(0);
+        v.will_need(0, 4000);
+        if evicted {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !resident(0) {
+                assert!(std::time::Instant::now() < deadline, "not read ahead");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         assert!(vm_flags(v.as_ptr(3072)).contains(&"rr".into()));
+        assert!((0..13).all(|j| v.padded(3000)[j as usize] == (3000 * 13 + j) as f32 * 0.5));
         // the file holds the segments back to back, and has no name in its folder
         assert_eq!(file.file.metadata().unwrap().len(), mapped as u64);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -314,45 +314,6 @@ fn searches_run_while_points_are_inserted_with(quantization: Quantization) {
     assert!(r >= 0.95, "recall after concurrent inserts {r}");
 }
 
-/// Vectors on disk are read at random (no read-around) but while something reads every vector
-/// in order: a dump, an exact scan of every node, any `reading_in_order`, however many at once.
-#[test]
-fn readers_in_order_ask_for_read_ahead_while_they_read() {
-    let pts = clustered(2500, 12, 12, true);
-    let mut bytes = Vec::new();
-    build(&pts, params(12, Metric::Cosine), 2)
-        .write_to(&mut bytes)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = Arc::new(MappedFile::create_in(dir.path()).unwrap());
-    let g = Graph::read_from(
-        params(12, Metric::Cosine),
-        Some(file),
-        bytes.as_slice(),
-        bytes.len() as u64,
-    )
-    .unwrap();
-    let read_ahead = || {
-        let flags = super::storage::tests::vm_flags(g.vectors.as_ptr(2000));
-        match (flags.contains(&"sr".into()), flags.contains(&"rr".into())) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => panic!("flags {flags:?}"),
-        }
-    };
-    assert!(!read_ahead());
-    let a = g.reading_in_order();
-    assert!(read_ahead());
-    let b = g.reading_in_order();
-    drop(a);
-    assert!(read_ahead(), "one reader is still reading");
-    drop(b);
-    assert!(!read_ahead());
-    g.write_to(std::io::sink()).unwrap();
-    assert_eq!(g.scan_all(&pts[0], 3, ScanBy::Vectors).len(), 3);
-    assert!(!read_ahead(), "a dump or a scan left read-ahead on");
-}
-
 #[test]
 fn a_dump_reads_back_the_same_graph_and_damage_is_refused() {
     let pts = clustered(2500, 12, 10, true);
