@@ -471,42 +471,46 @@ fn broad_filters_on_large_shards_search_the_graph() {
 fn filtered_plan_scans_when_cheaper() {
     // m 16, ef 64, exact below 1,000, fraction 0.01; the walk as dear as 870 floats a step
     let p = ShardParams::new(384);
-    assert_eq!(p.filtered_plan(900, 1_000_000, 64), FilteredPlan::Scan); // few matches
-    assert_eq!(p.filtered_plan(9_000, 1_000_000, 64), FilteredPlan::Scan); // 0.9%: too sparse
-                                                                           // 384 dimensions: a walk costs as much as scanning 64 · 16 · 1,254 / 384 = 3,344 matches
-    assert_eq!(p.filtered_plan(3_000, 10_000, 64), FilteredPlan::Scan);
-    assert_eq!(
-        p.filtered_plan(10_000, 100_000, 64),
-        FilteredPlan::Graph { beam: 64 }
-    );
-    assert_eq!(
-        p.filtered_plan(100_000, 1_000_000, 64),
-        FilteredPlan::Graph { beam: 64 }
-    );
-    // a wider beam costs the walk more
-    assert_eq!(p.filtered_plan(5_000, 100_000, 128), FilteredPlan::Scan);
-    // 50 dimensions: scanning 10,000 matches reads less than a walk's links (18,800)
     let low = ShardParams::new(50);
-    assert_eq!(low.filtered_plan(10_000, 100_000, 64), FilteredPlan::Scan);
-    assert_eq!(
-        low.filtered_plan(20_000, 100_000, 64),
-        FilteredPlan::Graph { beam: 64 }
-    );
-    // int8 codes: a scan reads 0.6 of a float per dimension, the walk a quarter, so a walk costs
-    // as much as scanning 64 · 16 · (96 + 870) / 230.4 = 4,293 matches
     let int8 = ShardParams {
         quantization: Quantization::Int8,
         ..ShardParams::new(384)
     };
-    assert_eq!(int8.filtered_plan(4_000, 100_000, 64), FilteredPlan::Scan);
-    assert_eq!(
-        p.filtered_plan(4_000, 100_000, 64),
-        FilteredPlan::Graph { beam: 64 }
-    );
-    assert_eq!(
-        int8.filtered_plan(4_600, 100_000, 64),
-        FilteredPlan::Graph { beam: 64 }
-    );
+    let graph = FilteredPlan::Graph { beam: 64 };
+    let scan = FilteredPlan::Scan;
+    for (params, matches, live, ef, want, why) in [
+        (&p, 900, 1_000_000, 64, scan, "few matches"),
+        (&p, 9_000, 1_000_000, 64, scan, "0.9%: too sparse"),
+        // 384 dimensions: a walk costs as much as scanning 64 · 16 · 1,254 / 384 = 3,344 matches
+        (&p, 3_000, 10_000, 64, scan, "cheaper to scan"),
+        (&p, 10_000, 100_000, 64, graph, "cheaper to walk"),
+        (&p, 100_000, 1_000_000, 64, graph, "cheaper to walk"),
+        (&p, 4_000, 100_000, 64, graph, "cheaper to walk"),
+        // a wider beam costs the walk more
+        (&p, 5_000, 100_000, 128, scan, "a wide beam"),
+        // 50 dimensions: scanning 10,000 matches reads less than a walk's links (18,800)
+        (&low, 10_000, 100_000, 64, scan, "short vectors"),
+        (
+            &low,
+            20_000,
+            100_000,
+            64,
+            graph,
+            "short vectors, more matches",
+        ),
+        // int8 codes: a scan reads 0.6 of a float per dimension, the walk a quarter, so a walk
+        // costs as much as scanning 64 · 16 · (96 + 870) / 230.4 = 4,293 matches
+        (&int8, 4_000, 100_000, 64, scan, "codes, cheaper to scan"),
+        (&int8, 4_600, 100_000, 64, graph, "codes, cheaper to walk"),
+    ] {
+        assert_eq!(
+            params.filtered_plan(matches, live, ef),
+            want,
+            "{why}: {matches} of {live} at ef {ef}, {} dimensions, {:?}",
+            params.dimension,
+            params.quantization
+        );
+    }
 }
 
 #[test]

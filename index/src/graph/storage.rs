@@ -102,8 +102,7 @@ impl MappedFile {
     /// disk (a full disk is an error here, not a fault at a later write through the mapping),
     /// mapped: answers where, and how many bytes.
     fn map(&self, bytes: usize) -> io::Result<(std::ptr::NonNull<u8>, usize)> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let page = page_size();
         let bytes = bytes.div_ceil(page) * page;
         let mut len = self.len.lock();
         let offset = libc::off_t::try_from(*len).map_err(io::Error::other)?;
@@ -141,6 +140,12 @@ impl MappedFile {
             .map(|p| (p, bytes))
             .ok_or_else(|| io::Error::other("the mapping is at address 0"))
     }
+}
+
+/// The system's page size (at least 4 KiB): what mappings and advice are aligned to.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
 }
 
 /// What a [`ZeroedSlice`]'s values are in.
@@ -228,8 +233,7 @@ impl<T> ZeroedSlice<T> {
     /// (`libc::MADV_*`); nothing for a block on the heap. A hint: an error is ignored.
     fn advise(&self, from: usize, to: usize, advice: libc::c_int) {
         if let Block::Mapped(bytes, _) = &self.block {
-            // SAFETY: sysconf has no preconditions.
-            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+            let page = page_size();
             let size = std::mem::size_of::<T>();
             let start = (from * size).min(*bytes) / page * page;
             let end = (to * size).min(*bytes);
@@ -731,7 +735,7 @@ mod tests {
         }
         // asked for ahead of a read in order, across segments and past the nodes there are:
         // the pages come in (async: waited for), and the flags stay as they were
-        let (dir_fd, bytes) = (file.file.as_raw_fd(), mapped);
+        let (fd, bytes) = (file.file.as_raw_fd(), mapped);
         file.file.sync_all().unwrap();
         // SAFETY: the vectors' own mapping; dropping its pages leaves the file as it is.
         unsafe {
@@ -741,7 +745,7 @@ mod tests {
                 libc::MADV_DONTNEED,
             )
         };
-        unsafe { libc::posix_fadvise(dir_fd, 0, bytes as libc::off_t, libc::POSIX_FADV_DONTNEED) };
+        unsafe { libc::posix_fadvise(fd, 0, bytes as libc::off_t, libc::POSIX_FADV_DONTNEED) };
         let resident = |i: u32| {
             let mut vec = [0u8; 1];
             // SAFETY: one page of the mapping, one byte out.
